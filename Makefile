@@ -1,0 +1,51 @@
+# The two commands: `make run` starts the console, `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TEST_DATA_DIR ?= $(CURDIR)/.data-test
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test lint unit sqlite smoke bench messages clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml build-constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.3"
+	$(PY) -m pip install --quiet --build-constraint build-constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) manage.py runconsole
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Without REDIS_URL the suite runs beside a private redis-server (console.embedded_redis).
+define with_redis
+$(if $(REDIS_URL),,$(PY) -m console.embedded_redis --data-dir $(TEST_DATA_DIR) --) $(1)
+endef
+
+unit: $(STAMP)
+	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest $(PYTEST_ARGS))
+
+# Migrations and database triggers also run on SQLite, whatever DATABASE_URL says.
+sqlite: $(STAMP)
+	DATA_DIR=$(TEST_DATA_DIR) DATABASE_URL= $(call with_redis,$(PY) -m pytest -m both_databases -p no:cacheprovider $(PYTEST_ARGS))
+
+smoke: $(STAMP)
+	$(PY) scripts/smoke_run.py
+
+test: lint unit sqlite smoke
+
+bench: $(STAMP)
+	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) bench/run.py)
+
+messages: $(STAMP)
+	$(PY) manage.py makemessages -l zh_Hans --ignore '.venv/*' --ignore '.data*'
+	$(PY) manage.py compilemessages -l zh_Hans --ignore '.venv/*'
+
+clean:
+	rm -rf $(TEST_DATA_DIR) test-artifacts

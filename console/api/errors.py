@@ -1,0 +1,24 @@
+"""Every API error as JSON: {"detail": ..., "code": ...} or field errors {"field": ["message"]}."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from console.errors import ApplicationError
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ApplicationError):
+        return Response(exc.as_dict(), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "detail" in response.data:
+        response.data["code"] = getattr(response.data["detail"], "code", None) or "error"
+    return response

@@ -1,0 +1,19 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from console.api import views
+
+router = DefaultRouter(trailing_slash=True)
+router.register("users", views.UserViewSet, basename="user")
+router.register("grants", views.GrantViewSet, basename="grant")
+router.register("tokens", views.TokenViewSet, basename="token")
+router.register("credentials", views.CredentialViewSet, basename="credential")
+
+urlpatterns = [
+    path("ping", views.PingView.as_view(), name="ping"),
+    path("me", views.MeView.as_view(), name="me"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,63 @@
+"""The base for every API viewset: permissions from console.permissions, nothing inline.
+
+A concrete viewset declares `queryset` and, where the defaults do not fit, `action_permissions`
+(DRF action -> console action). Lists are restricted with `restrict`; objects outside the user's
+view are 404; objects seen but not allowed are 403.
+"""
+
+from __future__ import annotations
+
+from rest_framework import viewsets
+
+from console import roles
+from console.permissions import require, require_list, restrict
+
+DEFAULT_ACTIONS = {
+    "list": roles.VIEW,
+    "retrieve": roles.VIEW,
+    "create": None,  # set per viewset: creating needs a real action
+    "update": None,
+    "partial_update": None,
+    "destroy": None,
+}
+
+
+class ConsoleViewSetMixin:
+    action_permissions: dict[str, str | None] = {}
+    object_actions = {"retrieve", "update", "partial_update", "destroy"}
+
+    def console_action(self) -> str:
+        merged = {**DEFAULT_ACTIONS, **self.action_permissions}
+        action = merged.get(self.action)
+        if action is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no console action for '{self.action}'")
+        return action
+
+    def initial(self, request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        if self.action is None or request.method == "OPTIONS":
+            return
+        action = self.console_action()
+        if self.action == "list":
+            require_list(request.user, action, self.queryset.model)
+        elif self.action not in self.object_actions and not self.detail:
+            require(request.user, action)
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no user
+            return super().get_queryset().none()
+        # Detail routes look up within what the user may view, so an unseen object is a 404.
+        return restrict(super().get_queryset(), self.request.user, roles.VIEW if self.detail else self.console_action())
+
+    def get_object(self):
+        obj = super().get_object()
+        require(self.request.user, self.console_action(), obj)
+        return obj
+
+
+class ConsoleModelViewSet(ConsoleViewSetMixin, viewsets.ModelViewSet):
+    pass
+
+
+class ConsoleReadOnlyViewSet(ConsoleViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    pass

@@ -1,0 +1,61 @@
+"""Websocket consumers of the console app."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from console import roles
+from console.permissions import require
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+class ConsoleConsumer(AsyncJsonWebsocketConsumer):
+    """Base: session user required, then the same permission check as the HTTP views."""
+
+    permission_action = roles.VIEW
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            await database_sync_to_async(require)(user, self.permission_action)
+        except PermissionDenied:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        await self.accept()
+        await self.joined()
+
+    async def joined(self) -> None:
+        """Called once the socket is accepted."""
+
+
+class HeartbeatConsumer(ConsoleConsumer):
+    """Answers {"type": "ping", "seq": n} with a pong that travels through the channel layer.
+
+    The pong goes out as a group message and comes back to this consumer, so a reply proves
+    websocket, session auth and the Redis channel layer end to end.
+    """
+
+    async def joined(self) -> None:
+        self.group = f"heartbeat-user-{self.scope['user'].pk}"
+        await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def disconnect(self, code) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if not isinstance(content, dict) or content.get("type") != "ping":
+            await self.send_json({"type": "error", "detail": "send {\"type\": \"ping\", \"seq\": <n>}"})
+            return
+        await self.channel_layer.group_send(self.group, {"type": "heartbeat.pong", "seq": content.get("seq")})
+
+    async def heartbeat_pong(self, event) -> None:
+        await self.send_json({"type": "pong", "seq": event.get("seq"), "at": timezone.now().isoformat()})

@@ -1,0 +1,15 @@
+"""Errors that services raise for the user to read (a form field error, an API 400)."""
+
+from __future__ import annotations
+
+
+class ApplicationError(Exception):
+    """A rule said no. `field` names the input at fault, when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {self.field or "non_field_errors": [self.message]}

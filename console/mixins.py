@@ -1,0 +1,37 @@
+"""The HTML counterpart of the API base viewset: login required, then console.permissions."""
+
+from __future__ import annotations
+
+from django.contrib.auth.mixins import LoginRequiredMixin
+
+from console import roles
+from console.permissions import require, require_list, restrict
+
+
+class ConsoleViewMixin(LoginRequiredMixin):
+    """Concrete views set `permission_action` (and `queryset` for lists and objects)."""
+
+    permission_action: str = roles.VIEW
+
+    def dispatch(self, request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return self.handle_no_permission()
+        model = getattr(getattr(self, "queryset", None), "model", None)
+        if model is not None and not self.kwargs_identify_object(kwargs):
+            require_list(request.user, self.permission_action, model)
+        elif model is None:
+            require(request.user, self.permission_action)
+        return super().dispatch(request, *args, **kwargs)
+
+    @staticmethod
+    def kwargs_identify_object(kwargs) -> bool:
+        return "pk" in kwargs or "slug" in kwargs
+
+    def get_queryset(self):
+        action = roles.VIEW if self.kwargs_identify_object(self.kwargs) else self.permission_action
+        return restrict(super().get_queryset(), self.request.user, action)
+
+    def get_object(self, queryset=None):
+        obj = super().get_object(queryset)
+        require(self.request.user, self.permission_action, obj)
+        return obj

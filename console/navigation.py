@@ -1,0 +1,35 @@
+"""The navigation, as data: each entry shows only to users who hold its action."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from console import roles
+from console.permissions import can
+
+
+@dataclass(frozen=True)
+class NavItem:
+    key: str
+    label: str
+    url_name: str
+    action: str
+
+
+NAVIGATION: tuple[NavItem, ...] = (
+    NavItem("dashboard", _("Dashboard"), "dashboard", roles.VIEW),
+    NavItem("credentials", _("Credentials"), "credentials", roles.ADD_MODEL),
+    NavItem("access", _("Users & access"), "users", roles.MANAGE_USERS),
+    NavItem("api", _("API"), "api:docs", roles.VIEW),
+)
+
+
+def visible_items(user) -> list[dict]:
+    return [
+        {"key": item.key, "label": item.label, "url": reverse(item.url_name)}
+        for item in NAVIGATION
+        if can(user, item.action)
+    ]

@@ -1,0 +1,92 @@
+"""Every permission question, answered once. Views, API, consumers and tasks call only these.
+
+- `can(user, action, obj=None)`: a yes/no for templates and menus.
+- `restrict(queryset, user, action)`: the rows of a list the user may see for that action.
+- `require(user, action, obj=None)`: raise PermissionDenied (403), or Http404 for an object the user
+  may not even view (no enumeration).
+- `require_list(user, action, model)`: may the user list any object of this model for the action.
+
+Rules, in words:
+- A user holds an action globally when one of their roles (groups from console.roles.ROLES) holds it.
+- A user or one of their teams may be granted an action on one object, where roles.GRANTABLE allows it.
+- Anonymous and inactive users hold nothing.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import Http404
+from guardian.shortcuts import get_objects_for_user
+
+from console import roles
+
+
+def _active(user) -> bool:
+    return bool(user and user.is_authenticated and user.is_active)
+
+
+def _global_perm(action: str) -> str:
+    if action not in roles.ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    return f"{roles.CAPABILITY_APP}.{action}"
+
+
+def _model_label(model: type[Model]) -> str:
+    return model._meta.label_lower
+
+
+def grantable(model: type[Model], action: str) -> bool:
+    return action in roles.GRANTABLE.get(_model_label(model), ())
+
+
+def _object_perm(model: type[Model], action: str) -> str:
+    return f"{model._meta.app_label}.{roles.object_codename(action, model._meta.model_name)}"
+
+
+def has_global(user, action: str) -> bool:
+    """True when one of the user's roles holds the action everywhere."""
+    return _active(user) and user.has_perm(_global_perm(action))
+
+
+def allowed_actions(user) -> list[str]:
+    return [action for action in roles.ACTIONS if has_global(user, action)]
+
+
+def can(user, action: str, obj: Model | None = None) -> bool:
+    if has_global(user, action):
+        return True
+    if obj is None or not _active(user) or not grantable(type(obj), action):
+        return False
+    return user.has_perm(_object_perm(type(obj), action), obj)
+
+
+def restrict(queryset: QuerySet, user, action: str) -> QuerySet:
+    """The part of queryset on which the user holds action (globally, or by grant on each object)."""
+    if has_global(user, action):
+        return queryset
+    if not _active(user) or not grantable(queryset.model, action):
+        return queryset.none()
+    return get_objects_for_user(
+        user, _object_perm(queryset.model, action), klass=queryset, accept_global_perms=False, with_superuser=False
+    )
+
+
+def require(user, action: str, obj: Model | None = None) -> None:
+    """Raise unless the user holds action (on obj, when given). An unseen object is a 404."""
+    if can(user, action, obj):
+        return
+    if obj is not None and action != roles.VIEW and not can(user, roles.VIEW, obj):
+        raise Http404
+    if obj is not None and action == roles.VIEW:
+        raise Http404
+    raise PermissionDenied(f"Your role does not allow '{action}'.")
+
+
+def require_list(user, action: str, model: type[Model]) -> None:
+    """Raise PermissionDenied unless the user may hold action on some objects of model."""
+    if has_global(user, action):
+        return
+    if _active(user) and grantable(model, action):
+        return
+    raise PermissionDenied(f"Your role does not allow '{action}'.")

@@ -1,0 +1,1 @@
+"""Services: the writes of the console app (keyword-only, typed, atomic)."""

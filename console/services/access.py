@@ -1,0 +1,130 @@
+"""Roles and per-object grants: who may do what."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Model
+from guardian.shortcuts import assign_perm, remove_perm
+
+from console import roles
+from console.errors import ApplicationError
+from console.permissions import grantable, require
+
+User = get_user_model()
+
+
+def user_roles(user) -> list[str]:
+    names = set(user.groups.values_list("name", flat=True))
+    return [role for role in roles.ROLES if role in names]
+
+
+def _role_group(role: str) -> Group:
+    if role not in roles.ROLES:
+        raise ApplicationError(f"Unknown role '{role}'. Choose one of: {', '.join(roles.ROLES)}.", field="role")
+    group, _ = Group.objects.get_or_create(name=role)
+    return group
+
+
+@transaction.atomic
+def role_grant(*, actor, user, role: str) -> None:
+    """Give user a role. An admin can grant roles when: they hold manage_users."""
+    require(actor, roles.MANAGE_USERS)
+    user.groups.add(_role_group(role))
+
+
+@transaction.atomic
+def role_revoke(*, actor, user, role: str) -> None:
+    """Take a role away. The last active admin cannot lose the admin role (nobody could undo it)."""
+    require(actor, roles.MANAGE_USERS)
+    group = _role_group(role)
+    if role == roles.ADMIN and not group.user_set.filter(is_active=True).exclude(pk=user.pk).exists():
+        raise ApplicationError("This is the last active admin; make someone else admin first.", field="roles")
+    user.groups.remove(group)
+
+
+@transaction.atomic
+def roles_set(*, actor, user, role_names: list[str]) -> list[str]:
+    """Make user hold exactly role_names; returns the roles now held."""
+    require(actor, roles.MANAGE_USERS)
+    wanted = set(role_names)
+    for role in wanted:
+        _role_group(role)
+    current = set(user_roles(user))
+    for role in sorted(current - wanted):
+        role_revoke(actor=actor, user=user, role=role)
+    for role in sorted(wanted - current):
+        role_grant(actor=actor, user=user, role=role)
+    return user_roles(user)
+
+
+def _check_grant(target: Model, action: str, grantee) -> str:
+    if not isinstance(grantee, User | Group):
+        raise ApplicationError("A grant goes to a user or a team.", field="grantee")
+    if isinstance(grantee, Group) and grantee.name in roles.ROLES:
+        raise ApplicationError("Grant to a user or a team, not to a role group.", field="grantee")
+    if not grantable(type(target), action):
+        allowed = ", ".join(roles.GRANTABLE.get(target._meta.label_lower, ())) or "nothing"
+        raise ApplicationError(f"'{action}' cannot be granted on a {target._meta.verbose_name}; allowed: {allowed}.",
+                               field="action")
+    return roles.object_codename(action, target._meta.model_name)
+
+
+@transaction.atomic
+def object_grant(*, actor, grantee, action: str, target: Model) -> None:
+    """Let a user or team hold action on one object. Needs manage_users."""
+    require(actor, roles.MANAGE_USERS)
+    assign_perm(_check_grant(target, action, grantee), grantee, target)
+
+
+@transaction.atomic
+def object_revoke(*, actor, grantee, action: str, target: Model) -> None:
+    require(actor, roles.MANAGE_USERS)
+    remove_perm(_check_grant(target, action, grantee), grantee, target)
+
+
+@transaction.atomic
+def user_create(*, actor, username: str, password: str, email: str = "", role_names: list[str] = ()) -> User:
+    """Create a login for a person, with its roles. Needs manage_users."""
+    require(actor, roles.MANAGE_USERS)
+    if User.objects.filter(username__iexact=username).exists():
+        raise ApplicationError(f"A user named '{username}' already exists.", field="username")
+    candidate = User(username=username, email=email)
+    try:
+        validate_password(password, candidate)
+    except ValidationError as exc:
+        raise ApplicationError(" ".join(exc.messages), field="password") from None
+    user = User.objects.create_user(username=username, email=email, password=password)
+    for role in role_names:
+        user.groups.add(_role_group(role))
+    return user
+
+
+@transaction.atomic
+def user_set_active(*, actor, user, active: bool) -> None:
+    """Disable or re-enable a login. Nobody disables themselves or the last admin."""
+    require(actor, roles.MANAGE_USERS)
+    if not active and user.pk == actor.pk:
+        raise ApplicationError("You cannot disable your own account.", field="is_active")
+    if not active and roles.ADMIN in user_roles(user):
+        others = Group.objects.get(name=roles.ADMIN).user_set.filter(is_active=True).exclude(pk=user.pk)
+        if not others.exists():
+            raise ApplicationError("This is the last active admin.", field="is_active")
+    user.is_active = active
+    user.save(update_fields=["is_active"])
+
+
+def grant_target(*, target_type: str, target_id: str) -> Model:
+    """The object a grant names, or a field error."""
+    from django.apps import apps
+
+    if target_type not in roles.GRANTABLE:
+        raise ApplicationError(f"Nothing can be granted on '{target_type}'.", field="target_type")
+    model = apps.get_model(target_type)
+    try:
+        return model.objects.get(pk=target_id)
+    except (model.DoesNotExist, ValueError):
+        raise ApplicationError(f"No {model._meta.verbose_name} with id {target_id}.", field="target_id") from None

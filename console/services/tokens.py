@@ -1,0 +1,55 @@
+"""Personal API tokens: created once, stored hashed, revoked by their owner or a user manager."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from console import roles
+from console.errors import ApplicationError
+from console.models import ApiToken, hash_token
+from console.permissions import require
+
+
+def _require_owner_or_manager(actor, user) -> None:
+    if actor.pk != user.pk:
+        require(actor, roles.MANAGE_USERS)
+
+
+@transaction.atomic
+def token_create(*, actor, user, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+    """Create a token for user; returns it with its one-time plain value (never stored)."""
+    _require_owner_or_manager(actor, user)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("The expiry must lie in the future.", field="expires_at")
+    raw = ApiToken.generate()
+    token = ApiToken.objects.create(
+        user=user,
+        name=name,
+        prefix=raw[:12],
+        digest=hash_token(raw),
+        expires_at=expires_at or ApiToken.default_expiry(),
+    )
+    return token, raw
+
+
+@transaction.atomic
+def token_revoke(*, actor, token: ApiToken) -> ApiToken:
+    _require_owner_or_manager(actor, token.user)
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
+
+
+def token_authenticate(raw: str) -> ApiToken | None:
+    """The usable token with this value, or None. Marks it used (at most once a minute)."""
+    token = ApiToken.objects.usable().select_related("user").filter(digest=hash_token(raw)).first()
+    if token is None:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token

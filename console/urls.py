@@ -1,0 +1,19 @@
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from console import views
+
+urlpatterns = [
+    path("", views.DashboardView.as_view(), name="dashboard"),
+    path("healthz", views.healthz, name="healthz"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("users/", views.UserListView.as_view(), name="users"),
+    path("users/<int:pk>/", views.UserAccessView.as_view(), name="user-access"),
+    path("grants/", views.GrantsView.as_view(), name="grants"),
+    path("tokens/", views.TokenListView.as_view(), name="tokens"),
+    path("credentials/", views.CredentialListView.as_view(), name="credentials"),
+    path("credentials/<int:pk>/", views.CredentialDetailView.as_view(), name="credential-detail"),
+    path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
+]

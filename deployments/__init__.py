@@ -1,0 +1,1 @@
+"""Inventory, model registry, deployments and jobs (built by later issues)."""
