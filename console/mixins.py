@@ -29,7 +29,9 @@ class ConsoleViewMixin(LoginRequiredMixin):
 
     def get_queryset(self):
         action = roles.VIEW if self.kwargs_identify_object(self.kwargs) else self.permission_action
-        return restrict(super().get_queryset(), self.request.user, action)
+        parent = getattr(super(), "get_queryset", None)
+        queryset = parent() if parent else self.queryset.all()
+        return restrict(queryset, self.request.user, action)
 
     def get_object(self, queryset=None):
         obj = super().get_object(queryset)

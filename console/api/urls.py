@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from console.api import views
 
 router = DefaultRouter(trailing_slash=True)
+router.include_format_suffixes = False  # one URL per resource: ?format= is enough
 router.register("users", views.UserViewSet, basename="user")
 router.register("grants", views.GrantViewSet, basename="grant")
 router.register("tokens", views.TokenViewSet, basename="token")

@@ -1,0 +1,144 @@
+"""Shared fixtures: one user per role, an API helper that takes the expected status, real services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tests.factories import CredentialFactory, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip outside CI with a printed reason; in CI a missing service is a failure, never a skip."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must provide this: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plain_static_files():
+    """Tests read static files through the finders; production serves the collected, hashed files."""
+    from django.test import override_settings
+
+    Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
+    storages = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    # A fast hasher: the production one costs ~0.3 s per password, for four users per test.
+    hashers = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    with override_settings(STORAGES=storages, WHITENOISE_USE_FINDERS=True, PASSWORD_HASHERS=hashers):
+        yield
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis the suite runs against (REDIS_URL, or the embedded one `make test` starts)."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.ConnectionError, OSError) as exc:
+        pytest.fail(f"Redis at {settings.REDIS_URL} does not answer ({exc}); run the suite with `make test`")
+    return settings.REDIS_URL
+
+
+def _make_role_user(role: str | None, username: str):
+    return UserFactory(username=username, roles=[role] if role else [])
+
+
+@pytest.fixture
+def admin(db):
+    return _make_role_user("admin", "alice-admin")
+
+
+@pytest.fixture
+def engineer(db):
+    return _make_role_user("engineer", "erin-engineer")
+
+
+@pytest.fixture
+def auditor(db):
+    return _make_role_user("auditor", "audrey-auditor")
+
+
+@pytest.fixture
+def nobody(db):
+    """A user who can log in but holds no role."""
+    return _make_role_user(None, "noah-norole")
+
+
+@pytest.fixture
+def users(admin, engineer, auditor, nobody) -> dict:
+    return {"admin": admin, "engineer": engineer, "auditor": auditor, "nobody": nobody, "anonymous": None}
+
+
+@pytest.fixture
+def credential(db, admin):
+    return CredentialFactory(created_by=admin)
+
+
+class Api:
+    """An API client bound to one user; every call states the status it expects."""
+
+    def __init__(self, user=None) -> None:
+        self.client = APIClient()
+        if user is not None:
+            self.client.force_login(user)
+
+    def call(self, method: str, url: str, expected: int, data=None, **headers):
+        response = getattr(self.client, method.lower())(url, data=data, format="json", **headers)
+        assert response.status_code == expected, (
+            f"{method} {url}: expected {expected}, got {response.status_code}: {getattr(response, 'data', response)}"
+        )
+        return response
+
+    def get(self, url: str, expected: int = 200, **kw):
+        return self.call("get", url, expected, **kw)
+
+    def post(self, url: str, data=None, expected: int = 201, **kw):
+        return self.call("post", url, expected, data=data, **kw)
+
+
+@pytest.fixture
+def api():
+    return Api
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(redis_url):
+    """A real Celery worker process consuming from the suite's Redis."""
+    env = dict(os.environ, REDIS_URL=redis_url, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1")
+    log = open(Path(settings.DATA_DIR) / "test-worker.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", "solo", "-l", "INFO",
+         "-n", f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    from console.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the Celery worker exited with {process.returncode}; see {log.name}")
+        if app.control.ping(timeout=0.5):
+            break
+    else:
+        process.kill()
+        pytest.fail(f"the Celery worker did not answer within 60 s; see {log.name}")
+    yield process
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()

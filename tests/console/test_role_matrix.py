@@ -1,0 +1,152 @@
+"""Every role x every page and API endpoint, with the answers users must get.
+
+anonymous: login redirect on pages, 401 on the API; a role without the action: 403; an object the
+user may not see: 404. `test_every_route_is_in_the_matrix` fails when a new route is not listed here.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
+LOGIN = "login-redirect"
+
+
+def row(method, url, anonymous, nobody, auditor, engineer, admin, data=None, route=None, needs=()):
+    return {"method": method, "url": url, "route": route or url, "data": data, "needs": needs,
+            "expected": dict(zip(ROLES, (anonymous, nobody, auditor, engineer, admin), strict=True))}
+
+
+NEW_CREDENTIAL = {"name": "new-token", "kind": "hf_token", "value": "hf_new_value_123"}
+
+MATRIX = [
+    # pages
+    row("get", "/", LOGIN, 403, 200, 200, 200),
+    row("get", "/login/", 200, 302, 302, 302, 302),
+    row("post", "/logout/", 302, 302, 302, 302, 302),
+    row("get", "/healthz", 200, 200, 200, 200, 200),
+    row("get", "/users/", LOGIN, 403, 403, 403, 200),
+    row("post", "/users/", LOGIN, 403, 403, 403, 302,
+        data={"username": "newperson", "password": "a-long-enough-passphrase", "roles": ["engineer"]}),
+    row("get", "/users/{admin}/", LOGIN, 403, 403, 403, 200, route="/users/<int:pk>/"),
+    row("post", "/users/{engineer}/", LOGIN, 403, 403, 403, 302, route="/users/<int:pk>/",
+        data={"roles": ["engineer", "auditor"], "is_active": "on"}),
+    row("get", "/grants/", LOGIN, 403, 403, 403, 200),
+    row("post", "/grants/", LOGIN, 403, 403, 403, 302,
+        data={"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}),
+    row("get", "/tokens/", LOGIN, 403, 200, 200, 200),
+    row("post", "/tokens/", LOGIN, 403, 200, 200, 200, data={"name": "laptop"}),
+    row("get", "/credentials/", LOGIN, 200, 200, 200, 200),
+    row("post", "/credentials/", LOGIN, 403, 403, 302, 302, data=NEW_CREDENTIAL),
+    row("get", "/credentials/{credential}/", LOGIN, 404, 403, 200, 200, route="/credentials/<int:pk>/"),
+    row("post", "/credentials/{credential}/", LOGIN, 404, 403, 302, 302, route="/credentials/<int:pk>/",
+        data={"delete": "1"}),
+    row("post", "/i18n/setlang/", 302, 302, 302, 302, 302, data={"language": "zh-hans", "next": "/"},
+        route="/i18n/"),
+    # API
+    row("get", "/api/v1/ping", 401, 403, 200, 200, 200, needs=("celery_worker_process",)),
+    row("get", "/api/v1/me", 401, 200, 200, 200, 200),
+    row("get", "/api/v1/schema/", 401, 200, 200, 200, 200),
+    row("get", "/api/v1/docs/", 401, 200, 200, 200, 200),
+    row("get", "/api/v1/", 401, 200, 200, 200, 200),
+    row("get", "/api/v1/users/", 401, 403, 403, 403, 200),
+    row("post", "/api/v1/users/", 401, 403, 403, 403, 201,
+        data={"username": "apiperson", "password": "a-long-enough-passphrase", "roles": ["auditor"]}),
+    row("get", "/api/v1/users/{engineer}/", 401, 403, 403, 403, 200, route="/api/v1/users/<pk>/"),
+    row("patch", "/api/v1/users/{engineer}/", 401, 403, 403, 403, 200, route="/api/v1/users/<pk>/",
+        data={"roles": ["engineer", "auditor"]}),
+    row("put", "/api/v1/users/{engineer}/", 401, 403, 403, 403, 200, route="/api/v1/users/<pk>/",
+        data={"username": "erin-engineer", "roles": ["engineer"], "is_active": True}),
+    row("get", "/api/v1/grants/", 401, 403, 403, 403, 200),
+    row("post", "/api/v1/grants/", 401, 403, 403, 403, 201,
+        data={"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}),
+    row("post", "/api/v1/grants/revoke/", 401, 403, 403, 403, 204,
+        data={"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}),
+    row("get", "/api/v1/tokens/", 401, 200, 200, 200, 200),
+    row("post", "/api/v1/tokens/", 401, 201, 201, 201, 201, data={"name": "ci"}),
+    row("get", "/api/v1/tokens/{admin_token}/", 401, 404, 404, 404, 200, route="/api/v1/tokens/<pk>/"),
+    row("delete", "/api/v1/tokens/{admin_token}/", 401, 404, 404, 404, 204, route="/api/v1/tokens/<pk>/"),
+    row("get", "/api/v1/credentials/", 401, 200, 200, 200, 200),
+    row("post", "/api/v1/credentials/", 401, 403, 403, 201, 201, data=NEW_CREDENTIAL),
+    row("get", "/api/v1/credentials/{credential}/", 401, 404, 200, 200, 200, route="/api/v1/credentials/<pk>/"),
+    row("patch", "/api/v1/credentials/{credential}/", 401, 404, 403, 200, 200, route="/api/v1/credentials/<pk>/",
+        data={"description": "rotated"}),
+    row("put", "/api/v1/credentials/{credential}/", 401, 404, 403, 200, 200, route="/api/v1/credentials/<pk>/",
+        data={"name": "renamed", "kind": "hf_token", "description": ""}),
+    row("delete", "/api/v1/credentials/{credential}/", 401, 404, 403, 204, 204, route="/api/v1/credentials/<pk>/"),
+]
+
+
+def _fill(value, ids: dict):
+    if isinstance(value, str):
+        return value.format(**ids)
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, ids) for v in value]
+    return value
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("entry", MATRIX, ids=lambda e: f"{e['method'].upper()} {e['route']}")
+def test_role_matrix(entry, role, users, credential, client, request):
+    from console.services.tokens import token_create
+
+    for fixture in entry["needs"]:
+        request.getfixturevalue(fixture)
+    admin_token, _raw = token_create(actor=users["admin"], user=users["admin"], name="admin's")
+    ids = {"admin": users["admin"].pk, "engineer": users["engineer"].pk, "credential": credential.pk,
+           "admin_token": admin_token.pk}
+    url = _fill(entry["url"], ids)
+    data = _fill(entry["data"], ids)
+    user = users[role]
+    if user is not None:
+        client.force_login(user)
+    is_api = url.startswith("/api/")
+    if is_api:
+        response = getattr(client, entry["method"])(url, data=data, content_type="application/json")
+    else:
+        response = getattr(client, entry["method"])(url, data=data or {})
+    expected = entry["expected"][role]
+    if expected == LOGIN:
+        assert response.status_code == 302, response
+        assert response["Location"].startswith("/login/?next="), response["Location"]
+    else:
+        assert response.status_code == expected, (
+            f"{role} {entry['method'].upper()} {url}: expected {expected}, got {response.status_code}: "
+            f"{response.content[:300]!r}"
+        )
+
+
+def _routes(resolver=None, prefix="") -> list[str]:
+    resolver = resolver or get_resolver()
+    found = []
+    for pattern in resolver.url_patterns:
+        text = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            if text.startswith("i18n/"):
+                found.append("/i18n/")
+                continue
+            found.extend(_routes(pattern, text))
+        elif isinstance(pattern, URLPattern):
+            found.append("/" + text)
+    return found
+
+
+def _normalise(route: str) -> str:
+    # DRF router patterns are regexes: ^users/(?P<pk>[^/.]+)/$ -> users/<pk>/
+    import re
+
+    route = route.replace("^", "").replace("$", "").replace("\\.(?P<format>[a-z0-9]+)/?", "")
+    route = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", route)
+    return route
+
+
+def test_every_route_is_in_the_matrix():
+    covered = {entry["route"] for entry in MATRIX}
+    routes = {_normalise(r) for r in _routes()}
+    routes = {r for r in routes if "<format>" not in r and not r.endswith(".<format>")}
+    missing = sorted(r for r in routes if r not in covered and not r.startswith("/static/"))
+    assert not missing, f"routes with no row in the role matrix: {missing}"
