@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,23 @@ class Supervisor:
             child.process = subprocess.Popen(child.args, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
             self.children.append(child)
             self.say(f"{child.name}: started (pid {child.process.pid})")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Return once web answers /healthz; raise if a child dies or time runs out."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        url = f"http://{host}:{self.port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for child in self.children:
+                if child.process.poll() is not None:
+                    raise RuntimeError(f"{child.name} exited with status {child.process.returncode} while starting")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.25)
+        raise RuntimeError(f"web did not answer {url} within {timeout:.0f}s")
 
     def wait(self) -> int:
         """Block until a signal asks us to stop or a child dies; returns the exit status."""

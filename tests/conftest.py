@@ -34,11 +34,22 @@ def _plain_static_files():
     from django.test import override_settings
 
     Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
-    storages = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    storages = {**settings.STORAGES, "staticfiles": plain}
     # A fast hasher: the production one costs ~0.3 s per password, for four users per test.
     hashers = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     with override_settings(STORAGES=storages, WHITENOISE_USE_FINDERS=True, PASSWORD_HASHERS=hashers):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_persistent_connections(django_db_blocker):
+    """Connections opened by async consumers' worker threads must close after use, or PostgreSQL
+    refuses to drop the test database at the end."""
+    from django.db import connections
+
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+    connections["default"].settings_dict["CONN_MAX_AGE"] = 0
 
 
 @pytest.fixture(scope="session")

@@ -420,3 +420,19 @@ def test_commented_agent_example(compose_text, services):
     assert "driver: nvidia" in comments
     assert "capabilities: [gpu]" in comments
     assert "Every GPU host runs one" in comments
+
+
+# --- the operations guide ------------------------------------------------------------------------------
+
+
+def test_operations_guide_documents_every_setting(compose_text):
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    read_by_settings = set(re.findall(r"env_(?:str|bool|int|list)\(\s*\"([A-Z0-9_]+)\"", SETTINGS_FILE.read_text()))
+    assert {"DATA_DIR", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SECRETS_ENCRYPTION_KEYS"} <= read_by_settings
+    active = "\n".join(line for line in compose_text.splitlines() if not line.lstrip().startswith("#"))
+    interpolated = {match.group(1) for match in VARIABLE.finditer(active.replace("$$", ""))}
+    for variable in sorted(read_by_settings | interpolated):
+        assert f"`{variable}`" in guide, f"docs/operations.md does not describe {variable}"
+    for command in ("rotate_secrets_key --check", "axes_reset", "sync_roles", "pg_dump",
+                    "docker compose exec web cat /var/lib/console/initial_admin_password"):
+        assert command in guide, command

@@ -18,6 +18,7 @@ def row(method, url, anonymous, nobody, auditor, engineer, admin, data=None, rou
             "expected": dict(zip(ROLES, (anonymous, nobody, auditor, engineer, admin), strict=True))}
 
 
+GRANT = {"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}
 NEW_CREDENTIAL = {"name": "new-token", "kind": "hf_token", "value": "hf_new_value_123"}
 
 MATRIX = [
@@ -34,7 +35,7 @@ MATRIX = [
         data={"roles": ["engineer", "auditor"], "is_active": "on"}),
     row("get", "/grants/", LOGIN, 403, 403, 403, 200),
     row("post", "/grants/", LOGIN, 403, 403, 403, 302,
-        data={"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}),
+        data=GRANT),
     row("get", "/tokens/", LOGIN, 403, 200, 200, 200),
     row("post", "/tokens/", LOGIN, 403, 200, 200, 200, data={"name": "laptop"}),
     row("get", "/credentials/", LOGIN, 200, 200, 200, 200),
@@ -60,9 +61,9 @@ MATRIX = [
         data={"username": "erin-engineer", "roles": ["engineer"], "is_active": True}),
     row("get", "/api/v1/grants/", 401, 403, 403, 403, 200),
     row("post", "/api/v1/grants/", 401, 403, 403, 403, 201,
-        data={"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}),
+        data=GRANT),
     row("post", "/api/v1/grants/revoke/", 401, 403, 403, 403, 204,
-        data={"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}),
+        data=GRANT),
     row("get", "/api/v1/tokens/", 401, 200, 200, 200, 200),
     row("post", "/api/v1/tokens/", 401, 201, 201, 201, 201, data={"name": "ci"}),
     row("get", "/api/v1/tokens/{admin_token}/", 401, 404, 404, 404, 200, route="/api/v1/tokens/<pk>/"),

@@ -39,7 +39,8 @@ def test_token_is_stored_hashed_and_shown_once(api, engineer):
 
 
 def test_expired_and_revoked_tokens_are_refused(engineer):
-    token, raw = token_create(actor=engineer, user=engineer, name="short", expires_at=timezone.now() + timedelta(hours=1))
+    soon = timezone.now() + timedelta(hours=1)
+    token, raw = token_create(actor=engineer, user=engineer, name="short", expires_at=soon)
     assert bearer(raw).get("/api/v1/me").status_code == 200
     ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert bearer(raw).get("/api/v1/me").status_code == 401

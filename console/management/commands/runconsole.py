@@ -23,6 +23,7 @@ class Command(BaseCommand):
         call_command("ensure_admin")
         try:
             supervisor.start()
+            supervisor.wait_ready()
             shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
             say(self.style.SUCCESS(f"The console is at http://{shown_host}:{port}/ (data in {settings.DATA_DIR}); "
                                    "press Ctrl-C to stop."))
