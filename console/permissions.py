@@ -7,7 +7,9 @@
 - `require_list(user, action, model)`: may the user list any object of this model for the action.
 
 Rules, in words:
-- A user holds an action globally when one of their roles (groups from console.roles.ROLES) holds it.
+- A user holds an action globally when one of their roles (a group named in console.roles.ROLES)
+  holds it there. The groups' Django permissions mirror the matrix (sync_roles) for other tools;
+  the checks read the matrix itself.
 - A user or one of their teams may be granted an action on one object, where roles.GRANTABLE allows it.
 - Anonymous and inactive users hold nothing.
 """
@@ -26,10 +28,17 @@ def _active(user) -> bool:
     return bool(user and user.is_authenticated and user.is_active)
 
 
-def _global_perm(action: str) -> str:
-    if action not in roles.ACTIONS:
-        raise ValueError(f"unknown action {action!r}")
-    return f"{roles.CAPABILITY_APP}.{action}"
+def _global_actions(user) -> frozenset[str]:
+    """The actions the user's roles hold, read once per user object (one query per request)."""
+    cached = getattr(user, "_console_actions", None)
+    if cached is None:
+        if user.is_superuser:
+            cached = frozenset(roles.ACTIONS)
+        else:
+            names = set(user.groups.values_list("name", flat=True))
+            cached = frozenset(action for role, actions in roles.ROLES.items() if role in names for action in actions)
+        user._console_actions = cached
+    return cached
 
 
 def _model_label(model: type[Model]) -> str:
@@ -46,7 +55,9 @@ def _object_perm(model: type[Model], action: str) -> str:
 
 def has_global(user, action: str) -> bool:
     """True when one of the user's roles holds the action everywhere."""
-    return _active(user) and user.has_perm(_global_perm(action))
+    if action not in roles.ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    return _active(user) and action in _global_actions(user)
 
 
 def allowed_actions(user) -> list[str]:

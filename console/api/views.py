@@ -42,13 +42,11 @@ class PingView(APIView):
         try:
             answer = result.get(timeout=PING_TIMEOUT_SECONDS)
         except CeleryTimeout:
-            result.forget()
             return Response(
                 {"detail": f"No Celery worker answered within {PING_TIMEOUT_SECONDS} s. Is the worker running?",
                  "code": "worker_unavailable"},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        result.forget()
         return Response({**answer, "round_trip_ms": round((time.perf_counter() - started) * 1000, 2)})
 
 
