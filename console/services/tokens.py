@@ -46,8 +46,12 @@ def token_revoke(*, actor, token: ApiToken) -> ApiToken:
 
 def token_authenticate(raw: str) -> ApiToken | None:
     """The usable token with this value, or None. Marks it used (at most once a minute)."""
-    token = ApiToken.objects.usable().select_related("user").filter(digest=hash_token(raw)).first()
-    if token is None:
+    # One indexed lookup; expiry and revocation are checked on the row (this runs on every API call).
+    try:
+        token = ApiToken.objects.select_related("user").get(digest=hash_token(raw))
+    except ApiToken.DoesNotExist:
+        return None
+    if not token.is_active:
         return None
     now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
