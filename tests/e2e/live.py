@@ -1,0 +1,29 @@
+"""A live daphne server (HTTP + websockets) in a forked process, for browser tests."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+from channels.testing import ChannelsLiveServerTestCase, live
+from django.db import connections
+
+_point_at_test_database = live.set_database_connection
+
+
+def _fresh_connections_then_test_database() -> None:
+    """In the forked server: forget the parent's database connections (a SQLite handle or a
+    PostgreSQL socket must never be shared across fork), then point at the test database."""
+    for alias in list(connections.settings):
+        try:
+            del connections[alias]
+        except AttributeError:  # never opened in the parent
+            pass
+    _point_at_test_database()
+
+
+class ConsoleLiveServerTestCase(ChannelsLiveServerTestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        connections.close_all()
+        with mock.patch.object(live, "set_database_connection", _fresh_connections_then_test_database):
+            super().setUpClass()

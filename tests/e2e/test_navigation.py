@@ -1,0 +1,99 @@
+"""In a real browser against a real daphne (HTTP + websockets): each role logs in and sees its menu."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core.management import call_command
+
+from tests.e2e.live import ConsoleLiveServerTestCase
+from tests.factories import PASSWORD, UserFactory
+
+pytestmark = pytest.mark.browser
+
+EXPECTED_NAV = {
+    "admin": ["dashboard", "credentials", "access", "api"],
+    "engineer": ["dashboard", "credentials", "api"],
+    "auditor": ["dashboard", "api"],
+}
+
+
+@pytest.mark.usefixtures("celery_worker_process")
+class NavigationTests(ConsoleLiveServerTestCase):
+    serve_static = True
+
+    @pytest.fixture(autouse=True)
+    def _browser(self, browser, artifacts, tmp_path):
+        self.browser = browser
+        self.artifacts = artifacts
+        self.tmp_path = tmp_path
+
+    def login(self, username: str, password: str):
+        context = self.browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.goto(self.live_server_url + "/")
+        assert "/login/" in page.url
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("#login-submit")
+        page.wait_for_load_state()
+        if not page.locator("#my-actions").count():
+            page.screenshot(path=str(self.artifacts / f"login-failed-{username}.png"))
+            raise AssertionError(f"login as {username} did not reach the dashboard: {page.url}\n{page.content()[:3000]}")
+        return context, page
+
+    def nav_keys(self, page) -> list[str]:
+        return page.eval_on_selector_all("#nav-items [data-nav]", "els => els.map(e => e.dataset.nav)")
+
+    def test_first_admin_logs_in_with_the_password_from_the_file(self):
+        password_file = self.tmp_path / "initial_admin_password"
+        call_command("ensure_admin", "--password-file", str(password_file))
+        assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+        creds = dict(line.split(": ", 1) for line in password_file.read_text().splitlines())
+        context, page = self.login(creds["username"], creds["password"])
+        assert self.nav_keys(page) == EXPECTED_NAV["admin"]
+        # The live indicator turns green only after a pong came back through the Redis channel layer.
+        page.wait_for_selector("#live-status .live-dot.ok", timeout=15_000)
+        page.wait_for_selector("#worker-status.text-success", timeout=15_000)
+        page.screenshot(path=str(self.artifacts / "dashboard-admin.png"), full_page=True)
+        context.close()
+
+    def test_each_role_sees_only_what_it_may_use(self):
+        for role, expected in EXPECTED_NAV.items():
+            user = UserFactory(username=f"{role}-e2e", roles=[role])
+            context, page = self.login(user.username, PASSWORD)
+            assert self.nav_keys(page) == expected, role
+            page.screenshot(path=str(self.artifacts / f"dashboard-{role}.png"), full_page=True)
+            if "access" not in expected:
+                response = page.goto(self.live_server_url + "/users/")
+                assert response.status == 403
+                assert page.locator("#forbidden").is_visible()
+            context.close()
+
+    def test_language_switch_to_chinese(self):
+        user = UserFactory(username="engineer-zh", roles=["engineer"])
+        context, page = self.login(user.username, PASSWORD)
+        page.select_option("#language-select", "zh-hans")
+        page.wait_for_selector("html[lang='zh-hans']")
+        assert page.locator("[data-nav='dashboard']").inner_text() == "仪表盘"
+        page.screenshot(path=str(self.artifacts / "dashboard-engineer-zh.png"), full_page=True)
+        context.close()
+
+    def test_wrong_password_then_logout(self):
+        user = UserFactory(username="auditor-out", roles=["auditor"])
+        context = self.browser.new_context()
+        page = context.new_page()
+        page.goto(self.live_server_url + "/login/")
+        page.fill("#id_username", user.username)
+        page.fill("#id_password", "not-the-password")
+        page.click("#login-submit")
+        assert page.locator("#login-error").is_visible()
+        context.close()
+        context, page = self.login(user.username, PASSWORD)
+        page.click("#user-menu")
+        page.click("#logout")
+        page.wait_for_url(re.compile(r".*/login/$"))
+        context.close()
+
+
