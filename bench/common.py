@@ -29,7 +29,8 @@ class Figure:
     def line(self) -> str:
         note = f" [{self.note}]" if self.note else ""
         status = "met" if self.met else "MISSED"
-        return f"bench {self.name}: {self.value:.3g} {self.unit} (goal {self.comparison} {self.target:g}) {status}{note}"
+        goal = f"(goal {self.comparison} {self.target:g})"
+        return f"bench {self.name}: {self.value:.3g} {self.unit} {goal} {status}{note}"
 
 
 def setup_django() -> None:

@@ -18,7 +18,8 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 @pytest.fixture(scope="session")
 def browser():
-    need(Path(CHROMIUM).exists() or bool(shutil.which(CHROMIUM)), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    found = Path(CHROMIUM).exists() or bool(shutil.which(CHROMIUM))
+    need(found, f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an event loop on the main thread, which makes Django refuse ORM

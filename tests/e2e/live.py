@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 from channels.testing import ChannelsLiveServerTestCase, live
@@ -14,10 +15,8 @@ def _fresh_connections_then_test_database() -> None:
     """In the forked server: forget the parent's database connections (a SQLite handle or a
     PostgreSQL socket must never be shared across fork), then point at the test database."""
     for alias in list(connections.settings):
-        try:
+        with contextlib.suppress(AttributeError):  # never opened in the parent
             del connections[alias]
-        except AttributeError:  # never opened in the parent
-            pass
     _point_at_test_database()
 
 

@@ -40,7 +40,9 @@ class NavigationTests(ConsoleLiveServerTestCase):
         page.wait_for_load_state()
         if not page.locator("#my-actions").count():
             page.screenshot(path=str(self.artifacts / f"login-failed-{username}.png"))
-            raise AssertionError(f"login as {username} did not reach the dashboard: {page.url}\n{page.content()[:3000]}")
+            raise AssertionError(
+                f"login as {username} did not reach the dashboard: {page.url}\n{page.content()[:3000]}"
+            )
         return context, page
 
     def nav_keys(self, page) -> list[str]:
