@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def production_env(tmp_path) -> dict:
+    # The browser tests' async-safety switch is a test-runner setting, never a production one.
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     return dict(
-        os.environ,
+        inherited,
         DEBUG="false",
         SECURE_TLS="true",
         SECRET_KEY="x" * 20 + "-production-secret-key-with-enough-entropy-9f8e7d6c5b4a",

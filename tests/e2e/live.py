@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from unittest import mock
 
+from asgiref.sync import SyncToAsync
+from channels.layers import channel_layers
 from channels.testing import ChannelsLiveServerTestCase, live
 from django.db import connections
 
@@ -13,10 +16,15 @@ _point_at_test_database = live.set_database_connection
 
 def _fresh_connections_then_test_database() -> None:
     """In the forked server: forget the parent's database connections (a SQLite handle or a
-    PostgreSQL socket must never be shared across fork), then point at the test database."""
+    PostgreSQL socket must never be shared across fork) and channel layers, then point at the
+    test database."""
     for alias in list(connections.settings):
         with contextlib.suppress(AttributeError):  # never opened in the parent
             del connections[alias]
+    # Likewise the channel layer (its Redis connections belong to the parent's event loops) and
+    # asgiref's thread-sensitive executor (its worker thread did not survive the fork).
+    channel_layers.backends.clear()
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
     _point_at_test_database()
 
 
