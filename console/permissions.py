@@ -87,9 +87,7 @@ def require(user, action: str, obj: Model | None = None) -> None:
     """Raise unless the user holds action (on obj, when given). An unseen object is a 404."""
     if can(user, action, obj):
         return
-    if obj is not None and action != roles.VIEW and not can(user, roles.VIEW, obj):
-        raise Http404
-    if obj is not None and action == roles.VIEW:
+    if obj is not None and (action == roles.VIEW or not can(user, roles.VIEW, obj)):
         raise Http404
     raise PermissionDenied(f"Your role does not allow '{action}'.")
 

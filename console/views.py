@@ -90,9 +90,8 @@ class UserAccessView(ConsoleViewMixin, View):
         form = UserAccessForm(request.POST)
         if form.is_valid():
             try:
-                access.roles_set(actor=request.user, user=person, role_names=form.cleaned_data["roles"])
-                if form.cleaned_data["is_active"] != person.is_active:
-                    access.user_set_active(actor=request.user, user=person, active=form.cleaned_data["is_active"])
+                access.user_update(actor=request.user, user=person, role_names=form.cleaned_data["roles"],
+                                   is_active=form.cleaned_data["is_active"])
             except ApplicationError as error:
                 apply_error(form, error)
             else:

@@ -17,6 +17,8 @@ from tests.factories import CredentialFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# WhiteNoise looks for STATIC_ROOT when the first request handler is built; tests serve through finders.
+Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 
 
 def need(condition: bool, reason: str) -> None:
@@ -33,7 +35,6 @@ def _plain_static_files():
     """Tests read static files through the finders; production serves the collected, hashed files."""
     from django.test import override_settings
 
-    Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
     plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
     storages = {**settings.STORAGES, "staticfiles": plain}
     # A fast hasher: the production one costs ~0.3 s per password, for four users per test.

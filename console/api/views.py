@@ -81,17 +81,12 @@ class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
                                                  role_names=data.get("roles", []))
 
     def perform_update(self, serializer):
-        user = serializer.instance
         data = serializer.validated_data
-        if "is_active" in data and data["is_active"] != user.is_active:
-            access.user_set_active(actor=self.request.user, user=user, active=data["is_active"])
-        if "roles" in data:
-            access.roles_set(actor=self.request.user, user=user, role_names=data["roles"])
-        if "email" in data:
-            user.email = data["email"]
-            user.save(update_fields=["email"])
         if data.get("password"):
             raise serializers.ValidationError({"password": ["Passwords are changed by their owner."]})
+        serializer.instance = access.user_update(actor=self.request.user, user=serializer.instance,
+                                                 email=data.get("email"), is_active=data.get("is_active"),
+                                                 role_names=data.get("roles"))
 
 
 class GrantViewSet(viewsets.ViewSet):

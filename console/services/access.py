@@ -104,6 +104,21 @@ def user_create(*, actor, username: str, password: str, email: str = "", role_na
 
 
 @transaction.atomic
+def user_update(*, actor, user, email: str | None = None, is_active: bool | None = None,
+                role_names: list[str] | None = None) -> User:
+    """Change a person's email, login and roles together: all or nothing. Needs manage_users."""
+    require(actor, roles.MANAGE_USERS)
+    if email is not None and email != user.email:
+        user.email = email
+        user.save(update_fields=["email"])
+    if is_active is not None and is_active != user.is_active:
+        user_set_active(actor=actor, user=user, active=is_active)
+    if role_names is not None:
+        roles_set(actor=actor, user=user, role_names=role_names)
+    return user
+
+
+@transaction.atomic
 def user_set_active(*, actor, user, active: bool) -> None:
     """Disable or re-enable a login. Nobody disables themselves or the last admin."""
     require(actor, roles.MANAGE_USERS)

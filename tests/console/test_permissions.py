@@ -105,3 +105,14 @@ def test_sync_roles_is_idempotent_and_repairs():
     codenames = set(Group.objects.get(name="auditor").permissions.values_list("codename", flat=True))
     assert codenames == {"view", "view_data"}
     assert Group.objects.filter(name__in=list(roles.ROLES)).count() == 3
+
+
+def test_user_update_is_all_or_nothing(admin, engineer):
+    from django.contrib.auth import get_user_model
+
+    with pytest.raises(ApplicationError):
+        # Removing the last admin's role fails, so the email change in the same call is rolled back.
+        access.user_update(actor=admin, user=admin, email="new@example.test", role_names=["auditor"])
+    admin.refresh_from_db()
+    assert admin.email != "new@example.test"
+    assert access.user_roles(get_user_model().objects.get(pk=admin.pk)) == ["admin"]
