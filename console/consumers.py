@@ -5,8 +5,10 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from django.utils import timezone
 
+from audit.denials import record_denial
 from console import roles
 from console.permissions import require
 
@@ -26,7 +28,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             await database_sync_to_async(require)(user, self.permission_action)
-        except PermissionDenied:
+        except (PermissionDenied, Http404) as denied:  # ObjectHidden (404) too: a consumer answers both alike
+            await database_sync_to_async(record_denial)(denied, user=user, path=self.scope.get("path", ""))
             await self.close(code=CLOSE_FORBIDDEN)
             return
         await self.accept()

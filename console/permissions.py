@@ -24,6 +24,22 @@ from guardian.shortcuts import get_objects_for_user
 from console import roles
 
 
+class ActionDenied(PermissionDenied):
+    """403: the user may see the thing but not do this. Carries what was denied, for the audit log."""
+
+    def __init__(self, user, action: str, obj: Model | None = None, model: type[Model] | None = None) -> None:
+        super().__init__(f"Your role does not allow '{action}'.")
+        self.user, self.action, self.obj, self.model = user, action, obj, model
+
+
+class ObjectHidden(Http404):
+    """404: the user may not even see this object (no enumeration). Audited like a denial."""
+
+    def __init__(self, user, action: str, obj: Model) -> None:
+        super().__init__("Not found.")
+        self.user, self.action, self.obj, self.model = user, action, obj, type(obj)
+
+
 def _active(user) -> bool:
     return bool(user and user.is_authenticated and user.is_active)
 
@@ -88,8 +104,8 @@ def require(user, action: str, obj: Model | None = None) -> None:
     if can(user, action, obj):
         return
     if obj is not None and (action == roles.VIEW or not can(user, roles.VIEW, obj)):
-        raise Http404
-    raise PermissionDenied(f"Your role does not allow '{action}'.")
+        raise ObjectHidden(user, action, obj)
+    raise ActionDenied(user, action, obj)
 
 
 def require_list(user, action: str, model: type[Model]) -> None:
@@ -98,4 +114,4 @@ def require_list(user, action: str, model: type[Model]) -> None:
         return
     if _active(user) and grantable(model, action):
         return
-    raise PermissionDenied(f"Your role does not allow '{action}'.")
+    raise ActionDenied(user, action, model=model)

@@ -1,0 +1,41 @@
+"""Carry the audit context from the request that enqueued a task into the worker that runs it."""
+
+from __future__ import annotations
+
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
+
+from audit import context
+
+HEADER = "audit_context"
+_tokens: dict[str, object] = {}
+
+
+@before_task_publish.connect
+def add_context(headers=None, **kwargs) -> None:
+    if headers is not None:
+        headers[HEADER] = context.current().as_headers()
+
+
+@task_prerun.connect
+def enter_context(task_id=None, task=None, **kwargs) -> None:
+    request = task.request if task is not None else None
+    sent = None
+    if request is not None:
+        sent = getattr(request, HEADER, None) or (getattr(request, "headers", None) or {}).get(HEADER)
+    worker_context = context.AuditContext.from_headers(sent)
+    # Work done by the worker is sourced "worker", whoever asked for it.
+    _tokens[task_id] = context.set_context(context.AuditContext(**{**worker_context.as_headers(), "source": "worker"}))
+
+
+@task_postrun.connect
+def leave_context(task_id=None, **kwargs) -> None:
+    token = _tokens.pop(task_id, None)
+    if token is not None:
+        context.reset_context(token)
+
+
+@worker_process_init.connect
+def instrument(**kwargs) -> None:
+    from audit.telemetry import instrument_celery
+
+    instrument_celery()

@@ -1,0 +1,39 @@
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from audit.models import AuditCheckpoint
+from audit.verify import verify_chain, verify_checkpoints, verify_from_checkpoint
+
+
+class Command(BaseCommand):
+    help = ("Walk the audit chain and print 'N/N events valid', or the position and id of the first broken "
+            "link (exit status 1). Also checks every stored signed checkpoint against the chain.")
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--from-checkpoint", type=int, help="Start at this stored checkpoint's head.")
+        parser.add_argument("--checkpoint-file", type=Path,
+                            help="Start at the last checkpoint of an exported JSON-lines file (an off-host copy).")
+
+    def handle(self, *args, from_checkpoint=None, checkpoint_file=None, **options) -> None:
+        if checkpoint_file:
+            lines = [line for line in checkpoint_file.read_text().splitlines() if line.strip()]
+            if not lines:
+                raise CommandError(f"{checkpoint_file} holds no checkpoint")
+            result = verify_from_checkpoint(json.loads(lines[-1]))
+        elif from_checkpoint:
+            try:
+                result = verify_from_checkpoint(AuditCheckpoint.objects.get(pk=from_checkpoint))
+            except AuditCheckpoint.DoesNotExist:
+                raise CommandError(f"no checkpoint {from_checkpoint}") from None
+        else:
+            result = verify_chain()
+        checkpoint_problem = None if (checkpoint_file or from_checkpoint) else verify_checkpoints()
+        if not result.ok:
+            self.stdout.write(self.style.ERROR(result.summary()))
+            raise SystemExit(1)
+        if checkpoint_problem:
+            self.stdout.write(self.style.ERROR(f"{result.summary()}, but {checkpoint_problem}"))
+            raise SystemExit(1)
+        self.stdout.write(self.style.SUCCESS(result.summary()))

@@ -1,0 +1,21 @@
+"""Install the triggers that make the audit tables append-only (see audit/guard.py)."""
+
+from django.db import migrations
+
+
+def install(apps, schema_editor):
+    from audit import guard
+
+    guard.install(schema_editor.connection)
+
+
+def uninstall(apps, schema_editor):
+    from audit import guard
+
+    guard.uninstall(schema_editor.connection)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("audit", "0001_events")]
+
+    operations = [migrations.RunPython(install, uninstall)]

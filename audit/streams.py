@@ -1,0 +1,45 @@
+"""The audit log's live stream (built on console.streams)."""
+
+from __future__ import annotations
+
+from audit.models import AuditEvent
+from console import roles
+from console.streams import StreamConsumer, publish
+
+STREAM = "audit"
+
+
+def event_item(event: AuditEvent) -> dict:
+    return {
+        "seq": event.id,
+        "id": event.id,
+        "time": event.created_at.isoformat(),
+        "actor": event.actor_name,
+        "roles": event.roles,
+        "action": event.action,
+        "source": event.source,
+        "outcome": event.outcome,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "target_name": event.target_name,
+        "diff": event.changes,
+        "client_ip": event.client_ip,
+        "request_id": event.request_id,
+    }
+
+
+def publish_events(events: list[AuditEvent]) -> None:
+    publish(STREAM, [event_item(event) for event in events])
+
+
+class AuditStreamConsumer(StreamConsumer):
+    """/ws/audit/: every new audit event, for those who may view the audit log."""
+
+    permission_action = roles.VIEW_DATA
+
+    def stream(self) -> str:
+        return STREAM
+
+    def backlog(self, after: int, limit: int) -> list[dict]:
+        events = AuditEvent.objects.filter(id__gt=after).order_by("id")[:limit]
+        return [event_item(event) for event in events]
