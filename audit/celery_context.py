@@ -12,7 +12,9 @@ _tokens: dict[str, object] = {}
 
 @before_task_publish.connect
 def add_context(headers=None, **kwargs) -> None:
-    if headers is not None:
+    """Attach the current audit context to an outgoing task."""
+    # A caller may pass the context explicitly (work enqueued after commit, outside its request's scope).
+    if headers is not None and HEADER not in headers:
         headers[HEADER] = context.current().as_headers()
 
 
@@ -25,6 +27,15 @@ def enter_context(task_id=None, task=None, **kwargs) -> None:
     worker_context = context.AuditContext.from_headers(sent)
     # Work done by the worker is sourced "worker", whoever asked for it.
     _tokens[task_id] = context.set_context(context.AuditContext(**{**worker_context.as_headers(), "source": "worker"}))
+
+
+def task_headers(*, initiator=None) -> dict:
+    """Headers carrying the current audit context, naming `initiator` as who started the work."""
+    current = context.current()
+    if initiator is not None:
+        current = context.AuditContext(**{**current.as_headers(), "initiator_id": initiator.pk,
+                                          "initiator_name": initiator.get_username()})
+    return {HEADER: current.as_headers()}
 
 
 @task_postrun.connect

@@ -48,6 +48,17 @@ def diff(before: dict, after: dict) -> dict[str, list]:
     return changed
 
 
+def _masked_changes(changes: dict) -> dict:
+    """Mask each side of {field: [before, after]} (the pair itself is not a secret)."""
+    masked = {}
+    for key, pair in changes.items():
+        if isinstance(pair, list | tuple) and len(pair) == 2:
+            masked[key] = [_masked(pair[0], key), _masked(pair[1], key)]
+        else:
+            masked[key] = _masked(pair, key)
+    return masked
+
+
 def _normal_ip(value: str | None) -> str:
     if not value:
         return ""
@@ -96,7 +107,7 @@ def record(*, action: str, actor=None, actor_name: str = "", target: Model | Non
             target_type=chain.clean_text(target_type)[:100],
             target_id=chain.clean_text(str(target_id))[:64],
             target_name=chain.clean_text(target_name)[:255],
-            diff=canonical_json(_masked(changes or {})),
+            diff=canonical_json(_masked_changes(changes or {})),
             detail=canonical_json(_masked({**(detail or {}), **_initiator(ctx, actor_id)})),
             client_ip=_normal_ip(ctx.client_ip),
             request_id=chain.clean_text(ctx.request_id)[:64],

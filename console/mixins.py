@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from django.contrib.auth.mixins import LoginRequiredMixin
+from django.http import Http404
 
 from console import roles
-from console.permissions import require, require_list, restrict
+from console.permissions import ObjectHidden, require, require_list, restrict
 
 
 class ConsoleViewMixin(LoginRequiredMixin):
@@ -32,6 +33,17 @@ class ConsoleViewMixin(LoginRequiredMixin):
         parent = getattr(super(), "get_queryset", None)
         queryset = parent() if parent else self.queryset.all()
         return restrict(queryset, self.request.user, action)
+
+    def visible_object(self, pk):
+        """The object with this pk if the user may view it; a hidden one raises ObjectHidden (an
+        audited 404), a missing one a plain 404."""
+        obj = self.get_queryset().filter(pk=pk).first()
+        if obj is not None:
+            return obj
+        hidden = self.queryset.model._default_manager.filter(pk=pk).first()
+        if hidden is not None:
+            raise ObjectHidden(self.request.user, self.permission_action, hidden)
+        raise Http404
 
     def get_object(self, queryset=None):
         obj = super().get_object(queryset)

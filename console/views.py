@@ -197,7 +197,7 @@ class CredentialDetailView(ConsoleViewMixin, View):
     template_name = "console/credential_detail.html"
 
     def _credential(self, request, pk) -> Credential:
-        credential = get_object_or_404(self.get_queryset(), pk=pk)
+        credential = self.visible_object(pk)
         require(request.user, roles.ADD_MODEL, credential)
         return credential
 

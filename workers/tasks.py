@@ -12,3 +12,11 @@ from django.utils import timezone
 def ping() -> dict:
     """Answer with who served the task and when: proves the broker and result backend round trip."""
     return {"pong": True, "worker": socket.gethostname(), "at": timezone.now().isoformat()}
+
+
+@shared_task(name="workers.rotate_secrets")
+def rotate_secrets() -> dict:
+    """Re-encrypt every stored secret under the newest key (requested from the console)."""
+    from console.services.credentials import secrets_rotate
+
+    return secrets_rotate(actor_name=f"worker:{socket.gethostname()}")

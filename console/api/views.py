@@ -67,6 +67,10 @@ class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
     ordering_fields = ["username", "date_joined", "last_login"]
     filterset_fields = ["is_active"]
 
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        require(request.user, roles.MANAGE_USERS)  # before any input is validated
+
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return User.objects.none()
@@ -149,7 +153,7 @@ class CredentialViewSet(ConsoleModelViewSet):
     queryset = Credential.objects.select_related("team")
     serializer_class = api_serializers.CredentialSerializer
     action_permissions = {"create": roles.ADD_MODEL, "update": roles.ADD_MODEL, "partial_update": roles.ADD_MODEL,
-                          "destroy": roles.ADD_MODEL}
+                          "destroy": roles.ADD_MODEL, "rotate_key": roles.MANAGE_USERS}
     search_fields = ["name", "description"]
     filterset_fields = ["kind"]
 
@@ -167,3 +171,10 @@ class CredentialViewSet(ConsoleModelViewSet):
 
     def perform_destroy(self, instance):
         credentials.credential_delete(actor=self.request.user, credential=instance)
+
+    @extend_schema(request=None, responses={202: None})
+    @action(detail=False, methods=["post"], url_path="rotate-key")
+    def rotate_key(self, request):
+        """Re-encrypt every stored secret under the newest key, in a worker. Needs manage_users."""
+        credentials.secrets_rotate_enqueue(actor=request.user)
+        return Response({"detail": "Re-encryption queued."}, status=status.HTTP_202_ACCEPTED)

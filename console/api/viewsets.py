@@ -7,10 +7,11 @@ view are 404; objects seen but not allowed are 403.
 
 from __future__ import annotations
 
+from django.http import Http404
 from rest_framework import viewsets
 
 from console import roles
-from console.permissions import require, require_list, restrict
+from console.permissions import ObjectHidden, require, require_list, restrict
 
 DEFAULT_ACTIONS = {
     "list": roles.VIEW,
@@ -50,7 +51,15 @@ class ConsoleViewSetMixin:
         return restrict(super().get_queryset(), self.request.user, roles.VIEW if self.detail else self.console_action())
 
     def get_object(self):
-        obj = super().get_object()
+        try:
+            obj = super().get_object()
+        except Http404:
+            # Outside what the user may view: if it exists, the 404 is a denial worth auditing.
+            lookup = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)
+            hidden = self.queryset.model._default_manager.filter(**{self.lookup_field: lookup}).first()
+            if hidden is not None:
+                raise ObjectHidden(self.request.user, self.console_action(), hidden) from None
+            raise
         require(self.request.user, self.console_action(), obj)
         return obj
 

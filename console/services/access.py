@@ -1,4 +1,4 @@
-"""Roles and per-object grants: who may do what."""
+"""Roles and per-object grants: who may do what. Every change is one audit event."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from django.db import transaction
 from django.db.models import Model
 from guardian.shortcuts import assign_perm, remove_perm
 
+import audit
+from audit.telemetry import traced
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import grantable, require
@@ -29,26 +31,37 @@ def _role_group(role: str) -> Group:
     return group
 
 
+@traced("role.grant")
 @transaction.atomic
 def role_grant(*, actor, user, role: str) -> None:
     """Give user a role. An admin can grant roles when: they hold manage_users."""
     require(actor, roles.MANAGE_USERS)
-    user.groups.add(_role_group(role))
+    group = _role_group(role)
+    before = user_roles(user)
+    if role in before:
+        return
+    user.groups.add(group)
+    audit.record(action="role.granted", actor=actor, target=user, changes={"roles": [before, user_roles(user)]})
 
 
+@traced("role.revoke")
 @transaction.atomic
 def role_revoke(*, actor, user, role: str) -> None:
     """Take a role away. The last active admin cannot lose the admin role (nobody could undo it)."""
     require(actor, roles.MANAGE_USERS)
     group = _role_group(role)
+    before = user_roles(user)
+    if role not in before:
+        return
     if role == roles.ADMIN and not group.user_set.filter(is_active=True).exclude(pk=user.pk).exists():
         raise ApplicationError("This is the last active admin; make someone else admin first.", field="roles")
     user.groups.remove(group)
+    audit.record(action="role.revoked", actor=actor, target=user, changes={"roles": [before, user_roles(user)]})
 
 
 @transaction.atomic
 def roles_set(*, actor, user, role_names: list[str]) -> list[str]:
-    """Make user hold exactly role_names; returns the roles now held."""
+    """Make user hold exactly role_names; returns the roles now held (one event per role changed)."""
     require(actor, roles.MANAGE_USERS)
     wanted = set(role_names)
     for role in wanted:
@@ -73,19 +86,46 @@ def _check_grant(target: Model, action: str, grantee) -> str:
     return roles.object_codename(action, target._meta.model_name)
 
 
+def _held(grantee, target: Model) -> list[str]:
+    """Codenames granted directly to this grantee on target (whatever the grantee's state)."""
+    from django.contrib.contenttypes.models import ContentType
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    rows = GroupObjectPermission.objects.filter(group=grantee) if isinstance(grantee, Group) \
+        else UserObjectPermission.objects.filter(user=grantee)
+    rows = rows.filter(content_type=ContentType.objects.get_for_model(target), object_pk=str(target.pk))
+    return list(rows.values_list("permission__codename", flat=True))
+
+
+def _grantee_detail(grantee, action: str) -> dict:
+    kind = "team" if isinstance(grantee, Group) else "user"
+    return {"grantee_type": kind, "grantee": str(grantee), "granted_action": action}
+
+
+@traced("grant.add")
 @transaction.atomic
 def object_grant(*, actor, grantee, action: str, target: Model) -> None:
     """Let a user or team hold action on one object. Needs manage_users."""
     require(actor, roles.MANAGE_USERS)
-    assign_perm(_check_grant(target, action, grantee), grantee, target)
+    codename = _check_grant(target, action, grantee)
+    if codename in _held(grantee, target):
+        return
+    assign_perm(codename, grantee, target)
+    audit.record(action="grant.added", actor=actor, target=target, detail=_grantee_detail(grantee, action))
 
 
+@traced("grant.revoke")
 @transaction.atomic
 def object_revoke(*, actor, grantee, action: str, target: Model) -> None:
     require(actor, roles.MANAGE_USERS)
-    remove_perm(_check_grant(target, action, grantee), grantee, target)
+    codename = _check_grant(target, action, grantee)
+    if codename not in _held(grantee, target):
+        return
+    remove_perm(codename, grantee, target)
+    audit.record(action="grant.revoked", actor=actor, target=target, detail=_grantee_detail(grantee, action))
 
 
+@traced("user.create")
 @transaction.atomic
 def user_create(*, actor, username: str, password: str, email: str = "", role_names: list[str] = ()) -> User:
     """Create a login for a person, with its roles. Needs manage_users."""
@@ -100,6 +140,8 @@ def user_create(*, actor, username: str, password: str, email: str = "", role_na
     user = User.objects.create_user(username=username, email=email, password=password)
     for role in role_names:
         user.groups.add(_role_group(role))
+    audit.record(action="user.created", actor=actor, target=user,
+                 changes={"username": [None, username], "email": [None, email], "roles": [[], user_roles(user)]})
     return user
 
 
@@ -109,8 +151,10 @@ def user_update(*, actor, user, email: str | None = None, is_active: bool | None
     """Change a person's email, login and roles together: all or nothing. Needs manage_users."""
     require(actor, roles.MANAGE_USERS)
     if email is not None and email != user.email:
+        before = user.email
         user.email = email
         user.save(update_fields=["email"])
+        audit.record(action="user.updated", actor=actor, target=user, changes={"email": [before, email]})
     if is_active is not None and is_active != user.is_active:
         user_set_active(actor=actor, user=user, active=is_active)
     if role_names is not None:
@@ -118,10 +162,13 @@ def user_update(*, actor, user, email: str | None = None, is_active: bool | None
     return user
 
 
+@traced("user.set_active")
 @transaction.atomic
 def user_set_active(*, actor, user, active: bool) -> None:
     """Disable or re-enable a login. Nobody disables themselves or the last admin."""
     require(actor, roles.MANAGE_USERS)
+    if active == user.is_active:
+        return
     if not active and user.pk == actor.pk:
         raise ApplicationError("You cannot disable your own account.", field="is_active")
     if not active and roles.ADMIN in user_roles(user):
@@ -130,6 +177,8 @@ def user_set_active(*, actor, user, active: bool) -> None:
             raise ApplicationError("This is the last active admin.", field="is_active")
     user.is_active = active
     user.save(update_fields=["is_active"])
+    audit.record(action="user.enabled" if active else "user.disabled", actor=actor, target=user,
+                 changes={"is_active": [not active, active]})
 
 
 def grant_target(*, target_type: str, target_id: str) -> Model:

@@ -7,6 +7,9 @@ from django.db import transaction
 from django.db.models import TextField
 from django.db.models.functions import Cast
 
+import audit
+from audit.recorder import diff
+from audit.telemetry import traced
 from console import roles
 from console.crypto import encrypted_with_newest
 from console.errors import ApplicationError
@@ -15,6 +18,7 @@ from console.models import Credential
 from console.permissions import require
 
 
+@traced("credential.create")
 @transaction.atomic
 def credential_create(*, actor, name: str, value: str, kind: str = Credential.Kind.HF_TOKEN,
                       description: str = "", team=None) -> Credential:
@@ -24,15 +28,19 @@ def credential_create(*, actor, name: str, value: str, kind: str = Credential.Ki
         raise ApplicationError("The secret value is empty.", field="value")
     if Credential.objects.filter(name=name).exists():
         raise ApplicationError(f"A credential named '{name}' already exists.", field="name")
-    return Credential.objects.create(name=name, value=value.strip(), kind=kind, description=description, team=team,
-                                     created_by=actor)
+    credential = Credential.objects.create(name=name, value=value.strip(), kind=kind, description=description,
+                                           team=team, created_by=actor)
+    audit.record(action="credential.created", actor=actor, target=credential, changes=diff({}, _state(credential)))
+    return credential
 
 
+@traced("credential.update")
 @transaction.atomic
 def credential_update(*, actor, credential: Credential, value: str | None = None, description: str | None = None,
                       name: str | None = None) -> Credential:
     """Replace a secret's value (when given) or its description; the old value is gone."""
     require(actor, roles.ADD_MODEL, credential)
+    before = _state(credential)
     if name is not None and name != credential.name:
         if Credential.objects.filter(name=name).exclude(pk=credential.pk).exists():
             raise ApplicationError(f"A credential named '{name}' already exists.", field="name")
@@ -43,14 +51,25 @@ def credential_update(*, actor, credential: Credential, value: str | None = None
         credential.value = value.strip()
     if description is not None:
         credential.description = description
-    credential.save()
+    changes = diff(before, _state(credential))
+    if changes:
+        credential.save()
+        audit.record(action="credential.updated", actor=actor, target=credential, changes=changes)
     return credential
 
 
+@traced("credential.delete")
 @transaction.atomic
 def credential_delete(*, actor, credential: Credential) -> None:
     require(actor, roles.ADD_MODEL, credential)
+    audit.record(action="credential.deleted", actor=actor, target=credential, changes=diff(_state(credential), {}))
     credential.delete()
+
+
+def _state(credential: Credential) -> dict:
+    """What an audit diff shows of a credential; the value appears only as a mask."""
+    return {"name": credential.name, "kind": credential.kind, "description": credential.description,
+            "team": str(credential.team) if credential.team_id else None, "value": credential.value}
 
 
 def _encrypted_fields() -> list[tuple[type, list[str]]]:
@@ -62,8 +81,9 @@ def _encrypted_fields() -> list[tuple[type, list[str]]]:
     return found
 
 
+@traced("secret.rotate")
 @transaction.atomic
-def secrets_rotate() -> dict[str, int]:
+def secrets_rotate(*, actor=None, actor_name: str = "system") -> dict[str, int]:
     """Re-encrypt every stored secret under the newest key; returns rows re-encrypted per model.
 
     After it, the older keys in SECRETS_ENCRYPTION_KEYS can be removed.
@@ -76,7 +96,21 @@ def secrets_rotate() -> dict[str, int]:
             obj.save(update_fields=names)
             count += 1
         counts[model._meta.label] = count
+    audit.record(action="secret.rotated", actor=actor, actor_name=actor_name, detail={"re_encrypted": counts})
     return counts
+
+
+@traced("secret.rotate_enqueue")
+@transaction.atomic
+def secrets_rotate_enqueue(*, actor) -> None:
+    """Ask a worker to re-encrypt every secret under the newest key. Needs manage_users."""
+    from audit.celery_context import task_headers
+    from workers.tasks import rotate_secrets
+
+    require(actor, roles.MANAGE_USERS)
+    audit.record(action="secret.rotation_requested", actor=actor)
+    headers = task_headers(initiator=actor)
+    transaction.on_commit(lambda: rotate_secrets.apply_async(headers=headers))
 
 
 def secrets_pending_rotation() -> int:

@@ -7,6 +7,8 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+import audit
+from audit.telemetry import traced
 from console import roles
 from console.errors import ApplicationError
 from console.models import ApiToken, hash_token
@@ -18,6 +20,7 @@ def _require_owner_or_manager(actor, user) -> None:
         require(actor, roles.MANAGE_USERS)
 
 
+@traced("token.create")
 @transaction.atomic
 def token_create(*, actor, user, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
     """Create a token for user; returns it with its one-time plain value (never stored)."""
@@ -32,15 +35,19 @@ def token_create(*, actor, user, name: str, expires_at: datetime | None = None) 
         digest=hash_token(raw),
         expires_at=expires_at or ApiToken.default_expiry(),
     )
+    audit.record(action="token.created", actor=actor, target=token,
+                 detail={"owner": user.get_username(), "expires_at": token.expires_at.isoformat()})
     return token, raw
 
 
+@traced("token.revoke")
 @transaction.atomic
 def token_revoke(*, actor, token: ApiToken) -> ApiToken:
     _require_owner_or_manager(actor, token.user)
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        audit.record(action="token.revoked", actor=actor, target=token, detail={"owner": token.user.get_username()})
     return token
 
 

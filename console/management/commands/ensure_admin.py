@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 
+import audit
 from console import roles
 
 
@@ -33,6 +34,8 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         user.groups.add(group)
+        audit.record(action="user.created", actor=None, actor_name="system (ensure_admin)", target=user,
+                     changes={"username": [None, username], "roles": [[], [roles.ADMIN]]})
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -19,7 +19,7 @@ class Command(BaseCommand):
             if pending:
                 raise SystemExit(1)
             return
-        counts = secrets_rotate()
+        counts = secrets_rotate(actor_name="system (manage.py rotate_secrets_key)")
         total = sum(counts.values())
         for label, count in counts.items():
             self.stdout.write(f"{label}: {count} re-encrypted")
