@@ -28,13 +28,17 @@ HASHED_COLUMNS = (
 )
 
 
-def _text(value) -> str:
-    return "" if value is None else str(value)
+def payload(values) -> bytes:
+    """The hashed bytes of one event from its HASHED_COLUMNS values (a row tuple or a list in that
+    order). id and created_us are integers, actor_id an integer or None, every other column text."""
+    actor_id = values[2]
+    return DOMAIN + "\x00".join(
+        (str(values[0]), str(values[1]), "" if actor_id is None else str(actor_id), *values[3:17])
+    ).encode()
 
 
 def event_hash(values) -> str:
-    """Hash of one event from its HASHED_COLUMNS values (a row tuple or a list in that order)."""
-    return hashlib.sha256(DOMAIN + "\x00".join(map(_text, values)).encode()).hexdigest()
+    return hashlib.sha256(payload(values)).hexdigest()
 
 
 def clean_text(value: str) -> str:

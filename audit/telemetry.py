@@ -1,8 +1,9 @@
 """OpenTelemetry: the SDK from the environment, Django and Celery instrumented, spans around
 audited operations, and the current trace id for audit events.
 
-With OTEL_EXPORTER_OTLP_ENDPOINT set, spans go to that OTLP/HTTP collector; without it they are
-created (so events still carry a trace id that ties together one request's work) and exported nowhere.
+With OTEL_EXPORTER_OTLP_ENDPOINT set, the SDK is installed, Django and Celery are instrumented and
+spans go to that OTLP/HTTP collector. Without it nothing is installed (OTEL_ENABLED=true installs the
+SDK without an exporter): spans are no-ops and events carry no trace id, only their request id.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ _configured = False
 tracer = trace.get_tracer("llmdeploy.console")
 
 
-def configure() -> None:
-    """Install the tracer provider and instrument Django. Idempotent."""
+def configure(*, force: bool = False) -> None:
+    """Install the tracer provider and instrument Django when enabled (or forced). Idempotent."""
     global _configured
-    if _configured or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    from django.conf import settings
+
+    if _configured or not (force or settings.OTEL_ENABLED):
         return
     from opentelemetry.instrumentation.django import DjangoInstrumentor
     from opentelemetry.sdk.resources import Resource
@@ -42,6 +45,8 @@ def configure() -> None:
 def instrument_celery() -> None:
     """Called in each worker process (Celery's worker_process_init)."""
     configure()
+    if not _configured:
+        return
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
     CeleryInstrumentor().instrument()

@@ -7,6 +7,7 @@ history (a signed checkpoint that no longer matches the chain).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS) -> Verif
         cursor.execute("SELECT count(*) FROM audit_auditevent WHERE id > %s", [after_id])
         total = cursor.fetchone()[0]
     expected_id, prev, position = after_id + 1, after_hash, 0
-    event_hash = chain.event_hash
+    payload, sha256 = chain.payload, hashlib.sha256
     for row in _rows(after_id):
         position += 1
         event_id, stored_prev, stored_hash = row[0], row[-2], row[-1]
@@ -64,7 +65,7 @@ def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS) -> Verif
             reason = f"events {expected_id}..{event_id - 1} are missing" if event_id > expected_id else "out of order"
         elif stored_prev != prev:
             reason = "link to the previous event does not match (an event before it was removed or moved)"
-        elif event_hash(row[:-1]) != stored_hash:
+        elif sha256(payload(row)).hexdigest() != stored_hash:
             reason = "content does not match its hash (the event was edited)"
         if reason:
             return VerifyResult(position, total, position, event_id, reason, after_id)

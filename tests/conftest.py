@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -126,31 +127,77 @@ def api():
     return Api
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(redis_url):
-    """A real Celery worker process consuming from the suite's Redis."""
-    env = dict(os.environ, REDIS_URL=redis_url, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1")
-    log = open(Path(settings.DATA_DIR) / "test-worker.log", "w")  # noqa: SIM115
+def _test_database_url() -> str:
+    """A DATABASE_URL naming the test database, for worker processes that must see test data."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    user = params.get("USER") or ""
+    password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
+    host = params.get("HOST") or "127.0.0.1"
+    port = f":{params['PORT']}" if params.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{params['NAME']}"
+
+
+def _start_worker(env_extra: dict, name: str, queue: str):
+    env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1", **env_extra)
+    log = open(Path(settings.DATA_DIR) / f"{name}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", "solo", "-l", "INFO",
-         "-n", f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+        [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", "solo", "-l", "INFO", "-Q", queue,
+         "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    process.node_name = f"{name}-{os.getpid()}@{socket.gethostname()}"
+    return process, log
+
+
+@pytest.fixture(scope="session")
+def celery_db_worker(redis_url, django_db_setup, django_db_blocker):
+    """A real worker on the test database, consuming a private queue; route tasks to it with
+    `celery_db_queue`. Tests using it need committed data (transactional_db)."""
+    with django_db_blocker.unblock():
+        url = _test_database_url()
+    queue = f"test-db-{os.getpid()}"
+    process, log = _start_worker({"REDIS_URL": redis_url, "DATABASE_URL": url}, "test-db-worker", queue)
+    yield from _wait_and_stop(process, log, queue)
+
+
+@pytest.fixture
+def celery_db_queue(celery_db_worker):
+    """Send every task of this test to the database-connected worker."""
+    from console.celery import app
+
+    app.conf.task_routes = {"*": {"queue": celery_db_worker}}
+    yield celery_db_worker
+    app.conf.task_routes = None
+
+
+def _wait_and_stop(process, log, queue):
     from console.celery import app
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"the Celery worker exited with {process.returncode}; see {log.name}")
-        if app.control.ping(timeout=0.5):
+        if app.control.ping(destination=[process.node_name], timeout=0.5):
             break
     else:
         process.kill()
         pytest.fail(f"the Celery worker did not answer within 60 s; see {log.name}")
-    yield process
+    yield queue
     process.terminate()
     try:
         process.wait(20)
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(redis_url):
+    """A real Celery worker process consuming the default queue from the suite's Redis."""
+    process, log = _start_worker({"REDIS_URL": redis_url}, "test-worker", "celery")
+    for _ in _wait_and_stop(process, log, "celery"):
+        yield process

@@ -2,6 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from audit import api as audit_api
 from console.api import views
 
 router = DefaultRouter(trailing_slash=True)
@@ -10,10 +11,13 @@ router.register("users", views.UserViewSet, basename="user")
 router.register("grants", views.GrantViewSet, basename="grant")
 router.register("tokens", views.TokenViewSet, basename="token")
 router.register("credentials", views.CredentialViewSet, basename="credential")
+router.register("audit/events", audit_api.AuditEventViewSet, basename="audit-event")
+router.register("audit/checkpoints", audit_api.AuditCheckpointViewSet, basename="audit-checkpoint")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),
     path("me", views.MeView.as_view(), name="me"),
+    path("audit/verification/", audit_api.AuditVerificationView.as_view(), name="audit-verification"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include(router.urls)),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
+import audit
+
 ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
 LOGIN = "login-redirect"
 
@@ -43,6 +45,8 @@ MATRIX = [
     row("get", "/credentials/{credential}/", LOGIN, 404, 403, 200, 200, route="/credentials/<int:pk>/"),
     row("post", "/credentials/{credential}/", LOGIN, 404, 403, 302, 302, route="/credentials/<int:pk>/",
         data={"delete": "1"}),
+    row("get", "/audit/", LOGIN, 403, 200, 403, 200),
+    row("get", "/audit/export/?format=csv", LOGIN, 403, 200, 403, 200, route="/audit/export/"),
     row("post", "/i18n/setlang/", 302, 302, 302, 302, 302, data={"language": "zh-hans", "next": "/"},
         route="/i18n/"),
     # API
@@ -76,6 +80,14 @@ MATRIX = [
     row("put", "/api/v1/credentials/{credential}/", 401, 404, 403, 200, 200, route="/api/v1/credentials/<pk>/",
         data={"name": "renamed", "kind": "hf_token", "description": ""}),
     row("delete", "/api/v1/credentials/{credential}/", 401, 404, 403, 204, 204, route="/api/v1/credentials/<pk>/"),
+    row("post", "/api/v1/credentials/rotate-key/", 401, 403, 403, 403, 202),
+    # The audit log: view_data is global only, so the event detail is 403 (not 404) without it.
+    row("get", "/api/v1/audit/events/", 401, 403, 200, 403, 200),
+    row("get", "/api/v1/audit/events/{event}/", 401, 403, 200, 403, 200, route="/api/v1/audit/events/<pk>/"),
+    row("get", "/api/v1/audit/events/export/?format=jsonl", 401, 403, 200, 403, 200,
+        route="/api/v1/audit/events/export/"),
+    row("get", "/api/v1/audit/verification/", 401, 403, 200, 403, 200),
+    row("get", "/api/v1/audit/checkpoints/", 401, 403, 200, 403, 200),
 ]
 
 
@@ -98,8 +110,9 @@ def test_role_matrix(entry, role, users, credential, client, request):
     for fixture in entry["needs"]:
         request.getfixturevalue(fixture)
     admin_token, _raw = token_create(actor=users["admin"], user=users["admin"], name="admin's")
+    event = audit.record(action="test.matrix", actor=users["admin"], target=credential)
     ids = {"admin": users["admin"].pk, "engineer": users["engineer"].pk, "credential": credential.pk,
-           "admin_token": admin_token.pk}
+           "admin_token": admin_token.pk, "event": event.pk}
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
     user = users[role]

@@ -13,9 +13,9 @@ from tests.factories import PASSWORD, UserFactory
 pytestmark = pytest.mark.browser
 
 EXPECTED_NAV = {
-    "admin": ["dashboard", "credentials", "access", "api"],
+    "admin": ["dashboard", "credentials", "audit", "access", "api"],
     "engineer": ["dashboard", "credentials", "api"],
-    "auditor": ["dashboard", "api"],
+    "auditor": ["dashboard", "audit", "api"],
 }
 
 
