@@ -59,13 +59,14 @@ def _filter_parameters() -> list[OpenApiParameter]:
     for name, field in form.fields.items():
         enum = [value for value, _label in getattr(field, "choices", []) if value] or None
         kind = OpenApiTypes.DATETIME if name in ("since", "until") else OpenApiTypes.STR
-        params.append(OpenApiParameter(name, kind, enum=enum, description=str(field.help_text or field.label)))
+        params.append(OpenApiParameter(name, kind, enum=enum, description=field.help_text or field.label))
     return params
 
 
 FILTER_PARAMETERS = _filter_parameters()
 FORMAT_PARAMETER = OpenApiParameter("format", OpenApiTypes.STR, enum=list(FORMATS), default="csv",
                                     description="csv or jsonl (JSON Lines)")
+ID_PARAMETER = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)
 
 
 def _valid_filters(query_params) -> dict:
@@ -75,8 +76,7 @@ def _valid_filters(query_params) -> dict:
     return form.active_filters()
 
 
-@extend_schema_view(list=extend_schema(parameters=FILTER_PARAMETERS),
-                    retrieve=extend_schema(parameters=[OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)]))
+@extend_schema_view(list=extend_schema(parameters=FILTER_PARAMETERS), retrieve=extend_schema(parameters=[ID_PARAMETER]))
 class AuditEventViewSet(ConsoleReadOnlyViewSet):
     """Audit events, newest first. Filters: actor, action (exact, or a prefix ending with "."), target_type,
     target_id, source, outcome, since/until (ISO date or date-time, inclusive), q (target name)."""

@@ -38,10 +38,10 @@ class AuditFilterForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for name, field in self.fields.items():
-            css = "form-select form-select-sm" if isinstance(field, forms.ChoiceField) else "form-control form-control-sm"
-            field.widget.attrs.setdefault("class", css)
+            css = "form-select" if isinstance(field, forms.ChoiceField) else "form-control"
+            field.widget.attrs.setdefault("class", f"{css} {css}-sm")
             if name in ("since", "until"):
-                field.widget.attrs["placeholder"] = "YYYY-MM-DD[THH:MM]"
+                field.widget.attrs["placeholder"] = "YYYY-MM-DD"
 
     def clean_until(self) -> datetime | None:
         value = self.cleaned_data.get("until")

@@ -23,8 +23,11 @@ def event_item(event: AuditEvent) -> dict:
         "target_id": event.target_id,
         "target_name": event.target_name,
         "diff": event.changes,
+        "detail": event.details,
         "client_ip": event.client_ip,
         "request_id": event.request_id,
+        "trace_id": event.trace_id,
+        "hash": event.hash,
     }
 
 

@@ -100,7 +100,8 @@ class AuditExportView(ConsoleViewMixin, View):
     def get(self, request):
         form = AuditFilterForm(request.GET)
         fmt = request.GET.get("format") or "csv"
-        back = reverse("audit-events") + (f"?{_filter_query(request)}" if _filter_query(request) else "")
+        query = _filter_query(request)
+        back = reverse("audit-events") + (f"?{query}" if query else "")
         if fmt not in FORMATS:
             messages.error(request, _("Unknown export format %(format)s.") % {"format": fmt})
             return redirect(back)

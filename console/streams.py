@@ -1,7 +1,8 @@
 """The no-loss live stream: numbered items persisted first, published to a Channels group after commit,
 and a consumer that joins the group, backfills from the database, then sends live items in batches.
 
-A stream is named (`audit`, later `job-<id>`); each item carries a `seq` increasing along the stream.
+A stream is named (`audit`, later `job-<id>`); each item carries a `seq` that increases by one along
+the stream, in commit order (a gap in what arrives live is filled from the database).
 Client protocol:
   -> {"type": "subscribe", "after": <last seq the client has, 0 for all>}
   <- {"type": "items", "items": [...]}          backlog pages, then live batches (<= ~30 messages/s)
@@ -31,49 +32,75 @@ def group_name(stream: str) -> str:
     return f"stream.{stream}"
 
 
-class _PublisherLoop:
-    """One event loop in a daemon thread per process, so publishing from sync code neither blocks the
-    caller nor opens a Redis connection per message (channels-redis keeps its pools per loop)."""
+class _Publisher:
+    """One event loop in a daemon thread per process, sending messages one after another in the order
+    they were published, so publishing from sync code neither blocks the caller nor opens a Redis
+    connection per message (channels-redis keeps its pools per loop)."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="stream-publisher", daemon=True).start()
+        self.queue: asyncio.Queue | None = None
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), name="stream-publisher", daemon=True).start()
+        ready.wait(5)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.queue = asyncio.Queue()
+        self.loop.call_soon(ready.set)
+        self.loop.run_until_complete(self._drain())
+
+    async def _drain(self) -> None:
+        while True:
+            group, message, done = await self.queue.get()
+            try:
+                await get_channel_layer().group_send(group, message)
+            except Exception as exc:  # subscribers backfill from the database
+                logger.warning("live stream publish to %s failed: %s", group, exc)
+            finally:
+                if done is not None:
+                    done.set()
+
+    def put(self, group: str, message: dict, done: threading.Event | None) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (group, message, done))
 
 
-_publisher: _PublisherLoop | None = None
+_publisher: _Publisher | None = None
 _publisher_lock = threading.Lock()
 
 
-def _publisher_loop() -> asyncio.AbstractEventLoop:
+def _get_publisher() -> _Publisher:
     global _publisher
     with _publisher_lock:
         if _publisher is None or _publisher.pid != os.getpid():  # a forked worker gets its own
-            _publisher = _PublisherLoop()
-        return _publisher.loop
-
-
-def _log_failure(future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.warning("live stream publish failed (subscribers will backfill): %s", future.exception())
+            _publisher = _Publisher()
+        return _publisher
 
 
 def publish(stream: str, items: list[dict], *, wait: float | None = None) -> None:
     """Send committed items to the stream's live subscribers (best effort: they backfill).
 
-    Returns at once; with `wait`, blocks up to that many seconds until Redis took the message."""
-    layer = get_channel_layer()
-    if layer is None or not items:
+    Returns at once; with `wait`, blocks up to that many seconds until the message was handed to Redis."""
+    if get_channel_layer() is None or not items:
         return
-    message = {"type": "stream.items", "items": items}
-    future = asyncio.run_coroutine_threadsafe(layer.group_send(group_name(stream), message), _publisher_loop())
-    future.add_done_callback(_log_failure)
-    if wait is not None:
-        future.result(timeout=wait)
+    done = threading.Event() if wait is not None else None
+    _get_publisher().put(group_name(stream), {"type": "stream.items", "items": items}, done)
+    if done is not None:
+        done.wait(wait)
 
 
 def publish_on_commit(stream: str, items: list[dict]) -> None:
     transaction.on_commit(lambda: publish(stream, items))
+
+
+def _contiguous(items: list[dict], after: int) -> bool:
+    expected = after + 1
+    for item in items:
+        if item["seq"] != expected:
+            return False
+        expected += 1
+    return True
 
 
 class StreamConsumer(ConsoleConsumer):
@@ -140,11 +167,27 @@ class StreamConsumer(ConsoleConsumer):
         if wait > 0:
             await asyncio.sleep(wait)
         items, self.pending = self.pending, []
-        fresh = sorted((item for item in items if item["seq"] > self.last_sent), key=lambda item: item["seq"])
+        fresh = sorted({item["seq"]: item for item in items if item["seq"] > self.last_sent}.values(),
+                       key=lambda item: item["seq"])
+        if fresh and not _contiguous(fresh, self.last_sent):
+            # Live items can overtake each other (several publishers); everything published was
+            # committed first, so the database fills the gap.
+            fresh = await self._backfill_through(fresh[-1]["seq"])
         if fresh:
             await self._send(fresh)
         if self.pending:
             self.flush_task = asyncio.create_task(self._flush_later())
+
+    async def _backfill_through(self, seq: int) -> list[dict]:
+        items: list[dict] = []
+        after = self.last_sent
+        while after < seq:
+            page = await database_sync_to_async(self.backlog)(after, self.backlog_page)
+            if not page:
+                break
+            items.extend(page)
+            after = page[-1]["seq"]
+        return items
 
     async def _send(self, items: list[dict]) -> None:
         await self.send_json({"type": "items", "items": items})

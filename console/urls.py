@@ -15,6 +15,7 @@ urlpatterns = [
     path("tokens/", views.TokenListView.as_view(), name="tokens"),
     path("credentials/", views.CredentialListView.as_view(), name="credentials"),
     path("credentials/<int:pk>/", views.CredentialDetailView.as_view(), name="credential-detail"),
+    path("credentials/rotate-key/", views.SecretsRotateView.as_view(), name="credentials-rotate"),
     path("audit/", include("audit.urls")),
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

@@ -16,7 +16,7 @@ from console.errors import ApplicationError
 from console.forms import CredentialForm, GrantForm, TokenCreateForm, UserAccessForm, UserCreateForm, apply_error
 from console.mixins import ConsoleViewMixin
 from console.models import Credential
-from console.permissions import allowed_actions, require
+from console.permissions import allowed_actions, can, require
 from console.services import access, credentials, tokens
 
 User = get_user_model()
@@ -172,6 +172,8 @@ class CredentialListView(ConsoleViewMixin, ListView):
         context = super().get_context_data(**kwargs)
         context["form"] = kwargs.get("form") or CredentialForm()
         context["query"] = self.request.GET.get("q", "")
+        context["perms_manage_users"] = can(self.request.user, roles.MANAGE_USERS)
+        context["perms_add_model"] = can(self.request.user, roles.ADD_MODEL)
         return context
 
     def post(self, request):
@@ -225,3 +227,14 @@ class CredentialDetailView(ConsoleViewMixin, View):
                 messages.success(request, _("Credential saved."))
                 return redirect("credential-detail", pk=credential.pk)
         return render(request, self.template_name, {"credential": credential, "form": form}, status=400)
+
+
+class SecretsRotateView(ConsoleViewMixin, View):
+    """Re-encrypt every stored secret under the newest key, in a worker (admins)."""
+
+    permission_action = roles.MANAGE_USERS
+
+    def post(self, request):
+        credentials.secrets_rotate_enqueue(actor=request.user)
+        messages.success(request, _("Re-encryption under the newest key is queued; the audit log records the result."))
+        return redirect("credentials")

@@ -169,9 +169,16 @@ def celery_db_queue(celery_db_worker):
     """Send every task of this test to the database-connected worker."""
     from console.celery import app
 
-    app.conf.task_routes = {"*": {"queue": celery_db_worker}}
+    _set_routes(app, {"*": {"queue": celery_db_worker}})
     yield celery_db_worker
-    app.conf.task_routes = None
+    _set_routes(app, None)
+
+
+def _set_routes(app, routes) -> None:
+    """Celery builds its router and route table once, at the first task sent: rebuild them."""
+    app.conf.task_routes = routes
+    app.amqp.flush_routes()
+    app.amqp.__dict__.pop("router", None)
 
 
 def _wait_and_stop(process, log, queue):

@@ -115,3 +115,27 @@ def test_concurrent_writers_never_commit_an_id_a_reader_skips():
     reader.join(30)
     connections.close_all()
     assert [i for i in seen if i > base] == list(range(base + 1, base + 1 + writers * per_writer))
+
+
+async def test_a_live_item_that_overtakes_another_is_sent_after_the_gap_is_filled(redis_url, monkeypatch):
+    from channels.layers import get_channel_layer
+
+    import audit.recorder
+    from audit.streams import event_item
+    from console.streams import group_name
+
+    auditor = await database_sync_to_async(UserFactory)(roles=["auditor"])
+    socket = await connect(auditor)
+    await socket.send_json_to({"type": "subscribe", "after": 0})
+    while (await socket.receive_json_from(timeout=10))["type"] != "caught_up":
+        pass
+    monkeypatch.setattr(audit.recorder, "_publish", lambda event: None)  # hold back the live messages
+    record = database_sync_to_async(lambda i: audit.record(action="test.gap", actor=None, detail={"i": i}))
+    events = [await record(i) for i in range(3)]
+    # Only the last arrives live, as if it had overtaken the other two on the way.
+    await get_channel_layer().group_send(group_name("audit"), {"type": "stream.items",
+                                                               "items": [event_item(events[-1])]})
+    got = await receive_items(socket, 3)
+    assert [item["seq"] for item in got] == [event.id for event in events]
+    assert await socket.receive_nothing(timeout=0.3)
+    await socket.disconnect()

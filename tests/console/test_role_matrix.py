@@ -45,6 +45,7 @@ MATRIX = [
     row("get", "/credentials/{credential}/", LOGIN, 404, 403, 200, 200, route="/credentials/<int:pk>/"),
     row("post", "/credentials/{credential}/", LOGIN, 404, 403, 302, 302, route="/credentials/<int:pk>/",
         data={"delete": "1"}),
+    row("post", "/credentials/rotate-key/", LOGIN, 403, 403, 403, 302),
     row("get", "/audit/", LOGIN, 403, 200, 403, 200),
     row("get", "/audit/export/?format=csv", LOGIN, 403, 200, 403, 200, route="/audit/export/"),
     row("post", "/i18n/setlang/", 302, 302, 302, 302, 302, data={"language": "zh-hans", "next": "/"},

@@ -1,0 +1,42 @@
+"""Every role x every websocket endpoint: accepted, or closed with the code the pages would answer."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from console.asgi import application
+from console.routing import websocket_urlpatterns
+from tests.console.test_websocket import ORIGIN, session_cookie
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ACCEPT = "accept"
+WS_MATRIX = {
+    # path: anonymous, nobody, auditor, engineer, admin
+    "/ws/heartbeat/": (4401, 4403, ACCEPT, ACCEPT, ACCEPT),
+    "/ws/audit/": (4401, 4403, ACCEPT, 4403, ACCEPT),
+}
+ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
+
+
+def test_every_websocket_route_is_in_the_matrix():
+    assert {"/" + str(p.pattern) for p in websocket_urlpatterns} == set(WS_MATRIX)
+
+
+@pytest.mark.parametrize("path", list(WS_MATRIX))
+@pytest.mark.parametrize("role", ROLES)
+async def test_websocket_matrix(path, role, redis_url):
+    expected = WS_MATRIX[path][ROLES.index(role)]
+    headers = [ORIGIN]
+    if role != "anonymous":
+        user = await database_sync_to_async(UserFactory)(roles=[] if role == "nobody" else [role])
+        headers.append((b"cookie", await database_sync_to_async(session_cookie)(user)))
+    socket = WebsocketCommunicator(application, path, headers=headers)
+    connected, code = await socket.connect()
+    if expected == ACCEPT:
+        assert connected, f"{role} refused on {path} ({code})"
+        await socket.disconnect()
+    else:
+        assert not connected and code == expected, f"{role} on {path}: {connected} {code}"
