@@ -99,3 +99,36 @@ class NavigationTests(ConsoleLiveServerTestCase):
         context.close()
 
 
+
+
+class AuditPageTests(ConsoleLiveServerTestCase):
+    serve_static = True
+
+    @pytest.fixture(autouse=True)
+    def _browser(self, browser, artifacts):
+        self.browser = browser
+        self.artifacts = artifacts
+
+    def test_new_events_appear_live_and_rows_expand_to_their_diff(self):
+        import audit
+
+        auditor = UserFactory(username="auditor-live", roles=["auditor"])
+        context = self.browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.goto(self.live_server_url + "/login/")
+        page.fill("#id_username", auditor.username)
+        page.fill("#id_password", PASSWORD)
+        page.click("#login-submit")
+        page.goto(self.live_server_url + "/audit/")
+        assert page.locator("#audit-verification [data-ok='1']").is_visible()
+        page.wait_for_timeout(500)  # let the page subscribe
+        event = audit.record(action="deployment.start", actor=auditor, target_type="deployments.deployment",
+                             target_id="7", target_name="deepseek-7b <b>chat</b>",
+                             changes={"status": ["stopped", "starting"]})
+        row = page.locator(f"#audit-events details[data-seq='{event.id}']")
+        row.wait_for(timeout=10_000)
+        assert "deepseek-7b <b>chat</b>" in row.inner_text()  # shown as text, never as markup
+        row.locator("summary").click()
+        assert "starting" in row.inner_text()
+        page.screenshot(path=str(self.artifacts / "audit-live.png"), full_page=True)
+        context.close()
