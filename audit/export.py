@@ -35,25 +35,7 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 def event_record(event: AuditEvent) -> dict:
     """One event with the export's keys; roles, diff and detail parsed."""
-    return {
-        "id": event.id,
-        "time": event.created_at.isoformat(),
-        "actor": event.actor_name,
-        "roles": event.roles,
-        "action": event.action,
-        "source": event.source,
-        "outcome": event.outcome,
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "target_name": event.target_name,
-        "diff": event.changes,
-        "detail": event.details,
-        "client_ip": event.client_ip,
-        "request_id": event.request_id,
-        "trace_id": event.trace_id,
-        "prev_hash": event.prev_hash,
-        "hash": event.hash,
-    }
+    return event.as_dict()
 
 
 def iterate_events(queryset: QuerySet[AuditEvent], chunk_size: int = CHUNK_SIZE) -> Iterator[AuditEvent]:

@@ -74,6 +74,28 @@ class AuditEvent(models.Model):
     def details(self) -> dict:
         return json.loads(self.detail)
 
+    def as_dict(self) -> dict:
+        """The event as exports and live streams show it: roles, diff and detail parsed."""
+        return {
+            "id": self.id,
+            "time": self.created_at.isoformat(),
+            "actor": self.actor_name,
+            "roles": self.roles,
+            "action": self.action,
+            "source": self.source,
+            "outcome": self.outcome,
+            "target_type": self.target_type,
+            "target_id": self.target_id,
+            "target_name": self.target_name,
+            "diff": self.changes,
+            "detail": self.details,
+            "client_ip": self.client_ip,
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
 
 class AuditCheckpoint(models.Model):
     """A signed statement of the chain's head: 'event `last_event_id` has hash `head_hash`, and the

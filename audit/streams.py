@@ -10,25 +10,7 @@ STREAM = "audit"
 
 
 def event_item(event: AuditEvent) -> dict:
-    return {
-        "seq": event.id,
-        "id": event.id,
-        "time": event.created_at.isoformat(),
-        "actor": event.actor_name,
-        "roles": event.roles,
-        "action": event.action,
-        "source": event.source,
-        "outcome": event.outcome,
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "target_name": event.target_name,
-        "diff": event.changes,
-        "detail": event.details,
-        "client_ip": event.client_ip,
-        "request_id": event.request_id,
-        "trace_id": event.trace_id,
-        "hash": event.hash,
-    }
+    return {"seq": event.id, **event.as_dict()}
 
 
 def publish_events(events: list[AuditEvent]) -> None:

@@ -11,6 +11,7 @@ from audit import guard
 from audit.checkpoints import checkpoint_create
 from audit.models import AuditEvent
 from audit.verify import verify_chain, verify_checkpoints
+from tests.audit.tampering import Tamper
 
 pytestmark = [pytest.mark.both_databases, pytest.mark.django_db]
 
@@ -19,27 +20,6 @@ def seed(n: int = 5) -> list[AuditEvent]:
     return [audit.record(action="test.event", actor=None, actor_name=f"probe-{i}", detail={"i": i}) for i in range(n)]
 
 
-class Tamper:
-    """Bypass the guard the way a database superuser could, to show the verifier still notices."""
-
-    def __enter__(self):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
-        else:
-            guard.uninstall(connection)
-        return self
-
-    def sql(self, statement: str, params=()):
-        with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-
-    def __exit__(self, *exc):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
-        else:
-            guard.install(connection)
 
 
 def test_update_and_delete_are_refused_by_the_database():
@@ -154,3 +134,17 @@ def test_flush_keeps_the_guard(transactional_db):
     call_command("flush", interactive=False, verbosity=0)
     assert AuditEvent.objects.count() == 0
     assert guard.installed(connection)
+
+
+def test_beat_signs_a_checkpoint_periodically_when_the_chain_grew(settings):
+    from audit.tasks import checkpoint
+
+    entry = settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
+    assert entry["task"] == "audit.checkpoint" and entry["schedule"] == settings.AUDIT_CHECKPOINT_SECONDS
+    seed(2)
+    first = checkpoint()
+    assert first is not None
+    assert checkpoint() is None  # nothing new to sign
+    seed(1)
+    assert checkpoint() > first
+    assert verify_checkpoints() is None

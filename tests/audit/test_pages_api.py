@@ -11,14 +11,13 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 import audit
-from audit import guard
 from audit.checkpoints import checkpoint_create
 from audit.export import COLUMNS
 from audit.models import AuditEvent
+from tests.audit.tampering import Tamper
 
 pytestmark = pytest.mark.django_db
 SEQ = re.compile(r'data-seq="(\d+)"')
@@ -59,27 +58,6 @@ def streamed(response) -> str:
     return b"".join(response.streaming_content).decode()
 
 
-class Tamper:
-    """Bypass the append-only guard the way a database superuser could."""
-
-    def __enter__(self):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
-        else:
-            guard.uninstall(connection)
-        return self
-
-    def sql(self, statement: str, params=()):
-        with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-
-    def __exit__(self, *exc):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
-        else:
-            guard.install(connection)
 
 
 # Filters
