@@ -44,6 +44,10 @@ ML_PYTHON = env_str("ML_PYTHON", str(BASE_DIR / ".venv-ml" / "bin" / "python"))
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
 HOST_OFFLINE_SECONDS = env_int("HOST_OFFLINE_SECONDS", 90)
+# Set on a GPU host's worker: it then reports that host's GPUs and heartbeats (workers/agent.py).
+AGENT_HOST_NAME = env_str("AGENT_HOST_NAME")
+AGENT_HEARTBEAT_SECONDS = env_int("AGENT_HEARTBEAT_SECONDS", 30)
+AGENT_NVML_MODULE = env_str("AGENT_NVML_MODULE", "pynvml")
 OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
 OTEL_ENABLED = env_bool("OTEL_ENABLED", bool(OTEL_EXPORTER_OTLP_ENDPOINT))
 
@@ -170,6 +174,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 AUDIT_CHECKPOINT_SECONDS = env_int("AUDIT_CHECKPOINT_SECONDS", 600)
 CELERY_BEAT_SCHEDULE: dict = {
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
+    "hosts-mark-offline": {"task": "workers.agent.mark_offline", "schedule": max(5, HOST_OFFLINE_SECONDS // 3)},
 }
 
 # --- auth ------------------------------------------------------------------------------------

@@ -43,14 +43,22 @@ class Supervisor:
         python = sys.executable
         return [
             Child("web", [python, "-m", "daphne", "-b", self.host, "-p", str(self.port), "console.asgi:application"]),
+            # The local worker is also this machine's GPU agent (queue host.<name>).
             Child("worker", [python, "-m", "celery", "-A", "console", "worker", "-l", "INFO",
-                             "--concurrency", str(self.worker_concurrency), "-n", "worker@%h"]),
+                             "--concurrency", str(self.worker_concurrency), "-n", "worker@%h",
+                             "-Q", f"celery,host.{self.agent_name}"]),
             Child("beat", [python, "-m", "celery", "-A", "console", "beat", "-l", "INFO",
                            "-s", str(Path(settings.DATA_DIR) / "celerybeat-schedule")]),
         ]
 
+    @property
+    def agent_name(self) -> str:
+        from workers.agent import local_host_name
+
+        return settings.AGENT_HOST_NAME or local_host_name()
+
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1", AGENT_HOST_NAME=self.agent_name)
         if self.redis is not None:
             env["REDIS_URL"] = self.redis.url
         return env

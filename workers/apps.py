@@ -7,3 +7,6 @@ class WorkersConfig(AppConfig):
 
     name = "workers"
     verbose_name = "Workers"
+
+    def ready(self) -> None:
+        from workers import agent  # noqa: F401  (worker_ready/worker_shutdown receivers)

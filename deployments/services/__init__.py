@@ -1,0 +1,1 @@
+"""Services: the writes of the deployments app (keyword-only, typed, atomic, audited)."""

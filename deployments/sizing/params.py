@@ -1,0 +1,246 @@
+"""Parameter counts from a model's config.json, kept per linear layer so quantized sizes can be exact.
+
+The counts follow the module layout transformers builds for each architecture (checked against
+meta-device instantiations in tests/deployments: see /work/shared/fixtures/model-configs/expected.json).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments.sizing.errors import SizingError
+
+# model_type values whose q/k/v projections always carry a bias, whatever `attention_bias` says.
+QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl"})
+# Multi-head latent attention (DeepSeek-V2/V3): the attention weights and the KV cache follow other rules.
+MLA_MODEL_TYPES = frozenset({"deepseek_v2", "deepseek_v3"})
+
+
+@dataclass(frozen=True)
+class LinearGroup:
+    """`count` identical linear weights of shape (out_features, in_features), e.g. one projection in every layer."""
+
+    name: str
+    in_features: int
+    out_features: int
+    count: int = 1
+
+    @property
+    def params(self) -> int:
+        """Weight elements of the whole group (biases are counted apart)."""
+        return self.in_features * self.out_features * self.count
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The config.json numbers the planner needs, with the defaults transformers applies."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    max_position_embeddings: int | None
+    torch_dtype: str | None
+    # MLA (DeepSeek-V2/V3) only; zero elsewhere.
+    kv_lora_rank: int = 0
+    q_lora_rank: int | None = None
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+
+    @property
+    def is_mla(self) -> bool:
+        """True for multi-head latent attention checkpoints."""
+        return self.model_type in MLA_MODEL_TYPES and self.kv_lora_rank > 0
+
+    @property
+    def kv_head_dim(self) -> int:
+        """Per-head width of one cached K or V vector as TGI allocates it.
+
+        TGI's flash_deepseek_v2 rebuilds full per-head K and V and pads both to the larger of the key
+        width (nope + rope) and the value width, so that is what each cache slot holds.
+        """
+        if self.is_mla:
+            return max(self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim)
+        return self.head_dim
+
+
+@dataclass
+class ParamBreakdown:
+    """Parameters split by how quantization treats them.
+
+    `linears` are the decoder-block projections that AWQ/GPTQ/bitsandbytes/fp8 quantize; everything else
+    (embeddings, lm_head, norms, biases, MoE router gates) stays in 16-bit in such checkpoints.
+    """
+
+    linears: list[LinearGroup] = field(default_factory=list)
+    embedding: int = 0
+    lm_head: int = 0
+    norms: int = 0
+    biases: int = 0
+    router: int = 0
+
+    @property
+    def linear_params(self) -> int:
+        """Elements in quantizable linear weights."""
+        return sum(group.params for group in self.linears)
+
+    @property
+    def dense_params(self) -> int:
+        """Elements that stay 16-bit under weight-only quantization."""
+        return self.embedding + self.lm_head + self.norms + self.biases + self.router
+
+    @property
+    def total(self) -> int:
+        """All parameters."""
+        return self.linear_params + self.dense_params
+
+
+def _int(config: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if value is None:
+        raise SizingError(f"config.json has no `{key}`; cannot size this architecture", "config")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise SizingError(f"config.json `{key}` is not a number: {value!r}", "config") from exc
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language-model part of a config: multimodal checkpoints nest it under `text_config`."""
+    nested = config.get("text_config")
+    if isinstance(nested, dict) and "hidden_size" not in config:
+        merged = dict(nested)
+        # The quantization description lives at the top level even when the text config is nested.
+        merged.setdefault("quantization_config", config.get("quantization_config"))
+        merged.setdefault("torch_dtype", config.get("torch_dtype") or config.get("dtype"))
+        return merged
+    return config
+
+
+def parse_architecture(config: dict[str, Any]) -> Architecture:
+    """Read the sizes from config.json (llama-style names, with the GPT-2/NeoX aliases some configs use)."""
+    config = text_config(config)
+    aliases = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads"}
+    config = {**{new: config[old] for old, new in aliases.items() if old in config}, **config}
+    hidden = _int(config, "hidden_size")
+    heads = _int(config, "num_attention_heads")
+    kv_heads = config.get("num_key_value_heads") or heads  # absent means plain multi-head attention
+    head_dim = config.get("head_dim") or hidden // heads  # gemma/qwen3 set head_dim explicitly
+    intermediate = config.get("intermediate_size") or config.get("n_inner") or 4 * hidden
+    return Architecture(
+        model_type=str(config.get("model_type") or ""),
+        hidden_size=hidden,
+        num_layers=_int(config, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=int(kv_heads),
+        head_dim=int(head_dim),
+        intermediate_size=int(intermediate),
+        vocab_size=_int(config, "vocab_size"),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        max_position_embeddings=config.get("max_position_embeddings"),
+        torch_dtype=config.get("torch_dtype") or config.get("dtype"),
+        kv_lora_rank=int(config.get("kv_lora_rank") or 0),
+        q_lora_rank=config.get("q_lora_rank"),
+        qk_nope_head_dim=int(config.get("qk_nope_head_dim") or 0),
+        qk_rope_head_dim=int(config.get("qk_rope_head_dim") or 0),
+        v_head_dim=int(config.get("v_head_dim") or 0),
+    )
+
+
+def _attention(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) -> None:
+    h, n, layers = arch.hidden_size, arch.num_heads, arch.num_layers
+    if arch.is_mla:
+        qk_dim = arch.qk_nope_head_dim + arch.qk_rope_head_dim
+        if arch.q_lora_rank:  # V2/V3 full size: low-rank query with its own RMSNorm
+            out.linears.append(LinearGroup("q_a_proj", h, arch.q_lora_rank, layers))
+            out.linears.append(LinearGroup("q_b_proj", arch.q_lora_rank, n * qk_dim, layers))
+            out.norms += arch.q_lora_rank * layers
+        else:  # V2-Lite: q_lora_rank is null, a plain query projection
+            out.linears.append(LinearGroup("q_proj", h, n * qk_dim, layers))
+        kv_a_out = arch.kv_lora_rank + arch.qk_rope_head_dim
+        out.linears.append(LinearGroup("kv_a_proj_with_mqa", h, kv_a_out, layers))
+        out.norms += arch.kv_lora_rank * layers  # kv_a_layernorm
+        kv_b_out = n * (arch.qk_nope_head_dim + arch.v_head_dim)
+        out.linears.append(LinearGroup("kv_b_proj", arch.kv_lora_rank, kv_b_out, layers))
+        out.linears.append(LinearGroup("o_proj", n * arch.v_head_dim, h, layers))
+        if config.get("attention_bias"):
+            out.biases += (arch.q_lora_rank or n * qk_dim) + kv_a_out + h
+        return
+    q_out, kv_out = n * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    out.linears += [
+        LinearGroup("q_proj", h, q_out, layers),
+        LinearGroup("k_proj", h, kv_out, layers),
+        LinearGroup("v_proj", h, kv_out, layers),
+        LinearGroup("o_proj", q_out, h, layers),
+    ]
+    if config.get("attention_bias"):  # llama-style flag: bias on q, k, v and o
+        out.biases += (q_out + 2 * kv_out + h) * layers
+    elif arch.model_type in QKV_BIAS_MODEL_TYPES:  # qwen2: bias on q, k, v only
+        out.biases += (q_out + 2 * kv_out) * layers
+
+
+def _gated_mlp(name: str, hidden: int, intermediate: int, count: int, out: ParamBreakdown, bias: bool) -> None:
+    if count <= 0:
+        return
+    out.linears += [
+        LinearGroup(f"{name}.gate_proj", hidden, intermediate, count),
+        LinearGroup(f"{name}.up_proj", hidden, intermediate, count),
+        LinearGroup(f"{name}.down_proj", intermediate, hidden, count),
+    ]
+    if bias:
+        out.biases += (2 * intermediate + hidden) * count
+
+
+def _moe_layers(config: dict[str, Any], layers: int) -> int:
+    """How many decoder layers hold experts (DeepSeek: dense first `first_k_dense_replace`, then every `freq`)."""
+    first_dense = int(config.get("first_k_dense_replace") or 0)
+    freq = int(config.get("moe_layer_freq") or 1)
+    step = int(config.get("decoder_sparse_step") or 1)  # qwen2_moe/qwen3_moe spelling
+    sparse = [i for i in range(layers) if i >= first_dense and i % freq == 0 and (i + 1) % step == 0]
+    skip = set(config.get("mlp_only_layers") or [])
+    return len([i for i in sparse if i not in skip])
+
+
+def _mlp(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) -> None:
+    h, layers = arch.hidden_size, arch.num_layers
+    bias = bool(config.get("mlp_bias"))
+    experts = int(config.get("n_routed_experts") or config.get("num_local_experts") or config.get("num_experts") or 0)
+    if not experts:
+        _gated_mlp("mlp", h, arch.intermediate_size, layers, out, bias)
+        return
+    moe_layers = _moe_layers(config, layers)
+    _gated_mlp("mlp", h, arch.intermediate_size, layers - moe_layers, out, bias)
+    # Mixtral has no moe_intermediate_size: each expert is as wide as the dense MLP would be.
+    expert_width = int(config.get("moe_intermediate_size") or arch.intermediate_size)
+    _gated_mlp("experts", h, expert_width, experts * moe_layers, out, bias)
+    shared = int(config.get("n_shared_experts") or 0)
+    if shared:  # DeepSeek: the shared experts are one MLP n_shared times as wide
+        _gated_mlp("shared_experts", h, expert_width * shared, moe_layers, out, bias)
+    shared_width = int(config.get("shared_expert_intermediate_size") or 0)
+    if shared_width:  # qwen2_moe: one shared expert plus a scalar gate on it
+        _gated_mlp("shared_expert", h, shared_width, moe_layers, out, bias)
+        out.router += h * moe_layers
+    out.router += experts * h * moe_layers  # the router's gate weight, kept 16-bit by quantizers
+    if arch.model_type == "deepseek_v3" or config.get("topk_method") == "noaux_tc":
+        out.router += experts * moe_layers  # e_score_correction_bias
+
+
+def count_parameters(config: dict[str, Any]) -> ParamBreakdown:
+    """Parameter breakdown of a decoder-only transformer described by config.json."""
+    arch = parse_architecture(config)
+    config = text_config(config)
+    out = ParamBreakdown()
+    out.embedding = arch.vocab_size * arch.hidden_size
+    out.lm_head = 0 if arch.tie_word_embeddings else arch.vocab_size * arch.hidden_size
+    _attention(arch, config, out)
+    _mlp(arch, config, out)
+    # input_layernorm + post_attention_layernorm in every layer, and the final norm (RMSNorm: weight only).
+    out.norms += (2 * arch.num_layers + 1) * arch.hidden_size
+    return out

@@ -1,0 +1,99 @@
+"""The GPU host agent: a Celery worker that also consumes `host.<name>` and, while it runs, reports
+the host's GPUs (read through NVML) and a heartbeat to the database every AGENT_HEARTBEAT_SECONDS.
+
+Start one per GPU host (docs/operations.md):
+    AGENT_HOST_NAME=gpu-node-1 celery -A console worker -Q celery,host.gpu-node-1 -n agent@gpu-node-1
+`make run` does the same for the local machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from workers.nvml import discover, load_nvml
+
+logger = logging.getLogger(__name__)
+AGENT_VERSION = "0.1.0"
+
+
+def local_host_name() -> str:
+    """This machine's name as a host name: lowercase letters, digits and hyphens."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    return name[:63] or "localhost"
+
+
+def report_once(name: str):
+    """Read the GPUs and write them and a heartbeat; returns the Host."""
+    from deployments.services.inventory import host_report
+
+    discovery = discover(load_nvml(settings.AGENT_NVML_MODULE))
+    if discovery.note:
+        logger.warning("agent %s: %s", name, discovery.note)
+    return host_report(name=name, discovery=discovery, agent_version=AGENT_VERSION, address=socket.getfqdn(),
+                       model_store=str(settings.MODEL_STORE))
+
+
+class Heartbeat(threading.Thread):
+    """Reports every AGENT_HEARTBEAT_SECONDS until stopped; a failed report is logged and retried."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        super().__init__(name=f"agent-heartbeat-{name}", daemon=True)
+        self.host_name, self.interval, self.stopped = name, interval, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                close_old_connections()
+                report_once(self.host_name)
+            except Exception:
+                logger.exception("agent %s: heartbeat failed", self.host_name)
+            finally:
+                connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+_heartbeat: Heartbeat | None = None
+
+
+@worker_ready.connect
+def start_agent(**kwargs) -> None:
+    global _heartbeat
+    name = settings.AGENT_HOST_NAME
+    if not name:
+        return
+    host = report_once(name)
+    connection.close()
+    logger.info("agent %s: registered with %d GPU(s)", name, host.gpus.count())
+    _heartbeat = Heartbeat(name, settings.AGENT_HEARTBEAT_SECONDS)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def stop_agent(**kwargs) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@shared_task(name="workers.agent.describe")
+def describe() -> dict:
+    """Runs on a host's own queue: what this agent sees now (proves routing to host.<name>)."""
+    discovery = discover(load_nvml(settings.AGENT_NVML_MODULE))
+    return {"host": settings.AGENT_HOST_NAME, "gpus": [gpu.name for gpu in discovery.gpus], "note": discovery.note}
+
+
+@shared_task(name="workers.agent.mark_offline")
+def mark_offline() -> list[str]:
+    """Beat: hosts without a heartbeat for HOST_OFFLINE_SECONDS become offline."""
+    from deployments.services.inventory import hosts_mark_offline
+
+    return [host.name for host in hosts_mark_offline()]
