@@ -35,10 +35,11 @@ class ConsoleViewMixin(LoginRequiredMixin):
         return restrict(queryset, self.request.user, action)
 
     def visible_object(self, pk):
-        """The object with this pk if the user may view it; a hidden one raises ObjectHidden (an
-        audited 404), a missing one a plain 404."""
+        """The object with this pk if the user may view it and hold this view's action on it (else
+        403); a hidden one raises ObjectHidden (an audited 404), a missing one a plain 404."""
         obj = self.get_queryset().filter(pk=pk).first()
         if obj is not None:
+            require(self.request.user, self.permission_action, obj)
             return obj
         hidden = self.queryset.model._default_manager.filter(pk=pk).first()
         if hidden is not None:

@@ -17,5 +17,6 @@ urlpatterns = [
     path("credentials/<int:pk>/", views.CredentialDetailView.as_view(), name="credential-detail"),
     path("credentials/rotate-key/", views.SecretsRotateView.as_view(), name="credentials-rotate"),
     path("audit/", include("audit.urls")),
+    path("inventory/", include("deployments.urls")),
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

@@ -200,7 +200,6 @@ class CredentialDetailView(ConsoleViewMixin, View):
 
     def _credential(self, request, pk) -> Credential:
         credential = self.visible_object(pk)
-        require(request.user, roles.ADD_MODEL, credential)
         return credential
 
     def get(self, request, pk):

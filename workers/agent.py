@@ -92,8 +92,8 @@ def describe() -> dict:
 
 
 @shared_task(name="workers.agent.mark_offline")
-def mark_offline() -> list[str]:
+def mark_offline(offline_after: int | None = None) -> list[str]:
     """Beat: hosts without a heartbeat for HOST_OFFLINE_SECONDS become offline."""
     from deployments.services.inventory import hosts_mark_offline
 
-    return [host.name for host in hosts_mark_offline()]
+    return [host.name for host in hosts_mark_offline(offline_after=offline_after)]

@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from audit import api as audit_api
 from console.api import views
+from deployments.api import views as inventory_api
 
 router = DefaultRouter(trailing_slash=True)
 router.include_format_suffixes = False  # one URL per resource: ?format= is enough
@@ -13,6 +14,8 @@ router.register("tokens", views.TokenViewSet, basename="token")
 router.register("credentials", views.CredentialViewSet, basename="credential")
 router.register("audit/events", audit_api.AuditEventViewSet, basename="audit-event")
 router.register("audit/checkpoints", audit_api.AuditCheckpointViewSet, basename="audit-checkpoint")
+router.register("hosts", inventory_api.HostViewSet, basename="host")
+router.register("gpus", inventory_api.GpuViewSet, basename="gpu")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),

@@ -167,9 +167,10 @@ def _report_gpus(host: Host, reported, agent: str) -> None:
 
 @traced("host.mark_offline")
 @transaction.atomic
-def hosts_mark_offline() -> list[Host]:
+def hosts_mark_offline(*, offline_after: int | None = None) -> list[Host]:
     """Hosts whose heartbeats stopped for HOST_OFFLINE_SECONDS (by database time) become offline."""
-    cutoff = Now() - timedelta(seconds=settings.HOST_OFFLINE_SECONDS)
+    offline_after = offline_after or settings.HOST_OFFLINE_SECONDS
+    cutoff = Now() - timedelta(seconds=offline_after)
     stale = list(Host.objects.select_for_update().filter(status=Host.Status.ONLINE, last_heartbeat__lt=cutoff))
     for host in stale:
         host.status = Host.Status.OFFLINE
@@ -177,5 +178,5 @@ def hosts_mark_offline() -> list[Host]:
         # Deployments on the host will be flagged here once deployments exist.
         audit.record(action="host.offline", actor=None, actor_name="system", target=host,
                      changes={"status": ["online", "offline"]},
-                     detail={"reason": f"no heartbeat for {settings.HOST_OFFLINE_SECONDS} s"})
+                     detail={"reason": f"no heartbeat for {offline_after} s"})
     return stale

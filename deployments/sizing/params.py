@@ -85,11 +85,13 @@ class ParamBreakdown:
     norms: int = 0
     biases: int = 0
     router: int = 0
+    # Parameters the safetensors headers hold beyond (or short of) the architecture count, e.g. a vision tower.
+    extra_linear: int = 0
 
     @property
     def linear_params(self) -> int:
         """Elements in quantizable linear weights."""
-        return sum(group.params for group in self.linears)
+        return sum(group.params for group in self.linears) + self.extra_linear
 
     @property
     def dense_params(self) -> int:

@@ -13,9 +13,9 @@ from tests.factories import PASSWORD, UserFactory
 pytestmark = pytest.mark.browser
 
 EXPECTED_NAV = {
-    "admin": ["dashboard", "credentials", "audit", "access", "api"],
-    "engineer": ["dashboard", "credentials", "api"],
-    "auditor": ["dashboard", "audit", "api"],
+    "admin": ["dashboard", "inventory", "credentials", "audit", "access", "api"],
+    "engineer": ["dashboard", "inventory", "credentials", "api"],
+    "auditor": ["dashboard", "inventory", "audit", "api"],
 }
 
 

@@ -1,0 +1,66 @@
+"""Inventory API: hosts and GPUs. Reading needs `view`; changes need `manage_inventory`."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch, Sum
+
+from console import roles
+from console.api.viewsets import ConsoleModelViewSet
+from deployments.api.serializers import GpuSerializer, HostSerializer
+from deployments.models import Gpu, Host
+from deployments.services import inventory
+
+WRITE = {"create": roles.MANAGE_INVENTORY, "update": roles.MANAGE_INVENTORY,
+         "partial_update": roles.MANAGE_INVENTORY, "destroy": roles.MANAGE_INVENTORY}
+
+
+def _gpus():
+    return Gpu.objects.annotate(reserved=Sum("reservations__memory_bytes")).order_by("index")
+
+
+class HostViewSet(ConsoleModelViewSet):
+    """GPU hosts with their GPUs. Agents register hosts themselves; admins may add them by hand."""
+
+    queryset = Host.objects.prefetch_related(Prefetch("gpus", queryset=_gpus()))
+    serializer_class = HostSerializer
+    action_permissions = WRITE
+    search_fields = ["name", "address"]
+    filterset_fields = ["status", "runtime"]
+    ordering_fields = ["name", "last_heartbeat"]
+
+    def perform_create(self, serializer):
+        serializer.instance = inventory.host_create(actor=self.request.user, **serializer.validated_data)
+
+    def perform_update(self, serializer):
+        serializer.instance = inventory.host_update(actor=self.request.user, host=serializer.instance,
+                                                    **serializer.validated_data)
+
+    def perform_destroy(self, instance):
+        inventory.host_delete(actor=self.request.user, host=instance)
+
+
+class GpuViewSet(ConsoleModelViewSet):
+    """GPUs of all hosts; `?host=<name>` narrows to one host."""
+
+    queryset = _gpus().select_related("host")
+    serializer_class = GpuSerializer
+    action_permissions = WRITE
+    filterset_fields = ["host__name", "health", "nvlink_group"]
+    search_fields = ["name", "uuid"]
+
+    def perform_create(self, serializer):
+        data = dict(serializer.validated_data)
+        host = data.pop("host")
+        serializer.instance = inventory.gpu_create(actor=self.request.user, host=host, **data)
+
+    def perform_update(self, serializer):
+        data = dict(serializer.validated_data)
+        if data.get("host", serializer.instance.host) != serializer.instance.host:
+            from rest_framework.exceptions import ValidationError
+
+            raise ValidationError({"host": ["A GPU cannot move to another host; delete it and add it there."]})
+        data.pop("host", None)
+        serializer.instance = inventory.gpu_update(actor=self.request.user, gpu=serializer.instance, **data)
+
+    def perform_destroy(self, instance):
+        inventory.gpu_delete(actor=self.request.user, gpu=instance)
