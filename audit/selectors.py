@@ -99,3 +99,18 @@ def verification_status(*, user) -> dict:
         "after_id": result.start_id,
         "checkpoint": checkpoint_data,
     }
+
+
+def target_history(*, user, targets: list, limit: int = 100) -> QuerySet[AuditEvent] | None:
+    """The audit events about these objects, newest first; None for users who may not read the audit
+    log (they see the current state only)."""
+    from django.db.models import Q
+
+    from console.permissions import can
+
+    if not can(user, roles.VIEW_DATA):
+        return None
+    about = Q(pk__in=[])
+    for target in targets:
+        about |= Q(target_type=target._meta.label_lower, target_id=str(target.pk))
+    return AuditEvent.objects.filter(about).order_by("-id")[:limit]

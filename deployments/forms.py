@@ -73,3 +73,40 @@ class GpuForm(forms.ModelForm):
         data = {name: value for name, value in self.cleaned_data.items() if name != "memory_gb"}
         data["memory_total"] = int(self.cleaned_data["memory_gb"] * GB)
         return data
+
+
+class SizingForm(forms.Form):
+    """What the VRAM planner needs; everything but the model has TGI's defaults."""
+
+    source = forms.CharField(label=_("Model"), max_length=300,
+                             help_text=_("A Hugging Face repo id (deepseek-ai/deepseek-llm-7b-base) or a directory "
+                                         "in the model store."))
+    revision = forms.CharField(label=_("Revision"), max_length=100, required=False,
+                               help_text=_("Branch, tag or commit; empty: main."))
+    quantize = forms.ChoiceField(label=_("Quantization"), required=False,
+                                 choices=[("", _("as stored")), ("awq", "AWQ"), ("gptq", "GPTQ"),
+                                          ("bitsandbytes", "bitsandbytes (int8)"),
+                                          ("bitsandbytes-nf4", "bitsandbytes nf4"), ("eetq", "EETQ (int8)"),
+                                          ("fp8", "FP8")])
+    max_total_tokens = forms.IntegerField(label=_("Max total tokens"), required=False, min_value=2,
+                                          max_value=1_048_576)
+    max_batch_total_tokens = forms.IntegerField(label=_("Max batch total tokens"), required=False, min_value=2,
+                                                max_value=16_777_216)
+    kv_cache_dtype = forms.ChoiceField(label=_("KV cache"), required=False,
+                                       choices=[("", _("same as the model")), ("fp8_e4m3fn", "FP8 (e4m3fn)"),
+                                                ("fp8_e5m2", "FP8 (e5m2)")])
+    credential = forms.ModelChoiceField(label=_("Hugging Face token"), required=False, queryset=None,
+                                        help_text=_("For gated or private repos."))
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from console.models import Credential
+
+        self.fields["credential"].queryset = Credential.objects.filter(kind=Credential.Kind.HF_TOKEN)
+
+    def clean(self):
+        data = super().clean()
+        total, batch = data.get("max_total_tokens"), data.get("max_batch_total_tokens")
+        if total and batch and batch < total:
+            self.add_error("max_batch_total_tokens", _("Must be at least max total tokens (one full request)."))
+        return data

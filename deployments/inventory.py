@@ -26,7 +26,7 @@ def host_states(hosts: QuerySet[Host] | None = None) -> list[HostState]:
             labels=host.labels or {},
             online=host.status in (Host.Status.ONLINE, Host.Status.MANUAL),
             gpus=tuple(GpuState(index=g.index, memory_total=g.memory_total, memory_reserved=g.reserved or 0,
-                                nvlink_group=g.nvlink_group, name=g.name,
+                                nvlink_group=g.nvlink_group, name=g.name, power_limit_w=g.power_limit_w,
                                 healthy=g.health in (Gpu.Health.OK, Gpu.Health.UNKNOWN))
                        for g in host.gpus.all()),
         ))

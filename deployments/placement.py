@@ -23,6 +23,7 @@ class GpuState:
     nvlink_group: str = ""
     healthy: bool = True
     name: str = ""
+    power_limit_w: float | None = None
 
     @property
     def available(self) -> int:

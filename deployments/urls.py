@@ -9,4 +9,5 @@ urlpatterns = [
     path("hosts/<int:pk>/edit/", views.HostEditView.as_view(), name="host-edit"),
     path("hosts/<int:pk>/gpus/new/", views.GpuCreateView.as_view(), name="gpu-create"),
     path("gpus/<int:pk>/edit/", views.GpuEditView.as_view(), name="gpu-edit"),
+    path("sizing/", views.SizingView.as_view(), name="sizing"),
 ]

@@ -15,7 +15,8 @@ from console.errors import ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import can
-from deployments.forms import GpuForm, HostForm
+from deployments import planner
+from deployments.forms import GpuForm, HostForm, SizingForm
 from deployments.inventory import host_list
 from deployments.models import Gpu, Host
 from deployments.services import inventory
@@ -170,3 +171,28 @@ class GpuEditView(_FormView):
                 messages.success(request, _("GPU saved."))
                 return redirect("host-detail", pk=gpu.host_id)
         return self.render_form(request, form, status=400, host=gpu.host, gpu=gpu)
+
+
+class SizingView(ConsoleViewMixin, View):
+    """The VRAM planner: memory per precision, the smallest GPU set in the inventory, power range."""
+
+    permission_action = roles.VIEW
+    template_name = "deployments/sizing.html"
+
+    def get(self, request):
+        form = SizingForm(request.GET or None)
+        report, status = None, 200
+        if form.is_bound and form.is_valid():
+            data = form.cleaned_data
+            try:
+                report = planner.plan(user=request.user, source=data["source"], revision=data["revision"],
+                                      quantize=data["quantize"], max_total_tokens=data["max_total_tokens"],
+                                      max_batch_total_tokens=data["max_batch_total_tokens"],
+                                      kv_cache_dtype=data["kv_cache_dtype"],
+                                      credential_id=data["credential"].pk if data["credential"] else None)
+            except ApplicationError as error:
+                apply_error(form, error)
+                status = 400
+        elif form.is_bound:
+            status = 400
+        return render(request, self.template_name, {"form": form, "report": report}, status=status)

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from tests.factories import CredentialFactory, UserFactory
 
+pytest_plugins = ["tests.support.hub_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # WhiteNoise looks for STATIC_ROOT when the first request handler is built; tests serve through finders.

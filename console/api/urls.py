@@ -20,6 +20,7 @@ router.register("gpus", inventory_api.GpuViewSet, basename="gpu")
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),
     path("me", views.MeView.as_view(), name="me"),
+    path("sizing/", inventory_api.SizingApiView.as_view(), name="sizing"),
     path("audit/verification/", audit_api.AuditVerificationView.as_view(), name="audit-verification"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),

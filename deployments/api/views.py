@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from django.db.models import Prefetch, Sum
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from console import roles
 from console.api.viewsets import ConsoleModelViewSet
+from deployments import planner
 from deployments.api.serializers import GpuSerializer, HostSerializer
+from deployments.forms import SizingForm
 from deployments.models import Gpu, Host
 from deployments.services import inventory
 
@@ -64,3 +71,22 @@ class GpuViewSet(ConsoleModelViewSet):
 
     def perform_destroy(self, instance):
         inventory.gpu_delete(actor=self.request.user, gpu=instance)
+
+
+class SizingApiView(APIView):
+    """The VRAM planner: `?source=org/name` (plus revision, quantize, max_total_tokens,
+    max_batch_total_tokens, kv_cache_dtype, credential) answers memory per precision and the smallest
+    GPU set in the inventory that fits."""
+
+    @extend_schema(parameters=[OpenApiParameter(name, OpenApiTypes.STR, required=name == "source")
+                               for name in SizingForm.base_fields],
+                   responses={200: OpenApiTypes.OBJECT})
+    def get(self, request):
+        form = SizingForm(request.query_params)
+        if not form.is_valid():
+            raise ValidationError(form.errors)
+        data = form.cleaned_data
+        return Response(planner.plan(
+            user=request.user, source=data["source"], revision=data["revision"], quantize=data["quantize"],
+            max_total_tokens=data["max_total_tokens"], max_batch_total_tokens=data["max_batch_total_tokens"],
+            kv_cache_dtype=data["kv_cache_dtype"], credential_id=data["credential"].pk if data["credential"] else None))

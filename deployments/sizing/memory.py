@@ -75,9 +75,23 @@ DTYPE_ALIASES = {
 }
 KV_CACHE_DTYPES = {None: None, "": None, "auto": None, "fp8": 1, "fp8_e4m3fn": 1, "fp8_e5m2": 1, "bf16": 2, "fp16": 2}
 SAFETENSORS_DTYPE_BYTES = {
-    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1,
-}  # fmt: skip
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -97,8 +111,13 @@ class WeightFormat:
         if self.method == "fp8":
             return "fp8"
         bits = f"{self.bits:g}-bit"
-        names = {"bitsandbytes-nf4": "NF4", "bitsandbytes-fp4": "FP4", "bitsandbytes": "bitsandbytes",
-                 "eetq": "EETQ", "compressed-tensors": "compressed-tensors"}  # fmt: skip
+        names = {
+            "bitsandbytes-nf4": "NF4",
+            "bitsandbytes-fp4": "FP4",
+            "bitsandbytes": "bitsandbytes",
+            "eetq": "EETQ",
+            "compressed-tensors": "compressed-tensors",
+        }
         return f"{bits} {names.get(self.method, self.method.upper())}"
 
     @property
@@ -228,14 +247,16 @@ def weight_bytes(breakdown: ParamBreakdown, fmt: WeightFormat) -> int:
     if fmt.method is None:
         per_param = 4 if fmt.precision == "fp32" else BF16_BYTES_PER_PARAM
         return breakdown.total * per_param
-    return int(round(_linear_bytes(breakdown, fmt) + breakdown.dense_params * DENSE_BYTES))
+    return round(_linear_bytes(breakdown, fmt) + breakdown.dense_params * DENSE_BYTES)
 
 
 def kv_dtype_bytes(kv_cache_dtype: str | None) -> int:
     """Bytes per cached element: fp8 KV is 1; the default follows the model dtype, which TGI runs in 16-bit."""
     key = kv_cache_dtype.strip().lower() if isinstance(kv_cache_dtype, str) else kv_cache_dtype
     if key not in KV_CACHE_DTYPES:
-        raise SizingError(f"unknown kv_cache_dtype {kv_cache_dtype!r}; TGI accepts fp8_e4m3fn or fp8_e5m2", "kv_cache_dtype")
+        raise SizingError(
+            f"unknown kv_cache_dtype {kv_cache_dtype!r}; TGI accepts fp8_e4m3fn or fp8_e5m2", "kv_cache_dtype"
+        )
     return KV_CACHE_DTYPES[key] or 2
 
 
@@ -258,7 +279,7 @@ def kv_bytes_per_token_latent(arch: Architecture, dtype_bytes: int = 2) -> int |
 def prefill_workspace_bytes(prefill_tokens: int, hidden_size: int) -> int:
     """Activation/workspace peak of one prefill, scaled from the 7B measurement (see PREFILL_WORKSPACE_BYTES)."""
     scale = (prefill_tokens / PREFILL_WORKSPACE_TOKENS) * (hidden_size / PREFILL_WORKSPACE_HIDDEN)
-    return int(round(PREFILL_WORKSPACE_BYTES * scale))
+    return round(PREFILL_WORKSPACE_BYTES * scale)
 
 
 def stored_bytes(safetensors_params: dict[str, int]) -> int:

@@ -162,8 +162,13 @@ def load_hub_metadata(repo: str, revision: str | None = None, token: str | None 
     import requests
     from huggingface_hub import errors, get_safetensors_metadata, hf_hub_download
 
-    hub_errors = (errors.HfHubHTTPError, errors.HFValidationError, errors.OfflineModeIsEnabled,
-                  requests.RequestException, OSError)  # fmt: skip
+    hub_errors = (
+        errors.HfHubHTTPError,
+        errors.HFValidationError,
+        errors.OfflineModeIsEnabled,
+        requests.RequestException,
+        OSError,
+    )
     try:
         config_path = Path(hf_hub_download(repo, CONFIG_FILE, revision=revision, token=token))
     except hub_errors as exc:

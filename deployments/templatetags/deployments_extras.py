@@ -9,3 +9,10 @@ def gb(value) -> str:
     if value in (None, ""):
         return "—"
     return f"{int(value) / 10**9:,.1f} GB"
+
+
+@register.filter
+def billions(value) -> str:
+    if value in (None, ""):
+        return "—"
+    return f"{int(value) / 10**9:,.2f} B"

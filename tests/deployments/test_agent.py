@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db.models.functions import Now

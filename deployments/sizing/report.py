@@ -1,0 +1,390 @@
+"""`size_model`: the one entry point the page, the API and `manage.py size_model` share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments.sizing import memory
+from deployments.sizing.errors import SizingError
+from deployments.sizing.memory import WeightFormat
+from deployments.sizing.metadata import ModelMetadata
+from deployments.sizing.plan import POWER_IDLE_FRACTION as _POWER_IDLE_FRACTION
+from deployments.sizing.plan import (
+    GpuCapacity,
+    HostCapacity,
+    MemoryEstimate,
+    ModelShape,
+    Placement,
+    TokenBudget,
+    choose_gpus,
+    estimate,
+    format_gb,
+    gpus_needed,
+    model_shape,
+    placement_for,
+    token_budget,
+    valid_shard_counts,
+)
+
+# Quality order for "use X instead" suggestions: the first lower-memory format that fits wins.
+_QUALITY = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+# --quantize values that only describe how a checkpoint is already stored.
+_PREQUANTIZED_ONLY = ("awq", "gptq", "marlin", "exl2", "compressed-tensors")
+
+
+def _family(precision: str) -> str:
+    """bf16 and fp16 take the same bytes: one table row stands for both."""
+    return "16-bit" if precision in ("bf16", "fp16") else precision
+
+
+@dataclass
+class PrecisionRow:
+    """One line of the table: memory for a precision and where it would run."""
+
+    fmt: WeightFormat
+    estimate: MemoryEstimate
+    fits: bool | None
+    gpu_set: Placement | None
+    stored: bool
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        est, gpu_set = self.estimate, self.gpu_set
+        power = None
+        if gpu_set is not None and gpu_set.power_max_w is not None:
+            power = {"min_w": gpu_set.power_min_w, "max_w": gpu_set.power_max_w}
+        return {
+            "precision": self.fmt.precision,
+            "label": self.fmt.label,
+            "tgi_quantize": self.fmt.tgi_quantize,
+            "stored": self.stored,
+            "weight_bytes": est.weight_bytes,
+            "kv_bytes": est.kv_bytes,
+            "overhead_bytes": est.overhead_bytes,
+            "total_bytes": est.total_bytes,
+            "per_gpu_bytes": est.per_gpu_bytes,
+            "num_shard": est.num_shard,
+            "fits": self.fits,
+            "gpu_set": gpu_set.as_dict() if gpu_set else None,
+            "power_range_w": power,
+            "note": self.note,
+        }
+
+
+@dataclass
+class SizingReport:
+    """The planner's answer for one model and one set of TGI limits."""
+
+    source: str
+    revision_sha: str | None
+    model_type: str
+    params: int
+    params_source: str
+    primary: PrecisionRow
+    kv_cache_dtype: str | None
+    budget: TokenBudget
+    kv_bytes_per_token_latent: int | None
+    valid_shard_counts: list[int]
+    rows: list[PrecisionRow]
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    # The headline numbers are those of the primary row (the stored format, or the one --quantize asks for).
+    @property
+    def weight_bytes(self) -> int:
+        """Weights in the primary format."""
+        return self.primary.estimate.weight_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV bytes per token as TGI allocates it, whole model (all shards)."""
+        return self.primary.estimate.kv_bytes_per_token
+
+    @property
+    def kv_bytes(self) -> int:
+        """The KV pool: max_batch_total_tokens x bytes per token."""
+        return self.primary.estimate.kv_bytes
+
+    @property
+    def overhead_bytes(self) -> int:
+        """CUDA context plus prefill workspace, summed over the GPUs."""
+        return self.primary.estimate.overhead_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        """All GPUs together."""
+        return self.primary.estimate.total_bytes
+
+    @property
+    def per_gpu_bytes(self) -> int:
+        """What each GPU must hold."""
+        return self.primary.estimate.per_gpu_bytes
+
+    @property
+    def num_shard(self) -> int:
+        """Tensor-parallel shard count of the plan."""
+        return self.primary.estimate.num_shard
+
+    @property
+    def fits(self) -> bool | None:
+        """True/False against the given GPUs or inventory; None when no GPUs were given."""
+        return self.primary.fits
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form used by the API and `size_model --json`."""
+        primary = self.primary.as_dict()
+        est = self.primary.estimate
+        return {
+            "source": self.source,
+            "revision_sha": self.revision_sha,
+            "model_type": self.model_type,
+            "params": self.params,
+            "params_source": self.params_source,
+            "precision": self.primary.fmt.precision,
+            "weight_format": self.primary.fmt.label,
+            "quantize": self.primary.fmt.tgi_quantize,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "max_input_tokens": self.budget.max_input_tokens,
+            "max_total_tokens": self.budget.max_total_tokens,
+            "max_batch_total_tokens": self.budget.max_batch_total_tokens,
+            "max_batch_prefill_tokens": self.budget.max_batch_prefill_tokens,
+            "weight_bytes": self.weight_bytes,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_bytes_per_token_latent": self.kv_bytes_per_token_latent,
+            "kv_bytes": self.kv_bytes,
+            "context_bytes_per_gpu": est.context_bytes,
+            "workspace_bytes_per_gpu": est.workspace_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "total_bytes": self.total_bytes,
+            "per_gpu_bytes": self.per_gpu_bytes,
+            "num_shard": self.num_shard,
+            "valid_shard_counts": self.valid_shard_counts,
+            "fits": self.fits,
+            "gpu_set": primary["gpu_set"],
+            "power_range_w": primary["power_range_w"],
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
+            "rows": [row.as_dict() for row in self.rows],
+            "constants": overhead_constants(),
+        }
+
+
+def overhead_constants() -> dict[str, float]:
+    """The assumptions behind the numbers, for display next to them."""
+    return {
+        "bf16_bytes_per_param": memory.BF16_BYTES_PER_PARAM,
+        "cuda_context_bytes_per_gpu": memory.CUDA_CONTEXT_BYTES,
+        "prefill_workspace_bytes": memory.PREFILL_WORKSPACE_BYTES,
+        "prefill_workspace_reference_tokens": memory.PREFILL_WORKSPACE_TOKENS,
+        "prefill_workspace_reference_hidden": memory.PREFILL_WORKSPACE_HIDDEN,
+        "tgi_wiggle_room": memory.TGI_WIGGLE_ROOM,
+        "quant_group_size": memory.DEFAULT_GROUP_SIZE,
+        "power_idle_fraction": round(_POWER_IDLE_FRACTION, 4),
+    }
+
+
+def _primary_format(
+    shape: ModelShape, quantize: str | None, config: dict[str, Any], warnings: list[str]
+) -> WeightFormat:
+    if not quantize:
+        return shape.stored
+    wanted = memory.quantize_format(quantize, config)
+    if shape.stored.method and wanted != shape.stored:
+        # TGI reads quantization_config itself; another --quantize (or --dtype) cannot re-encode these weights.
+        warnings.append(
+            f"the checkpoint is stored as {shape.stored.label}; TGI reads its quantization_config, "
+            f"so {quantize!r} does not apply and it is planned as {shape.stored.label}"
+        )
+        return shape.stored
+    if wanted.method in _PREQUANTIZED_ONLY and not shape.stored.method:
+        # TGI loads AWQ/GPTQ/EXL2/Marlin weights as they are stored; it does not produce them from 16-bit weights.
+        warnings.append(
+            f"--quantize {wanted.method} needs a checkpoint already quantized that way; this one is "
+            f"{shape.stored.label}: use a {wanted.label} repo, or bitsandbytes-nf4 to quantize at load"
+        )
+    return wanted
+
+
+def _row_note(fmt: WeightFormat, shape: ModelShape) -> str:
+    if fmt == shape.stored:
+        return "as stored"
+    # AWQ/GPTQ/EXL2 need weights quantized ahead of time; fp8, EETQ and bitsandbytes quantize 16-bit weights at load.
+    prequantized = fmt.method in _PREQUANTIZED_ONLY
+    if shape.stored.method:
+        if fmt.method is None:
+            return "needs the unquantized checkpoint"
+        if prequantized:
+            return f"needs a {fmt.label} checkpoint"
+        return f"needs the unquantized checkpoint with --quantize {fmt.tgi_quantize}"
+    if fmt.method is None:
+        return f"--dtype {'float16' if fmt.precision == 'fp16' else 'bfloat16'}"
+    if prequantized:
+        return "needs an AWQ or GPTQ checkpoint; --quantize bitsandbytes-nf4 quantizes on the fly"
+    return f"--quantize {fmt.tgi_quantize}"
+
+
+def _row_formats(
+    precisions: Sequence[str], primary: WeightFormat, shape: ModelShape, config: dict
+) -> list[WeightFormat]:
+    qc = config.get("quantization_config")
+    formats: list[WeightFormat] = []
+    for precision in precisions:
+        if precision not in memory.PRECISIONS:
+            raise SizingError(f"unknown precision {precision!r}; use {', '.join(memory.PRECISIONS)}", "precisions")
+        if _family(precision) == _family(primary.precision):
+            fmt = primary
+        elif _family(precision) == _family(shape.stored.precision):
+            fmt = shape.stored
+        else:
+            fmt = memory.precision_format(precision, qc)
+        if fmt not in formats:
+            formats.append(fmt)
+    if primary not in formats:
+        formats.insert(0, primary)
+    return formats
+
+
+def _plan_row(
+    fmt: WeightFormat,
+    shape: ModelShape,
+    budget: TokenBudget,
+    kv_dtype: int,
+    gpus: list[GpuCapacity] | None,
+    hosts: list[HostCapacity] | None,
+    num_shard: int | None,
+) -> PrecisionRow:
+    stored = fmt == shape.stored
+    note = _row_note(fmt, shape)
+    if gpus:
+        est = estimate(shape, fmt, budget, len(gpus), kv_dtype)
+        valid = len(gpus) in valid_shard_counts(shape.arch, fmt, len(gpus))
+        fits = valid and est.per_gpu_bytes <= min(g.usable_bytes for g in gpus)
+        return PrecisionRow(fmt, est, fits, placement_for("selected", gpus) if fits else None, stored, note)
+    if hosts:
+        found = choose_gpus(shape, fmt, budget, kv_dtype, hosts, num_shard)
+        if found:
+            return PrecisionRow(fmt, found[1], True, found[0], stored, note)
+        largest = max(g.usable_bytes for h in hosts for g in h.gpus)
+        s = num_shard or gpus_needed(shape, fmt, budget, kv_dtype, largest) or 1
+        return PrecisionRow(fmt, estimate(shape, fmt, budget, s, kv_dtype), False, None, stored, note)
+    return PrecisionRow(fmt, estimate(shape, fmt, budget, num_shard or 1, kv_dtype), None, None, stored, note)
+
+
+def _alternative(rows: list[PrecisionRow], primary: PrecisionRow) -> PrecisionRow | None:
+    """The highest-quality format that fits and takes less memory than the primary one."""
+    smaller = [r for r in rows if r.fits and r.estimate.weight_bytes < primary.estimate.weight_bytes]
+    return min(smaller, key=lambda r: _QUALITY.index(r.fmt.precision), default=None)
+
+
+def _warnings(
+    report_rows: list[PrecisionRow],
+    primary: PrecisionRow,
+    shape: ModelShape,
+    budget: TokenBudget,
+    kv_dtype: int,
+    gpus: list[GpuCapacity] | None,
+    hosts: list[HostCapacity] | None,
+) -> list[str]:
+    out: list[str] = []
+    est, label = primary.estimate, primary.fmt.label
+    valid = valid_shard_counts(shape.arch, primary.fmt)
+    if est.num_shard not in valid_shard_counts(shape.arch, primary.fmt, est.num_shard):
+        kv = f" and {shape.arch.num_kv_heads} KV heads" if shape.arch.num_kv_heads > 1 else ""
+        if primary.fmt.shardable:
+            why = f"it does not divide the model's {shape.arch.num_heads} attention heads{kv}"
+        else:
+            why = f"TGI cannot shard {label}"
+        out.append(f"num_shard {est.num_shard} is not allowed: {why}; valid shard counts: {', '.join(map(str, valid))}")
+    memory_short = not gpus or est.per_gpu_bytes > min(g.usable_bytes for g in gpus)
+    if primary.fits is False and memory_short:
+        alt = _alternative(report_rows, primary)
+        if gpus:
+            usable = min(g.usable_bytes for g in gpus)
+            size = max(g.memory_total for g in gpus)
+            selected = f"{len(gpus)} x {format_gb(size)} GB selected ({format_gb(usable)} GB usable each)"
+        else:
+            usable = max(g.usable_bytes for h in hosts or [] for g in h.gpus)
+            selected = f"no online host has {est.num_shard} GPUs with {format_gb(est.per_gpu_bytes)} GB free each"
+        options = []
+        if alt is not None:
+            options.append(f"{alt.fmt.label} ({format_gb(alt.estimate.total_bytes)} GB)")
+        count = gpus_needed(shape, primary.fmt, budget, kv_dtype, usable)
+        if count is not None and (not gpus or count != len(gpus)):
+            options.append(f"{count} GPUs" + (f" of {format_gb(usable)} GB usable" if not gpus else ""))
+        advice = f"; use {' or '.join(options)}" if options else "; no precision or GPU count of this size fits"
+        out.append(
+            f"needs {format_gb(est.total_bytes)} GB at {label} ({format_gb(est.per_gpu_bytes)} GB per GPU); "
+            f"{selected}{advice}"
+        )
+    limit = shape.arch.max_position_embeddings
+    if limit and budget.max_total_tokens > limit:
+        out.append(f"max_total_tokens {budget.max_total_tokens} exceeds the model's context of {limit} tokens")
+    return out
+
+
+def size_model(
+    metadata: ModelMetadata,
+    *,
+    precisions: Sequence[str] = memory.DEFAULT_PRECISIONS,
+    quantize: str | None = None,
+    max_input_tokens: int | None = None,
+    max_total_tokens: int | None = None,
+    max_batch_total_tokens: int | None = None,
+    max_batch_prefill_tokens: int | None = None,
+    kv_cache_dtype: str | None = None,
+    num_shard: int | None = None,
+    gpus: list[GpuCapacity] | None = None,
+    inventory: list[HostCapacity] | None = None,
+) -> SizingReport:
+    """Plan the memory of serving `metadata`'s model with TGI.
+
+    `gpus` is one chosen set (num_shard = its length); otherwise `inventory` is searched for the smallest fitting
+    set on one online host; with neither, the plan is for `num_shard` (default 1) and `fits` is None.
+    """
+    config = metadata.config
+    shape = model_shape(metadata)
+    kv_dtype = memory.kv_dtype_bytes(kv_cache_dtype)
+    budget = token_budget(
+        shape.arch, max_input_tokens, max_total_tokens, max_batch_total_tokens, max_batch_prefill_tokens
+    )
+    if gpus is not None and not gpus:
+        raise SizingError("the GPU set is empty", "gpus")
+    if gpus and num_shard and num_shard != len(gpus):
+        raise SizingError(f"num_shard {num_shard} differs from the {len(gpus)} GPUs selected", "num_shard")
+    if num_shard is not None and num_shard < 1:
+        raise SizingError("num_shard must be at least 1", "num_shard")
+    hosts = [h for h in inventory or [] if h.online and h.gpus] or None
+    warnings: list[str] = []
+    notes = list(metadata.notes)
+    if inventory is not None and not hosts and not gpus:
+        notes.append("no online GPU host in the inventory; sizes only")
+    primary_fmt = _primary_format(shape, quantize, config, warnings)
+    formats = _row_formats(precisions, primary_fmt, shape, config)
+    rows = [_plan_row(fmt, shape, budget, kv_dtype, gpus, hosts, num_shard) for fmt in formats]
+    primary = rows[formats.index(primary_fmt)]
+    warnings += _warnings(rows, primary, shape, budget, kv_dtype, gpus, hosts)
+    if shape.params_source == "safetensors" and shape.breakdown.extra_linear:
+        arch_total = shape.breakdown.total - shape.breakdown.extra_linear
+        if abs(shape.breakdown.extra_linear) > 0.01 * arch_total:
+            notes.append(
+                f"the safetensors headers hold {shape.breakdown.total:,} parameters, the architecture "
+                f"{arch_total:,}; the headers are used"
+            )
+    return SizingReport(
+        source=metadata.source,
+        revision_sha=metadata.revision_sha,
+        model_type=shape.arch.model_type,
+        params=shape.breakdown.total,
+        params_source=shape.params_source,
+        primary=primary,
+        kv_cache_dtype=kv_cache_dtype,
+        budget=budget,
+        kv_bytes_per_token_latent=memory.kv_bytes_per_token_latent(shape.arch, kv_dtype),
+        valid_shard_counts=valid_shard_counts(shape.arch, primary_fmt),
+        rows=rows,
+        warnings=warnings,
+        notes=notes,
+    )
