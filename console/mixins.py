@@ -20,7 +20,10 @@ class ConsoleViewMixin(LoginRequiredMixin):
         model = getattr(getattr(self, "queryset", None), "model", None)
         if model is not None and not self.kwargs_identify_object(kwargs):
             require_list(request.user, self.permission_action, model)
-        elif model is None:
+        elif model is not None:
+            # One object: users who can see none of this kind get 403; scoped users go on to the object check.
+            require_list(request.user, roles.VIEW, model)
+        else:
             require(request.user, self.permission_action)
         return super().dispatch(request, *args, **kwargs)
 

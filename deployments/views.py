@@ -30,7 +30,7 @@ class HostListView(ConsoleViewMixin, ListView):
 
     def get_queryset(self):
         hosts = host_list(user=self.request.user).annotate(
-            gpu_count=Count("gpus", distinct=True), memory_total=Sum("gpus__memory_total"))
+            gpu_count=Count("gpus", distinct=True), memory_total=Sum("gpus__memory_total")).order_by("name")
         query = self.request.GET.get("q", "").strip()
         if query:
             hosts = hosts.filter(Q(name__icontains=query) | Q(address__icontains=query))

@@ -41,6 +41,9 @@ class ConsoleViewSetMixin:
         action = self.console_action()
         if self.action == "list":
             require_list(request.user, action, self.queryset.model)
+        elif self.detail:
+            # Users who can see no object of this kind get 403; scoped users go on to the object check.
+            require_list(request.user, roles.VIEW, self.queryset.model)
         elif self.action not in self.object_actions and not self.detail:
             require(request.user, action)
 

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from console import roles
 from console.api.viewsets import ConsoleModelViewSet
+from console.permissions import require
 from deployments import planner
 from deployments.api.serializers import GpuSerializer, HostSerializer
 from deployments.forms import SizingForm
@@ -82,6 +83,7 @@ class SizingApiView(APIView):
                                for name in SizingForm.base_fields],
                    responses={200: OpenApiTypes.OBJECT})
     def get(self, request):
+        require(request.user, roles.VIEW)  # before any input is looked at
         form = SizingForm(request.query_params)
         if not form.is_valid():
             raise ValidationError(form.errors)

@@ -10,6 +10,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 import audit
+from deployments.models import Gpu, Host
 
 ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
 LOGIN = "login-redirect"
@@ -22,6 +23,10 @@ def row(method, url, anonymous, nobody, auditor, engineer, admin, data=None, rou
 
 GRANT = {"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}
 NEW_CREDENTIAL = {"name": "new-token", "kind": "hf_token", "value": "hf_new_value_123"}
+
+NEW_HOST = {"name": "matrix-new", "runtime": "docker", "status": "manual"}
+NEW_GPU_FORM = {"index": 5, "name": "NVIDIA L40S", "memory_gb": "48", "health": "ok"}
+NEW_GPU_API = {"host": "matrix-node", "index": 7, "name": "NVIDIA L40S", "memory_total": 48 * 10**9, "health": "ok"}
 
 MATRIX = [
     # pages
@@ -50,7 +55,38 @@ MATRIX = [
     row("get", "/audit/export/?format=csv", LOGIN, 403, 200, 403, 200, route="/audit/export/"),
     row("post", "/i18n/setlang/", 302, 302, 302, 302, 302, data={"language": "zh-hans", "next": "/"},
         route="/i18n/"),
+    row("get", "/inventory/", LOGIN, 403, 200, 200, 200),
+    row("get", "/inventory/hosts/new/", LOGIN, 403, 403, 403, 200),
+    row("post", "/inventory/hosts/new/", LOGIN, 403, 403, 403, 302, data=NEW_HOST),
+    row("get", "/inventory/hosts/{host}/", LOGIN, 403, 200, 200, 200, route="/inventory/hosts/<int:pk>/"),
+    row("get", "/inventory/hosts/{host}/edit/", LOGIN, 403, 403, 403, 200, route="/inventory/hosts/<int:pk>/edit/"),
+    row("post", "/inventory/hosts/{host}/edit/", LOGIN, 403, 403, 403, 302, route="/inventory/hosts/<int:pk>/edit/",
+        data={"name": "matrix-node", "address": "10.0.0.1", "runtime": "docker", "status": "maintenance"}),
+    row("get", "/inventory/hosts/{host}/gpus/new/", LOGIN, 403, 403, 403, 200,
+        route="/inventory/hosts/<int:pk>/gpus/new/"),
+    row("post", "/inventory/hosts/{host}/gpus/new/", LOGIN, 403, 403, 403, 302,
+        route="/inventory/hosts/<int:pk>/gpus/new/", data=NEW_GPU_FORM),
+    row("get", "/inventory/gpus/{gpu}/edit/", LOGIN, 403, 403, 403, 200, route="/inventory/gpus/<int:pk>/edit/"),
+    row("post", "/inventory/gpus/{gpu}/edit/", LOGIN, 403, 403, 403, 302, route="/inventory/gpus/<int:pk>/edit/",
+        data={"delete": "1"}),
+    row("get", "/inventory/sizing/", LOGIN, 403, 200, 200, 200),
     # API
+    row("get", "/api/v1/hosts/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/hosts/", 401, 403, 403, 403, 201, data={"name": "api-matrix"}),
+    row("get", "/api/v1/hosts/{host}/", 401, 403, 200, 200, 200, route="/api/v1/hosts/<pk>/"),
+    row("patch", "/api/v1/hosts/{host}/", 401, 403, 403, 403, 200, route="/api/v1/hosts/<pk>/",
+        data={"address": "10.0.0.2"}),
+    row("put", "/api/v1/hosts/{host}/", 401, 403, 403, 403, 200, route="/api/v1/hosts/<pk>/",
+        data={"name": "matrix-node", "labels": {"zone": "a"}}),
+    row("delete", "/api/v1/hosts/{host}/", 401, 403, 403, 403, 204, route="/api/v1/hosts/<pk>/"),
+    row("get", "/api/v1/gpus/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/gpus/", 401, 403, 403, 403, 201, data=NEW_GPU_API),
+    row("get", "/api/v1/gpus/{gpu}/", 401, 403, 200, 200, 200, route="/api/v1/gpus/<pk>/"),
+    row("patch", "/api/v1/gpus/{gpu}/", 401, 403, 403, 403, 200, route="/api/v1/gpus/<pk>/", data={"health": "ok"}),
+    row("put", "/api/v1/gpus/{gpu}/", 401, 403, 403, 403, 200, route="/api/v1/gpus/<pk>/",
+        data={"host": "matrix-node", "index": 0, "name": "NVIDIA H200", "memory_total": 150754820096}),
+    row("delete", "/api/v1/gpus/{gpu}/", 401, 403, 403, 403, 204, route="/api/v1/gpus/<pk>/"),
+    row("get", "/api/v1/sizing/?source=/etc", 401, 403, 400, 400, 400, route="/api/v1/sizing/"),
     row("get", "/api/v1/ping", 401, 403, 200, 200, 200, needs=("celery_worker_process",)),
     row("get", "/api/v1/me", 401, 200, 200, 200, 200),
     row("get", "/api/v1/schema/", 401, 200, 200, 200, 200),
@@ -112,8 +148,10 @@ def test_role_matrix(entry, role, users, credential, client, request):
         request.getfixturevalue(fixture)
     admin_token, _raw = token_create(actor=users["admin"], user=users["admin"], name="admin's")
     event = audit.record(action="test.matrix", actor=users["admin"], target=credential)
+    host = Host.objects.create(name="matrix-node")
+    gpu = Gpu.objects.create(host=host, index=0, name="NVIDIA H200", memory_total=150754820096)
     ids = {"admin": users["admin"].pk, "engineer": users["engineer"].pk, "credential": credential.pk,
-           "admin_token": admin_token.pk, "event": event.pk}
+           "admin_token": admin_token.pk, "event": event.pk, "host": host.pk, "gpu": gpu.pk}
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
     user = users[role]
