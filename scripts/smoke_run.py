@@ -87,6 +87,16 @@ def main() -> int:
         ping = json.loads(opener.open(url + "api/v1/ping", timeout=30).read())
         assert ping["pong"] is True
         print(f"smoke: GET /api/v1/ping -> worker {ping['worker']} in {ping['round_trip_ms']} ms")
+        # The local worker is this machine's GPU agent: the host registers itself (no GPU here says why).
+        deadline = time.monotonic() + 30
+        while True:
+            hosts = json.loads(opener.open(url + "api/v1/hosts/", timeout=30).read())["results"]
+            if hosts or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert hosts and hosts[0]["status"] == "online", f"the local host did not register: {hosts}"
+        print(f"smoke: local host {hosts[0]['name']} registered with {len(hosts[0]['gpus'])} GPU(s)"
+              + (f" ({hosts[0]['discovery_note']})" if hosts[0]["discovery_note"] else ""))
     finally:
         pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", "\n".join(lines))]
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
