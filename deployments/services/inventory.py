@@ -28,6 +28,15 @@ def _state(obj, fields) -> dict:
     return {field: getattr(obj, field) for field in fields}
 
 
+def _save_changes(*, actor, obj, before: dict, tracked: tuple[str, ...], action: str) -> None:
+    """Validate, and save and record only when a tracked field really changed."""
+    obj.full_clean()
+    changes = diff(before, _state(obj, tracked))
+    if changes:
+        obj.save()
+        audit.record(action=action, actor=actor, target=obj, changes=changes)
+
+
 @traced("host.create")
 @transaction.atomic
 def host_create(*, actor, name: str, **fields) -> Host:
@@ -49,11 +58,7 @@ def host_update(*, actor, host: Host, **fields) -> Host:
     before = _state(host, HOST_FIELDS)
     for field, value in fields.items():
         setattr(host, field, value)
-    host.full_clean()
-    changes = diff(before, _state(host, HOST_FIELDS))
-    if changes:
-        host.save()
-        audit.record(action="host.updated", actor=actor, target=host, changes=changes)
+    _save_changes(actor=actor, obj=host, before=before, tracked=HOST_FIELDS, action="host.updated")
     return host
 
 
@@ -89,11 +94,7 @@ def gpu_update(*, actor, gpu: Gpu, **fields) -> Gpu:
         setattr(gpu, field, value)
     if gpu.index != before["index"] and Gpu.objects.filter(host=gpu.host, index=gpu.index).exists():
         raise ApplicationError(f"{gpu.host} already has a GPU {gpu.index}.", field="index")
-    gpu.full_clean()
-    changes = diff(before, _state(gpu, GPU_FIELDS))
-    if changes:
-        gpu.save()
-        audit.record(action="gpu.updated", actor=actor, target=gpu, changes=changes)
+    _save_changes(actor=actor, obj=gpu, before=before, tracked=GPU_FIELDS, action="gpu.updated")
     return gpu
 
 
