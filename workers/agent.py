@@ -66,6 +66,17 @@ _heartbeat: Heartbeat | None = None
 
 
 @worker_ready.connect
+def expire_orphaned_jobs(**kwargs) -> None:
+    """After a restart (or a host reboot), jobs our dead processes held are handed on at once."""
+    from deployments.services.jobs import jobs_orphaned_by_restart
+
+    expired = jobs_orphaned_by_restart()
+    if expired:
+        logger.warning("%d job(s) held by dead workers on this host expire now; the reaper retries them", expired)
+    connection.close()
+
+
+@worker_ready.connect
 def start_agent(**kwargs) -> None:
     global _heartbeat
     name = settings.AGENT_HOST_NAME

@@ -20,3 +20,21 @@ def rotate_secrets() -> dict:
     from console.services.credentials import secrets_rotate
 
     return secrets_rotate(actor_name=f"worker:{socket.gethostname()}")
+
+
+@shared_task(name="workers.run_job", acks_late=False, time_limit=None, soft_time_limit=None)
+def run_job(job_id: int) -> str:
+    """Run a job under a database lease. Acknowledged at once: if this worker dies, the reaper (not the
+    broker) hands the job on, so long work never runs twice."""
+    from workers import handlers  # noqa: F401  (registers the job kinds)
+    from workers.runner import run
+
+    return run(job_id)
+
+
+@shared_task(name="workers.jobs_reap")
+def jobs_reap() -> dict:
+    """Beat: retry or fail jobs whose worker vanished; re-dispatch pending jobs Redis may have lost."""
+    from deployments.services.jobs import jobs_reap as reap
+
+    return reap()

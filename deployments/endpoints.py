@@ -1,0 +1,66 @@
+"""Which network endpoints model sources may reach: an admin-managed allow-list of host names and
+networks, checked on every resolved address and again on every redirect (SSRF)."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import socket
+from urllib.parse import urljoin, urlsplit
+
+from console.errors import ApplicationError
+
+
+def _allowed(host: str, addresses: list[str], patterns: list[str]) -> bool:
+    networks, names = [], []
+    for pattern in patterns:
+        try:
+            networks.append(ipaddress.ip_network(pattern, strict=False))
+        except ValueError:
+            names.append(pattern.lower())
+    if any(fnmatch.fnmatch(host.lower(), name) for name in names):
+        return True
+    return bool(addresses) and all(any(ipaddress.ip_address(a) in net for net in networks) for a in addresses)
+
+
+def resolve_addresses(host: str) -> list[str]:
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+    except socket.gaierror:
+        return []
+
+
+def check_url(url: str, *, patterns: list[str] | None = None, resolver=resolve_addresses) -> None:
+    """Raise ApplicationError (field "endpoint") unless url is http(s) to an allowed host or network.
+
+    A host name on the list is allowed whatever it resolves to (an admin named it); otherwise every
+    address it resolves to must lie in a listed network, so a name cannot smuggle in another address.
+    """
+    from deployments.models import AllowedEndpoint
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApplicationError("Use an http:// or https:// address.", field="endpoint")
+    if parts.username or parts.password:
+        raise ApplicationError("Put credentials in the access token, not in the address.", field="endpoint")
+    patterns = patterns if patterns is not None else list(AllowedEndpoint.objects.values_list("pattern", flat=True))
+    host = parts.hostname
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        addresses = resolver(host)
+    if not _allowed(host, addresses, patterns):
+        shown = ", ".join(addresses) or "no address"
+        raise ApplicationError(f"{host} ({shown}) is not on the endpoint allow-list; an admin can add it under "
+                               f"Models → Sources.", field="endpoint")
+
+
+def redirect_guard(patterns: list[str]):
+    """A requests response hook that re-checks the target of every redirect."""
+
+    def hook(response, *args, **kwargs):
+        if response.is_redirect:
+            check_url(urljoin(response.url, response.headers.get("Location", "")), patterns=patterns)
+        return response
+
+    return hook

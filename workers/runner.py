@@ -1,0 +1,216 @@
+"""The job runner: claims a job under a lease, keeps the lease alive, runs the job's handler, and owns
+the outcome (succeeded, failed with a cause and a next step, or cancelled). Handlers only do the work.
+
+Exactly once: a job is claimed by one atomic UPDATE (pending -> running with this runner as lease
+owner); every later write checks the owner, so a runner that lost its lease changes nothing. Long work
+relies on the lease, not on broker acknowledgements.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+
+import audit
+from audit import context
+from workers.joblog import JobLog
+
+logger = logging.getLogger(__name__)
+
+
+class JobFailure(Exception):
+    """A failure the user can act on: a short cause code, what happened, and the next step."""
+
+    def __init__(self, message: str, *, cause: str, next_step: str = "") -> None:
+        super().__init__(message)
+        self.message, self.cause, self.next_step = message, cause, next_step
+
+
+class JobCancelled(Exception):
+    """Raised by handlers when JobContext.should_cancel() said so."""
+
+
+class Handler:
+    """What a job kind does. `run` returns the result; `finished` tidies up after any outcome."""
+
+    def run(self, ctx: JobContext) -> dict:
+        raise NotImplementedError
+
+    def finished(self, ctx: JobContext, status: str) -> None:
+        """Called after the outcome is known (also for a job cancelled before it started)."""
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def register(kind: str) -> Callable[[type[Handler]], type[Handler]]:
+    def decorate(cls: type[Handler]) -> type[Handler]:
+        HANDLERS[kind] = cls()
+        return cls
+
+    return decorate
+
+
+def owner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobContext:
+    """What a handler sees: the job, a log, progress, and the cancel flag."""
+
+    def __init__(self, job, owner: str) -> None:
+        self.job, self.owner = job, owner
+        self.log_writer = JobLog(job)
+        self.lost = threading.Event()
+        self._cancel_checked, self._cancelled = 0.0, False
+        self._progress_saved = 0.0
+
+    def log(self, text: str) -> None:
+        self.log_writer.write(text)
+
+    def event(self, kind: str, data: dict) -> None:
+        self.log_writer.write(kind, stream="event", data=data)
+
+    def progress(self, data: dict, *, force: bool = False) -> None:
+        """Record progress as a stream line, and (at most every second) on the job row for the API."""
+        from deployments.models import Job
+
+        self.log_writer.write("", stream="progress", data=data)
+        now = time.monotonic()
+        if force or now - self._progress_saved >= 1.0:
+            self._progress_saved = now
+            Job.objects.filter(pk=self.job.pk, lease_owner=self.owner).update(progress=data)
+
+    def should_cancel(self) -> bool:
+        """True once a cancel was requested (the flag is read at most every JOB_CANCEL_POLL_SECONDS), or
+        when this runner lost its lease (another attempt owns the job now)."""
+        from deployments.models import Job
+
+        if self.lost.is_set():
+            return True
+        now = time.monotonic()
+        if not self._cancelled and now - self._cancel_checked >= settings.JOB_CANCEL_POLL_SECONDS:
+            self._cancel_checked = now
+            self._cancelled = Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+        return self._cancelled
+
+
+def _lease_until():
+    return Now() + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+
+
+def claim(job_id: int, owner: str) -> bool:
+    """Take a pending job: one atomic UPDATE, so two workers never both run it."""
+    from deployments.models import Job
+
+    return bool(Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(
+        status=Job.Status.RUNNING, lease_owner=owner, lease_expires_at=_lease_until(), started_at=Now(),
+        attempts=F("attempts") + 1))
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, job_id: int, owner: str, lost: threading.Event) -> None:
+        super().__init__(name=f"job-{job_id}-lease", daemon=True)
+        self.job_id, self.owner, self.lost, self.stopped = job_id, owner, lost, threading.Event()
+
+    def run(self) -> None:
+        from deployments.models import Job
+
+        interval = max(0.2, settings.JOB_LEASE_SECONDS / 3)
+        try:
+            while not self.stopped.wait(interval):
+                renewed = Job.objects.filter(pk=self.job_id, lease_owner=self.owner, status=Job.Status.RUNNING
+                                             ).update(lease_expires_at=_lease_until())
+                if not renewed:
+                    self.lost.set()
+                    return
+        finally:
+            connection.close()
+
+
+def run(job_id: int, *, owner: str | None = None) -> str:
+    """Run one job if it can be claimed; returns the outcome ("skipped" when someone else has it)."""
+    from deployments.models import Job
+
+    owner = owner or owner_name()
+    close_old_connections()
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        return "skipped"
+    if job.status == Job.Status.PENDING and job.cancel_requested:
+        if Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(status=Job.Status.RUNNING,
+                                                                           lease_owner=owner):
+            job.refresh_from_db()
+            ctx = JobContext(job, owner)
+            _finish(ctx, Job.Status.CANCELLED, detail="Cancelled before it started.")
+            return Job.Status.CANCELLED
+        return "skipped"
+    if not claim(job_id, owner):
+        return "skipped"
+    job.refresh_from_db()
+    ctx = JobContext(job, owner)
+    heartbeat = _Heartbeat(job_id, owner, ctx.lost)
+    heartbeat.start()
+    token = context.set_context(context.AuditContext(
+        **{**context.current().as_headers(), "source": "worker", "request_id": job.request_id,
+           "initiator_id": job.actor_id, "initiator_name": job.actor.get_username() if job.actor else ""}))
+    try:
+        ctx.log(f"attempt {job.attempts} of {job.max_attempts} on {owner}")
+        handler = HANDLERS[job.kind]
+        try:
+            result = handler.run(ctx)
+        except JobCancelled:
+            status, detail, cause, next_step, result = Job.Status.CANCELLED, "Cancelled on request.", "", "", {}
+        except JobFailure as failure:
+            status, detail, cause, next_step, result = (Job.Status.FAILED, failure.message, failure.cause,
+                                                        failure.next_step, {})
+        except Exception as exc:
+            ctx.log(traceback.format_exc())
+            status, detail, cause, next_step, result = (Job.Status.FAILED, f"{type(exc).__name__}: {exc}", "error",
+                                                        "See the job's log; report it if it looks like a bug.", {})
+        else:
+            status, detail, cause, next_step = Job.Status.SUCCEEDED, "", "", ""
+        if ctx.lost.is_set():
+            ctx.log("lease lost: another attempt owns this job now; stopping without writing an outcome")
+            ctx.log_writer.flush()
+            return "lost"
+        _finish(ctx, status, result=result, detail=detail, cause=cause, next_step=next_step)
+        return status
+    finally:
+        heartbeat.stopped.set()
+        context.reset_context(token)
+
+
+def _finish(ctx: JobContext, status: str, *, result: dict | None = None, detail: str = "", cause: str = "",
+            next_step: str = "") -> None:
+    from deployments.models import Job
+
+    if status == Job.Status.FAILED:
+        ctx.log(f"failed: {detail}" + (f" — next step: {next_step}" if next_step else ""))
+    else:
+        ctx.log(status)
+    try:
+        HANDLERS[ctx.job.kind].finished(ctx, status)
+    except Exception:
+        ctx.log("clean-up after the job failed:\n" + traceback.format_exc())
+    ctx.log_writer.flush()
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=ctx.job.pk, lease_owner=ctx.owner, status=Job.Status.RUNNING).update(
+            status=status, result=result or {}, failure_detail=detail[:5000], failure_cause=cause[:60],
+            next_step=next_step[:300], finished_at=Now(), lease_expires_at=None)
+        if updated:
+            audit.record(action=f"job.{status}", actor=None, actor_name=f"worker:{socket.gethostname()}",
+                         target=ctx.job, outcome="success" if status == Job.Status.SUCCEEDED else "failure",
+                         detail={"kind": ctx.job.kind, "cause": cause, "attempts": ctx.job.attempts})
