@@ -142,11 +142,12 @@ def _test_database_url() -> str:
     return f"postgres://{user}{password}@{host}{port}/{params['NAME']}"
 
 
-def _start_worker(env_extra: dict, name: str, queue: str):
+def _start_worker(env_extra: dict, name: str, queue: str, pool: str = "solo"):
     env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1", **env_extra)
     log = open(Path(settings.DATA_DIR) / f"{name}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", "solo", "-l", "INFO", "-Q", queue,
+        [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", pool, "--concurrency", "1", "-l", "INFO",
+         "-Q", queue,
          "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

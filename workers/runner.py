@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
@@ -145,7 +145,6 @@ def run(job_id: int, *, owner: str | None = None) -> str:
     from deployments.models import Job
 
     owner = owner or owner_name()
-    close_old_connections()
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         return "skipped"
