@@ -2,8 +2,10 @@ from django.urls import path
 
 from audit.streams import AuditStreamConsumer
 from console import consumers
+from deployments.consumers import JobStreamConsumer
 
 websocket_urlpatterns = [
     path("ws/heartbeat/", consumers.HeartbeatConsumer.as_asgi()),
     path("ws/audit/", AuditStreamConsumer.as_asgi()),
+    path("ws/jobs/<int:job_id>/", JobStreamConsumer.as_asgi()),
 ]

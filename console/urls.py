@@ -18,5 +18,6 @@ urlpatterns = [
     path("credentials/rotate-key/", views.SecretsRotateView.as_view(), name="credentials-rotate"),
     path("audit/", include("audit.urls")),
     path("inventory/", include("deployments.urls")),
+    path("models/", include("deployments.model_urls")),
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

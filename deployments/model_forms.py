@@ -8,6 +8,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from console import roles
+from console.errors import ApplicationError
 from console.models import Credential
 from console.permissions import restrict
 from deployments.models import Host, ModelArtifact, ModelSource
@@ -18,11 +19,25 @@ def hosts_for_models():
     return Host.objects.filter(status__in=[Host.Status.ONLINE, Host.Status.MANUAL]).order_by("name")
 
 
+class StyledForm(forms.Form):
+    """Bootstrap classes on every input (selects, text, password)."""
+
+    small = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if isinstance(field.widget, forms.RadioSelect | forms.CheckboxInput):
+                continue
+            css = "form-select" if isinstance(field.widget, forms.Select) else "form-control"
+            field.widget.attrs.setdefault("class", f"{css} {css}-sm" if self.small else css)
+
+
 def split_globs(value: str) -> list[str]:
     return [glob for glob in re.split(r"[\s,]+", value or "") if glob]
 
 
-class ModelAddForm(forms.Form):
+class ModelAddForm(StyledForm):
     source = forms.ModelChoiceField(label=_("Source"), queryset=None, empty_label=None)
     repo_id = forms.CharField(label=_("Repo id"), max_length=200,
                               help_text=_("As on the Hub, e.g. deepseek-ai/deepseek-llm-7b-base."))
@@ -38,7 +53,9 @@ class ModelAddForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["source"].queryset = ModelSource.objects.exclude(kind=ModelSource.Kind.LOCAL).order_by("name")
+        sources = ModelSource.objects.exclude(kind=ModelSource.Kind.LOCAL).order_by("name")
+        self.fields["source"].queryset = sources
+        self.fields["source"].initial = sources.filter(kind=ModelSource.Kind.HUB).values_list("pk", flat=True).first()
         self.fields["host"].queryset = hosts_for_models()
         tokens = Credential.objects.filter(kind=Credential.Kind.HF_TOKEN).order_by("name")
         self.fields["credential"].queryset = restrict(tokens, user, roles.ADD_MODEL)
@@ -50,7 +67,16 @@ class ModelAddForm(forms.Form):
         return split_globs(self.cleaned_data["include"])
 
 
-class ModelImportForm(forms.Form):
+# The services and the download engine name the token and the endpoint; here they are chosen as these fields.
+ADD_FIELD_ALIASES = {"token": "credential", "endpoint": "source"}
+
+
+def add_error(error: ApplicationError) -> ApplicationError:
+    """A model_add error on the input the user chose (the credential, the source)."""
+    return ApplicationError(error.message, field=ADD_FIELD_ALIASES.get(error.field, error.field))
+
+
+class ModelImportForm(StyledForm):
     host = forms.ModelChoiceField(label=_("Host"), queryset=None)
     directory = forms.CharField(label=_("Directory"), max_length=500,
                                 help_text=_("The absolute path of the model's directory on that host."))
@@ -62,13 +88,15 @@ class ModelImportForm(forms.Form):
         self.fields["host"].queryset = hosts_for_models()
 
 
-class ModelCancelForm(forms.Form):
+class ModelCancelForm(StyledForm):
     delete_partial = forms.TypedChoiceField(
         label=_("Files downloaded so far"), coerce=lambda value: value == "1", initial="0",
-        choices=[("0", _("Keep them, to resume later")), ("1", _("Delete them"))], widget=forms.RadioSelect)
+        choices=[("0", _("Keep them, to resume later")), ("1", _("Delete them"))],
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}))
 
 
-class ModelFilterForm(forms.Form):
+class ModelFilterForm(StyledForm):
+    small = True
     q = forms.CharField(label=_("Repo id"), required=False)
     host = forms.ModelChoiceField(label=_("Host"), queryset=Host.objects.order_by("name"), required=False,
                                   to_field_name="name", empty_label=_("All hosts"))
@@ -76,7 +104,7 @@ class ModelFilterForm(forms.Form):
                                choices=[("", _("All but deleted")), *ModelArtifact.Status.choices])
 
 
-class SourceForm(forms.Form):
+class SourceForm(StyledForm):
     name = forms.CharField(label=_("Name"), max_length=100)
     endpoint = forms.CharField(label=_("Endpoint"), max_length=200,
                                help_text=_("The mirror's address, e.g. https://hf-mirror.internal. Its host must be "
@@ -86,7 +114,7 @@ class SourceForm(forms.Form):
                             help_text=_("Optional. Stored encrypted; it is never shown again."))
 
 
-class EndpointForm(forms.Form):
+class EndpointForm(StyledForm):
     pattern = forms.CharField(label=_("Host or network"), max_length=255,
                               help_text=_("A host name (hf-mirror.internal, *.corp.example) or a CIDR "
                                           "(10.8.0.0/16)."))

@@ -140,10 +140,19 @@ class _Heartbeat(threading.Thread):
             connection.close()
 
 
+def load_handlers() -> None:
+    """Import the modules that register job kinds (JOB_HANDLER_MODULES)."""
+    import importlib
+
+    for module in settings.JOB_HANDLER_MODULES:
+        importlib.import_module(module)
+
+
 def run(job_id: int, *, owner: str | None = None) -> str:
     """Run one job if it can be claimed; returns the outcome ("skipped" when someone else has it)."""
     from deployments.models import Job
 
+    load_handlers()
     owner = owner or owner_name()
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
@@ -200,6 +209,7 @@ def _finish(ctx: JobContext, status: str, *, result: dict | None = None, detail:
         ctx.log(f"failed: {detail}" + (f" — next step: {next_step}" if next_step else ""))
     else:
         ctx.log(status)
+    ctx.job.refresh_from_db(fields=["cancel_requested", "cancel_delete_partial"])  # set while it ran
     try:
         HANDLERS[ctx.job.kind].finished(ctx, status)
     except Exception:

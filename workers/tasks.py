@@ -26,14 +26,8 @@ def rotate_secrets() -> dict:
 def run_job(job_id: int) -> str:
     """Run a job under a database lease. Acknowledged at once: if this worker dies, the reaper (not the
     broker) hands the job on, so long work never runs twice."""
-    import importlib
-
-    from django.conf import settings
-
     from workers.runner import run
 
-    for module in settings.JOB_HANDLER_MODULES:  # registers the job kinds
-        importlib.import_module(module)
     return run(job_id)
 
 

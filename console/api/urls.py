@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from audit import api as audit_api
 from console.api import views
+from deployments.api import models as registry_api
 from deployments.api import views as inventory_api
 
 router = DefaultRouter(trailing_slash=True)
@@ -16,6 +17,10 @@ router.register("audit/events", audit_api.AuditEventViewSet, basename="audit-eve
 router.register("audit/checkpoints", audit_api.AuditCheckpointViewSet, basename="audit-checkpoint")
 router.register("hosts", inventory_api.HostViewSet, basename="host")
 router.register("gpus", inventory_api.GpuViewSet, basename="gpu")
+router.register("models", registry_api.ModelArtifactViewSet, basename="model")
+router.register("sources", registry_api.SourceViewSet, basename="source")
+router.register("endpoints", registry_api.AllowedEndpointViewSet, basename="endpoint")
+router.register("jobs", registry_api.JobViewSet, basename="job")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),

@@ -10,7 +10,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 import audit
-from deployments.models import Gpu, Host
+from deployments.models import AllowedEndpoint, Gpu, Host, Job, JobLogLine, ModelArtifact, ModelRepo, ModelSource
 
 ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
 LOGIN = "login-redirect"
@@ -27,6 +27,10 @@ NEW_CREDENTIAL = {"name": "new-token", "kind": "hf_token", "value": "hf_new_valu
 NEW_HOST = {"name": "matrix-new", "runtime": "docker", "status": "manual"}
 NEW_GPU_FORM = {"index": 5, "name": "NVIDIA L40S", "memory_gb": "48", "health": "ok"}
 NEW_GPU_API = {"host": "matrix-node", "index": 7, "name": "NVIDIA L40S", "memory_total": 48 * 10**9, "health": "ok"}
+# A repo id the service refuses before any network call (so allowed roles get 400, the others 403).
+BAD_MODEL_FORM = {"source": "{source}", "repo_id": "not a repo", "revision": "main", "host": "{store}"}
+BAD_MODEL_API = {"source": "matrix-mirror", "repo_id": "not a repo", "host": "matrix-store"}
+MIRROR = "http://10.77.0.5:8080"  # an address on the allow-list below: no DNS lookup, no connection
 
 MATRIX = [
     # pages
@@ -70,6 +74,24 @@ MATRIX = [
     row("post", "/inventory/gpus/{gpu}/edit/", LOGIN, 403, 403, 403, 302, route="/inventory/gpus/<int:pk>/edit/",
         data={"delete": "1"}),
     row("get", "/inventory/sizing/", LOGIN, 403, 200, 200, 200),
+    row("get", "/models/", LOGIN, 403, 200, 200, 200),
+    row("get", "/models/add/", LOGIN, 403, 403, 200, 200),
+    row("post", "/models/add/", LOGIN, 403, 403, 400, 400, data=BAD_MODEL_FORM),
+    row("get", "/models/import/", LOGIN, 403, 403, 200, 200),
+    row("post", "/models/import/", LOGIN, 403, 403, 302, 302,
+        data={"host": "{store}", "directory": "/srv/models/imported", "name": "org/imported"}),
+    row("get", "/models/{artifact}/", LOGIN, 403, 200, 200, 200, route="/models/<int:pk>/"),
+    row("get", "/models/{downloading}/", LOGIN, 403, 200, 200, 200, route="/models/<int:pk>/"),
+    row("post", "/models/{downloading}/cancel/", LOGIN, 403, 403, 302, 302, route="/models/<int:pk>/cancel/",
+        data={"delete_partial": "1"}),
+    row("post", "/models/{artifact}/delete/", LOGIN, 403, 403, 302, 302, route="/models/<int:pk>/delete/"),
+    row("get", "/models/gc/", LOGIN, 403, 200, 200, 200),
+    row("post", "/models/gc/", LOGIN, 403, 403, 302, 302),
+    row("get", "/models/sources/", LOGIN, 403, 200, 200, 200),
+    row("post", "/models/sources/", LOGIN, 403, 403, 403, 302, data={"name": "new-mirror", "endpoint": MIRROR}),
+    row("post", "/models/sources/endpoints/", LOGIN, 403, 403, 403, 302, data={"pattern": "10.9.0.0/16"}),
+    row("post", "/models/sources/endpoints/{endpoint}/remove/", LOGIN, 403, 403, 403, 302,
+        route="/models/sources/endpoints/<int:pk>/remove/"),
     # API
     row("get", "/api/v1/hosts/", 401, 403, 200, 200, 200),
     row("post", "/api/v1/hosts/", 401, 403, 403, 403, 201, data={"name": "api-matrix"}),
@@ -87,6 +109,25 @@ MATRIX = [
         data={"host": "matrix-node", "index": 0, "name": "NVIDIA H200", "memory_total": 150754820096}),
     row("delete", "/api/v1/gpus/{gpu}/", 401, 403, 403, 403, 204, route="/api/v1/gpus/<pk>/"),
     row("get", "/api/v1/sizing/?source=/etc", 401, 403, 400, 400, 400, route="/api/v1/sizing/"),
+    row("get", "/api/v1/models/?status=ready", 401, 403, 200, 200, 200, route="/api/v1/models/"),
+    row("post", "/api/v1/models/", 401, 403, 403, 400, 400, data=BAD_MODEL_API),
+    row("get", "/api/v1/models/{artifact}/", 401, 403, 200, 200, 200, route="/api/v1/models/<pk>/"),
+    row("delete", "/api/v1/models/{artifact}/", 401, 403, 403, 202, 202, route="/api/v1/models/<pk>/"),
+    row("post", "/api/v1/models/{downloading}/cancel/", 401, 403, 403, 202, 202, route="/api/v1/models/<pk>/cancel/",
+        data={"delete_partial": True}),
+    row("post", "/api/v1/models/import/", 401, 403, 403, 202, 202,
+        data={"host": "matrix-store", "directory": "/srv/models/api-imported"}),
+    row("get", "/api/v1/models/gc/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/models/gc/", 401, 403, 403, 202, 202),
+    row("get", "/api/v1/sources/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/sources/", 401, 403, 403, 403, 201,
+        data={"name": "api-mirror", "kind": "mirror", "endpoint": MIRROR, "token": "hf_mirror_token"}),
+    row("get", "/api/v1/endpoints/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/endpoints/", 401, 403, 403, 403, 201, data={"pattern": "10.8.0.0/16", "note": "lab"}),
+    row("delete", "/api/v1/endpoints/{endpoint}/", 401, 403, 403, 403, 204, route="/api/v1/endpoints/<pk>/"),
+    row("get", "/api/v1/jobs/", 401, 403, 200, 200, 200),
+    row("get", "/api/v1/jobs/{job}/", 401, 403, 200, 200, 200, route="/api/v1/jobs/<pk>/"),
+    row("get", "/api/v1/jobs/{job}/log/?after=0", 401, 403, 200, 200, 200, route="/api/v1/jobs/<pk>/log/"),
     row("get", "/api/v1/ping", 401, 403, 200, 200, 200, needs=("celery_worker_process",)),
     row("get", "/api/v1/me", 401, 200, 200, 200, 200),
     row("get", "/api/v1/schema/", 401, 200, 200, 200, 200),
@@ -151,7 +192,7 @@ def test_role_matrix(entry, role, users, credential, client, request):
     host = Host.objects.create(name="matrix-node")
     gpu = Gpu.objects.create(host=host, index=0, name="NVIDIA H200", memory_total=150754820096)
     ids = {"admin": users["admin"].pk, "engineer": users["engineer"].pk, "credential": credential.pk,
-           "admin_token": admin_token.pk, "event": event.pk, "host": host.pk, "gpu": gpu.pk}
+           "admin_token": admin_token.pk, "event": event.pk, "host": host.pk, "gpu": gpu.pk, **_registry_ids()}
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
     user = users[role]
@@ -171,6 +212,26 @@ def test_role_matrix(entry, role, users, credential, client, request):
             f"{role} {entry['method'].upper()} {url}: expected {expected}, got {response.status_code}: "
             f"{response.content[:300]!r}"
         )
+
+
+def _registry_ids() -> dict:
+    """A mirror on an allowed network, a ready copy nothing uses, and a copy downloading (its job has a line),
+    on their own host so deleting matrix-node stays possible."""
+    store = Host.objects.create(name="matrix-store", status=Host.Status.MANUAL)
+    endpoint = AllowedEndpoint.objects.create(pattern="10.77.0.0/16")
+    source = ModelSource.objects.create(name="matrix-mirror", kind=ModelSource.Kind.MIRROR, endpoint=MIRROR)
+    files = [{"path": "config.json", "size": 10, "sha256": None, "lfs": False}]
+    repo = ModelRepo.objects.create(source=source, repo_id="org/matrix", commit="a" * 40, files=files, total_size=10)
+    artifact = ModelArtifact.objects.create(repo=repo, host=store, status=ModelArtifact.Status.READY,
+                                            path="/srv/models/org--matrix/" + "a" * 40, bytes_done=10, bytes_total=10)
+    other = ModelRepo.objects.create(source=source, repo_id="org/matrix-dl", commit="b" * 40, files=files)
+    downloading = ModelArtifact.objects.create(repo=other, host=store, status=ModelArtifact.Status.DOWNLOADING)
+    job = Job.objects.create(kind=Job.Kind.DOWNLOAD, status=Job.Status.RUNNING, target_type="deployments.modelartifact",
+                             target_id=str(downloading.pk), queue=store.queue, log_seq=1,
+                             progress={"done": 4, "total": 10, "rate_bps": 2, "eta_s": 3, "file": "config.json"})
+    JobLogLine.objects.create(job=job, seq=1, text="attempt 1 of 3")
+    return {"store": store.pk, "endpoint": endpoint.pk, "source": source.pk, "artifact": artifact.pk,
+            "downloading": downloading.pk, "job": job.pk}
 
 
 def _routes(resolver=None, prefix="") -> list[str]:

@@ -17,12 +17,22 @@ WS_MATRIX = {
     # path: anonymous, nobody, auditor, engineer, admin
     "/ws/heartbeat/": (4401, 4403, ACCEPT, ACCEPT, ACCEPT),
     "/ws/audit/": (4401, 4403, ACCEPT, 4403, ACCEPT),
+    "/ws/jobs/<int:job_id>/": (4401, 4403, ACCEPT, ACCEPT, ACCEPT),
 }
 ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
 
 
 def test_every_websocket_route_is_in_the_matrix():
     assert {"/" + str(p.pattern) for p in websocket_urlpatterns} == set(WS_MATRIX)
+
+
+def concrete(path: str) -> str:
+    """The route with its parameters filled by objects made for the test."""
+    if "<int:job_id>" in path:
+        from deployments.models import Job
+
+        return path.replace("<int:job_id>", str(Job.objects.create(kind=Job.Kind.DOWNLOAD).pk))
+    return path
 
 
 @pytest.mark.parametrize("path", list(WS_MATRIX))
@@ -33,7 +43,7 @@ async def test_websocket_matrix(path, role, redis_url):
     if role != "anonymous":
         user = await database_sync_to_async(UserFactory)(roles=[] if role == "nobody" else [role])
         headers.append((b"cookie", await database_sync_to_async(session_cookie)(user)))
-    socket = WebsocketCommunicator(application, path, headers=headers)
+    socket = WebsocketCommunicator(application, await database_sync_to_async(concrete)(path), headers=headers)
     connected, code = await socket.connect()
     if expected == ACCEPT:
         assert connected, f"{role} refused on {path} ({code})"

@@ -1,0 +1,147 @@
+// A job's output, live, on the model page: /ws/jobs/<id>/ (see console/streams.py for the protocol).
+// The page starts empty and subscribes after seq 0, so the backlog fills it and a reload loses nothing.
+// Items are dropped when their seq was already shown; a reconnect (with backoff) resumes after the last seq.
+// "progress" items drive the progress bar; "log" and "event" items become lines (always as textContent).
+// When a job that was active at page load ends, the page reloads once to show the final state.
+(function () {
+  "use strict";
+
+  var UNITS = ["bytes", "KB", "MB", "GB", "TB", "PB"];
+
+  // Like Django's filesizeformat (1024-based), so live numbers match the server-rendered ones.
+  function size(bytes) {
+    var value = Number(bytes) || 0, unit = 0;
+    while (value >= 1024 && unit < UNITS.length - 1) { value /= 1024; unit++; }
+    return unit === 0 ? value + " " + UNITS[0] : value.toFixed(1) + " " + UNITS[unit];
+  }
+
+  // Like deployments.model_views.duration.
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined || seconds === "") return "—";
+    var s = Math.max(0, Math.floor(Number(seconds) || 0));
+    var pad = function (n) { return n < 10 ? "0" + n : String(n); };
+    if (s >= 3600) return Math.floor(s / 3600) + " h " + pad(Math.floor((s % 3600) / 60)) + " min";
+    if (s >= 60) return Math.floor(s / 60) + " min " + pad(s % 60) + " s";
+    return s + " s";
+  }
+
+  function clock(iso) {
+    var date = new Date(iso);
+    return isNaN(date.getTime()) ? "" : date.toISOString().slice(11, 19);
+  }
+
+  function isEnd(item) {
+    if (item.stream !== "log" || typeof item.text !== "string") return false;
+    return item.text === "succeeded" || item.text === "cancelled" || item.text.indexOf("failed") === 0;
+  }
+
+  function start() {
+    var box = document.getElementById("job-live");
+    if (!box || !window.WebSocket) return;
+    var log = document.getElementById("job-log");
+    var progress = document.getElementById("job-progress");
+    var state = document.getElementById("job-stream-state");
+    var jobId = box.dataset.job;
+    var active = box.dataset.active === "1";
+    var lastSeq = parseInt(box.dataset.after, 10) || 0;
+    var retry = 1000, ended = false, socket;
+
+    function setState(name) {
+      box.dataset.stream = name;
+      if (state) state.textContent = state.dataset[name] || "";
+    }
+
+    function field(name) { return progress.querySelector('[data-progress="' + name + '"]'); }
+
+    function showProgress(data) {
+      if (!data || !progress) return;
+      progress.hidden = false;
+      var total = Number(data.total) || 0, done = Number(data.done) || 0;
+      var pct = total ? Math.min(100, Math.floor((100 * done) / total)) : 0;
+      var bar = field("bar");
+      bar.style.width = pct + "%";
+      bar.textContent = total ? pct + "%" : "";
+      bar.parentNode.setAttribute("aria-valuenow", String(pct));
+      field("done").textContent = size(done);
+      field("total").textContent = size(total);
+      // Rate and time left mean something only while the job runs.
+      var running = active && !ended;
+      field("rate").textContent = running && data.rate_bps ? size(data.rate_bps) + "/s" : "—";
+      field("eta").textContent = running && data.eta_s ? duration(data.eta_s) : "—";
+      var file = data.file || "—";
+      if (data.file && data.file_total) file += " (" + size(data.file_done) + " / " + size(data.file_total) + ")";
+      field("file").textContent = file;
+    }
+
+    function addLine(item) {
+      var empty = document.getElementById("job-log-empty");
+      if (empty) empty.remove();
+      var line = document.createElement("div");
+      line.className = "job-line" + (item.stream === "event" ? " text-primary" : "");
+      line.dataset.seq = item.seq;
+      line.dataset.stream = item.stream;
+      var time = document.createElement("span");
+      time.className = "text-secondary me-2";
+      time.textContent = clock(item.time);
+      var text = document.createElement("span");
+      text.style.whiteSpace = "pre-wrap";
+      var body = item.text || "";
+      if (item.stream === "event" && item.data) body += " " + JSON.stringify(item.data);
+      text.textContent = body;
+      line.appendChild(time);
+      line.appendChild(text);
+      var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.appendChild(line);
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    }
+
+    function receive(items) {
+      var fresh = items.filter(function (item) { return item.seq > lastSeq; });
+      fresh.sort(function (a, b) { return a.seq - b.seq; });
+      var latest = null;
+      fresh.forEach(function (item) {
+        if (item.seq <= lastSeq) return; // a duplicate inside this batch
+        lastSeq = item.seq;
+        if (item.stream === "progress") latest = item.data;
+        else addLine(item);
+        if (isEnd(item)) ended = true;
+      });
+      box.dataset.after = String(lastSeq);
+      if (latest) showProgress(latest);
+      if (ended && active) reloadOnce();
+    }
+
+    function reloadOnce() {
+      // The outcome is written just after the last line: give it a moment, and never loop.
+      var key = "job-reloaded-" + jobId;
+      if (window.sessionStorage && sessionStorage.getItem(key)) return;
+      if (window.sessionStorage) sessionStorage.setItem(key, "1");
+      active = false;
+      setTimeout(function () { location.reload(); }, 1500);
+    }
+
+    function connect() {
+      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      setState("connecting");
+      socket = new WebSocket(scheme + location.host + box.dataset.ws);
+      socket.onopen = function () {
+        retry = 1000;
+        socket.send(JSON.stringify({ type: "subscribe", after: lastSeq }));
+      };
+      socket.onmessage = function (event) {
+        var data = JSON.parse(event.data);
+        if (data.type === "items") receive(data.items || []);
+        else if (data.type === "caught_up") setState("live");
+      };
+      socket.onclose = function (event) {
+        setState("closed");
+        if (event.code === 4404 || event.code === 4403 || event.code === 4401) return;
+        setTimeout(connect, retry);
+        retry = Math.min(retry * 2, 30000);
+      };
+    }
+    connect();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
