@@ -40,6 +40,8 @@ AUDIT_CHECKPOINT_KEY = env_str("AUDIT_CHECKPOINT_KEY") or private_file(
 )
 
 MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
+# Directories on the hosts from which models may be imported in place (their manifest is written there).
+MODEL_IMPORT_ROOTS = env_list("MODEL_IMPORT_ROOTS", [])  # empty: MODEL_STORE
 ML_PYTHON = env_str("ML_PYTHON", str(BASE_DIR / ".venv-ml" / "bin" / "python"))
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)

@@ -119,11 +119,17 @@ class ImportHandler(Handler):
     """Validate a directory already on the host, hash every file, and write its manifest."""
 
     def run(self, ctx: JobContext) -> dict:
+        from console.errors import ApplicationError
         from deployments import downloads
         from deployments.models import ModelArtifact
+        from deployments.services.models import import_directory
 
         artifact = _artifact(ctx)
-        directory = Path(artifact.path)
+        try:  # the host's own settings decide too
+            directory = Path(import_directory(artifact.path))
+        except ApplicationError as error:
+            raise JobFailure(error.message, cause="not_allowed", next_step="Copy the model under an import root.") \
+                from None
         if not directory.is_dir():
             raise JobFailure(f"{directory} is not a directory on {artifact.host.name}.", cause="not_found",
                              next_step="Check the path on that host (copy the model there first).")

@@ -65,9 +65,13 @@ def job_cancel(*, actor, job: Job, action: str, delete_partial: bool = False) ->
 
 
 def _log(job: Job, text: str) -> None:
+    """A line from the reaper, stored and published like the runner's."""
+    from console.streams import publish_on_commit
+
     job.log_seq += 1
-    JobLogLine.objects.create(job=job, seq=job.log_seq, text=text)
+    line = JobLogLine.objects.create(job=job, seq=job.log_seq, text=text)
     Job.objects.filter(pk=job.pk).update(log_seq=job.log_seq)
+    publish_on_commit(job.stream, [line.as_item()])
 
 
 @traced("jobs.reap")
@@ -96,6 +100,7 @@ def jobs_reap() -> dict[str, list[int]]:
             job.next_step = "" if cancelled else "Check the host's agent and memory, then start the job again."
             job.finished_at, job.lease_expires_at = Now(), None
             job.save()
+            _log(job, "cancelled" if cancelled else f"failed: {job.failure_detail} — next step: {job.next_step}")
             audit.record(action=f"job.{job.status}", actor=None, actor_name="system", target=job,
                          outcome="failure", detail={"kind": job.kind, "cause": job.failure_cause})
             failed.append(job.pk)

@@ -57,6 +57,8 @@ def endpoint_remove(*, actor, endpoint: AllowedEndpoint) -> None:
 def source_create(*, actor, name: str, kind: str, endpoint: str = "", token: str | None = None) -> ModelSource:
     """A Hub mirror (or the Hub with its own token). The endpoint must be on the allow-list."""
     require(actor, roles.MANAGE_INVENTORY)
+    if kind not in (ModelSource.Kind.HUB, ModelSource.Kind.MIRROR):
+        raise ApplicationError("A source is the Hub or a Hub-compatible mirror.", field="kind")
     if ModelSource.objects.filter(name=name).exists():
         raise ApplicationError(f"A source named '{name}' already exists.", field="name")
     if kind == ModelSource.Kind.MIRROR and not endpoint:
@@ -126,8 +128,7 @@ def model_add(*, actor, source: ModelSource, repo_id: str, host: Host, revision:
 def model_import(*, actor, host: Host, directory: str, repo_id: str) -> ModelArtifact:
     """Register a directory already on a host (air-gapped sites): its agent validates and hashes it."""
     require(actor, roles.ADD_MODEL)
-    if not directory.startswith("/"):
-        raise ApplicationError("Give the absolute path of the directory on that host.", field="directory")
+    directory = import_directory(directory)
     source, _ = ModelSource.objects.get_or_create(name="Local directories", defaults={"kind": ModelSource.Kind.LOCAL})
     repo = ModelRepo.objects.create(source=source, repo_id=repo_id or directory.rstrip("/").rsplit("/", 1)[-1],
                                     requested_revision="local", commit="", created_by=actor)
@@ -138,14 +139,34 @@ def model_import(*, actor, host: Host, directory: str, repo_id: str) -> ModelArt
     return artifact
 
 
+def import_directory(directory: str) -> str:
+    """The normalised directory if it lies under MODEL_IMPORT_ROOTS (the agent writes a manifest there)."""
+    import os
+
+    from django.conf import settings
+
+    if not directory.startswith("/"):
+        raise ApplicationError("Give the absolute path of the directory on that host.", field="directory")
+    if ".." in directory.split("/"):
+        raise ApplicationError("The path may not contain '..'.", field="directory")
+    normal = os.path.normpath(directory)
+    roots = [os.path.normpath(str(root)) for root in (settings.MODEL_IMPORT_ROOTS or [settings.MODEL_STORE])]
+    if not any(normal == root or normal.startswith(root.rstrip("/") + "/") for root in roots):
+        raise ApplicationError(f"Import from these directories only: {', '.join(roots)} (MODEL_IMPORT_ROOTS).",
+                               field="directory")
+    return normal
+
+
 def artifact_jobs(artifact: ModelArtifact):
     return Job.objects.filter(target_type="deployments.modelartifact", target_id=str(artifact.pk)).order_by("-id")
 
 
+@traced("model.cancel")
 @transaction.atomic
 def model_cancel(*, actor, artifact: ModelArtifact, delete_partial: bool = False) -> Job:
     """Stop a download; the partial files stay for a later resume unless delete_partial."""
-    job = artifact_jobs(artifact).filter(status__in=Job.Status.active()).first()
+    require(actor, roles.ADD_MODEL)
+    job = artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DOWNLOAD).first()
     if job is None:
         raise ApplicationError("Nothing is downloading for this model on that host.")
     return job_cancel(actor=actor, job=job, action=roles.ADD_MODEL, delete_partial=delete_partial)
@@ -161,17 +182,22 @@ def artifact_delete(*, actor, artifact: ModelArtifact) -> Job:
         raise ApplicationError(f"{artifact} is in use by {', '.join(holders)}; stop those first.")
     if artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DOWNLOAD).exists():
         raise ApplicationError("It is still downloading; cancel the download first.")
+    deleting = artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DELETE).first()
+    if deleting is not None:
+        return deleting  # already being deleted: one job is enough
     audit.record(action="model.delete_requested", actor=actor, target=artifact, detail={"path": artifact.path})
     return job_create(kind=Job.Kind.DELETE, actor=actor, target=artifact, queue=artifact.host.queue)
 
 
 def gc_candidates(*, host: Host | None = None):
-    """Ready copies nothing uses (what garbage collection would delete)."""
-    artifacts = ModelArtifact.objects.filter(status=ModelArtifact.Status.READY, uses__isnull=True)
+    """Ready copies nothing uses and nothing is deleting yet (what garbage collection would delete)."""
+    deleting = Job.objects.filter(kind=Job.Kind.DELETE, status__in=Job.Status.active(),
+                                  target_type="deployments.modelartifact").values_list("target_id", flat=True)
+    artifacts = ModelArtifact.objects.filter(status=ModelArtifact.Status.READY, uses__isnull=True).exclude(
+        pk__in=[int(pk) for pk in deleting])
     return artifacts.filter(host=host) if host else artifacts
 
 
-@transaction.atomic
 def artifacts_gc(*, actor, host: Host | None = None) -> list[Job]:
-    """Delete every unused copy (the UI asks for confirmation first)."""
+    """Delete every unused copy (the UI asks for confirmation first); each deletion stands on its own."""
     return [artifact_delete(actor=actor, artifact=artifact) for artifact in gc_candidates(host=host)]

@@ -188,3 +188,29 @@ def test_kill_9_mid_download_resumes_once_refetching_under_5_percent(hub_server,
     assert job.attempts == 2
     assert AuditEvent.objects.filter(action="model.downloaded", target_id=str(artifact.pk)).count() == 1
     assert AuditEvent.objects.filter(action="job.succeeded", target_id=str(job.pk)).count() == 1
+
+
+@pytest.mark.django_db
+def test_import_of_a_local_directory_validates_hashes_and_writes_a_manifest(host, engineer, settings):
+    from deployments.services.models import model_import
+
+    good = settings.MODEL_STORE / "imports" / "llama-local"
+    good.mkdir(parents=True)
+    files = {"config.json": CONFIG, "tokenizer.json": b"{}", "model.safetensors": weights(1, 7)}
+    for name, data in files.items():
+        (good / name).write_bytes(data)
+    artifact = model_import(actor=engineer, host=host, directory=str(good), repo_id="llama-local")
+    assert runner.run(job_of(artifact).pk) == "succeeded"
+    artifact.refresh_from_db()
+    assert artifact.status == "ready" and artifact.imported
+    assert artifact.files_sha256 == {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    assert (good / "manifest.json").exists()
+
+    bad = settings.MODEL_STORE / "imports" / "no-weights"
+    bad.mkdir(parents=True)
+    (bad / "config.json").write_bytes(CONFIG)
+    artifact = model_import(actor=engineer, host=host, directory=str(bad), repo_id="broken")
+    runner.run(job_of(artifact).pk)
+    job = job_of(artifact)
+    assert job.status == "failed" and job.failure_cause == "invalid_layout" and job.next_step
+    assert ModelArtifact.objects.get(pk=artifact.pk).status == "failed"

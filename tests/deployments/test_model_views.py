@@ -208,7 +208,8 @@ def test_gc_lists_only_unused_ready_copies(api, client, engineer, auditor, store
 # -- importing -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.django_db
-def test_import_needs_an_absolute_directory(api, client, engineer, store):
+def test_import_needs_an_absolute_directory_under_an_import_root(api, client, engineer, store, settings):
+    settings.MODEL_IMPORT_ROOTS = ["/srv/models"]
     client.force_login(engineer)
     response = client.post("/models/import/", {"host": store.pk, "directory": "models/llama", "name": ""})
     assert response.status_code == 400
@@ -217,6 +218,10 @@ def test_import_needs_an_absolute_directory(api, client, engineer, store):
                                   expected=400)
     assert "directory" in response.data
 
+    for outside in ("/etc", "/srv/models/../../etc", "/srv/modelsX/llama"):
+        response = client.post("/models/import/", {"host": store.pk, "directory": outside, "name": ""})
+        assert response.status_code == 400, outside
+    assert not ModelArtifact.objects.exists()
     response = client.post("/models/import/", {"host": store.pk, "directory": "/srv/models/llama-3", "name": ""})
     artifact = ModelArtifact.objects.get()
     assert response.status_code == 302 and artifact.imported and artifact.repo.repo_id == "llama-3"
