@@ -32,9 +32,11 @@ import random
 import re
 import shutil
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -99,6 +101,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 60.0
 RESOLVE_ATTEMPTS = 3
+PARALLEL_FILES = 4
 HASH_CHUNK = 8 * 2**20
 
 # Weight formats. When a repo has safetensors, the others are the same weights again in another format.
@@ -532,6 +535,7 @@ class _Sidecar:
     def __init__(self, staging: Path):
         self.path = staging / SIDECAR
         self.doc: dict[str, Any] = {"version": 1, "files": {}, "selected": None}
+        self.lock = threading.RLock()  # files are verified by several threads at once
         with contextlib.suppress(OSError, ValueError):
             doc = json.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(doc, dict) and isinstance(doc.get("files"), dict):
@@ -570,11 +574,14 @@ class _Sidecar:
         key = _stat_key(final)
         if key is None:
             return
-        self.files[path] = {"size": key[0], "mtime_ns": key[1], "ino": key[2], "sha256": sha256, "git_sha1": git_sha1}
-        self.save()
+        with self.lock:
+            self.files[path] = {"size": key[0], "mtime_ns": key[1], "ino": key[2], "sha256": sha256,
+                                "git_sha1": git_sha1}
+            self.save()
 
     def save(self) -> None:
-        _write_json_atomic(self.path, self.doc)
+        with self.lock:
+            _write_json_atomic(self.path, self.doc)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -602,36 +609,72 @@ class _Meter:
         self.files_done = 0
         self.done = 0
         self.fetched = 0  # network bytes only: the rate is about the link, not the disk
-        self.file = ""
-        self.file_done = 0
-        self.file_total = 0
-        self.phase = "downloading"
+        # Files download in parallel: each thread has its own current file; the totals are shared.
+        self._local = threading.local()
+        self._lock = threading.RLock()
+        self.aborted = threading.Event()  # one file failed, or a cancel was seen: the other files stop too
+        self.cancel_seen = False
+        self.current: tuple[str, int, int, str] = ("", 0, 0, "downloading")
+        self.finished: list[tuple[str, int, str]] = []
+        # The callbacks (they may touch a database) run only on the thread that called download().
+        self.caller = threading.get_ident()
         self.cancelled_message = cancelled_message
         now = time.monotonic()
         self.samples: deque[tuple[float, int]] = deque([(now, 0)])
         self.last_emit = -float("inf")
         self.last_cancel_check = -float("inf")
 
+    # The calling thread's current file.
+    file = property(lambda self: getattr(self._local, "file", ""))
+    file_done = property(lambda self: getattr(self._local, "file_done", 0))
+    file_total = property(lambda self: getattr(self._local, "file_total", 0))
+    phase = property(lambda self: getattr(self._local, "phase", "downloading"))
+
+    def _share(self) -> None:
+        """The most recently active file is what progress reports show."""
+        self.current = (self.file, self.file_done, self.file_total, self.phase)
+
     def start_file(self, path: str, size: int, phase: str) -> None:
-        self.file, self.file_total, self.file_done, self.phase = path, size, 0, phase
+        local = self._local
+        local.file, local.file_total, local.file_done, local.phase = path, size, 0, phase
+        self._share()
 
     def add(self, n: int, *, fetched: bool) -> None:
-        self.done += n
-        self.file_done += n
-        if fetched:
-            self.fetched += n
-            now = time.monotonic()
-            if now - self.samples[-1][0] >= 0.1:
-                self.samples.append((now, self.fetched))
+        self._local.file_done = self.file_done + n
+        self._share()
+        with self._lock:
+            self.done += n
+            if fetched:
+                self.fetched += n
+                now = time.monotonic()
+                if now - self.samples[-1][0] >= 0.1:
+                    self.samples.append((now, self.fetched))
+
+    def set_file_done(self, n: int) -> None:
+        self._local.file_done = n
+        self._share()
 
     def rewind_file(self) -> None:
         """The bytes of the current file are thrown away (the server restarted it, or they failed to verify)."""
-        self.done -= self.file_done
-        self.file_done = 0
+        with self._lock:
+            self.done -= self.file_done
+        self._local.file_done = 0
 
     def finish_file(self) -> None:
-        self.files_done += 1
-        self.emit()
+        with self._lock:
+            self.files_done += 1
+            self.finished.append((self.file, self.file_total, self.phase))
+        self.drain()
+
+    def drain(self) -> None:
+        """On the calling thread: one report at the end of each file finished since the last call."""
+        if not self.on_caller():
+            return
+        with self._lock:
+            finished, self.finished = self.finished, []
+        for path, size, phase in finished:
+            self.current = (path, size, size, phase)
+            self.emit()
 
     def rate(self, now: float) -> float:
         while len(self.samples) > 1 and self.samples[1][0] <= now - RATE_WINDOW_S:
@@ -640,7 +683,16 @@ class _Meter:
         elapsed = now - start
         return (self.fetched - fetched) / elapsed if elapsed > 0 else 0.0
 
+    def on_caller(self) -> bool:
+        return threading.get_ident() == self.caller
+
     def emit(self) -> None:
+        if not self.on_caller():
+            return  # the calling thread reports for everyone (see _Download.run)
+        with self._lock:
+            self._emit()
+
+    def _emit(self) -> None:
         now = time.monotonic()
         self.last_emit = now
         if self.on_progress is None:
@@ -648,16 +700,17 @@ class _Meter:
         rate = self.rate(now)
         remaining = max(self.total - self.done, 0)
         eta = remaining / rate if rate > 0 else (0.0 if remaining == 0 else None)
+        file, file_done, file_total, phase = self.current
         self.on_progress(
             Progress(
-                file=self.file,
-                file_done=self.file_done,
-                file_total=self.file_total,
+                file=file,
+                file_done=file_done,
+                file_total=file_total,
                 done=self.done,
                 total=self.total,
                 rate_bps=rate,
                 eta_s=eta,
-                phase=self.phase,
+                phase=phase,
                 files_done=self.files_done,
                 files_total=self.files_total,
             )
@@ -665,15 +718,23 @@ class _Meter:
 
     def check_cancel(self, *, force: bool = False) -> None:
         now = time.monotonic()
+        if self.aborted.is_set():
+            message = self.cancelled_message() if self.cancel_seen and self.cancelled_message else "Cancelled."
+            raise Cancelled(message if self.cancel_seen else "Stopped: another file of this download failed.")
+        if not self.on_caller():
+            return
         if self.should_cancel is not None and (force or now - self.last_cancel_check >= CANCEL_CHECK_S):
             self.last_cancel_check = now
             if self.should_cancel():
+                self.cancel_seen = True
+                self.aborted.set()
                 message = self.cancelled_message() if self.cancelled_message else "Cancelled."
                 raise Cancelled(message)
 
     def tick(self) -> None:
         """Between chunks: honour a cancel, report progress when due."""
         self.check_cancel()
+        self.drain()
         if time.monotonic() - self.last_emit >= self.interval:
             self.emit()
 
@@ -923,11 +984,32 @@ class _Download:
         self.sidecar.save()
         self.meter.emit()
         result: dict[str, str] = {}
-        for remote in self.files:
+
+        def one(remote: RemoteFile) -> None:
             self.meter.check_cancel()  # throttled: thousands of small files must not mean thousands of queries
             result[remote.path] = self._one(remote)
             self.meter.finish_file()
-        return result
+
+        # A few files at once: the link stays busy while another file is hashed, fsynced and renamed (and
+        # per-connection limits of CDNs add up), as huggingface_hub's own snapshot_download does. This thread
+        # polls the cancel flag and reports progress for all of them.
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_FILES, len(self.files)))) as pool:
+            futures = [pool.submit(one, remote) for remote in self.files]
+            pending = set(futures)
+            while pending:
+                _done, pending = wait(pending, timeout=CANCEL_CHECK_S)
+                with contextlib.suppress(Cancelled):
+                    self.meter.tick()  # a cancel sets `aborted`: the file threads stop at their next chunk
+            for future in futures:
+                exc = future.exception()
+                if exc is not None and (failure is None or (isinstance(failure, Cancelled)
+                                                            and not isinstance(exc, Cancelled))):
+                    failure = exc  # a real failure wins over the others' "stopped"
+        self.meter.emit()
+        if failure is not None:
+            raise failure
+        return {remote.path: result[remote.path] for remote in self.files}
 
     # -- one file ------------------------------------------------------------------------------------------------
 
@@ -1002,7 +1084,7 @@ class _Download:
                 self.meter.start_file(remote.path, remote.size, "verifying")
                 _hash_into(part, state.hashes.update, self.meter, limit=state.offset)
             self.meter.start_file(remote.path, remote.size, "downloading")
-            self.meter.file_done = state.offset
+            self.meter.set_file_done(state.offset)
 
             failures = 0
             while state.offset < remote.size:

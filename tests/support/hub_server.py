@@ -433,6 +433,10 @@ class HubServer:
         """Exceptions raised inside the server (bugs of this double); the fixture fails the test on any."""
         self._host = host
         self._lock = threading.RLock()
+        # Total bandwidth of the server's link, shared by all connections (None: unlimited).
+        self.link_bytes_per_second: float | None = None
+        self._link_lock = threading.Lock()
+        self._link_clock = 0.0
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -843,6 +847,15 @@ class HubServer:
         if not head and length > 0:
             self._send_body(handler, memoryview(blob.content)[start : end + 1], (repo_id, filename))
 
+    def _link_wait(self, n: int) -> None:
+        """One shared link for all connections: parallel downloads split its bandwidth, as on a real network."""
+        with self._link_lock:
+            now = time.monotonic()
+            self._link_clock = max(self._link_clock, now) + n / self.link_bytes_per_second
+            delay = self._link_clock - now
+        if delay > 0:
+            time.sleep(delay)
+
     def _send_body(self, handler: _Handler, data: memoryview, key: tuple[str, str]) -> None:
         cut = self._claim_failure(key[1], len(data))
         limit = len(data) if cut is None else cut
@@ -860,6 +873,8 @@ class HubServer:
                 delay = began + sent / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            if self.link_bytes_per_second:
+                self._link_wait(n)
         if cut is not None:  # simulate a dropped connection: the client sees fewer bytes than Content-Length
             handler.close_connection = True
             handler.wfile.flush()
