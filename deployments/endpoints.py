@@ -55,12 +55,20 @@ def check_url(url: str, *, patterns: list[str] | None = None, resolver=resolve_a
                                f"Models → Sources.", field="endpoint")
 
 
-def redirect_guard(patterns: list[str]):
-    """A requests response hook that re-checks the target of every redirect."""
+class RedirectRefused(ApplicationError):
+    """A source answered with a redirect to an address the allow-list does not cover."""
+
+
+def redirect_guard(patterns: list[str], resolver=resolve_addresses):
+    """A requests response hook that re-checks the target of every redirect before it is followed."""
 
     def hook(response, *args, **kwargs):
         if response.is_redirect:
-            check_url(urljoin(response.url, response.headers.get("Location", "")), patterns=patterns)
+            target = urljoin(response.url, response.headers.get("Location", ""))
+            try:
+                check_url(target, patterns=patterns, resolver=resolver)
+            except ApplicationError as error:
+                raise RedirectRefused(f"Redirect refused: {error.message}", field="endpoint") from None
         return response
 
     return hook

@@ -42,8 +42,6 @@ class DownloadHandler(Handler):
     """Resolve, choose files, check space, download resumably with verification, publish atomically."""
 
     def run(self, ctx: JobContext) -> dict:
-        from deployments import downloads
-        from deployments.endpoints import check_url
         from deployments.models import ModelArtifact
         from deployments.services.models import source_token
 
@@ -56,6 +54,29 @@ class DownloadHandler(Handler):
 
             credential = Credential.objects.filter(pk=ctx.job.params["credential_id"]).first()
         token = source_token(source, credential)
+        # Every redirect the source answers with is checked against the allow-list before it is followed
+        # (resolve and all file downloads share this thread's huggingface_hub session).
+        from huggingface_hub.utils import get_session
+
+        from deployments.endpoints import RedirectRefused, redirect_guard
+        from deployments.models import AllowedEndpoint
+
+        session = get_session()
+        guard = redirect_guard(list(AllowedEndpoint.objects.values_list("pattern", flat=True)))
+        session.hooks["response"].append(guard)
+        try:
+            return self._download(ctx, artifact, repo, source, credential, token)
+        except RedirectRefused as refused:
+            raise JobFailure(refused.message, cause="endpoint_not_allowed",
+                             next_step="Ask an admin to allow that address, or use another mirror.") from None
+        finally:
+            session.hooks["response"].remove(guard)
+
+    def _download(self, ctx, artifact, repo, source, credential, token) -> dict:
+        from deployments import downloads
+        from deployments.endpoints import check_url
+        from deployments.models import ModelArtifact
+
         try:
             if source.endpoint:
                 check_url(source.endpoint)
