@@ -182,9 +182,10 @@ def _fill(value, ids: dict):
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("entry", MATRIX, ids=lambda e: f"{e['method'].upper()} {e['route']}")
-def test_role_matrix(entry, role, users, credential, client, request):
+def test_role_matrix(entry, role, users, credential, client, request, settings):
     from console.services.tokens import token_create
 
+    settings.MODEL_IMPORT_ROOTS = ["/srv/models"]  # the import rows' directories
     for fixture in entry["needs"]:
         request.getfixturevalue(fixture)
     admin_token, _raw = token_create(actor=users["admin"], user=users["admin"], name="admin's")
