@@ -132,3 +132,42 @@ class AuditPageTests(ConsoleLiveServerTestCase):
         assert "starting" in row.inner_text()
         page.screenshot(path=str(self.artifacts / "audit-live.png"), full_page=True)
         context.close()
+
+
+class ModelPageTests(ConsoleLiveServerTestCase):
+    serve_static = True
+
+    @pytest.fixture(autouse=True)
+    def _browser(self, browser, artifacts):
+        self.browser = browser
+        self.artifacts = artifacts
+
+    def test_download_progress_and_log_arrive_live(self):
+        from console.streams import publish
+        from deployments.models import Host, Job, JobLogLine, ModelArtifact, ModelRepo, ModelSource
+
+        host = Host.objects.create(name="e2e-node", status="online")
+        source = ModelSource.objects.get_or_create(name="Hub e2e", defaults={"kind": "hub"})[0]
+        repo = ModelRepo.objects.create(source=source, repo_id="acme/live",
+                                        commit="c" * 40, total_size=10**9)
+        artifact = ModelArtifact.objects.create(repo=repo, host=host, status="downloading", bytes_total=10**9)
+        job = Job.objects.create(kind="download", status="running", target_type="deployments.modelartifact",
+                                 target_id=str(artifact.pk), queue=host.queue, log_seq=1)
+        JobLogLine.objects.create(job=job, seq=1, text="attempt 1 of 3 on e2e")
+        engineer = UserFactory(username="engineer-models", roles=["engineer"])
+        context = self.browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.goto(self.live_server_url + "/login/")
+        page.fill("#id_username", engineer.username)
+        page.fill("#id_password", PASSWORD)
+        page.click("#login-submit")
+        page.goto(self.live_server_url + f"/models/{artifact.pk}/")
+        page.wait_for_selector("#job-log >> text=attempt 1 of 3 on e2e", timeout=10_000)  # the backlog
+        page.wait_for_timeout(500)
+        line = JobLogLine.objects.create(job=job, seq=2, stream="progress", data={
+            "done": 6 * 10**8, "total": 10**9, "rate_bps": 5 * 10**7, "eta_s": 8, "file": "model.safetensors",
+            "file_done": 6 * 10**8, "file_total": 10**9})
+        publish(job.stream, [line.as_item()], wait=5)
+        page.wait_for_selector("[data-progress='bar'] >> text=60%", timeout=10_000)
+        page.screenshot(path=str(self.artifacts / "model-download-live.png"), full_page=True)
+        context.close()

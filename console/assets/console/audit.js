@@ -75,7 +75,7 @@
     var live = list.dataset.live === "1";
     var pageSize = parseInt(list.dataset.pageSize, 10) || 50;
     var lastSeq = parseInt(list.dataset.after, 10) || 0;
-    var unseen = 0, retry = 1000, socket;
+    var unseen = 0;
 
     function rows() { return list.querySelectorAll("details.audit-event"); }
 
@@ -97,36 +97,18 @@
       banner.hidden = false;
     }
 
-    function receive(items) {
-      var fresh = items.filter(function (item) { return item.seq > lastSeq; });
-      fresh.sort(function (a, b) { return a.seq - b.seq; });
-      fresh = fresh.filter(function (item, i) { return i === 0 || item.seq !== fresh[i - 1].seq; });
-      if (!fresh.length) return;
-      lastSeq = fresh[fresh.length - 1].seq;
-      list.dataset.after = String(lastSeq);
-      if (live) prepend(fresh);
-      else announce(fresh.length);
-    }
-
-    function connect() {
-      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      socket = new WebSocket(scheme + location.host + list.dataset.ws);
-      socket.onopen = function () {
-        retry = 1000;
-        socket.send(JSON.stringify({ type: "subscribe", after: lastSeq }));
-      };
-      socket.onmessage = function (event) {
-        var data = JSON.parse(event.data);
-        if (data.type === "items") receive(data.items || []);
-        list.dataset.stream = data.type === "caught_up" ? "live" : list.dataset.stream || "backfilling";
-      };
-      socket.onclose = function () {
-        list.dataset.stream = "closed";
-        setTimeout(connect, retry);
-        retry = Math.min(retry * 2, 30000);
-      };
-    }
-    connect();
+    window.consoleStream(list.dataset.ws, {
+      after: lastSeq,
+      onItems: function (fresh, seq) {
+        lastSeq = seq;
+        list.dataset.after = String(lastSeq);
+        if (live) prepend(fresh);
+        else announce(fresh.length);
+      },
+      onState: function (state) {
+        list.dataset.stream = state === "connecting" ? (list.dataset.stream || "backfilling") : state;
+      },
+    });
   }
 
   document.addEventListener("DOMContentLoaded", start);

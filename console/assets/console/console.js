@@ -48,5 +48,41 @@
       .catch(function () { cell.textContent = "?"; });
   }
 
+  // The client of console/streams.py: subscribe after the last seq, hand on new items once each (sorted,
+  // duplicates dropped), resubscribe after a drop with backoff. Refusals (44xx) are final.
+  window.consoleStream = function (path, options) {
+    var lastSeq = options.after || 0, retry = 1000, socket;
+    var onItems = options.onItems, onState = options.onState || function () {};
+    function receive(items) {
+      var fresh = items.filter(function (item) { return item.seq > lastSeq; });
+      fresh.sort(function (a, b) { return a.seq - b.seq; });
+      fresh = fresh.filter(function (item, i) { return i === 0 || item.seq !== fresh[i - 1].seq; });
+      if (!fresh.length) return;
+      lastSeq = fresh[fresh.length - 1].seq;
+      onItems(fresh, lastSeq);
+    }
+    function connect() {
+      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      onState("connecting");
+      socket = new WebSocket(scheme + location.host + path);
+      socket.onopen = function () {
+        retry = 1000;
+        socket.send(JSON.stringify({ type: "subscribe", after: lastSeq }));
+      };
+      socket.onmessage = function (event) {
+        var data = JSON.parse(event.data);
+        if (data.type === "items") receive(data.items || []);
+        else if (data.type === "caught_up") onState("live");
+      };
+      socket.onclose = function (event) {
+        onState("closed");
+        if (event.code >= 4400 && event.code < 4500) return;
+        setTimeout(connect, retry);
+        retry = Math.min(retry * 2, 30000);
+      };
+    }
+    connect();
+  };
+
   document.addEventListener("DOMContentLoaded", function () { heartbeat(); workerStatus(); });
 })();

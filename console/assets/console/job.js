@@ -44,7 +44,7 @@
     var jobId = box.dataset.job;
     var active = box.dataset.active === "1";
     var lastSeq = parseInt(box.dataset.after, 10) || 0;
-    var retry = 1000, ended = false, socket;
+    var ended = false;
 
     function setState(name) {
       box.dataset.stream = name;
@@ -95,17 +95,14 @@
       if (atBottom) log.scrollTop = log.scrollHeight;
     }
 
-    function receive(items) {
-      var fresh = items.filter(function (item) { return item.seq > lastSeq; });
-      fresh.sort(function (a, b) { return a.seq - b.seq; });
+    function receive(fresh, seq) {
       var latest = null;
       fresh.forEach(function (item) {
-        if (item.seq <= lastSeq) return; // a duplicate inside this batch
-        lastSeq = item.seq;
         if (item.stream === "progress") latest = item.data;
         else addLine(item);
         if (isEnd(item)) ended = true;
       });
+      lastSeq = seq;
       box.dataset.after = String(lastSeq);
       if (latest) showProgress(latest);
       if (ended && active) reloadOnce();
@@ -120,27 +117,7 @@
       setTimeout(function () { location.reload(); }, 1500);
     }
 
-    function connect() {
-      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      setState("connecting");
-      socket = new WebSocket(scheme + location.host + box.dataset.ws);
-      socket.onopen = function () {
-        retry = 1000;
-        socket.send(JSON.stringify({ type: "subscribe", after: lastSeq }));
-      };
-      socket.onmessage = function (event) {
-        var data = JSON.parse(event.data);
-        if (data.type === "items") receive(data.items || []);
-        else if (data.type === "caught_up") setState("live");
-      };
-      socket.onclose = function (event) {
-        setState("closed");
-        if (event.code === 4404 || event.code === 4403 || event.code === 4401) return;
-        setTimeout(connect, retry);
-        retry = Math.min(retry * 2, 30000);
-      };
-    }
-    connect();
+    window.consoleStream(box.dataset.ws, { after: lastSeq, onItems: receive, onState: setState });
   }
 
   document.addEventListener("DOMContentLoaded", start);
