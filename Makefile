@@ -4,10 +4,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The ML execution environment (serve.py and the other workers/jobs programs): a separate virtualenv.
+ML_VENV ?= .venv-ml
+ML_STAMP := $(ML_VENV)/.installed
 TEST_DATA_DIR ?= $(CURDIR)/.data-test
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint unit sqlite smoke bench messages clean
+.PHONY: install ml-env run test lint unit sqlite smoke bench messages clean
 
 install: $(STAMP)
 
@@ -16,6 +19,14 @@ $(STAMP): pyproject.toml build-constraints.txt
 	$(PY) -m pip install --quiet --upgrade "pip>=25.3"
 	$(PY) -m pip install --quiet --build-constraint build-constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+ml-env: $(ML_STAMP)
+
+$(ML_STAMP): requirements-ml.txt
+	test -x $(ML_VENV)/bin/python || $(PYTHON) -m venv $(ML_VENV)
+	$(ML_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25.3"
+	$(ML_VENV)/bin/python -m pip install --quiet -r requirements-ml.txt
+	touch $(ML_STAMP)
 
 run: $(STAMP)
 	$(PY) manage.py runconsole
@@ -28,7 +39,7 @@ define with_redis
 $(if $(REDIS_URL),,$(PY) -m console.embedded_redis --data-dir $(TEST_DATA_DIR) --) $(1)
 endef
 
-unit: $(STAMP)
+unit: $(STAMP) $(ML_STAMP)
 	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest $(PYTEST_ARGS))
 
 # Migrations and database triggers also run on SQLite, whatever DATABASE_URL says.
@@ -40,7 +51,7 @@ smoke: $(STAMP)
 
 test: lint unit sqlite smoke
 
-bench: $(STAMP)
+bench: $(STAMP) $(ML_STAMP)
 	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) bench/run.py)
 
 messages: $(STAMP)

@@ -1,0 +1,42 @@
+"""Where the ML execution environment's interpreter is, and a clear answer when it is missing.
+
+The control plane never imports torch or transformers: job programs under workers/jobs/ run in the ML
+environment's own virtualenv (ML_PYTHON), created by `make ml-env` from requirements-ml.txt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+
+class MLEnvironmentMissing(RuntimeError):
+    """ML_PYTHON does not point at a runnable interpreter."""
+
+
+def ml_python() -> str:
+    """The ML environment's python, or MLEnvironmentMissing with what to do about it."""
+    path = Path(settings.ML_PYTHON)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise MLEnvironmentMissing(
+            f"The ML environment was not found: ML_PYTHON={path} is not an executable file. "
+            "Create it with `make ml-env` (pip install -r requirements-ml.txt in its own virtualenv), "
+            "or set ML_PYTHON to its interpreter.")
+    return str(path)
+
+
+def job_command(module: str, *args: str) -> list[str]:
+    """The command line that runs a workers/jobs program in the ML environment."""
+    return [ml_python(), "-m", f"workers.jobs.{module}", *args]
+
+
+def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for a job program: the project on PYTHONPATH, nothing from the console's settings
+    (TGI reads generic names such as PORT, HOSTNAME and API_KEY, so nothing leaks in by accident)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(settings.BASE_DIR),
+           "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HOME": os.environ.get("HOME", "/tmp")}  # noqa: S108 - a fallback HOME for libraries that want one
+    env.update(extra or {})
+    return env
