@@ -40,3 +40,15 @@ def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
            "HOME": os.environ.get("HOME", "/tmp")}  # noqa: S108 - a fallback HOME for libraries that want one
     env.update(extra or {})
     return env
+
+
+def check_ml_environment(app_configs=None, **kwargs) -> list:
+    """`manage.py check`: a warning, not an error: the console runs without the ML environment, but the
+    process runtime (serve.py, job programs on this machine) cannot."""
+    from django.core.checks import Warning as CheckWarning
+
+    try:
+        ml_python()
+    except MLEnvironmentMissing as exc:
+        return [CheckWarning(str(exc), id="workers.W001")]
+    return []

@@ -1,0 +1,38 @@
+"""The ML image and its `text-generation-launcher` shim: the console starts serve.py exactly as it starts TGI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.conftest import need
+from tests.support.serve_process import ROOT, ml_env, ml_python
+
+DOCKERFILE = (ROOT / "Dockerfile.ml").read_text()
+
+
+def test_ml_image_installs_the_pinned_ml_requirements_and_no_console():
+    assert "COPY requirements-ml.txt" in DOCKERFILE and "-r /opt/requirements-ml.txt" in DOCKERFILE
+    assert "FROM ${CUDA_IMAGE}" in DOCKERFILE and "nvidia/cuda:" in DOCKERFILE
+    assert "COPY workers/jobs /opt/app/workers/jobs" in DOCKERFILE
+    assert "pyproject.toml" not in DOCKERFILE  # the control plane (hub < 1.0) never enters this image
+    assert "USER 1000" in DOCKERFILE
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "text-generation-launcher"]' in DOCKERFILE
+
+
+def test_requirements_pin_every_package_and_the_dependency_split():
+    pins = [line for line in (ROOT / "requirements-ml.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert all("==" in pin for pin in pins), pins
+    names = {pin.split("==")[0] for pin in pins}
+    assert {"torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers"} <= names
+    assert "text-generation" not in names and "django" not in {n.lower() for n in names}
+    transformers = next(pin for pin in pins if pin.startswith("transformers=="))
+    assert transformers.split("==")[1].split(".")[:2] in (["5", "15"], ["5", "16"], ["5", "17"])
+
+
+def test_launcher_shim_hands_its_arguments_to_serve():
+    need(ml_python() is not None, "the ML environment (make ml-env)")
+    out = subprocess.run([str(ROOT / "docker" / "text-generation-launcher"), "--env"], env=ml_env(
+        {"ML_PYTHON": ml_python()}), cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout)["python"].startswith("3.")
