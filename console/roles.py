@@ -44,6 +44,7 @@ ROLE_LABELS: dict[str, str] = {ADMIN: _("Admin"), ENGINEER: _("Engineer"), AUDIT
 # permission for action A on model M is codename "A_M" (see object_codename).
 GRANTABLE: dict[str, tuple[str, ...]] = {
     "console.credential": (VIEW, ADD_MODEL),
+    "deployments.deployment": (VIEW, DEPLOY, USE_DEPLOYMENT),
 }
 
 # The model whose permissions carry the global actions (no table; see console.models.Capability).

@@ -15,6 +15,7 @@ class Job(models.Model):
         DOWNLOAD = "download", _("download")
         IMPORT = "import", _("import")
         DELETE = "delete", _("delete model files")
+        SERVE = "serve", _("launch and watch a model server")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")

@@ -1,0 +1,80 @@
+"""One interface for "run this server on this host and let me watch it": docker in production, process on
+a single machine, CI and laptops (kubernetes later). A runtime knows nothing of Django models: the launch
+job hands it a RunSpec and keeps the Handle it gets back (labels make it findable after a restart)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+LABEL_MANAGED = "llmdeploy.managed"
+LABEL_DEPLOYMENT = "llmdeploy.deployment"
+
+
+@dataclass
+class RunSpec:
+    name: str  # unique per deployment, e.g. "llmdeploy-12-chat"
+    labels: dict[str, str]
+    args: list[str]  # launcher arguments (TGI flags), built only by workers/tgi.py
+    env: dict[str, str]  # explicit and allow-listed: nothing inherited from the worker
+    model_dir: str  # host path of the model directory (inside model_store)
+    model_store: str  # host path of the model store; docker mounts it read-only at /data
+    image: str = ""  # docker only
+    gpu_indexes: list[int] = field(default_factory=list)  # [] = no GPU at all
+    port: int = 0  # host port to listen on (0: the runtime picks a free one)
+    bind_address: str = "127.0.0.1"  # loopback or an internal network, never published openly
+    container_port: int = 80
+    secret_files: dict[str, str] = field(default_factory=dict)  # env var naming the file -> content
+    shm_size: str = "1g"
+    memory_limit: str | None = None
+    stop_grace: float = 90.0
+
+
+@dataclass
+class Handle:
+    runtime: str
+    ref: str  # container id, or the process group id
+    name: str
+    labels: dict[str, str]
+    port: int
+    endpoint: str  # http://address:port the console uses
+
+
+@dataclass
+class Status:
+    state: str  # "running", "exited" or "missing"
+    exit_code: int | None = None
+    oom_killed: bool = False
+    detail: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "running"
+
+
+class RuntimeFailure(Exception):
+    """The runtime could not do what was asked; the message says why (e.g. the image is missing)."""
+
+    def __init__(self, message: str, *, cause: str = "runtime") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, spec: RunSpec) -> Handle: ...
+
+    def status(self, handle: Handle) -> Status: ...
+
+    def logs(self, handle: Handle, since: int) -> tuple[list[str], int]:
+        """Output lines after cursor `since` (0: from the start) and the cursor to pass next time."""
+        ...
+
+    def stop(self, handle: Handle, grace: float) -> Status: ...
+
+    def remove(self, handle: Handle) -> None: ...
+
+    def find(self, labels: dict[str, str]) -> list[Handle]:
+        """Servers (running or exited, not removed) carrying all these labels."""
+        ...

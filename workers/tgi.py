@@ -1,0 +1,115 @@
+"""TGI, as the console drives it: the only place launcher arguments and the server's environment are built,
+and the HTTP calls that tell whether a server is up (shared/TGI.md sections 1-4).
+
+Everything is explicit: every setting is a flag, the environment is an allow-list (TGI reads generic names
+such as PORT, HOSTNAME, API_KEY and MODEL_ID, so nothing may leak in from a worker's environment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+DEFAULT_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
+CONTAINER_PORT = 80  # the TGI image sets PORT=80
+CONTAINER_MODEL_STORE = "/data"
+READY_LINE = "Connected"
+
+# Variables a spec may set on the server (anything else is refused at the form and the API).
+ALLOWED_ENV = frozenset({
+    "PYTORCH_CUDA_ALLOC_CONF", "NCCL_SHM_DISABLE", "NCCL_DEBUG", "NCCL_P2P_DISABLE", "LOG_LEVEL", "RUST_BACKTRACE",
+    "TGI_WIGGLE_ROOM", "ATTENTION", "PREFIX_CACHING", "PREFILL_CHUNKING", "OMP_NUM_THREADS", "CUDA_GRAPHS",
+    "MAX_JOBS", "TORCH_CUDA_ARCH_LIST",
+})
+TOKEN_FILE_ENV = "HF_TOKEN_PATH"  # noqa: S105 - a variable name; huggingface_hub reads the token from this file: never an env value
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What the launcher needs beyond the spec: where the model is as the server sees it, and the port."""
+
+    model_path: str
+    port: int
+    hostname: str
+    num_shard: int
+    instance: str  # unique per server on a host (socket paths, ports of native instances)
+    native: bool  # several servers share one network namespace (process runtime)
+    master_port: int | None = None
+    prometheus_port: int | None = None
+
+
+def launcher_args(spec, plan: LaunchPlan) -> list[str]:
+    """text-generation-launcher's arguments for a DeploymentSpec (every flag checked against TGI's list)."""
+    args = ["--model-id", plan.model_path, "--hostname", plan.hostname, "--port", str(plan.port),
+            "--num-shard", str(plan.num_shard), "--max-concurrent-requests", str(spec.max_concurrent_requests),
+            "--usage-stats", "off"]
+    if spec.quantize:
+        args += ["--quantize", spec.quantize]
+    if spec.dtype:
+        args += ["--dtype", spec.dtype]
+    if spec.kv_cache_dtype:
+        args += ["--kv-cache-dtype", spec.kv_cache_dtype]
+    for flag, value in (("--max-input-tokens", spec.max_input_tokens), ("--max-total-tokens", spec.max_total_tokens),
+                        ("--max-batch-prefill-tokens", spec.max_batch_prefill_tokens)):
+        if value:
+            args += [flag, str(value)]
+    if spec.cuda_memory_fraction and spec.cuda_memory_fraction < 1.0:
+        args += ["--cuda-memory-fraction", f"{spec.cuda_memory_fraction:g}"]
+    if spec.lora_adapters:
+        args += ["--lora-adapters", ",".join(f"{a['name']}={a['path']}" if a.get("path") else a["name"]
+                                             for a in spec.lora_adapters)]
+    if spec.device == "cpu":
+        args += ["--disable-custom-kernels"]
+    if plan.native:
+        # Several native servers on one host must not share sockets or ports (TGI.md 2.3).
+        args += ["--shard-uds-path", f"/tmp/{plan.instance}-tgi"]  # noqa: S108 - per-instance socket prefix
+        if plan.master_port:
+            args += ["--master-port", str(plan.master_port)]
+        if plan.prometheus_port:
+            args += ["--prometheus-port", str(plan.prometheus_port)]
+    return args
+
+
+def launch_env(spec, *, gpu_indexes: list[int], native: bool) -> dict[str, str]:
+    """The server's whole environment (the runtime adds nothing but PATH-like basics for native runs)."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ENABLE_HF_TRANSFER": "0"}
+    if native:
+        # Docker selects GPUs with device requests; a native process sees exactly its GPUs, or none.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_indexes)) if spec.device == "gpu" else ""
+    for name, value in (spec.extra_env or {}).items():
+        if name in ALLOWED_ENV:
+            env[name] = str(value)
+    return env
+
+
+def model_path_in_container(model_dir: str, model_store: str) -> str:
+    """The model directory as the container sees it (the store is mounted read-only at /data)."""
+    from pathlib import PurePosixPath
+
+    relative = PurePosixPath(model_dir).relative_to(PurePosixPath(model_store))
+    return str(PurePosixPath(CONTAINER_MODEL_STORE) / relative)
+
+
+def health(endpoint: str, timeout: float = 3.0) -> bool:
+    """GET /health == 200. Connection errors mean "still starting" while the process lives (TGI binds late)."""
+    try:
+        return requests.get(f"{endpoint}/health", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def info(endpoint: str, timeout: float = 5.0) -> dict | None:
+    """GET /info, or None when it does not answer with JSON."""
+    try:
+        response = requests.get(f"{endpoint}/info", timeout=timeout)
+        return response.json() if response.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def client(endpoint: str, timeout: int = 120):
+    """The text-generation client for a running server (generate and generate_stream use POST /)."""
+    from text_generation import AsyncClient
+
+    return AsyncClient(endpoint, timeout=timeout)
