@@ -48,7 +48,7 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)
 JOB_CANCEL_POLL_SECONDS = float(env_str("JOB_CANCEL_POLL_SECONDS", "1"))
 # More modules registering job kinds (the test suite adds its own probes).
-JOB_HANDLER_MODULES = env_list("JOB_HANDLER_MODULES", ["workers.handlers"])
+JOB_HANDLER_MODULES = env_list("JOB_HANDLER_MODULES", ["workers.handlers", "workers.serving"])
 DOWNLOAD_CHUNK_BYTES = env_int("DOWNLOAD_CHUNK_BYTES", 8 * 2**20)
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
 HOST_OFFLINE_SECONDS = env_int("HOST_OFFLINE_SECONDS", 90)
@@ -58,6 +58,19 @@ AGENT_HEARTBEAT_SECONDS = env_int("AGENT_HEARTBEAT_SECONDS", 30)
 AGENT_NVML_MODULE = env_str("AGENT_NVML_MODULE", "pynvml")
 OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
 OTEL_ENABLED = env_bool("OTEL_ENABLED", bool(OTEL_EXPORTER_OTLP_ENDPOINT))
+# Deployments: where servers listen, how long each launch state may last, restarts, the playground.
+DEPLOY_BIND_ADDRESS = env_str("DEPLOY_BIND_ADDRESS", "127.0.0.1")
+DEPLOY_DEADLINE_DOWNLOADING = env_int("DEPLOY_DEADLINE_DOWNLOADING", 6 * 3600)
+DEPLOY_DEADLINE_STARTING = env_int("DEPLOY_DEADLINE_STARTING", 1800)
+DEPLOY_STOP_GRACE_SECONDS = env_int("DEPLOY_STOP_GRACE_SECONDS", 90)
+DEPLOY_HEALTH_SECONDS = float(env_str("DEPLOY_HEALTH_SECONDS", "10"))
+DEPLOY_RESTART_BACKOFF_SECONDS = env_int("DEPLOY_RESTART_BACKOFF_SECONDS", 10)
+DEPLOY_RESTART_BACKOFF_MAX = env_int("DEPLOY_RESTART_BACKOFF_MAX", 600)
+DEPLOY_RECONCILE_SECONDS = env_int("DEPLOY_RECONCILE_SECONDS", 30)
+# serve.py even where text-generation-launcher is installed (the process runtime).
+PROCESS_RUNTIME_FORCE_SERVE = env_bool("PROCESS_RUNTIME_FORCE_SERVE", False)
+# Store playground prompt text in the audit log (off: only who, when, which deployment, token counts).
+PLAYGROUND_AUDIT_PROMPTS = env_bool("PLAYGROUND_AUDIT_PROMPTS", False)
 
 INSTALLED_APPS = [
     "django.contrib.auth",
@@ -184,6 +197,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
     "hosts-mark-offline": {"task": "workers.agent.mark_offline", "schedule": max(5, HOST_OFFLINE_SECONDS // 3)},
     "jobs-reap": {"task": "workers.jobs_reap", "schedule": JOB_REAPER_SECONDS},
+    "deployments-reconcile": {"task": "workers.deployments_reconcile", "schedule": DEPLOY_RECONCILE_SECONDS},
 }
 
 # --- auth ------------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class JobContext:
         self.lost = threading.Event()
         self._cancel_checked, self._cancelled = 0.0, False
         self._progress_saved = 0.0
+        # The outcome, set before Handler.finished runs (so it can act on the cause).
+        self.failure_cause = self.failure_detail = self.failure_next_step = ""
 
     def log(self, text: str) -> None:
         self.log_writer.write(text)
@@ -210,6 +212,7 @@ def _finish(ctx: JobContext, status: str, *, result: dict | None = None, detail:
     else:
         ctx.log(status)
     ctx.job.refresh_from_db(fields=["cancel_requested", "cancel_delete_partial"])  # set while it ran
+    ctx.failure_cause, ctx.failure_detail, ctx.failure_next_step = cause, detail, next_step
     try:
         HANDLERS[ctx.job.kind].finished(ctx, status)
     except Exception:

@@ -37,3 +37,22 @@ def jobs_reap() -> dict:
     from deployments.services.jobs import jobs_reap as reap
 
     return reap()
+
+
+@shared_task(name="workers.deployments_reconcile")
+def deployments_reconcile() -> dict:
+    """Beat: restarts and deadlines here, then each online host compares its servers with the database."""
+    from workers.reconcile import reconcile_console
+
+    result = reconcile_console()
+    for host in result["hosts"]:
+        reconcile_host.apply_async(args=[host], queue=f"host.{host}", expires=60)
+    return result
+
+
+@shared_task(name="workers.reconcile_host")
+def reconcile_host(host_name: str) -> dict:
+    """On a host's agent: adopt, fail or remove servers so runtime and database agree."""
+    from workers.reconcile import reconcile_host as reconcile
+
+    return reconcile(host_name)

@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from audit import api as audit_api
 from console.api import views
+from deployments.api import deployment_views as deployments_api
 from deployments.api import models as registry_api
 from deployments.api import views as inventory_api
 
@@ -21,6 +22,8 @@ router.register("models", registry_api.ModelArtifactViewSet, basename="model")
 router.register("sources", registry_api.SourceViewSet, basename="source")
 router.register("endpoints", registry_api.AllowedEndpointViewSet, basename="endpoint")
 router.register("jobs", registry_api.JobViewSet, basename="job")
+router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
+router.register("images", deployments_api.AllowedImageViewSet, basename="image")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),

@@ -90,6 +90,7 @@ class Deployment(models.Model):
     endpoint = models.CharField(_("endpoint"), max_length=200, blank=True,
                                 help_text=_("Where the console reaches the server (never published openly)."))
     runtime_ref = models.CharField(max_length=100, blank=True)  # container id or pid
+    log_cursor = models.BigIntegerField(default=0)  # how far the server's output was copied into the job log
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     command = models.JSONField(_("command line"), default=list, blank=True)
     failure_cause = models.CharField(_("cause"), max_length=60, blank=True)
