@@ -206,12 +206,15 @@ class ServeHandler(Handler):
         deployment = Deployment.objects.select_related("host").filter(pk=ctx.job.params["deployment"]).first()
         if deployment is None:
             return
-        runtime = get_runtime(deployment.host.runtime)
+        watch = _Watch(ctx, deployment)
+        runtime = watch.runtime
         handles = runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
         if status == Job.Status.CANCELLED:
             for handle in handles:
                 ctx.log(f"stopping {handle.name} (grace {settings.DEPLOY_STOP_GRACE_SECONDS} s)")
                 result = runtime.stop(handle, grace=settings.DEPLOY_STOP_GRACE_SECONDS)
+                watch.handle = handle
+                watch.copy_output()  # the server's shutdown lines
                 ctx.log(f"stopped ({result.state}, status {result.exit_code})")
                 runtime.remove(handle)
             if lifecycle.deployment_stopped(deployment):
