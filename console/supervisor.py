@@ -33,7 +33,7 @@ class Child:
 class Supervisor:
     host: str
     port: int
-    worker_concurrency: int = 2
+    worker_concurrency: int = 4
     say: Callable[[str], None] = print
     children: list[Child] = field(default_factory=list)
     redis: embedded_redis.EmbeddedRedis | None = None
