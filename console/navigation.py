@@ -23,6 +23,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("dashboard", _("Dashboard"), "dashboard", roles.VIEW),
     NavItem("inventory", _("Inventory"), "hosts", roles.VIEW),
     NavItem("models", _("Models"), "models", roles.VIEW),
+    NavItem("deployments", _("Deployments"), "deployments", roles.VIEW),
     NavItem("credentials", _("Credentials"), "credentials", roles.ADD_MODEL),
     NavItem("audit", _("Audit log"), "audit-events", roles.VIEW_DATA),
     NavItem("access", _("Users & access"), "users", roles.MANAGE_USERS),

@@ -43,6 +43,10 @@ MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
 # Directories on the hosts from which models may be imported in place (their manifest is written there).
 MODEL_IMPORT_ROOTS = env_list("MODEL_IMPORT_ROOTS", [])  # empty: MODEL_STORE
 ML_PYTHON = env_str("ML_PYTHON", str(BASE_DIR / ".venv-ml" / "bin" / "python"))
+# Test suites only: extra read-only "host:container" bind mounts the docker runtime adds to every server (the
+# host's Python and ML venv inside a near-empty test image). start() refuses them unless CONSOLE_TESTING is on.
+DOCKER_TEST_EXTRA_MOUNTS = env_list("DOCKER_TEST_EXTRA_MOUNTS", [])
+CONSOLE_TESTING = env_bool("CONSOLE_TESTING", False)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)

@@ -19,5 +19,6 @@ urlpatterns = [
     path("audit/", include("audit.urls")),
     path("inventory/", include("deployments.urls")),
     path("models/", include("deployments.model_urls")),
+    path("deployments/", include("deployments.deployment_urls")),
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

@@ -60,6 +60,8 @@ class PlanSerializer(serializers.Serializer):
 
     spec = SpecSerializer()
     name = serializers.CharField(required=False, default="preview")
+    deployment = serializers.IntegerField(required=False, allow_null=True,
+                                          help_text="When editing: the deployment whose own GPUs count as free.")
 
 
 class AllowedImageSerializer(serializers.ModelSerializer):

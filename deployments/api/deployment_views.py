@@ -3,6 +3,7 @@ deployment); create, edit, launch, stop, restart, rollback and delete need `depl
 
 from __future__ import annotations
 
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -45,8 +46,9 @@ class DeploymentViewSet(ConsoleModelViewSet):
     queryset = Deployment.objects.select_related("spec", "spec__created_by", "host", "team", "job")
     serializer_class = DeploymentSerializer
     action_permissions = DEPLOY_ACTIONS
+    # plan checks `deploy` itself: globally, or on the deployment being edited when one is named.
     object_actions = {"retrieve", "update", "partial_update", "destroy", "launch", "stop", "restart", "rollback",
-                      "specs"}
+                      "specs", "plan"}
     search_fields = ["name"]
     filterset_fields = ["state", "host__name", "team__name"]
     ordering_fields = ["name", "created_at", "state"]
@@ -119,11 +121,19 @@ class DeploymentViewSet(ConsoleModelViewSet):
     @extend_schema(request=PlanSerializer, responses=dict)
     @action(detail=False, methods=["post"])
     def plan(self, request):
-        """The planner's verdict and the exact command line for a spec, without saving anything."""
+        """The planner's verdict and the exact command line for a spec, without saving anything. With
+        `deployment` (an edit), that deployment's own GPU reservations count as free."""
+        raw = request.data.get("deployment") if hasattr(request.data, "get") else None
+        target = None
+        if raw not in (None, ""):
+            target = Deployment.objects.filter(pk=int(raw) if str(raw).isdigit() else 0).first()
+            if target is None:
+                raise Http404
+        require(request.user, roles.DEPLOY, target)
         serializer = PlanSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         values = clean_spec(_spec_input(serializer.validated_data["spec"]))
-        plan = verdict(values)
+        plan = verdict(values, holder=target.holder if target else None)
         return Response({"verdict": plan, "command": command_preview(values, plan,
                                                                      name=serializer.validated_data["name"])})
 

@@ -174,7 +174,7 @@ def deployment_stop(*, actor, deployment: Deployment) -> Deployment:
     audit.record(action="deployment.stop_requested", actor=actor, target=deployment,
                  detail={"state": deployment.state})
     if job is not None and job.is_active:
-        job_cancel(actor=actor, job=job, action=roles.DEPLOY)
+        job_cancel(actor=actor, job=job, action=roles.DEPLOY, target=deployment)
         set_state(deployment, State.STOPPING, next_restart_at=None)
     else:
         release(deployment)
@@ -193,7 +193,7 @@ def deployment_restart(*, actor, deployment: Deployment) -> Deployment:
     job = deployment.job
     if job is not None and job.is_active:
         Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
-        job_cancel(actor=actor, job=job, action=roles.DEPLOY)
+        job_cancel(actor=actor, job=job, action=roles.DEPLOY, target=deployment)
         set_state(deployment, State.STOPPING)
     else:
         _launch(actor, deployment)

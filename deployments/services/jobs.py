@@ -46,10 +46,10 @@ def job_create(*, kind: str, actor, target=None, params: dict | None = None, que
 
 @traced("job.cancel")
 @transaction.atomic
-def job_cancel(*, actor, job: Job, action: str, delete_partial: bool = False) -> Job:
+def job_cancel(*, actor, job: Job, action: str, delete_partial: bool = False, target=None) -> Job:
     """Ask a job to stop; its runner notices within seconds (JOB_CANCEL_POLL_SECONDS). Needs the action
-    that started it (e.g. add_model for downloads)."""
-    require(actor, action)
+    that started it (e.g. add_model for downloads), on `target` when the job works on one object."""
+    require(actor, action, target)
     job = Job.objects.select_for_update().get(pk=job.pk)
     if not job.is_active:
         raise ApplicationError(f"{job} is {job.get_status_display()}; nothing to cancel.")

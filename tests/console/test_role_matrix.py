@@ -10,7 +10,20 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 import audit
-from deployments.models import AllowedEndpoint, Gpu, Host, Job, JobLogLine, ModelArtifact, ModelRepo, ModelSource
+from deployments.models import (
+    AllowedEndpoint,
+    AllowedImage,
+    Deployment,
+    DeploymentSpec,
+    Gpu,
+    Host,
+    Job,
+    JobLogLine,
+    ModelArtifact,
+    ModelRepo,
+    ModelSource,
+)
+from tests.support.model_dirs import write_llama_dir
 
 ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
 LOGIN = "login-redirect"
@@ -31,6 +44,16 @@ NEW_GPU_API = {"host": "matrix-node", "index": 7, "name": "NVIDIA L40S", "memory
 BAD_MODEL_FORM = {"source": "{source}", "repo_id": "not a repo", "revision": "main", "host": "{store}"}
 BAD_MODEL_API = {"source": "matrix-mirror", "repo_id": "not a repo", "host": "matrix-store"}
 MIRROR = "http://10.77.0.5:8080"  # an address on the allow-list below: no DNS lookup, no connection
+# Deployments: a tiny model on a process host with one GPU (fits); "running" holds v1 and v2, "stopped" v1.
+DEPLOY_FORM = {"artifact": "{serve_artifact}", "name": "matrix-new", "restart_policy": "on-failure", "device": "gpu",
+               "max_input_tokens": 128, "max_total_tokens": 256, "max_concurrent_requests": 128,
+               "cuda_memory_fraction": 1.0, "confirm": "1"}
+EDIT_FORM = {"artifact": "{serve_artifact}", "device": "gpu", "max_input_tokens": 128, "max_total_tokens": 400,
+             "max_concurrent_requests": 128, "cuda_memory_fraction": 1.0, "note": "matrix"}
+NEW_DEPLOYMENT_API = {"name": "matrix-api", "launch": False,
+                      "spec_input": {"artifact": "{serve_artifact}", "max_input_tokens": 128, "max_total_tokens": 256}}
+PLAN_API = {"spec": {"artifact": "{serve_artifact}", "max_input_tokens": 128, "max_total_tokens": 256}}
+IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
 
 MATRIX = [
     # pages
@@ -92,6 +115,25 @@ MATRIX = [
     row("post", "/models/sources/endpoints/", LOGIN, 403, 403, 403, 302, data={"pattern": "10.9.0.0/16"}),
     row("post", "/models/sources/endpoints/{endpoint}/remove/", LOGIN, 403, 403, 403, 302,
         route="/models/sources/endpoints/<int:pk>/remove/"),
+    row("get", "/deployments/", LOGIN, 200, 200, 200, 200),
+    row("get", "/deployments/new/", LOGIN, 403, 403, 403, 200),
+    row("post", "/deployments/new/", LOGIN, 403, 403, 403, 302, data=DEPLOY_FORM),
+    row("get", "/deployments/images/", LOGIN, 403, 403, 403, 200),
+    row("post", "/deployments/images/", LOGIN, 403, 403, 403, 302, data={"reference": "registry.local/tgi:1"}),
+    row("post", "/deployments/images/{image}/remove/", LOGIN, 403, 403, 403, 302,
+        route="/deployments/images/<int:pk>/remove/"),
+    row("get", "/deployments/{running}/", LOGIN, 404, 200, 200, 200, route="/deployments/<int:pk>/"),
+    row("get", "/deployments/{running}/edit/", LOGIN, 404, 403, 403, 200, route="/deployments/<int:pk>/edit/"),
+    row("post", "/deployments/{running}/edit/", LOGIN, 404, 403, 403, 302, route="/deployments/<int:pk>/edit/",
+        data=EDIT_FORM),
+    row("post", "/deployments/{stopped}/launch/", LOGIN, 404, 403, 403, 302, route="/deployments/<int:pk>/launch/"),
+    row("post", "/deployments/{running}/stop/", LOGIN, 404, 403, 403, 302, route="/deployments/<int:pk>/stop/"),
+    row("post", "/deployments/{running}/restart/", LOGIN, 404, 403, 403, 302, route="/deployments/<int:pk>/restart/"),
+    row("post", "/deployments/{running}/rollback/", LOGIN, 404, 403, 403, 302,
+        route="/deployments/<int:pk>/rollback/", data={"version": 1}),
+    row("post", "/deployments/{stopped}/delete/", LOGIN, 404, 403, 403, 302, route="/deployments/<int:pk>/delete/"),
+    row("get", "/deployments/{running}/playground/", LOGIN, 404, 403, 403, 200,
+        route="/deployments/<int:pk>/playground/"),
     # API
     row("get", "/api/v1/hosts/", 401, 403, 200, 200, 200),
     row("post", "/api/v1/hosts/", 401, 403, 403, 403, 201, data={"name": "api-matrix"}),
@@ -128,6 +170,34 @@ MATRIX = [
     row("get", "/api/v1/jobs/", 401, 403, 200, 200, 200),
     row("get", "/api/v1/jobs/{job}/", 401, 403, 200, 200, 200, route="/api/v1/jobs/<pk>/"),
     row("get", "/api/v1/jobs/{job}/log/?after=0", 401, 403, 200, 200, 200, route="/api/v1/jobs/<pk>/log/"),
+    # Deployments are grantable: a user without a role lists none (200, empty) and gets 404 on each one.
+    row("get", "/api/v1/deployments/", 401, 200, 200, 200, 200),
+    row("post", "/api/v1/deployments/", 401, 403, 403, 403, 201, data=NEW_DEPLOYMENT_API),
+    row("get", "/api/v1/deployments/{running}/", 401, 404, 200, 200, 200, route="/api/v1/deployments/<pk>/"),
+    row("patch", "/api/v1/deployments/{running}/", 401, 404, 403, 403, 200, route="/api/v1/deployments/<pk>/",
+        data={"spec": {"max_total_tokens": 400}, "note": "longer"}),
+    row("put", "/api/v1/deployments/{running}/", 401, 404, 403, 403, 200, route="/api/v1/deployments/<pk>/",
+        data={"spec": {"max_total_tokens": 512}}),
+    row("delete", "/api/v1/deployments/{stopped}/", 401, 404, 403, 403, 204, route="/api/v1/deployments/<pk>/"),
+    row("post", "/api/v1/deployments/{stopped}/launch/", 401, 404, 403, 403, 200,
+        route="/api/v1/deployments/<pk>/launch/"),
+    row("post", "/api/v1/deployments/{running}/stop/", 401, 404, 403, 403, 200,
+        route="/api/v1/deployments/<pk>/stop/"),
+    row("post", "/api/v1/deployments/{running}/restart/", 401, 404, 403, 403, 200,
+        route="/api/v1/deployments/<pk>/restart/"),
+    row("post", "/api/v1/deployments/{running}/rollback/", 401, 404, 403, 403, 200,
+        route="/api/v1/deployments/<pk>/rollback/", data={"version": 1}),
+    row("get", "/api/v1/deployments/{running}/specs/", 401, 404, 200, 200, 200,
+        route="/api/v1/deployments/<pk>/specs/"),
+    row("post", "/api/v1/deployments/plan/", 401, 403, 403, 403, 200, data=PLAN_API),
+    row("get", "/api/v1/images/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/images/", 401, 403, 403, 403, 201, data={"reference": "registry.local/tgi:2"}),
+    row("get", "/api/v1/images/{image}/", 401, 403, 200, 200, 200, route="/api/v1/images/<pk>/"),
+    row("patch", "/api/v1/images/{image}/", 401, 403, 403, 403, 200, route="/api/v1/images/<pk>/",
+        data={"note": "pinned later"}),
+    row("put", "/api/v1/images/{image}/", 401, 403, 403, 403, 200, route="/api/v1/images/<pk>/",
+        data={"reference": IMAGE, "digest": "sha256:" + "c" * 64}),
+    row("delete", "/api/v1/images/{image}/", 401, 403, 403, 403, 204, route="/api/v1/images/<pk>/"),
     row("get", "/api/v1/ping", 401, 403, 200, 200, 200, needs=("celery_worker_process",)),
     row("get", "/api/v1/me", 401, 200, 200, 200, 200),
     row("get", "/api/v1/schema/", 401, 200, 200, 200, 200),
@@ -182,7 +252,7 @@ def _fill(value, ids: dict):
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("entry", MATRIX, ids=lambda e: f"{e['method'].upper()} {e['route']}")
-def test_role_matrix(entry, role, users, credential, client, request, settings):
+def test_role_matrix(entry, role, users, credential, client, request, settings, tmp_path):
     from console.services.tokens import token_create
 
     settings.MODEL_IMPORT_ROOTS = ["/srv/models"]  # the import rows' directories
@@ -193,7 +263,8 @@ def test_role_matrix(entry, role, users, credential, client, request, settings):
     host = Host.objects.create(name="matrix-node")
     gpu = Gpu.objects.create(host=host, index=0, name="NVIDIA H200", memory_total=150754820096)
     ids = {"admin": users["admin"].pk, "engineer": users["engineer"].pk, "credential": credential.pk,
-           "admin_token": admin_token.pk, "event": event.pk, "host": host.pk, "gpu": gpu.pk, **_registry_ids()}
+           "admin_token": admin_token.pk, "event": event.pk, "host": host.pk, "gpu": gpu.pk, **_registry_ids(),
+           **_deployment_ids(tmp_path)}
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
     user = users[role]
@@ -233,6 +304,27 @@ def _registry_ids() -> dict:
     JobLogLine.objects.create(job=job, seq=1, text="attempt 1 of 3")
     return {"store": store.pk, "endpoint": endpoint.pk, "source": source.pk, "artifact": artifact.pk,
             "downloading": downloading.pk, "job": job.pk}
+
+
+def _deployment_ids(tmp_path) -> dict:
+    """A tiny model on a process host with one GPU; a running deployment (v1, v2 current) and a stopped one."""
+    node = Host.objects.create(name="matrix-serve", runtime=Host.Runtime.PROCESS, status=Host.Status.ONLINE)
+    Gpu.objects.create(host=node, index=0, name="Matrix GPU", memory_total=16 * 10**9, health=Gpu.Health.OK)
+    source = ModelSource.objects.create(name="matrix-hub", kind=ModelSource.Kind.HUB)
+    repo = ModelRepo.objects.create(source=source, repo_id="org/matrix-tiny", commit="e" * 40)
+    artifact = ModelArtifact.objects.create(repo=repo, host=node, status=ModelArtifact.Status.READY,
+                                            path=str(write_llama_dir(tmp_path / "matrix-tiny")))
+    ids = {"serve_artifact": artifact.pk, "image": AllowedImage.objects.create(reference=IMAGE).pk}
+    for name, state, versions in (("running", Deployment.State.RUNNING, (256, 300)),
+                                  ("stopped", Deployment.State.STOPPED, (256,))):
+        deployment = Deployment.objects.create(name=f"matrix-{name}", state=state)
+        for version, total in enumerate(versions, start=1):
+            spec = DeploymentSpec.objects.create(deployment=deployment, version=version, artifact=artifact,
+                                                 max_input_tokens=128, max_total_tokens=total)
+        deployment.spec = spec
+        deployment.save(update_fields=["spec"])
+        ids[name] = deployment.pk
+    return ids
 
 
 def _routes(resolver=None, prefix="") -> list[str]:

@@ -18,6 +18,8 @@ WS_MATRIX = {
     "/ws/heartbeat/": (4401, 4403, ACCEPT, ACCEPT, ACCEPT),
     "/ws/audit/": (4401, 4403, ACCEPT, 4403, ACCEPT),
     "/ws/jobs/<int:job_id>/": (4401, 4403, ACCEPT, ACCEPT, ACCEPT),
+    # use_deployment: admins; engineers only by a grant on that deployment (test below)
+    "/ws/deployments/<int:deployment_id>/playground/": (4401, 4403, 4403, 4403, ACCEPT),
 }
 ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
 
@@ -32,7 +34,15 @@ def concrete(path: str) -> str:
         from deployments.models import Job
 
         return path.replace("<int:job_id>", str(Job.objects.create(kind=Job.Kind.DOWNLOAD).pk))
+    if "<int:deployment_id>" in path:
+        return path.replace("<int:deployment_id>", str(_deployment().pk))
     return path
+
+
+def _deployment():
+    from deployments.models import Deployment
+
+    return Deployment.objects.create(name=f"ws-matrix-{Deployment.objects.count()}")
 
 
 @pytest.mark.parametrize("path", list(WS_MATRIX))
@@ -50,3 +60,20 @@ async def test_websocket_matrix(path, role, redis_url):
         await socket.disconnect()
     else:
         assert not connected and code == expected, f"{role} on {path}: {connected} {code}"
+
+
+async def test_an_engineer_with_a_grant_uses_that_deployments_playground(redis_url):
+    from guardian.shortcuts import assign_perm
+
+    user = await database_sync_to_async(UserFactory)(roles=["engineer"])
+    granted, other = await database_sync_to_async(_deployment)(), await database_sync_to_async(_deployment)()
+    await database_sync_to_async(assign_perm)("deployments.use_deployment_deployment", user, granted)
+    headers = [ORIGIN, (b"cookie", await database_sync_to_async(session_cookie)(user))]
+    for deployment, expected in ((granted, ACCEPT), (other, 4403)):
+        socket = WebsocketCommunicator(application, f"/ws/deployments/{deployment.pk}/playground/", headers=headers)
+        connected, code = await socket.connect()
+        if expected == ACCEPT:
+            assert connected, code
+            await socket.disconnect()
+        else:
+            assert not connected and code == expected

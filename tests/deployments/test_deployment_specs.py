@@ -13,7 +13,8 @@ from console.errors import ApplicationError
 from deployments.models import AllowedImage, Deployment, Host, Job
 from deployments.services import deployments as lifecycle
 from deployments.services.specs import clean_spec, command_preview, verdict
-from tests.support.deploy_fixtures import config_only_checkpoint, process_host, ready_artifact
+from tests.support.deploy_fixtures import process_host, ready_artifact
+from tests.support.model_dirs import write_llama_dir
 from workers import tgi
 from workers.jobs.tgi_flags import BY_NAME
 
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def model_dir(tmp_path):
-    """A model directory the planner can size (a ~1.1B Llama config)."""
-    return config_only_checkpoint(tmp_path / "llama")
+    """A model directory the planner can size (a 7B Llama: config.json and a header-only safetensors)."""
+    return write_llama_dir(tmp_path / "llama", "7b")
 
 
 @pytest.fixture

@@ -40,15 +40,3 @@ def wait_state(deployment: Deployment, states: set[str], timeout: float = 120) -
         time.sleep(0.2)
     raise AssertionError(f"{deployment} stayed {deployment.state} ({deployment.failure_detail})")
 
-
-def config_only_checkpoint(directory: Path, *, hidden: int = 2048, layers: int = 22, vocab: int = 32000) -> Path:
-    """A model directory the planner sizes from config.json alone (~1.1B parameters by default); no weights."""
-    import json
-
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": hidden * 11 // 4, "num_hidden_layers": layers, "num_attention_heads": 32,
-        "num_key_value_heads": 4, "vocab_size": vocab, "max_position_embeddings": 4096, "torch_dtype": "bfloat16",
-        "tie_word_embeddings": False}))
-    return directory

@@ -1,0 +1,201 @@
+// The deploy/edit form: as fields change, ask the planner (POST /api/v1/deployments/plan/, session + CSRF) whether
+// the spec fits and which command it runs, and show its field errors under the fields. Only the GPUs of the
+// chosen model's host are offered. After a review, any change hides the Deploy button until the next review.
+(function () {
+  "use strict";
+
+  var SAFE = /^[A-Za-z0-9_@%+=:,.\/-]+$/;
+
+  // Like Python's shlex.quote, so the live command reads as the server-rendered one.
+  function quote(arg) {
+    if (arg === "") return "''";
+    return SAFE.test(arg) ? arg : "'" + arg.replace(/'/g, "'\"'\"'") + "'";
+  }
+
+  // Like deployments_extras.gb: bytes as GB (10^9), one decimal.
+  function gb(bytes) {
+    if (bytes === null || bytes === undefined || bytes === "") return "—";
+    return (Number(bytes) / 1e9).toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 }) + " GB";
+  }
+
+  function start() {
+    var form = document.getElementById("deployment-form");
+    if (!form) return;
+    var labels = document.getElementById("plan-labels").dataset;
+    var hosts = JSON.parse(document.getElementById("artifact-hosts").textContent || "{}");
+    var panel = document.getElementById("plan-panel");
+    var reviewed = form.dataset.reviewed === "1";
+    var timer = null, sequence = 0;
+
+    function field(name) { return form.elements.namedItem(name); }
+    function value(name) { var el = field(name); return el ? el.value.trim() : ""; }
+    function number(name) { var v = value(name); return v === "" ? null : Number(v); }
+    function planEl(name) { return panel.querySelector('[data-plan="' + name + '"]'); }
+
+    function showGpus() {
+      var host = hosts[value("artifact")];
+      var cpu = value("device") === "cpu";
+      var shown = 0;
+      form.querySelectorAll("[data-gpu-host]").forEach(function (row) {
+        var mine = String(host) === row.dataset.gpuHost;
+        row.hidden = !mine;
+        var box = row.querySelector("input");
+        box.disabled = !mine || cpu;
+        if (!mine) box.checked = false;
+        if (mine) shown++;
+      });
+      document.getElementById("gpu-none").hidden = !host || shown > 0;
+      var shards = field("num_shard");
+      if (shards) shards.disabled = cpu;
+    }
+
+    function clearErrors() {
+      form.querySelectorAll("[data-plan-error]").forEach(function (el) { el.hidden = true; el.textContent = ""; });
+      var box = document.getElementById("plan-error");
+      box.hidden = true;
+      box.textContent = "";
+    }
+
+    function showError(name, messages) {
+      var text = Array.isArray(messages) ? messages.join(" ") : String(messages);
+      var el = form.querySelector('[data-plan-error="' + name + '"]');
+      if (!el) {
+        el = document.getElementById("plan-error");
+        text = (el.textContent ? el.textContent + " " : "") + text;
+      }
+      el.textContent = text;
+      el.hidden = false;
+    }
+
+    function json(name, empty) {
+      var text = value(name);
+      if (!text) return empty;
+      try { return JSON.parse(text); } catch (e) { throw { field: name, message: labels.json + ": " + e.message }; }
+    }
+
+    function spec() {
+      return {
+        artifact: number("artifact"),
+        device: value("device") || "gpu",
+        quantize: value("quantize"),
+        dtype: value("dtype"),
+        kv_cache_dtype: value("kv_cache_dtype"),
+        num_shard: value("device") === "cpu" ? null : number("num_shard"),
+        gpu_indexes: Array.prototype.filter.call(form.querySelectorAll("input[name=gpu_indexes]"), function (box) {
+          return box.checked && !box.disabled;
+        }).map(function (box) { return Number(box.dataset.index); }),
+        max_input_tokens: number("max_input_tokens"),
+        max_total_tokens: number("max_total_tokens"),
+        max_batch_prefill_tokens: number("max_batch_prefill_tokens"),
+        max_concurrent_requests: number("max_concurrent_requests") || 128,
+        cuda_memory_fraction: number("cuda_memory_fraction") || 1.0,
+        image: value("image"),
+        extra_env: json("extra_env", {}),
+        lora_adapters: json("lora_adapters", []),
+        credential: number("credential")
+      };
+    }
+
+    function setStatus(kind, verdict, reason) {
+      var status = document.getElementById("plan-status");
+      status.className = "alert py-2 mb-2 " + ({ yes: "alert-success", no: "alert-danger", unknown: "alert-secondary" }[kind]
+                                               || "alert-light border");
+      status.dataset.fits = kind;
+      planEl("verdict").textContent = verdict;
+      planEl("reason").textContent = reason || "";
+    }
+
+    function show(result) {
+      var v = result.verdict || {};
+      var kind = v.fits === true ? "yes" : v.fits === false ? "no" : "unknown";
+      setStatus(kind, { yes: labels.fits, no: labels.noFit, unknown: labels.unknown }[kind], v.reason);
+      document.getElementById("plan-facts").hidden = false;
+      planEl("host").textContent = v.host || "—";
+      planEl("device").textContent = (v.device || "—").toUpperCase();
+      planEl("gpus").textContent = (v.gpu_indexes || []).length ? v.gpu_indexes.join(", ") : "—";
+      planEl("num_shard").textContent = v.num_shard || "—";
+      planEl("per_gpu").textContent = v.per_gpu_bytes ? gb(v.per_gpu_bytes) : "—";
+      planEl("weights_kv").textContent = v.weight_bytes ? gb(v.weight_bytes) + " / " + gb(v.kv_bytes) : "—";
+      planEl("max_total_tokens").textContent = v.max_total_tokens || "—";
+      var list = document.getElementById("plan-warnings");
+      list.textContent = "";
+      (v.warnings || []).forEach(function (warning) {
+        if (v.reason && v.reason.indexOf(warning) >= 0) return;  // already the reason
+        var li = document.createElement("li");
+        li.textContent = warning;
+        list.appendChild(li);
+      });
+      document.getElementById("plan-command").textContent = (result.command || []).map(quote).join(" ") || "—";
+    }
+
+    function failed(errors) {
+      setStatus("no", labels.failed, "");
+      document.getElementById("plan-command").textContent = "—";
+      Object.keys(errors).forEach(function (name) {
+        var messages = errors[name];
+        if (name === "spec" && messages && !Array.isArray(messages)) {
+          Object.keys(messages).forEach(function (inner) { showError(inner, messages[inner]); });
+        } else if (name !== "code") {
+          showError(name === "detail" || name === "non_field_errors" ? "" : name, messages);
+        }
+      });
+    }
+
+    function plan() {
+      clearErrors();
+      if (!value("artifact")) {
+        setStatus("", labels.choose, "");
+        document.getElementById("plan-facts").hidden = true;
+        return;
+      }
+      var body;
+      try {
+        body = { spec: spec(), name: value("name") || form.dataset.name || "preview" };
+      } catch (error) {
+        showError(error.field, error.message);
+        return;
+      }
+      if (form.dataset.deployment) body.deployment = Number(form.dataset.deployment);
+      var mine = ++sequence;
+      var busy = document.getElementById("plan-busy");
+      busy.hidden = false;
+      fetch(form.dataset.planUrl, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json",
+                   "X-CSRFToken": field("csrfmiddlewaretoken").value },
+        body: JSON.stringify(body)
+      }).then(function (response) {
+        return response.json().then(function (data) { return { ok: response.ok, data: data }; });
+      }).then(function (result) {
+        if (mine !== sequence) return;  // an older answer arriving late
+        busy.hidden = true;
+        if (result.ok) show(result.data); else failed(result.data || {});
+      }).catch(function (error) {
+        if (mine !== sequence) return;
+        busy.hidden = true;
+        failed({ detail: String(error) });
+      });
+    }
+
+    function changed(event) {
+      if (event && event.target && event.target.name === "note") return;
+      if (event && event.target && (event.target.name === "artifact" || event.target.name === "device")) showGpus();
+      if (reviewed) {
+        var confirm = document.getElementById("confirm-deploy");
+        if (confirm) confirm.disabled = true;
+        var stale = document.getElementById("review-stale");
+        if (stale) stale.hidden = false;
+      }
+      clearTimeout(timer);
+      timer = setTimeout(plan, 400);
+    }
+
+    form.addEventListener("input", changed);
+    form.addEventListener("change", changed);
+    showGpus();
+    // A review page shows the server's answer already; elsewhere ask at once (an edit, a model chosen).
+    if (!reviewed && value("artifact")) plan();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

@@ -1,0 +1,39 @@
+"""The allow-list of server images deployments may run: adding and removing entries (deploy action)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+import audit
+from console import roles
+from console.errors import ApplicationError
+from console.permissions import require
+from deployments.models import AllowedImage, Deployment
+
+
+@transaction.atomic
+def image_allow(*, actor, reference: str, digest: str = "", note: str = "") -> AllowedImage:
+    """Put an image on the allow-list (pinned by digest when one is given)."""
+    require(actor, roles.DEPLOY)
+    reference, digest = reference.strip(), digest.strip()
+    if AllowedImage.objects.filter(reference=reference).exists():
+        raise ApplicationError(f"{reference} is already allowed.", field="reference")
+    image = AllowedImage(reference=reference, digest=digest, note=note.strip())
+    try:
+        image.full_clean()
+    except ValidationError as error:
+        field, messages = next(iter(error.message_dict.items()))
+        raise ApplicationError(" ".join(messages), field=field) from None
+    image.save()
+    audit.record(action="image.allowed", actor=actor, target=image, detail={"digest": image.digest})
+    return image
+
+
+@transaction.atomic
+def image_remove(*, actor, image: AllowedImage) -> None:
+    """Take an image off the allow-list. Specs keep their reference; launching one is refused until it is back."""
+    require(actor, roles.DEPLOY)
+    users = list(Deployment.objects.filter(spec__image=image.reference).values_list("name", flat=True))
+    audit.record(action="image.removed", actor=actor, target=image, detail={"current_specs": users})
+    image.delete()
