@@ -5,8 +5,6 @@ And the fault test: the agent is killed during a launch; afterwards exactly one 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 
 import pytest
@@ -18,8 +16,9 @@ from audit.models import AuditEvent
 from console.asgi import application
 from deployments.models import Deployment, GpuReservation, Job, JobLogLine
 from deployments.services.jobs import jobs_reap
-from tests.conftest import _start_worker, _test_database_url, _wait_and_stop, need
+from tests.conftest import need
 from tests.console.test_websocket import session_cookie
+from tests.support.agent import WORKER_ENV, Agent
 from tests.support.deploy_fixtures import tiny_model_in_store
 from tests.support.serve_process import ml_python
 from workers import reconcile
@@ -28,30 +27,6 @@ from workers.runtimes.process import ProcessRuntime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1")
-WORKER_ENV = {"JOB_CANCEL_POLL_SECONDS": "0.2", "DEPLOY_HEALTH_SECONDS": "0.5", "DEPLOY_STOP_GRACE_SECONDS": "20",
-              "JOB_LEASE_SECONDS": "4"}
-
-
-class Agent:
-    """A real Celery worker consuming one host's queue, on the test database."""
-
-    def __init__(self, redis_url: str, host: str) -> None:
-        env = {"REDIS_URL": redis_url, "DATABASE_URL": _test_database_url(), **WORKER_ENV}
-        self.process, log = _start_worker(env, f"agent-{host}", f"host.{host}")
-        self.steps = _wait_and_stop(self.process, log, f"host.{host}")
-        next(self.steps)
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        try:
-            next(self.steps)
-        except StopIteration:
-            pass
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def _poll(fetch, done, timeout: float = 120, what: str = ""):
