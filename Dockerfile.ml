@@ -27,7 +27,7 @@ RUN python3.11 -m venv /opt/ml \
 
 COPY workers/__init__.py /opt/app/workers/__init__.py
 COPY workers/jobs /opt/app/workers/jobs
-COPY docker/text-generation-launcher /usr/local/bin/text-generation-launcher
+COPY deploy/ml/text-generation-launcher /usr/local/bin/text-generation-launcher
 
 # Runs as an unprivileged user; the model store is mounted read-only at /data, the working dir is a tmpfs.
 RUN useradd --uid 1000 --create-home ml

@@ -33,6 +33,6 @@ def test_requirements_pin_every_package_and_the_dependency_split():
 
 def test_launcher_shim_hands_its_arguments_to_serve():
     need(ml_python() is not None, "the ML environment (make ml-env)")
-    out = subprocess.run([str(ROOT / "docker" / "text-generation-launcher"), "--env"], env=ml_env(
+    out = subprocess.run([str(ROOT / "deploy" / "ml" / "text-generation-launcher"), "--env"], env=ml_env(
         {"ML_PYTHON": ml_python()}), cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout)["python"].startswith("3.")
