@@ -65,7 +65,7 @@ def reconcile_host(host_name: str) -> dict:
         wanted = deployment is not None and deployment.host_id == host.pk and deployment.state in (
             State.STARTING, State.RUNNING)
         if not wanted or deployment.pk in seen:
-            if _job_active(deployment) if deployment is not None else False:
+            if deployment is not None and _job_active(deployment):
                 continue  # a launch in progress owns it
             runtime.remove(handle)
             removed.append(handle.name)

@@ -4,35 +4,19 @@ killed behind the console's back (the deployment fails with a cause) and with an
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from text_generation import Client
 
 from deployments.models import AllowedImage, Deployment, Host, Job, JobLogLine
 from deployments.services import deployments as lifecycle
-from tests.support.deploy_fixtures import ready_artifact, wait_state
+from tests.support.deploy_fixtures import ready_artifact, run_job_in_thread, wait_state
 from tests.workers.test_runtime_docker import IMAGE, client, image, run_spec, store, testing_settings
-from workers import reconcile, runner
+from workers import reconcile
 from workers.runtimes.base import LABEL_DEPLOYMENT
 from workers.runtimes.docker import DockerRuntime
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 __all__ = ["client", "image", "store", "testing_settings"]  # fixtures shared with the runtime tests
-
-
-def _run(job_id: int) -> threading.Thread:
-    from django.db import connection
-
-    def target():
-        try:
-            runner.run(job_id)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image, store, testing_settings, settings):
@@ -44,7 +28,7 @@ def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image,
     deployment = lifecycle.deployment_create(actor=admin, name="docker-tiny", spec={
         "artifact": artifact.pk, "device": "cpu", "image": IMAGE, "max_input_tokens": 200, "max_total_tokens": 256})
     assert deployment.gpu_indexes == []
-    watcher = _run(deployment.job_id)
+    watcher = run_job_in_thread(deployment.job_id)
     deployment = wait_state(deployment, {Deployment.State.RUNNING, Deployment.State.FAILED}, timeout=180)
     assert deployment.state == Deployment.State.RUNNING, deployment.failure_detail
     assert Client(deployment.endpoint, timeout=60).generate("hello", max_new_tokens=3).details.generated_tokens == 3

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,13 @@ from console.errors import ApplicationError
 from deployments.models import Deployment, GpuReservation, Job, JobLogLine
 from deployments.services import deployments as lifecycle
 from tests.conftest import need
-from tests.support.deploy_fixtures import process_host, ready_artifact, tiny_model_in_store, wait_state
+from tests.support.deploy_fixtures import (
+    process_host,
+    ready_artifact,
+    run_job_in_thread,
+    tiny_model_in_store,
+    wait_state,
+)
 from tests.support.serve_process import ml_python
 from workers import reconcile, runner
 from workers.runtimes.base import LABEL_DEPLOYMENT
@@ -37,20 +42,6 @@ def tiny(settings, tmp_path):
     return host, ready_artifact(host, tiny_model_in_store())
 
 
-def _run_job_in_thread(job_id: int) -> threading.Thread:
-    from django.db import connection
-
-    def target():
-        try:
-            runner.run(job_id)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_launch_run_generate_stop(admin, tiny):
     _host, artifact = tiny
     deployment = lifecycle.deployment_create(actor=admin, name="tiny", spec={"artifact": artifact.pk, **SPEC})
@@ -58,7 +49,7 @@ def test_launch_run_generate_stop(admin, tiny):
     assert GpuReservation.objects.filter(holder=deployment.holder).count() == 1
     job = deployment.job
     assert job.queue == "host.local" and job.kind == Job.Kind.SERVE
-    thread = _run_job_in_thread(job.pk)
+    thread = run_job_in_thread(job.pk)
     deployment = wait_state(deployment, {Deployment.State.RUNNING, Deployment.State.FAILED})
     assert deployment.state == Deployment.State.RUNNING, deployment.failure_detail
     assert deployment.endpoint.startswith("http://127.0.0.1:")
@@ -105,7 +96,7 @@ def test_a_crashed_server_is_diagnosed_and_restarted_with_backoff(admin, tiny, s
     settings.DEPLOY_RESTART_BACKOFF_SECONDS = 0
     _host, artifact = tiny
     deployment = lifecycle.deployment_create(actor=admin, name="crash", spec={"artifact": artifact.pk, **SPEC})
-    thread = _run_job_in_thread(deployment.job_id)
+    thread = run_job_in_thread(deployment.job_id)
     deployment = wait_state(deployment, {Deployment.State.RUNNING})
     [handle] = ProcessRuntime().find({LABEL_DEPLOYMENT: str(deployment.pk)})
     for pid in _server_pids(int(handle.ref)):
@@ -121,7 +112,7 @@ def test_a_crashed_server_is_diagnosed_and_restarted_with_backoff(admin, tiny, s
     assert result["restarted"] == [deployment.pk]
     deployment.refresh_from_db()
     assert deployment.restart_count == 1
-    again = _run_job_in_thread(deployment.job_id)
+    again = run_job_in_thread(deployment.job_id)
     deployment = wait_state(deployment, {Deployment.State.RUNNING})
     assert GpuReservation.objects.filter(holder=deployment.holder).count() == 1
     lifecycle.deployment_stop(actor=admin, deployment=deployment)
@@ -142,7 +133,7 @@ def test_reconciler_adopts_a_running_server_and_removes_orphans(admin, tiny, set
     _host, artifact = tiny
     deployment = lifecycle.deployment_create(actor=admin, name="adopt", spec={"artifact": artifact.pk, **SPEC})
     first = deployment.job
-    thread = _run_job_in_thread(first.pk)
+    thread = run_job_in_thread(first.pk)
     deployment = wait_state(deployment, {Deployment.State.RUNNING})
     # The watching job goes away (its worker died for good) while the server keeps running.
     lost = runner.owner_name()
@@ -152,7 +143,7 @@ def test_reconciler_adopts_a_running_server_and_removes_orphans(admin, tiny, set
     assert result["adopted"] == [deployment.pk]
     deployment.refresh_from_db()
     assert deployment.job_id != first.pk and deployment.state == Deployment.State.RUNNING
-    adopter = _run_job_in_thread(deployment.job_id)
+    adopter = run_job_in_thread(deployment.job_id)
     wait_state(deployment, {Deployment.State.RUNNING})
     assert len(ProcessRuntime().find({LABEL_DEPLOYMENT: str(deployment.pk)})) == 1
     lifecycle.deployment_stop(actor=admin, deployment=deployment)

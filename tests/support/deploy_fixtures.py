@@ -40,3 +40,22 @@ def wait_state(deployment: Deployment, states: set[str], timeout: float = 120) -
         time.sleep(0.2)
     raise AssertionError(f"{deployment} stayed {deployment.state} ({deployment.failure_detail})")
 
+
+
+def run_job_in_thread(job_id: int):
+    """The job runner in a thread of the test process (settings overrides apply); returns the thread."""
+    import threading
+
+    from django.db import connection
+
+    from workers import runner
+
+    def target():
+        try:
+            runner.run(job_id)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
