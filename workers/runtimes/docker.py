@@ -24,9 +24,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker  # the SDK (the repository's docker/ folder holds no Python)
 import requests
 
-import docker  # the SDK (the repository's docker/ folder holds no Python)
 from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status
 
 logger = logging.getLogger(__name__)
