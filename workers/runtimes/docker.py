@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker  # the SDK (the repository's docker/ folder holds no Python)
+import docker
 import requests
 
 from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status
