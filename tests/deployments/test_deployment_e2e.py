@@ -8,7 +8,6 @@ import os
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
@@ -19,6 +18,7 @@ from deployments.services.jobs import jobs_reap
 from tests.conftest import need
 from tests.console.test_websocket import session_cookie
 from tests.support.agent import WORKER_ENV, Agent
+from tests.support.aio import run_async
 from tests.support.deploy_fixtures import tiny_model_in_store
 from tests.support.serve_process import ml_python
 from workers import reconcile
@@ -102,7 +102,7 @@ def test_register_import_deploy_use_stop(redis_url, admin, api):
         assert deployment["state"] == "running", deployment["failure_detail"]
 
         cookie = session_cookie(admin)
-        events = async_to_sync(_playground)(cookie, created["id"])
+        events = run_async(_playground(cookie, created["id"]))
         tokens = [e for e in events if e["type"] == "token"]
         end = events[-1]
         assert end["type"] == "end" and end["generated_tokens"] == len(tokens) == 12
@@ -118,7 +118,7 @@ def test_register_import_deploy_use_stop(redis_url, admin, api):
         job = Job.objects.get(pk=deployment["job"])
         _poll(lambda: Job.objects.get(pk=job.pk).status, lambda s: s == "cancelled", what="the job's end")
         job.refresh_from_db()
-        items = async_to_sync(_log_stream)(cookie, job.pk)
+        items = run_async(_log_stream(cookie, job.pk))
         assert len(items) == job.log_seq == JobLogLine.objects.filter(job=job).count()
         assert [item["seq"] for item in items] == list(range(1, job.log_seq + 1))
         assert any(item["stream"] == "server" and "Connected" in item["text"] for item in items)

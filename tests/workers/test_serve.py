@@ -15,6 +15,7 @@ from text_generation import errors as tgi_errors
 
 from deployments.diagnosis import diagnose
 from tests.conftest import need
+from tests.support.aio import run_async
 from tests.support.serve_process import ROOT, ServeProcess, make_model, ml_python
 
 LIMITS = ("--max-concurrent-requests", "3", "--max-input-tokens", "200", "--max-total-tokens", "256")
@@ -76,7 +77,7 @@ def test_async_client_generate_and_stream(server):
         events = [event async for event in client.generate_stream("my name is", max_new_tokens=6)]
         return response, events
 
-    response, events = asyncio.run(run())
+    response, events = run_async(run())
     assert events[-1].generated_text == response.generated_text
     assert [e.token.id for e in events] == [t.id for t in response.details.tokens]
 
@@ -177,7 +178,7 @@ def test_overload_above_max_concurrent_requests(server):
             task.cancel()
         await asyncio.gather(*holders, return_exceptions=True)
 
-    asyncio.run(run())
+    run_async(run())
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text
     assert 'tgi_request_failure{err="overloaded"}' in metrics
 
@@ -197,7 +198,7 @@ def test_concurrent_streams_stay_separate_and_are_batched(server):
         return await asyncio.gather(*(stream(p, n) for p, n in prompts[:3])), await asyncio.gather(
             *(stream(p, n) for p, n in prompts[3:]))
 
-    first, second = asyncio.run(run())
+    first, second = run_async(run())
     for prompt, events in [*first, *second]:
         assert [e.token.id for e in events] == alone[prompt], prompt
         assert [e.token.id for e in events][: len(events)] and events[-1].details.generated_tokens == len(events)
