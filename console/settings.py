@@ -60,6 +60,8 @@ HOST_OFFLINE_SECONDS = env_int("HOST_OFFLINE_SECONDS", 90)
 AGENT_HOST_NAME = env_str("AGENT_HOST_NAME")
 AGENT_HEARTBEAT_SECONDS = env_int("AGENT_HEARTBEAT_SECONDS", 30)
 AGENT_NVML_MODULE = env_str("AGENT_NVML_MODULE", "pynvml")
+# The runtime a host registers with (its model servers run as "docker" containers or local "process"es).
+AGENT_RUNTIME = env_str("AGENT_RUNTIME", "docker")
 OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
 OTEL_ENABLED = env_bool("OTEL_ENABLED", bool(OTEL_EXPORTER_OTLP_ENDPOINT))
 # Deployments: where servers listen, how long each launch state may last, restarts, the playground.

@@ -59,6 +59,8 @@ class Supervisor:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1", AGENT_HOST_NAME=self.agent_name)
+        # One machine: model servers run as local processes (serve.py, or a native TGI) unless told otherwise.
+        env.setdefault("AGENT_RUNTIME", "process")
         if self.redis is not None:
             env["REDIS_URL"] = self.redis.url
         return env

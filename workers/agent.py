@@ -38,7 +38,7 @@ def report_once(name: str):
     if discovery.note:
         logger.warning("agent %s: %s", name, discovery.note)
     return host_report(name=name, discovery=discovery, agent_version=AGENT_VERSION, address=socket.getfqdn(),
-                       model_store=str(settings.MODEL_STORE))
+                       model_store=str(settings.MODEL_STORE), runtime=settings.AGENT_RUNTIME)
 
 
 class Heartbeat(threading.Thread):
