@@ -226,6 +226,12 @@ def load(args: argparse.Namespace, model_dir: Path, device: str):
             "Shard 0 failed to start", span="shard-manager")
     log("INFO", f"Loading {params / 1e6:.1f}M parameters from {model_dir} on {device} in {dtype}",
         span="shard-manager")
+    if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        # Leave one core to the HTTP side and tokenization: a busy core stalls every parallel matmul of the
+        # step (the other threads wait for it), which costs more than the thread gives.
+        threads = max(1, len(os.sched_getaffinity(0)) - 1)
+        torch.set_num_threads(threads)
+        log("INFO", f"Using {threads} CPU thread(s) for the model (OMP_NUM_THREADS overrides)", span="shard-manager")
     if device == "cuda" and fraction < 1.0:
         torch.cuda.set_per_process_memory_fraction(fraction)
     try:
