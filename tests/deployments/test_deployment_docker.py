@@ -4,6 +4,8 @@ killed behind the console's back (the deployment fails with a cause) and with an
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from text_generation import Client
 
@@ -41,7 +43,11 @@ def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image,
     assert not container.attrs["HostConfig"].get("DeviceRequests")  # no GPU request on a host without GPUs
     binding = container.attrs["HostConfig"]["PortBindings"]["80/tcp"][0]
     assert binding["HostIp"] == "127.0.0.1"
-    assert JobLogLine.objects.filter(job_id=deployment.job_id, stream="server", text__contains="Connected").exists()
+    # Docker hands over log lines a moment after the server prints them: the line may follow "running".
+    deadline = time.monotonic() + 15
+    while not JobLogLine.objects.filter(job_id=deployment.job_id, stream="server", text__contains="Connected").exists():
+        assert time.monotonic() < deadline, "the server's Connected line never reached the job log"
+        time.sleep(0.2)
 
     # The watching job is lost for good, then the container is killed behind the console's back.
     Job.objects.filter(pk=deployment.job_id).update(status=Job.Status.FAILED, lease_owner="gone")
