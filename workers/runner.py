@@ -192,7 +192,10 @@ def run(job_id: int, *, owner: str | None = None) -> str:
                                                         "See the job's log; report it if it looks like a bug.", {})
         else:
             status, detail, cause, next_step = Job.Status.SUCCEEDED, "", "", ""
-        if ctx.lost.is_set():
+        # The heartbeat notices a lost lease only at its next renewal: ask the database before acting on the
+        # outcome (Handler.finished stops servers, frees GPUs), so a runner that lost the job changes nothing.
+        if ctx.lost.is_set() or not Job.objects.filter(pk=job_id, lease_owner=owner,
+                                                       status=Job.Status.RUNNING).exists():
             ctx.log("lease lost: another attempt owns this job now; stopping without writing an outcome")
             ctx.log_writer.flush()
             return "lost"

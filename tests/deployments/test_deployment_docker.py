@@ -23,6 +23,7 @@ __all__ = ["client", "image", "store", "testing_settings"]  # fixtures shared wi
 
 def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image, store, testing_settings, settings):
     settings.DEPLOY_HEALTH_SECONDS, settings.JOB_CANCEL_POLL_SECONDS = 0.5, 0.2
+    settings.JOB_LEASE_SECONDS = 3  # the watcher notices its lost lease within a second
     host = Host.objects.create(name="docker-node", runtime=Host.Runtime.DOCKER, status=Host.Status.ONLINE,
                                model_store=str(store))
     artifact = ready_artifact(host, store / "tiny")
@@ -52,6 +53,7 @@ def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image,
     # The watching job is lost for good, then the container is killed behind the console's back.
     Job.objects.filter(pk=deployment.job_id).update(status=Job.Status.FAILED, lease_owner="gone")
     watcher.join(30)
+    assert not watcher.is_alive()
     container.kill()
     result = reconcile.reconcile_host("docker-node")
     assert result["failed"] == [deployment.pk]

@@ -38,6 +38,7 @@ def tiny(settings, tmp_path):
     settings.DEPLOY_HEALTH_SECONDS = 0.5
     settings.JOB_CANCEL_POLL_SECONDS = 0.2
     settings.DEPLOY_STOP_GRACE_SECONDS = 20
+    settings.JOB_LEASE_SECONDS = 3  # a watcher whose job was taken away notices within a second
     host = process_host(gpus=1)
     return host, ready_artifact(host, tiny_model_in_store())
 
@@ -139,6 +140,7 @@ def test_reconciler_adopts_a_running_server_and_removes_orphans(admin, tiny, set
     lost = runner.owner_name()
     Job.objects.filter(pk=first.pk).update(status=Job.Status.FAILED, lease_owner=lost)
     thread.join(30)
+    assert not thread.is_alive()
     result = reconcile.reconcile_host("local")
     assert result["adopted"] == [deployment.pk]
     deployment.refresh_from_db()
