@@ -48,13 +48,11 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec) -> RunSpec:
     store = host.model_store or str(settings.MODEL_STORE)
     name = instance_name(deployment)
     port = 0 if docker else _free_port(settings.DEPLOY_BIND_ADDRESS)
-    plan = tgi.LaunchPlan(
-        model_path=tgi.model_path_in_container(artifact.path, store) if docker else artifact.path,
-        port=tgi.CONTAINER_PORT if docker else port,
-        hostname="0.0.0.0" if docker else settings.DEPLOY_BIND_ADDRESS,  # noqa: S104 - inside the container only
-        num_shard=max(1, len(deployment.gpu_indexes)), instance=name, native=not docker,
-        master_port=None if docker else _free_port("127.0.0.1"),
-        prometheus_port=None if docker else _free_port("127.0.0.1"))
+    plan = tgi.launch_plan(docker=docker, model_dir=artifact.path, model_store=store,
+                           num_shard=len(deployment.gpu_indexes), instance=name,
+                           bind_address=settings.DEPLOY_BIND_ADDRESS, port=port,
+                           master_port=None if docker else _free_port("127.0.0.1"),
+                           prometheus_port=None if docker else _free_port("127.0.0.1"))
     secrets = {}
     if spec.credential_id:
         secrets[tgi.TOKEN_FILE_ENV] = spec.credential.value.reveal()

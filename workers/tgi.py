@@ -39,6 +39,28 @@ class LaunchPlan:
     prometheus_port: int | None = None
 
 
+def launch_plan(*, docker: bool, model_dir: str, model_store: str, num_shard: int, instance: str,
+                bind_address: str, port: int = 0, master_port: int | None = None,
+                prometheus_port: int | None = None) -> LaunchPlan:
+    """Where the server finds the model and listens, as it sees it: in a container the store is /data and the
+    server listens on all of the container's interfaces at CONTAINER_PORT (published on bind_address only);
+    natively it reads the host path and listens on bind_address:port."""
+    return LaunchPlan(
+        model_path=model_path_in_container(model_dir, model_store) if docker else model_dir,
+        port=CONTAINER_PORT if docker else port,
+        hostname="0.0.0.0" if docker else bind_address,  # noqa: S104 - inside the container's namespace only
+        num_shard=max(1, num_shard), instance=instance, native=not docker,
+        master_port=None if docker else master_port, prometheus_port=None if docker else prometheus_port)
+
+
+def command_line(spec, plan: LaunchPlan, *, port_shown: str | None = None) -> list[str]:
+    """The whole command as a person reads it; `port_shown` replaces a port chosen only at launch."""
+    args = launcher_args(spec, plan)
+    if port_shown is not None:
+        args[args.index("--port") + 1] = port_shown
+    return ["text-generation-launcher", *args]
+
+
 def launcher_args(spec, plan: LaunchPlan) -> list[str]:
     """text-generation-launcher's arguments for a DeploymentSpec (every flag checked against TGI's list)."""
     args = ["--model-id", plan.model_path, "--hostname", plan.hostname, "--port", str(plan.port),

@@ -186,20 +186,14 @@ def verdict(values: dict, *, holder: str | None = None) -> dict:
 
 
 def command_preview(values: dict, plan: dict, *, name: str = "<name>") -> list[str]:
-    """The exact launcher command line the spec runs (placement and port as planned; port shown as PORT)."""
+    """The exact launcher command line the spec runs (placement as planned; a native port shown as PORT)."""
     from types import SimpleNamespace
 
     artifact: ModelArtifact = values["artifact"]
-    spec = SimpleNamespace(**{**values, "max_input_tokens": values.get("max_input_tokens"),
-                              "max_total_tokens": values.get("max_total_tokens"),
-                              "max_batch_prefill_tokens": values.get("max_batch_prefill_tokens")})
+    spec = SimpleNamespace(**{field: values.get(field) for field in SPEC_FIELDS})
     docker = artifact.host.runtime == artifact.host.Runtime.DOCKER
-    model_path = (tgi.model_path_in_container(artifact.path, artifact.host.model_store or str(settings.MODEL_STORE))
-                  if docker else artifact.path)
-    launch = tgi.LaunchPlan(model_path=model_path, port=tgi.CONTAINER_PORT if docker else 0,
-                            hostname="0.0.0.0" if docker else settings.DEPLOY_BIND_ADDRESS,  # noqa: S104
-                            num_shard=plan.get("num_shard") or 1, instance=f"llmdeploy-{name}", native=not docker)
-    args = tgi.launcher_args(spec, launch)
-    if not docker:
-        args[args.index("--port") + 1] = "PORT"
-    return ["text-generation-launcher", *args]
+    launch = tgi.launch_plan(docker=docker, model_dir=artifact.path,
+                             model_store=artifact.host.model_store or str(settings.MODEL_STORE),
+                             num_shard=plan.get("num_shard") or 1, instance=f"llmdeploy-{name}",
+                             bind_address=settings.DEPLOY_BIND_ADDRESS)
+    return tgi.command_line(spec, launch, port_shown=None if docker else "PORT")
