@@ -129,9 +129,3 @@ def info(endpoint: str, timeout: float = 5.0) -> dict | None:
     except (requests.RequestException, ValueError):
         return None
 
-
-def client(endpoint: str, timeout: int = 120):
-    """The text-generation client for a running server (generate and generate_stream use POST /)."""
-    from text_generation import AsyncClient
-
-    return AsyncClient(endpoint, timeout=timeout)

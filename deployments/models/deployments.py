@@ -120,10 +120,6 @@ class Deployment(models.Model):
         """Labels on the server (container or process) so runtimes find it again."""
         return {"llmdeploy.managed": "true", "llmdeploy.deployment": str(self.pk), "llmdeploy.name": self.name}
 
-    @property
-    def is_running(self) -> bool:
-        return self.state == self.State.RUNNING
-
 
 class DeploymentSpec(models.Model):
     """One version of a deployment's configuration. Never edited: an edit makes the next version."""
