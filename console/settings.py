@@ -174,7 +174,7 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
-            # The default of 100 drops live log lines under a chatty job (RELIABILITY.md).
+            # The default of 100 drops live log lines under a chatty job.
             "capacity": env_int("CHANNELS_CAPACITY", 10_000),
             "group_expiry": env_int("CHANNELS_GROUP_EXPIRY", 86_400),
             "prefix": env_str("CHANNELS_PREFIX", "console"),

@@ -1,8 +1,9 @@
 """Failure diagnosis of TGI launch logs: a stable cause id, a title, the evidence lines and a next step.
 
-The rules follow ../shared/TGI.md §7 ("Failure classification"). RULES is matched in order, so a specific cause
-wins over a generic one that shows up in the same log: the warm-up's "Not enough memory to handle N prefill tokens"
-is raised from a torch CUDA OOM, and both lines are in its traceback.
+The rules follow the failures TGI 3.3 reports (launcher and shard log lines, each rule tested on a real
+line). RULES is matched in order, so a specific cause wins over a generic one that shows up in the same log:
+the warm-up's "Not enough memory to handle N prefill tokens" is raised from a torch CUDA OOM, and both lines
+are in its traceback.
 """
 
 from __future__ import annotations

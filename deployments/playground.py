@@ -2,7 +2,7 @@
 
 Completion mode uses the text-generation client's generate_stream (POST / with stream). Chat mode posts to
 /v1/chat/completions with stream over plain HTTP: the 0.7.0 client's chat(stream=True) breaks on current
-TGI's deltas (shared/TGI.md 5.4). The console reaches the server on its internal endpoint; browsers never do.
+TGI's chat deltas. The console reaches the server on its internal endpoint; browsers never do.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """TGI, as the console drives it: the only place launcher arguments and the server's environment are built,
-and the HTTP calls that tell whether a server is up (shared/TGI.md sections 1-4).
+and the HTTP calls that tell whether a server is up (TGI 3.3's launcher flags and router routes).
 
 Everything is explicit: every setting is a flag, the environment is an allow-list (TGI reads generic names
 such as PORT, HOSTNAME, API_KEY and MODEL_ID, so nothing may leak in from a worker's environment).
@@ -84,7 +84,7 @@ def launcher_args(spec, plan: LaunchPlan) -> list[str]:
     if spec.device == "cpu":
         args += ["--disable-custom-kernels"]
     if plan.native:
-        # Several native servers on one host must not share sockets or ports (TGI.md 2.3).
+        # Several native servers on one host must not share sockets or ports.
         args += ["--shard-uds-path", f"/tmp/{plan.instance}-tgi"]  # noqa: S108 - per-instance socket prefix
         if plan.master_port:
             args += ["--master-port", str(plan.master_port)]

@@ -15,7 +15,7 @@ from deployments.sizing.params import Architecture, ParamBreakdown
 GB = 1_000_000_000
 
 # --- Runtime overheads (named so the page can show where each number comes from) -----------------------------
-# Measured on an H200 (torch 2.11, transformers 5.17; /work/shared/NOTES.md): bf16 weights take 2.000 bytes/param.
+# Measured on an H200 (torch 2.11, transformers 5.17): bf16 weights take 2.000 bytes/param.
 BF16_BYTES_PER_PARAM = 2
 # Same measurement: the CUDA context outside PyTorch's allocator took about 0.73 GB, once per GPU (per shard).
 CUDA_CONTEXT_BYTES = 730_000_000
@@ -26,14 +26,14 @@ PREFILL_WORKSPACE_BYTES = 540_000_000
 PREFILL_WORKSPACE_TOKENS = 4096
 PREFILL_WORKSPACE_HIDDEN = 4096
 # TGI's shard warmup keeps (1 - CUDA_MEMORY_FRACTION x TGI_WIGGLE_ROOM) x total free and gives the rest to KV
-# (server/text_generation_server/models/flash_causal_lm.py, TGI_WIGGLE_ROOM default 0.90; TGI.md section 8.1).
+# (server/text_generation_server/models/flash_causal_lm.py, TGI_WIGGLE_ROOM default 0.90).
 TGI_WIGGLE_ROOM = 0.90
 # TGI launcher default for --max-batch-prefill-tokens when compute_optimal has no answer (launcher/src/main.rs).
 DEFAULT_MAX_BATCH_PREFILL_TOKENS = 4096
 
 # --- Weight storage assumptions --------------------------------------------------------------------------------
 # AWQ/GPTQ/Marlin: group size 128 unless quantization_config says otherwise. Per group and output column: one fp16
-# scale (2 bytes) and one packed zero point of `bits` bits, i.e. ~4.16 bits per weight at 4-bit/128 (TGI.md 8.2).
+# scale (2 bytes) and one packed zero point of `bits` bits, i.e. ~4.16 bits per weight at 4-bit/128.
 DEFAULT_GROUP_SIZE = 128
 GROUP_SCALE_BYTES = 2
 # GPTQ checkpoints also store g_idx: one int32 per input feature of every quantized linear.
@@ -50,7 +50,7 @@ DENSE_BYTES = 2
 PRECISIONS = ("bf16", "fp16", "fp8", "int8", "int4", "fp32")
 DEFAULT_PRECISIONS = ("bf16", "fp8", "int8", "int4")
 
-# TGI --quantize values (TGI.md section 1) -> (precision, method).
+# TGI --quantize values -> (precision, method).
 TGI_QUANTIZE = {
     "awq": ("int4", "awq"),
     "gptq": ("int4", "gptq"),

@@ -1,7 +1,7 @@
 """Parameter counts from a model's config.json, kept per linear layer so quantized sizes can be exact.
 
 The counts follow the module layout transformers builds for each architecture (checked against
-meta-device instantiations in tests/deployments: see /work/shared/fixtures/model-configs/expected.json).
+meta-device instantiations in tests/deployments: see tests/fixtures/model-configs/expected.json).
 """
 
 from __future__ import annotations

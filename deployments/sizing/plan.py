@@ -15,7 +15,7 @@ from deployments.sizing.memory import GB, WeightFormat
 from deployments.sizing.metadata import ModelMetadata
 from deployments.sizing.params import Architecture, ParamBreakdown, count_parameters, parse_architecture, text_config
 
-# TGI.md / task brief: when --max-total-tokens is not given the planner assumes 4096 (capped by the model's context).
+# TGI: when --max-total-tokens is not given the planner assumes 4096 (capped by the model's context).
 DEFAULT_MAX_TOTAL_TOKENS = 4096
 # Idle draw as a share of the power limit, from fixtures/nvml-h200.json: 118.6 W drawn idle under a 700 W limit.
 POWER_IDLE_FRACTION = 118.565 / 700
@@ -72,7 +72,7 @@ def token_budget(
     max_batch_total_tokens: int | None = None,
     max_batch_prefill_tokens: int | None = None,
 ) -> TokenBudget:
-    """Fill TGI's defaults and apply its argument checks (launcher and router messages, TGI.md section 1)."""
+    """Fill TGI's defaults and apply its argument checks (launcher and router messages)."""
     limit = arch.max_position_embeddings or DEFAULT_MAX_TOTAL_TOKENS
     for name, value in (
         ("max_input_tokens", max_input_tokens),
@@ -176,7 +176,7 @@ def estimate(
     kv_per_gpu = math.ceil(kv * max(1, kv_heads // num_shard) / kv_heads)
     context = memory.CUDA_CONTEXT_BYTES
     workspace = memory.prefill_workspace_bytes(budget.max_batch_prefill_tokens, shape.arch.hidden_size)
-    # TGI shards embeddings and lm_head too (TGI.md 8.2), so all weights divide by the shard count.
+    # TGI shards embeddings and lm_head too, so all weights divide by the shard count.
     per_gpu = math.ceil(weights / num_shard) + kv_per_gpu + context + workspace
     return MemoryEstimate(fmt, num_shard, weights, per_token, kv, context, workspace, per_gpu)
 

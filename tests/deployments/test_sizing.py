@@ -1,4 +1,4 @@
-"""The VRAM planner against real model configs (../shared/fixtures/model-configs) and the H200's NVML readings."""
+"""The VRAM planner against real model configs (tests/fixtures/model-configs) and the H200's NVML readings."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from deployments.sizing import (
     weight_bytes,
 )
 from deployments.sizing.params import parse_architecture
+from tests.support.fixtures import MODEL_CONFIGS, NVML_H200
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-CONFIGS = FIXTURES / "model-configs"
+CONFIGS = MODEL_CONFIGS
 EXPECTED = json.loads((CONFIGS / "expected.json").read_text())
-NVML = json.loads((FIXTURES / "nvml-h200.json").read_text())["gpus"][0]
+NVML = json.loads((NVML_H200).read_text())["gpus"][0]
 
 
 def config(name: str) -> dict:

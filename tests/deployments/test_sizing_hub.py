@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from audit.models import AuditEvent
 from console.services.credentials import credential_create
 from deployments.services.inventory import gpu_create, host_create
+from tests.support.fixtures import MODEL_CONFIGS
 from tests.support.hub_server import make_safetensors
 
 pytestmark = pytest.mark.django_db
-CONFIGS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "model-configs"
+CONFIGS = MODEL_CONFIGS
 EXPECTED = json.loads((CONFIGS / "expected.json").read_text())
 H200 = 150754820096
 

@@ -1,4 +1,4 @@
-"""A stand-in for the pynvml module, built on real readings (../shared/fixtures/nvml-h200.json).
+"""A stand-in for the pynvml module, built on real readings (tests/fixtures/nvml-h200.json).
 
 It answers the calls workers.nvml makes with the values NVML gave on a real H200, including
 NVMLError_NotSupported for NVLink on a single-GPU host. FAKE_NVML_GPUS=N repeats the GPU N times
@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-FIXTURE = Path(os.environ.get("FAKE_NVML_FIXTURE", Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-                              / "nvml-h200.json"))
+from tests.support.fixtures import NVML_H200
+
+FIXTURE = Path(os.environ.get("FAKE_NVML_FIXTURE", NVML_H200))
 NVML_FEATURE_ENABLED = 1
 NVML_NVLINK_MAX_LINKS = 18
 

@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (log lines are kept verbatim, at their real length)
-"""Real TGI launch logs, one constant per case, in the formats of ../shared/TGI.md §3 and §7.
+"""Real TGI launch logs, one constant per case, in the formats TGI 3.3 prints (router and launcher log lines, failure messages).
 
 Text-mode launcher lines carry a timestamp, level, span and target; a shard's Python stderr comes as one block after
 `Shard complete standard error output:` and ends with the span field ` rank=N`; the final `Error: X` lines have no

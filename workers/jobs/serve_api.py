@@ -1,5 +1,5 @@
-"""serve.py's HTTP side: TGI's routes, bodies, SSE framing and errors (shared/TGI.md section 4) over the
-batching engine, as a Starlette app. Imports nothing from Django.
+"""serve.py's HTTP side: TGI's routes, bodies, SSE framing and errors (TGI 3.3's router,
+`router/src/server.rs`) over the batching engine, as a Starlette app. Imports nothing from Django.
 """
 
 from __future__ import annotations

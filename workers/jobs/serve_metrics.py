@@ -1,4 +1,4 @@
-"""serve.py's /metrics: Prometheus text with TGI's metric names (shared/TGI.md section 6).
+"""serve.py's /metrics: Prometheus text with TGI's metric names (TGI 3.3's router metrics).
 
 Counters carry no `_total` suffix (TGI's exporter adds none); histograms have `_bucket`, `_sum` and
 `_count`; a series appears once it was first touched, as in TGI. Imports nothing from Django.

@@ -1,4 +1,4 @@
-"""text-generation-launcher's flags as data (TGI 3.3.x, `launcher/src/main.rs`; see shared/TGI.md section 1).
+"""text-generation-launcher's flags as data (TGI 3.3.x, `launcher/src/main.rs`).
 
 One table for two readers: serve.py builds its command line from it (so a container entrypoint named
 `text-generation-launcher` can hand its arguments to serve.py unchanged), and the console's argument

@@ -1,6 +1,6 @@
 """The docker runtime: a TGI (or serve.py) server as a hardened container on a GPU host.
 
-Hardening follows shared/RELIABILITY.md "Containers": read-only root with a tmpfs /tmp, cap-drop ALL,
+Hardening (docs/operations.md, "Hardening"): read-only root with a tmpfs /tmp, cap-drop ALL,
 no-new-privileges, pid (and optional memory) limits, the image's own user, the port published on one address,
 no privileged mode, no host network, no Docker socket. Nothing is mounted but the model store (read-only at
 /data) and the secret files (read-only under /run/secrets): a token reaches the server as a file whose path
