@@ -33,6 +33,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Without REDIS_URL the suite runs beside a private redis-server (console.embedded_redis).
 define with_redis

@@ -34,15 +34,36 @@ class AuditEventSerializer(serializers.ModelSerializer):
     time = serializers.DateTimeField(source="created_at", read_only=True)
     actor = serializers.CharField(source="actor_name", read_only=True)
     roles = serializers.ListField(child=serializers.CharField(), read_only=True)
-    diff = serializers.JSONField(source="changes", read_only=True,
-                                 help_text="{field: [before, after]} for the fields that changed; secrets masked.")
+    diff = serializers.JSONField(
+        source="changes",
+        read_only=True,
+        help_text="{field: [before, after]} for the fields that changed; secrets masked.",
+    )
     detail = serializers.JSONField(source="details", read_only=True)
 
     class Meta:
         model = AuditEvent
-        fields = ["id", "time", "created_us", "actor", "actor_id", "roles", "action", "source", "outcome",
-                  "target_type", "target_id", "target_name", "diff", "detail", "client_ip", "request_id", "trace_id",
-                  "prev_hash", "hash"]
+        fields = [
+            "id",
+            "time",
+            "created_us",
+            "actor",
+            "actor_id",
+            "roles",
+            "action",
+            "source",
+            "outcome",
+            "target_type",
+            "target_id",
+            "target_name",
+            "diff",
+            "detail",
+            "client_ip",
+            "request_id",
+            "trace_id",
+            "prev_hash",
+            "hash",
+        ]
         read_only_fields = fields
 
 
@@ -64,8 +85,9 @@ def _filter_parameters() -> list[OpenApiParameter]:
 
 
 FILTER_PARAMETERS = _filter_parameters()
-FORMAT_PARAMETER = OpenApiParameter("format", OpenApiTypes.STR, enum=list(FORMATS), default="csv",
-                                    description="csv or jsonl (JSON Lines)")
+FORMAT_PARAMETER = OpenApiParameter(
+    "format", OpenApiTypes.STR, enum=list(FORMATS), default="csv", description="csv or jsonl (JSON Lines)"
+)
 ID_PARAMETER = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)
 
 
@@ -100,17 +122,23 @@ class AuditEventViewSet(ConsoleReadOnlyViewSet):
             return renderer, renderer.media_type
         return super().perform_content_negotiation(request, force)
 
-    @extend_schema(parameters=[FORMAT_PARAMETER, *FILTER_PARAMETERS],
-                   responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR,
-                              400: OpenApiResponse(description="Invalid filters or format.")})
+    @extend_schema(
+        parameters=[FORMAT_PARAMETER, *FILTER_PARAMETERS],
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/x-ndjson"): OpenApiTypes.STR,
+            400: OpenApiResponse(description="Invalid filters or format."),
+        },
+    )
     @action(detail=False, methods=["get"])
     def export(self, request):
         """The filtered events as a streamed CSV or JSON Lines download (records `audit.exported`)."""
         fmt = request.query_params.get("format") or "csv"
         if fmt not in FORMATS:
             raise ValidationError({"format": [f"Choose one of: {', '.join(FORMATS)}."]})
-        return events_export(user=request.user, filters=_valid_filters(request.query_params), fmt=fmt,
-                             asynchronous=is_asgi(request))
+        return events_export(
+            user=request.user, filters=_valid_filters(request.query_params), fmt=fmt, asynchronous=is_asgi(request)
+        )
 
 
 class AuditCheckpointViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -127,23 +155,34 @@ class AuditCheckpointViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, viewset
         return checkpoint_list(user=self.request.user)
 
 
-CHECKPOINT_STATUS = inline_serializer("AuditCheckpointStatus", {
-    "id": serializers.IntegerField(), "created_us": serializers.IntegerField(),
-    "time": serializers.DateTimeField(), "last_event_id": serializers.IntegerField(),
-    "head_hash": serializers.CharField(), "count": serializers.IntegerField(), "signature": serializers.CharField(),
-    "valid": serializers.BooleanField(help_text="The checkpoint's signature and head still match the chain."),
-}, allow_null=True)
-VERIFICATION = inline_serializer("AuditVerification", {
-    "ok": serializers.BooleanField(),
-    "checked": serializers.IntegerField(help_text="Events checked (those after the checkpoint when there is one)."),
-    "total": serializers.IntegerField(),
-    "summary": serializers.CharField(),
-    "broken_position": serializers.IntegerField(allow_null=True, help_text="0: the checkpoint itself."),
-    "broken_id": serializers.IntegerField(allow_null=True),
-    "reason": serializers.CharField(),
-    "after_id": serializers.IntegerField(help_text="Checked the events after this id (the checkpoint's head)."),
-    "checkpoint": CHECKPOINT_STATUS,
-})
+CHECKPOINT_STATUS = inline_serializer(
+    "AuditCheckpointStatus",
+    {
+        "id": serializers.IntegerField(),
+        "created_us": serializers.IntegerField(),
+        "time": serializers.DateTimeField(),
+        "last_event_id": serializers.IntegerField(),
+        "head_hash": serializers.CharField(),
+        "count": serializers.IntegerField(),
+        "signature": serializers.CharField(),
+        "valid": serializers.BooleanField(help_text="The checkpoint's signature and head still match the chain."),
+    },
+    allow_null=True,
+)
+VERIFICATION = inline_serializer(
+    "AuditVerification",
+    {
+        "ok": serializers.BooleanField(),
+        "checked": serializers.IntegerField(help_text="Events checked (those after the checkpoint when there is one)."),
+        "total": serializers.IntegerField(),
+        "summary": serializers.CharField(),
+        "broken_position": serializers.IntegerField(allow_null=True, help_text="0: the checkpoint itself."),
+        "broken_id": serializers.IntegerField(allow_null=True),
+        "reason": serializers.CharField(),
+        "after_id": serializers.IntegerField(help_text="Checked the events after this id (the checkpoint's head)."),
+        "checkpoint": CHECKPOINT_STATUS,
+    },
+)
 
 
 class AuditVerificationView(APIView):

@@ -33,8 +33,9 @@ def task_headers(*, initiator=None) -> dict:
     """Headers carrying the current audit context, naming `initiator` as who started the work."""
     current = context.current()
     if initiator is not None:
-        current = context.AuditContext(**{**current.as_headers(), "initiator_id": initiator.pk,
-                                          "initiator_name": initiator.get_username()})
+        current = context.AuditContext(
+            **{**current.as_headers(), "initiator_id": initiator.pk, "initiator_name": initiator.get_username()}
+        )
     return {HEADER: current.as_headers()}
 
 

@@ -22,8 +22,22 @@ CHAIN_LOCK_KEY = 0x4C4C4D41554454  # "LLMAUDT"
 
 # The hashed columns, in hashing order. The verifier selects exactly these.
 HASHED_COLUMNS = (
-    "id", "created_us", "actor_id", "actor_name", "actor_roles", "action", "source", "outcome",
-    "target_type", "target_id", "target_name", "diff", "detail", "client_ip", "request_id", "trace_id",
+    "id",
+    "created_us",
+    "actor_id",
+    "actor_name",
+    "actor_roles",
+    "action",
+    "source",
+    "outcome",
+    "target_type",
+    "target_id",
+    "target_name",
+    "diff",
+    "detail",
+    "client_ip",
+    "request_id",
+    "trace_id",
     "prev_hash",
 )
 
@@ -32,9 +46,12 @@ def payload(values) -> bytes:
     """The hashed bytes of one event from its HASHED_COLUMNS values (a row tuple or a list in that
     order). id and created_us are integers, actor_id an integer or None, every other column text."""
     actor_id = values[2]
-    return DOMAIN + "\x00".join(
-        (str(values[0]), str(values[1]), "" if actor_id is None else str(actor_id), *values[3:17])
-    ).encode()
+    return (
+        DOMAIN
+        + "\x00".join(
+            (str(values[0]), str(values[1]), "" if actor_id is None else str(actor_id), *values[3:17])
+        ).encode()
+    )
 
 
 def event_hash(values) -> str:

@@ -20,7 +20,7 @@ def checkpoint_create() -> AuditCheckpoint | None:
         return None
     created_us = chain.database_now_us()
     count = AuditEvent.objects.count()
-    signature = chain.checkpoint_signature(created_us=created_us, last_event_id=head[0], head_hash=head[1],
-                                           count=count)
-    return AuditCheckpoint.objects.create(created_us=created_us, last_event_id=head[0], head_hash=head[1],
-                                          count=count, signature=signature)
+    signature = chain.checkpoint_signature(created_us=created_us, last_event_id=head[0], head_hash=head[1], count=count)
+    return AuditCheckpoint.objects.create(
+        created_us=created_us, last_event_id=head[0], head_hash=head[1], count=count, signature=signature
+    )

@@ -24,8 +24,13 @@ def record_denial(exc: Exception, *, user=None, path: str = "", status: int = 40
     if path:
         detail["path"] = path
     try:
-        audit.record(action="permission.denied", actor=actor, target=obj,
-                     target_type="" if obj is not None or model is None else model._meta.label_lower,
-                     outcome="denied", detail=detail)
+        audit.record(
+            action="permission.denied",
+            actor=actor,
+            target=obj,
+            target_type="" if obj is not None or model is None else model._meta.label_lower,
+            outcome="denied",
+            detail=detail,
+        )
     except Exception:
         logger.exception("could not record a permission denial")

@@ -25,8 +25,25 @@ from audit.selectors import event_list
 
 FORMATS = ("csv", "jsonl")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
-COLUMNS = ("id", "time", "actor", "roles", "action", "source", "outcome", "target_type", "target_id", "target_name",
-           "diff", "detail", "client_ip", "request_id", "trace_id", "prev_hash", "hash")
+COLUMNS = (
+    "id",
+    "time",
+    "actor",
+    "roles",
+    "action",
+    "source",
+    "outcome",
+    "target_type",
+    "target_id",
+    "target_name",
+    "diff",
+    "detail",
+    "client_ip",
+    "request_id",
+    "trace_id",
+    "prev_hash",
+    "hash",
+)
 CHUNK_SIZE = 2000
 ROWS_PER_BLOCK = 500
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
@@ -104,8 +121,7 @@ def export_response(queryset: QuerySet[AuditEvent], fmt: str, *, asynchronous: b
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}")
     blocks = _blocks(csv_lines(queryset) if fmt == "csv" else jsonl_lines(queryset))
-    response = StreamingHttpResponse(_async_blocks(blocks) if asynchronous else blocks,
-                                     content_type=CONTENT_TYPES[fmt])
+    response = StreamingHttpResponse(_async_blocks(blocks) if asynchronous else blocks, content_type=CONTENT_TYPES[fmt])
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{fmt}"'
     response["Cache-Control"] = "no-store"
@@ -121,6 +137,7 @@ def events_export(*, user, filters: dict, fmt: str, asynchronous: bool = False) 
         raise ValueError(f"unknown export format {fmt!r}")
     events = event_list(user=user, filters=filters)
     with transaction.atomic():
-        exported = audit.record(action="audit.exported", actor=user,
-                                detail={"format": fmt, "filters": filters_as_strings(filters)})
+        exported = audit.record(
+            action="audit.exported", actor=user, detail={"format": fmt, "filters": filters_as_strings(filters)}
+        )
     return export_response(events.filter(id__lt=exported.id), fmt, asynchronous=asynchronous)

@@ -20,20 +20,30 @@ class AuditFilterForm(forms.Form):
     Naive times are in the console's time zone (UTC unless TIME_ZONE says otherwise)."""
 
     actor = forms.CharField(label=_("Actor"), required=False, max_length=150)
-    action = forms.CharField(label=_("Action"), required=False, max_length=100,
-                             help_text=_("Exact, or a prefix ending with a dot (auth.)"))
+    action = forms.CharField(
+        label=_("Action"), required=False, max_length=100, help_text=_("Exact, or a prefix ending with a dot (auth.)")
+    )
     target_type = forms.CharField(label=_("Target type"), required=False, max_length=100)
     target_id = forms.CharField(label=_("Target id"), required=False, max_length=64)
-    source = forms.ChoiceField(label=_("Source"), required=False,
-                               choices=[("", _("any")), *AuditEvent.Source.choices])
-    outcome = forms.ChoiceField(label=_("Outcome"), required=False,
-                                choices=[("", _("any")), *AuditEvent.Outcome.choices])
-    since = forms.DateTimeField(label=_("Since"), required=False, input_formats=INPUT_FORMATS,
-                                help_text=_("A date (YYYY-MM-DD) or a time (YYYY-MM-DDTHH:MM), inclusive"))
-    until = forms.DateTimeField(label=_("Until"), required=False, input_formats=INPUT_FORMATS,
-                                help_text=_("A date (through its end) or a time (YYYY-MM-DDTHH:MM), inclusive"))
-    q = forms.CharField(label=_("Target name"), required=False, max_length=255,
-                        help_text=_("Part of the target's name"))
+    source = forms.ChoiceField(label=_("Source"), required=False, choices=[("", _("any")), *AuditEvent.Source.choices])
+    outcome = forms.ChoiceField(
+        label=_("Outcome"), required=False, choices=[("", _("any")), *AuditEvent.Outcome.choices]
+    )
+    since = forms.DateTimeField(
+        label=_("Since"),
+        required=False,
+        input_formats=INPUT_FORMATS,
+        help_text=_("A date (YYYY-MM-DD) or a time (YYYY-MM-DDTHH:MM), inclusive"),
+    )
+    until = forms.DateTimeField(
+        label=_("Until"),
+        required=False,
+        input_formats=INPUT_FORMATS,
+        help_text=_("A date (through its end) or a time (YYYY-MM-DDTHH:MM), inclusive"),
+    )
+    q = forms.CharField(
+        label=_("Target name"), required=False, max_length=255, help_text=_("Part of the target's name")
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

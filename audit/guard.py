@@ -38,10 +38,12 @@ def install_statements(vendor: str) -> list[str]:
 
 def uninstall_statements(vendor: str) -> list[str]:
     if vendor == "postgresql":
-        return [f"DROP TRIGGER IF EXISTS {table}_{kind} ON {table}" for table in GUARDED_TABLES
-                for kind in ("no_change", "no_truncate")]
-    return [f"DROP TRIGGER IF EXISTS {table}_{kind}" for table in GUARDED_TABLES
-            for kind in ("no_update", "no_delete")]
+        return [
+            f"DROP TRIGGER IF EXISTS {table}_{kind} ON {table}"
+            for table in GUARDED_TABLES
+            for kind in ("no_change", "no_truncate")
+        ]
+    return [f"DROP TRIGGER IF EXISTS {table}_{kind}" for table in GUARDED_TABLES for kind in ("no_update", "no_delete")]
 
 
 def install(connection) -> None:
@@ -59,8 +61,9 @@ def uninstall(connection) -> None:
 def installed(connection) -> bool:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal",
-                           ["audit_%_no_%"])
+            cursor.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal", ["audit_%_no_%"]
+            )
         else:
             cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'audit_%_no_%'")
         return cursor.fetchone()[0] >= 2 * len(GUARDED_TABLES)

@@ -23,12 +23,14 @@ class AuditContextMiddleware:
     def __call__(self, request):
         offered = request.headers.get("X-Request-ID", "")
         request_id = offered if REQUEST_ID.match(offered) else uuid.uuid4().hex
-        token = context.set_context(context.AuditContext(
-            source="api" if request.path.startswith("/api/") else "ui",
-            request_id=request_id,
-            client_ip=request.META.get("REMOTE_ADDR"),
-            trace_id=current_trace_id(),
-        ))
+        token = context.set_context(
+            context.AuditContext(
+                source="api" if request.path.startswith("/api/") else "ui",
+                request_id=request_id,
+                client_ip=request.META.get("REMOTE_ADDR"),
+                trace_id=current_trace_id(),
+            )
+        )
         try:
             response = self.get_response(request)
         finally:

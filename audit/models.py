@@ -120,5 +120,11 @@ class AuditCheckpoint(models.Model):
         return us_to_datetime(self.created_us)
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "created_us": self.created_us, "last_event_id": self.last_event_id,
-                "head_hash": self.head_hash, "count": self.count, "signature": self.signature}
+        return {
+            "id": self.id,
+            "created_us": self.created_us,
+            "last_event_id": self.last_event_id,
+            "head_hash": self.head_hash,
+            "count": self.count,
+            "signature": self.signature,
+        }

@@ -76,9 +76,20 @@ def _actor_fields(actor) -> tuple[int | None, str, list[str]]:
     return actor.pk, actor.get_username(), user_roles(actor)
 
 
-def record(*, action: str, actor=None, actor_name: str = "", target: Model | None = None, target_type: str = "",
-           target_id: str = "", target_name: str = "", changes: dict | None = None, detail: dict | None = None,
-           outcome: str = AuditEvent.Outcome.SUCCESS, source: str | None = None) -> AuditEvent:
+def record(
+    *,
+    action: str,
+    actor=None,
+    actor_name: str = "",
+    target: Model | None = None,
+    target_type: str = "",
+    target_id: str = "",
+    target_name: str = "",
+    changes: dict | None = None,
+    detail: dict | None = None,
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    source: str | None = None,
+) -> AuditEvent:
     """Append one event to the chain, inside the caller's transaction (or its own).
 
     actor: the user who acted, or None with actor_name naming a system identity ("system",

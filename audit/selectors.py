@@ -86,8 +86,11 @@ def verification_status(*, user) -> dict:
     checkpoint_data = None
     if checkpoint is not None:
         # verify_from_checkpoint reports a checkpoint that no longer vouches for the chain at position 0.
-        checkpoint_data = {**checkpoint.as_dict(), "time": checkpoint.created_at.isoformat(),
-                           "valid": result.broken_position != 0}
+        checkpoint_data = {
+            **checkpoint.as_dict(),
+            "time": checkpoint.created_at.isoformat(),
+            "valid": result.broken_position != 0,
+        }
     return {
         "ok": result.ok,
         "checked": result.checked,

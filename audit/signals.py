@@ -29,5 +29,10 @@ def on_login_failed(sender, credentials, request=None, **kwargs) -> None:
 
 @receiver(user_locked_out)
 def on_locked_out(sender, request, username=None, ip_address=None, **kwargs) -> None:
-    audit.record(action="auth.locked_out", actor=None, actor_name=str(username or "")[:150] or "(no username)",
-                 outcome="denied", detail={"reason": "too many failed logins"})
+    audit.record(
+        action="auth.locked_out",
+        actor=None,
+        actor_name=str(username or "")[:150] or "(no username)",
+        outcome="denied",
+        detail={"reason": "too many failed logins"},
+    )

@@ -36,8 +36,10 @@ class VerifyResult:
         if self.ok:
             since = f" after event {self.start_id}" if self.start_id else ""
             return f"{self.checked}/{self.total} events valid{since}"
-        return (f"chain broken at position {self.broken_position} (event id {self.broken_id}): {self.reason}; "
-                f"{self.checked - 1} events before it valid")
+        return (
+            f"chain broken at position {self.broken_position} (event id {self.broken_id}): {self.reason}; "
+            f"{self.checked - 1} events before it valid"
+        )
 
 
 def _rows(after_id: int):
@@ -75,8 +77,12 @@ def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS) -> Verif
 
 def checkpoint_valid(checkpoint: AuditCheckpoint | dict) -> bool:
     data = checkpoint.as_dict() if isinstance(checkpoint, AuditCheckpoint) else checkpoint
-    expected = chain.checkpoint_signature(created_us=data["created_us"], last_event_id=data["last_event_id"],
-                                          head_hash=data["head_hash"], count=data["count"])
+    expected = chain.checkpoint_signature(
+        created_us=data["created_us"],
+        last_event_id=data["last_event_id"],
+        head_hash=data["head_hash"],
+        count=data["count"],
+    )
     return hmac.compare_digest(expected, data["signature"])
 
 

@@ -108,5 +108,4 @@ class AuditExportView(ConsoleViewMixin, View):
         if not form.is_valid():
             messages.error(request, _("Fix the filters before exporting."))
             return redirect(back)
-        return events_export(user=request.user, filters=form.active_filters(), fmt=fmt,
-                             asynchronous=is_asgi(request))
+        return events_export(user=request.user, filters=form.active_filters(), fmt=fmt, asynchronous=is_asgi(request))

@@ -25,8 +25,9 @@ def _audited_request_overhead() -> Figure:
     real_record = audit.recorder.record
 
     def patch(i: int) -> None:
-        response = client.patch(f"/api/v1/users/{person.pk}/", data={"email": f"p{i}@example.test"},
-                                content_type="application/json")
+        response = client.patch(
+            f"/api/v1/users/{person.pk}/", data={"email": f"p{i}@example.test"}, content_type="application/json"
+        )
         assert response.status_code == 200, response.content
 
     timings: dict[bool, list[float]] = {True: [], False: []}
@@ -39,8 +40,14 @@ def _audited_request_overhead() -> Figure:
                 timings[recording].append(time.perf_counter() - start)
     audit.recorder.record = real_record
     with_ms, without_ms = p(timings[True], 0.95) * 1000, p(timings[False], 0.95) * 1000
-    return Figure("audit_added_p95_latency_per_request", with_ms - without_ms, "ms", "<=", 2,
-                  f"p95 {with_ms:.2f} ms recorded vs {without_ms:.2f} ms not recorded, same request, same run")
+    return Figure(
+        "audit_added_p95_latency_per_request",
+        with_ms - without_ms,
+        "ms",
+        "<=",
+        2,
+        f"p95 {with_ms:.2f} ms recorded vs {without_ms:.2f} ms not recorded, same request, same run",
+    )
 
 
 def _seed_chain(count: int) -> None:
@@ -58,9 +65,25 @@ def _seed_chain(count: int) -> None:
     batch = []
     with transaction.atomic():
         for event_id in range(next_id, next_id + count):
-            row = [event_id, now + event_id, 1, "bench-admin", '["admin"]', "user.updated", "api", "success",
-                   "auth.user", "2", "bench-person", '{"email":["a@example.test","b@example.test"]}', "{}",
-                   "127.0.0.1", f"req-{event_id:012d}", "0" * 32, prev]
+            row = [
+                event_id,
+                now + event_id,
+                1,
+                "bench-admin",
+                '["admin"]',
+                "user.updated",
+                "api",
+                "success",
+                "auth.user",
+                "2",
+                "bench-person",
+                '{"email":["a@example.test","b@example.test"]}',
+                "{}",
+                "127.0.0.1",
+                f"req-{event_id:012d}",
+                "0" * 32,
+                prev,
+            ]
             prev = chain.event_hash(row)
             batch.append((*row, prev))
             if len(batch) == 10_000:
@@ -93,9 +116,15 @@ def _verify_rate() -> list[Figure]:
     raw_rate = len(payloads) / (time.perf_counter() - start)
     rate = total / elapsed
     return [
-        Figure("audit_verify_rate", rate, "events/s", ">=", 200_000,
-               f"{total} events in {elapsed:.2f} s; bare hashlib over the same bytes {raw_rate:,.0f}/s "
-               f"(verify at {rate / raw_rate:.2f}x of it)"),
+        Figure(
+            "audit_verify_rate",
+            rate,
+            "events/s",
+            ">=",
+            200_000,
+            f"{total} events in {elapsed:.2f} s; bare hashlib over the same bytes {raw_rate:,.0f}/s "
+            f"(verify at {rate / raw_rate:.2f}x of it)",
+        ),
     ]
 
 
@@ -114,8 +143,14 @@ def _export_peak(count: int) -> float:
 
 def _export_memory() -> Figure:
     small, large = _export_peak(50_000), _export_peak(200_000)
-    return Figure("audit_export_memory_200k_over_50k", large / small, "x", "<=", 1.5,
-                  f"peak {small / 1e6:.1f} MB for 50k events, {large / 1e6:.1f} MB for 200k (tracemalloc)")
+    return Figure(
+        "audit_export_memory_200k_over_50k",
+        large / small,
+        "x",
+        "<=",
+        1.5,
+        f"peak {small / 1e6:.1f} MB for 50k events, {large / 1e6:.1f} MB for 200k (tracemalloc)",
+    )
 
 
 def run() -> list[Figure]:

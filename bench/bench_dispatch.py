@@ -37,8 +37,10 @@ def run() -> list[Figure]:
         stop(worker)
     ratio = median(api_times) / median(raw_times)
     ratio95 = p(api_times, 0.95) / p(raw_times, 0.95)
-    note = (f"median api {median(api_times) * 1000:.2f} ms vs raw celery {median(raw_times) * 1000:.2f} ms; "
-            f"p95 {p(api_times, 0.95) * 1000:.2f} vs {p(raw_times, 0.95) * 1000:.2f} ms")
+    note = (
+        f"median api {median(api_times) * 1000:.2f} ms vs raw celery {median(raw_times) * 1000:.2f} ms; "
+        f"p95 {p(api_times, 0.95) * 1000:.2f} vs {p(raw_times, 0.95) * 1000:.2f} ms"
+    )
     return [
         Figure("dispatch_ping_api_over_raw_celery_median", ratio, "x", "<=", 2, note),
         Figure("dispatch_ping_api_over_raw_celery_p95", ratio95, "x", "<=", 2),

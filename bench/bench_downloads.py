@@ -32,8 +32,15 @@ def _ours(server, repo: str, target: Path) -> float:
     snapshot = downloads.resolve(repo, None, endpoint=server.endpoint, token=None)
     files = downloads.choose_files(snapshot.files)
     start = time.perf_counter()
-    downloads.download(snapshot, files, target, endpoint=server.endpoint, token=None, on_progress=lambda p: None,
-                       should_cancel=lambda: False)
+    downloads.download(
+        snapshot,
+        files,
+        target,
+        endpoint=server.endpoint,
+        token=None,
+        on_progress=lambda p: None,
+        should_cancel=lambda: False,
+    )
     return time.perf_counter() - start
 
 
@@ -41,8 +48,7 @@ def _bare(server, repo: str, target: Path) -> float:
     from huggingface_hub import snapshot_download
 
     start = time.perf_counter()
-    snapshot_download(repo, endpoint=server.endpoint, local_dir=target, cache_dir=target / ".cache",
-                      token=False)
+    snapshot_download(repo, endpoint=server.endpoint, local_dir=target, cache_dir=target / ".cache", token=False)
     return time.perf_counter() - start
 
 
@@ -50,15 +56,24 @@ def _killed_child(endpoint: str, repo: str, staging: str) -> None:
     from deployments import downloads
 
     snapshot = downloads.resolve(repo, None, endpoint=endpoint, token=None)
-    downloads.download(snapshot, downloads.choose_files(snapshot.files), Path(staging), endpoint=endpoint, token=None,
-                       on_progress=lambda p: None, should_cancel=lambda: False, chunk_size=2**20)
+    downloads.download(
+        snapshot,
+        downloads.choose_files(snapshot.files),
+        Path(staging),
+        endpoint=endpoint,
+        token=None,
+        on_progress=lambda p: None,
+        should_cancel=lambda: False,
+        chunk_size=2**20,
+    )
 
 
 def _refetched_after_kill(server, repo: str, total: int, work: Path) -> float:
     staging = work / "killed"
     server.reset_stats()
-    child = multiprocessing.get_context("fork").Process(target=_killed_child,
-                                                         args=(server.endpoint, repo, str(staging)))
+    child = multiprocessing.get_context("fork").Process(
+        target=_killed_child, args=(server.endpoint, repo, str(staging))
+    )
     child.start()
     while child.is_alive():
         on_disk = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()) if staging.exists() else 0
@@ -98,9 +113,21 @@ def run() -> list[Figure]:
         shutil.rmtree(work, ignore_errors=True)
     ours_rate, bare_rate = total / median(ours), total / median(bare)
     return [
-        Figure("download_throughput_over_bare_snapshot_download", ours_rate / bare_rate, "x", ">=", 0.95,
-               f"{ours_rate / 1e6:.0f} MB/s ours vs {bare_rate / 1e6:.0f} MB/s snapshot_download, {total / 1e6:.0f} MB "
-               f"over a {LINK_BYTES_PER_SECOND / 1e6:.0f} MB/s link, median of {ROUNDS}"),
-        Figure("download_refetched_after_kill", refetched, "%", "<=", 5,
-               f"kill -9 at ~40 % of {total / 1e6:.0f} MB, restart: bytes served beyond one copy"),
+        Figure(
+            "download_throughput_over_bare_snapshot_download",
+            ours_rate / bare_rate,
+            "x",
+            ">=",
+            0.95,
+            f"{ours_rate / 1e6:.0f} MB/s ours vs {bare_rate / 1e6:.0f} MB/s snapshot_download, {total / 1e6:.0f} MB "
+            f"over a {LINK_BYTES_PER_SECOND / 1e6:.0f} MB/s link, median of {ROUNDS}",
+        ),
+        Figure(
+            "download_refetched_after_kill",
+            refetched,
+            "%",
+            "<=",
+            5,
+            f"kill -9 at ~40 % of {total / 1e6:.0f} MB, restart: bytes served beyond one copy",
+        ),
     ]

@@ -132,7 +132,11 @@ def _daphne() -> Iterator[str]:
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"],
-            cwd=ROOT, env=dict(os.environ), stdout=log, stderr=log, start_new_session=True,
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         try:
             _await_port(port, process, log)
@@ -209,8 +213,15 @@ def _publish_raw(job_index: int, lines: int, batch: int) -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
     items = []
     for seq in range(1, lines + 1):
-        items.append({"seq": seq, "time": datetime.now(UTC).isoformat(), "stream": "log",
-                      "text": _text(job_index, seq), "data": None})
+        items.append(
+            {
+                "seq": seq,
+                "time": datetime.now(UTC).isoformat(),
+                "stream": "log",
+                "text": _text(job_index, seq),
+                "data": None,
+            }
+        )
         if len(items) == batch:
             client.publish(RAW_CHANNEL, json.dumps(items))
             items = []
@@ -227,8 +238,7 @@ def _await_ready(client: Connection) -> None:
 def _jobs(count: int, actor) -> list[int]:
     from deployments.models import Job
 
-    return [Job.objects.create(kind=Job.Kind.DOWNLOAD, status=Job.Status.RUNNING, actor=actor).pk
-            for _ in range(count)]
+    return [Job.objects.create(kind=Job.Kind.DOWNLOAD, status=Job.Status.RUNNING, actor=actor).pk for _ in range(count)]
 
 
 @contextmanager
@@ -300,7 +310,7 @@ def _latencies(job_ids: list[int], results: list, stamps: dict[str, list[tuple[i
             first = last + 1
         index = 0
         for arrival, count in arrivals:
-            latencies.extend(arrival - committed[seq] for seq in seqs[index:index + count] if seq in committed)
+            latencies.extend(arrival - committed[seq] for seq in seqs[index : index + count] if seq in committed)
             index += count
     return latencies
 
@@ -320,10 +330,15 @@ def _throughput(client: Connection, base: str, cookie: str, actor) -> tuple[Figu
         ratios.append(rates[-1] / raw_rates[-1])
         streamed.append((jobs, results))
     return Figure(
-        "logstream_throughput_over_raw_pubsub", median(ratios), "x", ">=", 0.5,
+        "logstream_throughput_over_raw_pubsub",
+        median(ratios),
+        "x",
+        ">=",
+        0.5,
         f"median of {THROUGHPUT_ROUNDS} rounds ({', '.join(f'{r:.2f}' for r in ratios)}): "
         f"{median(rates):,.0f} lines/s persisted and through daphne vs {median(raw_rates):,.0f} lines/s raw "
-        f"pub/sub; {THROUGHPUT_JOBS} jobs x {THROUGHPUT_LINES:,} lines a round, batches of {FLUSH_LINES}"), streamed
+        f"pub/sub; {THROUGHPUT_JOBS} jobs x {THROUGHPUT_LINES:,} lines a round, batches of {FLUSH_LINES}",
+    ), streamed
 
 
 def _latency(client: Connection, base: str, cookie: str, actor) -> tuple[Figure, list[int], list]:
@@ -334,11 +349,20 @@ def _latency(client: Connection, base: str, cookie: str, actor) -> tuple[Figure,
     if not latencies:
         figure = Figure("logstream_p99_commit_to_client_latency", float("inf"), "s", "<=", 1, "no line arrived")
         return figure, jobs, results
-    return Figure(
-        "logstream_p99_commit_to_client_latency", p(latencies, 0.99), "s", "<=", 1,
-        f"p50 {p(latencies, 0.5) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms over {len(latencies):,} lines; "
-        f"{LATENCY_JOBS} jobs x {LATENCY_RATE} lines/s, written in {written - started:.1f} s "
-        f"(paced for {LATENCY_SECONDS} s)"), jobs, results
+    return (
+        Figure(
+            "logstream_p99_commit_to_client_latency",
+            p(latencies, 0.99),
+            "s",
+            "<=",
+            1,
+            f"p50 {p(latencies, 0.5) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms over {len(latencies):,} lines; "
+            f"{LATENCY_JOBS} jobs x {LATENCY_RATE} lines/s, written in {written - started:.1f} s "
+            f"(paced for {LATENCY_SECONDS} s)",
+        ),
+        jobs,
+        results,
+    )
 
 
 def run() -> list[Figure]:
@@ -356,10 +380,18 @@ def run() -> list[Figure]:
         latency, paced_jobs, paced = _latency(client, base, cookie, viewer)
     faults = [0, 0, 0, 0]
     for jobs, results, lines in [(*pair, THROUGHPUT_LINES) for pair in streamed] + [
-            (paced_jobs, paced, LATENCY_RATE * LATENCY_SECONDS)]:
+        (paced_jobs, paced, LATENCY_RATE * LATENCY_SECONDS)
+    ]:
         faults = [a + b for a, b in zip(faults, _faults(jobs, results, lines), strict=True)]
     total = THROUGHPUT_ROUNDS * THROUGHPUT_JOBS * THROUGHPUT_LINES + LATENCY_JOBS * LATENCY_RATE * LATENCY_SECONDS
-    lost = Figure("logstream_lines_lost", sum(faults), "lines", "<=", 0,
-                  "{} missing, {} repeated, {} out of order at the client, {} not stored, of {:,} lines written"
-                  .format(*faults, total))
+    lost = Figure(
+        "logstream_lines_lost",
+        sum(faults),
+        "lines",
+        "<=",
+        0,
+        "{} missing, {} repeated, {} out of order at the client, {} not stored, of {:,} lines written".format(
+            *faults, total
+        ),
+    )
     return [throughput, lost, latency]

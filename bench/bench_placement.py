@@ -15,8 +15,15 @@ def _inventory(rng: random.Random) -> list[HostState]:
     hosts = []
     for h in range(HOSTS):
         size = rng.choice((24, 48, 80, 141)) * GB
-        gpus = tuple(GpuState(index=i, memory_total=size, memory_reserved=rng.choice((0, 0, size // 2, size)),
-                              nvlink_group=f"nvlink-{i // 4}" if h % 2 else "") for i in range(GPUS))
+        gpus = tuple(
+            GpuState(
+                index=i,
+                memory_total=size,
+                memory_reserved=rng.choice((0, 0, size // 2, size)),
+                nvlink_group=f"nvlink-{i // 4}" if h % 2 else "",
+            )
+            for i in range(GPUS)
+        )
         hosts.append(HostState(name=f"gpu-node-{h:04d}", gpus=gpus, labels={"zone": f"z{h % 4}"}))
     return hosts
 
@@ -24,8 +31,14 @@ def _inventory(rng: random.Random) -> list[HostState]:
 def run() -> list[Figure]:
     rng = random.Random(7)
     hosts = _inventory(rng)
-    requirements = [Requirement(memory_per_gpu=rng.choice((14, 35, 70, 120)) * GB, gpu_count=rng.choice((1, 2, 4, 8)),
-                                labels={"zone": "z1"} if rng.random() < 0.3 else {}) for _ in range(DECISIONS)]
+    requirements = [
+        Requirement(
+            memory_per_gpu=rng.choice((14, 35, 70, 120)) * GB,
+            gpu_count=rng.choice((1, 2, 4, 8)),
+            labels={"zone": "z1"} if rng.random() < 0.3 else {},
+        )
+        for _ in range(DECISIONS)
+    ]
     decisions, refused = [], 0
     for requirement in requirements:
         start = time.perf_counter()
@@ -39,6 +52,14 @@ def run() -> list[Figure]:
     sum(g.available for host in hosts for g in host.gpus)
     scan = time.perf_counter() - start
     per_decision = median(decisions) * 1000
-    return [Figure("placement_decision_1000x8", per_decision, "ms", "<=", 50,
-                   f"median of {DECISIONS} decisions ({refused} refused with a reason), worst "
-                   f"{max(decisions) * 1000:.1f} ms; a bare scan of all {HOSTS * GPUS} GPUs took {scan * 1000:.2f} ms")]
+    return [
+        Figure(
+            "placement_decision_1000x8",
+            per_decision,
+            "ms",
+            "<=",
+            50,
+            f"median of {DECISIONS} decisions ({refused} refused with a reason), worst "
+            f"{max(decisions) * 1000:.1f} ms; a bare scan of all {HOSTS * GPUS} GPUs took {scan * 1000:.2f} ms",
+        )
+    ]

@@ -26,9 +26,15 @@ class Bare:
     """bench/ml_generate.py kept alive: one generate run per request."""
 
     def __init__(self, model_dir: Path) -> None:
-        self.process = subprocess.Popen([ml_python(), str(ROOT / "bench" / "ml_generate.py"), str(model_dir)],
-                                        env=ml_env(), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
+        self.process = subprocess.Popen(
+            [ml_python(), str(ROOT / "bench" / "ml_generate.py"), str(model_dir)],
+            env=ml_env(),
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         json.loads(self.process.stdout.readline())
 
     def rate(self, prompts: list[str], max_new_tokens: int) -> float:
@@ -84,10 +90,22 @@ def run() -> list[Figure]:
     single = median([served / plain for served, plain in singles])
     batched = median([served / plain for served, plain in batches])
     return [
-        Figure("serve_single_stream_over_bare_generate", single, "x", ">=", 0.9,
-               f"median of {SINGLE_PAIRS} alternating pairs, {SINGLE_TOKENS} tokens; serve "
-               f"{median([s for s, _ in singles]):.0f} vs bare {median([b for _, b in singles]):.0f} tok/s"),
-        Figure("serve_16_streams_over_16_sequential_generate", batched, "x", ">=", 3,
-               f"median of {BATCH_PAIRS} pairs, {BATCH_TOKENS} tokens each; {STREAMS} streams "
-               f"{median([s for s, _ in batches]):.0f} vs sequential {median([b for _, b in batches]):.0f} tok/s"),
+        Figure(
+            "serve_single_stream_over_bare_generate",
+            single,
+            "x",
+            ">=",
+            0.9,
+            f"median of {SINGLE_PAIRS} alternating pairs, {SINGLE_TOKENS} tokens; serve "
+            f"{median([s for s, _ in singles]):.0f} vs bare {median([b for _, b in singles]):.0f} tok/s",
+        ),
+        Figure(
+            "serve_16_streams_over_16_sequential_generate",
+            batched,
+            "x",
+            ">=",
+            3,
+            f"median of {BATCH_PAIRS} pairs, {BATCH_TOKENS} tokens each; {STREAMS} streams "
+            f"{median([s for s, _ in batches]):.0f} vs sequential {median([b for _, b in batches]):.0f} tok/s",
+        ),
     ]

@@ -27,8 +27,9 @@ def main(model_dir: str) -> None:
     def generate(prompt: str, max_new_tokens: int) -> int:
         ids = tokenizer(prompt, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         return out.shape[1] - ids.input_ids.shape[1]
 
     generate("warm up", 4)

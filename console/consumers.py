@@ -56,7 +56,7 @@ class HeartbeatConsumer(ConsoleConsumer):
 
     async def receive_json(self, content, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "ping":
-            await self.send_json({"type": "error", "detail": "send {\"type\": \"ping\", \"seq\": <n>}"})
+            await self.send_json({"type": "error", "detail": 'send {"type": "ping", "seq": <n>}'})
             return
         await self.channel_layer.group_send(self.group, {"type": "heartbeat.pong", "seq": content.get("seq")})
 

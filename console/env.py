@@ -61,5 +61,5 @@ def new_fernet_key() -> str:
 def celery_url(redis_url: str) -> str:
     """Kombu spells a Redis unix socket as redis+socket://; redis-py and channels-redis as unix://."""
     if redis_url.startswith("unix://"):
-        return "redis+socket://" + redis_url[len("unix://"):]
+        return "redis+socket://" + redis_url[len("unix://") :]
     return redis_url

@@ -44,12 +44,14 @@ def grant_list(*, user) -> list[dict]:
             label = types[perm.content_type_id]
             model_name = label.split(".", 1)[1]
             target = perm.content_object
-            rows.append({
-                "user": perm.user.username if grantee_field == "user" else None,
-                "team": perm.group.name if grantee_field == "group" else None,
-                "action": perm.permission.codename.removesuffix(f"_{model_name}"),
-                "target_type": label,
-                "target_id": perm.object_pk,
-                "target_name": str(target) if target is not None else f"#{perm.object_pk} (deleted)",
-            })
+            rows.append(
+                {
+                    "user": perm.user.username if grantee_field == "user" else None,
+                    "team": perm.group.name if grantee_field == "group" else None,
+                    "action": perm.permission.codename.removesuffix(f"_{model_name}"),
+                    "target_type": label,
+                    "target_id": perm.object_pk,
+                    "target_name": str(target) if target is not None else f"#{perm.object_pk} (deleted)",
+                }
+            )
     return rows

@@ -30,7 +30,7 @@ class XStaticFinder(BaseFinder):
         found = []
         for prefix, storage in self.storages.items():
             if path.startswith(prefix + "/"):
-                relative = path[len(prefix) + 1:]
+                relative = path[len(prefix) + 1 :]
                 if storage.exists(relative):
                     match = storage.path(relative)
                     if not find_all:

@@ -167,8 +167,9 @@ class StreamConsumer(ConsoleConsumer):
         if wait > 0:
             await asyncio.sleep(wait)
         items, self.pending = self.pending, []
-        fresh = sorted({item["seq"]: item for item in items if item["seq"] > self.last_sent}.values(),
-                       key=lambda item: item["seq"])
+        fresh = sorted(
+            {item["seq"]: item for item in items if item["seq"] > self.last_sent}.values(), key=lambda item: item["seq"]
+        )
         if fresh and not _contiguous(fresh, self.last_sent):
             # Live items can overtake each other (several publishers); everything published was
             # committed first, so the database fills the gap.

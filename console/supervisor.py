@@ -44,11 +44,40 @@ class Supervisor:
         return [
             Child("web", [python, "-m", "daphne", "-b", self.host, "-p", str(self.port), "console.asgi:application"]),
             # The local worker is also this machine's GPU agent (queue host.<name>).
-            Child("worker", [python, "-m", "celery", "-A", "console", "worker", "-l", "INFO",
-                             "--concurrency", str(self.worker_concurrency), "-n", "worker@%h",
-                             "-Q", f"celery,host.{self.agent_name}"]),
-            Child("beat", [python, "-m", "celery", "-A", "console", "beat", "-l", "INFO",
-                           "-s", str(Path(settings.DATA_DIR) / "celerybeat-schedule")]),
+            Child(
+                "worker",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "console",
+                    "worker",
+                    "-l",
+                    "INFO",
+                    "--concurrency",
+                    str(self.worker_concurrency),
+                    "-n",
+                    "worker@%h",
+                    "-Q",
+                    f"celery,host.{self.agent_name}",
+                ],
+            ),
+            Child(
+                "beat",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "console",
+                    "beat",
+                    "-l",
+                    "INFO",
+                    "-s",
+                    str(Path(settings.DATA_DIR) / "celerybeat-schedule"),
+                ],
+            ),
         ]
 
     @property

@@ -61,8 +61,9 @@ class UserListView(ConsoleViewMixin, ListView):
         form = UserCreateForm(request.POST)
         if form.is_valid():
             try:
-                user = access.user_create(actor=request.user, role_names=form.cleaned_data.pop("roles"),
-                                          **form.cleaned_data)
+                user = access.user_create(
+                    actor=request.user, role_names=form.cleaned_data.pop("roles"), **form.cleaned_data
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:
@@ -90,8 +91,12 @@ class UserAccessView(ConsoleViewMixin, View):
         form = UserAccessForm(request.POST)
         if form.is_valid():
             try:
-                access.user_update(actor=request.user, user=person, role_names=form.cleaned_data["roles"],
-                                   is_active=form.cleaned_data["is_active"])
+                access.user_update(
+                    actor=request.user,
+                    user=person,
+                    role_names=form.cleaned_data["roles"],
+                    is_active=form.cleaned_data["is_active"],
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:
@@ -105,8 +110,12 @@ class GrantsView(ConsoleViewMixin, View):
     template_name = "console/grants.html"
 
     def _render(self, request, form, status=200):
-        return render(request, self.template_name,
-                      {"form": form, "grants": selectors.grant_list(user=request.user)}, status=status)
+        return render(
+            request,
+            self.template_name,
+            {"form": form, "grants": selectors.grant_list(user=request.user)},
+            status=status,
+        )
 
     def get(self, request):
         return self._render(request, GrantForm())
@@ -133,8 +142,9 @@ class TokenListView(ConsoleViewMixin, View):
 
     def _render(self, request, form, new_token=None, status=200):
         my_tokens = selectors.token_list(user=request.user, owner=request.user)
-        return render(request, self.template_name, {"form": form, "tokens": my_tokens, "new_token": new_token},
-                      status=status)
+        return render(
+            request, self.template_name, {"form": form, "tokens": my_tokens, "new_token": new_token}, status=status
+        )
 
     def get(self, request):
         return self._render(request, TokenCreateForm())
@@ -181,9 +191,11 @@ class CredentialListView(ConsoleViewMixin, ListView):
         form = CredentialForm(request.POST)
         if form.is_valid():
             try:
-                credentials.credential_create(actor=request.user, value=form.cleaned_data["value"],
-                                              **{k: form.cleaned_data[k] for k in ("name", "kind", "description",
-                                                                                    "team")})
+                credentials.credential_create(
+                    actor=request.user,
+                    value=form.cleaned_data["value"],
+                    **{k: form.cleaned_data[k] for k in ("name", "kind", "description", "team")},
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:
@@ -204,8 +216,9 @@ class CredentialDetailView(ConsoleViewMixin, View):
 
     def get(self, request, pk):
         credential = self._credential(request, pk)
-        return render(request, self.template_name, {"credential": credential,
-                                                    "form": CredentialForm(instance=credential)})
+        return render(
+            request, self.template_name, {"credential": credential, "form": CredentialForm(instance=credential)}
+        )
 
     def post(self, request, pk):
         credential = self._credential(request, pk)
@@ -216,10 +229,13 @@ class CredentialDetailView(ConsoleViewMixin, View):
         form = CredentialForm(request.POST, instance=Credential.objects.get(pk=credential.pk))
         if form.is_valid():
             try:
-                credentials.credential_update(actor=request.user, credential=credential,
-                                              name=form.cleaned_data["name"],
-                                              value=form.cleaned_data["value"] or None,
-                                              description=form.cleaned_data["description"])
+                credentials.credential_update(
+                    actor=request.user,
+                    credential=credential,
+                    name=form.cleaned_data["name"],
+                    value=form.cleaned_data["value"] or None,
+                    description=form.cleaned_data["description"],
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:

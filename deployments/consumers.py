@@ -63,8 +63,9 @@ class PlaygroundConsumer(ConsoleConsumer):
             return
         deployment = await database_sync_to_async(self._deployment)()
         if deployment is None:
-            await self.close(code=CLOSE_NOT_FOUND if await database_sync_to_async(can)(user, roles.VIEW)
-                             else CLOSE_FORBIDDEN)
+            await self.close(
+                code=CLOSE_NOT_FOUND if await database_sync_to_async(can)(user, roles.VIEW) else CLOSE_FORBIDDEN
+            )
             return
         try:
             await database_sync_to_async(require)(user, roles.USE_DEPLOYMENT, deployment)
@@ -78,8 +79,11 @@ class PlaygroundConsumer(ConsoleConsumer):
     def _deployment(self):
         from deployments.models import Deployment
 
-        return Deployment.objects.select_related("spec").filter(
-            pk=int(self.scope["url_route"]["kwargs"]["deployment_id"])).first()
+        return (
+            Deployment.objects.select_related("spec")
+            .filter(pk=int(self.scope["url_route"]["kwargs"]["deployment_id"]))
+            .first()
+        )
 
     async def receive_json(self, content, **kwargs) -> None:
         from console.errors import ApplicationError
@@ -96,8 +100,13 @@ class PlaygroundConsumer(ConsoleConsumer):
         mode = content.get("mode", "completion")
         summary: dict = {}
         try:
-            async for event in playground.run(deployment, mode=mode, prompt=str(content.get("prompt") or ""),
-                                              messages=content.get("messages"), parameters=content.get("parameters")):
+            async for event in playground.run(
+                deployment,
+                mode=mode,
+                prompt=str(content.get("prompt") or ""),
+                messages=content.get("messages"),
+                parameters=content.get("parameters"),
+            ):
                 if event["type"] == "end":
                     summary = event
                 await self.send_json(event)
@@ -109,5 +118,10 @@ class PlaygroundConsumer(ConsoleConsumer):
             self.busy = False
         if summary:
             await database_sync_to_async(playground.record_use)(
-                self.scope["user"], deployment, mode=mode, summary=summary, prompt=str(content.get("prompt") or ""),
-                messages=content.get("messages"))
+                self.scope["user"],
+                deployment,
+                mode=mode,
+                summary=summary,
+                prompt=str(content.get("prompt") or ""),
+                messages=content.get("messages"),
+            )

@@ -38,12 +38,18 @@ from deployments.services import images as image_service
 from deployments.services.specs import clean_spec, command_preview, spec_values, verdict
 
 State = Deployment.State
-DEPLOYMENTS = Deployment.objects.select_related("spec__artifact__repo", "spec__artifact__host", "host", "team",
-                                                "job")
+DEPLOYMENTS = Deployment.objects.select_related("spec__artifact__repo", "spec__artifact__host", "host", "team", "job")
 # Badge colour per state (the page's poller uses the same table).
-STATE_CSS = {State.PENDING: "text-bg-secondary", State.PLACING: "text-bg-info", State.DOWNLOADING: "text-bg-primary",
-             State.STARTING: "text-bg-info", State.RUNNING: "text-bg-success", State.STOPPING: "text-bg-warning",
-             State.STOPPED: "text-bg-light border", State.FAILED: "text-bg-danger"}
+STATE_CSS = {
+    State.PENDING: "text-bg-secondary",
+    State.PLACING: "text-bg-info",
+    State.DOWNLOADING: "text-bg-primary",
+    State.STARTING: "text-bg-info",
+    State.RUNNING: "text-bg-success",
+    State.STOPPING: "text-bg-warning",
+    State.STOPPED: "text-bg-light border",
+    State.FAILED: "text-bg-danger",
+}
 # In which states each action is offered (the services refuse the others anyway).
 ACTION_STATES = {
     "launch": [State.STOPPED, State.FAILED],
@@ -87,8 +93,9 @@ class DeploymentListView(ConsoleViewMixin, ListView):
         data = self.filters.cleaned_data if self.filters.is_valid() else {}
         if data.get("q"):
             query = data["q"].strip()
-            deployments = deployments.filter(Q(name__icontains=query) |
-                                             Q(spec__artifact__repo__repo_id__icontains=query))
+            deployments = deployments.filter(
+                Q(name__icontains=query) | Q(spec__artifact__repo__repo_id__icontains=query)
+            )
         if data.get("state"):
             deployments = deployments.filter(state=data["state"])
         return deployments
@@ -98,8 +105,12 @@ class DeploymentListView(ConsoleViewMixin, ListView):
         for deployment in context["object_list"]:
             badge(deployment)
         query = {k: v for k, v in self.request.GET.items() if k in DeploymentFilterForm.base_fields and v}
-        context.update(filters=self.filters, filter_query=urlencode(query), filtered=bool(query),
-                       can_deploy=can(self.request.user, roles.DEPLOY))
+        context.update(
+            filters=self.filters,
+            filter_query=urlencode(query),
+            filtered=bool(query),
+            can_deploy=can(self.request.user, roles.DEPLOY),
+        )
         return context
 
 
@@ -109,9 +120,18 @@ class _SpecFormView(ConsoleViewMixin, View):
     template_name = "deployments/deployments/form.html"
 
     def render_form(self, request, form: SpecForm, *, status=200, **extra):
-        return render(request, self.template_name, {
-            "form": form, "gpu_rows": form.gpu_rows(), "artifact_hosts": form.artifact_hosts(),
-            "plan_url": reverse("api:deployment-plan"), **extra}, status=status)
+        return render(
+            request,
+            self.template_name,
+            {
+                "form": form,
+                "gpu_rows": form.gpu_rows(),
+                "artifact_hosts": form.artifact_hosts(),
+                "plan_url": reverse("api:deployment-plan"),
+                **extra,
+            },
+            status=status,
+        )
 
 
 class DeploymentCreateView(_SpecFormView):
@@ -129,14 +149,21 @@ class DeploymentCreateView(_SpecFormView):
         data, spec = form.cleaned_data, form.to_spec()
         if "confirm" in request.POST:
             try:
-                deployment = lifecycle.deployment_create(actor=request.user, name=data["name"], spec=spec,
-                                                         team=data["team"], restart_policy=data["restart_policy"],
-                                                         launch=True)
+                deployment = lifecycle.deployment_create(
+                    actor=request.user,
+                    name=data["name"],
+                    spec=spec,
+                    team=data["team"],
+                    restart_policy=data["restart_policy"],
+                    launch=True,
+                )
             except ApplicationError as error:
                 apply_error(form, error)
                 return self.render_form(request, form, status=400)
-            messages.success(request, _("%(name)s is launching on %(host)s.")
-                             % {"name": deployment.name, "host": deployment.host or "—"})
+            messages.success(
+                request,
+                _("%(name)s is launching on %(host)s.") % {"name": deployment.name, "host": deployment.host or "—"},
+            )
             return redirect("deployment-detail", pk=deployment.pk)
         try:  # the review: what deployment_create will check, without saving anything
             values = clean_spec(spec)
@@ -165,15 +192,19 @@ class DeploymentEditView(_SpecFormView):
         form = DeploymentEditForm(request.POST, user=request.user)
         if form.is_valid():
             try:
-                spec = lifecycle.spec_update(actor=request.user, deployment=deployment, spec=form.to_spec(),
-                                             note=form.cleaned_data["note"])
+                spec = lifecycle.spec_update(
+                    actor=request.user, deployment=deployment, spec=form.to_spec(), note=form.cleaned_data["note"]
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:
                 messages.success(request, _("Version %(version)s saved.") % {"version": spec.version})
                 if deployment.state in Deployment.State.holding():
-                    messages.info(request, _("The server still runs the previous version: restart it to apply "
-                                             "version %(version)s.") % {"version": spec.version})
+                    messages.info(
+                        request,
+                        _("The server still runs the previous version: restart it to apply version %(version)s.")
+                        % {"version": spec.version},
+                    )
                 return redirect("deployment-detail", pk=deployment.pk)
         return self.render_form(request, form, status=400, deployment=deployment)
 
@@ -185,8 +216,11 @@ def _shown(name: str, value) -> str:
         return "—"
     if name == "artifact":
         artifact = ModelArtifact.objects.select_related("repo", "host").filter(pk=value).first()
-        return f"{artifact.repo.repo_id}@{(artifact.repo.commit or '')[:10]} ({artifact.host.name})" if artifact \
+        return (
+            f"{artifact.repo.repo_id}@{(artifact.repo.commit or '')[:10]} ({artifact.host.name})"
+            if artifact
             else f"#{value}"
+        )
     if name == "credential":
         return Credential.objects.filter(pk=value).values_list("name", flat=True).first() or f"#{value}"
     if isinstance(value, dict | list):
@@ -199,16 +233,25 @@ def _label(name: str) -> str:
 
 
 def spec_rows(spec: DeploymentSpec) -> list[dict]:
-    return [{"field": name, "label": _label(name), "value": _shown(name, value)}
-            for name, value in spec_values(spec).items()]
+    return [
+        {"field": name, "label": _label(name), "value": _shown(name, value)}
+        for name, value in spec_values(spec).items()
+    ]
 
 
 def version_rows(deployment: Deployment) -> list[dict]:
     rows = []
     for spec in deployment.specs.select_related("created_by").order_by("-version"):
-        changes = [{"field": name, "label": _label(name) if name in spec_values(spec) else name,
-                    "before": _shown(name, pair[0]), "after": _shown(name, pair[1])}
-                   for name, pair in (spec.diff or {}).items() if isinstance(pair, list | tuple) and len(pair) == 2]
+        changes = [
+            {
+                "field": name,
+                "label": _label(name) if name in spec_values(spec) else name,
+                "before": _shown(name, pair[0]),
+                "after": _shown(name, pair[1]),
+            }
+            for name, pair in (spec.diff or {}).items()
+            if isinstance(pair, list | tuple) and len(pair) == 2
+        ]
         # Empty to empty (None to "" in version 1's diff against nothing) is no change to a reader.
         changes = [change for change in changes if change["before"] != change["after"]]
         rows.append({"spec": spec, "changes": changes, "current": spec.pk == deployment.spec_id})
@@ -230,18 +273,37 @@ class DeploymentDetailView(ConsoleViewMixin, View):
         running_command = deployment.command if deployment.command and deployment.state in State.holding() else []
         running_spec = (job.params or {}).get("spec") if job else None
         can_deploy = can(request.user, roles.DEPLOY, deployment)
-        actions = [{"key": key, "states": " ".join(states), "shown": deployment.state in states}
-                   for key, states in ACTION_STATES.items()] if can_deploy else []
-        return render(request, self.template_name, {
-            "deployment": deployment, "spec": spec, "job": job, "spec_rows": spec_rows(spec) if spec else [],
-            "versions": version_rows(deployment), "plan": plan, "plan_error": plan_error,
-            "command": shlex.join(running_command or preview), "command_is_running": bool(running_command),
-            "restart_to_apply": bool(running_spec and spec and running_spec != spec.pk
-                                     and deployment.state in State.holding()),
-            "can_deploy": can_deploy, "can_use": can(request.user, roles.USE_DEPLOYMENT, deployment),
-            "actions": {a["key"]: a for a in actions}, "states": state_table(),
-            "api_url": reverse("api:deployment-detail", args=[deployment.pk]),
-        })
+        actions = (
+            [
+                {"key": key, "states": " ".join(states), "shown": deployment.state in states}
+                for key, states in ACTION_STATES.items()
+            ]
+            if can_deploy
+            else []
+        )
+        return render(
+            request,
+            self.template_name,
+            {
+                "deployment": deployment,
+                "spec": spec,
+                "job": job,
+                "spec_rows": spec_rows(spec) if spec else [],
+                "versions": version_rows(deployment),
+                "plan": plan,
+                "plan_error": plan_error,
+                "command": shlex.join(running_command or preview),
+                "command_is_running": bool(running_command),
+                "restart_to_apply": bool(
+                    running_spec and spec and running_spec != spec.pk and deployment.state in State.holding()
+                ),
+                "can_deploy": can_deploy,
+                "can_use": can(request.user, roles.USE_DEPLOYMENT, deployment),
+                "actions": {a["key"]: a for a in actions},
+                "states": state_table(),
+                "api_url": reverse("api:deployment-detail", args=[deployment.pk]),
+            },
+        )
 
 
 # -- actions -------------------------------------------------------------------------------------------------------
@@ -284,8 +346,10 @@ class DeploymentStopView(_ActionView):
 class DeploymentRestartView(_ActionView):
     def act(self, request, deployment):
         lifecycle.deployment_restart(actor=request.user, deployment=deployment)
-        return _("%(name)s restarts with version %(version)s.") % {"name": deployment.name,
-                                                                    "version": deployment.spec.version}
+        return _("%(name)s restarts with version %(version)s.") % {
+            "name": deployment.name,
+            "version": deployment.spec.version,
+        }
 
 
 class DeploymentDeleteView(_ActionView):
@@ -320,11 +384,16 @@ class PlaygroundView(ConsoleViewMixin, View):
     def get(self, request, pk):
         deployment = badge(self.visible_object(pk))
         spec = deployment.spec
-        return render(request, self.template_name, {
-            "deployment": deployment, "running": deployment.state == State.RUNNING and bool(deployment.endpoint),
-            "max_new_tokens_limit": playground.MAX_NEW_TOKENS,
-            "max_total_tokens": spec.max_total_tokens if spec else None,
-        })
+        return render(
+            request,
+            self.template_name,
+            {
+                "deployment": deployment,
+                "running": deployment.state == State.RUNNING and bool(deployment.endpoint),
+                "max_new_tokens_limit": playground.MAX_NEW_TOKENS,
+                "max_total_tokens": spec.max_total_tokens if spec else None,
+            },
+        )
 
 
 # -- images --------------------------------------------------------------------------------------------------------
@@ -337,9 +406,15 @@ class ImageListView(ConsoleViewMixin, View):
     def page(self, request, form=None, status=200):
         images = AllowedImage.objects.order_by("reference")
         used = set(Deployment.objects.exclude(spec__image="").values_list("spec__image", flat=True))
-        return render(request, self.template_name, {
-            "images": [{"image": image, "used": image.reference in used} for image in images],
-            "form": form or ImageForm()}, status=status)
+        return render(
+            request,
+            self.template_name,
+            {
+                "images": [{"image": image, "used": image.reference in used} for image in images],
+                "form": form or ImageForm(),
+            },
+            status=status,
+        )
 
     def get(self, request):
         return self.page(request)

@@ -575,8 +575,13 @@ class _Sidecar:
         if key is None:
             return
         with self.lock:
-            self.files[path] = {"size": key[0], "mtime_ns": key[1], "ino": key[2], "sha256": sha256,
-                                "git_sha1": git_sha1}
+            self.files[path] = {
+                "size": key[0],
+                "mtime_ns": key[1],
+                "ino": key[2],
+                "sha256": sha256,
+                "git_sha1": git_sha1,
+            }
             self.save()
 
     def save(self) -> None:
@@ -1003,8 +1008,9 @@ class _Download:
                     self.meter.tick()  # a cancel sets `aborted`: the file threads stop at their next chunk
             for future in futures:
                 exc = future.exception()
-                if exc is not None and (failure is None or (isinstance(failure, Cancelled)
-                                                            and not isinstance(exc, Cancelled))):
+                if exc is not None and (
+                    failure is None or (isinstance(failure, Cancelled) and not isinstance(exc, Cancelled))
+                ):
                     failure = exc  # a real failure wins over the others' "stopped"
         self.meter.emit()
         if failure is not None:

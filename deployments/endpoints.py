@@ -51,8 +51,10 @@ def check_url(url: str, *, patterns: list[str] | None = None, resolver=resolve_a
         addresses = resolver(host)
     if not _allowed(host, addresses, patterns):
         shown = ", ".join(addresses) or "no address"
-        raise ApplicationError(f"{host} ({shown}) is not on the endpoint allow-list; an admin can add it under "
-                               f"Models → Sources.", field="endpoint")
+        raise ApplicationError(
+            f"{host} ({shown}) is not on the endpoint allow-list; an admin can add it under Models → Sources.",
+            field="endpoint",
+        )
 
 
 class RedirectRefused(ApplicationError):

@@ -49,20 +49,36 @@ class HostForm(forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Online/offline come from the agent's heartbeats; people set only these two.
-        self.fields["status"].choices = [(Host.Status.MANUAL, Host.Status.MANUAL.label),
-                                         (Host.Status.MAINTENANCE, Host.Status.MAINTENANCE.label)]
+        self.fields["status"].choices = [
+            (Host.Status.MANUAL, Host.Status.MANUAL.label),
+            (Host.Status.MAINTENANCE, Host.Status.MAINTENANCE.label),
+        ]
         if self.instance.pk and self.instance.status not in (Host.Status.MANUAL, Host.Status.MAINTENANCE):
             self.fields["status"].choices.insert(0, (self.instance.status, self.instance.get_status_display()))
 
 
 class GpuForm(forms.ModelForm):
-    memory_gb = forms.DecimalField(label=_("Memory (GB)"), min_value=Decimal("0.1"), max_digits=8, decimal_places=2,
-                                   help_text=_("10^9 bytes, as the planner counts."))
+    memory_gb = forms.DecimalField(
+        label=_("Memory (GB)"),
+        min_value=Decimal("0.1"),
+        max_digits=8,
+        decimal_places=2,
+        help_text=_("10^9 bytes, as the planner counts."),
+    )
 
     class Meta:
         model = Gpu
-        fields = ["index", "name", "memory_gb", "power_limit_w", "compute_capability", "nvlink_group", "uuid",
-                  "serial", "health"]
+        fields = [
+            "index",
+            "name",
+            "memory_gb",
+            "power_limit_w",
+            "compute_capability",
+            "nvlink_group",
+            "uuid",
+            "serial",
+            "health",
+        ]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -78,25 +94,39 @@ class GpuForm(forms.ModelForm):
 class SizingForm(forms.Form):
     """What the VRAM planner needs; everything but the model has TGI's defaults."""
 
-    source = forms.CharField(label=_("Model"), max_length=300,
-                             help_text=_("A Hugging Face repo id (deepseek-ai/deepseek-llm-7b-base) or a directory "
-                                         "in the model store."))
-    revision = forms.CharField(label=_("Revision"), max_length=100, required=False,
-                               help_text=_("Branch, tag or commit; empty: main."))
-    quantize = forms.ChoiceField(label=_("Quantization"), required=False,
-                                 choices=[("", _("as stored")), ("awq", "AWQ"), ("gptq", "GPTQ"),
-                                          ("bitsandbytes", "bitsandbytes (int8)"),
-                                          ("bitsandbytes-nf4", "bitsandbytes nf4"), ("eetq", "EETQ (int8)"),
-                                          ("fp8", "FP8")])
-    max_total_tokens = forms.IntegerField(label=_("Max total tokens"), required=False, min_value=2,
-                                          max_value=1_048_576)
-    max_batch_total_tokens = forms.IntegerField(label=_("Max batch total tokens"), required=False, min_value=2,
-                                                max_value=16_777_216)
-    kv_cache_dtype = forms.ChoiceField(label=_("KV cache"), required=False,
-                                       choices=[("", _("same as the model")), ("fp8_e4m3fn", "FP8 (e4m3fn)"),
-                                                ("fp8_e5m2", "FP8 (e5m2)")])
-    credential = forms.ModelChoiceField(label=_("Hugging Face token"), required=False, queryset=None,
-                                        help_text=_("For gated or private repos."))
+    source = forms.CharField(
+        label=_("Model"),
+        max_length=300,
+        help_text=_("A Hugging Face repo id (deepseek-ai/deepseek-llm-7b-base) or a directory in the model store."),
+    )
+    revision = forms.CharField(
+        label=_("Revision"), max_length=100, required=False, help_text=_("Branch, tag or commit; empty: main.")
+    )
+    quantize = forms.ChoiceField(
+        label=_("Quantization"),
+        required=False,
+        choices=[
+            ("", _("as stored")),
+            ("awq", "AWQ"),
+            ("gptq", "GPTQ"),
+            ("bitsandbytes", "bitsandbytes (int8)"),
+            ("bitsandbytes-nf4", "bitsandbytes nf4"),
+            ("eetq", "EETQ (int8)"),
+            ("fp8", "FP8"),
+        ],
+    )
+    max_total_tokens = forms.IntegerField(label=_("Max total tokens"), required=False, min_value=2, max_value=1_048_576)
+    max_batch_total_tokens = forms.IntegerField(
+        label=_("Max batch total tokens"), required=False, min_value=2, max_value=16_777_216
+    )
+    kv_cache_dtype = forms.ChoiceField(
+        label=_("KV cache"),
+        required=False,
+        choices=[("", _("same as the model")), ("fp8_e4m3fn", "FP8 (e4m3fn)"), ("fp8_e5m2", "FP8 (e5m2)")],
+    )
+    credential = forms.ModelChoiceField(
+        label=_("Hugging Face token"), required=False, queryset=None, help_text=_("For gated or private repos.")
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

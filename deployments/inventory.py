@@ -12,7 +12,8 @@ from deployments.placement import GpuState, HostState
 
 def host_list(*, user) -> QuerySet[Host]:
     return restrict(Host.objects.all(), user, roles.VIEW).prefetch_related(
-        Prefetch("gpus", queryset=Gpu.objects.annotate(reserved=Sum("reservations__memory_bytes")).order_by("index")))
+        Prefetch("gpus", queryset=Gpu.objects.annotate(reserved=Sum("reservations__memory_bytes")).order_by("index"))
+    )
 
 
 def host_states(hosts: QuerySet[Host] | None = None) -> list[HostState]:
@@ -21,13 +22,23 @@ def host_states(hosts: QuerySet[Host] | None = None) -> list[HostState]:
     gpus = Gpu.objects.annotate(reserved=Sum("reservations__memory_bytes")).order_by("index")
     states = []
     for host in hosts.prefetch_related(Prefetch("gpus", queryset=gpus)):
-        states.append(HostState(
-            name=host.name,
-            labels=host.labels or {},
-            online=host.status in (Host.Status.ONLINE, Host.Status.MANUAL),
-            gpus=tuple(GpuState(index=g.index, memory_total=g.memory_total, memory_reserved=g.reserved or 0,
-                                nvlink_group=g.nvlink_group, name=g.name, power_limit_w=g.power_limit_w,
-                                healthy=g.health in (Gpu.Health.OK, Gpu.Health.UNKNOWN))
-                       for g in host.gpus.all()),
-        ))
+        states.append(
+            HostState(
+                name=host.name,
+                labels=host.labels or {},
+                online=host.status in (Host.Status.ONLINE, Host.Status.MANUAL),
+                gpus=tuple(
+                    GpuState(
+                        index=g.index,
+                        memory_total=g.memory_total,
+                        memory_reserved=g.reserved or 0,
+                        nvlink_group=g.nvlink_group,
+                        name=g.name,
+                        power_limit_w=g.power_limit_w,
+                        healthy=g.health in (Gpu.Health.OK, Gpu.Health.UNKNOWN),
+                    )
+                    for g in host.gpus.all()
+                ),
+            )
+        )
     return states

@@ -79,8 +79,12 @@ class ModelListView(ConsoleViewMixin, ListView):
         for artifact in context["object_list"]:
             artifact.percent = percent(artifact.bytes_done, artifact.bytes_total)
         query = {k: v for k, v in self.request.GET.items() if k in ModelFilterForm.base_fields and v}
-        context.update(filters=self.filters, filter_query=urlencode(query), filtered=bool(query),
-                       can_add=can(self.request.user, roles.ADD_MODEL))
+        context.update(
+            filters=self.filters,
+            filter_query=urlencode(query),
+            filtered=bool(query),
+            can_add=can(self.request.user, roles.ADD_MODEL),
+        )
         return context
 
 
@@ -91,8 +95,9 @@ class _FormView(ConsoleViewMixin, View):
     form_id = ""
 
     def render_form(self, request, form, status=200):
-        return render(request, self.template_name, {"form": form, "title": self.title, "form_id": self.form_id},
-                      status=status)
+        return render(
+            request, self.template_name, {"form": form, "title": self.title, "form_id": self.form_id}, status=status
+        )
 
 
 class ModelAddView(_FormView):
@@ -109,18 +114,30 @@ class ModelAddView(_FormView):
         if form.is_valid():
             data = form.cleaned_data
             try:
-                artifact = registry.model_add(actor=request.user, source=data["source"], repo_id=data["repo_id"],
-                                              revision=data["revision"], host=data["host"],
-                                              credential=data["credential"], include=data["include"])
+                artifact = registry.model_add(
+                    actor=request.user,
+                    source=data["source"],
+                    repo_id=data["repo_id"],
+                    revision=data["revision"],
+                    host=data["host"],
+                    credential=data["credential"],
+                    include=data["include"],
+                )
             except ApplicationError as error:
                 apply_error(form, add_error(error))
             else:
                 if artifact.status == ModelArtifact.Status.READY:
-                    messages.info(request, _("%(host)s already has this model at that commit; nothing to download.")
-                                  % {"host": artifact.host.name})
+                    messages.info(
+                        request,
+                        _("%(host)s already has this model at that commit; nothing to download.")
+                        % {"host": artifact.host.name},
+                    )
                 else:
-                    messages.success(request, _("Download of %(repo)s queued on %(host)s.")
-                                     % {"repo": artifact.repo.repo_id, "host": artifact.host.name})
+                    messages.success(
+                        request,
+                        _("Download of %(repo)s queued on %(host)s.")
+                        % {"repo": artifact.repo.repo_id, "host": artifact.host.name},
+                    )
                 return redirect("model-detail", pk=artifact.pk)
         return self.render_form(request, form, status=400)
 
@@ -139,13 +156,17 @@ class ModelImportView(_FormView):
         if form.is_valid():
             data = form.cleaned_data
             try:
-                artifact = registry.model_import(actor=request.user, host=data["host"], directory=data["directory"],
-                                                 repo_id=data["name"])
+                artifact = registry.model_import(
+                    actor=request.user, host=data["host"], directory=data["directory"], repo_id=data["name"]
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:
-                messages.success(request, _("Import of %(directory)s queued on %(host)s.")
-                                 % {"directory": artifact.path, "host": artifact.host.name})
+                messages.success(
+                    request,
+                    _("Import of %(directory)s queued on %(host)s.")
+                    % {"directory": artifact.path, "host": artifact.host.name},
+                )
                 return redirect("model-detail", pk=artifact.pk)
         return self.render_form(request, form, status=400)
 
@@ -156,8 +177,11 @@ def artifact_files(artifact: ModelArtifact) -> list[dict]:
     listed = artifact.manifest.get("files") if isinstance(artifact.manifest, dict) else None
     files = listed if artifact.status == ModelArtifact.Status.READY and listed else artifact.repo.files or []
     hashes = artifact.files_sha256 or {}
-    return [{"path": f.get("path", ""), "size": f.get("size"), "sha256": f.get("sha256") or hashes.get(f.get("path"))}
-            for f in files if isinstance(f, dict)]
+    return [
+        {"path": f.get("path", ""), "size": f.get("size"), "sha256": f.get("sha256") or hashes.get(f.get("path"))}
+        for f in files
+        if isinstance(f, dict)
+    ]
 
 
 class ModelDetailView(ConsoleViewMixin, View):
@@ -174,18 +198,28 @@ class ModelDetailView(ConsoleViewMixin, View):
         progress = job.progress if job and isinstance(job.progress, dict) else {}
         repo = artifact.repo
         sizing = reverse("sizing") + "?" + urlencode({"source": repo.repo_id, "revision": repo.commit or "main"})
-        return render(request, self.template_name, {
-            "artifact": artifact, "repo": repo, "jobs": jobs, "job": job,
-            "job_active": bool(job and job.is_active),
-            "download_active": bool(job and job.is_active and job.kind == Job.Kind.DOWNLOAD),
-            "failed": job if job and job.status == Job.Status.FAILED else None,
-            "progress": progress, "progress_percent": percent(progress.get("done"), progress.get("total")),
-            "progress_eta": duration(progress.get("eta_s")) if job and job.is_active else "",
-            "files": artifact_files(artifact),
-            "manifest": json.dumps(artifact.manifest, indent=2, sort_keys=True) if artifact.manifest else "",
-            "uses": list(artifact.uses.order_by("holder")), "sizing_url": sizing,
-            "can_add": can(request.user, roles.ADD_MODEL), "cancel_form": ModelCancelForm(),
-        })
+        return render(
+            request,
+            self.template_name,
+            {
+                "artifact": artifact,
+                "repo": repo,
+                "jobs": jobs,
+                "job": job,
+                "job_active": bool(job and job.is_active),
+                "download_active": bool(job and job.is_active and job.kind == Job.Kind.DOWNLOAD),
+                "failed": job if job and job.status == Job.Status.FAILED else None,
+                "progress": progress,
+                "progress_percent": percent(progress.get("done"), progress.get("total")),
+                "progress_eta": duration(progress.get("eta_s")) if job and job.is_active else "",
+                "files": artifact_files(artifact),
+                "manifest": json.dumps(artifact.manifest, indent=2, sort_keys=True) if artifact.manifest else "",
+                "uses": list(artifact.uses.order_by("holder")),
+                "sizing_url": sizing,
+                "can_add": can(request.user, roles.ADD_MODEL),
+                "cancel_form": ModelCancelForm(),
+            },
+        )
 
 
 class ModelCancelView(ConsoleViewMixin, View):
@@ -233,8 +267,11 @@ class ModelGcView(ConsoleViewMixin, View):
     def get(self, request):
         candidates = registry.gc_candidates().select_related("repo__source", "host").order_by("host__name", "pk")
         total = candidates.aggregate(total=Sum("bytes_total"))["total"] or 0
-        return render(request, self.template_name, {"candidates": candidates, "total": total,
-                                                    "can_add": can(request.user, roles.ADD_MODEL)})
+        return render(
+            request,
+            self.template_name,
+            {"candidates": candidates, "total": total, "can_add": can(request.user, roles.ADD_MODEL)},
+        )
 
     def post(self, request):
         require(request.user, roles.ADD_MODEL)
@@ -255,13 +292,20 @@ class SourcesView(ConsoleViewMixin, View):
 
     def page(self, request, *, source_form=None, endpoint_form=None, status=200):
         manage = can(request.user, roles.MANAGE_INVENTORY)
-        return render(request, self.template_name, {
-            "sources": ModelSource.objects.annotate(copies=Count("repos__artifacts", filter=~Q(
-                repos__artifacts__status=ModelArtifact.Status.DELETED))).order_by("name"),
-            "endpoints": AllowedEndpoint.objects.order_by("pattern"), "can_manage": manage,
-            "source_form": source_form or (SourceForm() if manage else None),
-            "endpoint_form": endpoint_form or (EndpointForm() if manage else None),
-        }, status=status)
+        return render(
+            request,
+            self.template_name,
+            {
+                "sources": ModelSource.objects.annotate(
+                    copies=Count("repos__artifacts", filter=~Q(repos__artifacts__status=ModelArtifact.Status.DELETED))
+                ).order_by("name"),
+                "endpoints": AllowedEndpoint.objects.order_by("pattern"),
+                "can_manage": manage,
+                "source_form": source_form or (SourceForm() if manage else None),
+                "endpoint_form": endpoint_form or (EndpointForm() if manage else None),
+            },
+            status=status,
+        )
 
     def get(self, request):
         return self.page(request)
@@ -271,10 +315,13 @@ class SourcesView(ConsoleViewMixin, View):
         form = SourceForm(request.POST)
         if form.is_valid():
             try:
-                source = registry.source_create(actor=request.user, kind=ModelSource.Kind.MIRROR,
-                                                name=form.cleaned_data["name"],
-                                                endpoint=form.cleaned_data["endpoint"],
-                                                token=form.cleaned_data["token"] or None)
+                source = registry.source_create(
+                    actor=request.user,
+                    kind=ModelSource.Kind.MIRROR,
+                    name=form.cleaned_data["name"],
+                    endpoint=form.cleaned_data["endpoint"],
+                    token=form.cleaned_data["token"] or None,
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:
@@ -294,8 +341,9 @@ class EndpointAllowView(SourcesView):
         form = EndpointForm(request.POST)
         if form.is_valid():
             try:
-                endpoint = registry.endpoint_allow(actor=request.user, pattern=form.cleaned_data["pattern"],
-                                                   note=form.cleaned_data["note"])
+                endpoint = registry.endpoint_allow(
+                    actor=request.user, pattern=form.cleaned_data["pattern"], note=form.cleaned_data["note"]
+                )
             except ApplicationError as error:
                 apply_error(form, error)
             else:

@@ -64,8 +64,11 @@ def _pick(gpus: list[GpuState], count: int) -> tuple[list[GpuState], bool] | Non
     for gpu in gpus:
         if gpu.nvlink_group:
             groups[gpu.nvlink_group].append(gpu)
-    linked = [sorted(members, key=lambda g: (g.available, g.index))[:count]
-              for members in groups.values() if len(members) >= count]
+    linked = [
+        sorted(members, key=lambda g: (g.available, g.index))[:count]
+        for members in groups.values()
+        if len(members) >= count
+    ]
     if linked and count > 1:
         return min(linked, key=lambda chosen: (sum(g.available for g in chosen), chosen[0].index)), True
     if len(gpus) < count:
@@ -93,8 +96,12 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
             reasons.append(f"{host.name}: {len(fitting)} GPU(s) with {requirement.memory_per_gpu / GB:.1f} GB free")
             continue
         gpus, one_group = chosen
-        key = (host.name not in preferred, not one_group, sum(g.available for g in gpus) - requirement.memory_per_gpu
-               * len(gpus), host.name)
+        key = (
+            host.name not in preferred,
+            not one_group,
+            sum(g.available for g in gpus) - requirement.memory_per_gpu * len(gpus),
+            host.name,
+        )
         if best is None or key < best[0]:
             best = (key, host, gpus, one_group)
     if best is None:
@@ -105,6 +112,8 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
     indexes = tuple(sorted(g.index for g in gpus))
     free = ", ".join(f"{g.available / GB:.0f}" for g in sorted(gpus, key=lambda g: g.index))
     link = " in one NVLink group" if one_group and len(gpus) > 1 else ""
-    explanation = (f"GPU {','.join(map(str, indexes))} on {host.name}{link}: {len(gpus)} x "
-                   f"{requirement.memory_per_gpu / GB:.1f} GB needed, {free} GB free")
+    explanation = (
+        f"GPU {','.join(map(str, indexes))} on {host.name}{link}: {len(gpus)} x "
+        f"{requirement.memory_per_gpu / GB:.1f} GB needed, {free} GB free"
+    )
     return Placement(host=host.name, gpu_indexes=indexes, explanation=explanation)

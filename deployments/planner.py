@@ -37,22 +37,36 @@ def _token(user, credential_id) -> str | None:
     return credential.value.reveal()
 
 
-def plan(*, user, source: str, revision: str | None = None, quantize: str | None = None,
-         max_total_tokens: int | None = None, max_batch_total_tokens: int | None = None,
-         kv_cache_dtype: str | None = None, credential_id: int | None = None) -> dict:
+def plan(
+    *,
+    user,
+    source: str,
+    revision: str | None = None,
+    quantize: str | None = None,
+    max_total_tokens: int | None = None,
+    max_batch_total_tokens: int | None = None,
+    kv_cache_dtype: str | None = None,
+    credential_id: int | None = None,
+) -> dict:
     """Size a model for every precision against the inventory; field errors as ApplicationError."""
     require(user, roles.VIEW)
     source = source.strip()
     if not source:
-        raise ApplicationError("Give a Hugging Face repo id (org/name) or a directory in the model store.",
-                               field="source")
+        raise ApplicationError(
+            "Give a Hugging Face repo id (org/name) or a directory in the model store.", field="source"
+        )
     if looks_like_path(source):
         source = _local_source(source)
     try:
         metadata = load_model_metadata(source, revision=revision or None, token=_token(user, credential_id))
-        report = size_model(metadata, quantize=quantize or None, max_total_tokens=max_total_tokens,
-                            max_batch_total_tokens=max_batch_total_tokens, kv_cache_dtype=kv_cache_dtype or None,
-                            inventory=inventory_capacity())
+        report = size_model(
+            metadata,
+            quantize=quantize or None,
+            max_total_tokens=max_total_tokens,
+            max_batch_total_tokens=max_batch_total_tokens,
+            kv_cache_dtype=kv_cache_dtype or None,
+            inventory=inventory_capacity(),
+        )
     except SizingError as error:
         raise ApplicationError(error.message, field=error.field or "source") from None
     return report.as_dict()

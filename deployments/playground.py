@@ -19,8 +19,15 @@ from console.errors import ApplicationError
 from deployments.models import Deployment
 
 MAX_NEW_TOKENS = 2048
-PARAMETERS = {"max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
-              "repetition_penalty": float, "seed": int, "do_sample": bool}
+PARAMETERS = {
+    "max_new_tokens": int,
+    "temperature": float,
+    "top_p": float,
+    "top_k": int,
+    "repetition_penalty": float,
+    "seed": int,
+    "do_sample": bool,
+}
 
 
 def clean_parameters(raw: dict) -> dict:
@@ -48,47 +55,63 @@ async def stream_completion(endpoint: str, prompt: str, params: dict) -> AsyncIt
     async for event in client.generate_stream(prompt, **params):
         if event.details is not None:
             yield {"type": "token", "text": "" if event.token.special else event.token.text}
-            yield {"type": "end", "generated_tokens": event.details.generated_tokens,
-                   "finish_reason": event.details.finish_reason.value}
+            yield {
+                "type": "end",
+                "generated_tokens": event.details.generated_tokens,
+                "finish_reason": event.details.finish_reason.value,
+            }
             return
         yield {"type": "token", "text": "" if event.token.special else event.token.text}
 
 
 async def stream_chat(endpoint: str, messages: list[dict], params: dict) -> AsyncIterator[dict]:
-    body = {"model": "tgi", "messages": messages, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": params.get("max_new_tokens")}
+    body = {
+        "model": "tgi",
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": params.get("max_new_tokens"),
+    }
     if params.get("do_sample") is False:
         body["temperature"] = 0
     for name in ("temperature", "top_p", "seed"):
         if params.get(name) is not None:
             body[name] = params[name]
     finish, usage = None, None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session, session.post(
-            f"{endpoint}/v1/chat/completions", json=body) as response:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session,
+        session.post(f"{endpoint}/v1/chat/completions", json=body) as response,
+    ):
         if response.status != 200:
             raise ApplicationError(f"The server answered {response.status}: {(await response.text())[:300]}")
         async for raw in response.content:
             line = raw.decode("utf-8", errors="replace").strip()
             if not line.startswith("data:"):
                 continue
-            data = line[len("data:"):].strip()
+            data = line[len("data:") :].strip()
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
             if "error" in chunk:
-                raise ApplicationError(str(chunk["error"].get("message") if isinstance(chunk["error"], dict)
-                                           else chunk["error"]))
+                raise ApplicationError(
+                    str(chunk["error"].get("message") if isinstance(chunk["error"], dict) else chunk["error"])
+                )
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or []:
                 yield {"type": "token", "text": (choice.get("delta") or {}).get("content") or ""}
                 finish = choice.get("finish_reason") or finish
-    yield {"type": "end", "generated_tokens": (usage or {}).get("completion_tokens"),
-           "prompt_tokens": (usage or {}).get("prompt_tokens"), "finish_reason": finish}
+    yield {
+        "type": "end",
+        "generated_tokens": (usage or {}).get("completion_tokens"),
+        "prompt_tokens": (usage or {}).get("prompt_tokens"),
+        "finish_reason": finish,
+    }
 
 
-async def run(deployment: Deployment, *, mode: str, prompt: str = "", messages: list | None = None,
-              parameters: dict | None = None) -> AsyncIterator[dict]:
+async def run(
+    deployment: Deployment, *, mode: str, prompt: str = "", messages: list | None = None, parameters: dict | None = None
+) -> AsyncIterator[dict]:
     """Stream one generation: token events, then a summary with token counts and time to first token."""
     if deployment.state != Deployment.State.RUNNING or not deployment.endpoint:
         raise ApplicationError(f"{deployment} is {deployment.get_state_display()}; launch it first.")
@@ -96,8 +119,11 @@ async def run(deployment: Deployment, *, mode: str, prompt: str = "", messages: 
     if mode == "chat":
         if not messages or not all(isinstance(m, dict) and m.get("content") for m in messages):
             raise ApplicationError("Write a message.", field="messages")
-        events = stream_chat(deployment.endpoint, [{"role": m.get("role", "user"), "content": str(m["content"])}
-                                                   for m in messages], params)
+        events = stream_chat(
+            deployment.endpoint,
+            [{"role": m.get("role", "user"), "content": str(m["content"])} for m in messages],
+            params,
+        )
     elif mode == "completion":
         if not prompt.strip():
             raise ApplicationError("Write a prompt.", field="prompt")
@@ -113,19 +139,27 @@ async def run(deployment: Deployment, *, mode: str, prompt: str = "", messages: 
             if first is None:
                 first = time.monotonic() - started
         else:
-            event.update(generated_tokens=event.get("generated_tokens") or count,
-                         ttft_ms=round((first or 0) * 1000, 1), total_ms=round((time.monotonic() - started) * 1000, 1),
-                         parameters=params)
+            event.update(
+                generated_tokens=event.get("generated_tokens") or count,
+                ttft_ms=round((first or 0) * 1000, 1),
+                total_ms=round((time.monotonic() - started) * 1000, 1),
+                parameters=params,
+            )
         yield event
 
 
-def record_use(user, deployment: Deployment, *, mode: str, summary: dict, prompt: str = "",
-               messages: list | None = None) -> None:
+def record_use(
+    user, deployment: Deployment, *, mode: str, summary: dict, prompt: str = "", messages: list | None = None
+) -> None:
     """One audit event per use: who, which deployment, mode, token counts; the text only if a setting says so."""
-    detail = {"mode": mode, "generated_tokens": summary.get("generated_tokens"),
-              "prompt_tokens": summary.get("prompt_tokens"), "ttft_ms": summary.get("ttft_ms"),
-              "finish_reason": summary.get("finish_reason"), "version": deployment.spec.version
-              if deployment.spec else None}
+    detail = {
+        "mode": mode,
+        "generated_tokens": summary.get("generated_tokens"),
+        "prompt_tokens": summary.get("prompt_tokens"),
+        "ttft_ms": summary.get("ttft_ms"),
+        "finish_reason": summary.get("finish_reason"),
+        "version": deployment.spec.version if deployment.spec else None,
+    }
     if settings.PLAYGROUND_AUDIT_PROMPTS:
         detail["prompt"] = prompt if mode == "completion" else messages
     audit.record(action="deployment.used", actor=user, target=deployment, detail=detail)

@@ -11,7 +11,16 @@ def inventory_capacity() -> list:
 
     hosts = []
     for state in host_states():
-        gpus = [GpuCapacity(index=g.index, name=g.name, memory_total=g.memory_total, memory_free=g.available,
-                            power_limit_w=g.power_limit_w) for g in state.gpus if g.healthy]
+        gpus = [
+            GpuCapacity(
+                index=g.index,
+                name=g.name,
+                memory_total=g.memory_total,
+                memory_free=g.available,
+                power_limit_w=g.power_limit_w,
+            )
+            for g in state.gpus
+            if g.healthy
+        ]
         hosts.append(HostCapacity(name=state.name, gpus=gpus, online=state.online))
     return hosts

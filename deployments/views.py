@@ -29,8 +29,11 @@ class HostListView(ConsoleViewMixin, ListView):
     paginate_by = 25
 
     def get_queryset(self):
-        hosts = host_list(user=self.request.user).annotate(
-            gpu_count=Count("gpus", distinct=True), memory_total=Sum("gpus__memory_total")).order_by("name")
+        hosts = (
+            host_list(user=self.request.user)
+            .annotate(gpu_count=Count("gpus", distinct=True), memory_total=Sum("gpus__memory_total"))
+            .order_by("name")
+        )
         query = self.request.GET.get("q", "").strip()
         if query:
             hosts = hosts.filter(Q(name__icontains=query) | Q(address__icontains=query))
@@ -55,9 +58,16 @@ class HostDetailView(ConsoleViewMixin, View):
             gpu.reserved_total = gpu.reserved or 0
             gpu.unreserved = gpu.memory_total - gpu.reserved_total
         history = target_history(user=request.user, targets=[host, *gpus])
-        return render(request, self.template_name, {
-            "host": host, "gpus": gpus, "history": history, "can_manage": can(request.user, roles.MANAGE_INVENTORY),
-        })
+        return render(
+            request,
+            self.template_name,
+            {
+                "host": host,
+                "gpus": gpus,
+                "history": history,
+                "can_manage": can(request.user, roles.MANAGE_INVENTORY),
+            },
+        )
 
 
 class _FormView(ConsoleViewMixin, View):
@@ -185,11 +195,16 @@ class SizingView(ConsoleViewMixin, View):
         if form.is_bound and form.is_valid():
             data = form.cleaned_data
             try:
-                report = planner.plan(user=request.user, source=data["source"], revision=data["revision"],
-                                      quantize=data["quantize"], max_total_tokens=data["max_total_tokens"],
-                                      max_batch_total_tokens=data["max_batch_total_tokens"],
-                                      kv_cache_dtype=data["kv_cache_dtype"],
-                                      credential_id=data["credential"].pk if data["credential"] else None)
+                report = planner.plan(
+                    user=request.user,
+                    source=data["source"],
+                    revision=data["revision"],
+                    quantize=data["quantize"],
+                    max_total_tokens=data["max_total_tokens"],
+                    max_batch_total_tokens=data["max_batch_total_tokens"],
+                    kv_cache_dtype=data["kv_cache_dtype"],
+                    credential_id=data["credential"].pk if data["credential"] else None,
+                )
             except ApplicationError as error:
                 apply_error(form, error)
                 status = 400

@@ -49,8 +49,15 @@ def main() -> int:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "MAKEFLAGS", "MAKELEVEL"}}
     env.update(DATA_DIR=str(data_dir), CONSOLE_PORT=str(port))
-    process = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     ready = threading.Event()
 
@@ -78,8 +85,9 @@ def main() -> int:
         assert page.status == 200 and "id_password" in page.read().decode()
         print(f"smoke: GET {url}login/ -> 200")
         csrf = next(c.value for c in jar if c.name == "csrftoken")
-        body = urllib.parse.urlencode({"username": creds["username"], "password": creds["password"],
-                                       "csrfmiddlewaretoken": csrf}).encode()
+        body = urllib.parse.urlencode(
+            {"username": creds["username"], "password": creds["password"], "csrfmiddlewaretoken": csrf}
+        ).encode()
         request = urllib.request.Request(url + "login/", data=body, headers={"Referer": url + "login/"})
         dashboard = opener.open(request, timeout=30).read().decode()
         assert creds["username"] in dashboard and 'id="my-actions"' in dashboard, "login did not reach the dashboard"
@@ -95,8 +103,10 @@ def main() -> int:
                 break
             time.sleep(0.5)
         assert hosts and hosts[0]["status"] == "online", f"the local host did not register: {hosts}"
-        print(f"smoke: local host {hosts[0]['name']} registered with {len(hosts[0]['gpus'])} GPU(s)"
-              + (f" ({hosts[0]['discovery_note']})" if hosts[0]["discovery_note"] else ""))
+        print(
+            f"smoke: local host {hosts[0]['name']} registered with {len(hosts[0]['gpus'])} GPU(s)"
+            + (f" ({hosts[0]['discovery_note']})" if hosts[0]["discovery_note"] else "")
+        )
     finally:
         pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", "\n".join(lines))]
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

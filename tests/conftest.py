@@ -146,10 +146,31 @@ def _start_worker(env_extra: dict, name: str, queue: str, pool: str = "solo"):
     env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1", **env_extra)
     log = open(Path(settings.DATA_DIR) / f"{name}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", pool, "--concurrency", "1", "-l", "INFO",
-         "-Q", queue,
-         "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            "1",
+            "-l",
+            "INFO",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     process.node_name = f"{name}-{os.getpid()}@{socket.gethostname()}"
     return process, log

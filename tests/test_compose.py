@@ -48,9 +48,9 @@ def dockerfile() -> str:
 
 def instructions(dockerfile_text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    joined = re.sub(r"\\\n", " ", "\n".join(
-        line for line in dockerfile_text.splitlines() if not line.lstrip().startswith("#")
-    ))
+    joined = re.sub(
+        r"\\\n", " ", "\n".join(line for line in dockerfile_text.splitlines() if not line.lstrip().startswith("#"))
+    )
     pairs = []
     for line in joined.splitlines():
         if line.strip():
@@ -176,8 +176,9 @@ def test_depends_on_names_real_services_with_valid_conditions(services):
             assert dependency in services, f"{name} depends on unknown service {dependency}"
             assert condition in conditions, f"{name}: unknown condition {condition}"
             if condition == "service_healthy":
-                assert has_healthcheck(services[dependency]), f"{name} waits for {dependency} to be healthy, " \
-                                                              "but it has no healthcheck"
+                assert has_healthcheck(services[dependency]), (
+                    f"{name} waits for {dependency} to be healthy, but it has no healthcheck"
+                )
 
 
 def test_no_docker_socket(services, compose_text):
@@ -343,7 +344,7 @@ def braced_block(conf: str, start: int) -> str:
         elif conf[index] == "}":
             depth -= 1
             if depth == 0:
-                return conf[start:index + 1]
+                return conf[start : index + 1]
     raise AssertionError("unbalanced braces")
 
 
@@ -433,6 +434,11 @@ def test_operations_guide_documents_every_setting(compose_text):
     interpolated = {match.group(1) for match in VARIABLE.finditer(active.replace("$$", ""))}
     for variable in sorted(read_by_settings | interpolated):
         assert f"`{variable}`" in guide, f"docs/operations.md does not describe {variable}"
-    for command in ("rotate_secrets_key --check", "axes_reset", "sync_roles", "pg_dump",
-                    "docker compose exec web cat /var/lib/console/initial_admin_password"):
+    for command in (
+        "rotate_secrets_key --check",
+        "axes_reset",
+        "sync_roles",
+        "pg_dump",
+        "docker compose exec web cat /var/lib/console/initial_admin_password",
+    ):
         assert command in guide, command

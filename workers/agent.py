@@ -37,8 +37,14 @@ def report_once(name: str):
     discovery = discover(load_nvml(settings.AGENT_NVML_MODULE))
     if discovery.note:
         logger.warning("agent %s: %s", name, discovery.note)
-    return host_report(name=name, discovery=discovery, agent_version=AGENT_VERSION, address=socket.getfqdn(),
-                       model_store=str(settings.MODEL_STORE), runtime=settings.AGENT_RUNTIME)
+    return host_report(
+        name=name,
+        discovery=discovery,
+        agent_version=AGENT_VERSION,
+        address=socket.getfqdn(),
+        model_store=str(settings.MODEL_STORE),
+        runtime=settings.AGENT_RUNTIME,
+    )
 
 
 class Heartbeat(threading.Thread):

@@ -67,8 +67,11 @@ class DownloadHandler(Handler):
         try:
             return self._download(ctx, artifact, repo, source, credential, token)
         except RedirectRefused as refused:
-            raise JobFailure(refused.message, cause="endpoint_not_allowed",
-                             next_step="Ask an admin to allow that address, or use another mirror.") from None
+            raise JobFailure(
+                refused.message,
+                cause="endpoint_not_allowed",
+                next_step="Ask an admin to allow that address, or use another mirror.",
+            ) from None
         finally:
             session.hooks["response"].remove(guard)
 
@@ -90,19 +93,40 @@ class DownloadHandler(Handler):
             ModelArtifact.objects.filter(pk=artifact.pk).update(bytes_total=total)
 
             def on_progress(p) -> None:
-                data = {"file": p.file, "file_done": p.file_done, "file_total": p.file_total, "done": p.done,
-                        "total": p.total, "rate_bps": round(p.rate_bps), "eta_s": p.eta_s}
+                data = {
+                    "file": p.file,
+                    "file_done": p.file_done,
+                    "file_total": p.file_total,
+                    "done": p.done,
+                    "total": p.total,
+                    "rate_bps": round(p.rate_bps),
+                    "eta_s": p.eta_s,
+                }
                 ctx.progress(data)
                 ModelArtifact.objects.filter(pk=artifact.pk).update(bytes_done=p.done)
 
-            hashes = downloads.download(snapshot, files, staging, endpoint=source.url, token=token,
-                                        on_progress=on_progress, should_cancel=ctx.should_cancel,
-                                        chunk_size=settings.DOWNLOAD_CHUNK_BYTES)
+            hashes = downloads.download(
+                snapshot,
+                files,
+                staging,
+                endpoint=source.url,
+                token=token,
+                on_progress=on_progress,
+                should_cancel=ctx.should_cancel,
+                chunk_size=settings.DOWNLOAD_CHUNK_BYTES,
+            )
             final.parent.mkdir(parents=True, exist_ok=True)
-            manifest = {"source": source.name, "endpoint": source.url, "repo": repo.repo_id, "commit": snapshot.commit,
-                        "requested_revision": repo.requested_revision, "downloaded_at": timezone.now().isoformat(),
-                        "actor": ctx.job.actor.get_username() if ctx.job.actor else "", "job": ctx.job.pk,
-                        "files": [{"path": f.path, "size": f.size, "sha256": hashes[f.path]} for f in files]}
+            manifest = {
+                "source": source.name,
+                "endpoint": source.url,
+                "repo": repo.repo_id,
+                "commit": snapshot.commit,
+                "requested_revision": repo.requested_revision,
+                "downloaded_at": timezone.now().isoformat(),
+                "actor": ctx.job.actor.get_username() if ctx.job.actor else "",
+                "job": ctx.job.pk,
+                "files": [{"path": f.path, "size": f.size, "sha256": hashes[f.path]} for f in files],
+            }
             downloads.publish(staging, final, manifest)
         except downloads.Cancelled:
             raise JobCancelled() from None
@@ -110,12 +134,24 @@ class DownloadHandler(Handler):
             raise _failure(error) from None
         with transaction.atomic():
             ModelArtifact.objects.filter(pk=artifact.pk).update(
-                status=ModelArtifact.Status.READY, path=str(final), files_sha256=hashes, manifest=manifest,
-                bytes_done=total, ready_at=timezone.now())
-            audit.record(action="model.downloaded", actor=None, actor_name=f"agent:{artifact.host.name}",
-                         target=artifact, detail={"files": len(files), "bytes": total, "commit": snapshot.commit})
-        ctx.progress({"done": total, "total": total, "file": "", "file_done": 0, "file_total": 0, "rate_bps": 0,
-                      "eta_s": 0}, force=True)
+                status=ModelArtifact.Status.READY,
+                path=str(final),
+                files_sha256=hashes,
+                manifest=manifest,
+                bytes_done=total,
+                ready_at=timezone.now(),
+            )
+            audit.record(
+                action="model.downloaded",
+                actor=None,
+                actor_name=f"agent:{artifact.host.name}",
+                target=artifact,
+                detail={"files": len(files), "bytes": total, "commit": snapshot.commit},
+            )
+        ctx.progress(
+            {"done": total, "total": total, "file": "", "file_done": 0, "file_total": 0, "rate_bps": 0, "eta_s": 0},
+            force=True,
+        )
         return {"path": str(final), "files": len(files), "bytes": total}
 
     def finished(self, ctx: JobContext, status: str) -> None:
@@ -149,34 +185,58 @@ class ImportHandler(Handler):
         try:  # the host's own settings decide too
             directory = Path(import_directory(artifact.path))
         except ApplicationError as error:
-            raise JobFailure(error.message, cause="not_allowed", next_step="Copy the model under an import root.") \
-                from None
+            raise JobFailure(
+                error.message, cause="not_allowed", next_step="Copy the model under an import root."
+            ) from None
         if not directory.is_dir():
-            raise JobFailure(f"{directory} is not a directory on {artifact.host.name}.", cause="not_found",
-                             next_step="Check the path on that host (copy the model there first).")
+            raise JobFailure(
+                f"{directory} is not a directory on {artifact.host.name}.",
+                cause="not_found",
+                next_step="Check the path on that host (copy the model there first).",
+            )
         problems = downloads.validate_layout(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
         if problems:
-            raise JobFailure("; ".join(problems), cause="invalid_layout",
-                             next_step="A model directory needs config.json, a tokenizer and weights.")
+            raise JobFailure(
+                "; ".join(problems),
+                cause="invalid_layout",
+                next_step="A model directory needs config.json, a tokenizer and weights.",
+            )
         try:
-            files = downloads.hash_directory(directory, should_cancel=ctx.should_cancel,
-                                             on_progress=lambda p: ctx.progress({"done": p.done, "total": p.total,
-                                                                                 "file": p.file}))
+            files = downloads.hash_directory(
+                directory,
+                should_cancel=ctx.should_cancel,
+                on_progress=lambda p: ctx.progress({"done": p.done, "total": p.total, "file": p.file}),
+            )
         except downloads.Cancelled:
             raise JobCancelled() from None
         hashes = {path: info[1] for path, info in files.items()}
         total = sum(info[0] for info in files.values())
-        manifest = {"source": "local directory", "path": str(directory), "imported_at": timezone.now().isoformat(),
-                    "actor": ctx.job.actor.get_username() if ctx.job.actor else "", "job": ctx.job.pk,
-                    "files": [{"path": p, "size": s, "sha256": h} for p, (s, h) in sorted(files.items())]}
+        manifest = {
+            "source": "local directory",
+            "path": str(directory),
+            "imported_at": timezone.now().isoformat(),
+            "actor": ctx.job.actor.get_username() if ctx.job.actor else "",
+            "job": ctx.job.pk,
+            "files": [{"path": p, "size": s, "sha256": h} for p, (s, h) in sorted(files.items())],
+        }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
         with transaction.atomic():
             ModelArtifact.objects.filter(pk=artifact.pk).update(
-                status=ModelArtifact.Status.READY, files_sha256=hashes, manifest=manifest, bytes_done=total,
-                bytes_total=total, ready_at=timezone.now())
+                status=ModelArtifact.Status.READY,
+                files_sha256=hashes,
+                manifest=manifest,
+                bytes_done=total,
+                bytes_total=total,
+                ready_at=timezone.now(),
+            )
             artifact.repo.__class__.objects.filter(pk=artifact.repo_id).update(total_size=total)
-            audit.record(action="model.imported", actor=None, actor_name=f"agent:{artifact.host.name}",
-                         target=artifact, detail={"files": len(files), "bytes": total})
+            audit.record(
+                action="model.imported",
+                actor=None,
+                actor_name=f"agent:{artifact.host.name}",
+                target=artifact,
+                detail={"files": len(files), "bytes": total},
+            )
         return {"files": len(files), "bytes": total}
 
     def finished(self, ctx: JobContext, status: str) -> None:
@@ -203,6 +263,11 @@ class DeleteHandler(Handler):
         shutil.rmtree(staging_dir(artifact), ignore_errors=True)
         with transaction.atomic():
             ModelArtifact.objects.filter(pk=artifact.pk).update(status=ModelArtifact.Status.DELETED, bytes_done=0)
-            audit.record(action="model.deleted", actor=None, actor_name=f"agent:{artifact.host.name}",
-                         target=artifact, detail={"path": artifact.path, "files_removed": removed})
+            audit.record(
+                action="model.deleted",
+                actor=None,
+                actor_name=f"agent:{artifact.host.name}",
+                target=artifact,
+                detail={"path": artifact.path, "files_removed": removed},
+            )
         return {"removed": removed}

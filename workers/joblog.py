@@ -54,8 +54,10 @@ class JobLog:
         rows = _rows(self.job_id, now, lines)
         # JobLogLine.as_item's shape, built directly: formatting the same time per line cost as much as storing it
         time_text = now.isoformat()
-        items = [{"seq": seq, "time": time_text, "stream": stream, "text": text, "data": data}
-                 for seq, stream, text, data in lines]
+        items = [
+            {"seq": seq, "time": time_text, "stream": stream, "text": text, "data": data}
+            for seq, stream, text, data in lines
+        ]
         with transaction.atomic():
             inserted = _insert(rows)
             Job.objects.filter(pk=self.job_id, log_seq__lt=lines[-1][0]).update(log_seq=lines[-1][0])
@@ -75,9 +77,17 @@ def _rows(job_id: int, created_at: datetime, lines: list[Line]) -> list[tuple]:
     """The batch as INSERT_COLUMNS parameters."""
     fields = _fields()
     created_at_value, data_field = fields[2].get_db_prep_save(created_at, connection), fields[5]
-    return [(job_id, seq, created_at_value, stream, text,
-             None if data is None else data_field.get_db_prep_save(data, connection))
-            for seq, stream, text, data in lines]
+    return [
+        (
+            job_id,
+            seq,
+            created_at_value,
+            stream,
+            text,
+            None if data is None else data_field.get_db_prep_save(data, connection),
+        )
+        for seq, stream, text, data in lines
+    ]
 
 
 def _insert(rows: list[tuple]) -> int:
@@ -93,8 +103,12 @@ def _copy(rows: list[tuple]) -> bool:
     skip a stored row, so on a conflict (or any error) its savepoint rolls it back and the caller INSERTs."""
     types = [field.db_type(connection).split("(")[0] for field in _fields()]  # "varchar", not "varchar(10)"
     try:
-        with (transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors,
-              cursor.copy(f"COPY {_table()} ({_columns()}) FROM STDIN (FORMAT BINARY)") as copy):
+        with (
+            transaction.atomic(),
+            connection.cursor() as cursor,
+            connection.wrap_database_errors,
+            cursor.copy(f"COPY {_table()} ({_columns()}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
             copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
@@ -118,11 +132,13 @@ def _insert_ignoring_stored(rows: list[tuple]) -> int:
     connection.ensure_connection()
     with contextlib.closing(connection.connection.cursor()) if sqlite else connection.cursor() as cursor:
         for start in range(0, len(rows), size):
-            chunk = rows[start:start + size]
-            cursor.execute(f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {_table()} ({_columns()}) "
-                           f"VALUES {', '.join([row_sql] * len(chunk))} "
-                           f"{ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)}",
-                           [value for row in chunk for value in row])
+            chunk = rows[start : start + size]
+            cursor.execute(
+                f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {_table()} ({_columns()}) "
+                f"VALUES {', '.join([row_sql] * len(chunk))} "
+                f"{ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)}",
+                [value for row in chunk for value in row],
+            )
             inserted += cursor.rowcount
     return inserted
 

@@ -23,7 +23,8 @@ def ml_python() -> str:
         raise MLEnvironmentMissing(
             f"The ML environment was not found: ML_PYTHON={path} is not an executable file. "
             "Create it with `make ml-env` (pip install -r requirements-ml.txt in its own virtualenv), "
-            "or set ML_PYTHON to its interpreter.")
+            "or set ML_PYTHON to its interpreter."
+        )
     return str(path)
 
 
@@ -35,9 +36,14 @@ def job_command(module: str, *args: str) -> list[str]:
 def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """A clean environment for a job program: the project on PYTHONPATH, nothing from the console's settings
     (TGI reads generic names such as PORT, HOSTNAME and API_KEY, so nothing leaks in by accident)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(settings.BASE_DIR),
-           "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HOME": os.environ.get("HOME", "/tmp")}  # noqa: S108 - a fallback HOME for libraries that want one
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(settings.BASE_DIR),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HOME": os.environ.get("HOME", "/tmp"),  # noqa: S108 - a fallback HOME for libraries that want one
+    }
     env.update(extra or {})
     return env
 

@@ -87,17 +87,19 @@ def discover(nvml) -> Discovery:
             pci = _optional(nvml.nvmlDeviceGetPciInfo, handle)
             bus_ids[index] = _text(pci.busId) if pci is not None else str(index)
             peers[index] = _nvlink_peers(nvml, handle)
-            result.gpus.append(DiscoveredGpu(
-                index=index,
-                uuid=_text(_optional(nvml.nvmlDeviceGetUUID, handle, default="")),
-                name=_text(nvml.nvmlDeviceGetName(handle)),
-                memory_total=int(memory.total),
-                memory_free=int(memory.free),
-                power_limit_w=power_mw / 1000 if power_mw else None,
-                compute_capability=".".join(map(str, capability)) if capability else "",
-                serial=_text(_optional(nvml.nvmlDeviceGetSerial, handle, default="")),
-                nvlink_group="",
-            ))
+            result.gpus.append(
+                DiscoveredGpu(
+                    index=index,
+                    uuid=_text(_optional(nvml.nvmlDeviceGetUUID, handle, default="")),
+                    name=_text(nvml.nvmlDeviceGetName(handle)),
+                    memory_total=int(memory.total),
+                    memory_free=int(memory.free),
+                    power_limit_w=power_mw / 1000 if power_mw else None,
+                    compute_capability=".".join(map(str, capability)) if capability else "",
+                    serial=_text(_optional(nvml.nvmlDeviceGetSerial, handle, default="")),
+                    nvlink_group="",
+                )
+            )
         if not count:
             result.note = "NVML found no GPU on this host"
         result.gpus = _with_nvlink_groups(result.gpus, bus_ids, peers)

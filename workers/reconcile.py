@@ -34,7 +34,8 @@ def reconcile_console() -> dict:
         if lifecycle.deployment_relaunch(deployment):
             restarted.append(deployment.pk)
     stuck = Deployment.objects.select_related("job").filter(
-        state__in=[*State.launching(), State.STOPPING], deadline__lt=timezone.now())
+        state__in=[*State.launching(), State.STOPPING], deadline__lt=timezone.now()
+    )
     for deployment in stuck:
         if _job_active(deployment):
             continue  # its job enforces the deadline itself
@@ -42,10 +43,12 @@ def reconcile_console() -> dict:
             lifecycle.release(deployment)
             lifecycle.set_state(deployment, State.STOPPED)
         else:
-            lifecycle.deployment_failed(deployment, cause="health_deadline",
-                                        detail=f"Deadline passed while {deployment.get_state_display()} "
-                                               "and no worker is watching it.",
-                                        next_step="Check the host's agent (is it online?), then launch again.")
+            lifecycle.deployment_failed(
+                deployment,
+                cause="health_deadline",
+                detail=f"Deadline passed while {deployment.get_state_display()} and no worker is watching it.",
+                next_step="Check the host's agent (is it online?), then launch again.",
+            )
         expired.append(deployment.pk)
     hosts = list(Host.objects.filter(status=Host.Status.ONLINE).values_list("name", flat=True))
     return {"restarted": restarted, "expired": expired, "hosts": hosts}
@@ -59,41 +62,68 @@ def reconcile_host(host_name: str) -> dict:
     handles = runtime.find({LABEL_MANAGED: "true"})
     seen = set()
     for handle in handles:
-        deployment = Deployment.objects.select_related("job").filter(
-            pk=int(handle.labels.get(LABEL_DEPLOYMENT, 0) or 0)).first()
+        deployment = (
+            Deployment.objects.select_related("job").filter(pk=int(handle.labels.get(LABEL_DEPLOYMENT, 0) or 0)).first()
+        )
         alive = runtime.status(handle).alive
-        wanted = deployment is not None and deployment.host_id == host.pk and deployment.state in (
-            State.STARTING, State.RUNNING)
+        wanted = (
+            deployment is not None
+            and deployment.host_id == host.pk
+            and deployment.state in (State.STARTING, State.RUNNING)
+        )
         if not wanted or deployment.pk in seen:
             if deployment is not None and _job_active(deployment):
                 continue  # a launch in progress owns it
             runtime.remove(handle)
             removed.append(handle.name)
-            audit.record(action="deployment.orphan_removed", actor=None, actor_name=f"agent:{host.name}",
-                         target_type="deployments.deployment", target_id=handle.labels.get(LABEL_DEPLOYMENT, ""),
-                         target_name=handle.name, detail={"ref": handle.ref, "host": host.name})
+            audit.record(
+                action="deployment.orphan_removed",
+                actor=None,
+                actor_name=f"agent:{host.name}",
+                target_type="deployments.deployment",
+                target_id=handle.labels.get(LABEL_DEPLOYMENT, ""),
+                target_name=handle.name,
+                detail={"ref": handle.ref, "host": host.name},
+            )
             continue
         seen.add(deployment.pk)
         if _job_active(deployment):
             continue
         if alive:
-            job = job_create(kind=Job.Kind.SERVE, actor=None, target=deployment, queue=host.queue,
-                             params={"deployment": deployment.pk, "spec": deployment.spec_id, "adopt": True})
+            job = job_create(
+                kind=Job.Kind.SERVE,
+                actor=None,
+                target=deployment,
+                queue=host.queue,
+                params={"deployment": deployment.pk, "spec": deployment.spec_id, "adopt": True},
+            )
             Deployment.objects.filter(pk=deployment.pk).update(job=job)
-            audit.record(action="deployment.adopted", actor=None, actor_name=f"agent:{host.name}",
-                         target=deployment, detail={"ref": handle.ref, "job": job.pk})
+            audit.record(
+                action="deployment.adopted",
+                actor=None,
+                actor_name=f"agent:{host.name}",
+                target=deployment,
+                detail={"ref": handle.ref, "job": job.pk},
+            )
             adopted.append(deployment.pk)
         else:
             runtime.remove(handle)
-            lifecycle.deployment_failed(deployment, cause="crashed", detail="The server exited while no worker "
-                                        "was watching it.", next_step="See the server's log; it restarts by policy.")
+            lifecycle.deployment_failed(
+                deployment,
+                cause="crashed",
+                detail="The server exited while no worker was watching it.",
+                next_step="See the server's log; it restarts by policy.",
+            )
             failed.append(deployment.pk)
     vanished = Deployment.objects.select_related("job").filter(host=host, state__in=[State.STARTING, State.RUNNING])
     for deployment in vanished.exclude(pk__in=seen):
         if _job_active(deployment):
             continue
-        lifecycle.deployment_failed(deployment, cause="vanished", detail="The server is gone from the host (killed, "
-                                    "removed or the host restarted).", next_step="It restarts by policy; if not, "
-                                    "launch it again.")
+        lifecycle.deployment_failed(
+            deployment,
+            cause="vanished",
+            detail="The server is gone from the host (killed, removed or the host restarted).",
+            next_step="It restarts by policy; if not, launch it again.",
+        )
         failed.append(deployment.pk)
     return {"adopted": adopted, "failed": failed, "removed": removed}

@@ -117,9 +117,15 @@ def claim(job_id: int, owner: str) -> bool:
     """Take a pending job: one atomic UPDATE, so two workers never both run it."""
     from deployments.models import Job
 
-    return bool(Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(
-        status=Job.Status.RUNNING, lease_owner=owner, lease_expires_at=_lease_until(), started_at=Now(),
-        attempts=F("attempts") + 1))
+    return bool(
+        Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(
+            status=Job.Status.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=_lease_until(),
+            started_at=Now(),
+            attempts=F("attempts") + 1,
+        )
+    )
 
 
 class _Heartbeat(threading.Thread):
@@ -133,8 +139,9 @@ class _Heartbeat(threading.Thread):
         interval = max(0.2, settings.JOB_LEASE_SECONDS / 3)
         try:
             while not self.stopped.wait(interval):
-                renewed = Job.objects.filter(pk=self.job_id, lease_owner=self.owner, status=Job.Status.RUNNING
-                                             ).update(lease_expires_at=_lease_until())
+                renewed = Job.objects.filter(pk=self.job_id, lease_owner=self.owner, status=Job.Status.RUNNING).update(
+                    lease_expires_at=_lease_until()
+                )
                 if not renewed:
                     self.lost.set()
                     return
@@ -160,8 +167,9 @@ def run(job_id: int, *, owner: str | None = None) -> str:
     if job is None:
         return "skipped"
     if job.status == Job.Status.PENDING and job.cancel_requested:
-        if Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(status=Job.Status.RUNNING,
-                                                                           lease_owner=owner):
+        if Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(
+            status=Job.Status.RUNNING, lease_owner=owner
+        ):
             job.refresh_from_db()
             ctx = JobContext(job, owner)
             _finish(ctx, Job.Status.CANCELLED, detail="Cancelled before it started.")
@@ -173,9 +181,17 @@ def run(job_id: int, *, owner: str | None = None) -> str:
     ctx = JobContext(job, owner)
     heartbeat = _Heartbeat(job_id, owner, ctx.lost)
     heartbeat.start()
-    token = context.set_context(context.AuditContext(
-        **{**context.current().as_headers(), "source": "worker", "request_id": job.request_id,
-           "initiator_id": job.actor_id, "initiator_name": job.actor.get_username() if job.actor else ""}))
+    token = context.set_context(
+        context.AuditContext(
+            **{
+                **context.current().as_headers(),
+                "source": "worker",
+                "request_id": job.request_id,
+                "initiator_id": job.actor_id,
+                "initiator_name": job.actor.get_username() if job.actor else "",
+            }
+        )
+    )
     try:
         ctx.log(f"attempt {job.attempts} of {job.max_attempts} on {owner}")
         handler = HANDLERS[job.kind]
@@ -184,18 +200,30 @@ def run(job_id: int, *, owner: str | None = None) -> str:
         except JobCancelled:
             status, detail, cause, next_step, result = Job.Status.CANCELLED, "Cancelled on request.", "", "", {}
         except JobFailure as failure:
-            status, detail, cause, next_step, result = (Job.Status.FAILED, failure.message, failure.cause,
-                                                        failure.next_step, {})
+            status, detail, cause, next_step, result = (
+                Job.Status.FAILED,
+                failure.message,
+                failure.cause,
+                failure.next_step,
+                {},
+            )
         except Exception as exc:
             ctx.log(traceback.format_exc())
-            status, detail, cause, next_step, result = (Job.Status.FAILED, f"{type(exc).__name__}: {exc}", "error",
-                                                        "See the job's log; report it if it looks like a bug.", {})
+            status, detail, cause, next_step, result = (
+                Job.Status.FAILED,
+                f"{type(exc).__name__}: {exc}",
+                "error",
+                "See the job's log; report it if it looks like a bug.",
+                {},
+            )
         else:
             status, detail, cause, next_step = Job.Status.SUCCEEDED, "", "", ""
         # The heartbeat notices a lost lease only at its next renewal: ask the database before acting on the
         # outcome (Handler.finished stops servers, frees GPUs), so a runner that lost the job changes nothing.
-        if ctx.lost.is_set() or not Job.objects.filter(pk=job_id, lease_owner=owner,
-                                                       status=Job.Status.RUNNING).exists():
+        if (
+            ctx.lost.is_set()
+            or not Job.objects.filter(pk=job_id, lease_owner=owner, status=Job.Status.RUNNING).exists()
+        ):
             ctx.log("lease lost: another attempt owns this job now; stopping without writing an outcome")
             ctx.log_writer.flush()
             return "lost"
@@ -206,8 +234,9 @@ def run(job_id: int, *, owner: str | None = None) -> str:
         context.reset_context(token)
 
 
-def _finish(ctx: JobContext, status: str, *, result: dict | None = None, detail: str = "", cause: str = "",
-            next_step: str = "") -> None:
+def _finish(
+    ctx: JobContext, status: str, *, result: dict | None = None, detail: str = "", cause: str = "", next_step: str = ""
+) -> None:
     from deployments.models import Job
 
     if status == Job.Status.FAILED:
@@ -223,9 +252,20 @@ def _finish(ctx: JobContext, status: str, *, result: dict | None = None, detail:
     ctx.log_writer.flush()
     with transaction.atomic():
         updated = Job.objects.filter(pk=ctx.job.pk, lease_owner=ctx.owner, status=Job.Status.RUNNING).update(
-            status=status, result=result or {}, failure_detail=detail[:5000], failure_cause=cause[:60],
-            next_step=next_step[:300], finished_at=Now(), lease_expires_at=None)
+            status=status,
+            result=result or {},
+            failure_detail=detail[:5000],
+            failure_cause=cause[:60],
+            next_step=next_step[:300],
+            finished_at=Now(),
+            lease_expires_at=None,
+        )
         if updated:
-            audit.record(action=f"job.{status}", actor=None, actor_name=f"worker:{socket.gethostname()}",
-                         target=ctx.job, outcome="success" if status == Job.Status.SUCCEEDED else "failure",
-                         detail={"kind": ctx.job.kind, "cause": cause, "attempts": ctx.job.attempts})
+            audit.record(
+                action=f"job.{status}",
+                actor=None,
+                actor_name=f"worker:{socket.gethostname()}",
+                target=ctx.job,
+                outcome="success" if status == Job.Status.SUCCEEDED else "failure",
+                detail={"kind": ctx.job.kind, "cause": cause, "attempts": ctx.job.attempts},
+            )

@@ -48,20 +48,35 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec) -> RunSpec:
     store = host.model_store or str(settings.MODEL_STORE)
     name = instance_name(deployment)
     port = 0 if docker else _free_port(settings.DEPLOY_BIND_ADDRESS)
-    plan = tgi.launch_plan(docker=docker, model_dir=artifact.path, model_store=store,
-                           num_shard=len(deployment.gpu_indexes), instance=name,
-                           bind_address=settings.DEPLOY_BIND_ADDRESS, port=port,
-                           master_port=None if docker else _free_port("127.0.0.1"),
-                           prometheus_port=None if docker else _free_port("127.0.0.1"))
+    plan = tgi.launch_plan(
+        docker=docker,
+        model_dir=artifact.path,
+        model_store=store,
+        num_shard=len(deployment.gpu_indexes),
+        instance=name,
+        bind_address=settings.DEPLOY_BIND_ADDRESS,
+        port=port,
+        master_port=None if docker else _free_port("127.0.0.1"),
+        prometheus_port=None if docker else _free_port("127.0.0.1"),
+    )
     secrets = {}
     if spec.credential_id:
         secrets[tgi.TOKEN_FILE_ENV] = spec.credential.value.reveal()
-    return RunSpec(name=name, labels=deployment.labels, args=tgi.launcher_args(spec, plan),
-                   env=tgi.launch_env(spec, gpu_indexes=deployment.gpu_indexes, native=not docker),
-                   model_dir=artifact.path, model_store=store, image=spec.image or tgi.DEFAULT_IMAGE,
-                   gpu_indexes=list(deployment.gpu_indexes) if spec.device == DeploymentSpec.Device.GPU else [],
-                   port=port, bind_address=settings.DEPLOY_BIND_ADDRESS, container_port=tgi.CONTAINER_PORT,
-                   secret_files=secrets, stop_grace=settings.DEPLOY_STOP_GRACE_SECONDS)
+    return RunSpec(
+        name=name,
+        labels=deployment.labels,
+        args=tgi.launcher_args(spec, plan),
+        env=tgi.launch_env(spec, gpu_indexes=deployment.gpu_indexes, native=not docker),
+        model_dir=artifact.path,
+        model_store=store,
+        image=spec.image or tgi.DEFAULT_IMAGE,
+        gpu_indexes=list(deployment.gpu_indexes) if spec.device == DeploymentSpec.Device.GPU else [],
+        port=port,
+        bind_address=settings.DEPLOY_BIND_ADDRESS,
+        container_port=tgi.CONTAINER_PORT,
+        secret_files=secrets,
+        stop_grace=settings.DEPLOY_STOP_GRACE_SECONDS,
+    )
 
 
 class _Watch:
@@ -90,8 +105,11 @@ class _Watch:
         self.cursor = cursor
 
     def fail(self, *, exit_code: int | None = None, oom_killed: bool = False, deadline: str = "") -> JobFailure:
-        found = diagnose(list(self.tail), exit_code=exit_code,
-                         context={"oom_killed": oom_killed, **({"deadline": deadline} if deadline else {})})
+        found = diagnose(
+            list(self.tail),
+            exit_code=exit_code,
+            context={"oom_killed": oom_killed, **({"deadline": deadline} if deadline else {})},
+        )
         detail = str(found.title)
         if found.evidence:
             detail += "\n" + "\n".join(found.evidence[-5:])
@@ -116,8 +134,11 @@ class ServeHandler(Handler):
             if artifact.status == ModelArtifact.Status.READY:
                 return
             if artifact.status not in (ModelArtifact.Status.PENDING, ModelArtifact.Status.DOWNLOADING):
-                raise JobFailure(f"The model files are {artifact.get_status_display()}.", cause="not_found",
-                                 next_step="Add the model again (or import it), then launch.")
+                raise JobFailure(
+                    f"The model files are {artifact.get_status_display()}.",
+                    cause="not_found",
+                    next_step="Add the model again (or import it), then launch.",
+                )
             if deployment.state != State.DOWNLOADING:
                 lifecycle.set_state(deployment, State.DOWNLOADING)
                 ctx.log(f"waiting for {artifact} to finish downloading")
@@ -144,13 +165,21 @@ class ServeHandler(Handler):
         try:
             watch.handle = watch.runtime.start(run)
         except RuntimeFailure as failure:
-            raise JobFailure(str(failure), cause=failure.cause,
-                             next_step="Load the image on the host (docker load) and add it to the allowed images."
-                             if failure.cause == "image_missing" else "See the job's log.") from failure
+            raise JobFailure(
+                str(failure),
+                cause=failure.cause,
+                next_step="Load the image on the host (docker load) and add it to the allowed images."
+                if failure.cause == "image_missing"
+                else "See the job's log.",
+            ) from failure
         watch.cursor = 0
         Deployment.objects.filter(pk=deployment.pk).update(
-            log_cursor=0, runtime_ref=watch.handle.ref, port=watch.handle.port, endpoint=watch.handle.endpoint,
-            command=["text-generation-launcher", *run.args])
+            log_cursor=0,
+            runtime_ref=watch.handle.ref,
+            port=watch.handle.port,
+            endpoint=watch.handle.endpoint,
+            command=["text-generation-launcher", *run.args],
+        )
         ctx.log(f"started {watch.handle.name} ({watch.handle.ref}); waiting for {watch.handle.endpoint}/health")
 
     def _check_deadline(self, ctx: JobContext, deployment: Deployment, watch: _Watch | None) -> None:
@@ -187,8 +216,10 @@ class ServeHandler(Handler):
                     info = tgi.info(watch.handle.endpoint)
                     if info is not None:
                         lifecycle.deployment_running(deployment, endpoint=watch.handle.endpoint, info=info)
-                        ctx.log(f"running: {watch.handle.endpoint} answers /health and /info "
-                                f"(max_total_tokens {info.get('max_total_tokens')})")
+                        ctx.log(
+                            f"running: {watch.handle.endpoint} answers /health and /info "
+                            f"(max_total_tokens {info.get('max_total_tokens')})"
+                        )
                         Deployment.objects.filter(pk=deployment.pk).update(restart_count=0)
                         last_health = now
             elif now - last_health >= settings.DEPLOY_HEALTH_SECONDS:
@@ -221,5 +252,9 @@ class ServeHandler(Handler):
             for handle in handles:
                 runtime.stop(handle, grace=10)
                 runtime.remove(handle)
-            lifecycle.deployment_failed(deployment, cause=ctx.failure_cause or "error",
-                                        detail=ctx.failure_detail, next_step=ctx.failure_next_step)
+            lifecycle.deployment_failed(
+                deployment,
+                cause=ctx.failure_cause or "error",
+                detail=ctx.failure_detail,
+                next_step=ctx.failure_next_step,
+            )

@@ -17,11 +17,24 @@ CONTAINER_MODEL_STORE = "/data"
 READY_LINE = "Connected"
 
 # Variables a spec may set on the server (anything else is refused at the form and the API).
-ALLOWED_ENV = frozenset({
-    "PYTORCH_CUDA_ALLOC_CONF", "NCCL_SHM_DISABLE", "NCCL_DEBUG", "NCCL_P2P_DISABLE", "LOG_LEVEL", "RUST_BACKTRACE",
-    "TGI_WIGGLE_ROOM", "ATTENTION", "PREFIX_CACHING", "PREFILL_CHUNKING", "OMP_NUM_THREADS", "CUDA_GRAPHS",
-    "MAX_JOBS", "TORCH_CUDA_ARCH_LIST",
-})
+ALLOWED_ENV = frozenset(
+    {
+        "PYTORCH_CUDA_ALLOC_CONF",
+        "NCCL_SHM_DISABLE",
+        "NCCL_DEBUG",
+        "NCCL_P2P_DISABLE",
+        "LOG_LEVEL",
+        "RUST_BACKTRACE",
+        "TGI_WIGGLE_ROOM",
+        "ATTENTION",
+        "PREFIX_CACHING",
+        "PREFILL_CHUNKING",
+        "OMP_NUM_THREADS",
+        "CUDA_GRAPHS",
+        "MAX_JOBS",
+        "TORCH_CUDA_ARCH_LIST",
+    }
+)
 TOKEN_FILE_ENV = "HF_TOKEN_PATH"  # noqa: S105 - a variable name; huggingface_hub reads the token from this file: never an env value
 
 
@@ -39,9 +52,18 @@ class LaunchPlan:
     prometheus_port: int | None = None
 
 
-def launch_plan(*, docker: bool, model_dir: str, model_store: str, num_shard: int, instance: str,
-                bind_address: str, port: int = 0, master_port: int | None = None,
-                prometheus_port: int | None = None) -> LaunchPlan:
+def launch_plan(
+    *,
+    docker: bool,
+    model_dir: str,
+    model_store: str,
+    num_shard: int,
+    instance: str,
+    bind_address: str,
+    port: int = 0,
+    master_port: int | None = None,
+    prometheus_port: int | None = None,
+) -> LaunchPlan:
     """Where the server finds the model and listens, as it sees it: in a container the store is /data and the
     server listens on all of the container's interfaces at CONTAINER_PORT (published on bind_address only);
     natively it reads the host path and listens on bind_address:port."""
@@ -49,8 +71,12 @@ def launch_plan(*, docker: bool, model_dir: str, model_store: str, num_shard: in
         model_path=model_path_in_container(model_dir, model_store) if docker else model_dir,
         port=CONTAINER_PORT if docker else port,
         hostname="0.0.0.0" if docker else bind_address,  # noqa: S104 - inside the container's namespace only
-        num_shard=max(1, num_shard), instance=instance, native=not docker,
-        master_port=None if docker else master_port, prometheus_port=None if docker else prometheus_port)
+        num_shard=max(1, num_shard),
+        instance=instance,
+        native=not docker,
+        master_port=None if docker else master_port,
+        prometheus_port=None if docker else prometheus_port,
+    )
 
 
 def command_line(spec, plan: LaunchPlan, *, port_shown: str | None = None) -> list[str]:
@@ -63,24 +89,40 @@ def command_line(spec, plan: LaunchPlan, *, port_shown: str | None = None) -> li
 
 def launcher_args(spec, plan: LaunchPlan) -> list[str]:
     """text-generation-launcher's arguments for a DeploymentSpec (every flag checked against TGI's list)."""
-    args = ["--model-id", plan.model_path, "--hostname", plan.hostname, "--port", str(plan.port),
-            "--num-shard", str(plan.num_shard), "--max-concurrent-requests", str(spec.max_concurrent_requests),
-            "--usage-stats", "off"]
+    args = [
+        "--model-id",
+        plan.model_path,
+        "--hostname",
+        plan.hostname,
+        "--port",
+        str(plan.port),
+        "--num-shard",
+        str(plan.num_shard),
+        "--max-concurrent-requests",
+        str(spec.max_concurrent_requests),
+        "--usage-stats",
+        "off",
+    ]
     if spec.quantize:
         args += ["--quantize", spec.quantize]
     if spec.dtype:
         args += ["--dtype", spec.dtype]
     if spec.kv_cache_dtype:
         args += ["--kv-cache-dtype", spec.kv_cache_dtype]
-    for flag, value in (("--max-input-tokens", spec.max_input_tokens), ("--max-total-tokens", spec.max_total_tokens),
-                        ("--max-batch-prefill-tokens", spec.max_batch_prefill_tokens)):
+    for flag, value in (
+        ("--max-input-tokens", spec.max_input_tokens),
+        ("--max-total-tokens", spec.max_total_tokens),
+        ("--max-batch-prefill-tokens", spec.max_batch_prefill_tokens),
+    ):
         if value:
             args += [flag, str(value)]
     if spec.cuda_memory_fraction and spec.cuda_memory_fraction < 1.0:
         args += ["--cuda-memory-fraction", f"{spec.cuda_memory_fraction:g}"]
     if spec.lora_adapters:
-        args += ["--lora-adapters", ",".join(f"{a['name']}={a['path']}" if a.get("path") else a["name"]
-                                             for a in spec.lora_adapters)]
+        args += [
+            "--lora-adapters",
+            ",".join(f"{a['name']}={a['path']}" if a.get("path") else a["name"] for a in spec.lora_adapters),
+        ]
     if spec.device == "cpu":
         args += ["--disable-custom-kernels"]
     if plan.native:
@@ -128,4 +170,3 @@ def info(endpoint: str, timeout: float = 5.0) -> dict | None:
         return response.json() if response.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None
-

@@ -19,8 +19,12 @@ def exception_handler(exc, context):
     if isinstance(exc, ActionDenied | ObjectHidden):
         # The service's transaction has rolled back by now: the denial is recorded on its own.
         request = context.get("request")
-        record_denial(exc, user=getattr(request, "user", None), path=getattr(request, "path", ""),
-                      status=404 if isinstance(exc, ObjectHidden) else 403)
+        record_denial(
+            exc,
+            user=getattr(request, "user", None),
+            path=getattr(request, "path", ""),
+            status=404 if isinstance(exc, ObjectHidden) else 403,
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

@@ -57,11 +57,16 @@ class NewTokenSerializer(TokenSerializer):
 
 
 class CredentialSerializer(serializers.ModelSerializer):
-    value = serializers.CharField(write_only=True, trim_whitespace=True, style={"input_type": "password"},
-                                  help_text="Write-only. Responses show a mask.")
+    value = serializers.CharField(
+        write_only=True,
+        trim_whitespace=True,
+        style={"input_type": "password"},
+        help_text="Write-only. Responses show a mask.",
+    )
     value_set = serializers.SerializerMethodField(help_text="A mask: the value is never returned.")
-    team = serializers.SlugRelatedField(slug_field="name", queryset=Group.objects.exclude(name__in=list(roles.ROLES)),
-                                        required=False, allow_null=True)
+    team = serializers.SlugRelatedField(
+        slug_field="name", queryset=Group.objects.exclude(name__in=list(roles.ROLES)), required=False, allow_null=True
+    )
 
     class Meta:
         model = Credential
@@ -79,10 +84,12 @@ class CredentialSerializer(serializers.ModelSerializer):
 
 
 class GrantSerializer(serializers.Serializer):
-    user = serializers.SlugRelatedField(slug_field="username", queryset=User.objects.all(), required=False,
-                                        allow_null=True)
-    team = serializers.SlugRelatedField(slug_field="name", queryset=Group.objects.exclude(name__in=list(roles.ROLES)),
-                                        required=False, allow_null=True)
+    user = serializers.SlugRelatedField(
+        slug_field="username", queryset=User.objects.all(), required=False, allow_null=True
+    )
+    team = serializers.SlugRelatedField(
+        slug_field="name", queryset=Group.objects.exclude(name__in=list(roles.ROLES)), required=False, allow_null=True
+    )
     action = serializers.ChoiceField(choices=list(roles.ACTIONS))
     target_type = serializers.ChoiceField(choices=list(roles.GRANTABLE), help_text="app_label.model")
     target_id = serializers.CharField()

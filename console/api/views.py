@@ -29,9 +29,15 @@ class PingView(APIView):
 
     @extend_schema(
         responses={
-            200: inline_serializer("Ping", {"pong": serializers.BooleanField(), "worker": serializers.CharField(),
-                                            "at": serializers.DateTimeField(),
-                                            "round_trip_ms": serializers.FloatField()}),
+            200: inline_serializer(
+                "Ping",
+                {
+                    "pong": serializers.BooleanField(),
+                    "worker": serializers.CharField(),
+                    "at": serializers.DateTimeField(),
+                    "round_trip_ms": serializers.FloatField(),
+                },
+            ),
             503: OpenApiResponse(description="No worker answered in time."),
         }
     )
@@ -43,8 +49,10 @@ class PingView(APIView):
             answer = result.get(timeout=PING_TIMEOUT_SECONDS)
         except CeleryTimeout:
             return Response(
-                {"detail": f"No Celery worker answered within {PING_TIMEOUT_SECONDS} s. Is the worker running?",
-                 "code": "worker_unavailable"},
+                {
+                    "detail": f"No Celery worker answered within {PING_TIMEOUT_SECONDS} s. Is the worker running?",
+                    "code": "worker_unavailable",
+                },
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return Response({**answer, "round_trip_ms": round((time.perf_counter() - started) * 1000, 2)})
@@ -58,8 +66,13 @@ class MeView(APIView):
         return Response(api_serializers.MeSerializer(request.user).data)
 
 
-class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                  mixins.UpdateModelMixin, viewsets.GenericViewSet):
+class UserViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
     """People who can log in, with their roles. Needs manage_users."""
 
     serializer_class = api_serializers.UserSerializer
@@ -80,17 +93,25 @@ class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
         data = serializer.validated_data
         if not data.get("password"):
             raise serializers.ValidationError({"password": ["A first password is required."]})
-        serializer.instance = access.user_create(actor=self.request.user, username=data["username"],
-                                                 password=data["password"], email=data.get("email", ""),
-                                                 role_names=data.get("roles", []))
+        serializer.instance = access.user_create(
+            actor=self.request.user,
+            username=data["username"],
+            password=data["password"],
+            email=data.get("email", ""),
+            role_names=data.get("roles", []),
+        )
 
     def perform_update(self, serializer):
         data = serializer.validated_data
         if data.get("password"):
             raise serializers.ValidationError({"password": ["Passwords are changed by their owner."]})
-        serializer.instance = access.user_update(actor=self.request.user, user=serializer.instance,
-                                                 email=data.get("email"), is_active=data.get("is_active"),
-                                                 role_names=data.get("roles"))
+        serializer.instance = access.user_update(
+            actor=self.request.user,
+            user=serializer.instance,
+            email=data.get("email"),
+            is_active=data.get("is_active"),
+            role_names=data.get("roles"),
+        )
 
 
 class GrantViewSet(viewsets.ViewSet):
@@ -107,8 +128,7 @@ class GrantViewSet(viewsets.ViewSet):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         target = access.grant_target(target_type=data["target_type"], target_id=data["target_id"])
-        service(actor=request.user, grantee=data.get("user") or data.get("team"), action=data["action"],
-                target=target)
+        service(actor=request.user, grantee=data.get("user") or data.get("team"), action=data["action"], target=target)
         return {**serializer.data, "target_name": str(target)}
 
     def create(self, request):
@@ -121,8 +141,13 @@ class GrantViewSet(viewsets.ViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                   mixins.DestroyModelMixin, viewsets.GenericViewSet):
+class TokenViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
     """Personal API tokens. The value appears once, in the create response; DELETE revokes."""
 
     serializer_class = api_serializers.TokenSerializer
@@ -137,9 +162,12 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
         return api_serializers.NewTokenSerializer if self.action == "create" else api_serializers.TokenSerializer
 
     def perform_create(self, serializer):
-        token, raw = tokens.token_create(actor=self.request.user, user=self.request.user,
-                                         name=serializer.validated_data["name"],
-                                         expires_at=serializer.validated_data.get("expires_at"))
+        token, raw = tokens.token_create(
+            actor=self.request.user,
+            user=self.request.user,
+            name=serializer.validated_data["name"],
+            expires_at=serializer.validated_data.get("expires_at"),
+        )
         token.token = raw
         serializer.instance = token
 
@@ -152,22 +180,36 @@ class CredentialViewSet(ConsoleModelViewSet):
 
     queryset = Credential.objects.select_related("team")
     serializer_class = api_serializers.CredentialSerializer
-    action_permissions = {"create": roles.ADD_MODEL, "update": roles.ADD_MODEL, "partial_update": roles.ADD_MODEL,
-                          "destroy": roles.ADD_MODEL, "rotate_key": roles.MANAGE_USERS}
+    action_permissions = {
+        "create": roles.ADD_MODEL,
+        "update": roles.ADD_MODEL,
+        "partial_update": roles.ADD_MODEL,
+        "destroy": roles.ADD_MODEL,
+        "rotate_key": roles.MANAGE_USERS,
+    }
     search_fields = ["name", "description"]
     filterset_fields = ["kind"]
 
     def perform_create(self, serializer):
         data = serializer.validated_data
         serializer.instance = credentials.credential_create(
-            actor=self.request.user, name=data["name"], value=data["value"], kind=data.get("kind", "hf_token"),
-            description=data.get("description", ""), team=data.get("team"))
+            actor=self.request.user,
+            name=data["name"],
+            value=data["value"],
+            kind=data.get("kind", "hf_token"),
+            description=data.get("description", ""),
+            team=data.get("team"),
+        )
 
     def perform_update(self, serializer):
         data = serializer.validated_data
         serializer.instance = credentials.credential_update(
-            actor=self.request.user, credential=serializer.instance, value=data.get("value"),
-            description=data.get("description"), name=data.get("name"))
+            actor=self.request.user,
+            credential=serializer.instance,
+            value=data.get("value"),
+            description=data.get("description"),
+            name=data.get("name"),
+        )
 
     def perform_destroy(self, instance):
         credentials.credential_delete(actor=self.request.user, credential=instance)

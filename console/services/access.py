@@ -81,8 +81,9 @@ def _check_grant(target: Model, action: str, grantee) -> str:
         raise ApplicationError("Grant to a user or a team, not to a role group.", field="grantee")
     if not grantable(type(target), action):
         allowed = ", ".join(roles.GRANTABLE.get(target._meta.label_lower, ())) or "nothing"
-        raise ApplicationError(f"'{action}' cannot be granted on a {target._meta.verbose_name}; allowed: {allowed}.",
-                               field="action")
+        raise ApplicationError(
+            f"'{action}' cannot be granted on a {target._meta.verbose_name}; allowed: {allowed}.", field="action"
+        )
     return roles.object_codename(action, target._meta.model_name)
 
 
@@ -91,8 +92,11 @@ def _held(grantee, target: Model) -> list[str]:
     from django.contrib.contenttypes.models import ContentType
     from guardian.models import GroupObjectPermission, UserObjectPermission
 
-    rows = GroupObjectPermission.objects.filter(group=grantee) if isinstance(grantee, Group) \
+    rows = (
+        GroupObjectPermission.objects.filter(group=grantee)
+        if isinstance(grantee, Group)
         else UserObjectPermission.objects.filter(user=grantee)
+    )
     rows = rows.filter(content_type=ContentType.objects.get_for_model(target), object_pk=str(target.pk))
     return list(rows.values_list("permission__codename", flat=True))
 
@@ -140,14 +144,19 @@ def user_create(*, actor, username: str, password: str, email: str = "", role_na
     user = User.objects.create_user(username=username, email=email, password=password)
     for role in role_names:
         user.groups.add(_role_group(role))
-    audit.record(action="user.created", actor=actor, target=user,
-                 changes={"username": [None, username], "email": [None, email], "roles": [[], user_roles(user)]})
+    audit.record(
+        action="user.created",
+        actor=actor,
+        target=user,
+        changes={"username": [None, username], "email": [None, email], "roles": [[], user_roles(user)]},
+    )
     return user
 
 
 @transaction.atomic
-def user_update(*, actor, user, email: str | None = None, is_active: bool | None = None,
-                role_names: list[str] | None = None) -> User:
+def user_update(
+    *, actor, user, email: str | None = None, is_active: bool | None = None, role_names: list[str] | None = None
+) -> User:
     """Change a person's email, login and roles together: all or nothing. Needs manage_users."""
     require(actor, roles.MANAGE_USERS)
     if email is not None and email != user.email:
@@ -177,8 +186,12 @@ def user_set_active(*, actor, user, active: bool) -> None:
             raise ApplicationError("This is the last active admin.", field="is_active")
     user.is_active = active
     user.save(update_fields=["is_active"])
-    audit.record(action="user.enabled" if active else "user.disabled", actor=actor, target=user,
-                 changes={"is_active": [not active, active]})
+    audit.record(
+        action="user.enabled" if active else "user.disabled",
+        actor=actor,
+        target=user,
+        changes={"is_active": [not active, active]},
+    )
 
 
 def grant_target(*, target_type: str, target_id: str) -> Model:

@@ -20,24 +20,27 @@ from console.permissions import require
 
 @traced("credential.create")
 @transaction.atomic
-def credential_create(*, actor, name: str, value: str, kind: str = Credential.Kind.HF_TOKEN,
-                      description: str = "", team=None) -> Credential:
+def credential_create(
+    *, actor, name: str, value: str, kind: str = Credential.Kind.HF_TOKEN, description: str = "", team=None
+) -> Credential:
     """Store a secret. Anyone who may add models may store the token a download needs."""
     require(actor, roles.ADD_MODEL)
     if not value or not value.strip():
         raise ApplicationError("The secret value is empty.", field="value")
     if Credential.objects.filter(name=name).exists():
         raise ApplicationError(f"A credential named '{name}' already exists.", field="name")
-    credential = Credential.objects.create(name=name, value=value.strip(), kind=kind, description=description,
-                                           team=team, created_by=actor)
+    credential = Credential.objects.create(
+        name=name, value=value.strip(), kind=kind, description=description, team=team, created_by=actor
+    )
     audit.record(action="credential.created", actor=actor, target=credential, changes=diff({}, _state(credential)))
     return credential
 
 
 @traced("credential.update")
 @transaction.atomic
-def credential_update(*, actor, credential: Credential, value: str | None = None, description: str | None = None,
-                      name: str | None = None) -> Credential:
+def credential_update(
+    *, actor, credential: Credential, value: str | None = None, description: str | None = None, name: str | None = None
+) -> Credential:
     """Replace a secret's value (when given) or its description; the old value is gone."""
     require(actor, roles.ADD_MODEL, credential)
     before = _state(credential)
@@ -68,8 +71,13 @@ def credential_delete(*, actor, credential: Credential) -> None:
 
 def _state(credential: Credential) -> dict:
     """What an audit diff shows of a credential; the value appears only as a mask."""
-    return {"name": credential.name, "kind": credential.kind, "description": credential.description,
-            "team": str(credential.team) if credential.team_id else None, "value": credential.value}
+    return {
+        "name": credential.name,
+        "kind": credential.kind,
+        "description": credential.description,
+        "team": str(credential.team) if credential.team_id else None,
+        "value": credential.value,
+    }
 
 
 def _encrypted_fields() -> list[tuple[type, list[str]]]:

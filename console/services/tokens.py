@@ -35,8 +35,12 @@ def token_create(*, actor, user, name: str, expires_at: datetime | None = None) 
         digest=hash_token(raw),
         expires_at=expires_at or ApiToken.default_expiry(),
     )
-    audit.record(action="token.created", actor=actor, target=token,
-                 detail={"owner": user.get_username(), "expires_at": token.expires_at.isoformat()})
+    audit.record(
+        action="token.created",
+        actor=actor,
+        target=token,
+        detail={"owner": user.get_username(), "expires_at": token.expires_at.isoformat()},
+    )
     return token, raw
 
 

@@ -29,21 +29,58 @@ class SpecInputSerializer(SpecSerializer):
 class DeploymentSerializer(serializers.ModelSerializer):
     spec = SpecSerializer(read_only=True)
     spec_input = SpecSerializer(write_only=True, source="spec_data", help_text="The first spec version.")
-    team = serializers.SlugRelatedField(slug_field="name", queryset=Group.objects.all(), required=False,
-                                        allow_null=True)
+    team = serializers.SlugRelatedField(
+        slug_field="name", queryset=Group.objects.all(), required=False, allow_null=True
+    )
     host = serializers.SlugRelatedField(slug_field="name", read_only=True)
     launch = serializers.BooleanField(write_only=True, default=True)
     job = serializers.PrimaryKeyRelatedField(read_only=True)
 
     class Meta:
         model = Deployment
-        fields = ["id", "name", "team", "restart_policy", "state", "state_changed_at", "deadline", "spec",
-                  "spec_input", "launch", "host", "gpu_indexes", "placement_note", "runtime", "endpoint", "job",
-                  "command", "failure_cause", "failure_detail", "next_step", "restart_count", "next_restart_at",
-                  "created_at"]
-        read_only_fields = ["state", "state_changed_at", "deadline", "host", "gpu_indexes", "placement_note",
-                            "runtime", "endpoint", "job", "command", "failure_cause", "failure_detail", "next_step",
-                            "restart_count", "next_restart_at", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "team",
+            "restart_policy",
+            "state",
+            "state_changed_at",
+            "deadline",
+            "spec",
+            "spec_input",
+            "launch",
+            "host",
+            "gpu_indexes",
+            "placement_note",
+            "runtime",
+            "endpoint",
+            "job",
+            "command",
+            "failure_cause",
+            "failure_detail",
+            "next_step",
+            "restart_count",
+            "next_restart_at",
+            "created_at",
+        ]
+        read_only_fields = [
+            "state",
+            "state_changed_at",
+            "deadline",
+            "host",
+            "gpu_indexes",
+            "placement_note",
+            "runtime",
+            "endpoint",
+            "job",
+            "command",
+            "failure_cause",
+            "failure_detail",
+            "next_step",
+            "restart_count",
+            "next_restart_at",
+            "created_at",
+        ]
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):
@@ -60,8 +97,9 @@ class PlanSerializer(serializers.Serializer):
 
     spec = SpecSerializer()
     name = serializers.CharField(required=False, default="preview")
-    deployment = serializers.IntegerField(required=False, allow_null=True,
-                                          help_text="When editing: the deployment whose own GPUs count as free.")
+    deployment = serializers.IntegerField(
+        required=False, allow_null=True, help_text="When editing: the deployment whose own GPUs count as free."
+    )
 
 
 class AllowedImageSerializer(serializers.ModelSerializer):

@@ -25,9 +25,18 @@ from deployments.models import AllowedImage, Deployment
 from deployments.services import deployments as lifecycle
 from deployments.services.specs import clean_spec, command_preview, verdict
 
-DEPLOY_ACTIONS = {"create": roles.DEPLOY, "update": roles.DEPLOY, "partial_update": roles.DEPLOY,
-                  "destroy": roles.DEPLOY, "launch": roles.DEPLOY, "stop": roles.DEPLOY, "restart": roles.DEPLOY,
-                  "rollback": roles.DEPLOY, "plan": roles.DEPLOY, "specs": roles.VIEW}
+DEPLOY_ACTIONS = {
+    "create": roles.DEPLOY,
+    "update": roles.DEPLOY,
+    "partial_update": roles.DEPLOY,
+    "destroy": roles.DEPLOY,
+    "launch": roles.DEPLOY,
+    "stop": roles.DEPLOY,
+    "restart": roles.DEPLOY,
+    "rollback": roles.DEPLOY,
+    "plan": roles.DEPLOY,
+    "specs": roles.VIEW,
+}
 
 
 def _spec_input(data: dict) -> dict:
@@ -47,8 +56,18 @@ class DeploymentViewSet(ConsoleModelViewSet):
     serializer_class = DeploymentSerializer
     action_permissions = DEPLOY_ACTIONS
     # plan checks `deploy` itself: globally, or on the deployment being edited when one is named.
-    object_actions = {"retrieve", "update", "partial_update", "destroy", "launch", "stop", "restart", "rollback",
-                      "specs", "plan"}
+    object_actions = {
+        "retrieve",
+        "update",
+        "partial_update",
+        "destroy",
+        "launch",
+        "stop",
+        "restart",
+        "rollback",
+        "specs",
+        "plan",
+    }
     search_fields = ["name"]
     filterset_fields = ["state", "host__name", "team__name"]
     ordering_fields = ["name", "created_at", "state"]
@@ -56,17 +75,25 @@ class DeploymentViewSet(ConsoleModelViewSet):
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
         serializer.instance = lifecycle.deployment_create(
-            actor=self.request.user, name=data["name"], spec=_spec_input(data["spec_data"]), team=data.get("team"),
-            restart_policy=data.get("restart_policy", Deployment.RestartPolicy.ON_FAILURE), launch=data["launch"])
+            actor=self.request.user,
+            name=data["name"],
+            spec=_spec_input(data["spec_data"]),
+            team=data.get("team"),
+            restart_policy=data.get("restart_policy", Deployment.RestartPolicy.ON_FAILURE),
+            launch=data["launch"],
+        )
 
     @extend_schema(request=DeploymentUpdateSerializer, responses=SpecSerializer)
     def partial_update(self, request, *args, **kwargs):
         deployment = self.get_object()
         serializer = DeploymentUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        spec = lifecycle.spec_update(actor=request.user, deployment=deployment,
-                                     spec=_spec_input(serializer.validated_data["spec"]),
-                                     note=serializer.validated_data.get("note", ""))
+        spec = lifecycle.spec_update(
+            actor=request.user,
+            deployment=deployment,
+            spec=_spec_input(serializer.validated_data["spec"]),
+            note=serializer.validated_data.get("note", ""),
+        )
         return Response(SpecSerializer(spec).data)
 
     @extend_schema(request=DeploymentUpdateSerializer, responses=SpecSerializer)
@@ -107,8 +134,9 @@ class DeploymentViewSet(ConsoleModelViewSet):
         deployment = self.get_object()
         serializer = RollbackSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        spec = lifecycle.deployment_rollback(actor=request.user, deployment=deployment,
-                                             version=serializer.validated_data["version"])
+        spec = lifecycle.deployment_rollback(
+            actor=request.user, deployment=deployment, version=serializer.validated_data["version"]
+        )
         return Response(SpecSerializer(spec).data)
 
     @extend_schema(responses=SpecSerializer(many=True))
@@ -134,8 +162,9 @@ class DeploymentViewSet(ConsoleModelViewSet):
         serializer.is_valid(raise_exception=True)
         values = clean_spec(_spec_input(serializer.validated_data["spec"]))
         plan = verdict(values, holder=target.holder if target else None)
-        return Response({"verdict": plan, "command": command_preview(values, plan,
-                                                                     name=serializer.validated_data["name"])})
+        return Response(
+            {"verdict": plan, "command": command_preview(values, plan, name=serializer.validated_data["name"])}
+        )
 
 
 class AllowedImageViewSet(ConsoleModelViewSet):
@@ -143,23 +172,36 @@ class AllowedImageViewSet(ConsoleModelViewSet):
 
     queryset = AllowedImage.objects.all()
     serializer_class = AllowedImageSerializer
-    action_permissions = {"create": roles.DEPLOY, "update": roles.DEPLOY, "partial_update": roles.DEPLOY,
-                          "destroy": roles.DEPLOY}
+    action_permissions = {
+        "create": roles.DEPLOY,
+        "update": roles.DEPLOY,
+        "partial_update": roles.DEPLOY,
+        "destroy": roles.DEPLOY,
+    }
     search_fields = ["reference"]
 
     def perform_create(self, serializer):
         require(self.request.user, roles.DEPLOY)
         serializer.save()
-        audit.record(action="image.allowed", actor=self.request.user, target=serializer.instance,
-                     detail={"digest": serializer.instance.digest})
+        audit.record(
+            action="image.allowed",
+            actor=self.request.user,
+            target=serializer.instance,
+            detail={"digest": serializer.instance.digest},
+        )
 
     def perform_update(self, serializer):
         before = AllowedImage.objects.get(pk=serializer.instance.pk)
         serializer.save()
-        audit.record(action="image.changed", actor=self.request.user, target=serializer.instance,
-                     changes=diff({"reference": before.reference, "digest": before.digest},
-                                                 {"reference": serializer.instance.reference,
-                                                  "digest": serializer.instance.digest}))
+        audit.record(
+            action="image.changed",
+            actor=self.request.user,
+            target=serializer.instance,
+            changes=diff(
+                {"reference": before.reference, "digest": before.digest},
+                {"reference": serializer.instance.reference, "digest": serializer.instance.digest},
+            ),
+        )
 
     def perform_destroy(self, instance):
         audit.record(action="image.removed", actor=self.request.user, target=instance)

@@ -26,6 +26,7 @@ LOG_LIMIT, LOG_LIMIT_MAX = 500, 5000
 
 # -- serializers ---------------------------------------------------------------------------------------------------
 
+
 @extend_schema_field(OpenApiTypes.STR)
 class SourceRefField(serializers.Field):
     """A source by id or by name."""
@@ -60,10 +61,30 @@ class JobSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "kind", "status", "target", "target_type", "target_id", "queue", "actor", "attempts",
-                  "max_attempts", "cancel_requested", "cancel_delete_partial", "progress", "result", "failure_cause",
-                  "failure_detail", "next_step", "log_seq", "created_at", "dispatched_at", "started_at",
-                  "finished_at"]
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "target",
+            "target_type",
+            "target_id",
+            "queue",
+            "actor",
+            "attempts",
+            "max_attempts",
+            "cancel_requested",
+            "cancel_delete_partial",
+            "progress",
+            "result",
+            "failure_cause",
+            "failure_detail",
+            "next_step",
+            "log_seq",
+            "created_at",
+            "dispatched_at",
+            "started_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
     def get_target(self, job) -> str:
@@ -79,8 +100,20 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelArtifact
-        fields = ["id", "repo_id", "commit", "source", "host", "status", "path", "bytes_done", "bytes_total",
-                  "imported", "created_at", "ready_at"]
+        fields = [
+            "id",
+            "repo_id",
+            "commit",
+            "source",
+            "host",
+            "status",
+            "path",
+            "bytes_done",
+            "bytes_total",
+            "imported",
+            "created_at",
+            "ready_at",
+        ]
         read_only_fields = fields
 
 
@@ -102,9 +135,16 @@ class ArtifactDetailSerializer(ArtifactSerializer):
 
     def get_repo(self, artifact) -> dict:
         repo = artifact.repo
-        return {"id": repo.pk, "repo_id": repo.repo_id, "source": repo.source.name,
-                "requested_revision": repo.requested_revision, "commit": repo.commit, "gated": repo.gated,
-                "license": repo.license, "total_size": repo.total_size}
+        return {
+            "id": repo.pk,
+            "repo_id": repo.repo_id,
+            "source": repo.source.name,
+            "requested_revision": repo.requested_revision,
+            "commit": repo.commit,
+            "gated": repo.gated,
+            "license": repo.license,
+            "total_size": repo.total_size,
+        }
 
     def get_files(self, artifact) -> list[dict]:
         return artifact_files(artifact)
@@ -117,23 +157,36 @@ class ArtifactDetailSerializer(ArtifactSerializer):
         job = self._last_job(artifact)
         if job is None:
             return None
-        return {"id": job.pk, "kind": job.kind, "status": job.status, "failure_cause": job.failure_cause,
-                "failure_detail": job.failure_detail, "next_step": job.next_step}
+        return {
+            "id": job.pk,
+            "kind": job.kind,
+            "status": job.status,
+            "failure_cause": job.failure_cause,
+            "failure_detail": job.failure_detail,
+            "next_step": job.next_step,
+        }
 
     def get_used_by(self, artifact) -> list[str]:
         return list(artifact.uses.order_by("holder").values_list("holder", flat=True))
 
 
 class ModelAddSerializer(serializers.Serializer):
-    source = SourceRefField(help_text="A source id or name (e.g. \"Hugging Face Hub\").")
+    source = SourceRefField(help_text='A source id or name (e.g. "Hugging Face Hub").')
     repo_id = serializers.CharField(max_length=200)
     revision = serializers.CharField(max_length=100, default="main", allow_blank=True)
     host = serializers.SlugRelatedField(slug_field="name", queryset=hosts_for_models())
-    credential = serializers.PrimaryKeyRelatedField(queryset=Credential.objects.filter(kind=Credential.Kind.HF_TOKEN),
-                                                    required=False, allow_null=True,
-                                                    help_text="A stored Hugging Face token (id).")
-    include = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list,
-                                    help_text="Glob patterns of the files to download; empty: all.")
+    credential = serializers.PrimaryKeyRelatedField(
+        queryset=Credential.objects.filter(kind=Credential.Kind.HF_TOKEN),
+        required=False,
+        allow_null=True,
+        help_text="A stored Hugging Face token (id).",
+    )
+    include = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        default=list,
+        help_text="Glob patterns of the files to download; empty: all.",
+    )
 
 
 class ModelImportSerializer(serializers.Serializer):
@@ -147,8 +200,13 @@ class CancelSerializer(serializers.Serializer):
 
 
 class GcSerializer(serializers.Serializer):
-    host = serializers.SlugRelatedField(slug_field="name", queryset=Host.objects.all(), required=False,
-                                        allow_null=True, help_text="Only this host's copies.")
+    host = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Host.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="Only this host's copies.",
+    )
 
 
 class MaskedSecretField(serializers.CharField):
@@ -159,12 +217,18 @@ class MaskedSecretField(serializers.CharField):
 
 
 class SourceSerializer(serializers.ModelSerializer):
-    kind = serializers.ChoiceField(choices=[ModelSource.Kind.MIRROR, ModelSource.Kind.HUB],
-                                   default=ModelSource.Kind.MIRROR)
+    kind = serializers.ChoiceField(
+        choices=[ModelSource.Kind.MIRROR, ModelSource.Kind.HUB], default=ModelSource.Kind.MIRROR
+    )
     endpoint = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     url = serializers.CharField(read_only=True)
-    token = MaskedSecretField(required=False, allow_blank=True, allow_null=True, style={"input_type": "password"},
-                              help_text="Write-only: responses show a mask.")
+    token = MaskedSecretField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        style={"input_type": "password"},
+        help_text="Write-only: responses show a mask.",
+    )
 
     class Meta:
         model = ModelSource
@@ -191,14 +255,22 @@ class LogPageSerializer(serializers.Serializer):
 
 # -- viewsets ------------------------------------------------------------------------------------------------------
 
-class ModelArtifactViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                           viewsets.GenericViewSet):
+
+class ModelArtifactViewSet(
+    ConsoleViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Copies of models on hosts. `?host__name=`, `?status=`, `?search=<repo id>`."""
 
     queryset = ModelArtifact.objects.select_related("repo__source", "host")
     serializer_class = ArtifactSerializer
-    action_permissions = {"create": roles.ADD_MODEL, "destroy": roles.ADD_MODEL, "cancel": roles.ADD_MODEL,
-                          "import_model": roles.ADD_MODEL, "gc": roles.VIEW, "gc_run": roles.ADD_MODEL}
+    action_permissions = {
+        "create": roles.ADD_MODEL,
+        "destroy": roles.ADD_MODEL,
+        "cancel": roles.ADD_MODEL,
+        "import_model": roles.ADD_MODEL,
+        "gc": roles.VIEW,
+        "gc_run": roles.ADD_MODEL,
+    }
     filterset_fields = ["host__name", "status"]
     search_fields = ["repo__repo_id"]
     ordering_fields = ["created_at", "ready_at", "bytes_total"]
@@ -215,9 +287,15 @@ class ModelArtifactViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.Re
         has at that commit."""
         data = self._valid(ModelAddSerializer, request)
         try:
-            artifact = registry.model_add(actor=request.user, source=data["source"], repo_id=data["repo_id"],
-                                          revision=data["revision"] or "main", host=data["host"],
-                                          credential=data.get("credential"), include=data["include"])
+            artifact = registry.model_add(
+                actor=request.user,
+                source=data["source"],
+                repo_id=data["repo_id"],
+                revision=data["revision"] or "main",
+                host=data["host"],
+                credential=data.get("credential"),
+                include=data["include"],
+            )
         except ApplicationError as error:
             raise add_error(error) from None
         ready = artifact.status == ModelArtifact.Status.READY
@@ -243,8 +321,9 @@ class ModelArtifactViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.Re
     def import_model(self, request):
         """Register a directory already on a host; its agent validates and hashes it."""
         data = self._valid(ModelImportSerializer, request)
-        artifact = registry.model_import(actor=request.user, host=data["host"], directory=data["directory"],
-                                         repo_id=data["name"])
+        artifact = registry.model_import(
+            actor=request.user, host=data["host"], directory=data["directory"], repo_id=data["name"]
+        )
         return self._respond(artifact, status.HTTP_202_ACCEPTED)
 
     @extend_schema(parameters=[OpenApiParameter("host", OpenApiTypes.STR)], responses={200: OpenApiTypes.OBJECT})
@@ -252,10 +331,18 @@ class ModelArtifactViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.Re
     def gc(self, request):
         """The ready copies nothing uses (what garbage collection would delete), with their total size."""
         data = self._valid(GcSerializer, request, request.query_params)
-        candidates = list(registry.gc_candidates(host=data.get("host")).select_related("repo__source", "host")
-                          .order_by("host__name", "pk"))
-        return Response({"count": len(candidates), "total_bytes": sum(a.bytes_total for a in candidates),
-                         "candidates": ArtifactSerializer(candidates, many=True).data})
+        candidates = list(
+            registry.gc_candidates(host=data.get("host"))
+            .select_related("repo__source", "host")
+            .order_by("host__name", "pk")
+        )
+        return Response(
+            {
+                "count": len(candidates),
+                "total_bytes": sum(a.bytes_total for a in candidates),
+                "candidates": ArtifactSerializer(candidates, many=True).data,
+            }
+        )
 
     @extend_schema(request=GcSerializer, responses={202: OpenApiTypes.OBJECT})
     @gc.mapping.post
@@ -282,12 +369,22 @@ class SourceViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.CreateMod
 
     def perform_create(self, serializer):
         data = serializer.validated_data
-        serializer.instance = registry.source_create(actor=self.request.user, name=data["name"], kind=data["kind"],
-                                                     endpoint=data.get("endpoint", ""), token=data.get("token") or None)
+        serializer.instance = registry.source_create(
+            actor=self.request.user,
+            name=data["name"],
+            kind=data["kind"],
+            endpoint=data.get("endpoint", ""),
+            token=data.get("token") or None,
+        )
 
 
-class AllowedEndpointViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.CreateModelMixin,
-                             mixins.DestroyModelMixin, viewsets.GenericViewSet):
+class AllowedEndpointViewSet(
+    ConsoleViewSetMixin,
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
     """The host names and networks model sources may reach."""
 
     queryset = AllowedEndpoint.objects.all()
@@ -297,8 +394,9 @@ class AllowedEndpointViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.
 
     def perform_create(self, serializer):
         data = serializer.validated_data
-        serializer.instance = registry.endpoint_allow(actor=self.request.user, pattern=data["pattern"],
-                                                      note=data.get("note", ""))
+        serializer.instance = registry.endpoint_allow(
+            actor=self.request.user, pattern=data["pattern"], note=data.get("note", "")
+        )
 
     def perform_destroy(self, instance):
         registry.endpoint_remove(actor=self.request.user, endpoint=instance)
@@ -313,19 +411,30 @@ class JobViewSet(ConsoleViewSetMixin, viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["kind", "status", "target_type", "target_id"]
     ordering_fields = ["id", "created_at", "finished_at"]
 
-    @extend_schema(parameters=[OpenApiParameter("after", OpenApiTypes.INT, description="Lines after this seq."),
-                               OpenApiParameter("limit", OpenApiTypes.INT, description=f"At most {LOG_LIMIT_MAX}.")],
-                   responses=LogPageSerializer)
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", OpenApiTypes.INT, description="Lines after this seq."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description=f"At most {LOG_LIMIT_MAX}."),
+        ],
+        responses=LogPageSerializer,
+    )
     @action(detail=True, methods=["get"])
     def log(self, request, pk=None):
         """The job's lines with seq > after, in order, at most limit; page on with `after=next_after`."""
         job = self.get_object()
         after = _int_param(request, "after", 0, minimum=0)
         limit = min(_int_param(request, "limit", LOG_LIMIT, minimum=1), LOG_LIMIT_MAX)
-        lines = list(JobLogLine.objects.filter(job=job, seq__gt=after).order_by("seq")[:limit + 1])
+        lines = list(JobLogLine.objects.filter(job=job, seq__gt=after).order_by("seq")[: limit + 1])
         page = lines[:limit]
-        return Response({"job": job.pk, "after": after, "next_after": page[-1].seq if page else after,
-                         "has_more": len(lines) > limit, "items": [line.as_item() for line in page]})
+        return Response(
+            {
+                "job": job.pk,
+                "after": after,
+                "next_after": page[-1].seq if page else after,
+                "has_more": len(lines) > limit,
+                "items": [line.as_item() for line in page],
+            }
+        )
 
 
 def _int_param(request, name: str, default: int, *, minimum: int) -> int:

@@ -11,9 +11,23 @@ class GpuSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Gpu
-        fields = ["id", "host", "index", "uuid", "name", "memory_total", "memory_free", "reserved_bytes",
-                  "power_limit_w", "compute_capability", "nvlink_group", "health", "serial", "discovered",
-                  "updated_at"]
+        fields = [
+            "id",
+            "host",
+            "index",
+            "uuid",
+            "name",
+            "memory_total",
+            "memory_free",
+            "reserved_bytes",
+            "power_limit_w",
+            "compute_capability",
+            "nvlink_group",
+            "health",
+            "serial",
+            "discovered",
+            "updated_at",
+        ]
         read_only_fields = ["memory_free", "discovered", "updated_at"]
 
     def get_reserved_bytes(self, gpu) -> int:
@@ -25,11 +39,32 @@ class HostSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Host
-        fields = ["id", "name", "address", "labels", "status", "runtime", "model_store", "agent_version",
-                  "driver_version", "cuda_version", "last_heartbeat", "discovery_note", "gpus", "created_at",
-                  "updated_at"]
-        read_only_fields = ["agent_version", "driver_version", "cuda_version", "last_heartbeat", "discovery_note",
-                            "created_at", "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "address",
+            "labels",
+            "status",
+            "runtime",
+            "model_store",
+            "agent_version",
+            "driver_version",
+            "cuda_version",
+            "last_heartbeat",
+            "discovery_note",
+            "gpus",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = [
+            "agent_version",
+            "driver_version",
+            "cuda_version",
+            "last_heartbeat",
+            "discovery_note",
+            "created_at",
+            "updated_at",
+        ]
 
     def validate_status(self, value: str) -> str:
         if value not in (Host.Status.MANUAL, Host.Status.MAINTENANCE):

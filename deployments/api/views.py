@@ -18,8 +18,12 @@ from deployments.forms import SizingForm
 from deployments.models import Gpu, Host
 from deployments.services import inventory
 
-WRITE = {"create": roles.MANAGE_INVENTORY, "update": roles.MANAGE_INVENTORY,
-         "partial_update": roles.MANAGE_INVENTORY, "destroy": roles.MANAGE_INVENTORY}
+WRITE = {
+    "create": roles.MANAGE_INVENTORY,
+    "update": roles.MANAGE_INVENTORY,
+    "partial_update": roles.MANAGE_INVENTORY,
+    "destroy": roles.MANAGE_INVENTORY,
+}
 
 
 def _gpus():
@@ -40,8 +44,9 @@ class HostViewSet(ConsoleModelViewSet):
         serializer.instance = inventory.host_create(actor=self.request.user, **serializer.validated_data)
 
     def perform_update(self, serializer):
-        serializer.instance = inventory.host_update(actor=self.request.user, host=serializer.instance,
-                                                    **serializer.validated_data)
+        serializer.instance = inventory.host_update(
+            actor=self.request.user, host=serializer.instance, **serializer.validated_data
+        )
 
     def perform_destroy(self, instance):
         inventory.host_delete(actor=self.request.user, host=instance)
@@ -79,16 +84,27 @@ class SizingApiView(APIView):
     max_batch_total_tokens, kv_cache_dtype, credential) answers memory per precision and the smallest
     GPU set in the inventory that fits."""
 
-    @extend_schema(parameters=[OpenApiParameter(name, OpenApiTypes.STR, required=name == "source")
-                               for name in SizingForm.base_fields],
-                   responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(name, OpenApiTypes.STR, required=name == "source") for name in SizingForm.base_fields
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request):
         require(request.user, roles.VIEW)  # before any input is looked at
         form = SizingForm(request.query_params)
         if not form.is_valid():
             raise ValidationError(form.errors)
         data = form.cleaned_data
-        return Response(planner.plan(
-            user=request.user, source=data["source"], revision=data["revision"], quantize=data["quantize"],
-            max_total_tokens=data["max_total_tokens"], max_batch_total_tokens=data["max_batch_total_tokens"],
-            kv_cache_dtype=data["kv_cache_dtype"], credential_id=data["credential"].pk if data["credential"] else None))
+        return Response(
+            planner.plan(
+                user=request.user,
+                source=data["source"],
+                revision=data["revision"],
+                quantize=data["quantize"],
+                max_total_tokens=data["max_total_tokens"],
+                max_batch_total_tokens=data["max_batch_total_tokens"],
+                kv_cache_dtype=data["kv_cache_dtype"],
+                credential_id=data["credential"].pk if data["credential"] else None,
+            )
+        )

@@ -5,5 +5,19 @@ from deployments.models.inventory import HOST_NAME, Gpu, GpuReservation, Host
 from deployments.models.jobs import Job, JobLogLine
 from deployments.models.registry import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
 
-__all__ = ["HOST_NAME", "AllowedEndpoint", "AllowedImage", "ArtifactUse", "Deployment", "DeploymentSpec", "Gpu",
-           "GpuReservation", "Host", "Job", "JobLogLine", "ModelArtifact", "ModelRepo", "ModelSource"]
+__all__ = [
+    "HOST_NAME",
+    "AllowedEndpoint",
+    "AllowedImage",
+    "ArtifactUse",
+    "Deployment",
+    "DeploymentSpec",
+    "Gpu",
+    "GpuReservation",
+    "Host",
+    "Job",
+    "JobLogLine",
+    "ModelArtifact",
+    "ModelRepo",
+    "ModelSource",
+]

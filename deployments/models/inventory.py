@@ -7,8 +7,9 @@ from django.db import models
 from django.db.models import Sum
 from django.utils.translation import gettext_lazy as _
 
-HOST_NAME = RegexValidator(r"^[a-z0-9][a-z0-9-]{0,62}$",
-                           _("Lowercase letters, digits and hyphens (it names the host's queue host.<name>)."))
+HOST_NAME = RegexValidator(
+    r"^[a-z0-9][a-z0-9-]{0,62}$", _("Lowercase letters, digits and hyphens (it names the host's queue host.<name>).")
+)
 
 
 class Host(models.Model):
@@ -34,8 +35,9 @@ class Host(models.Model):
     last_heartbeat = models.DateTimeField(_("last heartbeat"), null=True, blank=True)
     runtime = models.CharField(_("runtime"), max_length=10, choices=Runtime.choices, default=Runtime.DOCKER)
     model_store = models.CharField(_("model store path"), max_length=255, blank=True)
-    discovery_note = models.CharField(_("discovery note"), max_length=255, blank=True,
-                                      help_text=_("Why the agent found no GPU, when it found none."))
+    discovery_note = models.CharField(
+        _("discovery note"), max_length=255, blank=True, help_text=_("Why the agent found no GPU, when it found none.")
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -68,8 +70,12 @@ class Gpu(models.Model):
     memory_free = models.BigIntegerField(_("free memory (bytes)"), null=True, blank=True)
     power_limit_w = models.FloatField(_("power limit (W)"), null=True, blank=True)
     compute_capability = models.CharField(_("compute capability"), max_length=10, blank=True)
-    nvlink_group = models.CharField(_("NVLink/P2P group"), max_length=40, blank=True,
-                                    help_text=_("GPUs sharing a group talk over NVLink; empty: PCIe only."))
+    nvlink_group = models.CharField(
+        _("NVLink/P2P group"),
+        max_length=40,
+        blank=True,
+        help_text=_("GPUs sharing a group talk over NVLink; empty: PCIe only."),
+    )
     health = models.CharField(_("health"), max_length=10, choices=Health.choices, default=Health.UNKNOWN)
     serial = models.CharField(_("serial"), max_length=40, blank=True)
     discovered = models.BooleanField(_("found by the agent"), default=False)

@@ -33,14 +33,14 @@ class Job(models.Model):
             return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED})
 
     kind = models.CharField(_("kind"), max_length=20, choices=Kind.choices)
-    status = models.CharField(_("status"), max_length=12, choices=Status.choices, default=Status.PENDING,
-                              db_index=True)
+    status = models.CharField(_("status"), max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
     target_type = models.CharField(max_length=100, blank=True)
     target_id = models.CharField(max_length=64, blank=True)
     params = models.JSONField(default=dict, blank=True)
     queue = models.CharField(max_length=80, default="celery")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     request_id = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
@@ -95,5 +95,10 @@ class JobLogLine(models.Model):
         return f"{self.job_id}#{self.seq}"
 
     def as_item(self) -> dict:
-        return {"seq": self.seq, "time": self.created_at.isoformat() if self.created_at else None,
-                "stream": self.stream, "text": self.text, "data": self.data}
+        return {
+            "seq": self.seq,
+            "time": self.created_at.isoformat() if self.created_at else None,
+            "stream": self.stream,
+            "text": self.text,
+            "data": self.data,
+        }

@@ -16,8 +16,12 @@ class AllowedEndpoint(models.Model):
     """A host name or network that model sources may reach (mirrors often live on private addresses,
     so this is an allow-list, not a private-IP ban)."""
 
-    pattern = models.CharField(_("host or network"), max_length=255, unique=True,
-                               help_text=_("A host name (hf-mirror.internal, *.corp.example) or a CIDR (10.8.0.0/16)."))
+    pattern = models.CharField(
+        _("host or network"),
+        max_length=255,
+        unique=True,
+        help_text=_("A host name (hf-mirror.internal, *.corp.example) or a CIDR (10.8.0.0/16)."),
+    )
     note = models.CharField(_("note"), max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -25,9 +25,13 @@ State = Deployment.State
 def _new_spec(deployment: Deployment, values: dict, *, actor, note: str = "") -> DeploymentSpec:
     previous = deployment.spec
     version = (deployment.specs.order_by("-version").values_list("version", flat=True).first() or 0) + 1
-    spec = DeploymentSpec(deployment=deployment, version=version, note=note,
-                          created_by=actor if getattr(actor, "is_authenticated", False) else None,
-                          **{name: values[name] for name in SPEC_FIELDS if name in values})
+    spec = DeploymentSpec(
+        deployment=deployment,
+        version=version,
+        note=note,
+        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        **{name: values[name] for name in SPEC_FIELDS if name in values},
+    )
     spec.diff = diff(spec_values(previous) if previous else {}, spec_values(spec))
     spec.save()
     deployment.spec = spec
@@ -37,8 +41,9 @@ def _new_spec(deployment: Deployment, values: dict, *, actor, note: str = "") ->
 
 @traced("deployment.create")
 @transaction.atomic
-def deployment_create(*, actor, name: str, spec: dict, team=None, restart_policy: str = "on-failure",
-                      launch: bool = True) -> Deployment:
+def deployment_create(
+    *, actor, name: str, spec: dict, team=None, restart_policy: str = "on-failure", launch: bool = True
+) -> Deployment:
     """A new deployment with spec version 1; launched at once unless `launch` is false. A spec the planner
     says cannot fit is refused here, before any task runs."""
     require(actor, roles.DEPLOY)
@@ -49,13 +54,19 @@ def deployment_create(*, actor, name: str, spec: dict, team=None, restart_policy
     plan = verdict(values)
     if plan["fits"] is False:
         raise ApplicationError(plan["reason"], field="artifact")
-    deployment = Deployment(name=name, team=team, restart_policy=restart_policy,
-                            created_by=actor if actor.is_authenticated else None)
+    deployment = Deployment(
+        name=name, team=team, restart_policy=restart_policy, created_by=actor if actor.is_authenticated else None
+    )
     deployment.full_clean(exclude=["spec", "host"])
     deployment.save()
     created = _new_spec(deployment, values, actor=actor)
-    audit.record(action="deployment.created", actor=actor, target=deployment, changes=created.diff,
-                 detail={"version": 1, "planner": {k: plan[k] for k in ("fits", "num_shard", "per_gpu_bytes")}})
+    audit.record(
+        action="deployment.created",
+        actor=actor,
+        target=deployment,
+        changes=created.diff,
+        detail={"version": 1, "planner": {k: plan[k] for k in ("fits", "num_shard", "per_gpu_bytes")}},
+    )
     if launch:
         _launch(actor, deployment, plan)
     return deployment
@@ -74,8 +85,13 @@ def spec_update(*, actor, deployment: Deployment, spec: dict, note: str = "") ->
     created = _new_spec(deployment, values, actor=actor, note=note)
     if not created.diff:
         raise ApplicationError("Nothing changed.")
-    audit.record(action="deployment.edited", actor=actor, target=deployment, changes=created.diff,
-                 detail={"version": created.version, "note": note, "running": deployment.state == State.RUNNING})
+    audit.record(
+        action="deployment.edited",
+        actor=actor,
+        target=deployment,
+        changes=created.diff,
+        detail={"version": created.version, "note": note, "running": deployment.state == State.RUNNING},
+    )
     return created
 
 
@@ -92,17 +108,25 @@ def deployment_rollback(*, actor, deployment: Deployment, version: int) -> Deplo
         raise ApplicationError(f"Version {version} is already current.", field="version")
     values = clean_spec(spec_values(old))
     created = _new_spec(deployment, values, actor=actor, note=f"rollback to v{version}")
-    audit.record(action="deployment.rolled_back", actor=actor, target=deployment, changes=created.diff,
-                 detail={"to_version": version, "version": created.version})
+    audit.record(
+        action="deployment.rolled_back",
+        actor=actor,
+        target=deployment,
+        changes=created.diff,
+        detail={"to_version": version, "version": created.version},
+    )
     return created
 
 
 # -- launching -----------------------------------------------------------------------------------------------
 def _deadline(state: str):
-    seconds = {State.DOWNLOADING: settings.DEPLOY_DEADLINE_DOWNLOADING,
-               State.STARTING: settings.DEPLOY_DEADLINE_STARTING,
-               State.STOPPING: settings.DEPLOY_STOP_GRACE_SECONDS + 60,
-               State.PLACING: 300, State.PENDING: 300}.get(state)
+    seconds = {
+        State.DOWNLOADING: settings.DEPLOY_DEADLINE_DOWNLOADING,
+        State.STARTING: settings.DEPLOY_DEADLINE_STARTING,
+        State.STOPPING: settings.DEPLOY_STOP_GRACE_SECONDS + 60,
+        State.PLACING: 300,
+        State.PENDING: 300,
+    }.get(state)
     return timezone.now() + timedelta(seconds=seconds) if seconds else None
 
 
@@ -117,8 +141,9 @@ def set_state(deployment: Deployment, state: str, **fields) -> None:
 def _reserve(deployment: Deployment, host, gpu_indexes: list[int], per_gpu: int) -> None:
     gpus = list(Gpu.objects.select_for_update().filter(host=host, index__in=gpu_indexes))
     GpuReservation.objects.filter(holder=deployment.holder).delete()
-    GpuReservation.objects.bulk_create(GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=deployment.holder)
-                                       for gpu in gpus)
+    GpuReservation.objects.bulk_create(
+        GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=deployment.holder) for gpu in gpus
+    )
 
 
 def release(deployment: Deployment) -> None:
@@ -141,14 +166,30 @@ def _launch(actor, deployment: Deployment, plan: dict | None = None) -> Job:
         raise ApplicationError(f"No GPU set on {host} fits this spec.", field="gpu_indexes")
     _reserve(deployment, host, gpu_indexes, plan.get("per_gpu_bytes") or 0)
     ArtifactUse.objects.get_or_create(artifact=artifact, holder=deployment.holder)
-    job = job_create(kind=Job.Kind.SERVE, actor=actor, target=deployment, queue=host.queue,
-                     params={"deployment": deployment.pk, "spec": spec.pk})
+    job = job_create(
+        kind=Job.Kind.SERVE,
+        actor=actor,
+        target=deployment,
+        queue=host.queue,
+        params={"deployment": deployment.pk, "spec": spec.pk},
+    )
     next_state = State.STARTING if artifact.status == ModelArtifact.Status.READY else State.DOWNLOADING
-    set_state(deployment, next_state, host=host, gpu_indexes=gpu_indexes, runtime=host.runtime, job=job,
-              placement_note=(f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"),
-              next_restart_at=None)
-    audit.record(action="deployment.launched", actor=actor, target=deployment,
-                 detail={"version": spec.version, "host": host.name, "gpus": gpu_indexes, "job": job.pk})
+    set_state(
+        deployment,
+        next_state,
+        host=host,
+        gpu_indexes=gpu_indexes,
+        runtime=host.runtime,
+        job=job,
+        placement_note=(f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"),
+        next_restart_at=None,
+    )
+    audit.record(
+        action="deployment.launched",
+        actor=actor,
+        target=deployment,
+        detail={"version": spec.version, "host": host.name, "gpus": gpu_indexes, "job": job.pk},
+    )
     return job
 
 
@@ -171,8 +212,7 @@ def deployment_stop(*, actor, deployment: Deployment) -> Deployment:
     if deployment.state in (State.STOPPED, State.STOPPING):
         return deployment
     job = deployment.job
-    audit.record(action="deployment.stop_requested", actor=actor, target=deployment,
-                 detail={"state": deployment.state})
+    audit.record(action="deployment.stop_requested", actor=actor, target=deployment, detail={"state": deployment.state})
     if job is not None and job.is_active:
         job_cancel(actor=actor, job=job, action=roles.DEPLOY, target=deployment)
         set_state(deployment, State.STOPPING, next_restart_at=None)
@@ -188,8 +228,12 @@ def deployment_restart(*, actor, deployment: Deployment) -> Deployment:
     """Stop and launch again with the current spec (an edit takes effect this way)."""
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
-    audit.record(action="deployment.restart_requested", actor=actor, target=deployment,
-                 detail={"version": deployment.spec.version})
+    audit.record(
+        action="deployment.restart_requested",
+        actor=actor,
+        target=deployment,
+        detail={"version": deployment.spec.version},
+    )
     job = deployment.job
     if job is not None and job.is_active:
         Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
@@ -208,9 +252,12 @@ def deployment_delete(*, actor, deployment: Deployment) -> None:
     if deployment.state not in (State.STOPPED, State.FAILED):
         raise ApplicationError(f"Stop {deployment} before deleting it.")
     release(deployment)
-    audit.record(action="deployment.deleted", actor=actor, target=deployment,
-                 detail={"versions": deployment.specs.count(), "spec": spec_values(deployment.spec)
-                         if deployment.spec else {}})
+    audit.record(
+        action="deployment.deleted",
+        actor=actor,
+        target=deployment,
+        detail={"versions": deployment.specs.count(), "spec": spec_values(deployment.spec) if deployment.spec else {}},
+    )
     Deployment.objects.filter(pk=deployment.pk).update(spec=None)
     deployment.specs.all().delete()
     deployment.delete()
@@ -220,14 +267,22 @@ def deployment_delete(*, actor, deployment: Deployment) -> None:
 @transaction.atomic
 def deployment_running(deployment: Deployment, *, endpoint: str, info: dict | None) -> None:
     set_state(deployment, State.RUNNING, endpoint=endpoint)
-    audit.record(action="deployment.running", actor=None, actor_name="system", target=deployment,
-                 detail={"endpoint": endpoint, "server": (info or {}).get("version"),
-                         "max_total_tokens": (info or {}).get("max_total_tokens")})
+    audit.record(
+        action="deployment.running",
+        actor=None,
+        actor_name="system",
+        target=deployment,
+        detail={
+            "endpoint": endpoint,
+            "server": (info or {}).get("version"),
+            "max_total_tokens": (info or {}).get("max_total_tokens"),
+        },
+    )
 
 
 def restart_delay(restart_count: int) -> int:
     """Capped exponential backoff: base, 2 x base, 4 x base ... up to DEPLOY_RESTART_BACKOFF_MAX."""
-    return min(settings.DEPLOY_RESTART_BACKOFF_MAX, settings.DEPLOY_RESTART_BACKOFF_SECONDS * 2 ** restart_count)
+    return min(settings.DEPLOY_RESTART_BACKOFF_MAX, settings.DEPLOY_RESTART_BACKOFF_SECONDS * 2**restart_count)
 
 
 @transaction.atomic
@@ -238,17 +293,39 @@ def deployment_failed(deployment: Deployment, *, cause: str, detail: str, next_s
     restart_at = None
     if deployment.restart_policy == Deployment.RestartPolicy.ON_FAILURE and cause not in NO_RESTART_CAUSES:
         restart_at = timezone.now() + timedelta(seconds=restart_delay(deployment.restart_count))
-    set_state(deployment, State.FAILED, failure_cause=cause[:60], failure_detail=detail[:5000],
-              next_step=next_step, next_restart_at=restart_at)
-    audit.record(action="deployment.failed", actor=None, actor_name="system", target=deployment,
-                 outcome="failure", detail={"cause": cause, "restart_at": restart_at.isoformat() if restart_at
-                                            else None})
+    set_state(
+        deployment,
+        State.FAILED,
+        failure_cause=cause[:60],
+        failure_detail=detail[:5000],
+        next_step=next_step,
+        next_restart_at=restart_at,
+    )
+    audit.record(
+        action="deployment.failed",
+        actor=None,
+        actor_name="system",
+        target=deployment,
+        outcome="failure",
+        detail={"cause": cause, "restart_at": restart_at.isoformat() if restart_at else None},
+    )
 
 
 # Causes a restart cannot fix: the spec or the host must change first.
-NO_RESTART_CAUSES = frozenset({"invalid_arguments", "incompatible", "not_found", "auth", "image_missing",
-                               "cuda_oom", "warmup_memory", "kv_capacity", "ml_environment_missing",
-                               "health_deadline"})
+NO_RESTART_CAUSES = frozenset(
+    {
+        "invalid_arguments",
+        "incompatible",
+        "not_found",
+        "auth",
+        "image_missing",
+        "cuda_oom",
+        "warmup_memory",
+        "kv_capacity",
+        "ml_environment_missing",
+        "health_deadline",
+    }
+)
 
 
 @transaction.atomic
@@ -271,11 +348,20 @@ def deployment_relaunch(deployment: Deployment) -> Job | None:
     if deployment.state != State.FAILED or deployment.next_restart_at is None:
         return None
     Deployment.objects.filter(pk=deployment.pk).update(restart_count=deployment.restart_count + 1)
-    audit.record(action="deployment.auto_restart", actor=None, actor_name="system", target=deployment,
-                 detail={"attempt": deployment.restart_count + 1, "after": deployment.failure_cause})
+    audit.record(
+        action="deployment.auto_restart",
+        actor=None,
+        actor_name="system",
+        target=deployment,
+        detail={"attempt": deployment.restart_count + 1, "after": deployment.failure_cause},
+    )
     try:
         return _launch(None, deployment)
     except ApplicationError as error:
-        deployment_failed(deployment, cause="placement", detail=error.message,
-                          next_step="Free GPU memory on the host, or change the spec.")
+        deployment_failed(
+            deployment,
+            cause="placement",
+            detail=error.message,
+            next_step="Free GPU memory on the host, or change the spec.",
+        )
         return None

@@ -18,8 +18,17 @@ from console.permissions import require
 from deployments.models import Gpu, Host
 
 HOST_FIELDS = ("name", "address", "labels", "status", "runtime", "model_store")
-GPU_FIELDS = ("index", "uuid", "name", "memory_total", "power_limit_w", "compute_capability", "nvlink_group", "health",
-              "serial")
+GPU_FIELDS = (
+    "index",
+    "uuid",
+    "name",
+    "memory_total",
+    "power_limit_w",
+    "compute_capability",
+    "nvlink_group",
+    "health",
+    "serial",
+)
 # What an agent report may change on a GPU and that counts as a hardware change (free memory does not).
 GPU_IDENTITY = ("uuid", "name", "memory_total", "power_limit_w", "compute_capability", "nvlink_group", "serial")
 
@@ -110,20 +119,32 @@ def gpu_delete(*, actor, gpu: Gpu) -> None:
 
 @traced("host.report")
 @transaction.atomic
-def host_report(*, name: str, discovery, agent_version: str, address: str = "", runtime: str = "",
-                model_store: str = "") -> Host:
+def host_report(
+    *, name: str, discovery, agent_version: str, address: str = "", runtime: str = "", model_store: str = ""
+) -> Host:
     """What a host's agent saw (at start and every heartbeat), stamped with database time.
 
     Hardware changes (a new, changed or vanished GPU, a new driver) are audit events by the agent;
     free memory and the heartbeat itself are not.
     """
     agent = f"agent:{name}"
-    host, created = Host.objects.select_for_update().get_or_create(name=name, defaults={
-        "address": address, "runtime": runtime or Host.Runtime.DOCKER, "model_store": model_store,
-        "status": Host.Status.ONLINE})
+    host, created = Host.objects.select_for_update().get_or_create(
+        name=name,
+        defaults={
+            "address": address,
+            "runtime": runtime or Host.Runtime.DOCKER,
+            "model_store": model_store,
+            "status": Host.Status.ONLINE,
+        },
+    )
     if created:
-        audit.record(action="host.registered", actor=None, actor_name=agent, target=host,
-                     detail={"gpus": len(discovery.gpus), "note": discovery.note})
+        audit.record(
+            action="host.registered",
+            actor=None,
+            actor_name=agent,
+            target=host,
+            detail={"gpus": len(discovery.gpus), "note": discovery.note},
+        )
     before = _state(host, ("status", "driver_version", "cuda_version", "agent_version", "discovery_note"))
     if host.status in (Host.Status.OFFLINE, Host.Status.MANUAL):
         host.status = Host.Status.ONLINE
@@ -146,10 +167,16 @@ def _report_gpus(host: Host, reported, agent: str) -> None:
         gpu = known.pop(seen.index, None)
         values = {field: getattr(seen, field) for field in GPU_IDENTITY}
         if gpu is None:
-            gpu = Gpu.objects.create(host=host, index=seen.index, memory_free=seen.memory_free, health=seen.health,
-                                     discovered=True, **values)
-            audit.record(action="gpu.discovered", actor=None, actor_name=agent, target=gpu,
-                         changes=diff({}, _state(gpu, GPU_FIELDS)))
+            gpu = Gpu.objects.create(
+                host=host, index=seen.index, memory_free=seen.memory_free, health=seen.health, discovered=True, **values
+            )
+            audit.record(
+                action="gpu.discovered",
+                actor=None,
+                actor_name=agent,
+                target=gpu,
+                changes=diff({}, _state(gpu, GPU_FIELDS)),
+            )
             continue
         changes = diff(_state(gpu, (*GPU_IDENTITY, "health")), {**values, "health": seen.health})
         for field, value in values.items():
@@ -162,8 +189,9 @@ def _report_gpus(host: Host, reported, agent: str) -> None:
         if gpu.discovered and gpu.health != Gpu.Health.MISSING:
             gpu.health = Gpu.Health.MISSING
             gpu.save(update_fields=["health", "updated_at"])
-            audit.record(action="gpu.missing", actor=None, actor_name=agent, target=gpu,
-                         changes={"health": ["ok", "missing"]})
+            audit.record(
+                action="gpu.missing", actor=None, actor_name=agent, target=gpu, changes={"health": ["ok", "missing"]}
+            )
 
 
 @traced("host.mark_offline")
@@ -177,7 +205,12 @@ def hosts_mark_offline(*, offline_after: int | None = None) -> list[Host]:
         host.status = Host.Status.OFFLINE
         host.save(update_fields=["status", "updated_at"])
         # Deployments on the host will be flagged here once deployments exist.
-        audit.record(action="host.offline", actor=None, actor_name="system", target=host,
-                     changes={"status": ["online", "offline"]},
-                     detail={"reason": f"no heartbeat for {offline_after} s"})
+        audit.record(
+            action="host.offline",
+            actor=None,
+            actor_name="system",
+            target=host,
+            changes={"status": ["online", "offline"]},
+            detail={"reason": f"no heartbeat for {offline_after} s"},
+        )
     return stale

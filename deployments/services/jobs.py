@@ -32,14 +32,20 @@ def _dispatch(job: Job, *, initiator=None) -> None:
 
 
 @transaction.atomic
-def job_create(*, kind: str, actor, target=None, params: dict | None = None, queue: str = "celery",
-               max_attempts: int | None = None) -> Job:
+def job_create(
+    *, kind: str, actor, target=None, params: dict | None = None, queue: str = "celery", max_attempts: int | None = None
+) -> Job:
     """Record a job and enqueue it after commit (the service that calls this has authorized the actor)."""
     job = Job.objects.create(
-        kind=kind, actor=actor if getattr(actor, "is_authenticated", False) else None, params=params or {},
+        kind=kind,
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        params=params or {},
         target_type=target._meta.label_lower if target is not None else "",
-        target_id=str(target.pk) if target is not None else "", queue=queue,
-        request_id=context.current().request_id, max_attempts=max_attempts or settings.JOB_MAX_ATTEMPTS)
+        target_id=str(target.pk) if target is not None else "",
+        queue=queue,
+        request_id=context.current().request_id,
+        max_attempts=max_attempts or settings.JOB_MAX_ATTEMPTS,
+    )
     _dispatch(job, initiator=actor)
     return job
 
@@ -57,8 +63,12 @@ def job_cancel(*, actor, job: Job, action: str, delete_partial: bool = False, ta
         return job
     job.cancel_requested, job.cancel_delete_partial = True, delete_partial
     job.save(update_fields=["cancel_requested", "cancel_delete_partial"])
-    audit.record(action="job.cancel_requested", actor=actor, target=job,
-                 detail={"kind": job.kind, "delete_partial": delete_partial})
+    audit.record(
+        action="job.cancel_requested",
+        actor=actor,
+        target=job,
+        detail={"kind": job.kind, "delete_partial": delete_partial},
+    )
     if job.status == Job.Status.PENDING:
         _dispatch(job, initiator=actor)  # its worker finishes it as cancelled (and cleans up there)
     return job
@@ -80,33 +90,46 @@ def jobs_reap() -> dict[str, list[int]]:
     """Running jobs whose lease expired: retried while attempts remain, else failed with the reason.
     Pending jobs not dispatched for a lease length: dispatched again (Redis may have lost its queue)."""
     retried, failed, redispatched = [], [], []
-    expired = Job.objects.select_for_update(skip_locked=True).filter(status=Job.Status.RUNNING,
-                                                                      lease_expires_at__lt=Now())
+    expired = Job.objects.select_for_update(skip_locked=True).filter(
+        status=Job.Status.RUNNING, lease_expires_at__lt=Now()
+    )
     for job in expired:
         owner = job.lease_owner or "unknown"
         if job.attempts < job.max_attempts and not job.cancel_requested:
             job.status, job.lease_owner, job.lease_expires_at = Job.Status.PENDING, "", None
             job.save(update_fields=["status", "lease_owner", "lease_expires_at"])
-            _log(job, f"worker {owner} stopped renewing its lease; retrying "
-                      f"(attempt {job.attempts + 1} of {job.max_attempts})")
+            _log(
+                job,
+                f"worker {owner} stopped renewing its lease; retrying "
+                f"(attempt {job.attempts + 1} of {job.max_attempts})",
+            )
             _dispatch(job)
             retried.append(job.pk)
         else:
             cancelled = job.cancel_requested
             job.status = Job.Status.CANCELLED if cancelled else Job.Status.FAILED
             job.failure_cause = "" if cancelled else "worker_lost"
-            job.failure_detail = "" if cancelled else (
-                f"The worker running it stopped {job.attempts} time(s) (killed, out of memory, or the host rebooted).")
+            lost = (
+                f"The worker running it stopped {job.attempts} time(s) (killed, out of memory, or the host rebooted)."
+            )
+            job.failure_detail = "" if cancelled else lost
             job.next_step = "" if cancelled else "Check the host's agent and memory, then start the job again."
             job.finished_at, job.lease_expires_at = Now(), None
             job.save()
             _log(job, "cancelled" if cancelled else f"failed: {job.failure_detail} — next step: {job.next_step}")
-            audit.record(action=f"job.{job.status}", actor=None, actor_name="system", target=job,
-                         outcome="failure", detail={"kind": job.kind, "cause": job.failure_cause})
+            audit.record(
+                action=f"job.{job.status}",
+                actor=None,
+                actor_name="system",
+                target=job,
+                outcome="failure",
+                detail={"kind": job.kind, "cause": job.failure_cause},
+            )
             failed.append(job.pk)
     stale = Now() - timedelta(seconds=settings.JOB_LEASE_SECONDS)
     for job in Job.objects.select_for_update(skip_locked=True).filter(
-            Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale), status=Job.Status.PENDING):
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale), status=Job.Status.PENDING
+    ):
         _dispatch(job)
         redispatched.append(job.pk)
     return {"retried": retried, "failed": failed, "redispatched": redispatched}

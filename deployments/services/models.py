@@ -36,8 +36,9 @@ def endpoint_allow(*, actor, pattern: str, note: str = "") -> AllowedEndpoint:
         ipaddress.ip_network(pattern, strict=False)
     except ValueError:
         if not pattern or any(c in pattern for c in "/:@ ") or pattern.count("*") > 1:
-            raise ApplicationError("Give a host name (mirror.corp, *.corp) or a network (10.8.0.0/16).",
-                                   field="pattern") from None
+            raise ApplicationError(
+                "Give a host name (mirror.corp, *.corp) or a network (10.8.0.0/16).", field="pattern"
+            ) from None
     endpoint, created = AllowedEndpoint.objects.get_or_create(pattern=pattern, defaults={"note": note})
     if created:
         audit.record(action="endpoint.allowed", actor=actor, target=endpoint, detail={"note": note})
@@ -65,10 +66,13 @@ def source_create(*, actor, name: str, kind: str, endpoint: str = "", token: str
         raise ApplicationError("A mirror needs its address.", field="endpoint")
     if endpoint:
         check_url(endpoint)
-    source = ModelSource.objects.create(name=name, kind=kind, endpoint=endpoint, token=token or None,
-                                        created_by=actor)
-    audit.record(action="source.created", actor=actor, target=source,
-                 changes=diff({}, {"name": name, "kind": kind, "endpoint": endpoint, "token": source.token}))
+    source = ModelSource.objects.create(name=name, kind=kind, endpoint=endpoint, token=token or None, created_by=actor)
+    audit.record(
+        action="source.created",
+        actor=actor,
+        target=source,
+        changes=diff({}, {"name": name, "kind": kind, "endpoint": endpoint, "token": source.token}),
+    )
     return source
 
 
@@ -85,8 +89,16 @@ def _resolve(*, source: ModelSource, repo_id: str, revision: str, token: str | N
 
 
 @traced("model.add")
-def model_add(*, actor, source: ModelSource, repo_id: str, host: Host, revision: str = "main",
-              credential: Credential | None = None, include: list[str] | None = None) -> ModelArtifact:
+def model_add(
+    *,
+    actor,
+    source: ModelSource,
+    repo_id: str,
+    host: Host,
+    revision: str = "main",
+    credential: Credential | None = None,
+    include: list[str] | None = None,
+) -> ModelArtifact:
     """Add a model to a host: pin the commit, reuse the copy the host already has, else download it
     there (a job on the host's queue). Admins and engineers may add models."""
     require(actor, roles.ADD_MODEL)
@@ -95,31 +107,51 @@ def model_add(*, actor, source: ModelSource, repo_id: str, host: Host, revision:
     repo_id = repo_id.strip()
     if repo_id.count("/") > 1 or not repo_id or any(c in repo_id for c in " \\:"):
         raise ApplicationError("A repo id looks like org/name.", field="repo_id")
-    snapshot = _resolve(source=source, repo_id=repo_id, revision=revision or "main",
-                        token=source_token(source, credential))
+    snapshot = _resolve(
+        source=source, repo_id=repo_id, revision=revision or "main", token=source_token(source, credential)
+    )
     with transaction.atomic():
         if credential is not None:
             audit.record(action="secret.used", actor=actor, target=credential, detail={"purpose": "resolve a model"})
         files = [{"path": f.path, "size": f.size, "sha256": f.sha256, "lfs": f.lfs} for f in snapshot.files]
         repo, _created = ModelRepo.objects.get_or_create(
-            source=source, repo_id=repo_id, commit=snapshot.commit,
-            defaults={"requested_revision": revision or "main", "gated": bool(snapshot.gated), "files": files,
-                      "license": snapshot.license or "", "total_size": sum(f.size for f in snapshot.files),
-                      "created_by": actor})
+            source=source,
+            repo_id=repo_id,
+            commit=snapshot.commit,
+            defaults={
+                "requested_revision": revision or "main",
+                "gated": bool(snapshot.gated),
+                "files": files,
+                "license": snapshot.license or "",
+                "total_size": sum(f.size for f in snapshot.files),
+                "created_by": actor,
+            },
+        )
         artifact = ModelArtifact.objects.select_for_update().filter(repo=repo, host=host).first()
-        if artifact is not None and artifact.status in (ModelArtifact.Status.READY, ModelArtifact.Status.PENDING,
-                                                         ModelArtifact.Status.DOWNLOADING):
+        if artifact is not None and artifact.status in (
+            ModelArtifact.Status.READY,
+            ModelArtifact.Status.PENDING,
+            ModelArtifact.Status.DOWNLOADING,
+        ):
             return artifact  # stored once per host and shared
         if artifact is None:
-            artifact = ModelArtifact.objects.create(repo=repo, host=host, created_by=actor,
-                                                    bytes_total=repo.total_size)
+            artifact = ModelArtifact.objects.create(repo=repo, host=host, created_by=actor, bytes_total=repo.total_size)
         else:
             artifact.status = ModelArtifact.Status.PENDING
             artifact.save(update_fields=["status"])
-        audit.record(action="model.download_requested", actor=actor, target=artifact,
-                     detail={"repo": repo_id, "commit": repo.commit, "host": host.name, "source": source.name})
-        job_create(kind=Job.Kind.DOWNLOAD, actor=actor, target=artifact, queue=host.queue,
-                   params={"credential_id": credential.pk if credential else None, "include": include or []})
+        audit.record(
+            action="model.download_requested",
+            actor=actor,
+            target=artifact,
+            detail={"repo": repo_id, "commit": repo.commit, "host": host.name, "source": source.name},
+        )
+        job_create(
+            kind=Job.Kind.DOWNLOAD,
+            actor=actor,
+            target=artifact,
+            queue=host.queue,
+            params={"credential_id": credential.pk if credential else None, "include": include or []},
+        )
     return artifact
 
 
@@ -130,11 +162,20 @@ def model_import(*, actor, host: Host, directory: str, repo_id: str) -> ModelArt
     require(actor, roles.ADD_MODEL)
     directory = import_directory(directory)
     source, _ = ModelSource.objects.get_or_create(name="Local directories", defaults={"kind": ModelSource.Kind.LOCAL})
-    repo = ModelRepo.objects.create(source=source, repo_id=repo_id or directory.rstrip("/").rsplit("/", 1)[-1],
-                                    requested_revision="local", commit="", created_by=actor)
+    repo = ModelRepo.objects.create(
+        source=source,
+        repo_id=repo_id or directory.rstrip("/").rsplit("/", 1)[-1],
+        requested_revision="local",
+        commit="",
+        created_by=actor,
+    )
     artifact = ModelArtifact.objects.create(repo=repo, host=host, path=directory, imported=True, created_by=actor)
-    audit.record(action="model.import_requested", actor=actor, target=artifact,
-                 detail={"directory": directory, "host": host.name})
+    audit.record(
+        action="model.import_requested",
+        actor=actor,
+        target=artifact,
+        detail={"directory": directory, "host": host.name},
+    )
     job_create(kind=Job.Kind.IMPORT, actor=actor, target=artifact, queue=host.queue)
     return artifact
 
@@ -152,8 +193,9 @@ def import_directory(directory: str) -> str:
     normal = os.path.normpath(directory)
     roots = [os.path.normpath(str(root)) for root in (settings.MODEL_IMPORT_ROOTS or [settings.MODEL_STORE])]
     if not any(normal == root or normal.startswith(root.rstrip("/") + "/") for root in roots):
-        raise ApplicationError(f"Import from these directories only: {', '.join(roots)} (MODEL_IMPORT_ROOTS).",
-                               field="directory")
+        raise ApplicationError(
+            f"Import from these directories only: {', '.join(roots)} (MODEL_IMPORT_ROOTS).", field="directory"
+        )
     return normal
 
 
@@ -191,10 +233,12 @@ def artifact_delete(*, actor, artifact: ModelArtifact) -> Job:
 
 def gc_candidates(*, host: Host | None = None):
     """Ready copies nothing uses and nothing is deleting yet (what garbage collection would delete)."""
-    deleting = Job.objects.filter(kind=Job.Kind.DELETE, status__in=Job.Status.active(),
-                                  target_type="deployments.modelartifact").values_list("target_id", flat=True)
+    deleting = Job.objects.filter(
+        kind=Job.Kind.DELETE, status__in=Job.Status.active(), target_type="deployments.modelartifact"
+    ).values_list("target_id", flat=True)
     artifacts = ModelArtifact.objects.filter(status=ModelArtifact.Status.READY, uses__isnull=True).exclude(
-        pk__in=[int(pk) for pk in deleting])
+        pk__in=[int(pk) for pk in deleting]
+    )
     return artifacts.filter(host=host) if host else artifacts
 
 

@@ -20,8 +20,6 @@ def seed(n: int = 5) -> list[AuditEvent]:
     return [audit.record(action="test.event", actor=None, actor_name=f"probe-{i}", detail={"i": i}) for i in range(n)]
 
 
-
-
 def test_update_and_delete_are_refused_by_the_database():
     seed(2)
     statements = [
@@ -98,8 +96,10 @@ def test_a_rewritten_history_is_caught_by_a_signed_checkpoint():
         for event in AuditEvent.objects.filter(id__gte=events[1].id).order_by("id"):
             event.prev_hash = prev
             event.hash = chain.event_hash([getattr(event, c) for c in chain.HASHED_COLUMNS])
-            t.sql("UPDATE audit_auditevent SET prev_hash = %s, hash = %s WHERE id = %s",
-                  [event.prev_hash, event.hash, event.id])
+            t.sql(
+                "UPDATE audit_auditevent SET prev_hash = %s, hash = %s WHERE id = %s",
+                [event.prev_hash, event.hash, event.id],
+            )
             prev = event.hash
     assert verify_chain().ok  # the chain alone looks fine...
     assert "history rewritten" in verify_checkpoints()  # ...but the signed head no longer matches

@@ -32,13 +32,35 @@ def record(**kwargs) -> AuditEvent:
 @pytest.fixture
 def seeded(admin, engineer) -> dict[str, AuditEvent]:
     return {
-        "start": record(action="deployment.start", actor=admin, target_type="deployments.deployment",
-                        target_id="7", target_name="llama-prod", source="api",
-                        changes={"replicas": [1, 2], "image": ["tgi:2.0", "tgi:2.1"]}, detail={"gpu": "0"}),
-        "stop": record(action="deployment.stop", actor=engineer, target_type="deployments.deployment",
-                       target_id="8", target_name="mistral-dev", source="ui", outcome="denied"),
-        "login": record(action="auth.login_failed", actor=None, actor_name="worker:host-1", target_type="auth.user",
-                        target_id="3", target_name="bob", source="worker", outcome="failure"),
+        "start": record(
+            action="deployment.start",
+            actor=admin,
+            target_type="deployments.deployment",
+            target_id="7",
+            target_name="llama-prod",
+            source="api",
+            changes={"replicas": [1, 2], "image": ["tgi:2.0", "tgi:2.1"]},
+            detail={"gpu": "0"},
+        ),
+        "stop": record(
+            action="deployment.stop",
+            actor=engineer,
+            target_type="deployments.deployment",
+            target_id="8",
+            target_name="mistral-dev",
+            source="ui",
+            outcome="denied",
+        ),
+        "login": record(
+            action="auth.login_failed",
+            actor=None,
+            actor_name="worker:host-1",
+            target_type="auth.user",
+            target_id="3",
+            target_name="bob",
+            source="worker",
+            outcome="failure",
+        ),
     }
 
 
@@ -58,25 +80,26 @@ def streamed(response) -> str:
     return b"".join(response.streaming_content).decode()
 
 
-
-
 # Filters
 
 
-@pytest.mark.parametrize(("params", "expected"), [
-    ({}, {"start", "stop", "login"}),
-    ({"actor": "ALICE"}, {"start"}),
-    ({"actor": "worker:"}, {"login"}),
-    ({"action": "deployment.stop"}, {"stop"}),
-    ({"action": "deployment."}, {"start", "stop"}),
-    ({"action": "deployment"}, set()),  # no dot: exact, and no action is named that
-    ({"target_type": "deployments.deployment"}, {"start", "stop"}),
-    ({"target_type": "deployments.deployment", "target_id": "8"}, {"stop"}),
-    ({"source": "worker"}, {"login"}),
-    ({"outcome": "denied"}, {"stop"}),
-    ({"q": "PROD"}, {"start"}),
-    ({"action": "deployment.", "source": "ui"}, {"stop"}),
-])
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, {"start", "stop", "login"}),
+        ({"actor": "ALICE"}, {"start"}),
+        ({"actor": "worker:"}, {"login"}),
+        ({"action": "deployment.stop"}, {"stop"}),
+        ({"action": "deployment."}, {"start", "stop"}),
+        ({"action": "deployment"}, set()),  # no dot: exact, and no action is named that
+        ({"target_type": "deployments.deployment"}, {"start", "stop"}),
+        ({"target_type": "deployments.deployment", "target_id": "8"}, {"stop"}),
+        ({"source": "worker"}, {"login"}),
+        ({"outcome": "denied"}, {"stop"}),
+        ({"q": "PROD"}, {"start"}),
+        ({"action": "deployment.", "source": "ui"}, {"stop"}),
+    ],
+)
 def test_each_filter_narrows_the_list(api, auditor, seeded, params, expected):
     results = listed(api, auditor, **params)
     seeded_ids = {event.id: name for name, event in seeded.items()}
@@ -162,8 +185,8 @@ def test_a_row_expands_to_its_diff_detail_and_hash(client, auditor, seeded):
     client.force_login(auditor)
     page = client.get("/audit/", {"action": "deployment.start"}).content.decode()
     event = seeded["start"]
-    row = page[page.index(f'data-seq="{event.id}"'):]
-    row = row[:row.index("</details>")]
+    row = page[page.index(f'data-seq="{event.id}"') :]
+    row = row[: row.index("</details>")]
     assert "<summary" in row
     assert '<td><code>image</code></td><td data-diff="before">tgi:2.0</td><td data-diff="after">tgi:2.1</td>' in row
     assert '<td data-diff="before">1</td><td data-diff="after">2</td>' in row
@@ -203,8 +226,10 @@ def test_verification_side_card(client, auditor, seeded):
     page = client.get("/audit/").content.decode()
     assert f"#{checkpoint.id}" in page and f"#{checkpoint.last_event_id}" in page
     with Tamper() as tamper:
-        tamper.sql("UPDATE audit_auditevent SET target_name = 'forged' WHERE id = %s",
-                   [AuditEvent.objects.order_by("-id").first().id])
+        tamper.sql(
+            "UPDATE audit_auditevent SET target_name = 'forged' WHERE id = %s",
+            [AuditEvent.objects.order_by("-id").first().id],
+        )
     page = client.get("/audit/").content.decode()
     assert 'class="text-danger mb-2" data-ok="0"' in page and "Chain broken at position" in page
 
@@ -239,15 +264,17 @@ def test_csv_export_holds_exactly_the_filtered_events_and_is_audited(client, aud
 
 def test_jsonl_export_from_the_api_holds_exactly_the_filtered_events(api, auditor, seeded):
     since = seeded["stop"].created_at
-    response = api(auditor).get("/api/v1/audit/events/export/",
-                                data={"format": "jsonl", "since": since.isoformat()})
+    response = api(auditor).get("/api/v1/audit/events/export/", data={"format": "jsonl", "since": since.isoformat()})
     assert response["Content-Type"].startswith("application/x-ndjson")
     assert response["Content-Disposition"].endswith('.jsonl"')
     lines = [json.loads(line) for line in streamed(response).splitlines()]
     exported = events("audit.exported")[-1]
     # Everything since `stop` that existed when the export was asked for, its own record excluded.
-    expected = list(AuditEvent.objects.filter(created_us__gte=seeded["stop"].created_us, id__lt=exported.id)
-                    .order_by("id").values_list("id", flat=True))
+    expected = list(
+        AuditEvent.objects.filter(created_us__gte=seeded["stop"].created_us, id__lt=exported.id)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
     assert [line["id"] for line in lines] == expected
     assert {seeded["stop"].id, seeded["login"].id} <= set(expected) and seeded["start"].id not in expected
     assert set(lines[0]) == set(COLUMNS)
@@ -258,8 +285,10 @@ def test_jsonl_export_from_the_api_holds_exactly_the_filtered_events(api, audito
 
 
 def test_an_unfiltered_export_holds_the_whole_chain_before_it(api, admin, seeded):
-    lines = [json.loads(line) for line in
-             streamed(api(admin).get("/api/v1/audit/events/export/", data={"format": "jsonl"})).splitlines()]
+    lines = [
+        json.loads(line)
+        for line in streamed(api(admin).get("/api/v1/audit/events/export/", data={"format": "jsonl"})).splitlines()
+    ]
     exported = events("audit.exported")[-1]
     before = list(AuditEvent.objects.filter(id__lt=exported.id).order_by("id").values_list("id", flat=True))
     assert [line["id"] for line in lines] == before and before[-1] == exported.id - 1
@@ -285,11 +314,16 @@ async def test_under_asgi_the_export_streams_from_an_async_iterator(async_client
 
 
 def test_csv_cells_cannot_start_a_formula(client, auditor, admin):
-    audit.record(action="test.formula", actor=admin, target_name='=HYPERLINK("http://evil.example","x")',
-                 target_id="-1+2", target_type="@sum")
+    audit.record(
+        action="test.formula",
+        actor=admin,
+        target_name='=HYPERLINK("http://evil.example","x")',
+        target_id="-1+2",
+        target_type="@sum",
+    )
     client.force_login(auditor)
     row = parse_csv(streamed(client.get("/audit/export/", {"format": "csv", "action": "test.formula"})))[0]
-    assert row["target_name"] == "'=HYPERLINK(\"http://evil.example\",\"x\")"
+    assert row["target_name"] == '\'=HYPERLINK("http://evil.example","x")'
     assert row["target_id"] == "'-1+2" and row["target_type"] == "'@sum"
     assert row["actor"] == admin.username
     line = json.loads(streamed(client.get("/audit/export/", {"format": "jsonl", "action": "test.formula"})))
@@ -364,9 +398,13 @@ def test_engineers_may_not_read_the_audit_log(api, client, engineer, seeded):
     assert client.get("/audit/").status_code == 403
     assert client.get("/audit/export/", {"format": "csv"}).status_code == 403
     engineer_api = api(engineer)
-    for url in ("/api/v1/audit/events/", f"/api/v1/audit/events/{seeded['start'].id}/",
-                "/api/v1/audit/events/export/?format=csv", "/api/v1/audit/verification/",
-                "/api/v1/audit/checkpoints/"):
+    for url in (
+        "/api/v1/audit/events/",
+        f"/api/v1/audit/events/{seeded['start'].id}/",
+        "/api/v1/audit/events/export/?format=csv",
+        "/api/v1/audit/verification/",
+        "/api/v1/audit/checkpoints/",
+    ):
         engineer_api.get(url, 403)
     assert not events("audit.exported") and not events("audit.viewed")
     assert len(events("permission.denied")) == 7  # each refusal is itself audited

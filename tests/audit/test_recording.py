@@ -55,11 +55,14 @@ def test_a_denial_inside_an_atomic_service_survives_its_rollback(admin, engineer
     assert event.details["denied_action"] == "manage_users"
 
 
-@pytest.mark.parametrize(("method", "url", "status"), [
-    ("post", "/api/v1/users/", 403),
-    ("get", "/users/", 403),
-    ("get", "/api/v1/credentials/{hidden}/", 404),
-])
+@pytest.mark.parametrize(
+    ("method", "url", "status"),
+    [
+        ("post", "/api/v1/users/", 403),
+        ("get", "/users/", 403),
+        ("get", "/api/v1/credentials/{hidden}/", 404),
+    ],
+)
 def test_denials_from_ui_and_api_are_recorded(client, engineer, nobody, method, url, status):
     hidden = CredentialFactory()
     user = nobody if "{hidden}" in url else engineer
@@ -82,8 +85,13 @@ def test_login_logout_and_failed_login_are_recorded(client, auditor):
 
 
 def test_request_context_is_on_the_event(api, admin, engineer):
-    response = api(admin).call("patch", f"/api/v1/users/{engineer.pk}/", 200, data={"email": "e@example.test"},
-                               HTTP_X_REQUEST_ID="req-0123456789")
+    response = api(admin).call(
+        "patch",
+        f"/api/v1/users/{engineer.pk}/",
+        200,
+        data={"email": "e@example.test"},
+        HTTP_X_REQUEST_ID="req-0123456789",
+    )
     assert response["X-Request-ID"] == "req-0123456789"
     event = events("user.updated").get()
     assert event.source == "api" and event.request_id == "req-0123456789" and event.client_ip == "127.0.0.1"
@@ -91,8 +99,9 @@ def test_request_context_is_on_the_event(api, admin, engineer):
 
 
 def test_every_console_service_records(admin, engineer):
-    person = access.user_create(actor=admin, username="newbie", password="a-long-enough-passphrase",
-                                role_names=["engineer"])
+    person = access.user_create(
+        actor=admin, username="newbie", password="a-long-enough-passphrase", role_names=["engineer"]
+    )
     access.user_set_active(actor=admin, user=person, active=False)
     access.roles_set(actor=admin, user=engineer, role_names=["engineer", "auditor"])
     credential = credentials.credential_create(actor=engineer, name="hf", value="hf_x")
@@ -104,8 +113,17 @@ def test_every_console_service_records(admin, engineer):
     credentials.secrets_rotate(actor=admin)
     credentials.credential_delete(actor=engineer, credential=credential)
     assert list(events().values_list("action", flat=True)) == [
-        "user.created", "user.disabled", "role.granted", "credential.created", "grant.added", "grant.revoked",
-        "credential.updated", "token.created", "token.revoked", "secret.rotated", "credential.deleted",
+        "user.created",
+        "user.disabled",
+        "role.granted",
+        "credential.created",
+        "grant.added",
+        "grant.revoked",
+        "credential.updated",
+        "token.created",
+        "token.revoked",
+        "secret.rotated",
+        "credential.deleted",
     ]
 
 

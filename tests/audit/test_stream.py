@@ -41,8 +41,9 @@ async def test_live_events_then_reconnect_gets_exactly_the_missed_ones(redis_url
     record = database_sync_to_async(lambda i: audit.record(action="test.live", actor=None, detail={"i": i}))
     await record(0)
     socket = await connect(auditor)  # logging in records auth.login too
-    existing = await database_sync_to_async(lambda: list(AuditEvent.objects.order_by("id").values_list("id",
-                                                                                                       flat=True)))()
+    existing = await database_sync_to_async(
+        lambda: list(AuditEvent.objects.order_by("id").values_list("id", flat=True))
+    )()
     await socket.send_json_to({"type": "subscribe", "after": 0})
     backlog = await receive_items(socket, len(existing))
     assert (await socket.receive_json_from(timeout=10))["type"] == "caught_up"
@@ -56,7 +57,8 @@ async def test_live_events_then_reconnect_gets_exactly_the_missed_ones(redis_url
         await record(i)
     socket = await connect(auditor)  # (another auth.login)
     missed = await database_sync_to_async(
-        lambda: list(AuditEvent.objects.filter(id__gt=first.id).order_by("id").values_list("id", flat=True)))()
+        lambda: list(AuditEvent.objects.filter(id__gt=first.id).order_by("id").values_list("id", flat=True))
+    )()
     assert len(missed) == 5
     await socket.send_json_to({"type": "subscribe", "after": first.id})
     got = await receive_items(socket, len(missed))
@@ -74,7 +76,8 @@ async def test_engineers_may_not_watch_and_the_denial_is_recorded(redis_url):
     connected, code = await socket.connect()
     assert not connected and code == 4403
     denied = await database_sync_to_async(
-        lambda: AuditEvent.objects.filter(action="permission.denied", actor_id=engineer.pk).count())()
+        lambda: AuditEvent.objects.filter(action="permission.denied", actor_id=engineer.pk).count()
+    )()
     assert denied == 1
 
 
@@ -133,8 +136,9 @@ async def test_a_live_item_that_overtakes_another_is_sent_after_the_gap_is_fille
     record = database_sync_to_async(lambda i: audit.record(action="test.gap", actor=None, detail={"i": i}))
     events = [await record(i) for i in range(3)]
     # Only the last arrives live, as if it had overtaken the other two on the way.
-    await get_channel_layer().group_send(group_name("audit"), {"type": "stream.items",
-                                                               "items": [event_item(events[-1])]})
+    await get_channel_layer().group_send(
+        group_name("audit"), {"type": "stream.items", "items": [event_item(events[-1])]}
+    )
     got = await receive_items(socket, 3)
     assert [item["seq"] for item in got] == [event.id for event in events]
     assert await socket.receive_nothing(timeout=0.3)

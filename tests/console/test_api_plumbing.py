@@ -41,8 +41,11 @@ def test_schema_lists_the_endpoints_and_swagger_is_served_offline(api, client, a
 
 
 def test_user_management_through_the_api(api, admin):
-    created = api(admin).post("/api/v1/users/", {"username": "newbie", "password": "a-long-enough-passphrase",
-                                                 "roles": ["engineer"]}).data
+    created = (
+        api(admin)
+        .post("/api/v1/users/", {"username": "newbie", "password": "a-long-enough-passphrase", "roles": ["engineer"]})
+        .data
+    )
     assert created["roles"] == ["engineer"] and "password" not in created
     changed = api(admin).call("patch", f"/api/v1/users/{created['id']}/", 200, data={"roles": ["auditor"]}).data
     assert changed["roles"] == ["auditor"]

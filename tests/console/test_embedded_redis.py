@@ -28,7 +28,15 @@ def test_starts_on_its_own_socket_and_port_and_stops(tmp_path):
 
 
 def test_wrapper_runs_a_command_with_redis_url_and_returns_its_status(tmp_path):
-    code = embedded_redis.main(["--data-dir", str(tmp_path), "--", "sh", "-c",
-                                'case "$REDIS_URL" in unix://*redis.sock*) exit 7;; *) exit 1;; esac'])
+    code = embedded_redis.main(
+        [
+            "--data-dir",
+            str(tmp_path),
+            "--",
+            "sh",
+            "-c",
+            'case "$REDIS_URL" in unix://*redis.sock*) exit 7;; *) exit 1;; esac',
+        ]
+    )
     assert code == 7
     assert not embedded_redis.socket_path(tmp_path).exists()

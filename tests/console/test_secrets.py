@@ -46,8 +46,9 @@ def test_canary_never_appears_in_api_or_pages(api, client, engineer, admin):
 
 
 def test_empty_secret_is_a_field_error(api, engineer):
-    response = api(engineer).post("/api/v1/credentials/", {"name": "hf", "kind": "hf_token", "value": "   "},
-                                  expected=400)
+    response = api(engineer).post(
+        "/api/v1/credentials/", {"name": "hf", "kind": "hf_token", "value": "   "}, expected=400
+    )
     assert "value" in response.data
 
 

@@ -52,8 +52,7 @@ def test_expired_and_revoked_tokens_are_refused(engineer):
 
 def test_wrong_token_is_401_and_past_expiry_is_a_field_error(api, engineer):
     assert bearer("lld_not-a-real-token").get("/api/v1/me").status_code == 401
-    response = api(engineer).post("/api/v1/tokens/", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"},
-                                  expected=400)
+    response = api(engineer).post("/api/v1/tokens/", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, expected=400)
     assert "expires_at" in response.data
 
 

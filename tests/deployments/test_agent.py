@@ -71,9 +71,18 @@ def test_a_real_agent_worker_heartbeats_serves_its_queue_and_goes_offline_when_k
     from workers.agent import describe, mark_offline
 
     name = "agent-test-node"
-    agent, log = _start_worker({"REDIS_URL": redis_url, "DATABASE_URL": _test_database_url(), "AGENT_HOST_NAME": name,
-                                "AGENT_NVML_MODULE": "tests.support.fake_nvml", "FAKE_NVML_GPUS": "2",
-                                "AGENT_HEARTBEAT_SECONDS": "1"}, "agent", f"host.{name}")
+    agent, log = _start_worker(
+        {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": _test_database_url(),
+            "AGENT_HOST_NAME": name,
+            "AGENT_NVML_MODULE": "tests.support.fake_nvml",
+            "FAKE_NVML_GPUS": "2",
+            "AGENT_HEARTBEAT_SECONDS": "1",
+        },
+        "agent",
+        f"host.{name}",
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not Host.objects.filter(name=name).exists():

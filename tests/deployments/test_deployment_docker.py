@@ -24,12 +24,22 @@ __all__ = ["client", "image", "store", "testing_settings"]  # fixtures shared wi
 def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image, store, testing_settings, settings):
     settings.DEPLOY_HEALTH_SECONDS, settings.JOB_CANCEL_POLL_SECONDS = 0.5, 0.2
     settings.JOB_LEASE_SECONDS = 3  # the watcher notices its lost lease within a second
-    host = Host.objects.create(name="docker-node", runtime=Host.Runtime.DOCKER, status=Host.Status.ONLINE,
-                               model_store=str(store))
+    host = Host.objects.create(
+        name="docker-node", runtime=Host.Runtime.DOCKER, status=Host.Status.ONLINE, model_store=str(store)
+    )
     artifact = ready_artifact(host, store / "tiny")
     AllowedImage.objects.create(reference=IMAGE)
-    deployment = lifecycle.deployment_create(actor=admin, name="docker-tiny", spec={
-        "artifact": artifact.pk, "device": "cpu", "image": IMAGE, "max_input_tokens": 200, "max_total_tokens": 256})
+    deployment = lifecycle.deployment_create(
+        actor=admin,
+        name="docker-tiny",
+        spec={
+            "artifact": artifact.pk,
+            "device": "cpu",
+            "image": IMAGE,
+            "max_input_tokens": 200,
+            "max_total_tokens": 256,
+        },
+    )
     assert deployment.gpu_indexes == []
     watcher = run_job_in_thread(deployment.job_id)
     deployment = wait_state(deployment, {Deployment.State.RUNNING, Deployment.State.FAILED}, timeout=180)
@@ -62,8 +72,12 @@ def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image,
     assert runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)}) == []
 
     # A container no deployment wants is removed.
-    orphan = runtime.start(run_spec("orphan", store, labels={"llmdeploy.managed": "true",
-                                                             LABEL_DEPLOYMENT: "999999",
-                                                             "llmdeploy.test-suite": "runtime-docker"}))
+    orphan = runtime.start(
+        run_spec(
+            "orphan",
+            store,
+            labels={"llmdeploy.managed": "true", LABEL_DEPLOYMENT: "999999", "llmdeploy.test-suite": "runtime-docker"},
+        )
+    )
     assert reconcile.reconcile_host("docker-node")["removed"] == [orphan.name]
     assert runtime.find({LABEL_DEPLOYMENT: "999999"}) == []

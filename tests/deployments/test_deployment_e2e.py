@@ -40,15 +40,22 @@ def _poll(fetch, done, timeout: float = 120, what: str = ""):
 
 
 def _register_host_and_model(admin_api, name: str) -> int:
-    admin_api.post("/api/v1/hosts/", {"name": name, "runtime": "process", "status": "manual",
-                                      "model_store": str(settings.MODEL_STORE)})
-    admin_api.post("/api/v1/gpus/", {"host": name, "index": 0, "name": "Test GPU", "memory_total": 16 * 10**9,
-                                     "health": "ok"})
+    admin_api.post(
+        "/api/v1/hosts/",
+        {"name": name, "runtime": "process", "status": "manual", "model_store": str(settings.MODEL_STORE)},
+    )
+    admin_api.post(
+        "/api/v1/gpus/", {"host": name, "index": 0, "name": "Test GPU", "memory_total": 16 * 10**9, "health": "ok"}
+    )
     directory = str(tiny_model_in_store())
-    artifact = admin_api.post("/api/v1/models/import/", {"host": name, "directory": directory,
-                                                         "name": f"tests/{name}"}, expected=202).data
-    _poll(lambda: admin_api.get(f"/api/v1/models/{artifact['id']}/").data["status"], lambda s: s in ("ready", "failed"),
-          what="the import job")
+    artifact = admin_api.post(
+        "/api/v1/models/import/", {"host": name, "directory": directory, "name": f"tests/{name}"}, expected=202
+    ).data
+    _poll(
+        lambda: admin_api.get(f"/api/v1/models/{artifact['id']}/").data["status"],
+        lambda s: s in ("ready", "failed"),
+        what="the import job",
+    )
     assert admin_api.get(f"/api/v1/models/{artifact['id']}/").data["status"] == "ready"
     return artifact["id"]
 
@@ -58,12 +65,19 @@ def _state(admin_api, deployment_id: int) -> dict:
 
 
 async def _playground(cookie: bytes, deployment_id: int) -> list[dict]:
-    socket = WebsocketCommunicator(application, f"/ws/deployments/{deployment_id}/playground/",
-                                   headers=[ORIGIN, (b"cookie", cookie)])
+    socket = WebsocketCommunicator(
+        application, f"/ws/deployments/{deployment_id}/playground/", headers=[ORIGIN, (b"cookie", cookie)]
+    )
     connected, _ = await socket.connect()
     assert connected
-    await socket.send_json_to({"type": "generate", "mode": "completion", "prompt": "hello model",
-                               "parameters": {"max_new_tokens": 12, "do_sample": False}})
+    await socket.send_json_to(
+        {
+            "type": "generate",
+            "mode": "completion",
+            "prompt": "hello model",
+            "parameters": {"max_new_tokens": 12, "do_sample": False},
+        }
+    )
     events = []
     while not events or events[-1]["type"] not in ("end", "error"):
         events.append(await socket.receive_json_from(timeout=60))
@@ -93,12 +107,22 @@ def test_register_import_deploy_use_stop(redis_url, admin, api):
     agent = Agent(redis_url, name)
     try:
         artifact_id = _register_host_and_model(admin_api, name)
-        created = admin_api.post("/api/v1/deployments/", {
-            "name": "e2e-tiny", "spec_input": {"artifact": artifact_id, "device": "gpu", "max_input_tokens": 200,
-                                               "max_total_tokens": 256}}).data
+        created = admin_api.post(
+            "/api/v1/deployments/",
+            {
+                "name": "e2e-tiny",
+                "spec_input": {
+                    "artifact": artifact_id,
+                    "device": "gpu",
+                    "max_input_tokens": 200,
+                    "max_total_tokens": 256,
+                },
+            },
+        ).data
         assert created["state"] in ("starting", "downloading") and created["host"] == name
-        deployment = _poll(lambda: _state(admin_api, created["id"]), lambda d: d["state"] in ("running", "failed"),
-                           what="running")
+        deployment = _poll(
+            lambda: _state(admin_api, created["id"]), lambda d: d["state"] in ("running", "failed"), what="running"
+        )
         assert deployment["state"] == "running", deployment["failure_detail"]
 
         cookie = session_cookie(admin)
@@ -134,9 +158,18 @@ def test_agent_killed_during_launch_leaves_exactly_one_server(redis_url, admin, 
     replacement = None
     try:
         artifact_id = _register_host_and_model(admin_api, name)
-        created = admin_api.post("/api/v1/deployments/", {
-            "name": "fault-tiny", "spec_input": {"artifact": artifact_id, "device": "gpu", "max_input_tokens": 200,
-                                                 "max_total_tokens": 256}}).data
+        created = admin_api.post(
+            "/api/v1/deployments/",
+            {
+                "name": "fault-tiny",
+                "spec_input": {
+                    "artifact": artifact_id,
+                    "device": "gpu",
+                    "max_input_tokens": 200,
+                    "max_total_tokens": 256,
+                },
+            },
+        ).data
         runtime = ProcessRuntime()
         labels = {LABEL_DEPLOYMENT: str(created["id"])}
         _poll(lambda: runtime.find(labels), bool, timeout=60, what="the server process")
@@ -144,10 +177,17 @@ def test_agent_killed_during_launch_leaves_exactly_one_server(redis_url, admin, 
         agent.kill()
         time.sleep(float(WORKER_ENV["JOB_LEASE_SECONDS"]) + 1)
         replacement = Agent(redis_url, name)
-        _poll(lambda: jobs_reap()["retried"] or Job.objects.get(pk=created["job"]).attempts > 1, bool, timeout=30,
-              what="the reaper's retry")
-        deployment = _poll(lambda: _state(admin_api, created["id"]), lambda d: d["state"] in ("running", "failed"),
-                           what="running after the retry")
+        _poll(
+            lambda: jobs_reap()["retried"] or Job.objects.get(pk=created["job"]).attempts > 1,
+            bool,
+            timeout=30,
+            what="the reaper's retry",
+        )
+        deployment = _poll(
+            lambda: _state(admin_api, created["id"]),
+            lambda d: d["state"] in ("running", "failed"),
+            what="running after the retry",
+        )
         assert deployment["state"] == "running", deployment["failure_detail"]
         handles = runtime.find(labels)
         assert len(handles) == 1 and runtime.status(handles[0]).alive

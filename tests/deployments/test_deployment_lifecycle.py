@@ -73,10 +73,18 @@ def test_launch_run_generate_stop(admin, tiny):
     assert lines.count() == job.log_seq and list(lines.values_list("seq", flat=True)) == list(range(1, job.log_seq + 1))
     server = list(lines.filter(stream="server").values_list("text", flat=True))
     assert any("Connected" in line for line in server) and any("signal received" in line for line in server)
-    actions = set(AuditEvent.objects.filter(target_id=str(deployment.pk), target_type="deployments.deployment")
-                  .values_list("action", flat=True))
-    assert {"deployment.created", "deployment.launched", "deployment.running", "deployment.stop_requested",
-            "deployment.stopped"} <= actions
+    actions = set(
+        AuditEvent.objects.filter(target_id=str(deployment.pk), target_type="deployments.deployment").values_list(
+            "action", flat=True
+        )
+    )
+    assert {
+        "deployment.created",
+        "deployment.launched",
+        "deployment.running",
+        "deployment.stop_requested",
+        "deployment.stopped",
+    } <= actions
 
 
 def _server_pids(pgid: int) -> list[int]:
@@ -124,8 +132,11 @@ def test_a_crashed_server_is_diagnosed_and_restarted_with_backoff(admin, tiny, s
 def test_launch_refuses_arguments_the_launcher_would_refuse(admin, tiny):
     _host, artifact = tiny
     with pytest.raises(ApplicationError) as refused:
-        lifecycle.deployment_create(actor=admin, name="bad", spec={"artifact": artifact.pk, **SPEC,
-                                                                   "max_input_tokens": 300, "max_total_tokens": 300})
+        lifecycle.deployment_create(
+            actor=admin,
+            name="bad",
+            spec={"artifact": artifact.pk, **SPEC, "max_input_tokens": 300, "max_total_tokens": 300},
+        )
     assert refused.value.field == "max_input_tokens"
     assert not Deployment.objects.filter(name="bad").exists() and not Job.objects.exists()
 
@@ -152,7 +163,8 @@ def test_reconciler_adopts_a_running_server_and_removes_orphans(admin, tiny, set
     adopter.join(60)
     wait_state(deployment, {Deployment.State.STOPPED})
     assert "adopted the running server" in "\n".join(
-        JobLogLine.objects.filter(job_id=deployment.job_id).values_list("text", flat=True))
+        JobLogLine.objects.filter(job_id=deployment.job_id).values_list("text", flat=True)
+    )
 
 
 def test_restart_backoff_is_exponential_and_capped(settings):

@@ -55,23 +55,35 @@ def big(host, tmp_path):
 def make_deployment(artifact, name: str, state=Deployment.State.STOPPED, **spec) -> Deployment:
     """A deployment row with spec version 1, made directly (no service, no job)."""
     deployment = Deployment.objects.create(name=name, state=state)
-    first = DeploymentSpec.objects.create(deployment=deployment, version=1, artifact=artifact,
-                                          **{"max_input_tokens": 128, "max_total_tokens": 256, **spec})
+    first = DeploymentSpec.objects.create(
+        deployment=deployment,
+        version=1,
+        artifact=artifact,
+        **{"max_input_tokens": 128, "max_total_tokens": 256, **spec},
+    )
     deployment.spec = first
     deployment.save(update_fields=["spec"])
     return deployment
 
 
 def form_data(artifact, **extra) -> dict:
-    return {"artifact": artifact.pk, "name": "tiny-chat", "restart_policy": "on-failure", "device": "gpu",
-            "max_input_tokens": 128, "max_total_tokens": 256, "max_concurrent_requests": 128,
-            "cuda_memory_fraction": 1.0, **extra}
+    return {
+        "artifact": artifact.pk,
+        "name": "tiny-chat",
+        "restart_policy": "on-failure",
+        "device": "gpu",
+        "max_input_tokens": 128,
+        "max_total_tokens": 256,
+        "max_concurrent_requests": 128,
+        "cuda_memory_fraction": 1.0,
+        **extra,
+    }
 
 
 def field_error(response, field: str) -> str:
     page = response.content.decode()
     marker = f'data-field-error="{field}">'
-    assert marker in page, page[page.find("<main"):][:4000]
+    assert marker in page, page[page.find("<main") :][:4000]
     return page.split(marker, 1)[1].split("</div>", 1)[0]
 
 
@@ -80,6 +92,7 @@ def page(response) -> str:
 
 
 # -- list -----------------------------------------------------------------------------------------------------------
+
 
 def test_empty_list_offers_deploying_to_those_who_may(client, admin, engineer):
     client.force_login(admin)
@@ -120,6 +133,7 @@ def test_list_paginates(client, admin, tiny):
 
 # -- deploying ------------------------------------------------------------------------------------------------------
 
+
 def test_the_form_offers_ready_models_and_the_hosts_gpus(client, admin, tiny):
     client.force_login(admin)
     body = page(client.get("/deployments/new/"))
@@ -138,8 +152,9 @@ def test_an_oversized_spec_is_refused_with_the_planners_reason_and_nothing_is_cr
     assert not Deployment.objects.exists() and not DeploymentSpec.objects.exists() and not Job.objects.exists()
 
 
-def test_a_fitting_spec_is_reviewed_then_deployed_and_launched(client, admin, tiny, host,
-                                                                django_capture_on_commit_callbacks):
+def test_a_fitting_spec_is_reviewed_then_deployed_and_launched(
+    client, admin, tiny, host, django_capture_on_commit_callbacks
+):
     client.force_login(admin)
     review = client.post("/deployments/new/", form_data(tiny, review="1"))
     assert review.status_code == 200
@@ -187,14 +202,24 @@ def test_gpus_of_another_host_are_refused(client, admin, tiny):
 
 # -- detail, edit, rollback -----------------------------------------------------------------------------------------
 
+
 def test_the_detail_page_shows_both_log_panes_the_command_and_state(client, engineer, tiny, host):
     deployment = make_deployment(tiny, "logged", state=Deployment.State.RUNNING)
-    job = Job.objects.create(kind=Job.Kind.SERVE, status=Job.Status.RUNNING, queue=host.queue,
-                             target_type="deployments.deployment", target_id=str(deployment.pk),
-                             params={"spec": deployment.spec_id})
-    Deployment.objects.filter(pk=deployment.pk).update(job=job, host=host, gpu_indexes=[0],
-                                                       endpoint="http://127.0.0.1:9999",
-                                                       command=["text-generation-launcher", "--port", "9999"])
+    job = Job.objects.create(
+        kind=Job.Kind.SERVE,
+        status=Job.Status.RUNNING,
+        queue=host.queue,
+        target_type="deployments.deployment",
+        target_id=str(deployment.pk),
+        params={"spec": deployment.spec_id},
+    )
+    Deployment.objects.filter(pk=deployment.pk).update(
+        job=job,
+        host=host,
+        gpu_indexes=[0],
+        endpoint="http://127.0.0.1:9999",
+        command=["text-generation-launcher", "--port", "9999"],
+    )
     client.force_login(engineer)
     body = page(client.get(f"/deployments/{deployment.pk}/"))
     assert f'data-ws="/ws/jobs/{job.pk}/"' in body
@@ -285,6 +310,7 @@ def test_a_grant_lets_an_engineer_edit_one_deployment(client, engineer, tiny):
 
 # -- playground -----------------------------------------------------------------------------------------------------
 
+
 def test_the_playground_needs_use_deployment_on_that_deployment(client, engineer, tiny):
     deployment = make_deployment(tiny, "chatty", state=Deployment.State.RUNNING)
     Deployment.objects.filter(pk=deployment.pk).update(endpoint="http://127.0.0.1:9")
@@ -310,13 +336,16 @@ def test_the_playground_of_a_stopped_deployment_explains_and_is_disabled(client,
 
 # -- images ---------------------------------------------------------------------------------------------------------
 
+
 def test_images_are_added_and_removed(client, admin, engineer):
     client.force_login(engineer)
     assert client.get("/deployments/images/").status_code == 403
     client.force_login(admin)
     assert 'id="images-empty"' in page(client.get("/deployments/images/"))
-    response = client.post("/deployments/images/", {"reference": "ghcr.io/huggingface/text-generation-inference:3.3.5",
-                                                    "digest": "sha256:" + "a" * 64})
+    response = client.post(
+        "/deployments/images/",
+        {"reference": "ghcr.io/huggingface/text-generation-inference:3.3.5", "digest": "sha256:" + "a" * 64},
+    )
     assert response.status_code == 302
     image = AllowedImage.objects.get()
     assert image.pinned == "ghcr.io/huggingface/text-generation-inference@sha256:" + "a" * 64
@@ -332,6 +361,7 @@ def test_images_are_added_and_removed(client, admin, engineer):
 
 
 # -- the plan API the form calls ------------------------------------------------------------------------------------
+
 
 def test_the_plan_api_returns_the_verdict_and_the_command(api, admin, tiny, big):
     client = api(admin)
@@ -352,14 +382,18 @@ def test_the_plan_api_returns_the_verdict_and_the_command(api, admin, tiny, big)
 def test_the_plan_api_counts_the_edited_deployments_own_gpus_as_free(api, admin, engineer, tiny):
     from deployments.services import deployments as lifecycle
 
-    deployment = lifecycle.deployment_create(actor=admin, name="holder", spec={
-        "artifact": tiny.pk, "max_input_tokens": 128, "max_total_tokens": 256, "cuda_memory_fraction": 1.0})
+    deployment = lifecycle.deployment_create(
+        actor=admin,
+        name="holder",
+        spec={"artifact": tiny.pk, "max_input_tokens": 128, "max_total_tokens": 256, "cuda_memory_fraction": 1.0},
+    )
     spec = {"artifact": tiny.pk, "max_input_tokens": 128, "max_total_tokens": 300}
     # Its reservation takes most of the 1 GB GPU: a second copy does not fit, the edit of this one does.
     others = api(admin).post("/api/v1/deployments/plan/", {"spec": spec}, expected=200).json()
     assert others["verdict"]["fits"] is False
-    mine = api(admin).post("/api/v1/deployments/plan/", {"spec": spec, "deployment": deployment.pk},
-                           expected=200).json()
+    mine = (
+        api(admin).post("/api/v1/deployments/plan/", {"spec": spec, "deployment": deployment.pk}, expected=200).json()
+    )
     assert mine["verdict"]["fits"] is True
     # an engineer plans edits of the deployments granted to them, and nothing else
     api(engineer).post("/api/v1/deployments/plan/", {"spec": spec, "deployment": deployment.pk}, expected=403)

@@ -33,18 +33,34 @@ def artifact(model_dir):
 
 
 def full_spec(**overrides) -> SimpleNamespace:
-    fields = {"max_concurrent_requests": 64, "quantize": "bitsandbytes-nf4", "dtype": "bfloat16",
-              "kv_cache_dtype": "fp8_e4m3fn", "max_input_tokens": 4000, "max_total_tokens": 4096,
-              "max_batch_prefill_tokens": 8192, "cuda_memory_fraction": 0.8,
-              "lora_adapters": [{"name": "support", "path": "/data/adapters/support"}, {"name": "org/adapter"}],
-              "device": "cpu", "extra_env": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "API_KEY": "x"}}
+    fields = {
+        "max_concurrent_requests": 64,
+        "quantize": "bitsandbytes-nf4",
+        "dtype": "bfloat16",
+        "kv_cache_dtype": "fp8_e4m3fn",
+        "max_input_tokens": 4000,
+        "max_total_tokens": 4096,
+        "max_batch_prefill_tokens": 8192,
+        "cuda_memory_fraction": 0.8,
+        "lora_adapters": [{"name": "support", "path": "/data/adapters/support"}, {"name": "org/adapter"}],
+        "device": "cpu",
+        "extra_env": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "API_KEY": "x"},
+    }
     return SimpleNamespace(**{**fields, **overrides})
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_every_emitted_flag_is_a_real_launcher_flag(native):
-    plan = tgi.LaunchPlan(model_path="/data/m", port=80, hostname="127.0.0.1", num_shard=2, instance="llmdeploy-1-x",
-                          native=native, master_port=29600, prometheus_port=9100)
+    plan = tgi.LaunchPlan(
+        model_path="/data/m",
+        port=80,
+        hostname="127.0.0.1",
+        num_shard=2,
+        instance="llmdeploy-1-x",
+        native=native,
+        master_port=29600,
+        prometheus_port=9100,
+    )
     args = tgi.launcher_args(full_spec(), plan)
     flags = [arg for arg in args if arg.startswith("--")]
     assert flags and all(flag in BY_NAME for flag in flags), [f for f in flags if f not in BY_NAME]
@@ -64,8 +80,16 @@ def test_every_emitted_flag_is_a_real_launcher_flag(native):
 def test_serve_accepts_every_emitted_flag():
     from workers.jobs.serve import build_parser
 
-    plan = tgi.LaunchPlan(model_path="/m", port=8080, hostname="127.0.0.1", num_shard=1, instance="i", native=True,
-                          master_port=1, prometheus_port=2)
+    plan = tgi.LaunchPlan(
+        model_path="/m",
+        port=8080,
+        hostname="127.0.0.1",
+        num_shard=1,
+        instance="i",
+        native=True,
+        master_port=1,
+        prometheus_port=2,
+    )
     parsed = build_parser().parse_args(tgi.launcher_args(full_spec(), plan))
     assert parsed.max_total_tokens == "4096" and parsed.kv_cache_dtype == "fp8_e4m3fn"
 
@@ -116,16 +140,19 @@ def test_planner_refuses_what_cannot_fit_before_any_task(admin, artifact):
     assert plan["fits"] is True and plan["gpu_indexes"] == [0] and plan["num_shard"] == 1
     assert command_preview(values, plan)[:3] == ["text-generation-launcher", "--model-id", artifact.path]
     with pytest.raises(ApplicationError) as error:
-        lifecycle.deployment_create(actor=admin, name="huge", spec={"artifact": artifact.pk, "gpu_indexes": [0],
-                                                                    "max_total_tokens": 2_000_000,
-                                                                    "max_input_tokens": 1000})
+        lifecycle.deployment_create(
+            actor=admin,
+            name="huge",
+            spec={"artifact": artifact.pk, "gpu_indexes": [0], "max_total_tokens": 2_000_000, "max_input_tokens": 1000},
+        )
     assert "GB" in error.value.message
     assert not Deployment.objects.exists() and not Job.objects.exists()
 
 
 def test_versions_diff_rollback_and_audit(admin, artifact):
-    deployment = lifecycle.deployment_create(actor=admin, name="chat", spec={"artifact": artifact.pk,
-                                                                             "max_total_tokens": 2048}, launch=False)
+    deployment = lifecycle.deployment_create(
+        actor=admin, name="chat", spec={"artifact": artifact.pk, "max_total_tokens": 2048}, launch=False
+    )
     v2 = lifecycle.spec_update(actor=admin, deployment=deployment, spec={"max_total_tokens": 4096}, note="longer")
     assert v2.version == 2 and v2.diff == {"max_total_tokens": [2048, 4096]}
     with pytest.raises(ApplicationError):
@@ -144,19 +171,30 @@ def test_versions_diff_rollback_and_audit(admin, artifact):
 
 def test_api_create_refused_with_field_errors_then_edit_and_rollback(admin, engineer, api, artifact):
     admin_api = api(admin)
-    refused = admin_api.post("/api/v1/deployments/", {"name": "x", "spec_input": {
-        "artifact": artifact.pk, "max_input_tokens": 10, "max_total_tokens": 5}}, expected=400).data
+    refused = admin_api.post(
+        "/api/v1/deployments/",
+        {"name": "x", "spec_input": {"artifact": artifact.pk, "max_input_tokens": 10, "max_total_tokens": 5}},
+        expected=400,
+    ).data
     assert "max_input_tokens" in refused
-    created = admin_api.post("/api/v1/deployments/", {"name": "api", "launch": False, "spec_input": {
-        "artifact": artifact.pk, "max_total_tokens": 2048}}).data
+    created = admin_api.post(
+        "/api/v1/deployments/",
+        {"name": "api", "launch": False, "spec_input": {"artifact": artifact.pk, "max_total_tokens": 2048}},
+    ).data
     assert created["state"] == "stopped" and created["spec"]["version"] == 1
-    spec = admin_api.call("patch", f"/api/v1/deployments/{created['id']}/", 200,
-                          data={"spec": {"max_total_tokens": 1024}, "note": "smaller"}).data
+    spec = admin_api.call(
+        "patch",
+        f"/api/v1/deployments/{created['id']}/",
+        200,
+        data={"spec": {"max_total_tokens": 1024}, "note": "smaller"},
+    ).data
     assert spec["version"] == 2 and spec["diff"] == {"max_total_tokens": [2048, 1024]}
     versions = admin_api.get(f"/api/v1/deployments/{created['id']}/specs/").data
     assert [v["version"] for v in versions] == [2, 1]
-    assert admin_api.post(f"/api/v1/deployments/{created['id']}/rollback/", {"version": 1}, expected=200
-                          ).data["version"] == 3
+    assert (
+        admin_api.post(f"/api/v1/deployments/{created['id']}/rollback/", {"version": 1}, expected=200).data["version"]
+        == 3
+    )
     plan = admin_api.post("/api/v1/deployments/plan/", {"spec": {"artifact": artifact.pk}}, expected=200).data
     assert plan["verdict"]["fits"] is True and plan["command"][0] == "text-generation-launcher"
     api(engineer).post("/api/v1/deployments/", {"name": "no", "spec_input": {"artifact": artifact.pk}}, expected=403)

@@ -48,8 +48,12 @@ def job_of(artifact) -> Job:
 
 @pytest.mark.django_db
 def test_download_publishes_a_verified_copy_with_a_manifest(hub_server, mirror, host, engineer, settings):
-    files = {"config.json": CONFIG, "tokenizer.json": b"{}", "model.safetensors": make_safetensors(
-        {"w": ("BF16", (256, 1024))}), "pytorch_model.bin": b"x" * 1000}
+    files = {
+        "config.json": CONFIG,
+        "tokenizer.json": b"{}",
+        "model.safetensors": make_safetensors({"w": ("BF16", (256, 1024))}),
+        "pytorch_model.bin": b"x" * 1000,
+    }
     hub_server.add_repo("acme/small", files)
     artifact = add(engineer, mirror, host)
     job = job_of(artifact)
@@ -73,8 +77,9 @@ def test_download_publishes_a_verified_copy_with_a_manifest(hub_server, mirror, 
 
 
 @pytest.mark.django_db
-def test_a_corrupted_file_fails_the_job_with_the_cause_and_publishes_nothing(hub_server, mirror, host, engineer,
-                                                                            settings):
+def test_a_corrupted_file_fails_the_job_with_the_cause_and_publishes_nothing(
+    hub_server, mirror, host, engineer, settings
+):
     data = weights(2, 1)
     hub_server.add_repo("acme/corrupt", {"config.json": CONFIG, "model.safetensors": data})
     artifact = add(engineer, mirror, host, repo="acme/corrupt")
@@ -82,8 +87,11 @@ def test_a_corrupted_file_fails_the_job_with_the_cause_and_publishes_nothing(hub
     advertise_wrong_sha256(hub_server, "acme/corrupt", "model.safetensors")
     runner.run(job_of(artifact).pk)
     job, artifact = job_of(artifact), ModelArtifact.objects.get(pk=artifact.pk)
-    assert job.status == "failed" and job.failure_cause == "checksum_mismatch" and "model.safetensors" in \
-        job.failure_detail
+    assert (
+        job.status == "failed"
+        and job.failure_cause == "checksum_mismatch"
+        and "model.safetensors" in job.failure_detail
+    )
     assert artifact.status == "failed" and not list((settings.MODEL_STORE / "acme--corrupt").glob("*"))
 
 
@@ -128,19 +136,29 @@ def test_cancel_keeps_or_deletes_the_partial_files(hub_server, mirror, host, eng
 
 
 @pytest.mark.django_db(transaction=True)
-def test_kill_9_mid_download_resumes_once_refetching_under_5_percent(hub_server, mirror, host, engineer, redis_url,
-                                                                     settings, tmp_path):
+def test_kill_9_mid_download_resumes_once_refetching_under_5_percent(
+    hub_server, mirror, host, engineer, redis_url, settings, tmp_path
+):
     """F1: 64 MB at ~8 MB/s, kill -9 the worker at ~40 %, restart it: done once, every sha256 right."""
     from deployments.services.jobs import jobs_reap
     from tests.conftest import _start_worker, _test_database_url
 
-    files = {"config.json": CONFIG, "model-00001-of-00002.safetensors": weights(32, 5),
-             "model-00002-of-00002.safetensors": weights(32, 6)}
+    files = {
+        "config.json": CONFIG,
+        "model-00001-of-00002.safetensors": weights(32, 5),
+        "model-00002-of-00002.safetensors": weights(32, 6),
+    }
     total = sum(len(v) for v in files.values())
     hub_server.add_repo("acme/sixty-four", files)
     hub_server.throttle_bytes_per_second = 8 * 2**20
-    env = {"REDIS_URL": redis_url, "DATABASE_URL": _test_database_url(), "MODEL_STORE": str(settings.MODEL_STORE),
-           "JOB_LEASE_SECONDS": "2", "DOWNLOAD_CHUNK_BYTES": str(2**20), "AGENT_HOST_NAME": ""}
+    env = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": _test_database_url(),
+        "MODEL_STORE": str(settings.MODEL_STORE),
+        "JOB_LEASE_SECONDS": "2",
+        "DOWNLOAD_CHUNK_BYTES": str(2**20),
+        "AGENT_HOST_NAME": "",
+    }
     artifact = add(engineer, mirror, host, repo="acme/sixty-four")
     job = job_of(artifact)
     workers = []
@@ -168,8 +186,10 @@ def test_kill_9_mid_download_resumes_once_refetching_under_5_percent(hub_server,
         assert jobs_reap()["retried"] == [job.pk]
         _second, log2 = start()
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not Job.objects.filter(pk=job.pk, status__in=["succeeded", "failed"]
-                                                                     ).exists():
+        while (
+            time.monotonic() < deadline
+            and not Job.objects.filter(pk=job.pk, status__in=["succeeded", "failed"]).exists()
+        ):
             time.sleep(0.2)
         job.refresh_from_db()
         assert job.status == "succeeded", (job.failure_detail, Path(log2.name).read_text()[-3000:])

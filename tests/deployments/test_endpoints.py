@@ -15,15 +15,24 @@ def resolver(table):
     return lambda host: table.get(host, [])
 
 
-@pytest.mark.parametrize("url", ["https://huggingface.co", "https://cdn-lfs.huggingface.co/x", "http://10.8.3.4:8090",
-                                 "http://mirror.corp"])
+@pytest.mark.parametrize(
+    "url", ["https://huggingface.co", "https://cdn-lfs.huggingface.co/x", "http://10.8.3.4:8090", "http://mirror.corp"]
+)
 def test_allowed(url):
     check_url(url, patterns=PATTERNS, resolver=resolver({"mirror.corp": ["10.8.1.1"]}))
 
 
-@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://127.0.0.1:6379",
-                                 "http://evil.example", "file:///etc/passwd", "http://user:pw@huggingface.co",
-                                 "http://mixed.corp"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:6379",
+        "http://evil.example",
+        "file:///etc/passwd",
+        "http://user:pw@huggingface.co",
+        "http://mixed.corp",
+    ],
+)
 def test_refused_with_a_field_error(url):
     table = {"evil.example": ["93.184.216.34"], "mixed.corp": ["10.8.1.1", "192.168.1.1"]}
     with pytest.raises(ApplicationError) as error:

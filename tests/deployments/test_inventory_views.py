@@ -17,31 +17,50 @@ def node(admin):
 
     host = host_create(actor=admin, name="gpu-node-1", address="10.0.0.5", labels={"zone": "a"})
     for index in range(2):
-        gpu_create(actor=admin, host=host, index=index, name="NVIDIA A100-SXM4-80GB", memory_total=80 * GB,
-                   nvlink_group="nvlink-0")
+        gpu_create(
+            actor=admin,
+            host=host,
+            index=index,
+            name="NVIDIA A100-SXM4-80GB",
+            memory_total=80 * GB,
+            nvlink_group="nvlink-0",
+        )
     return host
 
 
 def test_admin_adds_a_host_and_a_gpu_through_the_forms(client, admin):
     client.force_login(admin)
-    response = client.post("/inventory/hosts/new/", {"name": "gpu-node-9", "address": "10.0.0.9",
-                                                      "labels": "zone=b, tier=prod", "runtime": "docker",
-                                                      "status": "manual"})
+    response = client.post(
+        "/inventory/hosts/new/",
+        {
+            "name": "gpu-node-9",
+            "address": "10.0.0.9",
+            "labels": "zone=b, tier=prod",
+            "runtime": "docker",
+            "status": "manual",
+        },
+    )
     host = Host.objects.get(name="gpu-node-9")
     assert response.status_code == 302 and host.labels == {"zone": "b", "tier": "prod"}
-    response = client.post(f"/inventory/hosts/{host.pk}/gpus/new/", {"index": 0, "name": "NVIDIA L40S",
-                                                                       "memory_gb": "48", "health": "ok"})
+    response = client.post(
+        f"/inventory/hosts/{host.pk}/gpus/new/", {"index": 0, "name": "NVIDIA L40S", "memory_gb": "48", "health": "ok"}
+    )
     assert response.status_code == 302
     assert Gpu.objects.get(host=host).memory_total == 48 * GB
     assert list(AuditEvent.objects.exclude(action="auth.login").order_by("id").values_list("action", flat=True)) == [
-        "host.created", "gpu.created"]
+        "host.created",
+        "gpu.created",
+    ]
 
 
-@pytest.mark.parametrize(("data", "field"), [
-    ({"name": "Bad Name!", "runtime": "docker", "status": "manual"}, "name"),
-    ({"name": "ok-name", "runtime": "docker", "status": "manual", "labels": "zone"}, "labels"),
-    ({"name": "ok-name", "runtime": "docker", "status": "online"}, "status"),
-])
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"name": "Bad Name!", "runtime": "docker", "status": "manual"}, "name"),
+        ({"name": "ok-name", "runtime": "docker", "status": "manual", "labels": "zone"}, "labels"),
+        ({"name": "ok-name", "runtime": "docker", "status": "online"}, "status"),
+    ],
+)
 def test_bad_host_input_is_a_field_error(client, admin, data, field):
     client.force_login(admin)
     response = client.post("/inventory/hosts/new/", data)
@@ -52,8 +71,9 @@ def test_bad_host_input_is_a_field_error(client, admin, data, field):
 
 def test_duplicate_gpu_index_is_refused_where_the_user_is(client, admin, node):
     client.force_login(admin)
-    response = client.post(f"/inventory/hosts/{node.pk}/gpus/new/", {"index": 1, "name": "x", "memory_gb": "80",
-                                                                       "health": "ok"})
+    response = client.post(
+        f"/inventory/hosts/{node.pk}/gpus/new/", {"index": 1, "name": "x", "memory_gb": "80", "health": "ok"}
+    )
     assert response.status_code == 400 and "already has a GPU 1" in response.content.decode()
 
 
@@ -91,12 +111,17 @@ def test_api_reads_and_changes_are_audited(api, admin, engineer, node):
     api(admin).post("/api/v1/hosts/", {"name": "bad", "labels": ["not", "a", "map"]}, expected=400)
     api(admin).post("/api/v1/hosts/", {"name": "bad2", "status": "online"}, expected=400)
     api(admin).call("patch", f"/api/v1/hosts/{created['id']}/", 200, data={"address": "10.9.9.9"})
-    gpu = api(admin).post("/api/v1/gpus/", {"host": "api-node", "index": 0, "name": "H100", "memory_total": 80 * GB,
-                                            "health": "ok"}).data
+    gpu = (
+        api(admin)
+        .post(
+            "/api/v1/gpus/", {"host": "api-node", "index": 0, "name": "H100", "memory_total": 80 * GB, "health": "ok"}
+        )
+        .data
+    )
     assert [g["index"] for g in api(engineer).get("/api/v1/gpus/?host__name=api-node").data["results"]] == [0]
     api(admin).call("patch", f"/api/v1/gpus/{gpu['id']}/", 400, data={"host": "gpu-node-1"})
     api(admin).call("delete", f"/api/v1/gpus/{gpu['id']}/", 204)
     api(admin).call("delete", f"/api/v1/hosts/{created['id']}/", 204)
-    assert list(AuditEvent.objects.filter(target_name__contains="api-node").order_by("id")
-                .values_list("action", flat=True)) == [
-        "host.created", "host.updated", "gpu.created", "gpu.deleted", "host.deleted"]
+    assert list(
+        AuditEvent.objects.filter(target_name__contains="api-node").order_by("id").values_list("action", flat=True)
+    ) == ["host.created", "host.updated", "gpu.created", "gpu.deleted", "host.deleted"]

@@ -42,34 +42,45 @@ def mirror(db, hub_server):
 
 
 def make_artifact(host, repo_id="org/model", status=ModelArtifact.Status.READY, **fields) -> ModelArtifact:
-    source = ModelSource.objects.get_or_create(name="fixed", defaults={"kind": ModelSource.Kind.MIRROR,
-                                                                       "endpoint": "http://10.1.2.3"})[0]
-    files = [{"path": "config.json", "size": len(CONFIG), "sha256": None, "lfs": False},
-             {"path": "model.safetensors", "size": 2048, "sha256": SHA, "lfs": True}]
+    source = ModelSource.objects.get_or_create(
+        name="fixed", defaults={"kind": ModelSource.Kind.MIRROR, "endpoint": "http://10.1.2.3"}
+    )[0]
+    files = [
+        {"path": "config.json", "size": len(CONFIG), "sha256": None, "lfs": False},
+        {"path": "model.safetensors", "size": 2048, "sha256": SHA, "lfs": True},
+    ]
     repo = ModelRepo.objects.create(source=source, repo_id=repo_id, commit="c" * 40, files=files, total_size=2048 + 10)
     return ModelArtifact.objects.create(repo=repo, host=host, status=status, bytes_total=2058, **fields)
 
 
 def download_job(artifact, status=Job.Status.RUNNING, **fields) -> Job:
-    return Job.objects.create(kind=Job.Kind.DOWNLOAD, status=status, target_type="deployments.modelartifact",
-                              target_id=str(artifact.pk), queue=artifact.host.queue, **fields)
+    return Job.objects.create(
+        kind=Job.Kind.DOWNLOAD,
+        status=status,
+        target_type="deployments.modelartifact",
+        target_id=str(artifact.pk),
+        queue=artifact.host.queue,
+        **fields,
+    )
 
 
 def field_error(response, field: str) -> str:
     page = response.content.decode()
     marker = f'data-field-error="{field}">'
-    assert marker in page, page[page.find("<main"):][:3000]
+    assert marker in page, page[page.find("<main") :][:3000]
     return page.split(marker, 1)[1].split("</div>", 1)[0]
 
 
 # -- adding ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_a_bad_repo_id_is_a_field_error(client, engineer, store):
     client.force_login(engineer)
     source = ModelSource.objects.get(name="Hugging Face Hub")
-    response = client.post("/models/add/", {"source": source.pk, "repo_id": "not a repo", "revision": "main",
-                                            "host": store.pk})
+    response = client.post(
+        "/models/add/", {"source": source.pk, "repo_id": "not a repo", "revision": "main", "host": store.pk}
+    )
     assert response.status_code == 400
     assert "org/name" in field_error(response, "repo_id")
     assert not ModelArtifact.objects.exists() and not Job.objects.exists()
@@ -106,8 +117,9 @@ def test_a_gated_repo_needs_a_token_and_works_with_one(client, engineer, store, 
 
 
 @pytest.mark.django_db
-def test_adding_through_the_api_queues_one_download_per_host_and_commit(api, engineer, auditor, store, mirror,
-                                                                       hub_server):
+def test_adding_through_the_api_queues_one_download_per_host_and_commit(
+    api, engineer, auditor, store, mirror, hub_server
+):
     commit = hub_server.add_repo("org/tiny", {"config.json": CONFIG, "model.safetensors": b"\0" * 64})
     body = {"source": mirror.name, "repo_id": "org/tiny", "revision": "main", "host": store.name}
     api(auditor).post("/api/v1/models/", body, expected=403)
@@ -117,8 +129,12 @@ def test_adding_through_the_api_queues_one_download_per_host_and_commit(api, eng
     assert first["id"] == artifact.pk and first["status"] == "pending" and first["repo"]["commit"] == commit
     assert {f["path"] for f in first["files"]} == {"config.json", "model.safetensors"}
     job = Job.objects.get()
-    assert (job.kind, job.queue, job.target_id, job.status) == ("download", f"host.{store.name}", str(artifact.pk),
-                                                                "pending")
+    assert (job.kind, job.queue, job.target_id, job.status) == (
+        "download",
+        f"host.{store.name}",
+        str(artifact.pk),
+        "pending",
+    )
     assert first["last_job"]["id"] == job.pk and first["progress"] == {}
 
     again = api(engineer).post("/api/v1/models/", {**body, "source": mirror.pk, "revision": commit}, expected=202)
@@ -133,12 +149,16 @@ def test_adding_through_the_api_queues_one_download_per_host_and_commit(api, eng
 @pytest.mark.django_db
 def test_an_unknown_revision_is_a_revision_error(api, engineer, store, mirror, hub_server):
     hub_server.add_repo("org/tiny", {"config.json": CONFIG})
-    response = api(engineer).post("/api/v1/models/", {"source": mirror.name, "repo_id": "org/tiny",
-                                                      "revision": "no-such-branch", "host": store.name}, expected=400)
+    response = api(engineer).post(
+        "/api/v1/models/",
+        {"source": mirror.name, "repo_id": "org/tiny", "revision": "no-such-branch", "host": store.name},
+        expected=400,
+    )
     assert "revision" in response.data
 
 
 # -- cancelling, deleting, garbage collection ------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_cancel_sets_the_flag_with_the_choice(api, client, engineer, auditor, store):
@@ -207,6 +227,7 @@ def test_gc_lists_only_unused_ready_copies(api, client, engineer, auditor, store
 
 # -- importing -------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_import_needs_an_absolute_directory_under_an_import_root(api, client, engineer, store, settings):
     settings.MODEL_IMPORT_ROOTS = ["/srv/models"]
@@ -214,8 +235,9 @@ def test_import_needs_an_absolute_directory_under_an_import_root(api, client, en
     response = client.post("/models/import/", {"host": store.pk, "directory": "models/llama", "name": ""})
     assert response.status_code == 400
     assert "absolute path" in field_error(response, "directory")
-    response = api(engineer).post("/api/v1/models/import/", {"host": store.name, "directory": "models/llama"},
-                                  expected=400)
+    response = api(engineer).post(
+        "/api/v1/models/import/", {"host": store.name, "directory": "models/llama"}, expected=400
+    )
     assert "directory" in response.data
 
     for outside in ("/etc", "/srv/models/../../etc", "/srv/modelsX/llama"):
@@ -230,6 +252,7 @@ def test_import_needs_an_absolute_directory_under_an_import_root(api, client, en
 
 # -- sources and the allow-list --------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_admins_add_mirrors_and_endpoints_others_only_read(api, client, admin, engineer, auditor):
     client.force_login(engineer)
@@ -243,23 +266,30 @@ def test_admins_add_mirrors_and_endpoints_others_only_read(api, client, admin, e
     response = client.post("/models/sources/", {"name": "lab-mirror", "endpoint": "http://10.5.0.1:8080"})
     assert response.status_code == 400 and "allow-list" in field_error(response, "endpoint")
     assert client.post("/models/sources/endpoints/", {"pattern": "10.5.0.0/16", "note": "lab"}).status_code == 302
-    response = client.post("/models/sources/", {"name": "lab-mirror", "endpoint": "http://10.5.0.1:8080",
-                                                "token": "hf_lab_secret"})
+    response = client.post(
+        "/models/sources/", {"name": "lab-mirror", "endpoint": "http://10.5.0.1:8080", "token": "hf_lab_secret"}
+    )
     assert response.status_code == 302
     source = ModelSource.objects.get(name="lab-mirror")
     assert source.kind == "mirror" and source.token.reveal() == "hf_lab_secret"
     page = client.get("/models/sources/").content.decode()
-    assert "hf_lab_secret" not in page and 'data-token-set' in page
+    assert "hf_lab_secret" not in page and "data-token-set" in page
 
     listing = api(auditor).get("/api/v1/sources/").data["results"]
     lab = next(s for s in listing if s["name"] == "lab-mirror")
     assert lab["token"] == "********" and lab["url"] == "http://10.5.0.1:8080"
     api(engineer).post("/api/v1/sources/", {"name": "x", "endpoint": "http://10.5.0.2"}, expected=403)
-    created = api(admin).post("/api/v1/sources/", {"name": "api-mirror", "endpoint": "http://10.5.0.2",
-                                                   "token": "hf_api_secret"}, expected=201).data
+    created = (
+        api(admin)
+        .post(
+            "/api/v1/sources/",
+            {"name": "api-mirror", "endpoint": "http://10.5.0.2", "token": "hf_api_secret"},
+            expected=201,
+        )
+        .data
+    )
     assert created["token"] == "********" and "hf_api_secret" not in json.dumps(created)
-    response = api(admin).post("/api/v1/sources/", {"name": "api-mirror", "endpoint": "http://10.5.0.2"},
-                               expected=400)
+    response = api(admin).post("/api/v1/sources/", {"name": "api-mirror", "endpoint": "http://10.5.0.2"}, expected=400)
     assert "name" in response.data
 
     endpoint = AllowedEndpoint.objects.get(pattern="10.5.0.0/16")
@@ -271,11 +301,16 @@ def test_admins_add_mirrors_and_endpoints_others_only_read(api, client, admin, e
     made = api(admin).post("/api/v1/endpoints/", {"pattern": "*.corp.example", "note": "corp"}, expected=201).data
     api(admin).call("delete", f"/api/v1/endpoints/{made['id']}/", 204)
     events = AuditEvent.objects.filter(action__startswith="endpoint.").order_by("id")
-    assert list(events.values_list("action", flat=True)) == ["endpoint.allowed", "endpoint.removed",
-                                                             "endpoint.allowed", "endpoint.removed"]
+    assert list(events.values_list("action", flat=True)) == [
+        "endpoint.allowed",
+        "endpoint.removed",
+        "endpoint.allowed",
+        "endpoint.removed",
+    ]
 
 
 # -- jobs ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_job_log_pages_by_after(api, auditor, store):
@@ -297,11 +332,22 @@ def test_job_log_pages_by_after(api, auditor, store):
 
 # -- pages -----------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_model_page_shows_progress_while_downloading(client, engineer, store):
     artifact = make_artifact(store, status=ModelArtifact.Status.DOWNLOADING)
-    job = download_job(artifact, progress={"done": 1024, "total": 4096, "rate_bps": 2048, "eta_s": 95,
-                                           "file": "model.safetensors", "file_done": 1024, "file_total": 2048})
+    job = download_job(
+        artifact,
+        progress={
+            "done": 1024,
+            "total": 4096,
+            "rate_bps": 2048,
+            "eta_s": 95,
+            "file": "model.safetensors",
+            "file_done": 1024,
+            "file_total": 2048,
+        },
+    )
     client.force_login(engineer)
     page = client.get(f"/models/{artifact.pk}/").content.decode()
     assert f'data-ws="/ws/jobs/{job.pk}/"' in page and 'data-active="1"' in page
@@ -314,17 +360,25 @@ def test_model_page_shows_progress_while_downloading(client, engineer, store):
 
 @pytest.mark.django_db
 def test_model_page_shows_files_manifest_uses_and_failure(client, auditor, store):
-    manifest = {"repo": "org/model", "commit": "c" * 40,
-                "files": [{"path": "model.safetensors", "size": 2048, "sha256": "ef" * 32}]}
+    manifest = {
+        "repo": "org/model",
+        "commit": "c" * 40,
+        "files": [{"path": "model.safetensors", "size": 2048, "sha256": "ef" * 32}],
+    }
     artifact = make_artifact(store, manifest=manifest, path="/srv/models/org--model/" + "c" * 40)
     ArtifactUse.objects.create(artifact=artifact, holder="deployment:chat")
-    download_job(artifact, status=Job.Status.FAILED, failure_cause="checksum_mismatch",
-                 failure_detail="model.safetensors did not match its sha256.", next_step="Start it again.")
+    download_job(
+        artifact,
+        status=Job.Status.FAILED,
+        failure_cause="checksum_mismatch",
+        failure_detail="model.safetensors did not match its sha256.",
+        next_step="Start it again.",
+    )
     client.force_login(auditor)
     page = client.get(f"/models/{artifact.pk}/").content.decode()
     assert 'id="manifest"' in page and "ef" * 32 in page and 'data-file="config.json"' not in page
     assert 'data-holder="deployment:chat"' in page
-    assert 'data-cause>checksum_mismatch' in page and "Start it again." in page
+    assert "data-cause>checksum_mismatch" in page and "Start it again." in page
     assert 'data-active="0"' in page and 'id="cancel-form"' not in page and 'id="delete-form"' not in page
 
 
@@ -354,12 +408,18 @@ def test_models_list_searches_filters_and_pages(client, auditor, engineer, store
     assert "No model matches" in page
 
     listing = client.get("/api/v1/models/?host__name=gpu-store-2&search=model-0").json()
-    assert {a["repo_id"] for a in listing["results"]} == {"org/model-00", "org/model-02", "org/model-04",
-                                                           "org/model-06", "org/model-08"}
+    assert {a["repo_id"] for a in listing["results"]} == {
+        "org/model-00",
+        "org/model-02",
+        "org/model-04",
+        "org/model-06",
+        "org/model-08",
+    }
     assert listing["count"] == 5
 
 
 # -- the job stream --------------------------------------------------------------------------------------------------
+
 
 async def _connect(user, job_id: int) -> tuple[WebsocketCommunicator, bool, int | None]:
     cookie = await database_sync_to_async(session_cookie)(user)

@@ -8,8 +8,16 @@ from deployments.placement import GB, GpuState, HostState, PlacementError, Requi
 
 
 def host(name, *sizes, group="", reserved=(), online=True, labels=None, unhealthy=()):
-    gpus = tuple(GpuState(index=i, memory_total=int(size * GB), memory_reserved=int(dict(reserved).get(i, 0) * GB),
-                          nvlink_group=group, healthy=i not in unhealthy) for i, size in enumerate(sizes))
+    gpus = tuple(
+        GpuState(
+            index=i,
+            memory_total=int(size * GB),
+            memory_reserved=int(dict(reserved).get(i, 0) * GB),
+            nvlink_group=group,
+            healthy=i not in unhealthy,
+        )
+        for i, size in enumerate(sizes)
+    )
     return HostState(name=name, gpus=gpus, online=online, labels=labels or {})
 
 
@@ -22,7 +30,6 @@ def test_all_shards_on_one_host_and_the_reason_when_nothing_fits():
 def test_best_fit_keeps_big_gpus_free():
     hosts = [host("big", 141), host("small", 48), host("medium", 80)]
     assert place(Requirement(memory_per_gpu=40 * GB), hosts).host == "small"
-
 
 
 def test_prefers_one_nvlink_group_over_a_tighter_pcie_fit():
@@ -40,8 +47,12 @@ def test_preferred_host_wins_when_it_fits():
 
 
 def test_labels_host_constraints_health_and_offline():
-    hosts = [host("x", 80, labels={"zone": "a"}), host("y", 80, labels={"zone": "b"}), host("z", 80, online=False),
-             host("w", 80, unhealthy=(0,))]
+    hosts = [
+        host("x", 80, labels={"zone": "a"}),
+        host("y", 80, labels={"zone": "b"}),
+        host("z", 80, online=False),
+        host("w", 80, unhealthy=(0,)),
+    ]
     assert place(Requirement(memory_per_gpu=10 * GB, labels={"zone": "b"}), hosts).host == "y"
     assert place(Requirement(memory_per_gpu=10 * GB, hosts=frozenset({"x"})), hosts).host == "x"
     with pytest.raises(PlacementError, match="z is offline"):

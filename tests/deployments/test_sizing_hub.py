@@ -27,8 +27,9 @@ def h200_host(admin):
 
 
 def test_config_only_repo_is_sized_without_downloading_weights(api, engineer, hub_server, h200_host):
-    hub_server.add_repo("deepseek-ai/deepseek-llm-7b-base",
-                        {"config.json": (CONFIGS / "deepseek-llm-7b-base.json").read_bytes()})
+    hub_server.add_repo(
+        "deepseek-ai/deepseek-llm-7b-base", {"config.json": (CONFIGS / "deepseek-llm-7b-base.json").read_bytes()}
+    )
     report = api(engineer).get("/api/v1/sizing/?source=deepseek-ai/deepseek-llm-7b-base").data
     assert report["params"] == EXPECTED["deepseek-llm-7b-base"]["params"]
     assert report["kv_bytes_per_token"] == EXPECTED["deepseek-llm-7b-base"]["kv_bytes_per_token_bf16"]
@@ -38,10 +39,19 @@ def test_config_only_repo_is_sized_without_downloading_weights(api, engineer, hu
 
 
 def test_safetensors_headers_are_read_by_range_not_downloaded(api, engineer, hub_server):
-    weights = make_safetensors({"model.embed_tokens.weight": ("BF16", (1024, 256)),
-                                "model.layers.0.mlp.up_proj.weight": ("BF16", (512, 256))})
-    config = {"model_type": "llama", "hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4,
-              "num_hidden_layers": 1, "intermediate_size": 512, "vocab_size": 1024, "torch_dtype": "bfloat16"}
+    weights = make_safetensors(
+        {"model.embed_tokens.weight": ("BF16", (1024, 256)), "model.layers.0.mlp.up_proj.weight": ("BF16", (512, 256))}
+    )
+    config = {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "num_hidden_layers": 1,
+        "intermediate_size": 512,
+        "vocab_size": 1024,
+        "torch_dtype": "bfloat16",
+    }
     hub_server.add_repo("acme/tiny", {"config.json": json.dumps(config).encode(), "model.safetensors": weights})
     report = api(engineer).get("/api/v1/sizing/?source=acme/tiny").data
     assert report["params"] == 1024 * 256 + 512 * 256 and report["params_source"].startswith("safetensors")
@@ -49,8 +59,9 @@ def test_safetensors_headers_are_read_by_range_not_downloaded(api, engineer, hub
 
 
 def test_gated_repo_needs_a_stored_token_and_its_use_is_audited(api, engineer, hub_server):
-    hub_server.add_repo("meta-llama/Meta-Llama-3-70B", {"config.json": (CONFIGS / "llama-3-70b.json").read_bytes()},
-                        gated=True)
+    hub_server.add_repo(
+        "meta-llama/Meta-Llama-3-70B", {"config.json": (CONFIGS / "llama-3-70b.json").read_bytes()}, gated=True
+    )
     refused = api(engineer).get("/api/v1/sizing/?source=meta-llama/Meta-Llama-3-70B", expected=400).data
     assert "token" in json.dumps(refused).lower()
     token = credential_create(actor=engineer, name="hf", value=hub_server.required_token)

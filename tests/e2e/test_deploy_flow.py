@@ -80,14 +80,16 @@ class DeployFlow(ConsoleLiveServerTestCase):
             page.screenshot(path=str(self.artifacts / "deploy-running.png"), full_page=True)
             deployment = Deployment.objects.get(name="browser-tiny")
             stored = JobLogLine.objects.filter(job_id=deployment.job_id, stream="server").count()
-            page.wait_for_function(f"document.querySelectorAll('#server-log [data-seq]').length >= {stored}",
-                                   timeout=15_000)
+            page.wait_for_function(
+                f"document.querySelectorAll('#server-log [data-seq]').length >= {stored}", timeout=15_000
+            )
 
             # A reload shows every line again (backfilled from the database), none twice.
             page.reload()
             stored = JobLogLine.objects.filter(job_id=deployment.job_id, stream="server").count()
-            page.wait_for_function(f"document.querySelectorAll('#server-log [data-seq]').length >= {stored}",
-                                   timeout=15_000)
+            page.wait_for_function(
+                f"document.querySelectorAll('#server-log [data-seq]').length >= {stored}", timeout=15_000
+            )
             seqs = page.eval_on_selector_all("#server-log [data-seq]", "nodes => nodes.map(n => n.dataset.seq)")
             assert len(seqs) == len(set(seqs)) >= stored
 

@@ -99,8 +99,6 @@ class NavigationTests(ConsoleLiveServerTestCase):
         context.close()
 
 
-
-
 class AuditPageTests(ConsoleLiveServerTestCase):
     serve_static = True
 
@@ -122,9 +120,14 @@ class AuditPageTests(ConsoleLiveServerTestCase):
         page.goto(self.live_server_url + "/audit/")
         assert page.locator("#audit-verification [data-ok='1']").is_visible()
         page.wait_for_timeout(500)  # let the page subscribe
-        event = audit.record(action="deployment.start", actor=auditor, target_type="deployments.deployment",
-                             target_id="7", target_name="deepseek-7b <b>chat</b>",
-                             changes={"status": ["stopped", "starting"]})
+        event = audit.record(
+            action="deployment.start",
+            actor=auditor,
+            target_type="deployments.deployment",
+            target_id="7",
+            target_name="deepseek-7b <b>chat</b>",
+            changes={"status": ["stopped", "starting"]},
+        )
         row = page.locator(f"#audit-events details[data-seq='{event.id}']")
         row.wait_for(timeout=10_000)
         assert "deepseek-7b <b>chat</b>" in row.inner_text()  # shown as text, never as markup
@@ -148,11 +151,16 @@ class ModelPageTests(ConsoleLiveServerTestCase):
 
         host = Host.objects.create(name="e2e-node", status="online")
         source = ModelSource.objects.get_or_create(name="Hub e2e", defaults={"kind": "hub"})[0]
-        repo = ModelRepo.objects.create(source=source, repo_id="acme/live",
-                                        commit="c" * 40, total_size=10**9)
+        repo = ModelRepo.objects.create(source=source, repo_id="acme/live", commit="c" * 40, total_size=10**9)
         artifact = ModelArtifact.objects.create(repo=repo, host=host, status="downloading", bytes_total=10**9)
-        job = Job.objects.create(kind="download", status="running", target_type="deployments.modelartifact",
-                                 target_id=str(artifact.pk), queue=host.queue, log_seq=1)
+        job = Job.objects.create(
+            kind="download",
+            status="running",
+            target_type="deployments.modelartifact",
+            target_id=str(artifact.pk),
+            queue=host.queue,
+            log_seq=1,
+        )
         JobLogLine.objects.create(job=job, seq=1, text="attempt 1 of 3 on e2e")
         engineer = UserFactory(username="engineer-models", roles=["engineer"])
         context = self.browser.new_context(viewport={"width": 1400, "height": 900})
@@ -164,9 +172,20 @@ class ModelPageTests(ConsoleLiveServerTestCase):
         page.goto(self.live_server_url + f"/models/{artifact.pk}/")
         page.wait_for_selector("#job-log >> text=attempt 1 of 3 on e2e", timeout=10_000)  # the backlog
         page.wait_for_timeout(500)
-        line = JobLogLine.objects.create(job=job, seq=2, stream="progress", data={
-            "done": 6 * 10**8, "total": 10**9, "rate_bps": 5 * 10**7, "eta_s": 8, "file": "model.safetensors",
-            "file_done": 6 * 10**8, "file_total": 10**9})
+        line = JobLogLine.objects.create(
+            job=job,
+            seq=2,
+            stream="progress",
+            data={
+                "done": 6 * 10**8,
+                "total": 10**9,
+                "rate_bps": 5 * 10**7,
+                "eta_s": 8,
+                "file": "model.safetensors",
+                "file_done": 6 * 10**8,
+                "file_total": 10**9,
+            },
+        )
         publish(job.stream, [line.as_item()], wait=5)
         page.wait_for_selector("[data-progress='bar'] >> text=60%", timeout=10_000)
         page.screenshot(path=str(self.artifacts / "model-download-live.png"), full_page=True)

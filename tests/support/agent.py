@@ -9,8 +9,12 @@ import subprocess
 from tests.conftest import _start_worker, _test_database_url, _wait_and_stop
 
 # Short timings so stops, health checks and lost leases happen within a test.
-WORKER_ENV = {"JOB_CANCEL_POLL_SECONDS": "0.2", "DEPLOY_HEALTH_SECONDS": "0.5", "DEPLOY_STOP_GRACE_SECONDS": "20",
-              "JOB_LEASE_SECONDS": "4"}
+WORKER_ENV = {
+    "JOB_CANCEL_POLL_SECONDS": "0.2",
+    "DEPLOY_HEALTH_SECONDS": "0.5",
+    "DEPLOY_STOP_GRACE_SECONDS": "20",
+    "JOB_LEASE_SECONDS": "4",
+}
 
 
 class Agent:

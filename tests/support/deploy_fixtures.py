@@ -17,8 +17,9 @@ def tiny_model_in_store() -> Path:
 
 
 def process_host(name: str = "local", *, gpus: int = 0, gpu_bytes: int = 16 * 10**9) -> Host:
-    host = Host.objects.create(name=name, runtime=Host.Runtime.PROCESS, status=Host.Status.ONLINE,
-                               model_store=str(settings.MODEL_STORE))
+    host = Host.objects.create(
+        name=name, runtime=Host.Runtime.PROCESS, status=Host.Status.ONLINE, model_store=str(settings.MODEL_STORE)
+    )
     for index in range(gpus):
         Gpu.objects.create(host=host, index=index, name="Test GPU", memory_total=gpu_bytes, health=Gpu.Health.OK)
     return host
@@ -26,7 +27,8 @@ def process_host(name: str = "local", *, gpus: int = 0, gpu_bytes: int = 16 * 10
 
 def ready_artifact(host: Host, path: Path, repo_id: str = "tests/tiny-llama") -> ModelArtifact:
     source = ModelSource.objects.filter(kind=ModelSource.Kind.HUB).first() or ModelSource.objects.create(
-        name="hub", kind=ModelSource.Kind.HUB)
+        name="hub", kind=ModelSource.Kind.HUB
+    )
     repo = ModelRepo.objects.create(source=source, repo_id=repo_id, commit="0" * 40)
     return ModelArtifact.objects.create(repo=repo, host=host, path=str(path), status=ModelArtifact.Status.READY)
 
@@ -39,7 +41,6 @@ def wait_state(deployment: Deployment, states: set[str], timeout: float = 120) -
             return deployment
         time.sleep(0.2)
     raise AssertionError(f"{deployment} stayed {deployment.state} ({deployment.failure_detail})")
-
 
 
 def run_job_in_thread(job_id: int):

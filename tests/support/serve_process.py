@@ -23,16 +23,27 @@ def ml_python() -> str | None:
 
 
 def ml_env(extra: dict | None = None) -> dict:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-           "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "HF_HUB_OFFLINE": "1",
+    }
     env.update(extra or {})
     return env
 
 
 def make_model(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     if not (out_dir / "config.json").is_file():
-        subprocess.run([ml_python(), "-m", "workers.jobs.tiny_model", str(out_dir), "--size", size, "--seed",
-                        str(seed)], check=True, env=ml_env(), cwd=ROOT, capture_output=True, timeout=300)
+        subprocess.run(
+            [ml_python(), "-m", "workers.jobs.tiny_model", str(out_dir), "--size", size, "--seed", str(seed)],
+            check=True,
+            env=ml_env(),
+            cwd=ROOT,
+            capture_output=True,
+            timeout=300,
+        )
     return out_dir
 
 
@@ -46,16 +57,33 @@ class ServeProcess:
     def __init__(self, model_dir: Path | str, *args: str, env: dict | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [ml_python(), "-m", "workers.jobs.serve", "--model-id", str(model_dir), "--hostname",
-                        "127.0.0.1", "--port", str(self.port), *args]
+        self.command = [
+            ml_python(),
+            "-m",
+            "workers.jobs.serve",
+            "--model-id",
+            str(model_dir),
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
         self.env = ml_env(env)
         self.lines: list[str] = []
         self.refused_before_ready = False
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ServeProcess:
-        self.process = subprocess.Popen(self.command, env=self.env, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
         return self
 

@@ -42,8 +42,11 @@ def test_failures_carry_a_cause_and_a_next_step():
     planned = make("test.fail")
     runner.run(planned.pk)
     planned.refresh_from_db()
-    assert (planned.status, planned.failure_cause, planned.next_step) == ("failed", "probe",
-                                                                           "Nothing to do; it is a test.")
+    assert (planned.status, planned.failure_cause, planned.next_step) == (
+        "failed",
+        "probe",
+        "Nothing to do; it is a test.",
+    )
     crash = make("test.fail", crash=True)
     runner.run(crash.pk)
     crash.refresh_from_db()

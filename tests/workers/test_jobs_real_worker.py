@@ -18,10 +18,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def job_worker(redis_url):
     queue = f"test-jobs-{time.monotonic_ns()}"
-    process, log = _start_worker({"REDIS_URL": redis_url, "DATABASE_URL": _test_database_url(),
-                                  "JOB_HANDLER_MODULES": "workers.handlers,tests.support.job_handlers",
-                                  "JOB_LEASE_SECONDS": "2", "JOB_CANCEL_POLL_SECONDS": "0.2"},
-                                 "jobs-worker", queue, pool="prefork")
+    process, log = _start_worker(
+        {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": _test_database_url(),
+            "JOB_HANDLER_MODULES": "workers.handlers,tests.support.job_handlers",
+            "JOB_LEASE_SECONDS": "2",
+            "JOB_CANCEL_POLL_SECONDS": "0.2",
+        },
+        "jobs-worker",
+        queue,
+        pool="prefork",
+    )
     # prefork with one child: a child that dies is replaced, as in production.
     for _ in _wait_and_stop(process, log, queue):  # waits until it answers; stops it afterwards
         yield queue, log
@@ -41,8 +49,12 @@ def test_a_job_killed_every_time_stops_after_the_capped_attempts(job_worker):
     queue, log = job_worker
     job = job_create(kind="test.die", actor=None, queue=queue)
     for attempt in range(1, job.max_attempts + 1):
-        wait_for(lambda a=attempt: Job.objects.filter(pk=job.pk, status="running", attempts=a).exists(), 60,
-                 f"attempt {attempt} to start", log)
+        wait_for(
+            lambda a=attempt: Job.objects.filter(pk=job.pk, status="running", attempts=a).exists(),
+            60,
+            f"attempt {attempt} to start",
+            log,
+        )
         time.sleep(2.5)  # the lease (2 s) runs out: nobody renews it
         jobs_reap()
     job.refresh_from_db()

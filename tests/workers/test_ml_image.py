@@ -21,8 +21,9 @@ def test_ml_image_installs_the_pinned_ml_requirements_and_no_console():
 
 
 def test_requirements_pin_every_package_and_the_dependency_split():
-    pins = [line for line in (ROOT / "requirements-ml.txt").read_text().splitlines()
-            if line and not line.startswith("#")]
+    pins = [
+        line for line in (ROOT / "requirements-ml.txt").read_text().splitlines() if line and not line.startswith("#")
+    ]
     assert all("==" in pin for pin in pins), pins
     names = {pin.split("==")[0] for pin in pins}
     assert {"torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers"} <= names
@@ -33,6 +34,13 @@ def test_requirements_pin_every_package_and_the_dependency_split():
 
 def test_launcher_shim_hands_its_arguments_to_serve():
     need(ml_python() is not None, "the ML environment (make ml-env)")
-    out = subprocess.run([str(ROOT / "deploy" / "ml" / "text-generation-launcher"), "--env"], env=ml_env(
-        {"ML_PYTHON": ml_python()}), cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [str(ROOT / "deploy" / "ml" / "text-generation-launcher"), "--env"],
+        env=ml_env({"ML_PYTHON": ml_python()}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert json.loads(out.stdout)["python"].startswith("3.")

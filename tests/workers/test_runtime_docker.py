@@ -35,8 +35,12 @@ LAUNCHER = "/usr/local/bin/text-generation-launcher"
 SUITE = {"llmdeploy.test-suite": "runtime-docker"}
 LABELS = {LABEL_MANAGED: "true", LABEL_DEPLOYMENT: f"test-{os.getpid()}", **SUITE}
 CANARY = "hf_canary_" + "7f3c9a1e5b2d4c6f8a0e"  # must appear nowhere in `docker inspect`
-SERVE_LIMITS = {"max_concurrent_requests": 3, "max_input_tokens": 200, "max_total_tokens": 256,
-                "max_batch_prefill_tokens": 256}
+SERVE_LIMITS = {
+    "max_concurrent_requests": 3,
+    "max_input_tokens": 200,
+    "max_total_tokens": 256,
+    "max_batch_prefill_tokens": 256,
+}
 
 
 def _docker_client() -> docker.DockerClient | None:
@@ -66,8 +70,9 @@ def host_mounts() -> list[str]:
     /usr/local, where the image keeps its launcher), the Python the ML venv was made from, the venv, and
     the project's workers package."""
     mounts = [f"/usr/{entry}:/usr/{entry}" for entry in sorted(os.listdir("/usr")) if entry != "local"]
-    mounts += [f"{top}:{top}" for top in ("/bin", "/sbin", "/lib", "/lib64")
-               if os.path.isdir(top) and not os.path.islink(top)]  # symlinks are copied into the image
+    mounts += [
+        f"{top}:{top}" for top in ("/bin", "/sbin", "/lib", "/lib64") if os.path.isdir(top) and not os.path.islink(top)
+    ]  # symlinks are copied into the image
     python = Path(ml_python())
     interpreter = Path(os.path.realpath(python))
     prefix = interpreter.parents[1]  # e.g. /root/.pyenv/versions/3.11.7
@@ -125,11 +130,22 @@ def image(client) -> str:
     with the host's files mounted in at run time."""
     need(ml_python() is not None, "the ML environment (make ml-env) to run serve.py in the container")
     repository, tag = IMAGE.split(":")
-    client.api.import_image_from_data(_rootfs_tar(), repository=repository, tag=tag, changes=[
-        f'ENTRYPOINT ["{LAUNCHER}"]', f"ENV ML_PYTHON={ml_python()}", f"ENV PYTHONPATH={ROOT}",
-        "ENV PATH=/usr/local/bin:/usr/bin:/bin", "ENV PYTHONUNBUFFERED=1", "ENV PYTHONDONTWRITEBYTECODE=1",
-        "ENV HF_HOME=/data", "ENV PORT=80", "USER 1000",  # SIGTERM, the stop signal, is the default
-    ])
+    client.api.import_image_from_data(
+        _rootfs_tar(),
+        repository=repository,
+        tag=tag,
+        changes=[
+            f'ENTRYPOINT ["{LAUNCHER}"]',
+            f"ENV ML_PYTHON={ml_python()}",
+            f"ENV PYTHONPATH={ROOT}",
+            "ENV PATH=/usr/local/bin:/usr/bin:/bin",
+            "ENV PYTHONUNBUFFERED=1",
+            "ENV PYTHONDONTWRITEBYTECODE=1",
+            "ENV HF_HOME=/data",
+            "ENV PORT=80",
+            "USER 1000",  # SIGTERM, the stop signal, is the default
+        ],
+    )
     yield IMAGE
     with contextlib.suppress(docker.errors.APIError):  # each run imports anew; keep no dangling copies
         client.api.remove_image(IMAGE)
@@ -154,23 +170,43 @@ def store(tmp_path_factory) -> Path:
 
 def serve_spec() -> SimpleNamespace:
     """The fields of a DeploymentSpec that workers.tgi reads."""
-    return SimpleNamespace(quantize="", dtype="", kv_cache_dtype="", cuda_memory_fraction=1.0, lora_adapters=[],
-                           device="cpu", extra_env={"OMP_NUM_THREADS": "2", "NOT_ALLOWED": "x"}, **SERVE_LIMITS)
+    return SimpleNamespace(
+        quantize="",
+        dtype="",
+        kv_cache_dtype="",
+        cuda_memory_fraction=1.0,
+        lora_adapters=[],
+        device="cpu",
+        extra_env={"OMP_NUM_THREADS": "2", "NOT_ALLOWED": "x"},
+        **SERVE_LIMITS,
+    )
 
 
 def plan(name: str, store: Path) -> tgi.LaunchPlan:
-    return tgi.LaunchPlan(model_path=tgi.model_path_in_container(str(store / "tiny"), str(store)),
-                          port=tgi.CONTAINER_PORT, hostname="0.0.0.0",  # noqa: S104
-                          num_shard=1, instance=name, native=False)  # inside the container, as production
+    return tgi.LaunchPlan(
+        model_path=tgi.model_path_in_container(str(store / "tiny"), str(store)),
+        port=tgi.CONTAINER_PORT,
+        hostname="0.0.0.0",  # noqa: S104
+        num_shard=1,
+        instance=name,
+        native=False,
+    )  # inside the container, as production
 
 
 def run_spec(suffix: str, store: Path, **overrides) -> RunSpec:
     name = f"llmdeploy-test-{os.getpid()}-{suffix}"
     spec = serve_spec()
-    fields = {"name": name, "labels": dict(LABELS), "args": tgi.launcher_args(spec, plan(name, store)),
-              "env": tgi.launch_env(spec, gpu_indexes=[], native=False), "model_dir": str(store / "tiny"),
-              "model_store": str(store), "image": IMAGE, "secret_files": {tgi.TOKEN_FILE_ENV: CANARY},
-              "stop_grace": 20}
+    fields = {
+        "name": name,
+        "labels": dict(LABELS),
+        "args": tgi.launcher_args(spec, plan(name, store)),
+        "env": tgi.launch_env(spec, gpu_indexes=[], native=False),
+        "model_dir": str(store / "tiny"),
+        "model_store": str(store),
+        "image": IMAGE,
+        "secret_files": {tgi.TOKEN_FILE_ENV: CANARY},
+        "stop_grace": 20,
+    }
     return RunSpec(**{**fields, **overrides})
 
 
@@ -210,16 +246,19 @@ def test_gpu_indexes_become_exactly_those_device_requests(tmp_path):
     api = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")  # builds configs offline
     _, host = container_kwargs(run_spec("gpu", tmp_path, gpu_indexes=[0, 1], memory_limit="8g"))
     config = api.create_host_config(**host)
-    assert config["DeviceRequests"] == [{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"],
-                                         "Capabilities": [["gpu"]], "Options": {}}]
+    assert config["DeviceRequests"] == [
+        {"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]], "Options": {}}
+    ]
     assert config["Memory"] == config["MemorySwap"] == 8 * 1024**3
     _, host = container_kwargs(run_spec("cpu", tmp_path, gpu_indexes=[]))
     assert "DeviceRequests" not in api.create_host_config(**host)
 
 
 def test_test_mounts_are_refused_outside_the_test_suite(tmp_path):
-    with override_settings(CONSOLE_TESTING=False, DOCKER_TEST_EXTRA_MOUNTS=["/usr:/usr"]), \
-            pytest.raises(RuntimeFailure, match="DOCKER_TEST_EXTRA_MOUNTS") as failure:
+    with (
+        override_settings(CONSOLE_TESTING=False, DOCKER_TEST_EXTRA_MOUNTS=["/usr:/usr"]),
+        pytest.raises(RuntimeFailure, match="DOCKER_TEST_EXTRA_MOUNTS") as failure,
+    ):
         DockerRuntime(client=object()).start(run_spec("refused", tmp_path))  # refused before any docker call
     assert failure.value.cause == "config"
 
@@ -227,8 +266,13 @@ def test_test_mounts_are_refused_outside_the_test_suite(tmp_path):
 def test_an_unreachable_daemon_is_a_runtime_failure_not_a_missing_server(tmp_path):
     runtime = DockerRuntime(client=docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41"))
     handle = SimpleNamespace(ref="0" * 64, name="llmdeploy-test-gone")
-    for call in (lambda: runtime.status(handle), lambda: runtime.logs(handle, 0), lambda: runtime.find(LABELS),
-                 lambda: runtime.stop(handle, 1), lambda: runtime.start(run_spec("down", tmp_path))):
+    for call in (
+        lambda: runtime.status(handle),
+        lambda: runtime.logs(handle, 0),
+        lambda: runtime.find(LABELS),
+        lambda: runtime.stop(handle, 1),
+        lambda: runtime.start(run_spec("down", tmp_path)),
+    ):
         with pytest.raises(RuntimeFailure) as failure:
             call()
         assert failure.value.cause == "docker_unavailable"
@@ -321,8 +365,9 @@ def test_logs_stream_startup_lines_without_duplicates(server, runtime):
 def test_find_returns_the_server_by_its_labels(server, runtime):
     _, handle = server
     found = runtime.find({LABEL_MANAGED: "true", LABEL_DEPLOYMENT: LABELS[LABEL_DEPLOYMENT]})
-    assert [(h.ref, h.name, h.port, h.endpoint) for h in found] == [(handle.ref, handle.name, handle.port,
-                                                                     handle.endpoint)]
+    assert [(h.ref, h.name, h.port, h.endpoint) for h in found] == [
+        (handle.ref, handle.name, handle.port, handle.endpoint)
+    ]
     assert runtime.find({LABEL_DEPLOYMENT: "no-such-deployment"}) == []
 
 
@@ -356,12 +401,18 @@ def test_killed_behind_its_back_then_removed(client, image, store, testing_setti
 def test_logs_of_a_chatty_container_are_complete_and_in_order(client, image, runtime, testing_settings):
     """Thousands of stdout and stderr lines read while they are written: each exactly once, each stream in
     order, after the first read only the last few seconds are asked of docker."""
-    script = ('i=0; while [ $i -lt 3000 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); '
-              'if [ $((i % 150)) -eq 0 ]; then sleep 0.1; fi; done')
+    script = (
+        'i=0; while [ $i -lt 3000 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); '
+        "if [ $((i % 150)) -eq 0 ]; then sleep 0.1; fi; done"
+    )
     mounts = [docker_runtime._read_only(*entry.split(":")) for entry in host_mounts()]
-    container = client.api.create_container(IMAGE, entrypoint=["/bin/sh", "-c", script], labels=SUITE,
-                                            name=f"llmdeploy-test-{os.getpid()}-chatty",
-                                            host_config=client.api.create_host_config(mounts=mounts))
+    container = client.api.create_container(
+        IMAGE,
+        entrypoint=["/bin/sh", "-c", script],
+        labels=SUITE,
+        name=f"llmdeploy-test-{os.getpid()}-chatty",
+        host_config=client.api.create_host_config(mounts=mounts),
+    )
     handle = SimpleNamespace(ref=container["Id"], name="chatty")
     asked: list[int | None] = []
     read = runtime._lines

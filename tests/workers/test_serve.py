@@ -37,9 +37,15 @@ def server(tiny_model):
 
 
 def test_startup_prints_tgi_lines_and_listens_only_when_ready(server):
-    order = ["Starting check and download process for", "Files are already present on the host",
-             "Starting shard rank=0", "Shard ready in", "Warming up model", "Setting max batch total tokens to",
-             "Connected"]
+    order = [
+        "Starting check and download process for",
+        "Files are already present on the host",
+        "Starting shard rank=0",
+        "Shard ready in",
+        "Warming up model",
+        "Setting max batch total tokens to",
+        "Connected",
+    ]
     positions = [next(i for i, line in enumerate(server.lines) if marker in line) for marker in order]
     assert positions == sorted(positions)
     assert server.refused_before_ready, "the port must be closed while the model loads (as TGI)"
@@ -86,8 +92,9 @@ def test_same_seed_same_text_other_seed_other_text(server):
     client = Client(server.url, timeout=60)
 
     def sample(seed: int) -> str:
-        return client.generate("deploy the model", do_sample=True, temperature=1.5, seed=seed,
-                               max_new_tokens=16).generated_text
+        return client.generate(
+            "deploy the model", do_sample=True, temperature=1.5, seed=seed, max_new_tokens=16
+        ).generated_text
 
     first, again = sample(42), sample(42)
     assert first == again
@@ -99,8 +106,12 @@ def test_sampling_parameters_are_honoured(server):
     client = Client(server.url, timeout=60)
     # top_k=1 is greedy whatever the temperature
     greedy = client.generate("audit the console", max_new_tokens=8).generated_text
-    assert client.generate("audit the console", do_sample=True, top_k=1, temperature=3.0, seed=7,
-                           max_new_tokens=8).generated_text == greedy
+    assert (
+        client.generate(
+            "audit the console", do_sample=True, top_k=1, temperature=3.0, seed=7, max_new_tokens=8
+        ).generated_text
+        == greedy
+    )
     # a stop sequence taken from the greedy text ends generation there
     full = client.generate("audit the console", max_new_tokens=20)
     stop = full.details.tokens[3].text
@@ -115,8 +126,10 @@ def test_sampling_parameters_are_honoured(server):
 
 
 def test_top_n_tokens_and_prefill_details(server):
-    body = {"inputs": "hello world", "parameters": {"max_new_tokens": 3, "details": True, "top_n_tokens": 3,
-                                                    "decoder_input_details": True}}
+    body = {
+        "inputs": "hello world",
+        "parameters": {"max_new_tokens": 3, "details": True, "top_n_tokens": 3, "decoder_input_details": True},
+    }
     details = requests.post(f"{server.url}/generate", json=body, timeout=30).json()["details"]
     assert len(details["top_tokens"]) == 3 and all(len(top) == 3 for top in details["top_tokens"])
     assert details["tokens"][0]["id"] == details["top_tokens"][0][0]["id"]  # greedy picks the top token
@@ -196,7 +209,8 @@ def test_concurrent_streams_stay_separate_and_are_batched(server):
             return prompt, [event async for event in client.generate_stream(prompt, max_new_tokens=n)]
 
         return await asyncio.gather(*(stream(p, n) for p, n in prompts[:3])), await asyncio.gather(
-            *(stream(p, n) for p, n in prompts[3:]))
+            *(stream(p, n) for p, n in prompts[3:])
+        )
 
     first, second = run_async(run())
     for prompt, events in [*first, *second]:
@@ -215,12 +229,18 @@ def _counter(server, name: str) -> float:
 
 
 def _sse(response: requests.Response) -> list[str]:
-    return [line[len("data:"):] for line in response.iter_lines(decode_unicode=True) if line.startswith("data:")]
+    return [line[len("data:") :] for line in response.iter_lines(decode_unicode=True) if line.startswith("data:")]
 
 
 def test_openai_chat_streaming_over_http(server):
-    body = {"model": "tgi", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": True,
-            "temperature": 0, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "tgi",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 8,
+        "stream": True,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+    }
     with requests.post(f"{server.url}/v1/chat/completions", json=body, stream=True, timeout=60) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         data = _sse(response)
@@ -239,24 +259,33 @@ def test_openai_chat_streaming_over_http(server):
 
 
 def test_openai_completions_and_tokenize_and_models(server):
-    answer = requests.post(f"{server.url}/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 3,
-                                                                 "temperature": 0}, timeout=30).json()
+    answer = requests.post(
+        f"{server.url}/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 3, "temperature": 0}, timeout=30
+    ).json()
     assert [choice["index"] for choice in answer["choices"]] == [0, 1]
     tokens = requests.post(f"{server.url}/tokenize", json={"inputs": "hello model"}, timeout=10).json()
     assert tokens[0]["text"] == "" and "".join(t["text"] for t in tokens) == "hello model"
     models = requests.get(f"{server.url}/v1/models", timeout=10).json()
     assert models["data"][0]["id"].endswith("tiny")
-    template = requests.post(f"{server.url}/chat_tokenize", json={"messages": [{"role": "user", "content": "hi"}]},
-                             timeout=10).json()
+    template = requests.post(
+        f"{server.url}/chat_tokenize", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10
+    ).json()
     assert "<|user|>" in template["templated_text"] and template["templated_text"].endswith("<|assistant|>\n")
 
 
 def test_metrics_use_tgi_names(server):
     Client(server.url, timeout=30).generate("metrics please", max_new_tokens=2)
     text = requests.get(f"{server.url}/metrics", timeout=10).text
-    for name in ("tgi_request_count ", "tgi_request_success ", "tgi_request_duration_bucket{le=",
-                 "tgi_request_generated_tokens_count ", "tgi_request_input_length_sum ", "tgi_queue_size ",
-                 "tgi_batch_current_size ", 'tgi_batch_inference_duration_count{method="prefill"}'):
+    for name in (
+        "tgi_request_count ",
+        "tgi_request_success ",
+        "tgi_request_duration_bucket{le=",
+        "tgi_request_generated_tokens_count ",
+        "tgi_request_input_length_sum ",
+        "tgi_queue_size ",
+        "tgi_batch_current_size ",
+        'tgi_batch_inference_duration_count{method="prefill"}',
+    ):
         assert name in text, name
     assert "_total" not in text
 
@@ -287,8 +316,12 @@ def test_api_key_and_payload_limit(tiny_model):
         assert denied.status_code == 401 and denied.content == b""
         allowed = Client(process.url, headers={"Authorization": "Bearer s3cret"}, timeout=30)
         assert allowed.generate("x", max_new_tokens=1).details.generated_tokens == 1
-        big = requests.post(f"{process.url}/generate", json={"inputs": "x" * 5000},
-                            headers={"Authorization": "Bearer s3cret"}, timeout=10)
+        big = requests.post(
+            f"{process.url}/generate",
+            json={"inputs": "x" * 5000},
+            headers={"Authorization": "Bearer s3cret"},
+            timeout=10,
+        )
         assert big.status_code == 413
         assert "s3cret" not in process.output  # the key is not logged
         assert requests.get(f"{process.url}/health", timeout=5).status_code == 200  # health needs no key
@@ -337,7 +370,10 @@ def test_job_programs_import_nothing_from_django():
     forbidden = {"django", "console", "deployments", "audit", "rest_framework", "celery", "channels"}
     for path in (ROOT / "workers" / "jobs").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"

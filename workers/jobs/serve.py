@@ -28,9 +28,21 @@ from pathlib import Path
 from workers.jobs.tgi_flags import FLAGS, SHORT
 
 # Flags serve.py accepts for compatibility but does not act on (TGI-only machinery).
-IGNORED = ("speculate", "kv_cache_dtype", "cuda_graphs", "rope_scaling", "rope_factor", "watermark_gamma",
-           "watermark_delta", "ngrok", "otlp_endpoint", "lora_adapters", "weights_cache_override",
-           "enable_prefill_logprobs", "max_batch_total_tokens")
+IGNORED = (
+    "speculate",
+    "kv_cache_dtype",
+    "cuda_graphs",
+    "rope_scaling",
+    "rope_factor",
+    "watermark_gamma",
+    "watermark_delta",
+    "ngrok",
+    "otlp_endpoint",
+    "lora_adapters",
+    "weights_cache_override",
+    "enable_prefill_logprobs",
+    "max_batch_total_tokens",
+)
 DTYPES = ("float16", "bfloat16", "float32")  # float32 is serve.py's own addition, for CPUs
 GIB = 1024**3
 
@@ -52,8 +64,18 @@ _JSON = False
 def log(level: str, message: str, *, target: str = "text_generation_launcher", span: str = "", **fields) -> None:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if _JSON:
-        print(json.dumps({"timestamp": now, "level": level, "fields": {"message": message, **fields},
-                          "target": target, **({"span": {"name": span}} if span else {})}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "timestamp": now,
+                    "level": level,
+                    "fields": {"message": message, **fields},
+                    "target": target,
+                    **({"span": {"name": span}} if span else {}),
+                }
+            ),
+            flush=True,
+        )
         return
     extra = "".join(f" {key}={value}" for key, value in fields.items())
     prefix = f"{span}: " if span else ""
@@ -71,16 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         env = os.environ.get(flag.env) if flag.env else None
         names = [flag.name] + [short for short, long in SHORT.items() if long == flag.name]
         if flag.kind == "bool":
-            parser.add_argument(*names, dest=flag.dest, action="store_true",
-                                default=_env_bool(env if env is not None else flag.default))
+            parser.add_argument(
+                *names, dest=flag.dest, action="store_true", default=_env_bool(env if env is not None else flag.default)
+            )
         elif flag.kind == "repeat":
-            parser.add_argument(*names, dest=flag.dest, action="append",
-                                default=[env] if env else None)
+            parser.add_argument(*names, dest=flag.dest, action="append", default=[env] if env else None)
         else:
-            parser.add_argument(*names, dest=flag.dest, default=env if env is not None else flag.default,
-                                choices=flag.choices or None)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=os.environ.get("SERVE_DEVICE"),
-                        help="serve.py only: where the model runs (default: cuda when available, else cpu)")
+            parser.add_argument(
+                *names, dest=flag.dest, default=env if env is not None else flag.default, choices=flag.choices or None
+            )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=os.environ.get("SERVE_DEVICE"),
+        help="serve.py only: where the model runs (default: cuda when available, else cpu)",
+    )
     return parser
 
 
@@ -89,7 +116,7 @@ def _int(value: str | None) -> int | None:
 
 
 def _args_dump(args: argparse.Namespace) -> str:
-    shown = {k: ("\"<redacted>\"" if k == "api_key" and v else json.dumps(v)) for k, v in vars(args).items()}
+    shown = {k: ('"<redacted>"' if k == "api_key" and v else json.dumps(v)) for k, v in vars(args).items()}
     return "Args {\n" + "".join(f"    {k}: {v},\n" for k, v in shown.items()) + "}"
 
 
@@ -117,18 +144,27 @@ def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None
                 "DownloadError",
                 f"Download encountered an error: {type(exc).__name__}: {exc}",
                 f"serve.py loads local files only: {model_id} is neither a directory nor in the Hub cache "
-                "(download the model into the model store first).", span="download") from exc
+                "(download the model into the model store first).",
+                span="download",
+            ) from exc
     if not (path / "config.json").is_file():
-        raise StartupError("DownloadError", f"Download encountered an error: {path} is not a model directory: "
-                           "config.json is missing", span="download")
+        raise StartupError(
+            "DownloadError",
+            f"Download encountered an error: {path} is not a model directory: config.json is missing",
+            span="download",
+        )
     try:
         json.loads((path / "config.json").read_text())
     except ValueError as exc:
-        raise StartupError("DownloadError", f"Download encountered an error: {path}/config.json is not valid JSON: "
-                           f"{exc}", span="download") from exc
+        raise StartupError(
+            "DownloadError",
+            f"Download encountered an error: {path}/config.json is not valid JSON: {exc}",
+            span="download",
+        ) from exc
     if not list(path.glob("*.safetensors")):
-        raise StartupError("DownloadError", f"No local weights found in {path} with extension .safetensors",
-                           span="download")
+        raise StartupError(
+            "DownloadError", f"No local weights found in {path} with extension .safetensors", span="download"
+        )
     log("INFO", "Files are already present on the host. Skipping download.", span="download")
     log("INFO", f"Successfully downloaded weights for {model_id}", span="download")
     return path
@@ -170,19 +206,27 @@ def available_memory(device: str, fraction: float) -> int:
 # -- startup -------------------------------------------------------------------------------------------------------
 def _check_arguments(args: argparse.Namespace) -> None:
     if args.max_input_tokens and args.max_input_length:
-        raise StartupError("ArgumentValidation", detail="`max_input_tokens` and `max_input_length` are the same "
-                           "setting: set only one")
+        raise StartupError(
+            "ArgumentValidation", detail="`max_input_tokens` and `max_input_length` are the same setting: set only one"
+        )
     args.max_input_tokens = _int(args.max_input_tokens) or _int(args.max_input_length)
     args.max_total_tokens = _int(args.max_total_tokens)
     if args.max_input_tokens and args.max_total_tokens and args.max_input_tokens >= args.max_total_tokens:
-        raise StartupError("ArgumentValidation", detail=f"`max_input_tokens`({args.max_input_tokens}) must be < "
-                           f"`max_total_tokens`({args.max_total_tokens})")
+        raise StartupError(
+            "ArgumentValidation",
+            detail=f"`max_input_tokens`({args.max_input_tokens}) must be < `max_total_tokens`({args.max_total_tokens})",
+        )
     if (_int(args.num_shard) or 1) > 1 or args.sharded == "true":
-        raise StartupError("ArgumentValidation", detail="serve.py runs a single shard: pass --num-shard 1 "
-                           "(use TGI on a GPU host for tensor parallelism)")
+        raise StartupError(
+            "ArgumentValidation",
+            detail="serve.py runs a single shard: pass --num-shard 1 (use TGI on a GPU host for tensor parallelism)",
+        )
     if args.quantize:
-        raise StartupError("ArgumentValidation", detail=f"serve.py cannot apply --quantize {args.quantize}: "
-                           "run TGI on a GPU host for quantized serving, or serve the unquantized checkpoint")
+        raise StartupError(
+            "ArgumentValidation",
+            detail=f"serve.py cannot apply --quantize {args.quantize}: "
+            "run TGI on a GPU host for quantized serving, or serve the unquantized checkpoint",
+        )
     if args.dtype and args.dtype not in DTYPES:
         raise StartupError("ArgumentValidation", detail=f"--dtype must be one of {', '.join(DTYPES)}")
     for name in IGNORED:
@@ -195,8 +239,11 @@ def _pick_device(requested: str | None) -> str:
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
-        raise StartupError("ShardCannotStart", "Found no NVIDIA driver on your system (--device cuda requested, "
-                           "torch.cuda.is_available() is false)", span="shard-manager")
+        raise StartupError(
+            "ShardCannotStart",
+            "Found no NVIDIA driver on your system (--device cuda requested, torch.cuda.is_available() is false)",
+            span="shard-manager",
+        )
     return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -210,9 +257,11 @@ def load(args: argparse.Namespace, model_dir: Path, device: str):
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=args.trust_remote_code)
     config_dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace(
-        "torch.", "")
-    dtype = args.dtype or ("float32" if device == "cpu" else
-                           config_dtype if config_dtype in ("float16", "bfloat16") else "bfloat16")
+        "torch.", ""
+    )
+    dtype = args.dtype or (
+        "float32" if device == "cpu" else config_dtype if config_dtype in ("float16", "bfloat16") else "bfloat16"
+    )
     params = parameter_count(model_dir)
     need = params * {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
     fraction = float(args.cuda_memory_fraction)
@@ -223,9 +272,10 @@ def load(args: argparse.Namespace, model_dir: Path, device: str):
             f"Not enough memory to load the model: {params / 1e6:.1f}M parameters need {need / GIB:.2f} GiB in {dtype} "
             f"and {have / GIB:.2f} GiB is available on {device} (memory fraction {fraction:g}). Use a smaller dtype, "
             "a quantized checkpoint, or a host with more memory.",
-            "Shard 0 failed to start", span="shard-manager")
-    log("INFO", f"Loading {params / 1e6:.1f}M parameters from {model_dir} on {device} in {dtype}",
-        span="shard-manager")
+            "Shard 0 failed to start",
+            span="shard-manager",
+        )
+    log("INFO", f"Loading {params / 1e6:.1f}M parameters from {model_dir} on {device} in {dtype}", span="shard-manager")
     if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
         # Leave one core to the HTTP side and tokenization: a busy core stalls every parallel matmul of the
         # step (the other threads wait for it), which costs more than the thread gives.
@@ -235,17 +285,28 @@ def load(args: argparse.Namespace, model_dir: Path, device: str):
     if device == "cuda" and fraction < 1.0:
         torch.cuda.set_per_process_memory_fraction(fraction)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
-                                                     trust_remote_code=args.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype), trust_remote_code=args.trust_remote_code
+        )
         model = model.to(device).eval()
         tokenizer_dir = Path(args.tokenizer_config_path).parent if args.tokenizer_config_path else model_dir
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=args.trust_remote_code)
     except torch.OutOfMemoryError as exc:
-        raise StartupError("ShardCannotStart", "Shard complete standard error output:",
-                           f"torch.OutOfMemoryError: {exc}", "Shard 0 failed to start", span="shard-manager") from exc
+        raise StartupError(
+            "ShardCannotStart",
+            "Shard complete standard error output:",
+            f"torch.OutOfMemoryError: {exc}",
+            "Shard 0 failed to start",
+            span="shard-manager",
+        ) from exc
     except (ValueError, KeyError, OSError) as exc:
-        raise StartupError("ShardCannotStart", "Error when initializing model", f"{type(exc).__name__}: {exc}",
-                           "Shard 0 failed to start", span="shard-manager") from exc
+        raise StartupError(
+            "ShardCannotStart",
+            "Error when initializing model",
+            f"{type(exc).__name__}: {exc}",
+            "Shard 0 failed to start",
+            span="shard-manager",
+        ) from exc
     return model, tokenizer, dtype, config
 
 
@@ -265,10 +326,16 @@ def warm_up(model, tokenizer, device: str, prefill_tokens: int) -> None:
         with torch.no_grad():
             model(input_ids=tokens, use_cache=False, logits_to_keep=1)
     except torch.OutOfMemoryError as exc:
-        message = (f"Not enough memory to handle {prefill_tokens} prefill tokens. You need to decrease "
-                   "`--max-batch-prefill-tokens`")
-        raise StartupError("WebserverFailed", f"Server error: {message}",
-                           f"Error: Backend(Warmup(Generation(\"{message}\")))", "Webserver Crashed") from exc
+        message = (
+            f"Not enough memory to handle {prefill_tokens} prefill tokens. You need to decrease "
+            "`--max-batch-prefill-tokens`"
+        )
+        raise StartupError(
+            "WebserverFailed",
+            f"Server error: {message}",
+            f'Error: Backend(Warmup(Generation("{message}")))',
+            "Webserver Crashed",
+        ) from exc
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -279,9 +346,13 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError("WebserverFailed", f"Failed to bind to {host}:{port}: Address already in use"
-                           if exc.errno == 98 else f"Failed to bind to {host}:{port}: {exc}",
-                           "Webserver Crashed") from exc
+        raise StartupError(
+            "WebserverFailed",
+            f"Failed to bind to {host}:{port}: Address already in use"
+            if exc.errno == 98
+            else f"Failed to bind to {host}:{port}: {exc}",
+            "Webserver Crashed",
+        ) from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -318,8 +389,10 @@ def serve(args: argparse.Namespace) -> int:
     log("INFO", f"Shard ready in {time.monotonic() - started:.1f}s rank=0", span="shard-manager")
 
     log("INFO", "Starting Webserver")
-    limit = min(getattr(config, "max_position_embeddings", 4096) or 4096,
-                tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else 10**9)
+    limit = min(
+        getattr(config, "max_position_embeddings", 4096) or 4096,
+        tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else 10**9,
+    )
     prefill = _int(args.max_batch_prefill_tokens) or min(4096, limit)
     warm_up(model, tokenizer, device, min(prefill, args.max_input_tokens or prefill))
     per_token = kv_bytes_per_token(config, dtype)
@@ -329,8 +402,9 @@ def serve(args: argparse.Namespace) -> int:
     log("INFO", f"Setting max batch total tokens to {capacity}", target="text_generation_router_v3")
     if args.max_total_tokens and args.max_total_tokens > capacity:
         message = f"Not enough memory to handle `max_total_tokens={args.max_total_tokens}`"
-        raise StartupError("WebserverFailed", message, f"Error: Backend(NotEnoughMemory({args.max_total_tokens}))",
-                           "Webserver Crashed")
+        raise StartupError(
+            "WebserverFailed", message, f"Error: Backend(NotEnoughMemory({args.max_total_tokens}))", "Webserver Crashed"
+        )
     log("INFO", "Using backend V3", target="text_generation_router_v3")
     if not args.max_total_tokens:
         args.max_total_tokens = min(capacity, limit)
@@ -341,11 +415,16 @@ def serve(args: argparse.Namespace) -> int:
 
     metrics = Metrics(max_input_tokens=args.max_input_tokens, max_total_tokens=args.max_total_tokens)
     limits = Limits(
-        max_concurrent_requests=int(args.max_concurrent_requests), max_best_of=int(args.max_best_of),
-        max_stop_sequences=int(args.max_stop_sequences), max_top_n_tokens=int(args.max_top_n_tokens),
-        max_input_tokens=args.max_input_tokens, max_total_tokens=args.max_total_tokens,
-        validation_workers=int(args.validation_workers), max_client_batch_size=int(args.max_client_batch_size),
-        payload_limit=int(args.payload_limit))
+        max_concurrent_requests=int(args.max_concurrent_requests),
+        max_best_of=int(args.max_best_of),
+        max_stop_sequences=int(args.max_stop_sequences),
+        max_top_n_tokens=int(args.max_top_n_tokens),
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        validation_workers=int(args.validation_workers),
+        max_client_batch_size=int(args.max_client_batch_size),
+        payload_limit=int(args.payload_limit),
+    )
     batch_size = _int(args.max_batch_size) or limits.max_concurrent_requests
     api: ServeApp | None = None
 
@@ -354,17 +433,31 @@ def serve(args: argparse.Namespace) -> int:
         if api is not None:
             api.healthy = False
 
-    engine = Engine(model, tokenizer, torch.device(device), max_batch_size=batch_size,
-                    max_batch_total_tokens=max(capacity, limits.max_total_tokens), on_error=unhealthy, metrics=metrics)
-    compute_type = (f"1-{torch.cuda.get_device_name().lower().replace(' ', '-')}" if device == "cuda" else "cpu")
-    api = ServeApp(engine, tokenizer, metrics, limits, model_id=args.model_id, api_key=args.api_key,
-                   compute_type=compute_type)
+    engine = Engine(
+        model,
+        tokenizer,
+        torch.device(device),
+        max_batch_size=batch_size,
+        max_batch_total_tokens=max(capacity, limits.max_total_tokens),
+        on_error=unhealthy,
+        metrics=metrics,
+    )
+    compute_type = f"1-{torch.cuda.get_device_name().lower().replace(' ', '-')}" if device == "cuda" else "cpu"
+    api = ServeApp(
+        engine, tokenizer, metrics, limits, model_id=args.model_id, api_key=args.api_key, compute_type=compute_type
+    )
     engine.start()
     sock = _bind(host, port)
     log("INFO", "Connected", target="text_generation_router::server")
     log("INFO", f"Serving on http://{host}:{port}", target="text_generation_router::server")
-    config = uvicorn.Config(api.app(), log_level="warning", access_log=False, lifespan="off", http="h11",
-                            timeout_graceful_shutdown=int(args.graceful_termination_timeout))
+    config = uvicorn.Config(
+        api.app(),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        timeout_graceful_shutdown=int(args.graceful_termination_timeout),
+    )
     server = _server_class()(config)
     server.run(sockets=[sock])
     log("INFO", "signal received, starting graceful shutdown", target="text_generation_router::server")
@@ -379,8 +472,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _JSON = args.json_output
     if args.env:
-        print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
-                          "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+        print(
+            json.dumps(
+                {
+                    "python": sys.version.split()[0],
+                    "executable": sys.executable,
+                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                }
+            )
+        )
         return 0
     try:
         return serve(args)

@@ -63,8 +63,17 @@ def _sse(payload: dict | str) -> bytes:
 
 
 class ServeApp:
-    def __init__(self, engine: Engine, tokenizer, metrics: Metrics, limits: Limits, *, model_id: str,
-                 api_key: str | None, compute_type: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer,
+        metrics: Metrics,
+        limits: Limits,
+        *,
+        model_id: str,
+        api_key: str | None,
+        compute_type: str,
+    ) -> None:
         self.engine, self.tokenizer, self.metrics, self.limits = engine, tokenizer, metrics, limits
         self.model_id, self.api_key, self.compute_type = model_id, api_key, compute_type
         self.in_flight = 0
@@ -115,8 +124,12 @@ class ServeApp:
         self.in_flight -= 1
 
     def _fail(self, exc: ApiError) -> None:
-        kind = {"validation": "validation", "overloaded": "overloaded", "generation": "generation",
-                "template_error": "template"}.get(exc.error_type, exc.error_type)
+        kind = {
+            "validation": "validation",
+            "overloaded": "overloaded",
+            "generation": "generation",
+            "template_error": "template",
+        }.get(exc.error_type, exc.error_type)
         if exc.error_type != "overloaded":  # counted in _acquire
             self.metrics.inc("tgi_request_failure", err=kind)
         if exc.error_type == "generation":
@@ -159,8 +172,10 @@ class ServeApp:
         truncate = raw.get("truncate")
         if truncate is not None:
             if not 0 < truncate <= self.limits.max_input_tokens:
-                raise _invalid(f"`truncate` must be strictly positive and less than {self.limits.max_input_tokens}. "
-                               f"Given: {truncate}")
+                raise _invalid(
+                    f"`truncate` must be strictly positive and less than {self.limits.max_input_tokens}. "
+                    f"Given: {truncate}"
+                )
             input_ids = input_ids[-truncate:]
         params = self._checked(raw, do_sample=do_sample, input_ids=input_ids)
         if best_of and best_of > 1:
@@ -171,8 +186,11 @@ class ServeApp:
         full_text = raw.get("return_full_text")
         if full_text is None:
             full_text = compat  # POST / prepends the prompt for a local model unless told not to
-        extra = {"details": bool(raw.get("details")) or params.decoder_input_details, "best_of": best_of or 1,
-                 "return_full_text": bool(full_text)}
+        extra = {
+            "details": bool(raw.get("details")) or params.decoder_input_details,
+            "best_of": best_of or 1,
+            "return_full_text": bool(full_text),
+        }
         return inputs, input_ids, params, extra
 
     def _checked(self, raw: dict, *, do_sample: bool, input_ids: list[int]) -> Params:
@@ -212,21 +230,34 @@ class ServeApp:
         if max_new is None:
             max_new = max(limits.max_total_tokens - n, 1)
         if n + max_new > limits.max_total_tokens:
-            raise _invalid(f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
-                           f"Given: {n} `inputs` tokens and {max_new} `max_new_tokens`")
+            raise _invalid(
+                f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
+                f"Given: {n} `inputs` tokens and {max_new} `max_new_tokens`"
+            )
         self.metrics.observe("tgi_request_input_length", n)
         self.metrics.observe("tgi_request_max_new_tokens", max_new)
-        return Params(max_new_tokens=max_new, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                      top_p=top_p, typical_p=typical_p, repetition_penalty=repetition,
-                      frequency_penalty=frequency, stop=list(stop), seed=seed, top_n_tokens=top_n,
-                      decoder_input_details=bool(raw.get("decoder_input_details")))
+        return Params(
+            max_new_tokens=max_new,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            typical_p=typical_p,
+            repetition_penalty=repetition,
+            frequency_penalty=frequency,
+            stop=list(stop),
+            seed=seed,
+            top_n_tokens=top_n,
+            decoder_input_details=bool(raw.get("decoder_input_details")),
+        )
 
     # -- running requests ------------------------------------------------------------------------------------
     def _events(self, input_ids: list[int], params: Params) -> tuple[asyncio.Queue, object]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        sequence = self.engine.submit(input_ids, params, lambda event: loop.call_soon_threadsafe(queue.put_nowait,
-                                                                                                  event))
+        sequence = self.engine.submit(
+            input_ids, params, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+        )
         return queue, sequence
 
     async def _run_to_end(self, input_ids: list[int], params: Params) -> dict:
@@ -248,13 +279,19 @@ class ServeApp:
         self.metrics.observe("tgi_request_inference_duration", end["inference_seconds"])
         self.metrics.observe("tgi_request_generated_tokens", end["generated_tokens"])
         if end["generated_tokens"]:
-            self.metrics.observe("tgi_request_mean_time_per_token_duration",
-                                 end["inference_seconds"] / end["generated_tokens"])
+            self.metrics.observe(
+                "tgi_request_mean_time_per_token_duration", end["inference_seconds"] / end["generated_tokens"]
+            )
 
     @staticmethod
     def _details(end: dict, *, prefill: bool) -> dict:
-        details = {"finish_reason": end["finish_reason"], "generated_tokens": end["generated_tokens"],
-                   "seed": end["seed"], "prefill": end["prefill"] if prefill else [], "tokens": end["tokens"]}
+        details = {
+            "finish_reason": end["finish_reason"],
+            "generated_tokens": end["generated_tokens"],
+            "seed": end["seed"],
+            "prefill": end["prefill"] if prefill else [],
+            "tokens": end["tokens"],
+        }
         if any(end["top_tokens_all"]):
             details["top_tokens"] = end["top_tokens_all"]
         return details
@@ -280,16 +317,24 @@ class ServeApp:
             response["details"] = self._details(best, prefill=params.decoder_input_details)
             if len(ends) > 1:
                 response["details"]["best_of_sequences"] = [
-                    {"generated_text": (inputs if extra["return_full_text"] else "") + end["generated_text"],
-                     **self._details(end, prefill=params.decoder_input_details)} for end in ends[1:]]
+                    {
+                        "generated_text": (inputs if extra["return_full_text"] else "") + end["generated_text"],
+                        **self._details(end, prefill=params.decoder_input_details),
+                    }
+                    for end in ends[1:]
+                ]
         total = time.monotonic() - started
         per_token = best["inference_seconds"] / max(best["generated_tokens"], 1)
         headers = {
-            "x-compute-type": self.compute_type, "x-compute-time": f"{total:.6f}",
-            "x-compute-characters": str(len(inputs)), "x-total-time": str(int(total * 1000)),
-            "x-validation-time": "0", "x-queue-time": str(int(best["queue_seconds"] * 1000)),
+            "x-compute-type": self.compute_type,
+            "x-compute-time": f"{total:.6f}",
+            "x-compute-characters": str(len(inputs)),
+            "x-total-time": str(int(total * 1000)),
+            "x-validation-time": "0",
+            "x-queue-time": str(int(best["queue_seconds"] * 1000)),
             "x-inference-time": str(int(best["inference_seconds"] * 1000)),
-            "x-time-per-token": str(int(per_token * 1000)), "x-prompt-tokens": str(len(input_ids)),
+            "x-time-per-token": str(int(per_token * 1000)),
+            "x-prompt-tokens": str(len(input_ids)),
             "x-generated-tokens": str(best["generated_tokens"]),
         }
         return response, headers
@@ -323,9 +368,12 @@ class ServeApp:
                     text = event["generated_text"]
                     message["generated_text"] = (inputs + text) if extra["return_full_text"] else text
                     if extra["details"]:
-                        message["details"] = {"finish_reason": event["finish_reason"],
-                                              "generated_tokens": event["generated_tokens"],
-                                              "seed": event["seed"], "input_length": event["input_length"]}
+                        message["details"] = {
+                            "finish_reason": event["finish_reason"],
+                            "generated_tokens": event["generated_tokens"],
+                            "seed": event["seed"],
+                            "input_length": event["input_length"],
+                        }
                     self._record_success(started, event)
                     yield _sse(message)
                     return
@@ -344,24 +392,33 @@ class ServeApp:
             body = await self._body(request)
             self._require(body, "inputs")
             if body.get("stream"):
-                return StreamingResponse(self._stream(body, compat=True), media_type="text/event-stream",
-                                         headers={**SSE_HEADERS, "x-compute-type": self.compute_type})
+                return StreamingResponse(
+                    self._stream(body, compat=True),
+                    media_type="text/event-stream",
+                    headers={**SSE_HEADERS, "x-compute-type": self.compute_type},
+                )
             response, headers = await self._generate_one(body, compat=True)
             return JSONResponse([response], headers=headers)
+
         return await self._guard(call)
 
     async def generate(self, request: Request) -> Response:
         async def call() -> Response:
             response, headers = await self._generate_one(await self._body(request), compat=False)
             return JSONResponse(response, headers=headers)
+
         return await self._guard(call)
 
     async def generate_stream(self, request: Request) -> Response:
         async def call() -> Response:
             body = await self._body(request)
             self._require(body, "inputs")
-            return StreamingResponse(self._stream(body, compat=False), media_type="text/event-stream",
-                                     headers={**SSE_HEADERS, "x-compute-type": self.compute_type})
+            return StreamingResponse(
+                self._stream(body, compat=False),
+                media_type="text/event-stream",
+                headers={**SSE_HEADERS, "x-compute-type": self.compute_type},
+            )
+
         return await self._guard(call)
 
     async def health(self, request: Request) -> Response:
@@ -376,14 +433,25 @@ class ServeApp:
 
     async def info(self, request: Request) -> Response:
         limits = self.limits
-        return JSONResponse({
-            "model_id": self.model_id, "model_sha": None, "model_pipeline_tag": None,
-            "max_concurrent_requests": limits.max_concurrent_requests, "max_best_of": limits.max_best_of,
-            "max_stop_sequences": limits.max_stop_sequences, "max_input_tokens": limits.max_input_tokens,
-            "max_total_tokens": limits.max_total_tokens, "validation_workers": limits.validation_workers,
-            "max_client_batch_size": limits.max_client_batch_size, "router": "text-generation-router",
-            "version": VERSION, "sha": None, "docker_label": None, "served_by": "workers.jobs.serve",
-        })
+        return JSONResponse(
+            {
+                "model_id": self.model_id,
+                "model_sha": None,
+                "model_pipeline_tag": None,
+                "max_concurrent_requests": limits.max_concurrent_requests,
+                "max_best_of": limits.max_best_of,
+                "max_stop_sequences": limits.max_stop_sequences,
+                "max_input_tokens": limits.max_input_tokens,
+                "max_total_tokens": limits.max_total_tokens,
+                "validation_workers": limits.validation_workers,
+                "max_client_batch_size": limits.max_client_batch_size,
+                "router": "text-generation-router",
+                "version": VERSION,
+                "sha": None,
+                "docker_label": None,
+                "served_by": "workers.jobs.serve",
+            }
+        )
 
     async def render_metrics(self, request: Request) -> Response:
         self.metrics.set("tgi_queue_size", self.engine.queue_size)
@@ -391,20 +459,27 @@ class ServeApp:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": self.model_id, "object": "model", "created": 0, "owned_by": self.model_id}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": self.model_id, "object": "model", "created": 0, "owned_by": self.model_id}],
+            }
+        )
 
     async def tokenize(self, request: Request) -> Response:
         async def call() -> Response:
             body = await self._body(request)
             self._require(body, "inputs")
             return JSONResponse(self._tokens(body["inputs"], add_special=True))
+
         return await self._guard(call)
 
     def _tokens(self, text: str, *, add_special: bool) -> list[dict]:
         encoded = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special)
-        return [{"id": token, "text": text[start:stop], "start": start, "stop": stop}
-                for token, (start, stop) in zip(encoded.input_ids, encoded.offset_mapping, strict=True)]
+        return [
+            {"id": token, "text": text[start:stop], "start": start, "stop": stop}
+            for token, (start, stop) in zip(encoded.input_ids, encoded.offset_mapping, strict=True)
+        ]
 
     # -- OpenAI-compatible routes -------------------------------------------------------------------------------
     def _template(self, body: dict) -> str:
@@ -428,22 +503,30 @@ class ServeApp:
         temperature = body.get("temperature")
         stop = body.get("stop") or []
         presence = body.get("presence_penalty")
-        raw = {"temperature": None if temperature == 0 else temperature, "top_p": body.get("top_p"),
-               "max_new_tokens": body.get("max_tokens", body.get("max_completion_tokens")),
-               "stop": [stop] if isinstance(stop, str) else list(stop), "seed": body.get("seed"),
-               "frequency_penalty": body.get("frequency_penalty"),
-               "top_n_tokens": (body.get("top_logprobs") or (1 if body.get("logprobs") else 0)) if chat else 0,
-               # TGI's chat route turns presence_penalty into repetition_penalty = p + 2.
-               "repetition_penalty": (None if presence is None else presence + 2.0) if chat
-               else body.get("repetition_penalty")}
+        raw = {
+            "temperature": None if temperature == 0 else temperature,
+            "top_p": body.get("top_p"),
+            "max_new_tokens": body.get("max_tokens", body.get("max_completion_tokens")),
+            "stop": [stop] if isinstance(stop, str) else list(stop),
+            "seed": body.get("seed"),
+            "frequency_penalty": body.get("frequency_penalty"),
+            "top_n_tokens": (body.get("top_logprobs") or (1 if body.get("logprobs") else 0)) if chat else 0,
+            # TGI's chat route turns presence_penalty into repetition_penalty = p + 2.
+            "repetition_penalty": (None if presence is None else presence + 2.0)
+            if chat
+            else body.get("repetition_penalty"),
+        }
         # TGI: temperature 0 means greedy; otherwise the OpenAI routes sample.
         return self._checked(raw, do_sample=not (temperature is not None and temperature == 0), input_ids=input_ids)
 
     def _chat_meta(self, body: dict) -> dict:
         model = body.get("model")
-        return {"id": "", "created": int(time.time()),
-                "model": model if model not in (None, "tgi") else self.model_id,
-                "system_fingerprint": f"{VERSION}-native"}
+        return {
+            "id": "",
+            "created": int(time.time()),
+            "model": model if model not in (None, "tgi") else self.model_id,
+            "system_fingerprint": f"{VERSION}-native",
+        }
 
     @staticmethod
     def _chat_finish(reason: str) -> str:
@@ -451,13 +534,21 @@ class ServeApp:
 
     @staticmethod
     def _logprobs(token: dict, top: list[dict] | None) -> dict:
-        return {"content": [{"token": token["text"], "logprob": token["logprob"], "top_logprobs": [
-            {"token": t["text"], "logprob": t["logprob"]} for t in (top or [])]}]}
+        return {
+            "content": [
+                {
+                    "token": token["text"],
+                    "logprob": token["logprob"],
+                    "top_logprobs": [{"token": t["text"], "logprob": t["logprob"]} for t in (top or [])],
+                }
+            ]
+        }
 
     async def chat_tokenize(self, request: Request) -> Response:
         async def call() -> Response:
             text = self._template(await self._body(request, auth=False))
             return JSONResponse({"tokenize_response": self._tokens(text, add_special=False), "templated_text": text})
+
         return await self._guard(call)
 
     async def chat_completions(self, request: Request) -> Response:
@@ -474,7 +565,9 @@ class ServeApp:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 return StreamingResponse(
                     self._chat_stream(input_ids, params, meta, started, include_usage, want_logprobs),
-                    media_type="text/event-stream", headers=SSE_HEADERS)
+                    media_type="text/event-stream",
+                    headers=SSE_HEADERS,
+                )
             self._acquire()
             try:
                 end = await self._run_to_end(input_ids, params)
@@ -483,19 +576,39 @@ class ServeApp:
             self._record_success(started, end)
             logprobs = None
             if want_logprobs:
-                logprobs = {"content": [self._logprobs(t, top)["content"][0] for t, top in
-                                        zip(end["tokens"], end["top_tokens_all"] or [None] * len(end["tokens"]),
-                                            strict=True)]}
-            return JSONResponse({
-                "object": "chat.completion", **meta,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": end["generated_text"]},
-                             "logprobs": logprobs, "finish_reason": self._chat_finish(end["finish_reason"])}],
-                "usage": {"prompt_tokens": len(input_ids), "completion_tokens": end["generated_tokens"],
-                          "total_tokens": len(input_ids) + end["generated_tokens"]}})
+                logprobs = {
+                    "content": [
+                        self._logprobs(t, top)["content"][0]
+                        for t, top in zip(
+                            end["tokens"], end["top_tokens_all"] or [None] * len(end["tokens"]), strict=True
+                        )
+                    ]
+                }
+            return JSONResponse(
+                {
+                    "object": "chat.completion",
+                    **meta,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": end["generated_text"]},
+                            "logprobs": logprobs,
+                            "finish_reason": self._chat_finish(end["finish_reason"]),
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": len(input_ids),
+                        "completion_tokens": end["generated_tokens"],
+                        "total_tokens": len(input_ids) + end["generated_tokens"],
+                    },
+                }
+            )
+
         return await self._guard(call)
 
-    async def _chat_stream(self, input_ids: list[int], params: Params, meta: dict, started: float,
-                           include_usage: bool, want_logprobs: bool) -> AsyncIterator[bytes]:
+    async def _chat_stream(
+        self, input_ids: list[int], params: Params, meta: dict, started: float, include_usage: bool, want_logprobs: bool
+    ) -> AsyncIterator[bytes]:
         try:
             self._acquire()
         except ApiError as exc:
@@ -511,16 +624,21 @@ class ServeApp:
                     return
                 token = event["token"]
                 finish = self._chat_finish(event["finish_reason"]) if event["type"] == "end" else None
-                choice = {"index": 0, "delta": {"role": "assistant", "content": "" if token["special"] else
-                                                token["text"]},
-                          "logprobs": self._logprobs(token, event["top_tokens"]) if want_logprobs else None,
-                          "finish_reason": finish}
+                choice = {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": "" if token["special"] else token["text"]},
+                    "logprobs": self._logprobs(token, event["top_tokens"]) if want_logprobs else None,
+                    "finish_reason": finish,
+                }
                 yield _sse({"object": "chat.completion.chunk", **meta, "choices": [choice], "usage": None})
                 if event["type"] == "end":
                     self._record_success(started, event)
                     if include_usage:
-                        usage = {"prompt_tokens": len(input_ids), "completion_tokens": event["generated_tokens"],
-                                 "total_tokens": len(input_ids) + event["generated_tokens"]}
+                        usage = {
+                            "prompt_tokens": len(input_ids),
+                            "completion_tokens": event["generated_tokens"],
+                            "total_tokens": len(input_ids) + event["generated_tokens"],
+                        }
                         yield _sse({"object": "chat.completion.chunk", **meta, "choices": [], "usage": usage})
                     yield _sse("[DONE]")
                     return
@@ -536,11 +654,13 @@ class ServeApp:
             prompts = body.get("prompt")
             prompts = [prompts] if isinstance(prompts, str) else prompts
             if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-                raise PlainError(422, "Failed to deserialize the JSON body into the target type: missing field "
-                                      "`prompt`")
+                raise PlainError(
+                    422, "Failed to deserialize the JSON body into the target type: missing field `prompt`"
+                )
             if len(prompts) > self.limits.max_client_batch_size:
-                raise _invalid(f"Number of prompts must be <= {self.limits.max_client_batch_size}. "
-                               f"Given: {len(prompts)}")
+                raise _invalid(
+                    f"Number of prompts must be <= {self.limits.max_client_batch_size}. Given: {len(prompts)}"
+                )
             started = time.monotonic()
             meta = self._chat_meta(body)
             jobs = []
@@ -549,8 +669,9 @@ class ServeApp:
                 ids = self.tokenizer(prompt).input_ids
                 jobs.append((ids, self._openai_params(body, ids, chat=False)))
             if body.get("stream"):
-                return StreamingResponse(self._completion_stream(jobs, meta, started), media_type="text/event-stream",
-                                         headers=SSE_HEADERS)
+                return StreamingResponse(
+                    self._completion_stream(jobs, meta, started), media_type="text/event-stream", headers=SSE_HEADERS
+                )
             self._acquire()
             try:
                 ends = await asyncio.gather(*(self._run_to_end(ids, params) for ids, params in jobs))
@@ -560,12 +681,27 @@ class ServeApp:
                 self._record_success(started, end)
             prompt_tokens = sum(len(ids) for ids, _ in jobs)
             completion_tokens = sum(end["generated_tokens"] for end in ends)
-            return JSONResponse({
-                "object": "text_completion", **meta,
-                "choices": [{"index": i, "text": end["generated_text"], "logprobs": None,
-                             "finish_reason": self._chat_finish(end["finish_reason"])} for i, end in enumerate(ends)],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}})
+            return JSONResponse(
+                {
+                    "object": "text_completion",
+                    **meta,
+                    "choices": [
+                        {
+                            "index": i,
+                            "text": end["generated_text"],
+                            "logprobs": None,
+                            "finish_reason": self._chat_finish(end["finish_reason"]),
+                        }
+                        for i, end in enumerate(ends)
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                }
+            )
+
         return await self._guard(call)
 
     async def _completion_stream(self, jobs: list, meta: dict, started: float) -> AsyncIterator[bytes]:
@@ -578,8 +714,10 @@ class ServeApp:
         loop = asyncio.get_running_loop()
         sequences = []
         for index, (ids, params) in enumerate(jobs):
+
             def emit(event: dict, index: int = index) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+
             sequences.append(self.engine.submit(ids, params, emit))
         remaining = len(jobs)
         usage = {"prompt_tokens": sum(len(ids) for ids, _ in jobs), "completion_tokens": 0}
@@ -591,9 +729,14 @@ class ServeApp:
                     yield _sse({"error": {"message": event["error"], "http_status_code": 424}})
                     return
                 text = "" if event["token"]["special"] else event["token"]["text"]
-                chunk = {"object": "text_completion", "id": meta["id"], "created": meta["created"],
-                         "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": ""}],
-                         "model": meta["model"], "system_fingerprint": meta["system_fingerprint"]}
+                chunk = {
+                    "object": "text_completion",
+                    "id": meta["id"],
+                    "created": meta["created"],
+                    "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": ""}],
+                    "model": meta["model"],
+                    "system_fingerprint": meta["system_fingerprint"],
+                }
                 if event["type"] == "end":
                     remaining -= 1
                     self._record_success(started, event)

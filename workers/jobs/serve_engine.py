@@ -41,9 +41,13 @@ class Params:
     @property
     def sampling(self) -> bool:
         # TGI samples when asked to, or when any warper is set (temperature 1.0 is no warper).
-        return bool(self.do_sample or (self.temperature is not None and self.temperature != 1.0)
-                    or self.top_k or (self.top_p is not None and self.top_p < 1.0)
-                    or (self.typical_p is not None and self.typical_p < 1.0))
+        return bool(
+            self.do_sample
+            or (self.temperature is not None and self.temperature != 1.0)
+            or self.top_k
+            or (self.top_p is not None and self.top_p < 1.0)
+            or (self.typical_p is not None and self.typical_p < 1.0)
+        )
 
 
 Emit = Callable[[dict], None]
@@ -76,9 +80,17 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, device: torch.device, *, max_batch_size: int,
-                 max_batch_total_tokens: int, on_error: Callable[[str], None] | None = None,
-                 metrics=None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        device: torch.device,
+        *,
+        max_batch_size: int,
+        max_batch_total_tokens: int,
+        on_error: Callable[[str], None] | None = None,
+        metrics=None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -183,15 +195,21 @@ class Engine:
         mask = torch.zeros((len(admitted), width), dtype=torch.long)
         for row, sequence in enumerate(admitted):
             n = len(sequence.input_ids)
-            ids[row, width - n:] = torch.tensor(sequence.input_ids)
-            mask[row, width - n:] = 1
+            ids[row, width - n :] = torch.tensor(sequence.input_ids)
+            mask[row, width - n :] = 1
             sequence.started_at = time.monotonic()
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         want_prefill = any(s.params.decoder_input_details for s in admitted)
-        output = self._forward("prefill", input_ids=ids, attention_mask=mask, position_ids=positions,
-                               past_key_values=cache, logits_to_keep=0 if want_prefill else 1)
+        output = self._forward(
+            "prefill",
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            logits_to_keep=0 if want_prefill else 1,
+        )
         if want_prefill:
             self._prefill_details(admitted, output.logits, width)
         logits = output.logits[:, -1, :]
@@ -226,8 +244,14 @@ class Engine:
 
     def _decode(self) -> None:
         mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long, device=self.device)], dim=1)
-        output = self._forward("decode", input_ids=self.next_ids, attention_mask=mask,
-                               position_ids=self.positions[:, None], past_key_values=self.cache, logits_to_keep=1)
+        output = self._forward(
+            "decode",
+            input_ids=self.next_ids,
+            attention_mask=mask,
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            logits_to_keep=1,
+        )
         self.mask = mask
         self.positions = self.positions + 1
         self.next_ids = self._choose(self.rows, output.logits[:, -1, :])
@@ -264,8 +288,12 @@ class Engine:
 
     def _token(self, token_id: int, logprob: float) -> dict:
         logprob = logprob if logprob == logprob and abs(logprob) != float("inf") else None
-        return {"id": token_id, "text": self._token_text(token_id), "logprob": logprob,
-                "special": token_id in self.special_ids}
+        return {
+            "id": token_id,
+            "text": self._token_text(token_id),
+            "logprob": logprob,
+            "special": token_id in self.special_ids,
+        }
 
     def _token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
@@ -276,8 +304,12 @@ class Engine:
             raise RuntimeError(f"injected fault at token {FAULT_AT_TOKEN} (SERVE_FAULT_AT_TOKEN)")
         special = token_id in self.special_ids
         text = self._token_text(token_id) if special else self._next_text(sequence)
-        token = {"id": token_id, "text": text, "logprob": logprob if logprob > float("-inf") else None,
-                 "special": special}
+        token = {
+            "id": token_id,
+            "text": text,
+            "logprob": logprob if logprob > float("-inf") else None,
+            "special": special,
+        }
         sequence.tokens.append(token)
         if top is not None:
             sequence.top_tokens.append(top)
@@ -286,28 +318,35 @@ class Engine:
         finish = None
         if token_id in self.eos_ids:
             finish = "eos_token"
-        elif any(stop and stop in sequence.text[-(len(stop) + len(text)):] for stop in sequence.params.stop):
+        elif any(stop and stop in sequence.text[-(len(stop) + len(text)) :] for stop in sequence.params.stop):
             finish = "stop_sequence"
         elif len(sequence.generated) >= sequence.params.max_new_tokens:
             finish = "length"
         event = {"type": "token", "token": token, "top_tokens": top, "index": len(sequence.generated)}
         if finish:
-            event.update(type="end", finish_reason=finish, generated_text=self.tokenizer.decode(
-                sequence.generated, skip_special_tokens=True), generated_tokens=len(sequence.generated),
-                seed=sequence.seed if sequence.params.sampling else None, tokens=sequence.tokens,
-                top_tokens_all=sequence.top_tokens, prefill=sequence.prefill,
-                input_length=len(sequence.input_ids), queue_seconds=(sequence.started_at or 0) - sequence.queued_at,
-                inference_seconds=time.monotonic() - (sequence.started_at or time.monotonic()))
+            event.update(
+                type="end",
+                finish_reason=finish,
+                generated_text=self.tokenizer.decode(sequence.generated, skip_special_tokens=True),
+                generated_tokens=len(sequence.generated),
+                seed=sequence.seed if sequence.params.sampling else None,
+                tokens=sequence.tokens,
+                top_tokens_all=sequence.top_tokens,
+                prefill=sequence.prefill,
+                input_length=len(sequence.input_ids),
+                queue_seconds=(sequence.started_at or 0) - sequence.queued_at,
+                inference_seconds=time.monotonic() - (sequence.started_at or time.monotonic()),
+            )
             sequence.finished = True
         sequence.emit(event)
 
     def _next_text(self, sequence: Sequence) -> str:
         ids = sequence.input_ids + sequence.generated
-        prefix = self.tokenizer.decode(ids[sequence.prefix_offset:sequence.read_offset], skip_special_tokens=False)
-        text = self.tokenizer.decode(ids[sequence.prefix_offset:], skip_special_tokens=False)
+        prefix = self.tokenizer.decode(ids[sequence.prefix_offset : sequence.read_offset], skip_special_tokens=False)
+        text = self.tokenizer.decode(ids[sequence.prefix_offset :], skip_special_tokens=False)
         if len(text) > len(prefix) and not text.endswith("\ufffd"):
             sequence.prefix_offset, sequence.read_offset = sequence.read_offset, len(ids)
-            return text[len(prefix):]
+            return text[len(prefix) :]
         return ""
 
     def _after_step(self) -> None:
@@ -323,8 +362,11 @@ class Engine:
         self.mask, self.next_ids, self.positions = self.mask[index], self.next_ids[index], self.positions[index]
         used = self.mask.any(dim=0).nonzero()
         first = int(used[0]) if len(used) else 0
-        self.cache = DynamicCache(ddp_cache_data=[
-            (layer.keys[index, :, first:], layer.values[index, :, first:]) for layer in self.cache.layers])
+        self.cache = DynamicCache(
+            ddp_cache_data=[
+                (layer.keys[index, :, first:], layer.values[index, :, first:]) for layer in self.cache.layers
+            ]
+        )
         self.mask = self.mask[:, first:]
 
 
@@ -347,8 +389,9 @@ def _merge_caches(old: DynamicCache, old_mask: torch.Tensor, new: DynamicCache, 
     return DynamicCache(ddp_cache_data=pairs)
 
 
-def _penalise(scores: torch.Tensor, history: torch.Tensor, repetition: float | None,
-              frequency: float | None) -> torch.Tensor:
+def _penalise(
+    scores: torch.Tensor, history: torch.Tensor, repetition: float | None, frequency: float | None
+) -> torch.Tensor:
     scores = scores.clone()
     if repetition not in (None, 1.0):
         seen = history.unique()

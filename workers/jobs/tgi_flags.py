@@ -23,8 +23,18 @@ class Flag:
         return self.name.removeprefix("--").replace("-", "_")
 
 
-QUANTIZE_CHOICES = ("awq", "compressed-tensors", "eetq", "exl2", "gptq", "marlin", "bitsandbytes",
-                    "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8")
+QUANTIZE_CHOICES = (
+    "awq",
+    "compressed-tensors",
+    "eetq",
+    "exl2",
+    "gptq",
+    "marlin",
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+    "fp8",
+)
 
 FLAGS: tuple[Flag, ...] = (
     Flag("--model-id", "MODEL_ID", "bigscience/bloom-560m"),

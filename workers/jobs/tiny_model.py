@@ -17,10 +17,22 @@ import sys
 from pathlib import Path
 
 SIZES = {
-    "tiny": {"vocab": 1000, "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2},
-    "small": {"vocab": 8000, "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
-              "num_attention_heads": 12, "num_key_value_heads": 4},
+    "tiny": {
+        "vocab": 1000,
+        "hidden_size": 64,
+        "intermediate_size": 176,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "small": {
+        "vocab": 8000,
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+    },
 }
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 CHAT_TEMPLATE = (
@@ -54,12 +66,17 @@ def _train_tokenizer(vocab_size: int, seed: int):
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
     # Prepend <s> like Llama's tokenizer, so prompts carry a BOS token.
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
     return tokenizer
 
 
@@ -79,15 +96,28 @@ def make_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, max_
 
     raw = _train_tokenizer(shape.pop("vocab"), seed)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        model_max_length=max_positions, clean_up_tokenization_spaces=False)
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=max_positions,
+        clean_up_tokenization_spaces=False,
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=max_positions, rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, torch_dtype="float32", **shape)
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        **shape,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.do_sample = False
@@ -105,8 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     out = make_tiny_model(args.out_dir, args.size, args.seed)
     config = json.loads((out / "config.json").read_text())
     weights = (out / "model.safetensors").stat().st_size
-    print(json.dumps({"event": "result", "path": str(out), "model_type": config["model_type"],
-                      "vocab_size": config["vocab_size"], "weights_bytes": weights}))
+    print(
+        json.dumps(
+            {
+                "event": "result",
+                "path": str(out),
+                "model_type": config["model_type"],
+                "vocab_size": config["vocab_size"],
+                "weights_bytes": weights,
+            }
+        )
+    )
     return 0
 
 

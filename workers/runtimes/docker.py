@@ -55,9 +55,13 @@ def _read_only(source: str | Path, target: str) -> docker.types.Mount:
     return docker.types.Mount(target=target, source=str(source), type="bind", read_only=True)
 
 
-def container_kwargs(spec: RunSpec, *, secret_paths: dict[str, str] | None = None,
-                     extra_mounts: list[str] | tuple[str, ...] = (),
-                     working_dir: str | None = None) -> tuple[dict, dict]:
+def container_kwargs(
+    spec: RunSpec,
+    *,
+    secret_paths: dict[str, str] | None = None,
+    extra_mounts: list[str] | tuple[str, ...] = (),
+    working_dir: str | None = None,
+) -> tuple[dict, dict]:
     """(create_container kwargs, create_host_config kwargs) for a spec: the whole invocation in one place,
     so tests can check it without a daemon or a GPU. `secret_paths` maps env var names to host files."""
     env = dict(spec.env)  # explicit: nothing from the worker's own environment
@@ -72,18 +76,32 @@ def container_kwargs(spec: RunSpec, *, secret_paths: dict[str, str] | None = Non
     if spec.gpu_indexes:
         devices = [docker.types.DeviceRequest(device_ids=[str(i) for i in spec.gpu_indexes], capabilities=[["gpu"]])]
     host = {
-        "mounts": mounts, "tmpfs": {"/tmp": TMPFS_OPTIONS}, "read_only": True, "cap_drop": ["ALL"],  # noqa: S108
-        "security_opt": ["no-new-privileges"], "pids_limit": PIDS_LIMIT, "shm_size": spec.shm_size,
-        "privileged": False, "network_mode": "bridge", "device_requests": devices,
+        "mounts": mounts,
+        "tmpfs": {"/tmp": TMPFS_OPTIONS},  # noqa: S108
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": PIDS_LIMIT,
+        "shm_size": spec.shm_size,
+        "privileged": False,
+        "network_mode": "bridge",
+        "device_requests": devices,
         # None lets docker pick a free host port; start() reads it back.
         "port_bindings": {spec.container_port: (spec.bind_address, spec.port or None)},
     }
     if spec.memory_limit:
         host["mem_limit"] = spec.memory_limit
         host["memswap_limit"] = spec.memory_limit  # no swap: a swapping server only looks alive
-    create = {"image": spec.image, "name": spec.name, "command": list(spec.args), "environment": env,
-              "labels": dict(spec.labels), "ports": [spec.container_port], "detach": True,
-              "stop_timeout": math.ceil(spec.stop_grace)}
+    create = {
+        "image": spec.image,
+        "name": spec.name,
+        "command": list(spec.args),
+        "environment": env,
+        "labels": dict(spec.labels),
+        "ports": [spec.container_port],
+        "detach": True,
+        "stop_timeout": math.ceil(spec.stop_grace),
+    }
     if working_dir:
         create["working_dir"] = working_dir
     return create, host
@@ -148,9 +166,14 @@ def handle_from_attrs(attrs: dict) -> Handle:
     address, port = _published(attrs)
     host = address if address not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - read, not bound
     host = f"[{host}]" if ":" in host else host
-    return Handle(runtime="docker", ref=attrs["Id"], name=attrs["Name"].lstrip("/"),
-                  labels=dict((attrs.get("Config") or {}).get("Labels") or {}), port=port,
-                  endpoint=f"http://{host}:{port}")
+    return Handle(
+        runtime="docker",
+        ref=attrs["Id"],
+        name=attrs["Name"].lstrip("/"),
+        labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
+        port=port,
+        endpoint=f"http://{host}:{port}",
+    )
 
 
 def status_from_attrs(attrs: dict) -> Status:
@@ -159,8 +182,12 @@ def status_from_attrs(attrs: dict) -> Status:
         return Status("running", detail="paused" if state.get("Paused") else "")
     never_started = state.get("Status") == "created"
     code = None if never_started else state.get("ExitCode")
-    return Status("exited", exit_code=code, oom_killed=bool(state.get("OOMKilled")),
-                  detail=state.get("Error") or state.get("Status") or "")
+    return Status(
+        "exited",
+        exit_code=code,
+        oom_killed=bool(state.get("OOMKilled")),
+        detail=state.get("Error") or state.get("Status") or "",
+    )
 
 
 # -- logs --------------------------------------------------------------------------------------------------
@@ -169,8 +196,19 @@ def _timestamp_ns(stamp: str) -> int:
     if not stamp.endswith("Z") or len(stamp) < 20:
         raise ValueError(stamp)
     whole, _, fraction = stamp[:-1].partition(".")
-    seconds = calendar.timegm((int(whole[0:4]), int(whole[5:7]), int(whole[8:10]), int(whole[11:13]),
-                               int(whole[14:16]), int(whole[17:19]), 0, 0, 0))
+    seconds = calendar.timegm(
+        (
+            int(whole[0:4]),
+            int(whole[5:7]),
+            int(whole[8:10]),
+            int(whole[11:13]),
+            int(whole[14:16]),
+            int(whole[17:19]),
+            0,
+            0,
+            0,
+        )
+    )
     return seconds * 10**9 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
@@ -232,14 +270,19 @@ class DockerRuntime:
 
         extra = list(getattr(settings, "DOCKER_TEST_EXTRA_MOUNTS", []) or [])
         if extra and not getattr(settings, "CONSOLE_TESTING", False):
-            raise RuntimeFailure("DOCKER_TEST_EXTRA_MOUNTS is set but CONSOLE_TESTING is not: host mounts for test "
-                                 "images are refused outside the test suite", cause="config")
+            raise RuntimeFailure(
+                "DOCKER_TEST_EXTRA_MOUNTS is set but CONSOLE_TESTING is not: host mounts for test "
+                "images are refused outside the test suite",
+                cause="config",
+            )
         if not spec.image:
             raise RuntimeFailure(f"no image given for {spec.name}", cause="config")
         image = self._image(spec.image)
         if self._exists(spec.name):
-            raise RuntimeFailure(f"a container named {spec.name} already exists on this host (find and remove it "
-                                 "first)", cause="name_conflict")
+            raise RuntimeFailure(
+                f"a container named {spec.name} already exists on this host (find and remove it first)",
+                cause="name_conflict",
+            )
         directory = secrets_dir(spec.name)
         shutil.rmtree(directory, ignore_errors=True)  # left by a container removed behind our back; unused now
         try:
@@ -256,11 +299,14 @@ class DockerRuntime:
         except UNREACHABLE as exc:
             if isinstance(exc, docker.errors.APIError) and exc.status_code == 409:
                 # The secrets directory may belong to that container: leave it.
-                raise RuntimeFailure(f"a container named {spec.name} already exists on this host",
-                                     cause="name_conflict") from exc
+                raise RuntimeFailure(
+                    f"a container named {spec.name} already exists on this host", cause="name_conflict"
+                ) from exc
             shutil.rmtree(directory, ignore_errors=True)
-            raise RuntimeFailure(f"docker refused to create {spec.name}: {getattr(exc, 'explanation', None) or exc}",
-                                 cause="create_failed") from exc
+            raise RuntimeFailure(
+                f"docker refused to create {spec.name}: {getattr(exc, 'explanation', None) or exc}",
+                cause="create_failed",
+            ) from exc
         try:
             hand_over_secrets(secret_paths, self._container_uid(container_id, config.get("User") or ""))
             self.api.start(container_id)
@@ -338,8 +384,11 @@ class DockerRuntime:
         try:
             return self.api.inspect_image(image)
         except docker.errors.ImageNotFound as exc:
-            raise RuntimeFailure(f"image {image} is not present on host; load it there (docker load or pull by "
-                                 "an operator): the console never pulls images", cause="image_missing") from exc
+            raise RuntimeFailure(
+                f"image {image} is not present on host; load it there (docker load or pull by "
+                "an operator): the console never pulls images",
+                cause="image_missing",
+            ) from exc
         except UNREACHABLE as exc:
             raise RuntimeFailure(f"dockerd does not answer: {exc}", cause="docker_unavailable") from exc
 
@@ -380,8 +429,9 @@ class DockerRuntime:
     def _lines(self, ref: str, since: int | None) -> list[tuple[int, str]] | None:
         """(timestamp ns, text) per log message, in docker's order; None when the container is gone."""
         try:
-            frames = self.api.logs(ref, stdout=True, stderr=True, timestamps=True, stream=True, follow=False,
-                                   since=since)
+            frames = self.api.logs(
+                ref, stdout=True, stderr=True, timestamps=True, stream=True, follow=False, since=since
+            )
             lines = []
             for frame in frames:  # one frame per message (containers run without a TTY)
                 stamp, _, text = frame.decode("utf-8", "replace").partition(" ")

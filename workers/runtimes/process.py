@@ -65,8 +65,14 @@ class ProcessRuntime:
             return None
 
     def _handle(self, record: dict) -> Handle:
-        return Handle(runtime=self.name, ref=str(record["pid"]), name=record["name"], labels=record["labels"],
-                      port=record["port"], endpoint=record["endpoint"])
+        return Handle(
+            runtime=self.name,
+            ref=str(record["pid"]),
+            name=record["name"],
+            labels=record["labels"],
+            port=record["port"],
+            endpoint=record["endpoint"],
+        )
 
     @staticmethod
     def launcher() -> list[str]:
@@ -89,9 +95,14 @@ class ProcessRuntime:
         state, log, exit_file = self._files(spec.name)
         exit_file.unlink(missing_ok=True)
         secrets_dir = self.state_dir / f"{spec.name}.secrets"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.state_dir),
-               "PYTHONPATH": str(settings.BASE_DIR), "PYTHONUNBUFFERED": "1", **spec.env,
-               "EXIT_FILE": str(exit_file)}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.state_dir),
+            "PYTHONPATH": str(settings.BASE_DIR),
+            "PYTHONUNBUFFERED": "1",
+            **spec.env,
+            "EXIT_FILE": str(exit_file),
+        }
         if spec.secret_files:
             secrets_dir.mkdir(mode=0o700, exist_ok=True)
             for variable, content in spec.secret_files.items():
@@ -102,13 +113,27 @@ class ProcessRuntime:
         workdir = self.state_dir / f"{spec.name}.work"
         workdir.mkdir(exist_ok=True)
         with log.open("ab") as output:
-            process = subprocess.Popen(["/bin/sh", "-c", WRAPPER, "sh", *command], env=env, cwd=workdir,
-                                       stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", WRAPPER, "sh", *command],
+                env=env,
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         endpoint = f"http://{spec.bind_address}:{spec.port}"
-        record = {"name": spec.name, "pid": process.pid, "start_time": _start_time(process.pid),
-                  "labels": spec.labels, "port": spec.port, "endpoint": endpoint, "command": command,
-                  "log": str(log), "started_at": time.time()}
+        record = {
+            "name": spec.name,
+            "pid": process.pid,
+            "start_time": _start_time(process.pid),
+            "labels": spec.labels,
+            "port": spec.port,
+            "endpoint": endpoint,
+            "command": command,
+            "log": str(log),
+            "started_at": time.time(),
+        }
         state.write_text(json.dumps(record))
         return self._handle(record)
 
@@ -124,8 +149,12 @@ class ProcessRuntime:
             code = int(exit_file.read_text().strip())
         except (OSError, ValueError):
             code = None
-        return Status("exited", exit_code=code, oom_killed=code == 137, detail="" if code is not None else
-                      "exit status not recorded (the process group was killed)")
+        return Status(
+            "exited",
+            exit_code=code,
+            oom_killed=code == 137,
+            detail="" if code is not None else "exit status not recorded (the process group was killed)",
+        )
 
     def status(self, handle: Handle) -> Status:
         return self.status_by_name(handle.name)
@@ -142,7 +171,7 @@ class ProcessRuntime:
         end = data.rfind(b"\n")
         if end < 0:
             return [], since
-        chunk = data[:end + 1]
+        chunk = data[: end + 1]
         return chunk.decode("utf-8", errors="replace").splitlines(), since + len(chunk)
 
     def stop(self, handle: Handle, grace: float) -> Status:

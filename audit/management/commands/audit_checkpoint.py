@@ -18,5 +18,6 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps(checkpoint.as_dict(), sort_keys=True))
             return
         checkpoint = checkpoint_create()
-        self.stdout.write(f"checkpoint {checkpoint.id} at event {checkpoint.last_event_id}" if checkpoint
-                          else "nothing new to sign")
+        self.stdout.write(
+            f"checkpoint {checkpoint.id} at event {checkpoint.last_event_id}" if checkpoint else "nothing new to sign"
+        )

@@ -8,13 +8,18 @@ from audit.verify import verify_chain, verify_checkpoints, verify_from_checkpoin
 
 
 class Command(BaseCommand):
-    help = ("Walk the audit chain and print 'N/N events valid', or the position and id of the first broken "
-            "link (exit status 1). Also checks every stored signed checkpoint against the chain.")
+    help = (
+        "Walk the audit chain and print 'N/N events valid', or the position and id of the first broken "
+        "link (exit status 1). Also checks every stored signed checkpoint against the chain."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--from-checkpoint", type=int, help="Start at this stored checkpoint's head.")
-        parser.add_argument("--checkpoint-file", type=Path,
-                            help="Start at the last checkpoint of an exported JSON-lines file (an off-host copy).")
+        parser.add_argument(
+            "--checkpoint-file",
+            type=Path,
+            help="Start at the last checkpoint of an exported JSON-lines file (an off-host copy).",
+        )
 
     def handle(self, *args, from_checkpoint=None, checkpoint_file=None, **options) -> None:
         if checkpoint_file:

@@ -34,8 +34,13 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         user.groups.add(group)
-        audit.record(action="user.created", actor=None, actor_name="system (ensure_admin)", target=user,
-                     changes={"username": [None, username], "roles": [[], [roles.ADMIN]]})
+        audit.record(
+            action="user.created",
+            actor=None,
+            actor_name="system (ensure_admin)",
+            target=user,
+            changes={"username": [None, username], "roles": [[], [roles.ADMIN]]},
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -23,5 +23,9 @@ class Command(BaseCommand):
         total = sum(counts.values())
         for label, count in counts.items():
             self.stdout.write(f"{label}: {count} re-encrypted")
-        self.stdout.write(self.style.SUCCESS(f"{total} secret(s) now encrypted with the newest key; "
-                                             "older keys can be removed from SECRETS_ENCRYPTION_KEYS."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{total} secret(s) now encrypted with the newest key; "
+                "older keys can be removed from SECRETS_ENCRYPTION_KEYS."
+            )
+        )

@@ -25,8 +25,12 @@ class Command(BaseCommand):
             supervisor.start()
             supervisor.wait_ready()
             shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-            say(self.style.SUCCESS(f"The console is at http://{shown_host}:{port}/ (data in {settings.DATA_DIR}); "
-                                   "press Ctrl-C to stop."))
+            say(
+                self.style.SUCCESS(
+                    f"The console is at http://{shown_host}:{port}/ (data in {settings.DATA_DIR}); "
+                    "press Ctrl-C to stop."
+                )
+            )
             code = supervisor.wait()
         finally:
             supervisor.stop()
