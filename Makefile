@@ -34,10 +34,11 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
-# Without REDIS_URL the suite runs beside a private redis-server (console.embedded_redis).
+# Without REDIS_URL the suite runs beside a private redis-server (console.devserver.embedded_redis).
 define with_redis
-$(if $(REDIS_URL),,$(PY) -m console.embedded_redis --data-dir $(TEST_DATA_DIR) --) $(1)
+$(if $(REDIS_URL),,$(PY) -m console.devserver.embedded_redis --data-dir $(TEST_DATA_DIR) --) $(1)
 endef
 
 unit: $(STAMP) $(ML_STAMP)

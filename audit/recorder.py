@@ -12,6 +12,7 @@ from django.db.models import Model
 
 from audit import chain, context
 from audit.models import AuditEvent
+from console.permissions import user_roles
 
 logger = logging.getLogger(__name__)
 MASK = "********"
@@ -71,8 +72,6 @@ def _normal_ip(value: str | None) -> str:
 def _actor_fields(actor) -> tuple[int | None, str, list[str]]:
     if actor is None or not getattr(actor, "is_authenticated", False):
         return None, "", []
-    from console.services.access import user_roles
-
     return actor.pk, actor.get_username(), user_roles(actor)
 
 

@@ -1,4 +1,5 @@
-"""Login, logout, failed logins and lockouts become audit events (decoupled: Django's auth signals)."""
+"""Login, logout, failed logins, lockouts and permission denials become audit events (decoupled: Django's
+auth signals and console.permissions.permission_denied)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 import audit
+from audit.denials import record_denial
+from console.permissions import permission_denied
 
 
 @receiver(user_logged_in)
@@ -36,3 +39,8 @@ def on_locked_out(sender, request, username=None, ip_address=None, **kwargs) -> 
         outcome="denied",
         detail={"reason": "too many failed logins"},
     )
+
+
+@receiver(permission_denied)
+def on_permission_denied(sender, exc, user=None, path: str = "", status: int = 403, **kwargs) -> None:
+    record_denial(exc, user=user, path=path, status=status)

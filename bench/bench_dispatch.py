@@ -12,7 +12,7 @@ ROUNDS = 200
 def run() -> list[Figure]:
     from django.test import Client
 
-    from console.services.tokens import token_create
+    from console.accounts.services.tokens import token_create
     from tests.factories import UserFactory
     from workers.tasks import ping
 

@@ -27,7 +27,7 @@ def _files() -> dict[str, bytes]:
 
 
 def _ours(server, repo: str, target: Path) -> float:
-    from deployments import downloads
+    from deployments.registry import downloads
 
     snapshot = downloads.resolve(repo, None, endpoint=server.endpoint, token=None)
     files = downloads.choose_files(snapshot.files)
@@ -53,7 +53,7 @@ def _bare(server, repo: str, target: Path) -> float:
 
 
 def _killed_child(endpoint: str, repo: str, staging: str) -> None:
-    from deployments import downloads
+    from deployments.registry import downloads
 
     snapshot = downloads.resolve(repo, None, endpoint=endpoint, token=None)
     downloads.download(

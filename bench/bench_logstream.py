@@ -189,8 +189,8 @@ def _write_lines(job_id: int, job_index: int, lines: int, rate: float | None) ->
     """One job's producer: JobLog with its default batching; paced at `rate` lines/s when given."""
     from django.db import connection
 
+    from deployments.jobs.log import JobLog
     from deployments.models import Job
-    from workers.joblog import JobLog
 
     try:
         log = JobLog(Job.objects.get(pk=job_id))
@@ -247,17 +247,17 @@ def _commit_stamps() -> Iterator[dict[str, list[tuple[int, float]]]]:
     the batch's own publish, so it runs at the commit, ahead of the publish."""
     from django.db import transaction
 
-    import workers.joblog
+    import deployments.jobs.log
 
     stamps: dict[str, list[tuple[int, float]]] = {}
-    real = workers.joblog.publish_on_commit
+    real = deployments.jobs.log.publish_on_commit
 
     def stamped(stream: str, items: list[dict]) -> None:
         last = items[-1]["seq"]
         transaction.on_commit(lambda: stamps.setdefault(stream, []).append((last, time.time())))
         real(stream, items)
 
-    with mock.patch.object(workers.joblog, "publish_on_commit", stamped):
+    with mock.patch.object(deployments.jobs.log, "publish_on_commit", stamped):
         yield stamps
 
 
@@ -318,7 +318,7 @@ def _latencies(job_ids: list[int], results: list, stamps: dict[str, list[tuple[i
 def _throughput(client: Connection, base: str, cookie: str, actor) -> tuple[Figure, list[tuple[list[int], list]]]:
     """Rounds of raw pub/sub then the real stream, interleaved so that load from elsewhere on the machine
     hits both alike; the figure is the median of the rounds' ratios. Returns the streamed jobs and results."""
-    from workers.joblog import FLUSH_LINES
+    from deployments.jobs.log import FLUSH_LINES
 
     ratios, raw_rates, rates, streamed = [], [], [], []
     for _round in range(THROUGHPUT_ROUNDS):

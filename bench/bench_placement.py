@@ -6,7 +6,7 @@ import random
 import time
 
 from bench.common import Figure, median
-from deployments.placement import GB, GpuState, HostState, PlacementError, Requirement, place
+from deployments.inventory.placement import GB, GpuState, HostState, PlacementError, Requirement, place
 
 HOSTS, GPUS, DECISIONS = 1_000, 8, 200
 

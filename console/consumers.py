@@ -8,12 +8,12 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.utils import timezone
 
-from audit.denials import record_denial
 from console import roles
-from console.permissions import require
+from console.permissions import report_denial, require
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
@@ -29,7 +29,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         try:
             await database_sync_to_async(require)(user, self.permission_action)
         except (PermissionDenied, Http404) as denied:  # ObjectHidden (404) too: a consumer answers both alike
-            await database_sync_to_async(record_denial)(denied, user=user, path=self.scope.get("path", ""))
+            await database_sync_to_async(report_denial)(denied, user=user, path=self.scope.get("path", ""))
             await self.close(code=CLOSE_FORBIDDEN)
             return
         await self.accept()

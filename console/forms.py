@@ -1,15 +1,12 @@
-"""HTML forms. They validate input; services apply the rules and raise field errors."""
+"""What every HTML form shares: a service's error lands on the field it names."""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-from django.utils.translation import gettext_lazy as _
 
 from console import roles
 from console.errors import ApplicationError
-from console.models import Credential
 
 User = get_user_model()
 
@@ -20,70 +17,3 @@ def apply_error(form: forms.Form, error: ApplicationError) -> None:
     """Show a service's error on the field it names (or on the form)."""
     field = error.field if error.field in form.fields else None
     form.add_error(field, error.message)
-
-
-class UserCreateForm(forms.Form):
-    username = forms.CharField(label=_("Username"), max_length=150)
-    email = forms.EmailField(label=_("Email"), required=False)
-    password = forms.CharField(label=_("First password"), widget=forms.PasswordInput, strip=False)
-    roles = forms.MultipleChoiceField(
-        label=_("Roles"), choices=ROLE_CHOICES, required=False, widget=forms.CheckboxSelectMultiple
-    )
-
-
-class UserAccessForm(forms.Form):
-    roles = forms.MultipleChoiceField(
-        label=_("Roles"), choices=ROLE_CHOICES, required=False, widget=forms.CheckboxSelectMultiple
-    )
-    is_active = forms.BooleanField(label=_("Can log in"), required=False)
-
-
-class GrantForm(forms.Form):
-    user = forms.ModelChoiceField(
-        label=_("User"), queryset=User.objects.order_by("username"), required=False, to_field_name="username"
-    )
-    team = forms.ModelChoiceField(
-        label=_("Team"),
-        queryset=Group.objects.exclude(name__in=list(roles.ROLES)),
-        required=False,
-        to_field_name="name",
-    )
-    action = forms.ChoiceField(label=_("Action"), choices=[(a, a) for a in roles.ACTIONS])
-    target_type = forms.ChoiceField(label=_("On"), choices=[(t, t) for t in roles.GRANTABLE])
-    target_id = forms.CharField(label=_("Object id"), max_length=64)
-
-    def clean(self):
-        data = super().clean()
-        if bool(data.get("user")) == bool(data.get("team")):
-            raise forms.ValidationError(_("Choose either a user or a team."))
-        return data
-
-
-class TokenCreateForm(forms.Form):
-    name = forms.CharField(label=_("Name"), max_length=100, help_text=_("What the token is for, e.g. 'CI pipeline'."))
-    expires_at = forms.DateTimeField(
-        label=_("Expires"),
-        required=False,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
-        help_text=_("Empty: 90 days from now."),
-    )
-
-
-class CredentialForm(forms.ModelForm):
-    value = forms.CharField(
-        label=_("Secret value"),
-        widget=forms.PasswordInput(render_value=False),
-        strip=True,
-        help_text=_("Stored encrypted. It is never shown again."),
-    )
-
-    class Meta:
-        model = Credential
-        fields = ["name", "kind", "description", "team"]
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = Group.objects.exclude(name__in=list(roles.ROLES))
-        if self.instance.pk:
-            self.fields["value"].required = False
-            self.fields["value"].help_text = _("Leave empty to keep the stored value.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import Http404
 
@@ -53,3 +55,9 @@ class ConsoleViewMixin(LoginRequiredMixin):
         obj = super().get_object(queryset)
         require(self.request.user, self.permission_action, obj)
         return obj
+
+
+def search_context(request) -> dict:
+    """The `?q=` search of a list page: the box's value, and the query string the pager keeps."""
+    query = request.GET.get("q", "")
+    return {"query": query, "filter_query": urlencode({"q": query}) if query else ""}

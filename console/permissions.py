@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
+from django.dispatch import Signal
 from django.http import Http404
 from guardian.shortcuts import get_objects_for_user
 
@@ -42,6 +43,12 @@ class ObjectHidden(Http404):
 
 def _active(user) -> bool:
     return bool(user and user.is_authenticated and user.is_active)
+
+
+def user_roles(user) -> list[str]:
+    """The roles a user holds, in the matrix's order."""
+    names = set(user.groups.values_list("name", flat=True))
+    return [role for role in roles.ROLES if role in names]
 
 
 def _global_actions(user) -> frozenset[str]:
@@ -115,3 +122,13 @@ def require_list(user, action: str, model: type[Model]) -> None:
     if _active(user) and grantable(model, action):
         return
     raise ActionDenied(user, action, model=model)
+
+
+# Sent by the outermost handlers (API exception handler, websocket consumers) once the failing work's
+# transaction has rolled back; the audit app records it. A signal, so the core never imports the audit.
+permission_denied = Signal()  # kwargs: exc, user, path, status
+
+
+def report_denial(exc: Exception, *, user=None, path: str = "", status: int = 403) -> None:
+    """Announce a denial (a console permission exception; others are ignored by the receiver)."""
+    permission_denied.send(sender=type(exc), exc=exc, user=user, path=path, status=status)

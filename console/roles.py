@@ -47,7 +47,7 @@ GRANTABLE: dict[str, tuple[str, ...]] = {
     "deployments.deployment": (VIEW, DEPLOY, USE_DEPLOYMENT),
 }
 
-# The model whose permissions carry the global actions (no table; see console.models.Capability).
+# The model whose permissions carry the global actions (no table; see console.accounts.models.Capability).
 CAPABILITY_APP = "console"
 CAPABILITY_MODEL = "capability"
 

@@ -2,7 +2,8 @@ from django.urls import path
 
 from audit.streams import AuditStreamConsumer
 from console import consumers
-from deployments.consumers import JobStreamConsumer, PlaygroundConsumer
+from deployments.jobs.consumers import JobStreamConsumer
+from deployments.serving.consumers import PlaygroundConsumer
 
 websocket_urlpatterns = [
     path("ws/heartbeat/", consumers.HeartbeatConsumer.as_asgi()),

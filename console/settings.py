@@ -1,7 +1,7 @@
 """Settings for the console, all from the environment (names in docs/operations.md).
 
 Without DATABASE_URL the console uses SQLite under DATA_DIR; without REDIS_URL it uses the private
-redis-server that `manage.py runconsole` (or `python -m console.embedded_redis`) starts under DATA_DIR.
+redis-server that `manage.py runconsole` (or `python -m console.devserver.embedded_redis`) starts under DATA_DIR.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from console import embedded_redis
+from console.devserver import embedded_redis
 from console.env import (
     celery_url,
     env_bool,
@@ -52,7 +52,6 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)
 JOB_CANCEL_POLL_SECONDS = float(env_str("JOB_CANCEL_POLL_SECONDS", "1"))
 # More modules registering job kinds (the test suite adds its own probes).
-JOB_HANDLER_MODULES = env_list("JOB_HANDLER_MODULES", ["workers.handlers", "workers.serving"])
 DOWNLOAD_CHUNK_BYTES = env_int("DOWNLOAD_CHUNK_BYTES", 8 * 2**20)
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
 HOST_OFFLINE_SECONDS = env_int("HOST_OFFLINE_SECONDS", 90)
@@ -286,7 +285,7 @@ WHITENOISE_USE_FINDERS = DEBUG
 REST_FRAMEWORK = {
     # Token before session: an API client without credentials gets 401 with a WWW-Authenticate header.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "console.api.authentication.ApiTokenAuthentication",
+        "console.accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

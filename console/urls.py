@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from console import views
+from console.accounts import views as accounts
 
 urlpatterns = [
     path("", views.DashboardView.as_view(), name="dashboard"),
@@ -9,16 +10,16 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
-    path("users/", views.UserListView.as_view(), name="users"),
-    path("users/<int:pk>/", views.UserAccessView.as_view(), name="user-access"),
-    path("grants/", views.GrantsView.as_view(), name="grants"),
-    path("tokens/", views.TokenListView.as_view(), name="tokens"),
-    path("credentials/", views.CredentialListView.as_view(), name="credentials"),
-    path("credentials/<int:pk>/", views.CredentialDetailView.as_view(), name="credential-detail"),
-    path("credentials/rotate-key/", views.SecretsRotateView.as_view(), name="credentials-rotate"),
+    path("users/", accounts.UserListView.as_view(), name="users"),
+    path("users/<int:pk>/", accounts.UserAccessView.as_view(), name="user-access"),
+    path("grants/", accounts.GrantsView.as_view(), name="grants"),
+    path("tokens/", accounts.TokenListView.as_view(), name="tokens"),
+    path("credentials/", accounts.CredentialListView.as_view(), name="credentials"),
+    path("credentials/<int:pk>/", accounts.CredentialDetailView.as_view(), name="credential-detail"),
+    path("credentials/rotate-key/", accounts.SecretsRotateView.as_view(), name="credentials-rotate"),
     path("audit/", include("audit.urls")),
-    path("inventory/", include("deployments.urls")),
-    path("models/", include("deployments.model_urls")),
-    path("deployments/", include("deployments.deployment_urls")),
+    path("inventory/", include("deployments.inventory.urls")),
+    path("models/", include("deployments.registry.urls")),
+    path("deployments/", include("deployments.serving.urls")),
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

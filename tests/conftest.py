@@ -142,7 +142,7 @@ def _test_database_url() -> str:
     return f"postgres://{user}{password}@{host}{port}/{params['NAME']}"
 
 
-def _start_worker(env_extra: dict, name: str, queue: str, pool: str = "solo"):
+def _start_worker(env_extra: dict, name: str, queue: str, pool: str = "solo", include: str = ""):
     env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1", **env_extra)
     log = open(Path(settings.DATA_DIR) / f"{name}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
@@ -165,6 +165,7 @@ def _start_worker(env_extra: dict, name: str, queue: str, pool: str = "solo"):
             f"{name}-{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
+            *(["--include", include] if include else []),
         ],
         cwd=ROOT,
         env=env,

@@ -6,7 +6,7 @@ import factory
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from console.models import Credential
+from console.accounts.models import Credential
 
 PASSWORD = "correct-horse-battery-staple"
 

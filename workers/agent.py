@@ -18,6 +18,8 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from deployments.inventory.services import host_report, hosts_mark_offline
+from deployments.jobs.reaper import jobs_orphaned_by_restart
 from workers.nvml import discover, load_nvml
 
 logger = logging.getLogger(__name__)
@@ -32,8 +34,6 @@ def local_host_name() -> str:
 
 def report_once(name: str):
     """Read the GPUs and write them and a heartbeat; returns the Host."""
-    from deployments.services.inventory import host_report
-
     discovery = discover(load_nvml(settings.AGENT_NVML_MODULE))
     if discovery.note:
         logger.warning("agent %s: %s", name, discovery.note)
@@ -74,8 +74,6 @@ _heartbeat: Heartbeat | None = None
 @worker_ready.connect
 def expire_orphaned_jobs(**kwargs) -> None:
     """After a restart (or a host reboot), jobs our dead processes held are handed on at once."""
-    from deployments.services.jobs import jobs_orphaned_by_restart
-
     expired = jobs_orphaned_by_restart()
     if expired:
         logger.warning("%d job(s) held by dead workers on this host expire now; the reaper retries them", expired)
@@ -111,6 +109,4 @@ def describe() -> dict:
 @shared_task(name="workers.agent.mark_offline")
 def mark_offline(offline_after: int | None = None) -> list[str]:
     """Beat: hosts without a heartbeat for HOST_OFFLINE_SECONDS become offline."""
-    from deployments.services.inventory import hosts_mark_offline
-
     return [host.name for host in hosts_mark_offline(offline_after=offline_after)]

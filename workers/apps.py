@@ -1,4 +1,7 @@
 from django.apps import AppConfig
+from django.core import checks
+
+from workers.mlenv import check_ml_environment
 
 
 class WorkersConfig(AppConfig):
@@ -9,4 +12,6 @@ class WorkersConfig(AppConfig):
     verbose_name = "Workers"
 
     def ready(self) -> None:
-        from workers import agent  # noqa: F401  (worker_ready/worker_shutdown receivers)
+        checks.register(check_ml_environment)
+        # Imported here, not at module level: both need the app registry ready (they import models).
+        from workers import agent, handlers  # noqa: F401  (signal receivers; job kinds register on import)

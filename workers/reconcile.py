@@ -13,9 +13,9 @@ import logging
 from django.utils import timezone
 
 import audit
+from deployments.jobs.services import job_create
 from deployments.models import Deployment, Host, Job
-from deployments.services import deployments as lifecycle
-from deployments.services.jobs import job_create
+from deployments.serving import services as lifecycle
 from workers.runtimes import get_runtime
 from workers.runtimes.base import LABEL_DEPLOYMENT, LABEL_MANAGED
 

@@ -25,7 +25,8 @@ from django.db.models.functions import Now
 
 import audit
 from audit import context
-from workers.joblog import JobLog
+from deployments.jobs.log import JobLog
+from deployments.models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ class JobContext:
 
     def progress(self, data: dict, *, force: bool = False) -> None:
         """Record progress as a stream line, and (at most every second) on the job row for the API."""
-        from deployments.models import Job
-
         self.log_writer.write("", stream="progress", data=data)
         now = time.monotonic()
         if force or now - self._progress_saved >= 1.0:
@@ -98,8 +97,6 @@ class JobContext:
     def should_cancel(self) -> bool:
         """True once a cancel was requested (the flag is read at most every JOB_CANCEL_POLL_SECONDS), or
         when this runner lost its lease (another attempt owns the job now)."""
-        from deployments.models import Job
-
         if self.lost.is_set():
             return True
         now = time.monotonic()
@@ -115,8 +112,6 @@ def _lease_until():
 
 def claim(job_id: int, owner: str) -> bool:
     """Take a pending job: one atomic UPDATE, so two workers never both run it."""
-    from deployments.models import Job
-
     return bool(
         Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(
             status=Job.Status.RUNNING,
@@ -134,8 +129,6 @@ class _Heartbeat(threading.Thread):
         self.job_id, self.owner, self.lost, self.stopped = job_id, owner, lost, threading.Event()
 
     def run(self) -> None:
-        from deployments.models import Job
-
         interval = max(0.2, settings.JOB_LEASE_SECONDS / 3)
         try:
             while not self.stopped.wait(interval):
@@ -149,19 +142,8 @@ class _Heartbeat(threading.Thread):
             connection.close()
 
 
-def load_handlers() -> None:
-    """Import the modules that register job kinds (JOB_HANDLER_MODULES)."""
-    import importlib
-
-    for module in settings.JOB_HANDLER_MODULES:
-        importlib.import_module(module)
-
-
 def run(job_id: int, *, owner: str | None = None) -> str:
     """Run one job if it can be claimed; returns the outcome ("skipped" when someone else has it)."""
-    from deployments.models import Job
-
-    load_handlers()
     owner = owner or owner_name()
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
@@ -237,8 +219,6 @@ def run(job_id: int, *, owner: str | None = None) -> str:
 def _finish(
     ctx: JobContext, status: str, *, result: dict | None = None, detail: str = "", cause: str = "", next_step: str = ""
 ) -> None:
-    from deployments.models import Job
-
     if status == Job.Status.FAILED:
         ctx.log(f"failed: {detail}" + (f" — next step: {next_step}" if next_step else ""))
     else:

@@ -7,6 +7,12 @@ import socket
 from celery import shared_task
 from django.utils import timezone
 
+from console.accounts.services.credentials import secrets_rotate
+from deployments.jobs.reaper import jobs_reap as reap
+from workers.reconcile import reconcile_console
+from workers.reconcile import reconcile_host as reconcile
+from workers.runner import run
+
 
 @shared_task(name="workers.ping", acks_late=False)
 def ping() -> dict:
@@ -17,8 +23,6 @@ def ping() -> dict:
 @shared_task(name="workers.rotate_secrets")
 def rotate_secrets() -> dict:
     """Re-encrypt every stored secret under the newest key (requested from the console)."""
-    from console.services.credentials import secrets_rotate
-
     return secrets_rotate(actor_name=f"worker:{socket.gethostname()}")
 
 
@@ -26,24 +30,18 @@ def rotate_secrets() -> dict:
 def run_job(job_id: int) -> str:
     """Run a job under a database lease. Acknowledged at once: if this worker dies, the reaper (not the
     broker) hands the job on, so long work never runs twice."""
-    from workers.runner import run
-
     return run(job_id)
 
 
 @shared_task(name="workers.jobs_reap")
 def jobs_reap() -> dict:
     """Beat: retry or fail jobs whose worker vanished; re-dispatch pending jobs Redis may have lost."""
-    from deployments.services.jobs import jobs_reap as reap
-
     return reap()
 
 
 @shared_task(name="workers.deployments_reconcile")
 def deployments_reconcile() -> dict:
     """Beat: restarts and deadlines here, then each online host compares its servers with the database."""
-    from workers.reconcile import reconcile_console
-
     result = reconcile_console()
     for host in result["hosts"]:
         reconcile_host.apply_async(args=[host], queue=f"host.{host}", expires=60)
@@ -53,6 +51,4 @@ def deployments_reconcile() -> dict:
 @shared_task(name="workers.reconcile_host")
 def reconcile_host(host_name: str) -> dict:
     """On a host's agent: adopt, fail or remove servers so runtime and database agree."""
-    from workers.reconcile import reconcile_host as reconcile
-
     return reconcile(host_name)

@@ -8,9 +8,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from audit.denials import record_denial
 from console.errors import ApplicationError
-from console.permissions import ActionDenied, ObjectHidden
+from console.permissions import ActionDenied, ObjectHidden, report_denial
 
 
 def exception_handler(exc, context):
@@ -19,7 +18,7 @@ def exception_handler(exc, context):
     if isinstance(exc, ActionDenied | ObjectHidden):
         # The service's transaction has rolled back by now: the denial is recorded on its own.
         request = context.get("request")
-        record_denial(
+        report_denial(
             exc,
             user=getattr(request, "user", None),
             path=getattr(request, "path", ""),

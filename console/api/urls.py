@@ -3,17 +3,19 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from audit import api as audit_api
+from console.accounts import api as accounts_api
 from console.api import views
-from deployments.api import deployment_views as deployments_api
-from deployments.api import models as registry_api
-from deployments.api import views as inventory_api
+from deployments.inventory import api as inventory_api
+from deployments.jobs import api as jobs_api
+from deployments.registry import api as registry_api
+from deployments.serving import api as deployments_api
 
 router = DefaultRouter(trailing_slash=True)
 router.include_format_suffixes = False  # one URL per resource: ?format= is enough
-router.register("users", views.UserViewSet, basename="user")
-router.register("grants", views.GrantViewSet, basename="grant")
-router.register("tokens", views.TokenViewSet, basename="token")
-router.register("credentials", views.CredentialViewSet, basename="credential")
+router.register("users", accounts_api.UserViewSet, basename="user")
+router.register("grants", accounts_api.GrantViewSet, basename="grant")
+router.register("tokens", accounts_api.TokenViewSet, basename="token")
+router.register("credentials", accounts_api.CredentialViewSet, basename="credential")
 router.register("audit/events", audit_api.AuditEventViewSet, basename="audit-event")
 router.register("audit/checkpoints", audit_api.AuditCheckpointViewSet, basename="audit-checkpoint")
 router.register("hosts", inventory_api.HostViewSet, basename="host")
@@ -21,13 +23,13 @@ router.register("gpus", inventory_api.GpuViewSet, basename="gpu")
 router.register("models", registry_api.ModelArtifactViewSet, basename="model")
 router.register("sources", registry_api.SourceViewSet, basename="source")
 router.register("endpoints", registry_api.AllowedEndpointViewSet, basename="endpoint")
-router.register("jobs", registry_api.JobViewSet, basename="job")
+router.register("jobs", jobs_api.JobViewSet, basename="job")
 router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
 router.register("images", deployments_api.AllowedImageViewSet, basename="image")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),
-    path("me", views.MeView.as_view(), name="me"),
+    path("me", accounts_api.MeView.as_view(), name="me"),
     path("sizing/", inventory_api.SizingApiView.as_view(), name="sizing"),
     path("audit/verification/", audit_api.AuditVerificationView.as_view(), name="audit-verification"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -1,26 +1,19 @@
-"""Console endpoints of the API: ping, me, users and roles, grants, tokens, credentials."""
+"""The API's own endpoints: ping (a worker round trip through the broker)."""
 
 from __future__ import annotations
 
 import time
 
 from celery.exceptions import TimeoutError as CeleryTimeout
-from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.decorators import action
+from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from console import roles, selectors
-from console.api import serializers as api_serializers
-from console.api.viewsets import ConsoleModelViewSet
-from console.models import ApiToken, Credential
+from console import roles
+from console.dispatch import PING, dispatch
 from console.permissions import require
-from console.services import access, credentials, tokens
-from workers.tasks import ping as ping_task
 
-User = get_user_model()
 PING_TIMEOUT_SECONDS = 10
 
 
@@ -44,7 +37,7 @@ class PingView(APIView):
     def get(self, request):
         require(request.user, roles.VIEW)
         started = time.perf_counter()
-        result = ping_task.delay()
+        result = dispatch(PING)
         try:
             answer = result.get(timeout=PING_TIMEOUT_SECONDS)
         except CeleryTimeout:
@@ -56,167 +49,3 @@ class PingView(APIView):
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return Response({**answer, "round_trip_ms": round((time.perf_counter() - started) * 1000, 2)})
-
-
-class MeView(APIView):
-    """Who am I: username, roles and the actions they allow."""
-
-    @extend_schema(responses=api_serializers.MeSerializer)
-    def get(self, request):
-        return Response(api_serializers.MeSerializer(request.user).data)
-
-
-class UserViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.UpdateModelMixin,
-    viewsets.GenericViewSet,
-):
-    """People who can log in, with their roles. Needs manage_users."""
-
-    serializer_class = api_serializers.UserSerializer
-    search_fields = ["username", "email"]
-    ordering_fields = ["username", "date_joined", "last_login"]
-    filterset_fields = ["is_active"]
-
-    def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)
-        require(request.user, roles.MANAGE_USERS)  # before any input is validated
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return User.objects.none()
-        return selectors.user_list(user=self.request.user)
-
-    def perform_create(self, serializer):
-        data = serializer.validated_data
-        if not data.get("password"):
-            raise serializers.ValidationError({"password": ["A first password is required."]})
-        serializer.instance = access.user_create(
-            actor=self.request.user,
-            username=data["username"],
-            password=data["password"],
-            email=data.get("email", ""),
-            role_names=data.get("roles", []),
-        )
-
-    def perform_update(self, serializer):
-        data = serializer.validated_data
-        if data.get("password"):
-            raise serializers.ValidationError({"password": ["Passwords are changed by their owner."]})
-        serializer.instance = access.user_update(
-            actor=self.request.user,
-            user=serializer.instance,
-            email=data.get("email"),
-            is_active=data.get("is_active"),
-            role_names=data.get("roles"),
-        )
-
-
-class GrantViewSet(viewsets.ViewSet):
-    """Per-object grants to users and teams. Needs manage_users."""
-
-    serializer_class = api_serializers.GrantSerializer
-
-    def list(self, request):
-        return Response(api_serializers.GrantSerializer(selectors.grant_list(user=request.user), many=True).data)
-
-    def _apply(self, request, service):
-        require(request.user, roles.MANAGE_USERS)
-        serializer = api_serializers.GrantSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        target = access.grant_target(target_type=data["target_type"], target_id=data["target_id"])
-        service(actor=request.user, grantee=data.get("user") or data.get("team"), action=data["action"], target=target)
-        return {**serializer.data, "target_name": str(target)}
-
-    def create(self, request):
-        return Response(self._apply(request, access.object_grant), status=status.HTTP_201_CREATED)
-
-    @extend_schema(request=api_serializers.GrantSerializer, responses={204: None})
-    @action(detail=False, methods=["post"])
-    def revoke(self, request):
-        self._apply(request, access.object_revoke)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class TokenViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
-):
-    """Personal API tokens. The value appears once, in the create response; DELETE revokes."""
-
-    serializer_class = api_serializers.TokenSerializer
-    filterset_fields = ["user__username"]
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return ApiToken.objects.none()
-        return selectors.token_list(user=self.request.user)
-
-    def get_serializer_class(self):
-        return api_serializers.NewTokenSerializer if self.action == "create" else api_serializers.TokenSerializer
-
-    def perform_create(self, serializer):
-        token, raw = tokens.token_create(
-            actor=self.request.user,
-            user=self.request.user,
-            name=serializer.validated_data["name"],
-            expires_at=serializer.validated_data.get("expires_at"),
-        )
-        token.token = raw
-        serializer.instance = token
-
-    def perform_destroy(self, instance):
-        tokens.token_revoke(actor=self.request.user, token=instance)
-
-
-class CredentialViewSet(ConsoleModelViewSet):
-    """Stored secrets (Hugging Face tokens...). Values are write-only."""
-
-    queryset = Credential.objects.select_related("team")
-    serializer_class = api_serializers.CredentialSerializer
-    action_permissions = {
-        "create": roles.ADD_MODEL,
-        "update": roles.ADD_MODEL,
-        "partial_update": roles.ADD_MODEL,
-        "destroy": roles.ADD_MODEL,
-        "rotate_key": roles.MANAGE_USERS,
-    }
-    search_fields = ["name", "description"]
-    filterset_fields = ["kind"]
-
-    def perform_create(self, serializer):
-        data = serializer.validated_data
-        serializer.instance = credentials.credential_create(
-            actor=self.request.user,
-            name=data["name"],
-            value=data["value"],
-            kind=data.get("kind", "hf_token"),
-            description=data.get("description", ""),
-            team=data.get("team"),
-        )
-
-    def perform_update(self, serializer):
-        data = serializer.validated_data
-        serializer.instance = credentials.credential_update(
-            actor=self.request.user,
-            credential=serializer.instance,
-            value=data.get("value"),
-            description=data.get("description"),
-            name=data.get("name"),
-        )
-
-    def perform_destroy(self, instance):
-        credentials.credential_delete(actor=self.request.user, credential=instance)
-
-    @extend_schema(request=None, responses={202: None})
-    @action(detail=False, methods=["post"], url_path="rotate-key")
-    def rotate_key(self, request):
-        """Re-encrypt every stored secret under the newest key, in a worker. Needs manage_users."""
-        credentials.secrets_rotate_enqueue(actor=request.user)
-        return Response({"detail": "Re-encryption queued."}, status=status.HTTP_202_ACCEPTED)

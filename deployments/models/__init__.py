@@ -1,9 +1,9 @@
 """Models of the deployments app: inventory, model registry, jobs, deployments."""
 
-from deployments.models.deployments import AllowedImage, Deployment, DeploymentSpec
-from deployments.models.inventory import HOST_NAME, Gpu, GpuReservation, Host
-from deployments.models.jobs import Job, JobLogLine
-from deployments.models.registry import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
+from deployments.inventory.models import HOST_NAME, Gpu, GpuReservation, Host
+from deployments.jobs.models import Job, JobLogLine
+from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
+from deployments.serving.models import AllowedImage, Deployment, DeploymentSpec
 
 __all__ = [
     "HOST_NAME",

@@ -10,9 +10,10 @@ from django.db import transaction
 import audit
 from audit.denials import record_denial
 from audit.models import AuditEvent
-from console.models import Credential
+from console import permissions
+from console.accounts.models import Credential
+from console.accounts.services import access, credentials, tokens
 from console.permissions import ActionDenied
-from console.services import access, credentials, tokens
 from tests.factories import PASSWORD, CredentialFactory
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +42,7 @@ def test_a_rolled_back_change_leaves_no_event(admin, engineer):
         access.role_grant(actor=admin, user=engineer, role="auditor")
         raise RuntimeError("something later in the same transaction failed")
     assert events().count() == before
-    assert "auditor" not in access.user_roles(engineer)
+    assert "auditor" not in permissions.user_roles(engineer)
 
 
 def test_a_denial_inside_an_atomic_service_survives_its_rollback(admin, engineer, auditor):

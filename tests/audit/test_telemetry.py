@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from audit.models import AuditEvent
-from console.services import access
+from console.accounts.services import access
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from console import embedded_redis
+from console.devserver import embedded_redis
 
 
 def test_starts_on_its_own_socket_and_port_and_stops(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
-from console import roles
+from console import permissions, roles
+from console.accounts.models import Credential
+from console.accounts.services import access
 from console.errors import ApplicationError
-from console.models import Credential
 from console.permissions import can, require, restrict
-from console.services import access
 from tests.factories import CredentialFactory, TeamFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -115,4 +115,4 @@ def test_user_update_is_all_or_nothing(admin, engineer):
         access.user_update(actor=admin, user=admin, email="new@example.test", role_names=["auditor"])
     admin.refresh_from_db()
     assert admin.email != "new@example.test"
-    assert access.user_roles(get_user_model().objects.get(pk=admin.pk)) == ["admin"]
+    assert permissions.user_roles(get_user_model().objects.get(pk=admin.pk)) == ["admin"]

@@ -558,7 +558,7 @@ def _fill(value, ids: dict):
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("entry", MATRIX, ids=lambda e: f"{e['method'].upper()} {e['route']}")
 def test_role_matrix(entry, role, users, credential, client, request, settings, tmp_path):
-    from console.services.tokens import token_create
+    from console.accounts.services.tokens import token_create
 
     settings.MODEL_IMPORT_ROOTS = ["/srv/models"]  # the import rows' directories
     for fixture in entry["needs"]:

@@ -7,7 +7,7 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.db import connection
 
-from console.models import Credential
+from console.accounts.models import Credential
 
 pytestmark = pytest.mark.django_db
 CANARY = "hf_CANARY_d41d8cd98f00b204e9800998ecf8427e"

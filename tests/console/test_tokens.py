@@ -8,8 +8,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from console.models import ApiToken, hash_token
-from console.services.tokens import token_create, token_revoke
+from console.accounts.models import ApiToken, hash_token
+from console.accounts.services.tokens import token_create, token_revoke
 
 pytestmark = pytest.mark.django_db
 

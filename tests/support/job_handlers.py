@@ -1,4 +1,4 @@
-"""Job kinds for testing the job framework itself (imported through JOB_HANDLER_MODULES)."""
+"""Job kinds for testing the job framework itself (imported by the tests; by a test worker via `--include`)."""
 
 from __future__ import annotations
 

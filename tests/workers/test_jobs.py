@@ -11,8 +11,9 @@ from django.db.models.functions import Now
 
 import tests.support.job_handlers  # noqa: F401  (registers the test job kinds)
 from audit.models import AuditEvent
+from deployments.jobs.reaper import jobs_reap
+from deployments.jobs.services import job_cancel, job_create
 from deployments.models import Job, JobLogLine
-from deployments.services.jobs import job_cancel, job_create, jobs_reap
 from workers import runner
 
 pytestmark = pytest.mark.django_db

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from deployments.jobs.reaper import jobs_reap
+from deployments.jobs.services import job_create
 from deployments.models import Job
-from deployments.services.jobs import job_create, jobs_reap
 from tests.conftest import _start_worker, _test_database_url, _wait_and_stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,13 +23,13 @@ def job_worker(redis_url):
         {
             "REDIS_URL": redis_url,
             "DATABASE_URL": _test_database_url(),
-            "JOB_HANDLER_MODULES": "workers.handlers,tests.support.job_handlers",
             "JOB_LEASE_SECONDS": "2",
             "JOB_CANCEL_POLL_SECONDS": "0.2",
         },
         "jobs-worker",
         queue,
         pool="prefork",
+        include="tests.support.job_handlers",
     )
     # prefork with one child: a child that dies is replaced, as in production.
     for _ in _wait_and_stop(process, log, queue):  # waits until it answers; stops it afterwards

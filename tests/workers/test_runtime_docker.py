@@ -1,4 +1,4 @@
-"""The docker runtime against a real dockerd: the production invocation (workers/tgi.py's arguments and
+"""The docker runtime against a real dockerd: the production invocation (the TGI backend's arguments and
 environment, the hardening, the token as a file) on a near-empty image built here with `docker import`
 (nothing is pulled), whose entrypoint is our text-generation-launcher shim running serve.py on a tiny model.
 The host's system libraries, its Python and the ML venv are bind-mounted read-only through the test-only
@@ -21,9 +21,9 @@ import pytest
 from django.test import override_settings
 from text_generation import Client
 
+from deployments.backends.tgi import launch as tgi
 from tests.conftest import need
 from tests.support.serve_process import ROOT, make_model, ml_python
-from workers import tgi
 from workers.runtimes import docker as docker_runtime
 from workers.runtimes.base import LABEL_DEPLOYMENT, LABEL_MANAGED, RunSpec, RuntimeFailure
 from workers.runtimes.docker import DockerRuntime, container_kwargs, secret_target, secrets_dir
@@ -169,7 +169,7 @@ def store(tmp_path_factory) -> Path:
 
 
 def serve_spec() -> SimpleNamespace:
-    """The fields of a DeploymentSpec that workers.tgi reads."""
+    """The fields of a DeploymentSpec that deployments.backends.tgi.launch reads."""
     return SimpleNamespace(
         quantize="",
         dtype="",

@@ -13,7 +13,7 @@ import requests
 from text_generation import AsyncClient, Client
 from text_generation import errors as tgi_errors
 
-from deployments.diagnosis import diagnose
+from deployments.backends.diagnosis import diagnose
 from tests.conftest import need
 from tests.support.aio import run_async
 from tests.support.serve_process import ROOT, ServeProcess, make_model, ml_python

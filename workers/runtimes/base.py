@@ -15,7 +15,7 @@ LABEL_DEPLOYMENT = "llmdeploy.deployment"
 class RunSpec:
     name: str  # unique per deployment, e.g. "llmdeploy-12-chat"
     labels: dict[str, str]
-    args: list[str]  # launcher arguments (TGI flags), built only by workers/tgi.py
+    args: list[str]  # launcher arguments (TGI flags), built only by deployments/backends/tgi/launch.py
     env: dict[str, str]  # explicit and allow-listed: nothing inherited from the worker
     model_dir: str  # host path of the model directory (inside model_store)
     model_store: str  # host path of the model store; docker mounts it read-only at /data

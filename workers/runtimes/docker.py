@@ -31,7 +31,9 @@ from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status
 
 logger = logging.getLogger(__name__)
 
-CONTAINER_MODEL_STORE = "/data"  # as workers.tgi.CONTAINER_MODEL_STORE: launcher args name paths under it
+CONTAINER_MODEL_STORE = (
+    "/data"  # as deployments.backends.tgi.launch.CONTAINER_MODEL_STORE: launcher args name paths under it
+)
 SECRETS_IN_CONTAINER = "/run/secrets"
 PIDS_LIMIT = 4096  # TGI runs a launcher, a router and one shard per GPU, each with thread pools
 # exec stays allowed: torch and triton load the kernels they compile from files under /tmp.

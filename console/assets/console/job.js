@@ -15,7 +15,7 @@
     return unit === 0 ? value + " " + UNITS[0] : value.toFixed(1) + " " + UNITS[unit];
   }
 
-  // Like deployments.model_views.duration.
+  // Like deployments.registry.views.duration.
   function duration(seconds) {
     if (seconds === null || seconds === undefined || seconds === "") return "—";
     var s = Math.max(0, Math.floor(Number(seconds) || 0));

@@ -1,4 +1,4 @@
-// The playground of a running deployment over /ws/deployments/<id>/playground/ (deployments/consumers.py):
+// The playground of a running deployment over /ws/deployments/<id>/playground/ (deployments/jobs/consumers.py):
 // send {"type": "generate", "mode", "prompt" | "messages", "parameters"}; tokens arrive as {"type": "token"} and
 // are appended as they come; {"type": "end"} carries the counts and timings; {"type": "error"} is shown as a line.
 // One generation at a time. The socket reconnects after a drop, except when it was refused (44xx).

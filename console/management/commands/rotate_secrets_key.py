@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from console.services.credentials import secrets_pending_rotation, secrets_rotate
+from console.accounts.services.credentials import secrets_pending_rotation, secrets_rotate
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from console.supervisor import Supervisor
+from console.devserver.supervisor import Supervisor
 
 
 class Command(BaseCommand):

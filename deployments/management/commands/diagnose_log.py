@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from deployments.diagnosis import Diagnosis, diagnose_text
+from deployments.backends.diagnosis import Diagnosis, diagnose_text
 
 
 def render_text(diagnosis: Diagnosis) -> str:

@@ -9,13 +9,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from deployments.sizing import HostCapacity, SizingError, SizingReport, format_gb, load_model_metadata, size_model
 
-INVENTORY_MODULE = "deployments.sizing_inventory"
+INVENTORY_MODULE = "deployments.inventory.capacity"
 
 
 def inventory() -> list[HostCapacity]:
     """GPU hosts from the database; an empty inventory while that module does not exist yet."""
     try:
-        from deployments.sizing_inventory import inventory_capacity
+        from deployments.inventory.capacity import inventory_capacity
     except ImportError as exc:
         # Only the module's absence is tolerated: an import error inside it is a bug to surface.
         if exc.name != INVENTORY_MODULE:

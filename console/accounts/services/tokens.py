@@ -1,0 +1,70 @@
+"""Personal API tokens: created once, stored hashed, revoked by their owner or a user manager."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+import audit
+from audit.telemetry import traced
+from console import roles
+from console.accounts.models import ApiToken, hash_token
+from console.errors import ApplicationError
+from console.permissions import require
+
+
+def _require_owner_or_manager(actor, user) -> None:
+    if actor.pk != user.pk:
+        require(actor, roles.MANAGE_USERS)
+
+
+@traced("token.create")
+@transaction.atomic
+def token_create(*, actor, user, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+    """Create a token for user; returns it with its one-time plain value (never stored)."""
+    _require_owner_or_manager(actor, user)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("The expiry must lie in the future.", field="expires_at")
+    raw = ApiToken.generate()
+    token = ApiToken.objects.create(
+        user=user,
+        name=name,
+        prefix=raw[:12],
+        digest=hash_token(raw),
+        expires_at=expires_at or ApiToken.default_expiry(),
+    )
+    audit.record(
+        action="token.created",
+        actor=actor,
+        target=token,
+        detail={"owner": user.get_username(), "expires_at": token.expires_at.isoformat()},
+    )
+    return token, raw
+
+
+@traced("token.revoke")
+@transaction.atomic
+def token_revoke(*, actor, token: ApiToken) -> ApiToken:
+    _require_owner_or_manager(actor, token.user)
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit.record(action="token.revoked", actor=actor, target=token, detail={"owner": token.user.get_username()})
+    return token
+
+
+def token_authenticate(raw: str) -> ApiToken | None:
+    """The usable token with this value, or None. Marks it used (at most once a minute)."""
+    # One indexed lookup; expiry and revocation are checked on the row (this runs on every API call).
+    try:
+        token = ApiToken.objects.select_related("user").get(digest=hash_token(raw))
+    except ApiToken.DoesNotExist:
+        return None
+    if not token.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token

@@ -1,1 +1,0 @@
-"""Services: the writes of the console app (keyword-only, typed, atomic)."""

@@ -1,0 +1,72 @@
+"""The VRAM planner as the console offers it: a model from the Hub (or the model store) sized against the
+inventory. The arithmetic lives in deployments.sizing; this adds who may ask, tokens and limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+import audit
+from console import roles
+from console.accounts.models import Credential
+from console.errors import ApplicationError
+from console.permissions import require
+from deployments.inventory.capacity import inventory_capacity
+from deployments.sizing import SizingError, load_model_metadata, size_model
+from deployments.sizing.metadata import looks_like_path
+
+
+def _local_source(source: str) -> str:
+    """Web and API users may size directories inside the model store only (never arbitrary server paths)."""
+    store = Path(settings.MODEL_STORE).resolve()
+    path = (store / source).resolve() if not Path(source).is_absolute() else Path(source).resolve()
+    if store != path and store not in path.parents:
+        raise ApplicationError(f"Local models must be inside the model store ({store}).", field="source")
+    return str(path)
+
+
+def _token(user, credential_id) -> str | None:
+    if not credential_id:
+        return None
+    credential = Credential.objects.filter(pk=credential_id, kind=Credential.Kind.HF_TOKEN).first()
+    if credential is None:
+        raise ApplicationError("No such Hugging Face token.", field="credential")
+    require(user, roles.ADD_MODEL, credential)
+    audit.record(action="secret.used", actor=user, target=credential, detail={"purpose": "read model metadata"})
+    return credential.value.reveal()
+
+
+def plan(
+    *,
+    user,
+    source: str,
+    revision: str | None = None,
+    quantize: str | None = None,
+    max_total_tokens: int | None = None,
+    max_batch_total_tokens: int | None = None,
+    kv_cache_dtype: str | None = None,
+    credential_id: int | None = None,
+) -> dict:
+    """Size a model for every precision against the inventory; field errors as ApplicationError."""
+    require(user, roles.VIEW)
+    source = source.strip()
+    if not source:
+        raise ApplicationError(
+            "Give a Hugging Face repo id (org/name) or a directory in the model store.", field="source"
+        )
+    if looks_like_path(source):
+        source = _local_source(source)
+    try:
+        metadata = load_model_metadata(source, revision=revision or None, token=_token(user, credential_id))
+        report = size_model(
+            metadata,
+            quantize=quantize or None,
+            max_total_tokens=max_total_tokens,
+            max_batch_total_tokens=max_batch_total_tokens,
+            kv_cache_dtype=kv_cache_dtype or None,
+            inventory=inventory_capacity(),
+        )
+    except SizingError as error:
+        raise ApplicationError(error.message, field=error.field or "source") from None
+    return report.as_dict()

@@ -1,0 +1,58 @@
+"""Serializers of jobs and their numbered log."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from deployments.models import Job
+
+
+def status_field(choices) -> serializers.CharField:
+    """A read-only status named by its values (no shared "status" enum component for the schema to collide on)."""
+    return serializers.CharField(read_only=True, help_text="One of: " + ", ".join(choices.values) + ".")
+
+
+class JobSerializer(serializers.ModelSerializer):
+    status = status_field(Job.Status)
+    kind = serializers.CharField(read_only=True, help_text="One of: " + ", ".join(Job.Kind.values) + ".")
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    target = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "target",
+            "target_type",
+            "target_id",
+            "queue",
+            "actor",
+            "attempts",
+            "max_attempts",
+            "cancel_requested",
+            "cancel_delete_partial",
+            "progress",
+            "result",
+            "failure_cause",
+            "failure_detail",
+            "next_step",
+            "log_seq",
+            "created_at",
+            "dispatched_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_target(self, job) -> str:
+        return f"{job.target_type}:{job.target_id}" if job.target_type else ""
+
+
+class LogPageSerializer(serializers.Serializer):
+    job = serializers.IntegerField()
+    after = serializers.IntegerField()
+    next_after = serializers.IntegerField()
+    has_more = serializers.BooleanField()
+    items = serializers.ListField(child=serializers.DictField())

@@ -1,0 +1,131 @@
+"""The model registry: where models come from, which repo at which commit, and its copies on hosts."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from console.fields import EncryptedSecretField
+from deployments.inventory.models import Host
+
+HUB_ENDPOINT = "https://huggingface.co"
+
+
+class AllowedEndpoint(models.Model):
+    """A host name or network that model sources may reach (mirrors often live on private addresses,
+    so this is an allow-list, not a private-IP ban)."""
+
+    pattern = models.CharField(
+        _("host or network"),
+        max_length=255,
+        unique=True,
+        help_text=_("A host name (hf-mirror.internal, *.corp.example) or a CIDR (10.8.0.0/16)."),
+    )
+    note = models.CharField(_("note"), max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pattern"]
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return self.pattern
+
+
+class ModelSource(models.Model):
+    """The Hugging Face Hub, a Hub-compatible mirror, or local directories on the hosts."""
+
+    class Kind(models.TextChoices):
+        HUB = "hub", _("Hugging Face Hub")
+        MIRROR = "mirror", _("Hub-compatible mirror")
+        LOCAL = "local", _("local directory")
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    kind = models.CharField(_("kind"), max_length=10, choices=Kind.choices, default=Kind.HUB)
+    endpoint = models.URLField(_("endpoint"), blank=True, help_text=_("Empty for the Hub itself."))
+    token = EncryptedSecretField(_("access token"), null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.rstrip("/") or HUB_ENDPOINT
+
+
+class ModelRepo(models.Model):
+    """A repo pinned to the commit its requested revision resolved to."""
+
+    source = models.ForeignKey(ModelSource, on_delete=models.PROTECT, related_name="repos")
+    repo_id = models.CharField(_("repo"), max_length=200)
+    requested_revision = models.CharField(_("requested revision"), max_length=100, default="main")
+    commit = models.CharField(_("commit"), max_length=64, blank=True)
+    gated = models.BooleanField(default=False)
+    license = models.CharField(max_length=100, blank=True)
+    total_size = models.BigIntegerField(default=0)
+    files = models.JSONField(default=list, blank=True)  # [{"path", "size", "sha256", "lfs"}]
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["repo_id", "-created_at"]
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.commit[:10] or self.requested_revision}"
+
+
+class ModelArtifact(models.Model):
+    """A repo at a commit on one host: the files in that host's model store."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("queued")
+        DOWNLOADING = "downloading", _("downloading")
+        READY = "ready", _("ready")
+        FAILED = "failed", _("failed")
+        CANCELLED = "cancelled", _("cancelled")
+        DELETED = "deleted", _("deleted")
+
+    repo = models.ForeignKey(ModelRepo, on_delete=models.PROTECT, related_name="artifacts")
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="artifacts")
+    path = models.CharField(_("path"), max_length=500, blank=True)
+    status = models.CharField(_("status"), max_length=12, choices=Status.choices, default=Status.PENDING)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    files_sha256 = models.JSONField(default=dict, blank=True)
+    manifest = models.JSONField(default=dict, blank=True)
+    imported = models.BooleanField(default=False, help_text="Registered from a directory already on the host.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        default_permissions = ()
+        constraints = [models.UniqueConstraint(fields=["repo", "host"], name="artifact_once_per_host")]
+
+    def __str__(self) -> str:
+        return f"{self.repo} on {self.host}"
+
+
+class ArtifactUse(models.Model):
+    """Something that needs an artifact's files (a deployment, a fine-tune); while one exists the
+    artifact cannot be deleted."""
+
+    artifact = models.ForeignKey(ModelArtifact, on_delete=models.PROTECT, related_name="uses")
+    holder = models.CharField(max_length=120)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_permissions = ()
+        constraints = [models.UniqueConstraint(fields=["artifact", "holder"], name="artifact_use_once")]
+
+    def __str__(self) -> str:
+        return f"{self.holder} uses {self.artifact}"

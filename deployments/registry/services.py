@@ -1,0 +1,247 @@
+"""The model registry: sources and their allow-list, adding a model (resolve, dedupe, download job),
+importing a local directory, cancelling, deleting and garbage-collecting copies. All audited."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+import audit
+from audit.recorder import diff
+from audit.telemetry import traced
+from console import roles
+from console.accounts.models import Credential
+from console.errors import ApplicationError
+from console.permissions import require
+from deployments.jobs.services import job_cancel, job_create
+from deployments.models import AllowedEndpoint, ArtifactUse, Host, Job, ModelArtifact, ModelRepo, ModelSource
+from deployments.registry.endpoints import check_url
+
+
+def source_token(source: ModelSource, credential: Credential | None = None) -> str | None:
+    """The token for a download: a chosen stored credential, else the source's own."""
+    if credential is not None:
+        return credential.value.reveal()
+    return source.token.reveal() if source.token else None
+
+
+@traced("endpoint.allow")
+@transaction.atomic
+def endpoint_allow(*, actor, pattern: str, note: str = "") -> AllowedEndpoint:
+    """Admins allow a host name or network for model sources (manage_inventory)."""
+    import ipaddress
+
+    require(actor, roles.MANAGE_INVENTORY)
+    pattern = pattern.strip().lower()
+    try:
+        ipaddress.ip_network(pattern, strict=False)
+    except ValueError:
+        if not pattern or any(c in pattern for c in "/:@ ") or pattern.count("*") > 1:
+            raise ApplicationError(
+                "Give a host name (mirror.corp, *.corp) or a network (10.8.0.0/16).", field="pattern"
+            ) from None
+    endpoint, created = AllowedEndpoint.objects.get_or_create(pattern=pattern, defaults={"note": note})
+    if created:
+        audit.record(action="endpoint.allowed", actor=actor, target=endpoint, detail={"note": note})
+    return endpoint
+
+
+@traced("endpoint.remove")
+@transaction.atomic
+def endpoint_remove(*, actor, endpoint: AllowedEndpoint) -> None:
+    require(actor, roles.MANAGE_INVENTORY)
+    audit.record(action="endpoint.removed", actor=actor, target=endpoint)
+    endpoint.delete()
+
+
+@traced("source.create")
+@transaction.atomic
+def source_create(*, actor, name: str, kind: str, endpoint: str = "", token: str | None = None) -> ModelSource:
+    """A Hub mirror (or the Hub with its own token). The endpoint must be on the allow-list."""
+    require(actor, roles.MANAGE_INVENTORY)
+    if kind not in (ModelSource.Kind.HUB, ModelSource.Kind.MIRROR):
+        raise ApplicationError("A source is the Hub or a Hub-compatible mirror.", field="kind")
+    if ModelSource.objects.filter(name=name).exists():
+        raise ApplicationError(f"A source named '{name}' already exists.", field="name")
+    if kind == ModelSource.Kind.MIRROR and not endpoint:
+        raise ApplicationError("A mirror needs its address.", field="endpoint")
+    if endpoint:
+        check_url(endpoint)
+    source = ModelSource.objects.create(name=name, kind=kind, endpoint=endpoint, token=token or None, created_by=actor)
+    audit.record(
+        action="source.created",
+        actor=actor,
+        target=source,
+        changes=diff({}, {"name": name, "kind": kind, "endpoint": endpoint, "token": source.token}),
+    )
+    return source
+
+
+def _resolve(*, source: ModelSource, repo_id: str, revision: str, token: str | None):
+    """Resolve the revision to a commit on the source (a metadata call, outside any transaction)."""
+    from deployments.registry import downloads
+
+    if source.endpoint:
+        check_url(source.endpoint)
+    try:
+        return downloads.resolve(repo_id, revision, endpoint=source.url, token=token)
+    except downloads.DownloadError as error:
+        raise ApplicationError(f"{error} {error.next_step}".strip(), field=error.field or "repo_id") from None
+
+
+@traced("model.add")
+def model_add(
+    *,
+    actor,
+    source: ModelSource,
+    repo_id: str,
+    host: Host,
+    revision: str = "main",
+    credential: Credential | None = None,
+    include: list[str] | None = None,
+) -> ModelArtifact:
+    """Add a model to a host: pin the commit, reuse the copy the host already has, else download it
+    there (a job on the host's queue). Admins and engineers may add models."""
+    require(actor, roles.ADD_MODEL)
+    if credential is not None:
+        require(actor, roles.ADD_MODEL, credential)
+    repo_id = repo_id.strip()
+    if repo_id.count("/") > 1 or not repo_id or any(c in repo_id for c in " \\:"):
+        raise ApplicationError("A repo id looks like org/name.", field="repo_id")
+    snapshot = _resolve(
+        source=source, repo_id=repo_id, revision=revision or "main", token=source_token(source, credential)
+    )
+    with transaction.atomic():
+        if credential is not None:
+            audit.record(action="secret.used", actor=actor, target=credential, detail={"purpose": "resolve a model"})
+        files = [{"path": f.path, "size": f.size, "sha256": f.sha256, "lfs": f.lfs} for f in snapshot.files]
+        repo, _created = ModelRepo.objects.get_or_create(
+            source=source,
+            repo_id=repo_id,
+            commit=snapshot.commit,
+            defaults={
+                "requested_revision": revision or "main",
+                "gated": bool(snapshot.gated),
+                "files": files,
+                "license": snapshot.license or "",
+                "total_size": sum(f.size for f in snapshot.files),
+                "created_by": actor,
+            },
+        )
+        artifact = ModelArtifact.objects.select_for_update().filter(repo=repo, host=host).first()
+        if artifact is not None and artifact.status in (
+            ModelArtifact.Status.READY,
+            ModelArtifact.Status.PENDING,
+            ModelArtifact.Status.DOWNLOADING,
+        ):
+            return artifact  # stored once per host and shared
+        if artifact is None:
+            artifact = ModelArtifact.objects.create(repo=repo, host=host, created_by=actor, bytes_total=repo.total_size)
+        else:
+            artifact.status = ModelArtifact.Status.PENDING
+            artifact.save(update_fields=["status"])
+        audit.record(
+            action="model.download_requested",
+            actor=actor,
+            target=artifact,
+            detail={"repo": repo_id, "commit": repo.commit, "host": host.name, "source": source.name},
+        )
+        job_create(
+            kind=Job.Kind.DOWNLOAD,
+            actor=actor,
+            target=artifact,
+            queue=host.queue,
+            params={"credential_id": credential.pk if credential else None, "include": include or []},
+        )
+    return artifact
+
+
+@traced("model.import")
+@transaction.atomic
+def model_import(*, actor, host: Host, directory: str, repo_id: str) -> ModelArtifact:
+    """Register a directory already on a host (air-gapped sites): its agent validates and hashes it."""
+    require(actor, roles.ADD_MODEL)
+    directory = import_directory(directory)
+    source, _ = ModelSource.objects.get_or_create(name="Local directories", defaults={"kind": ModelSource.Kind.LOCAL})
+    repo = ModelRepo.objects.create(
+        source=source,
+        repo_id=repo_id or directory.rstrip("/").rsplit("/", 1)[-1],
+        requested_revision="local",
+        commit="",
+        created_by=actor,
+    )
+    artifact = ModelArtifact.objects.create(repo=repo, host=host, path=directory, imported=True, created_by=actor)
+    audit.record(
+        action="model.import_requested",
+        actor=actor,
+        target=artifact,
+        detail={"directory": directory, "host": host.name},
+    )
+    job_create(kind=Job.Kind.IMPORT, actor=actor, target=artifact, queue=host.queue)
+    return artifact
+
+
+def import_directory(directory: str) -> str:
+    """The normalised directory if it lies under MODEL_IMPORT_ROOTS (the agent writes a manifest there)."""
+    import os
+
+    from django.conf import settings
+
+    if not directory.startswith("/"):
+        raise ApplicationError("Give the absolute path of the directory on that host.", field="directory")
+    if ".." in directory.split("/"):
+        raise ApplicationError("The path may not contain '..'.", field="directory")
+    normal = os.path.normpath(directory)
+    roots = [os.path.normpath(str(root)) for root in (settings.MODEL_IMPORT_ROOTS or [settings.MODEL_STORE])]
+    if not any(normal == root or normal.startswith(root.rstrip("/") + "/") for root in roots):
+        raise ApplicationError(
+            f"Import from these directories only: {', '.join(roots)} (MODEL_IMPORT_ROOTS).", field="directory"
+        )
+    return normal
+
+
+def artifact_jobs(artifact: ModelArtifact):
+    return Job.objects.filter(target_type="deployments.modelartifact", target_id=str(artifact.pk)).order_by("-id")
+
+
+@traced("model.cancel")
+@transaction.atomic
+def model_cancel(*, actor, artifact: ModelArtifact, delete_partial: bool = False) -> Job:
+    """Stop a download; the partial files stay for a later resume unless delete_partial."""
+    require(actor, roles.ADD_MODEL)
+    job = artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DOWNLOAD).first()
+    if job is None:
+        raise ApplicationError("Nothing is downloading for this model on that host.")
+    return job_cancel(actor=actor, job=job, action=roles.ADD_MODEL, delete_partial=delete_partial)
+
+
+@traced("model.delete")
+@transaction.atomic
+def artifact_delete(*, actor, artifact: ModelArtifact) -> Job:
+    """Remove a host's copy (a job on that host deletes the files). Refused while something uses it."""
+    require(actor, roles.ADD_MODEL)
+    holders = list(ArtifactUse.objects.filter(artifact=artifact).values_list("holder", flat=True))
+    if holders:
+        raise ApplicationError(f"{artifact} is in use by {', '.join(holders)}; stop those first.")
+    if artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DOWNLOAD).exists():
+        raise ApplicationError("It is still downloading; cancel the download first.")
+    deleting = artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DELETE).first()
+    if deleting is not None:
+        return deleting  # already being deleted: one job is enough
+    audit.record(action="model.delete_requested", actor=actor, target=artifact, detail={"path": artifact.path})
+    return job_create(kind=Job.Kind.DELETE, actor=actor, target=artifact, queue=artifact.host.queue)
+
+
+def gc_candidates(*, host: Host | None = None):
+    """Ready copies nothing uses and nothing is deleting yet (what garbage collection would delete)."""
+    deleting = Job.objects.filter(
+        kind=Job.Kind.DELETE, status__in=Job.Status.active(), target_type="deployments.modelartifact"
+    ).values_list("target_id", flat=True)
+    artifacts = ModelArtifact.objects.filter(status=ModelArtifact.Status.READY, uses__isnull=True).exclude(
+        pk__in=[int(pk) for pk in deleting]
+    )
+    return artifacts.filter(host=host) if host else artifacts
+
+
+def artifacts_gc(*, actor, host: Host | None = None) -> list[Job]:
+    """Delete every unused copy (the UI asks for confirmation first); each deletion stands on its own."""
+    return [artifact_delete(actor=actor, artifact=artifact) for artifact in gc_candidates(host=host)]

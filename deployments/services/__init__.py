@@ -1,1 +1,0 @@
-"""Services: the writes of the deployments app (keyword-only, typed, atomic, audited)."""

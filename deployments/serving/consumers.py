@@ -1,0 +1,87 @@
+"""The websocket consumer of the playground of a running deployment."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from console import roles
+from console.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, ConsoleConsumer
+from console.errors import ApplicationError
+from console.permissions import can, report_denial, require
+from deployments.models import Deployment
+from deployments.serving import playground
+
+
+class PlaygroundConsumer(ConsoleConsumer):
+    """/ws/deployments/<id>/playground/: send {"type": "generate", "mode": "completion"|"chat", "prompt" or
+    "messages", "parameters"}; receive {"type": "token", "text"} events, then {"type": "end", ...counts}.
+    Needs use_deployment on that deployment (engineers by grant); each use is audited."""
+
+    permission_action = roles.USE_DEPLOYMENT
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        deployment = await database_sync_to_async(self._deployment)()
+        if deployment is None:
+            await self.close(
+                code=CLOSE_NOT_FOUND if await database_sync_to_async(can)(user, roles.VIEW) else CLOSE_FORBIDDEN
+            )
+            return
+        try:
+            await database_sync_to_async(require)(user, roles.USE_DEPLOYMENT, deployment)
+        except (PermissionDenied, Http404) as denied:
+            await database_sync_to_async(report_denial)(denied, user=user, path=self.scope.get("path", ""))
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.busy = False
+        await self.accept()
+
+    def _deployment(self):
+        return (
+            Deployment.objects.select_related("spec")
+            .filter(pk=int(self.scope["url_route"]["kwargs"]["deployment_id"]))
+            .first()
+        )
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if not isinstance(content, dict) or content.get("type") != "generate":
+            await self.send_json({"type": "error", "detail": 'send {"type": "generate", ...}'})
+            return
+        if self.busy:
+            await self.send_json({"type": "error", "detail": "one generation at a time"})
+            return
+        self.busy = True
+        deployment = await database_sync_to_async(self._deployment)()
+        mode = content.get("mode", "completion")
+        summary: dict = {}
+        try:
+            async for event in playground.run(
+                deployment,
+                mode=mode,
+                prompt=str(content.get("prompt") or ""),
+                messages=content.get("messages"),
+                parameters=content.get("parameters"),
+            ):
+                if event["type"] == "end":
+                    summary = event
+                await self.send_json(event)
+        except ApplicationError as error:
+            await self.send_json({"type": "error", "detail": error.message, "field": error.field})
+        except Exception as exc:  # the server's own error (overloaded, validation, connection)
+            await self.send_json({"type": "error", "detail": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.busy = False
+        if summary:
+            await database_sync_to_async(playground.record_use)(
+                self.scope["user"],
+                deployment,
+                mode=mode,
+                summary=summary,
+                prompt=str(content.get("prompt") or ""),
+                messages=content.get("messages"),
+            )

@@ -1,0 +1,109 @@
+"""Serializers of the deployments API: specs (write: the fields a user sets), deployments, images."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import Group
+from rest_framework import serializers
+
+from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
+from deployments.serving.specs import SPEC_FIELDS
+
+
+class SpecSerializer(serializers.ModelSerializer):
+    artifact = serializers.PrimaryKeyRelatedField(queryset=ModelArtifact.objects.all())
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = DeploymentSpec
+        fields = ["id", "version", *SPEC_FIELDS, "diff", "note", "created_by", "created_at"]
+        read_only_fields = ["id", "version", "diff", "created_by", "created_at"]
+        extra_kwargs = {"credential": {"required": False, "allow_null": True}}
+
+
+class SpecInputSerializer(SpecSerializer):
+    """Partial input for an edit: only the fields given change."""
+
+    artifact = serializers.PrimaryKeyRelatedField(queryset=ModelArtifact.objects.all(), required=False)
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    spec = SpecSerializer(read_only=True)
+    spec_input = SpecSerializer(write_only=True, source="spec_data", help_text="The first spec version.")
+    team = serializers.SlugRelatedField(
+        slug_field="name", queryset=Group.objects.all(), required=False, allow_null=True
+    )
+    host = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    launch = serializers.BooleanField(write_only=True, default=True)
+    job = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "name",
+            "team",
+            "restart_policy",
+            "state",
+            "state_changed_at",
+            "deadline",
+            "spec",
+            "spec_input",
+            "launch",
+            "host",
+            "gpu_indexes",
+            "placement_note",
+            "runtime",
+            "endpoint",
+            "job",
+            "command",
+            "failure_cause",
+            "failure_detail",
+            "next_step",
+            "restart_count",
+            "next_restart_at",
+            "created_at",
+        ]
+        read_only_fields = [
+            "state",
+            "state_changed_at",
+            "deadline",
+            "host",
+            "gpu_indexes",
+            "placement_note",
+            "runtime",
+            "endpoint",
+            "job",
+            "command",
+            "failure_cause",
+            "failure_detail",
+            "next_step",
+            "restart_count",
+            "next_restart_at",
+            "created_at",
+        ]
+
+
+class DeploymentUpdateSerializer(serializers.Serializer):
+    spec = SpecInputSerializer(help_text="Changed fields; a new spec version is made with the diff.")
+    note = serializers.CharField(required=False, allow_blank=True, max_length=255)
+
+
+class RollbackSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+
+
+class PlanSerializer(serializers.Serializer):
+    """A spec to check without saving: the planner's verdict and the command line."""
+
+    spec = SpecSerializer()
+    name = serializers.CharField(required=False, default="preview")
+    deployment = serializers.IntegerField(
+        required=False, allow_null=True, help_text="When editing: the deployment whose own GPUs count as free."
+    )
+
+
+class AllowedImageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AllowedImage
+        fields = ["id", "reference", "digest", "backend", "note", "pinned", "created_at"]
+        read_only_fields = ["pinned", "created_at"]

@@ -1,0 +1,367 @@
+"""Deployments: create, edit (a new spec version), roll back, launch, stop, restart, delete; the state
+changes workers report; GPU reservations. Every user action is audited with the spec diff."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+import audit
+from audit.recorder import diff
+from audit.telemetry import traced
+from console import roles
+from console.errors import ApplicationError
+from console.permissions import require
+from deployments.jobs.services import job_cancel, job_create
+from deployments.models import ArtifactUse, Deployment, DeploymentSpec, Gpu, GpuReservation, Job, ModelArtifact
+from deployments.serving.specs import SPEC_FIELDS, clean_spec, spec_values, verdict
+
+State = Deployment.State
+
+
+def _new_spec(deployment: Deployment, values: dict, *, actor, note: str = "") -> DeploymentSpec:
+    previous = deployment.spec
+    version = (deployment.specs.order_by("-version").values_list("version", flat=True).first() or 0) + 1
+    spec = DeploymentSpec(
+        deployment=deployment,
+        version=version,
+        note=note,
+        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        **{name: values[name] for name in SPEC_FIELDS if name in values},
+    )
+    spec.diff = diff(spec_values(previous) if previous else {}, spec_values(spec))
+    spec.save()
+    deployment.spec = spec
+    deployment.save(update_fields=["spec"])
+    return spec
+
+
+@traced("deployment.create")
+@transaction.atomic
+def deployment_create(
+    *, actor, name: str, spec: dict, team=None, restart_policy: str = "on-failure", launch: bool = True
+) -> Deployment:
+    """A new deployment with spec version 1; launched at once unless `launch` is false. A spec the planner
+    says cannot fit is refused here, before any task runs."""
+    require(actor, roles.DEPLOY)
+    name = (name or "").strip().lower()
+    if Deployment.objects.filter(name=name).exists():
+        raise ApplicationError(f"A deployment named {name} exists.", field="name")
+    values = clean_spec(spec)
+    plan = verdict(values)
+    if plan["fits"] is False:
+        raise ApplicationError(plan["reason"], field="artifact")
+    deployment = Deployment(
+        name=name, team=team, restart_policy=restart_policy, created_by=actor if actor.is_authenticated else None
+    )
+    deployment.full_clean(exclude=["spec", "host"])
+    deployment.save()
+    created = _new_spec(deployment, values, actor=actor)
+    audit.record(
+        action="deployment.created",
+        actor=actor,
+        target=deployment,
+        changes=created.diff,
+        detail={"version": 1, "planner": {k: plan[k] for k in ("fits", "num_shard", "per_gpu_bytes")}},
+    )
+    if launch:
+        _launch(actor, deployment, plan)
+    return deployment
+
+
+@traced("deployment.edit")
+@transaction.atomic
+def spec_update(*, actor, deployment: Deployment, spec: dict, note: str = "") -> DeploymentSpec:
+    """An edit is a new version with its diff; a running deployment uses it after a restart."""
+    require(actor, roles.DEPLOY, deployment)
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    values = clean_spec({**spec_values(deployment.spec), **spec})
+    plan = verdict(values, holder=deployment.holder)
+    if plan["fits"] is False:
+        raise ApplicationError(plan["reason"], field="artifact")
+    created = _new_spec(deployment, values, actor=actor, note=note)
+    if not created.diff:
+        raise ApplicationError("Nothing changed.")
+    audit.record(
+        action="deployment.edited",
+        actor=actor,
+        target=deployment,
+        changes=created.diff,
+        detail={"version": created.version, "note": note, "running": deployment.state == State.RUNNING},
+    )
+    return created
+
+
+@traced("deployment.rollback")
+@transaction.atomic
+def deployment_rollback(*, actor, deployment: Deployment, version: int) -> DeploymentSpec:
+    """Make an earlier version current again, as a new version (history only grows)."""
+    require(actor, roles.DEPLOY, deployment)
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    old = deployment.specs.filter(version=version).first()
+    if old is None:
+        raise ApplicationError(f"{deployment} has no version {version}.", field="version")
+    if old.pk == deployment.spec_id:
+        raise ApplicationError(f"Version {version} is already current.", field="version")
+    values = clean_spec(spec_values(old))
+    created = _new_spec(deployment, values, actor=actor, note=f"rollback to v{version}")
+    audit.record(
+        action="deployment.rolled_back",
+        actor=actor,
+        target=deployment,
+        changes=created.diff,
+        detail={"to_version": version, "version": created.version},
+    )
+    return created
+
+
+# -- launching -----------------------------------------------------------------------------------------------
+def _deadline(state: str):
+    seconds = {
+        State.DOWNLOADING: settings.DEPLOY_DEADLINE_DOWNLOADING,
+        State.STARTING: settings.DEPLOY_DEADLINE_STARTING,
+        State.STOPPING: settings.DEPLOY_STOP_GRACE_SECONDS + 60,
+        State.PLACING: 300,
+        State.PENDING: 300,
+    }.get(state)
+    return timezone.now() + timedelta(seconds=seconds) if seconds else None
+
+
+def set_state(deployment: Deployment, state: str, **fields) -> None:
+    """Record a state (with its deadline) on the row and the object."""
+    fields = {"state": state, "state_changed_at": timezone.now(), "deadline": _deadline(state), **fields}
+    Deployment.objects.filter(pk=deployment.pk).update(**fields)
+    for key, value in fields.items():
+        setattr(deployment, key, value)
+
+
+def _reserve(deployment: Deployment, host, gpu_indexes: list[int], per_gpu: int) -> None:
+    gpus = list(Gpu.objects.select_for_update().filter(host=host, index__in=gpu_indexes))
+    GpuReservation.objects.filter(holder=deployment.holder).delete()
+    GpuReservation.objects.bulk_create(
+        GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=deployment.holder) for gpu in gpus
+    )
+
+
+def release(deployment: Deployment) -> None:
+    """Give back the deployment's GPU memory and its hold on the model files."""
+    GpuReservation.objects.filter(holder=deployment.holder).delete()
+    ArtifactUse.objects.filter(holder=deployment.holder).delete()
+
+
+def _launch(actor, deployment: Deployment, plan: dict | None = None) -> Job:
+    spec = deployment.spec
+    set_state(deployment, State.PLACING, failure_cause="", failure_detail="", next_step="", restart_requested=False)
+    values = clean_spec(spec_values(spec))
+    plan = plan or verdict(values, holder=deployment.holder)
+    if plan["fits"] is False:
+        raise ApplicationError(plan["reason"], field="artifact")
+    artifact: ModelArtifact = spec.artifact
+    host = artifact.host
+    gpu_indexes = plan["gpu_indexes"] if spec.device == DeploymentSpec.Device.GPU else []
+    if spec.device == DeploymentSpec.Device.GPU and not gpu_indexes:
+        raise ApplicationError(f"No GPU set on {host} fits this spec.", field="gpu_indexes")
+    _reserve(deployment, host, gpu_indexes, plan.get("per_gpu_bytes") or 0)
+    ArtifactUse.objects.get_or_create(artifact=artifact, holder=deployment.holder)
+    job = job_create(
+        kind=Job.Kind.SERVE,
+        actor=actor,
+        target=deployment,
+        queue=host.queue,
+        params={"deployment": deployment.pk, "spec": spec.pk},
+    )
+    next_state = State.STARTING if artifact.status == ModelArtifact.Status.READY else State.DOWNLOADING
+    set_state(
+        deployment,
+        next_state,
+        host=host,
+        gpu_indexes=gpu_indexes,
+        runtime=host.runtime,
+        job=job,
+        placement_note=(f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"),
+        next_restart_at=None,
+    )
+    audit.record(
+        action="deployment.launched",
+        actor=actor,
+        target=deployment,
+        detail={"version": spec.version, "host": host.name, "gpus": gpu_indexes, "job": job.pk},
+    )
+    return job
+
+
+@traced("deployment.launch")
+@transaction.atomic
+def deployment_launch(*, actor, deployment: Deployment) -> Job:
+    require(actor, roles.DEPLOY, deployment)
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if deployment.state not in (State.STOPPED, State.FAILED):
+        raise ApplicationError(f"{deployment} is {deployment.get_state_display()}; stop it first.")
+    return _launch(actor, deployment)
+
+
+@traced("deployment.stop")
+@transaction.atomic
+def deployment_stop(*, actor, deployment: Deployment) -> Deployment:
+    """Stop the server gracefully (its job stops it within the grace period) and free its GPUs."""
+    require(actor, roles.DEPLOY, deployment)
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if deployment.state in (State.STOPPED, State.STOPPING):
+        return deployment
+    job = deployment.job
+    audit.record(action="deployment.stop_requested", actor=actor, target=deployment, detail={"state": deployment.state})
+    if job is not None and job.is_active:
+        job_cancel(actor=actor, job=job, action=roles.DEPLOY, target=deployment)
+        set_state(deployment, State.STOPPING, next_restart_at=None)
+    else:
+        release(deployment)
+        set_state(deployment, State.STOPPED, next_restart_at=None)
+    return deployment
+
+
+@traced("deployment.restart")
+@transaction.atomic
+def deployment_restart(*, actor, deployment: Deployment) -> Deployment:
+    """Stop and launch again with the current spec (an edit takes effect this way)."""
+    require(actor, roles.DEPLOY, deployment)
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    audit.record(
+        action="deployment.restart_requested",
+        actor=actor,
+        target=deployment,
+        detail={"version": deployment.spec.version},
+    )
+    job = deployment.job
+    if job is not None and job.is_active:
+        Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
+        job_cancel(actor=actor, job=job, action=roles.DEPLOY, target=deployment)
+        set_state(deployment, State.STOPPING)
+    else:
+        _launch(actor, deployment)
+    return deployment
+
+
+@traced("deployment.delete")
+@transaction.atomic
+def deployment_delete(*, actor, deployment: Deployment) -> None:
+    require(actor, roles.DEPLOY, deployment)
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if deployment.state not in (State.STOPPED, State.FAILED):
+        raise ApplicationError(f"Stop {deployment} before deleting it.")
+    release(deployment)
+    audit.record(
+        action="deployment.deleted",
+        actor=actor,
+        target=deployment,
+        detail={"versions": deployment.specs.count(), "spec": spec_values(deployment.spec) if deployment.spec else {}},
+    )
+    Deployment.objects.filter(pk=deployment.pk).update(spec=None)
+    deployment.specs.all().delete()
+    deployment.delete()
+
+
+# -- reported by workers -----------------------------------------------------------------------------------------
+@transaction.atomic
+def deployment_running(deployment: Deployment, *, endpoint: str, info: dict | None) -> None:
+    set_state(deployment, State.RUNNING, endpoint=endpoint)
+    audit.record(
+        action="deployment.running",
+        actor=None,
+        actor_name="system",
+        target=deployment,
+        detail={
+            "endpoint": endpoint,
+            "server": (info or {}).get("version"),
+            "max_total_tokens": (info or {}).get("max_total_tokens"),
+        },
+    )
+
+
+def restart_delay(restart_count: int) -> int:
+    """Capped exponential backoff: base, 2 x base, 4 x base ... up to DEPLOY_RESTART_BACKOFF_MAX."""
+    return min(settings.DEPLOY_RESTART_BACKOFF_MAX, settings.DEPLOY_RESTART_BACKOFF_SECONDS * 2**restart_count)
+
+
+@transaction.atomic
+def deployment_failed(deployment: Deployment, *, cause: str, detail: str, next_step: str) -> None:
+    """The server could not start or died: record why, free the GPUs, and plan a restart if the policy says so."""
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    release(deployment)
+    restart_at = None
+    if deployment.restart_policy == Deployment.RestartPolicy.ON_FAILURE and cause not in NO_RESTART_CAUSES:
+        restart_at = timezone.now() + timedelta(seconds=restart_delay(deployment.restart_count))
+    set_state(
+        deployment,
+        State.FAILED,
+        failure_cause=cause[:60],
+        failure_detail=detail[:5000],
+        next_step=next_step,
+        next_restart_at=restart_at,
+    )
+    audit.record(
+        action="deployment.failed",
+        actor=None,
+        actor_name="system",
+        target=deployment,
+        outcome="failure",
+        detail={"cause": cause, "restart_at": restart_at.isoformat() if restart_at else None},
+    )
+
+
+# Causes a restart cannot fix: the spec or the host must change first.
+NO_RESTART_CAUSES = frozenset(
+    {
+        "invalid_arguments",
+        "incompatible",
+        "not_found",
+        "auth",
+        "image_missing",
+        "cuda_oom",
+        "warmup_memory",
+        "kv_capacity",
+        "ml_environment_missing",
+        "health_deadline",
+    }
+)
+
+
+@transaction.atomic
+def deployment_stopped(deployment: Deployment) -> bool:
+    """The server was stopped on request; returns True when a restart was asked for (then it launches)."""
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    release(deployment)
+    set_state(deployment, State.STOPPED, endpoint="")
+    if deployment.restart_requested:
+        _launch(None, deployment)
+        return True
+    audit.record(action="deployment.stopped", actor=None, actor_name="system", target=deployment)
+    return False
+
+
+@transaction.atomic
+def deployment_relaunch(deployment: Deployment) -> Job | None:
+    """The reconciler's restart after a failure (restart policy, backoff elapsed)."""
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if deployment.state != State.FAILED or deployment.next_restart_at is None:
+        return None
+    Deployment.objects.filter(pk=deployment.pk).update(restart_count=deployment.restart_count + 1)
+    audit.record(
+        action="deployment.auto_restart",
+        actor=None,
+        actor_name="system",
+        target=deployment,
+        detail={"attempt": deployment.restart_count + 1, "after": deployment.failure_cause},
+    )
+    try:
+        return _launch(None, deployment)
+    except ApplicationError as error:
+        deployment_failed(
+            deployment,
+            cause="placement",
+            detail=error.message,
+            next_step="Free GPU memory on the host, or change the spec.",
+        )
+        return None

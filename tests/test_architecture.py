@@ -1,0 +1,57 @@
+"""The import contract (`lint-imports`, run by `make lint`) holds on the tree and catches a wrong import."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("console", "deployments", "audit", "workers")
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(tree: Path) -> subprocess.CompletedProcess:
+    # lint-imports finds the packages from its working directory, so it reads the copy, not the checkout.
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"], cwd=tree, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+def test_the_tree_keeps_every_contract(tree):
+    result = lint_imports(tree)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "BROKEN" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "message"),
+    [
+        # The audit sits below the domains: it may not know a deployment.
+        ("audit/chain.py", "from deployments.models import Job", "audit.chain -> deployments.models"),
+        # Services dispatch by task name; a domain importing the workers' task module is refused.
+        ("deployments/jobs/services.py", "from workers.tasks import run_job", "deployments.jobs.services -> workers"),
+        # The planner is pure arithmetic: no Django.
+        ("deployments/sizing/plan.py", "from django.conf import settings", "deployments.sizing.plan -> django"),
+        # Job programs run in the ML environment, which has no Django and no console.
+        ("workers/jobs/serve.py", "from console import roles", "workers.jobs.serve -> console"),
+    ],
+)
+def test_a_wrong_import_breaks_the_contract(tree, module, line, message):
+    target = tree / module
+    target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+    result = lint_imports(tree)
+    assert result.returncode != 0
+    assert "BROKEN" in result.stdout
+    assert message in result.stdout

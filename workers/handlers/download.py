@@ -1,0 +1,135 @@
+"""The download job kind: resolve, choose files, check space, download resumably, verify, publish."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from huggingface_hub.utils import get_session
+
+import audit
+from console.accounts.models import Credential
+from deployments.models import AllowedEndpoint, Job, ModelArtifact
+from deployments.registry import downloads
+from deployments.registry.endpoints import RedirectRefused, check_url, redirect_guard
+from deployments.registry.services import source_token
+from workers.handlers.artifacts import artifact_of, failure_of, final_dir, staging_dir
+from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
+
+
+@register("download")
+class DownloadHandler(Handler):
+    """Resolve, choose files, check space, download resumably with verification, publish atomically."""
+
+    def run(self, ctx: JobContext) -> dict:
+        artifact = artifact_of(ctx)
+        repo, source = artifact.repo, artifact.repo.source
+        ModelArtifact.objects.filter(pk=artifact.pk).update(status=ModelArtifact.Status.DOWNLOADING)
+        credential = None
+        if ctx.job.params.get("credential_id"):
+            credential = Credential.objects.filter(pk=ctx.job.params["credential_id"]).first()
+        token = source_token(source, credential)
+        # Every redirect the source answers with is checked against the allow-list before it is followed
+        # (resolve and all file downloads share this thread's huggingface_hub session).
+
+        session = get_session()
+        guard = redirect_guard(list(AllowedEndpoint.objects.values_list("pattern", flat=True)))
+        session.hooks["response"].append(guard)
+        try:
+            return self._download(ctx, artifact, repo, source, credential, token)
+        except RedirectRefused as refused:
+            raise JobFailure(
+                refused.message,
+                cause="endpoint_not_allowed",
+                next_step="Ask an admin to allow that address, or use another mirror.",
+            ) from None
+        finally:
+            session.hooks["response"].remove(guard)
+
+    def _download(self, ctx, artifact, repo, source, credential, token) -> dict:
+        try:
+            if source.endpoint:
+                check_url(source.endpoint)
+            snapshot = downloads.resolve(repo.repo_id, repo.commit, endpoint=source.url, token=token)
+            files = downloads.choose_files(snapshot.files, include=ctx.job.params.get("include") or None)
+            staging, final = staging_dir(artifact), final_dir(artifact)
+            staging.mkdir(parents=True, exist_ok=True)
+            downloads.check_space(files, staging)
+            total = sum(f.size for f in files)
+            ctx.log(f"{repo.repo_id}@{snapshot.commit}: {len(files)} file(s), {total / 1e9:.2f} GB into {final}")
+            ModelArtifact.objects.filter(pk=artifact.pk).update(bytes_total=total)
+
+            def on_progress(p) -> None:
+                data = {
+                    "file": p.file,
+                    "file_done": p.file_done,
+                    "file_total": p.file_total,
+                    "done": p.done,
+                    "total": p.total,
+                    "rate_bps": round(p.rate_bps),
+                    "eta_s": p.eta_s,
+                }
+                ctx.progress(data)
+                ModelArtifact.objects.filter(pk=artifact.pk).update(bytes_done=p.done)
+
+            hashes = downloads.download(
+                snapshot,
+                files,
+                staging,
+                endpoint=source.url,
+                token=token,
+                on_progress=on_progress,
+                should_cancel=ctx.should_cancel,
+                chunk_size=settings.DOWNLOAD_CHUNK_BYTES,
+            )
+            final.parent.mkdir(parents=True, exist_ok=True)
+            manifest = {
+                "source": source.name,
+                "endpoint": source.url,
+                "repo": repo.repo_id,
+                "commit": snapshot.commit,
+                "requested_revision": repo.requested_revision,
+                "downloaded_at": timezone.now().isoformat(),
+                "actor": ctx.job.actor.get_username() if ctx.job.actor else "",
+                "job": ctx.job.pk,
+                "files": [{"path": f.path, "size": f.size, "sha256": hashes[f.path]} for f in files],
+            }
+            downloads.publish(staging, final, manifest)
+        except downloads.Cancelled:
+            raise JobCancelled() from None
+        except downloads.DownloadError as error:
+            raise failure_of(error) from None
+        with transaction.atomic():
+            ModelArtifact.objects.filter(pk=artifact.pk).update(
+                status=ModelArtifact.Status.READY,
+                path=str(final),
+                files_sha256=hashes,
+                manifest=manifest,
+                bytes_done=total,
+                ready_at=timezone.now(),
+            )
+            audit.record(
+                action="model.downloaded",
+                actor=None,
+                actor_name=f"agent:{artifact.host.name}",
+                target=artifact,
+                detail={"files": len(files), "bytes": total, "commit": snapshot.commit},
+            )
+        ctx.progress(
+            {"done": total, "total": total, "file": "", "file_done": 0, "file_total": 0, "rate_bps": 0, "eta_s": 0},
+            force=True,
+        )
+        return {"path": str(final), "files": len(files), "bytes": total}
+
+    def finished(self, ctx: JobContext, status: str) -> None:
+        if status == Job.Status.SUCCEEDED:
+            return
+        artifact = artifact_of(ctx)
+        outcome = ModelArtifact.Status.CANCELLED if status == Job.Status.CANCELLED else ModelArtifact.Status.FAILED
+        ModelArtifact.objects.filter(pk=artifact.pk).update(status=outcome)
+        if status == Job.Status.CANCELLED and ctx.job.cancel_delete_partial:
+            downloads.discard(staging_dir(artifact))
+            ModelArtifact.objects.filter(pk=artifact.pk).update(bytes_done=0)
+            ctx.log("partial files deleted")
+        elif status == Job.Status.CANCELLED:
+            ctx.log(f"partial files kept in {staging_dir(artifact)} for a later resume")

@@ -1,0 +1,85 @@
+"""The import job kind: a directory already on the host becomes a registered artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.db import transaction
+from django.utils import timezone
+
+import audit
+from console.errors import ApplicationError
+from deployments.models import Job, ModelArtifact
+from deployments.registry import downloads
+from deployments.registry.services import import_directory
+from workers.handlers.artifacts import artifact_of
+from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
+
+
+@register("import")
+class ImportHandler(Handler):
+    """Validate a directory already on the host, hash every file, and write its manifest."""
+
+    def run(self, ctx: JobContext) -> dict:
+        artifact = artifact_of(ctx)
+        try:  # the host's own settings decide too
+            directory = Path(import_directory(artifact.path))
+        except ApplicationError as error:
+            raise JobFailure(
+                error.message, cause="not_allowed", next_step="Copy the model under an import root."
+            ) from None
+        if not directory.is_dir():
+            raise JobFailure(
+                f"{directory} is not a directory on {artifact.host.name}.",
+                cause="not_found",
+                next_step="Check the path on that host (copy the model there first).",
+            )
+        problems = downloads.validate_layout(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+        if problems:
+            raise JobFailure(
+                "; ".join(problems),
+                cause="invalid_layout",
+                next_step="A model directory needs config.json, a tokenizer and weights.",
+            )
+        try:
+            files = downloads.hash_directory(
+                directory,
+                should_cancel=ctx.should_cancel,
+                on_progress=lambda p: ctx.progress({"done": p.done, "total": p.total, "file": p.file}),
+            )
+        except downloads.Cancelled:
+            raise JobCancelled() from None
+        hashes = {path: info[1] for path, info in files.items()}
+        total = sum(info[0] for info in files.values())
+        manifest = {
+            "source": "local directory",
+            "path": str(directory),
+            "imported_at": timezone.now().isoformat(),
+            "actor": ctx.job.actor.get_username() if ctx.job.actor else "",
+            "job": ctx.job.pk,
+            "files": [{"path": p, "size": s, "sha256": h} for p, (s, h) in sorted(files.items())],
+        }
+        (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        with transaction.atomic():
+            ModelArtifact.objects.filter(pk=artifact.pk).update(
+                status=ModelArtifact.Status.READY,
+                files_sha256=hashes,
+                manifest=manifest,
+                bytes_done=total,
+                bytes_total=total,
+                ready_at=timezone.now(),
+            )
+            artifact.repo.__class__.objects.filter(pk=artifact.repo_id).update(total_size=total)
+            audit.record(
+                action="model.imported",
+                actor=None,
+                actor_name=f"agent:{artifact.host.name}",
+                target=artifact,
+                detail={"files": len(files), "bytes": total},
+            )
+        return {"files": len(files), "bytes": total}
+
+    def finished(self, ctx: JobContext, status: str) -> None:
+        if status != Job.Status.SUCCEEDED:
+            ModelArtifact.objects.filter(pk=ctx.job.target_id).update(status=ModelArtifact.Status.FAILED)

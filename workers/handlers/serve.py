@@ -1,0 +1,258 @@
+"""The `serve` job: launch a deployment's server on the placed host and watch it for as long as it runs.
+
+It runs on the host's agent queue (never in the web process). It waits for the model files, finds a
+server already running for the deployment (after a worker restart) or starts one, copies every output
+line into the job's log (stream "server"), moves the deployment to running once /health and /info answer,
+fails it with a diagnosed cause when the server exits or a state's deadline passes, and stops it
+gracefully when the job is cancelled. Exactly one server per deployment: extra ones are removed.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from deployments.backends.diagnosis import diagnose
+from deployments.backends.tgi import launch as tgi
+from deployments.models import Deployment, DeploymentSpec, Job, JobLogLine, ModelArtifact
+from deployments.serving import services as lifecycle
+from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
+from workers.runtimes import Handle, RunSpec, RuntimeFailure, get_runtime
+from workers.runtimes.base import LABEL_DEPLOYMENT
+
+State = Deployment.State
+POLL_SECONDS = 0.5
+TAIL_LINES = 2000
+
+
+def instance_name(deployment: Deployment) -> str:
+    return f"llmdeploy-{deployment.pk}-{deployment.name}"[:63]
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def run_spec(deployment: Deployment, spec: DeploymentSpec) -> RunSpec:
+    """What the runtime starts: the backend's flags, the placed GPUs, the port on the bind address."""
+    host = deployment.host
+    artifact: ModelArtifact = spec.artifact
+    docker = host.runtime == host.Runtime.DOCKER
+    store = host.model_store or str(settings.MODEL_STORE)
+    name = instance_name(deployment)
+    port = 0 if docker else _free_port(settings.DEPLOY_BIND_ADDRESS)
+    plan = tgi.launch_plan(
+        docker=docker,
+        model_dir=artifact.path,
+        model_store=store,
+        num_shard=len(deployment.gpu_indexes),
+        instance=name,
+        bind_address=settings.DEPLOY_BIND_ADDRESS,
+        port=port,
+        master_port=None if docker else _free_port("127.0.0.1"),
+        prometheus_port=None if docker else _free_port("127.0.0.1"),
+    )
+    secrets = {}
+    if spec.credential_id:
+        secrets[tgi.TOKEN_FILE_ENV] = spec.credential.value.reveal()
+    return RunSpec(
+        name=name,
+        labels=deployment.labels,
+        args=tgi.launcher_args(spec, plan),
+        env=tgi.launch_env(spec, gpu_indexes=deployment.gpu_indexes, native=not docker),
+        model_dir=artifact.path,
+        model_store=store,
+        image=spec.image or tgi.DEFAULT_IMAGE,
+        gpu_indexes=list(deployment.gpu_indexes) if spec.device == DeploymentSpec.Device.GPU else [],
+        port=port,
+        bind_address=settings.DEPLOY_BIND_ADDRESS,
+        container_port=tgi.CONTAINER_PORT,
+        secret_files=secrets,
+        stop_grace=settings.DEPLOY_STOP_GRACE_SECONDS,
+    )
+
+
+class _Watch:
+    """One attempt's view of the server: its handle, the output copied so far, the recent lines."""
+
+    def __init__(self, ctx: JobContext, deployment: Deployment) -> None:
+        self.ctx, self.deployment = ctx, deployment
+        self.runtime = get_runtime(deployment.host.runtime)
+        self.handle: Handle | None = None
+        self.cursor = deployment.log_cursor
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        recent = JobLogLine.objects.filter(job=ctx.job, stream="server").order_by("-seq")[:TAIL_LINES]
+        self.tail.extend(line.text for line in reversed(recent))
+
+    def copy_output(self) -> None:
+        """New server lines into the job log; the cursor is saved with them, so a retry repeats nothing."""
+        lines, cursor = self.runtime.logs(self.handle, self.cursor)
+        if not lines and cursor == self.cursor:
+            return
+        for line in lines:
+            self.ctx.log_writer.write(line, stream="server")
+            self.tail.append(line)
+        with transaction.atomic():
+            self.ctx.log_writer.flush()
+            Deployment.objects.filter(pk=self.deployment.pk).update(log_cursor=cursor)
+        self.cursor = cursor
+
+    def fail(self, *, exit_code: int | None = None, oom_killed: bool = False, deadline: str = "") -> JobFailure:
+        found = diagnose(
+            list(self.tail),
+            exit_code=exit_code,
+            context={"oom_killed": oom_killed, **({"deadline": deadline} if deadline else {})},
+        )
+        detail = str(found.title)
+        if found.evidence:
+            detail += "\n" + "\n".join(found.evidence[-5:])
+        return JobFailure(detail, cause=found.cause, next_step=str(found.next_step))
+
+
+@register("serve")
+class ServeHandler(Handler):
+    def run(self, ctx: JobContext) -> dict:
+        deployment = Deployment.objects.select_related("host", "spec").get(pk=ctx.job.params["deployment"])
+        spec = DeploymentSpec.objects.select_related("artifact", "credential").get(pk=ctx.job.params["spec"])
+        watch = _Watch(ctx, deployment)
+        self._wait_for_files(ctx, deployment, spec)
+        self._find_or_start(ctx, watch, spec)
+        return self._follow(ctx, watch)
+
+    # -- phases --------------------------------------------------------------------------------------------
+    def _wait_for_files(self, ctx: JobContext, deployment: Deployment, spec: DeploymentSpec) -> None:
+        artifact = spec.artifact
+        while True:
+            artifact.refresh_from_db(fields=["status", "path"])
+            if artifact.status == ModelArtifact.Status.READY:
+                return
+            if artifact.status not in (ModelArtifact.Status.PENDING, ModelArtifact.Status.DOWNLOADING):
+                raise JobFailure(
+                    f"The model files are {artifact.get_status_display()}.",
+                    cause="not_found",
+                    next_step="Add the model again (or import it), then launch.",
+                )
+            if deployment.state != State.DOWNLOADING:
+                lifecycle.set_state(deployment, State.DOWNLOADING)
+                ctx.log(f"waiting for {artifact} to finish downloading")
+            self._check_deadline(ctx, deployment, None)
+            if ctx.should_cancel():
+                raise JobCancelled
+            time.sleep(1)
+
+    def _find_or_start(self, ctx: JobContext, watch: _Watch, spec: DeploymentSpec) -> None:
+        deployment = watch.deployment
+        found = watch.runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
+        live = [handle for handle in found if watch.runtime.status(handle).alive]
+        for extra in [h for h in found if h not in live[:1]]:
+            ctx.log(f"removing a stale server {extra.name} ({extra.ref})")
+            watch.runtime.remove(extra)
+        if live:
+            watch.handle = live[0]
+            ctx.log(f"adopted the running server {watch.handle.name} ({watch.handle.ref}) at {watch.handle.endpoint}")
+            return
+        if deployment.state != State.STARTING:
+            lifecycle.set_state(deployment, State.STARTING)
+        run = run_spec(deployment, spec)
+        ctx.log("starting: text-generation-launcher " + " ".join(run.args))
+        try:
+            watch.handle = watch.runtime.start(run)
+        except RuntimeFailure as failure:
+            raise JobFailure(
+                str(failure),
+                cause=failure.cause,
+                next_step="Load the image on the host (docker load) and add it to the allowed images."
+                if failure.cause == "image_missing"
+                else "See the job's log.",
+            ) from failure
+        watch.cursor = 0
+        Deployment.objects.filter(pk=deployment.pk).update(
+            log_cursor=0,
+            runtime_ref=watch.handle.ref,
+            port=watch.handle.port,
+            endpoint=watch.handle.endpoint,
+            command=["text-generation-launcher", *run.args],
+        )
+        ctx.log(f"started {watch.handle.name} ({watch.handle.ref}); waiting for {watch.handle.endpoint}/health")
+
+    def _check_deadline(self, ctx: JobContext, deployment: Deployment, watch: _Watch | None) -> None:
+        deployment.refresh_from_db(fields=["deadline", "state"])
+        if deployment.deadline and timezone.now() > deployment.deadline and deployment.state in State.launching():
+            line = f"Deadline passed while {deployment.get_state_display()}"
+            ctx.log(line)
+            if watch is not None:
+                watch.tail.append(line)
+                watch.runtime.stop(watch.handle, grace=10)
+                watch.runtime.remove(watch.handle)
+                raise watch.fail(deadline=deployment.state)
+            raise JobFailure(line, cause="health_deadline", next_step="Check the host, then launch again.")
+
+    def _follow(self, ctx: JobContext, watch: _Watch) -> dict:
+        deployment = watch.deployment
+        deployment.refresh_from_db()
+        last_health = 0.0
+        while True:
+            watch.copy_output()
+            status = watch.runtime.status(watch.handle)
+            if not status.alive:
+                time.sleep(0.2)
+                watch.copy_output()
+                ctx.log(f"the server exited (status {status.exit_code}{', OOM-killed' if status.oom_killed else ''})")
+                watch.runtime.remove(watch.handle)
+                raise watch.fail(exit_code=status.exit_code, oom_killed=status.oom_killed)
+            if ctx.should_cancel():
+                raise JobCancelled
+            now = time.monotonic()
+            if deployment.state != State.RUNNING:
+                self._check_deadline(ctx, deployment, watch)
+                if tgi.health(watch.handle.endpoint, timeout=2):
+                    info = tgi.info(watch.handle.endpoint)
+                    if info is not None:
+                        lifecycle.deployment_running(deployment, endpoint=watch.handle.endpoint, info=info)
+                        ctx.log(
+                            f"running: {watch.handle.endpoint} answers /health and /info "
+                            f"(max_total_tokens {info.get('max_total_tokens')})"
+                        )
+                        Deployment.objects.filter(pk=deployment.pk).update(restart_count=0)
+                        last_health = now
+            elif now - last_health >= settings.DEPLOY_HEALTH_SECONDS:
+                last_health = now
+                if not tgi.health(watch.handle.endpoint, timeout=5):
+                    ctx.log("health check failed (the server may be busy or recovering)")
+            time.sleep(POLL_SECONDS)
+
+    # -- outcome -------------------------------------------------------------------------------------------------
+    def finished(self, ctx: JobContext, status: str) -> None:
+        deployment = Deployment.objects.select_related("host").filter(pk=ctx.job.params["deployment"]).first()
+        if deployment is None:
+            return
+        watch = _Watch(ctx, deployment)
+        runtime = watch.runtime
+        handles = runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
+        if status == Job.Status.CANCELLED:
+            for handle in handles:
+                ctx.log(f"stopping {handle.name} (grace {settings.DEPLOY_STOP_GRACE_SECONDS} s)")
+                result = runtime.stop(handle, grace=settings.DEPLOY_STOP_GRACE_SECONDS)
+                watch.handle = handle
+                watch.copy_output()  # the server's shutdown lines
+                ctx.log(f"stopped ({result.state}, status {result.exit_code})")
+                runtime.remove(handle)
+            if lifecycle.deployment_stopped(deployment):
+                ctx.log("launching again (restart requested)")
+        elif status == Job.Status.FAILED:
+            for handle in handles:
+                runtime.stop(handle, grace=10)
+                runtime.remove(handle)
+            lifecycle.deployment_failed(
+                deployment,
+                cause=ctx.failure_cause or "error",
+                detail=ctx.failure_detail,
+                next_step=ctx.failure_next_step,
+            )
