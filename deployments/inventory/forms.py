@@ -8,8 +8,8 @@ from decimal import Decimal
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from deployments.inventory.placement import GB
 from deployments.models import Gpu, Host
+from deployments.units import GB
 
 
 class LabelsField(forms.CharField):

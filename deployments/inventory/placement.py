@@ -1,10 +1,12 @@
 """Placement: which host and GPUs take a workload. Pure: plain data in, a decision (or a reason) out.
 
-Rules, in order: all shards on one host; only online, healthy GPUs with enough unreserved memory;
-the host's labels must match; allowed hosts only when some are named. Among the hosts that can take it:
-a preferred host first (e.g. one already holding the weights), then GPUs inside one NVLink group, then
-best fit (the least memory left over, so big GPUs stay free for big models), then the name — so the
-same inventory always gives the same answer.
+The one placement engine: every launch (through the planner, deployments.sizing) and every job that needs a
+GPU asks it. Rules, in order: all shards on one host; only online, healthy GPUs with enough unreserved memory
+(less the share of each GPU the server leaves untouched, `keep_free_fraction`); the host's labels must
+match; allowed hosts only when some are named. Among the hosts that can take it: a preferred host first
+(e.g. one already holding the weights), then GPUs inside one NVLink group, then best fit (the least memory
+left over, so big GPUs stay free for big models), then the name — so the same inventory always gives the
+same answer. Pure: plain data in, a decision (or a reason) out; no Django.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-GB = 10**9
+from deployments.units import GB
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class GpuState:
     @property
     def available(self) -> int:
         return self.memory_total - self.memory_reserved
+
+    def usable(self, keep_free_fraction: float = 0.0) -> int:
+        """What a server may fill: unreserved memory less the share of the GPU it must leave free."""
+        return max(0, self.available - int(keep_free_fraction * self.memory_total))
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Requirement:
     labels: dict = field(default_factory=dict)
     hosts: frozenset[str] | None = None  # only these, when given
     preferred_hosts: tuple[str, ...] = ()
+    keep_free_fraction: float = 0.0  # TGI's warm-up leaves (1 - TGI_WIGGLE_ROOM) of each GPU untouched
 
 
 @dataclass(frozen=True)
@@ -58,22 +65,24 @@ class PlacementError(Exception):
     """Nothing fits; the message says why, in words a user can act on."""
 
 
-def _pick(gpus: list[GpuState], count: int) -> tuple[list[GpuState], bool] | None:
+# A GPU with what the requirement may use of it, computed once per decision.
+Fit = tuple[int, int, GpuState]  # (usable bytes, index, gpu): sorts as best fit, then index
+
+
+def _pick(fits: list[Fit], count: int) -> tuple[list[Fit], bool] | None:
     """The best `count` GPUs of one host: inside one NVLink group when possible, tightest fit."""
-    groups: dict[str, list[GpuState]] = defaultdict(list)
-    for gpu in gpus:
-        if gpu.nvlink_group:
-            groups[gpu.nvlink_group].append(gpu)
-    linked = [
-        sorted(members, key=lambda g: (g.available, g.index))[:count]
-        for members in groups.values()
-        if len(members) >= count
-    ]
-    if linked and count > 1:
-        return min(linked, key=lambda chosen: (sum(g.available for g in chosen), chosen[0].index)), True
-    if len(gpus) < count:
+    if len(fits) < count:
         return None
-    return sorted(gpus, key=lambda g: (g.available, g.index))[:count], count == 1
+    fits = sorted(fits, key=lambda fit: fit[:2])
+    if count > 1:
+        groups: dict[str, list[Fit]] = defaultdict(list)
+        for fit in fits:
+            if fit[2].nvlink_group:
+                groups[fit[2].nvlink_group].append(fit)
+        linked = [members[:count] for members in groups.values() if len(members) >= count]
+        if linked:
+            return min(linked, key=lambda chosen: (sum(fit[0] for fit in chosen), chosen[0][1])), True
+    return fits[:count], count == 1
 
 
 def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
@@ -82,6 +91,7 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
         raise PlacementError("A placement needs at least one GPU and some memory per GPU.")
     best, reasons = None, []
     preferred = set(requirement.preferred_hosts)
+    keep, need = requirement.keep_free_fraction, requirement.memory_per_gpu
     for host in hosts:
         if requirement.hosts is not None and host.name not in requirement.hosts:
             continue
@@ -90,20 +100,24 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
             continue
         if any(host.labels.get(key) != value for key, value in requirement.labels.items()):
             continue
-        fitting = [g for g in host.gpus if g.healthy and g.available >= requirement.memory_per_gpu]
-        chosen = _pick(fitting, requirement.gpu_count)
+        fits = []
+        for g in host.gpus:  # inlined GpuState.usable: this loop runs for every GPU of every host
+            usable = g.memory_total - g.memory_reserved - (int(keep * g.memory_total) if keep else 0)
+            if g.healthy and usable >= need:
+                fits.append((usable, g.index, g))
+        chosen = _pick(fits, requirement.gpu_count)
         if chosen is None:
-            reasons.append(f"{host.name}: {len(fitting)} GPU(s) with {requirement.memory_per_gpu / GB:.1f} GB free")
+            reasons.append(f"{host.name}: {len(fits)} GPU(s) with {requirement.memory_per_gpu / GB:.1f} GB free")
             continue
-        gpus, one_group = chosen
+        picked, one_group = chosen
         key = (
             host.name not in preferred,
             not one_group,
-            sum(g.available for g in gpus) - requirement.memory_per_gpu * len(gpus),
+            sum(fit[0] for fit in picked) - requirement.memory_per_gpu * len(picked),
             host.name,
         )
         if best is None or key < best[0]:
-            best = (key, host, gpus, one_group)
+            best = (key, host, [fit[2] for fit in picked], one_group)
     if best is None:
         need = f"{requirement.gpu_count} GPU(s) with {requirement.memory_per_gpu / GB:.1f} GB free each on one host"
         detail = "; ".join(reasons[:5]) or "no host matches the labels or host constraints"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet, Sum
+from django.db.models import Prefetch, Q, QuerySet, Sum
 
 from console import roles
 from console.permissions import restrict
@@ -16,10 +16,12 @@ def host_list(*, user) -> QuerySet[Host]:
     )
 
 
-def host_states(hosts: QuerySet[Host] | None = None) -> list[HostState]:
-    """The inventory as placement sees it: reservations counted, missing or degraded GPUs unhealthy."""
+def host_states(hosts: QuerySet[Host] | None = None, *, except_holder: str | None = None) -> list[HostState]:
+    """The inventory as placement sees it: reservations counted (but `except_holder`'s own, when a deployment
+    is placed again), missing or degraded GPUs unhealthy."""
     hosts = hosts if hosts is not None else Host.objects.all()
-    gpus = Gpu.objects.annotate(reserved=Sum("reservations__memory_bytes")).order_by("index")
+    mine = Q(reservations__holder=except_holder) if except_holder else Q(pk__in=[])
+    gpus = Gpu.objects.annotate(reserved=Sum("reservations__memory_bytes", filter=~mine)).order_by("index")
     states = []
     for host in hosts.prefetch_related(Prefetch("gpus", queryset=gpus)):
         states.append(

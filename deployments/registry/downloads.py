@@ -56,6 +56,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from deployments.units import GB
+
 __all__ = [
     "Cancelled",
     "DownloadError",
@@ -76,7 +78,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GB = 10**9
 PART_SUFFIX = ".part"
 SIDECAR = ".verified.json"
 LOCK_FILE = ".download.lock"

@@ -203,6 +203,59 @@ def artifact_jobs(artifact: ModelArtifact):
     return Job.objects.filter(target_type="deployments.modelartifact", target_id=str(artifact.pk)).order_by("-id")
 
 
+ON_THEIR_WAY = (ModelArtifact.Status.READY, ModelArtifact.Status.PENDING, ModelArtifact.Status.DOWNLOADING)
+
+
+@traced("model.copy_to_host")
+@transaction.atomic
+def artifact_on_host(*, actor, artifact: ModelArtifact, host: Host) -> ModelArtifact:
+    """The copy of `artifact`'s repo@commit on `host`, for a launch placed there: the artifact itself, a copy
+    the host already has (ready or on its way), else a download to that host with the files the original chose.
+    Only Hub and mirror models can be fetched; a directory import stays on its host. The caller (a launch) has
+    authorized the actor."""
+    if artifact.host_id == host.pk:
+        return artifact
+    existing = ModelArtifact.objects.select_for_update().filter(repo=artifact.repo, host=host).first()
+    if existing is not None and existing.status in ON_THEIR_WAY:
+        return existing
+    source = artifact.repo.source
+    if artifact.imported or source.kind == ModelSource.Kind.LOCAL:
+        raise ApplicationError(
+            f"{artifact.repo.repo_id} was imported from a directory on {artifact.host}; {host} cannot fetch it.",
+            field="artifact",
+        )
+    original = artifact_jobs(artifact).filter(kind=Job.Kind.DOWNLOAD).first()
+    params = {key: (original.params if original else {}).get(key) for key in ("credential_id", "include")}
+    if existing is None:
+        existing = ModelArtifact.objects.create(
+            repo=artifact.repo, host=host, created_by=actor if getattr(actor, "is_authenticated", False) else None,
+            bytes_total=artifact.repo.total_size,
+        )  # fmt: skip
+    else:
+        existing.status = ModelArtifact.Status.PENDING
+        existing.save(update_fields=["status"])
+    audit.record(
+        action="model.download_requested",
+        actor=actor,
+        target=existing,
+        detail={
+            "repo": artifact.repo.repo_id,
+            "commit": artifact.repo.commit,
+            "host": host.name,
+            "source": source.name,
+            "reason": f"a launch was placed on {host}",
+        },
+    )
+    job_create(
+        kind=Job.Kind.DOWNLOAD,
+        actor=actor,
+        target=existing,
+        queue=host.queue,
+        params={"credential_id": params["credential_id"], "include": params["include"] or []},
+    )
+    return existing
+
+
 @traced("model.cancel")
 @transaction.atomic
 def model_cancel(*, actor, artifact: ModelArtifact, delete_partial: bool = False) -> Job:

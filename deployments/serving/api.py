@@ -15,6 +15,7 @@ from console.api.viewsets import ConsoleModelViewSet
 from console.permissions import require
 from deployments.models import AllowedImage, Deployment
 from deployments.serving import services as lifecycle
+from deployments.serving.planning import verdict
 from deployments.serving.serializers import (
     AllowedImageSerializer,
     DeploymentSerializer,
@@ -23,7 +24,7 @@ from deployments.serving.serializers import (
     RollbackSerializer,
     SpecSerializer,
 )
-from deployments.serving.specs import clean_spec, command_preview, verdict
+from deployments.serving.specs import clean_spec, command_preview
 
 DEPLOY_ACTIONS = {
     "create": roles.DEPLOY,
@@ -163,7 +164,10 @@ class DeploymentViewSet(ConsoleModelViewSet):
         values = clean_spec(_spec_input(serializer.validated_data["spec"]))
         plan = verdict(values, holder=target.holder if target else None)
         return Response(
-            {"verdict": plan, "command": command_preview(values, plan, name=serializer.validated_data["name"])}
+            {
+                "verdict": plan.as_dict(),
+                "command": command_preview(values, plan, name=serializer.validated_data["name"]),
+            }
         )
 
 

@@ -16,8 +16,19 @@ from console import roles
 from console.errors import ApplicationError
 from console.permissions import require
 from deployments.jobs.services import job_cancel, job_create
-from deployments.models import ArtifactUse, Deployment, DeploymentSpec, Gpu, GpuReservation, Job, ModelArtifact
-from deployments.serving.specs import SPEC_FIELDS, clean_spec, spec_values, verdict
+from deployments.models import (
+    ArtifactUse,
+    Deployment,
+    DeploymentSpec,
+    Gpu,
+    GpuReservation,
+    Host,
+    Job,
+    ModelArtifact,
+)
+from deployments.registry.services import artifact_on_host
+from deployments.serving.planning import Verdict, verdict
+from deployments.serving.specs import SPEC_FIELDS, clean_spec, spec_values
 
 State = Deployment.State
 
@@ -52,8 +63,8 @@ def deployment_create(
         raise ApplicationError(f"A deployment named {name} exists.", field="name")
     values = clean_spec(spec)
     plan = verdict(values)
-    if plan["fits"] is False:
-        raise ApplicationError(plan["reason"], field="artifact")
+    if plan.fits is False:
+        raise ApplicationError(plan.reason, field="artifact")
     deployment = Deployment(
         name=name, team=team, restart_policy=restart_policy, created_by=actor if actor.is_authenticated else None
     )
@@ -65,7 +76,10 @@ def deployment_create(
         actor=actor,
         target=deployment,
         changes=created.diff,
-        detail={"version": 1, "planner": {k: plan[k] for k in ("fits", "num_shard", "per_gpu_bytes")}},
+        detail={
+            "version": 1,
+            "planner": {"fits": plan.fits, "num_shard": plan.num_shard, "per_gpu_bytes": plan.per_gpu_bytes},
+        },
     )
     if launch:
         _launch(actor, deployment, plan)
@@ -80,8 +94,8 @@ def spec_update(*, actor, deployment: Deployment, spec: dict, note: str = "") ->
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     values = clean_spec({**spec_values(deployment.spec), **spec})
     plan = verdict(values, holder=deployment.holder)
-    if plan["fits"] is False:
-        raise ApplicationError(plan["reason"], field="artifact")
+    if plan.fits is False:
+        raise ApplicationError(plan.reason, field="artifact")
     created = _new_spec(deployment, values, actor=actor, note=note)
     if not created.diff:
         raise ApplicationError("Nothing changed.")
@@ -152,28 +166,30 @@ def release(deployment: Deployment) -> None:
     ArtifactUse.objects.filter(holder=deployment.holder).delete()
 
 
-def _launch(actor, deployment: Deployment, plan: dict | None = None) -> Job:
+def _launch(actor, deployment: Deployment, plan: Verdict | None = None) -> Job:
     spec = deployment.spec
     set_state(deployment, State.PLACING, failure_cause="", failure_detail="", next_step="", restart_requested=False)
     values = clean_spec(spec_values(spec))
     plan = plan or verdict(values, holder=deployment.holder)
-    if plan["fits"] is False:
-        raise ApplicationError(plan["reason"], field="artifact")
-    artifact: ModelArtifact = spec.artifact
-    host = artifact.host
-    gpu_indexes = plan["gpu_indexes"] if spec.device == DeploymentSpec.Device.GPU else []
+    if plan.fits is False:
+        raise ApplicationError(plan.reason, field="artifact")
+    host = Host.objects.get(name=plan.host)
+    gpu_indexes = plan.gpu_indexes if spec.device == DeploymentSpec.Device.GPU else []
     if spec.device == DeploymentSpec.Device.GPU and not gpu_indexes:
         raise ApplicationError(f"No GPU set on {host} fits this spec.", field="gpu_indexes")
-    _reserve(deployment, host, gpu_indexes, plan.get("per_gpu_bytes") or 0)
+    _reserve(deployment, host, gpu_indexes, plan.per_gpu_bytes)
+    # Placement may choose a host without the files: the registry fetches repo@commit there, the server waits.
+    artifact = artifact_on_host(actor=actor, artifact=spec.artifact, host=host)
     ArtifactUse.objects.get_or_create(artifact=artifact, holder=deployment.holder)
     job = job_create(
         kind=Job.Kind.SERVE,
         actor=actor,
         target=deployment,
         queue=host.queue,
-        params={"deployment": deployment.pk, "spec": spec.pk},
+        params={"deployment": deployment.pk, "spec": spec.pk, "artifact": artifact.pk},
     )
     next_state = State.STARTING if artifact.status == ModelArtifact.Status.READY else State.DOWNLOADING
+    where = f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"
     set_state(
         deployment,
         next_state,
@@ -181,14 +197,20 @@ def _launch(actor, deployment: Deployment, plan: dict | None = None) -> Job:
         gpu_indexes=gpu_indexes,
         runtime=host.runtime,
         job=job,
-        placement_note=(f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"),
+        placement_note=where if artifact == spec.artifact else f"{where} (model files copied to {host})",
         next_restart_at=None,
     )
     audit.record(
         action="deployment.launched",
         actor=actor,
         target=deployment,
-        detail={"version": spec.version, "host": host.name, "gpus": gpu_indexes, "job": job.pk},
+        detail={
+            "version": spec.version,
+            "host": host.name,
+            "gpus": gpu_indexes,
+            "job": job.pk,
+            "artifact": artifact.pk,
+        },
     )
     return job
 

@@ -1,5 +1,5 @@
-"""Deployment specs: cleaning and checking what a user asks for, the planner's verdict, and the exact
-command line a spec will run. Read-only: nothing here writes."""
+"""Deployment specs: cleaning and checking what a user asks for, and the exact command line a spec will run.
+Read-only: nothing here writes. Where a spec runs is deployments.serving.planning."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from django.conf import settings
 
 from console.errors import ApplicationError
 from deployments.backends.tgi import launch as tgi
-from deployments.models import AllowedImage, DeploymentSpec, Gpu, GpuReservation, ModelArtifact
-from deployments.sizing import GpuCapacity, HostCapacity, SizingError, load_model_metadata, size_model
+from deployments.models import AllowedImage, DeploymentSpec, Gpu, ModelArtifact
+from deployments.serving.planning import Verdict
 
 # The fields of a spec a user sets (everything else is bookkeeping).
 SPEC_FIELDS = (
@@ -167,96 +167,7 @@ def _check_adapters(adapters) -> None:
             )
 
 
-def _gpu_capacities(artifact: ModelArtifact, holder: str | None) -> list[GpuCapacity]:
-    """The artifact host's healthy GPUs, free = total minus reservations (ours excepted when relaunching)."""
-    capacities = []
-    for gpu in Gpu.objects.filter(host=artifact.host).exclude(health__in=[Gpu.Health.MISSING]).order_by("index"):
-        reserved = sum(
-            GpuReservation.objects.filter(gpu=gpu).exclude(holder=holder or "").values_list("memory_bytes", flat=True)
-        )
-        capacities.append(
-            GpuCapacity(
-                index=gpu.index,
-                name=gpu.name,
-                memory_total=gpu.memory_total,
-                memory_free=gpu.memory_total - reserved,
-                power_limit_w=gpu.power_limit_w,
-            )
-        )
-    return capacities
-
-
-def verdict(values: dict, *, holder: str | None = None) -> dict:
-    """The planner on a cleaned spec: does it fit, on which GPUs, and why not. `fits` False refuses a launch."""
-    artifact: ModelArtifact = values["artifact"]
-    if values["device"] == DeploymentSpec.Device.CPU:
-        return {
-            "fits": True,
-            "device": "cpu",
-            "host": artifact.host.name,
-            "gpu_indexes": [],
-            "num_shard": 1,
-            "per_gpu_bytes": 0,
-            "reason": "",
-            "warnings": ["Runs on the host's CPU: no GPU memory is checked (development and small models only)."],
-        }
-    if artifact.status != ModelArtifact.Status.READY:
-        return {
-            "fits": None,
-            "device": "gpu",
-            "host": artifact.host.name,
-            "gpu_indexes": values["gpu_indexes"],
-            "num_shard": values.get("num_shard") or len(values["gpu_indexes"]) or 1,
-            "per_gpu_bytes": 0,
-            "reason": "",
-            "warnings": ["The model is still downloading: it is sized when its files are here."],
-        }
-    gpus = _gpu_capacities(artifact, holder)
-    chosen = [g for g in gpus if g.index in values["gpu_indexes"]] if values["gpu_indexes"] else None
-    try:
-        metadata = load_model_metadata(artifact.path)
-        report = size_model(
-            metadata,
-            quantize=values["quantize"] or None,
-            max_input_tokens=values.get("max_input_tokens"),
-            max_total_tokens=values.get("max_total_tokens"),
-            max_batch_prefill_tokens=values.get("max_batch_prefill_tokens"),
-            kv_cache_dtype=values["kv_cache_dtype"] or None,
-            num_shard=values.get("num_shard") if not chosen else None,
-            gpus=chosen,
-            inventory=None if chosen else [HostCapacity(name=artifact.host.name, gpus=gpus, online=True)],
-        )
-    except SizingError as error:
-        raise ApplicationError(error.message, field=error.field or "artifact") from None
-    plan = report.as_dict()
-    fits = bool(plan["fits"])
-    gpu_set = plan.get("gpu_set") or {}
-    reason = ""
-    if not fits:
-        if not gpus:
-            reason = f"{artifact.host} has no GPU. Choose device CPU for a small model, or a host with GPUs."
-        else:
-            reason = "; ".join(plan["warnings"]) or (
-                f"Needs {plan['per_gpu_bytes'] / 1e9:.1f} GB per GPU on {plan['num_shard']} GPU(s); "
-                f"{artifact.host} cannot hold it."
-            )
-    return {
-        "fits": fits,
-        "device": "gpu",
-        "host": artifact.host.name,
-        "gpu_indexes": list(gpu_set.get("gpu_indexes") or values["gpu_indexes"]),
-        "num_shard": gpu_set.get("num_shard") or plan["num_shard"],
-        "per_gpu_bytes": plan["per_gpu_bytes"],
-        "total_bytes": plan["total_bytes"],
-        "weight_bytes": plan["weight_bytes"],
-        "kv_bytes": plan["kv_bytes"],
-        "max_total_tokens": plan["max_total_tokens"],
-        "reason": reason,
-        "warnings": plan["warnings"],
-    }
-
-
-def command_preview(values: dict, plan: dict, *, name: str = "<name>") -> list[str]:
+def command_preview(values: dict, plan: Verdict, *, name: str = "<name>") -> list[str]:
     """The exact launcher command line the spec runs (placement as planned; a native port shown as PORT)."""
     from types import SimpleNamespace
 
@@ -267,7 +178,7 @@ def command_preview(values: dict, plan: dict, *, name: str = "<name>") -> list[s
         docker=docker,
         model_dir=artifact.path,
         model_store=artifact.host.model_store or str(settings.MODEL_STORE),
-        num_shard=plan.get("num_shard") or 1,
+        num_shard=plan.num_shard or 1,
         instance=f"llmdeploy-{name}",
         bind_address=settings.DEPLOY_BIND_ADDRESS,
     )

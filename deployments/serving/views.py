@@ -35,7 +35,8 @@ from deployments.serving.forms import (
     RollbackForm,
     SpecForm,
 )
-from deployments.serving.specs import clean_spec, command_preview, spec_values, verdict
+from deployments.serving.planning import Verdict, verdict
+from deployments.serving.specs import clean_spec, command_preview, spec_values
 
 State = Deployment.State
 DEPLOYMENTS = Deployment.objects.select_related("spec__artifact__repo", "spec__artifact__host", "host", "team", "job")
@@ -68,7 +69,7 @@ def badge(deployment: Deployment) -> Deployment:
     return deployment
 
 
-def plan_for(spec: DeploymentSpec, deployment: Deployment) -> tuple[dict | None, list[str], str]:
+def plan_for(spec: DeploymentSpec, deployment: Deployment) -> tuple[Verdict | None, list[str], str]:
     """The planner's verdict and the command a launch of this spec runs, or the reason they cannot be made."""
     try:
         values = clean_spec(spec_values(spec))
@@ -168,8 +169,8 @@ class DeploymentCreateView(_SpecFormView):
         try:  # the review: what deployment_create will check, without saving anything
             values = clean_spec(spec)
             plan = verdict(values)
-            if plan["fits"] is False:
-                raise ApplicationError(plan["reason"], field="artifact")
+            if plan.fits is False:
+                raise ApplicationError(plan.reason, field="artifact")
             command = command_preview(values, plan, name=data["name"])
         except ApplicationError as error:
             apply_error(form, error)

@@ -10,7 +10,6 @@ from deployments.sizing.memory import (
     DEFAULT_GROUP_SIZE,
     DEFAULT_MAX_BATCH_PREFILL_TOKENS,
     DEFAULT_PRECISIONS,
-    GB,
     PRECISIONS,
     PREFILL_WORKSPACE_BYTES,
     PREFILL_WORKSPACE_HIDDEN,
@@ -48,6 +47,7 @@ from deployments.sizing.plan import (
     valid_shard_counts,
 )
 from deployments.sizing.report import PrecisionRow, SizingReport, overhead_constants, size_model
+from deployments.units import GB
 
 __all__ = [
     "BF16_BYTES_PER_PARAM",

@@ -12,8 +12,6 @@ from typing import Any
 from deployments.sizing.errors import SizingError
 from deployments.sizing.params import Architecture, ParamBreakdown
 
-GB = 1_000_000_000
-
 # --- Runtime overheads (named so the page can show where each number comes from) -----------------------------
 # Measured on an H200 (torch 2.11, transformers 5.17): bf16 weights take 2.000 bytes/param.
 BF16_BYTES_PER_PARAM = 2

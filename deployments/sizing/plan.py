@@ -6,17 +6,22 @@ Pure arithmetic on dataclasses; the page, the API and `manage.py size_model` all
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from deployments.inventory.placement import GpuState, HostState, PlacementError, Requirement, place
 from deployments.sizing import memory
 from deployments.sizing.errors import SizingError
-from deployments.sizing.memory import GB, WeightFormat
+from deployments.sizing.memory import WeightFormat
 from deployments.sizing.metadata import ModelMetadata
 from deployments.sizing.params import Architecture, ParamBreakdown, count_parameters, parse_architecture, text_config
+from deployments.units import GB
 
 # TGI: when --max-total-tokens is not given the planner assumes 4096 (capped by the model's context).
 DEFAULT_MAX_TOTAL_TOKENS = 4096
+# The share of each GPU TGI's warm-up leaves untouched (1 - TGI_WIGGLE_ROOM); placement keeps it free too.
+KEEP_FREE_FRACTION = 1 - memory.TGI_WIGGLE_ROOM
 # Idle draw as a share of the power limit, from fixtures/nvml-h200.json: 118.6 W drawn idle under a 700 W limit.
 POWER_IDLE_FRACTION = 118.565 / 700
 # Largest shard count the planner tries when it asks "how many GPUs of this size would do".
@@ -32,11 +37,12 @@ class GpuCapacity:
     memory_total: int
     memory_free: int
     power_limit_w: float | None = None
+    nvlink_group: str = ""
 
     @property
     def usable_bytes(self) -> int:
         """What TGI can fill: free memory minus the (1 - 0.90) x total its warmup leaves untouched."""
-        return max(0, int(self.memory_free - (1 - memory.TGI_WIGGLE_ROOM) * self.memory_total))
+        return max(0, self.memory_free - int(KEEP_FREE_FRACTION * self.memory_total))
 
 
 @dataclass
@@ -223,13 +229,19 @@ def placement_for(host: str, gpus: list[GpuCapacity]) -> Placement:
     )
 
 
-def fit_on_host(host: HostCapacity, need_per_gpu: int, num_shard: int) -> Placement | None:
-    """Best fit: the `num_shard` GPUs with the least usable memory that still hold `need_per_gpu` each."""
-    fitting = sorted((g for g in host.gpus if g.usable_bytes >= need_per_gpu), key=lambda g: (g.usable_bytes, g.index))
-    if len(fitting) < num_shard:
-        return None
-    chosen = sorted(fitting[:num_shard], key=lambda g: g.index)
-    return placement_for(host.name, chosen)
+def _host_state(host: HostCapacity) -> HostState:
+    gpus = tuple(
+        GpuState(
+            index=g.index,
+            memory_total=g.memory_total,
+            memory_reserved=g.memory_total - g.memory_free,
+            nvlink_group=g.nvlink_group,
+            name=g.name,
+            power_limit_w=g.power_limit_w,
+        )
+        for g in host.gpus
+    )
+    return HostState(name=host.name, gpus=gpus, online=host.online)
 
 
 def choose_gpus(
@@ -239,21 +251,33 @@ def choose_gpus(
     kv_dtype: int,
     inventory: list[HostCapacity],
     num_shard: int | None = None,
+    preferred_hosts: Sequence[str] = (),
 ) -> tuple[Placement, MemoryEstimate] | None:
-    """The smallest GPU set (fewest shards, then least memory) on one online host that fits, or None."""
+    """The smallest GPU set that fits: the fewest shards, then the placement engine's choice (a preferred
+    host, one NVLink group, best fit), or None."""
     hosts = [h for h in inventory if h.online and h.gpus]
     if not hosts:
         return None
+    states = [_host_state(h) for h in hosts]
     most = max(len(h.gpus) for h in hosts)
     counts = [num_shard] if num_shard else valid_shard_counts(shape.arch, fmt, most)
     for s in counts:
         if s > most or s not in valid_shard_counts(shape.arch, fmt, s):
             continue
         est = estimate(shape, fmt, budget, s, kv_dtype)
-        found = [p for h in hosts if (p := fit_on_host(h, est.per_gpu_bytes, s))]
-        if found:
-            best = min(found, key=lambda p: (p.usable_bytes_per_gpu, p.host))
-            return best, est
+        requirement = Requirement(
+            memory_per_gpu=max(1, est.per_gpu_bytes),
+            gpu_count=s,
+            preferred_hosts=tuple(preferred_hosts),
+            keep_free_fraction=KEEP_FREE_FRACTION,
+        )
+        try:
+            chosen = place(requirement, states)
+        except PlacementError:
+            continue
+        host = next(h for h in hosts if h.name == chosen.host)
+        gpus = [g for g in host.gpus if g.index in chosen.gpu_indexes]
+        return placement_for(host.name, gpus), est
     return None
 
 

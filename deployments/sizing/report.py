@@ -255,6 +255,7 @@ def _plan_row(
     gpus: list[GpuCapacity] | None,
     hosts: list[HostCapacity] | None,
     num_shard: int | None,
+    preferred_hosts: Sequence[str] = (),
 ) -> PrecisionRow:
     stored = fmt == shape.stored
     note = _row_note(fmt, shape)
@@ -264,7 +265,7 @@ def _plan_row(
         fits = valid and est.per_gpu_bytes <= min(g.usable_bytes for g in gpus)
         return PrecisionRow(fmt, est, fits, placement_for("selected", gpus) if fits else None, stored, note)
     if hosts:
-        found = choose_gpus(shape, fmt, budget, kv_dtype, hosts, num_shard)
+        found = choose_gpus(shape, fmt, budget, kv_dtype, hosts, num_shard, preferred_hosts)
         if found:
             return PrecisionRow(fmt, found[1], True, found[0], stored, note)
         largest = max(g.usable_bytes for h in hosts for g in h.gpus)
@@ -338,11 +339,13 @@ def size_model(
     num_shard: int | None = None,
     gpus: list[GpuCapacity] | None = None,
     inventory: list[HostCapacity] | None = None,
+    preferred_hosts: Sequence[str] = (),
 ) -> SizingReport:
     """Plan the memory of serving `metadata`'s model with TGI.
 
     `gpus` is one chosen set (num_shard = its length); otherwise `inventory` is searched for the smallest fitting
-    set on one online host; with neither, the plan is for `num_shard` (default 1) and `fits` is None.
+    set on one online host, placed by the placement engine (`preferred_hosts` first, e.g. those holding the
+    files); with neither, the plan is for `num_shard` (default 1) and `fits` is None.
     """
     config = metadata.config
     shape = model_shape(metadata)
@@ -363,7 +366,7 @@ def size_model(
         notes.append("no online GPU host in the inventory; sizes only")
     primary_fmt = _primary_format(shape, quantize, config, warnings)
     formats = _row_formats(precisions, primary_fmt, shape, config)
-    rows = [_plan_row(fmt, shape, budget, kv_dtype, gpus, hosts, num_shard) for fmt in formats]
+    rows = [_plan_row(fmt, shape, budget, kv_dtype, gpus, hosts, num_shard, preferred_hosts) for fmt in formats]
     primary = rows[formats.index(primary_fmt)]
     warnings += _warnings(rows, primary, shape, budget, kv_dtype, gpus, hosts)
     if shape.params_source == "safetensors" and shape.breakdown.extra_linear:

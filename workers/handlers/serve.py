@@ -40,10 +40,11 @@ def _free_port(address: str) -> int:
         return sock.getsockname()[1]
 
 
-def run_spec(deployment: Deployment, spec: DeploymentSpec) -> RunSpec:
-    """What the runtime starts: the backend's flags, the placed GPUs, the port on the bind address."""
+def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifact | None = None) -> RunSpec:
+    """What the runtime starts: the backend's flags, the placed GPUs, the port on the bind address, and the
+    copy of the model on the placed host (`artifact`; the spec's own copy when placed where it is)."""
     host = deployment.host
-    artifact: ModelArtifact = spec.artifact
+    artifact = artifact or spec.artifact
     docker = host.runtime == host.Runtime.DOCKER
     store = host.model_store or str(settings.MODEL_STORE)
     name = instance_name(deployment)
@@ -121,14 +122,15 @@ class ServeHandler(Handler):
     def run(self, ctx: JobContext) -> dict:
         deployment = Deployment.objects.select_related("host", "spec").get(pk=ctx.job.params["deployment"])
         spec = DeploymentSpec.objects.select_related("artifact", "credential").get(pk=ctx.job.params["spec"])
+        # The copy on the placed host (placement may have chosen a host the registry is fetching the files to).
+        artifact = ModelArtifact.objects.get(pk=ctx.job.params.get("artifact") or spec.artifact_id)
         watch = _Watch(ctx, deployment)
-        self._wait_for_files(ctx, deployment, spec)
-        self._find_or_start(ctx, watch, spec)
+        self._wait_for_files(ctx, deployment, artifact)
+        self._find_or_start(ctx, watch, spec, artifact)
         return self._follow(ctx, watch)
 
     # -- phases --------------------------------------------------------------------------------------------
-    def _wait_for_files(self, ctx: JobContext, deployment: Deployment, spec: DeploymentSpec) -> None:
-        artifact = spec.artifact
+    def _wait_for_files(self, ctx: JobContext, deployment: Deployment, artifact: ModelArtifact) -> None:
         while True:
             artifact.refresh_from_db(fields=["status", "path"])
             if artifact.status == ModelArtifact.Status.READY:
@@ -147,7 +149,7 @@ class ServeHandler(Handler):
                 raise JobCancelled
             time.sleep(1)
 
-    def _find_or_start(self, ctx: JobContext, watch: _Watch, spec: DeploymentSpec) -> None:
+    def _find_or_start(self, ctx: JobContext, watch: _Watch, spec: DeploymentSpec, artifact: ModelArtifact) -> None:
         deployment = watch.deployment
         found = watch.runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
         live = [handle for handle in found if watch.runtime.status(handle).alive]
@@ -160,7 +162,7 @@ class ServeHandler(Handler):
             return
         if deployment.state != State.STARTING:
             lifecycle.set_state(deployment, State.STARTING)
-        run = run_spec(deployment, spec)
+        run = run_spec(deployment, spec, artifact)
         ctx.log("starting: text-generation-launcher " + " ".join(run.args))
         try:
             watch.handle = watch.runtime.start(run)

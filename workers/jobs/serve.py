@@ -216,10 +216,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "ArgumentValidation",
             detail=f"`max_input_tokens`({args.max_input_tokens}) must be < `max_total_tokens`({args.max_total_tokens})",
         )
-    if (_int(args.num_shard) or 1) > 1 or args.sharded == "true":
-        raise StartupError(
-            "ArgumentValidation",
-            detail="serve.py runs a single shard: pass --num-shard 1 (use TGI on a GPU host for tensor parallelism)",
+    shards = _int(args.num_shard) or 1
+    if shards > 1 or args.sharded == "true":
+        # The console placed (and reserved) several GPUs; this development server still runs one whole copy.
+        log(
+            "WARN",
+            f"serve.py does not shard: --num-shard {shards} is accepted for the placement, and the model runs "
+            "whole on one device (use TGI on a GPU host for tensor parallelism)",
         )
     if args.quantize:
         raise StartupError(

@@ -111,6 +111,7 @@
       setStatus(kind, { yes: labels.fits, no: labels.noFit, unknown: labels.unknown }[kind], v.reason);
       document.getElementById("plan-facts").hidden = false;
       planEl("host").textContent = v.host || "—";
+      planEl("copy").hidden = !v.copy_to_host;  // placement chose a host without the files: fetched there first
       planEl("device").textContent = (v.device || "—").toUpperCase();
       planEl("gpus").textContent = (v.gpu_indexes || []).length ? v.gpu_indexes.join(", ") : "—";
       planEl("num_shard").textContent = v.num_shard || "—";

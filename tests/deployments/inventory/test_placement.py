@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.inventory.placement import GB, GpuState, HostState, PlacementError, Requirement, place
+from deployments.inventory.placement import GpuState, HostState, PlacementError, Requirement, place
+from deployments.sizing import GpuCapacity, HostCapacity, size_model
+from deployments.units import GB
+from tests.deployments.sizing.test_sizing import metadata
 
 
 def host(name, *sizes, group="", reserved=(), online=True, labels=None, unhealthy=()):
@@ -72,3 +75,28 @@ def test_reservations_count_as_taken():
     assert (decision.host, decision.gpu_indexes) == ("a", (1, 2))
     with pytest.raises(PlacementError):
         place(Requirement(memory_per_gpu=30 * GB, gpu_count=2), [host("a", 80, 80, reserved={0: 60})])
+
+
+def test_the_share_a_server_leaves_free_counts_as_taken():
+    # TGI's warm-up leaves 10 % of each GPU untouched: 75 GB of an 80 GB GPU is more than it may fill.
+    hosts = [host("a", 80), host("b", 96)]
+    assert place(Requirement(memory_per_gpu=75 * GB), hosts).host == "a"
+    chosen = place(Requirement(memory_per_gpu=75 * GB, keep_free_fraction=0.1), hosts)
+    assert chosen.host == "b"
+    with pytest.raises(PlacementError):
+        place(Requirement(memory_per_gpu=87 * GB, keep_free_fraction=0.1), hosts)
+
+
+def test_the_planner_places_through_this_engine():
+    """The launch path (the planner's choose_gpus) takes one NVLink pair over a tighter PCIe pair."""
+    pcie = HostCapacity("pcie", [GpuCapacity(i, "A100", 80 * GB, 80 * GB) for i in range(4)])
+    linked = HostCapacity(
+        "linked",
+        [GpuCapacity(i, "A100", 80 * GB, 80 * GB, nvlink_group="nv0" if i in (2, 3) else "") for i in range(4)],
+    )
+    report = size_model(metadata("deepseek-llm-7b-base"), inventory=[pcie, linked], num_shard=2).as_dict()
+    assert report["gpu_set"]["host"] == "linked" and report["gpu_set"]["gpu_indexes"] == [2, 3]
+    preferred = size_model(
+        metadata("deepseek-llm-7b-base"), inventory=[pcie, linked], num_shard=2, preferred_hosts=["pcie"]
+    ).as_dict()
+    assert preferred["gpu_set"]["host"] == "pcie"  # the host holding the files wins over the NVLink pair

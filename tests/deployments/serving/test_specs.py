@@ -13,7 +13,8 @@ from console.errors import ApplicationError
 from deployments.backends.tgi import launch as tgi
 from deployments.models import AllowedImage, Deployment, Host, Job
 from deployments.serving import services as lifecycle
-from deployments.serving.specs import clean_spec, command_preview, verdict
+from deployments.serving.planning import verdict
+from deployments.serving.specs import clean_spec, command_preview
 from tests.support.deploy_fixtures import process_host, ready_artifact
 from tests.support.model_dirs import write_llama_dir
 from workers.jobs.tgi_flags import BY_NAME
@@ -137,7 +138,7 @@ def test_docker_hosts_run_allowed_images_only(artifact):
 def test_planner_refuses_what_cannot_fit_before_any_task(admin, artifact):
     values = clean_spec({"artifact": artifact.pk, "max_total_tokens": 4096})
     plan = verdict(values)
-    assert plan["fits"] is True and plan["gpu_indexes"] == [0] and plan["num_shard"] == 1
+    assert plan.fits is True and plan.gpu_indexes == [0] and plan.num_shard == 1
     assert command_preview(values, plan)[:3] == ["text-generation-launcher", "--model-id", artifact.path]
     with pytest.raises(ApplicationError) as error:
         lifecycle.deployment_create(

@@ -1,0 +1,156 @@
+"""Where a spec runs: the planner's verdict on a cleaned spec, placed by the one placement engine.
+
+A spec may run on any host the inventory offers, not only the one holding the model: a copy from the Hub or a
+mirror is fetched to the chosen host first (`Verdict.copy_to_host`). Local imports place only on hosts that
+hold them, until a host-to-host copy exists. Hosts that hold a ready copy are preferred.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from django.db.models import Q
+
+from console.errors import ApplicationError
+from deployments.backends.tgi import launch as tgi
+from deployments.inventory.capacity import inventory_capacity
+from deployments.models import AllowedImage, DeploymentSpec, Host, ModelArtifact, ModelSource
+from deployments.sizing import HostCapacity, SizingError, load_model_metadata, size_model
+
+CANDIDATE_STATES = (Host.Status.ONLINE, Host.Status.MANUAL)
+
+
+@dataclass
+class Verdict:
+    """The planner's answer: does the spec fit, where (host, GPUs, shards), at what memory, and why not.
+    `fits` is None while the files are not here to size; False refuses a launch."""
+
+    fits: bool | None
+    device: str
+    host: str
+    gpu_indexes: list[int]
+    num_shard: int
+    per_gpu_bytes: int = 0
+    total_bytes: int = 0
+    weight_bytes: int = 0
+    kv_bytes: int = 0
+    max_total_tokens: int | None = None
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    copy_to_host: bool = False  # the chosen host lacks the files: the registry fetches repo@commit there first
+
+    def as_dict(self) -> dict:
+        """JSON-ready (API responses, the deploy page's script)."""
+        return asdict(self)
+
+
+def movable(artifact: ModelArtifact) -> bool:
+    """Whether another host can fetch these files itself (from the Hub or a mirror, by repo@commit)."""
+    return not artifact.imported and artifact.repo.source.kind in (ModelSource.Kind.HUB, ModelSource.Kind.MIRROR)
+
+
+def holding_hosts(artifact: ModelArtifact) -> list[str]:
+    """Hosts with a ready copy of the artifact's repo@commit (the artifact's own host first)."""
+    names = ModelArtifact.objects.filter(repo=artifact.repo, status=ModelArtifact.Status.READY).values_list(
+        "host__name", flat=True
+    )
+    return sorted(set(names), key=lambda name: (name != artifact.host.name, name))
+
+
+def _image_allowed(values: dict, host: Host) -> bool:
+    if host.runtime != Host.Runtime.DOCKER and not values["image"]:
+        return True
+    return AllowedImage.objects.filter(reference=values["image"] or tgi.DEFAULT_IMAGE).exists()
+
+
+def candidate_hosts(values: dict, holder: str | None) -> tuple[list[HostCapacity], list[str]]:
+    """The hosts a spec may be placed on, and why the others may not."""
+    artifact: ModelArtifact = values["artifact"]
+    holding = set(holding_hosts(artifact))
+    hosts = Host.objects.filter(Q(status__in=CANDIDATE_STATES) | Q(pk=artifact.host_id)).order_by("name")
+    allowed, excluded = [], []
+    for host in hosts:
+        if host.name not in holding and not movable(artifact):
+            excluded.append(
+                f"{host.name} does not hold this model, which was imported from a directory: it runs only on "
+                f"{', '.join(sorted(holding))} until a host-to-host copy exists"
+            )
+        elif not _image_allowed(values, host):
+            excluded.append(f"{host.name} runs containers and the image is not on the allowed list")
+        else:
+            allowed.append(host.pk)
+    return inventory_capacity(hosts.filter(pk__in=allowed), except_holder=holder), excluded
+
+
+def _size(values: dict, **where):
+    artifact: ModelArtifact = values["artifact"]
+    try:
+        metadata = load_model_metadata(artifact.path)
+        return size_model(
+            metadata,
+            quantize=values["quantize"] or None,
+            max_input_tokens=values.get("max_input_tokens"),
+            max_total_tokens=values.get("max_total_tokens"),
+            max_batch_prefill_tokens=values.get("max_batch_prefill_tokens"),
+            kv_cache_dtype=values["kv_cache_dtype"] or None,
+            **where,
+        )
+    except SizingError as error:
+        raise ApplicationError(error.message, field=error.field or "artifact") from None
+
+
+def verdict(values: dict, *, holder: str | None = None) -> Verdict:
+    """The planner on a cleaned spec: does it fit, on which host and GPUs, and why not."""
+    artifact: ModelArtifact = values["artifact"]
+    home = artifact.host.name
+    if values["device"] == DeploymentSpec.Device.CPU:
+        warning = "Runs on the host's CPU: no GPU memory is checked (development and small models only)."
+        return Verdict(fits=True, device="cpu", host=home, gpu_indexes=[], num_shard=1, warnings=[warning])
+    if artifact.status != ModelArtifact.Status.READY:
+        return Verdict(
+            fits=None,
+            device="gpu",
+            host=home,
+            gpu_indexes=values["gpu_indexes"],
+            num_shard=values.get("num_shard") or len(values["gpu_indexes"]) or 1,
+            warnings=["The model is still downloading: it is sized when its files are here."],
+        )
+    if values["gpu_indexes"]:  # GPUs chosen by hand: on the host that holds this copy
+        [home_capacity] = inventory_capacity(Host.objects.filter(pk=artifact.host_id), except_holder=holder)
+        gpus = [g for g in home_capacity.gpus if g.index in values["gpu_indexes"]]
+        report, hosts, excluded = _size(values, gpus=gpus), [], []
+    else:
+        hosts, excluded = candidate_hosts(values, holder)
+        report = _size(
+            values, num_shard=values.get("num_shard"), inventory=hosts, preferred_hosts=holding_hosts(artifact)
+        )
+    plan = report.as_dict()
+    gpu_set = plan.get("gpu_set") or {}
+    fits = bool(plan["fits"])
+    host = gpu_set.get("host") if fits and not values["gpu_indexes"] else home
+    reason = "" if fits else _refusal(artifact, plan, hosts, excluded)
+    return Verdict(
+        fits=fits,
+        device="gpu",
+        host=host,
+        gpu_indexes=list(gpu_set.get("gpu_indexes") or values["gpu_indexes"]),
+        num_shard=gpu_set.get("num_shard") or plan["num_shard"],
+        per_gpu_bytes=plan["per_gpu_bytes"],
+        total_bytes=plan["total_bytes"],
+        weight_bytes=plan["weight_bytes"],
+        kv_bytes=plan["kv_bytes"],
+        max_total_tokens=plan["max_total_tokens"],
+        reason=reason,
+        warnings=plan["warnings"],
+        copy_to_host=fits and host not in holding_hosts(artifact),
+    )
+
+
+def _refusal(artifact: ModelArtifact, plan: dict, hosts: list[HostCapacity], excluded: list[str]) -> str:
+    if hosts and not any(h.gpus for h in hosts):
+        where = f"{artifact.host} has no GPU" if len(hosts) == 1 else "No host has a GPU"
+        return f"{where}. Choose device CPU for a small model, or a host with GPUs."
+    reason = "; ".join(plan["warnings"]) or (
+        f"Needs {plan['per_gpu_bytes'] / 1e9:.1f} GB per GPU on {plan['num_shard']} GPU(s); no host can hold it."
+    )
+    return "; ".join([reason, *excluded])
