@@ -104,7 +104,7 @@ def test_not_enough_disk_fails_before_downloading(hub_server, mirror, host, engi
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    monkeypatch.setattr(downloads.selection.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
     runner.run(job_of(artifact).pk)
     job = job_of(artifact)
     assert job.status == "failed" and job.failure_cause == "no_space" and "GB" in job.failure_detail

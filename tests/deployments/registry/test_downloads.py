@@ -121,7 +121,7 @@ def model(hub_server: HubServer):
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    monkeypatch.setattr(downloads, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(downloads.hub, "BACKOFF_BASE_S", 0.01)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -422,7 +422,7 @@ def test_server_errors_are_retried_and_missing_files_are_not(hub_server: HubServ
             response.raw = io.BytesIO(b"busy")
             return response
 
-    monkeypatch.setattr(downloads, "get_session", Flaky)
+    monkeypatch.setattr(downloads.transfer, "get_session", Flaky)
     config = next(f for f in model.files if f.path == "config.json")
     assert fetch(hub_server, model, [config], tmp_path / "a") == {"config.json": sha256(CONFIG)}
     assert len(gets(hub_server, "config.json")) == 1  # the two failures never reached the server
@@ -587,7 +587,7 @@ def test_publish_renames_the_verified_staging_directory_atomically(hub_server: H
         seen_before_rename.update(final_exists=dst.exists(), manifest=json.loads((src / "manifest.json").read_text()))
         rename(src, dst)
 
-    monkeypatch.setattr(downloads, "_rename_noreplace", watch)
+    monkeypatch.setattr(downloads.publishing, "_rename_noreplace", watch)
     publish(staging, final, {"repo_id": model.repo_id, "commit": model.commit, "license": model.license})
 
     assert seen_before_rename["final_exists"] is False
