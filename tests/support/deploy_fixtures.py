@@ -7,7 +7,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from deployments.models import Deployment, Gpu, Host, ModelArtifact, ModelRepo, ModelSource
+from deployments.models import Deployment, Host, ModelArtifact, ModelSource
+from tests.factories import GpuFactory, HostFactory, ModelArtifactFactory, ModelSourceFactory
 from tests.support.serve_process import make_model
 
 
@@ -17,20 +18,18 @@ def tiny_model_in_store() -> Path:
 
 
 def process_host(name: str = "local", *, gpus: int = 0, gpu_bytes: int = 16 * 10**9) -> Host:
-    host = Host.objects.create(
-        name=name, runtime=Host.Runtime.PROCESS, status=Host.Status.ONLINE, model_store=str(settings.MODEL_STORE)
-    )
-    for index in range(gpus):
-        Gpu.objects.create(host=host, index=index, name="Test GPU", memory_total=gpu_bytes, health=Gpu.Health.OK)
+    """An online host with the process runtime and `gpus` healthy "Test GPU"s (indexes 0, 1, ...)."""
+    host = HostFactory(name=name)
+    GpuFactory.create_batch(gpus, host=host, memory_total=gpu_bytes)
     return host
 
 
 def ready_artifact(host: Host, path: Path, repo_id: str = "tests/tiny-llama") -> ModelArtifact:
-    source = ModelSource.objects.filter(kind=ModelSource.Kind.HUB).first() or ModelSource.objects.create(
-        name="hub", kind=ModelSource.Kind.HUB
+    """A READY copy of `repo_id` at `path` on the host, from the first Hub source (made if there is none)."""
+    source = ModelSource.objects.filter(kind=ModelSource.Kind.HUB).first() or ModelSourceFactory()
+    return ModelArtifactFactory(
+        repo__source=source, repo__repo_id=repo_id, repo__commit="0" * 40, host=host, path=str(path)
     )
-    repo = ModelRepo.objects.create(source=source, repo_id=repo_id, commit="0" * 40)
-    return ModelArtifact.objects.create(repo=repo, host=host, path=str(path), status=ModelArtifact.Status.READY)
 
 
 def wait_state(deployment: Deployment, states: set[str], timeout: float = 120) -> Deployment:

@@ -15,7 +15,6 @@ from console.asgi import application
 from deployments.models import (
     AllowedEndpoint,
     ArtifactUse,
-    Host,
     Job,
     JobLogLine,
     ModelArtifact,
@@ -23,7 +22,14 @@ from deployments.models import (
     ModelSource,
 )
 from tests.console.test_websocket import ORIGIN, session_cookie
-from tests.factories import UserFactory
+from tests.factories import (
+    HostFactory,
+    JobFactory,
+    ModelArtifactFactory,
+    ModelRepoFactory,
+    ModelSourceFactory,
+    UserFactory,
+)
 
 CONFIG = json.dumps({"model_type": "llama", "hidden_size": 64}).encode()
 SHA = "ab" * 32
@@ -31,37 +37,28 @@ SHA = "ab" * 32
 
 @pytest.fixture
 def store(db):
-    return Host.objects.create(name="gpu-store-1", status=Host.Status.MANUAL)
+    return HostFactory(name="gpu-store-1", manual=True)
 
 
 @pytest.fixture
 def mirror(db, hub_server):
     """A mirror source served by the test Hub, its address allowed."""
     AllowedEndpoint.objects.create(pattern="127.0.0.1", note="test hub")
-    return ModelSource.objects.create(name="test-mirror", kind=ModelSource.Kind.MIRROR, endpoint=hub_server.endpoint)
+    return ModelSourceFactory(name="test-mirror", kind=ModelSource.Kind.MIRROR, endpoint=hub_server.endpoint)
 
 
-def make_artifact(host, repo_id="org/model", status=ModelArtifact.Status.READY, **fields) -> ModelArtifact:
-    source = ModelSource.objects.get_or_create(
-        name="fixed", defaults={"kind": ModelSource.Kind.MIRROR, "endpoint": "http://10.1.2.3"}
-    )[0]
+def make_artifact(host, repo_id="org/model", status=ModelArtifact.Status.READY, path="", **fields) -> ModelArtifact:
     files = [
         {"path": "config.json", "size": len(CONFIG), "sha256": None, "lfs": False},
         {"path": "model.safetensors", "size": 2048, "sha256": SHA, "lfs": True},
     ]
-    repo = ModelRepo.objects.create(source=source, repo_id=repo_id, commit="c" * 40, files=files, total_size=2048 + 10)
-    return ModelArtifact.objects.create(repo=repo, host=host, status=status, bytes_total=2058, **fields)
+    source = ModelSourceFactory(name="fixed", kind=ModelSource.Kind.MIRROR, endpoint="http://10.1.2.3")
+    repo = ModelRepoFactory(source=source, repo_id=repo_id, commit="c" * 40, files=files, total_size=2048 + 10)
+    return ModelArtifactFactory(repo=repo, host=host, status=status, path=path, bytes_total=2058, **fields)
 
 
 def download_job(artifact, status=Job.Status.RUNNING, **fields) -> Job:
-    return Job.objects.create(
-        kind=Job.Kind.DOWNLOAD,
-        status=status,
-        target_type="deployments.modelartifact",
-        target_id=str(artifact.pk),
-        queue=artifact.host.queue,
-        **fields,
-    )
+    return JobFactory(target=artifact, status=status, queue=artifact.host.queue, **fields)
 
 
 def field_error(response, field: str) -> str:
@@ -89,7 +86,7 @@ def test_a_bad_repo_id_is_a_field_error(client, engineer, store):
 @pytest.mark.django_db
 def test_a_mirror_off_the_allow_list_is_refused_on_the_source_field(client, engineer, store):
     client.force_login(engineer)
-    source = ModelSource.objects.create(name="rogue", kind=ModelSource.Kind.MIRROR, endpoint="http://10.99.0.1:9")
+    source = ModelSourceFactory(name="rogue", kind=ModelSource.Kind.MIRROR, endpoint="http://10.99.0.1:9")
     response = client.post("/models/add/", {"source": source.pk, "repo_id": "org/model", "host": store.pk})
     assert response.status_code == 400
     assert "allow-list" in field_error(response, "source")
@@ -387,7 +384,7 @@ def test_models_list_searches_filters_and_pages(client, auditor, engineer, store
     client.force_login(engineer)
     empty = client.get("/models/").content.decode()
     assert 'id="models-empty"' in empty and 'id="add-model"' in empty and 'id="import-model"' in empty
-    other = Host.objects.create(name="gpu-store-2")
+    other = HostFactory(name="gpu-store-2", manual=True)
     for n in range(30):
         make_artifact(store if n % 2 else other, repo_id=f"org/model-{n:02d}")
     make_artifact(store, repo_id="org/gone", status=ModelArtifact.Status.DELETED)
@@ -442,7 +439,7 @@ async def test_job_stream_sends_the_backlog_then_live_lines(redis_url):
     from console.streams import publish
 
     def setup():
-        job = Job.objects.create(kind=Job.Kind.DOWNLOAD, status=Job.Status.RUNNING, log_seq=2)
+        job = JobFactory(status=Job.Status.RUNNING, log_seq=2)
         JobLogLine.objects.create(job=job, seq=1, text="attempt 1 of 3")
         JobLogLine.objects.create(job=job, seq=2, stream="progress", data={"done": 1, "total": 4})
         return job

@@ -11,17 +11,8 @@ import pytest
 from guardian.shortcuts import assign_perm
 
 from audit.models import AuditEvent
-from deployments.models import (
-    AllowedImage,
-    Deployment,
-    DeploymentSpec,
-    Gpu,
-    Host,
-    Job,
-    ModelArtifact,
-    ModelRepo,
-    ModelSource,
-)
+from deployments.models import AllowedImage, Deployment, DeploymentSpec, Gpu, Host, Job, ModelArtifact
+from tests.factories import DeploymentSpecFactory, GpuFactory, HostFactory, JobFactory, ModelArtifactFactory
 from tests.support.model_dirs import write_llama_dir
 
 pytestmark = pytest.mark.django_db
@@ -31,15 +22,15 @@ GB = 10**9
 @pytest.fixture
 def host(db):
     """A process-runtime host with one small GPU (1 GB): a tiny model fits, a 7B model does not."""
-    node = Host.objects.create(name="pages-node", runtime=Host.Runtime.PROCESS, status=Host.Status.ONLINE)
-    Gpu.objects.create(host=node, index=0, name="Small GPU", memory_total=1 * GB, health=Gpu.Health.OK)
+    node = HostFactory(name="pages-node")
+    GpuFactory(host=node, index=0, name="Small GPU", memory_total=1 * GB)
     return node
 
 
 def artifact_at(host, directory, repo_id: str) -> ModelArtifact:
-    source = ModelSource.objects.get_or_create(name="pages-hub", defaults={"kind": ModelSource.Kind.HUB})[0]
-    repo = ModelRepo.objects.create(source=source, repo_id=repo_id, commit="d" * 40)
-    return ModelArtifact.objects.create(repo=repo, host=host, path=str(directory), status=ModelArtifact.Status.READY)
+    return ModelArtifactFactory(
+        repo__source__name="pages-hub", repo__repo_id=repo_id, repo__commit="d" * 40, host=host, path=str(directory)
+    )
 
 
 @pytest.fixture
@@ -54,16 +45,14 @@ def big(host, tmp_path):
 
 def make_deployment(artifact, name: str, state=Deployment.State.STOPPED, **spec) -> Deployment:
     """A deployment row with spec version 1, made directly (no service, no job)."""
-    deployment = Deployment.objects.create(name=name, state=state)
-    first = DeploymentSpec.objects.create(
-        deployment=deployment,
-        version=1,
+    first = DeploymentSpecFactory(
+        deployment__name=name,
+        deployment__state=state,
         artifact=artifact,
+        current=True,
         **{"max_input_tokens": 128, "max_total_tokens": 256, **spec},
     )
-    deployment.spec = first
-    deployment.save(update_fields=["spec"])
-    return deployment
+    return first.deployment
 
 
 def form_data(artifact, **extra) -> dict:
@@ -193,8 +182,8 @@ def test_a_taken_name_is_refused_at_the_review(client, admin, tiny):
 
 
 def test_gpus_of_another_host_are_refused(client, admin, tiny):
-    other = Host.objects.create(name="other-node", runtime=Host.Runtime.PROCESS)
-    foreign = Gpu.objects.create(host=other, index=0, name="Other", memory_total=80 * GB)
+    other = HostFactory(name="other-node", status=Host.Status.MANUAL)
+    foreign = GpuFactory(host=other, name="Other", memory_total=80 * GB, health=Gpu.Health.UNKNOWN)
     client.force_login(admin)
     response = client.post("/deployments/new/", form_data(tiny, review="1", gpu_indexes=[foreign.pk]))
     assert response.status_code == 400 and "pages-node" in field_error(response, "gpu_indexes")
@@ -205,12 +194,11 @@ def test_gpus_of_another_host_are_refused(client, admin, tiny):
 
 def test_the_detail_page_shows_both_log_panes_the_command_and_state(client, engineer, tiny, host):
     deployment = make_deployment(tiny, "logged", state=Deployment.State.RUNNING)
-    job = Job.objects.create(
+    job = JobFactory(
         kind=Job.Kind.SERVE,
         status=Job.Status.RUNNING,
         queue=host.queue,
-        target_type="deployments.deployment",
-        target_id=str(deployment.pk),
+        target=deployment,
         params={"spec": deployment.spec_id},
     )
     Deployment.objects.filter(pk=deployment.pk).update(

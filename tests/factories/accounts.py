@@ -1,4 +1,4 @@
-"""factory_boy factories for the suite."""
+"""Factories for accounts: users with roles, teams, credentials."""
 
 from __future__ import annotations
 
