@@ -1,9 +1,9 @@
-"""Failure diagnosis of TGI launch logs: a stable cause id, a title, the evidence lines and a next step.
+"""Failure diagnosis from a server's log: the engine every backend's rule book runs on.
 
-The rules follow the failures TGI 3.3 reports (launcher and shard log lines, each rule tested on a real
-line). RULES is matched in order, so a specific cause wins over a generic one that shows up in the same log:
-the warm-up's "Not enough memory to handle N prefill tokens" is raised from a torch CUDA OOM, and both lines
-are in its traceback.
+A rule book (a backend's, e.g. deployments/backends/tgi/diagnosis.py) is a table of rules matched in order,
+so a specific cause wins over a generic one that shows up in the same log; each gives a stable cause id, a
+title, the evidence lines and a next step. Context checks read facts from outside the log (the container
+runtime's OOM kill, a missing image, the console's own deadline).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.utils.functional import Promise, lazy
-from django.utils.text import format_lazy
-from django.utils.translation import gettext_lazy as _
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # `docker logs -t` puts a timestamp before each JSON line.
@@ -93,295 +91,27 @@ class Rule:
         return self.title
 
 
-def _p(*patterns: str) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(p) for p in patterns)
+def patterns(*expressions: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p) for p in expressions)
 
 
-def _oom_killed(context: dict[str, Any], exit_code: int | None) -> str | None:
+def oom_killed(context: dict[str, Any], exit_code: int | None) -> str | None:
     if not context.get("oom_killed"):
         return None
     code = "" if exit_code is None else f", exit code {exit_code}"
     return f"Container state: OOMKilled=true{code}"
 
 
-def _image_missing(context: dict[str, Any], exit_code: int | None) -> str | None:
+def image_missing(context: dict[str, Any], exit_code: int | None) -> str | None:
     if not context.get("image_missing"):
         return None
     image = context.get("image")
     return f"Docker: image not found{f' ({image})' if image else ''}"
 
 
-def _deadline(context: dict[str, Any], exit_code: int | None) -> str | None:
+def deadline_passed(context: dict[str, Any], exit_code: int | None) -> str | None:
     # The same words the reconciler writes into the log, so one pattern reads both.
     return f"Deadline passed while {context['deadline']}" if context.get("deadline") else None
-
-
-MEMORY_LEVERS = _(
-    "Levers, in order of effect: quantize the weights (`--quantize bitsandbytes-nf4`, `eetq` or `fp8` quantize "
-    "on load; `--quantize awq` or `gptq` need a pre-quantized checkpoint); `--kv-cache-dtype fp8_e4m3fn` "
-    "(halves the KV cache); a lower `--max-total-tokens` / `--max-input-tokens`; a lower "
-    "`--max-batch-prefill-tokens`; `--cuda-memory-fraction` (leaves room for other processes); more GPUs "
-    "(`--num-shard`). Check with nvidia-smi that no other process holds memory on these GPUs and that "
-    "CUDA_VISIBLE_DEVICES names the GPUs you meant. If much memory is reserved but unallocated, set "
-    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
-)
-
-RULES: tuple[Rule, ...] = (
-    Rule(
-        cause="image_missing",
-        patterns=_p(r"No such image", r"pull access denied", r"manifest unknown", r"manifest for \S+ not found"),
-        title=_("The container image is missing"),
-        next_step=_(
-            "Docker could not find or pull the TGI image. Check the image name and tag of the deployment, check "
-            "that the host reaches the registry (`docker login` for a private one), or pull the image on the host "
-            "first (`docker load` on an air-gapped host)."
-        ),
-        context=_image_missing,
-    ),
-    Rule(
-        cause="gpu_runtime",
-        patterns=_p(
-            r'could not select device driver ".*" with capabilities: \[\[gpu\]\]',
-            r"Found no NVIDIA driver",
-            r"CUDA driver version is insufficient",
-            r"no kernel image is available",
-            r"signaled to shutdown with signal (?:4|11)\b",
-        ),
-        title=_("The GPU driver or container runtime does not work with this image"),
-        next_step=_(
-            "`could not select device driver`: install the NVIDIA Container Toolkit on the host and restart "
-            "Docker. `Found no NVIDIA driver` or `CUDA driver version is insufficient`: install or upgrade the "
-            "host's NVIDIA driver to one that supports the image's CUDA version, or use an older TGI image. "
-            "`no kernel image is available`: this GPU's architecture is not built into the image. Signal 4 or 11 "
-            "(illegal instruction, segmentation fault): the CPU lacks instructions the image needs, or the driver "
-            "does not match."
-        ),
-    ),
-    Rule(
-        cause="binary_missing",
-        patterns=_p(r"text-generation-(?:server|router) not found in PATH"),
-        title=_("TGI is not installed where the launcher runs"),
-        next_step=_(
-            "A native launch needs `text-generation-server` and `text-generation-router` on the PATH of the "
-            "worker that starts it: install TGI there, or deploy with the Docker image."
-        ),
-    ),
-    Rule(
-        cause="incompatible",
-        patterns=_p(
-            r"Unsupported model type",
-            r"requires Flash Attention",
-            r"(?i)sharding is currently not supported with .exl2. quantization",
-            r"(?i)sharded is not supported for this model",
-            r"Could not determine model type",
-            r"Only 1 can be set between .dtype. and .quantize.",
-        ),
-        title=_("This TGI cannot run the model with these settings"),
-        next_step=_(
-            "Pick an architecture and quantization this TGI version supports: `--dtype` and `--quantize` cannot "
-            "be combined (except bitsandbytes), exl2 checkpoints cannot be sharded (use AWQ or GPTQ), and a model "
-            "that requires Flash Attention needs a GPU and image that have it (Ampere or newer), or one shard. If "
-            "the checkpoint is in a format TGI cannot load, convert it on CPU first and deploy the converted "
-            "directory."
-        ),
-        also=_p(r"Error when initializing model"),
-    ),
-    Rule(
-        cause="invalid_arguments",
-        patterns=_p(r"^\s*Error: ArgumentValidation\(", r"NotEnoughCUDADevices"),
-        title=_("TGI refused the launch arguments"),
-        numbers=re.compile(r'(?:ArgumentValidation|NotEnoughCUDADevices)\("(?P<detail>.*)"\)'),
-        title_numbers=_("TGI refused the launch arguments: %(detail)s"),
-        next_step=_(
-            "Fix the setting the message names: `--max-input-tokens` must be below `--max-total-tokens`; "
-            "`--num-shard` cannot exceed the GPUs given to the deployment (check CUDA_VISIBLE_DEVICES); "
-            "`--max-batch-prefill-tokens` must be at least `--max-input-tokens` for models that cannot chunk "
-            "prefill. Then deploy again."
-        ),
-    ),
-    Rule(
-        cause="port_in_use",
-        patterns=_p(r"Address already in use"),
-        title=_("A port TGI needs is already in use"),
-        numbers=re.compile(r"bind to \[?[^\s\]]*\]?:(?P<port>\d+)"),
-        title_numbers=_("Port %(port)s is already in use"),
-        next_step=_(
-            "Another server holds the port: another deployment on this host, a leftover TGI container or "
-            "process, or an unrelated service. Stop it (`docker ps`, `ss -ltnp`) or give this deployment another "
-            "port. Native TGI 3.3 and later also binds `--prometheus-port` (default 9000), and sharded runs use "
-            "`--master-port` (default 29500): two deployments on one host need different values."
-        ),
-        also=_p(r"Webserver Crashed"),
-    ),
-    Rule(
-        cause="warmup_memory",
-        patterns=_p(r"Not enough memory to handle \d+ prefill tokens"),
-        title=_("Not enough GPU memory for the warm-up batch"),
-        numbers=re.compile(r"Not enough memory to handle (?P<tokens>\d+) prefill tokens"),
-        title_numbers=_("Not enough GPU memory to warm up with %(tokens)s prefill tokens"),
-        next_step=format_lazy(
-            "{} {}",
-            _(
-                "The weights loaded, but the warm-up prefill batch did not fit in the memory left. Lower "
-                "`--max-batch-prefill-tokens` first (it must stay at least `--max-input-tokens` unless the model "
-                "chunks prefill)."
-            ),
-            MEMORY_LEVERS,
-        ),
-        also=_p(r"Method Warmup encountered an error", r"Webserver Crashed"),
-    ),
-    Rule(
-        cause="kv_capacity",
-        patterns=_p(r"Not enough memory to handle .max_total_tokens=\d+", r"NotEnoughMemory\(\d+\)"),
-        title=_("The KV cache cannot hold one full-length request"),
-        numbers=re.compile(r"(?:max_total_tokens=|NotEnoughMemory\()(?P<tokens>\d+)"),
-        title_numbers=_("The KV cache cannot hold one request of max_total_tokens=%(tokens)s"),
-        next_step=format_lazy(
-            "{} {}",
-            _(
-                "After warm-up, the memory left for the KV cache holds fewer tokens than `--max-total-tokens`. "
-                "Lower `--max-total-tokens` (and `--max-input-tokens`), or free memory for the KV cache."
-            ),
-            MEMORY_LEVERS,
-        ),
-        also=_p(r"Setting max batch total tokens to \d+", r"KV-cache blocks: "),
-    ),
-    Rule(
-        cause="cuda_oom",
-        patterns=_p(r"OutOfMemoryError", r"CUDA out of memory", r"Not enough memory to load the model"),
-        title=_("The GPU ran out of memory while loading the model"),
-        numbers=re.compile(r"Tried to allocate (?P<size>[\d.]+ [KMGT]?i?B)"),
-        title_numbers=_("The GPU ran out of memory while loading the model (tried to allocate %(size)s)"),
-        next_step=format_lazy(
-            "{} {}",
-            _("The weights (with the CUDA context) did not fit in the GPU memory this deployment may use."),
-            MEMORY_LEVERS,
-        ),
-        also=_p(r"Error when initializing model", r"Shard \d+ failed to start"),
-    ),
-    Rule(
-        cause="shm",
-        patterns=_p(r"signaled to shutdown with signal 7\b", r"Error while creating shared memory segment"),
-        title=_("Not enough shared memory (/dev/shm) for the shards"),
-        next_step=_(
-            "Tensor-parallel shards talk through /dev/shm, and Docker gives a container 64 MB by default. Start "
-            "the container with `--shm-size 1g` or more (or `--ipc=host`; in Kubernetes an emptyDir with medium "
-            "Memory mounted at /dev/shm). If that is not possible, set NCCL_SHM_DISABLE=1 (slower)."
-        ),
-    ),
-    Rule(
-        cause="host_oom_kill",
-        patterns=_p(r"signaled to shutdown with signal 9\b", r"OOMKilled", r"Out of memory: Killed process"),
-        title=_("The host killed TGI for using too much RAM"),
-        next_step=_(
-            "The kernel's OOM killer or the container's memory limit killed a process (signal 9, exit code 137). "
-            "Raise the container's memory limit or free RAM on the host. Loading a checkpoint on CPU to convert "
-            "it (for example .bin to safetensors) needs far more RAM: convert it once beforehand and deploy the "
-            "safetensors. `dmesg` or `docker inspect` (State.OOMKilled) confirms the kill."
-        ),
-        context=_oom_killed,
-    ),
-    Rule(
-        cause="not_found",
-        patterns=_p(
-            r"RepositoryNotFoundError",
-            r"Repository Not Found for url",
-            r"RevisionNotFoundError",
-            r"(?<!Local)EntryNotFoundError",
-            # The Hub client raises this one for a failed connection too; `network` reads that case.
-            r"LocalEntryNotFoundError(?!.*check your connection)",
-            r"No local weights found",
-            r"OfflineModeIsEnabled",
-            r"Please run .?text-generation-server download-weights",
-        ),
-        title=_("The model, revision or weight files were not found"),
-        next_step=_(
-            "Check the repo id (org/name) and the revision (a branch, tag or full commit sha). A private repo "
-            "answers “not found” without a token that can read it: store one under Credentials and pick it. "
-            "With HF_HUB_OFFLINE=1 the model must be downloaded first: add it under Models and deploy the stored "
-            "copy. A local directory must hold the weights as *.safetensors."
-        ),
-        also=_p(r"Download encountered an error"),
-    ),
-    Rule(
-        cause="auth",
-        patterns=_p(
-            r"GatedRepoError",
-            r"Cannot access gated repo",
-            r"Access to model \S+ is restricted",
-            r"\b40[13] Client Error",
-        ),
-        title=_("The Hub refused access: gated repo or missing token"),
-        next_step=_(
-            "Accept the model's license on its Hugging Face page with the account that owns the token (some repos "
-            "need an approval first), then store a read token under Credentials and pick it for this deployment. "
-            "A fine-grained token also needs read access to public gated repos."
-        ),
-        also=_p(r"Download encountered an error"),
-    ),
-    Rule(
-        cause="network",
-        patterns=_p(
-            r"ConnectionError",
-            r"Max retries exceeded",
-            r"NameResolutionError",
-            r"Temporary failure in name resolution",
-            r"check your connection",
-            r"Retry \d+/\d+",
-        ),
-        title=_("The host could not reach the Hugging Face Hub"),
-        next_step=_(
-            "Check the host's DNS and outbound HTTPS to huggingface.co (or the mirror in HF_ENDPOINT) and any "
-            "proxy (HTTPS_PROXY). On an air-gapped host, download the model first and deploy the stored copy."
-        ),
-        also=_p(r"Download encountered an error"),
-        # A retried download that then succeeded did not make the launch fail.
-        cleared_by=_p(r"Successfully downloaded weights"),
-    ),
-    Rule(
-        cause="health_deadline",
-        patterns=_p(r"Deadline passed while "),
-        title=_("TGI was not ready before the deadline"),
-        numbers=re.compile(r"Deadline passed while (?P<state>[^.]+)"),
-        title_numbers=_("TGI was not ready before the deadline (still %(state)s)"),
-        next_step=_(
-            "TGI neither failed nor became ready in time; it has no startup timeout of its own. A large download "
-            "on a slow link, a slow disk, or an NCCL hang across several GPUs keeps it waiting. Look at the last "
-            "progress lines: download the model first or raise the deadline for a big model; if shards wait "
-            "with no progress on several GPUs, check /dev/shm and try NCCL_P2P_DISABLE=1."
-        ),
-        context=_deadline,
-    ),
-    Rule(
-        cause="crashed",
-        patterns=_p(
-            r"Shard \d+ crashed",
-            r"Webserver Crashed",
-            r"Shard \d+ failed to start",
-            r"^\s*Error: (?:ShardFailed|WebserverFailed|ShardCannotStart|DownloadError)\b",
-            r"Download encountered an error",
-            r"Error when initializing model",
-            r"signaled to shutdown with signal \d+",
-        ),
-        title=_("A TGI process crashed"),
-        numbers=re.compile(r"^\s*Error: (?P<reason>\w+)"),
-        title_numbers=_("TGI stopped (%(reason)s)"),
-        next_step=_(
-            "The log names no known cause. Read the Python traceback printed after “Shard complete standard "
-            "error output” and the last ERROR lines before the final “Error:” line, fix what they name and "
-            "deploy again. A crash of a running deployment can also be a GPU fault: look for Xid errors in "
-            "`dmesg` and check nvidia-smi."
-        ),
-    ),
-)
-
-UNKNOWN_TITLE = _("No known cause in the log")
-UNKNOWN_TITLE_EXIT = _("No known cause in the log (exit code %(code)s)")
-UNKNOWN_NEXT_STEP = _(
-    "Read the last ERROR lines of the log; a crashed shard's Python traceback follows “Shard complete standard "
-    "error output”. If the log ends without an error, TGI may still be starting: the HTTP port opens only after "
-    "warm-up."
-)
 
 
 def log_lines(lines: Iterable[str]) -> list[str]:
@@ -413,8 +143,24 @@ def _unique(lines: list[str]) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
-def diagnose(lines: Iterable[str], *, exit_code: int | None = None, context: dict | None = None) -> Diagnosis:
-    """Name the cause of a failed or crashed TGI launch from its log and what the container runtime reported.
+@dataclass(frozen=True)
+class RuleBook:
+    """A backend's rules, in order, and what to say when none matches."""
+
+    rules: tuple[Rule, ...]
+    unknown_title: Promise
+    unknown_title_exit: Promise  # with %(code)s
+    unknown_next_step: Promise
+
+    @property
+    def causes(self) -> tuple[str, ...]:
+        return (*(rule.cause for rule in self.rules), "unknown")
+
+
+def diagnose(
+    lines: Iterable[str], book: RuleBook, *, exit_code: int | None = None, context: dict | None = None
+) -> Diagnosis:
+    """Name the cause of a failed or crashed launch from its log and what the container runtime reported.
 
     `context` carries facts from outside the log: {"oom_killed": True}, {"image_missing": True, "image": ...},
     {"deadline": "<state>"} when the console gave up waiting.
@@ -422,21 +168,16 @@ def diagnose(lines: Iterable[str], *, exit_code: int | None = None, context: dic
     plain = log_lines(lines)
     facts = context or {}
     exit_reasons = [line for line in plain if EXIT_REASON.search(line)]
-    for rule in RULES:
+    for rule in book.rules:
         evidence = rule.evidence(plain, facts, exit_code)
         if evidence:
             # The exit reason is the coarse class: worth showing next to the specific lines.
             reasons = [line for line in exit_reasons if line not in evidence][-2:]
             evidence = evidence[: MAX_EVIDENCE - len(reasons)] + reasons
             return Diagnosis(rule.cause, rule.title_for(evidence), evidence, rule.next_step)
-    title = UNKNOWN_TITLE if exit_code is None else _lazy_interpolate(UNKNOWN_TITLE_EXIT, {"code": str(exit_code)})
+    if exit_code is None:
+        title = book.unknown_title
+    else:
+        title = _lazy_interpolate(book.unknown_title_exit, {"code": str(exit_code)})
     errors = [line for line in plain if ERROR_LINE.search(line)][-MAX_EVIDENCE:]
-    return Diagnosis("unknown", title, errors, UNKNOWN_NEXT_STEP)
-
-
-def diagnose_text(text: str, **kwargs: Any) -> Diagnosis:
-    """`diagnose` for a whole log in one string."""
-    return diagnose(text.splitlines(), **kwargs)
-
-
-CAUSES: tuple[str, ...] = (*(rule.cause for rule in RULES), "unknown")
+    return Diagnosis("unknown", title, errors, book.unknown_next_step)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from django.db.models import Q
 
 from console.errors import ApplicationError
-from deployments.backends.tgi import launch as tgi
+from deployments.backends import get_backend
 from deployments.inventory.capacity import inventory_capacity
 from deployments.models import AllowedImage, DeploymentSpec, Host, ModelArtifact, ModelSource
 from deployments.sizing import HostCapacity, SizingError, load_model_metadata, size_model
@@ -60,7 +60,8 @@ def holding_hosts(artifact: ModelArtifact) -> list[str]:
 def _image_allowed(values: dict, host: Host) -> bool:
     if host.runtime != Host.Runtime.DOCKER and not values["image"]:
         return True
-    return AllowedImage.objects.filter(reference=values["image"] or tgi.DEFAULT_IMAGE).exists()
+    image = values["image"] or get_backend(values["backend"]).default_image
+    return AllowedImage.objects.filter(reference=image).exists()
 
 
 def candidate_hosts(values: dict, holder: str | None) -> tuple[list[HostCapacity], list[str]]:
@@ -93,6 +94,7 @@ def _size(values: dict, **where):
             max_total_tokens=values.get("max_total_tokens"),
             max_batch_prefill_tokens=values.get("max_batch_prefill_tokens"),
             kv_cache_dtype=values["kv_cache_dtype"] or None,
+            keep_free_fraction=get_backend(values["backend"]).memory.keep_free_fraction,
             **where,
         )
     except SizingError as error:

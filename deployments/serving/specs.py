@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from django.conf import settings
 
 from console.errors import ApplicationError
-from deployments.backends.tgi import launch as tgi
-from deployments.models import AllowedImage, DeploymentSpec, Gpu, ModelArtifact
+from deployments.backends import get_backend
+from deployments.backends.base import Backend, SpecError
+from deployments.models import AllowedImage, DeploymentSpec, Gpu, Host, ModelArtifact
+from deployments.registry.layout import artifact_dir
 from deployments.serving.planning import Verdict
 
 # The fields of a spec a user sets (everything else is bookkeeping).
@@ -33,9 +36,6 @@ SPEC_FIELDS = (
     "extra_env",
     "credential",
 )
-PRE_QUANTIZED = {"awq", "gptq", "marlin", "compressed-tensors"}
-# TGI: --dtype cannot be combined with --quantize, except the bitsandbytes variants.
-DTYPE_WITH_QUANTIZE = {"bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4"}
 
 
 def spec_values(spec: DeploymentSpec) -> dict:
@@ -57,12 +57,31 @@ def _checkpoint_quantization(artifact: ModelArtifact) -> str | None:
 
 
 def clean_spec(data: dict) -> dict:
-    """Check a spec's values against each other, the checkpoint, the allow-lists and the host. Returns the
-    cleaned values or raises ApplicationError naming the field at fault."""
-    values = {name: data.get(name) for name in SPEC_FIELDS if name in data}
-    artifact = values.get("artifact")
-    if isinstance(artifact, int | str):
-        artifact = ModelArtifact.objects.filter(pk=artifact).select_related("host", "repo").first()
+    """Check a spec's values against each other, the checkpoint, the allow-lists and the host, with the checks
+    the spec's backend contributes. Returns the cleaned values or raises ApplicationError naming the field."""
+    values = _normalized(data)
+    artifact: ModelArtifact = values["artifact"]
+    try:
+        backend = get_backend(values["backend"])
+    except KeyError:
+        raise ApplicationError(f"Unknown backend {values['backend']}.", field="backend") from None
+    if values["quantize"] and values["quantize"] not in DeploymentSpec.Quantize.values:
+        raise ApplicationError(f"Unknown quantization {values['quantize']}.", field="quantize")
+    stored = _checkpoint_quantization(artifact) if artifact.status == ModelArtifact.Status.READY else None
+    try:
+        backend.check_spec(values, {"quantization": stored})
+    except SpecError as error:
+        raise ApplicationError(error.message, field=error.field) from None
+    _check_adapters(values["lora_adapters"])
+    _check_gpus(values, artifact.host)
+    _check_image(values, artifact.host, backend)
+    return values
+
+
+def _artifact(value) -> ModelArtifact:
+    artifact = value
+    if isinstance(value, int | str):
+        artifact = ModelArtifact.objects.filter(pk=value).select_related("host", "repo").first()
     if artifact is None:
         raise ApplicationError("Choose a model.", field="artifact")
     if artifact.status not in (
@@ -73,83 +92,53 @@ def clean_spec(data: dict) -> dict:
         raise ApplicationError(
             f"{artifact} is {artifact.get_status_display()}; add or import the model again.", field="artifact"
         )
-    values["artifact"] = artifact
-    values.setdefault("backend", DeploymentSpec.Backend.TGI)
+    return artifact
+
+
+def _normalized(data: dict) -> dict:
+    """The spec's fields with their defaults filled in (empty text for unset choices)."""
+    values = {name: data.get(name) for name in SPEC_FIELDS if name in data}
+    values["artifact"] = _artifact(values.get("artifact"))
+    values["backend"] = values.get("backend") or DeploymentSpec.Backend.TGI
     values["device"] = values.get("device") or DeploymentSpec.Device.GPU
-    values["quantize"] = values.get("quantize") or ""
-    values["dtype"] = values.get("dtype") or ""
-    values["kv_cache_dtype"] = values.get("kv_cache_dtype") or ""
+    for name in ("quantize", "dtype", "kv_cache_dtype"):
+        values[name] = values.get(name) or ""
     values["image"] = (values.get("image") or "").strip()
     values["extra_env"] = values.get("extra_env") or {}
     values["lora_adapters"] = values.get("lora_adapters") or []
     values["gpu_indexes"] = sorted({int(i) for i in values.get("gpu_indexes") or []})
     values.setdefault("max_concurrent_requests", 128)
     values["cuda_memory_fraction"] = values.get("cuda_memory_fraction") or 1.0
+    return values
 
-    stored = _checkpoint_quantization(artifact) if artifact.status == ModelArtifact.Status.READY else None
-    quantize = values["quantize"]
-    if quantize and quantize not in DeploymentSpec.Quantize.values:
-        raise ApplicationError(f"Unknown quantization {quantize}.", field="quantize")
-    if quantize in PRE_QUANTIZED and stored != quantize and not (quantize == "marlin" and stored in ("gptq", "awq")):
-        raise ApplicationError(
-            f"{quantize} needs a checkpoint quantized with {quantize}; this one is "
-            f"{stored or 'not quantized'}. Pick a pre-quantized repo, or an on-the-fly method (bitsandbytes, eetq, "
-            "fp8).",
-            field="quantize",
-        )
-    if quantize and quantize not in PRE_QUANTIZED and stored:
-        raise ApplicationError(
-            f"The checkpoint is already quantized ({stored}); leave quantization empty or choose {stored}.",
-            field="quantize",
-        )
-    if values["dtype"] and quantize and quantize not in DTYPE_WITH_QUANTIZE:
-        raise ApplicationError(
-            "TGI cannot combine a dtype with this quantization (only the bitsandbytes variants "
-            "take both); leave dtype empty.",
-            field="dtype",
-        )
-    low, high = values.get("max_input_tokens"), values.get("max_total_tokens")
-    if low and high and low >= high:
-        raise ApplicationError(
-            f"Max input tokens ({low}) must be less than max total tokens ({high}).", field="max_input_tokens"
-        )
-    prefill = values.get("max_batch_prefill_tokens")
-    if prefill and low and prefill < low:
-        raise ApplicationError(
-            f"Max batch prefill tokens ({prefill}) must be at least max input tokens ({low}).",
-            field="max_batch_prefill_tokens",
-        )
-    if not 0.05 <= float(values["cuda_memory_fraction"]) <= 1.0:
-        raise ApplicationError("The CUDA memory fraction is between 0.05 and 1.", field="cuda_memory_fraction")
-    if not isinstance(values["extra_env"], dict):
-        raise ApplicationError('Extra environment is an object: {"NAME": "value"}.', field="extra_env")
-    refused = sorted(set(values["extra_env"]) - tgi.ALLOWED_ENV)
-    if refused:
-        raise ApplicationError(
-            f"Not allowed: {', '.join(refused)}. Allowed: {', '.join(sorted(tgi.ALLOWED_ENV))}.", field="extra_env"
-        )
-    _check_adapters(values["lora_adapters"])
-    host = artifact.host
+
+def _check_gpus(values: dict, host: Host) -> None:
+    """GPUs chosen by hand belong to the host holding the copy, and agree with num_shard."""
     if values["device"] == DeploymentSpec.Device.CPU:
         values["gpu_indexes"], values["num_shard"] = [], None
-    elif values["gpu_indexes"]:
-        known = set(Gpu.objects.filter(host=host).values_list("index", flat=True))
-        missing = sorted(set(values["gpu_indexes"]) - known)
-        if missing:
-            raise ApplicationError(f"{host} has no GPU {', '.join(map(str, missing))}.", field="gpu_indexes")
-        if values.get("num_shard") and values["num_shard"] != len(values["gpu_indexes"]):
-            raise ApplicationError(
-                f"num_shard {values['num_shard']} differs from the {len(values['gpu_indexes'])} GPUs chosen.",
-                field="num_shard",
-            )
+        return
+    if not values["gpu_indexes"]:
+        return
+    known = set(Gpu.objects.filter(host=host).values_list("index", flat=True))
+    missing = sorted(set(values["gpu_indexes"]) - known)
+    if missing:
+        raise ApplicationError(f"{host} has no GPU {', '.join(map(str, missing))}.", field="gpu_indexes")
+    if values.get("num_shard") and values["num_shard"] != len(values["gpu_indexes"]):
+        raise ApplicationError(
+            f"num_shard {values['num_shard']} differs from the {len(values['gpu_indexes'])} GPUs chosen.",
+            field="num_shard",
+        )
+
+
+def _check_image(values: dict, host: Host, backend: Backend) -> None:
+    """Containers run allowed images only (the backend's default too)."""
     if host.runtime == host.Runtime.DOCKER or values["image"]:
-        image = values["image"] or tgi.DEFAULT_IMAGE
+        image = values["image"] or backend.default_image
         if not AllowedImage.objects.filter(reference=image).exists():
             raise ApplicationError(
                 f"{image} is not on the allowed images list; an admin adds it under Deployments → Images.",
                 field="image",
             )
-    return values
 
 
 def _check_adapters(adapters) -> None:
@@ -168,18 +157,21 @@ def _check_adapters(adapters) -> None:
 
 
 def command_preview(values: dict, plan: Verdict, *, name: str = "<name>") -> list[str]:
-    """The exact launcher command line the spec runs (placement as planned; a native port shown as PORT)."""
-    from types import SimpleNamespace
-
+    """The exact launcher command line the spec runs where the planner placed it (a native port shown as PORT;
+    on a host the files are still to be fetched to, the path they will have there)."""
     artifact: ModelArtifact = values["artifact"]
+    host = artifact.host if plan.host == artifact.host.name else Host.objects.get(name=plan.host)
+    store = host.model_store or str(settings.MODEL_STORE)
+    model_dir = artifact.path if host == artifact.host else str(artifact_dir(store, artifact.repo))
     spec = SimpleNamespace(**{field: values.get(field) for field in SPEC_FIELDS})
-    docker = artifact.host.runtime == artifact.host.Runtime.DOCKER
-    launch = tgi.launch_plan(
+    backend = get_backend(values["backend"])
+    docker = host.runtime == host.Runtime.DOCKER
+    launch = backend.launch_plan(
         docker=docker,
-        model_dir=artifact.path,
-        model_store=artifact.host.model_store or str(settings.MODEL_STORE),
+        model_dir=model_dir,
+        model_store=store,
         num_shard=plan.num_shard or 1,
         instance=f"llmdeploy-{name}",
         bind_address=settings.DEPLOY_BIND_ADDRESS,
     )
-    return tgi.command_line(spec, launch, port_shown=None if docker else "PORT")
+    return backend.command_line(spec, launch, port_shown=None if docker else "PORT")

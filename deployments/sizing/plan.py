@@ -252,6 +252,7 @@ def choose_gpus(
     inventory: list[HostCapacity],
     num_shard: int | None = None,
     preferred_hosts: Sequence[str] = (),
+    keep_free_fraction: float = KEEP_FREE_FRACTION,
 ) -> tuple[Placement, MemoryEstimate] | None:
     """The smallest GPU set that fits: the fewest shards, then the placement engine's choice (a preferred
     host, one NVLink group, best fit), or None."""
@@ -269,7 +270,7 @@ def choose_gpus(
             memory_per_gpu=max(1, est.per_gpu_bytes),
             gpu_count=s,
             preferred_hosts=tuple(preferred_hosts),
-            keep_free_fraction=KEEP_FREE_FRACTION,
+            keep_free_fraction=keep_free_fraction,
         )
         try:
             chosen = place(requirement, states)

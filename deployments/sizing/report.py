@@ -10,8 +10,8 @@ from deployments.sizing import memory
 from deployments.sizing.errors import SizingError
 from deployments.sizing.memory import WeightFormat
 from deployments.sizing.metadata import ModelMetadata
-from deployments.sizing.plan import POWER_IDLE_FRACTION as _POWER_IDLE_FRACTION
 from deployments.sizing.plan import (
+    KEEP_FREE_FRACTION,
     GpuCapacity,
     HostCapacity,
     MemoryEstimate,
@@ -27,6 +27,7 @@ from deployments.sizing.plan import (
     token_budget,
     valid_shard_counts,
 )
+from deployments.sizing.plan import POWER_IDLE_FRACTION as _POWER_IDLE_FRACTION
 
 # Quality order for "use X instead" suggestions: the first lower-memory format that fits wins.
 _QUALITY = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
@@ -256,6 +257,7 @@ def _plan_row(
     hosts: list[HostCapacity] | None,
     num_shard: int | None,
     preferred_hosts: Sequence[str] = (),
+    keep_free_fraction: float = KEEP_FREE_FRACTION,
 ) -> PrecisionRow:
     stored = fmt == shape.stored
     note = _row_note(fmt, shape)
@@ -265,7 +267,7 @@ def _plan_row(
         fits = valid and est.per_gpu_bytes <= min(g.usable_bytes for g in gpus)
         return PrecisionRow(fmt, est, fits, placement_for("selected", gpus) if fits else None, stored, note)
     if hosts:
-        found = choose_gpus(shape, fmt, budget, kv_dtype, hosts, num_shard, preferred_hosts)
+        found = choose_gpus(shape, fmt, budget, kv_dtype, hosts, num_shard, preferred_hosts, keep_free_fraction)
         if found:
             return PrecisionRow(fmt, found[1], True, found[0], stored, note)
         largest = max(g.usable_bytes for h in hosts for g in h.gpus)
@@ -340,12 +342,14 @@ def size_model(
     gpus: list[GpuCapacity] | None = None,
     inventory: list[HostCapacity] | None = None,
     preferred_hosts: Sequence[str] = (),
+    keep_free_fraction: float = KEEP_FREE_FRACTION,
 ) -> SizingReport:
     """Plan the memory of serving `metadata`'s model with TGI.
 
     `gpus` is one chosen set (num_shard = its length); otherwise `inventory` is searched for the smallest fitting
     set on one online host, placed by the placement engine (`preferred_hosts` first, e.g. those holding the
-    files); with neither, the plan is for `num_shard` (default 1) and `fits` is None.
+    files, leaving `keep_free_fraction` of each GPU free as the backend does); with neither, the plan is for
+    `num_shard` (default 1) and `fits` is None.
     """
     config = metadata.config
     shape = model_shape(metadata)
@@ -366,7 +370,10 @@ def size_model(
         notes.append("no online GPU host in the inventory; sizes only")
     primary_fmt = _primary_format(shape, quantize, config, warnings)
     formats = _row_formats(precisions, primary_fmt, shape, config)
-    rows = [_plan_row(fmt, shape, budget, kv_dtype, gpus, hosts, num_shard, preferred_hosts) for fmt in formats]
+    rows = [
+        _plan_row(fmt, shape, budget, kv_dtype, gpus, hosts, num_shard, preferred_hosts, keep_free_fraction)
+        for fmt in formats
+    ]
     primary = rows[formats.index(primary_fmt)]
     warnings += _warnings(rows, primary, shape, budget, kv_dtype, gpus, hosts)
     if shape.params_source == "safetensors" and shape.breakdown.extra_linear:

@@ -21,12 +21,15 @@ import pytest
 from django.test import override_settings
 from text_generation import Client
 
+from deployments.backends import get_backend
 from deployments.backends.tgi import launch as tgi
 from tests.conftest import need
 from tests.support.serve_process import ROOT, make_model, ml_python
 from workers.runtimes import docker as docker_runtime
 from workers.runtimes.base import LABEL_DEPLOYMENT, LABEL_MANAGED, RunSpec, RuntimeFailure
 from workers.runtimes.docker import DockerRuntime, container_kwargs, secret_target, secrets_dir
+
+TGI = get_backend("tgi")
 
 pytestmark = pytest.mark.docker
 
@@ -213,7 +216,7 @@ def run_spec(suffix: str, store: Path, **overrides) -> RunSpec:
 def wait_healthy(runtime: DockerRuntime, handle, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if tgi.health(handle.endpoint, timeout=2):
+        if TGI.health(handle.endpoint, timeout=2):
             return
         status = runtime.status(handle)
         if not status.alive:
@@ -332,10 +335,10 @@ def test_token_is_a_read_only_file_and_absent_from_inspect(server, client):
 
 def test_serves_health_and_generate_on_the_published_port(server):
     _, handle = server
-    assert tgi.health(handle.endpoint)
+    assert TGI.health(handle.endpoint)
     response = Client(handle.endpoint, timeout=60).generate("hello container", max_new_tokens=5)
     assert 1 <= response.details.generated_tokens <= 5
-    assert tgi.info(handle.endpoint)["max_total_tokens"] == SERVE_LIMITS["max_total_tokens"]
+    assert TGI.info(handle.endpoint)["max_total_tokens"] == SERVE_LIMITS["max_total_tokens"]
 
 
 def test_a_second_start_under_the_same_name_is_refused(server, runtime):

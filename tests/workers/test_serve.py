@@ -13,7 +13,8 @@ import requests
 from text_generation import AsyncClient, Client
 from text_generation import errors as tgi_errors
 
-from deployments.backends.diagnosis import diagnose
+from deployments.backends import get_backend
+from deployments.backends.tgi.diagnosis import diagnose
 from tests.conftest import need
 from tests.support.aio import run_async
 from tests.support.serve_process import ROOT, ServeProcess, make_model, ml_python
@@ -288,6 +289,10 @@ def test_metrics_use_tgi_names(server):
     ):
         assert name in text, name
     assert "_total" not in text
+    # The TGI backend's metric names (what the console scrapes) are all in what serve.py exports.
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    exported = {name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name in samples} | samples
+    assert set(get_backend("tgi").metric_names) <= exported
 
 
 def test_generation_error_mid_stream_and_health_recovers(tiny_model):

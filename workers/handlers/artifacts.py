@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings
 
 from deployments.models import ModelArtifact
+from deployments.registry import layout
 from workers.runner import JobContext, JobFailure
 
 
@@ -19,12 +20,11 @@ def model_store() -> Path:
 
 
 def staging_dir(artifact) -> Path:
-    return model_store() / ".staging" / f"artifact-{artifact.pk}"
+    return layout.staging_dir(model_store(), artifact.pk)
 
 
 def final_dir(artifact) -> Path:
-    org_name = artifact.repo.repo_id.replace("/", "--")
-    return model_store() / org_name / artifact.repo.commit
+    return layout.artifact_dir(model_store(), artifact.repo)
 
 
 def failure_of(error) -> JobFailure:

@@ -17,8 +17,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from deployments.backends.diagnosis import diagnose
-from deployments.backends.tgi import launch as tgi
+from deployments.backends import get_backend
+from deployments.backends.base import Backend
 from deployments.models import Deployment, DeploymentSpec, Job, JobLogLine, ModelArtifact
 from deployments.serving import services as lifecycle
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
@@ -49,7 +49,8 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifa
     store = host.model_store or str(settings.MODEL_STORE)
     name = instance_name(deployment)
     port = 0 if docker else _free_port(settings.DEPLOY_BIND_ADDRESS)
-    plan = tgi.launch_plan(
+    backend = get_backend(spec.backend)
+    plan = backend.launch_plan(
         docker=docker,
         model_dir=artifact.path,
         model_store=store,
@@ -62,19 +63,19 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifa
     )
     secrets = {}
     if spec.credential_id:
-        secrets[tgi.TOKEN_FILE_ENV] = spec.credential.value.reveal()
+        secrets[backend.token_file_env] = spec.credential.value.reveal()
     return RunSpec(
         name=name,
         labels=deployment.labels,
-        args=tgi.launcher_args(spec, plan),
-        env=tgi.launch_env(spec, gpu_indexes=deployment.gpu_indexes, native=not docker),
+        args=backend.launcher_args(spec, plan),
+        env=backend.launch_env(spec, gpu_indexes=deployment.gpu_indexes, native=not docker),
         model_dir=artifact.path,
         model_store=store,
-        image=spec.image or tgi.DEFAULT_IMAGE,
+        image=spec.image or backend.default_image,
         gpu_indexes=list(deployment.gpu_indexes) if spec.device == DeploymentSpec.Device.GPU else [],
         port=port,
         bind_address=settings.DEPLOY_BIND_ADDRESS,
-        container_port=tgi.CONTAINER_PORT,
+        container_port=backend.container_port,
         secret_files=secrets,
         stop_grace=settings.DEPLOY_STOP_GRACE_SECONDS,
     )
@@ -83,8 +84,8 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifa
 class _Watch:
     """One attempt's view of the server: its handle, the output copied so far, the recent lines."""
 
-    def __init__(self, ctx: JobContext, deployment: Deployment) -> None:
-        self.ctx, self.deployment = ctx, deployment
+    def __init__(self, ctx: JobContext, deployment: Deployment, backend: Backend) -> None:
+        self.ctx, self.deployment, self.backend = ctx, deployment, backend
         self.runtime = get_runtime(deployment.host.runtime)
         self.handle: Handle | None = None
         self.cursor = deployment.log_cursor
@@ -106,7 +107,7 @@ class _Watch:
         self.cursor = cursor
 
     def fail(self, *, exit_code: int | None = None, oom_killed: bool = False, deadline: str = "") -> JobFailure:
-        found = diagnose(
+        found = self.backend.diagnose(
             list(self.tail),
             exit_code=exit_code,
             context={"oom_killed": oom_killed, **({"deadline": deadline} if deadline else {})},
@@ -124,7 +125,7 @@ class ServeHandler(Handler):
         spec = DeploymentSpec.objects.select_related("artifact", "credential").get(pk=ctx.job.params["spec"])
         # The copy on the placed host (placement may have chosen a host the registry is fetching the files to).
         artifact = ModelArtifact.objects.get(pk=ctx.job.params.get("artifact") or spec.artifact_id)
-        watch = _Watch(ctx, deployment)
+        watch = _Watch(ctx, deployment, get_backend(spec.backend))
         self._wait_for_files(ctx, deployment, artifact)
         self._find_or_start(ctx, watch, spec, artifact)
         return self._follow(ctx, watch)
@@ -214,8 +215,8 @@ class ServeHandler(Handler):
             now = time.monotonic()
             if deployment.state != State.RUNNING:
                 self._check_deadline(ctx, deployment, watch)
-                if tgi.health(watch.handle.endpoint, timeout=2):
-                    info = tgi.info(watch.handle.endpoint)
+                if watch.backend.health(watch.handle.endpoint, timeout=2):
+                    info = watch.backend.info(watch.handle.endpoint)
                     if info is not None:
                         lifecycle.deployment_running(deployment, endpoint=watch.handle.endpoint, info=info)
                         ctx.log(
@@ -226,7 +227,7 @@ class ServeHandler(Handler):
                         last_health = now
             elif now - last_health >= settings.DEPLOY_HEALTH_SECONDS:
                 last_health = now
-                if not tgi.health(watch.handle.endpoint, timeout=5):
+                if not watch.backend.health(watch.handle.endpoint, timeout=5):
                     ctx.log("health check failed (the server may be busy or recovering)")
             time.sleep(POLL_SECONDS)
 
@@ -235,7 +236,8 @@ class ServeHandler(Handler):
         deployment = Deployment.objects.select_related("host").filter(pk=ctx.job.params["deployment"]).first()
         if deployment is None:
             return
-        watch = _Watch(ctx, deployment)
+        spec = DeploymentSpec.objects.filter(pk=ctx.job.params.get("spec")).first() or deployment.spec
+        watch = _Watch(ctx, deployment, get_backend(spec.backend))
         runtime = watch.runtime
         handles = runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
         if status == Job.Status.CANCELLED:

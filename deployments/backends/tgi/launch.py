@@ -1,5 +1,5 @@
-"""TGI, as the console drives it: the only place launcher arguments and the server's environment are built,
-and the HTTP calls that tell whether a server is up (TGI 3.3's launcher flags and router routes).
+"""TGI's launch, as the console drives it: the only place its launcher arguments and the server's environment
+are built (TGI 3.3's launcher flags, workers/jobs/flags/tgi.json).
 
 Everything is explicit: every setting is a flag, the environment is an allow-list (TGI reads generic names
 such as PORT, HOSTNAME, API_KEY and MODEL_ID, so nothing may leak in from a worker's environment).
@@ -7,9 +7,7 @@ such as PORT, HOSTNAME, API_KEY and MODEL_ID, so nothing may leak in from a work
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import requests
+from deployments.backends.base import LaunchPlan
 
 DEFAULT_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
 CONTAINER_PORT = 80  # the TGI image sets PORT=80
@@ -36,20 +34,6 @@ ALLOWED_ENV = frozenset(
     }
 )
 TOKEN_FILE_ENV = "HF_TOKEN_PATH"  # noqa: S105 - a variable name; huggingface_hub reads the token from this file: never an env value
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """What the launcher needs beyond the spec: where the model is as the server sees it, and the port."""
-
-    model_path: str
-    port: int
-    hostname: str
-    num_shard: int
-    instance: str  # unique per server on a host (socket paths, ports of native instances)
-    native: bool  # several servers share one network namespace (process runtime)
-    master_port: int | None = None
-    prometheus_port: int | None = None
 
 
 def launch_plan(
@@ -79,16 +63,8 @@ def launch_plan(
     )
 
 
-def command_line(spec, plan: LaunchPlan, *, port_shown: str | None = None) -> list[str]:
-    """The whole command as a person reads it; `port_shown` replaces a port chosen only at launch."""
-    args = launcher_args(spec, plan)
-    if port_shown is not None:
-        args[args.index("--port") + 1] = port_shown
-    return ["text-generation-launcher", *args]
-
-
 def launcher_args(spec, plan: LaunchPlan) -> list[str]:
-    """text-generation-launcher's arguments for a DeploymentSpec (every flag checked against TGI's list)."""
+    """text-generation-launcher's arguments for a DeploymentSpec (every flag checked against TGI's table)."""
     args = [
         "--model-id",
         plan.model_path,
@@ -153,20 +129,3 @@ def model_path_in_container(model_dir: str, model_store: str) -> str:
 
     relative = PurePosixPath(model_dir).relative_to(PurePosixPath(model_store))
     return str(PurePosixPath(CONTAINER_MODEL_STORE) / relative)
-
-
-def health(endpoint: str, timeout: float = 3.0) -> bool:
-    """GET /health == 200. Connection errors mean "still starting" while the process lives (TGI binds late)."""
-    try:
-        return requests.get(f"{endpoint}/health", timeout=timeout).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def info(endpoint: str, timeout: float = 5.0) -> dict | None:
-    """GET /info, or None when it does not answer with JSON."""
-    try:
-        response = requests.get(f"{endpoint}/info", timeout=timeout)
-        return response.json() if response.status_code == 200 else None
-    except (requests.RequestException, ValueError):
-        return None

@@ -1,4 +1,4 @@
-"""`manage.py diagnose_log FILE [--json]`: the failure cause, evidence and next step of a TGI launch log."""
+"""`manage.py diagnose_log FILE [--json] [--backend tgi]`: the failure cause, evidence and next step of a launch log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from deployments.backends.diagnosis import Diagnosis, diagnose_text
+from deployments.backends import BACKENDS, get_backend
+from deployments.backends.diagnosis import Diagnosis
 
 
 def render_text(diagnosis: Diagnosis) -> str:
@@ -30,11 +31,12 @@ class Command(BaseCommand):
         parser.add_argument("file", help='the log file, or "-" to read standard input')
         parser.add_argument("--exit-code", type=int, help="the container's or launcher's exit status, if known")
         parser.add_argument("--json", action="store_true", help="print cause, title, evidence and next_step as JSON")
+        parser.add_argument("--backend", choices=sorted(BACKENDS), default="tgi", help="whose rules read the log")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Finding a cause is a successful run: the exit status is 0 unless the log cannot be read."""
         text = self._read(options["file"])
-        diagnosis = diagnose_text(text, exit_code=options["exit_code"])
+        diagnosis = get_backend(options["backend"]).diagnose(text.splitlines(), exit_code=options["exit_code"])
         if options["json"]:
             self.stdout.write(json.dumps(diagnosis.as_dict(), indent=2, ensure_ascii=False))
         else:

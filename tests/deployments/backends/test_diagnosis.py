@@ -12,7 +12,15 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import translation
 
-from deployments.backends.diagnosis import CAUSES, MAX_EVIDENCE, RULES, Diagnosis, diagnose, diagnose_text, log_lines
+from deployments.backends.tgi.diagnosis import (
+    CAUSES,
+    MAX_EVIDENCE,
+    RULES,
+    Diagnosis,
+    diagnose,
+    diagnose_text,
+    log_lines,
+)
 from tests.support import tgi_logs as logs
 
 ROOT = Path(__file__).resolve().parents[3]

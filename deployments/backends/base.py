@@ -1,0 +1,142 @@
+"""What a serving backend provides, behind one interface: TGI today (deployments/backends/tgi), vLLM next.
+
+The console never spells a backend's flags, environment, routes or log lines anywhere else: specs, the planner,
+the serve job and the diagnosis ask `get_backend(spec.backend)`. Runtimes know nothing of backends. A backend
+imports no Django beyond translation markers (an import contract checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import requests
+
+from deployments.backends.diagnosis import Diagnosis, RuleBook
+from deployments.backends.diagnosis import diagnose as run_rules
+
+
+class SpecError(Exception):
+    """A spec value the backend refuses: the field at fault and a message the user can act on."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+# A check gets the cleaned spec values and what the checkpoint says of itself; it raises SpecError.
+SpecCheck = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class FlagTable:
+    """A launcher's flags for one release, read from workers/jobs/flags/<backend>.json (the file serve.py reads)."""
+
+    program: str
+    release: str
+    flags: dict[str, dict[str, Any]]  # long flag -> {"env", "default", "kind", "choices"}
+
+    @classmethod
+    def load(cls, backend: str) -> FlagTable:
+        # Read as package data, not imported: job programs and the console share the file, not the code.
+        text = resources.files("workers.jobs.flags").joinpath(f"{backend}.json").read_text(encoding="utf-8")
+        table = json.loads(text)
+        return cls(table["program"], table["release"], {item["name"]: item for item in table["flags"]})
+
+    def choices(self, flag: str) -> tuple[str, ...]:
+        return tuple(self.flags[flag]["choices"])
+
+    def unknown(self, args: Iterable[str]) -> list[str]:
+        """The flags in `args` the launcher does not have."""
+        return [arg for arg in args if arg.startswith("--") and arg not in self.flags]
+
+
+@dataclass(frozen=True)
+class MemorySemantics:
+    """How the backend uses GPU memory, for the planner and placement."""
+
+    keep_free_fraction: float  # the share of each GPU the server never fills (TGI: 1 - its wiggle room)
+    kv_cache: str  # what sizes the KV cache, in words shown to users
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What the launcher needs beyond the spec: where the model is as the server sees it, and the port."""
+
+    model_path: str
+    port: int
+    hostname: str
+    num_shard: int
+    instance: str  # unique per server on a host (socket paths, ports of native instances)
+    native: bool  # several servers share one network namespace (process runtime)
+    master_port: int | None = None
+    prometheus_port: int | None = None
+
+
+class Backend(ABC):
+    """A serving backend: its flags as data, launch arguments and a clean environment from a spec, allowed
+    images, health and info calls, metric names, log diagnosis rules and its memory semantics."""
+
+    name: str
+    label: str
+    default_image: str
+    container_port: int
+    container_model_store: str
+    allowed_env: frozenset[str]
+    token_file_env: str  # the variable naming the file that holds a Hub token (never the token itself)
+    ready_line: str
+    metric_names: tuple[str, ...]
+    memory: MemorySemantics
+    rules: RuleBook
+    spec_checks: tuple[SpecCheck, ...]
+
+    @property
+    def flags(self) -> FlagTable:
+        return FlagTable.load(self.name)
+
+    @abstractmethod
+    def launch_plan(self, **where: Any) -> LaunchPlan:
+        """Where the server finds the model and listens, as it sees it."""
+
+    @abstractmethod
+    def launcher_args(self, spec: Any, plan: LaunchPlan) -> list[str]:
+        """The launcher's arguments for a DeploymentSpec."""
+
+    @abstractmethod
+    def launch_env(self, spec: Any, *, gpu_indexes: list[int], native: bool) -> dict[str, str]:
+        """The server's whole environment."""
+
+    def command_line(self, spec: Any, plan: LaunchPlan, *, port_shown: str | None = None) -> list[str]:
+        """The whole command as a person reads it; `port_shown` replaces a port chosen only at launch."""
+        args = self.launcher_args(spec, plan)
+        if port_shown is not None:
+            args[args.index("--port") + 1] = port_shown
+        return [self.flags.program, *args]
+
+    def check_spec(self, values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        """Run every check the backend contributes to spec cleaning (SpecError on the first refusal)."""
+        for check in self.spec_checks:
+            check(values, checkpoint)
+
+    def health(self, endpoint: str, timeout: float = 3.0) -> bool:
+        """GET /health == 200. Connection errors mean "still starting" while the process lives."""
+        try:
+            return requests.get(f"{endpoint}/health", timeout=timeout).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def info(self, endpoint: str, timeout: float = 5.0) -> dict | None:
+        """GET /info, or None when it does not answer with JSON."""
+        try:
+            response = requests.get(f"{endpoint}/info", timeout=timeout)
+            return response.json() if response.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            return None
+
+    def diagnose(self, lines: Iterable[str], *, exit_code: int | None = None, context: dict | None = None) -> Diagnosis:
+        """The cause of a failed launch, read from its log with this backend's rules."""
+        return run_rules(lines, self.rules, exit_code=exit_code, context=context)

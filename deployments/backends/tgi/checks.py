@@ -1,0 +1,76 @@
+"""The checks TGI contributes to cleaning a spec: each small, each naming the field at fault (SpecError).
+
+`values` are the spec's cleaned values; `checkpoint` says what the model's files are ({"quantization": "awq"}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployments.backends.base import SpecError
+from deployments.backends.tgi.launch import ALLOWED_ENV
+
+PRE_QUANTIZED = {"awq", "gptq", "marlin", "compressed-tensors"}
+# TGI: --dtype cannot be combined with --quantize, except the bitsandbytes variants.
+DTYPE_WITH_QUANTIZE = {"bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4"}
+
+
+def quantization_matches_checkpoint(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    """Pre-quantized methods need a checkpoint quantized that way; on-the-fly methods need an unquantized one."""
+    quantize, stored = values["quantize"], checkpoint.get("quantization")
+    marlin_of_stored = quantize == "marlin" and stored in ("gptq", "awq")
+    if quantize in PRE_QUANTIZED and stored != quantize and not marlin_of_stored:
+        raise SpecError(
+            f"{quantize} needs a checkpoint quantized with {quantize}; this one is "
+            f"{stored or 'not quantized'}. Pick a pre-quantized repo, or an on-the-fly method (bitsandbytes, eetq, "
+            "fp8).",
+            field="quantize",
+        )
+    if quantize and quantize not in PRE_QUANTIZED and stored:
+        raise SpecError(
+            f"The checkpoint is already quantized ({stored}); leave quantization empty or choose {stored}.",
+            field="quantize",
+        )
+
+
+def dtype_with_quantize(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    if values["dtype"] and values["quantize"] and values["quantize"] not in DTYPE_WITH_QUANTIZE:
+        raise SpecError(
+            "TGI cannot combine a dtype with this quantization (only the bitsandbytes variants take both); "
+            "leave dtype empty.",
+            field="dtype",
+        )
+
+
+def token_limits(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    """The router's own argument checks, before a launch rather than after it."""
+    low, high = values.get("max_input_tokens"), values.get("max_total_tokens")
+    if low and high and low >= high:
+        raise SpecError(
+            f"Max input tokens ({low}) must be less than max total tokens ({high}).", field="max_input_tokens"
+        )
+    prefill = values.get("max_batch_prefill_tokens")
+    if prefill and low and prefill < low:
+        raise SpecError(
+            f"Max batch prefill tokens ({prefill}) must be at least max input tokens ({low}).",
+            field="max_batch_prefill_tokens",
+        )
+
+
+def memory_fraction(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    if not 0.05 <= float(values["cuda_memory_fraction"]) <= 1.0:
+        raise SpecError("The CUDA memory fraction is between 0.05 and 1.", field="cuda_memory_fraction")
+
+
+def environment_allowed(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    """TGI reads generic names (PORT, HOSTNAME, API_KEY, MODEL_ID): only allow-listed variables pass."""
+    if not isinstance(values["extra_env"], dict):
+        raise SpecError('Extra environment is an object: {"NAME": "value"}.', field="extra_env")
+    refused = sorted(set(values["extra_env"]) - ALLOWED_ENV)
+    if refused:
+        raise SpecError(
+            f"Not allowed: {', '.join(refused)}. Allowed: {', '.join(sorted(ALLOWED_ENV))}.", field="extra_env"
+        )
+
+
+CHECKS = (quantization_matches_checkpoint, dtype_with_quantize, token_limits, memory_fraction, environment_allowed)
