@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
 
 from audit import context
+from audit.telemetry import instrument_celery
 
 HEADER = "audit_context"
 _tokens: dict[str, object] = {}
@@ -48,6 +49,4 @@ def leave_context(task_id=None, **kwargs) -> None:
 
 @worker_process_init.connect
 def instrument(**kwargs) -> None:
-    from audit.telemetry import instrument_celery
-
     instrument_celery()

@@ -12,6 +12,9 @@ from django.db.models import Model
 
 from audit import chain, context
 from audit.models import AuditEvent
+from audit.streams import publish_events
+from audit.telemetry import current_trace_id
+from console.fields import Secret
 from console.permissions import user_roles
 
 logger = logging.getLogger(__name__)
@@ -26,8 +29,6 @@ def canonical_json(value: Any) -> str:
 
 
 def _masked(value: Any, key: str | None = None) -> Any:
-    from console.fields import Secret
-
     if isinstance(value, Secret) or (key in SECRET_KEYS and value not in (None, "")):
         return MASK
     if isinstance(value, dict):
@@ -138,14 +139,10 @@ def _initiator(ctx: context.AuditContext, actor_id: int | None) -> dict:
 
 
 def _trace_id() -> str:
-    from audit.telemetry import current_trace_id
-
     return current_trace_id()
 
 
 def _publish(event: AuditEvent) -> None:
-    from audit.streams import publish_events
-
     try:
         publish_events([event])
     except Exception as exc:  # the stream is best effort: browsers backfill from the database

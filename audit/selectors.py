@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db.models import Max, QuerySet
+from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
 from audit.filters import AuditFilterForm
 from audit.models import AuditCheckpoint, AuditEvent
 from audit.verify import verify_chain, verify_from_checkpoint
 from console import roles
-from console.permissions import require
+from console.permissions import can, require
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -107,10 +107,6 @@ def verification_status(*, user) -> dict:
 def target_history(*, user, targets: list, limit: int = 100) -> QuerySet[AuditEvent] | None:
     """The audit events about these objects, newest first; None for users who may not read the audit
     log (they see the current state only)."""
-    from django.db.models import Q
-
-    from console.permissions import can
-
     if not can(user, roles.VIEW_DATA):
         return None
     about = Q(pk__in=[])

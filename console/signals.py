@@ -3,11 +3,12 @@
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 
+from console.role_sync import sync_roles
+
 
 @receiver(post_migrate)
 def sync_roles_after_migrate(sender, app_config=None, using="default", **kwargs) -> None:
     if app_config is None or app_config.label != "console":
         return
-    from console.role_sync import sync_roles
 
     sync_roles()

@@ -20,6 +20,7 @@ from pathlib import Path
 from django.conf import settings
 
 from console.devserver import embedded_redis
+from workers.agent import local_host_name
 
 
 @dataclass
@@ -82,8 +83,6 @@ class Supervisor:
 
     @property
     def agent_name(self) -> str:
-        from workers.agent import local_host_name
-
         return settings.AGENT_HOST_NAME or local_host_name()
 
     def environment(self) -> dict[str, str]:

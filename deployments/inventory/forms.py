@@ -8,6 +8,7 @@ from decimal import Decimal
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from console.accounts.models import Credential
 from deployments.models import Gpu, Host
 from deployments.units import GB
 
@@ -130,7 +131,6 @@ class SizingForm(forms.Form):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from console.accounts.models import Credential
 
         self.fields["credential"].queryset = Credential.objects.filter(kind=Credential.Kind.HF_TOKEN)
 

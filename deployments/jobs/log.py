@@ -12,6 +12,7 @@ from django.db.models.constants import OnConflict
 from django.utils import timezone
 
 from console.streams import publish_on_commit
+from deployments.models import Job, JobLogLine
 
 logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
@@ -43,8 +44,6 @@ class JobLog:
             self.flush()
 
     def flush(self) -> None:
-        from deployments.models import Job, JobLogLine
-
         self.last_flush = time.monotonic()
         if not self.pending:
             return
@@ -68,8 +67,6 @@ class JobLog:
 
 
 def _fields() -> list:
-    from deployments.models import JobLogLine
-
     return [JobLogLine._meta.get_field(name) for name in INSERT_COLUMNS]
 
 
@@ -144,8 +141,6 @@ def _insert_ignoring_stored(rows: list[tuple]) -> int:
 
 
 def _table() -> str:
-    from deployments.models import JobLogLine
-
     return connection.ops.quote_name(JobLogLine._meta.db_table)
 
 

@@ -9,6 +9,7 @@ import socket
 from urllib.parse import urljoin, urlsplit
 
 from console.errors import ApplicationError
+from deployments.models import AllowedEndpoint
 
 
 def _allowed(host: str, addresses: list[str], patterns: list[str]) -> bool:
@@ -36,8 +37,6 @@ def check_url(url: str, *, patterns: list[str] | None = None, resolver=resolve_a
     A host name on the list is allowed whatever it resolves to (an admin named it); otherwise every
     address it resolves to must lie in a listed network, so a name cannot smuggle in another address.
     """
-    from deployments.models import AllowedEndpoint
-
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApplicationError("Use an http:// or https:// address.", field="endpoint")

@@ -3,6 +3,10 @@ importing a local directory, cancelling, deleting and garbage-collecting copies.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+
+from django.conf import settings
 from django.db import transaction
 
 import audit
@@ -14,6 +18,7 @@ from console.errors import ApplicationError
 from console.permissions import require
 from deployments.jobs.services import job_cancel, job_create
 from deployments.models import AllowedEndpoint, ArtifactUse, Host, Job, ModelArtifact, ModelRepo, ModelSource
+from deployments.registry import downloads
 from deployments.registry.endpoints import check_url
 
 
@@ -28,8 +33,6 @@ def source_token(source: ModelSource, credential: Credential | None = None) -> s
 @transaction.atomic
 def endpoint_allow(*, actor, pattern: str, note: str = "") -> AllowedEndpoint:
     """Admins allow a host name or network for model sources (manage_inventory)."""
-    import ipaddress
-
     require(actor, roles.MANAGE_INVENTORY)
     pattern = pattern.strip().lower()
     try:
@@ -78,8 +81,6 @@ def source_create(*, actor, name: str, kind: str, endpoint: str = "", token: str
 
 def _resolve(*, source: ModelSource, repo_id: str, revision: str, token: str | None):
     """Resolve the revision to a commit on the source (a metadata call, outside any transaction)."""
-    from deployments.registry import downloads
-
     if source.endpoint:
         check_url(source.endpoint)
     try:
@@ -182,10 +183,6 @@ def model_import(*, actor, host: Host, directory: str, repo_id: str) -> ModelArt
 
 def import_directory(directory: str) -> str:
     """The normalised directory if it lies under MODEL_IMPORT_ROOTS (the agent writes a manifest there)."""
-    import os
-
-    from django.conf import settings
-
     if not directory.startswith("/"):
         raise ApplicationError("Give the absolute path of the directory on that host.", field="directory")
     if ".." in directory.split("/"):

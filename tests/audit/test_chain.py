@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 import audit
@@ -134,6 +136,17 @@ def test_flush_keeps_the_guard(transactional_db):
     call_command("flush", interactive=False, verbosity=0)
     assert AuditEvent.objects.count() == 0
     assert guard.installed(connection)
+
+
+def test_the_product_ships_no_command_that_lifts_the_guard(transactional_db):
+    """Outside the test suite `flush` is Django's own: the guard refuses to empty the audit tables."""
+    from django.core.management.commands.flush import Command as DjangoFlush
+
+    seed(1)
+    assert not (Path(audit.__file__).parent / "management" / "commands" / "flush.py").exists()
+    with pytest.raises((CommandError, DatabaseError)):
+        call_command(DjangoFlush(), interactive=False, verbosity=0)
+    assert AuditEvent.objects.count() == 1 and guard.installed(connection)
 
 
 def test_beat_signs_a_checkpoint_periodically_when_the_chain_grew(settings):

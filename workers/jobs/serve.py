@@ -374,6 +374,7 @@ def _server_class():
 
 
 def serve(args: argparse.Namespace) -> int:
+    # Imported here: argument errors are reported in a fraction of a second, before torch loads.
     import torch
     import uvicorn
 

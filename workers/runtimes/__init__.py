@@ -7,6 +7,7 @@ from workers.runtimes.base import Handle, RunSpec, Runtime, RuntimeFailure, Stat
 
 def get_runtime(name: str) -> Runtime:
     """The runtime a host uses ("docker" or "process")."""
+    # Imported when asked for: a process host never loads the docker SDK (nor a docker host the other).
     if name == "docker":
         from workers.runtimes.docker import DockerRuntime
 

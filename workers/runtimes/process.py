@@ -19,6 +19,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from workers.mlenv import job_command, job_env
 from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status
 
 # sh waits for the server and writes its exit status; a TERM trap (not an ignore, which children would
@@ -80,8 +81,6 @@ class ProcessRuntime:
         native = shutil.which("text-generation-launcher")
         if native and not settings.PROCESS_RUNTIME_FORCE_SERVE:
             return [native]
-        from workers.mlenv import job_command
-
         return job_command("serve")
 
     # -- the interface ---------------------------------------------------------------------------------------
@@ -95,14 +94,7 @@ class ProcessRuntime:
         state, log, exit_file = self._files(spec.name)
         exit_file.unlink(missing_ok=True)
         secrets_dir = self.state_dir / f"{spec.name}.secrets"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.state_dir),
-            "PYTHONPATH": str(settings.BASE_DIR),
-            "PYTHONUNBUFFERED": "1",
-            **spec.env,
-            "EXIT_FILE": str(exit_file),
-        }
+        env = job_env({"HOME": str(self.state_dir), **spec.env, "EXIT_FILE": str(exit_file)})
         if spec.secret_files:
             secrets_dir.mkdir(mode=0o700, exist_ok=True)
             for variable, content in spec.secret_files.items():

@@ -7,21 +7,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from deployments.inventory.capacity import inventory_capacity
 from deployments.sizing import HostCapacity, SizingError, SizingReport, format_gb, load_model_metadata, size_model
-
-INVENTORY_MODULE = "deployments.inventory.capacity"
 
 
 def inventory() -> list[HostCapacity]:
-    """GPU hosts from the database; an empty inventory while that module does not exist yet."""
-    try:
-        from deployments.inventory.capacity import inventory_capacity
-    except ImportError as exc:
-        # Only the module's absence is tolerated: an import error inside it is a bug to surface.
-        if exc.name != INVENTORY_MODULE:
-            raise
-        return []
-    return list(inventory_capacity())
+    """GPU hosts from the database, as placement sees them."""
+    return inventory_capacity()
 
 
 def _gpu_set(row: dict[str, Any]) -> str:

@@ -1,9 +1,10 @@
-"""Django's flush, able to empty the append-only audit tables.
+"""Test suites only: Django's flush, able to empty the append-only audit tables.
 
 flush wipes every table; on the audit tables the guard triggers refuse that. This command lifts
 the guard for the flush and reinstalls it in the same transaction, which needs the right to drop
-triggers: the owning role (tests, a deliberate reset), never the application role in production.
-Django's transactional tests call flush between tests, so the suite keeps working with the guard on.
+triggers (the owning role the tests connect as). Django's transactional tests call flush between tests,
+so the suite keeps working with the guard on. It is registered by tests/conftest.py, never shipped as a
+command an operator could run: in production `manage.py flush` is Django's own, which the guard refuses.
 """
 
 from django.core.management.commands.flush import Command as FlushCommand
