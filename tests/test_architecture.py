@@ -55,3 +55,18 @@ def test_a_wrong_import_breaks_the_contract(tree, module, line, message):
     assert result.returncode != 0
     assert "BROKEN" in result.stdout
     assert message in result.stdout
+
+
+def test_pre_commit_runs_the_same_checks_with_local_hooks_only():
+    """Remote hook repositories cannot be fetched here: every hook calls the virtualenv's own tools."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    hooks = [hook for repo in config["repos"] for hook in repo["hooks"]]
+    assert {repo["repo"] for repo in config["repos"]} == {"local"}
+    assert {hook["id"] for hook in hooks} == {"ruff-check", "ruff-format", "import-contracts"}
+    for hook in hooks:
+        tool = ROOT / hook["entry"].split()[0]
+        assert tool.is_file(), f"{hook['id']}: {tool} (make install creates it)"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "ruff format --check" in makefile and "lint-imports" in makefile  # make lint runs them too
