@@ -70,3 +70,31 @@ def test_pre_commit_runs_the_same_checks_with_local_hooks_only():
         assert tool.is_file(), f"{hook['id']}: {tool} (make install creates it)"
     makefile = (ROOT / "Makefile").read_text()
     assert "ruff format --check" in makefile and "lint-imports" in makefile  # make lint runs them too
+
+
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "console.settings", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_app_packages_import_before_the_registry_is_ready():
+    """Why `audit.record` imports its recorder when called: Django imports every app package while it populates
+    the registry, before any model can be imported; importing the recorder there fails."""
+    fine = _fresh_python("import audit, console, deployments, workers; print('ok')")
+    assert fine.returncode == 0 and "ok" in fine.stdout, fine.stderr
+    early = _fresh_python("import audit.recorder")
+    assert early.returncode != 0 and "AppRegistryNotReady" in early.stderr
+
+
+def test_a_process_host_never_loads_the_docker_sdk():
+    """Why runtimes are imported when asked for: the docker SDK stays out of hosts that run processes."""
+    probe = _fresh_python(
+        "import sys, django; django.setup()\n"
+        "from workers.runtimes import get_runtime\n"
+        "get_runtime('process')\n"
+        "print('docker' in sys.modules)"
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip().splitlines()[-1] == "False"
