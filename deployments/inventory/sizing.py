@@ -3,6 +3,7 @@ inventory. The arithmetic lives in deployments.sizing; this adds who may ask, to
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -13,17 +14,29 @@ from console.accounts.models import Credential
 from console.errors import ApplicationError
 from console.permissions import require
 from deployments.inventory.capacity import inventory_capacity
-from deployments.sizing import SizingError, load_model_metadata, size_model
-from deployments.sizing.metadata import looks_like_path
+from deployments.sizing import ModelMetadata, SizingError, size_model
+from deployments.sizing.metadata import load_hub_metadata, load_local_metadata, looks_like_path
 
 
-def _local_source(source: str) -> str:
-    """Web and API users may size directories inside the model store only (never arbitrary server paths)."""
-    store = Path(settings.MODEL_STORE).resolve()
-    path = (store / source).resolve() if not Path(source).is_absolute() else Path(source).resolve()
+def _in_store(source: str) -> Path | None:
+    """A local source, resolved against the model store and nothing else (never the web process's directory):
+    the directory when `source` names one in the store (or looks like a path), None for a Hub repo id."""
+    store = Path(os.path.realpath(settings.MODEL_STORE))
+    path = Path(os.path.realpath(store / source))  # an absolute `source` replaces the store, then is checked
+    if not (looks_like_path(source) or source in (".", "..") or path.is_dir()):
+        return None
     if store != path and store not in path.parents:
         raise ApplicationError(f"Local models must be inside the model store ({store}).", field="source")
-    return str(path)
+    return path
+
+
+def _metadata(source: str, *, revision: str | None, token: str | None) -> ModelMetadata:
+    local = _in_store(source)
+    if local is not None:
+        if not local.is_dir():
+            raise ApplicationError(f"No directory {source} in the model store.", field="source")
+        return load_local_metadata(local)
+    return load_hub_metadata(source, revision=revision, token=token)
 
 
 def _token(user, credential_id) -> str | None:
@@ -55,10 +68,8 @@ def plan(
         raise ApplicationError(
             "Give a Hugging Face repo id (org/name) or a directory in the model store.", field="source"
         )
-    if looks_like_path(source):
-        source = _local_source(source)
     try:
-        metadata = load_model_metadata(source, revision=revision or None, token=_token(user, credential_id))
+        metadata = _metadata(source, revision=revision or None, token=_token(user, credential_id))
         report = size_model(
             metadata,
             quantize=quantize or None,

@@ -187,13 +187,15 @@ def import_directory(directory: str) -> str:
         raise ApplicationError("Give the absolute path of the directory on that host.", field="directory")
     if ".." in directory.split("/"):
         raise ApplicationError("The path may not contain '..'.", field="directory")
-    normal = os.path.normpath(directory)
-    roots = [os.path.normpath(str(root)) for root in (settings.MODEL_IMPORT_ROOTS or [settings.MODEL_STORE])]
-    if not any(normal == root or normal.startswith(root.rstrip("/") + "/") for root in roots):
+    # Real paths on both sides: a symlink under a root that points elsewhere is outside it. The web process and
+    # the agent both call this, each resolving the links its own filesystem has.
+    real = os.path.realpath(directory)
+    roots = [os.path.realpath(str(root)) for root in (settings.MODEL_IMPORT_ROOTS or [settings.MODEL_STORE])]
+    if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots):
         raise ApplicationError(
             f"Import from these directories only: {', '.join(roots)} (MODEL_IMPORT_ROOTS).", field="directory"
         )
-    return normal
+    return real
 
 
 def artifact_jobs(artifact: ModelArtifact):

@@ -4,6 +4,8 @@ Read-only: nothing here writes. Where a spec runs is deployments.serving.plannin
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -106,10 +108,22 @@ def _normalized(data: dict) -> dict:
     values["image"] = (values.get("image") or "").strip()
     values["extra_env"] = values.get("extra_env") or {}
     values["lora_adapters"] = values.get("lora_adapters") or []
-    values["gpu_indexes"] = sorted({int(i) for i in values.get("gpu_indexes") or []})
+    values["gpu_indexes"] = _gpu_indexes(values.get("gpu_indexes"))
     values.setdefault("max_concurrent_requests", 128)
     values["cuda_memory_fraction"] = values.get("cuda_memory_fraction") or 1.0
     return values
+
+
+def _gpu_indexes(raw) -> list[int]:
+    """GPU indexes as a sorted list of distinct whole numbers (a field error for anything else)."""
+    if raw in (None, ""):
+        return []
+    items = raw if isinstance(raw, list | tuple) else None
+    if items is None or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+        if items is not None and all(isinstance(i, str) and i.strip().isdigit() for i in items):
+            return sorted({int(i) for i in items})  # from a form: ["0", "1"]
+        raise ApplicationError("GPU indexes are a list of GPU numbers, e.g. [0, 1].", field="gpu_indexes")
+    return sorted(set(items))
 
 
 def _check_gpus(values: dict, host: Host) -> None:
@@ -141,18 +155,32 @@ def _check_image(values: dict, host: Host, backend: Backend) -> None:
             )
 
 
+# TGI splits --lora-adapters on "," and "=", and treats a bare id as a path: names are plain identifiers and
+# every adapter is a directory inside the model store.
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ADAPTER_PATH_REFUSED = ",=@"
+
+
 def _check_adapters(adapters) -> None:
     if not isinstance(adapters, list):
         raise ApplicationError('LoRA adapters are a list: [{"name": "...", "path": "..."}].', field="lora_adapters")
-    store = Path(settings.MODEL_STORE).resolve()
+    store = Path(os.path.realpath(settings.MODEL_STORE))
     for adapter in adapters:
-        name = adapter.get("name", "") if isinstance(adapter, dict) else ""
-        if not name or not all(c.isalnum() or c in "-_./" for c in name):
-            raise ApplicationError("Each adapter needs a name (letters, digits, - _ . /).", field="lora_adapters")
-        path = adapter.get("path")
-        if path and store not in Path(path).resolve().parents:
+        name = adapter.get("name") if isinstance(adapter, dict) else None
+        if not isinstance(name, str) or not ADAPTER_NAME.match(name):
             raise ApplicationError(
-                f"Adapter {name}: local adapters live in the model store ({store}).", field="lora_adapters"
+                "Each adapter needs a name of letters, digits, - _ and . (no slashes).", field="lora_adapters"
+            )
+        path = adapter.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise ApplicationError(f"Adapter {name}: give its directory in the model store.", field="lora_adapters")
+        if any(c in path for c in ADAPTER_PATH_REFUSED):
+            raise ApplicationError(
+                f"Adapter {name}: a path cannot hold any of {' '.join(ADAPTER_PATH_REFUSED)}.", field="lora_adapters"
+            )
+        if store not in Path(os.path.realpath(path)).parents:
+            raise ApplicationError(
+                f"Adapter {name}: adapters live in the model store ({store}).", field="lora_adapters"
             )
 
 
