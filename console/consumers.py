@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.utils import timezone
@@ -17,7 +18,8 @@ CLOSE_NOT_FOUND = 4404
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
-    """Base: session user required, then the same permission check as the HTTP views."""
+    """Base: session user required, then the same permission check as the HTTP views, at connect and again
+    while the socket lives (`still_allowed`): a revoked role or grant ends what it allowed."""
 
     permission_action = roles.VIEW
 
@@ -27,13 +29,39 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         try:
-            await database_sync_to_async(require)(user, self.permission_action)
+            await database_sync_to_async(self.authorize)(user)
         except (PermissionDenied, Http404) as denied:  # ObjectHidden (404) too: a consumer answers both alike
             await database_sync_to_async(report_denial)(denied, user=user, path=self.scope.get("path", ""))
             await self.close(code=CLOSE_FORBIDDEN)
             return
         await self.accept()
         await self.joined()
+
+    def authorize(self, user) -> None:
+        """Raise PermissionDenied (or Http404) unless `user` may use this socket; runs in a thread."""
+        require(user, self.permission_action)
+
+    async def still_allowed(self) -> bool:
+        """The permission again, for the user as the database has them now (roles and grants may have been
+        revoked, the account deactivated). On a refusal the denial is recorded and the socket closed."""
+        pk = self.scope["user"].pk
+
+        def check() -> None:
+            user = get_user_model().objects.filter(pk=pk, is_active=True).first()
+            if user is None:
+                raise PermissionDenied("the account is no longer active")
+            self.authorize(user)
+
+        try:
+            await database_sync_to_async(check)()
+        except (PermissionDenied, Http404) as denied:
+            await database_sync_to_async(report_denial)(
+                denied, user=self.scope["user"], path=self.scope.get("path", "")
+            )
+            await self.send_json({"type": "error", "detail": "permission revoked"})
+            await self.close(code=CLOSE_FORBIDDEN)
+            return False
+        return True
 
     async def joined(self) -> None:
         """Called once the socket is accepted."""

@@ -108,6 +108,7 @@ class StreamConsumer(ConsoleConsumer):
 
     min_interval = 1 / 30  # at most ~30 messages a second per stream
     backlog_page = 500
+    recheck_seconds = 5.0  # how stale a permission may get while items flow (one query per stream per period)
 
     def stream(self) -> str:
         raise NotImplementedError
@@ -123,6 +124,8 @@ class StreamConsumer(ConsoleConsumer):
         self.pending: list[dict] = []
         self.flush_task: asyncio.Task | None = None
         self.last_send_time = 0.0
+        self.checked_at = time.monotonic()
+        self.revoked = False
 
     async def disconnect(self, code) -> None:
         if getattr(self, "subscribed", False):
@@ -143,17 +146,21 @@ class StreamConsumer(ConsoleConsumer):
         # if the backlog already had it; none can fall between the two.
         await self.channel_layer.group_add(group_name(self.stream()), self.channel_name)
         self.subscribed = True
-        while True:
+        while not self.revoked:
             items = await database_sync_to_async(self.backlog)(self.last_sent, self.backlog_page)
             if items:
                 await self._send(items)
             if len(items) < self.backlog_page:
                 break
+        if self.revoked:
+            return
         self.live = True
         await self.send_json({"type": "caught_up", "seq": self.last_sent})
         await self._schedule_flush()
 
     async def stream_items(self, event) -> None:
+        if self.revoked:
+            return
         self.pending.extend(event["items"])
         if self.live:
             await self._schedule_flush()
@@ -191,6 +198,13 @@ class StreamConsumer(ConsoleConsumer):
         return items
 
     async def _send(self, items: list[dict]) -> None:
+        if self.revoked:
+            return
+        if time.monotonic() - self.checked_at >= self.recheck_seconds:
+            if not await self.still_allowed():
+                self.revoked, self.pending = True, []  # closed: nothing more goes out on this socket
+                return
+            self.checked_at = time.monotonic()
         await self.send_json({"type": "items", "items": items})
         self.last_sent = items[-1]["seq"]
         self.last_send_time = time.monotonic()

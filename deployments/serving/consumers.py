@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
 
 from console import roles
-from console.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, ConsoleConsumer
+from console.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, ConsoleConsumer
 from console.errors import ApplicationError
-from console.permissions import can, report_denial, require
+from console.permissions import can, require
 from deployments.models import Deployment
 from deployments.serving import playground
 
@@ -23,23 +21,16 @@ class PlaygroundConsumer(ConsoleConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        deployment = await database_sync_to_async(self._deployment)()
-        if deployment is None:
+        if user is not None and user.is_authenticated and await database_sync_to_async(self._deployment)() is None:
             await self.close(
                 code=CLOSE_NOT_FOUND if await database_sync_to_async(can)(user, roles.VIEW) else CLOSE_FORBIDDEN
             )
             return
-        try:
-            await database_sync_to_async(require)(user, roles.USE_DEPLOYMENT, deployment)
-        except (PermissionDenied, Http404) as denied:
-            await database_sync_to_async(report_denial)(denied, user=user, path=self.scope.get("path", ""))
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
         self.busy = False
-        await self.accept()
+        await super().connect()
+
+    def authorize(self, user) -> None:
+        require(user, roles.USE_DEPLOYMENT, self._deployment())
 
     def _deployment(self):
         return (
@@ -54,6 +45,8 @@ class PlaygroundConsumer(ConsoleConsumer):
             return
         if self.busy:
             await self.send_json({"type": "error", "detail": "one generation at a time"})
+            return
+        if not await self.still_allowed():  # every generation, not only the connect: a grant can be revoked
             return
         self.busy = True
         deployment = await database_sync_to_async(self._deployment)()

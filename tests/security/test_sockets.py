@@ -1,0 +1,78 @@
+"""A long-lived websocket holds only what its user may do now: revoking a grant or a role ends it at the next
+generation (playground) or the next batch of items (live streams), and the denial is audited. Each test is the
+attack (keep using a socket after losing the right), which used to work."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+import audit
+from audit.models import AuditEvent
+from console import roles
+from console.accounts.services.access import object_grant, object_revoke, role_revoke
+from console.asgi import application
+from console.streams import StreamConsumer
+from tests.console.test_websocket import ORIGIN, session_cookie
+from tests.factories import DeploymentFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _socket(user, path: str) -> WebsocketCommunicator:
+    cookie = await database_sync_to_async(session_cookie)(user)
+    socket = WebsocketCommunicator(application, path, headers=[ORIGIN, (b"cookie", cookie)])
+    connected, _ = await socket.connect()
+    assert connected
+    return socket
+
+
+def _denials(user) -> int:
+    return AuditEvent.objects.filter(action="permission.denied", actor_id=user.pk).count()
+
+
+async def _closed_with(socket, code: int) -> bool:
+    while True:
+        output = await socket.receive_output(timeout=10)
+        if output["type"] == "websocket.close":
+            return output.get("code") == code
+
+
+async def test_a_revoked_grant_ends_the_playground_at_the_next_generation(redis_url, admin):
+    engineer = await database_sync_to_async(UserFactory)(roles=["engineer"])
+    deployment = await database_sync_to_async(DeploymentFactory)()
+    grant = database_sync_to_async(object_grant)
+    await grant(actor=admin, grantee=engineer, action=roles.USE_DEPLOYMENT, target=deployment)
+    socket = await _socket(engineer, f"/ws/deployments/{deployment.pk}/playground/")
+    await socket.send_json_to({"type": "generate", "mode": "completion", "prompt": "hi"})
+    answer = await socket.receive_json_from(timeout=10)
+    assert answer["type"] == "error" and "revoked" not in answer["detail"]  # allowed: only "not running"
+
+    revoke = database_sync_to_async(object_revoke)
+    await revoke(actor=admin, grantee=engineer, action=roles.USE_DEPLOYMENT, target=deployment)
+    await socket.send_json_to({"type": "generate", "mode": "completion", "prompt": "hi again"})
+    assert await socket.receive_json_from(timeout=10) == {"type": "error", "detail": "permission revoked"}
+    assert await _closed_with(socket, 4403)
+    assert await database_sync_to_async(_denials)(engineer) == 1
+
+
+async def test_a_revoked_role_ends_the_live_audit_stream(redis_url, admin, monkeypatch):
+    monkeypatch.setattr(StreamConsumer, "recheck_seconds", 0.0)  # check before every batch
+    auditor = await database_sync_to_async(UserFactory)(roles=["auditor"])
+    socket = await _socket(auditor, "/ws/audit/")  # (its login is an event too)
+    head = await database_sync_to_async(lambda: AuditEvent.objects.order_by("-id").values_list("id", flat=True)[0])()
+    await socket.send_json_to({"type": "subscribe", "after": head})
+    while (await socket.receive_json_from(timeout=10))["type"] != "caught_up":
+        pass
+    record = database_sync_to_async(lambda i: audit.record(action="test.secret", actor=None, detail={"i": i}))
+    await record(1)
+    while (message := await socket.receive_json_from(timeout=10))["type"] != "items":
+        pass
+    assert any(item["action"] == "test.secret" for item in message["items"])
+
+    await database_sync_to_async(role_revoke)(actor=admin, user=auditor, role=roles.AUDITOR)
+    await record(2)
+    message = await socket.receive_json_from(timeout=10)
+    assert message == {"type": "error", "detail": "permission revoked"}  # not the event
+    assert await _closed_with(socket, 4403)
