@@ -29,6 +29,9 @@ DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY") or private_file(DATA_DIR / "secret_key", new_secret_key)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Exact origins (scheme://host[:port]) whose pages may open websockets; empty: ALLOWED_HOSTS over http and https
+# plus CSRF_TRUSTED_ORIGINS, and always the origin the socket is opened on (console/origins.py).
+WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
 
 # Stored secrets (HF tokens...) are encrypted with the first key; older keys only decrypt until
 # `manage.py rotate_secrets_key` has re-encrypted everything.

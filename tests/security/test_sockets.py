@@ -16,6 +16,7 @@ from console.asgi import application
 from console.streams import StreamConsumer
 from tests.console.test_websocket import ORIGIN, session_cookie
 from tests.factories import DeploymentFactory, UserFactory
+from tests.support.aio import run_async
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,7 +40,11 @@ async def _closed_with(socket, code: int) -> bool:
             return output.get("code") == code
 
 
-async def test_a_revoked_grant_ends_the_playground_at_the_next_generation(redis_url, admin):
+def test_a_revoked_grant_ends_the_playground_at_the_next_generation(redis_url, admin):
+    run_async(_revoked_grant(admin))
+
+
+async def _revoked_grant(admin):
     engineer = await database_sync_to_async(UserFactory)(roles=["engineer"])
     deployment = await database_sync_to_async(DeploymentFactory)()
     grant = database_sync_to_async(object_grant)
@@ -57,8 +62,12 @@ async def test_a_revoked_grant_ends_the_playground_at_the_next_generation(redis_
     assert await database_sync_to_async(_denials)(engineer) == 1
 
 
-async def test_a_revoked_role_ends_the_live_audit_stream(redis_url, admin, monkeypatch):
+def test_a_revoked_role_ends_the_live_audit_stream(redis_url, admin, monkeypatch):
     monkeypatch.setattr(StreamConsumer, "recheck_seconds", 0.0)  # check before every batch
+    run_async(_revoked_role(admin))
+
+
+async def _revoked_role(admin):
     auditor = await database_sync_to_async(UserFactory)(roles=["auditor"])
     socket = await _socket(auditor, "/ws/audit/")  # (its login is an event too)
     head = await database_sync_to_async(lambda: AuditEvent.objects.order_by("-id").values_list("id", flat=True)[0])()
@@ -76,3 +85,29 @@ async def test_a_revoked_role_ends_the_live_audit_stream(redis_url, admin, monke
     message = await socket.receive_json_from(timeout=10)
     assert message == {"type": "error", "detail": "permission revoked"}  # not the event
     assert await _closed_with(socket, 4403)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "accepted"),
+    [
+        ("http://127.0.0.1", "", True),  # an ALLOWED_HOSTS name on the default port
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),  # the console's own page, on the port it is served on
+        ("http://localhost:9999", "localhost:8000", False),  # another local service's page: same host, other port
+        ("https://localhost:9999", "localhost:8000", False),
+        ("http://127.0.0.1:8000", "127.0.0.1:9000", False),
+        ("http://evil.example", "evil.example", False),  # not an allowed host, even as its own origin
+        ("null", "127.0.0.1", False),
+    ],
+)
+def test_websockets_match_the_whole_origin(redis_url, admin, origin, host, accepted):
+    run_async(_origin(admin, origin, host, accepted))
+
+
+async def _origin(admin, origin, host, accepted):
+    cookie = await database_sync_to_async(session_cookie)(admin)
+    headers = [(b"origin", origin.encode()), (b"cookie", cookie), *([(b"host", host.encode())] if host else [])]
+    socket = WebsocketCommunicator(application, "/ws/audit/", headers=headers)
+    connected, _ = await socket.connect()
+    assert connected is accepted
+    if connected:
+        await socket.disconnect()
