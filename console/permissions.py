@@ -124,6 +124,16 @@ def require_list(user, action: str, model: type[Model]) -> None:
     raise ActionDenied(user, action, model=model)
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def require_token_scope(user, token, method: str) -> None:
+    """A read-only API token may read and nothing else. An API token can answer for a user when: its scope
+    covers the request (`read`: safe methods only; `write`: everything the user may do)."""
+    if getattr(token, "scope", None) == "read" and method.upper() not in SAFE_METHODS:
+        raise ActionDenied(user, "write (this API token is read-only)")
+
+
 # Sent by the outermost handlers (API exception handler, websocket consumers) once the failing work's
 # transaction has rolled back; the audit app records it. A signal, so the core never imports the audit.
 permission_denied = Signal()  # kwargs: exc, user, path, status

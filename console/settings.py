@@ -237,6 +237,7 @@ AXES_VERBOSE = False
 AXES_IPWARE_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 
 API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 90)
+API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365)
 
 # --- web security ----------------------------------------------------------------------------
 # SECURE_TLS=true when the console is reached through HTTPS (the reverse proxy in
@@ -291,7 +292,7 @@ REST_FRAMEWORK = {
         "console.accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["console.api.scopes.AuthenticatedWithinTokenScope"],
     "DEFAULT_PAGINATION_CLASS": "console.api.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [

@@ -129,6 +129,7 @@ class TokenViewSet(
             user=self.request.user,
             name=serializer.validated_data["name"],
             expires_at=serializer.validated_data.get("expires_at"),
+            scope=serializer.validated_data.get("scope", ApiToken.Scope.WRITE),
         )
         token.token = raw
         serializer.instance = token

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group
 from django.utils.translation import gettext_lazy as _
 
 from console import roles
-from console.accounts.models import Credential
+from console.accounts.models import ApiToken, Credential
 
 User = get_user_model()
 
@@ -59,6 +59,14 @@ class TokenCreateForm(forms.Form):
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text=_("Empty: 90 days from now."),
+    )
+    scope = forms.TypedChoiceField(
+        label=_("Scope"),
+        choices=ApiToken.Scope.choices,
+        initial=ApiToken.Scope.WRITE,
+        required=False,
+        empty_value=ApiToken.Scope.WRITE,
+        help_text=_("A read-only token can read everything you may read and change nothing."),
     )
 
 

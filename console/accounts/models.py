@@ -43,7 +43,12 @@ class ApiTokenQuerySet(models.QuerySet):
 
 
 class ApiToken(models.Model):
-    """A personal API token. Only its SHA-256 digest is stored; the value is shown once, at creation."""
+    """A personal API token. Only its SHA-256 digest is stored; the value is shown once, at creation. A `read`
+    token may only read (safe methods); a `write` token does what its owner may do."""
+
+    class Scope(models.TextChoices):
+        READ = "read", _("read only")
+        WRITE = "write", _("read and write")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(_("name"), max_length=100)
@@ -51,6 +56,7 @@ class ApiToken(models.Model):
     digest = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
+    scope = models.CharField(_("scope"), max_length=5, choices=Scope.choices, default=Scope.WRITE)
     last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
     revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
 

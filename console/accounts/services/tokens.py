@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,11 +23,21 @@ def _require_owner_or_manager(actor, user) -> None:
 
 @traced("token.create")
 @transaction.atomic
-def token_create(*, actor, user, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
-    """Create a token for user; returns it with its one-time plain value (never stored)."""
+def token_create(
+    *, actor, user, name: str, expires_at: datetime | None = None, scope: str = ApiToken.Scope.WRITE
+) -> tuple[ApiToken, str]:
+    """Create a token for user; returns it with its one-time plain value (never stored). Every token expires,
+    at most API_TOKEN_MAX_DAYS from now."""
     _require_owner_or_manager(actor, user)
-    if expires_at is not None and expires_at <= timezone.now():
+    now = timezone.now()
+    if expires_at is not None and expires_at <= now:
         raise ApplicationError("The expiry must lie in the future.", field="expires_at")
+    if expires_at is not None and expires_at > now + timedelta(days=settings.API_TOKEN_MAX_DAYS):
+        raise ApplicationError(
+            f"A token lives at most {settings.API_TOKEN_MAX_DAYS} days (API_TOKEN_MAX_DAYS).", field="expires_at"
+        )
+    if scope not in ApiToken.Scope.values:
+        raise ApplicationError(f"The scope is one of {', '.join(ApiToken.Scope.values)}.", field="scope")
     raw = ApiToken.generate()
     token = ApiToken.objects.create(
         user=user,
@@ -34,12 +45,13 @@ def token_create(*, actor, user, name: str, expires_at: datetime | None = None) 
         prefix=raw[:12],
         digest=hash_token(raw),
         expires_at=expires_at or ApiToken.default_expiry(),
+        scope=scope,
     )
     audit.record(
         action="token.created",
         actor=actor,
         target=token,
-        detail={"owner": user.get_username(), "expires_at": token.expires_at.isoformat()},
+        detail={"owner": user.get_username(), "expires_at": token.expires_at.isoformat(), "scope": token.scope},
     )
     return token, raw
 
