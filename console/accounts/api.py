@@ -81,8 +81,10 @@ class GrantViewSet(viewsets.ViewSet):
 
     serializer_class = api_serializers.GrantSerializer
 
+    @extend_schema(responses=api_serializers.GrantRowSerializer(many=True))
     def list(self, request):
-        return Response(api_serializers.GrantSerializer(selectors.grant_list(user=request.user), many=True).data)
+        rows = selectors.grant_list(user=request.user)
+        return Response(api_serializers.GrantRowSerializer(rows, many=True).data)
 
     def _apply(self, request, service):
         require(request.user, roles.MANAGE_USERS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 
 from console import roles
@@ -55,3 +56,8 @@ def grant_list(*, user) -> list[dict]:
                 }
             )
     return rows
+
+
+def team_list():
+    """Teams: every group that is not a role (roles are granted, teams own things)."""
+    return Group.objects.exclude(name__in=list(roles.ROLES)).order_by("name")

@@ -111,5 +111,16 @@ class GrantSerializer(serializers.Serializer):
         return attrs
 
 
+class GrantRowSerializer(serializers.Serializer):
+    """A grant as listed: the grantee by name (what grant_list returns), not a related object."""
+
+    user = serializers.CharField(allow_null=True)
+    team = serializers.CharField(allow_null=True)
+    action = serializers.CharField()
+    target_type = serializers.CharField()
+    target_id = serializers.CharField()
+    target_name = serializers.CharField()
+
+
 class RolesSerializer(serializers.Serializer):
     roles = serializers.ListField(child=serializers.ChoiceField(choices=list(roles.ROLES)), allow_empty=True)

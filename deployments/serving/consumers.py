@@ -52,6 +52,7 @@ class PlaygroundConsumer(ConsoleConsumer):
         deployment = await database_sync_to_async(self._deployment)()
         mode = content.get("mode", "completion")
         summary: dict = {}
+        error = ""
         try:
             async for event in playground.run(
                 deployment,
@@ -63,18 +64,21 @@ class PlaygroundConsumer(ConsoleConsumer):
                 if event["type"] == "end":
                     summary = event
                 await self.send_json(event)
-        except ApplicationError as error:
-            await self.send_json({"type": "error", "detail": error.message, "field": error.field})
+        except ApplicationError as failure:
+            error = failure.message
+            await self.send_json({"type": "error", "detail": failure.message, "field": failure.field})
         except Exception as exc:  # the server's own error (overloaded, validation, connection)
-            await self.send_json({"type": "error", "detail": f"{type(exc).__name__}: {exc}"})
+            error = f"{type(exc).__name__}: {exc}"
+            await self.send_json({"type": "error", "detail": error})
         finally:
             self.busy = False
-        if summary:
-            await database_sync_to_async(playground.record_use)(
-                self.scope["user"],
-                deployment,
-                mode=mode,
-                summary=summary,
-                prompt=str(content.get("prompt") or ""),
-                messages=content.get("messages"),
-            )
+        # Every use is audited, with its outcome: a generation that failed is a use too.
+        await database_sync_to_async(playground.record_use)(
+            self.scope["user"],
+            deployment,
+            mode=mode,
+            summary=summary,
+            error=error,
+            prompt=str(content.get("prompt") or ""),
+            messages=content.get("messages"),
+        )

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 from django import forms
-from django.contrib.auth.models import Group
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from console import roles
 from console.accounts.models import Credential
+from console.accounts.selectors import team_list
 from console.permissions import restrict
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, Gpu, ModelArtifact
 from deployments.registry.forms import StyledForm
@@ -227,7 +227,7 @@ class DeploymentCreateForm(SpecForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = Group.objects.exclude(name__in=list(roles.ROLES)).order_by("name")
+        self.fields["team"].queryset = team_list()
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip().lower()

@@ -149,9 +149,17 @@ async def run(
 
 
 def record_use(
-    user, deployment: Deployment, *, mode: str, summary: dict, prompt: str = "", messages: list | None = None
+    user,
+    deployment: Deployment,
+    *,
+    mode: str,
+    summary: dict,
+    error: str = "",
+    prompt: str = "",
+    messages: list | None = None,
 ) -> None:
-    """One audit event per use: who, which deployment, mode, token counts; the text only if a setting says so."""
+    """One audit event per use, failed ones too: who, which deployment, mode, token counts or the error; the
+    text only if a setting says so."""
     detail = {
         "mode": mode,
         "generated_tokens": summary.get("generated_tokens"),
@@ -160,6 +168,14 @@ def record_use(
         "finish_reason": summary.get("finish_reason"),
         "version": deployment.spec.version if deployment.spec else None,
     }
+    if error:
+        detail["error"] = error[:500]
     if settings.PLAYGROUND_AUDIT_PROMPTS:
         detail["prompt"] = prompt if mode == "completion" else messages
-    audit.record(action="deployment.used", actor=user, target=deployment, detail=detail)
+    audit.record(
+        action="deployment.used",
+        actor=user,
+        target=deployment,
+        outcome="failure" if error else "success",
+        detail=detail,
+    )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import Group
 from rest_framework import serializers
 
+from console.accounts.selectors import team_list
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
 from deployments.serving.specs import SPEC_FIELDS
 
@@ -29,9 +29,7 @@ class SpecInputSerializer(SpecSerializer):
 class DeploymentSerializer(serializers.ModelSerializer):
     spec = SpecSerializer(read_only=True)
     spec_input = SpecSerializer(write_only=True, source="spec_data", help_text="The first spec version.")
-    team = serializers.SlugRelatedField(
-        slug_field="name", queryset=Group.objects.all(), required=False, allow_null=True
-    )
+    team = serializers.SlugRelatedField(slug_field="name", queryset=team_list(), required=False, allow_null=True)
     host = serializers.SlugRelatedField(slug_field="name", read_only=True)
     launch = serializers.BooleanField(write_only=True, default=True)
     job = serializers.PrimaryKeyRelatedField(read_only=True)

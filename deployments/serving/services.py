@@ -58,6 +58,8 @@ def deployment_create(
     """A new deployment with spec version 1; launched at once unless `launch` is false. A spec the planner
     says cannot fit is refused here, before any task runs."""
     require(actor, roles.DEPLOY)
+    if team is not None and team.name in roles.ROLES:
+        raise ApplicationError(f"{team.name} is a role, not a team: choose a team to own it.", field="team")
     name = (name or "").strip().lower()
     if Deployment.objects.filter(name=name).exists():
         raise ApplicationError(f"A deployment named {name} exists.", field="name")

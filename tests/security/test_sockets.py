@@ -53,6 +53,10 @@ async def _revoked_grant(admin):
     await socket.send_json_to({"type": "generate", "mode": "completion", "prompt": "hi"})
     answer = await socket.receive_json_from(timeout=10)
     assert answer["type"] == "error" and "revoked" not in answer["detail"]  # allowed: only "not running"
+    used = await database_sync_to_async(
+        lambda: list(AuditEvent.objects.filter(action="deployment.used", actor_id=engineer.pk).values("outcome"))
+    )()
+    assert used == [{"outcome": "failure"}]  # a failed generation is a use too, audited with its outcome
 
     revoke = database_sync_to_async(object_revoke)
     await revoke(actor=admin, grantee=engineer, action=roles.USE_DEPLOYMENT, target=deployment)
