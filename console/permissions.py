@@ -115,6 +115,22 @@ def require(user, action: str, obj: Model | None = None) -> None:
     raise ActionDenied(user, action, obj)
 
 
+def require_owner(user, action: str, obj: Model) -> None:
+    """Changing or deleting a team's thing. A user can change or delete an object a team owns when: they hold
+    the action (by role or grant) and either manage users (admins), hold the action on that very object by
+    grant, or belong to its owning team. A global role alone lets them use it, not change what another team
+    owns. Objects no team owns are shared: the action is enough."""
+    require(user, action, obj)
+    team_id = getattr(obj, "team_id", None)
+    if team_id is None or has_global(user, roles.MANAGE_USERS):
+        return
+    if grantable(type(obj), action) and user.has_perm(_object_perm(type(obj), action), obj):
+        return
+    if user.groups.filter(pk=team_id).exists():
+        return
+    raise ActionDenied(user, f"{action} (owned by another team)", obj)
+
+
 def require_list(user, action: str, model: type[Model]) -> None:
     """Raise PermissionDenied unless the user may hold action on some objects of model."""
     if has_global(user, action):

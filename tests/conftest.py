@@ -133,6 +133,12 @@ class Api:
     def post(self, url: str, data=None, expected: int = 201, **kw):
         return self.call("post", url, expected, data=data, **kw)
 
+    def patch(self, url: str, data=None, expected: int = 200, **kw):
+        return self.call("patch", url, expected, data=data, **kw)
+
+    def delete(self, url: str, expected: int = 204, **kw):
+        return self.call("delete", url, expected, **kw)
+
 
 @pytest.fixture
 def api():

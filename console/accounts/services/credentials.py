@@ -17,7 +17,7 @@ from console.crypto import encrypted_with_newest
 from console.dispatch import ROTATE_SECRETS, dispatch
 from console.errors import ApplicationError
 from console.fields import EncryptedSecretField
-from console.permissions import require
+from console.permissions import require, require_owner
 
 
 @traced("credential.create")
@@ -43,8 +43,9 @@ def credential_create(
 def credential_update(
     *, actor, credential: Credential, value: str | None = None, description: str | None = None, name: str | None = None
 ) -> Credential:
-    """Replace a secret's value (when given) or its description; the old value is gone."""
-    require(actor, roles.ADD_MODEL, credential)
+    """Replace a secret's value (when given) or its description; the old value is gone. Only its owners
+    (console.permissions.require_owner) may."""
+    require_owner(actor, roles.ADD_MODEL, credential)
     before = _state(credential)
     if name is not None and name != credential.name:
         if Credential.objects.filter(name=name).exclude(pk=credential.pk).exists():
@@ -66,7 +67,8 @@ def credential_update(
 @traced("credential.delete")
 @transaction.atomic
 def credential_delete(*, actor, credential: Credential) -> None:
-    require(actor, roles.ADD_MODEL, credential)
+    """Delete a secret. Only its owners (console.permissions.require_owner) may."""
+    require_owner(actor, roles.ADD_MODEL, credential)
     audit.record(action="credential.deleted", actor=actor, target=credential, changes=diff(_state(credential), {}))
     credential.delete()
 
