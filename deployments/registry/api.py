@@ -106,7 +106,7 @@ class ModelArtifactViewSet(
         """The ready copies nothing uses (what garbage collection would delete), with their total size."""
         data = self._valid(GcSerializer, request, request.query_params)
         candidates = list(
-            registry.gc_candidates(host=data.get("host"))
+            registry.gc_candidates(actor=request.user, host=data.get("host"))
             .select_related("repo__source", "host")
             .order_by("host__name", "pk")
         )

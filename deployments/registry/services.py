@@ -8,6 +8,7 @@ import os
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 import audit
 from audit.recorder import diff
@@ -15,9 +16,18 @@ from audit.telemetry import traced
 from console import roles
 from console.accounts.models import Credential
 from console.errors import ApplicationError
-from console.permissions import require
+from console.permissions import ActionDenied, has_global, require
 from deployments.jobs.services import job_cancel, job_create
-from deployments.models import AllowedEndpoint, ArtifactUse, Host, Job, ModelArtifact, ModelRepo, ModelSource
+from deployments.models import (
+    AllowedEndpoint,
+    ArtifactUse,
+    DeploymentSpec,
+    Host,
+    Job,
+    ModelArtifact,
+    ModelRepo,
+    ModelSource,
+)
 from deployments.registry import downloads
 from deployments.registry.endpoints import check_url
 
@@ -269,11 +279,20 @@ def model_cancel(*, actor, artifact: ModelArtifact, delete_partial: bool = False
 @traced("model.delete")
 @transaction.atomic
 def artifact_delete(*, actor, artifact: ModelArtifact) -> Job:
-    """Remove a host's copy (a job on that host deletes the files). Refused while something uses it."""
+    """Remove a host's copy (a job on that host deletes the files). Refused while something uses it or a
+    deployment's spec (any version) names it, and to anyone but an admin or the team that added it."""
     require(actor, roles.ADD_MODEL)
+    if not _owned_by_team_of(actor, artifact):
+        raise ActionDenied(actor, f"{roles.ADD_MODEL} (a copy another team added)", artifact)
     holders = list(ArtifactUse.objects.filter(artifact=artifact).values_list("holder", flat=True))
     if holders:
         raise ApplicationError(f"{artifact} is in use by {', '.join(holders)}; stop those first.")
+    named_by = sorted(set(DeploymentSpec.objects.filter(artifact=artifact).values_list("deployment__name", flat=True)))
+    if named_by:
+        raise ApplicationError(
+            f"{artifact} is named by the spec of {', '.join(named_by)} (a stopped deployment, or an older version "
+            "it can roll back to); delete those deployments first."
+        )
     if artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DOWNLOAD).exists():
         raise ApplicationError("It is still downloading; cancel the download first.")
     deleting = artifact_jobs(artifact).filter(status__in=Job.Status.active(), kind=Job.Kind.DELETE).first()
@@ -283,17 +302,35 @@ def artifact_delete(*, actor, artifact: ModelArtifact) -> Job:
     return job_create(kind=Job.Kind.DELETE, actor=actor, target=artifact, queue=artifact.host.queue)
 
 
-def gc_candidates(*, host: Host | None = None):
-    """Ready copies nothing uses and nothing is deleting yet (what garbage collection would delete)."""
+def _owned_by_team_of(actor, artifact: ModelArtifact) -> bool:
+    """Admins own every copy; others the copies they or a teammate added (teams are non-role groups). A copy
+    nobody added (the console's own, e.g. fetched for a placement) is shared."""
+    if artifact.created_by_id in (None, actor.pk) or has_global(actor, roles.MANAGE_USERS):
+        return True
+    teams = actor.groups.exclude(name__in=list(roles.ROLES))
+    return teams.filter(user__pk=artifact.created_by_id).exists()
+
+
+def gc_candidates(*, actor, host: Host | None = None):
+    """Ready copies nothing uses, no deployment's spec names and nothing is deleting yet, among those the actor's
+    team owns (all of them for an admin): what garbage collection would delete."""
     deleting = Job.objects.filter(
         kind=Job.Kind.DELETE, status__in=Job.Status.active(), target_type="deployments.modelartifact"
     ).values_list("target_id", flat=True)
-    artifacts = ModelArtifact.objects.filter(status=ModelArtifact.Status.READY, uses__isnull=True).exclude(
-        pk__in=[int(pk) for pk in deleting]
+    named = DeploymentSpec.objects.values_list("artifact_id", flat=True)
+    artifacts = (
+        ModelArtifact.objects.filter(status=ModelArtifact.Status.READY, uses__isnull=True)
+        .exclude(pk__in=[int(pk) for pk in deleting])
+        .exclude(pk__in=named)
     )
+    if not has_global(actor, roles.MANAGE_USERS):
+        teams = actor.groups.exclude(name__in=list(roles.ROLES))
+        mates = teams.values_list("user__pk", flat=True)
+        artifacts = artifacts.filter(Q(created_by__isnull=True) | Q(created_by=actor) | Q(created_by__in=mates))
     return artifacts.filter(host=host) if host else artifacts
 
 
 def artifacts_gc(*, actor, host: Host | None = None) -> list[Job]:
-    """Delete every unused copy (the UI asks for confirmation first); each deletion stands on its own."""
-    return [artifact_delete(actor=actor, artifact=artifact) for artifact in gc_candidates(host=host)]
+    """Delete every unused copy the actor's team owns (the UI asks for confirmation first); each deletion
+    stands on its own."""
+    return [artifact_delete(actor=actor, artifact=artifact) for artifact in gc_candidates(actor=actor, host=host)]

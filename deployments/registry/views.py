@@ -265,7 +265,11 @@ class ModelGcView(ConsoleViewMixin, View):
     template_name = "registry/gc.html"
 
     def get(self, request):
-        candidates = registry.gc_candidates().select_related("repo__source", "host").order_by("host__name", "pk")
+        candidates = (
+            registry.gc_candidates(actor=request.user)
+            .select_related("repo__source", "host")
+            .order_by("host__name", "pk")
+        )
         total = candidates.aggregate(total=Sum("bytes_total"))["total"] or 0
         return render(
             request,

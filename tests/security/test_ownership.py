@@ -8,7 +8,14 @@ import pytest
 from audit.models import AuditEvent
 from console.accounts.models import Credential
 from console.accounts.services.access import object_grant
-from tests.factories import CredentialFactory, TeamFactory, UserFactory
+from deployments.models import Job
+from tests.factories import (
+    CredentialFactory,
+    DeploymentSpecFactory,
+    ModelArtifactFactory,
+    TeamFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -50,3 +57,25 @@ def test_an_admin_and_an_object_grant_may_change_it(api, admin, teams):
     api(admin).patch(f"/api/v1/credentials/{token.pk}/", {"description": "checked by admin"})
     object_grant(actor=admin, grantee=alice, action="add_model", target=token)
     api(alice).patch(f"/api/v1/credentials/{token.pk}/", {"description": "granted to alice"})
+
+
+def _copy(created_by=None):
+    return ModelArtifactFactory(created_by=created_by)
+
+
+def test_gc_keeps_what_a_stopped_deployment_of_another_team_names(api, admin, teams):
+    alice, bob, _token = teams
+    theirs = _copy(created_by=bob)
+    named = _copy()  # added by nobody in particular: shared, but a stopped deployment's spec names it
+    spec = DeploymentSpecFactory(artifact=named, current=True)
+    assert spec.deployment.state == "stopped"
+    preview = api(alice).get("/api/v1/models/gc/").data
+    assert {item["id"] for item in preview["candidates"]}.isdisjoint({theirs.pk, named.pk})
+    jobs = api(alice).post("/api/v1/models/gc/", {}, expected=202).data["jobs"]
+    assert jobs == [] and not Job.objects.filter(kind=Job.Kind.DELETE).exists()  # deleted both before
+    refused = api(alice).delete(f"/api/v1/models/{named.pk}/", expected=400).data
+    assert spec.deployment.name in str(refused)
+    api(alice).delete(f"/api/v1/models/{theirs.pk}/", expected=403)  # team B added it
+    api(bob).delete(f"/api/v1/models/{theirs.pk}/", expected=202)  # team B may
+    mine = _copy(created_by=alice)
+    assert [item["id"] for item in api(admin).get("/api/v1/models/gc/").data["candidates"]] == [mine.pk]
