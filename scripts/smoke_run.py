@@ -76,6 +76,9 @@ def main() -> int:
         password_file = Path(re.search(r"password is in (\S+)", output).group(1))
         mode = password_file.stat().st_mode & 0o777
         assert mode == 0o600, f"password file mode is {oct(mode)}"
+        for path, expected in ((data_dir, 0o700), (data_dir / "console.sqlite3", 0o600)):
+            found = path.stat().st_mode & 0o777
+            assert found == expected, f"{path} has mode {oct(found)}, not {oct(expected)}"
         assert not re.search(r"password: \S+", output), "the password was printed"
         creds = dict(line.split(": ", 1) for line in password_file.read_text().splitlines())
 

@@ -160,3 +160,15 @@ class Supervisor:
         if self.redis is not None:
             self.redis.stop()
             self.say("redis: stopped")
+
+
+def lock_down_data_dir(data_dir: Path) -> None:
+    """`make run` keeps its database, keys and private Redis to this user: umask 077 for this process and every
+    child, DATA_DIR 0700, and what already lies in it (an older install's database, WAL files, keys) 0600.
+    The model store writer sets its own modes so servers can read the weights (downloads.publishing)."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    for path in data_dir.iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o600)

@@ -1,10 +1,11 @@
 import os
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from console.devserver.supervisor import Supervisor
+from console.devserver.supervisor import Supervisor, lock_down_data_dir
 
 
 class Command(BaseCommand):
@@ -17,6 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, concurrency: int, **options) -> None:
         say = self.stdout.write
+        lock_down_data_dir(Path(settings.DATA_DIR))
         supervisor = Supervisor(host=host, port=port, worker_concurrency=concurrency, say=say)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import stat
 import subprocess
 import sys
 import time
@@ -708,3 +709,18 @@ def test_progress_is_plain_data():
         "file": "a", "file_done": 1, "file_total": 2, "done": 3, "total": 4, "rate_bps": 5.0, "eta_s": None,
         "phase": "downloading", "files_done": 0, "files_total": 0,
     }  # fmt: skip
+
+
+def test_published_weights_are_readable_by_servers_under_the_consoles_umask(hub_server: HubServer, model, tmp_path):
+    """`make run` runs with umask 077; the store's files must still be readable by a container's non-root user."""
+    staging, final = tmp_path / "staging", tmp_path / "models" / "acme--tiny"
+    final.parent.mkdir()
+    previous = os.umask(0o077)
+    try:
+        fetch(hub_server, model, choose_files(model.files), staging)
+        publish(staging, final, {"repo_id": model.repo_id})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(final.stat().st_mode) == 0o755
+    for path in final.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
