@@ -3,10 +3,14 @@ networks, checked on every resolved address and again on every redirect (SSRF)."
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import ipaddress
 import socket
+from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
+
+from huggingface_hub.utils import get_session
 
 from console.errors import ApplicationError
 from deployments.models import AllowedEndpoint
@@ -73,3 +77,19 @@ def redirect_guard(patterns: list[str], resolver=resolve_addresses):
         return response
 
     return hook
+
+
+@contextlib.contextmanager
+def allow_listed_hops(patterns: list[str] | None = None) -> Iterator[None]:
+    """Inside the block, every response huggingface_hub's session (this thread's) receives has its redirect
+    target checked against the allow-list before it is followed: the one way any process (web, worker) talks
+    to a model source. A refused hop raises RedirectRefused (field "endpoint")."""
+    session = get_session()
+    guard = redirect_guard(
+        patterns if patterns is not None else list(AllowedEndpoint.objects.values_list("pattern", flat=True))
+    )
+    session.hooks["response"].append(guard)
+    try:
+        yield
+    finally:
+        session.hooks["response"].remove(guard)

@@ -29,7 +29,7 @@ from deployments.models import (
     ModelSource,
 )
 from deployments.registry import downloads
-from deployments.registry.endpoints import check_url
+from deployments.registry.endpoints import allow_listed_hops, check_url
 
 
 def source_token(source: ModelSource, credential: Credential | None = None) -> str | None:
@@ -94,7 +94,8 @@ def _resolve(*, source: ModelSource, repo_id: str, revision: str, token: str | N
     if source.endpoint:
         check_url(source.endpoint)
     try:
-        return downloads.resolve(repo_id, revision, endpoint=source.url, token=token)
+        with allow_listed_hops():  # a redirect to an address off the list is refused, as in the worker
+            return downloads.resolve(repo_id, revision, endpoint=source.url, token=token)
     except downloads.DownloadError as error:
         raise ApplicationError(f"{error} {error.next_step}".strip(), field=error.field or "repo_id") from None
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from huggingface_hub.utils import get_session
 
 import audit
 from console.accounts.models import Credential
-from deployments.models import AllowedEndpoint, Job, ModelArtifact
+from deployments.models import Job, ModelArtifact
 from deployments.registry import downloads
-from deployments.registry.endpoints import RedirectRefused, check_url, redirect_guard
+from deployments.registry.endpoints import RedirectRefused, allow_listed_hops, check_url
 from deployments.registry.services import source_token
 from workers.handlers.artifacts import artifact_of, failure_of, final_dir, staging_dir
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
@@ -31,20 +30,15 @@ class DownloadHandler(Handler):
         token = source_token(source, credential)
         # Every redirect the source answers with is checked against the allow-list before it is followed
         # (resolve and all file downloads share this thread's huggingface_hub session).
-
-        session = get_session()
-        guard = redirect_guard(list(AllowedEndpoint.objects.values_list("pattern", flat=True)))
-        session.hooks["response"].append(guard)
         try:
-            return self._download(ctx, artifact, repo, source, credential, token)
+            with allow_listed_hops():
+                return self._download(ctx, artifact, repo, source, credential, token)
         except RedirectRefused as refused:
             raise JobFailure(
                 refused.message,
                 cause="endpoint_not_allowed",
                 next_step="Ask an admin to allow that address, or use another mirror.",
             ) from None
-        finally:
-            session.hooks["response"].remove(guard)
 
     def _download(self, ctx, artifact, repo, source, credential, token) -> dict:
         try:

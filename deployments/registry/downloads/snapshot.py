@@ -107,6 +107,13 @@ def _model_info(repo_id: str, revision: str, *, endpoint: str | None, token: str
         except (requests.ConnectionError, requests.Timeout) as exc:
             if attempt >= RESOLVE_ATTEMPTS:
                 raise _network_error(f"Could not reach the Hub at {_endpoint(endpoint)}: {exc}", endpoint) from exc
+        except (KeyError, TypeError, ValueError) as exc:  # JSON that is not a Hub answer (no "id", a list...)
+            raise DownloadError(
+                f"{_endpoint(endpoint)} did not answer like a Hugging Face Hub for {repo_id}@{revision} ({exc!r}).",
+                cause="hub_metadata",
+                next_step="Check that the source's address is a Hugging Face Hub or a compatible mirror.",
+                field="endpoint",
+            ) from exc
         time.sleep(_resolve_pause(attempt))
 
 
