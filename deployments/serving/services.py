@@ -33,6 +33,12 @@ from deployments.serving.specs import SPEC_FIELDS, clean_spec, spec_values
 State = Deployment.State
 
 
+def _may_use_credential(actor, values: dict) -> None:
+    """A spec may name only a Hub token its author may use (add_model on it, by role or grant)."""
+    if values.get("credential") is not None:
+        require(actor, roles.ADD_MODEL, values["credential"])
+
+
 def _new_spec(deployment: Deployment, values: dict, *, actor, note: str = "") -> DeploymentSpec:
     previous = deployment.spec
     version = (deployment.specs.order_by("-version").values_list("version", flat=True).first() or 0) + 1
@@ -64,6 +70,7 @@ def deployment_create(
     if Deployment.objects.filter(name=name).exists():
         raise ApplicationError(f"A deployment named {name} exists.", field="name")
     values = clean_spec(spec)
+    _may_use_credential(actor, values)
     plan = verdict(values)
     if plan.fits is False:
         raise ApplicationError(plan.reason, field="artifact")
@@ -95,6 +102,7 @@ def spec_update(*, actor, deployment: Deployment, spec: dict, note: str = "") ->
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     values = clean_spec({**spec_values(deployment.spec), **spec})
+    _may_use_credential(actor, values)
     plan = verdict(values, holder=deployment.holder)
     if plan.fits is False:
         raise ApplicationError(plan.reason, field="artifact")

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 from django.conf import settings
 
+from console.accounts.models import Credential
 from console.errors import ApplicationError
 from deployments.backends import get_backend
 from deployments.backends.base import Backend, SpecError
@@ -111,7 +112,22 @@ def _normalized(data: dict) -> dict:
     values["gpu_indexes"] = _gpu_indexes(values.get("gpu_indexes"))
     values.setdefault("max_concurrent_requests", 128)
     values["cuda_memory_fraction"] = values.get("cuda_memory_fraction") or 1.0
+    if "credential" in values:
+        values["credential"] = _credential(values["credential"])
     return values
+
+
+def _credential(value) -> Credential | None:
+    """The Hub token a server reads its gated model with, by id or as an object (it reaches the server as a
+    file; see the serve job)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, Credential):
+        return value
+    found = Credential.objects.filter(pk=value, kind=Credential.Kind.HF_TOKEN).first() if str(value).isdigit() else None
+    if found is None:
+        raise ApplicationError("No such Hugging Face token.", field="credential")
+    return found
 
 
 def _gpu_indexes(raw) -> list[int]:
