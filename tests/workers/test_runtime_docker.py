@@ -451,3 +451,18 @@ def test_a_named_image_user_is_looked_up_in_the_image(client, image, runtime):
         assert runtime._container_uid(container["Id"], "nobody-here") is None
     finally:
         client.api.remove_container(container["Id"], force=True)
+
+
+def test_a_pinned_digest_runs_that_build_by_id_and_refuses_another(client, image, store, testing_settings, runtime):
+    """The allow-list's digest is what runs (it used to run `repo:tag`, whatever build carried the tag)."""
+    image_id = client.api.inspect_image(IMAGE)["Id"]
+    other = "sha256:" + "0" * 64
+    with pytest.raises(RuntimeFailure, match="not the allowed digest") as refused:
+        runtime.start(run_spec("pin-wrong", store, image_digest=other))
+    assert refused.value.cause == "image_digest_mismatch"
+    assert not client.api.containers(all=True, filters={"name": f"llmdeploy-test-{os.getpid()}-pin-wrong"})
+    handle = runtime.start(run_spec("pin-right", store, image_digest=image_id))
+    try:
+        assert client.api.inspect_container(handle.ref)["Config"]["Image"] == image_id  # by id, not by tag
+    finally:
+        runtime.remove(handle)

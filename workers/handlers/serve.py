@@ -19,13 +19,18 @@ from django.utils import timezone
 
 from deployments.backends import get_backend
 from deployments.backends.base import Backend
-from deployments.models import Deployment, DeploymentSpec, Job, JobLogLine, ModelArtifact
+from deployments.models import AllowedImage, Deployment, DeploymentSpec, Job, JobLogLine, ModelArtifact
 from deployments.serving import services as lifecycle
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 from workers.runtimes import Handle, RunSpec, RuntimeFailure, get_runtime
 from workers.runtimes.base import LABEL_DEPLOYMENT
 
 State = Deployment.State
+IMAGE_NEXT_STEPS = {
+    "image_missing": "Load the image on the host (docker load) and add it to the allowed images.",
+    "image_digest_mismatch": "Load the allowed build of the image on the host, or correct its digest under "
+    "Deployments → Images.",
+}
 POLL_SECONDS = 0.5
 TAIL_LINES = 2000
 
@@ -50,6 +55,7 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifa
     name = instance_name(deployment)
     port = 0 if docker else _free_port(settings.DEPLOY_BIND_ADDRESS)
     backend = get_backend(spec.backend)
+    image = spec.image or backend.default_image  # run pinned to the digest the allow-list names, when it has one
     plan = backend.launch_plan(
         docker=docker,
         model_dir=artifact.path,
@@ -71,7 +77,8 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifa
         env=backend.launch_env(spec, gpu_indexes=deployment.gpu_indexes, native=not docker),
         model_dir=artifact.path,
         model_store=store,
-        image=spec.image or backend.default_image,
+        image=image,
+        image_digest=AllowedImage.objects.filter(reference=image).values_list("digest", flat=True).first() or "",
         gpu_indexes=list(deployment.gpu_indexes) if spec.device == DeploymentSpec.Device.GPU else [],
         port=port,
         bind_address=settings.DEPLOY_BIND_ADDRESS,
@@ -171,9 +178,7 @@ class ServeHandler(Handler):
             raise JobFailure(
                 str(failure),
                 cause=failure.cause,
-                next_step="Load the image on the host (docker load) and add it to the allowed images."
-                if failure.cause == "image_missing"
-                else "See the job's log.",
+                next_step=IMAGE_NEXT_STEPS.get(failure.cause, "See the job's log."),
             ) from failure
         watch.cursor = 0
         Deployment.objects.filter(pk=deployment.pk).update(

@@ -20,6 +20,9 @@ class RunSpec:
     model_dir: str  # host path of the model directory (inside model_store)
     model_store: str  # host path of the model store; docker mounts it read-only at /data
     image: str = ""  # docker only
+    # docker only: when set, the local image must have this digest (its id, or a repo digest it was pulled by);
+    # it then runs by id, so a re-tag on the host cannot swap what runs.
+    image_digest: str = ""
     gpu_indexes: list[int] = field(default_factory=list)  # [] = no GPU at all
     port: int = 0  # host port to listen on (0: the runtime picks a free one)
     bind_address: str = "127.0.0.1"  # loopback or an internal network, never published openly

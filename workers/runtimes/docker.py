@@ -280,6 +280,7 @@ class DockerRuntime:
         if not spec.image:
             raise RuntimeFailure(f"no image given for {spec.name}", cause="config")
         image = self._image(spec.image)
+        run_as = self._pinned(image, spec)
         if self._exists(spec.name):
             raise RuntimeFailure(
                 f"a container named {spec.name} already exists on this host (find and remove it first)",
@@ -296,6 +297,7 @@ class DockerRuntime:
         # there) is left alone.
         working_dir = None if (config.get("WorkingDir") or "/") != "/" else "/tmp"  # noqa: S108
         create, host = container_kwargs(spec, secret_paths=secret_paths, extra_mounts=extra, working_dir=working_dir)
+        create["image"] = run_as
         try:
             container_id = self.api.create_container(**create, host_config=self.api.create_host_config(**host))["Id"]
         except UNREACHABLE as exc:
@@ -393,6 +395,21 @@ class DockerRuntime:
             ) from exc
         except UNREACHABLE as exc:
             raise RuntimeFailure(f"dockerd does not answer: {exc}", cause="docker_unavailable") from exc
+
+    @staticmethod
+    def _pinned(image: dict, spec: RunSpec) -> str:
+        """What the container runs: the image id when the spec pins a digest the local image has, the reference
+        otherwise; a mismatch is refused (the host holds another build under that tag)."""
+        if not spec.image_digest:
+            return spec.image
+        digests = {image.get("Id", "")} | {d.split("@", 1)[1] for d in image.get("RepoDigests") or [] if "@" in d}
+        if spec.image_digest not in digests:
+            raise RuntimeFailure(
+                f"the image {spec.image} on this host is not the allowed digest {spec.image_digest} "
+                f"(it is {image.get('Id', 'unknown')})",
+                cause="image_digest_mismatch",
+            )
+        return image["Id"]
 
     def _exists(self, name: str) -> bool:
         try:
