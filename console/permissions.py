@@ -17,7 +17,7 @@ Rules, in words:
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.dispatch import Signal
 from django.http import Http404
 from guardian.shortcuts import get_objects_for_user
@@ -129,6 +129,21 @@ def require_owner(user, action: str, obj: Model) -> None:
     if user.groups.filter(pk=team_id).exists():
         return
     raise ActionDenied(user, f"{action} (owned by another team)", obj)
+
+
+def restrict_to_team_additions(queryset: QuerySet, user) -> QuerySet:
+    """What a user may remove among things people add (model copies): an admin all of them; others what they
+    or a teammate added (teams are the non-role groups), and what nobody added (the console's own, shared)."""
+    if has_global(user, roles.MANAGE_USERS):
+        return queryset
+    mates = user.groups.exclude(name__in=list(roles.ROLES)).values_list("user__pk", flat=True)
+    return queryset.filter(Q(created_by__isnull=True) | Q(created_by=user) | Q(created_by__in=mates))
+
+
+def require_team_addition(user, action: str, obj: Model) -> None:
+    """Raise unless `obj` is among restrict_to_team_additions for the user (the refusal is audited)."""
+    if not restrict_to_team_additions(type(obj).objects.filter(pk=obj.pk), user).exists():
+        raise ActionDenied(user, f"{action} (added by another team)", obj)
 
 
 def require_list(user, action: str, model: type[Model]) -> None:

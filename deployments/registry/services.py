@@ -8,7 +8,6 @@ import os
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 
 import audit
 from audit.recorder import diff
@@ -16,7 +15,7 @@ from audit.telemetry import traced
 from console import roles
 from console.accounts.models import Credential
 from console.errors import ApplicationError
-from console.permissions import ActionDenied, has_global, require
+from console.permissions import require, require_team_addition, restrict_to_team_additions
 from deployments.jobs.services import job_cancel, job_create
 from deployments.models import (
     AllowedEndpoint,
@@ -283,8 +282,7 @@ def artifact_delete(*, actor, artifact: ModelArtifact) -> Job:
     """Remove a host's copy (a job on that host deletes the files). Refused while something uses it or a
     deployment's spec (any version) names it, and to anyone but an admin or the team that added it."""
     require(actor, roles.ADD_MODEL)
-    if not _owned_by_team_of(actor, artifact):
-        raise ActionDenied(actor, f"{roles.ADD_MODEL} (a copy another team added)", artifact)
+    require_team_addition(actor, roles.ADD_MODEL, artifact)
     holders = list(ArtifactUse.objects.filter(artifact=artifact).values_list("holder", flat=True))
     if holders:
         raise ApplicationError(f"{artifact} is in use by {', '.join(holders)}; stop those first.")
@@ -303,15 +301,6 @@ def artifact_delete(*, actor, artifact: ModelArtifact) -> Job:
     return job_create(kind=Job.Kind.DELETE, actor=actor, target=artifact, queue=artifact.host.queue)
 
 
-def _owned_by_team_of(actor, artifact: ModelArtifact) -> bool:
-    """Admins own every copy; others the copies they or a teammate added (teams are non-role groups). A copy
-    nobody added (the console's own, e.g. fetched for a placement) is shared."""
-    if artifact.created_by_id in (None, actor.pk) or has_global(actor, roles.MANAGE_USERS):
-        return True
-    teams = actor.groups.exclude(name__in=list(roles.ROLES))
-    return teams.filter(user__pk=artifact.created_by_id).exists()
-
-
 def gc_candidates(*, actor, host: Host | None = None):
     """Ready copies nothing uses, no deployment's spec names and nothing is deleting yet, among those the actor's
     team owns (all of them for an admin): what garbage collection would delete."""
@@ -324,10 +313,7 @@ def gc_candidates(*, actor, host: Host | None = None):
         .exclude(pk__in=[int(pk) for pk in deleting])
         .exclude(pk__in=named)
     )
-    if not has_global(actor, roles.MANAGE_USERS):
-        teams = actor.groups.exclude(name__in=list(roles.ROLES))
-        mates = teams.values_list("user__pk", flat=True)
-        artifacts = artifacts.filter(Q(created_by__isnull=True) | Q(created_by=actor) | Q(created_by__in=mates))
+    artifacts = restrict_to_team_additions(artifacts, actor)
     return artifacts.filter(host=host) if host else artifacts
 
 

@@ -12,6 +12,15 @@ from console.permissions import require
 from deployments.models import AllowedImage, Deployment
 
 
+def image_refused(*, image: str, default: str, host) -> str | None:
+    """The image a server on `host` would run when it is not on the allow-list, else None. Containers run
+    allowed images only (the backend's default too); a native process runs no image unless one is named."""
+    if host.runtime != host.Runtime.DOCKER and not image:
+        return None
+    reference = image or default
+    return None if AllowedImage.objects.filter(reference=reference).exists() else reference
+
+
 @transaction.atomic
 def image_allow(*, actor, reference: str, digest: str = "", note: str = "") -> AllowedImage:
     """Put an image on the allow-list (pinned by digest when one is given)."""

@@ -14,7 +14,8 @@ from django.db.models import Q
 from console.errors import ApplicationError
 from deployments.backends import get_backend
 from deployments.inventory.capacity import inventory_capacity
-from deployments.models import AllowedImage, DeploymentSpec, Host, ModelArtifact, ModelSource
+from deployments.models import DeploymentSpec, Host, ModelArtifact, ModelSource
+from deployments.serving.images import image_refused
 from deployments.sizing import HostCapacity, SizingError, load_model_metadata, size_model
 
 CANDIDATE_STATES = (Host.Status.ONLINE, Host.Status.MANUAL)
@@ -57,13 +58,6 @@ def holding_hosts(artifact: ModelArtifact) -> list[str]:
     return sorted(set(names), key=lambda name: (name != artifact.host.name, name))
 
 
-def _image_allowed(values: dict, host: Host) -> bool:
-    if host.runtime != Host.Runtime.DOCKER and not values["image"]:
-        return True
-    image = values["image"] or get_backend(values["backend"]).default_image
-    return AllowedImage.objects.filter(reference=image).exists()
-
-
 def candidate_hosts(values: dict, holder: str | None) -> tuple[list[HostCapacity], list[str]]:
     """The hosts a spec may be placed on, and why the others may not."""
     artifact: ModelArtifact = values["artifact"]
@@ -76,7 +70,7 @@ def candidate_hosts(values: dict, holder: str | None) -> tuple[list[HostCapacity
                 f"{host.name} does not hold this model, which was imported from a directory: it runs only on "
                 f"{', '.join(sorted(holding))} until a host-to-host copy exists"
             )
-        elif not _image_allowed(values, host):
+        elif image_refused(image=values["image"], default=get_backend(values["backend"]).default_image, host=host):
             excluded.append(f"{host.name} runs containers and the image is not on the allowed list")
         else:
             allowed.append(host.pk)

@@ -15,8 +15,9 @@ from console.accounts.models import Credential
 from console.errors import ApplicationError
 from deployments.backends import get_backend
 from deployments.backends.base import Backend, SpecError
-from deployments.models import AllowedImage, DeploymentSpec, Gpu, Host, ModelArtifact
+from deployments.models import DeploymentSpec, Gpu, Host, ModelArtifact
 from deployments.registry.layout import artifact_dir
+from deployments.serving.images import image_refused
 from deployments.serving.planning import Verdict
 
 # The fields of a spec a user sets (everything else is bookkeeping).
@@ -162,13 +163,12 @@ def _check_gpus(values: dict, host: Host) -> None:
 
 def _check_image(values: dict, host: Host, backend: Backend) -> None:
     """Containers run allowed images only (the backend's default too)."""
-    if host.runtime == host.Runtime.DOCKER or values["image"]:
-        image = values["image"] or backend.default_image
-        if not AllowedImage.objects.filter(reference=image).exists():
-            raise ApplicationError(
-                f"{image} is not on the allowed images list; an admin adds it under Deployments → Images.",
-                field="image",
-            )
+    refused = image_refused(image=values["image"], default=backend.default_image, host=host)
+    if refused:
+        raise ApplicationError(
+            f"{refused} is not on the allowed images list; an admin adds it under Deployments → Images.",
+            field="image",
+        )
 
 
 # TGI splits --lora-adapters on "," and "=", and treats a bare id as a path: names are plain identifiers and

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+FIXTURES = ROOT / "tests" / "fixtures"
 MODEL_CONFIGS = FIXTURES / "model-configs"
 NVML_H200 = FIXTURES / "nvml-h200.json"

@@ -22,8 +22,7 @@ from deployments.backends.tgi.diagnosis import (
     log_lines,
 )
 from tests.support import tgi_logs as logs
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.fixtures import ROOT
 
 # (log, cause, a line of evidence that must be there, words the title must hold)
 CASES = [

@@ -4,16 +4,15 @@ all real launcher flags, a clean environment, spec checks that name their field,
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from deployments.backends import BACKENDS, get_backend
 from deployments.backends.base import Backend, SpecError
+from tests.support.fixtures import ROOT
 from workers.jobs import tgi_flags
 
-ROOT = Path(__file__).resolve().parents[3]
 TGI = get_backend("tgi")
 
 

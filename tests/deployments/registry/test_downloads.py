@@ -36,6 +36,7 @@ from deployments.registry.downloads import (
     resolve,
     validate_layout,
 )
+from tests.support.fixtures import ROOT
 from tests.support.hub_server import HubServer, make_safetensors
 
 CONFIG = json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}).encode()
@@ -286,7 +287,7 @@ def test_a_worker_killed_mid_download_resumes_without_refetching(hub_server: Hub
     staging = tmp_path / "staging"
     part = staging / "model.safetensors.part"
     hub_server.throttle_bytes_per_second = 4_000_000
-    root = Path(__file__).resolve().parents[3]
+    root = ROOT
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(dataclasses.asdict(snapshot)), str(staging), hub_server.endpoint],
         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
