@@ -88,6 +88,7 @@ class Backend(ABC):
     container_model_store: str
     allowed_env: frozenset[str]
     token_file_env: str  # the variable naming the file that holds a Hub token (never the token itself)
+    server_key_env: str  # the variable the server reads its API key from (loaded from a file at start)
     ready_line: str
     metric_names: tuple[str, ...]
     memory: MemorySemantics
@@ -122,17 +123,23 @@ class Backend(ABC):
         for check in self.spec_checks:
             check(values, checkpoint)
 
-    def health(self, endpoint: str, timeout: float = 3.0) -> bool:
+    @staticmethod
+    def auth_headers(key: str = "") -> dict[str, str]:
+        """What the console sends with every call to a server launched with an API key."""
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def health(self, endpoint: str, timeout: float = 3.0, *, key: str = "") -> bool:
         """GET /health == 200. Connection errors mean "still starting" while the process lives."""
         try:
-            return requests.get(f"{endpoint}/health", timeout=timeout).status_code == 200
+            response = requests.get(f"{endpoint}/health", timeout=timeout, headers=self.auth_headers(key))
+            return response.status_code == 200
         except requests.RequestException:
             return False
 
-    def info(self, endpoint: str, timeout: float = 5.0) -> dict | None:
+    def info(self, endpoint: str, timeout: float = 5.0, *, key: str = "") -> dict | None:
         """GET /info, or None when it does not answer with JSON."""
         try:
-            response = requests.get(f"{endpoint}/info", timeout=timeout)
+            response = requests.get(f"{endpoint}/info", timeout=timeout, headers=self.auth_headers(key))
             return response.json() if response.status_code == 200 else None
         except (requests.RequestException, ValueError):
             return None

@@ -9,6 +9,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from console import roles
+from console.fields import EncryptedSecretField
 from deployments.inventory.models import Host
 from deployments.jobs.models import Job
 from deployments.registry.models import ModelArtifact
@@ -110,6 +111,9 @@ class Deployment(models.Model):
         help_text=_("Where the console reaches the server (never published openly)."),
     )
     runtime_ref = models.CharField(max_length=100, blank=True)  # container id or pid
+    # The server answers only requests carrying this key (TGI's API_KEY). Generated anew at each start,
+    # encrypted at rest, sent by the console alone; see workers/handlers/serve.py.
+    server_key = EncryptedSecretField(null=True, blank=True, editable=False)
     log_cursor = models.BigIntegerField(default=0)  # how far the server's output was copied into the job log
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     command = models.JSONField(_("command line"), default=list, blank=True)

@@ -16,6 +16,7 @@ from django.conf import settings
 
 import audit
 from console.errors import ApplicationError
+from deployments.backends.base import Backend
 from deployments.models import Deployment
 
 MAX_NEW_TOKENS = 2048
@@ -48,10 +49,10 @@ def clean_parameters(raw: dict) -> dict:
     return params
 
 
-async def stream_completion(endpoint: str, prompt: str, params: dict) -> AsyncIterator[dict]:
+async def stream_completion(endpoint: str, prompt: str, params: dict, *, key: str = "") -> AsyncIterator[dict]:
     from text_generation import AsyncClient
 
-    client = AsyncClient(endpoint, timeout=600)
+    client = AsyncClient(endpoint, headers=Backend.auth_headers(key), timeout=600)
     async for event in client.generate_stream(prompt, **params):
         if event.details is not None:
             yield {"type": "token", "text": "" if event.token.special else event.token.text}
@@ -64,7 +65,7 @@ async def stream_completion(endpoint: str, prompt: str, params: dict) -> AsyncIt
         yield {"type": "token", "text": "" if event.token.special else event.token.text}
 
 
-async def stream_chat(endpoint: str, messages: list[dict], params: dict) -> AsyncIterator[dict]:
+async def stream_chat(endpoint: str, messages: list[dict], params: dict, *, key: str = "") -> AsyncIterator[dict]:
     body = {
         "model": "tgi",
         "messages": messages,
@@ -80,7 +81,7 @@ async def stream_chat(endpoint: str, messages: list[dict], params: dict) -> Asyn
     finish, usage = None, None
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session,
-        session.post(f"{endpoint}/v1/chat/completions", json=body) as response,
+        session.post(f"{endpoint}/v1/chat/completions", json=body, headers=Backend.auth_headers(key)) as response,
     ):
         if response.status != 200:
             raise ApplicationError(f"The server answered {response.status}: {(await response.text())[:300]}")
@@ -116,6 +117,7 @@ async def run(
     if deployment.state != Deployment.State.RUNNING or not deployment.endpoint:
         raise ApplicationError(f"{deployment} is {deployment.get_state_display()}; launch it first.")
     params = clean_parameters(parameters or {})
+    key = deployment.server_key.reveal() if deployment.server_key else ""
     if mode == "chat":
         if not messages or not all(isinstance(m, dict) and m.get("content") for m in messages):
             raise ApplicationError("Write a message.", field="messages")
@@ -123,11 +125,12 @@ async def run(
             deployment.endpoint,
             [{"role": m.get("role", "user"), "content": str(m["content"])} for m in messages],
             params,
+            key=key,
         )
     elif mode == "completion":
         if not prompt.strip():
             raise ApplicationError("Write a prompt.", field="prompt")
-        events = stream_completion(deployment.endpoint, prompt, params)
+        events = stream_completion(deployment.endpoint, prompt, params, key=key)
     else:
         raise ApplicationError("mode is completion or chat.", field="mode")
     started = time.monotonic()

@@ -10,6 +10,7 @@ gracefully when the job is cancelled. Exactly one server per deployment: extra o
 from __future__ import annotations
 
 import collections
+import secrets
 import socket
 import time
 
@@ -45,9 +46,21 @@ def _free_port(address: str) -> int:
         return sock.getsockname()[1]
 
 
-def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifact | None = None) -> RunSpec:
-    """What the runtime starts: the backend's flags, the placed GPUs, the port on the bind address, and the
-    copy of the model on the placed host (`artifact`; the spec's own copy when placed where it is)."""
+def new_server_key(deployment: Deployment) -> str:
+    """A fresh API key for the server about to start (each start rotates it), stored encrypted before the
+    server exists, so the console can always reach what it started."""
+    key = secrets.token_urlsafe(32)
+    deployment.server_key = key
+    Deployment.objects.filter(pk=deployment.pk).update(server_key=key)
+    return key
+
+
+def run_spec(
+    deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifact | None = None, *, server_key: str = ""
+) -> RunSpec:
+    """What the runtime starts: the backend's flags, the placed GPUs, the port on the bind address, the server's
+    API key (as a file, see RunSpec.secret_env), and the copy of the model on the placed host (`artifact`; the
+    spec's own copy when placed where it is)."""
     host = deployment.host
     artifact = artifact or spec.artifact
     docker = host.runtime == host.Runtime.DOCKER
@@ -84,6 +97,7 @@ def run_spec(deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifa
         bind_address=settings.DEPLOY_BIND_ADDRESS,
         container_port=backend.container_port,
         secret_files=secrets,
+        secret_env={backend.server_key_env: server_key} if server_key else {},
         stop_grace=settings.DEPLOY_STOP_GRACE_SECONDS,
     )
 
@@ -99,6 +113,7 @@ class _Watch:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         recent = JobLogLine.objects.filter(job=ctx.job, stream="server").order_by("-seq")[:TAIL_LINES]
         self.tail.extend(line.text for line in reversed(recent))
+        self.key = deployment.server_key.reveal() if deployment.server_key else ""
 
     def copy_output(self) -> None:
         """New server lines into the job log; the cursor is saved with them, so a retry repeats nothing."""
@@ -170,7 +185,8 @@ class ServeHandler(Handler):
             return
         if deployment.state != State.STARTING:
             lifecycle.set_state(deployment, State.STARTING)
-        run = run_spec(deployment, spec, artifact)
+        watch.key = new_server_key(deployment)
+        run = run_spec(deployment, spec, artifact, server_key=watch.key)
         ctx.log("starting: text-generation-launcher " + " ".join(run.args))
         try:
             watch.handle = watch.runtime.start(run)
@@ -220,8 +236,8 @@ class ServeHandler(Handler):
             now = time.monotonic()
             if deployment.state != State.RUNNING:
                 self._check_deadline(ctx, deployment, watch)
-                if watch.backend.health(watch.handle.endpoint, timeout=2):
-                    info = watch.backend.info(watch.handle.endpoint)
+                if watch.backend.health(watch.handle.endpoint, timeout=2, key=watch.key):
+                    info = watch.backend.info(watch.handle.endpoint, key=watch.key)
                     if info is not None:
                         lifecycle.deployment_running(deployment, endpoint=watch.handle.endpoint, info=info)
                         ctx.log(
@@ -232,7 +248,7 @@ class ServeHandler(Handler):
                         last_health = now
             elif now - last_health >= settings.DEPLOY_HEALTH_SECONDS:
                 last_health = now
-                if not watch.backend.health(watch.handle.endpoint, timeout=5):
+                if not watch.backend.health(watch.handle.endpoint, timeout=5, key=watch.key):
                     ctx.log("health check failed (the server may be busy or recovering)")
             time.sleep(POLL_SECONDS)
 

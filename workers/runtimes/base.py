@@ -4,11 +4,14 @@ job hands it a RunSpec and keeps the Handle it gets back (labels make it findabl
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Protocol
 
 LABEL_MANAGED = "llmdeploy.managed"
 LABEL_DEPLOYMENT = "llmdeploy.deployment"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -28,9 +31,27 @@ class RunSpec:
     bind_address: str = "127.0.0.1"  # loopback or an internal network, never published openly
     container_port: int = 80
     secret_files: dict[str, str] = field(default_factory=dict)  # env var naming the file -> content
+    # Variables whose values the server needs in its environment (an API key): each arrives as a 0600 file that
+    # a small sh wrapper reads into the variable at start, so neither the command line, the configured
+    # environment (`docker inspect`) nor the job log holds the value.
+    secret_env: dict[str, str] = field(default_factory=dict)
     shm_size: str = "1g"
     memory_limit: str | None = None
     stop_grace: float = 90.0
+
+
+def secret_env_loader(files: dict[str, str]) -> str:
+    """sh lines that read each variable from its file and export it (`files`: variable -> path). A missing
+    file stops the start (set -e): a server must not come up without the key it was meant to require."""
+    lines = ["set -e"]
+    for name, path in sorted(files.items()):
+        if not ENV_NAME.fullmatch(name):
+            raise RuntimeFailure(f"{name!r} is not an environment variable name", cause="config")
+        # read fails at end of file without a newline, yet has set the variable
+        lines.append(f'IFS= read -r {name} < {shlex.quote(path)} || [ -n "${name}" ]')
+        lines.append(f"export {name}")
+    lines.append("set +e")
+    return "; ".join(lines)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 import docker
 import requests
 
-from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status
+from workers.runtimes.base import ENV_NAME, Handle, RunSpec, RuntimeFailure, Status, secret_env_loader
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ PIDS_LIMIT = 4096  # TGI runs a launcher, a router and one shard per GPU, each w
 TMPFS_OPTIONS = "rw,nosuid,nodev"
 LOG_OVERLAP_SECONDS = 2  # re-read window of incremental log reads; covers stdout/stderr interleaving
 CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # docker's own rule; also a safe directory name
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SHELL = "/bin/sh"  # the images' own (TGI's is Ubuntu; the ML image Debian)
 # A daemon that is down or unreachable raises requests' errors, not the SDK's.
 UNREACHABLE = (docker.errors.DockerException, requests.RequestException)
 
@@ -53,6 +53,13 @@ def secret_target(env_name: str) -> str:
     return f"{SECRETS_IN_CONTAINER}/{env_name.lower()}"
 
 
+def secret_env_target(env_name: str) -> str:
+    """Where the file holding the value of variable `env_name` (RunSpec.secret_env) appears in the container."""
+    if not ENV_NAME.fullmatch(env_name):
+        raise RuntimeFailure(f"{env_name!r} is not an environment variable name", cause="config")
+    return f"{SECRETS_IN_CONTAINER}/env-{env_name.lower()}"
+
+
 def _read_only(source: str | Path, target: str) -> docker.types.Mount:
     return docker.types.Mount(target=target, source=str(source), type="bind", read_only=True)
 
@@ -61,16 +68,24 @@ def container_kwargs(
     spec: RunSpec,
     *,
     secret_paths: dict[str, str] | None = None,
+    secret_env_paths: dict[str, str] | None = None,
+    entrypoint: list[str] | None = None,
     extra_mounts: list[str] | tuple[str, ...] = (),
     working_dir: str | None = None,
 ) -> tuple[dict, dict]:
     """(create_container kwargs, create_host_config kwargs) for a spec: the whole invocation in one place,
-    so tests can check it without a daemon or a GPU. `secret_paths` maps env var names to host files."""
+    so tests can check it without a daemon or a GPU. `secret_paths` maps env var names to host files;
+    `secret_env_paths` maps the variables of spec.secret_env to the host files holding their values, loaded by
+    a wrapper around the image's `entrypoint`."""
     env = dict(spec.env)  # explicit: nothing from the worker's own environment
     mounts = [_read_only(spec.model_store, CONTAINER_MODEL_STORE)]
     for env_name, host_file in sorted((secret_paths or {}).items()):
         mounts.append(_read_only(host_file, secret_target(env_name)))
         env[env_name] = secret_target(env_name)  # the path only; the value stays out of `docker inspect`
+    loaded = {}
+    for env_name, host_file in sorted((secret_env_paths or {}).items()):
+        mounts.append(_read_only(host_file, secret_env_target(env_name)))
+        loaded[env_name] = secret_env_target(env_name)
     for entry in extra_mounts:  # test-only (DOCKER_TEST_EXTRA_MOUNTS); start() refuses them in production
         source, _, target = entry.partition(":")
         mounts.append(_read_only(source, target or source))
@@ -106,6 +121,10 @@ def container_kwargs(
     }
     if working_dir:
         create["working_dir"] = working_dir
+    if loaded:
+        # The wrapper names file paths only; the image's entrypoint then runs with the variables set.
+        script = secret_env_loader(loaded) + '; exec "$@"'
+        create["entrypoint"] = [SHELL, "-c", script, "sh", *(entrypoint or [])]
     return create, host
 
 
@@ -118,7 +137,7 @@ def secrets_dir(name: str) -> Path:
     return Path(settings.DATA_DIR) / "runtimes" / "secrets" / name
 
 
-def write_secrets(directory: Path, secret_files: dict[str, str]) -> dict[str, str]:
+def write_secrets(directory: Path, secret_files: dict[str, str], *, target=secret_target) -> dict[str, str]:
     """One 0600 file per secret in a 0700 directory; returns env var name -> host path."""
     if not secret_files:
         return {}
@@ -127,7 +146,7 @@ def write_secrets(directory: Path, secret_files: dict[str, str]) -> dict[str, st
         parent.chmod(0o700)
     paths = {}
     for env_name, content in secret_files.items():
-        path = directory / Path(secret_target(env_name)).name
+        path = directory / Path(target(env_name)).name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(content)
@@ -290,13 +309,21 @@ class DockerRuntime:
         shutil.rmtree(directory, ignore_errors=True)  # left by a container removed behind our back; unused now
         try:
             secret_paths = write_secrets(directory, spec.secret_files)
+            secret_env_paths = write_secrets(directory, spec.secret_env, target=secret_env_target)
         except OSError as exc:
             raise RuntimeFailure(f"could not write the secret files of {spec.name}: {exc}", cause="secrets") from exc
         config = image.get("Config") or {}
         # A read-only root needs a writable working directory; an image's own WORKDIR (TGI keeps its venv
         # there) is left alone.
         working_dir = None if (config.get("WorkingDir") or "/") != "/" else "/tmp"  # noqa: S108
-        create, host = container_kwargs(spec, secret_paths=secret_paths, extra_mounts=extra, working_dir=working_dir)
+        create, host = container_kwargs(
+            spec,
+            secret_paths=secret_paths,
+            secret_env_paths=secret_env_paths,
+            entrypoint=config.get("Entrypoint") or [],
+            extra_mounts=extra,
+            working_dir=working_dir,
+        )
         create["image"] = run_as
         try:
             container_id = self.api.create_container(**create, host_config=self.api.create_host_config(**host))["Id"]
@@ -312,7 +339,8 @@ class DockerRuntime:
                 cause="create_failed",
             ) from exc
         try:
-            hand_over_secrets(secret_paths, self._container_uid(container_id, config.get("User") or ""))
+            uid = self._container_uid(container_id, config.get("User") or "")
+            hand_over_secrets({**secret_paths, **secret_env_paths}, uid)
             self.api.start(container_id)
             attrs = self.api.inspect_container(container_id)
         except (*UNREACHABLE, OSError) as exc:

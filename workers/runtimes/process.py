@@ -20,7 +20,7 @@ from pathlib import Path
 from django.conf import settings
 
 from workers.mlenv import job_command, job_env
-from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status
+from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status, secret_env_loader
 
 # sh waits for the server and writes its exit status; a TERM trap (not an ignore, which children would
 # inherit) keeps sh alive long enough to record it when the group is signalled.
@@ -95,18 +95,23 @@ class ProcessRuntime:
         exit_file.unlink(missing_ok=True)
         secrets_dir = self.state_dir / f"{spec.name}.secrets"
         env = job_env({"HOME": str(self.state_dir), **spec.env, "EXIT_FILE": str(exit_file)})
-        if spec.secret_files:
-            secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        script = WRAPPER
+        if spec.secret_files or spec.secret_env:
+            shutil.rmtree(secrets_dir, ignore_errors=True)
+            secrets_dir.mkdir(mode=0o700)
             for variable, content in spec.secret_files.items():
-                path = secrets_dir / variable.lower()
-                path.touch(mode=0o600)
-                path.write_text(content)
-                env[variable] = str(path)
+                env[variable] = str(self._secret_file(secrets_dir / variable.lower(), content))
+            loaded = {
+                variable: str(self._secret_file(secrets_dir / f"env-{variable.lower()}", content))
+                for variable, content in spec.secret_env.items()
+            }
+            if loaded:  # the values reach the server's environment at start, never the command line
+                script = secret_env_loader(loaded) + "; " + WRAPPER
         workdir = self.state_dir / f"{spec.name}.work"
         workdir.mkdir(exist_ok=True)
         with log.open("ab") as output:
             process = subprocess.Popen(
-                ["/bin/sh", "-c", WRAPPER, "sh", *command],
+                ["/bin/sh", "-c", script, "sh", *command],
                 env=env,
                 cwd=workdir,
                 stdin=subprocess.DEVNULL,
@@ -199,6 +204,13 @@ class ProcessRuntime:
         return found
 
     # -- helpers -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _secret_file(path: Path, content: str) -> Path:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        return path
+
     @staticmethod
     def _signal(pgid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -19,6 +19,7 @@ class TgiBackend(Backend):
     container_model_store = launch.CONTAINER_MODEL_STORE
     allowed_env = launch.ALLOWED_ENV
     token_file_env = launch.TOKEN_FILE_ENV
+    server_key_env = launch.SERVER_KEY_ENV
     ready_line = launch.READY_LINE
     # The router's Prometheus names (no _total suffix), as serve.py exports them too.
     metric_names = (

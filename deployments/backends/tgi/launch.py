@@ -33,6 +33,9 @@ ALLOWED_ENV = frozenset(
         "TORCH_CUDA_ARCH_LIST",
     }
 )
+# The launcher reads its key from API_KEY. Upstream TGI then passes it on to text-generation-router as
+# `--api-key <key>`, so on a host the router's command line carries it (docs/operations.md, threat model).
+SERVER_KEY_ENV = "API_KEY"
 TOKEN_FILE_ENV = "HF_TOKEN_PATH"  # noqa: S105 - a variable name; huggingface_hub reads the token from this file: never an env value
 
 

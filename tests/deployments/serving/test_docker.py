@@ -4,15 +4,17 @@ killed behind the console's back (the deployment fails with a cause) and with an
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+import requests
 from text_generation import Client
 
 from deployments.models import AllowedImage, Deployment, Host, Job, JobLogLine
 from deployments.serving import services as lifecycle
 from tests.support.deploy_fixtures import ready_artifact, run_job_in_thread, wait_state
-from tests.workers.test_runtime_docker import IMAGE, client, image, run_spec, store, testing_settings
+from tests.workers.test_runtime_docker import IMAGE, LAUNCHER, client, image, run_spec, store, testing_settings
 from workers import reconcile
 from workers.runtimes.base import LABEL_DEPLOYMENT
 from workers.runtimes.docker import DockerRuntime
@@ -44,12 +46,25 @@ def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image,
     watcher = run_job_in_thread(deployment.job_id)
     deployment = wait_state(deployment, {Deployment.State.RUNNING, Deployment.State.FAILED}, timeout=180)
     assert deployment.state == Deployment.State.RUNNING, deployment.failure_detail
-    assert Client(deployment.endpoint, timeout=60).generate("hello", max_new_tokens=3).details.generated_tokens == 3
+    key = deployment.server_key.reveal()
+    answer = Client(deployment.endpoint, headers={"Authorization": f"Bearer {key}"}, timeout=60).generate(
+        "hello", max_new_tokens=3
+    )
+    assert answer.details.generated_tokens == 3
+    # Issue 12 item 4: the published port refuses a caller without the deployment's key...
+    unkeyed = requests.post(f"{deployment.endpoint}/generate", json={"inputs": "hello"}, timeout=30)
+    assert unkeyed.status_code == 401
 
     runtime = DockerRuntime()
     [handle] = runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
     container = client.containers.get(handle.ref)
-    assert container.attrs["Args"] == deployment.command[1:]  # what the page shows is what runs
+    # ...and the key is in no part of the container's configuration: a wrapper reads it from a mounted file.
+    assert key not in json.dumps(client.api.inspect_container(handle.ref))
+    assert key not in json.dumps(client.api.top(handle.ref, ps_args="-eo pid,args"))
+    assert container.attrs["Config"]["Entrypoint"][:2] == ["/bin/sh", "-c"]
+    assert container.attrs["Args"][-len(deployment.command) :] == [LAUNCHER, *deployment.command[1:]]  # what runs
+    mounts = {mount["Destination"]: mount for mount in container.attrs["Mounts"]}
+    assert mounts["/run/secrets/env-api_key"]["RW"] is False
     assert container.attrs["Config"]["Labels"]["llmdeploy.name"] == "docker-tiny"
     assert not container.attrs["HostConfig"].get("DeviceRequests")  # no GPU request on a host without GPUs
     binding = container.attrs["HostConfig"]["PortBindings"]["80/tcp"][0]

@@ -55,7 +55,8 @@ def test_launch_run_generate_stop(admin, tiny):
     assert deployment.state == Deployment.State.RUNNING, deployment.failure_detail
     assert deployment.endpoint.startswith("http://127.0.0.1:")
     assert deployment.command[0] == "text-generation-launcher" and "--usage-stats" in deployment.command
-    response = Client(deployment.endpoint, timeout=60).generate("hello", max_new_tokens=5)
+    key = {"Authorization": f"Bearer {deployment.server_key.reveal()}"}  # the console's alone (item 4)
+    response = Client(deployment.endpoint, headers=key, timeout=60).generate("hello", max_new_tokens=5)
     assert response.details.generated_tokens == 5
 
     [handle] = ProcessRuntime().find({LABEL_DEPLOYMENT: str(deployment.pk)})
