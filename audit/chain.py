@@ -12,6 +12,7 @@ import hashlib
 import hmac
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
 DOMAIN = b"llmdeploy-audit-event-v1\x00"
@@ -86,5 +87,7 @@ def database_now_us() -> int:
 
 
 def checkpoint_signature(*, created_us: int, last_event_id: int, head_hash: str, count: int) -> str:
+    if not settings.AUDIT_CHECKPOINT_KEY:  # a GPU agent (GPU_AGENT=true) holds no key, by design
+        raise ImproperlyConfigured("AUDIT_CHECKPOINT_KEY is not set here: checkpoints are signed on the console")
     message = CHECKPOINT_DOMAIN + f"{created_us}:{last_event_id}:{head_hash}:{count}".encode()
     return hmac.new(settings.AUDIT_CHECKPOINT_KEY.encode(), message, hashlib.sha256).hexdigest()

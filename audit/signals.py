@@ -1,10 +1,13 @@
-"""Login, logout, failed logins, lockouts and permission denials become audit events (decoupled: Django's
-auth signals and console.permissions.permission_denied)."""
+"""Login, logout and permission denials become audit events (decoupled: Django's auth signals and
+console.permissions.permission_denied). Failed logins and lockouts are recorded by the login throttle
+(console/accounts/throttle.py), which collapses repeated failures from one address into counted events."""
 
 from __future__ import annotations
 
-from axes.signals import user_locked_out
-from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.conf import settings
+from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.core.management import call_command
+from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 
 import audit
@@ -23,24 +26,15 @@ def on_logout(sender, request, user, **kwargs) -> None:
         audit.record(action="auth.logout", actor=user)
 
 
-@receiver(user_login_failed)
-def on_login_failed(sender, credentials, request=None, **kwargs) -> None:
-    # Django already masks the password in `credentials`; only the username is kept.
-    username = str(credentials.get("username", ""))[:150]
-    audit.record(action="auth.login_failed", actor=None, actor_name=username or "(no username)", outcome="failure")
-
-
-@receiver(user_locked_out)
-def on_locked_out(sender, request, username=None, ip_address=None, **kwargs) -> None:
-    audit.record(
-        action="auth.locked_out",
-        actor=None,
-        actor_name=str(username or "")[:150] or "(no username)",
-        outcome="denied",
-        detail={"reason": "too many failed logins"},
-    )
-
-
 @receiver(permission_denied)
 def on_permission_denied(sender, exc, user=None, path: str = "", status: int = 403, **kwargs) -> None:
     record_denial(exc, user=user, path=path, status=status)
+
+
+@receiver(post_migrate)
+def app_role_after_migrate(sender, app_config=None, using: str = "default", **kwargs) -> None:
+    """Where a password for the application's database role is configured, migrate (run as the owner) creates
+    that role and grants it what it may do, including on the tables this migration added."""
+    if app_config is None or app_config.label != "audit" or not settings.DATABASE_APP_PASSWORD:
+        return
+    call_command("audit_db_roles", verbosity=0)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.db import connection
 
 from audit import chain
+from audit.checkpoints import exported_checkpoints
 from audit.models import AuditCheckpoint
 
 BATCH = 20_000
@@ -118,4 +120,17 @@ def verify_checkpoints() -> str | None:
         problem = checkpoint_problem(checkpoint)
         if problem:
             return f"checkpoint {checkpoint.id}: {problem}"
+    return None
+
+
+def verify_exported(directory: str | Path) -> str | None:
+    """Check the chain against every checkpoint exported to `directory` (copies the database cannot touch):
+    the first one that no longer vouches for it, described; None when all do."""
+    found = exported_checkpoints(directory)
+    if not found:
+        return f"{directory} holds no exported checkpoint"
+    for path, data in found:
+        problem = checkpoint_problem(data)
+        if problem:
+            return f"exported checkpoint {data.get('id')} ({path.name}): {problem}"
     return None

@@ -12,6 +12,8 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("users/", accounts.UserListView.as_view(), name="users"),
     path("users/<int:pk>/", accounts.UserAccessView.as_view(), name="user-access"),
+    path("users/<int:pk>/password/", accounts.UserPasswordResetView.as_view(), name="user-password-reset"),
+    path("account/password/", accounts.PasswordChangeView.as_view(), name="password-change"),
     path("grants/", accounts.GrantsView.as_view(), name="grants"),
     path("tokens/", accounts.TokenListView.as_view(), name="tokens"),
     path("credentials/", accounts.CredentialListView.as_view(), name="credentials"),

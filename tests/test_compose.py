@@ -251,12 +251,25 @@ def test_migrate_runs_once_before_the_rest(services):
 
 
 def test_console_services_share_one_environment(services):
-    environments = [services[name]["environment"] for name in CONSOLE_SERVICES]
-    for name, env in zip(CONSOLE_SERVICES, environments, strict=True):
-        assert env == environments[0], f"{name} has a different environment"
-    env = environments[0]
-    assert env["DATABASE_URL"].startswith("postgres://console:${POSTGRES_PASSWORD")
+    """web and worker share one; migrate differs only in connecting as the owner (and knowing the app role's
+    password, to create it); beat only in where it exports checkpoints."""
+    env = services["web"]["environment"]
+    assert services["worker"]["environment"] == env
+    migrate = dict(services["migrate"]["environment"])
+    assert migrate.pop("DATABASE_URL").startswith("postgres://console:${POSTGRES_PASSWORD")
+    assert migrate.pop("DATABASE_APP_PASSWORD").startswith("${DATABASE_APP_PASSWORD:?")
+    assert migrate == {key: value for key, value in env.items() if key != "DATABASE_URL"}
+    beat = dict(services["beat"]["environment"])
+    assert beat.pop("AUDIT_CHECKPOINT_EXPORT_DIR") == "/var/lib/console-audit"
+    assert beat == env
+    # Issue 12 item 5: the long-running processes are the application role; the owner's password reaches only
+    # migrate, and only beat mounts the checkpoint export.
+    assert env["DATABASE_URL"].startswith("postgres://console_app:${DATABASE_APP_PASSWORD")
     assert env["DATABASE_URL"].endswith("@postgres:5432/console")
+    for name in ("web", "worker", "beat"):
+        assert "POSTGRES_PASSWORD" not in str(services[name]["environment"]), name
+        exports = [t for _k, _s, t in volume_mounts(services[name]) if t == "/var/lib/console-audit"]
+        assert bool(exports) == (name == "beat"), name
     assert env["REDIS_URL"] == "redis://redis:6379/0"
     assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")
     assert env["SECRETS_ENCRYPTION_KEYS"].startswith("${SECRETS_ENCRYPTION_KEYS:?")
@@ -284,7 +297,9 @@ def test_settings_read_every_variable_compose_passes(services):
 
 
 def test_declared_volumes(compose):
-    assert {"postgres-data", "redis-data", "console-data", "model-store"} <= set(compose["volumes"])
+    assert {"postgres-data", "redis-data", "console-data", "model-store", "audit-checkpoints"} <= set(
+        compose["volumes"]
+    )
 
 
 # --- interpolation and .env.example ---------------------------------------------------------------
@@ -298,7 +313,13 @@ def test_every_variable_is_documented_in_env_example(compose_text):
         assert re.search(rf"^#?\s*{variable}=", example, re.MULTILINE), f"{variable} is missing from .env.example"
         if operator == ":?":
             assert re.search(rf"^{variable}=", example, re.MULTILINE), f"required {variable} is commented out"
-    for secret in ("POSTGRES_PASSWORD", "SECRET_KEY", "SECRETS_ENCRYPTION_KEYS", "AUDIT_CHECKPOINT_KEY"):
+    for secret in (
+        "POSTGRES_PASSWORD",
+        "DATABASE_APP_PASSWORD",
+        "SECRET_KEY",
+        "SECRETS_ENCRYPTION_KEYS",
+        "AUDIT_CHECKPOINT_KEY",
+    ):
         assert re.search(rf"^{secret}=$", example, re.MULTILINE), f".env.example must not ship a value for {secret}"
     assert "Fernet.generate_key()" in example
 

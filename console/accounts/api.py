@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, update_session_auth_hash
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -13,7 +13,7 @@ from console import roles
 from console.accounts import selectors
 from console.accounts import serializers as api_serializers
 from console.accounts.models import ApiToken, Credential
-from console.accounts.services import access, credentials, tokens
+from console.accounts.services import access, credentials, passwords, tokens
 from console.api.viewsets import ConsoleModelViewSet
 from console.permissions import require
 
@@ -26,6 +26,24 @@ class MeView(APIView):
     @extend_schema(responses=api_serializers.MeSerializer)
     def get(self, request):
         return Response(api_serializers.MeSerializer(request.user).data)
+
+
+class PasswordChangeView(APIView):
+    """Change your own password: the current one and the new one (AUTH_PASSWORD_VALIDATORS apply). Audited,
+    without either password. The one call left to a person who must change an admin's temporary password."""
+
+    @extend_schema(request=api_serializers.PasswordChangeSerializer, responses={204: None})
+    def post(self, request):
+        serializer = api_serializers.PasswordChangeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        passwords.password_change(
+            actor=request.user,
+            current_password=serializer.validated_data["current_password"],
+            new_password=serializer.validated_data["new_password"],
+        )
+        if request.auth is None:  # a session: keep it signed in
+            update_session_auth_hash(request._request, request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class UserViewSet(
@@ -63,10 +81,27 @@ class UserViewSet(
             role_names=data.get("roles", []),
         )
 
+    @extend_schema(request=api_serializers.PasswordResetSerializer, responses={204: None})
+    @action(detail=True, methods=["post"], url_path="password")
+    def password(self, request, pk=None):
+        """Set a temporary password the person must change at the next login. Needs manage_users."""
+        person = self.get_object()
+        serializer = api_serializers.PasswordResetSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        passwords.password_reset(
+            actor=request.user,
+            user=person,
+            new_password=serializer.validated_data["password"],
+            revoke_tokens=serializer.validated_data["revoke_tokens"],
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
     def perform_update(self, serializer):
         data = serializer.validated_data
         if data.get("password"):
-            raise serializers.ValidationError({"password": ["Passwords are changed by their owner."]})
+            raise serializers.ValidationError(
+                {"password": ["Passwords are changed by their owner, or reset with POST .../password/."]}
+            )
         serializer.instance = access.user_update(
             actor=self.request.user,
             user=serializer.instance,

@@ -88,3 +88,44 @@ class CredentialForm(forms.ModelForm):
         if self.instance.pk:
             self.fields["value"].required = False
             self.fields["value"].help_text = _("Leave empty to keep the stored value.")
+
+
+class PasswordChangeForm(forms.Form):
+    current_password = forms.CharField(
+        label=_("Current password"),
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+    new_password = forms.CharField(
+        label=_("New password"),
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=_("At least 12 characters, not a common password, not all digits, not like your username."),
+    )
+    new_password_again = forms.CharField(
+        label=_("New password, again"),
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("new_password") and data.get("new_password_again") != data["new_password"]:
+            self.add_error("new_password_again", _("The two new passwords differ."))
+        return data
+
+
+class PasswordResetForm(forms.Form):
+    """An admin's temporary password for someone else."""
+
+    password = forms.CharField(
+        label=_("Temporary password"),
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=_("Its holder must change it at the next login; their open sessions end now."),
+    )
+    revoke_tokens = forms.BooleanField(
+        label=_("Also revoke their API tokens"),
+        required=False,
+        help_text=_("When the old password may have leaked."),
+    )

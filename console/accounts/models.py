@@ -106,3 +106,41 @@ class Credential(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class PasswordState(models.Model):
+    """Where a person's password stands: an admin's temporary password must be changed at the next login."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="password_state")
+    must_change = models.BooleanField(_("must change password at next login"), default=False)
+    changed_at = models.DateTimeField(_("password changed"), null=True, blank=True)
+    reset_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"password state of {self.user}"
+
+
+class LoginFailureWindow(models.Model):
+    """Failed logins from one client address in the current window, for the audit log: the first failure of a
+    window is an event of its own; the next ones are counted here (`unrecorded`) and written as one counted event
+    when the window closes, every LOGIN_FAILURE_AUDIT_BATCH failures, or at a success. A mutable tally beside the
+    append-only log, so no failure is lost or counted twice."""
+
+    client_ip = models.CharField(max_length=45, unique=True)  # "" when the address is unknown
+    opened_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    failures = models.PositiveIntegerField(default=0)
+    unrecorded = models.PositiveIntegerField(default=0)
+    refused = models.PositiveIntegerField(default=0)  # of `unrecorded`: attempts refused by a lock
+    usernames = models.JSONField(default=list)  # distinct usernames among `unrecorded`, capped
+
+    class Meta:
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.failures} failed logins from {self.client_ip or '?'}"

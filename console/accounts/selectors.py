@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 
 from console import roles
-from console.accounts.models import ApiToken
+from console.accounts.models import ApiToken, PasswordState
 from console.permissions import has_global, require
 
 User = get_user_model()
@@ -61,3 +61,8 @@ def grant_list(*, user) -> list[dict]:
 def team_list():
     """Teams: every group that is not a role (roles are granted, teams own things)."""
     return Group.objects.exclude(name__in=list(roles.ROLES)).order_by("name")
+
+
+def password_change_required(user) -> bool:
+    """Whether user still holds a temporary password set by an admin (one query)."""
+    return PasswordState.objects.filter(user_id=user.pk, must_change=True).exists()

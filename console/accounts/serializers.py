@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from console import roles
 from console.accounts.models import ApiToken, Credential
+from console.accounts.selectors import password_change_required
 from console.fields import MASK
 from console.permissions import allowed_actions, user_roles
 
@@ -18,9 +19,30 @@ class MeSerializer(serializers.Serializer):
     username = serializers.CharField()
     roles = serializers.ListField(child=serializers.CharField())
     actions = serializers.ListField(child=serializers.CharField())
+    must_change_password = serializers.BooleanField()
 
     def to_representation(self, user):
-        return {"username": user.username, "roles": user_roles(user), "actions": allowed_actions(user)}
+        return {
+            "username": user.username,
+            "roles": user_roles(user),
+            "actions": allowed_actions(user),
+            "must_change_password": password_change_required(user),
+        }
+
+
+class PasswordChangeSerializer(serializers.Serializer):
+    current_password = serializers.CharField(write_only=True, trim_whitespace=False, style={"input_type": "password"})
+    new_password = serializers.CharField(write_only=True, trim_whitespace=False, style={"input_type": "password"})
+
+
+class PasswordResetSerializer(serializers.Serializer):
+    password = serializers.CharField(
+        write_only=True,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text="A temporary password; its holder must change it at the next login.",
+    )
+    revoke_tokens = serializers.BooleanField(default=False, help_text="Also revoke the person's API tokens.")
 
 
 class UserSerializer(serializers.ModelSerializer):

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, update_session_auth_hash
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views import View
 from django.views.generic import ListView
 
 from console import permissions, roles
 from console.accounts import selectors
-from console.accounts.forms import CredentialForm, GrantForm, TokenCreateForm, UserAccessForm, UserCreateForm
+from console.accounts.forms import (
+    CredentialForm,
+    GrantForm,
+    PasswordChangeForm,
+    PasswordResetForm,
+    TokenCreateForm,
+    UserAccessForm,
+    UserCreateForm,
+)
 from console.accounts.models import Credential
-from console.accounts.services import access, credentials, tokens
+from console.accounts.services import access, credentials, passwords, tokens
 from console.errors import ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin, search_context
@@ -61,9 +71,16 @@ class UserAccessView(ConsoleViewMixin, View):
     permission_action = roles.MANAGE_USERS
     template_name = "accounts/user_access.html"
 
-    def _render(self, request, person, form, status=200):
+    def _render(self, request, person, form, status=200, reset_form=None):
         grants = [g for g in selectors.grant_list(user=request.user) if g["user"] == person.username]
-        return render(request, self.template_name, {"person": person, "form": form, "grants": grants}, status=status)
+        context = {
+            "person": person,
+            "form": form,
+            "grants": grants,
+            "reset_form": reset_form or PasswordResetForm(),
+            "must_change": selectors.password_change_required(person),
+        }
+        return render(request, self.template_name, context, status=status)
 
     def get(self, request, pk):
         person = get_object_or_404(User, pk=pk)
@@ -87,6 +104,73 @@ class UserAccessView(ConsoleViewMixin, View):
                 messages.success(request, _("Access of %(name)s saved.") % {"name": person.username})
                 return redirect("user-access", pk=person.pk)
         return self._render(request, person, form, status=400)
+
+
+class UserPasswordResetView(UserAccessView):
+    """An admin sets a temporary password (POST from the user's access page)."""
+
+    def get(self, request, pk):
+        return redirect("user-access", pk=pk)
+
+    def post(self, request, pk):
+        person = get_object_or_404(User, pk=pk)
+        form = PasswordResetForm(request.POST)
+        if form.is_valid():
+            try:
+                passwords.password_reset(
+                    actor=request.user,
+                    user=person,
+                    new_password=form.cleaned_data["password"],
+                    revoke_tokens=form.cleaned_data["revoke_tokens"],
+                )
+            except ApplicationError as error:
+                apply_error(form, error)
+            else:
+                if person.pk == request.user.pk:
+                    update_session_auth_hash(request, person)
+                messages.success(
+                    request,
+                    _("Temporary password set: %(name)s must change it at the next login.") % {"name": person.username},
+                )
+                return redirect("user-access", pk=person.pk)
+        access_form = UserAccessForm(initial={"roles": permissions.user_roles(person), "is_active": person.is_active})
+        return self._render(request, person, access_form, status=400, reset_form=form)
+
+
+class PasswordChangeView(LoginRequiredMixin, View):
+    """A person changes their own password (every signed-in person; the only page left to one who must)."""
+
+    template_name = "accounts/password_change.html"
+
+    def _render(self, request, form, status=200):
+        context = {
+            "form": form,
+            "must_change": selectors.password_change_required(request.user),
+            "next": request.POST.get("next") or request.GET.get("next", ""),
+        }
+        return render(request, self.template_name, context, status=status)
+
+    def get(self, request):
+        return self._render(request, PasswordChangeForm())
+
+    def post(self, request):
+        form = PasswordChangeForm(request.POST)
+        if form.is_valid():
+            try:
+                passwords.password_change(
+                    actor=request.user,
+                    current_password=form.cleaned_data["current_password"],
+                    new_password=form.cleaned_data["new_password"],
+                )
+            except ApplicationError as error:
+                apply_error(form, error)
+            else:
+                update_session_auth_hash(request, request.user)  # this session stays signed in
+                messages.success(request, _("Your password was changed."))
+                target = request.POST.get("next", "")
+                safe = url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure())
+                return redirect(target if target and safe else "dashboard")
+        return self._render(request, form, status=400)
 
 
 class GrantsView(ConsoleViewMixin, View):

@@ -30,6 +30,7 @@ router.register("images", deployments_api.AllowedImageViewSet, basename="image")
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),
     path("me", accounts_api.MeView.as_view(), name="me"),
+    path("me/password/", accounts_api.PasswordChangeView.as_view(), name="me-password"),
     path("sizing/", inventory_api.SizingApiView.as_view(), name="sizing"),
     path("audit/verification/", audit_api.AuditVerificationView.as_view(), name="audit-verification"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

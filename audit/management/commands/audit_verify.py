@@ -4,7 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.models import AuditCheckpoint
-from audit.verify import verify_chain, verify_checkpoints, verify_from_checkpoint
+from audit.verify import verify_chain, verify_checkpoints, verify_exported, verify_from_checkpoint
 
 
 class Command(BaseCommand):
@@ -20,8 +20,15 @@ class Command(BaseCommand):
             type=Path,
             help="Start at the last checkpoint of an exported JSON-lines file (an off-host copy).",
         )
+        parser.add_argument(
+            "--checkpoints",
+            type=Path,
+            metavar="DIR",
+            help="Also check the chain against every checkpoint exported to DIR (AUDIT_CHECKPOINT_EXPORT_DIR): "
+            "deleting the newest events is detected even when the checkpoint rows were deleted too.",
+        )
 
-    def handle(self, *args, from_checkpoint=None, checkpoint_file=None, **options) -> None:
+    def handle(self, *args, from_checkpoint=None, checkpoint_file=None, checkpoints=None, **options) -> None:
         if checkpoint_file:
             lines = [line for line in checkpoint_file.read_text().splitlines() if line.strip()]
             if not lines:
@@ -35,6 +42,10 @@ class Command(BaseCommand):
         else:
             result = verify_chain()
         checkpoint_problem = None if (checkpoint_file or from_checkpoint) else verify_checkpoints()
+        if checkpoints is not None and checkpoint_problem is None:
+            if not checkpoints.is_dir():
+                raise CommandError(f"{checkpoints} is not a directory")
+            checkpoint_problem = verify_exported(checkpoints)
         if not result.ok:
             self.stdout.write(self.style.ERROR(result.summary()))
             raise SystemExit(1)

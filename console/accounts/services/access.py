@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.contrib.auth.password_validation import validate_password
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Model
 from guardian.shortcuts import assign_perm, remove_perm
@@ -13,6 +11,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 import audit
 from audit.telemetry import traced
 from console import roles
+from console.accounts.services.passwords import password_check
 from console.errors import ApplicationError
 from console.permissions import grantable, require, user_roles
 
@@ -131,11 +130,7 @@ def user_create(*, actor, username: str, password: str, email: str = "", role_na
     require(actor, roles.MANAGE_USERS)
     if User.objects.filter(username__iexact=username).exists():
         raise ApplicationError(f"A user named '{username}' already exists.", field="username")
-    candidate = User(username=username, email=email)
-    try:
-        validate_password(password, candidate)
-    except ValidationError as exc:
-        raise ApplicationError(" ".join(exc.messages), field="password") from None
+    password_check(password, user=User(username=username, email=email))
     user = User.objects.create_user(username=username, email=email, password=password)
     for role in role_names:
         user.groups.add(_role_group(role))
