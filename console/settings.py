@@ -38,8 +38,10 @@ WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
 SECRETS_ENCRYPTION_KEYS = env_list("SECRETS_ENCRYPTION_KEYS", []) or [
     private_file(DATA_DIR / "secrets_key", new_fernet_key)
 ]
-AUDIT_CHECKPOINT_KEY = env_str("AUDIT_CHECKPOINT_KEY") or private_file(
-    DATA_DIR / "audit_checkpoint_key", new_secret_key
+# A GPU host's agent acts for the console but never vouches for the audit log: it holds no checkpoint key.
+GPU_AGENT = env_bool("GPU_AGENT", False)
+AUDIT_CHECKPOINT_KEY = env_str("AUDIT_CHECKPOINT_KEY") or (
+    "" if GPU_AGENT else private_file(DATA_DIR / "audit_checkpoint_key", new_secret_key)
 )
 
 MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
@@ -161,6 +163,10 @@ else:
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {}).update(_SQLITE_OPTIONS)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# PostgreSQL: migrate, connected as the owner, creates this role for web, worker, beat and agents (INSERT and
+# SELECT only on the audit tables) when its password is set (audit/database_roles.py).
+DATABASE_APP_USER = env_str("DATABASE_APP_USER", "console_app")
+DATABASE_APP_PASSWORD = env_str("DATABASE_APP_PASSWORD")
 
 # --- redis: celery, channels and the cache share one server; sessions stay in the database ---
 REDIS_URL = env_str("REDIS_URL") or embedded_redis.url_for(DATA_DIR)
@@ -203,6 +209,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 AUDIT_CHECKPOINT_SECONDS = env_int("AUDIT_CHECKPOINT_SECONDS", 600)
+# Beat writes each signed checkpoint here once, as a read-only file (mount a directory web and worker do not, or
+# one synced off the host); `audit_verify --checkpoints DIR` checks the chain against them.
+AUDIT_CHECKPOINT_EXPORT_DIR = env_str("AUDIT_CHECKPOINT_EXPORT_DIR")
 CELERY_BEAT_SCHEDULE: dict = {
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
     "hosts-mark-offline": {"task": "workers.agent.mark_offline", "schedule": max(5, HOST_OFFLINE_SECONDS // 3)},
