@@ -43,13 +43,18 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def still_allowed(self) -> bool:
         """The permission again, for the user as the database has them now (roles and grants may have been
-        revoked, the account deactivated). On a refusal the denial is recorded and the socket closed."""
+        revoked, the account deactivated, the session ended). On a refusal the denial is recorded and the socket
+        closed."""
         pk = self.scope["user"].pk
+        session = self.scope.get("session")
 
         def check() -> None:
             user = get_user_model().objects.filter(pk=pk, is_active=True).first()
             if user is None:
                 raise PermissionDenied("the account is no longer active")
+            # Logging out, a password change elsewhere or an admin's reset ends the session: its sockets too.
+            if session is not None and session.session_key and not session.exists(session.session_key):
+                raise PermissionDenied("the session has ended")
             self.authorize(user)
 
         try:

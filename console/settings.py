@@ -217,6 +217,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "hosts-mark-offline": {"task": "workers.agent.mark_offline", "schedule": max(5, HOST_OFFLINE_SECONDS // 3)},
     "jobs-reap": {"task": "workers.jobs_reap", "schedule": JOB_REAPER_SECONDS},
     "deployments-reconcile": {"task": "workers.deployments_reconcile", "schedule": DEPLOY_RECONCILE_SECONDS},
+    "login-failures-audit": {"task": "workers.login_failures_flush", "schedule": 60},
 }
 
 # --- auth ------------------------------------------------------------------------------------
@@ -319,6 +320,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.api.errors.exception_handler",
+    # The parsers refuse NUL characters and unpaired surrogates in any body (console/api/parsers.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "console.api.parsers.JSONParser",
+        "console.api.parsers.FormParser",
+        "console.api.parsers.MultiPartParser",
+    ],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

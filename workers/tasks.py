@@ -8,6 +8,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from console.accounts.services.credentials import secrets_rotate
+from console.accounts.services.login_failures import login_failures_flush
 from deployments.jobs.reaper import jobs_reap as reap
 from workers.reconcile import reconcile_console
 from workers.reconcile import reconcile_host as reconcile
@@ -52,3 +53,9 @@ def deployments_reconcile() -> dict:
 def reconcile_host(host_name: str) -> dict:
     """On a host's agent: adopt, fail or remove servers so runtime and database agree."""
     return reconcile(host_name)
+
+
+@shared_task(name="workers.login_failures_flush")
+def login_failures_audit() -> int:
+    """Beat: write the counted failed logins of addresses that went quiet (their window has closed)."""
+    return login_failures_flush()

@@ -92,3 +92,16 @@ def test_the_per_username_lock_still_comes_first_and_is_audited_once(settings, e
     locks = AuditEvent.objects.filter(client_ip=SPRAYER, action="auth.locked_out")
     assert [e.details["scope"] for e in locks] == ["username"]
     assert login("someone-else", "guess").status_code == 200  # below the address limit
+
+
+def test_beat_writes_the_count_of_an_address_that_went_quiet(settings):
+    """Nobody fails or succeeds again: beat's task writes the waiting count once the window has closed."""
+    from workers.tasks import login_failures_audit
+
+    for _ in range(4):
+        login("admin", "guess")
+    assert login_failures_audit() == 0  # the window is still open
+    let_the_window_pass(settings)
+    assert login_failures_audit() == 1
+    assert counted_failures() == (2, 4)  # the first failure's own event, then one counting the other three
+    assert settings.CELERY_BEAT_SCHEDULE["login-failures-audit"]["task"] == "workers.login_failures_flush"

@@ -115,3 +115,40 @@ async def _origin(admin, origin, host, accepted):
     assert connected is accepted
     if connected:
         await socket.disconnect()
+
+
+def test_an_ended_session_ends_its_live_stream(redis_url, monkeypatch):
+    """Logging out elsewhere, or an admin's password reset, deletes the session; a socket opened with it kept
+    streaming the audit log until it was closed."""
+    monkeypatch.setattr(StreamConsumer, "recheck_seconds", 0.0)
+    run_async(_ended_session())
+
+
+async def _ended_session():
+    from django.contrib.sessions.models import Session
+
+    auditor = await database_sync_to_async(UserFactory)(roles=["auditor"])
+    socket = await _socket(auditor, "/ws/audit/")
+    await socket.send_json_to({"type": "subscribe", "after": 0})
+    while (await socket.receive_json_from(timeout=10))["type"] != "caught_up":
+        pass
+    await database_sync_to_async(lambda: Session.objects.all().delete())()  # every session of the test: ended
+    await database_sync_to_async(lambda: audit.record(action="test.after_logout", actor=None))()
+    assert await socket.receive_json_from(timeout=10) == {"type": "error", "detail": "permission revoked"}
+    assert await _closed_with(socket, 4403)
+
+
+def test_a_temporary_password_opens_no_socket(redis_url, admin):
+    """After an admin's reset, pages and the API lead only to the password change; sockets must too."""
+    run_async(_temporary_password(admin))
+
+
+async def _temporary_password(admin):
+    from console.accounts.services.passwords import password_reset
+
+    auditor = await database_sync_to_async(UserFactory)(roles=["auditor"])
+    await database_sync_to_async(password_reset)(actor=admin, user=auditor, new_password="a-Temporary-pass-42")
+    cookie = await database_sync_to_async(session_cookie)(auditor)
+    socket = WebsocketCommunicator(application, "/ws/audit/", headers=[ORIGIN, (b"cookie", cookie)])
+    connected, code = await socket.connect()
+    assert not connected and code == 4403
