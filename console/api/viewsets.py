@@ -7,10 +7,13 @@ view are 404; objects seen but not allowed are 403.
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import viewsets
+from rest_framework.exceptions import ValidationError
 
 from console import roles
+from console.api.parsers import REFUSAL, has_unstorable_text
 from console.permissions import ObjectHidden, require, require_list, restrict
 
 DEFAULT_ACTIONS = {
@@ -36,6 +39,10 @@ class ConsoleViewSetMixin:
 
     def initial(self, request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
+        # Bodies are checked by the parsers (console.api.parsers); a query parameter reaches lookups directly.
+        unstorable = [name for name, values in request.query_params.lists() if has_unstorable_text([name, *values])]
+        if unstorable:
+            raise ValidationError({name: [REFUSAL] for name in unstorable})
         if self.action is None or request.method == "OPTIONS":
             return
         action = self.console_action()
@@ -56,10 +63,13 @@ class ConsoleViewSetMixin:
     def get_object(self):
         try:
             obj = super().get_object()
-        except Http404:
+        except Http404 as not_found:
             # Outside what the user may view: if it exists, the 404 is a denial worth auditing.
             lookup = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)
-            hidden = self.queryset.model._default_manager.filter(**{self.lookup_field: lookup}).first()
+            try:
+                hidden = self.queryset.model._default_manager.filter(**{self.lookup_field: lookup}).first()
+            except (TypeError, ValueError, DjangoValidationError):
+                raise not_found from None  # no object can have that id ("true", "1e3"): a plain 404
             if hidden is not None:
                 raise ObjectHidden(self.request.user, self.console_action(), hidden) from None
             raise

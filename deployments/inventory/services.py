@@ -77,6 +77,9 @@ def host_delete(*, actor, host: Host) -> None:
     require(actor, roles.MANAGE_INVENTORY, host)
     if Gpu.objects.filter(host=host, reservations__isnull=False).exists():
         raise ApplicationError(f"{host} holds GPU reservations; stop what runs there first.")
+    # Model copies and deployments keep their host (protected keys): refuse instead of failing in delete().
+    if host.artifacts.exists() or host.deployments.exists():
+        raise ApplicationError(f"{host} holds model copies or deployments; delete them first.")
     audit.record(action="host.deleted", actor=actor, target=host, changes=diff(_state(host, HOST_FIELDS), {}))
     host.delete()
 

@@ -1,0 +1,231 @@
+"""Schemathesis against /api/v1/: every operation of the served schema, as an admin and as an engineer; no
+request may end in a 500 (or in another 5xx the operation does not document, such as ping's 503).
+
+Two passes per operation and role:
+- generated: EXAMPLES cases drawn by schemathesis, valid and invalid (positive and negative modes), every
+  media type the schema names; the `{id}` is a seeded object half of the time;
+- hostile: each query parameter, the `{id}` and each top-level JSON body field in turn gets every value of
+  tests/support/hostile.py (NUL bytes, 100k characters, lists for scalars, huge numbers, traversal...).
+
+Stateless: each case runs in its own savepoint, rolled back after the response, so deleting a host, the
+acting user's own token or the acting user never hides the cases after it. Derandomized: CI sees the same
+cases on every run. The counts are printed and written to test-artifacts/api-fuzz.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import hypothesis
+import pytest
+import schemathesis
+from django.db import transaction
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
+from audit.models import AuditEvent
+from console import roles
+from console.accounts.models import ApiToken
+from console.accounts.services.access import object_grant
+from console.accounts.services.tokens import token_create
+from console.wsgi import application
+from deployments.models import AllowedEndpoint, AllowedImage, Job, JobLogLine
+from tests.conftest import ROOT
+from tests.factories import (
+    CredentialFactory,
+    DeploymentSpecFactory,
+    GpuFactory,
+    JobFactory,
+    ModelArtifactFactory,
+    ModelSourceFactory,
+    TeamFactory,
+    UserFactory,
+)
+from tests.support import hostile
+from tests.support.in_process import InProcessApp
+
+pytestmark = pytest.mark.django_db
+
+EXAMPLES = 20  # generated cases per operation, per role
+SCHEMA_PATH = "/api/v1/schema/?format=json"
+ARTIFACT = ROOT / "test-artifacts" / "api-fuzz.json"
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+SETTINGS = hypothesis.settings(
+    max_examples=EXAMPLES,
+    derandomize=True,  # the same cases on every run
+    database=None,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],  # no shrinking: failures are collected, not raised
+    suppress_health_check=list(HealthCheck),
+    verbosity=hypothesis.Verbosity.quiet,
+)
+
+
+def _seed(admin, engineer) -> dict[str, int]:
+    """One object of each kind the API addresses by id, visible to both roles; returns resource -> id."""
+    AllowedEndpoint.objects.get_or_create(pattern="127.0.0.1")  # the local Hub of the hub_server fixture
+    source = ModelSourceFactory()
+    gpu = GpuFactory()
+    artifact = ModelArtifactFactory(host=gpu.host, repo__source=source)
+    spec = DeploymentSpecFactory(artifact=artifact, current=True)
+    job = JobFactory(target=artifact, status=Job.Status.RUNNING)
+    JobLogLine.objects.bulk_create(JobLogLine(job=job, seq=seq, text=f"line {seq}") for seq in range(1, 4))
+    image = AllowedImage.objects.create(reference="ghcr.io/huggingface/text-generation-inference:3.3.5")
+    endpoint = AllowedEndpoint.objects.create(pattern="10.8.0.0/16")
+    credential = CredentialFactory(created_by=admin)
+    other = UserFactory(username="olivia-other", roles=["engineer"])
+    object_grant(actor=admin, grantee=TeamFactory(name="nlp"), action=roles.VIEW, target=spec.deployment)
+    token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
+    return {
+        "audit/events": AuditEvent.objects.latest("id").pk,
+        "credentials": credential.pk,
+        "deployments": spec.deployment.pk,
+        "endpoints": endpoint.pk,
+        "gpus": gpu.pk,
+        "hosts": gpu.host.pk,
+        "images": image.pk,
+        "jobs": job.pk,
+        "models": artifact.pk,
+        "tokens": token.pk,
+        "users": other.pk,
+    }
+
+
+@pytest.fixture
+def fuzz_world(admin, engineer, hub_server, celery_worker_process):
+    """Seeded objects, a write token per role, the schema as the app serves it, the app in-process.
+    The Hub is the local test server; ping's task reaches a real worker."""
+    seeded = _seed(admin, engineer)
+    bearer = {}
+    for user in (admin, engineer):
+        _, raw = token_create(actor=user, user=user, name="fuzz", scope=ApiToken.Scope.WRITE)
+        bearer[user.username] = {"Authorization": f"Bearer {raw}"}
+    app = InProcessApp(application)
+    schema = schemathesis.openapi.from_wsgi(SCHEMA_PATH, app, headers=bearer[admin.username])
+    return {"seeded": seeded, "bearer": bearer, "app": app, "schema": schema}
+
+
+@dataclass
+class Tally:
+    """What one operation answered, for the report; `failures` hold the request and the traceback."""
+
+    generated: int = 0
+    hostile: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+
+def _send(case, *, app: InProcessApp, headers: dict, documented: set[str], tally: Tally, label: str = "") -> None:
+    """One request in a savepoint that is rolled back, whatever the request changed."""
+    seen = len(app.tracebacks)
+    with transaction.atomic():
+        response = case.call(app=app, headers=headers)
+        transaction.set_rollback(True)
+    status = response.status_code
+    tally.statuses[status] += 1
+    if status == 500 or (status > 500 and str(status) not in documented):
+        request = case.as_curl_command(headers=headers)
+        tally.failures.append(f"{status} {label} for {request[:2000]}\n" + "".join(app.tracebacks[seen:]))
+
+
+def _generated(operation, *, app, headers, seeded, documented, tally: Tally) -> None:
+    strategy = st.one_of(operation.as_strategy(generation_mode=mode) for mode in GenerationMode)
+
+    @SETTINGS
+    @given(case=strategy, real_object=st.booleans())
+    def run(case, real_object):
+        if real_object and "id" in (case.path_parameters or {}):
+            case.path_parameters = {**case.path_parameters, "id": seeded[_resource(operation.path)]}
+        _send(case, app=app, headers=headers, documented=documented, tally=tally)
+        tally.generated += 1
+
+    run()
+
+
+def _hostile(operation, *, raw_schema: dict, seeded: dict[str, int]) -> Iterator[tuple[str, object]]:
+    """(label, case) for every hostile value in every query parameter, the id and every JSON body field."""
+    path = {"id": seeded[_resource(operation.path)]} if "{id}" in operation.path else {}
+    definition = operation.definition.raw
+    for parameter in definition.get("parameters", []):
+        if parameter["in"] != "query":
+            continue
+        for name, value in hostile.JSON.items():
+            sent = hostile.as_query_value(value)
+            if sent is not None:
+                case = operation.Case(path_parameters=path, query={parameter["name"]: sent})
+                yield f"?{parameter['name']}={name}", case
+    if path:
+        for name, value in hostile.TEXT.items():
+            yield f"id={name}", operation.Case(path_parameters={"id": value})
+    body = definition.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is None:
+        return
+    for name, value in hostile.JSON.items():
+        yield f"body={name}", operation.Case(path_parameters=path, body=value, media_type="application/json")
+    for prop in _properties(body.get("schema", {}), raw_schema):
+        for name, value in hostile.JSON.items():
+            case = operation.Case(path_parameters=path, body={prop: value}, media_type="application/json")
+            yield f"{prop}={name}", case
+
+
+def _properties(schema: dict, raw_schema: dict) -> list[str]:
+    """Top-level properties of a request body schema (following one $ref)."""
+    if "$ref" in schema:
+        schema = raw_schema["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return list(schema.get("properties", {}))
+
+
+def _resource(path: str) -> str:
+    """/api/v1/audit/events/{id}/ -> audit/events"""
+    return path.removeprefix("/api/v1/").split("/{", 1)[0]
+
+
+@pytest.mark.parametrize("role", ["admin", "engineer"])
+def test_no_api_operation_answers_with_a_server_error(role, fuzz_world, request):
+    user = request.getfixturevalue(role)
+    schema, app, seeded = fuzz_world["schema"], fuzz_world["app"], fuzz_world["seeded"]
+    headers = fuzz_world["bearer"][user.username]
+    started = time.monotonic()
+    in_schema = sum(len(HTTP_METHODS.intersection(methods)) for methods in schema.raw_schema["paths"].values())
+    tallies: dict[str, Tally] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        documented = set(operation.definition.raw.get("responses", {}))
+        tally = tallies[operation.label] = Tally()
+        _generated(operation, app=app, headers=headers, seeded=seeded, documented=documented, tally=tally)
+        for label, case in _hostile(operation, raw_schema=schema.raw_schema, seeded=seeded):
+            _send(case, app=app, headers=headers, documented=documented, tally=tally, label=label)
+            tally.hostile += 1
+    summary = {
+        "operations": len(tallies),
+        "operations_in_schema": in_schema,
+        "generated_cases": sum(t.generated for t in tallies.values()),
+        "hostile_cases": sum(t.hostile for t in tallies.values()),
+        "seconds": round(time.monotonic() - started, 1),
+        "per_operation": {
+            label: {"generated": t.generated, "hostile": t.hostile, "statuses": dict(sorted(t.statuses.items()))}
+            for label, t in tallies.items()
+        },
+    }
+    _write_artifact(role, summary)
+    print(
+        f"\napi fuzz as {role}: {summary['operations']} operations, {summary['generated_cases']} generated and "
+        f"{summary['hostile_cases']} hostile cases, {summary['seconds']} s"
+    )
+    failures = [failure for t in tallies.values() for failure in t.failures]
+    assert not failures, f"{len(failures)} server errors:\n\n" + "\n\n".join(failures)
+    assert len(tallies) == in_schema > 0, "an operation of the schema was not fuzzed"
+    thin = {label: t.generated for label, t in tallies.items() if t.generated < EXAMPLES}
+    assert not thin, f"operations with fewer than {EXAMPLES} generated cases: {thin}"
+
+
+def _write_artifact(role: str, summary: dict) -> None:
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    report = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
+    report[role] = summary
+    ARTIFACT.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
