@@ -131,6 +131,31 @@ def require_owner(user, action: str, obj: Model) -> None:
     raise ActionDenied(user, f"{action} (owned by another team)", obj)
 
 
+def require_output_reader(user, obj: Model | None, *, model: type[Model] | None = None) -> None:
+    """Reading the output of work on an object (a job's log; a server's log carries what its users sent). A user
+    can read it when: they may view the object and either manage users (admins), hold view_data (auditors), hold
+    any grant on that very object, or belong to its owning team. Objects no team owns are shared: view is enough.
+    Work on an object that is gone (`model` says its kind) stays with admins and view_data holders when objects
+    of that kind are granted one by one; otherwise view is enough."""
+    if obj is None:
+        require(user, roles.VIEW)
+        if model is None or not roles.GRANTABLE.get(_model_label(model)):
+            return
+        if has_global(user, roles.MANAGE_USERS) or has_global(user, roles.VIEW_DATA):
+            return
+        raise ActionDenied(user, "read the log (its target is gone)", model=model)
+    require(user, roles.VIEW, obj)
+    team_id = getattr(obj, "team_id", None)
+    if team_id is None or has_global(user, roles.MANAGE_USERS) or has_global(user, roles.VIEW_DATA):
+        return
+    granted = roles.GRANTABLE.get(_model_label(type(obj)), ())
+    if any(user.has_perm(_object_perm(type(obj), action), obj) for action in granted):
+        return
+    if user.groups.filter(pk=team_id).exists():
+        return
+    raise ActionDenied(user, "read the log (owned by another team)", obj)
+
+
 def restrict_to_team_additions(queryset: QuerySet, user) -> QuerySet:
     """What a user may remove among things people add (model copies): an admin all of them; others what they
     or a teammate added (teams are the non-role groups), and what nobody added (the console's own, shared)."""

@@ -147,3 +147,10 @@ class Backend(ABC):
     def diagnose(self, lines: Iterable[str], *, exit_code: int | None = None, context: dict | None = None) -> Diagnosis:
         """The cause of a failed launch, read from its log with this backend's rules."""
         return run_rules(lines, self.rules, exit_code=exit_code, context=context)
+
+    def mask_request_content(self, lines: list[str], *, carry: bool = False) -> tuple[list[str], bool]:
+        """The server's log lines as a reader without view_data sees them: every part that carries what a request
+        sent (prompts, outputs, parameters) replaced; returns them and whether the last one leaves such content
+        open (`carry`: a multi-line prompt goes on in the next batch). A backend that does not say which of its
+        lines carry requests shows none of them."""
+        return ["[masked: request content]"] * len(lines), False

@@ -1,4 +1,6 @@
-"""Jobs API: long work (downloads, imports, deletions, servers) and its numbered output. Reading needs `view`."""
+"""Jobs API: long work (downloads, imports, deletions, servers) and its numbered output. Listing needs `view`;
+reading a job's output follows the rule on its target (deployments.jobs.selectors), a server's request content
+shown only with `view_data`."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from rest_framework.response import Response
 
 from console import roles
 from console.api.viewsets import ConsoleViewSetMixin
+from deployments.jobs.selectors import log_view, require_job_log
 from deployments.jobs.serializers import JobSerializer, LogPageSerializer
 from deployments.models import Job, JobLogLine
 
@@ -36,17 +39,20 @@ class JobViewSet(ConsoleViewSetMixin, viewsets.ReadOnlyModelViewSet):
     def log(self, request, pk=None):
         """The job's lines with seq > after, in order, at most limit; page on with `after=next_after`."""
         job = self.get_object()
+        require_job_log(request.user, job)
         after = _int_param(request, "after", 0, minimum=0)
         limit = min(_int_param(request, "limit", LOG_LIMIT, minimum=1), LOG_LIMIT_MAX)
         lines = list(JobLogLine.objects.filter(job=job, seq__gt=after).order_by("seq")[: limit + 1])
         page = lines[:limit]
+        view = log_view(job, user=request.user)
+        view.start_after(after)
         return Response(
             {
                 "job": job.pk,
                 "after": after,
                 "next_after": page[-1].seq if page else after,
                 "has_more": len(lines) > limit,
-                "items": [line.as_item() for line in page],
+                "items": view.items([line.as_item() for line in page]),
             }
         )
 

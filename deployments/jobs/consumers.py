@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
+from django.http import Http404
 
 from console import roles
 from console.consumers import CLOSE_NOT_FOUND
 from console.permissions import can
 from console.streams import StreamConsumer
+from deployments.jobs.selectors import LogView, log_view, require_job_log
 from deployments.models import Job, JobLogLine
 
 
 class JobStreamConsumer(StreamConsumer):
-    """/ws/jobs/<id>/: a job's numbered lines (log, progress, events), backlog first, then live, for
-    everyone who may view jobs. A job that does not exist closes with 4404, but only for users who may
-    view jobs at all (the others get the 4401/4403 of every consumer, so nothing is revealed)."""
+    """/ws/jobs/<id>/: a job's numbered lines (log, progress, events), backlog first, then live, for those who may
+    read its output (the rule on its target: a deployment's job for its team, grantees, admins and view_data
+    holders), its server's request content masked unless they hold view_data. Both are checked again while the
+    socket lives. A job that does not exist closes with 4404, but only for users who may view jobs at all (the
+    others get the 4401/4403 of every consumer, so nothing is revealed)."""
 
     permission_action = roles.VIEW
+    view: LogView | None = None
 
     @property
     def job_id(self) -> int:
@@ -32,6 +37,34 @@ class JobStreamConsumer(StreamConsumer):
         user = self.scope.get("user")
         viewer = user is not None and user.is_authenticated and can(user, self.permission_action)
         return viewer and not Job.objects.filter(pk=self.job_id).exists()
+
+    def authorize(self, user) -> None:
+        """At connect and at every re-check: may this user read this job's output, and see request content."""
+        super().authorize(user)
+        job = Job.objects.filter(pk=self.job_id).first()
+        if job is None:
+            raise Http404("the job is gone")
+        require_job_log(user, job)
+        fresh = log_view(job, user=user)
+        if self.view is not None:
+            fresh.carry = self.view.carry
+        self.view = fresh
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if isinstance(content, dict) and content.get("type") == "subscribe" and not getattr(self, "subscribed", True):
+            try:
+                after = max(0, int(content.get("after") or 0))
+            except (TypeError, ValueError):
+                after = 0  # the base class answers the error
+            await database_sync_to_async(self.view.start_after)(after)
+        await super().receive_json(content, **kwargs)
+
+    async def send_json(self, content, close=False) -> None:
+        # Every batch (backlog and live) leaves through here, after the permission re-check: masked for this
+        # reader as that check found them.
+        if isinstance(content, dict) and content.get("type") == "items" and self.view is not None:
+            content = {**content, "items": self.view.items(content["items"])}
+        await super().send_json(content, close=close)
 
     def stream(self) -> str:
         return Job(pk=self.job_id).stream

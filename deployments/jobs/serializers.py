@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from deployments.jobs.selectors import can_read_job_log, log_view
 from deployments.models import Job
 
 
@@ -17,6 +18,7 @@ class JobSerializer(serializers.ModelSerializer):
     kind = serializers.CharField(read_only=True, help_text="One of: " + ", ".join(Job.Kind.values) + ".")
     actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
     target = serializers.SerializerMethodField()
+    failure_detail = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -45,6 +47,17 @@ class JobSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_failure_detail(self, job) -> str:
+        """What happened: the cause's sentence, then the log lines that show it, which follow the log's rule (for
+        a reader who may not read the log, the sentence alone; request content masked without view_data)."""
+        detail = job.failure_detail
+        if "\n" not in detail:
+            return detail
+        user = getattr(self.context.get("request"), "user", None)
+        if user is None or not can_read_job_log(user, job):
+            return detail.split("\n", 1)[0]
+        return log_view(job, user=user).text(detail)
 
     def get_target(self, job) -> str:
         return f"{job.target_type}:{job.target_id}" if job.target_type else ""

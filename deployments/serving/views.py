@@ -23,6 +23,7 @@ from console.errors import ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import can
+from deployments.jobs.selectors import can_read_job_log
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
 from deployments.serving import images as image_service
 from deployments.serving import playground
@@ -300,6 +301,7 @@ class DeploymentDetailView(ConsoleViewMixin, View):
                 ),
                 "can_deploy": can_deploy,
                 "can_use": can(request.user, roles.USE_DEPLOYMENT, deployment),
+                "can_read_log": bool(job) and can_read_job_log(request.user, job),
                 "actions": {a["key"]: a for a in actions},
                 "states": state_table(),
                 "api_url": reverse("api:deployment-detail", args=[deployment.pk]),

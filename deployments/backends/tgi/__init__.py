@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployments.backends.base import Backend, LaunchPlan, MemorySemantics
-from deployments.backends.tgi import launch
+from deployments.backends.tgi import launch, logmask
 from deployments.backends.tgi.checks import CHECKS
 from deployments.backends.tgi.diagnosis import BOOK
 from deployments.sizing.memory import TGI_WIGGLE_ROOM
@@ -55,3 +55,6 @@ class TgiBackend(Backend):
 
     def launch_env(self, spec: Any, *, gpu_indexes: list[int], native: bool) -> dict[str, str]:
         return launch.launch_env(spec, gpu_indexes=gpu_indexes, native=native)
+
+    def mask_request_content(self, lines: list[str], *, carry: bool = False) -> tuple[list[str], bool]:
+        return logmask.mask_lines(lines, carry=carry)

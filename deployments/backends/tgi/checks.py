@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployments.backends.base import SpecError
-from deployments.backends.tgi.launch import ALLOWED_ENV
+from deployments.backends.tgi.launch import ALLOWED_ENV, QUIET_LOG_LEVELS, log_level_refused
 
 PRE_QUANTIZED = {"awq", "gptq", "marlin", "compressed-tensors"}
 # TGI: --dtype cannot be combined with --quantize, except the bitsandbytes variants.
@@ -73,4 +73,23 @@ def environment_allowed(values: dict[str, Any], checkpoint: dict[str, Any]) -> N
         )
 
 
-CHECKS = (quantization_matches_checkpoint, dtype_with_quantize, token_limits, memory_fraction, environment_allowed)
+def log_level_keeps_requests_out(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    """At debug or trace TGI logs every prompt and output into the server log, which more people read than may
+    read prompts: LOG_LEVEL stays at info or quieter, for every target."""
+    value = values["extra_env"].get("LOG_LEVEL")
+    if value is not None and log_level_refused(value):
+        raise SpecError(
+            f"LOG_LEVEL={value} makes the server log prompts and outputs. Use one of "
+            f"{', '.join(sorted(QUIET_LOG_LEVELS))}, for every target (e.g. warn,text_generation_router=info).",
+            field="extra_env",
+        )
+
+
+CHECKS = (
+    quantization_matches_checkpoint,
+    dtype_with_quantize,
+    token_limits,
+    memory_fraction,
+    environment_allowed,
+    log_level_keeps_requests_out,
+)

@@ -36,6 +36,24 @@ ALLOWED_ENV = frozenset(
 # The launcher reads its key from API_KEY. Upstream TGI then passes it on to text-generation-router as
 # `--api-key <key>`, so on a host the router's command line carries it (docs/operations.md, threat model).
 SERVER_KEY_ENV = "API_KEY"
+# LOG_LEVEL is a tracing filter: a level, or directives such as `warn,text_generation_router=debug`. At debug or
+# trace the router logs every prompt and output (`Input: ...`, `Output: ...`), and a directive that names a
+# target without a level enables trace for it, so only these levels pass. No other allowed variable logs requests.
+QUIET_LOG_LEVELS = frozenset({"off", "error", "warn", "info"})
+
+
+def log_level_refused(value: str) -> bool:
+    """True when a LOG_LEVEL value would make the server log what requests send (any directive beyond info)."""
+    for directive in str(value).split(","):
+        directive = directive.strip()
+        if not directive:
+            continue
+        level = directive.rsplit("=", 1)[1] if "=" in directive else directive
+        if level.strip().lower() not in QUIET_LOG_LEVELS:
+            return True
+    return False
+
+
 TOKEN_FILE_ENV = "HF_TOKEN_PATH"  # noqa: S105 - a variable name; huggingface_hub reads the token from this file: never an env value
 
 
@@ -121,8 +139,8 @@ def launch_env(spec, *, gpu_indexes: list[int], native: bool) -> dict[str, str]:
         # Docker selects GPUs with device requests; a native process sees exactly its GPUs, or none.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_indexes)) if spec.device == "gpu" else ""
     for name, value in (spec.extra_env or {}).items():
-        if name in ALLOWED_ENV:
-            env[name] = str(value)
+        if name in ALLOWED_ENV and not (name == "LOG_LEVEL" and log_level_refused(value)):
+            env[name] = str(value)  # a spec saved before LOG_LEVEL was checked launches at TGI's default (info)
     return env
 
 
