@@ -14,6 +14,7 @@ from console.accounts.models import Credential
 from console.errors import ApplicationError
 from console.permissions import require
 from deployments.inventory.capacity import inventory_capacity
+from deployments.registry.endpoints import allow_listed_hops, check_url, hub_endpoint
 from deployments.sizing import ModelMetadata, SizingError, size_model
 from deployments.sizing.metadata import load_hub_metadata, load_local_metadata, looks_like_path
 
@@ -36,7 +37,25 @@ def _metadata(source: str, *, revision: str | None, token: str | None) -> ModelM
         if not local.is_dir():
             raise ApplicationError(f"No directory {source} in the model store.", field="source")
         return load_local_metadata(local)
-    return load_hub_metadata(source, revision=revision, token=token)
+    return _hub_metadata(source, revision=revision, token=token)
+
+
+def _hub_metadata(repo: str, *, revision: str | None, token: str | None) -> ModelMetadata:
+    """A Hub repo's metadata, read only when the Hub (or the mirror HF_ENDPOINT names) is on the endpoint
+    allow-list, every hop checked as for downloads: a refusal names `source` and nothing is contacted."""
+    endpoint = hub_endpoint()
+    try:
+        check_url(endpoint)
+        with allow_listed_hops():
+            return load_hub_metadata(repo, revision=revision, token=token)
+    except ApplicationError as refused:
+        if refused.field != "endpoint":
+            raise
+        raise ApplicationError(
+            f"{repo} is read from {endpoint}, which is not an allowed source: "
+            f"{refused.message.removeprefix('Request refused: ')}",
+            field="source",
+        ) from None
 
 
 def _token(user, credential_id) -> str | None:

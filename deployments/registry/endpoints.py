@@ -1,5 +1,5 @@
 """Which network endpoints model sources may reach: an admin-managed allow-list of host names and
-networks, checked on every resolved address and again on every redirect (SSRF)."""
+networks, checked on every request before it is sent and again on every redirect (SSRF)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
+from huggingface_hub import constants
 from huggingface_hub.utils import get_session
+from requests.adapters import BaseAdapter
 
 from console.errors import ApplicationError
 from deployments.models import AllowedEndpoint
@@ -61,7 +63,31 @@ def check_url(url: str, *, patterns: list[str] | None = None, resolver=resolve_a
 
 
 class RedirectRefused(ApplicationError):
-    """A source answered with a redirect to an address the allow-list does not cover."""
+    """A request to a model source, or a redirect a source answered with, named an address the allow-list does
+    not cover."""
+
+
+class _AllowListAdapter(BaseAdapter):
+    """Checks every request's address before the wrapped adapter sends it (first hops and redirects alike), so a
+    host off the list is never contacted. Decisions are kept per host for the block's lifetime."""
+
+    def __init__(self, inner: BaseAdapter, patterns: list[str], resolver) -> None:
+        super().__init__()
+        self.inner, self.patterns, self.resolver = inner, patterns, resolver
+        self.allowed: set[tuple[str, str]] = set()
+
+    def send(self, request, *args, **kwargs):
+        parts = urlsplit(request.url)
+        if (parts.scheme, parts.netloc) not in self.allowed:
+            try:
+                check_url(request.url, patterns=self.patterns, resolver=self.resolver)
+            except ApplicationError as error:
+                raise RedirectRefused(f"Request refused: {error.message}", field="endpoint") from None
+            self.allowed.add((parts.scheme, parts.netloc))
+        return self.inner.send(request, *args, **kwargs)
+
+    def close(self) -> None:
+        """The wrapped adapter keeps its pools: it is the session's own again after the block."""
 
 
 def redirect_guard(patterns: list[str], resolver=resolve_addresses):
@@ -80,16 +106,26 @@ def redirect_guard(patterns: list[str], resolver=resolve_addresses):
 
 
 @contextlib.contextmanager
-def allow_listed_hops(patterns: list[str] | None = None) -> Iterator[None]:
-    """Inside the block, every response huggingface_hub's session (this thread's) receives has its redirect
-    target checked against the allow-list before it is followed: the one way any process (web, worker) talks
-    to a model source. A refused hop raises RedirectRefused (field "endpoint")."""
+def allow_listed_hops(patterns: list[str] | None = None, resolver=resolve_addresses) -> Iterator[None]:
+    """Inside the block, huggingface_hub's session (this thread's, which the download engine also hands to its
+    file threads) checks every request's address against the allow-list before sending it, and every redirect's
+    target before following it: the one way any process (web, worker) talks to a model source. A refused hop
+    raises RedirectRefused (field "endpoint"); nothing reaches a host off the list."""
     session = get_session()
-    guard = redirect_guard(
-        patterns if patterns is not None else list(AllowedEndpoint.objects.values_list("pattern", flat=True))
-    )
+    patterns = patterns if patterns is not None else list(AllowedEndpoint.objects.values_list("pattern", flat=True))
+    guard = redirect_guard(patterns, resolver)
+    adapters = dict(session.adapters)
+    for prefix, inner in adapters.items():
+        session.adapters[prefix] = _AllowListAdapter(inner, patterns, resolver)
     session.hooks["response"].append(guard)
     try:
         yield
     finally:
         session.hooks["response"].remove(guard)
+        session.adapters.clear()
+        session.adapters.update(adapters)
+
+
+def hub_endpoint() -> str:
+    """The Hub this process's huggingface_hub calls when no source names another (HF_ENDPOINT, or the Hub)."""
+    return constants.ENDPOINT.rstrip("/")

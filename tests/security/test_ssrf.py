@@ -85,3 +85,29 @@ def test_a_mirror_answering_json_without_an_id_is_a_clear_error(api, engineer, a
     )  # was a 500 (KeyError: 'id')
     assert "did not answer like a Hugging Face Hub" in str(refused)
     assert hits  # it was asked, legitimately: it is on the list
+
+
+def test_sizing_contacts_no_hub_that_is_off_the_allow_list(api, engineer, hub_server):
+    """The sizing API read config.json from the Hub (here the test Hub at 127.0.0.1) with the Hub absent from the
+    list; now it answers 400 on `source` and not one request leaves."""
+    hub_server.add_repo("acme/tiny", {"config.json": b'{"model_type": "llama"}'})
+    AllowedEndpoint.objects.all().delete()  # an admin removed the Hub
+    refused = api(engineer).get("/api/v1/sizing/?source=acme/tiny", expected=400).data
+    assert "not an allowed source" in str(refused["source"]) and hub_server.endpoint in str(refused["source"])
+    assert hub_server.requests == []  # no connection reached it
+
+
+def test_sizing_refuses_a_listed_hub_that_redirects_off_the_list(api, engineer, redirecting_mirror, trap, monkeypatch):
+    """A mirror on the list (HF_ENDPOINT) whose answer sends the client elsewhere: the hop is refused before it."""
+    from huggingface_hub import constants
+
+    _target, hits = trap
+    monkeypatch.setattr(constants, "ENDPOINT", redirecting_mirror)
+    monkeypatch.setattr(
+        "huggingface_hub.file_download.HUGGINGFACE_CO_URL_TEMPLATE",
+        redirecting_mirror + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    AllowedEndpoint.objects.create(pattern="localhost", note="the mirror, by name only")
+    refused = api(engineer).get("/api/v1/sizing/?source=acme/tiny", expected=400).data
+    assert "Redirect refused" in str(refused["source"]) and "127.0.0.1" in str(refused["source"])
+    assert hits == []

@@ -9,6 +9,7 @@ import pytest
 from audit.models import AuditEvent
 from console.accounts.services.credentials import credential_create
 from deployments.inventory.services import gpu_create, host_create
+from deployments.models import AllowedEndpoint
 from tests.support.fixtures import MODEL_CONFIGS
 from tests.support.hub_server import make_safetensors
 
@@ -16,6 +17,12 @@ pytestmark = pytest.mark.django_db
 CONFIGS = MODEL_CONFIGS
 EXPECTED = json.loads((CONFIGS / "expected.json").read_text())
 H200 = 150754820096
+
+
+@pytest.fixture(autouse=True)
+def hub_allowed(hub_server):
+    """The test Hub answers on 127.0.0.1: on the endpoint allow-list, as huggingface.co is by default."""
+    AllowedEndpoint.objects.get_or_create(pattern="127.0.0.1")
 
 
 @pytest.fixture
