@@ -136,7 +136,10 @@ class _Watch:
         )
         detail = str(found.title)
         if found.evidence:
-            detail += "\n" + "\n".join(found.evidence[-5:])
+            # The failure shows on the deployment's page to everyone who may view it: no request content there
+            # (the job's log keeps the lines whole for readers with view_data).
+            evidence, _open = self.backend.mask_request_content(list(found.evidence[-5:]))
+            detail += "\n" + "\n".join(evidence)
         return JobFailure(detail, cause=found.cause, next_step=str(found.next_step))
 
 
