@@ -28,25 +28,12 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from audit.models import AuditEvent
-from console import roles
 from console.accounts.models import ApiToken
-from console.accounts.services.access import object_grant
 from console.accounts.services.tokens import token_create
 from console.wsgi import application
-from deployments.models import AllowedEndpoint, AllowedImage, Job, JobLogLine
-from tests.conftest import ROOT
-from tests.factories import (
-    CredentialFactory,
-    DeploymentSpecFactory,
-    GpuFactory,
-    JobFactory,
-    ModelArtifactFactory,
-    ModelSourceFactory,
-    TeamFactory,
-    UserFactory,
-)
 from tests.support import hostile
+from tests.support.fixtures import ROOT
+from tests.support.fuzz_seed import seed_objects
 from tests.support.in_process import InProcessApp
 
 pytestmark = pytest.mark.django_db
@@ -66,41 +53,11 @@ SETTINGS = hypothesis.settings(
 )
 
 
-def _seed(admin, engineer) -> dict[str, int]:
-    """One object of each kind the API addresses by id, visible to both roles; returns resource -> id."""
-    AllowedEndpoint.objects.get_or_create(pattern="127.0.0.1")  # the local Hub of the hub_server fixture
-    source = ModelSourceFactory()
-    gpu = GpuFactory()
-    artifact = ModelArtifactFactory(host=gpu.host, repo__source=source)
-    spec = DeploymentSpecFactory(artifact=artifact, current=True)
-    job = JobFactory(target=artifact, status=Job.Status.RUNNING)
-    JobLogLine.objects.bulk_create(JobLogLine(job=job, seq=seq, text=f"line {seq}") for seq in range(1, 4))
-    image = AllowedImage.objects.create(reference="ghcr.io/huggingface/text-generation-inference:3.3.5")
-    endpoint = AllowedEndpoint.objects.create(pattern="10.8.0.0/16")
-    credential = CredentialFactory(created_by=admin)
-    other = UserFactory(username="olivia-other", roles=["engineer"])
-    object_grant(actor=admin, grantee=TeamFactory(name="nlp"), action=roles.VIEW, target=spec.deployment)
-    token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
-    return {
-        "audit/events": AuditEvent.objects.latest("id").pk,
-        "credentials": credential.pk,
-        "deployments": spec.deployment.pk,
-        "endpoints": endpoint.pk,
-        "gpus": gpu.pk,
-        "hosts": gpu.host.pk,
-        "images": image.pk,
-        "jobs": job.pk,
-        "models": artifact.pk,
-        "tokens": token.pk,
-        "users": other.pk,
-    }
-
-
 @pytest.fixture
 def fuzz_world(admin, engineer, hub_server, celery_worker_process):
     """Seeded objects, a write token per role, the schema as the app serves it, the app in-process.
     The Hub is the local test server; ping's task reaches a real worker."""
-    seeded = _seed(admin, engineer)
+    seeded = seed_objects(admin, engineer)
     bearer = {}
     for user in (admin, engineer):
         _, raw = token_create(actor=user, user=user, name="fuzz", scope=ApiToken.Scope.WRITE)

@@ -1,0 +1,57 @@
+"""One object of each kind the console addresses by id, for the fuzz tests: the API's `{id}` and the pages'
+`<pk>` find something real, so the fuzz reaches past the 404."""
+
+from __future__ import annotations
+
+from audit.models import AuditEvent
+from console import roles
+from console.accounts.models import ApiToken
+from console.accounts.services.access import object_grant
+from console.accounts.services.tokens import token_create
+from deployments.models import AllowedEndpoint, AllowedImage, Job, JobLogLine, ModelArtifact
+from tests.factories import (
+    CredentialFactory,
+    DeploymentSpecFactory,
+    GpuFactory,
+    JobFactory,
+    ModelArtifactFactory,
+    ModelSourceFactory,
+    TeamFactory,
+    UserFactory,
+)
+
+
+def seed_objects(admin, engineer) -> dict[str, int]:
+    """Objects visible to both roles; returns the API resource name (hosts, audit/events...) -> id. The model is
+    a ready copy nothing uses (it can be deleted or collected); a second copy is downloading (it can be
+    cancelled: "models/downloading"); the deployment has two versions (it can be rolled back)."""
+    AllowedEndpoint.objects.get_or_create(pattern="127.0.0.1")  # the local Hub of the hub_server fixture
+    source = ModelSourceFactory()
+    gpu = GpuFactory()
+    artifact = ModelArtifactFactory(host=gpu.host, repo__source=source)
+    spec = DeploymentSpecFactory(artifact=artifact)
+    DeploymentSpecFactory(deployment=spec.deployment, artifact=artifact, current=True)  # v1 can be rolled back to
+    unused = ModelArtifactFactory(host=gpu.host, repo__source=source)
+    downloading = ModelArtifactFactory(host=gpu.host, repo__source=source, status=ModelArtifact.Status.DOWNLOADING)
+    job = JobFactory(target=downloading, status=Job.Status.RUNNING)
+    JobLogLine.objects.bulk_create(JobLogLine(job=job, seq=seq, text=f"line {seq}") for seq in range(1, 4))
+    image = AllowedImage.objects.create(reference="ghcr.io/huggingface/text-generation-inference:3.3.5")
+    endpoint = AllowedEndpoint.objects.create(pattern="10.8.0.0/16")
+    credential = CredentialFactory(created_by=admin)
+    other = UserFactory(username="olivia-other", roles=["engineer"])
+    object_grant(actor=admin, grantee=TeamFactory(name="nlp"), action=roles.VIEW, target=spec.deployment)
+    token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
+    return {
+        "audit/events": AuditEvent.objects.latest("id").pk,
+        "credentials": credential.pk,
+        "deployments": spec.deployment.pk,
+        "endpoints": endpoint.pk,
+        "gpus": gpu.pk,
+        "hosts": gpu.host.pk,
+        "images": image.pk,
+        "jobs": job.pk,
+        "models": unused.pk,
+        "models/downloading": downloading.pk,
+        "tokens": token.pk,
+        "users": other.pk,
+    }
