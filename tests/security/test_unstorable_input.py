@@ -23,7 +23,8 @@ def test_a_nul_in_a_looked_up_name_is_refused(client, admin):
     client.force_login(admin)
     for body in ({"host": "gpu-node-1\x00", "index": 0, "memory_total": 1}, {"host": "\x00"}):
         response = _post_json(client, "/api/v1/gpus/", body)  # was DataError: text cannot contain NUL
-        assert response.status_code == 400 and "NUL" in response.json()["detail"]
+        assert response.status_code == 400 and response.json()["code"] == "parse_error"
+        assert "NUL" in response.json()["detail"]
     form = client.post("/api/v1/gpus/", {"host": "gpu-node-1\x00", "index": "0"})
     assert form.status_code == 400 and not Gpu.objects.exists()
 
