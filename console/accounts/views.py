@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model, update_session_auth_hash
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views import View
@@ -30,6 +31,8 @@ from console.mixins import ConsoleViewMixin, search_context
 from console.permissions import can, require
 
 User = get_user_model()
+
+NEW_TOKEN_SESSION_KEY = "accounts.new_token"  # noqa: S105  (a session key; the value waits there to be shown once)
 
 
 class UserListView(ConsoleViewMixin, ListView):
@@ -206,16 +209,22 @@ class GrantsView(ConsoleViewMixin, View):
 
 
 class TokenListView(ConsoleViewMixin, View):
+    """Personal tokens. Creating one redirects (post/redirect/get): a reload never creates a second token, and
+    the value is shown once, on the next page, from the session (popped as it is shown)."""
+
     template_name = "accounts/tokens.html"
 
     def _render(self, request, form, new_token=None, status=200):
         my_tokens = selectors.token_list(user=request.user, owner=request.user)
-        return render(
+        response = render(
             request, self.template_name, {"form": form, "tokens": my_tokens, "new_token": new_token}, status=status
         )
+        if new_token:  # a page carrying a secret is never kept by a cache (nor shown again by Back)
+            add_never_cache_headers(response)
+        return response
 
     def get(self, request):
-        return self._render(request, TokenCreateForm())
+        return self._render(request, TokenCreateForm(), new_token=request.session.pop(NEW_TOKEN_SESSION_KEY, None))
 
     def post(self, request):
         if "revoke" in request.POST:
@@ -226,12 +235,13 @@ class TokenListView(ConsoleViewMixin, View):
         form = TokenCreateForm(request.POST)
         if form.is_valid():
             try:
-                _token, raw = tokens.token_create(actor=request.user, user=request.user, **form.cleaned_data)
+                token, raw = tokens.token_create(actor=request.user, user=request.user, **form.cleaned_data)
             except ApplicationError as error:
                 apply_error(form, error)
             else:
-                # Shown once, in this response only; never stored in plain text.
-                return self._render(request, TokenCreateForm(), new_token=raw)
+                # Never stored in plain text: it waits in this person's session for the next page, which pops it.
+                request.session[NEW_TOKEN_SESSION_KEY] = {"name": token.name, "value": raw}
+                return redirect("tokens")
         return self._render(request, form, status=400)
 
 

@@ -70,7 +70,7 @@ def test_user_manager_sees_everyones_tokens_others_only_their_own(api, admin, en
 
 def test_tokens_page_shows_the_new_token_once(client, auditor):
     client.force_login(auditor)
-    page = client.post("/tokens/", {"name": "notebook"}).content.decode()
+    page = client.post("/tokens/", {"name": "notebook"}, follow=True).content.decode()
     raw = page.split('id="new-token-value">')[1].split("<")[0]
     assert raw.startswith("lld_")
     assert raw not in client.get("/tokens/").content.decode()
