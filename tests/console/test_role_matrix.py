@@ -124,7 +124,7 @@ MATRIX = [
     row("get", "/grants/", LOGIN, 403, 403, 403, 200),
     row("post", "/grants/", LOGIN, 403, 403, 403, 302, data=GRANT),
     row("get", "/tokens/", LOGIN, 403, 200, 200, 200),
-    row("post", "/tokens/", LOGIN, 403, 200, 200, 200, data={"name": "laptop"}),
+    row("post", "/tokens/", LOGIN, 403, 302, 302, 302, data={"name": "laptop"}),
     row("get", "/credentials/", LOGIN, 200, 200, 200, 200),
     row("post", "/credentials/", LOGIN, 403, 403, 302, 302, data=NEW_CREDENTIAL),
     row("get", "/credentials/{credential}/", LOGIN, 404, 403, 200, 200, route="/credentials/<int:pk>/"),
