@@ -46,6 +46,7 @@ PK_OWNERS = {
     "models/": "models",
     "deployments/images/": "images",
     "deployments/": "deployments",
+    "jobs/": "jobs",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
@@ -62,7 +63,8 @@ def _routes(patterns, prefix: str = ""):
 def _url(route: str, seeded: dict[str, int]) -> str:
     if "<int:pk>" not in route:
         return "/" + route
-    owner = next(owner for start, owner in PK_OWNERS.items() if route.startswith(start))
+    owner = next((owner for start, owner in PK_OWNERS.items() if route.startswith(start)), None)
+    assert owner, f"{route}: name the seeded object its <pk> stands for in PK_OWNERS"
     return "/" + route.replace("<int:pk>", str(seeded[owner]))
 
 
