@@ -1,4 +1,4 @@
-"""The navigation, as data: each entry shows only to users who hold its action."""
+"""The navigation, as data: each entry shows only to users who hold its action, the action its page requires."""
 
 from __future__ import annotations
 
@@ -24,9 +24,13 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("inventory", _("Inventory"), "hosts", roles.VIEW),
     NavItem("models", _("Models"), "models", roles.VIEW),
     NavItem("deployments", _("Deployments"), "deployments", roles.VIEW),
-    NavItem("credentials", _("Credentials"), "credentials", roles.ADD_MODEL),
+    NavItem("jobs", _("Jobs"), "jobs", roles.VIEW),
+    # The same action as each page's view (ConsoleViewMixin.permission_action): a page a role may open is in its
+    # menu (the credentials list is read-only without add_model, e.g. for auditors).
+    NavItem("credentials", _("Credentials"), "credentials", roles.VIEW),
     NavItem("audit", _("Audit log"), "audit-events", roles.VIEW_DATA),
     NavItem("access", _("Users & access"), "users", roles.MANAGE_USERS),
+    NavItem("teams", _("Teams"), "teams", roles.MANAGE_USERS),
     NavItem("api", _("API"), "api:docs", roles.VIEW),
 )
 

@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from console import views
+from console.accounts import team_views
 from console.accounts import views as accounts
 
 urlpatterns = [
@@ -15,6 +16,8 @@ urlpatterns = [
     path("users/<int:pk>/password/", accounts.UserPasswordResetView.as_view(), name="user-password-reset"),
     path("account/password/", accounts.PasswordChangeView.as_view(), name="password-change"),
     path("grants/", accounts.GrantsView.as_view(), name="grants"),
+    path("teams/", team_views.TeamListView.as_view(), name="teams"),
+    path("teams/<int:pk>/", team_views.TeamDetailView.as_view(), name="team-detail"),
     path("tokens/", accounts.TokenListView.as_view(), name="tokens"),
     path("credentials/", accounts.CredentialListView.as_view(), name="credentials"),
     path("credentials/<int:pk>/", accounts.CredentialDetailView.as_view(), name="credential-detail"),
@@ -23,5 +26,6 @@ urlpatterns = [
     path("inventory/", include("deployments.inventory.urls")),
     path("models/", include("deployments.registry.urls")),
     path("deployments/", include("deployments.serving.urls")),
+    path("jobs/", include("deployments.jobs.urls")),
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

@@ -236,6 +236,8 @@ MATRIX = [
         302,
         route="/models/sources/endpoints/<int:pk>/remove/",
     ),
+    row("get", "/jobs/", LOGIN, 403, 200, 200, 200),
+    row("get", "/jobs/{job}/", LOGIN, 403, 200, 200, 200, route="/jobs/<int:pk>/"),
     row("get", "/deployments/", LOGIN, 200, 200, 200, 200),
     row("get", "/deployments/new/", LOGIN, 403, 403, 403, 200),
     row("post", "/deployments/new/", LOGIN, 403, 403, 403, 302, data=DEPLOY_FORM),

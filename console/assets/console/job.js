@@ -1,4 +1,4 @@
-// A job's output, live, on the model page: /ws/jobs/<id>/ (see console/streams.py for the protocol).
+// A job's output, live, on the model and job pages: /ws/jobs/<id>/ (see console/streams.py for the protocol).
 // The page starts empty and subscribes after seq 0, so the backlog fills it and a reload loses nothing.
 // Items are dropped when their seq was already shown; a reconnect (with backoff) resumes after the last seq.
 // "progress" items drive the progress bar; "log" and "event" items become lines (always as textContent).
