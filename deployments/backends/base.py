@@ -144,6 +144,11 @@ class Backend(ABC):
         except (requests.RequestException, ValueError):
             return None
 
+    def server_name(self, info: dict | None) -> str:
+        """What answers at a deployment's endpoint, in words, from its /info."""
+        version = (info or {}).get("version")
+        return f"{self.label} {version}" if version else self.label
+
     def diagnose(self, lines: Iterable[str], *, exit_code: int | None = None, context: dict | None = None) -> Diagnosis:
         """The cause of a failed launch, read from its log with this backend's rules."""
         return run_rules(lines, self.rules, exit_code=exit_code, context=context)

@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from console import roles
 from console.fields import EncryptedSecretField
+from deployments.backends.tgi.launch import DEVELOPMENT_SERVER_NAME
 from deployments.inventory.models import Host
 from deployments.jobs.models import Job
 from deployments.registry.models import ModelArtifact
@@ -117,6 +118,8 @@ class Deployment(models.Model):
     log_cursor = models.BigIntegerField(default=0)  # how far the server's output was copied into the job log
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     command = models.JSONField(_("command line"), default=list, blank=True)
+    # What answers at the endpoint, as its /info says (TGI and its version, or the development server).
+    server = models.CharField(_("server"), max_length=200, blank=True)
     failure_cause = models.CharField(_("cause"), max_length=60, blank=True)
     failure_detail = models.TextField(_("what happened"), blank=True)
     next_step = models.TextField(_("next step"), blank=True)
@@ -133,6 +136,11 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def runs_development_server(self) -> bool:
+        """The project's CPU development server answers, not the backend it stands in for."""
+        return self.server.startswith(DEVELOPMENT_SERVER_NAME)
 
     @property
     def holder(self) -> str:

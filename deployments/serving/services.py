@@ -297,8 +297,8 @@ def deployment_delete(*, actor, deployment: Deployment) -> None:
 
 # -- reported by workers -----------------------------------------------------------------------------------------
 @transaction.atomic
-def deployment_running(deployment: Deployment, *, endpoint: str, info: dict | None) -> None:
-    set_state(deployment, State.RUNNING, endpoint=endpoint)
+def deployment_running(deployment: Deployment, *, endpoint: str, info: dict | None, server: str = "") -> None:
+    set_state(deployment, State.RUNNING, endpoint=endpoint, server=server)
     audit.record(
         action="deployment.running",
         actor=None,
@@ -306,7 +306,7 @@ def deployment_running(deployment: Deployment, *, endpoint: str, info: dict | No
         target=deployment,
         detail={
             "endpoint": endpoint,
-            "server": (info or {}).get("version"),
+            "server": server or (info or {}).get("version"),
             "max_total_tokens": (info or {}).get("max_total_tokens"),
         },
     )

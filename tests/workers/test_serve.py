@@ -42,6 +42,7 @@ def test_startup_prints_tgi_lines_and_listens_only_when_ready(server):
         "Starting check and download process for",
         "Files are already present on the host",
         "Starting shard rank=0",
+        "This is not Text Generation Inference",  # says plainly what it is (issue 13 item 5)
         "Shard ready in",
         "Warming up model",
         "Setting max batch total tokens to",
@@ -50,7 +51,9 @@ def test_startup_prints_tgi_lines_and_listens_only_when_ready(server):
     positions = [next(i for i, line in enumerate(server.lines) if marker in line) for marker in order]
     assert positions == sorted(positions)
     assert server.refused_before_ready, "the port must be closed while the model loads (as TGI)"
+    assert not any("text_generation_" in line or "backend V3" in line for line in server.lines)  # TGI's names
     info = requests.get(f"{server.url}/info", timeout=5).json()
+    assert info["served_by"] == "workers.jobs.serve" and info["router"] != "text-generation-router"
     assert info["max_input_tokens"] == 200 and info["max_total_tokens"] == 256
     assert info["max_concurrent_requests"] == 3 and info["model_id"].endswith("tiny")
     assert requests.get(f"{server.url}/health", timeout=5).content == b""

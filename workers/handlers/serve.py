@@ -190,7 +190,7 @@ class ServeHandler(Handler):
             lifecycle.set_state(deployment, State.STARTING)
         watch.key = new_server_key(deployment)
         run = run_spec(deployment, spec, artifact, server_key=watch.key)
-        ctx.log("starting: text-generation-launcher " + " ".join(run.args))
+        ctx.log("starting the server with: " + " ".join(run.args))
         try:
             watch.handle = watch.runtime.start(run)
         except RuntimeFailure as failure:
@@ -205,9 +205,13 @@ class ServeHandler(Handler):
             runtime_ref=watch.handle.ref,
             port=watch.handle.port,
             endpoint=watch.handle.endpoint,
-            command=["text-generation-launcher", *run.args],
+            command=watch.handle.command or [watch.backend.flags.program, *run.args],
+            server="",
         )
-        ctx.log(f"started {watch.handle.name} ({watch.handle.ref}); waiting for {watch.handle.endpoint}/health")
+        ctx.log(
+            f"started {watch.handle.name} ({watch.handle.ref}): {' '.join(watch.handle.command) or run.args[0]}; "
+            f"waiting for {watch.handle.endpoint}/health"
+        )
 
     def _check_deadline(self, ctx: JobContext, deployment: Deployment, watch: _Watch | None) -> None:
         deployment.refresh_from_db(fields=["deadline", "state"])
@@ -242,9 +246,12 @@ class ServeHandler(Handler):
                 if watch.backend.health(watch.handle.endpoint, timeout=2, key=watch.key):
                     info = watch.backend.info(watch.handle.endpoint, key=watch.key)
                     if info is not None:
-                        lifecycle.deployment_running(deployment, endpoint=watch.handle.endpoint, info=info)
+                        server = watch.backend.server_name(info)
+                        lifecycle.deployment_running(
+                            deployment, endpoint=watch.handle.endpoint, info=info, server=server
+                        )
                         ctx.log(
-                            f"running: {watch.handle.endpoint} answers /health and /info "
+                            f"running: {server} at {watch.handle.endpoint} answers /health and /info "
                             f"(max_total_tokens {info.get('max_total_tokens')})"
                         )
                         Deployment.objects.filter(pk=deployment.pk).update(restart_count=0)

@@ -57,11 +57,16 @@ class StartupError(Exception):
         self.final = f'Error: {kind}("{detail}")' if detail else f"Error: {kind}"
 
 
-# -- logging in TGI's shape -------------------------------------------------------------------------------
+# -- logging: TGI's line shape (the console's diagnosis reads it), this program's own names -----------------
 _JSON = False
+TARGET = "llmdeploy_serve"  # where TGI would say text_generation_launcher or text_generation_router*
+BANNER = (
+    "llmdeploy development server (serve.py): transformers on {device}, speaking TGI's HTTP protocol. "
+    "This is not Text Generation Inference; use TGI or vLLM images for production."
+)
 
 
-def log(level: str, message: str, *, target: str = "text_generation_launcher", span: str = "", **fields) -> None:
+def log(level: str, message: str, *, target: str = TARGET, span: str = "", **fields) -> None:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if _JSON:
         print(
@@ -126,7 +131,7 @@ def _hostname(value: str) -> str:
         return value
     except ValueError:
         # As TGI: a HOSTNAME leaked from the environment (a container id) is not an address.
-        log("WARN", "Invalid hostname, defaulting to 0.0.0.0", target="text_generation_router::server")
+        log("WARN", "Invalid hostname, defaulting to 0.0.0.0", target=f"{TARGET}::api")
         return "0.0.0.0"  # noqa: S104 - TGI's behaviour; the console binds the published port to loopback
 
 
@@ -323,7 +328,7 @@ def kv_bytes_per_token(config, dtype: str) -> int:
 def warm_up(model, tokenizer, device: str, prefill_tokens: int) -> None:
     import torch
 
-    log("INFO", "Warming up model", target="text_generation_router_v3")
+    log("INFO", "Warming up model", target=f"{TARGET}::engine")
     tokens = torch.full((1, max(prefill_tokens, 2)), tokenizer.bos_token_id or 0, dtype=torch.long, device=device)
     try:
         with torch.no_grad():
@@ -389,6 +394,7 @@ def serve(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache)
     log("INFO", "Starting shard rank=0", span="shard-manager")
     device = _pick_device(args.device)
+    log("INFO", BANNER.format(device=device))
     model, tokenizer, dtype, config = load(args, model_dir, device)
     log("INFO", f"Shard ready in {time.monotonic() - started:.1f}s rank=0", span="shard-manager")
 
@@ -402,20 +408,19 @@ def serve(args: argparse.Namespace) -> int:
     per_token = kv_bytes_per_token(config, dtype)
     free = available_memory(device, float(args.cuda_memory_fraction)) * 0.9
     capacity = max(int(free // per_token), 1)
-    log("INFO", f"KV-cache blocks: {capacity}, size: 1", target="text_generation_launcher")
-    log("INFO", f"Setting max batch total tokens to {capacity}", target="text_generation_router_v3")
+    log("INFO", f"KV-cache blocks: {capacity}, size: 1", target=TARGET)
+    log("INFO", f"Setting max batch total tokens to {capacity}", target=f"{TARGET}::engine")
     if args.max_total_tokens and args.max_total_tokens > capacity:
         message = f"Not enough memory to handle `max_total_tokens={args.max_total_tokens}`"
         raise StartupError(
             "WebserverFailed", message, f"Error: Backend(NotEnoughMemory({args.max_total_tokens}))", "Webserver Crashed"
         )
-    log("INFO", "Using backend V3", target="text_generation_router_v3")
     if not args.max_total_tokens:
         args.max_total_tokens = min(capacity, limit)
-        log("INFO", f"Maximum total tokens defaulted to {args.max_total_tokens}", target="text_generation_router")
+        log("INFO", f"Maximum total tokens defaulted to {args.max_total_tokens}", target=f"{TARGET}::api")
     if not args.max_input_tokens:
         args.max_input_tokens = args.max_total_tokens - 1
-        log("INFO", f"Maximum input tokens defaulted to {args.max_input_tokens}", target="text_generation_router")
+        log("INFO", f"Maximum input tokens defaulted to {args.max_input_tokens}", target=f"{TARGET}::api")
 
     metrics = Metrics(max_input_tokens=args.max_input_tokens, max_total_tokens=args.max_total_tokens)
     limits = Limits(
@@ -433,7 +438,7 @@ def serve(args: argparse.Namespace) -> int:
     api: ServeApp | None = None
 
     def unhealthy(message: str) -> None:
-        log("ERROR", message, target="text_generation_router_v3::backend")
+        log("ERROR", message, target=f"{TARGET}::engine")
         if api is not None:
             api.healthy = False
 
@@ -452,8 +457,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     engine.start()
     sock = _bind(host, port)
-    log("INFO", "Connected", target="text_generation_router::server")
-    log("INFO", f"Serving on http://{host}:{port}", target="text_generation_router::server")
+    log("INFO", "Connected", target=f"{TARGET}::api")
+    log("INFO", f"Serving on http://{host}:{port}", target=f"{TARGET}::api")
     config = uvicorn.Config(
         api.app(),
         log_level="warning",
@@ -464,7 +469,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     server = _server_class()(config)
     server.run(sockets=[sock])
-    log("INFO", "signal received, starting graceful shutdown", target="text_generation_router::server")
+    log("INFO", "signal received, starting graceful shutdown", target=f"{TARGET}::api")
     log("INFO", "Terminating webserver")
     engine.stop()
     log("INFO", "webserver terminated")

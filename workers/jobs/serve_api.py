@@ -445,7 +445,7 @@ class ServeApp:
                 "max_total_tokens": limits.max_total_tokens,
                 "validation_workers": limits.validation_workers,
                 "max_client_batch_size": limits.max_client_batch_size,
-                "router": "text-generation-router",
+                "router": "llmdeploy-serve",  # not TGI's router: the console tells them apart by served_by
                 "version": VERSION,
                 "sha": None,
                 "docker_label": None,

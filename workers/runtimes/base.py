@@ -62,6 +62,7 @@ class Handle:
     labels: dict[str, str]
     port: int
     endpoint: str  # http://address:port the console uses
+    command: list[str] = field(default_factory=list)  # the program and arguments that run (TGI, or serve.py)
 
 
 @dataclass

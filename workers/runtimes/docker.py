@@ -183,6 +183,14 @@ def _published(attrs: dict) -> tuple[str, int]:
     return "", 0
 
 
+def _command(config: dict) -> list[str]:
+    """The image's entrypoint and the arguments, without the wrapper that loads secret variables."""
+    entrypoint = list(config.get("Entrypoint") or [])
+    if entrypoint[:2] == [SHELL, "-c"] and len(entrypoint) >= 4 and entrypoint[3] == "sh":
+        entrypoint = entrypoint[4:]
+    return entrypoint + list(config.get("Cmd") or [])
+
+
 def handle_from_attrs(attrs: dict) -> Handle:
     address, port = _published(attrs)
     host = address if address not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - read, not bound
@@ -194,6 +202,7 @@ def handle_from_attrs(attrs: dict) -> Handle:
         labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
         port=port,
         endpoint=f"http://{host}:{port}",
+        command=_command(attrs.get("Config") or {}),
     )
 
 

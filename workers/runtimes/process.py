@@ -73,6 +73,7 @@ class ProcessRuntime:
             labels=record["labels"],
             port=record["port"],
             endpoint=record["endpoint"],
+            command=list(record.get("command") or []),
         )
 
     @staticmethod

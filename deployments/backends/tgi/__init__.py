@@ -47,6 +47,11 @@ class TgiBackend(Backend):
     rules = BOOK
     spec_checks = CHECKS
 
+    def server_name(self, info: dict | None) -> str:
+        if (info or {}).get("served_by") == launch.DEVELOPMENT_SERVER:
+            return f"{launch.DEVELOPMENT_SERVER_NAME} {(info or {}).get('version') or ''}".strip()
+        return super().server_name(info)
+
     def launch_plan(self, **where: Any) -> LaunchPlan:
         return launch.launch_plan(**where)
 

@@ -36,6 +36,9 @@ ALLOWED_ENV = frozenset(
 # The launcher reads its key from API_KEY. Upstream TGI then passes it on to text-generation-router as
 # `--api-key <key>`, so on a host the router's command line carries it (docs/operations.md, threat model).
 SERVER_KEY_ENV = "API_KEY"
+# /info's `served_by` of the project's CPU development server (workers/jobs/serve.py), which stands in for TGI.
+DEVELOPMENT_SERVER = "workers.jobs.serve"
+DEVELOPMENT_SERVER_NAME = "serve.py"  # how the console names it (Deployment.server starts with it)
 # LOG_LEVEL is a tracing filter: a level, or directives such as `warn,text_generation_router=debug`. At debug or
 # trace the router logs every prompt and output (`Input: ...`, `Output: ...`), and a directive that names a
 # target without a level enables trace for it, so only these levels pass. No other allowed variable logs requests.

@@ -62,7 +62,9 @@ def test_docker_deployment_killed_behind_the_consoles_back(admin, client, image,
     assert key not in json.dumps(client.api.inspect_container(handle.ref))
     assert key not in json.dumps(client.api.top(handle.ref, ps_args="-eo pid,args"))
     assert container.attrs["Config"]["Entrypoint"][:2] == ["/bin/sh", "-c"]
-    assert container.attrs["Args"][-len(deployment.command) :] == [LAUNCHER, *deployment.command[1:]]  # what runs
+    assert deployment.command[0] == LAUNCHER  # the image's entrypoint (here the shim to serve.py), without the wrapper
+    assert container.attrs["Args"][-len(deployment.command) :] == deployment.command  # what the page shows runs
+    assert deployment.runs_development_server  # /info said so: the shim runs serve.py
     mounts = {mount["Destination"]: mount for mount in container.attrs["Mounts"]}
     assert mounts["/run/secrets/env-api_key"]["RW"] is False
     assert container.attrs["Config"]["Labels"]["llmdeploy.name"] == "docker-tiny"

@@ -54,7 +54,10 @@ def test_launch_run_generate_stop(admin, tiny):
     deployment = wait_state(deployment, {Deployment.State.RUNNING, Deployment.State.FAILED})
     assert deployment.state == Deployment.State.RUNNING, deployment.failure_detail
     assert deployment.endpoint.startswith("http://127.0.0.1:")
-    assert deployment.command[0] == "text-generation-launcher" and "--usage-stats" in deployment.command
+    # Issue 13 item 5: what runs is named plainly: serve.py here (no TGI on this machine), in the command, the
+    # server name and the log, not TGI's launcher.
+    assert deployment.command[1:3] == ["-m", "workers.jobs.serve"] and "--usage-stats" in deployment.command
+    assert deployment.server.startswith("serve.py") and deployment.runs_development_server
     key = {"Authorization": f"Bearer {deployment.server_key.reveal()}"}  # the console's alone (item 4)
     response = Client(deployment.endpoint, headers=key, timeout=60).generate("hello", max_new_tokens=5)
     assert response.details.generated_tokens == 5
@@ -74,6 +77,9 @@ def test_launch_run_generate_stop(admin, tiny):
     assert lines.count() == job.log_seq and list(lines.values_list("seq", flat=True)) == list(range(1, job.log_seq + 1))
     server = list(lines.filter(stream="server").values_list("text", flat=True))
     assert any("Connected" in line for line in server) and any("signal received" in line for line in server)
+    assert any("This is not Text Generation Inference" in line for line in server)
+    assert not any("text_generation_router" in line or "Using backend V3" in line for line in server)
+    assert any(line.startswith("running: serve.py") for line in lines.values_list("text", flat=True))
     actions = set(
         AuditEvent.objects.filter(target_id=str(deployment.pk), target_type="deployments.deployment").values_list(
             "action", flat=True
