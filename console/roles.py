@@ -25,7 +25,7 @@ ACTIONS: dict[str, str] = {
     USE_DEPLOYMENT: _("Use deployments (playground, benchmark)"),
     FINETUNE: _("Start fine-tune and quantize jobs"),
     VIEW_DATA: _("View dataset contents, prompts, the audit log and its exports"),
-    MANAGE_USERS: _("Manage roles, grants and other users' tokens"),
+    MANAGE_USERS: _("Manage roles, teams, grants and other users' tokens"),
 }
 
 ADMIN = "admin"

@@ -1,8 +1,9 @@
-"""Accounts API: me, users and roles, grants, tokens, credentials."""
+"""Accounts API: me, users and roles, teams, grants, tokens, credentials."""
 
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model, update_session_auth_hash
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -13,7 +14,7 @@ from console import roles
 from console.accounts import selectors
 from console.accounts import serializers as api_serializers
 from console.accounts.models import ApiToken, Credential
-from console.accounts.services import access, credentials, passwords, tokens
+from console.accounts.services import access, credentials, passwords, teams, tokens
 from console.api.viewsets import ConsoleModelViewSet
 from console.permissions import require
 
@@ -137,6 +138,65 @@ class GrantViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["post"])
     def revoke(self, request):
         self._apply(request, access.object_revoke)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TeamViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Teams: they own deployments and credentials and receive grants. Needs manage_users. PUT/PATCH renames;
+    DELETE refuses (400) while the team owns anything. Members are listed, added and removed under .../members/."""
+
+    serializer_class = api_serializers.TeamSerializer
+    search_fields = ["name"]
+    ordering_fields = ["name"]
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        require(request.user, roles.MANAGE_USERS)  # before any input is validated
+
+    def get_queryset(self):
+        return selectors.team_list()  # role groups are not teams: a role's id is a 404 here
+
+    def perform_create(self, serializer):
+        serializer.instance = teams.team_create(actor=self.request.user, name=serializer.validated_data["name"])
+
+    def perform_update(self, serializer):
+        name = serializer.validated_data.get("name", serializer.instance.name)
+        serializer.instance = teams.team_rename(actor=self.request.user, team=serializer.instance, name=name)
+
+    def perform_destroy(self, instance):
+        teams.team_delete(actor=self.request.user, team=instance)
+
+    @extend_schema(
+        methods=["GET"], request=None, responses=api_serializers.TeamSerializer, summary="The team's members"
+    )
+    @extend_schema(
+        methods=["POST"],
+        request=api_serializers.TeamMemberSerializer,
+        responses=api_serializers.TeamSerializer,
+        summary="Add a member",
+    )
+    @action(detail=True, methods=["get", "post"], url_path="members")
+    def members(self, request, pk=None):
+        team = self.get_object()
+        if request.method == "POST":
+            serializer = api_serializers.TeamMemberSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            teams.team_member_add(actor=request.user, team=team, user=serializer.validated_data["username"])
+        return Response(api_serializers.TeamSerializer(team).data)
+
+    @extend_schema(request=None, responses={204: None}, summary="Remove a member")
+    @action(detail=True, methods=["delete"], url_path=r"members/(?P<username>[^/]+)")
+    def member_remove(self, request, pk=None, username=None):
+        team = self.get_object()
+        person = get_object_or_404(selectors.team_members(team=team), username=username)
+        teams.team_member_remove(actor=request.user, team=team, user=person)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

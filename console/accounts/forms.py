@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.urls import reverse_lazy
 from django.utils.translation import gettext_lazy as _
 
 from console import roles
@@ -128,4 +129,36 @@ class PasswordResetForm(forms.Form):
         label=_("Also revoke their API tokens"),
         required=False,
         help_text=_("When the old password may have leaked."),
+    )
+
+
+class TeamForm(forms.Form):
+    """Create or rename a team (the service checks the name)."""
+
+    name = forms.CharField(
+        label=_("Team name"),
+        max_length=150,
+        widget=forms.TextInput(attrs={"class": "form-control", "autocomplete": "off"}),
+        help_text=_("Letters, digits, spaces, '-', '_' and '.'; not a role name."),
+    )
+
+
+class TeamMemberForm(forms.Form):
+    """Add a member by username, chosen from a list that filters as one types."""
+
+    username = forms.ModelChoiceField(
+        label=_("Username"),
+        queryset=User.objects.filter(is_active=True),
+        to_field_name="username",
+        widget=forms.TextInput(
+            attrs={
+                "class": "form-control",
+                "list": "user-options",
+                "autocomplete": "off",
+                "data-suggest-url": reverse_lazy("api:user-list"),
+                "data-suggest-param": "search",
+                "data-suggest-value": "username",
+            }
+        ),
+        error_messages={"invalid_choice": _("No active user has this username.")},
     )

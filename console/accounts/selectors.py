@@ -63,6 +63,39 @@ def team_list():
     return Group.objects.exclude(name__in=list(roles.ROLES)).order_by("name")
 
 
+def team_members(*, team) -> QuerySet:
+    return team.user_set.order_by("username")
+
+
+def team_holdings(*, team) -> dict[str, int]:
+    """What a team owns, by kind, leaving out kinds it owns none of: rows of every model with a foreign key to
+    the team (deployments, credentials, and any later kind such as quotas) and grants to it or on it. Found
+    through the model registry, so this layer imports no domain above it."""
+    from django.apps import apps
+    from django.contrib.contenttypes.models import ContentType
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    held: dict[str, int] = {}
+    for model in apps.get_models():
+        if model._meta.app_label in ("auth", "guardian"):
+            continue
+        for field in model._meta.get_fields():
+            if field.many_to_one and field.concrete and field.related_model is Group:
+                count = model._default_manager.filter(**{field.name: team}).count()
+                if count:
+                    label = str(model._meta.verbose_name if count == 1 else model._meta.verbose_name_plural)
+                    held[label] = held.get(label, 0) + count
+    on_team = {"content_type": ContentType.objects.get_for_model(Group), "object_pk": str(team.pk)}
+    grants = (
+        GroupObjectPermission.objects.filter(group=team).count()
+        + GroupObjectPermission.objects.filter(**on_team).count()
+        + UserObjectPermission.objects.filter(**on_team).count()
+    )
+    if grants:
+        held["grant" if grants == 1 else "grants"] = grants
+    return held
+
+
 def password_change_required(user) -> bool:
     """Whether user still holds a temporary password set by an admin (one query)."""
     return PasswordState.objects.filter(user_id=user.pk, must_change=True).exists()

@@ -146,3 +146,24 @@ class GrantRowSerializer(serializers.Serializer):
 
 class RolesSerializer(serializers.Serializer):
     roles = serializers.ListField(child=serializers.ChoiceField(choices=list(roles.ROLES)), allow_empty=True)
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    """A team: its name (unique, never a role's) and its members' usernames (changed through .../members/)."""
+
+    members = serializers.SerializerMethodField(help_text="Usernames of the members, sorted.")
+
+    class Meta:
+        model = Group
+        fields = ["id", "name", "members"]
+        read_only_fields = ["id"]
+        extra_kwargs = {"name": {"validators": []}}  # the service checks names (case aside, roles excluded)
+
+    def get_members(self, team) -> list[str]:
+        return sorted(team.user_set.values_list("username", flat=True))
+
+
+class TeamMemberSerializer(serializers.Serializer):
+    username = serializers.SlugRelatedField(
+        slug_field="username", queryset=User.objects.filter(is_active=True), help_text="An active user's username."
+    )

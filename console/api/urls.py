@@ -14,6 +14,7 @@ router = DefaultRouter(trailing_slash=True)
 router.include_format_suffixes = False  # one URL per resource: ?format= is enough
 router.register("users", accounts_api.UserViewSet, basename="user")
 router.register("grants", accounts_api.GrantViewSet, basename="grant")
+router.register("teams", accounts_api.TeamViewSet, basename="team")
 router.register("tokens", accounts_api.TokenViewSet, basename="token")
 router.register("credentials", accounts_api.CredentialViewSet, basename="credential")
 router.register("audit/events", audit_api.AuditEventViewSet, basename="audit-event")

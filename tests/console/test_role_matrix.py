@@ -7,6 +7,7 @@ user may not see: 404. `test_every_route_is_in_the_matrix` fails when a new rout
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Group
 from django.urls import URLPattern, URLResolver, get_resolver
 
 import audit
@@ -123,6 +124,20 @@ MATRIX = [
     row("post", "/account/password/", LOGIN, 400, 400, 400, 400, data={"current_password": "wrong"}),
     row("get", "/grants/", LOGIN, 403, 403, 403, 200),
     row("post", "/grants/", LOGIN, 403, 403, 403, 302, data=GRANT),
+    row("get", "/teams/", LOGIN, 403, 403, 403, 200),
+    row("post", "/teams/", LOGIN, 403, 403, 403, 302, data={"name": "matrix new team"}),
+    row("get", "/teams/{team}/", LOGIN, 403, 403, 403, 200, route="/teams/<int:pk>/"),
+    row(
+        "post",
+        "/teams/{team}/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        route="/teams/<int:pk>/",
+        data={"op": "add", "username": "audrey-auditor"},
+    ),
     row("get", "/tokens/", LOGIN, 403, 200, 200, 200),
     row("post", "/tokens/", LOGIN, 403, 302, 302, 302, data={"name": "laptop"}),
     row("get", "/credentials/", LOGIN, 200, 200, 200, 200),
@@ -522,6 +537,33 @@ MATRIX = [
     row("get", "/api/v1/grants/", 401, 403, 403, 403, 200),
     row("post", "/api/v1/grants/", 401, 403, 403, 403, 201, data=GRANT),
     row("post", "/api/v1/grants/revoke/", 401, 403, 403, 403, 204, data=GRANT),
+    row("get", "/api/v1/teams/", 401, 403, 403, 403, 200),
+    row("post", "/api/v1/teams/", 401, 403, 403, 403, 201, data={"name": "matrix api team"}),
+    row("get", "/api/v1/teams/{team}/", 401, 403, 403, 403, 200, route="/api/v1/teams/<pk>/"),
+    row("patch", "/api/v1/teams/{team}/", 401, 403, 403, 403, 200, route="/api/v1/teams/<pk>/", data={"name": "t2"}),
+    row("delete", "/api/v1/teams/{team}/", 401, 403, 403, 403, 204, route="/api/v1/teams/<pk>/"),
+    row("get", "/api/v1/teams/{team}/members/", 401, 403, 403, 403, 200, route="/api/v1/teams/<pk>/members/"),
+    row(
+        "post",
+        "/api/v1/teams/{team}/members/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        route="/api/v1/teams/<pk>/members/",
+        data={"username": "audrey-auditor"},
+    ),
+    row(
+        "delete",
+        "/api/v1/teams/{team}/members/erin-engineer/",
+        401,
+        403,
+        403,
+        403,
+        204,
+        route="/api/v1/teams/<pk>/members/<username>/",
+    ),
     row("get", "/api/v1/tokens/", 401, 200, 200, 200, 200),
     row("post", "/api/v1/tokens/", 401, 201, 201, 201, 201, data={"name": "ci"}),
     row("get", "/api/v1/tokens/{admin_token}/", 401, 404, 404, 404, 200, route="/api/v1/tokens/<pk>/"),
@@ -594,6 +636,8 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
     event = audit.record(action="test.matrix", actor=users["admin"], target=credential)
     host = Host.objects.create(name="matrix-node")
     gpu = Gpu.objects.create(host=host, index=0, name="NVIDIA H200", memory_total=150754820096)
+    team = Group.objects.create(name="matrix-team")  # owns nothing; the engineer is a member
+    team.user_set.add(users["engineer"])
     ids = {
         "admin": users["admin"].pk,
         "engineer": users["engineer"].pk,
@@ -602,6 +646,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         "event": event.pk,
         "host": host.pk,
         "gpu": gpu.pk,
+        "team": team.pk,
         **_registry_ids(),
         **_deployment_ids(tmp_path),
     }

@@ -13,7 +13,18 @@ from tests.factories import PASSWORD, UserFactory
 pytestmark = pytest.mark.browser
 
 EXPECTED_NAV = {
-    "admin": ["dashboard", "inventory", "models", "deployments", "jobs", "credentials", "audit", "access", "teams", "api"],
+    "admin": [
+        "dashboard",
+        "inventory",
+        "models",
+        "deployments",
+        "jobs",
+        "credentials",
+        "audit",
+        "access",
+        "teams",
+        "api",
+    ],
     "engineer": ["dashboard", "inventory", "models", "deployments", "jobs", "credentials", "api"],
     "auditor": ["dashboard", "inventory", "models", "deployments", "jobs", "credentials", "audit", "api"],
 }
