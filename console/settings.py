@@ -58,6 +58,9 @@ JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)
 JOB_CANCEL_POLL_SECONDS = float(env_str("JOB_CANCEL_POLL_SECONDS", "1"))
 # More modules registering job kinds (the test suite adds its own probes).
 DOWNLOAD_CHUNK_BYTES = env_int("DOWNLOAD_CHUNK_BYTES", 8 * 2**20)
+# Seconds an interactive call (adding a model, resolving, sizing) waits for a model source to accept a
+# connection; an unreachable Hub answers within this, not after minutes of retries. Downloads keep their own.
+HUB_CONNECT_TIMEOUT = float(env_str("HUB_CONNECT_TIMEOUT", "5"))
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
 HOST_OFFLINE_SECONDS = env_int("HOST_OFFLINE_SECONDS", 90)
 # Set on a GPU host's worker: it then reports that host's GPUs and heartbeats (workers/agent.py).
@@ -191,6 +194,9 @@ CHANNEL_LAYERS = {
         },
     }
 }
+# A live subscriber that heard nothing for this long checks the stream's committed head and sends what it lacks
+# (a lost tail of live messages, the end of a finished job's stream).
+STREAM_IDLE_CHECK_MS = env_int("STREAM_IDLE_CHECK_MS", 2000)
 
 CELERY_BROKER_URL = celery_url(REDIS_URL)
 CELERY_RESULT_BACKEND = celery_url(REDIS_URL)

@@ -20,6 +20,7 @@ from django.db import close_old_connections, connection
 
 from deployments.inventory.services import host_report, hosts_mark_offline
 from deployments.jobs.reaper import jobs_orphaned_by_restart
+from deployments.registry.layout import ensure_store
 from workers.nvml import discover, load_nvml
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def start_agent(**kwargs) -> None:
     name = settings.AGENT_HOST_NAME
     if not name:
         return
+    ensure_store(settings.MODEL_STORE)  # this host's downloads and imports land there
     host = report_once(name)
     connection.close()
     logger.info("agent %s: registered with %d GPU(s)", name, host.gpus.count())

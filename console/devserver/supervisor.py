@@ -20,6 +20,7 @@ from pathlib import Path
 from django.conf import settings
 
 from console.devserver import embedded_redis
+from deployments.registry.layout import ensure_store
 from workers.agent import local_host_name
 
 
@@ -94,6 +95,7 @@ class Supervisor:
         return env
 
     def start(self) -> None:
+        ensure_store(settings.MODEL_STORE)  # before the web answers: imports go there on a fresh install
         if not os.environ.get("REDIS_URL"):
             self.redis = embedded_redis.start(Path(settings.DATA_DIR))
             self.say(f"redis: private redis-server on {self.redis.url} (port {self.redis.port})")

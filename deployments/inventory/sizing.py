@@ -15,6 +15,7 @@ from console.errors import ApplicationError
 from console.permissions import require
 from deployments.inventory.capacity import inventory_capacity
 from deployments.registry.endpoints import allow_listed_hops, check_url, hub_endpoint
+from deployments.registry.network import source_unreachable
 from deployments.sizing import ModelMetadata, SizingError, size_model
 from deployments.sizing.metadata import load_hub_metadata, load_local_metadata, looks_like_path
 
@@ -46,8 +47,14 @@ def _hub_metadata(repo: str, *, revision: str | None, token: str | None) -> Mode
     endpoint = hub_endpoint()
     try:
         check_url(endpoint)
-        with allow_listed_hops():
+        # Someone waits: an unreachable Hub is said within HUB_CONNECT_TIMEOUT, as one sentence.
+        with allow_listed_hops(interactive=True):
             return load_hub_metadata(repo, revision=revision, token=token)
+    except SizingError as error:
+        unreachable = source_unreachable(error, url=endpoint)
+        if unreachable is not None:
+            raise unreachable from None
+        raise
     except ApplicationError as refused:
         if refused.field != "endpoint":
             raise

@@ -10,12 +10,17 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
+import requests
+from django.conf import settings
 from huggingface_hub import constants
 from huggingface_hub.utils import get_session
 from requests.adapters import BaseAdapter
 
 from console.errors import ApplicationError
 from deployments.models import AllowedEndpoint
+from deployments.registry.network import source_unreachable
+
+READ_TIMEOUT_S = 30.0  # an interactive call's read timeout when the library gives none (the connect one is short)
 
 
 def _allowed(host: str, addresses: list[str], patterns: list[str]) -> bool:
@@ -69,11 +74,16 @@ class RedirectRefused(ApplicationError):
 
 class _AllowListAdapter(BaseAdapter):
     """Checks every request's address before the wrapped adapter sends it (first hops and redirects alike), so a
-    host off the list is never contacted. Decisions are kept per host for the block's lifetime."""
+    host off the list is never contacted. Decisions are kept per host for the block's lifetime.
 
-    def __init__(self, inner: BaseAdapter, patterns: list[str], resolver) -> None:
+    With `connect_timeout` (interactive calls) a connection waits that long at most, and a network failure is
+    raised at once as SourceUnreachable: huggingface_hub's own retries (five, with back-off: 24 s to say the Hub
+    is unreachable) never see it, and a person gets one sentence instead of a traceback's text."""
+
+    def __init__(self, inner: BaseAdapter, patterns: list[str], resolver, connect_timeout: float | None = None):
         super().__init__()
         self.inner, self.patterns, self.resolver = inner, patterns, resolver
+        self.connect_timeout = connect_timeout
         self.allowed: set[tuple[str, str]] = set()
 
     def send(self, request, *args, **kwargs):
@@ -84,10 +94,25 @@ class _AllowListAdapter(BaseAdapter):
             except ApplicationError as error:
                 raise RedirectRefused(f"Request refused: {error.message}", field="endpoint") from None
             self.allowed.add((parts.scheme, parts.netloc))
-        return self.inner.send(request, *args, **kwargs)
+        if self.connect_timeout is None:
+            return self.inner.send(request, *args, **kwargs)
+        kwargs["timeout"] = _short_connect(kwargs.get("timeout"), self.connect_timeout)
+        try:
+            return self.inner.send(request, *args, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise source_unreachable(exc, url=request.url, connect_timeout=self.connect_timeout) from exc
 
     def close(self) -> None:
         """The wrapped adapter keeps its pools: it is the session's own again after the block."""
+
+
+def _short_connect(timeout, connect: float) -> tuple[float, float]:
+    """requests' timeout (None, a number, or (connect, read)) with the connect part at most `connect`."""
+    if isinstance(timeout, tuple):
+        first, read = timeout
+    else:
+        first = read = timeout
+    return (min(first, connect) if first else connect, read or READ_TIMEOUT_S)
 
 
 def redirect_guard(patterns: list[str], resolver=resolve_addresses):
@@ -106,17 +131,23 @@ def redirect_guard(patterns: list[str], resolver=resolve_addresses):
 
 
 @contextlib.contextmanager
-def allow_listed_hops(patterns: list[str] | None = None, resolver=resolve_addresses) -> Iterator[None]:
+def allow_listed_hops(
+    patterns: list[str] | None = None, resolver=resolve_addresses, *, interactive: bool = False
+) -> Iterator[None]:
     """Inside the block, huggingface_hub's session (this thread's, which the download engine also hands to its
     file threads) checks every request's address against the allow-list before sending it, and every redirect's
     target before following it: the one way any process (web, worker) talks to a model source. A refused hop
-    raises RedirectRefused (field "endpoint"); nothing reaches a host off the list."""
+    raises RedirectRefused (field "endpoint"); nothing reaches a host off the list.
+
+    `interactive` (someone waits for the answer: adding a model, resolving, sizing): connections wait at most
+    HUB_CONNECT_TIMEOUT seconds and a network failure raises SourceUnreachable (field "source") at once."""
     session = get_session()
     patterns = patterns if patterns is not None else list(AllowedEndpoint.objects.values_list("pattern", flat=True))
     guard = redirect_guard(patterns, resolver)
     adapters = dict(session.adapters)
+    connect_timeout = settings.HUB_CONNECT_TIMEOUT if interactive else None
     for prefix, inner in adapters.items():
-        session.adapters[prefix] = _AllowListAdapter(inner, patterns, resolver)
+        session.adapters[prefix] = _AllowListAdapter(inner, patterns, resolver, connect_timeout)
     session.hooks["response"].append(guard)
     try:
         yield

@@ -6,12 +6,15 @@ import re
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from console import roles
 from console.accounts.models import Credential
 from console.errors import ApplicationError
 from console.permissions import restrict
 from deployments.models import Host, ModelArtifact, ModelSource
+from deployments.registry.names import IMPORT_NAME_MAX, import_name
+from deployments.serving.models import DEPLOYMENT_NAME
 
 
 def hosts_for_models():
@@ -96,14 +99,31 @@ class ModelImportForm(StyledForm):
     )
     name = forms.CharField(
         label=_("Name"),
-        max_length=200,
+        max_length=IMPORT_NAME_MAX,
         required=False,
-        help_text=_("How the registry calls it; empty: the directory's name."),
+        validators=[DEPLOYMENT_NAME],
+        help_text=_(
+            "How the registry calls it: lowercase letters, digits and hyphens, as a deployment's name; empty: made "
+            "from the directory's name."
+        ),
     )
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, roots: list[str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["host"].queryset = hosts_for_models()
+        # Said before the first try, not only in the refusal: where a model may be imported from.
+        self.fields["directory"].help_text = ngettext(
+            "The absolute path of the model's directory on that host, inside %(roots)s (MODEL_IMPORT_ROOTS).",
+            "The absolute path of the model's directory on that host, inside one of %(roots)s (MODEL_IMPORT_ROOTS).",
+            len(roots),
+        ) % {"roots": ", ".join(roots)}
+        self.fields["directory"].widget.attrs.setdefault("placeholder", roots[0].rstrip("/") + "/…" if roots else "")
+
+    def clean(self):
+        data = super().clean()
+        if "name" in data:
+            data["name"] = import_name(data["name"], data.get("directory", ""))
+        return data
 
 
 class ModelCancelForm(StyledForm):

@@ -8,6 +8,8 @@ import os
 
 from django.conf import settings
 from django.db import transaction
+from django.urls import reverse
+from django.utils.translation import gettext as _
 
 import audit
 from audit.recorder import diff
@@ -29,6 +31,7 @@ from deployments.models import (
 )
 from deployments.registry import downloads
 from deployments.registry.endpoints import allow_listed_hops, check_url
+from deployments.registry.network import source_unreachable
 
 
 def source_token(source: ModelSource, credential: Credential | None = None) -> str | None:
@@ -93,9 +96,14 @@ def _resolve(*, source: ModelSource, repo_id: str, revision: str, token: str | N
     if source.endpoint:
         check_url(source.endpoint)
     try:
-        with allow_listed_hops():  # a redirect to an address off the list is refused, as in the worker
+        # Every hop is checked as in the worker; someone waits, so an unreachable source is said within
+        # HUB_CONNECT_TIMEOUT, as one sentence (SourceUnreachable), not after the library's retries.
+        with allow_listed_hops(interactive=True):
             return downloads.resolve(repo_id, revision, endpoint=source.url, token=token)
     except downloads.DownloadError as error:
+        unreachable = source_unreachable(error, url=source.url)
+        if unreachable is not None:
+            raise unreachable from None
         raise ApplicationError(f"{error} {error.next_step}".strip(), field=error.field or "repo_id") from None
 
 
@@ -166,44 +174,96 @@ def model_add(
     return artifact
 
 
+class AlreadyImported(ApplicationError):
+    """The directory is in the registry already (on that host): one record per directory, so its manifest is not
+    counted as a model file of a second one. `artifact` is the record to use instead."""
+
+    def __init__(self, artifact: ModelArtifact) -> None:
+        self.artifact = artifact
+        self.url = reverse("model-detail", args=[artifact.pk])
+        super().__init__(
+            _(
+                "%(directory)s on %(host)s is already imported as %(name)s (#%(id)s, %(url)s): use that record, or "
+                "delete it before importing the directory again."
+            )
+            % {
+                "directory": artifact.path,
+                "host": artifact.host.name,
+                "name": artifact.repo.repo_id,
+                "id": artifact.pk,
+                "url": self.url,
+            },
+            field="directory",
+        )
+
+
+RETRYABLE_IMPORT = (ModelArtifact.Status.FAILED, ModelArtifact.Status.CANCELLED)
+
+
 @traced("model.import")
 @transaction.atomic
 def model_import(*, actor, host: Host, directory: str, repo_id: str) -> ModelArtifact:
-    """Register a directory already on a host (air-gapped sites): its agent validates and hashes it."""
+    """Register a directory already on a host (air-gapped sites): its agent validates and hashes it. A directory
+    is imported once per host: a second import is refused naming the existing record (a failed or cancelled one
+    is imported again, in place)."""
     require(actor, roles.ADD_MODEL)
     directory = import_directory(directory)
-    source, _ = ModelSource.objects.get_or_create(name="Local directories", defaults={"kind": ModelSource.Kind.LOCAL})
-    repo = ModelRepo.objects.create(
-        source=source,
-        repo_id=repo_id or directory.rstrip("/").rsplit("/", 1)[-1],
-        requested_revision="local",
-        commit="",
-        created_by=actor,
+    Host.objects.select_for_update().filter(pk=host.pk).first()  # two imports of one directory: one waits
+    existing = (
+        ModelArtifact.objects.select_related("repo", "host")
+        .filter(host=host, imported=True, path=directory)
+        .exclude(status=ModelArtifact.Status.DELETED)
+        .order_by("-pk")
+        .first()
     )
-    artifact = ModelArtifact.objects.create(repo=repo, host=host, path=directory, imported=True, created_by=actor)
+    if existing is not None and existing.status not in RETRYABLE_IMPORT:
+        raise AlreadyImported(existing)
+    if existing is not None:
+        artifact = existing
+        artifact.status = ModelArtifact.Status.PENDING
+        artifact.save(update_fields=["status"])
+    else:
+        source, _created = ModelSource.objects.get_or_create(
+            name="Local directories", defaults={"kind": ModelSource.Kind.LOCAL}
+        )
+        repo = ModelRepo.objects.create(
+            source=source,
+            repo_id=repo_id or directory.rstrip("/").rsplit("/", 1)[-1],
+            requested_revision="local",
+            commit="",
+            created_by=actor,
+        )
+        artifact = ModelArtifact.objects.create(repo=repo, host=host, path=directory, imported=True, created_by=actor)
     audit.record(
         action="model.import_requested",
         actor=actor,
         target=artifact,
-        detail={"directory": directory, "host": host.name},
+        detail={"directory": directory, "host": host.name, "again": existing is not None},
     )
     job_create(kind=Job.Kind.IMPORT, actor=actor, target=artifact, queue=host.queue)
     return artifact
 
 
+def import_roots() -> list[str]:
+    """The directories imports may come from (MODEL_IMPORT_ROOTS, else the model store), as real paths. Each
+    agent applies its own settings too; these are the console's."""
+    return [os.path.realpath(str(root)) for root in (settings.MODEL_IMPORT_ROOTS or [settings.MODEL_STORE])]
+
+
 def import_directory(directory: str) -> str:
     """The normalised directory if it lies under MODEL_IMPORT_ROOTS (the agent writes a manifest there)."""
     if not directory.startswith("/"):
-        raise ApplicationError("Give the absolute path of the directory on that host.", field="directory")
+        raise ApplicationError(_("Give the absolute path of the directory on that host."), field="directory")
     if ".." in directory.split("/"):
-        raise ApplicationError("The path may not contain '..'.", field="directory")
+        raise ApplicationError(_("The path may not contain '..'."), field="directory")
     # Real paths on both sides: a symlink under a root that points elsewhere is outside it. The web process and
     # the agent both call this, each resolving the links its own filesystem has.
     real = os.path.realpath(directory)
-    roots = [os.path.realpath(str(root)) for root in (settings.MODEL_IMPORT_ROOTS or [settings.MODEL_STORE])]
+    roots = import_roots()
     if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots):
         raise ApplicationError(
-            f"Import from these directories only: {', '.join(roots)} (MODEL_IMPORT_ROOTS).", field="directory"
+            _("Import from these directories only: %(roots)s (MODEL_IMPORT_ROOTS).") % {"roots": ", ".join(roots)},
+            field="directory",
         )
     return real
 

@@ -94,9 +94,12 @@ class _FormView(ConsoleViewMixin, View):
     title = ""
     form_id = ""
 
-    def render_form(self, request, form, status=200):
+    def render_form(self, request, form, status=200, **extra):
         return render(
-            request, self.template_name, {"form": form, "title": self.title, "form_id": self.form_id}, status=status
+            request,
+            self.template_name,
+            {"form": form, "title": self.title, "form_id": self.form_id, **extra},
+            status=status,
         )
 
 
@@ -149,16 +152,20 @@ class ModelImportView(_FormView):
     form_id = "model-import-form"
 
     def get(self, request):
-        return self.render_form(request, ModelImportForm())
+        return self.render_form(request, ModelImportForm(roots=registry.import_roots()))
 
     def post(self, request):
-        form = ModelImportForm(request.POST)
+        form = ModelImportForm(request.POST, roots=registry.import_roots())
+        existing = None
         if form.is_valid():
             data = form.cleaned_data
             try:
                 artifact = registry.model_import(
                     actor=request.user, host=data["host"], directory=data["directory"], repo_id=data["name"]
                 )
+            except registry.AlreadyImported as error:
+                apply_error(form, error)
+                existing = error.artifact
             except ApplicationError as error:
                 apply_error(form, error)
             else:
@@ -168,7 +175,7 @@ class ModelImportView(_FormView):
                     % {"directory": artifact.path, "host": artifact.host.name},
                 )
                 return redirect("model-detail", pk=artifact.pk)
-        return self.render_form(request, form, status=400)
+        return self.render_form(request, form, status=400, existing=existing)
 
 
 def artifact_files(artifact: ModelArtifact) -> list[dict]:

@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 import audit
 from console.accounts.models import Credential
 from deployments.models import Job, ModelArtifact
 from deployments.registry import downloads
 from deployments.registry.endpoints import RedirectRefused, allow_listed_hops, check_url
+from deployments.registry.network import unreachable
 from deployments.registry.services import source_token
 from workers.handlers.artifacts import artifact_of, failure_of, final_dir, staging_dir
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
+
+# Causes after which the next attempt resumes from the bytes on disk (when there are some).
+RESUMABLE_CAUSES = {"network", "no_space", "rate_limited"}
+
+
+def bytes_kept(staging: Path) -> int:
+    """Bytes of model files (finished or .part) a retry would resume from."""
+    if not staging.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def download_failure(error: downloads.DownloadError, *, endpoint: str, staging: Path) -> JobFailure:
+    """The job's failure: a source that cannot be reached as the same sentence the pages say ("Cannot reach
+    <host>: <reason>."), with a next step; "bytes already downloaded are kept" only when some are."""
+    found = unreachable(error, url=endpoint)
+    failure = JobFailure(found.message, cause="network", next_step=found.next_step()) if found else failure_of(error)
+    kept = bytes_kept(staging)
+    if failure.cause in RESUMABLE_CAUSES and kept:
+        note = _("%(size)s already downloaded are kept: a retry resumes where it stopped.") % {
+            "size": f"{kept / 1e9:.2f} GB" if kept >= 10**7 else f"{kept:,} bytes"
+        }
+        failure.next_step = f"{failure.next_step} {note}".strip()
+    return failure
 
 
 @register("download")
@@ -92,7 +120,7 @@ class DownloadHandler(Handler):
         except downloads.Cancelled:
             raise JobCancelled() from None
         except downloads.DownloadError as error:
-            raise failure_of(error) from None
+            raise download_failure(error, endpoint=source.url, staging=staging_dir(artifact)) from None
         with transaction.atomic():
             ModelArtifact.objects.filter(pk=artifact.pk).update(
                 status=ModelArtifact.Status.READY,

@@ -12,6 +12,8 @@ import audit
 from console.errors import ApplicationError
 from deployments.models import Job, ModelArtifact
 from deployments.registry import downloads
+from deployments.registry.downloads.staging import MANIFEST
+from deployments.registry.downloads.verify import is_console_file
 from deployments.registry.services import import_directory
 from workers.handlers.artifacts import artifact_of
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
@@ -34,6 +36,13 @@ class ImportHandler(Handler):
                 f"{directory} is not a directory on {artifact.host.name}.",
                 cause="not_found",
                 next_step="Check the path on that host (copy the model there first).",
+            )
+        manifest_path = directory / MANIFEST
+        if manifest_path.exists() and not is_console_file(manifest_path):
+            raise JobFailure(
+                f"{manifest_path} is the model's own file; the console writes its manifest under that name.",
+                cause="exists",
+                next_step=f"Rename or remove {MANIFEST} in that directory (servers do not read it), then import again.",
             )
         problems = downloads.validate_layout(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
         if problems:
@@ -60,7 +69,7 @@ class ImportHandler(Handler):
             "job": ctx.job.pk,
             "files": [{"path": p, "size": s, "sha256": h} for p, (s, h) in sorted(files.items())],
         }
-        (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        manifest_path.write_text(json.dumps(manifest, indent=1))
         with transaction.atomic():
             ModelArtifact.objects.filter(pk=artifact.pk).update(
                 status=ModelArtifact.Status.READY,

@@ -70,9 +70,8 @@ def _network_error(detail: str, endpoint: str | None) -> DownloadError:
     return DownloadError(
         detail,
         cause="network",
-        next_step=f"Check that this server can reach {_endpoint(endpoint)} (proxy, firewall, DNS), then retry; "
-        "bytes already downloaded are kept and the download resumes where it stopped.",
-    )
+        next_step=f"Check that this server can reach {_endpoint(endpoint)} (proxy, firewall, DNS), then retry.",
+    )  # whether bytes were kept for a resume, the job knows (it looks at the staging directory)
 
 
 def _offline_error() -> DownloadError:

@@ -130,5 +130,5 @@ def check_space(
         f"but only {_gb(free)} free.",
         cause="no_space",
         next_step=f"Free at least {_gb(short)} there (or point the data directory at a larger disk), or download "
-        "fewer files (exclude patterns), then retry; bytes already downloaded are kept.",
+        "fewer files (exclude patterns), then retry.",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -12,9 +13,13 @@ from deployments.registry.downloads.errors import DownloadError
 from deployments.registry.downloads.progress import Progress, _Meter
 from deployments.registry.downloads.selection import _is_weight
 from deployments.registry.downloads.snapshot import RemoteFile
+from deployments.registry.downloads.staging import _RESERVED, MANIFEST
 
 HASH_CHUNK = 8 * 2**20
 SKIPPED_DIRS = {".git", ".cache"}
+# Keys only the console's own manifest.json has (the import job's and publish's): a model's own file of that
+# name lacks them and is hashed like any other.
+CONSOLE_MANIFEST_KEYS = ({"files", "imported_at"}, {"files", "downloaded_at"})
 """Not model files: a git clone's objects (LFS copies of the weights) and huggingface_hub's download metadata."""
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.(?P<ext>safetensors|bin)$")
 
@@ -89,7 +94,9 @@ def hash_directory(
 
     Links are followed only when they resolve inside ``directory`` (hashed under the link's name); a link that
     leads out of it, a broken link or a linked directory raises ``DownloadError(cause="unsafe_path")`` rather
-    than reading files the user did not mean to import. ``.git`` and ``.cache`` directories are skipped.
+    than reading files the user did not mean to import. ``.git`` and ``.cache`` directories are skipped, and so
+    are the console's own files at the top (the manifest an earlier import wrote, the download engine's lock and
+    sidecar): importing a directory again must not count them as model files.
     """
     found = _local_files(_local_root(directory))
     meter = _Meter(
@@ -133,6 +140,8 @@ def _local_files(root: Path) -> list[tuple[str, Path, int]]:
         for name in filenames:
             path = base / name
             rel = path.relative_to(root).as_posix()
+            if base == root and is_console_file(path):
+                continue
             if path.is_symlink():
                 target = path.resolve()
                 if not target.is_relative_to(root):
@@ -144,6 +153,19 @@ def _local_files(root: Path) -> list[tuple[str, Path, int]]:
                 found.append((rel, path, path.stat().st_size))
     found.sort()
     return found
+
+
+def is_console_file(path: Path) -> bool:
+    """Whether a file at the top of a model directory is one the console wrote (not part of the model)."""
+    if path.name in _RESERVED:
+        return True
+    if path.name != MANIFEST or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(document, dict) and any(keys <= document.keys() for keys in CONSOLE_MANIFEST_KEYS)
 
 
 def _link_error(path: Path, root: Path, why: str) -> DownloadError:
