@@ -246,6 +246,7 @@ def _finish(
                 actor=None,
                 actor_name=f"worker:{socket.gethostname()}",
                 target=ctx.job,
-                outcome="success" if status == Job.Status.SUCCEEDED else "failure",
+                # A cancellation is always asked for (a user's stop): the stop succeeded, nothing failed.
+                outcome="failure" if status == Job.Status.FAILED else "success",
                 detail={"kind": ctx.job.kind, "cause": cause, "attempts": ctx.job.attempts},
             )

@@ -68,6 +68,7 @@ class Rule:
     title_numbers: Promise | None = None
     context: ContextCheck | None = None
     cleared_by: tuple[re.Pattern[str], ...] = ()  # lines showing the trouble was overcome later in the same log
+    next_step_cpu: Promise | None = None  # what to say instead for a deployment on CPU (no GPU advice there)
 
     def evidence(self, lines: list[str], context: dict[str, Any], exit_code: int | None) -> list[str]:
         """The lines proving this cause, with the supporting ones, in log order; empty when it does not apply."""
@@ -163,7 +164,7 @@ def diagnose(
     """Name the cause of a failed or crashed launch from its log and what the container runtime reported.
 
     `context` carries facts from outside the log: {"oom_killed": True}, {"image_missing": True, "image": ...},
-    {"deadline": "<state>"} when the console gave up waiting.
+    {"deadline": "<state>"} when the console gave up waiting, {"device": "cpu"} for a deployment without GPUs.
     """
     plain = log_lines(lines)
     facts = context or {}
@@ -174,7 +175,10 @@ def diagnose(
             # The exit reason is the coarse class: worth showing next to the specific lines.
             reasons = [line for line in exit_reasons if line not in evidence][-2:]
             evidence = evidence[: MAX_EVIDENCE - len(reasons)] + reasons
-            return Diagnosis(rule.cause, rule.title_for(evidence), evidence, rule.next_step)
+            on_cpu = facts.get("device") == "cpu" and rule.next_step_cpu is not None
+            return Diagnosis(
+                rule.cause, rule.title_for(evidence), evidence, rule.next_step_cpu if on_cpu else rule.next_step
+            )
     if exit_code is None:
         title = book.unknown_title
     else:

@@ -8,6 +8,7 @@ from console.accounts.selectors import team_list
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
 from deployments.serving.specs import SPEC_FIELDS
 
+from deployments.serving.actions import allowed_actions
 
 class SpecSerializer(serializers.ModelSerializer):
     artifact = serializers.PrimaryKeyRelatedField(queryset=ModelArtifact.objects.all())
@@ -34,6 +35,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
     launch = serializers.BooleanField(write_only=True, default=True)
     job = serializers.PrimaryKeyRelatedField(read_only=True)
 
+    actions = serializers.SerializerMethodField(help_text="What the deployment's state allows now.")
+    job_status = serializers.CharField(source="job.status", read_only=True, default=None)
     class Meta:
         model = Deployment
         fields = [
@@ -59,6 +62,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "failure_detail",
             "next_step",
             "restart_count",
+            "actions",
+            "job_status",
             "next_restart_at",
             "created_at",
         ]
@@ -86,6 +91,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
 class DeploymentUpdateSerializer(serializers.Serializer):
     spec = SpecInputSerializer(help_text="Changed fields; a new spec version is made with the diff.")
     note = serializers.CharField(required=False, allow_blank=True, max_length=255)
+
+    def get_actions(self, deployment: Deployment) -> list[str]:
+        return list(allowed_actions(deployment))
+
 
 
 class RollbackSerializer(serializers.Serializer):

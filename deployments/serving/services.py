@@ -27,6 +27,7 @@ from deployments.models import (
     ModelArtifact,
 )
 from deployments.registry.services import artifact_on_host
+from deployments.serving.actions import DELETE, LAUNCH, RESTART, STOP, require_action
 from deployments.serving.planning import Verdict, verdict
 from deployments.serving.specs import SPEC_FIELDS, clean_spec, spec_values
 
@@ -230,8 +231,7 @@ def _launch(actor, deployment: Deployment, plan: Verdict | None = None) -> Job:
 def deployment_launch(*, actor, deployment: Deployment) -> Job:
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
-    if deployment.state not in (State.STOPPED, State.FAILED):
-        raise ApplicationError(f"{deployment} is {deployment.get_state_display()}; stop it first.")
+    require_action(deployment, LAUNCH)
     return _launch(actor, deployment)
 
 
@@ -242,7 +242,8 @@ def deployment_stop(*, actor, deployment: Deployment) -> Deployment:
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     if deployment.state in (State.STOPPED, State.STOPPING):
-        return deployment
+        return deployment  # asked twice: already done
+    require_action(deployment, STOP)
     job = deployment.job
     audit.record(action="deployment.stop_requested", actor=actor, target=deployment, detail={"state": deployment.state})
     if job is not None and job.is_active:
@@ -260,6 +261,7 @@ def deployment_restart(*, actor, deployment: Deployment) -> Deployment:
     """Stop and launch again with the current spec (an edit takes effect this way)."""
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    require_action(deployment, RESTART)
     audit.record(
         action="deployment.restart_requested",
         actor=actor,
@@ -281,8 +283,7 @@ def deployment_restart(*, actor, deployment: Deployment) -> Deployment:
 def deployment_delete(*, actor, deployment: Deployment) -> None:
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
-    if deployment.state not in (State.STOPPED, State.FAILED):
-        raise ApplicationError(f"Stop {deployment} before deleting it.")
+    require_action(deployment, DELETE)
     release(deployment)
     audit.record(
         action="deployment.deleted",

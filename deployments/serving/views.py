@@ -24,10 +24,11 @@ from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import can
 from deployments.jobs.selectors import can_read_job_log
-from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
+from deployments.models import AllowedImage, Deployment, DeploymentSpec, Job, ModelArtifact
 from deployments.serving import images as image_service
 from deployments.serving import playground
 from deployments.serving import services as lifecycle
+from deployments.serving.actions import ACTION_NAMES, allowed_actions
 from deployments.serving.forms import (
     DeploymentCreateForm,
     DeploymentEditForm,
@@ -52,13 +53,22 @@ STATE_CSS = {
     State.STOPPED: "text-bg-light border",
     State.FAILED: "text-bg-danger",
 }
-# In which states each action is offered (the services refuse the others anyway).
-ACTION_STATES = {
-    "launch": [State.STOPPED, State.FAILED],
-    "stop": [s for s in State.values if s not in (State.STOPPED, State.STOPPING)],
-    "restart": [s for s in State.values if s not in (State.STOPPED, State.STOPPING)],
-    "delete": [State.STOPPED, State.FAILED],
+
+
+# The job badge's look, as templates/registry/_job_status.html draws it (the page's script updates it live).
+JOB_STATUS_CSS = {
+    Job.Status.SUCCEEDED: "text-bg-success",
+    Job.Status.RUNNING: "text-bg-primary",
+    Job.Status.FAILED: "text-bg-danger",
+    Job.Status.CANCELLED: "text-bg-warning",
 }
+
+
+def job_state_table() -> dict[str, dict[str, str]]:
+    return {
+        value: {"label": str(label), "css": JOB_STATUS_CSS.get(value, "text-bg-secondary")}
+        for value, label in Job.Status.choices
+    }
 
 
 def state_table() -> dict[str, dict[str, str]]:
@@ -275,14 +285,8 @@ class DeploymentDetailView(ConsoleViewMixin, View):
         running_command = deployment.command if deployment.command and deployment.state in State.holding() else []
         running_spec = (job.params or {}).get("spec") if job else None
         can_deploy = can(request.user, roles.DEPLOY, deployment)
-        actions = (
-            [
-                {"key": key, "states": " ".join(states), "shown": deployment.state in states}
-                for key, states in ACTION_STATES.items()
-            ]
-            if can_deploy
-            else []
-        )
+        allowed = allowed_actions(deployment)  # the page follows `actions` from the API as the state changes
+        actions = [{"key": key, "shown": key in allowed} for key in ACTION_NAMES] if can_deploy else []
         return render(
             request,
             self.template_name,
@@ -304,6 +308,7 @@ class DeploymentDetailView(ConsoleViewMixin, View):
                 "can_read_log": bool(job) and can_read_job_log(request.user, job),
                 "actions": {a["key"]: a for a in actions},
                 "states": state_table(),
+                "job_states": job_state_table(),
                 "api_url": reverse("api:deployment-detail", args=[deployment.pk]),
             },
         )

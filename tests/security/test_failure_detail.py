@@ -19,7 +19,7 @@ LINES = [
 
 def test_the_evidence_in_a_failure_carries_no_request_content():
     watch = object.__new__(_Watch)  # only what fail() reads: the backend and the recent lines
-    watch.backend = get_backend("tgi")
+    watch.backend, watch.device = get_backend("tgi"), "gpu"
     watch.tail = list(LINES)
     failure = watch.fail(exit_code=1)
     detail = str(failure)

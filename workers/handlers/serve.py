@@ -114,6 +114,7 @@ class _Watch:
         recent = JobLogLine.objects.filter(job=ctx.job, stream="server").order_by("-seq")[:TAIL_LINES]
         self.tail.extend(line.text for line in reversed(recent))
         self.key = deployment.server_key.reveal() if deployment.server_key else ""
+        self.device = deployment.spec.device if deployment.spec_id else ""  # next steps differ on CPU
 
     def copy_output(self) -> None:
         """New server lines into the job log; the cursor is saved with them, so a retry repeats nothing."""
@@ -132,7 +133,11 @@ class _Watch:
         found = self.backend.diagnose(
             list(self.tail),
             exit_code=exit_code,
-            context={"oom_killed": oom_killed, **({"deadline": deadline} if deadline else {})},
+            context={
+                "oom_killed": oom_killed,
+                "device": self.device,
+                **({"deadline": deadline} if deadline else {}),
+            },
         )
         detail = str(found.title)
         if found.evidence:

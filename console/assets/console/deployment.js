@@ -2,7 +2,8 @@
 // (console.js): lines of the launch job itself (streams "log" and "event") go to the launch log, the model
 // server's output (stream "server") to the server log, each pane numbering its own lines. The stream sends the
 // backlog first, so a reload loses nothing. The state is polled from the API every 2 s: the badge, the facts, the
-// failure box and which actions are offered follow it; a new job (a restart) reloads the page for its logs.
+// failure box, the job's badge and which actions are offered follow it; a new job (a restart) reloads the page for
+// its logs.
 (function () {
   "use strict";
 
@@ -120,6 +121,17 @@
       root.querySelectorAll("[data-states]").forEach(function (el) {
         el.hidden = el.dataset.states.split(" ").indexOf(data.state) < 0;
       });
+      // The actions the state allows, from the one table the services use (deployments/serving/actions.py).
+      root.querySelectorAll("[data-action]").forEach(function (el) {
+        el.hidden = (data.actions || []).indexOf(el.dataset.action) < 0;
+      });
+      var jobBadge = root.querySelector("[data-job-status]");
+      var jobLooks = JSON.parse((document.getElementById("job-states") || {}).textContent || "{}");
+      if (jobBadge && data.job_status && jobLooks[data.job_status] && jobBadge.dataset.jobStatus !== data.job_status) {
+        jobBadge.className = "badge " + jobLooks[data.job_status].css;
+        jobBadge.dataset.jobStatus = data.job_status;
+        jobBadge.textContent = jobLooks[data.job_status].label;
+      }
       root.dataset.state = data.state;
       var job = data.job === null || data.job === undefined ? "" : String(data.job);
       if (job !== (root.dataset.job || "")) location.reload();  // a new launch: its logs are another stream

@@ -25,6 +25,12 @@ MEMORY_LEVERS = _(
     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
 )
 
+CPU_MEMORY_LEVERS = _(
+    "On CPU the weights and the KV cache live in the host's RAM: lower `--max-total-tokens` and "
+    "`--max-input-tokens`, give the server more memory (a larger memory limit, or fewer deployments on this host), "
+    "or use a smaller model."
+)
+
 RULES: tuple[Rule, ...] = (
     Rule(
         cause="image_missing",
@@ -128,6 +134,9 @@ RULES: tuple[Rule, ...] = (
             MEMORY_LEVERS,
         ),
         also=patterns(r"Method Warmup encountered an error", r"Webserver Crashed"),
+        next_step_cpu=format_lazy(
+            "{} {}", _("The warm-up prefill batch did not fit. Lower `--max-batch-prefill-tokens`."), CPU_MEMORY_LEVERS
+        ),
     ),
     Rule(
         cause="kv_capacity",
@@ -144,6 +153,11 @@ RULES: tuple[Rule, ...] = (
             MEMORY_LEVERS,
         ),
         also=patterns(r"Setting max batch total tokens to \d+", r"KV-cache blocks: "),
+        next_step_cpu=format_lazy(
+            "{} {}",
+            _("After warm-up, the memory left for the KV cache holds fewer tokens than `--max-total-tokens`."),
+            CPU_MEMORY_LEVERS,
+        ),
     ),
     Rule(
         cause="cuda_oom",

@@ -287,3 +287,17 @@ def test_command_line_exit_status(tmp_path, warmup_log):
     )
     assert missing.returncode == 2
     assert "No such log file" in missing.stderr
+
+
+@pytest.mark.parametrize("log", [logs.KV_CAPACITY, logs.KV_CAPACITY_DISPLAY])
+def test_a_cpu_deployment_gets_no_gpu_advice(log):
+    """Issue 13 item 10: a CPU deployment short of KV capacity was told to check nvidia-smi and
+    CUDA_VISIBLE_DEVICES. On CPU the next step speaks of RAM; on a GPU it still names the GPU levers."""
+    on_cpu = diagnose(log.splitlines(), context={"device": "cpu"})
+    on_gpu = diagnose(log.splitlines(), context={"device": "gpu"})
+    assert on_cpu.cause == on_gpu.cause == "kv_capacity"
+    cpu_step, gpu_step = str(on_cpu.next_step), str(on_gpu.next_step)
+    for gpu_only in ("nvidia-smi", "CUDA_VISIBLE_DEVICES", "--cuda-memory-fraction", "GPU"):
+        assert gpu_only not in cpu_step
+    assert "RAM" in cpu_step and "--max-total-tokens" in cpu_step
+    assert "nvidia-smi" in gpu_step

@@ -1,0 +1,51 @@
+"""Which actions a deployment offers in each state: one table, read by the services (which refuse the rest), the
+pages (which show only these buttons) and the API (`actions` on a deployment)."""
+
+from __future__ import annotations
+
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from console.errors import ApplicationError
+from deployments.serving.models import Deployment
+
+State = Deployment.State
+LAUNCH, STOP, RESTART, DELETE = "launch", "stop", "restart", "delete"
+ACTION_NAMES = (LAUNCH, RESTART, STOP, DELETE)  # in the order the page shows them
+LABELS = {
+    LAUNCH: gettext_lazy("launch"),
+    STOP: gettext_lazy("stop"),
+    RESTART: gettext_lazy("restart"),
+    DELETE: gettext_lazy("delete"),
+}
+
+ACTIONS: dict[str, tuple[str, ...]] = {
+    State.PENDING: (STOP,),
+    State.PLACING: (STOP,),
+    State.DOWNLOADING: (STOP, RESTART),
+    State.STARTING: (STOP, RESTART),
+    State.RUNNING: (STOP, RESTART),
+    State.STOPPING: (),
+    State.STOPPED: (LAUNCH, DELETE),
+    State.FAILED: (LAUNCH, DELETE),
+}
+# A failed deployment waiting for its automatic restart can also be stopped: that cancels the restart.
+FAILED_WITH_RESTART_DUE = (LAUNCH, STOP, DELETE)
+
+
+def allowed_actions(deployment: Deployment) -> tuple[str, ...]:
+    if deployment.state == State.FAILED and deployment.next_restart_at is not None:
+        return FAILED_WITH_RESTART_DUE
+    return ACTIONS.get(deployment.state, ())
+
+
+def require_action(deployment: Deployment, action: str) -> None:
+    """Refuse an action the deployment's state does not allow, saying which ones it does."""
+    allowed = allowed_actions(deployment)
+    if action in allowed:
+        return
+    facts = {"name": deployment.name, "state": deployment.get_state_display(), "action": LABELS[action]}
+    if allowed:
+        facts["allowed"] = ", ".join(str(LABELS[verb]) for verb in allowed)
+        raise ApplicationError(_("%(name)s is %(state)s: %(action)s is not possible now (%(allowed)s is).") % facts)
+    raise ApplicationError(_("%(name)s is %(state)s: %(action)s is not possible until that ends.") % facts)
