@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from audit.models import AuditEvent
 from console import roles
-from console.streams import StreamConsumer, publish
+from console.streams import StreamConsumer, StreamHead, publish
 
 STREAM = "audit"
 
@@ -28,3 +28,7 @@ class AuditStreamConsumer(StreamConsumer):
     def backlog(self, after: int, limit: int) -> list[dict]:
         events = AuditEvent.objects.filter(id__gt=after).order_by("id")[:limit]
         return [event_item(event) for event in events]
+
+    def head(self) -> StreamHead:
+        # Ids commit in order (the chain lock), so the highest committed id is the head; the log never ends.
+        return StreamHead(AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0)

@@ -7,8 +7,15 @@ Client protocol:
   -> {"type": "subscribe", "after": <last seq the client has, 0 for all>}
   <- {"type": "items", "items": [...]}          backlog pages, then live batches (<= ~30 messages/s)
   <- {"type": "caught_up", "seq": <last seq>}  once the backlog is sent
+  <- {"type": "end", "seq": <final seq>}       the stream is over (a finished job) and every item up to it was sent
 The server drops items at or below what it already sent; the page drops duplicates by seq too, so a
 reload or a reconnect with the last seq loses nothing and repeats nothing.
+
+Live messages can be lost (channels-redis drops a group message for a channel over capacity, silently; Redis
+may be away at a publish). A gap is filled when a later item reveals it; a lost tail, which nothing later
+reveals, is found by the idle check: a subscriber that received nothing for STREAM_IDLE_CHECK_MS asks the
+database for the stream's committed head and sends what it lacks. So every subscriber converges to what was
+committed, and to the end marker of a stream that is over. Items filled in are counted (console.stream_metrics).
 """
 
 from __future__ import annotations
@@ -18,11 +25,15 @@ import logging
 import os
 import threading
 import time
+from typing import NamedTuple
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
+from console import stream_metrics
 from console.consumers import ConsoleConsumer
 
 logger = logging.getLogger(__name__)
@@ -38,6 +49,7 @@ class _Publisher:
     connection per message (channels-redis keeps its pools per loop)."""
 
     def __init__(self) -> None:
+        stream_metrics.watch_over_capacity()
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.queue: asyncio.Queue | None = None
@@ -58,6 +70,7 @@ class _Publisher:
                 await get_channel_layer().group_send(group, message)
             except Exception as exc:  # subscribers backfill from the database
                 logger.warning("live stream publish to %s failed: %s", group, exc)
+                stream_metrics.count(stream_metrics.PUBLISH_FAILED)
             finally:
                 if done is not None:
                     done.set()
@@ -94,6 +107,21 @@ def publish_on_commit(stream: str, items: list[dict]) -> None:
     transaction.on_commit(lambda: publish(stream, items))
 
 
+def publish_end_on_commit(stream: str, seq: int) -> None:
+    """After commit: tell subscribers the stream is over at `seq` (a hint: each checks the database before it
+    sends the end marker, and the idle check finds the end when this message is lost)."""
+    if get_channel_layer() is None:
+        return
+    transaction.on_commit(lambda: _get_publisher().put(group_name(stream), {"type": "stream.end", "seq": seq}, None))
+
+
+class StreamHead(NamedTuple):
+    """The highest committed seq of a stream, and whether the stream is over (nothing will follow it)."""
+
+    seq: int
+    ended: bool = False
+
+
 def _contiguous(items: list[dict], after: int) -> bool:
     expected = after + 1
     for item in items:
@@ -104,7 +132,7 @@ def _contiguous(items: list[dict], after: int) -> bool:
 
 
 class StreamConsumer(ConsoleConsumer):
-    """Base for live streams. Subclasses name the stream and read the backlog."""
+    """Base for live streams. Subclasses name the stream, read the backlog and the committed head."""
 
     min_interval = 1 / 30  # at most ~30 messages a second per stream
     backlog_page = 500
@@ -117,21 +145,30 @@ class StreamConsumer(ConsoleConsumer):
         """Items with seq > after, ascending, at most limit (runs in a thread: may use the ORM)."""
         raise NotImplementedError
 
+    def head(self) -> StreamHead:
+        """The stream's committed head: every item up to its seq is readable by `backlog` (runs in a thread)."""
+        raise NotImplementedError
+
     async def joined(self) -> None:
         self.subscribed = False
         self.live = False
+        self.ended = False
         self.last_sent = 0
         self.pending: list[dict] = []
         self.flush_task: asyncio.Task | None = None
+        self.idle_task: asyncio.Task | None = None
+        self.sending = asyncio.Lock()  # one batch at a time, so last_sent only grows
         self.last_send_time = 0.0
+        self.last_heard = time.monotonic()  # the last live message, or the last check of the head
         self.checked_at = time.monotonic()
         self.revoked = False
 
     async def disconnect(self, code) -> None:
         if getattr(self, "subscribed", False):
             await self.channel_layer.group_discard(group_name(self.stream()), self.channel_name)
-        if getattr(self, "flush_task", None):
-            self.flush_task.cancel()
+        for task in (getattr(self, "flush_task", None), getattr(self, "idle_task", None)):
+            if task:
+                task.cancel()
 
     async def receive_json(self, content, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "subscribe" or self.subscribed:
@@ -146,24 +183,33 @@ class StreamConsumer(ConsoleConsumer):
         # if the backlog already had it; none can fall between the two.
         await self.channel_layer.group_add(group_name(self.stream()), self.channel_name)
         self.subscribed = True
-        while not self.revoked:
-            items = await database_sync_to_async(self.backlog)(self.last_sent, self.backlog_page)
-            if items:
-                await self._send(items)
-            if len(items) < self.backlog_page:
-                break
-        if self.revoked:
-            return
-        self.live = True
-        await self.send_json({"type": "caught_up", "seq": self.last_sent})
+        async with self.sending:
+            while not self.revoked:
+                items = await database_sync_to_async(self.backlog)(self.last_sent, self.backlog_page)
+                if items:
+                    await self._send(items)
+                if len(items) < self.backlog_page:
+                    break
+            if self.revoked:
+                return
+            self.live = True
+            await self.send_json({"type": "caught_up", "seq": self.last_sent})
+        await self._converge()  # an ended stream says so at once
+        self.last_heard = time.monotonic()
+        self.idle_task = asyncio.create_task(self._watch_idle())
         await self._schedule_flush()
 
     async def stream_items(self, event) -> None:
         if self.revoked:
             return
+        self.last_heard = time.monotonic()
         self.pending.extend(event["items"])
         if self.live:
             await self._schedule_flush()
+
+    async def stream_end(self, event) -> None:
+        if self.live and not (self.revoked or self.ended):
+            await self._converge()
 
     async def _schedule_flush(self) -> None:
         if self.pending and (self.flush_task is None or self.flush_task.done()):
@@ -173,18 +219,51 @@ class StreamConsumer(ConsoleConsumer):
         wait = self.last_send_time + self.min_interval - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        items, self.pending = self.pending, []
-        fresh = sorted(
-            {item["seq"]: item for item in items if item["seq"] > self.last_sent}.values(), key=lambda item: item["seq"]
-        )
-        if fresh and not _contiguous(fresh, self.last_sent):
-            # Live items can overtake each other (several publishers); everything published was
-            # committed first, so the database fills the gap.
-            fresh = await self._backfill_through(fresh[-1]["seq"])
-        if fresh:
-            await self._send(fresh)
+        async with self.sending:
+            items, self.pending = self.pending, []
+            fresh = sorted(
+                {item["seq"]: item for item in items if item["seq"] > self.last_sent}.values(),
+                key=lambda item: item["seq"],
+            )
+            if fresh and not _contiguous(fresh, self.last_sent):
+                # Live items can overtake each other (several publishers) or be lost on the way; everything
+                # published was committed first, so the database fills the gap.
+                received = len(fresh)
+                fresh = await self._backfill_through(fresh[-1]["seq"])
+                await self._count_backfilled(len(fresh) - received)
+            if fresh:
+                await self._send(fresh)
         if self.pending:
             self.flush_task = asyncio.create_task(self._flush_later())
+
+    async def _watch_idle(self) -> None:
+        """While nothing arrives live, check the committed head every STREAM_IDLE_CHECK_MS: a lost tail is
+        found and sent, and an ended stream gets its end marker."""
+        idle = max(0.05, settings.STREAM_IDLE_CHECK_MS / 1000)
+        while not (self.revoked or self.ended):
+            await asyncio.sleep(max(0.01, self.last_heard + idle - time.monotonic()))
+            if time.monotonic() - self.last_heard >= idle and not self.pending:
+                await self._converge()
+                self.last_heard = time.monotonic()
+
+    async def _converge(self) -> None:
+        """Send what was committed up to the head and not sent yet; the end marker once the stream is over."""
+        async with self.sending:
+            if self.revoked or self.ended:
+                return
+            head = await database_sync_to_async(self.head)()
+            if head.seq > self.last_sent:
+                items = await self._backfill_through(head.seq)
+                if items:
+                    await self._count_backfilled(len(items))
+                    await self._send(items)
+            if head.ended and self.last_sent >= head.seq and not self.revoked:
+                self.ended = True
+                await self.send_json({"type": "end", "seq": head.seq})
+
+    async def _count_backfilled(self, amount: int) -> None:
+        if amount > 0:
+            await sync_to_async(stream_metrics.count)(stream_metrics.ITEMS_BACKFILLED, amount)
 
     async def _backfill_through(self, seq: int) -> list[dict]:
         items: list[dict] = []

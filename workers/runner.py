@@ -163,6 +163,7 @@ def run(job_id: int, *, owner: str | None = None) -> str:
     ctx = JobContext(job, owner)
     heartbeat = _Heartbeat(job_id, owner, ctx.lost)
     heartbeat.start()
+    ctx.log_writer.start()  # lines reach the stream within the flush interval whatever the handler does next
     token = context.set_context(
         context.AuditContext(
             **{
@@ -213,6 +214,7 @@ def run(job_id: int, *, owner: str | None = None) -> str:
         return status
     finally:
         heartbeat.stopped.set()
+        ctx.log_writer.stop()
         context.reset_context(token)
 
 
@@ -241,6 +243,7 @@ def _finish(
             lease_expires_at=None,
         )
         if updated:
+            ctx.log_writer.end_on_commit()
             audit.record(
                 action=f"job.{status}",
                 actor=None,

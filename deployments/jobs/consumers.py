@@ -8,7 +8,7 @@ from django.http import Http404
 from console import roles
 from console.consumers import CLOSE_NOT_FOUND
 from console.permissions import can
-from console.streams import StreamConsumer
+from console.streams import StreamConsumer, StreamHead
 from deployments.jobs.selectors import LogView, log_view, require_job_log
 from deployments.models import Job, JobLogLine
 
@@ -72,3 +72,11 @@ class JobStreamConsumer(StreamConsumer):
     def backlog(self, after: int, limit: int) -> list[dict]:
         lines = JobLogLine.objects.filter(job_id=self.job_id, seq__gt=after).order_by("seq")[:limit]
         return [line.as_item() for line in lines]
+
+    def head(self) -> StreamHead:
+        # log_seq is raised in the transaction that stores the lines, and the outcome is written after the last
+        # lines were stored: a finished job's log_seq is its final seq.
+        row = Job.objects.filter(pk=self.job_id).values_list("log_seq", "status").first()
+        if row is None:
+            return StreamHead(self.last_sent, ended=True)
+        return StreamHead(row[0], ended=row[1] in Job.Status.terminal())

@@ -1,17 +1,22 @@
-"""A job's output as numbered rows: written in batches, published to the job's live stream after commit."""
+"""A job's output as numbered rows: written in batches, published to the job's live stream after commit.
+
+A batch is stored when it reaches FLUSH_LINES, when a write comes FLUSH_SECONDS after the last store, and, while
+the runner's flusher thread runs, FLUSH_SECONDS after the last store whatever the job does meanwhile (a handler
+that logs "running" and then waits minutes in a loop, a sleep or a blocking call)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from datetime import datetime
 
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, connection, connections, transaction
 from django.db.models.constants import OnConflict
 from django.utils import timezone
 
-from console.streams import publish_on_commit
+from console.streams import publish_end_on_commit, publish_on_commit
 from deployments.models import Job, JobLogLine
 
 logger = logging.getLogger(__name__)
@@ -19,6 +24,9 @@ FLUSH_SECONDS = 1.0
 FLUSH_LINES = 1000
 INSERT_COLUMNS = ("job", "seq", "created_at", "stream", "text", "data")
 MAX_ROWS_PER_INSERT = 1000  # keeps one INSERT well under PostgreSQL's 65,535 parameters
+# The flusher waits at most this long for a row lock the job's own thread holds in an open transaction; then it
+# puts the batch back and tries again at its next tick (the job's thread may itself be waiting for the flusher).
+FLUSHER_LOCK_TIMEOUT_MS = 2000
 
 
 # A line waiting for its batch: (seq, stream, text, data). A plain tuple, not a model instance or even a
@@ -28,7 +36,10 @@ Line = tuple
 
 class JobLog:
     """The single writer of one job's lines while its runner holds the lease. Sequence numbers continue
-    from what earlier attempts stored, so a job's lines are contiguous 1..N across attempts."""
+    from what earlier attempts stored, so a job's lines are contiguous 1..N across attempts.
+
+    `start()` runs a flusher thread that stores a waiting batch once it is FLUSH_SECONDS old; `stop()` ends it.
+    Batches are stored one at a time, in seq order (the flush lock is held through the commit)."""
 
     def __init__(self, job, *, flush_seconds: float = FLUSH_SECONDS, flush_lines: int = FLUSH_LINES) -> None:
         self.job_id, self.stream_name = job.pk, job.stream
@@ -36,18 +47,79 @@ class JobLog:
         self.pending: list[Line] = []
         self.flush_seconds, self.flush_lines = flush_seconds, flush_lines
         self.last_flush = time.monotonic()
+        self._pending_lock = threading.Lock()  # the list and seq; held for microseconds
+        self._flush_lock = threading.Lock()  # one batch in flight, so batches commit in seq order
+        self._owner = connections[DEFAULT_DB_ALIAS]  # the writing thread's connection
+        self._flusher: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def write(self, text: str = "", *, stream: str = "log", data: dict | None = None) -> None:
-        self.seq += 1
-        self.pending.append((self.seq, stream, text[:10_000], data))
-        if len(self.pending) >= self.flush_lines or time.monotonic() - self.last_flush >= self.flush_seconds:
+        with self._pending_lock:
+            self.seq += 1
+            self.pending.append((self.seq, stream, text[:10_000], data))
+            due = len(self.pending) >= self.flush_lines or time.monotonic() - self.last_flush >= self.flush_seconds
+        if due:
             self.flush()
 
     def flush(self) -> None:
-        self.last_flush = time.monotonic()
-        if not self.pending:
+        with self._flush_lock:
+            lines = self._take()
+            if lines:
+                self._store(lines)
+
+    def end_on_commit(self) -> None:
+        """The job's outcome is being written: after commit, tell live subscribers its stream is over."""
+        publish_end_on_commit(self.stream_name, self.seq)
+
+    def start(self) -> None:
+        """Store waiting lines from a thread of their own once they are FLUSH_SECONDS old."""
+        if self._flusher is None:
+            self._stopped.clear()
+            self._flusher = threading.Thread(target=self._flush_loop, name=f"job-{self.job_id}-log", daemon=True)
+            self._flusher.start()
+
+    def stop(self) -> None:
+        """End the flusher (lines still waiting are stored by the next flush())."""
+        if self._flusher is not None:
+            self._stopped.set()
+            self._flusher.join(FLUSHER_LOCK_TIMEOUT_MS / 1000 + 5)
+            self._flusher = None
+
+    def _take(self) -> list[Line]:
+        with self._pending_lock:
+            self.last_flush = time.monotonic()
+            lines, self.pending = self.pending, []
+        return lines
+
+    def _flush_loop(self) -> None:
+        tick = min(0.2, self.flush_seconds / 4)
+        try:
+            while not self._stopped.wait(tick):
+                self.flush_due()
+        finally:
+            connection.close()  # this thread's own connection
+
+    def flush_due(self) -> None:
+        """From the flusher: store what waited FLUSH_SECONDS, unless the job's thread is inside a transaction
+        (its lines then commit with that transaction, by its own flush)."""
+        if not self.pending or time.monotonic() - self.last_flush < self.flush_seconds:
             return
-        lines, self.pending = self.pending, []
+        if self._owner.in_atomic_block or not self._flush_lock.acquire(blocking=False):
+            return
+        try:
+            lines = self._take()
+            if not lines:
+                return
+            try:
+                self._store(lines, lock_timeout_ms=FLUSHER_LOCK_TIMEOUT_MS)
+            except DatabaseError as exc:  # a lock held by the job's thread, the database away: try again later
+                logger.info("job %s: storing %d log lines later: %s", self.job_id, len(lines), exc)
+                with self._pending_lock:
+                    self.pending[:0] = lines
+        finally:
+            self._flush_lock.release()
+
+    def _store(self, lines: list[Line], *, lock_timeout_ms: int | None = None) -> None:
         # Rows and items are built before the transaction: on SQLite it holds the database's one write lock.
         now = timezone.now()  # one time per batch, as auto_now_add stamped the rows of one bulk_create
         rows = _rows(self.job_id, now, lines)
@@ -58,6 +130,9 @@ class JobLog:
             for seq, stream, text, data in lines
         ]
         with transaction.atomic():
+            if lock_timeout_ms is not None and connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
             inserted = _insert(rows)
             Job.objects.filter(pk=self.job_id, log_seq__lt=lines[-1][0]).update(log_seq=lines[-1][0])
             if inserted != len(lines):  # some seq was stored already (the reaper, an earlier attempt)

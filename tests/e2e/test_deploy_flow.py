@@ -77,6 +77,8 @@ class DeployFlow(ConsoleLiveServerTestCase):
             page.wait_for_selector("#launch-log >> text=starting", timeout=30_000)
             page.wait_for_selector("#server-log >> text=Connected", timeout=120_000)
             page.wait_for_selector("#state-badge [data-state='running']", timeout=60_000)
+            # The job's own "running:" line arrives while the job keeps watching (it used to wait for the stop).
+            page.wait_for_selector("#launch-log >> text=answers /health and /info", timeout=5_000)
             page.screenshot(path=str(self.artifacts / "deploy-running.png"), full_page=True)
             deployment = Deployment.objects.get(name="browser-tiny")
             stored = JobLogLine.objects.filter(job_id=deployment.job_id, stream="server").count()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
@@ -43,3 +44,17 @@ class DieHandler(Handler):
         ctx.log("about to be killed")
         ctx.log_writer.flush()
         os._exit(137)
+
+
+# Set by a test to end a test.quiet job early; the job itself does nothing but wait (no log, no cancel poll).
+QUIET_WAKE = threading.Event()
+
+
+@register("test.quiet")
+class QuietHandler(Handler):
+    """Logs one line, then waits params["seconds"] without touching its context, like a server being watched."""
+
+    def run(self, ctx: JobContext) -> dict:
+        ctx.log("running: waiting quietly")
+        QUIET_WAKE.wait(ctx.job.params.get("seconds", 10))
+        return {}

@@ -49,10 +49,13 @@
   }
 
   // The client of console/streams.py: subscribe after the last seq, hand on new items once each (sorted,
-  // duplicates dropped), resubscribe after a drop with backoff. Refusals (44xx) are final.
+  // duplicates dropped), resubscribe after a drop with backoff. Refusals (44xx) are final. A stream that is over
+  // sends {"type": "end", "seq": N}: once every item up to N is here the client closes, calls options.onEnd(N)
+  // and reports the state "ended" (it never reconnects after that).
   window.consoleStream = function (path, options) {
-    var lastSeq = options.after || 0, retry = 1000, socket;
+    var lastSeq = options.after || 0, retry = 1000, socket, ended = false;
     var onItems = options.onItems, onState = options.onState || function () {};
+    var onEnd = options.onEnd || function () {};
     function receive(items) {
       var fresh = items.filter(function (item) { return item.seq > lastSeq; });
       fresh.sort(function (a, b) { return a.seq - b.seq; });
@@ -73,8 +76,15 @@
         var data = JSON.parse(event.data);
         if (data.type === "items") receive(data.items || []);
         else if (data.type === "caught_up") onState("live");
+        else if (data.type === "end" && lastSeq >= data.seq) {
+          ended = true;
+          socket.close();
+          onState("ended");
+          onEnd(data.seq);
+        }
       };
       socket.onclose = function (event) {
+        if (ended) return;
         onState("closed");
         if (event.code >= 4400 && event.code < 4500) return;
         setTimeout(connect, retry);
