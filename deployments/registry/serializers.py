@@ -12,7 +12,9 @@ from deployments.jobs.serializers import status_field
 from deployments.models import AllowedEndpoint, Host, Job, ModelArtifact, ModelSource
 from deployments.registry import services as registry
 from deployments.registry.forms import hosts_for_models
+from deployments.registry.names import IMPORT_NAME_MAX, import_name
 from deployments.registry.views import artifact_files
+from deployments.serving.models import DEPLOYMENT_NAME
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -137,7 +139,18 @@ class ModelAddSerializer(serializers.Serializer):
 class ModelImportSerializer(serializers.Serializer):
     host = serializers.SlugRelatedField(slug_field="name", queryset=hosts_for_models())
     directory = serializers.CharField(max_length=500, help_text="Absolute path on that host.")
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    name = serializers.CharField(
+        max_length=IMPORT_NAME_MAX,
+        required=False,
+        allow_blank=True,
+        default="",
+        validators=[DEPLOYMENT_NAME],
+        help_text="Lowercase letters, digits and hyphens, as a deployment's name; empty: made from the directory's.",
+    )
+
+    def validate(self, attrs):
+        attrs["name"] = import_name(attrs.get("name", ""), attrs.get("directory", ""))
+        return attrs
 
 
 class CancelSerializer(serializers.Serializer):

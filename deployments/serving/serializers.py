@@ -105,7 +105,10 @@ class PlanSerializer(serializers.Serializer):
     """A spec to check without saving: the planner's verdict and the command line."""
 
     spec = SpecSerializer()
-    name = serializers.CharField(required=False, default="preview")
+    # The deployment-name rule: a 5,000-character name is a 400, never a preview under a cut name.
+    name = serializers.CharField(
+        required=False, default="preview", validators=Deployment._meta.get_field("name").validators
+    )
     deployment = serializers.IntegerField(
         required=False, allow_null=True, help_text="When editing: the deployment whose own GPUs count as free."
     )

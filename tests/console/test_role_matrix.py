@@ -220,7 +220,7 @@ MATRIX = [
         403,
         302,
         302,
-        data={"host": "{store}", "directory": "/srv/models/imported", "name": "org/imported"},
+        data={"host": "{store}", "directory": "/srv/models/imported", "name": "org-imported"},
     ),
     row("get", "/models/{artifact}/", LOGIN, 403, 200, 200, 200, route="/models/<int:pk>/"),
     row("get", "/models/{downloading}/", LOGIN, 403, 200, 200, 200, route="/models/<int:pk>/"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Model
 from guardian.shortcuts import assign_perm, remove_perm
@@ -128,6 +130,7 @@ def object_revoke(*, actor, grantee, action: str, target: Model) -> None:
 def user_create(*, actor, username: str, password: str, email: str = "", role_names: list[str] = ()) -> User:
     """Create a login for a person, with its roles. Needs manage_users."""
     require(actor, roles.MANAGE_USERS)
+    _username_check(username)
     if User.objects.filter(username__iexact=username).exists():
         raise ApplicationError(f"A user named '{username}' already exists.", field="username")
     password_check(password, user=User(username=username, email=email))
@@ -141,6 +144,17 @@ def user_create(*, actor, username: str, password: str, email: str = "", role_na
         changes={"username": [None, username], "email": [None, email], "roles": [[], user_roles(user)]},
     )
     return user
+
+
+def _username_check(username: str) -> None:
+    """Django's username rule (letters, digits and @.+-_, at most 150), for the page as for the API: no markup."""
+    limit = User._meta.get_field("username").max_length
+    if len(username) > limit:
+        raise ApplicationError(f"A username has at most {limit} characters.", field="username")
+    try:
+        UnicodeUsernameValidator()(username)
+    except ValidationError as error:
+        raise ApplicationError(" ".join(error.messages), field="username") from None
 
 
 @transaction.atomic

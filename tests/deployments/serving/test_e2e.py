@@ -49,7 +49,7 @@ def _register_host_and_model(admin_api, name: str) -> int:
     )
     directory = str(tiny_model_in_store())
     artifact = admin_api.post(
-        "/api/v1/models/import/", {"host": name, "directory": directory, "name": f"tests/{name}"}, expected=202
+        "/api/v1/models/import/", {"host": name, "directory": directory, "name": f"tests-{name}"}, expected=202
     ).data
     _poll(
         lambda: admin_api.get(f"/api/v1/models/{artifact['id']}/").data["status"],
