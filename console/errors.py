@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from django.utils.translation import gettext_lazy as _
+
+# One wording for JSON text that does not parse, in every form field, serializer field and request body.
+INVALID_JSON = _("Not valid JSON: %(error)s.")
+
 
 class ApplicationError(Exception):
     """A rule said no. `field` names the input at fault, when there is one."""
@@ -13,3 +18,8 @@ class ApplicationError(Exception):
 
     def as_dict(self) -> dict[str, list[str]]:
         return {self.field or "non_field_errors": [self.message]}
+
+
+def invalid_json(error: Exception | str) -> str:
+    """The message for JSON text that does not parse: "Not valid JSON: <the parser's message>."."""
+    return str(INVALID_JSON) % {"error": str(error).rstrip(".")}

@@ -5,12 +5,15 @@ such a value reaches a lookup, a JSON column or a response."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
-from rest_framework import parsers
+from rest_framework import parsers, serializers
 from rest_framework.exceptions import ParseError
+
+from console.errors import invalid_json
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REFUSAL = _("Text may not contain NUL characters or unpaired surrogates.")
@@ -34,9 +37,24 @@ def _refuse_unstorable(data: Any) -> None:
 
 class JSONParser(parsers.JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except ParseError as error:  # DRF's "JSON parse error - ...": said as every other invalid JSON
+            raise ParseError(invalid_json(str(error.detail).removeprefix("JSON parse error - "))) from None
         _refuse_unstorable(data)
         return data
+
+
+class JSONTextField(serializers.JSONField):
+    """A JSON field whose text (form-encoded input) that does not parse is refused with the one wording."""
+
+    def to_internal_value(self, data):
+        if self.binary or getattr(data, "is_json_string", False):
+            try:
+                json.loads(data.decode() if isinstance(data, bytes) else data)
+            except (TypeError, ValueError) as error:
+                raise serializers.ValidationError(invalid_json(error)) from None
+        return super().to_internal_value(data)
 
 
 class FormParser(parsers.FormParser):

@@ -9,6 +9,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from console.accounts.models import Credential
+from console.errors import invalid_json
 from deployments.models import Gpu, Host
 from deployments.units import GB
 
@@ -24,7 +25,7 @@ class LabelsField(forms.CharField):
             try:
                 labels = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise forms.ValidationError(_("Not valid JSON: %(error)s") % {"error": exc}) from None
+                raise forms.ValidationError(invalid_json(exc)) from None
         else:
             pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
             if any(len(pair) != 2 for pair in pairs):

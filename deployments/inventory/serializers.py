@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from django.db import models
 from rest_framework import serializers
 
+from console.api.parsers import JSONTextField
 from deployments.models import Gpu, Host
 
 
@@ -35,6 +37,7 @@ class GpuSerializer(serializers.ModelSerializer):
 
 
 class HostSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping, models.JSONField: JSONTextField}
     gpus = GpuSerializer(many=True, read_only=True)
 
     class Meta:

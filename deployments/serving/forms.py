@@ -12,8 +12,9 @@ from django.utils.translation import gettext_lazy as _
 from console import roles
 from console.accounts.models import Credential
 from console.accounts.selectors import team_list
+from console.errors import invalid_json
 from console.permissions import restrict
-from deployments.models import AllowedImage, Deployment, DeploymentSpec, Gpu, ModelArtifact
+from deployments.models import AllowedImage, Deployment, DeploymentSpec, Gpu, Host, ModelArtifact
 from deployments.registry.forms import StyledForm
 from deployments.serving.models import DEPLOYMENT_NAME
 from deployments.serving.specs import spec_values
@@ -56,7 +57,7 @@ class JsonField(forms.CharField):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise forms.ValidationError(gettext("Not valid JSON: %(error)s") % {"error": exc}) from None
+            raise forms.ValidationError(invalid_json(exc)) from None
         if not isinstance(parsed, self.kind):
             raise forms.ValidationError(
                 gettext("Write a JSON object {…}.") if self.kind is dict else gettext("Write a JSON list […].")
@@ -67,6 +68,13 @@ class JsonField(forms.CharField):
         if isinstance(value, dict | list):
             return json.dumps(value, indent=2) if value else ""
         return value
+
+
+def any_gpu_online() -> bool:
+    """Whether some online (or hand-registered) host has a GPU placement may use, as the planner counts them."""
+    return Gpu.objects.filter(
+        host__status__in=[Host.Status.ONLINE, Host.Status.MANUAL], health__in=[Gpu.Health.OK, Gpu.Health.UNKNOWN]
+    ).exists()
 
 
 def deployable_artifacts():
@@ -145,6 +153,9 @@ class SpecForm(StyledForm):
         self.fields["credential"].queryset = restrict(tokens, user, roles.ADD_MODEL)
         for name in ("extra_env", "lora_adapters"):
             self.fields[name].widget.attrs["class"] = "form-control font-monospace"
+        if not self.is_bound and "device" not in self.initial and not any_gpu_online():
+            # Nothing to place a GPU server on: start from what can run (the planner reads this field).
+            self.fields["device"].initial = DeploymentSpec.Device.CPU
 
     def gpu_rows(self) -> list[dict]:
         """The GPU checkboxes with their host, so the page shows only the chosen model's host."""

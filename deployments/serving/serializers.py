@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from django.db import models
 from rest_framework import serializers
 
 from console.accounts.selectors import team_list
+from console.api.parsers import JSONTextField
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
 from deployments.serving.specs import SPEC_FIELDS
 
 from deployments.serving.actions import allowed_actions
 
 class SpecSerializer(serializers.ModelSerializer):
+    # extra_env, lora_adapters, gpu_indexes: text that is not JSON is refused with the console's one wording.
+    serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping, models.JSONField: JSONTextField}
     artifact = serializers.PrimaryKeyRelatedField(queryset=ModelArtifact.objects.all())
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 

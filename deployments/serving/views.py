@@ -19,7 +19,7 @@ from django.views.generic import ListView
 
 from console import roles
 from console.accounts.models import Credential
-from console.errors import ApplicationError
+from console.errors import INVALID_JSON, ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import can
@@ -140,6 +140,7 @@ class _SpecFormView(ConsoleViewMixin, View):
                 "gpu_rows": form.gpu_rows(),
                 "artifact_hosts": form.artifact_hosts(),
                 "plan_url": reverse("api:deployment-plan"),
+                "invalid_json": INVALID_JSON,  # the planner's own JSON check says it as the server does
                 **extra,
             },
             status=status,

@@ -1,6 +1,6 @@
 // The deploy/edit form: as fields change, ask the planner (POST /api/v1/deployments/plan/, session + CSRF) whether
-// the spec fits and which command it runs, and show its field errors under the fields. Only the GPUs of the
-// chosen model's host are offered. After a review, any change hides the Deploy button until the next review.
+// the spec fits and which command it runs, and show its field errors under the fields and, by field name with a
+// link to each, in the planner panel. Only the GPUs of the chosen model's host are offered. After a review, any change hides the Deploy button until the next review.
 (function () {
   "use strict";
 
@@ -56,21 +56,62 @@
       box.textContent = "";
     }
 
+    // A field's label as the form shows it (the API names fields by their spec names, as the form does).
+    function labelOf(name) {
+      var label = form.querySelector('label[for="id_' + name + '"]') ||
+                  form.querySelector('[data-field="' + name + '"] .form-label');
+      return label ? label.textContent.trim() : name;
+    }
+
+    // The panel's list of field errors: "<label>: <message>", the label a link that focuses the field.
+    function listInPanel(name, text) {
+      var box = document.getElementById("plan-error");
+      var list = box.querySelector("ul") || box.appendChild(document.createElement("ul"));
+      list.className = "mb-0 ps-3";
+      var item = document.createElement("li");
+      item.dataset.planErrorField = name;
+      var link = document.createElement("a");
+      link.className = "alert-link";
+      link.href = "#id_" + name;
+      link.textContent = labelOf(name);
+      link.addEventListener("click", function (event) {
+        var target = document.getElementById("id_" + name);
+        if (!target) return;
+        event.preventDefault();
+        var input = /^(INPUT|SELECT|TEXTAREA)$/.test(target.tagName) ? target : target.querySelector("input:not([disabled])");
+        (input || target).scrollIntoView({ block: "center" });
+        (input || target).focus({ preventScroll: true });
+      });
+      item.appendChild(link);
+      item.appendChild(document.createTextNode(": " + text));
+      list.appendChild(item);
+      box.hidden = false;
+    }
+
     function showError(name, messages) {
       var text = Array.isArray(messages) ? messages.join(" ") : String(messages);
-      var el = form.querySelector('[data-plan-error="' + name + '"]');
-      if (!el) {
-        el = document.getElementById("plan-error");
-        text = (el.textContent ? el.textContent + " " : "") + text;
+      var el = name ? form.querySelector('[data-plan-error="' + name + '"]') : null;
+      if (el) {
+        el.textContent = text;
+        el.hidden = false;
+        listInPanel(name, text);
+        return;
       }
-      el.textContent = text;
-      el.hidden = false;
+      var box = document.getElementById("plan-error");
+      var line = document.createElement("div");
+      line.textContent = name ? name + ": " + text : text;
+      box.insertBefore(line, box.firstChild);
+      box.hidden = false;
     }
 
     function json(name, empty) {
       var text = value(name);
       if (!text) return empty;
-      try { return JSON.parse(text); } catch (e) { throw { field: name, message: labels.json + ": " + e.message }; }
+      try {
+        return JSON.parse(text);
+      } catch (e) {  // the server's one wording ("Not valid JSON: %(error)s."), with the browser's parser message
+        throw { field: name, message: labels.json.replace("%(error)s", String(e.message).replace(/\.$/, "")) };
+      }
     }
 
     function spec() {
@@ -130,7 +171,10 @@
     }
 
     function failed(errors) {
-      setStatus("no", labels.failed, "");
+      var general = ["detail", "code", "non_field_errors"];
+      var named = Object.keys(errors).some(function (name) { return general.indexOf(name) < 0; });
+      // Field errors are the user's to correct, by name; only an answer without them is the planner's failure.
+      setStatus("no", named ? labels.fix : labels.failed, "");
       document.getElementById("plan-command").textContent = "—";
       Object.keys(errors).forEach(function (name) {
         var messages = errors[name];
@@ -153,7 +197,7 @@
       try {
         body = { spec: spec(), name: value("name") || form.dataset.name || "preview" };
       } catch (error) {
-        showError(error.field, error.message);
+        failed({ [error.field]: [error.message] });
         return;
       }
       if (form.dataset.deployment) body.deployment = Number(form.dataset.deployment);

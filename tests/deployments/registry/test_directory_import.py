@@ -48,12 +48,16 @@ def test_the_import_form_names_the_allowed_roots_before_any_attempt(client, engi
 
 
 def test_a_second_import_of_the_same_directory_is_refused_naming_the_first(api, client, engineer, host, model_dir):
-    first = api(engineer).post(
-        "/api/v1/models/import/", {"host": host.name, "directory": str(model_dir)}, expected=202
-    ).data
-    again = api(engineer).post(
-        "/api/v1/models/import/", {"host": host.name, "directory": str(model_dir) + "/"}, expected=400
-    ).data
+    first = (
+        api(engineer)
+        .post("/api/v1/models/import/", {"host": host.name, "directory": str(model_dir)}, expected=202)
+        .data
+    )
+    again = (
+        api(engineer)
+        .post("/api/v1/models/import/", {"host": host.name, "directory": str(model_dir) + "/"}, expected=400)
+        .data
+    )
     message = str(again["directory"][0])
     assert f"#{first['id']}" in message and f"/models/{first['id']}/" in message and "already imported" in message
 
@@ -121,9 +125,9 @@ def test_the_model_store_is_created_at_start_up_readable_by_servers(tmp_path):
     assert store.is_dir()
     assert stat.S_IMODE(store.stat().st_mode) == 0o755
     assert stat.S_IMODE(store.parent.stat().st_mode) == 0o755
-    os.chmod(store, 0o750)  # an admin's choice is kept
+    os.chmod(store, 0o700)  # an admin's choice is kept
     ensure_store(store)
-    assert stat.S_IMODE(store.stat().st_mode) == 0o750
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
 
 
 def test_the_agent_and_make_run_create_the_store(db, tmp_path, settings, monkeypatch):
