@@ -92,7 +92,7 @@ def can(user, action: str, obj: Model | None = None) -> bool:
         return True
     if obj is None or not _active(user) or not grantable(type(obj), action):
         return False
-    return user.has_perm(_object_perm(type(obj), action), obj)
+    return user.has_perm(_object_perm(type(obj), action), obj) or _in_deploy_scope(user, action, obj)
 
 
 def restrict(queryset: QuerySet, user, action: str) -> QuerySet:
@@ -198,3 +198,56 @@ permission_denied = Signal()  # kwargs: exc, user, path, status
 def report_denial(exc: Exception, *, user=None, path: str = "", status: int = 403) -> None:
     """Announce a denial (a console permission exception; others are ignored by the receiver)."""
     permission_denied.send(sender=type(exc), exc=exc, user=user, path=path, status=status)
+
+
+# -- the team scopes of `deploy` ---------------------------------------------------------------------------------
+DEPLOYMENT_LABEL = "deployments.deployment"
+_SCOPE_CODENAMES = {
+    roles.object_codename(roles.DEPLOY, "host"): "host",
+    roles.object_codename(roles.DEPLOY, "group"): "team",
+}
+
+
+def deploy_scope_allows(user, *, team_id: int | None, host_id: int | None = None, new: bool = False) -> bool:
+    """The team scopes of `deploy`, granted to a team by an admin (the role matrix stays the default). A user
+    without the deploy role can create, edit, launch, stop, restart and delete a deployment when its owning team is
+    one of theirs and that team holds:
+    - deploy on the host the deployment is placed on (`host_id`; None while it is not placed: a grant on any host
+      is enough, and each launch asks again with the host placement chose), or
+    - deploy on every deployment it owns (a grant on the team itself), for deployments that exist (`new` false):
+      creating one needs a host grant."""
+    from guardian.models import GroupObjectPermission
+
+    if team_id is None or not _active(user):
+        return False
+    if not user.groups.filter(pk=team_id).exclude(name__in=list(roles.ROLES)).exists():
+        return False
+    rows = GroupObjectPermission.objects.filter(group_id=team_id, permission__codename__in=list(_SCOPE_CODENAMES))
+    scopes = [(_SCOPE_CODENAMES[name], pk) for name, pk in rows.values_list("permission__codename", "object_pk")]
+    if not new and ("team", str(team_id)) in scopes:
+        return True
+    hosts = {pk for kind, pk in scopes if kind == "host"}
+    return str(host_id) in hosts if host_id is not None else bool(hosts)
+
+
+def _in_deploy_scope(user, action: str, obj: Model) -> bool:
+    # can()'s last question: a deployment within a team scope of deploy (the require() path of pages and API).
+    if action != roles.DEPLOY or _model_label(type(obj)) != DEPLOYMENT_LABEL:
+        return False
+    return deploy_scope_allows(user, team_id=obj.team_id, host_id=obj.host_id)
+
+
+def require_deploy_scope(user, *, team=None, deployment: Model | None = None, host: Model | None = None) -> None:
+    """Creating a deployment for `team`, or placing `deployment` on `host` (each launch, once placement chose).
+    Holders of deploy by role, or by grant on that very deployment, pass; others need a team scope
+    (deploy_scope_allows). No user: the system relaunching what someone launched."""
+    if user is None or has_global(user, roles.DEPLOY):
+        return
+    if deployment is not None and user.has_perm(_object_perm(type(deployment), roles.DEPLOY), deployment):
+        return
+    team_id = deployment.team_id if deployment is not None else getattr(team, "pk", None)
+    host_id = getattr(host, "pk", None)
+    if deploy_scope_allows(user, team_id=team_id, host_id=host_id, new=deployment is None):
+        return
+    where = f" on host {host}" if host is not None else (" for a team of yours" if team_id is None else "")
+    raise ActionDenied(user, f"{roles.DEPLOY}{where}", deployment)

@@ -45,6 +45,17 @@ ROLE_LABELS: dict[str, str] = {ADMIN: _("Admin"), ENGINEER: _("Engineer"), AUDIT
 GRANTABLE: dict[str, tuple[str, ...]] = {
     "console.credential": (VIEW, ADD_MODEL),
     "deployments.deployment": (VIEW, DEPLOY, USE_DEPLOYMENT),
+    # Team scopes of `deploy` (console.permissions.deploy_scope_allows), granted to a team: on a host, its members
+    # create and launch their team's deployments there; on the team itself, they run every deployment it owns.
+    "deployments.host": (DEPLOY,),
+    "auth.group": (DEPLOY,),
+}
+# What each kind of grant target is called in forms and lists.
+GRANT_TARGET_LABELS: dict[str, str] = {
+    "console.credential": _("Credential"),
+    "deployments.deployment": _("Deployment"),
+    "deployments.host": _("Host (the grantee team deploys its own deployments there)"),
+    "auth.group": _("Every deployment a team owns (granted to that team)"),
 }
 
 # The model whose permissions carry the global actions (no table; see console.accounts.models.Capability).

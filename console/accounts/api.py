@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model, update_session_auth_hash
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -127,12 +127,31 @@ class GrantViewSet(viewsets.ViewSet):
         serializer = api_serializers.GrantSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        target = access.grant_target(target_type=data["target_type"], target_id=data["target_id"])
+        target = access.grant_target(
+            target_type=data["target_type"], target_id=data.get("target_id"), target_name=data.get("target_name")
+        )
         service(actor=request.user, grantee=data.get("user") or data.get("team"), action=data["action"], target=target)
-        return {**serializer.data, "target_name": str(target)}
+        return {**serializer.data, "target_id": str(target.pk), "target_name": str(target)}
 
     def create(self, request):
         return Response(self._apply(request, access.object_grant), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("target_type", description="app_label.model, one of the grantable kinds", required=True),
+            OpenApiParameter("search", description="part of the name"),
+        ],
+        responses=api_serializers.GrantTargetSerializer(many=True),
+    )
+    @action(detail=False, methods=["get"], url_path="targets", url_name="targets")
+    def targets(self, request):
+        """Objects a grant can name, by name: what the grant form's searchable list offers (at most 20)."""
+        found = access.grant_target_search(
+            actor=request.user,
+            target_type=request.query_params.get("target_type", ""),
+            query=request.query_params.get("search", "").strip(),
+        )
+        return Response(api_serializers.GrantTargetSerializer(found, many=True).data)
 
     @extend_schema(request=api_serializers.GrantSerializer, responses={204: None})
     @action(detail=False, methods=["post"])

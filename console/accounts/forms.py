@@ -33,6 +33,9 @@ class UserAccessForm(forms.Form):
 
 
 class GrantForm(forms.Form):
+    """One action on one object for a user or a team; the object is picked by name from a list that filters as one
+    types (by id from the revoke buttons)."""
+
     user = forms.ModelChoiceField(
         label=_("User"), queryset=User.objects.order_by("username"), required=False, to_field_name="username"
     )
@@ -42,14 +45,33 @@ class GrantForm(forms.Form):
         required=False,
         to_field_name="name",
     )
-    action = forms.ChoiceField(label=_("Action"), choices=[(a, a) for a in roles.ACTIONS])
-    target_type = forms.ChoiceField(label=_("On"), choices=[(t, t) for t in roles.GRANTABLE])
-    target_id = forms.CharField(label=_("Object id"), max_length=64)
+    action = forms.ChoiceField(label=_("Action"), choices=list(roles.ACTIONS.items()))
+    target_type = forms.ChoiceField(label=_("On"), choices=list(roles.GRANT_TARGET_LABELS.items()))
+    target_name = forms.CharField(
+        label=_("Object"),
+        max_length=200,
+        required=False,
+        widget=forms.TextInput(
+            attrs={
+                "class": "form-control",
+                "list": "grant-target-options",
+                "autocomplete": "off",
+                "data-suggest-url": reverse_lazy("api:grant-targets"),
+                "data-suggest-param": "search",
+                "data-suggest-value": "name",
+                "data-suggest-with": "target_type=#id_target_type",
+            }
+        ),
+        help_text=_("Type part of its name and pick it from the list."),
+    )
+    target_id = forms.CharField(max_length=64, required=False, widget=forms.HiddenInput)
 
     def clean(self):
         data = super().clean()
         if bool(data.get("user")) == bool(data.get("team")):
             raise forms.ValidationError(_("Choose either a user or a team."))
+        if not data.get("target_name") and not data.get("target_id"):
+            self.add_error("target_name", _("Choose the object by its name."))
         return data
 
 

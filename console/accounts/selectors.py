@@ -51,6 +51,7 @@ def grant_list(*, user) -> list[dict]:
                     "team": perm.group.name if grantee_field == "group" else None,
                     "action": perm.permission.codename.removesuffix(f"_{model_name}"),
                     "target_type": label,
+                    "target_label": str(roles.GRANT_TARGET_LABELS.get(label, label)),
                     "target_id": perm.object_pk,
                     "target_name": str(target) if target is not None else f"#{perm.object_pk} (deleted)",
                 }

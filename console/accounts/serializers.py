@@ -123,14 +123,26 @@ class GrantSerializer(serializers.Serializer):
         slug_field="name", queryset=Group.objects.exclude(name__in=list(roles.ROLES)), required=False, allow_null=True
     )
     action = serializers.ChoiceField(choices=list(roles.ACTIONS))
-    target_type = serializers.ChoiceField(choices=list(roles.GRANTABLE), help_text="app_label.model")
-    target_id = serializers.CharField()
-    target_name = serializers.CharField(read_only=True)
+    target_type = serializers.ChoiceField(
+        choices=list(roles.GRANTABLE),
+        help_text="app_label.model. deployments.host and auth.group are the team scopes of deploy: on a host, the "
+        "grantee team's members create and launch its deployments there; on a team (granted to that team), they run "
+        "every deployment it owns.",
+    )
+    target_id = serializers.CharField(required=False, help_text="The object's id; or give target_name.")
+    target_name = serializers.CharField(required=False, max_length=200, help_text="The object's name (unique).")
 
     def validate(self, attrs):
         if bool(attrs.get("user")) == bool(attrs.get("team")):
             raise serializers.ValidationError({"user": ["Give either a user or a team."]})
+        if not attrs.get("target_id") and not attrs.get("target_name"):
+            raise serializers.ValidationError({"target_name": ["Give the object's name (or its id as target_id)."]})
         return attrs
+
+
+class GrantTargetSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
 
 
 class GrantRowSerializer(serializers.Serializer):
@@ -140,6 +152,7 @@ class GrantRowSerializer(serializers.Serializer):
     team = serializers.CharField(allow_null=True)
     action = serializers.CharField()
     target_type = serializers.CharField()
+    target_label = serializers.CharField(help_text="What kind of object, in words.")
     target_id = serializers.CharField()
     target_name = serializers.CharField()
 

@@ -198,7 +198,9 @@ class GrantsView(ConsoleViewMixin, View):
             data = form.cleaned_data
             service = access.object_revoke if revoke else access.object_grant
             try:
-                target = access.grant_target(target_type=data["target_type"], target_id=data["target_id"])
+                target = access.grant_target(
+                    target_type=data["target_type"], target_id=data["target_id"], target_name=data["target_name"]
+                )
                 service(actor=request.user, grantee=data["user"] or data["team"], action=data["action"], target=target)
             except ApplicationError as error:
                 apply_error(form, error)

@@ -27,7 +27,7 @@ from deployments.serving.serializers import (
 from deployments.serving.specs import clean_spec, command_preview
 
 DEPLOY_ACTIONS = {
-    "create": roles.DEPLOY,
+    "create": roles.VIEW,  # then deployment_create checks deploy: the role, or a team scope for the owning team
     "update": roles.DEPLOY,
     "partial_update": roles.DEPLOY,
     "destroy": roles.DEPLOY,

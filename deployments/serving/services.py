@@ -14,7 +14,7 @@ from audit.recorder import diff
 from audit.telemetry import traced
 from console import roles
 from console.errors import ApplicationError
-from console.permissions import require
+from console.permissions import require, require_deploy_scope
 from deployments.jobs.services import job_cancel, job_create
 from deployments.models import (
     ArtifactUse,
@@ -64,7 +64,7 @@ def deployment_create(
 ) -> Deployment:
     """A new deployment with spec version 1; launched at once unless `launch` is false. A spec the planner
     says cannot fit is refused here, before any task runs."""
-    require(actor, roles.DEPLOY)
+    require_deploy_scope(actor, team=team)  # the deploy role, or a team scope of deploy for `team`
     if team is not None and team.name in roles.ROLES:
         raise ApplicationError(f"{team.name} is a role, not a team: choose a team to own it.", field="team")
     name = (name or "").strip().lower()
@@ -185,6 +185,7 @@ def _launch(actor, deployment: Deployment, plan: Verdict | None = None) -> Job:
     if plan.fits is False:
         raise ApplicationError(plan.reason, field="artifact")
     host = Host.objects.get(name=plan.host)
+    require_deploy_scope(actor, deployment=deployment, host=host)  # a team scope of deploy may not reach this host
     gpu_indexes = plan.gpu_indexes if spec.device == DeploymentSpec.Device.GPU else []
     if spec.device == DeploymentSpec.Device.GPU and not gpu_indexes:
         raise ApplicationError(f"No GPU set on {host} fits this spec.", field="gpu_indexes")

@@ -80,7 +80,22 @@ def _check_grant(target: Model, action: str, grantee) -> str:
         raise ApplicationError(
             f"'{action}' cannot be granted on a {target._meta.verbose_name}; allowed: {allowed}.", field="action"
         )
+    _check_team_scope(target, grantee)
     return roles.object_codename(action, target._meta.model_name)
+
+
+def _check_team_scope(target: Model, grantee) -> None:
+    """The team scopes of deploy (console.permissions.deploy_scope_allows) belong to a team: deploy on a host goes
+    to a team, deploy on every deployment a team owns goes to that same team."""
+    label = target._meta.label_lower
+    if label not in ("deployments.host", "auth.group"):
+        return
+    if not isinstance(grantee, Group):
+        raise ApplicationError("Deploy on a host or on a team's deployments is granted to a team.", field="team")
+    if label == "auth.group" and (target.pk != grantee.pk or target.name in roles.ROLES):
+        raise ApplicationError(
+            "Deploy on every deployment a team owns is granted to that same team.", field="target_name"
+        )
 
 
 def _held(grantee, target: Model) -> list[str]:
@@ -198,14 +213,41 @@ def user_set_active(*, actor, user, active: bool) -> None:
     )
 
 
-def grant_target(*, target_type: str, target_id: str) -> Model:
-    """The object a grant names, or a field error."""
+def grant_target(*, target_type: str, target_id: str | None = None, target_name: str | None = None) -> Model:
+    """The object a grant names, by id or by name (every grantable kind has a unique name), or a field error.
+    Teams only, never a role group, for the team scope."""
     from django.apps import apps
 
     if target_type not in roles.GRANTABLE:
         raise ApplicationError(f"Nothing can be granted on '{target_type}'.", field="target_type")
     model = apps.get_model(target_type)
+    objects = model._default_manager.all()
+    if model is Group:
+        objects = objects.exclude(name__in=list(roles.ROLES))
+    kind = model._meta.verbose_name
+    if target_name:
+        found = objects.filter(name=target_name).first()
+        if found is None:
+            raise ApplicationError(f"No {kind} named '{target_name}'.", field="target_name")
+        return found
     try:
-        return model.objects.get(pk=target_id)
-    except (model.DoesNotExist, ValueError):
-        raise ApplicationError(f"No {model._meta.verbose_name} with id {target_id}.", field="target_id") from None
+        return objects.get(pk=target_id)
+    except (model.DoesNotExist, ValueError, TypeError):
+        raise ApplicationError(f"No {kind} with id {target_id}.", field="target_name") from None
+
+
+def grant_target_search(*, actor, target_type: str, query: str = "", limit: int = 20) -> list[dict]:
+    """Objects of a grantable kind whose name contains `query`, by name (the grant form's searchable list)."""
+    require(actor, roles.MANAGE_USERS)
+    target_type = target_type if target_type in roles.GRANTABLE else ""
+    if not target_type:
+        return []
+    from django.apps import apps
+
+    model = apps.get_model(target_type)
+    objects = model._default_manager.all()
+    if model is Group:
+        objects = objects.exclude(name__in=list(roles.ROLES))
+    if query:
+        objects = objects.filter(name__icontains=query)
+    return [{"id": pk, "name": name} for pk, name in objects.order_by("name").values_list("pk", "name")[:limit]]
