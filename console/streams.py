@@ -39,6 +39,9 @@ from console.consumers import ConsoleConsumer
 logger = logging.getLogger(__name__)
 
 
+PUBLISH_QUIET_SECONDS = 60.0  # how long a publisher that never reached Redis logs its failures at debug only
+
+
 def group_name(stream: str) -> str:
     return f"stream.{stream}"
 
@@ -51,6 +54,9 @@ class _Publisher:
     def __init__(self) -> None:
         stream_metrics.watch_over_capacity()
         self.pid = os.getpid()
+        # Until a first publish gets through (and for at most PUBLISH_QUIET_SECONDS), a failure is start-up: make
+        # run's migrate and first audit events come before the private redis-server has made its socket.
+        self.quiet_until = time.monotonic() + PUBLISH_QUIET_SECONDS
         self.loop = asyncio.new_event_loop()
         self.queue: asyncio.Queue | None = None
         ready = threading.Event()
@@ -69,8 +75,11 @@ class _Publisher:
             try:
                 await get_channel_layer().group_send(group, message)
             except Exception as exc:  # subscribers backfill from the database
-                logger.warning("live stream publish to %s failed: %s", group, exc)
+                level = logging.DEBUG if time.monotonic() < self.quiet_until else logging.WARNING
+                logger.log(level, "live stream publish to %s failed: %s", group, exc)
                 stream_metrics.count(stream_metrics.PUBLISH_FAILED)
+            else:
+                self.quiet_until = 0.0  # Redis answered: from now on a failure is news
             finally:
                 if done is not None:
                     done.set()

@@ -33,11 +33,25 @@ def local_host_name() -> str:
     return name[:63] or "localhost"
 
 
+# The discovery note (why no GPU is read) this agent process has logged, per host name: said once per agent start
+# and again only when it changes. Every heartbeat (AGENT_HEARTBEAT_SECONDS) would repeat it, and the host page
+# shows it already.
+_notes_said: dict[str, str] = {}
+
+
+def _log_note(name: str, note: str) -> None:
+    if not note:
+        _notes_said.pop(name, None)  # GPUs are read again: a later loss is news
+        return
+    level = logging.DEBUG if _notes_said.get(name) == note else logging.WARNING
+    _notes_said[name] = note
+    logger.log(level, "agent %s: %s", name, note)
+
+
 def report_once(name: str):
     """Read the GPUs and write them and a heartbeat; returns the Host."""
     discovery = discover(load_nvml(settings.AGENT_NVML_MODULE))
-    if discovery.note:
-        logger.warning("agent %s: %s", name, discovery.note)
+    _log_note(name, discovery.note)
     return host_report(
         name=name,
         discovery=discovery,
@@ -88,6 +102,7 @@ def start_agent(**kwargs) -> None:
     if not name:
         return
     ensure_store(settings.MODEL_STORE)  # this host's downloads and imports land there
+    _notes_said.pop(name, None)  # each agent start says the note once
     host = report_once(name)
     connection.close()
     logger.info("agent %s: registered with %d GPU(s)", name, host.gpus.count())
