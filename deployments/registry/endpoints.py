@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
@@ -130,6 +131,50 @@ def redirect_guard(patterns: list[str], resolver=resolve_addresses):
     return hook
 
 
+class _Hops:
+    """One allow_listed_hops block's guard: the checking adapters and the redirect hook, put on a session and taken
+    off it again."""
+
+    def __init__(self, patterns: list[str], resolver, connect_timeout: float | None) -> None:
+        self.patterns, self.resolver, self.connect_timeout = patterns, resolver, connect_timeout
+        self.hook = redirect_guard(patterns, resolver)
+        self.originals: dict[int, dict] = {}
+
+    def install(self, session: requests.Session) -> None:
+        self.originals[id(session)] = dict(session.adapters)
+        for prefix, inner in list(session.adapters.items()):
+            session.adapters[prefix] = _AllowListAdapter(inner, self.patterns, self.resolver, self.connect_timeout)
+        session.hooks["response"].append(self.hook)
+
+    def uninstall(self, session: requests.Session) -> None:
+        adapters = self.originals.pop(id(session), None)
+        if adapters is None:
+            return
+        if self.hook in session.hooks["response"]:
+            session.hooks["response"].remove(self.hook)
+        session.adapters.clear()
+        session.adapters.update(adapters)
+
+
+_ACTIVE = threading.local()  # this thread's open allow_listed_hops blocks, innermost last
+
+
+def session_factory() -> requests.Session:
+    """huggingface_hub's session factory in every process (DeploymentsConfig.ready): a session made while a
+    thread is inside allow_listed_hops carries that block's guard. huggingface_hub throws its sessions away after a
+    connection error and makes new ones (reset_sessions); without this, the retry would go out unguarded."""
+    session = _hf_default_factory()
+    for hops in getattr(_ACTIVE, "blocks", []):
+        hops.install(session)
+    return session
+
+
+def _hf_default_factory() -> requests.Session:
+    from huggingface_hub.utils import _http
+
+    return getattr(_http, "_default_backend_factory", requests.Session)()
+
+
 @contextlib.contextmanager
 def allow_listed_hops(
     patterns: list[str] | None = None, resolver=resolve_addresses, *, interactive: bool = False
@@ -137,24 +182,23 @@ def allow_listed_hops(
     """Inside the block, huggingface_hub's session (this thread's, which the download engine also hands to its
     file threads) checks every request's address against the allow-list before sending it, and every redirect's
     target before following it: the one way any process (web, worker) talks to a model source. A refused hop
-    raises RedirectRefused (field "endpoint"); nothing reaches a host off the list.
+    raises RedirectRefused (field "endpoint"); nothing reaches a host off the list. Sessions huggingface_hub makes
+    anew inside the block (after a reset) carry the same guard (session_factory).
 
     `interactive` (someone waits for the answer: adding a model, resolving, sizing): connections wait at most
     HUB_CONNECT_TIMEOUT seconds and a network failure raises SourceUnreachable (field "source") at once."""
-    session = get_session()
     patterns = patterns if patterns is not None else list(AllowedEndpoint.objects.values_list("pattern", flat=True))
-    guard = redirect_guard(patterns, resolver)
-    adapters = dict(session.adapters)
-    connect_timeout = settings.HUB_CONNECT_TIMEOUT if interactive else None
-    for prefix, inner in adapters.items():
-        session.adapters[prefix] = _AllowListAdapter(inner, patterns, resolver, connect_timeout)
-    session.hooks["response"].append(guard)
+    hops = _Hops(patterns, resolver, settings.HUB_CONNECT_TIMEOUT if interactive else None)
+    blocks = _ACTIVE.__dict__.setdefault("blocks", [])
+    session = get_session()
+    hops.install(session)
+    blocks.append(hops)
     try:
         yield
     finally:
-        session.hooks["response"].remove(guard)
-        session.adapters.clear()
-        session.adapters.update(adapters)
+        blocks.remove(hops)
+        for guarded in {id(session): session, id(get_session()): get_session()}.values():
+            hops.uninstall(guarded)
 
 
 def hub_endpoint() -> str:

@@ -18,6 +18,12 @@ LABELS = {
     RESTART: gettext_lazy("restart"),
     DELETE: gettext_lazy("delete"),
 }
+DONE = {
+    LAUNCH: gettext_lazy("launched"),
+    STOP: gettext_lazy("stopped"),
+    RESTART: gettext_lazy("restarted"),
+    DELETE: gettext_lazy("deleted"),
+}
 
 ACTIONS: dict[str, tuple[str, ...]] = {
     State.PENDING: (STOP,),
@@ -44,8 +50,10 @@ def require_action(deployment: Deployment, action: str) -> None:
     allowed = allowed_actions(deployment)
     if action in allowed:
         return
-    facts = {"name": deployment.name, "state": deployment.get_state_display(), "action": LABELS[action]}
+    facts = {"name": deployment.name, "state": deployment.get_state_display(), "done": DONE[action]}
     if allowed:
         facts["allowed"] = ", ".join(str(LABELS[verb]) for verb in allowed)
-        raise ApplicationError(_("%(name)s is %(state)s: %(action)s is not possible now (%(allowed)s is).") % facts)
-    raise ApplicationError(_("%(name)s is %(state)s: %(action)s is not possible until that ends.") % facts)
+        raise ApplicationError(
+            _("%(name)s is %(state)s, so it cannot be %(done)s now (possible: %(allowed)s).") % facts
+        )
+    raise ApplicationError(_("%(name)s is %(state)s, so it cannot be %(done)s until that ends.") % facts)

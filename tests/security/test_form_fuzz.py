@@ -21,12 +21,13 @@ from urllib.parse import urlsplit
 import pytest
 from django.db import transaction
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver, resolve
+from django.urls import resolve
 
 from tests.support import hostile
 from tests.support.fixtures import ROOT
 from tests.support.fuzz_seed import seed_objects
 from tests.support.html_forms import HtmlForm, post_forms
+from tests.support.page_walk import ANONYMOUS_PAGES, NOT_PAGES, pages, routes
 
 pytestmark = pytest.mark.django_db
 
@@ -36,62 +37,22 @@ UNSTORABLE = {"nul", "only-nul"}
 TEXT_KINDS = {"text", "password", "email", "url", "number", "search", "tel", "textarea"}  # typed by a user
 # The test client does not check CSRF (a wrong token is a 403 before any view): nothing to learn there.
 NOT_FUZZED = {"csrfmiddlewaretoken"}
-# Which seeded object a page's <pk> names, by the start of its route.
-PK_OWNERS = {
-    "users/": "users",
-    "credentials/": "credentials",
-    "inventory/hosts/": "hosts",
-    "inventory/gpus/": "gpus",
-    "models/sources/endpoints/": "endpoints",
-    "models/": "models",
-    "deployments/images/": "images",
-    "deployments/": "deployments",
-    "jobs/": "jobs",
-}
-NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
-ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
-
-
-def _routes(patterns, prefix: str = ""):
-    for pattern in patterns:
-        if isinstance(pattern, URLResolver):
-            yield from _routes(pattern.url_patterns, prefix + str(pattern.pattern))
-        elif isinstance(pattern, URLPattern):
-            yield prefix + str(pattern.pattern), pattern
-
-
-def _url(route: str, seeded: dict[str, int]) -> str:
-    if "<int:pk>" not in route:
-        return "/" + route
-    owner = next((owner for start, owner in PK_OWNERS.items() if route.startswith(start)), None)
-    assert owner, f"{route}: name the seeded object its <pk> stands for in PK_OWNERS"
-    return "/" + route.replace("<int:pk>", str(seeded[owner]))
 
 
 def _posting_routes() -> set[str]:
     """Routes whose view takes a POST (class-based views with a `post`), as regular expressions."""
     posting = set()
-    for route, pattern in _routes(get_resolver().url_patterns):
+    for route, pattern in routes():
         view = getattr(pattern.callback, "view_class", None)
         if view is not None and hasattr(view, "post") and not route.startswith(NOT_PAGES):
             posting.add(route)
     return posting
 
 
-def _pages(seeded: dict[str, int]) -> list[tuple[str, str]]:
-    """(route, url) of every page with a GET, and the page of the downloading copy (its cancel form)."""
-    pages = []
-    for route, pattern in _routes(get_resolver().url_patterns):
-        view = getattr(pattern.callback, "view_class", None)
-        if not route.startswith(NOT_PAGES) and view is not None and hasattr(view, "get"):
-            pages.append((route, _url(route, seeded)))
-    return [*pages, ("models/<int:pk>/", f"/models/{seeded['models/downloading']}/")]
-
-
 def _collect_forms(admin_client, anonymous_client, seeded: dict[str, int]) -> dict[tuple, tuple]:
     """Every distinct POST form of every page (by action and fields), with the client that sees the page."""
     forms: dict[tuple, tuple] = {}
-    for route, url in _pages(seeded):
+    for route, url in pages(seeded):
         client = anonymous_client if route in ANONYMOUS_PAGES else admin_client
         page = client.get(url)
         assert page.status_code in {200, 302}, f"GET {url}: {page.status_code}"  # 302: its form is elsewhere

@@ -111,3 +111,19 @@ def test_sizing_refuses_a_listed_hub_that_redirects_off_the_list(api, engineer, 
     refused = api(engineer).get("/api/v1/sizing/?source=acme/tiny", expected=400).data
     assert "Redirect refused" in str(refused["source"]) and "127.0.0.1" in str(refused["source"])
     assert hits == []
+
+
+def test_a_session_made_anew_inside_the_block_is_guarded_too(trap):
+    """huggingface_hub throws its sessions away after a connection error (reset_sessions) and retries with a new
+    one; that retry used to leave without the allow-list guard."""
+    from huggingface_hub.utils import get_session, reset_sessions
+
+    from deployments.registry.endpoints import RedirectRefused, allow_listed_hops
+
+    target, hits = trap
+    with allow_listed_hops(patterns=["huggingface.co"]):
+        reset_sessions()  # what http_backoff and http_get do after a ConnectionError
+        with pytest.raises(RedirectRefused):
+            get_session().get(f"{target}/after-a-reset", timeout=5)
+    assert hits == []
+    assert get_session().get(f"{target}/outside", timeout=5).status_code == 200  # the guard ends with the block

@@ -39,7 +39,8 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     endpoint = AllowedEndpoint.objects.create(pattern="10.8.0.0/16")
     credential = CredentialFactory(created_by=admin)
     other = UserFactory(username="olivia-other", roles=["engineer"])
-    object_grant(actor=admin, grantee=TeamFactory(name="nlp"), action=roles.VIEW, target=spec.deployment)
+    team = TeamFactory(name="nlp")
+    object_grant(actor=admin, grantee=team, action=roles.VIEW, target=spec.deployment)
     token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
     return {
         "audit/events": AuditEvent.objects.latest("id").pk,
@@ -52,6 +53,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "jobs": job.pk,
         "models": unused.pk,
         "models/downloading": downloading.pk,
+        "teams": team.pk,
         "tokens": token.pk,
         "users": other.pk,
     }

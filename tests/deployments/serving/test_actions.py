@@ -4,7 +4,7 @@ page and the API; a stop asked for is a successful cancellation in the audit log
 from __future__ import annotations
 
 import pytest
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from audit.models import AuditEvent
 from console.errors import ApplicationError
@@ -27,14 +27,15 @@ def test_every_state_has_its_actions_and_a_failed_deployment_offers_no_restart()
     assert allowed_actions(failed) == ("launch", "stop", "delete")  # stop cancels the automatic restart
 
 
+@translation.override("en")
 def test_the_services_refuse_what_the_state_does_not_allow(admin):
     running = DeploymentFactory(state=State.RUNNING)
-    with pytest.raises(ApplicationError, match="launch is not possible now"):
+    with pytest.raises(ApplicationError, match="cannot be launched now"):
         lifecycle.deployment_launch(actor=admin, deployment=running)
-    with pytest.raises(ApplicationError, match="delete is not possible now"):
+    with pytest.raises(ApplicationError, match="cannot be deleted now"):
         lifecycle.deployment_delete(actor=admin, deployment=running)
     failed = DeploymentFactory(state=State.FAILED)
-    with pytest.raises(ApplicationError, match="restart is not possible now"):
+    with pytest.raises(ApplicationError, match=r"cannot be restarted now \(possible: launch, delete\)"):
         lifecycle.deployment_restart(actor=admin, deployment=failed)
 
 
@@ -43,7 +44,7 @@ def test_the_api_lists_the_allowed_actions(api, admin):
     data = api(admin).get(f"/api/v1/deployments/{deployment.pk}/").data
     assert data["actions"] == ["launch", "delete"]
     refused = api(admin).post(f"/api/v1/deployments/{deployment.pk}/restart/", expected=400).data
-    assert "restart is not possible now" in str(refused)
+    assert "cannot be restarted now" in str(refused)
 
 
 def test_the_page_shows_only_the_allowed_buttons(client, admin):

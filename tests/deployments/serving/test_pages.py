@@ -226,8 +226,8 @@ def test_the_detail_page_of_a_stopped_deployment_previews_the_command(client, ad
     assert 'id="logs-none"' in body
     assert re.search(r'id="command">text-generation-launcher --model-id \S+ --hostname 127.0.0.1 --port PORT', body)
     # stopped: launch and delete offered, stop and restart hidden until the state allows them
-    assert re.search(r'<form [^>]*id="launch-form" data-states="stopped failed" data-confirm=', body)
-    assert re.search(r'<form [^>]*id="stop-form" data-states="[a-z ]+" hidden', body)
+    assert re.search(r'<form [^>]*id="launch-form" data-action="launch" data-confirm=', body)
+    assert re.search(r'<form [^>]*id="stop-form" data-action="stop" hidden', body)
     assert 'id="confirm-modal"' in body
 
 
@@ -268,11 +268,11 @@ def test_stop_then_delete(client, admin, tiny):
     deployment = make_deployment(tiny, "doomed", state=Deployment.State.RUNNING)
     client.force_login(admin)
     body = page(client.get(f"/deployments/{deployment.pk}/"))
-    assert re.search(r'id="stop-form" data-states="[a-z ]*running[a-z ]*" data-confirm="Stop doomed\?', body)
-    assert re.search(r'id="delete-form" data-states="stopped failed" hidden data-confirm="Delete doomed', body)
+    assert re.search(r'id="stop-form" data-action="stop" data-confirm="Stop doomed\?', body)
+    assert re.search(r'id="delete-form" data-action="delete" hidden data-confirm="Delete doomed', body)
 
     response = client.post(f"/deployments/{deployment.pk}/delete/", follow=True)
-    assert "Stop doomed before deleting it." in page(response)
+    assert "doomed is running, so it cannot be deleted now" in page(response)
     assert Deployment.objects.filter(pk=deployment.pk).exists()
 
     response = client.post(f"/deployments/{deployment.pk}/stop/")
