@@ -8,9 +8,9 @@ from rest_framework import serializers
 from console.accounts.selectors import team_list
 from console.api.parsers import JSONTextField
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
+from deployments.serving.actions import allowed_actions
 from deployments.serving.specs import SPEC_FIELDS
 
-from deployments.serving.actions import allowed_actions
 
 class SpecSerializer(serializers.ModelSerializer):
     # extra_env, lora_adapters, gpu_indexes: text that is not JSON is refused with the console's one wording.
@@ -35,12 +35,12 @@ class DeploymentSerializer(serializers.ModelSerializer):
     spec = SpecSerializer(read_only=True)
     spec_input = SpecSerializer(write_only=True, source="spec_data", help_text="The first spec version.")
     team = serializers.SlugRelatedField(slug_field="name", queryset=team_list(), required=False, allow_null=True)
+    actions = serializers.SerializerMethodField(help_text="What the deployment's state allows now.")
+    job_status = serializers.CharField(source="job.status", read_only=True, default=None)
     host = serializers.SlugRelatedField(slug_field="name", read_only=True)
     launch = serializers.BooleanField(write_only=True, default=True)
     job = serializers.PrimaryKeyRelatedField(read_only=True)
 
-    actions = serializers.SerializerMethodField(help_text="What the deployment's state allows now.")
-    job_status = serializers.CharField(source="job.status", read_only=True, default=None)
     class Meta:
         model = Deployment
         fields = [
@@ -62,12 +62,12 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "job",
             "command",
             "server",
+            "actions",
+            "job_status",
             "failure_cause",
             "failure_detail",
             "next_step",
             "restart_count",
-            "actions",
-            "job_status",
             "next_restart_at",
             "created_at",
         ]
@@ -92,13 +92,13 @@ class DeploymentSerializer(serializers.ModelSerializer):
         ]
 
 
-class DeploymentUpdateSerializer(serializers.Serializer):
-    spec = SpecInputSerializer(help_text="Changed fields; a new spec version is made with the diff.")
-    note = serializers.CharField(required=False, allow_blank=True, max_length=255)
-
     def get_actions(self, deployment: Deployment) -> list[str]:
         return list(allowed_actions(deployment))
 
+
+class DeploymentUpdateSerializer(serializers.Serializer):
+    spec = SpecInputSerializer(help_text="Changed fields; a new spec version is made with the diff.")
+    note = serializers.CharField(required=False, allow_blank=True, max_length=255)
 
 
 class RollbackSerializer(serializers.Serializer):

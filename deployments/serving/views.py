@@ -308,8 +308,8 @@ class DeploymentDetailView(ConsoleViewMixin, View):
                 "can_use": can(request.user, roles.USE_DEPLOYMENT, deployment),
                 "can_read_log": bool(job) and can_read_job_log(request.user, job),
                 "actions": {a["key"]: a for a in actions},
-                "states": state_table(),
                 "job_states": job_state_table(),
+                "states": state_table(),
                 "api_url": reverse("api:deployment-detail", args=[deployment.pk]),
             },
         )
