@@ -91,7 +91,6 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
-
     def get_actions(self, deployment: Deployment) -> list[str]:
         return list(allowed_actions(deployment))
 
