@@ -4,6 +4,10 @@ the same batches in the same run; loss, duplicates and order are checked on ever
 from each batch's commit to its arrival at the client.
 
 The client runs in its own process (as a browser would), so its work does not share the producers' GIL.
+
+Lines lost are counted over every pass, and over extra rounds run beside CPU burners (BENCH_CPU_BURNERS busy
+processes, default 2): on a busy machine channels-redis drops group messages for a channel over capacity, and
+the stream must still converge (each subscriber's idle check of the committed head fills a lost tail).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ LATENCY_SECONDS = 5
 TICK = 0.01  # paced producers write LATENCY_RATE * TICK lines per tick
 IDLE_TIMEOUT = 15.0  # the client gives up on a stream after this long without a message
 RAW_CHANNEL = "bench-logstream-raw"
+CONTENDED_ROUNDS = 2
+BURNERS = int(os.environ.get("BENCH_CPU_BURNERS", "2"))
+# Beside the burners the producers' channel layer also gets a tiny capacity, so that group sends are dropped as
+# on an overloaded machine (messages a subscriber has not read yet): the stream must converge all the same.
+CONTENDED_CAPACITY = int(os.environ.get("BENCH_CONTENDED_CAPACITY", "3"))
 
 
 def _text(job_index: int, seq: int) -> str:
@@ -315,13 +324,30 @@ def _latencies(job_ids: list[int], results: list, stamps: dict[str, list[tuple[i
     return latencies
 
 
-def _throughput(client: Connection, base: str, cookie: str, actor) -> tuple[Figure, list[tuple[list[int], list]]]:
+@contextmanager
+def _contention(burners: int, capacity: int) -> Iterator[None]:
+    """`burners` processes spinning on a core each, and the producers' channel capacity at `capacity`."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    processes = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(burners)
+    ]
+    try:
+        with mock.patch.object(layer, "capacity", capacity):
+            yield
+    finally:
+        for process in processes:
+            stop(process)
+
+
+def _rounds(client: Connection, base: str, cookie: str, actor, rounds: int):
     """Rounds of raw pub/sub then the real stream, interleaved so that load from elsewhere on the machine
-    hits both alike; the figure is the median of the rounds' ratios. Returns the streamed jobs and results."""
+    hits both alike. Returns (ratios, raw rates, stream rates, the streamed jobs and results)."""
     from deployments.jobs.log import FLUSH_LINES
 
     ratios, raw_rates, rates, streamed = [], [], [], []
-    for _round in range(THROUGHPUT_ROUNDS):
+    for _round in range(rounds):
         raw_rates.append(_raw_rate(client, FLUSH_LINES))
         jobs = _jobs(THROUGHPUT_JOBS, actor)
         started, _written, results, _ = _stream(client, base, cookie, jobs, THROUGHPUT_LINES, None)
@@ -329,6 +355,14 @@ def _throughput(client: Connection, base: str, cookie: str, actor) -> tuple[Figu
         rates.append(THROUGHPUT_JOBS * THROUGHPUT_LINES / (last - started))
         ratios.append(rates[-1] / raw_rates[-1])
         streamed.append((jobs, results))
+    return ratios, raw_rates, rates, streamed
+
+
+def _throughput(client: Connection, base: str, cookie: str, actor) -> tuple[Figure, list[tuple[list[int], list]]]:
+    """The figure is the median of the rounds' ratios. Returns the streamed jobs and results too."""
+    from deployments.jobs.log import FLUSH_LINES
+
+    ratios, raw_rates, rates, streamed = _rounds(client, base, cookie, actor, THROUGHPUT_ROUNDS)
     return Figure(
         "logstream_throughput_over_raw_pubsub",
         median(ratios),
@@ -369,20 +403,30 @@ def run() -> list[Figure]:
     from django.conf import settings
     from django.test import Client
 
+    from console import stream_metrics
     from tests.factories import UserFactory
 
     viewer = UserFactory(username="bench-logstream-viewer", roles=["auditor"])
     browser = Client(HTTP_HOST="127.0.0.1")
     browser.force_login(viewer)
     cookie = f"{settings.SESSION_COOKIE_NAME}={browser.cookies[settings.SESSION_COOKIE_NAME].value}"
+    counted = stream_metrics.totals()
     with _daphne() as base, _client() as client:
         throughput, streamed = _throughput(client, base, cookie, viewer)
         latency, paced_jobs, paced = _latency(client, base, cookie, viewer)
-    faults = [0, 0, 0, 0]
-    for jobs, results, lines in [(*pair, THROUGHPUT_LINES) for pair in streamed] + [
-        (paced_jobs, paced, LATENCY_RATE * LATENCY_SECONDS)
-    ]:
-        faults = [a + b for a, b in zip(faults, _faults(jobs, results, lines), strict=True)]
+        with _contention(BURNERS, CONTENDED_CAPACITY):
+            busy_ratios, _raw, _rates, busy = _rounds(client, base, cookie, viewer, CONTENDED_ROUNDS)
+    counted = {name: value - counted[name] for name, value in stream_metrics.totals().items()}
+    faults, busy_faults = [0, 0, 0, 0], [0, 0, 0, 0]
+    passes = [(*pair, THROUGHPUT_LINES, False) for pair in streamed] + [
+        (paced_jobs, paced, LATENCY_RATE * LATENCY_SECONDS, False)
+    ]
+    for jobs, results, lines, burning in passes + [(*pair, THROUGHPUT_LINES, True) for pair in busy]:
+        found = _faults(jobs, results, lines)
+        faults = [a + b for a, b in zip(faults, found, strict=True)]
+        if burning:
+            busy_faults = [a + b for a, b in zip(busy_faults, found, strict=True)]
+    busy_total = CONTENDED_ROUNDS * THROUGHPUT_JOBS * THROUGHPUT_LINES
     total = THROUGHPUT_ROUNDS * THROUGHPUT_JOBS * THROUGHPUT_LINES + LATENCY_JOBS * LATENCY_RATE * LATENCY_SECONDS
     lost = Figure(
         "logstream_lines_lost",
@@ -390,8 +434,13 @@ def run() -> list[Figure]:
         "lines",
         "<=",
         0,
-        "{} missing, {} repeated, {} out of order at the client, {} not stored, of {:,} lines written".format(
-            *faults, total
-        ),
+        "{} missing, {} repeated, {} out of order at the client, {} not stored, of {:,} lines written; ".format(
+            *faults, total + busy_total
+        )
+        + f"{sum(busy_faults)} of them among the {busy_total:,} written beside {BURNERS} CPU burners with a "
+        f"channel capacity of {CONTENDED_CAPACITY} (throughput ratio there {median(busy_ratios):.2f}); "
+        "subscribers filled in "
+        f"{counted[stream_metrics.ITEMS_BACKFILLED]:,} lines their live messages lacked, "
+        f"{counted[stream_metrics.OVER_CAPACITY]:,} group sends found a channel over capacity",
     )
     return [throughput, lost, latency]

@@ -21,6 +21,7 @@ committed, and to the end marker of a stream that is over. Items filled in are c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -251,8 +252,12 @@ class StreamConsumer(ConsoleConsumer):
         idle = max(0.05, settings.STREAM_IDLE_CHECK_MS / 1000)
         while not (self.revoked or self.ended):
             await asyncio.sleep(max(0.01, self.last_heard + idle - time.monotonic()))
-            if time.monotonic() - self.last_heard >= idle and not self.pending:
-                await self._converge()
+            flushing = self.flush_task is not None and not self.flush_task.done()
+            if time.monotonic() - self.last_heard >= idle and not flushing:
+                try:
+                    await self._converge()
+                except Exception:  # the socket went away mid-send, the database blinked: check again later
+                    logger.exception("stream %s: the idle check failed", self.stream())
                 self.last_heard = time.monotonic()
 
     async def _converge(self) -> None:
@@ -286,13 +291,40 @@ class StreamConsumer(ConsoleConsumer):
         return items
 
     async def _send(self, items: list[dict]) -> None:
-        if self.revoked:
-            return
-        if time.monotonic() - self.checked_at >= self.recheck_seconds:
-            if not await self.still_allowed():
-                self.revoked, self.pending = True, []  # closed: nothing more goes out on this socket
+        for chunk in _chunks(items):
+            if self.revoked:
                 return
-            self.checked_at = time.monotonic()
-        await self.send_json({"type": "items", "items": items})
-        self.last_sent = items[-1]["seq"]
-        self.last_send_time = time.monotonic()
+            if time.monotonic() - self.checked_at >= self.recheck_seconds:
+                if not await self.still_allowed():
+                    self.revoked, self.pending = True, []  # closed: nothing more goes out on this socket
+                    return
+                self.checked_at = time.monotonic()
+            await self.send_json({"type": "items", "items": chunk})
+            self.last_sent = chunk[-1]["seq"]
+            self.last_send_time = time.monotonic()
+
+
+MESSAGE_BUDGET = 512 * 1024  # daphne refuses a websocket message over 1 MiB (and the send then kills the task)
+
+
+def _size(item: dict) -> int:
+    """A cheap upper estimate of an item's JSON size (a non-ASCII character may become a 6-byte escape)."""
+    text = item.get("text") or ""
+    size = 200 + (len(text) if text.isascii() else 6 * len(text))
+    data = item.get("data")
+    return size + (len(json.dumps(data)) if data else 0)
+
+
+def _chunks(items: list[dict]) -> list[list[dict]]:
+    """Items in messages under MESSAGE_BUDGET (a backfill of thousands of lines is several messages)."""
+    chunks, chunk, size = [], [], 0
+    for item in items:
+        item_size = _size(item)
+        if chunk and size + item_size > MESSAGE_BUDGET:
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        chunks.append(chunk)
+    return chunks

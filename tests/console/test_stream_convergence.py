@@ -4,12 +4,15 @@ the reader waited forever). A finished job's stream ends with an end marker carr
 
 from __future__ import annotations
 
+import io
+import json
 import time
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.core.management import call_command
 
 import audit
 import audit.recorder
@@ -46,6 +49,12 @@ def drop_after_first(monkeypatch):
 
     monkeypatch.setattr(console.streams._Publisher, "put", put)
     return dropped
+
+
+def _command_output(name: str) -> str:
+    out = io.StringIO()
+    call_command(name, stdout=out)
+    return out.getvalue()
 
 
 async def _socket(user, path: str) -> WebsocketCommunicator:
@@ -135,6 +144,14 @@ async def test_group_sends_dropped_over_capacity_are_counted(redis_url, monkeypa
         await database_sync_to_async(console.streams.publish)("overfull", [{"seq": seq}], wait=5)
     after = await database_sync_to_async(stream_metrics.totals)()
     assert after[stream_metrics.OVER_CAPACITY] - before[stream_metrics.OVER_CAPACITY] == 2
-    text = await database_sync_to_async(stream_metrics.prometheus_text)()
+    text = await database_sync_to_async(_command_output)("stream_metrics")
     assert f"llmdeploy_stream_publish_over_capacity_total {after[stream_metrics.OVER_CAPACITY]}" in text
     await layer.group_discard(console.streams.group_name("overfull"), channel)
+
+
+def test_a_large_backfill_goes_out_in_messages_a_browser_accepts():
+    """daphne refuses a websocket message over 1 MiB; a lost tail of long lines is sent in several."""
+    items = [{"seq": seq, "text": "x" * 9_000 if seq % 2 else "日本語" * 3_000, "data": None} for seq in range(1, 400)]
+    chunks = console.streams._chunks(items)
+    assert [item for chunk in chunks for item in chunk] == items
+    assert len(chunks) > 1 and all(len(json.dumps({"type": "items", "items": c})) < 1024 * 1024 for c in chunks)
