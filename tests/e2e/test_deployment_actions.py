@@ -45,6 +45,7 @@ class DeploymentActions(ConsoleLiveServerTestCase):
             page.goto(f"{self.live_server_url}/deployments/{deployment.pk}/")
             assert [a for a in ("launch", "restart", "stop", "delete") if _visible(page, a)] == ["restart", "stop"]
             assert page.locator("[data-job-status]").get_attribute("data-job-status") == "running"
+            assert page.locator("#job-link").get_attribute("href") == f"/jobs/{job.pk}/"  # the job's own page
 
             # The stop completes behind the page: the job is cancelled, the deployment stopped.
             Job.objects.filter(pk=job.pk).update(status=Job.Status.CANCELLED)

@@ -60,7 +60,9 @@
     });
     input.addEventListener("focus", ask);
     (input.dataset.suggestWith || "").split(",").forEach(function (pair) {
-      var source = document.querySelector(pair.split("=")[1] || "");
+      var selector = pair.split("=")[1];
+      if (!selector) return; // no other field to follow (querySelector("") throws)
+      var source = document.querySelector(selector);
       if (!source) return;
       source.addEventListener("change", function () {
         input.value = "";
