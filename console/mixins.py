@@ -19,6 +19,11 @@ class ConsoleViewMixin(LoginRequiredMixin):
     def dispatch(self, request, *args, **kwargs):
         if not request.user.is_authenticated:
             return self.handle_no_permission()
+        self.authorize(request, kwargs)
+        return super().dispatch(request, *args, **kwargs)
+
+    def authorize(self, request, kwargs) -> None:
+        """Raise unless the user may open this page at all (objects are checked again one by one)."""
         model = getattr(getattr(self, "queryset", None), "model", None)
         if model is not None and not self.kwargs_identify_object(kwargs):
             require_list(request.user, self.permission_action, model)
@@ -27,7 +32,6 @@ class ConsoleViewMixin(LoginRequiredMixin):
             require_list(request.user, roles.VIEW, model)
         else:
             require(request.user, self.permission_action)
-        return super().dispatch(request, *args, **kwargs)
 
     @staticmethod
     def kwargs_identify_object(kwargs) -> bool:

@@ -230,6 +230,25 @@ def deploy_scope_allows(user, *, team_id: int | None, host_id: int | None = None
     return str(host_id) in hosts if host_id is not None else bool(hosts)
 
 
+def deploy_scope_teams(user) -> list[int]:
+    """The teams of `user` that may create deployments on some host (a host grant of deploy): the teams the deploy
+    page offers to someone who deploys by grant, not by role."""
+    if not _active(user):
+        return []
+    return [
+        team_id
+        for team_id in user.groups.exclude(name__in=list(roles.ROLES)).values_list("pk", flat=True)
+        if deploy_scope_allows(user, team_id=team_id, new=True)
+    ]
+
+
+def require_create_deployment(user) -> None:
+    """Opening the deploy page: the deploy role, or a team of theirs with a host grant of deploy."""
+    if has_global(user, roles.DEPLOY) or deploy_scope_teams(user):
+        return
+    raise ActionDenied(user, roles.DEPLOY)
+
+
 def _in_deploy_scope(user, action: str, obj: Model) -> bool:
     # can()'s last question: a deployment within a team scope of deploy (the require() path of pages and API).
     if action != roles.DEPLOY or _model_label(type(obj)) != DEPLOYMENT_LABEL:

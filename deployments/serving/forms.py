@@ -13,7 +13,7 @@ from console import roles
 from console.accounts.models import Credential
 from console.accounts.selectors import team_list
 from console.errors import invalid_json
-from console.permissions import restrict
+from console.permissions import deploy_scope_teams, has_global, restrict
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, Gpu, Host, ModelArtifact
 from deployments.registry.forms import StyledForm
 from deployments.serving.models import DEPLOYMENT_NAME
@@ -239,6 +239,12 @@ class DeploymentCreateForm(SpecForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["team"].queryset = team_list()
+        user = kwargs.get("user")
+        if user is not None and not has_global(user, roles.DEPLOY):
+            # Deploying by a team's grant: the deployment belongs to one of those teams.
+            self.fields["team"].queryset = team_list().filter(pk__in=deploy_scope_teams(user))
+            self.fields["team"].required = True
+            self.fields["team"].help_text = _("Your team's grant lets it deploy on the hosts an admin named.")
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip().lower()

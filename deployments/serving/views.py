@@ -10,6 +10,7 @@ import shlex
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -22,7 +23,7 @@ from console.accounts.models import Credential
 from console.errors import INVALID_JSON, ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
-from console.permissions import can
+from console.permissions import can, require_create_deployment
 from deployments.jobs.selectors import can_read_job_log
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, Job, ModelArtifact
 from deployments.serving import images as image_service
@@ -151,6 +152,9 @@ class DeploymentCreateView(_SpecFormView):
     """Deploy a model: the form (with the planner's live verdict), then a review of the verdict and the exact
     command, then `Deploy` creates version 1 and launches it."""
 
+    def authorize(self, request, kwargs) -> None:
+        require_create_deployment(request.user)  # the deploy role, or a team's host grant
+
     def get(self, request):
         initial = {"artifact": request.GET.get("artifact")} if request.GET.get("artifact") else None
         return self.render_form(request, DeploymentCreateForm(user=request.user, initial=initial))
@@ -173,6 +177,9 @@ class DeploymentCreateView(_SpecFormView):
             except ApplicationError as error:
                 apply_error(form, error)
                 return self.render_form(request, form, status=400)
+            except PermissionDenied:  # placed on a host the team's grants do not cover (nothing was saved)
+                form.add_error(None, _("Your team may not deploy on the host this spec was placed on."))
+                return self.render_form(request, form, status=403)
             messages.success(
                 request,
                 _("%(name)s is launching on %(host)s.") % {"name": deployment.name, "host": deployment.host or "—"},

@@ -135,3 +135,30 @@ def test_grant_targets_are_searched_by_name_and_listed_with_their_kind(api, admi
         "/grants/", {"team": "vision", "action": "deploy", "target_type": "deployments.host", "target_name": "h9"}
     )
     assert missing.status_code == 400 and "No host named" in missing.content.decode()
+
+
+def test_the_deploy_page_opens_for_a_team_with_a_host_grant(client, api, admin, engineer, world):
+    """Issue 13 item 4: a team deploys within its scope without an admin creating each deployment, in the page as
+    in the API. The page offers only the teams whose grants allow it; a host outside the grant is refused there,
+    with the reason on the form and nothing saved."""
+    client.force_login(engineer)
+    assert client.get("/deployments/new/").status_code == 403  # no grant yet: no deploy page
+    grant(api, admin, "vision", "deployments.host", "h1")
+    page = client.get("/deployments/new/")
+    assert page.status_code == 200
+    teams = page.context["form"].fields["team"]
+    assert list(teams.queryset.values_list("name", flat=True)) == ["vision"] and teams.required
+    form = {"name": "from-the-page", "team": world["vision"].pk, "restart_policy": "on-failure", "confirm": "1"}
+    spec = {
+        "device": "cpu",
+        "max_input_tokens": "200",
+        "max_total_tokens": "256",
+        "cuda_memory_fraction": "1.0",
+        "max_concurrent_requests": "8",
+    }
+    made = client.post("/deployments/new/", {**form, **spec, "artifact": world["a1"].pk})
+    assert made.status_code == 302, made.context["form"].errors if made.context else made
+    assert Deployment.objects.get(name="from-the-page").host == world["h1"]
+    refused = client.post("/deployments/new/", {**form, **spec, "name": "elsewhere", "artifact": world["a2"].pk})
+    assert refused.status_code == 403 and "may not deploy on the host" in refused.content.decode()
+    assert not Deployment.objects.filter(name="elsewhere").exists()
