@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db.models import QuerySet
+from django.utils.translation import gettext as _
 
 from console import roles
 from console.accounts.models import ApiToken, PasswordState
@@ -45,15 +46,18 @@ def grant_list(*, user) -> list[dict]:
             label = types[perm.content_type_id]
             model_name = label.split(".", 1)[1]
             target = perm.content_object
+            action = perm.permission.codename.removesuffix(f"_{model_name}")
+            name = str(target) if target is not None else _("#%(id)s (deleted)") % {"id": perm.object_pk}
             rows.append(
                 {
                     "user": perm.user.username if grantee_field == "user" else None,
                     "team": perm.group.name if grantee_field == "group" else None,
-                    "action": perm.permission.codename.removesuffix(f"_{model_name}"),
+                    "action": action,
+                    "action_label": str(roles.ACTIONS.get(action, action)),  # the codename in words, for pages
                     "target_type": label,
                     "target_label": str(roles.GRANT_TARGET_LABELS.get(label, label)),
                     "target_id": perm.object_pk,
-                    "target_name": str(target) if target is not None else f"#{perm.object_pk} (deleted)",
+                    "target_name": name,
                 }
             )
     return rows

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.translation import gettext as _
 
 import audit
 from console import roles
@@ -28,7 +29,9 @@ def _in_store(source: str) -> Path | None:
     if not (looks_like_path(source) or source in (".", "..") or path.is_dir()):
         return None
     if store != path and store not in path.parents:
-        raise ApplicationError(f"Local models must be inside the model store ({store}).", field="source")
+        raise ApplicationError(
+            _("Local models must be inside the model store (%(store)s).") % {"store": store}, field="source"
+        )
     return path
 
 
@@ -36,7 +39,9 @@ def _metadata(source: str, *, revision: str | None, token: str | None) -> ModelM
     local = _in_store(source)
     if local is not None:
         if not local.is_dir():
-            raise ApplicationError(f"No directory {source} in the model store.", field="source")
+            raise ApplicationError(
+                _("No directory %(source)s in the model store.") % {"source": source}, field="source"
+            )
         return load_local_metadata(local)
     return _hub_metadata(source, revision=revision, token=token)
 
@@ -59,8 +64,8 @@ def _hub_metadata(repo: str, *, revision: str | None, token: str | None) -> Mode
         if refused.field != "endpoint":
             raise
         raise ApplicationError(
-            f"{repo} is read from {endpoint}, which is not an allowed source: "
-            f"{refused.message.removeprefix('Request refused: ')}",
+            _("%(repo)s is read from %(endpoint)s, which is not an allowed source: %(reason)s")
+            % {"repo": repo, "endpoint": endpoint, "reason": refused.message.removeprefix("Request refused: ")},
             field="source",
         ) from None
 
@@ -70,7 +75,7 @@ def _token(user, credential_id) -> str | None:
         return None
     credential = Credential.objects.filter(pk=credential_id, kind=Credential.Kind.HF_TOKEN).first()
     if credential is None:
-        raise ApplicationError("No such Hugging Face token.", field="credential")
+        raise ApplicationError(_("No such Hugging Face token."), field="credential")
     require(user, roles.ADD_MODEL, credential)
     audit.record(action="secret.used", actor=user, target=credential, detail={"purpose": "read model metadata"})
     return credential.value.reveal()
@@ -92,7 +97,7 @@ def plan(
     source = source.strip()
     if not source:
         raise ApplicationError(
-            "Give a Hugging Face repo id (org/name) or a directory in the model store.", field="source"
+            _("Give a Hugging Face repo id (org/name) or a directory in the model store."), field="source"
         )
     try:
         metadata = _metadata(source, revision=revision or None, token=_token(user, credential_id))
@@ -105,5 +110,5 @@ def plan(
             inventory=inventory_capacity(),
         )
     except SizingError as error:
-        raise ApplicationError(error.message, field=error.field or "source") from None
+        raise ApplicationError(error.text(_), field=error.field or "source") from None
     return report.as_dict()

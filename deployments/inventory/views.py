@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.db.models import Count, Q, Sum
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views import View
 from django.views.generic import ListView
 
@@ -82,7 +83,7 @@ class _FormView(ConsoleViewMixin, View):
 
 
 class HostCreateView(_FormView):
-    title = _("Add a host")
+    title = gettext_lazy("Add a host")  # lazy: a class attribute is made at import, before any language
 
     def get(self, request):
         return self.render_form(request, HostForm())
@@ -102,7 +103,7 @@ class HostCreateView(_FormView):
 
 class HostEditView(_FormView):
     queryset = Host.objects.all()
-    title = _("Edit host")
+    title = gettext_lazy("Edit host")
 
     def get(self, request, pk):
         host = self.visible_object(pk)
@@ -132,7 +133,7 @@ class HostEditView(_FormView):
 
 class GpuCreateView(_FormView):
     queryset = Host.objects.all()
-    title = _("Add a GPU")
+    title = gettext_lazy("Add a GPU")
 
     def get(self, request, pk):
         host = self.visible_object(pk)
@@ -155,7 +156,7 @@ class GpuCreateView(_FormView):
 
 class GpuEditView(_FormView):
     queryset = Gpu.objects.select_related("host")
-    title = _("Edit GPU")
+    title = gettext_lazy("Edit GPU")
 
     def get(self, request, pk):
         gpu = self.visible_object(pk)

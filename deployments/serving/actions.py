@@ -4,7 +4,7 @@ pages (which show only these buttons) and the API (`actions` on a deployment).""
 from __future__ import annotations
 
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from console.errors import ApplicationError
 from deployments.serving.models import Deployment
@@ -18,11 +18,12 @@ LABELS = {
     RESTART: gettext_lazy("restart"),
     DELETE: gettext_lazy("delete"),
 }
+# In a context of their own: "stopped" and "deleted" are also state names, which other languages word differently.
 DONE = {
-    LAUNCH: gettext_lazy("launched"),
-    STOP: gettext_lazy("stopped"),
-    RESTART: gettext_lazy("restarted"),
-    DELETE: gettext_lazy("deleted"),
+    LAUNCH: pgettext_lazy("cannot be …", "launched"),
+    STOP: pgettext_lazy("cannot be …", "stopped"),
+    RESTART: pgettext_lazy("cannot be …", "restarted"),
+    DELETE: pgettext_lazy("cannot be …", "deleted"),
 }
 
 ACTIONS: dict[str, tuple[str, ...]] = {

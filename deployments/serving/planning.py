@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from django.db.models import Q
+from django.utils.translation import gettext as _
 
 from console.errors import ApplicationError
 from deployments.backends import get_backend
@@ -92,7 +93,7 @@ def _size(values: dict, **where):
             **where,
         )
     except SizingError as error:
-        raise ApplicationError(error.message, field=error.field or "artifact") from None
+        raise ApplicationError(error.text(_), field=error.field or "artifact") from None
 
 
 def verdict(values: dict, *, holder: str | None = None) -> Verdict:
@@ -100,7 +101,7 @@ def verdict(values: dict, *, holder: str | None = None) -> Verdict:
     artifact: ModelArtifact = values["artifact"]
     home = artifact.host.name
     if values["device"] == DeploymentSpec.Device.CPU:
-        warning = "Runs on the host's CPU: no GPU memory is checked (development and small models only)."
+        warning = _("Runs on the host's CPU: no GPU memory is checked (development and small models only).")
         return Verdict(fits=True, device="cpu", host=home, gpu_indexes=[], num_shard=1, warnings=[warning])
     if artifact.status != ModelArtifact.Status.READY:
         return Verdict(
@@ -109,7 +110,7 @@ def verdict(values: dict, *, holder: str | None = None) -> Verdict:
             host=home,
             gpu_indexes=values["gpu_indexes"],
             num_shard=values.get("num_shard") or len(values["gpu_indexes"]) or 1,
-            warnings=["The model is still downloading: it is sized when its files are here."],
+            warnings=[_("The model is still downloading: it is sized when its files are here.")],
         )
     if values["gpu_indexes"]:  # GPUs chosen by hand: on the host that holds this copy
         [home_capacity] = inventory_capacity(Host.objects.filter(pk=artifact.host_id), except_holder=holder)
@@ -144,9 +145,13 @@ def verdict(values: dict, *, holder: str | None = None) -> Verdict:
 
 def _refusal(artifact: ModelArtifact, plan: dict, hosts: list[HostCapacity], excluded: list[str]) -> str:
     if hosts and not any(h.gpus for h in hosts):
-        where = f"{artifact.host} has no GPU" if len(hosts) == 1 else "No host has a GPU"
-        return f"{where}. Choose device CPU for a small model, or a host with GPUs."
+        if len(hosts) == 1:
+            return _("%(host)s has no GPU. Choose device CPU for a small model, or a host with GPUs.") % {
+                "host": artifact.host
+            }
+        return _("No host has a GPU. Choose device CPU for a small model, or a host with GPUs.")
     reason = "; ".join(plan["warnings"]) or (
-        f"Needs {plan['per_gpu_bytes'] / 1e9:.1f} GB per GPU on {plan['num_shard']} GPU(s); no host can hold it."
+        _("Needs %(gb).1f GB per GPU on %(shards)s GPU(s); no host can hold it.")
+        % {"gb": plan["per_gpu_bytes"] / 1e9, "shards": plan["num_shard"]}
     )
     return "; ".join([reason, *excluded])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployments.sizing.errors import SizingError
+from deployments.sizing.errors import SizingError, gettext_noop
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -86,11 +86,28 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise SizingError(f"cannot read {what} ({path}): {exc.strerror or exc}", "source") from exc
+        raise SizingError(
+            gettext_noop("cannot read %(what)s (%(path)s): %(reason)s"),
+            "source",
+            what=what,
+            path=str(path),
+            reason=str(exc.strerror or exc),
+        ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SizingError(f"{what} in {path.parent} is not valid JSON: {exc}", "source") from exc
+        raise SizingError(
+            gettext_noop("%(what)s in %(directory)s is not valid JSON: %(error)s"),
+            "source",
+            what=what,
+            directory=str(path.parent),
+            error=str(exc),
+        ) from exc
     if not isinstance(data, dict):
-        raise SizingError(f"{what} in {path.parent} is not a JSON object", "source")
+        raise SizingError(
+            gettext_noop("%(what)s in %(directory)s is not a JSON object"),
+            "source",
+            what=what,
+            directory=str(path.parent),
+        )
     return data
 
 
@@ -98,7 +115,7 @@ def load_local_metadata(directory: Path) -> ModelMetadata:
     """Read config.json and every safetensors header from a local model directory."""
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise SizingError(f"no config.json in {directory}", "source")
+        raise SizingError(gettext_noop("no config.json in %(directory)s"), "source", directory=str(directory))
     config = _read_json(config_path, CONFIG_FILE)
     files = sorted(p.name for p in directory.iterdir() if p.is_file())
     notes: list[str] = []
@@ -136,25 +153,65 @@ def _hub_error(exc: Exception, repo: str, revision: str | None, token: str | Non
     from huggingface_hub import errors
 
     if isinstance(exc, errors.GatedRepoError):
-        hint = "the token has no access to it" if token else "give a Hub token with access to it"
-        return SizingError(f"{repo} is a gated repository: accept its terms on the Hub and {hint}", "token")
+        if token:
+            return SizingError(
+                gettext_noop(
+                    "%(repo)s is a gated repository: accept its terms on the Hub and the token has no access to it"
+                ),
+                "token",
+                repo=repo,
+            )
+        return SizingError(
+            gettext_noop(
+                "%(repo)s is a gated repository: accept its terms on the Hub and give a Hub token with access to it"
+            ),
+            "token",
+            repo=repo,
+        )
     if isinstance(exc, errors.RepositoryNotFoundError):
-        hint = "" if token else " (if it is private, give a Hub token)"
-        return SizingError(f"repository {repo} was not found on the Hub{hint}", "source")
+        if token:
+            return SizingError(gettext_noop("repository %(repo)s was not found on the Hub"), "source", repo=repo)
+        return SizingError(
+            gettext_noop("repository %(repo)s was not found on the Hub (if it is private, give a Hub token)"),
+            "source",
+            repo=repo,
+        )
     if isinstance(exc, errors.RevisionNotFoundError):
-        return SizingError(f"revision {revision!r} was not found in {repo}", "revision")
+        return SizingError(
+            gettext_noop("revision %(revision)r was not found in %(repo)s"), "revision", revision=revision, repo=repo
+        )
     if isinstance(exc, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
-        return SizingError(f"cannot reach the Hub for {repo}, and config.json is not in the local cache", "source")
+        return SizingError(
+            gettext_noop("cannot reach the Hub for %(repo)s, and config.json is not in the local cache"),
+            "source",
+            repo=repo,
+        )
     if isinstance(exc, errors.EntryNotFoundError):
-        return SizingError(f"{repo} has no config.json at revision {revision or 'main'}", "source")
+        return SizingError(
+            gettext_noop("%(repo)s has no config.json at revision %(revision)s"),
+            "source",
+            repo=repo,
+            revision=revision or "main",
+        )
     if isinstance(exc, errors.HFValidationError):
-        return SizingError(f"{repo!r} is neither an existing directory nor a valid Hub repo id", "source")
+        return SizingError(
+            gettext_noop("%(repo)r is neither an existing directory nor a valid Hub repo id"), "source", repo=repo
+        )
     if isinstance(exc, errors.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            return SizingError(f"the Hub refused access to {repo} (HTTP {status}); check the token", "token")
-        return SizingError(f"the Hub answered an error for {repo}: {exc}", "source")
-    return SizingError(f"cannot read {repo} from the Hub: {exc}", "source")
+            return SizingError(
+                gettext_noop("the Hub refused access to %(repo)s (HTTP %(status)s); check the token"),
+                "token",
+                repo=repo,
+                status=status,
+            )
+        return SizingError(
+            gettext_noop("the Hub answered an error for %(repo)s: %(error)s"), "source", repo=repo, error=str(exc)
+        )
+    return SizingError(
+        gettext_noop("cannot read %(repo)s from the Hub: %(error)s"), "source", repo=repo, error=str(exc)
+    )
 
 
 def load_hub_metadata(repo: str, revision: str | None = None, token: str | None = None) -> ModelMetadata:
@@ -211,12 +268,16 @@ def load_model_metadata(source: str, revision: str | None = None, token: str | N
     """Metadata of a local model directory or a Hub repo id (`revision`/`token` apply to the Hub only)."""
     source = (source or "").strip()
     if not source:
-        raise SizingError("give a Hub repo id or a local model directory", "source")
+        raise SizingError(gettext_noop("give a Hub repo id or a local model directory"), "source")
     path = Path(source).expanduser()
     if path.is_dir():
         return load_local_metadata(path)
     if path.exists():
-        raise SizingError(f"{source} is a file; give the model directory that holds config.json", "source")
+        raise SizingError(
+            gettext_noop("%(source)s is a file; give the model directory that holds config.json"),
+            "source",
+            source=source,
+        )
     if looks_like_path(source):
-        raise SizingError(f"directory {source} does not exist", "source")
+        raise SizingError(gettext_noop("directory %(source)s does not exist"), "source", source=source)
     return load_hub_metadata(source, revision=revision, token=token)
