@@ -210,7 +210,12 @@ class TeamViewSet(
             teams.team_member_add(actor=request.user, team=team, user=serializer.validated_data["username"])
         return Response(api_serializers.TeamSerializer(team).data)
 
-    @extend_schema(request=None, responses={204: None}, summary="Remove a member")
+    @extend_schema(
+        request=None,
+        responses={204: None},
+        summary="Remove a member",
+        parameters=[OpenApiParameter("username", str, OpenApiParameter.PATH, description="The member's username.")],
+    )
     @action(detail=True, methods=["delete"], url_path=r"members/(?P<username>[^/]+)")
     def member_remove(self, request, pk=None, username=None):
         team = self.get_object()

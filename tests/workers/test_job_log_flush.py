@@ -15,6 +15,7 @@ import tests.support.job_handlers as job_handlers
 from console.asgi import application
 from deployments.jobs.services import job_create
 from tests.console.test_websocket import ORIGIN, session_cookie
+from tests.support.aio import run_async
 from workers import runner
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +30,12 @@ def _run(job_id: int) -> None:
         connection.close()
 
 
-async def test_a_line_logged_before_a_long_wait_is_readable_and_live_within_the_flush_interval(redis_url, admin, api):
+def test_a_line_logged_before_a_long_wait_is_readable_and_live_within_the_flush_interval(redis_url, admin, api):
+    # A sync test running its coroutine in a thread: browser tests before it leave an event loop on this one.
+    run_async(_line_arrives_while_the_job_waits(admin, api))
+
+
+async def _line_arrives_while_the_job_waits(admin, api):
     job = await database_sync_to_async(job_create)(kind="test.quiet", actor=None, params={"seconds": 10})
     cookie = await database_sync_to_async(session_cookie)(admin)
     socket = WebsocketCommunicator(application, f"/ws/jobs/{job.pk}/", headers=[ORIGIN, (b"cookie", cookie)])
