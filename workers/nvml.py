@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from deployments.inventory import notes
+
 
 @dataclass(frozen=True)
 class DiscoveredGpu:
@@ -71,7 +73,7 @@ def discover(nvml) -> Discovery:
     try:
         nvml.nvmlInit()
     except Exception as exc:
-        return Discovery(note=f"NVML is not available on this host ({exc}); no GPU registered")
+        return Discovery(note=notes.nvml_unavailable(str(exc)))
     try:
         result = Discovery(
             driver_version=_text(_optional(nvml.nvmlSystemGetDriverVersion, default="")),
@@ -101,7 +103,7 @@ def discover(nvml) -> Discovery:
                 )
             )
         if not count:
-            result.note = "NVML found no GPU on this host"
+            result.note = notes.NO_GPU_FOUND
         result.gpus = _with_nvlink_groups(result.gpus, bus_ids, peers)
         return result
     finally:

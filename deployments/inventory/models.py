@@ -7,6 +7,8 @@ from django.db import models
 from django.db.models import Sum
 from django.utils.translation import gettext_lazy as _
 
+from deployments.inventory.notes import host_note_display
+
 HOST_NAME = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$", _("Lowercase letters, digits and hyphens (it names the host's queue host.<name>).")
 )
@@ -51,6 +53,11 @@ class Host(models.Model):
     @property
     def queue(self) -> str:
         return f"host.{self.name}"
+
+    @property
+    def discovery_note_display(self) -> str:
+        """The agent's note in the reader's language."""
+        return host_note_display(self.discovery_note)
 
 
 class Gpu(models.Model):

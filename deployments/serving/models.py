@@ -138,6 +138,20 @@ class Deployment(models.Model):
         return self.name
 
     @property
+    def placement_display(self) -> str:
+        """Where it was placed, in the reader's language: "GPU 0,1 on h1", "CPU on vm", and whether the model's
+        files were copied there (the serve job's artifact is another copy than the spec's)."""
+        if self.host_id is None:
+            return ""
+        facts = {"host": self.host.name, "gpus": ",".join(map(str, self.gpu_indexes or []))}
+        where = _("GPU %(gpus)s on %(host)s") % facts if self.gpu_indexes else _("CPU on %(host)s") % facts
+        params = (self.job.params or {}) if self.job_id else {}
+        copy = params.get("artifact")
+        if copy and self.spec_id and copy != self.spec.artifact_id:
+            return _("%(where)s (model files copied to %(host)s)") % {"where": where, "host": self.host.name}
+        return str(where)
+
+    @property
     def runs_development_server(self) -> bool:
         """The project's CPU development server answers, not the backend it stands in for."""
         return self.server.startswith(DEVELOPMENT_SERVER_NAME)

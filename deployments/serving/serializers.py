@@ -37,6 +37,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
     team = serializers.SlugRelatedField(slug_field="name", queryset=team_list(), required=False, allow_null=True)
     actions = serializers.SerializerMethodField(help_text="What the deployment's state allows now.")
     job_status = serializers.CharField(source="job.status", read_only=True, default=None)
+    placement_note = serializers.CharField(
+        source="placement_display", read_only=True, help_text="Where it runs, in the request's language."
+    )
     host = serializers.SlugRelatedField(slug_field="name", read_only=True)
     launch = serializers.BooleanField(write_only=True, default=True)
     job = serializers.PrimaryKeyRelatedField(read_only=True)
