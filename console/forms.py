@@ -1,4 +1,4 @@
-"""What every HTML form shares: a service's error lands on the field it names."""
+"""What every HTML form shares: a service's error lands on the field it names; inputs look like the rest."""
 
 from __future__ import annotations
 
@@ -17,3 +17,18 @@ def apply_error(form: forms.Form, error: ApplicationError) -> None:
     """Show a service's error on the field it names (or on the form)."""
     field = error.field if error.field in form.fields else None
     form.add_error(field, error.message)
+
+
+class StyledMixin:
+    """Bootstrap's classes on every input a form renders (text, password, number, select), so each page's forms
+    look alike; checkboxes and radios keep the markup templates/includes/_form.html gives them."""
+
+    small = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if isinstance(field.widget, forms.RadioSelect | forms.CheckboxInput | forms.CheckboxSelectMultiple):
+                continue
+            css = "form-select" if isinstance(field.widget, forms.Select) else "form-control"
+            field.widget.attrs.setdefault("class", f"{css} {css}-sm" if self.small else css)

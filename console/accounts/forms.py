@@ -10,13 +10,14 @@ from django.utils.translation import gettext_lazy as _
 
 from console import roles
 from console.accounts.models import ApiToken, Credential
+from console.forms import StyledMixin
 
 User = get_user_model()
 
 ROLE_CHOICES = [(name, label) for name, label in roles.ROLE_LABELS.items()]
 
 
-class UserCreateForm(forms.Form):
+class UserCreateForm(StyledMixin, forms.Form):
     username = forms.CharField(label=_("Username"), max_length=150)
     email = forms.EmailField(label=_("Email"), required=False)
     password = forms.CharField(label=_("First password"), widget=forms.PasswordInput, strip=False)
@@ -25,14 +26,14 @@ class UserCreateForm(forms.Form):
     )
 
 
-class UserAccessForm(forms.Form):
+class UserAccessForm(StyledMixin, forms.Form):
     roles = forms.MultipleChoiceField(
         label=_("Roles"), choices=ROLE_CHOICES, required=False, widget=forms.CheckboxSelectMultiple
     )
     is_active = forms.BooleanField(label=_("Can log in"), required=False)
 
 
-class GrantForm(forms.Form):
+class GrantForm(StyledMixin, forms.Form):
     """One action on one object for a user or a team; the object is picked by name from a list that filters as one
     types (by id from the revoke buttons)."""
 
@@ -75,7 +76,7 @@ class GrantForm(forms.Form):
         return data
 
 
-class TokenCreateForm(forms.Form):
+class TokenCreateForm(StyledMixin, forms.Form):
     name = forms.CharField(label=_("Name"), max_length=100, help_text=_("What the token is for, e.g. 'CI pipeline'."))
     expires_at = forms.DateTimeField(
         label=_("Expires"),
@@ -93,7 +94,7 @@ class TokenCreateForm(forms.Form):
     )
 
 
-class CredentialForm(forms.ModelForm):
+class CredentialForm(StyledMixin, forms.ModelForm):
     value = forms.CharField(
         label=_("Secret value"),
         widget=forms.PasswordInput(render_value=False),
@@ -113,7 +114,7 @@ class CredentialForm(forms.ModelForm):
             self.fields["value"].help_text = _("Leave empty to keep the stored value.")
 
 
-class PasswordChangeForm(forms.Form):
+class PasswordChangeForm(StyledMixin, forms.Form):
     current_password = forms.CharField(
         label=_("Current password"),
         strip=False,
@@ -138,7 +139,7 @@ class PasswordChangeForm(forms.Form):
         return data
 
 
-class PasswordResetForm(forms.Form):
+class PasswordResetForm(StyledMixin, forms.Form):
     """An admin's temporary password for someone else."""
 
     password = forms.CharField(
@@ -154,7 +155,7 @@ class PasswordResetForm(forms.Form):
     )
 
 
-class TeamForm(forms.Form):
+class TeamForm(StyledMixin, forms.Form):
     """Create or rename a team (the service checks the name)."""
 
     name = forms.CharField(
@@ -165,7 +166,7 @@ class TeamForm(forms.Form):
     )
 
 
-class TeamMemberForm(forms.Form):
+class TeamMemberForm(StyledMixin, forms.Form):
     """Add a member by username, chosen from a list that filters as one types."""
 
     username = forms.ModelChoiceField(

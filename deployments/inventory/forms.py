@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from console.accounts.models import Credential
 from console.errors import invalid_json
+from console.forms import StyledMixin
 from deployments.models import Gpu, Host
 from deployments.units import GB
 
@@ -41,7 +42,7 @@ class LabelsField(forms.CharField):
         return value
 
 
-class HostForm(forms.ModelForm):
+class HostForm(StyledMixin, forms.ModelForm):
     labels = LabelsField(label=_("Labels"), required=False, help_text=_("e.g. zone=rack-2, tier=prod"))
 
     class Meta:
@@ -59,7 +60,7 @@ class HostForm(forms.ModelForm):
             self.fields["status"].choices.insert(0, (self.instance.status, self.instance.get_status_display()))
 
 
-class GpuForm(forms.ModelForm):
+class GpuForm(StyledMixin, forms.ModelForm):
     memory_gb = forms.DecimalField(
         label=_("Memory (GB)"),
         min_value=Decimal("0.1"),
@@ -93,7 +94,7 @@ class GpuForm(forms.ModelForm):
         return data
 
 
-class SizingForm(forms.Form):
+class SizingForm(StyledMixin, forms.Form):
     """What the VRAM planner needs; everything but the model has TGI's defaults."""
 
     source = forms.CharField(

@@ -11,6 +11,7 @@ from django.utils.translation import ngettext
 from console import roles
 from console.accounts.models import Credential
 from console.errors import ApplicationError
+from console.forms import StyledMixin
 from console.permissions import restrict
 from deployments.models import Host, ModelArtifact, ModelSource
 from deployments.registry.names import IMPORT_NAME_MAX, import_name
@@ -22,18 +23,8 @@ def hosts_for_models():
     return Host.objects.filter(status__in=[Host.Status.ONLINE, Host.Status.MANUAL]).order_by("name")
 
 
-class StyledForm(forms.Form):
-    """Bootstrap classes on every input (selects, text, password)."""
-
-    small = False
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        for field in self.fields.values():
-            if isinstance(field.widget, forms.RadioSelect | forms.CheckboxInput):
-                continue
-            css = "form-select" if isinstance(field.widget, forms.Select) else "form-control"
-            field.widget.attrs.setdefault("class", f"{css} {css}-sm" if self.small else css)
+class StyledForm(StyledMixin, forms.Form):
+    """A form whose inputs carry Bootstrap's classes (console.forms.StyledMixin)."""
 
 
 def split_globs(value: str) -> list[str]:
