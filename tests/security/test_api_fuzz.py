@@ -15,6 +15,7 @@ cases on every run. The counts are printed and written to test-artifacts/api-fuz
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -107,6 +108,9 @@ def _generated(operation, *, app, headers, seeded, documented, tally: Tally) -> 
 def _hostile(operation, *, raw_schema: dict, seeded: dict[str, int]) -> Iterator[tuple[str, object]]:
     """(label, case) for every hostile value in every query parameter, the id and every JSON body field."""
     path = {"id": seeded[_resource(operation.path)]} if "{id}" in operation.path else {}
+    # Other path parameters get a real value, so the hostile values reach past the router.
+    others = {name: OTHER_PATH_VALUES[name] for name in re.findall(r"\{(\w+)\}", operation.path) if name != "id"}
+    path.update(others)
     definition = operation.definition.raw
     for parameter in definition.get("parameters", []):
         if parameter["in"] != "query":
@@ -118,7 +122,7 @@ def _hostile(operation, *, raw_schema: dict, seeded: dict[str, int]) -> Iterator
                 yield f"?{parameter['name']}={name}", case
     if path:
         for name, value in hostile.TEXT.items():
-            yield f"id={name}", operation.Case(path_parameters={"id": value})
+            yield f"id={name}", operation.Case(path_parameters={**others, "id": value})
     body = definition.get("requestBody", {}).get("content", {}).get("application/json")
     if body is None:
         return
@@ -128,6 +132,10 @@ def _hostile(operation, *, raw_schema: dict, seeded: dict[str, int]) -> Iterator
         for name, value in hostile.JSON.items():
             case = operation.Case(path_parameters=path, body={prop: value}, media_type="application/json")
             yield f"{prop}={name}", case
+
+
+# Path parameters besides {id}, by name: a seeded value (tests/support/fuzz_seed.py). A new one must be named here.
+OTHER_PATH_VALUES = {"username": "olivia-other"}
 
 
 def _properties(schema: dict, raw_schema: dict) -> list[str]:
