@@ -66,6 +66,17 @@ def _no_persistent_connections(django_db_blocker):
     connections["default"].settings_dict["CONN_MAX_AGE"] = 0
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own channel layer object. channels-redis keeps asyncio locks on it, bound to the event
+    loop that first used them; a test whose loop ended mid-receive (a socket closed by the server) leaves one held,
+    and the next test's loop then fails with "bound to a different event loop"."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The real Redis the suite runs against (REDIS_URL, or the embedded one `make test` starts)."""
