@@ -270,3 +270,109 @@ def require_deploy_scope(user, *, team=None, deployment: Model | None = None, ho
         return
     where = f" on host {host}" if host is not None else (" for a team of yours" if team_id is None else "")
     raise ActionDenied(user, f"{roles.DEPLOY}{where}", deployment)
+
+
+# -- datasets: used without being read ---------------------------------------------------------------------------
+DATASET_LABEL = "deployments.dataset"
+DATASET_ACTIONS = (roles.VIEW, roles.FINETUNE, roles.VIEW_DATA, roles.MANAGE_DATASETS)
+
+
+def _teams(user) -> list[int]:
+    """The user's teams (groups that are not roles)."""
+    return list(user.groups.exclude(name__in=list(roles.ROLES)).values_list("pk", flat=True))
+
+
+def _steward_teams(user) -> list[int]:
+    """The user's teams that hold manage_datasets on themselves (their members steward the team's datasets)."""
+    from guardian.models import GroupObjectPermission
+
+    teams = _teams(user)
+    codename = roles.object_codename(roles.MANAGE_DATASETS, "group")
+    rows = GroupObjectPermission.objects.filter(group_id__in=teams, permission__codename=codename)
+    return [int(pk) for group_id, pk in rows.values_list("group_id", "object_pk") if str(group_id) == pk]
+
+
+def restrict_datasets(queryset: QuerySet, user) -> QuerySet:
+    """The datasets a user can see (name, schema, row counts, validation errors by line; never a row). A user can
+    see a dataset when: they hold the view role and either hold manage_datasets or view_data by role (admins,
+    auditors), belong to its owning team, or hold a grant on it (for them or a team of theirs)."""
+    if not has_global(user, roles.VIEW):
+        return queryset.none()
+    if has_global(user, roles.MANAGE_DATASETS) or has_global(user, roles.VIEW_DATA):
+        return queryset
+    model = queryset.model
+    codenames = [_object_perm(model, action) for action in roles.GRANTABLE[DATASET_LABEL]]
+    granted = get_objects_for_user(
+        user, codenames, klass=model, any_perm=True, accept_global_perms=False, with_superuser=False
+    )
+    return queryset.filter(Q(team_id__in=_teams(user)) | Q(pk__in=granted.values("pk")))
+
+
+def dataset_allows(user, action: str, dataset: Model) -> bool:
+    """What a user may do with a dataset they can see (restrict_datasets):
+    - view: see it;
+    - finetune ("use"): train on it: the finetune role and (manage_datasets by role, its owning team, or a grant of
+      finetune or manage_datasets on it), or a grant of finetune on it;
+    - view_data: preview its rows: view_data by role (admins, auditors) or a grant of view_data on it. Belonging to
+      the owning team is not enough;
+    - manage_datasets: add versions and delete: manage_datasets by role (admins), a grant of it on the dataset, or
+      membership of its owning team when that team holds manage_datasets on itself (its data stewards)."""
+    if action not in DATASET_ACTIONS:
+        raise ValueError(f"unknown dataset action {action!r}")
+    if not restrict_datasets(type(dataset)._default_manager.filter(pk=dataset.pk), user).exists():
+        return False
+
+    def granted(name: str) -> bool:
+        return user.has_perm(_object_perm(type(dataset), name), dataset)
+
+    if action == roles.VIEW:
+        return True
+    if action == roles.VIEW_DATA:
+        return has_global(user, roles.VIEW_DATA) or granted(roles.VIEW_DATA)
+    manages = has_global(user, roles.MANAGE_DATASETS) or granted(roles.MANAGE_DATASETS)
+    manages = manages or dataset.team_id in _steward_teams(user)
+    if action == roles.MANAGE_DATASETS:
+        return manages
+    owned = manages or dataset.team_id in _teams(user)
+    return granted(roles.FINETUNE) or (has_global(user, roles.FINETUNE) and owned)
+
+
+def require_dataset(user, action: str, dataset: Model) -> None:
+    """Raise unless dataset_allows: a dataset the user cannot see is a 404 (no enumeration), else a 403."""
+    if dataset_allows(user, action, dataset):
+        return
+    if action == roles.VIEW or not dataset_allows(user, roles.VIEW, dataset):
+        raise ObjectHidden(user, action, dataset)
+    raise ActionDenied(user, action, dataset)
+
+
+def dataset_manager_teams(user) -> list[int] | None:
+    """The teams for which `user` may add datasets: None for all (manage_datasets by role), else the teams of theirs
+    that hold manage_datasets on themselves."""
+    if has_global(user, roles.MANAGE_DATASETS):
+        return None
+    return _steward_teams(user) if _active(user) else []
+
+
+def require_dataset_manager(user, *, team: Model | None = None) -> None:
+    """Adding a dataset (for `team`), or any dataset work at all when no team is named: manage_datasets by role, or
+    a team of theirs that stewards its datasets, or (no team named) a grant of manage_datasets on some dataset."""
+    teams = dataset_manager_teams(user)
+    if teams is None:
+        return
+    if team is not None:
+        if team.pk in teams:
+            return
+        raise ActionDenied(user, f"{roles.MANAGE_DATASETS} for team {team}")
+    if teams or (_active(user) and _holds_any_dataset_grant(user, roles.MANAGE_DATASETS)):
+        return
+    raise ActionDenied(user, roles.MANAGE_DATASETS)
+
+
+def _holds_any_dataset_grant(user, action: str) -> bool:
+    from django.apps import apps
+
+    model = apps.get_model(DATASET_LABEL)
+    return get_objects_for_user(
+        user, _object_perm(model, action), klass=model, accept_global_perms=False, with_superuser=False
+    ).exists()

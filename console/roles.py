@@ -15,6 +15,7 @@ DEPLOY = "deploy"
 USE_DEPLOYMENT = "use_deployment"
 FINETUNE = "finetune"
 VIEW_DATA = "view_data"
+MANAGE_DATASETS = "manage_datasets"
 MANAGE_USERS = "manage_users"
 
 ACTIONS: dict[str, str] = {
@@ -25,6 +26,7 @@ ACTIONS: dict[str, str] = {
     USE_DEPLOYMENT: _("Use deployments (playground, benchmark)"),
     FINETUNE: _("Start fine-tune and quantize jobs"),
     VIEW_DATA: _("View dataset contents, prompts, the audit log and its exports"),
+    MANAGE_DATASETS: _("Add, version and delete datasets"),
     MANAGE_USERS: _("Manage roles, teams, grants and other users' tokens"),
 }
 
@@ -45,17 +47,22 @@ ROLE_LABELS: dict[str, str] = {ADMIN: _("Admin"), ENGINEER: _("Engineer"), AUDIT
 GRANTABLE: dict[str, tuple[str, ...]] = {
     "console.credential": (VIEW, ADD_MODEL),
     "deployments.deployment": (VIEW, DEPLOY, USE_DEPLOYMENT),
+    # Datasets (console.permissions.dataset_allows): `finetune` is "use" (train on it), `view_data` lets the grantee
+    # preview rows, `manage_datasets` makes them its data steward; on a team itself, manage_datasets makes that team's
+    # members the stewards of the datasets it owns.
+    "deployments.dataset": (FINETUNE, VIEW_DATA, MANAGE_DATASETS),
     # Team scopes of `deploy` (console.permissions.deploy_scope_allows), granted to a team: on a host, its members
     # create and launch their team's deployments there; on the team itself, they run every deployment it owns.
     "deployments.host": (DEPLOY,),
-    "auth.group": (DEPLOY,),
+    "auth.group": (DEPLOY, MANAGE_DATASETS),
 }
 # What each kind of grant target is called in forms and lists.
 GRANT_TARGET_LABELS: dict[str, str] = {
     "console.credential": _("Credential"),
     "deployments.deployment": _("Deployment"),
     "deployments.host": _("Host (the grantee team deploys its own deployments there)"),
-    "auth.group": _("Every deployment a team owns (granted to that team)"),
+    "deployments.dataset": _("Dataset"),
+    "auth.group": _("Every deployment or dataset a team owns (granted to that team)"),
 }
 
 # The model whose permissions carry the global actions (no table; see console.accounts.models.Capability).

@@ -45,6 +45,10 @@ AUDIT_CHECKPOINT_KEY = env_str("AUDIT_CHECKPOINT_KEY") or (
 )
 
 MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
+# Datasets live on the console (one file per version); uploads arrive in chunks of at most 8 MiB, in total at most
+# DATASET_UPLOAD_MAX_BYTES per file.
+DATASET_STORE = Path(env_str("DATASET_STORE", str(DATA_DIR / "datasets")))
+DATASET_UPLOAD_MAX_BYTES = env_int("DATASET_UPLOAD_MAX_BYTES", 10 * 2**30)
 # Directories on the hosts from which models may be imported in place (their manifest is written there).
 MODEL_IMPORT_ROOTS = env_list("MODEL_IMPORT_ROOTS", [])  # empty: MODEL_STORE
 ML_PYTHON = env_str("ML_PYTHON", str(BASE_DIR / ".venv-ml" / "bin" / "python"))

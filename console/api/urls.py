@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from audit import api as audit_api
 from console.accounts import api as accounts_api
 from console.api import views
+from deployments.datasets import api as datasets_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
 from deployments.registry import api as registry_api
@@ -27,6 +28,9 @@ router.register("endpoints", registry_api.AllowedEndpointViewSet, basename="endp
 router.register("jobs", jobs_api.JobViewSet, basename="job")
 router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
 router.register("images", deployments_api.AllowedImageViewSet, basename="image")
+# uploads before datasets: "datasets/{pk}/" would take "uploads" for a pk
+router.register("datasets/uploads", datasets_api.DatasetUploadViewSet, basename="dataset-upload")
+router.register("datasets", datasets_api.DatasetViewSet, basename="dataset")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),

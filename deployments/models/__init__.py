@@ -1,5 +1,6 @@
-"""Models of the deployments app: inventory, model registry, jobs, deployments."""
+"""Models of the deployments app: inventory, model registry, jobs, deployments, datasets."""
 
+from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion
 from deployments.inventory.models import HOST_NAME, Gpu, GpuReservation, Host
 from deployments.jobs.models import Job, JobLogLine
 from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
@@ -10,6 +11,9 @@ __all__ = [
     "AllowedEndpoint",
     "AllowedImage",
     "ArtifactUse",
+    "Dataset",
+    "DatasetUpload",
+    "DatasetVersion",
     "Deployment",
     "DeploymentSpec",
     "Gpu",

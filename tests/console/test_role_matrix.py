@@ -6,6 +6,8 @@ user may not see: 404. `test_every_route_is_in_the_matrix` fails when a new rout
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.contrib.auth.models import Group
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -79,6 +81,9 @@ NEW_DEPLOYMENT_API = {
 }
 PLAN_API = {"spec": {"artifact": "{serve_artifact}", "max_input_tokens": 128, "max_total_tokens": 256}}
 IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
+DATASET_VERSION = "/api/v1/datasets/<pk>/versions/<version>/"
+DATASET_UPLOAD = "/api/v1/datasets/uploads/<pk>/"
+NEW_UPLOAD = {"dataset": "{dataset}", "filename": "matrix.jsonl", "size": 10}
 
 MATRIX = [
     # pages
@@ -620,6 +625,42 @@ MATRIX = [
     ),
     row("get", "/api/v1/audit/verification/", 401, 403, 200, 403, 200),
     row("get", "/api/v1/audit/checkpoints/", 401, 403, 200, 403, 200),
+    # Datasets: matrix-team (the engineer's) owns one with a version; rows only for view_data (admins, auditors).
+    row("get", "/api/v1/datasets/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/datasets/", 401, 403, 403, 403, 201, data={"name": "matrix-api-ds", "team": "{team}"}),
+    row("get", "/api/v1/datasets/{dataset}/", 401, 403, 200, 200, 200, route="/api/v1/datasets/<pk>/"),
+    row("delete", "/api/v1/datasets/{dataset}/", 401, 403, 403, 403, 204, route="/api/v1/datasets/<pk>/"),
+    row(
+        "get", "/api/v1/datasets/{dataset}/versions/", 401, 403, 200, 200, 200, route="/api/v1/datasets/<pk>/versions/"
+    ),
+    *[
+        row(method, "/api/v1/datasets/{dataset}/versions/1/", 401, 403, *answers, route=DATASET_VERSION)
+        for method, answers in (("get", (200, 200, 200)), ("delete", (403, 403, 204)))
+    ],
+    row(
+        "get",
+        "/api/v1/datasets/{dataset}/versions/1/preview/",
+        401,
+        403,
+        200,
+        403,
+        200,
+        route=DATASET_VERSION + "preview/",
+    ),
+    row("post", "/api/v1/datasets/uploads/", 401, 403, 403, 403, 201, data=NEW_UPLOAD),
+    row("get", "/api/v1/datasets/uploads/{upload}/", 401, 403, 403, 403, 200, route=DATASET_UPLOAD),
+    row("put", "/api/v1/datasets/uploads/{upload}/?offset=0", 401, 403, 403, 403, 200, route=DATASET_UPLOAD),
+    row("delete", "/api/v1/datasets/uploads/{upload}/", 401, 403, 403, 403, 204, route=DATASET_UPLOAD),
+    row(
+        "post",
+        "/api/v1/datasets/uploads/{upload}/complete/",
+        401,
+        403,
+        403,
+        403,
+        400,  # nothing arrived yet: "send the rest from offset 0"
+        route=DATASET_UPLOAD + "complete/",
+    ),
 ]
 
 
@@ -659,6 +700,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         "team": team.pk,
         **_registry_ids(),
         **_deployment_ids(tmp_path),
+        **_dataset_ids(settings, tmp_path, team, users["admin"]),
     }
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
@@ -742,6 +784,22 @@ def _deployment_ids(tmp_path) -> dict:
         deployment.save(update_fields=["spec"])
         ids[name] = deployment.pk
     return ids
+
+
+def _dataset_ids(settings, tmp_path, team, admin) -> dict:
+    """A dataset matrix-team owns, with version 1 on disk, and an upload of version 2 that has received nothing."""
+    from deployments.datasets import services as datasets
+
+    settings.DATASET_STORE = tmp_path / "datasets"
+    dataset = datasets.dataset_create(actor=admin, name="matrix-ds", team=team)
+    content = b'{"text": "matrix row"}\n'
+    upload = datasets.upload_start(actor=admin, dataset=dataset, filename="v1.jsonl", size=len(content))
+    upload = datasets.upload_chunk(
+        actor=admin, upload=upload, offset=0, stream=io.BytesIO(content), length=len(content)
+    )
+    datasets.upload_complete(actor=admin, upload=upload)
+    pending = datasets.upload_start(actor=admin, dataset=dataset, filename="v2.jsonl", size=100)
+    return {"dataset": dataset.pk, "upload": pending.pk}
 
 
 def _routes(resolver=None, prefix="") -> list[str]:

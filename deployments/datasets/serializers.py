@@ -1,0 +1,107 @@
+"""API shapes of datasets. Nothing here carries a row: schema, counts and problems by line and field only; the
+preview (view_data) is the one response with rows."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import Group
+from rest_framework import serializers
+
+from console import roles
+from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion, Format
+from deployments.datasets.services import CHUNK_MAX_BYTES
+from deployments.datasets.validation import describe
+
+
+class ProblemsField(serializers.ReadOnlyField):
+    """Stored problems, each with its sentence in the reader's language."""
+
+    def to_representation(self, value):
+        return [{**problem, "message": describe(problem)} for problem in value or []]
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    validation_errors = ProblemsField()
+    stats = serializers.SerializerMethodField(help_text="Token statistics: computed by the ML environment's job.")
+
+    class Meta:
+        model = DatasetVersion
+        fields = [
+            "version",
+            "sha256",
+            "size",
+            "format",
+            "shape",
+            "row_count",
+            "columns",
+            "validation_errors",
+            "status",
+            "stats",
+            "created_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_stats(self, version) -> dict:
+        return {"status": "not_computed"}
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    team = serializers.PrimaryKeyRelatedField(queryset=Group.objects.exclude(name__in=list(roles.ROLES)))
+    team_name = serializers.CharField(source="team.name", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    latest_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "team", "team_name", "description", "created_by", "created_at", "latest_version"]
+        read_only_fields = ["id", "created_by", "created_at"]
+        extra_kwargs = {"name": {"validators": []}}  # uniqueness is the service's, with its sentence
+
+    def get_latest_version(self, dataset) -> int | None:
+        latest = dataset.versions.order_by("-version").values_list("version", flat=True).first()
+        return latest
+
+
+class UploadStartSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField()
+    filename = serializers.CharField(max_length=255)
+    size = serializers.IntegerField(min_value=0, max_value=2**62)
+    format = serializers.ChoiceField(choices=Format.choices, required=False, allow_blank=True)
+    sha256 = serializers.CharField(max_length=64, required=False, allow_blank=True)
+
+
+class UploadCompleteSerializer(serializers.Serializer):
+    sha256 = serializers.CharField(max_length=64, required=False, allow_blank=True)
+
+
+class UploadSerializer(serializers.ModelSerializer):
+    errors = ProblemsField()
+    version = serializers.SlugRelatedField(slug_field="version", read_only=True)
+    chunk_max_bytes = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DatasetUpload
+        fields = [
+            "id",
+            "dataset",
+            "filename",
+            "format",
+            "size",
+            "received",
+            "sha256",
+            "status",
+            "errors",
+            "version",
+            "chunk_max_bytes",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_chunk_max_bytes(self, upload) -> int:
+        return CHUNK_MAX_BYTES
+
+
+class PreviewSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    rows = serializers.ListField(child=serializers.DictField())
