@@ -27,5 +27,6 @@ urlpatterns = [
     path("models/", include("deployments.registry.urls")),
     path("deployments/", include("deployments.serving.urls")),
     path("jobs/", include("deployments.jobs.urls")),
+    path("datasets/", include("deployments.datasets.urls")),
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

@@ -136,7 +136,10 @@ def upload_chunk(*, actor, upload: DatasetUpload, offset: int, stream: BinaryIO,
         if upload.status != DatasetUpload.Status.RECEIVING:
             raise ApplicationError(f"This upload is {upload.get_status_display()}; start a new one.", field="upload")
         part = storage.part_path(upload.pk)
-        on_disk = part.stat().st_size if part.exists() else 0
+        if not part.exists():  # the store lost it (or was moved): start again from byte 0
+            part.parent.mkdir(parents=True, exist_ok=True)
+            part.touch(mode=0o600)
+        on_disk = part.stat().st_size
         if on_disk < upload.received:  # the disk lost what it had acknowledged: resume from what is there
             upload.received = on_disk
             upload.save(update_fields=["received", "updated_at"])
@@ -184,6 +187,8 @@ def upload_complete(*, actor, upload: DatasetUpload, sha256: str = "") -> Datase
             field="upload",
         )
     part = storage.part_path(upload.pk)
+    if not part.exists():
+        raise ApplicationError("The bytes of this upload are gone from the console; upload the file again.")
     report = validation.inspect(part, upload.format)
     expected = (sha256 or upload.sha256).strip().lower()
     if report.size != upload.size:

@@ -19,14 +19,15 @@ EXPECTED_NAV = {
         "models",
         "deployments",
         "jobs",
+        "datasets",
         "credentials",
         "audit",
         "access",
         "teams",
         "api",
     ],
-    "engineer": ["dashboard", "inventory", "models", "deployments", "jobs", "credentials", "api"],
-    "auditor": ["dashboard", "inventory", "models", "deployments", "jobs", "credentials", "audit", "api"],
+    "engineer": ["dashboard", "inventory", "models", "deployments", "jobs", "datasets", "credentials", "api"],
+    "auditor": ["dashboard", "inventory", "models", "deployments", "jobs", "datasets", "credentials", "audit", "api"],
 }
 
 
