@@ -205,6 +205,20 @@ def test_a_chat_record_without_an_assistant_turn_is_refused_by_line_number(work)
     assert CANARY not in json.dumps(run.events) + run.stderr
 
 
+def test_rows_longer_than_max_seq_len_are_refused_by_line_number(work):
+    data = write_lines(
+        work / "long.jsonl",
+        [{"text": "a short row."}, {"text": "a short row."}, {"text": " ".join([CANARY] * 20)}, {"text": "short."}],
+    )
+    spec = spec_for(work, "long", dataset=str(data), hyperparameters={**HYPERPARAMETERS, "max_seq_len": 32})
+    run = run_job("finetune", spec, work / "long-run")
+    assert run.code == EXIT_BAD_INPUT
+    error = run.one("error")
+    assert (error["cause"], error["line"], error["field"]) == ("row_too_long", 3, "hyperparameters.max_seq_len")
+    assert CANARY not in json.dumps(run.events) + run.stderr
+    assert not (work / "long" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize(
     ("change", "cause", "field"),
     [

@@ -125,7 +125,9 @@ def normalized(record: dict[str, Any], shape: str) -> dict[str, Any]:
     return {"text": record["text"]}
 
 
-def iter_records(path: str, shape: str, **_fingerprint: Any) -> Iterator[dict[str, Any]]:
-    """The records of a scanned file, in file order (the extra keywords only make a datasets cache key)."""
-    for _number, line in _lines(Path(path)):
-        yield normalized(json.loads(line), shape)
+def iter_records(path: str, shape: str, with_lines: bool = False, **_fingerprint: Any) -> Iterator[Any]:
+    """The records of a scanned file in file order, or (line number, record) pairs; the extra keywords only make
+    a datasets cache key."""
+    for number, line in _lines(Path(path)):
+        record = normalized(json.loads(line), shape)
+        yield (number, record) if with_lines else record

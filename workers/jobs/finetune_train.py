@@ -93,6 +93,30 @@ def load_tokenizer(spec: FinetuneSpec):
     return tokenizer
 
 
+def _token_count(tokenizer, record: dict[str, Any]) -> int:
+    if "messages" in record:
+        return len(tokenizer.apply_chat_template(record["messages"], tokenize=True, return_dict=False))
+    text = record["text"] if "text" in record else record["prompt"] + record["completion"]
+    return len(tokenizer(text)["input_ids"]) + 1  # TRL appends the end-of-sequence token
+
+
+def check_lengths(spec: FinetuneSpec, scan: DatasetScan, tokenizer) -> None:
+    """Refuse rows longer than max_seq_len instead of silently cutting their ends off (by line, never quoted)."""
+    limit, too_long = spec.hyperparameters["max_seq_len"], []
+    for number, record in iter_records(spec.dataset, scan.shape, with_lines=True):
+        if _token_count(tokenizer, record) > limit:
+            too_long.append(number)
+    if too_long:
+        more = f" ({len(too_long) - 1} more rows are too long)" if len(too_long) > 1 else ""
+        raise BadInput(
+            f"Line {too_long[0]} of {Path(spec.dataset).name} is longer than max_seq_len ({limit} tokens).{more}",
+            cause="row_too_long",
+            line=too_long[0],
+            field="hyperparameters.max_seq_len",
+            next_step="Raise max_seq_len, or shorten or split the long rows and add the dataset as a new version.",
+        )
+
+
 def build_datasets(spec: FinetuneSpec, scan: DatasetScan):
     """Arrow-backed (memory-mapped) train and eval sets in file order, the eval share drawn with the seed."""
     import datasets
@@ -259,6 +283,7 @@ def train(spec: FinetuneSpec, scan: DatasetScan, events: Events, stop: StopReque
     Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     set_seed(spec.hyperparameters["seed"])
     tokenizer = load_tokenizer(spec)
+    check_lengths(spec, scan, tokenizer)
     train_set, eval_set = build_datasets(spec, scan)
     model = load_model(spec, dtype)
     callback = EventsCallback(events, stop, {**lineage, "precision": precision})
