@@ -135,7 +135,7 @@ def _hostile(operation, *, raw_schema: dict, seeded: dict[str, int]) -> Iterator
 
 
 # Path parameters besides {id}, by name: a seeded value (tests/support/fuzz_seed.py). A new one must be named here.
-OTHER_PATH_VALUES = {"username": "olivia-other"}
+OTHER_PATH_VALUES = {"username": "olivia-other", "version": "1"}
 
 
 def _properties(schema: dict, raw_schema: dict) -> list[str]:

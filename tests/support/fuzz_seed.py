@@ -42,9 +42,12 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     team = TeamFactory(name="nlp")
     object_grant(actor=admin, grantee=team, action=roles.VIEW, target=spec.deployment)
     token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
+    dataset, upload = _dataset(admin, engineer, team)
     return {
         "audit/events": AuditEvent.objects.latest("id").pk,
         "credentials": credential.pk,
+        "datasets": dataset.pk,
+        "datasets/uploads": upload,
         "deployments": spec.deployment.pk,
         "endpoints": endpoint.pk,
         "gpus": gpu.pk,
@@ -57,3 +60,19 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "tokens": token.pk,
         "users": other.pk,
     }
+
+
+def _dataset(admin, engineer, team):
+    """A dataset the engineer's team owns, with version 1, and an upload of version 2 that has received nothing."""
+    import io
+
+    from deployments.datasets import services as datasets
+
+    team.user_set.add(engineer)
+    dataset = datasets.dataset_create(actor=admin, name="fuzz-set", team=team)
+    content = b'{"text": "fuzz row"}\n'
+    first = datasets.upload_start(actor=admin, dataset=dataset, filename="v1.jsonl", size=len(content))
+    first = datasets.upload_chunk(actor=admin, upload=first, offset=0, stream=io.BytesIO(content), length=len(content))
+    datasets.upload_complete(actor=admin, upload=first)
+    upload = datasets.upload_start(actor=admin, dataset=dataset, filename="v2.jsonl", size=64)
+    return dataset, str(upload.pk)
