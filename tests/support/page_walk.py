@@ -17,6 +17,7 @@ PK_OWNERS = {
     "deployments/": "deployments",
     "jobs/": "jobs",
     "teams/": "teams",
+    "datasets/": "datasets",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
@@ -37,7 +38,7 @@ def url_for(route: str, seeded: dict[str, int]) -> str:
     owner = next((owner for start, owner in PK_OWNERS.items() if route.startswith(start)), None)
     assert owner, f"{route}: name the seeded object its <pk> stands for in PK_OWNERS"
     assert owner in seeded, f"{route}: seed a {owner} object in tests/support/fuzz_seed.py"
-    return "/" + route.replace("<int:pk>", str(seeded[owner]))
+    return "/" + route.replace("<int:pk>", str(seeded[owner])).replace("<int:version>", "1")  # datasets: v1
 
 
 def pages(seeded: dict[str, int]) -> list[tuple[str, str]]:
