@@ -6,6 +6,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 
 from console import roles
+from console.api.parsers import REFUSAL, has_unstorable_text
 from console.errors import ApplicationError
 
 User = get_user_model()
@@ -21,9 +22,23 @@ def apply_error(form: forms.Form, error: ApplicationError) -> None:
 
 class StyledMixin:
     """Bootstrap's classes on every input a form renders (text, password, number, select), so each page's forms
-    look alike; checkboxes and radios keep the markup templates/includes/_form.html gives them."""
+    look alike; checkboxes and radios keep the markup templates/includes/_form.html gives them. Text no field can
+    store (a NUL, an unpaired surrogate) is a field error before any field looks it up in the database."""
 
     small = False
+
+    def full_clean(self) -> None:
+        refused = set()
+        if self.is_bound and hasattr(self.data, "lists"):
+            data = self.data.copy()
+            for key, values in self.data.lists():
+                if has_unstorable_text(list(values)):
+                    refused.add(key)
+                    data.setlist(key, [])
+            self.data = data
+        super().full_clean()
+        for key in refused & set(self.fields):
+            self.add_error(key, REFUSAL)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

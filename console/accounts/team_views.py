@@ -15,6 +15,7 @@ from console import roles
 from console.accounts import selectors
 from console.accounts.forms import TeamForm, TeamMemberForm
 from console.accounts.services import teams
+from console.api.parsers import has_unstorable_text
 from console.errors import ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin, search_context
@@ -85,7 +86,9 @@ class TeamDetailView(ConsoleViewMixin, View):
         if op == "add":
             return self._add(request, team)
         if op == "remove":
-            person = selectors.team_members(team=team).filter(username=request.POST.get("username", "")).first()
+            username = request.POST.get("username", "")
+            members = selectors.team_members(team=team)
+            person = None if has_unstorable_text(username) else members.filter(username=username).first()
             if person is not None:
                 teams.team_member_remove(actor=request.user, team=team, user=person)
                 messages.success(request, _("%(user)s left %(team)s.") % {"user": person.username, "team": team.name})
