@@ -1,0 +1,304 @@
+"""Training memory before a fine-tune runs: weights, gradients, AdamW states, master weights, activations, overhead.
+
+Pure arithmetic on config.json (parameters as the inference planner counts them, deployments.sizing.params), and
+a verdict against the GPUs the placement engine picks. Bytes per device; data parallel only: each replica holds
+a full copy of everything (no ZeRO, no FSDP), so more GPUs speed training up but never lower the memory per GPU.
+
+Per parameter (P all, T trainable), the usual mixed-precision Adam accounting (Rajbhandari et al., "ZeRO",
+2020, §3.1: 2 + 2 + 12 bytes per parameter):
+- weights: 4 bytes under fp32, 2 under bf16/fp16; QLoRA's frozen base linears are 4-bit NF4 (0.5 byte plus the
+  block constants, as `memory.weight_bytes` counts bitsandbytes), the rest 16-bit; LoRA's adapters at the
+  precision;
+- gradients: T at the precision (4 bytes under fp32);
+- AdamW: two fp32 moments, 8 bytes per trainable parameter;
+- master weights: an fp32 copy of the trainable parameters under bf16/fp16, none under fp32.
+
+Activations: what autograd keeps for the backward pass, counted tensor by tensor for a Llama-style decoder layer
+(RMSNorm, GQA attention through SDPA/flash, SwiGLU MLP, no dropout), following the method of Korthikanti et
+al., "Reducing Activation Recomputation in Large Transformer Models" (2022, §4.1), whose GPT layer keeps
+34·s·b·h + 5·a·s²·b bytes in 16-bit. A Llama layer keeps, per token, in elements of the activation dtype:
+the two norm inputs (2h), the rotated query (h), key and value (2·kv), the attention output (h), the MLP's
+gate, SiLU and up outputs (3i); when the norms train, their normalized outputs (2h); and each linear's input
+when its weight trains or carries an adapter: q/k/v share one (h), o reuses the attention output (0), gate/up
+share one (h), down its own (i). Full fine-tune: 8h + 2kv + 4i. SDPA and flash attention keep no s x s scores;
+eager attention keeps the fp32 softmax (a·s per token). The figure was checked against the tensors autograd
+saved for a 134M Llama on CPU (bench/train_memory_probe.py). Elements are 4 bytes under fp32, 2 under bf16/fp16.
+With gradient checkpointing (transformers checkpoints every decoder layer) only each layer's input stays
+(h per token per layer), and one layer's full activations come back during its backward pass.
+
+The loss head: transformers upcasts the logits to fp32 for the cross-entropy; during the loss's backward the
+log-softmax output, its gradient and the logits' gradient (s·b·vocab each) coexist: LOSS_HEAD_COPIES, measured.
+
+Gradients and activations peak at different moments when every optimizer step drops the gradients
+(`zero_grad(set_to_none=True)`, transformers' Trainer) and there is no accumulation: activations are all alive
+at the start of the backward pass, gradients only at its end. The peak then counts the larger of the two; with
+gradient accumulation the earlier micro-batches' gradients stay while activations build, so both count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from deployments.sizing import memory
+from deployments.sizing.errors import SizingError, gettext_noop
+from deployments.sizing.params import Architecture, ParamBreakdown, count_parameters, parse_architecture
+
+METHODS = ("full", "lora", "qlora")
+TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("cuda", "cpu")
+ATTENTIONS = ("sdpa", "flash", "eager")
+DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
+# peft's shorthand for every linear of the decoder blocks (not the lm_head).
+ALL_LINEAR = "all-linear"
+
+ADAMW_BYTES_PER_PARAM = 8  # exp_avg and exp_avg_sq, fp32 each
+MASTER_BYTES_PER_PARAM = 4  # the fp32 copy mixed precision updates
+QLORA_FORMAT = memory.WeightFormat("int4", "bitsandbytes-nf4", 4)
+# fp32 copies of (tokens x vocab) alive at the loss's backward: measured 3.5 on CPU with the allocator returning
+# freed memory (MALLOC_MMAP_THRESHOLD_=131072), full and LoRA alike (tests/fixtures/training-memory).
+LOSS_HEAD_COPIES = 3.5
+# glibc's malloc keeps freed activation memory in its heaps (its mmap threshold grows with the tensors freed), so
+# a CPU process's resident peak exceeds what tensors hold by this share of the activations (fitted to the peaks
+# measured with the default allocator, tests/fixtures/training-memory). GPUs use PyTorch's caching allocator,
+# which placement covers with TRAINING_KEEP_FREE_FRACTION instead.
+CPU_ALLOCATOR_RETENTION = 0.45
+# PyTorch's caching allocator rounds and fragments: placement leaves this share of each GPU untouched.
+TRAINING_KEEP_FREE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What the fine-tune form asks that changes memory. `micro_batch_size` sequences of `max_seq_len` tokens
+    per forward pass on each device; `gradient_accumulation` micro-batches per optimizer step."""
+
+    method: str = "lora"
+    precision: str = "bf16"
+    micro_batch_size: int = 1
+    max_seq_len: int = 2048
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    lora_r: int = 16
+    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    device: str = "cuda"
+    attention: str = "sdpa"
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one forward pass on one device."""
+        return self.micro_batch_size * self.max_seq_len
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes of one activation element: fp32 doubles the 16-bit figure."""
+        return 4 if self.precision == "fp32" else 2
+
+
+@dataclass(frozen=True)
+class Note:
+    """A sentence marked for translation with its values apart (shown in the reader's language)."""
+
+    template: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def text(self, translate: Callable[[str], str] = str) -> str:
+        """The sentence through `translate` (Django's gettext in the console)."""
+        template = translate(self.template)
+        return template % self.params if self.params else template
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """Bytes per device for one training setup. `total` is the peak; see the module docstring for the phases."""
+
+    setup: TrainingSetup
+    params: int
+    trainable_params: int
+    weights: int
+    gradients: int
+    optimizer: int
+    master: int
+    activations: int
+    activations_per_token_per_layer: int
+    overhead: int
+    total: int
+    peak_phase: str  # "backward" (activations dominate) or "end of backward" (gradients do)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready breakdown for the form and the API."""
+        keys = ("params", "trainable_params", "weights", "gradients", "optimizer", "master", "activations")
+        out: dict[str, Any] = {key: getattr(self, key) for key in keys}
+        out.update(
+            activations_per_token_per_layer=self.activations_per_token_per_layer,
+            overhead=self.overhead,
+            total=self.total,
+            peak_phase=self.peak_phase,
+            per_device=self.setup.device,
+            assumption="data parallel: every device holds a full copy (no ZeRO/FSDP)",
+        )
+        return out
+
+
+def _check_setup(setup: TrainingSetup) -> None:
+    choices = (
+        ("method", METHODS),
+        ("precision", TRAINING_PRECISIONS),
+        ("device", DEVICES),
+        ("attention", ATTENTIONS),
+    )
+    for name, allowed in choices:
+        if getattr(setup, name) not in allowed:
+            raise SizingError(
+                gettext_noop("unknown %(name)s %(value)r; use one of %(choices)s"),
+                name,
+                name=name,
+                value=getattr(setup, name),
+                choices=", ".join(allowed),
+            )
+    for name in ("micro_batch_size", "max_seq_len", "gradient_accumulation"):
+        if int(getattr(setup, name)) < 1:
+            raise SizingError(gettext_noop("%(name)s must be at least 1"), name, name=name)
+    if setup.method != "full" and setup.lora_r < 1:
+        raise SizingError(gettext_noop("the LoRA rank r must be at least 1"), "lora_r")
+    if setup.method == "qlora" and setup.device != "cuda":
+        raise SizingError(
+            gettext_noop(
+                "QLoRA needs a CUDA GPU: bitsandbytes' 4-bit weights do not run on a CPU host; "
+                "choose LoRA (or a full fine-tune) here, or a host with a CUDA GPU"
+            ),
+            "method",
+        )
+
+
+def _short_name(group_name: str) -> str:
+    return group_name.rsplit(".", 1)[-1]
+
+
+def lora_targets(breakdown: ParamBreakdown, targets: Sequence[str]) -> list[str]:
+    """The decoder linears (short names such as q_proj) an adapter attaches to; `all-linear` means every one."""
+    names = list(dict.fromkeys(_short_name(group.name) for group in breakdown.linears))
+    if ALL_LINEAR in targets:
+        return names
+    chosen = [name for name in names if name in set(targets)]
+    unknown = [t for t in targets if t not in names]
+    if unknown or not chosen:
+        raise SizingError(
+            gettext_noop("no linear layer named %(unknown)s in this model; its linear layers are %(names)s"),
+            "lora_target_modules",
+            unknown=", ".join(unknown) or ", ".join(targets) or "-",
+            names=", ".join(names),
+        )
+    return chosen
+
+
+def lora_trainable_params(breakdown: ParamBreakdown, r: int, targets: Sequence[str]) -> int:
+    """LoRA's parameters: A (in x r) and B (r x out) on every targeted linear, r·(in + out) each."""
+    chosen = set(lora_targets(breakdown, targets))
+    return sum(
+        r * (g.in_features + g.out_features) * g.count for g in breakdown.linears if _short_name(g.name) in chosen
+    )
+
+
+def activation_elements_per_token_per_layer(arch: Architecture, setup: TrainingSetup, trained: set[str]) -> int:
+    """Elements one decoder layer keeps per token for the backward pass (see the module docstring).
+
+    `trained` holds the short names of linears whose input must be kept: all of them in a full fine-tune, the
+    LoRA targets otherwise."""
+    h, kv, i = arch.hidden_size, arch.num_kv_heads * arch.head_dim, arch.intermediate_size
+    q = arch.num_heads * arch.head_dim
+    elements = 2 * h + q + 2 * kv + q + 3 * i  # norm inputs, rotated q, k, v, attention output, gate/SiLU/up
+    if setup.method == "full":
+        elements += 2 * h  # the normalized tensors, kept for the norm weights' gradients
+    if trained & {"q_proj", "k_proj", "v_proj"}:
+        elements += h
+    if trained & {"gate_proj", "up_proj"}:
+        elements += h
+    if "down_proj" in trained:
+        elements += i
+    if setup.method != "full":
+        elements += setup.lora_r * len(trained)  # each adapter's A output, kept for B
+    return elements
+
+
+def _eager_bytes_per_token_per_layer(arch: Architecture, setup: TrainingSetup) -> int:
+    """Eager attention keeps the fp32 softmax (a·s per token) and, under 16-bit, its cast for the value matmul."""
+    if setup.attention != "eager":
+        return 0
+    per_score = 4 + (setup.activation_bytes if setup.activation_bytes < 4 else 0)
+    return arch.num_heads * setup.max_seq_len * per_score
+
+
+def _weights(breakdown: ParamBreakdown, setup: TrainingSetup, adapter_params: int) -> int:
+    width = 4 if setup.precision == "fp32" else 2
+    if setup.method == "qlora":
+        base = memory.weight_bytes(breakdown, QLORA_FORMAT)  # 4-bit linears, 16-bit embeddings and norms
+        if width == 4:
+            base += breakdown.dense_params * 2  # the non-quantized part at fp32 compute
+        return base + adapter_params * width
+    return breakdown.total * width + adapter_params * width
+
+
+def estimate_training(config: dict[str, Any], setup: TrainingSetup) -> TrainingEstimate:
+    """Peak bytes per device of training `config`'s model with `setup` (raises SizingError on a bad setup)."""
+    _check_setup(setup)
+    arch = parse_architecture(config)
+    breakdown = count_parameters(config)
+    if setup.method == "full":
+        trainable, adapter = breakdown.total, 0
+        trained = {_short_name(g.name) for g in breakdown.linears}
+    else:
+        trainable = adapter = lora_trainable_params(breakdown, setup.lora_r, setup.lora_target_modules)
+        trained = set(lora_targets(breakdown, setup.lora_target_modules))
+    width, act = (4 if setup.precision == "fp32" else 2), setup.activation_bytes
+    weights = _weights(breakdown, setup, adapter)
+    gradients = trainable * width
+    optimizer = trainable * ADAMW_BYTES_PER_PARAM
+    master = 0 if setup.precision == "fp32" else trainable * MASTER_BYTES_PER_PARAM
+    per_layer = activation_elements_per_token_per_layer(arch, setup, trained) * act
+    per_layer += _eager_bytes_per_token_per_layer(arch, setup)
+    tokens, layers = setup.tokens, arch.num_layers
+    if setup.gradient_checkpointing:
+        layer_bytes = tokens * (layers * arch.hidden_size * act + per_layer)
+    else:
+        layer_bytes = tokens * layers * per_layer
+    fp16_logits = arch.vocab_size * act if act < 4 else 0  # the 16-bit logits before the fp32 upcast
+    loss_head = math.ceil(tokens * (arch.vocab_size * 4 * LOSS_HEAD_COPIES + fp16_logits))
+    activations = layer_bytes + loss_head
+    # transformers' Trainer defaults to the fused AdamW (torch >= 2.8): no parameter-sized temporaries at the step.
+    cpu_retention = math.ceil(CPU_ALLOCATOR_RETENTION * activations)
+    overhead = memory.CUDA_CONTEXT_BYTES if setup.device == "cuda" else cpu_retention
+    static = weights + optimizer + master + overhead
+    # The end of the backward pass: every gradient, and the activations the first layer still holds.
+    tail = layer_bytes if setup.gradient_checkpointing else tokens * per_layer
+    if setup.gradient_accumulation > 1:
+        moving, phase = gradients + activations, "backward"
+    else:
+        moving, phase = max(
+            (activations, "backward"),
+            (gradients + tail, "end of backward"),
+            key=lambda option: option[0],
+        )
+    return TrainingEstimate(
+        setup=setup,
+        params=breakdown.total,
+        trainable_params=trainable,
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer,
+        master=master,
+        activations=activations,
+        activations_per_token_per_layer=per_layer,
+        overhead=overhead,
+        total=static + moving,
+        peak_phase=phase,
+    )
+
+
+def changed(setup: TrainingSetup, **changes: Any) -> TrainingSetup:
+    """A copy of `setup` with `changes` (for "what would fit" suggestions)."""
+    return replace(setup, **changes)
