@@ -556,7 +556,7 @@ MATRIX = [
     row("post", "/api/v1/teams/", 401, 403, 403, 403, 201, data={"name": "matrix api team"}),
     row("get", "/api/v1/teams/{team}/", 401, 403, 403, 403, 200, route="/api/v1/teams/<pk>/"),
     row("patch", "/api/v1/teams/{team}/", 401, 403, 403, 403, 200, route="/api/v1/teams/<pk>/", data={"name": "t2"}),
-    row("delete", "/api/v1/teams/{team}/", 401, 403, 403, 403, 204, route="/api/v1/teams/<pk>/"),
+    row("delete", "/api/v1/teams/{empty_team}/", 401, 403, 403, 403, 204, route="/api/v1/teams/<pk>/"),
     row("get", "/api/v1/teams/{team}/members/", 401, 403, 403, 403, 200, route="/api/v1/teams/<pk>/members/"),
     row(
         "post",
@@ -701,8 +701,9 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
     event = audit.record(action="test.matrix", actor=users["admin"], target=credential)
     host = Host.objects.create(name="matrix-node")
     gpu = Gpu.objects.create(host=host, index=0, name="NVIDIA H200", memory_total=150754820096)
-    team = Group.objects.create(name="matrix-team")  # owns nothing; the engineer is a member
+    team = Group.objects.create(name="matrix-team")  # the engineer's team (it owns the matrix's dataset)
     team.user_set.add(users["engineer"])
+    empty_team = Group.objects.create(name="matrix-empty-team")  # owns nothing: it can be deleted
     ids = {
         "admin": users["admin"].pk,
         "engineer": users["engineer"].pk,
@@ -712,6 +713,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         "host": host.pk,
         "gpu": gpu.pk,
         "team": team.pk,
+        "empty_team": empty_team.pk,
         **_registry_ids(),
         **_deployment_ids(tmp_path),
         **_dataset_ids(settings, tmp_path, team, users["admin"]),
