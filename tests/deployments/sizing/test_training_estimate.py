@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from bench.bench_training_memory import estimate_for
 from deployments.sizing import GB, SizingError
 from deployments.sizing.params import count_parameters
 from deployments.sizing.plan import GpuCapacity, HostCapacity
@@ -190,17 +191,6 @@ MEASURED = [
     ids=[f"{r['method']}-b{r['micro_batch']}-s{r['seq_len']}-ckpt{int(r['gradient_checkpointing'])}" for r in MEASURED],
 )
 def test_estimate_is_within_15_percent_of_the_measured_cpu_peak(run):
-    setup = TrainingSetup(
-        method=run["method"],
-        precision="fp32",
-        micro_batch_size=run["micro_batch"],
-        max_seq_len=run["seq_len"],
-        gradient_accumulation=run["accumulation"],
-        gradient_checkpointing=run["gradient_checkpointing"],
-        lora_r=run["lora_r"] or 16,
-        lora_target_modules=tuple(run["lora_targets"] or ()),
-        device="cpu",
-    )
-    est = estimate_training(run["config"], setup)
+    est = estimate_for(run)  # the same setup make bench compares (bench/bench_training_memory.py)
     assert est.params == run["params"] and est.trainable_params == run["trainable_params"]
     assert abs(est.total - run["measured_bytes"]) <= 0.15 * run["measured_bytes"]
