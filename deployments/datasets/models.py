@@ -69,6 +69,9 @@ class DatasetVersion(models.Model):
     columns = models.JSONField(_("columns"), default=dict, blank=True)  # {name: type}
     # [{"line": 7, "field": "messages", "message": "..."}]: where and what, never the value.
     validation_errors = models.JSONField(_("validation errors"), default=list, blank=True)
+    # Computed by a dataset_stats job in the ML environment: token-length histogram with a model's tokenizer,
+    # train/eval split sizes, columns and types as the `datasets` library reads them. Never a row.
+    stats = models.JSONField(_("statistics"), default=dict, blank=True)
     status = models.CharField(_("status"), max_length=12, choices=Status.choices, default=Status.READY)
     path = models.CharField(_("path"), max_length=500)  # relative to DATASET_STORE
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")

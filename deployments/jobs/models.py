@@ -16,6 +16,9 @@ class Job(models.Model):
         IMPORT = "import", _("import")
         DELETE = "delete", _("delete model files")
         SERVE = "serve", _("launch and watch a model server")
+        FINETUNE = "finetune", _("fine-tune")
+        MERGE = "merge", _("merge an adapter")
+        DATASET_STATS = "dataset_stats", _("dataset statistics")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")

@@ -1,6 +1,7 @@
 """Models of the deployments app: inventory, model registry, jobs, deployments, datasets."""
 
 from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion
+from deployments.finetune.models import Checkpoint
 from deployments.inventory.models import HOST_NAME, Gpu, GpuReservation, Host
 from deployments.jobs.models import Job, JobLogLine
 from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
@@ -11,6 +12,7 @@ __all__ = [
     "AllowedEndpoint",
     "AllowedImage",
     "ArtifactUse",
+    "Checkpoint",
     "Dataset",
     "DatasetUpload",
     "DatasetVersion",

@@ -83,7 +83,12 @@ class ModelRepo(models.Model):
 
 
 class ModelArtifact(models.Model):
-    """A repo at a commit on one host: the files in that host's model store."""
+    """A repo at a commit on one host: the files in that host's model store. A fine-tune's output is one too: a LoRA
+    adapter (kind adapter, `base` the artifact it was trained on) or a merged full model, with its lineage."""
+
+    class Kind(models.TextChoices):
+        MODEL = "model", _("model")
+        ADAPTER = "adapter", _("LoRA adapter")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("queued")
@@ -102,6 +107,16 @@ class ModelArtifact(models.Model):
     files_sha256 = models.JSONField(default=dict, blank=True)
     manifest = models.JSONField(default=dict, blank=True)
     imported = models.BooleanField(default=False, help_text="Registered from a directory already on the host.")
+    kind = models.CharField(_("kind"), max_length=10, choices=Kind.choices, default=Kind.MODEL)
+    base = models.ForeignKey(
+        "self", verbose_name=_("base model"), null=True, blank=True, on_delete=models.PROTECT, related_name="derived"
+    )
+    # Where it came from: base repo@commit, dataset version sha256, hyperparameters, code versions, final metrics,
+    # training time (a fine-tune), or the adapter merged (a merge). Empty for downloads and imports.
+    lineage = models.JSONField(_("lineage"), default=dict, blank=True)
+    produced_by = models.ForeignKey(
+        "deployments.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     ready_at = models.DateTimeField(null=True, blank=True)
