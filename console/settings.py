@@ -49,6 +49,16 @@ MODEL_STORE = Path(env_str("MODEL_STORE", str(DATA_DIR / "models")))
 # DATASET_UPLOAD_MAX_BYTES per file.
 DATASET_STORE = Path(env_str("DATASET_STORE", str(DATA_DIR / "datasets")))
 DATASET_UPLOAD_MAX_BYTES = env_int("DATASET_UPLOAD_MAX_BYTES", 10 * 2**30)
+# Agents fetch the dataset version a job trains on over an authenticated internal route (job-scoped token) from
+# CONSOLE_INTERNAL_URL and keep it in DATASET_CACHE_DIR on their host, verified by sha256.
+CONSOLE_INTERNAL_URL = env_str("CONSOLE_INTERNAL_URL", "http://127.0.0.1:8000")
+DATASET_CACHE_DIR = Path(env_str("DATASET_CACHE_DIR", str(DATA_DIR / "dataset-cache")))
+# Fine-tune checkpoints in tiers: the newest CHECKPOINT_KEEP_FAST stay in CHECKPOINT_DIR (fast disk), older ones
+# move to CHECKPOINT_ARCHIVE_DIR (another disk), and beyond CHECKPOINT_RETAIN in all they are deleted.
+CHECKPOINT_DIR = Path(env_str("CHECKPOINT_DIR", str(DATA_DIR / "checkpoints")))
+CHECKPOINT_ARCHIVE_DIR = Path(env_str("CHECKPOINT_ARCHIVE_DIR", str(DATA_DIR / "checkpoints-archive")))
+CHECKPOINT_KEEP_FAST = env_int("CHECKPOINT_KEEP_FAST", 3)
+CHECKPOINT_RETAIN = env_int("CHECKPOINT_RETAIN", 10)
 # Directories on the hosts from which models may be imported in place (their manifest is written there).
 MODEL_IMPORT_ROOTS = env_list("MODEL_IMPORT_ROOTS", [])  # empty: MODEL_STORE
 ML_PYTHON = env_str("ML_PYTHON", str(BASE_DIR / ".venv-ml" / "bin" / "python"))
