@@ -59,6 +59,8 @@ CHECKPOINT_DIR = Path(env_str("CHECKPOINT_DIR", str(DATA_DIR / "checkpoints")))
 CHECKPOINT_ARCHIVE_DIR = Path(env_str("CHECKPOINT_ARCHIVE_DIR", str(DATA_DIR / "checkpoints-archive")))
 CHECKPOINT_KEEP_FAST = env_int("CHECKPOINT_KEEP_FAST", 3)
 CHECKPOINT_RETAIN = env_int("CHECKPOINT_RETAIN", 10)
+# A cancelled job program saves a checkpoint at its next step boundary; after this long it is killed.
+JOB_PROGRAM_STOP_GRACE_SECONDS = env_int("JOB_PROGRAM_STOP_GRACE_SECONDS", 300)
 # Directories on the hosts from which models may be imported in place (their manifest is written there).
 MODEL_IMPORT_ROOTS = env_list("MODEL_IMPORT_ROOTS", [])  # empty: MODEL_STORE
 ML_PYTHON = env_str("ML_PYTHON", str(BASE_DIR / ".venv-ml" / "bin" / "python"))

@@ -6,6 +6,7 @@ from audit import api as audit_api
 from console.accounts import api as accounts_api
 from console.api import views
 from deployments.datasets import api as datasets_api
+from deployments.finetune import api as finetune_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
 from deployments.registry import api as registry_api
@@ -31,6 +32,8 @@ router.register("images", deployments_api.AllowedImageViewSet, basename="image")
 # uploads before datasets: "datasets/{pk}/" would take "uploads" for a pk
 router.register("datasets/uploads", datasets_api.DatasetUploadViewSet, basename="dataset-upload")
 router.register("datasets", datasets_api.DatasetViewSet, basename="dataset")
+router.register("finetunes", finetune_api.FinetuneViewSet, basename="finetune")
+router.register("adapters", finetune_api.AdapterViewSet, basename="adapter")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),

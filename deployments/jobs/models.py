@@ -57,6 +57,9 @@ class Job(models.Model):
     failure_detail = models.TextField(_("what happened"), blank=True)
     next_step = models.CharField(_("next step"), max_length=300, blank=True)
     log_seq = models.PositiveIntegerField(default=0)
+    # How far a job program's output has been copied into the log (the runtime's cursor), saved with the lines, so
+    # an attempt that adopts the running program repeats nothing.
+    output_cursor = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

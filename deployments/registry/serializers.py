@@ -58,6 +58,9 @@ class ArtifactSerializer(serializers.ModelSerializer):
             "bytes_done",
             "bytes_total",
             "imported",
+            "kind",
+            "base",
+            "lineage",
             "created_at",
             "ready_at",
         ]

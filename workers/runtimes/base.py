@@ -11,6 +11,7 @@ from typing import Protocol
 
 LABEL_MANAGED = "llmdeploy.managed"
 LABEL_DEPLOYMENT = "llmdeploy.deployment"
+LABEL_JOB = "llmdeploy.job"  # a job program (fine-tune, merge, stats): found again after a worker restart
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -38,6 +39,10 @@ class RunSpec:
     shm_size: str = "1g"
     memory_limit: str | None = None
     stop_grace: float = 90.0
+    # A job program instead of a model server: the command to run before `args` (e.g. the ML environment's python
+    # -m workers.jobs.finetune); empty means the backend's launcher.
+    program: list[str] = field(default_factory=list)
+    workdir: str = ""  # where a job program runs (its output directory); empty: the runtime's own
 
 
 def secret_env_loader(files: dict[str, str]) -> str:

@@ -298,6 +298,14 @@ class DockerRuntime:
     def start(self, spec: RunSpec) -> Handle:
         from django.conf import settings
 
+        if spec.program:
+            # Job programs need the host's checkpoint and dataset cache directories writable; this runtime mounts
+            # only the model store, read-only. They run on process-runtime hosts for now.
+            raise RuntimeFailure(
+                "Job programs (fine-tune, merge, statistics) run on hosts with the process runtime; this host runs "
+                "docker.",
+                cause="runtime_unsupported",
+            )
         extra = list(getattr(settings, "DOCKER_TEST_EXTRA_MOUNTS", []) or [])
         if extra and not getattr(settings, "CONSOLE_TESTING", False):
             raise RuntimeFailure(

@@ -89,7 +89,7 @@ class ProcessRuntime:
         if self._record(spec.name) is not None and self.status_by_name(spec.name).alive:
             raise RuntimeFailure(f"a server named {spec.name} already runs on this host")
         try:
-            command = self.launcher() + list(spec.args)
+            command = (list(spec.program) or self.launcher()) + list(spec.args)
         except Exception as exc:  # MLEnvironmentMissing: the message says what to do
             raise RuntimeFailure(str(exc), cause="ml_environment_missing") from exc
         state, log, exit_file = self._files(spec.name)
@@ -108,8 +108,8 @@ class ProcessRuntime:
             }
             if loaded:  # the values reach the server's environment at start, never the command line
                 script = secret_env_loader(loaded) + "; " + WRAPPER
-        workdir = self.state_dir / f"{spec.name}.work"
-        workdir.mkdir(exist_ok=True)
+        workdir = Path(spec.workdir) if spec.workdir else self.state_dir / f"{spec.name}.work"
+        workdir.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as output:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", script, "sh", *command],

@@ -1,0 +1,160 @@
+"""The `finetune` and `merge` job kinds: run workers/jobs/finetune.py (or merge.py) on the host that holds the base
+model, through the host's runtime, under the job-program contract.
+
+A fine-tune fetches the exact dataset version it trains on (the internal route, sha256-verified, cached on the
+host), writes its spec into its output directory under CHECKPOINT_DIR and always asks the program to resume from
+the newest complete checkpoint there, so a retry after a killed worker (or a resume after a cancel) continues where
+it stopped. A worker that dies leaves the program running in its own session: the next attempt adopts it by its
+label instead of starting a second one. Checkpoints are recorded and tiered as they appear; the adapter (or model)
+moves into the host's model store and is registered with its lineage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from deployments.datasets.fetch import fetch_token
+from deployments.finetune import services
+from deployments.models import DatasetVersion, Job, ModelArtifact
+from workers.checkpoints import apply_tiers, checkpoint_recorded
+from workers.datasets import fetch_dataset_version
+from workers.handlers.programs import ProgramOutcome, ProgramRun
+from workers.jobs.manifest import read_manifest, verify_manifest
+from workers.runner import Handler, JobContext, JobFailure, register
+
+
+def output_dir(job: Job) -> Path:
+    return Path(settings.CHECKPOINT_DIR) / f"finetune-{job.pk}"
+
+
+def _device_env(job: Job) -> dict[str, str]:
+    # The placed GPUs only; none at all on a CPU host (the program then trains in fp32 on the CPU).
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in job.params.get("gpu_indexes") or [])}
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Move a finished output into the model store whole: a copy beside the target, verified, renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    problems = verify_manifest(partial)
+    if problems:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise JobFailure(
+            f"The output does not match its manifest: {problems[0]}",
+            cause="output_corrupt",
+            next_step="Check the host's disk, then resume the fine-tune.",
+        )
+    for path in [partial, *partial.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)  # servers may run as another user
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    shutil.rmtree(source, ignore_errors=True)
+
+
+def _follow(ctx: JobContext, run: ProgramRun, state: str) -> ProgramOutcome:
+    if state == "running":
+        return run.follow()
+    return run.judge(cancelled=Job.objects.filter(pk=ctx.job.pk, cancel_requested=True).exists())
+
+
+@register("finetune")
+class FinetuneHandler(Handler):
+    def run(self, ctx: JobContext) -> dict:
+        job = ctx.job
+        base = ModelArtifact.objects.select_related("repo", "host").get(pk=job.params["base_artifact_id"])
+        version = DatasetVersion.objects.select_related("dataset").get(pk=job.params["dataset_version_id"])
+        out = output_dir(job)
+        run = ProgramRun(ctx, base.host.runtime, on_checkpoint=lambda event: self._checkpoint(ctx, event))
+        state = run.find()
+        if state == "none" or (state == "exited" and run.outcome.exit_code is None):
+            if state == "exited":
+                ctx.log("the program was killed; starting it again from the newest checkpoint")
+            dataset = fetch_dataset_version(version, fetch_token(job, version), log=ctx.log)
+            spec = {
+                **job.params["options"],
+                "base_model": base.path,
+                "dataset": str(dataset),
+                "output_dir": str(out),
+                "resume_from": "latest",
+            }
+            run.start("finetune", spec, out, env=_device_env(job))
+            state = "running"
+        outcome = _follow(ctx, run, state)
+        result = outcome.result or {}
+        produced = Path(result.get("path") or "")
+        manifest = read_manifest(produced) if produced.is_dir() else None
+        if manifest is None:
+            raise JobFailure(
+                "The program reported a result, but its output has no manifest.",
+                cause="output_missing",
+                next_step="Resume the fine-tune: it continues from the newest checkpoint.",
+            )
+        what = "adapter" if result.get("kind") == "adapter" else "model"
+        home = services.output_home(base, job, what)
+        _publish(produced, home)
+        artifact = services.finetune_finished(job=job, result=result, path=home, manifest=manifest)
+        ctx.log(f"registered {artifact.get_kind_display()} {artifact.repo.repo_id} at {home}")
+        return {
+            "artifact": artifact.pk,
+            "kind": artifact.kind,
+            "path": str(home),
+            "steps": result.get("step"),
+            "metrics": result.get("metrics") or {},
+            "training_seconds": result.get("training_seconds"),
+        }
+
+    def _checkpoint(self, ctx: JobContext, event: dict) -> None:
+        checkpoint = checkpoint_recorded(ctx.job, event)
+        ctx.event("checkpoint", {"step": checkpoint.step, "path": checkpoint.path, "size": checkpoint.size})
+        apply_tiers(ctx.job, log=ctx.log)
+
+    def finished(self, ctx: JobContext, status: str) -> None:
+        # Checkpoints stay (tiered, within CHECKPOINT_RETAIN): a run can be evaluated or continued from them.
+        services.release(ctx.job)
+
+
+@register("merge")
+class MergeHandler(Handler):
+    def run(self, ctx: JobContext) -> dict:
+        job = ctx.job
+        adapter = ModelArtifact.objects.select_related("repo", "host", "base__repo", "base__host").get(
+            pk=job.params["adapter_artifact_id"]
+        )
+        work = Path(settings.CHECKPOINT_DIR) / f"merge-{job.pk}"
+        produced = work / "model"
+        run = ProgramRun(ctx, adapter.host.runtime)
+        state = run.find()
+        if state == "none" or (state == "exited" and run.outcome.exit_code is None):
+            shutil.rmtree(produced, ignore_errors=True)
+            spec = {
+                "base_model": adapter.base.path,
+                "adapter": adapter.path,
+                "output_dir": str(produced),
+                "precision": job.params.get("precision") or "auto",
+            }
+            started = time.monotonic()
+            run.start("merge", spec, work)
+            state = "running"
+        else:
+            started = None
+        _follow(ctx, run, state)
+        manifest = read_manifest(produced)
+        if manifest is None:
+            raise JobFailure("The merged model has no manifest.", cause="output_missing", next_step="Merge again.")
+        home = services.output_home(adapter.base, job, "merged")
+        _publish(produced, home)
+        seconds = round(time.monotonic() - started, 3) if started else None
+        artifact = services.merge_finished(job=job, path=home, manifest=manifest, seconds=seconds)
+        ctx.log(f"registered the merged model {artifact.repo.repo_id} at {home}")
+        return {"artifact": artifact.pk, "path": str(home)}
+
+    def finished(self, ctx: JobContext, status: str) -> None:
+        shutil.rmtree(Path(settings.CHECKPOINT_DIR) / f"merge-{ctx.job.pk}", ignore_errors=True)
+
