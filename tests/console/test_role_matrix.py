@@ -675,6 +675,19 @@ MATRIX = [
         400,  # nothing arrived yet: "send the rest from offset 0"
         route=DATASET_UPLOAD + "complete/",
     ),
+    # Token-only: agents fetch a job's dataset version with the job's fetch token (its own tests:
+    # tests/deployments/datasets/test_fetch_route.py). No session opens it, whatever the role; the token is checked
+    # before the version, so any pk answers 401 without one.
+    row(
+        "get",
+        "/internal/datasets/versions/1/file",
+        401,
+        401,
+        401,
+        401,
+        401,
+        route="/internal/datasets/versions/<int:pk>/file",
+    ),
 ]
 
 
