@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
 from django.core import signing
 from django.core.handlers.asgi import ASGIRequest
 from django.db import transaction
@@ -58,15 +59,23 @@ class Fetch:
         return self.end - self.start + 1
 
 
+def _keys() -> list[str]:
+    # The agent mints the token (in the job's handler) and the console checks it, so the key is one both hold:
+    # agents get SECRETS_ENCRYPTION_KEYS but never SECRET_KEY. HMAC through signing's own salted derivation, and
+    # the older keys still verify while a rotation is rolled out.
+    return [str(key) for key in settings.SECRETS_ENCRYPTION_KEYS]
+
+
 def fetch_token(job: Job, version: DatasetVersion) -> str:
     """The token with which `job`'s agent fetches `version`; valid while the job is active and trains on it."""
-    return signing.dumps({"job": job.pk, "version": version.pk}, salt=SALT)
+    return signing.dumps({"job": job.pk, "version": version.pk}, key=_keys()[0], salt=SALT)
 
 
 def check_fetch_token(token: str, version_id: int) -> Job:
     """The job a fetch token belongs to, if it may fetch version `version_id` now; FetchRefused otherwise."""
+    newest, *older = _keys()
     try:
-        claims = signing.loads(token, salt=SALT)
+        claims = signing.loads(token, key=newest, fallback_keys=older, salt=SALT)
     except signing.BadSignature:
         raise FetchRefused(_("The fetch token is not valid."), status=401) from None
     if not isinstance(claims, dict) or claims.get("version") != version_id:

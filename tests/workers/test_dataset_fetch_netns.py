@@ -134,7 +134,10 @@ def console(link, settings, tmp_path, redis_url, transactional_db):
         DATABASE_URL=_test_database_url(),
         REDIS_URL=redis_url,
         DATA_DIR=str(django_settings.DATA_DIR),
-        SECRET_KEY=django_settings.SECRET_KEY,  # the key fetch tokens are signed with, here and there
+        # Like a real console and agent: the same SECRETS_ENCRYPTION_KEYS (fetch tokens are signed with them), not
+        # the same SECRET_KEY (agents never hold the console's).
+        SECRETS_ENCRYPTION_KEYS=",".join(django_settings.SECRETS_ENCRYPTION_KEYS),
+        SECRET_KEY=secrets.token_urlsafe(50),
         DATASET_STORE=str(settings.DATASET_STORE),
         ALLOWED_HOSTS=link.console_ip,
         PYTHONUNBUFFERED="1",

@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from cryptography.fernet import Fernet
 from django.core import signing
 from django.test import Client
 
@@ -122,6 +123,22 @@ def test_no_or_a_bad_token_is_401(client, version):
         if token:
             assert token not in response.content.decode()
     assert not AuditEvent.objects.filter(action="dataset.fetched").exists()
+
+
+def test_an_agent_without_the_consoles_secret_key_mints_a_token_the_console_accepts(client, settings, version):
+    """Agents hold SECRETS_ENCRYPTION_KEYS, never SECRET_KEY: the token depends on the former only, and a token made
+    before a key rotation still opens the file while the old key is listed."""
+    job = finetune(version)
+    settings.SECRET_KEY = "an agent's own key, not the console's"
+    token = fetch_token(job, version)
+    settings.SECRET_KEY = "the console's key"
+    assert fetch(client, version.pk, token).status_code == 200
+
+    old_key = settings.SECRETS_ENCRYPTION_KEYS[0]
+    settings.SECRETS_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old_key]
+    assert fetch(client, version.pk, token).status_code == 200  # rotation under way
+    settings.SECRETS_ENCRYPTION_KEYS = settings.SECRETS_ENCRYPTION_KEYS[:1]
+    assert fetch(client, version.pk, token).status_code == 401  # the old key is gone
 
 
 def test_a_finished_job_or_a_job_for_another_version_gets_403(client, admin, dataset, version):
