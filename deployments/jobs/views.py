@@ -1,7 +1,7 @@
 """Jobs pages: every job the user may see (the API's rule: console.permissions.restrict on `view`, through
 ConsoleViewMixin) with filters and search, and one job's facts and live log. The log follows the rule on the
 job's target (deployments.jobs.selectors.can_read_job_log, as the API and the websocket) and streams through
-the existing job viewer (static console/job.js on /ws/jobs/<id>/)."""
+the existing job viewer (static console/job.js on /ws/jobs/<id>/; a fine-tune's curves in console/job_curves.js)."""
 
 from __future__ import annotations
 
@@ -38,13 +38,27 @@ def job_duration(job: Job) -> str:
     return duration((end - job.started_at).total_seconds()) if end else ""
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def job_progress(job: Job) -> dict:
-    """The last progress a job reported, as a percentage and "done / total" sizes (downloads and imports)."""
+    """The last progress a job reported, as a percentage and a line of text: "done / total" sizes for downloads
+    and imports, "step X of Y" for training (with `steps` set and the time left while the job runs)."""
     data = job.progress if isinstance(job.progress, dict) else {}
     total = data.get("total")
-    if not isinstance(total, int | float) or not total:
+    if not _number(total) or total <= 0:
         return {}
-    done = data.get("done") if isinstance(data.get("done"), int | float) else 0
+    if _number(data.get("step")):
+        step = max(0, int(data["step"]))
+        eta = data.get("eta_seconds")
+        return {
+            "percent": percent(step, total),
+            "text": _("step %(step)s of %(total)s") % {"step": step, "total": int(total)},
+            "steps": True,
+            "eta": duration(eta) if job.is_active and _number(eta) else "",
+        }
+    done = data.get("done") if _number(data.get("done")) else 0
     return {"percent": percent(done, total), "text": f"{filesizeformat(done)} / {filesizeformat(total)}"}
 
 
@@ -149,6 +163,8 @@ class JobDetailView(ConsoleViewMixin, View):
         if "\n" in detail:
             detail = log_view(job, user=request.user).text(detail) if can_read_log else detail.split("\n", 1)[0]
         progress = job.progress if isinstance(job.progress, dict) else {}
+        shown = job.progress_shown
+        eta = shown["eta"] if shown.get("steps") else duration(progress.get("eta_s")) if job.is_active else ""
         return render(
             request,
             self.template_name,
@@ -158,7 +174,7 @@ class JobDetailView(ConsoleViewMixin, View):
                 "can_read_log": can_read_log,
                 "failure_detail": detail,
                 "progress": progress if job.progress_shown else {},
-                "progress_eta": duration(progress.get("eta_s")) if job.is_active else "",
+                "progress_eta": eta,
                 "api_url": reverse("api:job-detail", args=[job.pk]),
             },
         )

@@ -1,7 +1,9 @@
 // A job's output, live, on the model and job pages: /ws/jobs/<id>/ (see console/streams.py for the protocol).
 // The page starts empty and subscribes after seq 0, so the backlog fills it and a reload loses nothing.
 // Items are dropped when their seq was already shown; a reconnect (with backoff) resumes after the last seq.
-// "progress" items drive the progress bar; "log" and "event" items become lines (always as textContent).
+// "progress" items drive the progress bar (bytes for downloads; "step X of Y" when they carry a step);
+// "metric" items go to the training curves (job_curves.js), never to the log; "log" and "event" items become
+// lines (always as textContent), a checkpoint event as a readable sentence.
 // When a job that was active at page load ends, the page reloads once to show the final state.
 (function () {
   "use strict";
@@ -53,24 +55,74 @@
 
     function field(name) { return progress.querySelector('[data-progress="' + name + '"]'); }
 
+    function setText(name, text) {
+      var element = field(name);
+      if (element) element.textContent = text;
+    }
+
+    // Fill "{name}" placeholders of a translated sentence the template hands over in a data attribute.
+    function fill(template, values) {
+      return template.replace(/\{(\w+)\}/g, function (all, name) {
+        return Object.prototype.hasOwnProperty.call(values, name) ? values[name] : all;
+      });
+    }
+
+    function showKind(steps) {
+      progress.querySelectorAll("[data-progress-kind]").forEach(function (element) {
+        element.hidden = (element.dataset.progressKind === "steps") !== steps;
+      });
+    }
+
+    // Training: "step X of Y", and the time left the job reported, else the measured mean step time.
+    function showSteps(data, total, running) {
+      var step = Math.max(0, Number(data.step) || 0);
+      var eta = typeof data.eta_seconds === "number" ? data.eta_seconds : null;
+      var perStep = window.jobCurves ? window.jobCurves.stepTime() : null;
+      if (eta === null && perStep !== null) eta = Math.max(0, total - step) * perStep;
+      var text = fill(progress.dataset.stepText || "step {step} of {total}", { step: step, total: total });
+      if (field("step")) setText("step", text);
+      else { setText("done", String(step)); setText("total", String(total)); }  // a page without a step field
+      setText("eta", running && eta !== null ? duration(eta) : "—");
+      return total ? Math.min(100, Math.floor((100 * step) / total)) : 0;
+    }
+
+    function showBytes(data, total, running) {
+      var done = Number(data.done) || 0;
+      setText("done", size(done));
+      setText("total", size(total));
+      // Rate and time left mean something only while the job runs.
+      setText("rate", running && data.rate_bps ? size(data.rate_bps) + "/s" : "—");
+      setText("eta", running && data.eta_s ? duration(data.eta_s) : "—");
+      var file = data.file || "—";
+      if (data.file && data.file_total) file += " (" + size(data.file_done) + " / " + size(data.file_total) + ")";
+      setText("file", file);
+      return total ? Math.min(100, Math.floor((100 * done) / total)) : 0;
+    }
+
     function showProgress(data) {
       if (!data || !progress) return;
+      var total = Number(data.total) || 0, running = active && !ended;
+      var steps = typeof data.step === "number";
+      if (steps && total <= 0) return;  // a step without a total says nothing of how far it got
       progress.hidden = false;
-      var total = Number(data.total) || 0, done = Number(data.done) || 0;
-      var pct = total ? Math.min(100, Math.floor((100 * done) / total)) : 0;
+      showKind(steps);
+      var pct = steps ? showSteps(data, total, running) : showBytes(data, total, running);
       var bar = field("bar");
       bar.style.width = pct + "%";
       bar.textContent = total ? pct + "%" : "";
       bar.parentNode.setAttribute("aria-valuenow", String(pct));
-      field("done").textContent = size(done);
-      field("total").textContent = size(total);
-      // Rate and time left mean something only while the job runs.
-      var running = active && !ended;
-      field("rate").textContent = running && data.rate_bps ? size(data.rate_bps) + "/s" : "—";
-      field("eta").textContent = running && data.eta_s ? duration(data.eta_s) : "—";
-      var file = data.file || "—";
-      if (data.file && data.file_total) file += " (" + size(data.file_done) + " / " + size(data.file_total) + ")";
-      field("file").textContent = file;
+    }
+
+    function lineText(item) {
+      var data = item.data || {};
+      if (item.stream === "event" && item.text === "checkpoint" && typeof data.step === "number") {
+        var text = fill(log.dataset.checkpoint || "checkpoint at step {step}", { step: data.step });
+        if (typeof data.path === "string" && data.path) text += ": " + data.path;
+        return text;
+      }
+      var body = item.text || "";
+      if (item.stream === "event" && item.data) body += " " + JSON.stringify(item.data);
+      return body;
     }
 
     function addLine(item) {
@@ -85,9 +137,7 @@
       time.textContent = clock(item.time);
       var text = document.createElement("span");
       text.style.whiteSpace = "pre-wrap";
-      var body = item.text || "";
-      if (item.stream === "event" && item.data) body += " " + JSON.stringify(item.data);
-      text.textContent = body;
+      text.textContent = lineText(item);
       line.appendChild(time);
       line.appendChild(text);
       var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
@@ -96,14 +146,16 @@
     }
 
     function receive(fresh, seq) {
-      var latest = null;
+      var latest = null, metrics = [];
       fresh.forEach(function (item) {
         if (item.stream === "progress") latest = item.data;
+        else if (item.stream === "metric") metrics.push(item);
         else addLine(item);
         if (isEnd(item)) ended = true;
       });
       lastSeq = seq;
       box.dataset.after = String(lastSeq);
+      if (metrics.length && window.jobCurves) window.jobCurves.add(metrics);
       if (latest) showProgress(latest);
       if (ended && active) reloadOnce();
     }
