@@ -2,14 +2,17 @@
 
     python -m workers.jobs.serve --model-id DIR [--port 3000] [--hostname 0.0.0.0] [--dtype D]
         [--max-input-tokens N] [--max-total-tokens N] [--max-concurrent-requests N] [--device cpu|cuda]
+        [--lora-adapters ID=DIR,...]
 
 It takes text-generation-launcher's own flags, environment variables and defaults (workers/jobs/tgi_flags.py),
 so a container entrypoint named `text-generation-launcher` can hand its arguments over unchanged and the
 console builds one command line for both. It loads the directory with transformers, prints TGI's startup
 lines (download check, shard ready, warm-up, "Connected") so one log parser serves both, binds the port
 only when the model is ready (as TGI), and serves TGI's HTTP API (serve_api.py) with continuous batching
-(serve_engine.py). It refuses to start, with a clear message and TGI's exit lines, when the directory is not
-a model or memory is insufficient. Runs in the ML environment; imports nothing from Django.
+(serve_engine.py). LoRA adapters named by --lora-adapters are loaded onto the model with peft; a request picks
+one with `adapter_id` (or `model` on the OpenAI routes), as with TGI. It refuses to start, with a clear message
+and TGI's exit lines, when the directory is not a model, an adapter cannot be loaded or memory is insufficient.
+Runs in the ML environment; imports nothing from Django.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import socket
 import struct
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +44,6 @@ IGNORED = (
     "watermark_delta",
     "ngrok",
     "otlp_endpoint",
-    "lora_adapters",
     "weights_cache_override",
     "enable_prefill_logprobs",
     "max_batch_total_tokens",
@@ -208,6 +213,119 @@ def available_memory(device: str, fraction: float) -> int:
     return int(available * fraction)
 
 
+# -- LoRA adapters ----------------------------------------------------------------------------------------------
+# TGI's syntax (server/text_generation_server/utils/adapter.py): `id`, `id@revision` or `id=path`, comma-separated.
+ADAPTER_SYNTAX = re.compile(r"^([^=@]+)(?:=([^@]+))?(?:@(.+))?$")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    id: str  # what requests name: `adapter_id`, or `model` on the OpenAI routes
+    path: str | None  # a local directory (`id=path`); without one, `id` is a Hub repository in the cache
+    revision: str | None = None
+
+
+def parse_lora_adapters(value: str | None) -> list[Adapter]:
+    """--lora-adapters (or LORA_ADAPTERS) as TGI reads it; a malformed entry is the launcher's argument error."""
+    if not value:
+        return []
+    adapters: list[Adapter] = []
+    for item in value.split(","):
+        item = item.strip()
+        match = ADAPTER_SYNTAX.match(item) if item.count("=") <= 1 and item.count("@") <= 1 else None
+        if not match:
+            raise StartupError("ArgumentValidation", detail=f"Invalid LoRA adapter format: {item}")
+        adapter = Adapter(*match.groups())
+        if any(adapter.id == seen.id for seen in adapters):
+            raise StartupError("ArgumentValidation", detail=f"LoRA adapter {adapter.id} is given twice")
+        adapters.append(adapter)
+    return adapters
+
+
+def _adapter_failed(adapter: Adapter, message: str) -> StartupError:
+    # TGI loads adapters in the shard, after the model: a bad one ends the start as a shard that cannot start.
+    return StartupError(
+        "ShardCannotStart",
+        "Error when initializing model",
+        f"{message} (LoRA adapter '{adapter.id}')",
+        "Shard 0 failed to start",
+        span="shard-manager",
+    )
+
+
+def resolve_adapter_dir(adapter: Adapter, cache_dir: str | None) -> Path:
+    """The adapter's directory: its path, or its Hub id from the cache (TGI's launcher downloads those first)."""
+    if adapter.path is not None:
+        return Path(adapter.path)
+    log("INFO", f"Starting check and download process for {adapter.id}", span="download")
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(adapter.id, revision=adapter.revision, cache_dir=cache_dir, local_files_only=True)
+    except Exception as exc:
+        raise StartupError(
+            "DownloadError",
+            f"Download encountered an error: {type(exc).__name__}: {exc}",
+            f"serve.py loads local files only: LoRA adapter {adapter.id} is neither a directory nor in the Hub "
+            "cache (give it as name=/path/to/adapter in the model store).",
+            span="download",
+        ) from exc
+    log("INFO", f"Successfully downloaded weights for {adapter.id}", span="download")
+    return Path(path)
+
+
+def check_adapter_dir(adapter: Adapter, path: Path) -> None:
+    """What can be told from the files, before the model loads (TGI finds these only after loading it)."""
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise _adapter_failed(adapter, f"ValueError: Can't find 'adapter_config.json' at '{path}'")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise _adapter_failed(adapter, f"ValueError: {config_file} is not valid JSON: {exc}") from exc
+    kind = config.get("peft_type") if isinstance(config, dict) else None
+    if kind != "LORA":
+        raise _adapter_failed(adapter, f"ValueError: {config_file} describes a {kind} adapter; only LoRA is served")
+    if config.get("use_dora"):
+        # peft cannot mix DoRA adapters with other rows in one batch (TGI has no DoRA either).
+        raise _adapter_failed(adapter, "ValueError: DoRA adapters cannot be served; merge it into the model instead")
+    if not list(path.glob("*.safetensors")):
+        raise _adapter_failed(
+            adapter,
+            f"FileNotFoundError: No adapter weights found for adapter '{adapter.id}' "
+            f"and revision '{adapter.revision}'.",
+        )
+
+
+def load_adapters(model, adapters: list[tuple[Adapter, Path]], device: str):
+    """Load every adapter onto the model with peft. Returns the model (a PeftModel when there are adapters) and
+    each adapter id's peft name: ids may hold '.' and '/', which peft's module names cannot."""
+    if not adapters:
+        return model, {}
+    from peft import PeftModel
+
+    log("WARN", "LoRA adapters enabled (experimental feature).")
+    names: dict[str, str] = {}
+    for index, (adapter, path) in enumerate(adapters, start=1):
+        name = f"adapter{index}"
+        log("INFO", f"Loading adapter weights into model: {adapter.id}", span="shard-manager")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if names:
+                    missing = model.load_adapter(path, adapter_name=name, torch_device=device).missing_keys
+                else:
+                    model = PeftModel.from_pretrained(model, path, adapter_name=name, torch_device=device)
+                    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+        except (ValueError, KeyError, OSError, RuntimeError, TypeError) as exc:
+            raise _adapter_failed(adapter, f"{type(exc).__name__}: {exc}") from exc
+        if missing:
+            # peft would serve the adapter with those weights left at their initial values: not the adapter.
+            raise _adapter_failed(adapter, f"ValueError: {path} lacks weights the adapter's config names: {missing}")
+        names[adapter.id] = name
+    return model.eval(), names
+
+
 # -- startup -------------------------------------------------------------------------------------------------------
 def _check_arguments(args: argparse.Namespace) -> None:
     if args.max_input_tokens and args.max_input_length:
@@ -237,6 +355,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         )
     if args.dtype and args.dtype not in DTYPES:
         raise StartupError("ArgumentValidation", detail=f"--dtype must be one of {', '.join(DTYPES)}")
+    args.lora_adapters = parse_lora_adapters(args.lora_adapters)
     for name in IGNORED:
         value = getattr(args, name, None)
         if value not in (None, False, [], "", "false"):
@@ -392,10 +511,14 @@ def serve(args: argparse.Namespace) -> int:
     _check_arguments(args)
     host, port = _hostname(args.hostname), int(args.port)
     model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache)
+    adapters = [(a, resolve_adapter_dir(a, args.huggingface_hub_cache)) for a in args.lora_adapters]
     log("INFO", "Starting shard rank=0", span="shard-manager")
+    for adapter, path in adapters:
+        check_adapter_dir(adapter, path)  # before the model loads: a wrong path fails in seconds, not minutes
     device = _pick_device(args.device)
     log("INFO", BANNER.format(device=device))
     model, tokenizer, dtype, config = load(args, model_dir, device)
+    model, adapter_names = load_adapters(model, adapters, device)
     log("INFO", f"Shard ready in {time.monotonic() - started:.1f}s rank=0", span="shard-manager")
 
     log("INFO", "Starting Webserver")
@@ -450,10 +573,19 @@ def serve(args: argparse.Namespace) -> int:
         max_batch_total_tokens=max(capacity, limits.max_total_tokens),
         on_error=unhealthy,
         metrics=metrics,
+        adapters=adapter_names,
     )
     compute_type = f"1-{torch.cuda.get_device_name().lower().replace(' ', '-')}" if device == "cuda" else "cpu"
     api = ServeApp(
-        engine, tokenizer, metrics, limits, model_id=args.model_id, api_key=args.api_key, compute_type=compute_type
+        engine,
+        tokenizer,
+        metrics,
+        limits,
+        model_id=args.model_id,
+        api_key=args.api_key,
+        compute_type=compute_type,
+        adapters=frozenset(adapter_names),
+        warn=lambda message: log("WARN", message, target=f"{TARGET}::api"),
     )
     engine.start()
     sock = _bind(host, port)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -20,6 +20,7 @@ from workers.jobs.serve_metrics import Metrics
 
 VERSION = "3.3.6"
 KEEPALIVE_SECONDS = 15.0
+UNKNOWN_ADAPTERS_LOGGED = 32  # distinct unknown adapter names worth a log line; a client cannot flood the log
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -73,9 +74,13 @@ class ServeApp:
         model_id: str,
         api_key: str | None,
         compute_type: str,
+        adapters: Collection[str] = (),
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.engine, self.tokenizer, self.metrics, self.limits = engine, tokenizer, metrics, limits
         self.model_id, self.api_key, self.compute_type = model_id, api_key, compute_type
+        self.adapters, self.warn = frozenset(adapters), warn
+        self.unknown_adapters: set[str] = set()
         self.in_flight = 0
         self.healthy = True
 
@@ -178,6 +183,7 @@ class ServeApp:
                 )
             input_ids = input_ids[-truncate:]
         params = self._checked(raw, do_sample=do_sample, input_ids=input_ids)
+        params.adapter = self._adapter(raw.get("adapter_id"), field="parameters.adapter_id")
         if best_of and best_of > 1:
             if not params.sampling:
                 raise _invalid("you must use sampling when `best_of` is > 1")
@@ -517,7 +523,29 @@ class ServeApp:
             else body.get("repetition_penalty"),
         }
         # TGI: temperature 0 means greedy; otherwise the OpenAI routes sample.
-        return self._checked(raw, do_sample=not (temperature is not None and temperature == 0), input_ids=input_ids)
+        params = self._checked(raw, do_sample=not (temperature is not None and temperature == 0), input_ids=input_ids)
+        params.adapter = self._adapter(body.get("model"), field="model")
+        return params
+
+    def _adapter(self, name: object, *, field: str) -> str | None:
+        """The loaded adapter a request names, or None for the base model. As TGI (router/src/server.rs and the
+        shard's ADAPTER_TO_INDEX): no name, "tgi" on the OpenAI routes, the model's own id, and a name no loaded
+        adapter has all run the base model; TGI does not refuse an unknown adapter, so serve.py does not either,
+        and says so in its log."""
+        if name is not None and not isinstance(name, str):
+            raise PlainError(
+                422, f"Failed to deserialize the JSON body into the target type: {field}: invalid type, expected string"
+            )
+        if not name or name in ("tgi", self.model_id):
+            return None
+        if name in self.adapters:
+            return name
+        if self.warn and name not in self.unknown_adapters and len(self.unknown_adapters) < UNKNOWN_ADAPTERS_LOGGED:
+            self.unknown_adapters.add(name)
+            # json.dumps: a name cannot break the line or forge another one in the log the console diagnoses.
+            loaded = ", ".join(sorted(self.adapters)) or "none"
+            self.warn(f"no LoRA adapter {json.dumps(name[:200])} is loaded (loaded: {loaded}): the base model answers")
+        return None
 
     def _chat_meta(self, body: dict) -> dict:
         model = body.get("model")

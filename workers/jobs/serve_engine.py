@@ -3,7 +3,10 @@
 One thread owns the model. Requests wait in a queue; between decode steps the loop prefills the
 waiting ones (left-padded, one forward) and merges their KV cache into the running batch, so new
 clients join without waiting for others to finish (as TGI's router does). Each row keeps its own
-sampling settings, seed and output callback, so streams never mix. Imports nothing from Django.
+sampling settings, seed, LoRA adapter and output callback, so streams never mix: with adapters loaded, every
+forward names each row's adapter (peft's mixed-adapter batch; "__base__" for the base model), so rows with
+different adapters share a step and each gets only its own, as TGI's segmented LoRA kernels do. Imports nothing
+from Django.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from transformers import DynamicCache
 
 # Test-only fault injection: the Nth generated token of a request fails as a shard error would.
 FAULT_AT_TOKEN = int(os.environ.get("SERVE_FAULT_AT_TOKEN", "0") or 0)
+BASE_MODEL = "__base__"  # peft's name, in a mixed-adapter batch, for a row without an adapter
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Params:
     seed: int | None = None
     top_n_tokens: int = 0
     decoder_input_details: bool = False
+    adapter: str | None = None  # a loaded LoRA adapter's id; None runs the base model
 
     @property
     def sampling(self) -> bool:
@@ -90,6 +95,7 @@ class Engine:
         max_batch_total_tokens: int,
         on_error: Callable[[str], None] | None = None,
         metrics=None,
+        adapters: dict[str, str] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -98,6 +104,7 @@ class Engine:
         self.max_batch_total_tokens = max_batch_total_tokens
         self.on_error = on_error
         self.metrics = metrics
+        self.adapters = adapters or {}  # adapter id -> its peft name; empty when the model has none
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -182,8 +189,11 @@ class Engine:
         if self.on_error:
             self.on_error(message)
 
-    def _forward(self, method: str, **inputs):
+    def _forward(self, method: str, rows: list[Sequence], **inputs):
         started = time.monotonic()
+        if self.adapters:
+            # Without names peft would apply its active adapter to every row, base requests included.
+            inputs["adapter_names"] = [self.adapters.get(s.params.adapter, BASE_MODEL) for s in rows]
         output = self.model(**inputs, use_cache=True)
         if self.metrics:
             self.metrics.batch_inference(method, time.monotonic() - started)
@@ -204,6 +214,7 @@ class Engine:
         want_prefill = any(s.params.decoder_input_details for s in admitted)
         output = self._forward(
             "prefill",
+            admitted,
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
@@ -246,6 +257,7 @@ class Engine:
         mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long, device=self.device)], dim=1)
         output = self._forward(
             "decode",
+            self.rows,
             input_ids=self.next_ids,
             attention_mask=mask,
             position_ids=self.positions[:, None],

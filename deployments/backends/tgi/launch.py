@@ -7,6 +7,10 @@ such as PORT, HOSTNAME, API_KEY and MODEL_ID, so nothing may leak in from a work
 
 from __future__ import annotations
 
+import posixpath
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
 from deployments.backends.base import LaunchPlan
 
 DEFAULT_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
@@ -60,6 +64,14 @@ def log_level_refused(value: str) -> bool:
 TOKEN_FILE_ENV = "HF_TOKEN_PATH"  # noqa: S105 - a variable name; huggingface_hub reads the token from this file: never an env value
 
 
+@dataclass(frozen=True)
+class TgiLaunchPlan(LaunchPlan):
+    """The plan, plus the host's model store when the server runs in a container: adapter paths in it are given
+    as the container sees them (the store is mounted at /data)."""
+
+    model_store: str = ""
+
+
 def launch_plan(
     *,
     docker: bool,
@@ -71,11 +83,11 @@ def launch_plan(
     port: int = 0,
     master_port: int | None = None,
     prometheus_port: int | None = None,
-) -> LaunchPlan:
+) -> TgiLaunchPlan:
     """Where the server finds the model and listens, as it sees it: in a container the store is /data and the
     server listens on all of the container's interfaces at CONTAINER_PORT (published on bind_address only);
     natively it reads the host path and listens on bind_address:port."""
-    return LaunchPlan(
+    return TgiLaunchPlan(
         model_path=model_path_in_container(model_dir, model_store) if docker else model_dir,
         port=CONTAINER_PORT if docker else port,
         hostname="0.0.0.0" if docker else bind_address,  # noqa: S104 - inside the container's namespace only
@@ -84,6 +96,7 @@ def launch_plan(
         native=not docker,
         master_port=None if docker else master_port,
         prometheus_port=None if docker else prometheus_port,
+        model_store=model_store if docker else "",
     )
 
 
@@ -121,7 +134,10 @@ def launcher_args(spec, plan: LaunchPlan) -> list[str]:
     if spec.lora_adapters:
         args += [
             "--lora-adapters",
-            ",".join(f"{a['name']}={a['path']}" if a.get("path") else a["name"] for a in spec.lora_adapters),
+            ",".join(
+                f"{a['name']}={adapter_path(a['path'], plan)}" if a.get("path") else a["name"]
+                for a in spec.lora_adapters
+            ),
         ]
     if spec.device == "cpu":
         args += ["--disable-custom-kernels"]
@@ -147,9 +163,20 @@ def launch_env(spec, *, gpu_indexes: list[int], native: bool) -> dict[str, str]:
     return env
 
 
+def adapter_path(path: str, plan: LaunchPlan) -> str:
+    """An adapter's directory as the server sees it: in a container, its place under /data. A path outside the
+    host's store is left as given (spec checks keep adapters in the store); the server then reports that it cannot
+    find the adapter, naming it."""
+    store = getattr(plan, "model_store", "")
+    if plan.native or not store:
+        return path
+    try:
+        return model_path_in_container(posixpath.normpath(path), store)
+    except ValueError:
+        return path
+
+
 def model_path_in_container(model_dir: str, model_store: str) -> str:
     """The model directory as the container sees it (the store is mounted read-only at /data)."""
-    from pathlib import PurePosixPath
-
     relative = PurePosixPath(model_dir).relative_to(PurePosixPath(model_store))
     return str(PurePosixPath(CONTAINER_MODEL_STORE) / relative)

@@ -56,6 +56,30 @@ def test_arguments_are_all_real_launcher_flags_and_the_environment_is_clean(dock
 
 
 @pytest.mark.parametrize(
+    ("docker", "expected"),
+    [
+        (True, "sql=/data/adapters/sql,tidy=/data/adapters/tidy,hub-adapter,elsewhere=/opt/e"),
+        (False, "sql=/srv/models/adapters/sql,tidy=/srv/models/adapters/x/../tidy,hub-adapter,elsewhere=/opt/e"),
+    ],
+)
+def test_adapter_paths_are_the_ones_the_server_sees(docker, expected):
+    # In a container the host's store is mounted at /data: a host path there would name nothing.
+    adapters = [
+        {"name": "sql", "path": "/srv/models/adapters/sql"},
+        {"name": "tidy", "path": "/srv/models/adapters/x/../tidy"},
+        {"name": "hub-adapter"},  # a Hub id: TGI fetches it, no path to map
+        {"name": "elsewhere", "path": "/opt/e"},  # outside the store: left for the server to report
+    ]
+    plan = TGI.launch_plan(
+        docker=docker, model_dir="/srv/models/org--m/abc", model_store="/srv/models/", num_shard=1,
+        instance="llmdeploy-x", bind_address="127.0.0.1", port=8123,
+    )  # fmt: skip
+    args = TGI.launcher_args(spec(lora_adapters=adapters), plan)
+    assert args[args.index("--lora-adapters") + 1] == expected
+    assert args[args.index("--model-id") + 1] == ("/data/org--m/abc" if docker else "/srv/models/org--m/abc")
+
+
+@pytest.mark.parametrize(
     ("values", "checkpoint", "field"),
     [
         ({"quantize": "awq"}, {"quantization": None}, "quantize"),
