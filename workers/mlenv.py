@@ -33,6 +33,34 @@ def job_command(module: str, *args: str) -> list[str]:
     return [ml_python(), "-m", f"workers.jobs.{module}", *args]
 
 
+def distributed_job_command(module: str, processes: int, *args: str) -> list[str]:
+    """The command line that runs a workers/jobs program as `processes` data-parallel processes on this host
+    (torchrun; each process sees RANK, LOCAL_RANK and WORLD_SIZE). Only rank 0's stdout reaches the console:
+    the others' goes to torchrun's log files, so the events are one program's. torchrun exits 1 for any failure or
+    stop (the events say which), and on SIGTERM gives the ranks 30 s to save their checkpoint before it kills
+    them. One process is the plain command, which keeps the exit codes 2 (bad input) and 3 (stopped)."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a whole number from 1 up, not {processes!r}")
+    if processes == 1:
+        return job_command(module, *args)
+    other_ranks_stdout = ",".join(f"{rank}:1" for rank in range(1, processes))  # local rank: 1 = stdout
+    return [
+        ml_python(),
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(processes),
+        "--redirects",
+        other_ranks_stdout,
+        "-m",
+        f"workers.jobs.{module}",
+        *args,
+    ]
+
+
 def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """A clean environment for a job program: the project on PYTHONPATH, nothing from the console's settings
     (TGI reads generic names such as PORT, HOSTNAME and API_KEY, so nothing leaks in by accident)."""

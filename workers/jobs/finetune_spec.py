@@ -14,6 +14,13 @@ with the same rules the program applies. A wrong field is `BadInput(field=...)`.
       "resume_from": null | "latest" | "<checkpoint dir>",  latest: the newest complete checkpoint, else start
       "hyperparameters": {...}                          see HYPERPARAMETERS
     }
+
+Data parallel: the spec has no process count. The launcher decides it (`workers.mlenv.distributed_job_command`,
+one process per GPU, or N CPU processes) and `hyperparameters.batch_size` is the batch of each process, as
+transformers' per_device_train_batch_size: the global batch is batch_size x grad_accumulation x processes. The
+console divides the global batch a user asks for by the processes it places (16 on 2 GPUs: batch_size 8), and
+the manifest's lineage records `processes`. With the same seed and data, N processes at batch_size B / N train
+as one process at B: the same samples make each global step, and DDP averages over their tokens.
 """
 
 from __future__ import annotations

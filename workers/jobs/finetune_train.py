@@ -1,6 +1,11 @@
 """The training itself: transformers + peft + TRL's SFTTrainer, with a callback that turns the trainer's logs,
 steps and saves into protocol events and honours a stop request at the next step boundary. Imported by
-finetune.py only after the spec and the data passed their checks (torch takes seconds to import)."""
+finetune.py only after the spec and the data passed their checks (torch takes seconds to import).
+
+Data parallel (torchrun, `workers.mlenv.distributed_job_command`): every rank trains its share of each global
+batch (gloo on CPU); rank 0 alone emits progress, metrics, checkpoints and the result and writes manifests and
+the final adapter or model (the launcher sends the other ranks' stdout to its log files); a stop request on any
+rank stops every rank after the same step's checkpoint."""
 
 from __future__ import annotations
 
@@ -174,6 +179,8 @@ def sft_config(spec: FinetuneSpec, precision: str):
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
+        # CPU data parallel is gloo, never an MPI or oneCCL that happens to be installed; CUDA picks NCCL.
+        ddp_backend="gloo" if _world_size() > 1 and not torch.cuda.is_available() else None,
         gradient_checkpointing=spec.gradient_checkpointing,
         logging_steps=spec.logging_every,
         save_strategy="steps",
@@ -187,6 +194,11 @@ def sft_config(spec: FinetuneSpec, precision: str):
         shuffle_dataset=False,
         dataset_num_proc=None,
     )
+
+
+def _world_size() -> int:
+    """How many processes train together: torchrun sets WORLD_SIZE; a plain run is one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _distributed_any(flag: bool, device: torch.device) -> bool:
@@ -286,10 +298,13 @@ def train(spec: FinetuneSpec, scan: DatasetScan, events: Events, stop: StopReque
     check_lengths(spec, scan, tokenizer)
     train_set, eval_set = build_datasets(spec, scan)
     model = load_model(spec, dtype)
-    callback = EventsCallback(events, stop, {**lineage, "precision": precision})
+    args = sft_config(spec, precision)
+    # batch_size is per process: the manifest says how many there were, so the global batch can be told.
+    lineage = {**lineage, "precision": precision, "processes": args.world_size}
+    callback = EventsCallback(events, stop, lineage)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(spec, precision),
+        args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -311,9 +326,7 @@ def train(spec: FinetuneSpec, scan: DatasetScan, events: Events, stop: StopReque
     shutil.rmtree(partial, ignore_errors=True)
     trainer.save_model(str(partial))
     metrics = {**callback.metrics, **{k: v for k, v in output.metrics.items() if _number(v)}}
-    manifest = write_manifest(
-        partial, step=state.global_step, metrics=metrics, lineage={**lineage, "precision": precision}
-    )
+    manifest = write_manifest(partial, step=state.global_step, metrics=metrics, lineage=lineage)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)  # a half-written adapter is never visible under its name
     events.result(
