@@ -110,7 +110,8 @@ class ProcessRuntime:
                 script = secret_env_loader(loaded) + "; " + WRAPPER
         workdir = Path(spec.workdir) if spec.workdir else self.state_dir / f"{spec.name}.work"
         workdir.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as output:
+        # A fresh log per start: whoever follows it starts at cursor 0 (an earlier run's lines are in its job log).
+        with log.open("wb") as output:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", script, "sh", *command],
                 env=env,

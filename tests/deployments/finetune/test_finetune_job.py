@@ -37,10 +37,10 @@ PAIRS = "alpha:red bravo:green charlie:blue delta:yellow echo:black foxtrot:whit
 RECORDS = [{"prompt": f"Code {c}?", "completion": f" {colour}."} for c, colour in (p.split(":") for p in PAIRS.split())]
 OPTIONS = {
     "method": "lora",
-    "checkpoint_every": 10,
+    "checkpoint_every": 50,
     "hyperparameters": {
         "learning_rate": 1e-2,
-        "max_steps": 40,
+        "max_steps": 400,  # ~15 s on a shared core: long enough to kill a worker mid-run
         "batch_size": 4,  # two batches an epoch: data order matters after a resume
         "lora_dropout": 0.05,  # dropout draws: the RNG state must survive a resume
         "modules_to_save": ["lm_head"],
@@ -88,7 +88,8 @@ def setup(stores, admin, engineer, live_server, redis_url):
     workers = []
 
     def start_worker():
-        process, log = _start_worker(env, f"ft-worker-{len(workers)}", host.queue)
+        # threads: the worker answers the readiness ping while a job it took at once runs
+        process, log = _start_worker(env, f"ft-worker-{len(workers)}", host.queue, pool="threads")
         stopper = _wait_and_stop(process, log, host.queue)
         next(stopper)
         workers.append((process, stopper))
@@ -139,7 +140,8 @@ def assert_one_finished_run(job: Job) -> ModelArtifact:
 
 def assert_tiers(job: Job, stores: Path) -> None:
     tiers = dict(Checkpoint.objects.filter(job=job).values_list("step", "tier"))
-    assert tiers == {10: "archive", 20: "archive", 30: "fast", 40: "fast"}, tiers
+    expected = {step: "archive" for step in range(50, 301, 50)} | {350: "fast", 400: "fast"}
+    assert tiers == expected, tiers
     for checkpoint in Checkpoint.objects.filter(job=job, tier="archive"):
         assert Path(checkpoint.path).parent == stores / "archive" / f"finetune-{job.pk}"
         assert verify_manifest(checkpoint.path) == []
@@ -153,16 +155,16 @@ def test_a_lora_fine_tune_job_streams_its_curve_tiers_checkpoints_and_registers_
     wait_for(lambda: Job.objects.filter(pk=job.pk, status__in=Job.Status.terminal()).exists(), 300, "the run", log)
     adapter = assert_one_finished_run(job)
     curve = losses(job)
-    assert sorted(curve) == list(range(1, 41))
-    assert curve[40] <= curve[1] / 2, curve  # the loss falls by at least half
+    assert sorted(curve) == list(range(1, 401))
+    assert curve[400] <= curve[1] / 2, curve  # the loss falls by at least half
     REFERENCE.update(curve)
     assert_tiers(job, stores)
     lineage = adapter.lineage
     assert lineage["dataset_sha256"] == setup["version"].sha256 and lineage["base"].startswith("tests/tiny@")
-    assert lineage["hyperparameters"]["seed"] == 11 and lineage["steps"] == 40 and lineage["code_version"]["trl"]
+    assert lineage["hyperparameters"]["seed"] == 11 and lineage["steps"] == 400 and lineage["code_version"]["trl"]
     assert Path(adapter.path).is_relative_to(Path(setup["base"].host.model_store))
     progress = JobLogLine.objects.filter(job=job, stream="progress").order_by("-seq").first().data
-    assert progress["step"] == 40 and progress["total"] == 40 and "eta_seconds" in progress
+    assert progress["step"] == 400 and progress["total"] == 400 and "eta_seconds" in progress
     actions = set(
         AuditEvent.objects.filter(target_id__in=[str(job.pk), str(adapter.pk)]).values_list("action", flat=True)
     )
@@ -171,7 +173,7 @@ def test_a_lora_fine_tune_job_streams_its_curve_tiers_checkpoints_and_registers_
 
 def _kill_worker_mid_run(setup, job, *, also_the_program: bool):
     process, log = setup["start_worker"]()
-    wait_for(lambda: Checkpoint.objects.filter(job=job, step=20).exists(), 300, "checkpoint 20", log)
+    wait_for(lambda: Checkpoint.objects.filter(job=job, step=50).exists(), 300, "checkpoint 50", log)
     os.killpg(process.pid, signal.SIGKILL)  # the worker; the program runs in its own session
     process.wait(10)
     handles = ProcessRuntime().find({LABEL_JOB: str(job.pk)})
@@ -198,7 +200,10 @@ def test_kill_9_of_the_worker_mid_run_adopts_or_resumes_and_repeats_the_uninterr
     if also_the_program:
         assert "starting it again from the newest checkpoint" in text and "Resuming from" in text
     else:
-        assert "adopted the running program" in text
+        # The program outlived its worker: the next attempt adopted it, or (on a fast machine) found it finished
+        # and took its output; it never started a second one.
+        assert "adopted the running program" in text or "ended while no worker watched it" in text
+        assert text.count("started llmdeploy-job-") == 1
     curve = losses(job)
     assert sorted(curve) == sorted(REFERENCE)
     for step, loss in curve.items():
