@@ -19,6 +19,7 @@ class Job(models.Model):
         FINETUNE = "finetune", _("fine-tune")
         MERGE = "merge", _("merge an adapter")
         DATASET_STATS = "dataset_stats", _("dataset statistics")
+        DATASET_IMPORT = "dataset_import", _("dataset import from the Hub")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")
