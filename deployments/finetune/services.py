@@ -36,7 +36,7 @@ from deployments.sizing.training import TrainingSetup
 from deployments.sizing.training_plan import TrainingVerdict, plan_training
 
 # The program's own rules (standard library only); forms and serializers read them from here.
-from workers.jobs.finetune_spec import HYPERPARAMETERS, METHODS, PRECISIONS, SCHEDULERS, parse_spec
+from workers.jobs.finetune_spec import HYPERPARAMETERS, METHODS, PRECISIONS, SCHEDULERS, TOKENIZER_FILES, parse_spec
 from workers.jobs.protocol import BadInput
 
 FINETUNE_SOURCE = "Fine-tunes"
@@ -121,6 +121,14 @@ def _check_inputs(actor, base: ModelArtifact, version: DatasetVersion) -> None:
         raise ApplicationError(_("The base model's files are not ready on its host."), field="base")
     if base.kind != ModelArtifact.Kind.MODEL:
         raise ApplicationError(_("Choose a full model as the base, not an adapter."), field="base")
+    directory = Path(base.path)
+    if (directory / "config.json").is_file() and not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        # Checked here when the console can read the files; the program checks again on the host.
+        raise ApplicationError(
+            _("%(model)s has no tokenizer files: choose a model repository that ships its tokenizer.")
+            % {"model": base.repo.repo_id},
+            field="base",
+        )
     if base.host.runtime != Host.Runtime.PROCESS:
         raise ApplicationError(
             _("Fine-tunes run on hosts with the process runtime; %(host)s runs docker.") % {"host": base.host.name},

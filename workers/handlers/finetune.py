@@ -22,7 +22,7 @@ from deployments.datasets.fetch import fetch_token
 from deployments.finetune import services
 from deployments.models import DatasetVersion, Job, ModelArtifact
 from workers.checkpoints import apply_tiers, checkpoint_recorded
-from workers.datasets import fetch_dataset_version
+from workers.datasets import DatasetFetchError, fetch_dataset_version
 from workers.handlers.programs import ProgramOutcome, ProgramRun
 from workers.jobs.manifest import read_manifest, verify_manifest
 from workers.runner import Handler, JobContext, JobFailure, register
@@ -76,7 +76,14 @@ class FinetuneHandler(Handler):
         if state == "none" or (state == "exited" and run.outcome.exit_code is None):
             if state == "exited":
                 ctx.log("the program was killed; starting it again from the newest checkpoint")
-            dataset = fetch_dataset_version(version, fetch_token(job, version), log=ctx.log)
+            try:
+                dataset = fetch_dataset_version(version, fetch_token(job, version), log=ctx.log)
+            except DatasetFetchError as error:
+                raise JobFailure(
+                    str(error),
+                    cause="dataset_fetch",
+                    next_step="Check that this host reaches the console (CONSOLE_INTERNAL_URL), then resume.",
+                ) from error
             spec = {
                 **job.params["options"],
                 "base_model": base.path,
@@ -84,7 +91,8 @@ class FinetuneHandler(Handler):
                 "output_dir": str(out),
                 "resume_from": "latest",
             }
-            run.start("finetune", spec, out, env=_device_env(job))
+            gpus = len(job.params.get("gpu_indexes") or [])
+            run.start("finetune", spec, out, env=_device_env(job), processes=max(gpus, 1))
             state = "running"
         outcome = _follow(ctx, run, state)
         result = outcome.result or {}
@@ -157,4 +165,3 @@ class MergeHandler(Handler):
 
     def finished(self, ctx: JobContext, status: str) -> None:
         shutil.rmtree(Path(settings.CHECKPOINT_DIR) / f"merge-{ctx.job.pk}", ignore_errors=True)
-

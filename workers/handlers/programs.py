@@ -22,7 +22,7 @@ from django.db import transaction
 
 from deployments.models import Job
 from workers.jobs.protocol import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, parse_event
-from workers.mlenv import MLEnvironmentMissing, job_command, job_env
+from workers.mlenv import MLEnvironmentMissing, distributed_job_command, job_command, job_env
 from workers.runner import JobCancelled, JobContext, JobFailure
 from workers.runtimes import Handle, RunSpec, RuntimeFailure, get_runtime
 from workers.runtimes.base import LABEL_JOB, LABEL_MANAGED
@@ -84,13 +84,23 @@ class ProgramRun:
         self.runtime.remove(keep)
         return "exited"
 
-    def start(self, module: str, spec: dict[str, Any], workdir: Path, *, env: dict[str, str] | None = None) -> Handle:
-        """Write the spec file and start `python -m workers.jobs.<module> --spec FILE` in the ML environment."""
+    def start(
+        self,
+        module: str,
+        spec: dict[str, Any],
+        workdir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        processes: int = 1,
+    ) -> Handle:
+        """Write the spec file and start `python -m workers.jobs.<module> --spec FILE` in the ML environment (under
+        torchrun, data parallel, when `processes` > 1)."""
         workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "tmp").mkdir(exist_ok=True)  # torchrun's and the libraries' scratch files stay with the job
         spec_file = workdir / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=1))
         try:
-            program = job_command(module)
+            program = distributed_job_command(module, processes) if processes > 1 else job_command(module)
         except MLEnvironmentMissing as exc:
             raise JobFailure(
                 str(exc), cause="ml_environment_missing", next_step="Run `make ml-env` on the host."
@@ -100,7 +110,7 @@ class ProgramRun:
             labels=program_labels(self.ctx.job),
             program=program,
             args=["--spec", str(spec_file)],
-            env=job_env(env or {}),
+            env=job_env({"TMPDIR": str(workdir / "tmp"), **(env or {})}),
             model_dir="",
             model_store="",
             workdir=str(workdir),

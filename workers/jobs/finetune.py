@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from workers.jobs.finetune_data import scan_dataset
-from workers.jobs.finetune_spec import FinetuneSpec, parse_spec
+from workers.jobs.finetune_spec import TOKENIZER_FILES, FinetuneSpec, parse_spec
 from workers.jobs.manifest import sha256_file
 from workers.jobs.protocol import BadInput, Events, StopRequest, run_program
 
 PROGRAM_VERSION = "1"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def check_base_model(spec: FinetuneSpec) -> None:

@@ -70,6 +70,8 @@ TOP_LEVEL = {
     "resume_from": (str, None, None, '"latest" or a checkpoint directory'),
 }
 REQUIRED = ("base_model", "dataset", "output_dir")
+# A model directory needs one of these to tokenize the data (the console checks it before starting a run too).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
