@@ -688,6 +688,52 @@ MATRIX = [
         401,
         route="/internal/datasets/versions/<int:pk>/file",
     ),
+    # Fine-tunes: the finetune action starts, stops and resumes them (on datasets the user may train on); the run's
+    # page is the job page. Deploying an adapter needs deploy; merging it, finetune.
+    row("get", "/finetune/", LOGIN, 403, 200, 200, 200),
+    row("get", "/finetune/new/", LOGIN, 403, 403, 200, 200),
+    row("post", "/finetune/new/", LOGIN, 403, 403, 400, 400, data={"method": "lora"}),
+    row("post", "/finetune/{ftjob}/cancel/", LOGIN, 403, 403, 302, 302, route="/finetune/<int:pk>/cancel/"),
+    row("post", "/finetune/{ftdone}/resume/", LOGIN, 403, 403, 302, 302, route="/finetune/<int:pk>/resume/"),
+    row(
+        "post",
+        "/finetune/adapters/{adapter}/merge/",
+        LOGIN,
+        403,
+        403,
+        302,
+        302,
+        route="/finetune/adapters/<int:pk>/merge/",
+    ),
+    row(
+        "post",
+        "/finetune/adapters/{adapter}/deploy/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data={"deployment": "{stopped}"},
+        route="/finetune/adapters/<int:pk>/deploy/",
+    ),
+    row("get", "/api/v1/finetunes/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/finetunes/", 401, 403, 403, 400, 400, data={"method": "lora"}),
+    row("post", "/api/v1/finetunes/estimate/", 401, 403, 403, 400, 400, data={"method": "lora"}),
+    row("get", "/api/v1/finetunes/{ftjob}/", 401, 403, 200, 200, 200, route="/api/v1/finetunes/<pk>/"),
+    row("post", "/api/v1/finetunes/{ftjob}/cancel/", 401, 403, 403, 202, 202, route="/api/v1/finetunes/<pk>/cancel/"),
+    row("post", "/api/v1/finetunes/{ftdone}/resume/", 401, 403, 403, 202, 202, route="/api/v1/finetunes/<pk>/resume/"),
+    row("post", "/api/v1/adapters/{adapter}/merge/", 401, 403, 403, 202, 202, route="/api/v1/adapters/<pk>/merge/"),
+    row(
+        "post",
+        "/api/v1/adapters/{adapter}/deploy/",
+        401,
+        403,
+        403,
+        403,
+        400,  # the deployment serves another base model: refused on the field
+        data={"deployment": "{stopped}"},
+        route="/api/v1/adapters/<pk>/deploy/",
+    ),
 ]
 
 
@@ -731,6 +777,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         **_deployment_ids(tmp_path),
         **_dataset_ids(settings, tmp_path, team, users["admin"]),
     }
+    ids.update(_finetune_ids(ids))
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
     user = users[role]
@@ -829,6 +876,34 @@ def _dataset_ids(settings, tmp_path, team, admin) -> dict:
     datasets.upload_complete(actor=admin, upload=upload)
     pending = datasets.upload_start(actor=admin, dataset=dataset, filename="v2.jsonl", size=100)
     return {"dataset": dataset.pk, "upload": pending.pk}
+
+
+def _finetune_ids(ids: dict) -> dict:
+    """A running fine-tune and a cancelled one on the matrix dataset, and an adapter of the matrix's ready model."""
+    from deployments.models import DatasetVersion
+
+    version = DatasetVersion.objects.get(dataset_id=ids["dataset"], version=1)
+    params = {
+        "base_artifact_id": ids["artifact"],
+        "dataset_version_id": version.pk,
+        "options": {"method": "lora", "precision": "auto", "hyperparameters": {}},
+        "gpu_indexes": [],
+    }
+    common = {"kind": Job.Kind.FINETUNE, "target_type": "deployments.dataset", "target_id": str(ids["dataset"])}
+    running = Job.objects.create(status=Job.Status.RUNNING, params=params, **common)
+    done = Job.objects.create(status=Job.Status.CANCELLED, params=params, **common)
+    base = ModelArtifact.objects.get(pk=ids["artifact"])
+    repo = ModelRepo.objects.create(source=base.repo.source, repo_id="matrix-ft-1", commit="f" * 40)
+    adapter = ModelArtifact.objects.create(
+        repo=repo,
+        host=base.host,
+        status=ModelArtifact.Status.READY,
+        kind=ModelArtifact.Kind.ADAPTER,
+        base=base,
+        path="/srv/models/finetunes--matrix/adapter-job-1",
+        lineage={"base": "org/matrix@" + "a" * 40},
+    )
+    return {"ftjob": running.pk, "ftdone": done.pk, "adapter": adapter.pk}
 
 
 def _routes(resolver=None, prefix="") -> list[str]:
