@@ -34,7 +34,11 @@ from workers.runtimes.process import ProcessRuntime
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PAIRS = "alpha:red bravo:green charlie:blue delta:yellow echo:black foxtrot:white golf:purple hotel:orange"
-RECORDS = [{"prompt": f"Code {c}?", "completion": f" {colour}."} for c, colour in (p.split(":") for p in PAIRS.split())]
+CANARY = "CANARY-31d8-finetune-row"  # in every row: nothing the engineer who trains on them reads may hold it
+RECORDS = [
+    {"prompt": f"[{CANARY}] Code {c}?", "completion": f" {colour}."}
+    for c, colour in (p.split(":") for p in PAIRS.split())
+]
 OPTIONS = {
     "method": "lora",
     "checkpoint_every": 50,
@@ -169,6 +173,36 @@ def test_a_lora_fine_tune_job_streams_its_curve_tiers_checkpoints_and_registers_
         AuditEvent.objects.filter(target_id__in=[str(job.pk), str(adapter.pk)]).values_list("action", flat=True)
     )
     assert {"finetune.started", "finetune.finished", "job.succeeded"} <= actions
+    assert_the_canary_reaches_no_engineer(setup["engineer"], job, adapter)
+
+
+def assert_the_canary_reaches_no_engineer(engineer, job: Job, adapter: ModelArtifact) -> None:
+    """The engineer trained on rows holding the canary: no page, API answer, log line (the websocket streams the same
+    lines), checkpoint row or audit event they can read holds it."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(engineer)
+    urls = [
+        f"/jobs/{job.pk}/",
+        f"/api/v1/jobs/{job.pk}/",
+        f"/api/v1/jobs/{job.pk}/log/?limit=5000",
+        "/finetune/",
+        f"/api/v1/finetunes/{job.pk}/",
+        f"/models/{adapter.pk}/",
+        f"/api/v1/models/{adapter.pk}/",
+        "/api/v1/finetunes/",
+    ]
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.status_code)
+        assert CANARY not in response.content.decode(), url
+    for line in JobLogLine.objects.filter(job=job):
+        assert CANARY not in f"{line.text} {line.data}"
+    assert CANARY not in json.dumps(list(Checkpoint.objects.filter(job=job).values("path", "metrics")))
+    assert CANARY not in json.dumps(adapter.lineage) + json.dumps(adapter.manifest)
+    for event in AuditEvent.objects.all():
+        assert CANARY not in f"{event.detail} {event.diff} {event.target_name}"
 
 
 def _kill_worker_mid_run(setup, job, *, also_the_program: bool):
