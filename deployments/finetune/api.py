@@ -28,8 +28,8 @@ from deployments.registry.serializers import ArtifactSerializer
 from deployments.serving.serializers import DeploymentSerializer
 
 
-def _object(model, pk, field: str):
-    found = model.objects.filter(pk=pk).first() if str(pk).isdigit() else None
+def _object(queryset, pk, field: str):
+    found = queryset.filter(pk=pk).first() if str(pk).isdigit() else None
     if found is None:
         raise ApplicationError(f"No such {field.replace('_', ' ')}.", field=field)
     return found
@@ -161,7 +161,7 @@ class AdapterViewSet(viewsets.GenericViewSet):
         serializer = AdapterDeploySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         target = serializer.validated_data.get("deployment")
-        deployment = _object(Deployment, target, "deployment") if target is not None else None
+        deployment = _object(Deployment.objects.all(), target, "deployment") if target is not None else None
         result = adapters.adapter_deploy(
             actor=request.user, adapter=adapter, deployment=deployment, name=serializer.validated_data.get("name", "")
         )

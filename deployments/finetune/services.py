@@ -44,6 +44,12 @@ HOLDER = "finetune:{}"
 # Spec fields the console fills in itself (paths on the host); the rest come from the form or the API.
 PATH_FIELDS = {"base_model": "/base", "dataset": "/dataset.jsonl", "output_dir": "/out"}
 RESUMABLE = (Job.Status.CANCELLED, Job.Status.FAILED)
+# The planner's names for what the form and the API call otherwise.
+SIZING_FIELDS = {
+    "lora_target_modules": "target_modules",
+    "micro_batch_size": "batch_size",
+    "gradient_accumulation": "grad_accumulation",
+}
 __all__ = ["HYPERPARAMETERS", "METHODS", "PRECISIONS", "SCHEDULERS"]  # and the functions below
 
 
@@ -109,7 +115,8 @@ def finetune_estimate(*, base: ModelArtifact, options: dict[str, Any], gpu_count
             preferred_hosts=[base.host.name],
         )
     except SizingError as error:
-        raise ApplicationError(error.text(_), field=error.field or "method") from None
+        field = SIZING_FIELDS.get(error.field or "", error.field or "method")
+        raise ApplicationError(error.text(_), field=field) from None
 
 
 def _check_inputs(actor, base: ModelArtifact, version: DatasetVersion) -> None:
