@@ -1,6 +1,7 @@
 """Datasets API. Reading a dataset (schema, counts, problems by line) needs to see it
 (console.permissions.restrict_datasets); rows only through `preview` (view_data, audited); adding, versioning and
-deleting need manage_datasets on it. Uploads: POST `uploads/` opens one, PUT `uploads/{id}/` appends a chunk of at
+deleting need manage_datasets on it; computing a version's statistics (`versions/{n}/stats/`) needs use of it
+(finetune) or manage_datasets. Uploads: POST `uploads/` opens one, PUT `uploads/{id}/` appends a chunk of at
 most 8 MiB at `?offset=` (or `Content-Range: bytes START-END/TOTAL`), GET says where it stands, POST
 `uploads/{id}/complete/` turns it into a version."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 
 from django.http import Http404
+from django.utils.translation import gettext
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
@@ -20,17 +22,19 @@ from console import roles
 from console.api.parsers import REFUSAL, has_unstorable_text
 from console.errors import ApplicationError
 from console.permissions import ObjectHidden, dataset_allows, require, require_dataset, require_dataset_manager
-from deployments.datasets import selectors, services
+from deployments.datasets import selectors, services, stats
 from deployments.datasets.errors import DatasetInvalid, UploadConflict, UploadTooLarge
 from deployments.datasets.models import Dataset
 from deployments.datasets.serializers import (
     DatasetSerializer,
     PreviewSerializer,
+    StatsStartSerializer,
     UploadCompleteSerializer,
     UploadSerializer,
     UploadStartSerializer,
     VersionSerializer,
 )
+from deployments.registry.models import ModelArtifact
 
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 VERSION = r"versions/(?P<version>[0-9]+)"
@@ -144,6 +148,28 @@ class DatasetViewSet(DatasetApiMixin, viewsets.GenericViewSet):
             raise ValidationError({"limit": ["A number of rows, 1 to 100."]})
         rows = services.version_preview(actor=request.user, version=found, limit=int(limit))
         return Response({"version": found.version, "rows": rows})
+
+    @extend_schema(request=StatsStartSerializer, responses={202: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"], url_path=f"{VERSION}/stats", url_name="version-stats")
+    def version_stats(self, request, pk=None, version=None):
+        """Compute the version's statistics with a model's tokenizer (`tokenizer`: a ready model's id, or null for
+        none): 202 with the job; they appear in the version's `stats`. Needs use of the dataset or manage_datasets;
+        409 while a statistics job of this version runs."""
+        found = self._version(roles.VIEW)
+        stats.require_stats_use(request.user, found.dataset)
+        serializer = StatsStartSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tokenizer_id = serializer.validated_data.get("tokenizer")
+        tokenizer = None
+        if tokenizer_id is not None:
+            tokenizer = ModelArtifact.objects.select_related("repo", "host").filter(pk=tokenizer_id).first()
+            if tokenizer is None:
+                raise ValidationError({"tokenizer": [gettext("No such model.")]})
+        try:
+            job = stats.stats_start(actor=request.user, version=found, tokenizer=tokenizer)
+        except ApplicationError as error:
+            return refusal(error)
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
 
 
 class DatasetUploadViewSet(DatasetApiMixin, viewsets.GenericViewSet):

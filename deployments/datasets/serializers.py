@@ -9,6 +9,7 @@ from rest_framework import serializers
 from console import roles
 from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion, Format
 from deployments.datasets.services import CHUNK_MAX_BYTES
+from deployments.datasets.stats import stats_view
 from deployments.datasets.validation import describe
 
 
@@ -22,7 +23,11 @@ class ProblemsField(serializers.ReadOnlyField):
 class VersionSerializer(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     validation_errors = ProblemsField()
-    stats = serializers.SerializerMethodField(help_text="Token statistics: computed by the ML environment's job.")
+    stats = serializers.SerializerMethodField(
+        help_text="Statistics computed by a dataset_stats job: rows, columns, token lengths (percentiles, histogram "
+        "bins and counts) with a model's tokenizer, the train/eval split; `status` (computed, not_computed), "
+        "`running_job` (a job computing them now) and `failed_job` (the newest job, when it failed). Never a row."
+    )
 
     class Meta:
         model = DatasetVersion
@@ -43,7 +48,7 @@ class VersionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_stats(self, version) -> dict:
-        return {"status": "not_computed"}
+        return stats_view(version)
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -100,6 +105,16 @@ class UploadSerializer(serializers.ModelSerializer):
 
     def get_chunk_max_bytes(self, upload) -> int:
         return CHUNK_MAX_BYTES
+
+
+class StatsStartSerializer(serializers.Serializer):
+    tokenizer = serializers.IntegerField(
+        min_value=1,
+        max_value=2**62,
+        allow_null=True,
+        required=False,
+        help_text="The model whose tokenizer counts the tokens; null: no token lengths.",
+    )
 
 
 class PreviewSerializer(serializers.Serializer):

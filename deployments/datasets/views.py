@@ -1,6 +1,7 @@
-"""Dataset pages: the list (and adding one), a dataset's versions with schema, counts and problems by line, the
-chunked upload of a new version (dataset_upload.js over the API), deleting, and the row preview for view_data
-holders (audited). No page but the preview shows a row."""
+"""Dataset pages: the list (and adding one), a dataset's versions with schema, counts, problems by line and
+statistics (computed by a job with a chosen model's tokenizer), the chunked upload of a new version
+(dataset_upload.js over the API), deleting, and the row preview for view_data holders (audited). No page but the
+preview shows a row."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from django.views import View
 
@@ -24,10 +26,11 @@ from console.permissions import (
     require_dataset,
     require_dataset_manager,
 )
-from deployments.datasets import selectors, services
+from deployments.datasets import selectors, services, stats
 from deployments.datasets.forms import DatasetForm
 from deployments.datasets.models import Dataset
 from deployments.datasets.validation import describe
+from deployments.registry.models import ModelArtifact
 
 
 def visible_dataset(user, pk, action: str = roles.VIEW) -> Dataset:
@@ -82,15 +85,64 @@ class DatasetDetailView(ConsoleViewMixin, View):
         versions = list(selectors.version_list(dataset=dataset))
         for version in versions:
             version.problems = [describe(problem) for problem in version.validation_errors]
+            version.stats_shown = stats.stats_view(version)
+            version.histogram = histogram_bars(version.stats_shown.get("token_lengths"))
+            version.stats_time = parse_datetime(version.stats_shown.get("computed_at") or "")
+        can_manage = dataset_allows(request.user, roles.MANAGE_DATASETS, dataset)
+        can_use = dataset_allows(request.user, roles.FINETUNE, dataset)
         context = {
             "dataset": dataset,
             "versions": versions,
-            "can_manage": dataset_allows(request.user, roles.MANAGE_DATASETS, dataset),
+            "can_manage": can_manage,
             "can_view_data": dataset_allows(request.user, roles.VIEW_DATA, dataset),
-            "can_use": dataset_allows(request.user, roles.FINETUNE, dataset),
+            "can_use": can_use,
+            "tokenizers": stats.tokenizer_models(user=request.user) if can_use or can_manage else None,
             "upload_api": reverse("api:dataset-upload-list"),
         }
         return render(request, "datasets/detail.html", context)
+
+
+def histogram_bars(lengths: dict | None) -> list[dict]:
+    """The token-length histogram as bars: each bin's range of lengths, its rows and its height (the tallest 100)."""
+    if not lengths:
+        return []
+    edges, counts = lengths.get("bins") or [], lengths.get("counts") or []
+    tallest = max(counts, default=0) or 1
+    return [
+        {"low": low, "high": high - 1, "rows": rows, "height": round(100 * rows / tallest, 1)}
+        for low, high, rows in zip(edges, edges[1:], counts, strict=False)
+    ]
+
+
+def _chosen_model(choice: str) -> ModelArtifact:
+    known = choice.isdigit() and len(choice) <= 18  # past that it is no id (and overflows the column)
+    found = ModelArtifact.objects.select_related("repo", "host").filter(pk=choice).first() if known else None
+    if found is None:
+        raise ApplicationError(_("No such model."), field="tokenizer")
+    return found
+
+
+class DatasetStatsView(ConsoleViewMixin, View):
+    """Compute (or recompute) a version's statistics with a chosen model's tokenizer: a job on that model's host."""
+
+    def post(self, request, pk, version):
+        dataset = visible_dataset(request.user, pk)
+        stats.require_stats_use(request.user, dataset)
+        found = selectors.version_get(dataset=dataset, number=version)
+        if found is None:
+            raise Http404
+        choice = request.POST.get("tokenizer", "").strip()
+        try:
+            tokenizer = _chosen_model(choice) if choice else None
+            job = stats.stats_start(actor=request.user, version=found, tokenizer=tokenizer)
+        except ApplicationError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(
+                request,
+                _("Computing the statistics of version %(n)s: job %(job)s.") % {"n": found.version, "job": job.pk},
+            )
+        return redirect(reverse("dataset-detail", args=[dataset.pk]) + f"#version-{found.version}")
 
 
 class DatasetDeleteView(ConsoleViewMixin, View):
