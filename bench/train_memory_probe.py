@@ -1,12 +1,21 @@
-"""Measure the memory of a few training steps on CPU, for the training memory estimate to be checked against.
+"""Measure the memory of a few training steps on CPU or a CUDA GPU, for the training memory estimate to be checked
+against.
 
     .venv-ml/bin/python bench/train_memory_probe.py --method full --micro-batch 2 --seq-len 512 [--checkpointing]
+    python3 bench/train_memory_probe.py --device cuda --precision bf16 --method lora --micro-batch 4 --seq-len 1024
 
 Runs in the ML environment (torch, transformers, peft; nothing of the console). It builds a random-weight Llama
 from a config (no download), trains it for a few steps in fp32 with AdamW on random token ids, and prints one
 JSON line: the peak resident memory of the process (ru_maxrss) minus its resident memory right after the imports,
 as the issue defines the figure ("peak minus post-import RSS"). Each configuration needs a fresh process: the
 peak is per process.
+
+On CUDA (`--device cuda`) the model is built on the GPU directly and the figure is torch.cuda.max_memory_allocated()
+over the training steps (every tensor, weights included; the CUDA context is reported apart as `context_bytes`).
+`--precision bf16` is the mixed precision the estimate assumes: trainable weights stay fp32 (the master copy; peft
+keeps LoRA adapters in fp32 too), a LoRA base is frozen in bf16, forward and loss run under bf16 autocast, and
+AdamW is the fused kernel transformers' Trainer picks. `--bf16-weights` stores the trainable weights in bf16
+instead, as workers/jobs/finetune_train.py loads a model for a full fine-tune (AdamW's moments then are bf16 too).
 
 The loop is what transformers' Trainer does per optimizer step (forward with labels, backward, AdamW step,
 `zero_grad(set_to_none=True)`), without its data loader, so the measured memory is the model's own.
@@ -59,7 +68,17 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-targets", default="q_proj,v_proj")
     parser.add_argument("--config", help="a JSON config to use instead of the built-in ~134M Llama")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--bf16-weights", action="store_true", help="trainable weights in bf16, no fp32 master copy")
     args = parser.parse_args(argv)
+    if args.device == "cpu" and args.precision != "fp32":
+        parser.error("on CPU the probe trains in fp32 (as the fine-tune program does); bf16 needs --device cuda")
+    if args.bf16_weights and args.precision != "bf16":
+        parser.error("--bf16-weights needs --precision bf16")
+    if args.device == "cuda":
+        _probe_cuda(args)
+        return
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -114,6 +133,100 @@ def main(argv: list[str]) -> None:
                 "losses": losses,
                 "seconds": round(time.perf_counter() - started, 1),
                 "torch": torch.__version__,
+                "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+                "attention": model.config._attn_implementation,
+            }
+        ),
+        flush=True,
+    )
+
+
+def _probe_cuda(args: argparse.Namespace) -> None:
+    """The same loop on a CUDA GPU, measured with the caching allocator's own peak counter."""
+    import contextlib
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda needs a CUDA GPU; this host has none")
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    baseline = torch.cuda.memory_allocated()
+    config_dict = json.loads(args.config) if args.config else DEFAULT_CONFIG
+    config = LlamaConfig(**{k: v for k, v in config_dict.items() if k != "model_type"})
+    started = time.perf_counter()
+    with device:
+        model = LlamaForCausalLM(config)  # fp32 on the GPU: no host copy, no download
+    params = sum(p.numel() for p in model.parameters())
+    half = args.precision == "bf16" and (args.method == "lora" or args.bf16_weights)
+    if half:
+        model = model.to(torch.bfloat16)  # a frozen LoRA base, or --bf16-weights
+    if args.method == "lora":
+        targets = args.lora_targets.split(",")
+        model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets))
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # the fp32 build of a bf16 model is gone before the peak counter starts
+    after_model = torch.cuda.memory_allocated()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    generator = torch.Generator().manual_seed(0)
+    losses, step_peaks, after_backward, after_step = [], [], [], []
+    for _step in range(args.steps):
+        torch.cuda.reset_peak_memory_stats()
+        for _micro in range(args.accumulation):
+            ids = torch.randint(0, config.vocab_size, (args.micro_batch, args.seq_len), generator=generator).to(device)
+            with autocast:
+                loss = model(input_ids=ids, labels=ids).loss / args.accumulation
+            loss.backward()
+            losses.append(round(float(loss.detach()), 4))
+            del loss, ids
+        after_backward.append(torch.cuda.memory_allocated())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        after_step.append(torch.cuda.memory_allocated())
+        step_peaks.append(torch.cuda.max_memory_allocated())
+    torch.cuda.synchronize()
+    peak = max(step_peaks)
+    free, total = torch.cuda.mem_get_info()
+    # What the process holds on the device beyond the allocator's pool: context, cuBLAS and kernel images.
+    context = total - free - torch.cuda.memory_reserved()
+    properties = torch.cuda.get_device_properties(device)
+    print(
+        json.dumps(
+            {
+                "method": args.method,
+                "precision": args.precision,
+                "bf16_weights": bool(args.bf16_weights),
+                "micro_batch": args.micro_batch,
+                "seq_len": args.seq_len,
+                "accumulation": args.accumulation,
+                "gradient_checkpointing": args.checkpointing,
+                "steps": args.steps,
+                "lora_r": args.lora_r if args.method == "lora" else None,
+                "lora_targets": args.lora_targets.split(",") if args.method == "lora" else None,
+                "config": config_dict,
+                "params": params,
+                "trainable_params": sum(p.numel() for p in trainable),
+                "baseline_allocated_bytes": baseline,
+                "after_model_allocated_bytes": after_model,
+                "after_backward_allocated_bytes": after_backward,
+                "after_step_allocated_bytes": after_step,
+                "step_peak_allocated_bytes": step_peaks,
+                "peak_allocated_bytes": peak,
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+                "context_bytes": context,
+                "measured_bytes": peak - baseline,
+                "losses": losses,
+                "seconds": round(time.perf_counter() - started, 1),
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "device": f"{properties.name}, {round(properties.total_memory / 2**30)} GiB",
                 "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
                 "attention": model.config._attn_implementation,
             }
