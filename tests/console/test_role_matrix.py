@@ -904,14 +904,24 @@ def _finetune_ids(ids: dict) -> dict:
     """A running fine-tune and a cancelled one on the matrix dataset, and an adapter of the matrix's ready model."""
     from deployments.models import DatasetVersion
 
-    version = DatasetVersion.objects.get(dataset_id=ids["dataset"], version=1)
+    from django.contrib.auth import get_user_model
+
+    from deployments.datasets import services as datasets
+
+    # A dataset of its own: the matrix deletes the other one (a version a fine-tune names stays for its lineage).
+    admin = get_user_model().objects.get(pk=ids["admin"])
+    dataset = datasets.dataset_create(actor=admin, name="matrix-ft-ds", team=Group.objects.get(pk=ids["team"]))
+    content = b'{"text": "matrix"}\n'
+    upload = datasets.upload_start(actor=admin, dataset=dataset, filename="ft.jsonl", size=len(content))
+    upload = datasets.upload_chunk(actor=admin, upload=upload, offset=0, stream=io.BytesIO(content), length=len(content))
+    version = datasets.upload_complete(actor=admin, upload=upload)
     params = {
         "base_artifact_id": ids["artifact"],
         "dataset_version_id": version.pk,
         "options": {"method": "lora", "precision": "auto", "hyperparameters": {}},
         "gpu_indexes": [],
     }
-    common = {"kind": Job.Kind.FINETUNE, "target_type": "deployments.dataset", "target_id": str(ids["dataset"])}
+    common = {"kind": Job.Kind.FINETUNE, "target_type": "deployments.dataset", "target_id": str(dataset.pk)}
     running = Job.objects.create(status=Job.Status.RUNNING, params=params, **common)
     done = Job.objects.create(status=Job.Status.CANCELLED, params=params, **common)
     base = ModelArtifact.objects.get(pk=ids["artifact"])
