@@ -281,7 +281,8 @@ def upload_abort(*, actor, upload: DatasetUpload) -> None:
 def version_references(version: DatasetVersion) -> list[str]:
     """What uses a version and so forbids deleting it. The hook for the jobs that train on datasets: a job names
     the exact version it used in `params["dataset_version_id"]` (a fine-tune records it for its lineage)."""
-    jobs = Job.objects.filter(params__dataset_version_id=version.pk).order_by("pk")
+    # Statistics and imports only read or write the file; a fine-tune's lineage names the version for good.
+    jobs = Job.objects.filter(params__dataset_version_id=version.pk, kind=Job.Kind.FINETUNE).order_by("pk")
     return [f"job {job.pk} ({job.kind})" for job in jobs]
 
 
