@@ -1,18 +1,21 @@
 """Deploying a fine-tune's LoRA adapter: on its base model as a new deployment (TGI's --lora-adapters; requests
 choose it with `adapter_id`), or added to a deployment of the same base through a new spec version (restarted when
-it runs). Whoever deploys needs deploy there: the serving services check it."""
+it runs or is starting; a stopped one uses it at its next launch). Whoever deploys needs deploy there (the role, or
+a team's grant on the host: the team owns the new deployment); the serving services check it."""
 
 from __future__ import annotations
 
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils.translation import gettext as _
 
 import audit
 from console import roles
 from console.errors import ApplicationError
-from console.permissions import can, deploy_scope_teams, require
+from console.permissions import can, deploy_scope_allows, deploy_scope_teams, has_global, require
 from deployments.models import Deployment, Gpu, ModelArtifact
 from deployments.serving import services as serving
+from deployments.serving.actions import RESTART, allowed_actions
 from deployments.serving.specs import spec_values
 
 
@@ -25,8 +28,12 @@ def _check(actor, adapter: ModelArtifact) -> None:
     require(actor, roles.VIEW, adapter)
     if adapter.kind != ModelArtifact.Kind.ADAPTER or adapter.base_id is None:
         raise ApplicationError(_("Only a LoRA adapter is deployed on a base model."))
-    if adapter.status != ModelArtifact.Status.READY or adapter.base.status != ModelArtifact.Status.READY:
-        raise ApplicationError(_("The adapter and its base model must both be ready."))
+    for artifact in (adapter, adapter.base):
+        if artifact.status != ModelArtifact.Status.READY:
+            raise ApplicationError(
+                _("%(name)s is %(status)s on %(host)s, not ready: deploy the adapter once it is.")
+                % {"name": artifact.repo.repo_id, "status": artifact.get_status_display(), "host": artifact.host.name}
+            )
 
 
 def same_base(deployment: Deployment, adapter: ModelArtifact) -> bool:
@@ -38,6 +45,38 @@ def may_deploy(user, adapter: ModelArtifact) -> bool:
     """Whether the page offers the deploy button: the deploy role, or a team scope of deploy (the services decide
     again, for the team and host)."""
     return can(user, roles.DEPLOY) or bool(deploy_scope_teams(user))
+
+
+def team_choices(user) -> list[Group]:
+    """The teams that may own a new deployment `user` makes by a team's grant of deploy (none for the role)."""
+    if has_global(user, roles.DEPLOY):
+        return []
+    return list(Group.objects.filter(pk__in=deploy_scope_teams(user)).order_by("name"))
+
+
+def team_named(name) -> Group | None:
+    """The team a request names to own a new deployment (by name, as the deployments API takes it); None: none."""
+    if name in (None, ""):
+        return None
+    if not isinstance(name, str):
+        raise ApplicationError(_("There is no team of that name."), field="team")
+    team = Group.objects.filter(name=name).exclude(name__in=list(roles.ROLES)).first()
+    if team is None:
+        raise ApplicationError(_("There is no team of that name."), field="team")
+    return team
+
+
+def _owning_team(actor, adapter: ModelArtifact, team: Group | None) -> Group | None:
+    """Who owns a new deployment made by a team's grant of deploy (not the role): the team given, else the actor's
+    one team that may deploy on the base model's host (placement prefers the host holding the files)."""
+    if team is not None or has_global(actor, roles.DEPLOY):
+        return team
+    teams = deploy_scope_teams(actor)
+    there = [pk for pk in teams if deploy_scope_allows(actor, team_id=pk, host_id=adapter.base.host_id, new=True)]
+    choices = there or teams
+    if len(choices) > 1:
+        raise ApplicationError(_("Several of your teams may deploy: choose the one that owns it."), field="team")
+    return Group.objects.get(pk=choices[0]) if choices else None  # none: deployment_create refuses
 
 
 @transaction.atomic
@@ -52,9 +91,12 @@ def adapter_deploy(
         device = "gpu" if Gpu.objects.filter(host=adapter.base.host).exists() else "cpu"
         spec = {"artifact": adapter.base_id, "device": device, "lora_adapters": [entry]}
         created = serving.deployment_create(
-            actor=actor, name=name or adapter_name(adapter).lower(), spec=spec, team=team
+            actor=actor,
+            name=name or adapter_name(adapter).lower(),
+            spec=spec,
+            team=_owning_team(actor, adapter, team),
         )
-        target, version = created, 1
+        target, version, restarted = created, 1, False
     else:
         if not same_base(deployment, adapter):
             raise ApplicationError(
@@ -68,12 +110,18 @@ def adapter_deploy(
         new = serving.spec_update(actor=actor, deployment=deployment, spec=values, note=f"add adapter {entry['name']}")
         target, version = deployment, new.version
         deployment.refresh_from_db()
-        if deployment.state == Deployment.State.RUNNING:
+        restarted = RESTART in allowed_actions(deployment)  # running or on its way: that server lacks the adapter
+        if restarted:
             serving.deployment_restart(actor=actor, deployment=deployment)
     audit.record(
         action="adapter.deployed",
         actor=actor,
         target=adapter,
-        detail={"deployment": target.name, "spec_version": version, "adapter_id": entry["name"]},
+        detail={
+            "deployment": target.name,
+            "spec_version": version,
+            "adapter_id": entry["name"],
+            "restarted": restarted,
+        },
     )
     return target

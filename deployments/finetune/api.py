@@ -154,7 +154,8 @@ class AdapterViewSet(viewsets.GenericViewSet):
     @extend_schema(request=AdapterDeploySerializer, responses={201: DeploymentSerializer})
     @action(detail=True, methods=["post"])
     def deploy(self, request, pk=None):
-        """Deploy on the base model (a new deployment), or add to `deployment` (same base) as a new spec version."""
+        """Deploy on the base model (a new deployment, owned by `team` when given), or add to `deployment` (same base)
+        as a new spec version."""
         adapter = self._adapter(pk)
         if not adapters.may_deploy(request.user, adapter):
             require(request.user, roles.DEPLOY)
@@ -163,6 +164,11 @@ class AdapterViewSet(viewsets.GenericViewSet):
         target = serializer.validated_data.get("deployment")
         deployment = _object(Deployment.objects.all(), target, "deployment") if target is not None else None
         result = adapters.adapter_deploy(
-            actor=request.user, adapter=adapter, deployment=deployment, name=serializer.validated_data.get("name", "")
+            actor=request.user,
+            adapter=adapter,
+            deployment=deployment,
+            name=serializer.validated_data.get("name", ""),
+            # Deploying by a team's grant with several such teams: `team` (a name) says which owns it.
+            team=adapters.team_named(request.data.get("team")),
         )
         return Response(DeploymentSerializer(result).data, status=status.HTTP_201_CREATED)

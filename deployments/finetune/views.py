@@ -145,7 +145,11 @@ class AdapterDeployView(ConsoleViewMixin, View):
                 if deployment is None:
                     raise ApplicationError(_("Choose a deployment."), field="deployment")
             result = adapters.adapter_deploy(
-                actor=request.user, adapter=adapter, deployment=deployment, name=request.POST.get("name", "").strip()
+                actor=request.user,
+                adapter=adapter,
+                deployment=deployment,
+                name=request.POST.get("name", "").strip(),
+                team=adapters.team_named(request.POST.get("team")),
             )
         except ApplicationError as error:
             messages.error(request, error.message)

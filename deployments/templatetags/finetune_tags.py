@@ -33,6 +33,7 @@ def artifact_lineage(context, artifact: ModelArtifact) -> dict:
     user = context["request"].user
     is_adapter = artifact.kind == ModelArtifact.Kind.ADAPTER
     deployments = []
+    can_deploy = is_adapter and adapters.may_deploy(user, artifact)
     if is_adapter and artifact.base_id:
         same_base = Deployment.objects.filter(spec__artifact__repo_id=artifact.base.repo_id).order_by("name")
         deployments = list(restrict(same_base, user, roles.VIEW))
@@ -42,8 +43,15 @@ def artifact_lineage(context, artifact: ModelArtifact) -> dict:
         "is_adapter": is_adapter,
         "adapter_id": adapters.adapter_name(artifact) if is_adapter else "",
         "can_merge": is_adapter and can(user, roles.FINETUNE),
-        "can_deploy": is_adapter and adapters.may_deploy(user, artifact),
+        "can_deploy": can_deploy,
+        "teams": adapters.team_choices(user) if can_deploy else [],
         "deployments": deployments,
         "derived": list(artifact.derived.select_related("repo")[:20]) if artifact.pk else [],
+        # A merged model's base is the adapter's base; the adapter is named in its lineage.
+        "merged_into": list(
+            ModelArtifact.objects.filter(lineage__adapter_artifact=artifact.pk).select_related("repo")[:20]
+        )
+        if is_adapter
+        else [],
         "csrf_token": context.get("csrf_token"),
     }
