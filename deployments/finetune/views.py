@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views import View
 
 from console import roles
@@ -80,32 +81,32 @@ class FinetuneCreateView(ConsoleViewMixin, View):
         return redirect("job-detail", pk=job.pk)
 
 
-class FinetuneCancelView(ConsoleViewMixin, View):
+class FinetuneActionView(ConsoleViewMixin, View):
+    """Stop or resume a run from its page; the service decides whether the run's state allows it."""
+
     permission_action = roles.FINETUNE
+    service = staticmethod(services.finetune_cancel)
+    done = ""
 
     def post(self, request, pk):
         job = finetune_job(request.user, pk)
         try:
-            services.finetune_cancel(actor=request.user, job=job)
+            self.service(actor=request.user, job=job)
         except ApplicationError as error:
             messages.error(request, error.message)
         else:
-            messages.success(request, _("Stopping: the run saves a checkpoint at its next step, then stops."))
+            messages.success(request, self.done)
         return redirect("job-detail", pk=job.pk)
 
 
-class FinetuneResumeView(ConsoleViewMixin, View):
-    permission_action = roles.FINETUNE
+class FinetuneCancelView(FinetuneActionView):
+    service = staticmethod(services.finetune_cancel)
+    done = gettext_lazy("Stopping: the run saves a checkpoint at its next step, then stops.")
 
-    def post(self, request, pk):
-        job = finetune_job(request.user, pk)
-        try:
-            services.finetune_resume(actor=request.user, job=job)
-        except ApplicationError as error:
-            messages.error(request, error.message)
-        else:
-            messages.success(request, _("Resuming from the newest checkpoint."))
-        return redirect("job-detail", pk=job.pk)
+
+class FinetuneResumeView(FinetuneActionView):
+    service = staticmethod(services.finetune_resume)
+    done = gettext_lazy("Resuming from the newest checkpoint.")
 
 
 def _adapter(user, pk) -> ModelArtifact:
