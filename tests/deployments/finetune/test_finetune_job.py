@@ -245,3 +245,42 @@ def test_kill_9_of_the_worker_mid_run_adopts_or_resumes_and_repeats_the_uninterr
     assert_tiers(job, stores)
     assert ProcessRuntime().find({LABEL_JOB: str(job.pk)}) == []  # nothing left running
     assert json.dumps(job.params).count("token") == 0  # the fetch token is never stored
+
+
+def test_stop_saves_a_checkpoint_and_resume_finishes_the_same_curve(setup, stores):
+    need(bool(REFERENCE), "the uninterrupted run (the first test) gives the reference curve")
+    _process, log = setup["start_worker"]()
+    job = services.finetune_start(
+        actor=setup["engineer"], base=setup["base"], version=setup["version"], options=OPTIONS
+    )
+    wait_for(lambda: Checkpoint.objects.filter(job=job, step=50).exists(), 300, "checkpoint 50", log)
+    services.finetune_cancel(actor=setup["engineer"], job=job)
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status__in=Job.Status.terminal()).exists(), 300, "the stop", log)
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED, (job.failure_cause, log_text(job)[-2000:])
+    stopped_at = Checkpoint.objects.filter(job=job).order_by("-step").first().step
+    assert stopped_at < 400 and "Stopped on request at step" in log_text(job)
+    assert not ModelArtifact.objects.filter(produced_by=job).exists()
+    services.finetune_resume(actor=setup["engineer"], job=job)
+    wait_for(
+        lambda: Job.objects.filter(pk=job.pk, status__in=Job.Status.terminal()).exists(), 300, "the resumed run", log
+    )
+    assert_one_finished_run(job)
+    assert f"Resuming from {stores / 'checkpoints'}" in log_text(job)
+    curve = losses(job)
+    assert sorted(curve) == sorted(REFERENCE)
+    for step, loss in curve.items():
+        assert loss == pytest.approx(REFERENCE[step], rel=1e-4), step
+
+
+def test_rows_longer_than_the_max_sequence_length_fail_the_job_with_where_and_what_to_do(setup, stores):
+    _process, log = setup["start_worker"]()
+    options = {**OPTIONS, "hyperparameters": {**OPTIONS["hyperparameters"], "max_seq_len": 8}}
+    job = services.finetune_start(
+        actor=setup["engineer"], base=setup["base"], version=setup["version"], options=options
+    )
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status__in=Job.Status.terminal()).exists(), 300, "the run", log)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and job.failure_cause and job.next_step
+    assert "line 1" in job.failure_detail.lower() and CANARY not in job.failure_detail
+    assert not Checkpoint.objects.filter(job=job).exists()
