@@ -169,6 +169,6 @@ class AdapterViewSet(viewsets.GenericViewSet):
             deployment=deployment,
             name=serializer.validated_data.get("name", ""),
             # Deploying by a team's grant with several such teams: `team` (a name) says which owns it.
-            team=adapters.team_named(request.data.get("team")),
+            team=adapters.team_named(serializer.validated_data.get("team")),
         )
         return Response(DeploymentSerializer(result).data, status=status.HTTP_201_CREATED)

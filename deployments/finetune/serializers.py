@@ -80,6 +80,9 @@ class FinetuneStartSerializer(serializers.Serializer):
 class AdapterDeploySerializer(serializers.Serializer):
     deployment = serializers.IntegerField(required=False, allow_null=True, help_text="Add to this deployment.")
     name = serializers.CharField(required=False, allow_blank=True, max_length=63, help_text="A new deployment's name.")
+    team = serializers.CharField(
+        required=False, allow_blank=True, help_text="The team that owns a new deployment (when several may deploy)."
+    )
 
 
 class MergeSerializer(serializers.Serializer):

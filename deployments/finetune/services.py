@@ -387,6 +387,6 @@ def merge_finished(*, job: Job, path: Path, manifest: dict, seconds: float | Non
         path=path,
         manifest=manifest,
         lineage=lineage,
-        repo_id=f"{adapter.repo.repo_id}-merged",
+        repo_id=f"{adapter.repo.repo_id}-merged-{job.pk}",  # merging again makes another model, named apart
         action="adapter.merged",
     )

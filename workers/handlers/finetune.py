@@ -25,7 +25,7 @@ from workers.checkpoints import apply_tiers, checkpoint_recorded
 from workers.datasets import DatasetFetchError, fetch_dataset_version
 from workers.handlers.programs import ProgramOutcome, ProgramRun
 from workers.jobs.manifest import read_manifest, verify_manifest
-from workers.runner import Handler, JobContext, JobFailure, register
+from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 
 
 def output_dir(job: Job) -> Path:
@@ -153,6 +153,9 @@ class MergeHandler(Handler):
         else:
             started = None
         _follow(ctx, run, state)
+        if ctx.should_cancel():
+            # merge.py does not stop midway; a merge cancelled while it ran registers nothing (finished() clears it).
+            raise JobCancelled
         manifest = read_manifest(produced)
         if manifest is None:
             raise JobFailure("The merged model has no manifest.", cause="output_missing", next_step="Merge again.")
