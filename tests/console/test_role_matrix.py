@@ -902,8 +902,6 @@ def _dataset_ids(settings, tmp_path, team, admin) -> dict:
 
 def _finetune_ids(ids: dict) -> dict:
     """A running fine-tune and a cancelled one on the matrix dataset, and an adapter of the matrix's ready model."""
-    from deployments.models import DatasetVersion
-
     from django.contrib.auth import get_user_model
 
     from deployments.datasets import services as datasets
@@ -913,7 +911,8 @@ def _finetune_ids(ids: dict) -> dict:
     dataset = datasets.dataset_create(actor=admin, name="matrix-ft-ds", team=Group.objects.get(pk=ids["team"]))
     content = b'{"text": "matrix"}\n'
     upload = datasets.upload_start(actor=admin, dataset=dataset, filename="ft.jsonl", size=len(content))
-    upload = datasets.upload_chunk(actor=admin, upload=upload, offset=0, stream=io.BytesIO(content), length=len(content))
+    stream = io.BytesIO(content)
+    upload = datasets.upload_chunk(actor=admin, upload=upload, offset=0, stream=stream, length=len(content))
     version = datasets.upload_complete(actor=admin, upload=upload)
     params = {
         "base_artifact_id": ids["artifact"],
