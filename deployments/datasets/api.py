@@ -24,9 +24,12 @@ from console.errors import ApplicationError
 from console.permissions import ObjectHidden, dataset_allows, require, require_dataset, require_dataset_manager
 from deployments.datasets import selectors, services, stats
 from deployments.datasets.errors import DatasetInvalid, UploadConflict, UploadTooLarge
+from deployments.datasets.hub_import import hub_import_cancel, hub_import_start
 from deployments.datasets.models import Dataset
 from deployments.datasets.serializers import (
     DatasetSerializer,
+    HubImportCancelSerializer,
+    HubImportSerializer,
     PreviewSerializer,
     StatsStartSerializer,
     UploadCompleteSerializer,
@@ -34,6 +37,7 @@ from deployments.datasets.serializers import (
     UploadStartSerializer,
     VersionSerializer,
 )
+from deployments.models import Job
 from deployments.registry.models import ModelArtifact
 
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -170,6 +174,42 @@ class DatasetViewSet(DatasetApiMixin, viewsets.GenericViewSet):
         except ApplicationError as error:
             return refusal(error)
         return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    # -- importing from the Hub (deployments.datasets.hub_import) -------------------------------------------------
+
+    @extend_schema(request=HubImportSerializer, responses={202: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"], url_path="import", url_name="import")
+    def import_from_hub(self, request, pk=None):
+        """Import one file of a Hub dataset repo as the next version (manage_datasets): the revision is pinned to a
+        commit now, a job downloads and validates the file. 202 `{"job": id}`; 400 with the field at fault (source
+        not allowed or unreachable, no such repo, revision or file, a gated repo, not a dataset format, too large)."""
+        serializer = HubImportSerializer(data=request.data)  # the body's shape first, as an upload's start
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        dataset = self.dataset(roles.MANAGE_DATASETS)
+        job = hub_import_start(
+            actor=request.user,
+            dataset=dataset,
+            source=data["source"],
+            repo_id=data["repo_id"],
+            revision=data["revision"] or "main",
+            path=data["path"],
+            credential=data.get("credential"),
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=HubImportCancelSerializer, responses={202: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"], url_path="import/cancel", url_name="import-cancel")
+    def cancel_import(self, request, pk=None):
+        """Stop an import (`job`) of this dataset (manage_datasets): nothing is registered. 202 `{"job": id}`."""
+        dataset = self.dataset(roles.MANAGE_DATASETS)
+        serializer = HubImportCancelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        found = Job.objects.filter(pk=serializer.validated_data["job"]).first()
+        if found is None:
+            raise ValidationError({"job": [gettext("No such import.")]})
+        found = hub_import_cancel(actor=request.user, dataset=dataset, job=found)
+        return Response({"job": found.pk}, status=status.HTTP_202_ACCEPTED)
 
 
 class DatasetUploadViewSet(DatasetApiMixin, viewsets.GenericViewSet):

@@ -7,10 +7,12 @@ from django.contrib.auth.models import Group
 from rest_framework import serializers
 
 from console import roles
+from console.accounts.models import Credential
 from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion, Format
 from deployments.datasets.services import CHUNK_MAX_BYTES
 from deployments.datasets.stats import stats_view
 from deployments.datasets.validation import describe
+from deployments.registry.serializers import SourceRefField
 
 
 class ProblemsField(serializers.ReadOnlyField):
@@ -120,3 +122,22 @@ class StatsStartSerializer(serializers.Serializer):
 class PreviewSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     rows = serializers.ListField(child=serializers.DictField())
+
+
+class HubImportSerializer(serializers.Serializer):
+    """Import one file of a Hub dataset repo as the next version (deployments.datasets.hub_import)."""
+
+    source = SourceRefField(help_text='A source id or name (e.g. "Hugging Face Hub").')
+    repo_id = serializers.CharField(max_length=200, help_text="The dataset repo, org/name.")
+    revision = serializers.CharField(max_length=100, default="main", allow_blank=True)
+    path = serializers.CharField(max_length=500, help_text="The file in the repo: .jsonl, .json, .csv or .parquet.")
+    credential = serializers.PrimaryKeyRelatedField(
+        queryset=Credential.objects.filter(kind=Credential.Kind.HF_TOKEN),
+        required=False,
+        allow_null=True,
+        help_text="A stored Hugging Face token (id).",
+    )
+
+
+class HubImportCancelSerializer(serializers.Serializer):
+    job = serializers.IntegerField(min_value=1, max_value=2**62, help_text="The import's job (id).")

@@ -8,4 +8,5 @@ urlpatterns = [
     path("<int:pk>/delete/", views.DatasetDeleteView.as_view(), name="dataset-delete"),
     path("<int:pk>/versions/<int:version>/preview/", views.DatasetPreviewView.as_view(), name="dataset-preview"),
     path("<int:pk>/versions/<int:version>/stats/", views.DatasetStatsView.as_view(), name="dataset-stats"),
+    path("<int:pk>/import/", views.DatasetHubImportView.as_view(), name="dataset-hub-import"),
 ]

@@ -27,9 +27,11 @@ from console.permissions import (
     require_dataset_manager,
 )
 from deployments.datasets import selectors, services, stats
-from deployments.datasets.forms import DatasetForm
+from deployments.datasets.forms import DatasetForm, HubImportForm
+from deployments.datasets.hub_import import hub_import_cancel, hub_import_start, hub_imports_active
 from deployments.datasets.models import Dataset
 from deployments.datasets.validation import describe
+from deployments.models import Job
 from deployments.registry.models import ModelArtifact
 
 
@@ -80,6 +82,8 @@ class DatasetListView(ConsoleViewMixin, View):
 class DatasetDetailView(ConsoleViewMixin, View):
     """Versions with sha256, size, format, shape, rows, columns and problems by line; upload; delete."""
 
+    import_form = None  # a refused Hub import's form, with its errors (DatasetHubImportView)
+
     def get(self, request, pk):
         dataset = visible_dataset(request.user, pk)
         versions = list(selectors.version_list(dataset=dataset))
@@ -99,6 +103,7 @@ class DatasetDetailView(ConsoleViewMixin, View):
             "tokenizers": stats.tokenizer_models(user=request.user) if can_use or can_manage else None,
             "upload_api": reverse("api:dataset-upload-list"),
         }
+        context.update(hub_import_context(request.user, dataset, form=self.import_form))
         return render(request, "datasets/detail.html", context)
 
 
@@ -174,3 +179,67 @@ class DatasetPreviewView(ConsoleViewMixin, View):
 
 def _cell(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+
+
+# -- importing from the Hub (deployments.datasets.hub_import) ------------------------------------------------------
+
+
+def hub_import_context(user, dataset: Dataset, *, form: HubImportForm | None = None) -> dict:
+    """The Hub import form and the imports in progress, for those who may manage the dataset."""
+    if not dataset_allows(user, roles.MANAGE_DATASETS, dataset):
+        return {}
+    return {
+        "import_form": form or HubImportForm(user=user),
+        "hub_imports": list(hub_imports_active(dataset=dataset)),
+    }
+
+
+class DatasetHubImportView(ConsoleViewMixin, View):
+    """Start an import of one file of a Hub dataset repo (a refusal shows the dataset page again, the error on its
+    field: 400), or, with `cancel=<job>`, stop one of this dataset's imports (nothing is registered)."""
+
+    def post(self, request, pk):
+        dataset = visible_dataset(request.user, pk, roles.MANAGE_DATASETS)
+        if "cancel" in request.POST:
+            return self.cancel(request, dataset, request.POST["cancel"])
+        form = HubImportForm(request.POST, user=request.user)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                job = hub_import_start(
+                    actor=request.user,
+                    dataset=dataset,
+                    source=data["source"],
+                    repo_id=data["repo_id"],
+                    revision=data["revision"],
+                    path=data["path"],
+                    credential=data["credential"],
+                )
+            except ApplicationError as error:
+                apply_error(form, error)
+            else:
+                messages.success(
+                    request,
+                    _("Importing %(path)s from %(repo)s: job %(job)s.")
+                    % {"path": data["path"], "repo": data["repo_id"], "job": job.pk},
+                )
+                return redirect("dataset-detail", pk=dataset.pk)
+        page = DatasetDetailView(import_form=form)
+        page.setup(request, pk=pk)
+        response = page.get(request, pk)
+        response.status_code = 400
+        return response
+
+    @staticmethod
+    def cancel(request, dataset: Dataset, choice: str):
+        known = choice.isdigit() and len(choice) <= 18  # past that it is no id (and overflows the column)
+        job = Job.objects.filter(pk=int(choice)).first() if known else None
+        try:
+            if job is None:
+                raise ApplicationError(_("No such import."), field="job")
+            hub_import_cancel(actor=request.user, dataset=dataset, job=job)
+        except ApplicationError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(request, _("The import stops within seconds; nothing is registered."))
+        return redirect("dataset-detail", pk=dataset.pk)

@@ -84,6 +84,8 @@ IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
 DATASET_VERSION = "/api/v1/datasets/<pk>/versions/<version>/"
 DATASET_UPLOAD = "/api/v1/datasets/uploads/<pk>/"
 NEW_UPLOAD = {"dataset": "{dataset}", "filename": "matrix.jsonl", "size": 10}
+HUB_IMPORT_FORM = {"source": "{source}", "repo_id": "org/matrix-data", "path": "notes.txt"}
+HUB_IMPORT_API = {"source": "matrix-mirror", "repo_id": "org/matrix-data", "path": "notes.txt"}
 
 MATRIX = [
     # pages
@@ -696,6 +698,52 @@ MATRIX = [
         403,
         400,  # nothing arrived yet: "send the rest from offset 0"
         route=DATASET_UPLOAD + "complete/",
+    ),
+    # Hub imports (manage_datasets on the dataset): a file name of no dataset format is refused before any network
+    # call (400); cancelling the matrix's download job is refused as no import of this dataset (400, or a message).
+    row(
+        "post",
+        "/datasets/{dataset}/import/",
+        LOGIN,
+        403,
+        403,
+        403,
+        400,
+        data=HUB_IMPORT_FORM,
+        route="/datasets/<int:pk>/import/",
+    ),
+    row(
+        "post",
+        "/datasets/{dataset}/import/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data={"cancel": "{job}"},
+        route="/datasets/<int:pk>/import/",
+    ),
+    row(
+        "post",
+        "/api/v1/datasets/{dataset}/import/",
+        401,
+        403,
+        403,
+        403,
+        400,
+        data=HUB_IMPORT_API,
+        route="/api/v1/datasets/<pk>/import/",
+    ),
+    row(
+        "post",
+        "/api/v1/datasets/{dataset}/import/cancel/",
+        401,
+        403,
+        403,
+        403,
+        400,
+        data={"job": "{job}"},
+        route="/api/v1/datasets/<pk>/import/cancel/",
     ),
     # Token-only: agents fetch a job's dataset version with the job's fetch token (its own tests:
     # tests/deployments/datasets/test_fetch_route.py). No session opens it, whatever the role; the token is checked

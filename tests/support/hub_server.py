@@ -19,7 +19,8 @@ one, ``X-Error-Code: RepoNotFound``; gated repo file without a token -> 401, wit
 ``RevisionNotFound``; unknown file -> 404 ``EntryNotFound`` (with ``X-Repo-Commit``).
 
 Test knobs: ``throttle_bytes_per_second`` (per response), ``fail_after_bytes`` (cut the next file body that is
-longer than this after that many bytes, once), ``bytes_served`` / ``bytes_served_per_file`` (file body bytes
+longer than this after that many bytes, once), ``corrupt_filename`` (serve that file with its first byte flipped,
+while its metadata still names the right bytes), ``bytes_served`` / ``bytes_served_per_file`` (file body bytes
 actually written) and ``requests`` (one :class:`RequestRecord` per request).
 """
 
@@ -423,6 +424,9 @@ class HubServer:
         """Cut the next file body longer than this after this many bytes, then reset to None (once)."""
         self.fail_filename: str | None = None
         """When set, ``fail_after_bytes`` applies only to a file of this path (in any repo)."""
+        self.corrupt_filename: str | None = None
+        """When set, a file of this path (in any repo) is served with its first byte flipped: wrong bytes, right
+        metadata, as a damaged blob or a faulty proxy gives them."""
         self.failures_injected = 0
         self.bytes_served = 0
         """File body bytes handed to the socket (resolve GETs; JSON API bodies are not counted)."""
@@ -845,7 +849,10 @@ class HubServer:
             handler.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         handler.end_headers()
         if not head and length > 0:
-            self._send_body(handler, memoryview(blob.content)[start : end + 1], (repo_id, filename))
+            content = blob.content
+            if self.corrupt_filename == filename:
+                content = bytes([content[0] ^ 0xFF]) + content[1:]
+            self._send_body(handler, memoryview(content)[start : end + 1], (repo_id, filename))
 
     def _link_wait(self, n: int) -> None:
         """One shared link for all connections: parallel downloads split its bandwidth, as on a real network."""
