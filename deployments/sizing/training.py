@@ -1,17 +1,20 @@
-"""Training memory before a fine-tune runs: weights, gradients, AdamW states, master weights, activations, overhead.
+"""Training memory before a fine-tune runs: weights, gradients, AdamW states, activations, overhead.
 
 Pure arithmetic on config.json (parameters as the inference planner counts them, deployments.sizing.params), and
 a verdict against the GPUs the placement engine picks. Bytes per device; data parallel only: each replica holds
 a full copy of everything (no ZeRO, no FSDP), so more GPUs speed training up but never lower the memory per GPU.
 
-Per parameter (P all, T trainable), the usual mixed-precision Adam accounting (Rajbhandari et al., "ZeRO",
-2020, §3.1: 2 + 2 + 12 bytes per parameter):
-- weights: 4 bytes under fp32, 2 under bf16/fp16; QLoRA's frozen base linears are 4-bit NF4 (0.5 byte plus the
-  block constants, as `memory.weight_bytes` counts bitsandbytes), the rest 16-bit; LoRA's adapters at the
-  precision;
-- gradients: T at the precision (4 bytes under fp32);
-- AdamW: two fp32 moments, 8 bytes per trainable parameter;
-- master weights: an fp32 copy of the trainable parameters under bf16/fp16, none under fp32.
+Per parameter (P all, T trainable), as the fine-tune program (workers/jobs/finetune_train.py) runs: it loads the
+model in the training precision (bf16 or fp16 on a GPU, fp32 on a CPU whatever was asked) and transformers'
+Trainer never makes an fp32 master copy (its bf16/fp16 flag only adds autocast), so there is no mixed-precision
+master term. Each tensor is counted at the dtype it really has:
+- full: weights, gradients and AdamW's two moments all in the training precision (torch keeps the moments in the
+  parameter's dtype): 2 + 2 + 4 bytes per parameter in bf16/fp16, 4 + 4 + 8 in fp32;
+- LoRA: the frozen base in the training precision; peft upcasts the adapters to fp32 (autocast_adapter_dtype), so
+  each adapter parameter holds 4 + 4 + 8 bytes;
+- QLoRA: the base linears 4-bit NF4 (0.5 byte plus the block constants, as `memory.weight_bytes` counts
+  bitsandbytes), the rest fp32 (peft's prepare_model_for_kbit_training upcasts embeddings and norms); TRL casts
+  the adapters to bf16: 2 + 2 + 4 bytes each.
 
 Activations: what autograd keeps for the backward pass, counted tensor by tensor for a Llama-style decoder layer
 (RMSNorm, GQA attention through SDPA/flash, SwiGLU MLP, no dropout), following the method of Korthikanti et
@@ -22,12 +25,17 @@ gate, SiLU and up outputs (3i); when the norms train, their normalized outputs (
 when its weight trains or carries an adapter: q/k/v share one (h), o reuses the attention output (0), gate/up
 share one (h), down its own (i). Full fine-tune: 8h + 2kv + 4i. SDPA and flash attention keep no s x s scores;
 eager attention keeps the fp32 softmax (a·s per token). The figure was checked against the tensors autograd
-saved for a 134M Llama on CPU (bench/train_memory_probe.py). Elements are 4 bytes under fp32, 2 under bf16/fp16.
+saved for a 134M Llama on CPU (bench/train_memory_probe.py). Elements are 4 bytes under fp32, 2 under bf16/fp16,
+except the two norm inputs: RMSNorm upcasts its input to fp32 and keeps that copy, 4 bytes each whatever the
+precision (seen on CUDA, tests/fixtures/training-memory/cuda-h200.json).
 With gradient checkpointing (transformers checkpoints every decoder layer) only each layer's input stays
 (h per token per layer), and one layer's full activations come back during its backward pass.
 
 The loss head: transformers upcasts the logits to fp32 for the cross-entropy; during the loss's backward the
-log-softmax output, its gradient and the logits' gradient (s·b·vocab each) coexist: LOSS_HEAD_COPIES, measured.
+log-softmax output, its gradient and the logits' gradient (s·b·vocab each) coexist: LOSS_HEAD_COPIES fp32 copies
+on CPU, CUDA_LOSS_HEAD_COPIES on a GPU, both measured with bench/train_memory_probe.py (transformers' own loss).
+The program's SFTTrainer (TRL 1.16) scores tokens through its fused, tiled LM head instead, whose peak is not
+measured yet: in Triton tiles on CUDA (less than counted here), in whole fp32 tiles in torch on a CPU (more).
 
 Gradients and activations peak at different moments when every optimizer step drops the gradients
 (`zero_grad(set_to_none=True)`, transformers' Trainer) and there is no accumulation: activations are all alive
@@ -54,12 +62,18 @@ DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
 # peft's shorthand for every linear of the decoder blocks (not the lm_head).
 ALL_LINEAR = "all-linear"
 
-ADAMW_BYTES_PER_PARAM = 8  # exp_avg and exp_avg_sq, fp32 each
-MASTER_BYTES_PER_PARAM = 4  # the fp32 copy mixed precision updates
+ADAMW_MOMENTS = 2  # exp_avg and exp_avg_sq, each in its parameter's dtype (torch's AdamW, fused or not)
+LORA_ADAPTER_BYTES = 4  # peft's get_peft_model upcasts bf16/fp16 adapters to fp32 (autocast_adapter_dtype=True)
+QLORA_ADAPTER_BYTES = 2  # TRL's SFTTrainer casts a quantized model's adapters to bf16
+QLORA_DENSE_BYTES = 4  # prepare_model_for_kbit_training upcasts every non-4-bit parameter to fp32
 QLORA_FORMAT = memory.WeightFormat("int4", "bitsandbytes-nf4", 4)
 # fp32 copies of (tokens x vocab) alive at the loss's backward: measured 3.5 on CPU with the allocator returning
 # freed memory (MALLOC_MMAP_THRESHOLD_=131072), full and LoRA alike (tests/fixtures/training-memory).
 LOSS_HEAD_COPIES = 3.5
+# The same on CUDA, with no separate term for the 16-bit logits: a 1B Llama's loss step (4,096 tokens x 128,256
+# vocab) held about 12 bytes per logit above the weights, optimizer and layer inputs in both checkpointing runs on an
+# H200 (torch.cuda.max_memory_allocated; tests/fixtures/training-memory/cuda-h200.json and its README).
+CUDA_LOSS_HEAD_COPIES = 3.0
 # glibc's malloc keeps freed activation memory in its heaps (its mmap threshold grows with the tensors freed), so
 # a CPU process's resident peak exceeds what tensors hold by this share of the activations (fitted to the peaks
 # measured with the default allocator, tests/fixtures/training-memory). GPUs use PyTorch's caching allocator,
@@ -91,9 +105,14 @@ class TrainingSetup:
         return self.micro_batch_size * self.max_seq_len
 
     @property
+    def trains_in_fp32(self) -> bool:
+        """The fine-tune program trains in fp32 when asked to, and on a CPU whatever was asked."""
+        return self.precision == "fp32" or self.device == "cpu"
+
+    @property
     def activation_bytes(self) -> int:
-        """Bytes of one activation element: fp32 doubles the 16-bit figure."""
-        return 4 if self.precision == "fp32" else 2
+        """Bytes of one activation element (and of a weight in the training precision): fp32 doubles 16-bit."""
+        return 4 if self.trains_in_fp32 else 2
 
 
 @dataclass(frozen=True)
@@ -122,7 +141,7 @@ class TrainingEstimate:
     weights: int
     gradients: int
     optimizer: int
-    master: int
+    master: int  # always 0: the program keeps no fp32 master copy (kept for the form and the API)
     activations: int
     activations_per_token_per_layer: int
     overhead: int
@@ -234,13 +253,19 @@ def _eager_bytes_per_token_per_layer(arch: Architecture, setup: TrainingSetup) -
 
 
 def _weights(breakdown: ParamBreakdown, setup: TrainingSetup, adapter_params: int) -> int:
-    width = 4 if setup.precision == "fp32" else 2
+    """The model as the program loads it: base in the training precision (QLoRA: 4-bit linears, the rest fp32)."""
     if setup.method == "qlora":
         base = memory.weight_bytes(breakdown, QLORA_FORMAT)  # 4-bit linears, 16-bit embeddings and norms
-        if width == 4:
-            base += breakdown.dense_params * 2  # the non-quantized part at fp32 compute
-        return base + adapter_params * width
-    return breakdown.total * width + adapter_params * width
+        base += breakdown.dense_params * (QLORA_DENSE_BYTES - memory.DENSE_BYTES)
+        return base + adapter_params * QLORA_ADAPTER_BYTES
+    return breakdown.total * setup.activation_bytes + adapter_params * LORA_ADAPTER_BYTES
+
+
+def _trainable_width(setup: TrainingSetup) -> int:
+    """Bytes of one trainable parameter, hence of its gradient and of each AdamW moment."""
+    if setup.method == "full":
+        return setup.activation_bytes
+    return QLORA_ADAPTER_BYTES if setup.method == "qlora" else LORA_ADAPTER_BYTES
 
 
 def estimate_training(config: dict[str, Any], setup: TrainingSetup) -> TrainingEstimate:
@@ -254,25 +279,25 @@ def estimate_training(config: dict[str, Any], setup: TrainingSetup) -> TrainingE
     else:
         trainable = adapter = lora_trainable_params(breakdown, setup.lora_r, setup.lora_target_modules)
         trained = set(lora_targets(breakdown, setup.lora_target_modules))
-    width, act = (4 if setup.precision == "fp32" else 2), setup.activation_bytes
+    act, width = setup.activation_bytes, _trainable_width(setup)
     weights = _weights(breakdown, setup, adapter)
     gradients = trainable * width
-    optimizer = trainable * ADAMW_BYTES_PER_PARAM
-    master = 0 if setup.precision == "fp32" else trainable * MASTER_BYTES_PER_PARAM
+    optimizer = trainable * width * ADAMW_MOMENTS
     per_layer = activation_elements_per_token_per_layer(arch, setup, trained) * act
+    per_layer += 2 * arch.hidden_size * (4 - act)  # RMSNorm keeps its two inputs upcast to fp32
     per_layer += _eager_bytes_per_token_per_layer(arch, setup)
     tokens, layers = setup.tokens, arch.num_layers
     if setup.gradient_checkpointing:
         layer_bytes = tokens * (layers * arch.hidden_size * act + per_layer)
     else:
         layer_bytes = tokens * layers * per_layer
-    fp16_logits = arch.vocab_size * act if act < 4 else 0  # the 16-bit logits before the fp32 upcast
-    loss_head = math.ceil(tokens * (arch.vocab_size * 4 * LOSS_HEAD_COPIES + fp16_logits))
+    copies = CUDA_LOSS_HEAD_COPIES if setup.device == "cuda" else LOSS_HEAD_COPIES
+    loss_head = math.ceil(tokens * arch.vocab_size * 4 * copies)
     activations = layer_bytes + loss_head
     # transformers' Trainer defaults to the fused AdamW (torch >= 2.8): no parameter-sized temporaries at the step.
     cpu_retention = math.ceil(CPU_ALLOCATOR_RETENTION * activations)
     overhead = memory.CUDA_CONTEXT_BYTES if setup.device == "cuda" else cpu_retention
-    static = weights + optimizer + master + overhead
+    static = weights + optimizer + overhead
     # The end of the backward pass: every gradient, and the activations the first layer still holds.
     tail = layer_bytes if setup.gradient_checkpointing else tokens * per_layer
     if setup.gradient_accumulation > 1:
@@ -290,7 +315,7 @@ def estimate_training(config: dict[str, Any], setup: TrainingSetup) -> TrainingE
         weights=weights,
         gradients=gradients,
         optimizer=optimizer,
-        master=master,
+        master=0,
         activations=activations,
         activations_per_token_per_layer=per_layer,
         overhead=overhead,

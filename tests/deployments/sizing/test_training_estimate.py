@@ -1,6 +1,7 @@
-"""The training memory estimate: hand-computed figures for a Llama 3.2 1B-shaped config, the verdict against
-placed GPUs with its suggestions, and the estimate pinned against peaks measured on CPU
-(tests/fixtures/training-memory, written by bench/train_memory_probe.py)."""
+"""The training memory estimate: hand-computed figures for a Llama 3.2 1B-shaped config on a CUDA GPU (every
+tensor in the dtype the fine-tune program gives it: no fp32 master copy, AdamW's moments in the parameter's dtype,
+LoRA adapters fp32), the verdict against placed GPUs with its suggestions, and the estimate pinned against peaks
+measured on CPU (tests/fixtures/training-memory, written by bench/train_memory_probe.py)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ PARAMS = 1_235_814_400
 CUDA_CONTEXT = 730_000_000
 # A sequence of 1,024 tokens, one per micro batch.
 ONE_K = {"micro_batch_size": 1, "max_seq_len": 1024}
-# Loss head: 1024 tokens x 128256 vocab x 4 bytes x 3.5 fp32 copies (+ 2 bytes of 16-bit logits under bf16).
-LOSS_HEAD_FP32 = 1024 * 128256 * 14
-LOSS_HEAD_BF16 = 1024 * 128256 * 16
+# Loss head on CUDA, in any precision: 1024 tokens x 128256 vocab x 4 bytes x 3 fp32 copies (the CUDA measurement).
+LOSS_HEAD = 1024 * 128256 * 12  # 1,576,009,728
+# Under bf16 RMSNorm keeps its two inputs upcast to fp32: 2h elements x 2 more bytes per token per layer.
+NORM_UPCAST = 2 * 2048 * 2
 
 
 def test_parameter_count_of_the_config():
@@ -52,21 +54,24 @@ def test_full_fine_tune_fp32():
     assert est.master == 0  # fp32 weights are their own master copy
     # Per token per layer 8h + 2kv + 4i = 50,176 elements, 4 bytes each.
     assert est.activations_per_token_per_layer == 200_704
-    assert est.activations == 1024 * 16 * 200_704 + LOSS_HEAD_FP32 == 5_127_012_352
+    assert est.activations == 1024 * 16 * 200_704 + LOSS_HEAD == 4_864_344_064
     assert est.overhead == CUDA_CONTEXT
     # No accumulation: all gradients plus the first layer's activations (1024 x 200,704) outweigh the activations.
     assert est.peak_phase == "end of backward"
     assert est.total == 4 * PARAMS + 8 * PARAMS + CUDA_CONTEXT + 4 * PARAMS + 1024 * 200_704 == 20_708_551_296
 
 
-def test_full_fine_tune_bf16_mixed_precision_keeps_an_fp32_master_copy():
+def test_full_fine_tune_bf16_is_pure_bf16_as_the_program_loads_the_model():
     est = estimate_training(LLAMA_1B, TrainingSetup(method="full", precision="bf16", **ONE_K))
-    assert (est.weights, est.gradients, est.master) == (2 * PARAMS, 2 * PARAMS, 4 * PARAMS)
-    assert est.optimizer == 8 * PARAMS
-    assert est.activations_per_token_per_layer == 100_352  # half of fp32's
-    assert est.activations == 1024 * 16 * 100_352 + LOSS_HEAD_BF16 == 3_745_513_472
-    assert est.peak_phase == "backward"
-    assert est.total == 2 * PARAMS + 8 * PARAMS + 4 * PARAMS + CUDA_CONTEXT + 3_745_513_472 == 21_776_915_072
+    # bf16 weights and gradients, AdamW's two moments bf16 too (the parameter's dtype), no fp32 master copy.
+    assert (est.weights, est.gradients, est.master) == (2 * PARAMS, 2 * PARAMS, 0)
+    assert est.optimizer == 2 * 2 * PARAMS
+    # Half of fp32's 200,704, plus the norms' fp32 inputs: 100,352 + 8,192.
+    assert est.activations_per_token_per_layer == 100_352 + NORM_UPCAST == 108_544
+    assert est.activations == 1024 * 16 * 108_544 + LOSS_HEAD == 3_354_394_624
+    # The activations outweigh every gradient plus the first layer's activations (2 x PARAMS + 1024 x 108,544).
+    assert est.peak_phase == "backward" and 2 * PARAMS + 1024 * 108_544 == 2_582_777_856 < est.activations
+    assert est.total == 2 * PARAMS + 4 * PARAMS + CUDA_CONTEXT + 3_354_394_624 == 11_499_281_024
 
 
 def test_gradient_accumulation_keeps_gradients_beside_activations():
@@ -80,29 +85,34 @@ def test_lora_r16_on_q_and_v():
     assert lora_trainable_params(count_parameters(LLAMA_1B), 16, ["q_proj", "v_proj"]) == 1_703_936
     est = estimate_training(LLAMA_1B, TrainingSetup(method="lora", precision="bf16", lora_r=16, **ONE_K))
     assert est.trainable_params == 1_703_936
-    assert est.weights == 2 * PARAMS + 2 * 1_703_936 == 2_475_036_672  # frozen base + adapters, 16-bit
-    assert (est.gradients, est.optimizer, est.master) == (3_407_872, 13_631_488, 6_815_744)
-    # Frozen linears keep no inputs: 2h + q + 2kv + q + 3i = 33,792, + h for the q/v adapters' input, + 2r.
-    assert est.activations_per_token_per_layer == (33_792 + 2048 + 32) * 2 == 71_744
-    assert est.activations == 1024 * 16 * 71_744 + LOSS_HEAD_BF16 == 3_276_800_000
-    assert est.total == 2_475_036_672 + 13_631_488 + 6_815_744 + CUDA_CONTEXT + 3_276_800_000 == 6_502_283_904
+    # The frozen base in bf16, the adapters fp32 (peft upcasts them): their gradients fp32, AdamW 2 x 4 bytes.
+    assert est.weights == 2 * PARAMS + 4 * 1_703_936 == 2_478_444_544
+    assert (est.gradients, est.optimizer, est.master) == (4 * 1_703_936, 8 * 1_703_936, 0) == (6_815_744, 13_631_488, 0)
+    # Frozen linears keep no inputs: 2h + q + 2kv + q + 3i = 33,792, + h for the q/v adapters' input, + 2r; bf16,
+    # plus the norms' fp32 inputs.
+    assert est.activations_per_token_per_layer == (33_792 + 2048 + 32) * 2 + NORM_UPCAST == 79_936
+    assert est.activations == 1024 * 16 * 79_936 + LOSS_HEAD == 2_885_681_152
+    assert est.total == 2_478_444_544 + 13_631_488 + CUDA_CONTEXT + 2_885_681_152 == 6_107_757_184
 
 
 def test_qlora_base_weights_are_4_bit():
     est = estimate_training(LLAMA_1B, TrainingSetup(method="qlora", precision="bf16", **ONE_K))
-    # 973,078,528 linear weights at 0.5 byte + one absmax byte (+ 4/256) per block of 64; embedding, norms 16-bit.
+    # 973,078,528 linear weights at 0.5 byte + one absmax byte (+ 4/256) per block of 64; embedding and norms fp32
+    # (prepare_model_for_kbit_training upcasts them); the adapters bf16 (TRL casts them).
     linears = 973_078_528 // 2 + round(973_078_528 / 64 * (1 + 4 / 256))
-    assert est.weights == linears + 2 * (262_668_288 + 67_584) + 2 * 1_703_936 == 1_030_860_800
+    assert est.weights == linears + 4 * (262_668_288 + 67_584) + 2 * 1_703_936 == 1_556_332_544
     assert est.trainable_params == 1_703_936
+    assert (est.gradients, est.optimizer) == (2 * 1_703_936, 2 * 2 * 1_703_936)  # bf16 gradients and moments
 
 
 def test_gradient_checkpointing_keeps_only_layer_inputs_and_one_layer():
     plain = estimate_training(LLAMA_1B, TrainingSetup(method="lora", **ONE_K))
     checkpointed = estimate_training(LLAMA_1B, TrainingSetup(method="lora", gradient_checkpointing=True, **ONE_K))
-    # 16 layer inputs of h x 2 bytes per token, plus one layer's 71,744 bytes per token recomputed in backward.
-    assert checkpointed.activations == 1024 * (16 * 2048 * 2 + 71_744) + LOSS_HEAD_BF16 == 2_241_921_024
-    assert plain.activations - checkpointed.activations == 1_034_878_976
-    assert plain.total - checkpointed.total == 1_034_878_976
+    # 16 layer inputs of h x 2 bytes per token, plus one layer's 79,936 bytes per token recomputed in backward.
+    assert checkpointed.activations == 1024 * (16 * 2048 * 2 + 79_936) + LOSS_HEAD == 1_724_973_056
+    # 15 layers' activations fewer, 16 layer inputs more.
+    assert plain.activations - checkpointed.activations == 1024 * (15 * 79_936 - 16 * 2048 * 2) == 1_160_708_096
+    assert plain.total - checkpointed.total == 1_160_708_096
 
 
 def test_eager_attention_adds_the_softmax_scores():
@@ -126,10 +136,10 @@ def test_a_fitting_run_is_placed_by_the_placement_engine():
 
 def test_a_run_that_cannot_fit_is_refused_with_the_reason_and_what_would_fit():
     setup = TrainingSetup(method="full", precision="bf16", micro_batch_size=4, max_seq_len=2048)
-    verdict = plan_training(LLAMA_1B, setup, inventory=[gpu_host("node", 4, 16 * GB)], gpu_count=4)
+    verdict = plan_training(LLAMA_1B, setup, inventory=[gpu_host("node", 4, 12 * GB)], gpu_count=4)
     assert verdict.fits is False and verdict.host is None
-    # 16 GB less the 5 % the caching allocator may waste: 15.2 GB usable on each GPU.
-    assert verdict.reason.text() == "needs 48 GB per GPU at its peak; the most 4 GPU(s) on one host offer is 15 GB each"
+    # 12 GB less the 5 % the caching allocator may waste: 11.4 GB usable on each GPU.
+    assert verdict.reason.text() == "needs 35 GB per GPU at its peak; the most 4 GPU(s) on one host offer is 11 GB each"
     texts = [s.note.text() for s in verdict.suggestions]
     assert [t.split(" ")[0] for t in texts] == ["enable", "train", "use", "use", "shorten", "together:", "more"]
     assert "gradient checkpointing" in texts[0]
@@ -137,13 +147,13 @@ def test_a_run_that_cannot_fit_is_refused_with_the_reason_and_what_would_fit():
     assert texts[3] == "use a micro batch of 1 with gradient accumulation 4 (same batch)"
     assert texts[4].startswith("shorten max sequence length to 256 tokens")
     assert all(s.total < verdict.estimate.total for s in verdict.suggestions[:6])
-    # With 128k-token logits no single change is enough on 16 GB; together, as far as needed, they fit.
+    # With 128k-token logits no single change is enough on 12 GB; together, as far as needed, they fit.
     assert [s.fits for s in verdict.suggestions[:5]] == [False] * 5
     assert texts[5] == (
         "together: gradient checkpointing, method qlora, micro batch 2 with gradient accumulation 2, "
         "max sequence length 2048"
     )
-    assert verdict.suggestions[5].fits is True and verdict.suggestions[5].total <= 0.95 * 16 * GB
+    assert verdict.suggestions[5].fits is True and verdict.suggestions[5].total <= 0.95 * 12 * GB
     assert "do not help" in texts[6] and verdict.suggestions[6].fits is None
     assert verdict.as_dict()["suggestions"][0]["text"] == texts[0]
 
@@ -152,7 +162,11 @@ def test_on_bigger_gpus_a_single_change_is_enough():
     setup = TrainingSetup(method="full", precision="bf16", micro_batch_size=4, max_seq_len=2048)
     verdict = plan_training(LLAMA_1B, setup, inventory=[gpu_host("node", 4, 24 * GB)], gpu_count=4)
     fitting = [s.note.text() for s in verdict.suggestions if s.fits]
-    assert fitting == ["shorten max sequence length to 256 tokens (longer rows are cut or refused)"]
+    assert fitting == [
+        "enable gradient checkpointing (slower by about a third, far fewer activations)",
+        "use a micro batch of 1 with gradient accumulation 4 (same batch)",
+        "shorten max sequence length to 1024 tokens (longer rows are cut or refused)",
+    ]
 
 
 def test_qlora_is_refused_on_a_cpu_host():
@@ -169,6 +183,13 @@ def test_a_cpu_run_is_checked_against_the_host_memory():
     assert refused.fits is False and "the host has 8.0 GB" in refused.reason.text()
     assert not any("more GPUs" in s.note.text() for s in refused.suggestions)
     assert estimate_training(LLAMA_1B, setup).master == 0
+
+
+def test_a_cpu_run_is_estimated_in_fp32_whatever_precision_was_asked():
+    # The program trains in fp32 on a CPU (finetune_train.choose_precision), so bf16 asked there changes nothing.
+    asked = estimate_training(LLAMA_1B, TrainingSetup(method="full", precision="bf16", device="cpu", **ONE_K))
+    fp32 = estimate_training(LLAMA_1B, TrainingSetup(method="full", precision="fp32", device="cpu", **ONE_K))
+    assert (asked.weights, asked.optimizer, asked.total) == (4 * PARAMS, 8 * PARAMS, fp32.total)
 
 
 def test_an_unknown_target_module_names_the_model_layers():
