@@ -43,7 +43,11 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     object_grant(actor=admin, grantee=team, action=roles.VIEW, target=spec.deployment)
     token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
     dataset, upload = _dataset(admin, engineer, team)
+    finetune, running, adapter = _finetune(dataset, artifact)
     return {
+        "adapters": adapter.pk,
+        "finetunes": finetune.pk,
+        "finetunes/running": running.pk,
         "audit/events": AuditEvent.objects.latest("id").pk,
         "credentials": credential.pk,
         "datasets": dataset.pk,
@@ -76,3 +80,21 @@ def _dataset(admin, engineer, team):
     datasets.upload_complete(actor=admin, upload=first)
     upload = datasets.upload_start(actor=admin, dataset=dataset, filename="v2.jsonl", size=64)
     return dataset, str(upload.pk)
+
+
+def _finetune(dataset, base):
+    """A cancelled fine-tune on the dataset (it can be resumed), a running one (it can be stopped) and the adapter
+    of a run on `base`."""
+    version = dataset.versions.get(version=1)
+    params = {
+        "base_artifact_id": base.pk,
+        "dataset_version_id": version.pk,
+        "options": {"method": "lora", "precision": "auto", "hyperparameters": {}},
+        "gpu_indexes": [],
+    }
+    job = JobFactory(kind=Job.Kind.FINETUNE, status=Job.Status.CANCELLED, target=dataset, params=params)
+    running = JobFactory(kind=Job.Kind.FINETUNE, status=Job.Status.RUNNING, target=dataset, params=params)
+    adapter = ModelArtifactFactory(
+        host=base.host, repo__source=base.repo.source, kind=ModelArtifact.Kind.ADAPTER, base=base, produced_by=job
+    )
+    return job, running, adapter

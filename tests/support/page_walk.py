@@ -18,6 +18,8 @@ PK_OWNERS = {
     "jobs/": "jobs",
     "teams/": "teams",
     "datasets/": "datasets",
+    "finetune/adapters/": "adapters",
+    "finetune/": "finetunes",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
@@ -42,10 +44,17 @@ def url_for(route: str, seeded: dict[str, int]) -> str:
 
 
 def pages(seeded: dict[str, int]) -> list[tuple[str, str]]:
-    """(route, url) of every page with a GET, and the page of the downloading copy (its cancel form)."""
+    """(route, url) of every page with a GET, and pages whose forms only some objects show: the downloading copy
+    (cancel), a running and a cancelled fine-tune (stop, resume) and an adapter (deploy, merge)."""
     found = []
     for route, pattern in routes():
         view = getattr(pattern.callback, "view_class", None)
         if not route.startswith(NOT_PAGES) and view is not None and hasattr(view, "get"):
             found.append((route, url_for(route, seeded)))
-    return [*found, ("models/<int:pk>/", f"/models/{seeded['models/downloading']}/")]
+    return [
+        *found,
+        ("models/<int:pk>/", f"/models/{seeded['models/downloading']}/"),
+        ("jobs/<int:pk>/", f"/jobs/{seeded['finetunes']}/"),
+        ("jobs/<int:pk>/", f"/jobs/{seeded['finetunes/running']}/"),
+        ("models/<int:pk>/", f"/models/{seeded['adapters']}/"),
+    ]

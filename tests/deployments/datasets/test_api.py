@@ -129,9 +129,12 @@ def test_a_version_a_job_references_cannot_be_deleted(admin, dataset):
 
     upload(api(admin), dataset.pk, jsonl([{"text": "a"}]))
     version = DatasetVersion.objects.get()
-    Job.objects.create(kind=Job.Kind.DOWNLOAD, params={"dataset_version_id": version.pk})
+    # A fine-tune names the version in its lineage; statistics only read it and do not hold it.
+    Job.objects.create(kind=Job.Kind.DATASET_STATS, params={"dataset_version_id": version.pk})
+    Job.objects.create(kind=Job.Kind.FINETUNE, params={"dataset_version_id": version.pk})
     refused = api(admin).delete(f"/api/v1/datasets/{dataset.pk}/versions/1/")
     assert refused.status_code == 400 and "used by job" in refused.json()["version"][0]
+    assert "dataset_stats" not in refused.json()["version"][0]
     assert api(admin).delete(f"/api/v1/datasets/{dataset.pk}/").status_code == 400
     assert DatasetVersion.objects.filter(pk=version.pk).exists()
 
