@@ -37,8 +37,8 @@ class DatasetStatsHandler(Handler):
         tokenizer_id = job.params.get("tokenizer_artifact_id")
         tokenizer = ModelArtifact.objects.select_related("repo").get(pk=tokenizer_id) if tokenizer_id else None
         run = ProgramRun(ctx, _host(job).runtime)
-        state = run.find()
-        if state == "none" or (state == "exited" and run.outcome.exit_code is None):
+
+        def start() -> None:
             try:
                 dataset = fetch_dataset_version(version, fetch_token(job, version), log=ctx.log)
             except DatasetFetchError as error:
@@ -51,11 +51,8 @@ class DatasetStatsHandler(Handler):
                 "tokenizer": tokenizer.path if tokenizer is not None else None,
             }
             run.start("dataset_stats", spec, work_dir(job))
-            state = "running"
-        if state == "running":
-            outcome = run.follow()
-        else:
-            outcome = run.judge(cancelled=Job.objects.filter(pk=job.pk, cancel_requested=True).exists())
+
+        outcome = run.attempt(start)
         stored = stats.stats_finished(job, outcome.result or {})
         ctx.log(f"statistics of {version} stored: {stored.stats.get('rows')} rows")
         return {"dataset_version": version.pk, "rows": stored.stats.get("rows")}

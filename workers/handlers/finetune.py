@@ -23,7 +23,7 @@ from deployments.finetune import services
 from deployments.models import DatasetVersion, Job, ModelArtifact
 from workers.checkpoints import apply_tiers, checkpoint_recorded
 from workers.datasets import DatasetFetchError, fetch_dataset_version
-from workers.handlers.programs import ProgramOutcome, ProgramRun
+from workers.handlers.programs import ProgramRun
 from workers.jobs.manifest import read_manifest, verify_manifest
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 
@@ -58,12 +58,6 @@ def _publish(source: Path, target: Path) -> None:
     shutil.rmtree(source, ignore_errors=True)
 
 
-def _follow(ctx: JobContext, run: ProgramRun, state: str) -> ProgramOutcome:
-    if state == "running":
-        return run.follow()
-    return run.judge(cancelled=Job.objects.filter(pk=ctx.job.pk, cancel_requested=True).exists())
-
-
 @register("finetune")
 class FinetuneHandler(Handler):
     def run(self, ctx: JobContext) -> dict:
@@ -72,10 +66,8 @@ class FinetuneHandler(Handler):
         version = DatasetVersion.objects.select_related("dataset").get(pk=job.params["dataset_version_id"])
         out = output_dir(job)
         run = ProgramRun(ctx, base.host.runtime, on_checkpoint=lambda event: self._checkpoint(ctx, event))
-        state = run.find()
-        if state == "none" or (state == "exited" and run.outcome.exit_code is None):
-            if state == "exited":
-                ctx.log("the program was killed; starting it again from the newest checkpoint")
+
+        def start() -> None:
             try:
                 dataset = fetch_dataset_version(version, fetch_token(job, version), log=ctx.log)
             except DatasetFetchError as error:
@@ -93,8 +85,8 @@ class FinetuneHandler(Handler):
             }
             gpus = len(job.params.get("gpu_indexes") or [])
             run.start("finetune", spec, out, env=_device_env(job), processes=max(gpus, 1))
-            state = "running"
-        outcome = _follow(ctx, run, state)
+
+        outcome = run.attempt(start)
         result = outcome.result or {}
         produced = Path(result.get("path") or "")
         manifest = read_manifest(produced) if produced.is_dir() else None
@@ -138,8 +130,9 @@ class MergeHandler(Handler):
         work = Path(settings.CHECKPOINT_DIR) / f"merge-{job.pk}"
         produced = work / "model"
         run = ProgramRun(ctx, adapter.host.runtime)
-        state = run.find()
-        if state == "none" or (state == "exited" and run.outcome.exit_code is None):
+        began = time.monotonic()
+
+        def start() -> None:
             shutil.rmtree(produced, ignore_errors=True)
             spec = {
                 "base_model": adapter.base.path,
@@ -147,12 +140,9 @@ class MergeHandler(Handler):
                 "output_dir": str(produced),
                 "precision": job.params.get("precision") or "auto",
             }
-            started = time.monotonic()
             run.start("merge", spec, work)
-            state = "running"
-        else:
-            started = None
-        _follow(ctx, run, state)
+
+        run.attempt(start)
         if ctx.should_cancel():
             # merge.py does not stop midway; a merge cancelled while it ran registers nothing (finished() clears it).
             raise JobCancelled
@@ -161,7 +151,7 @@ class MergeHandler(Handler):
             raise JobFailure("The merged model has no manifest.", cause="output_missing", next_step="Merge again.")
         home = services.output_home(adapter.base, job, "merged")
         _publish(produced, home)
-        seconds = round(time.monotonic() - started, 3) if started else None
+        seconds = round(time.monotonic() - began, 3)  # this attempt's share, when a retry adopted the program
         artifact = services.merge_finished(job=job, path=home, manifest=manifest, seconds=seconds)
         ctx.log(f"registered the merged model {artifact.repo.repo_id} at {home}")
         return {"artifact": artifact.pk, "path": str(home)}

@@ -171,6 +171,20 @@ class ProgramRun:
             self.ctx.log_writer.write(f"error: {event['message']}")
         return []
 
+    # -- the whole attempt --------------------------------------------------------------------------------------
+    def attempt(self, start: Callable[[], None]) -> ProgramOutcome:
+        """Adopt this job's program, judge one that ended unwatched, or call `start` (which fetches what it needs
+        and calls `self.start`) when there is none or it was killed; then follow it to its outcome."""
+        state = self.find()
+        if state == "exited" and self.outcome.exit_code is None:
+            self.ctx.log("the program was killed; starting it again (a job that checkpoints resumes from the newest)")
+        if state == "none" or (state == "exited" and self.outcome.exit_code is None):
+            start()
+            state = "running"
+        if state == "running":
+            return self.follow()
+        return self.judge(cancelled=Job.objects.filter(pk=self.ctx.job.pk, cancel_requested=True).exists())
+
     # -- follow to the end ------------------------------------------------------------------------------------
     def follow(self) -> ProgramOutcome:
         """Copy output until the program exits; a cancel request sends SIGTERM (the program checkpoints and exits 3)

@@ -232,7 +232,7 @@ def test_kill_9_of_the_worker_mid_run_adopts_or_resumes_and_repeats_the_uninterr
     assert_one_finished_run(job)
     text = log_text(job)
     if also_the_program:
-        assert "starting it again from the newest checkpoint" in text and "Resuming from" in text
+        assert "the program was killed; starting it again" in text and "Resuming from" in text
     else:
         # The program outlived its worker: the next attempt adopted it, or (on a fast machine) found it finished
         # and took its output; it never started a second one.
