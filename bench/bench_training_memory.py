@@ -1,9 +1,10 @@
 """The training memory estimate against the real peak of a run on CPU (goal: within 15 %).
 
-For each configuration, bench/train_memory_probe.py trains the ~134M random Llama in fp32 for a few steps in its
-own ML-environment process and reports peak RSS minus post-import RSS; the planner's estimate
+For each configuration, bench/train_memory_probe.py --trainer sft runs the fine-tune program's own training (TRL's
+SFTTrainer as workers/jobs/finetune_train.py builds it) on the ~134M random Llama in fp32 for 2 optimizer steps in
+its own ML-environment process and reports peak RSS minus post-import RSS; the planner's estimate
 (deployments.sizing.training, device cpu) is compared with it. One line per configuration: the gap in percent
-of the measured peak. tests/fixtures/training-memory holds a recorded run of the same configurations.
+of the measured peak. tests/fixtures/training-memory/cpu-sft.json holds a recorded run of these configurations.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def probe(method: str, batch: int, seq_len: int, checkpointing: bool) -> dict:
     python = ml_python()
     if python is None:
         raise RuntimeError("the ML environment is missing (make ml-env)")
-    command = [python, str(ROOT / "bench" / "train_memory_probe.py"), "--method", method]
+    command = [python, str(ROOT / "bench" / "train_memory_probe.py"), "--trainer", "sft", "--steps", "2"]
+    command += ["--method", method]
     command += ["--micro-batch", str(batch), "--seq-len", str(seq_len)]
     command += ["--checkpointing"] if checkpointing else []
     done = subprocess.run(command, env=ml_env(), cwd=ROOT, capture_output=True, text=True, timeout=900, check=True)
@@ -64,7 +66,7 @@ def run() -> list[Figure]:
         name = f"training_memory_{method}_b{batch}_s{seq_len}{'_ckpt' if checkpointing else ''}"
         note = (
             f"estimated {estimated / 1e9:.2f} GB, measured {measured['measured_bytes'] / 1e9:.2f} GB peak RSS "
-            f"minus post-import RSS, {measured['params'] / 1e6:.0f}M params, fp32 on CPU"
+            f"minus post-import RSS, {measured['params'] / 1e6:.0f}M params, fp32 on CPU, SFTTrainer"
         )
         figures.append(Figure(name, gap, "% off", "<=", GOAL_PERCENT, note))
     return figures

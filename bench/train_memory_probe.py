@@ -19,6 +19,18 @@ instead, as workers/jobs/finetune_train.py loads a model for a full fine-tune (A
 
 The loop is what transformers' Trainer does per optimizer step (forward with labels, backward, AdamW step,
 `zero_grad(set_to_none=True)`), without its data loader, so the measured memory is the model's own.
+
+`--trainer sft` measures the fine-tune program itself instead of that loop: the model, tokenizer, datasets,
+SFTConfig, LoRA config and TRL's SFTTrainer all come from workers/jobs/finetune_train.py (so the loss is TRL's
+fused LM head, not `model(labels=...)`, and the precision is the program's choice: fp32 on CPU, bf16 on a GPU
+that has it). The random Llama is saved once to `--model-dir` (by a child process, so the measured one never
+builds it) with a word-level tokenizer whose vocabulary is the model's; the dataset is generated text rows of
+exactly `--seq-len` tokens with TRL's end-of-sequence token, so every micro batch is b x seq-len tokens, as the
+estimate assumes. The peak is taken as above (CPU: peak RSS minus post-import RSS, where the imports include TRL,
+datasets and the program's module; CUDA: the largest per-step torch.cuda.max_memory_allocated()), over `--steps`
+optimizer steps of `trainer.train()`, in the same JSON shape.
+
+    .venv-ml/bin/python bench/train_memory_probe.py --trainer sft --method lora --micro-batch 4 --seq-len 1024
 """
 
 from __future__ import annotations
@@ -29,7 +41,11 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _rss_bytes() -> int:
@@ -71,7 +87,24 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--bf16-weights", action="store_true", help="trainable weights in bf16, no fp32 master copy")
+    parser.add_argument(
+        "--trainer",
+        choices=("loop", "sft"),
+        default="loop",
+        help="loop: the model(labels=) loop above; sft: the fine-tune program's SFTTrainer (workers/jobs)",
+    )
+    parser.add_argument("--model-dir", help="sft: where the random model and tokenizer are saved (reused if there)")
+    parser.add_argument("--lora-dropout", type=float, default=None, help="sft: default the program's (0.05)")
+    parser.add_argument("--prepare-model", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.prepare_model:
+        _save_random_model(args)
+        return
+    if args.trainer == "sft":
+        if args.precision != "fp32" or args.bf16_weights:
+            parser.error("--trainer sft trains in the program's precision (fp32 on CPU, bf16 on a GPU that has it)")
+        _probe_sft(args)
+        return
     if args.device == "cpu" and args.precision != "fp32":
         parser.error("on CPU the probe trains in fp32 (as the fine-tune program does); bf16 needs --device cuda")
     if args.bf16_weights and args.precision != "bf16":
@@ -233,6 +266,204 @@ def _probe_cuda(args: argparse.Namespace) -> None:
         ),
         flush=True,
     )
+
+
+def _config_dict(args: argparse.Namespace) -> dict:
+    return json.loads(args.config) if args.config else DEFAULT_CONFIG
+
+
+def _save_random_model(args: argparse.Namespace) -> None:
+    """The random-weight Llama (fp32 for a CPU, bf16 for CUDA, as the program will load it) and a word-level
+    tokenizer of the same vocabulary: token `w<n>` is id n, the last id is the end-of-sequence token."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config_dict = _config_dict(args)
+    config = LlamaConfig(**{k: v for k, v in config_dict.items() if k != "model_type"})
+    vocab = config.vocab_size
+    config.eos_token_id = config.pad_token_id = vocab - 1
+    config.bos_token_id = None
+    cuda = args.device == "cuda"
+    with torch.device("cuda" if cuda else "cpu"):
+        model = LlamaForCausalLM(config)
+    model = model.to(torch.bfloat16 if cuda else torch.float32)
+    model.save_pretrained(args.model_dir)
+    words = {f"w{n}": n for n in range(vocab - 1)} | {"</s>": vocab - 1}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="</s>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="</s>")
+    fast.save_pretrained(args.model_dir)
+
+
+def _write_dataset(path: Path, rows: int, seq_len: int, vocab: int) -> None:
+    """Text rows of seq_len - 1 random words: with TRL's end-of-sequence token, exactly seq_len tokens each."""
+    import random
+
+    generator = random.Random(0)
+    with path.open("w") as handle:
+        for _ in range(rows):
+            text = " ".join(f"w{generator.randrange(vocab - 1)}" for _ in range(seq_len - 1))
+            handle.write(json.dumps({"text": text}) + "\n")
+
+
+def _probe_sft(args: argparse.Namespace) -> None:
+    """A few optimizer steps of the fine-tune program's own SFTTrainer, measured as the loop is."""
+    import subprocess
+
+    work = Path(tempfile.mkdtemp(prefix="train-memory-sft-"))
+    model_dir = Path(args.model_dir) if args.model_dir else work / "model"
+    if not (model_dir / "config.json").is_file():
+        command = [sys.executable, __file__, "--prepare-model", "--model-dir", str(model_dir), "--device", args.device]
+        subprocess.run(command + (["--config", args.config] if args.config else []), check=True)
+
+    sys.path.insert(0, str(ROOT))
+    import datasets  # noqa: F401
+    import peft
+    import torch
+    import transformers
+    import trl
+    from trl import SFTTrainer
+
+    from workers.jobs import finetune_train as program
+    from workers.jobs.finetune_data import scan_dataset
+    from workers.jobs.finetune_spec import parse_spec
+    from workers.jobs.protocol import Events
+
+    cuda = args.device == "cuda"
+    if cuda != torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: the program picks the device itself, and CUDA is {cuda=}")
+    baseline = torch.cuda.memory_allocated() if cuda else _rss_bytes()
+    config_dict = _config_dict(args)
+    dataset = work / "train.jsonl"
+    rows = args.micro_batch * args.accumulation * args.steps
+    _write_dataset(dataset, rows, args.seq_len, config_dict["vocab_size"])
+    hyper = {
+        "max_steps": args.steps,
+        "batch_size": args.micro_batch,
+        "grad_accumulation": args.accumulation,
+        "max_seq_len": args.seq_len,
+        "lora_r": args.lora_r,
+        "lora_alpha": 2 * args.lora_r,
+        "target_modules": args.lora_targets.split(","),
+    }
+    if args.lora_dropout is not None:
+        hyper["lora_dropout"] = args.lora_dropout
+    raw = {"base_model": str(model_dir), "dataset": str(dataset), "output_dir": str(work / "job")}
+    raw |= {"method": args.method, "gradient_checkpointing": args.checkpointing, "checkpoint_every": 10**6}
+    spec = parse_spec(raw | {"hyperparameters": hyper})
+    started = time.perf_counter()
+    events = Events(sys.stderr)
+    precision, dtype = program.choose_precision(spec, events)
+    transformers.set_seed(spec.hyperparameters["seed"])
+    tokenizer = program.load_tokenizer(spec)
+    scan = scan_dataset(spec.dataset)
+    program.check_lengths(spec, scan, tokenizer)  # rows fit max_seq_len exactly
+    train_set, _ = program.build_datasets(spec, scan)
+    model = program.load_model(spec, dtype)
+    params = sum(p.numel() for p in model.parameters())
+    steps = _step_memory(cuda)
+    trainer = SFTTrainer(
+        model=model,
+        args=program.sft_config(spec, precision),
+        train_dataset=train_set,
+        processing_class=tokenizer,
+        peft_config=program.lora_config(spec),
+        callbacks=[steps],
+    )
+    trainer.remove_callback(transformers.PrinterCallback)
+    after_model = torch.cuda.memory_allocated() if cuda else _rss_bytes()
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    trainer.train()
+    losses = [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
+    lengths = sorted({len(row["input_ids"]) for row in trainer.train_dataset})
+    record = {
+        "trainer": "sft",
+        "method": args.method,
+        "precision": precision,
+        "micro_batch": args.micro_batch,
+        "seq_len": args.seq_len,
+        "accumulation": args.accumulation,
+        "gradient_checkpointing": args.checkpointing,
+        "steps": args.steps,
+        "lora_r": args.lora_r if args.method == "lora" else None,
+        "lora_targets": args.lora_targets.split(",") if args.method == "lora" else None,
+        "lora_dropout": spec.hyperparameters["lora_dropout"] if args.method == "lora" else None,
+        "row_tokens": lengths,
+        "config": config_dict,
+        "params": params,
+        "trainable_params": trainable,
+    }
+    if cuda:
+        torch.cuda.synchronize()
+        peak = max(steps.peaks)
+        free, total = torch.cuda.mem_get_info()
+        context = total - free - torch.cuda.memory_reserved()
+        properties = torch.cuda.get_device_properties(torch.device("cuda"))
+        record |= {
+            "baseline_allocated_bytes": baseline,
+            "after_model_allocated_bytes": after_model,
+            "after_backward_allocated_bytes": steps.after_backward,
+            "after_step_allocated_bytes": steps.after_step,
+            "step_peak_allocated_bytes": steps.peaks,
+            "peak_allocated_bytes": peak,
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+            "context_bytes": context,
+            "measured_bytes": peak - baseline,
+        }
+    else:
+        peak = _peak_rss_bytes()
+        record |= {
+            "baseline_rss_bytes": baseline,
+            "after_model_rss_bytes": after_model,
+            "peak_rss_bytes": peak,
+            "measured_bytes": peak - baseline,
+        }
+    record |= {
+        "losses": losses,
+        "seconds": round(time.perf_counter() - started, 1),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+        "attention": trainer.model.config._attn_implementation,
+    }
+    if cuda:
+        record |= {
+            "cuda": torch.version.cuda,
+            "device": f"{properties.name}, {round(properties.total_memory / 2**30)} GiB",
+        }
+    print(json.dumps(record), flush=True)
+
+
+def _step_memory(cuda: bool):
+    """A TrainerCallback (transformers is imported lazily) that records, per optimizer step on CUDA, the
+    allocator's peak and what is allocated after the backward pass and after the step."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepMemory(TrainerCallback):
+        def __init__(self) -> None:
+            self.peaks: list[int] = []
+            self.after_backward: list[int] = []
+            self.after_step: list[int] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if cuda:
+                self.after_backward.append(torch.cuda.memory_allocated())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                self.after_step.append(torch.cuda.memory_allocated())
+                self.peaks.append(torch.cuda.max_memory_allocated())
+
+    return StepMemory()
 
 
 if __name__ == "__main__":

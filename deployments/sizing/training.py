@@ -31,11 +31,17 @@ precision (seen on CUDA, tests/fixtures/training-memory/cuda-h200.json).
 With gradient checkpointing (transformers checkpoints every decoder layer) only each layer's input stays
 (h per token per layer), and one layer's full activations come back during its backward pass.
 
-The loss head: transformers upcasts the logits to fp32 for the cross-entropy; during the loss's backward the
-log-softmax output, its gradient and the logits' gradient (s·b·vocab each) coexist: LOSS_HEAD_COPIES fp32 copies
-on CPU, CUDA_LOSS_HEAD_COPIES on a GPU, both measured with bench/train_memory_probe.py (transformers' own loss).
-The program's SFTTrainer (TRL 1.16) scores tokens through its fused, tiled LM head instead, whose peak is not
-measured yet: in Triton tiles on CUDA (less than counted here), in whole fp32 tiles in torch on a CPU (more).
+The loss head, as the program's SFTTrainer (TRL 1.16) scores tokens: its fused LM head never holds the
+(tokens x vocab) logits. It projects tiles of at most 4,096 tokens x 32,768 vocabulary entries and folds each
+into running log-sum-exp statistics, in one Triton pass on CUDA (the tile in the compute dtype, rewritten in
+place) and in whole-tile torch operations on a CPU (fp32 temporaries of the tile's size); its backward
+recomputes each tile and accumulates the hidden states' gradient, and when the head trains (a full fine-tune:
+lm_head, or the tied embedding) the head's weight gradient, in fp32 before casting it to the weight's dtype.
+So the loss step holds FUSED_TILE_COPIES (CPU_FUSED_TILE_COPIES on a CPU) tiles, (4 + 2·16-bit) bytes per token
+and hidden unit, and a full fine-tune's vocab x hidden gradient at 4 bytes plus its cast, all while the layers'
+activations are alive (measured: tests/fixtures/training-memory/cpu-sft.json and cuda-h200-sft.json).
+transformers' own loss (`model(labels=...)`, bench/train_memory_probe.py's default loop) materialises the fp32
+logits instead, three to four copies of them, which this estimate no longer describes.
 
 Gradients and activations peak at different moments when every optimizer step drops the gradients
 (`zero_grad(set_to_none=True)`, transformers' Trainer) and there is no accumulation: activations are all alive
@@ -67,17 +73,21 @@ LORA_ADAPTER_BYTES = 4  # peft's get_peft_model upcasts bf16/fp16 adapters to fp
 QLORA_ADAPTER_BYTES = 2  # TRL's SFTTrainer casts a quantized model's adapters to bf16
 QLORA_DENSE_BYTES = 4  # prepare_model_for_kbit_training upcasts every non-4-bit parameter to fp32
 QLORA_FORMAT = memory.WeightFormat("int4", "bitsandbytes-nf4", 4)
-# fp32 copies of (tokens x vocab) alive at the loss's backward: measured 3.5 on CPU with the allocator returning
-# freed memory (MALLOC_MMAP_THRESHOLD_=131072), full and LoRA alike (tests/fixtures/training-memory).
-LOSS_HEAD_COPIES = 3.5
-# The same on CUDA, with no separate term for the 16-bit logits: a 1B Llama's loss step (4,096 tokens x 128,256
-# vocab) held about 12 bytes per logit above the weights, optimizer and layer inputs in both checkpointing runs on an
-# H200 (torch.cuda.max_memory_allocated; tests/fixtures/training-memory/cuda-h200.json and its README).
-CUDA_LOSS_HEAD_COPIES = 3.0
+# TRL 1.16's fused LM head (trl/kernels/chunked_logprob.py): tiles of TOKEN_CHUNK_SIZE tokens x
+# _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary entries.
+FUSED_TILE_TOKENS = 4096
+FUSED_TILE_VOCAB = 32768
+# Tiles alive at once. CUDA: the Triton kernels rewrite one tile buffer in place; with it the four H200 runs of the
+# program on a 1B Llama (tests/fixtures/training-memory/cuda-h200-sft.json) are within 7 % (LoRA without
+# checkpointing the farthest, -6.9 %). CPU: the torch fallback makes fp32 temporaries of the tile (z - max, exp,
+# e·z, the top-1 mask) in its forward and its backward, and glibc keeps much of them; 7 tiles with the retention
+# below put the eight CPU runs of the program on a 134M Llama (cpu-sft.json) within 9.1 %.
+FUSED_TILE_COPIES = 1.0
+CPU_FUSED_TILE_COPIES = 7.0
 # glibc's malloc keeps freed activation memory in its heaps (its mmap threshold grows with the tensors freed), so
-# a CPU process's resident peak exceeds what tensors hold by this share of the activations (fitted to the peaks
-# measured with the default allocator, tests/fixtures/training-memory). GPUs use PyTorch's caching allocator,
-# which placement covers with TRAINING_KEEP_FREE_FRACTION instead.
+# a CPU process's resident peak exceeds what tensors hold by this share of the activations (fitted together with
+# CPU_FUSED_TILE_COPIES to the program's peaks, tests/fixtures/training-memory/cpu-sft.json). GPUs use PyTorch's
+# caching allocator, which placement covers with TRAINING_KEEP_FREE_FRACTION instead.
 CPU_ALLOCATOR_RETENTION = 0.45
 # PyTorch's caching allocator rounds and fragments: placement leaves this share of each GPU untouched.
 TRAINING_KEEP_FREE_FRACTION = 0.05
@@ -268,6 +278,19 @@ def _trainable_width(setup: TrainingSetup) -> int:
     return QLORA_ADAPTER_BYTES if setup.method == "qlora" else LORA_ADAPTER_BYTES
 
 
+def _fused_loss_head_bytes(arch: Architecture, setup: TrainingSetup) -> int:
+    """What TRL's fused LM head holds during the loss's backward pass (see the module docstring)."""
+    act = setup.activation_bytes
+    cast = act if act < 4 else 0  # an fp32 accumulator cast to a 16-bit dtype is a second tensor
+    copies = FUSED_TILE_COPIES if setup.device == "cuda" else CPU_FUSED_TILE_COPIES
+    tile = min(setup.tokens, FUSED_TILE_TOKENS) * min(arch.vocab_size, FUSED_TILE_VOCAB) * act * copies
+    # The scored tokens' hidden states (a copy) and their fp32 gradient with its cast.
+    hidden = setup.tokens * arch.hidden_size * (act + 4 + cast)
+    # A full fine-tune trains the head (lm_head or the tied embedding): its fp32 gradient and the cast.
+    head = arch.vocab_size * arch.hidden_size * (4 + cast) if setup.method == "full" else 0
+    return math.ceil(tile + hidden + head)
+
+
 def estimate_training(config: dict[str, Any], setup: TrainingSetup) -> TrainingEstimate:
     """Peak bytes per device of training `config`'s model with `setup` (raises SizingError on a bad setup)."""
     _check_setup(setup)
@@ -291,9 +314,7 @@ def estimate_training(config: dict[str, Any], setup: TrainingSetup) -> TrainingE
         layer_bytes = tokens * (layers * arch.hidden_size * act + per_layer)
     else:
         layer_bytes = tokens * layers * per_layer
-    copies = CUDA_LOSS_HEAD_COPIES if setup.device == "cuda" else LOSS_HEAD_COPIES
-    loss_head = math.ceil(tokens * arch.vocab_size * 4 * copies)
-    activations = layer_bytes + loss_head
+    activations = layer_bytes + _fused_loss_head_bytes(arch, setup)
     # transformers' Trainer defaults to the fused AdamW (torch >= 2.8): no parameter-sized temporaries at the step.
     cpu_retention = math.ceil(CPU_ALLOCATOR_RETENTION * activations)
     overhead = memory.CUDA_CONTEXT_BYTES if setup.device == "cuda" else cpu_retention

@@ -1,15 +1,15 @@
-"""The training memory estimate against peaks measured on a CUDA GPU: a random ~1B Llama (Llama 3.2 1B's shape)
+"""The training memory estimate's model state against a CUDA GPU: a random ~1B Llama (Llama 3.2 1B's shape)
 trained in bf16 on an H200, micro batch 4 x 1024 tokens, with and without gradient checkpointing
 (tests/fixtures/training-memory/cuda-h200.json, written by scripts/gpu/finetune_checks.sh through
-bench/train_memory_probe.py --device cuda).
+bench/train_memory_probe.py --device cuda, the probe's own loop with `model(labels=...)`).
 
-Compared: the setups the fine-tune program runs (workers/jobs/finetune_train.py loads the model in bf16): LoRA r=16
-on q/v over a frozen bf16 base (peft keeps the adapters fp32), and a full fine-tune with bf16 weights, gradients
-and AdamW moments (the `--bf16-weights` runs). The fixture's full runs with fp32 trainable weights under autocast
-(mixed precision with an fp32 master copy) are a setup the program never runs, so they are not compared.
-
-The allocator's peak (torch.cuda.max_memory_allocated) holds tensors only, so it is compared with the estimate
-less its CUDA context allowance; the context is compared on its own."""
+That loop computes the loss as transformers does (the full fp32 logits), not as the fine-tune program's TRL
+SFTTrainer does (a fused, tiled LM head), so its peaks are not the program's and are no longer compared with the
+estimate: test_training_estimate_sft.py compares the program's own peaks. What the loop still pins is what the
+loss does not touch: the weights as the program loads them (LoRA over a frozen bf16 base with fp32 adapters, a
+full fine-tune with bf16 weights, the `--bf16-weights` runs), the bf16 AdamW moments with no master copy, and the
+CUDA context. The fixture's full runs with fp32 trainable weights under autocast are a setup the program never
+runs."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def estimate_for(run: dict) -> TrainingEstimate:
     return estimate_training(run["config"], setup)
 
 
-def test_the_compared_runs_are_the_four_setups_the_program_runs_on_a_1b_model_in_bf16():
+def test_the_checked_runs_are_the_four_setups_the_program_runs_on_a_1b_model_in_bf16():
     assert sorted((r["method"], r["gradient_checkpointing"]) for r in PROGRAM_RUNS) == [
         ("full", False),
         ("full", True),
@@ -62,17 +62,6 @@ def test_the_compared_runs_are_the_four_setups_the_program_runs_on_a_1b_model_in
         # The model as the program loads it: every weight bf16 (LoRA's fp32 adapters add 4 bytes each).
         est = estimate_for(run)
         assert abs(run["after_model_allocated_bytes"] - est.weights) <= 0.001 * est.weights
-
-
-@pytest.mark.parametrize("run", PROGRAM_RUNS, ids=run_id)
-def test_estimate_is_within_15_percent_of_the_measured_cuda_peak(run):
-    est = estimate_for(run)
-    assert est.params == run["params"] and est.trainable_params == run["trainable_params"]
-    tensors = est.total - est.overhead
-    assert abs(tensors - run["measured_bytes"]) <= GOAL * run["measured_bytes"]
-    # The whole figure placement uses, against the peak plus what the process held outside the allocator.
-    held = run["measured_bytes"] + run["context_bytes"]
-    assert abs(est.total - held) <= GOAL * held
 
 
 @pytest.mark.parametrize("run", [r for r in PROGRAM_RUNS if r["method"] == "full"], ids=run_id)
