@@ -7,10 +7,13 @@ from rest_framework import serializers
 
 from deployments.finetune import selectors
 from deployments.finetune.services import METHODS, PRECISIONS
+from deployments.jobs.serializers import status_field
 from deployments.models import Checkpoint, Job
 
 
 class CheckpointSerializer(serializers.ModelSerializer):
+    tier = status_field(Checkpoint.Tier)
+
     class Meta:
         model = Checkpoint
         fields = ["step", "tier", "path", "size", "files", "metrics", "created_at", "moved_at"]
@@ -18,6 +21,7 @@ class CheckpointSerializer(serializers.ModelSerializer):
 
 
 class FinetuneSerializer(serializers.ModelSerializer):
+    status = status_field(Job.Status)
     base = serializers.SerializerMethodField()
     dataset_version = serializers.SerializerMethodField()
     options = serializers.SerializerMethodField()

@@ -33,6 +33,10 @@ def finetune_job(user, pk) -> Job:
 
 
 class FinetuneListView(ConsoleViewMixin, View):
+    """The runs, for those who start them (engineers, admins); auditors read runs as jobs and through the API."""
+
+    permission_action = roles.FINETUNE
+
     def get(self, request):
         context = {
             "jobs": selectors.finetune_list(user=request.user)[:200],

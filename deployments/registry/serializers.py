@@ -44,6 +44,7 @@ class ArtifactSerializer(serializers.ModelSerializer):
     source = serializers.CharField(source="repo.source.name", read_only=True)
     host = serializers.CharField(source="host.name", read_only=True)
     status = status_field(ModelArtifact.Status)
+    kind = status_field(ModelArtifact.Kind)
 
     class Meta:
         model = ModelArtifact

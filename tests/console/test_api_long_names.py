@@ -8,7 +8,7 @@ import re
 import pytest
 from drf_spectacular.generators import SchemaGenerator
 
-from deployments.models import AllowedImage
+from deployments.models import AllowedImage, ModelArtifact
 from tests.factories import DeploymentFactory, GpuFactory, HostFactory, ModelArtifactFactory, TeamFactory
 
 pytestmark = pytest.mark.django_db
@@ -72,6 +72,8 @@ def test_a_5000_character_name_is_refused_naming_the_field(method, path, field, 
         "deployments": DeploymentFactory().pk,
         "models": ModelArtifactFactory(host=host).pk,
     }
+    base = ModelArtifact.objects.get(pk=ids["models"])
+    ids["adapters"] = ModelArtifactFactory(host=host, kind=ModelArtifact.Kind.ADAPTER, base=base).pk
     collection = re.match(r"/api/v1/([a-z]+)/", path).group(1)
     url = path.replace("{id}", str(ids.get(collection, 0)))
     response = api(admin).call(method, url, 400, data={field: LONG})

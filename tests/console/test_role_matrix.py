@@ -760,7 +760,7 @@ MATRIX = [
     ),
     # Fine-tunes: the finetune action starts, stops and resumes them (on datasets the user may train on); the run's
     # page is the job page. Deploying an adapter needs deploy; merging it, finetune.
-    row("get", "/finetune/", LOGIN, 403, 200, 200, 200),
+    row("get", "/finetune/", LOGIN, 403, 403, 200, 200),
     row("get", "/finetune/new/", LOGIN, 403, 403, 200, 200),
     row("post", "/finetune/new/", LOGIN, 403, 403, 400, 400, data={"method": "lora"}),
     row("post", "/finetune/{ftjob}/cancel/", LOGIN, 403, 403, 302, 302, route="/finetune/<int:pk>/cancel/"),
