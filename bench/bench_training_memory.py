@@ -41,18 +41,24 @@ def probe(method: str, batch: int, seq_len: int, checkpointing: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def estimate_for(run: dict):
-    """The planner's CPU estimate (an Estimate) for what the probe ran; the unit test reads the same."""
+def run_id(run: dict) -> str:
+    """A recorded run's setup, e.g. lora-b4-s1024-ckpt1."""
+    return f"{run['method']}-b{run['micro_batch']}-s{run['seq_len']}-ckpt{int(run['gradient_checkpointing'])}"
+
+
+def estimate_for(run: dict, device: str = "cpu"):
+    """The planner's estimate (an Estimate) for what a probe ran: on CPU in fp32 (what the program trains in
+    there), on CUDA in the precision it ran; the unit tests read the same."""
     setup = TrainingSetup(
         method=run["method"],
-        precision="fp32",
+        precision="fp32" if device == "cpu" else run["precision"],
         micro_batch_size=run["micro_batch"],
         max_seq_len=run["seq_len"],
         gradient_accumulation=run["accumulation"],
         gradient_checkpointing=run["gradient_checkpointing"],
         lora_r=run["lora_r"] or 16,
         lora_target_modules=tuple(run["lora_targets"] or ()),
-        device="cpu",
+        device=device,
     )
     return estimate_training(run["config"], setup)
 

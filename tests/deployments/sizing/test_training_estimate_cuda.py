@@ -17,8 +17,10 @@ import json
 
 import pytest
 
+from bench.bench_training_memory import estimate_for as shared_estimate_for
+from bench.bench_training_memory import run_id
 from deployments.sizing.memory import CUDA_CONTEXT_BYTES
-from deployments.sizing.training import TrainingEstimate, TrainingSetup, estimate_training
+from deployments.sizing.training import TrainingEstimate
 from tests.support.fixtures import FIXTURES
 
 RECORDED = json.loads((FIXTURES / "training-memory" / "cuda-h200.json").read_text())
@@ -28,24 +30,9 @@ PROGRAM_RUNS = [r for r in ALL_RUNS if r["method"] == "lora" or r["bf16_weights"
 GOAL = 0.15
 
 
-def run_id(run: dict) -> str:
-    return f"{run['method']}-b{run['micro_batch']}-s{run['seq_len']}-ckpt{int(run['gradient_checkpointing'])}"
-
-
 def estimate_for(run: dict) -> TrainingEstimate:
-    """The planner's CUDA estimate for what the probe ran."""
-    setup = TrainingSetup(
-        method=run["method"],
-        precision=run["precision"],
-        micro_batch_size=run["micro_batch"],
-        max_seq_len=run["seq_len"],
-        gradient_accumulation=run["accumulation"],
-        gradient_checkpointing=run["gradient_checkpointing"],
-        lora_r=run["lora_r"] or 16,
-        lora_target_modules=tuple(run["lora_targets"] or ()),
-        device="cuda",
-    )
-    return estimate_training(run["config"], setup)
+    """The planner's CUDA estimate for what the probe ran (bf16, as the program chose on the H200)."""
+    return shared_estimate_for(run, device="cuda")
 
 
 def test_the_checked_runs_are_the_four_setups_the_program_runs_on_a_1b_model_in_bf16():

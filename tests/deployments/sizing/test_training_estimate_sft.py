@@ -13,7 +13,8 @@ import json
 
 import pytest
 
-from bench.bench_training_memory import estimate_for as cpu_estimate_for
+from bench.bench_training_memory import estimate_for as shared_estimate_for
+from bench.bench_training_memory import run_id
 from deployments.sizing.training import TrainingEstimate, TrainingSetup, estimate_training
 from tests.support.fixtures import FIXTURES
 
@@ -23,24 +24,9 @@ CUDA_RUNS = json.loads((MEMORY / "cuda-h200-sft.json").read_text())["runs"]
 GOAL = 0.15
 
 
-def run_id(run: dict) -> str:
-    return f"{run['method']}-b{run['micro_batch']}-s{run['seq_len']}-ckpt{int(run['gradient_checkpointing'])}"
-
-
 def cuda_estimate_for(run: dict) -> TrainingEstimate:
-    """The planner's CUDA estimate for what the program ran (bf16, the precision it chose on the H200)."""
-    setup = TrainingSetup(
-        method=run["method"],
-        precision=run["precision"],
-        micro_batch_size=run["micro_batch"],
-        max_seq_len=run["seq_len"],
-        gradient_accumulation=run["accumulation"],
-        gradient_checkpointing=run["gradient_checkpointing"],
-        lora_r=run["lora_r"] or 16,
-        lora_target_modules=tuple(run["lora_targets"] or ()),
-        device="cuda",
-    )
-    return estimate_training(run["config"], setup)
+    """The planner's CUDA estimate for what the probe ran (bf16, as the program chose on the H200)."""
+    return shared_estimate_for(run, device="cuda")
 
 
 def test_the_recorded_runs_are_the_program_on_full_rows_of_the_setups_the_issue_names():
@@ -65,7 +51,7 @@ def test_the_recorded_runs_are_the_program_on_full_rows_of_the_setups_the_issue_
 
 @pytest.mark.parametrize("run", CPU_RUNS, ids=run_id)
 def test_estimate_is_within_15_percent_of_the_programs_cpu_peak(run):
-    est = cpu_estimate_for(run)
+    est = shared_estimate_for(run)
     assert est.params == run["params"] and est.trainable_params == run["trainable_params"]
     assert abs(est.total - run["measured_bytes"]) <= GOAL * run["measured_bytes"]
 
