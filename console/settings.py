@@ -52,6 +52,8 @@ DATASET_UPLOAD_MAX_BYTES = env_int("DATASET_UPLOAD_MAX_BYTES", 10 * 2**30)
 # Agents fetch the dataset version a job trains on over an authenticated internal route (job-scoped token) from
 # CONSOLE_INTERNAL_URL and keep it in DATASET_CACHE_DIR on their host, verified by sha256.
 CONSOLE_INTERNAL_URL = env_str("CONSOLE_INTERNAL_URL", "http://127.0.0.1:8000")
+# The queue of work that must run beside the console (dataset imports write DATASET_STORE): its own worker only.
+CONSOLE_QUEUE = env_str("CONSOLE_QUEUE", "celery")
 DATASET_CACHE_DIR = Path(env_str("DATASET_CACHE_DIR", str(DATA_DIR / "dataset-cache")))
 # Fine-tune checkpoints in tiers: the newest CHECKPOINT_KEEP_FAST stay in CHECKPOINT_DIR (fast disk), older ones
 # move to CHECKPOINT_ARCHIVE_DIR (another disk), and beyond CHECKPOINT_RETAIN in all they are deleted.

@@ -37,7 +37,6 @@ from deployments.registry.endpoints import RedirectRefused, allow_listed_hops, c
 from deployments.registry.network import source_unreachable
 from deployments.registry.services import source_token
 
-CONSOLE_QUEUE = "celery"  # datasets live on the console: its own worker imports them
 FORMATS = ", ".join(sorted({suffix for suffix in EXTENSIONS}))
 FILES_NAMED = 5  # a missing file's error names this many of the repo's data files
 
@@ -122,7 +121,9 @@ def hub_import_start(
             return same.first()
         if credential is not None:
             audit.record(action="secret.used", actor=actor, target=credential, detail={"purpose": "import a dataset"})
-        job = job_create(kind=Job.Kind.DATASET_IMPORT, actor=actor, target=dataset, queue=CONSOLE_QUEUE, params=params)
+        job = job_create(
+            kind=Job.Kind.DATASET_IMPORT, actor=actor, target=dataset, queue=settings.CONSOLE_QUEUE, params=params
+        )
         detail.update(job=job.pk, size=found["size"])
         audit.record(action="dataset.import_requested", actor=actor, target=dataset, detail=detail)
     return job

@@ -358,12 +358,14 @@ def test_kill_9_of_the_worker_mid_transfer_resumes_from_the_bytes_on_disk(
         "DOWNLOAD_CHUNK_BYTES": str(2**16),
         "AGENT_HOST_NAME": "",
     }
+    # A queue of its own: the suite's shared worker consumes "celery" and must not take this job.
+    settings.CONSOLE_QUEUE = queue = f"imports-{time.monotonic_ns()}"
     job = started_job(admin, dataset, path="data/large.jsonl")
     part = staging_dir(job.params) / "data" / "large.jsonl.part"
     workers = []
 
     def start_worker():
-        process, log = _start_worker(env, f"import-{time.monotonic_ns()}", "celery")
+        process, log = _start_worker(env, f"import-{time.monotonic_ns()}", queue)
         workers.append((process, log))
         return process, log
 
