@@ -242,6 +242,12 @@ def deploy_scope_teams(user) -> list[int]:
     ]
 
 
+def may_deploy_anywhere(user) -> bool:
+    """Whether deploy buttons show: the deploy role, or a team scope of deploy (the services decide again, for the
+    team and host)."""
+    return can(user, roles.DEPLOY) or bool(deploy_scope_teams(user))
+
+
 def require_create_deployment(user) -> None:
     """Opening the deploy page: the deploy role, or a team of theirs with a host grant of deploy."""
     if has_global(user, roles.DEPLOY) or deploy_scope_teams(user):

@@ -12,7 +12,7 @@ from django.utils.translation import gettext as _
 import audit
 from console import roles
 from console.errors import ApplicationError
-from console.permissions import can, deploy_scope_allows, deploy_scope_teams, has_global, require
+from console.permissions import deploy_scope_allows, deploy_scope_teams, has_global, require
 from deployments.models import Deployment, Gpu, ModelArtifact
 from deployments.serving import services as serving
 from deployments.serving.actions import RESTART, allowed_actions
@@ -39,12 +39,6 @@ def _check(actor, adapter: ModelArtifact) -> None:
 def same_base(deployment: Deployment, adapter: ModelArtifact) -> bool:
     spec = deployment.spec
     return spec is not None and spec.artifact.repo_id == adapter.base.repo_id
-
-
-def may_deploy(user, adapter: ModelArtifact) -> bool:
-    """Whether the page offers the deploy button: the deploy role, or a team scope of deploy (the services decide
-    again, for the team and host)."""
-    return can(user, roles.DEPLOY) or bool(deploy_scope_teams(user))
 
 
 def team_choices(user) -> list[Group]:

@@ -15,7 +15,7 @@ from console import roles
 from console.errors import ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
-from console.permissions import ObjectHidden, can, dataset_allows, require
+from console.permissions import ObjectHidden, can, dataset_allows, may_deploy_anywhere, require
 from deployments.finetune import adapters, selectors, services
 from deployments.finetune.forms import FinetuneForm
 from deployments.models import Dataset, Deployment, Job, ModelArtifact
@@ -140,7 +140,7 @@ class AdapterDeployView(ConsoleViewMixin, View):
 
     def post(self, request, pk):
         adapter = _adapter(request.user, pk)
-        if not adapters.may_deploy(request.user, adapter):
+        if not may_deploy_anywhere(request.user):
             require(request.user, roles.DEPLOY)
         target = request.POST.get("deployment") or ""
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django import template
 
 from console import roles
-from console.permissions import can, restrict
+from console.permissions import can, may_deploy_anywhere, restrict
 from deployments.finetune import adapters, selectors
 from deployments.models import Deployment, Job, ModelArtifact
 
@@ -33,7 +33,7 @@ def artifact_lineage(context, artifact: ModelArtifact) -> dict:
     user = context["request"].user
     is_adapter = artifact.kind == ModelArtifact.Kind.ADAPTER
     deployments = []
-    can_deploy = is_adapter and adapters.may_deploy(user, artifact)
+    can_deploy = is_adapter and may_deploy_anywhere(user)
     if is_adapter and artifact.base_id:
         same_base = Deployment.objects.filter(spec__artifact__repo_id=artifact.base.repo_id).order_by("name")
         deployments = list(restrict(same_base, user, roles.VIEW))
