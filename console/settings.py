@@ -103,6 +103,21 @@ PROCESS_RUNTIME_FORCE_SERVE = env_bool("PROCESS_RUNTIME_FORCE_SERVE", False)
 # Store playground prompt text in the audit log (off: only who, when, which deployment, token counts).
 PLAYGROUND_AUDIT_PROMPTS = env_bool("PLAYGROUND_AUDIT_PROMPTS", False)
 
+# --- the inference gateway (deployments/gateway; its own ASGI service, console/gateway_asgi.py) ----------------
+GATEWAY_PORT = env_int("GATEWAY_PORT", 8001)  # where `make run` serves it
+# The address applications are told to call (keys page, docs); empty: this console's host on GATEWAY_PORT.
+GATEWAY_PUBLIC_URL = env_str("GATEWAY_PUBLIC_URL", "")
+# How long a gateway process trusts what it read of a key or a deployment; revocations take effect at once anyway.
+GATEWAY_CACHE_SECONDS = float(env_str("GATEWAY_CACHE_SECONDS", "2"))
+GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 600)
+# The inference log and usage figures are written in batches: at most this often, or this many records at once.
+GATEWAY_FLUSH_SECONDS = float(env_str("GATEWAY_FLUSH_SECONDS", "1"))
+GATEWAY_BATCH_MAX = env_int("GATEWAY_BATCH_MAX", 500)
+INFERENCE_KEY_DEFAULT_DAYS = env_int("INFERENCE_KEY_DEFAULT_DAYS", 90)
+INFERENCE_KEY_MAX_DAYS = env_int("INFERENCE_KEY_MAX_DAYS", 365)
+# Approval requests for production deployments lapse after this long unanswered.
+APPROVAL_TTL_SECONDS = env_int("APPROVAL_TTL_SECONDS", 7 * 86400)
+
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",

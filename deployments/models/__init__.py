@@ -2,6 +2,14 @@
 
 from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion
 from deployments.finetune.models import Checkpoint
+from deployments.gateway.models import (
+    InferenceBatch,
+    InferenceKey,
+    InferenceRecord,
+    ServiceAccount,
+    TeamQuota,
+    UsageDay,
+)
 from deployments.inventory.models import HOST_NAME, Gpu, GpuReservation, Host
 from deployments.jobs.models import Job, JobLogLine
 from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
@@ -21,9 +29,15 @@ __all__ = [
     "Gpu",
     "GpuReservation",
     "Host",
+    "InferenceBatch",
+    "InferenceKey",
+    "InferenceRecord",
     "Job",
     "JobLogLine",
     "ModelArtifact",
     "ModelRepo",
     "ModelSource",
+    "ServiceAccount",
+    "TeamQuota",
+    "UsageDay",
 ]

@@ -78,7 +78,23 @@ class Deployment(models.Model):
         NEVER = "never", _("never")
         ON_FAILURE = "on-failure", _("on failure")
 
+    class Environment(models.TextChoices):
+        DEVELOPMENT = "development", _("development")
+        PRODUCTION = "production", _("production")
+
+    class PromptRetention(models.TextChoices):
+        NONE = "none", _("token counts only")
+        FULL = "full", _("prompts and completions")
+
     name = models.SlugField(_("name"), max_length=63, unique=True, validators=[DEPLOYMENT_NAME])
+    # Production deployments change only through an approved request (deployments/serving/approvals.py).
+    environment = models.CharField(
+        _("environment"), max_length=12, choices=Environment.choices, default=Environment.DEVELOPMENT
+    )
+    # What the inference log keeps of each call through the gateway (text visible only with view_data).
+    prompt_retention = models.CharField(
+        _("prompt retention"), max_length=8, choices=PromptRetention.choices, default=PromptRetention.NONE
+    )
     team = models.ForeignKey(
         Group, verbose_name=_("owning team"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -226,6 +242,12 @@ class DeploymentSpec(models.Model):
     max_input_tokens = models.PositiveIntegerField(_("max input tokens"), null=True, blank=True)
     max_total_tokens = models.PositiveIntegerField(_("max total tokens"), null=True, blank=True)
     max_batch_prefill_tokens = models.PositiveIntegerField(_("max batch prefill tokens"), null=True, blank=True)
+    replicas = models.PositiveSmallIntegerField(
+        _("replicas"),
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(8)],
+        help_text=_("Servers of this spec, each placed on its own GPUs; the gateway balances between them."),
+    )
     max_concurrent_requests = models.PositiveIntegerField(
         _("max concurrent requests"), default=128, validators=[MinValueValidator(1)]
     )
