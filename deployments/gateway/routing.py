@@ -1,0 +1,112 @@
+"""Where a call goes: a deployment's name resolved to what the gateway needs to forward to it (its servers, the
+adapters it serves, what the inference log keeps of it), and the choice of server among its replicas.
+
+Read from the database in a worker thread and cached by the gateway (deployments/gateway/cache.py says when to
+forget); nothing here runs on the event loop except Balancer, which is pure bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deployments.serving.models import Deployment
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One running server of a deployment."""
+
+    url: str
+    key: str  # the server's own key (per deployment, per start); only the gateway sends it
+    label: str  # which replica, for the inference log and errors ("h1:GPU 0")
+
+
+@dataclass(frozen=True)
+class Route:
+    deployment_id: int
+    name: str
+    team_id: int | None
+    state: str
+    running: bool
+    production: bool
+    keep_text: bool  # prompt retention: prompts and completions go to the inference log
+    adapters: tuple[str, ...]
+    backend: str
+    tokenizer_dir: str | None  # the model directory when this machine can read it (prompt tokens are counted)
+    upstreams: tuple[Upstream, ...] = field(default=())
+
+
+def upstreams(deployment: Deployment) -> list[Upstream]:
+    """The servers of a running deployment that answer calls (a replica that died is left out at once)."""
+    if deployment.state != Deployment.State.RUNNING or not deployment.endpoint:
+        return []
+    key = deployment.server_key.reveal() if deployment.server_key else ""
+    where = deployment.host.name if deployment.host_id else ""
+    return [Upstream(url=deployment.endpoint.rstrip("/"), key=key, label=where or deployment.name)]
+
+
+def _tokenizer_dir(deployment: Deployment) -> str | None:
+    artifact = deployment.spec.artifact if deployment.spec_id else None
+    path = artifact.path if artifact is not None else ""
+    return path if path and (Path(path) / "tokenizer.json").is_file() else None
+
+
+def route_for(name: str) -> Route | None:
+    """The route of the deployment called `name`, or None when there is none (sync: call it in a thread)."""
+    deployment = (
+        Deployment.objects.select_related("spec", "spec__artifact", "host").filter(name=name).first() if name else None
+    )
+    if deployment is None:
+        return None
+    spec = deployment.spec
+    servers = tuple(upstreams(deployment))
+    return Route(
+        deployment_id=deployment.pk,
+        name=deployment.name,
+        team_id=deployment.team_id,
+        state=deployment.state,
+        running=deployment.state == Deployment.State.RUNNING and bool(servers),
+        production=deployment.environment == Deployment.Environment.PRODUCTION,
+        keep_text=deployment.prompt_retention == Deployment.PromptRetention.FULL,
+        adapters=tuple(a["name"] for a in (spec.lora_adapters if spec else []) if a.get("name")),
+        backend=spec.backend if spec else "",
+        tokenizer_dir=_tokenizer_dir(deployment),
+        upstreams=servers,
+    )
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """An OpenAI `model`: `deployment` or `deployment:adapter`."""
+    name, _, adapter = (model or "").partition(":")
+    return name.strip(), adapter.strip()
+
+
+class Balancer:
+    """Least outstanding requests across a deployment's servers, per gateway process. Ties go to the server
+    used least recently, so an idle pool is used round robin."""
+
+    def __init__(self) -> None:
+        self._outstanding: dict[str, int] = {}
+        self._turn: dict[str, int] = {}
+        self._clock = 0
+
+    def order(self, servers: tuple[Upstream, ...], exclude: frozenset[str] = frozenset()) -> list[Upstream]:
+        """Servers to try, best first."""
+        candidates = [s for s in servers if s.url not in exclude]
+        return sorted(candidates, key=lambda s: (self._outstanding.get(s.url, 0), self._turn.get(s.url, 0)))
+
+    def acquire(self, server: Upstream) -> None:
+        self._clock += 1
+        self._turn[server.url] = self._clock
+        self._outstanding[server.url] = self._outstanding.get(server.url, 0) + 1
+
+    def release(self, server: Upstream) -> None:
+        left = self._outstanding.get(server.url, 1) - 1
+        if left <= 0:
+            self._outstanding.pop(server.url, None)
+        else:
+            self._outstanding[server.url] = left
+
+    def outstanding(self, server: Upstream) -> int:
+        return self._outstanding.get(server.url, 0)
