@@ -13,12 +13,14 @@ from deployments.gateway.models import (
 from deployments.inventory.models import HOST_NAME, Gpu, GpuReservation, Host
 from deployments.jobs.models import Job, JobLogLine
 from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
+from deployments.serving.approvals_models import ApprovalRequest
 from deployments.serving.models import AllowedImage, Deployment, DeploymentSpec
 
 __all__ = [
     "HOST_NAME",
     "AllowedEndpoint",
     "AllowedImage",
+    "ApprovalRequest",
     "ArtifactUse",
     "Checkpoint",
     "Dataset",
