@@ -21,7 +21,7 @@ NGINX_CONF = ROOT / "deploy" / "nginx" / "console.conf"
 SETTINGS_FILE = ROOT / "console" / "settings.py"
 
 # The services that run the console's own code (from the image the Dockerfile builds).
-CONSOLE_SERVICES = ("migrate", "web", "worker", "beat")
+CONSOLE_SERVICES = ("migrate", "web", "gateway", "worker", "beat")
 ONE_SHOT = {"migrate"}
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
@@ -121,7 +121,7 @@ def depends_on(service: dict) -> dict[str, str]:
 
 
 def test_expected_services(services):
-    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "beat", "proxy"}
+    assert set(services) == {"postgres", "redis", "migrate", "web", "gateway", "worker", "beat", "proxy"}
 
 
 def test_every_service_has_an_image_or_a_build(services):
@@ -146,6 +146,8 @@ def test_built_services_have_a_command_or_the_dockerfile_cmd(services, dockerfil
     assert "daphne" in command_text(services["web"])
     assert "console.asgi:application" in command_text(services["web"])
     assert "celery -A console worker" in command_text(services["worker"])
+    assert "uvicorn" in command_text(services["gateway"])
+    assert "console.gateway_asgi:application" in command_text(services["gateway"])
     beat = command_text(services["beat"])
     assert "celery -A console beat" in beat
     assert "-s /var/lib/console/celerybeat-schedule" in beat
@@ -204,7 +206,7 @@ def test_every_long_running_service_is_health_checked(services):
             continue
         healthy_dependencies = [dep for dep, cond in depends_on(service).items() if cond == "service_healthy"]
         assert has_healthcheck(service) or healthy_dependencies, f"{name}: no healthcheck and no healthy dependency"
-    for name in ("postgres", "redis", "web", "worker", "proxy"):
+    for name in ("postgres", "redis", "web", "gateway", "worker", "proxy"):
         assert has_healthcheck(services[name]), f"{name} has no healthcheck"
 
 
@@ -243,7 +245,7 @@ def test_migrate_runs_once_before_the_rest(services):
     assert command.index("migrate --noinput") < command.index("ensure_admin")
     assert migrate.get("restart") == "no"
     assert depends_on(migrate).get("postgres") == "service_healthy"
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "gateway", "worker", "beat"):
         dependencies = depends_on(services[name])
         assert dependencies.get("migrate") == "service_completed_successfully", name
         assert dependencies.get("redis") == "service_healthy", name
@@ -255,6 +257,7 @@ def test_console_services_share_one_environment(services):
     password, to create it); beat only in where it exports checkpoints."""
     env = services["web"]["environment"]
     assert services["worker"]["environment"] == env
+    assert services["gateway"]["environment"] == env
     migrate = dict(services["migrate"]["environment"])
     assert migrate.pop("DATABASE_URL").startswith("postgres://console:${POSTGRES_PASSWORD")
     assert migrate.pop("DATABASE_APP_PASSWORD").startswith("${DATABASE_APP_PASSWORD:?")
@@ -266,7 +269,7 @@ def test_console_services_share_one_environment(services):
     # migrate, and only beat mounts the checkpoint export.
     assert env["DATABASE_URL"].startswith("postgres://console_app:${DATABASE_APP_PASSWORD")
     assert env["DATABASE_URL"].endswith("@postgres:5432/console")
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "gateway", "worker", "beat"):
         assert "POSTGRES_PASSWORD" not in str(services[name]["environment"]), name
         exports = [t for _k, _s, t in volume_mounts(services[name]) if t == "/var/lib/console-audit"]
         assert bool(exports) == (name == "beat"), name
@@ -399,7 +402,7 @@ def test_proxy_config(services):
     assert "http://web:8000" in conf
     assert "client_max_body_size" in conf
     server = tls_server(conf)
-    for prefix in ("/ws/", "/"):
+    for prefix in ("/ws/", "~ ^/(v1|llm)/", "/"):
         block = location_block(server, prefix)
         assert "proxy_set_header X-Forwarded-Proto $scheme;" in block, prefix
         assert "proxy_set_header X-Forwarded-For $remote_addr;" in block, prefix
@@ -409,8 +412,13 @@ def test_proxy_config(services):
     assert "proxy_set_header Upgrade $http_upgrade;" in websocket
     assert "proxy_set_header Connection $connection_upgrade;" in websocket
     assert re.search(r"proxy_read_timeout \d{4,}s;", websocket)
-    # The client address daphne reports comes from that X-Forwarded-For.
+    # Applications reach the gateway through the proxy; streams are not buffered on the way.
+    gateway = location_block(server, "~ ^/(v1|llm)/")
+    assert "proxy_pass $console_gateway;" in gateway and "http://gateway:8001" in conf
+    assert "proxy_buffering off;" in gateway
+    # The client address daphne and the gateway report comes from that X-Forwarded-For.
     assert "--proxy-headers" in command_text(services["web"])
+    assert "--proxy-headers" in command_text(services["gateway"])
     # The proxy's own probe is on a loopback listener the config defines.
     probe = " ".join(services["proxy"]["healthcheck"]["test"])
     assert "http://127.0.0.1:8081/healthz" in probe

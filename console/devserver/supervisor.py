@@ -1,4 +1,5 @@
-"""Run the whole console on one machine: web (daphne, HTTP + websockets), Celery worker, Celery beat.
+"""Run the whole console on one machine: web (daphne, HTTP + websockets), the inference gateway (uvicorn, on
+GATEWAY_PORT), Celery worker, Celery beat.
 
 Without REDIS_URL it first starts the private redis-server under DATA_DIR and stops it last.
 Children get their own sessions so a Ctrl-C reaches only this supervisor, which then stops them in
@@ -45,6 +46,23 @@ class Supervisor:
         python = sys.executable
         return [
             Child("web", [python, "-m", "daphne", "-b", self.host, "-p", str(self.port), "console.asgi:application"]),
+            # Applications call models here (/v1, /llm); a service of its own, measured by bench/bench_gateway.py.
+            Child(
+                "gateway",
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.gateway_port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                    "console.gateway_asgi:application",
+                ],
+            ),
             # The local worker is also this machine's GPU agent (queue host.<name>).
             Child(
                 "worker",
@@ -81,6 +99,11 @@ class Supervisor:
                 ],
             ),
         ]
+
+    @property
+    def gateway_port(self) -> int:
+        # Port 0 (tests) asks for any free port; the gateway then takes any free one too.
+        return settings.GATEWAY_PORT if self.port else 0
 
     @property
     def agent_name(self) -> str:

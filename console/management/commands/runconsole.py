@@ -9,7 +9,7 @@ from console.devserver.supervisor import Supervisor, lock_down_data_dir
 
 
 class Command(BaseCommand):
-    help = "Migrate, create the first admin, then run web + Celery worker + Celery beat until Ctrl-C."
+    help = "Migrate, create the first admin, then run web + gateway + Celery worker + Celery beat until Ctrl-C."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default=os.environ.get("CONSOLE_HOST", "127.0.0.1"))
@@ -30,7 +30,8 @@ class Command(BaseCommand):
             say(
                 self.style.SUCCESS(
                     f"The console is at http://{shown_host}:{port}/ (data in {settings.DATA_DIR}); "
-                    "press Ctrl-C to stop."
+                    f"applications call models at http://{shown_host}:{supervisor.gateway_port}/v1 "
+                    "(the inference gateway); press Ctrl-C to stop."
                 )
             )
             code = supervisor.wait()
