@@ -90,3 +90,9 @@ def prompt_tokens(
             return len(prompt)  # already token ids
         return sum(prompt_tokens(tokenizer_dir, prompt=item) for item in prompt)
     return _count(tokenizer, prompt or "", special=True)
+
+
+def completion_tokens(tokenizer_dir: str | None, text: str) -> int:
+    """Tokens of generated text when the server did not say (no BOS: the model does not emit one)."""
+    tokenizer = tokenizer_for(str(tokenizer_dir)) if tokenizer_dir else None
+    return _count(tokenizer, text, special=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from deployments.gateway import tokens
-from deployments.gateway.tokens import PER_MESSAGE_TOKENS, REPLY_TOKENS, prompt_tokens
+from deployments.gateway.tokens import PER_MESSAGE_TOKENS, REPLY_TOKENS, completion_tokens, prompt_tokens
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tokenizer"
 TEXT = "Hello world, the model server deploys tokens."
@@ -21,6 +21,11 @@ def test_a_prompt_is_counted_with_the_model_tokenizer_including_bos():
     assert prompt_tokens(str(FIXTURE), prompt="") == 0
     # Text the vocabulary lacks falls apart into byte-level pieces: the tokenizer counts what the model reads.
     assert prompt_tokens(str(FIXTURE), prompt="量子纠缠") == 13
+
+
+def test_generated_text_is_counted_without_bos():
+    assert completion_tokens(str(FIXTURE), TEXT) == 9
+    assert completion_tokens(None, "x" * 30) == 11
 
 
 def test_completion_prompt_lists_as_the_openai_api_allows():
