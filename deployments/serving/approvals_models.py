@@ -77,7 +77,7 @@ class ApprovalRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.get_action_display()} {self.deployment_name}"
+        return f"#{self.pk} {self.action} {self.deployment_name}"  # audit target names stay in one language
 
     @property
     def is_open(self) -> bool:

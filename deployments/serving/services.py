@@ -1,5 +1,7 @@
 """Deployments: create, edit (a new spec version), roll back, launch, stop, restart, delete; the state
-changes workers report; GPU reservations. Every user action is audited with the spec diff."""
+changes workers report; GPU reservations. Every user action is audited with the spec diff. On a production
+deployment, launch, edit, rollback, stop and delete file an approval request instead (deployments.serving.approvals).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from console.errors import ApplicationError
 from console.permissions import require, require_deploy_scope
 from deployments.jobs.services import job_cancel, job_create
 from deployments.models import (
+    ApprovalRequest,
     ArtifactUse,
     Deployment,
     DeploymentSpec,
@@ -27,6 +30,7 @@ from deployments.models import (
     ModelArtifact,
 )
 from deployments.registry.services import artifact_on_host
+from deployments.serving import approvals
 from deployments.serving.actions import DELETE, LAUNCH, RESTART, STOP, require_action
 from deployments.serving.planning import Verdict, verdict
 from deployments.serving.specs import SPEC_FIELDS, clean_spec, spec_values
@@ -60,10 +64,18 @@ def _new_spec(deployment: Deployment, values: dict, *, actor, note: str = "") ->
 @traced("deployment.create")
 @transaction.atomic
 def deployment_create(
-    *, actor, name: str, spec: dict, team=None, restart_policy: str = "on-failure", launch: bool = True
+    *,
+    actor,
+    name: str,
+    spec: dict,
+    team=None,
+    restart_policy: str = "on-failure",
+    launch: bool = True,
+    environment: str = Deployment.Environment.DEVELOPMENT,
+    prompt_retention: str = Deployment.PromptRetention.NONE,
 ) -> Deployment:
-    """A new deployment with spec version 1; launched at once unless `launch` is false. A spec the planner
-    says cannot fit is refused here, before any task runs."""
+    """A new deployment with spec version 1; launched at once unless `launch` is false (a production one files
+    its launch for approval). A spec the planner says cannot fit is refused here, before any task runs."""
     require_deploy_scope(actor, team=team)  # the deploy role, or a team scope of deploy for `team`
     if team is not None and team.name in roles.ROLES:
         raise ApplicationError(f"{team.name} is a role, not a team: choose a team to own it.", field="team")
@@ -76,7 +88,12 @@ def deployment_create(
     if plan.fits is False:
         raise ApplicationError(plan.reason, field="artifact")
     deployment = Deployment(
-        name=name, team=team, restart_policy=restart_policy, created_by=actor if actor.is_authenticated else None
+        name=name,
+        team=team,
+        restart_policy=restart_policy,
+        environment=environment,
+        prompt_retention=prompt_retention,
+        created_by=actor if actor.is_authenticated else None,
     )
     deployment.full_clean(exclude=["spec", "host"])
     deployment.save()
@@ -91,15 +108,20 @@ def deployment_create(
             "planner": {"fits": plan.fits, "num_shard": plan.num_shard, "per_gpu_bytes": plan.per_gpu_bytes},
         },
     )
-    if launch:
+    if launch and approvals.required(deployment, approvals.LAUNCH, None):
+        approvals.request_approval(actor=actor, deployment=deployment, action=approvals.LAUNCH, plan=plan.as_dict())
+    elif launch:
         _launch(actor, deployment, plan)
     return deployment
 
 
 @traced("deployment.edit")
 @transaction.atomic
-def spec_update(*, actor, deployment: Deployment, spec: dict, note: str = "") -> DeploymentSpec:
-    """An edit is a new version with its diff; a running deployment uses it after a restart."""
+def spec_update(
+    *, actor, deployment: Deployment, spec: dict, note: str = "", approval: ApprovalRequest | None = None
+) -> DeploymentSpec | ApprovalRequest:
+    """An edit is a new version with its diff; a running deployment uses it after a restart. On a production
+    deployment it is an approval request (`approval`: the approved one being applied)."""
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     values = clean_spec({**spec_values(deployment.spec), **spec})
@@ -107,6 +129,8 @@ def spec_update(*, actor, deployment: Deployment, spec: dict, note: str = "") ->
     plan = verdict(values, holder=deployment.holder)
     if plan.fits is False:
         raise ApplicationError(plan.reason, field="artifact")
+    if approvals.required(deployment, approvals.EDIT, approval):
+        return approvals.request_edit(actor=actor, deployment=deployment, values=values, note=note, plan=plan.as_dict())
     created = _new_spec(deployment, values, actor=actor, note=note)
     if not created.diff:
         raise ApplicationError("Nothing changed.")
@@ -122,8 +146,10 @@ def spec_update(*, actor, deployment: Deployment, spec: dict, note: str = "") ->
 
 @traced("deployment.rollback")
 @transaction.atomic
-def deployment_rollback(*, actor, deployment: Deployment, version: int) -> DeploymentSpec:
-    """Make an earlier version current again, as a new version (history only grows)."""
+def deployment_rollback(
+    *, actor, deployment: Deployment, version: int, approval: ApprovalRequest | None = None
+) -> DeploymentSpec | ApprovalRequest:
+    """Make an earlier version current again, as a new version (history only grows). Production: a request."""
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     old = deployment.specs.filter(version=version).first()
@@ -131,6 +157,8 @@ def deployment_rollback(*, actor, deployment: Deployment, version: int) -> Deplo
         raise ApplicationError(f"{deployment} has no version {version}.", field="version")
     if old.pk == deployment.spec_id:
         raise ApplicationError(f"Version {version} is already current.", field="version")
+    if approvals.required(deployment, approvals.ROLLBACK, approval):
+        return approvals.request_rollback(actor=actor, deployment=deployment, old=old)
     values = clean_spec(spec_values(old))
     created = _new_spec(deployment, values, actor=actor, note=f"rollback to v{version}")
     audit.record(
@@ -229,22 +257,32 @@ def _launch(actor, deployment: Deployment, plan: Verdict | None = None) -> Job:
 
 @traced("deployment.launch")
 @transaction.atomic
-def deployment_launch(*, actor, deployment: Deployment) -> Job:
+def deployment_launch(
+    *, actor, deployment: Deployment, approval: ApprovalRequest | None = None
+) -> Job | ApprovalRequest:
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     require_action(deployment, LAUNCH)
+    if approvals.required(deployment, approvals.LAUNCH, approval):
+        plan = approvals.current_verdict(deployment)
+        return approvals.request_approval(actor=actor, deployment=deployment, action=approvals.LAUNCH, plan=plan)
     return _launch(actor, deployment)
 
 
 @traced("deployment.stop")
 @transaction.atomic
-def deployment_stop(*, actor, deployment: Deployment) -> Deployment:
-    """Stop the server gracefully (its job stops it within the grace period) and free its GPUs."""
+def deployment_stop(
+    *, actor, deployment: Deployment, approval: ApprovalRequest | None = None
+) -> Deployment | ApprovalRequest:
+    """Stop the server gracefully (its job stops it within the grace period) and free its GPUs. Production: a
+    request."""
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     if deployment.state in (State.STOPPED, State.STOPPING):
         return deployment  # asked twice: already done
     require_action(deployment, STOP)
+    if approvals.required(deployment, approvals.STOP, approval):
+        return approvals.request_approval(actor=actor, deployment=deployment, action=approvals.STOP)
     job = deployment.job
     audit.record(action="deployment.stop_requested", actor=actor, target=deployment, detail={"state": deployment.state})
     if job is not None and job.is_active:
@@ -281,10 +319,15 @@ def deployment_restart(*, actor, deployment: Deployment) -> Deployment:
 
 @traced("deployment.delete")
 @transaction.atomic
-def deployment_delete(*, actor, deployment: Deployment) -> None:
+def deployment_delete(
+    *, actor, deployment: Deployment, approval: ApprovalRequest | None = None
+) -> ApprovalRequest | None:
+    """Delete a stopped deployment and its versions. Production: a request (returned)."""
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     require_action(deployment, DELETE)
+    if approvals.required(deployment, approvals.DELETE, approval):
+        return approvals.request_approval(actor=actor, deployment=deployment, action=approvals.DELETE)
     release(deployment)
     audit.record(
         action="deployment.deleted",
@@ -295,6 +338,7 @@ def deployment_delete(*, actor, deployment: Deployment) -> None:
     Deployment.objects.filter(pk=deployment.pk).update(spec=None)
     deployment.specs.all().delete()
     deployment.delete()
+    return None
 
 
 # -- reported by workers -----------------------------------------------------------------------------------------
