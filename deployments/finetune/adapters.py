@@ -13,7 +13,7 @@ import audit
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import deploy_scope_allows, deploy_scope_teams, has_global, require
-from deployments.models import Deployment, Gpu, ModelArtifact
+from deployments.models import ApprovalRequest, Deployment, Gpu, ModelArtifact
 from deployments.serving import services as serving
 from deployments.serving.actions import RESTART, allowed_actions
 from deployments.serving.specs import spec_values
@@ -90,7 +90,7 @@ def adapter_deploy(
             spec=spec,
             team=_owning_team(actor, adapter, team),
         )
-        target, version, restarted = created, 1, False
+        target, version, restarted, approval = created, 1, False, None
     else:
         if not same_base(deployment, adapter):
             raise ApplicationError(
@@ -102,11 +102,15 @@ def adapter_deploy(
         adapters = [a for a in values.get("lora_adapters") or [] if a.get("name") != entry["name"]]
         values["lora_adapters"] = [*adapters, entry]
         new = serving.spec_update(actor=actor, deployment=deployment, spec=values, note=f"add adapter {entry['name']}")
-        target, version = deployment, new.version
-        deployment.refresh_from_db()
-        restarted = RESTART in allowed_actions(deployment)  # running or on its way: that server lacks the adapter
-        if restarted:
-            serving.deployment_restart(actor=actor, deployment=deployment)
+        target = deployment
+        if isinstance(new, ApprovalRequest):  # production: the edit (and its restart) waits for another admin
+            version, restarted, approval = None, False, new.pk
+        else:
+            version, approval = new.version, None
+            deployment.refresh_from_db()
+            restarted = RESTART in allowed_actions(deployment)  # running or on its way: that server lacks the adapter
+            if restarted:
+                serving.deployment_restart(actor=actor, deployment=deployment)
     audit.record(
         action="adapter.deployed",
         actor=actor,
@@ -116,6 +120,7 @@ def adapter_deploy(
             "spec_version": version,
             "adapter_id": entry["name"],
             "restarted": restarted,
+            "approval": approval,
         },
     )
     return target
