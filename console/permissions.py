@@ -382,3 +382,106 @@ def _holds_any_dataset_grant(user, action: str) -> bool:
     return get_objects_for_user(
         user, _object_perm(model, action), klass=model, accept_global_perms=False, with_superuser=False
     ).exists()
+
+
+# -- the inference gateway: keys, service accounts, team quotas --------------------------------------------------
+_TEAM_DEPLOYMENT_ACTIONS = {
+    roles.USE_DEPLOYMENT: (roles.USE_DEPLOYMENT, roles.DEPLOY),
+    roles.VIEW: (roles.VIEW, roles.USE_DEPLOYMENT, roles.DEPLOY),
+}
+
+
+def restrict_to_team(queryset: QuerySet, team_id: int | None, action: str = roles.USE_DEPLOYMENT) -> QuerySet:
+    """The deployments of queryset a team may use or see: what a service account's key reaches (its calls act
+    with the team's grants, no person's). A team may use a deployment when it owns it or holds use_deployment or
+    deploy on it by grant; it may see one when it may use it or holds view on it by grant."""
+    from guardian.models import GroupObjectPermission
+
+    if action not in _TEAM_DEPLOYMENT_ACTIONS:
+        raise ValueError(f"a team uses or views a deployment, not {action!r}")
+    if team_id is None:
+        return queryset.none()
+    codenames = [roles.object_codename(name, "deployment") for name in _TEAM_DEPLOYMENT_ACTIONS[action]]
+    granted = GroupObjectPermission.objects.filter(
+        group_id=team_id,
+        permission__codename__in=codenames,
+        content_type__app_label="deployments",
+        content_type__model="deployment",
+    ).values_list("object_pk", flat=True)
+    return queryset.filter(Q(team_id=team_id) | Q(pk__in=[int(pk) for pk in granted if pk.isdigit()]))
+
+
+def team_may_use_deployment(team_id: int | None, deployment: Model) -> bool:
+    """Whether a service account of this team may call the deployment (restrict_to_team, use)."""
+    if team_id is not None and deployment.team_id == team_id:
+        return True
+    return restrict_to_team(type(deployment)._default_manager.filter(pk=deployment.pk), team_id).exists()
+
+
+def team_may_see_deployment(team_id: int | None, deployment: Model) -> bool:
+    """Whether a service account of this team may know the deployment exists (restrict_to_team, view)."""
+    if team_id is not None and deployment.team_id == team_id:
+        return True
+    return restrict_to_team(type(deployment)._default_manager.filter(pk=deployment.pk), team_id, roles.VIEW).exists()
+
+
+def may_use_some_deployment(user) -> bool:
+    """use_deployment by role, or by grant on at least one deployment (for the user or a team of theirs)."""
+    from django.apps import apps
+
+    if has_global(user, roles.USE_DEPLOYMENT):
+        return True
+    return (
+        _active(user) and restrict(apps.get_model(DEPLOYMENT_LABEL).objects.all(), user, roles.USE_DEPLOYMENT).exists()
+    )
+
+
+def may_manage_service_accounts(user, team_id: int | None = None) -> bool:
+    """Service accounts, their keys and team quotas. A user can create and disable a team's service accounts,
+    create, change and revoke their keys and set the team's quota when: they manage users (admins), or they belong
+    to that team and hold deploy there, by role or by a team scope of deploy (deploy_scope_allows). Without a team:
+    whether they may do so for some team (opening the pages)."""
+    if not _active(user):
+        return False
+    if has_global(user, roles.MANAGE_USERS):
+        return True
+    teams = _teams(user)
+    if team_id is not None:
+        teams = [team_id] if team_id in teams else []
+    return any(has_global(user, roles.DEPLOY) or deploy_scope_allows(user, team_id=team) for team in teams)
+
+
+def may_open_inference_keys(user) -> bool:
+    """The inference keys page: for those who may hold a key (may_use_some_deployment), who still own one (to see
+    and revoke it) or who manage service accounts."""
+    if not _active(user):
+        return False
+    return may_use_some_deployment(user) or user.inference_keys.exists() or may_manage_service_accounts(user)
+
+
+def require_inference_key(user, key: Model) -> None:
+    """Changing or revoking an inference key. A user can when: they manage users, the key is their own, or it
+    belongs to a service account whose team they manage (may_manage_service_accounts)."""
+    if not _active(user):
+        raise ActionDenied(user, "manage this inference key", key)
+    if has_global(user, roles.MANAGE_USERS) or (key.user_id is not None and key.user_id == user.pk):
+        return
+    if key.service_account_id is not None and may_manage_service_accounts(user, key.service_account.team_id):
+        return
+    raise ActionDenied(user, "manage this inference key", key)
+
+
+# -- the inference gateway: usage --------------------------------------------------------------------------------
+def restrict_usage(queryset: QuerySet, user) -> QuerySet:
+    """Usage figures and other rows that name the inference key of a call (`key_id`). A user can see them when:
+    they hold view and either manage users or hold view_data by role (admins and auditors see all), or the key is
+    their own, or it belongs to a service account of one of their teams."""
+    from django.apps import apps
+
+    if not has_global(user, roles.VIEW):
+        return queryset.none()
+    if has_global(user, roles.MANAGE_USERS) or has_global(user, roles.VIEW_DATA):
+        return queryset
+    keys = apps.get_model("deployments", "InferenceKey")._default_manager
+    mine = keys.filter(Q(user=user) | Q(service_account__team_id__in=_teams(user))).values("pk")
+    return queryset.filter(key_id__in=mine)
