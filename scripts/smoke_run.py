@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -48,7 +49,7 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="console-smoke-"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "MAKEFLAGS", "MAKELEVEL"}}
-    env.update(DATA_DIR=str(data_dir), CONSOLE_PORT=str(port))
+    env.update(DATA_DIR=str(data_dir), CONSOLE_PORT=str(port), GATEWAY_PORT=str(free_port()))
     process = subprocess.Popen(
         ["make", "--no-print-directory", "run"],
         cwd=ROOT,
@@ -110,6 +111,17 @@ def main() -> int:
             f"smoke: local host {hosts[0]['name']} registered with {len(hosts[0]['gpus'])} GPU(s)"
             + (f" ({hosts[0]['discovery_note']})" if hosts[0]["discovery_note"] else "")
         )
+        # The inference gateway answers where the console says, in OpenAI's dialect, and refuses a call without a key.
+        gateway = re.search(r"applications call models at (http://\S+?)/v1 ", output).group(1)
+        with urllib.request.urlopen(gateway + "/health", timeout=30) as health:
+            assert health.status == 200
+        try:
+            urllib.request.urlopen(urllib.request.Request(gateway + "/v1/models"), timeout=30)
+            raise AssertionError("the gateway answered /v1/models without a key")
+        except urllib.error.HTTPError as refusal:
+            assert refusal.code == 401, refusal.code
+            assert json.loads(refusal.read())["error"]["code"] == "invalid_api_key"
+        print(f"smoke: gateway {gateway} healthy; /v1/models without a key -> 401 invalid_api_key")
     finally:
         pids = [int(p) for p in re.findall(r"started \(pid (\d+)\)", "\n".join(lines))]
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
@@ -120,11 +132,11 @@ def main() -> int:
             raise SystemExit("smoke: `make run` did not stop within 90 s of Ctrl-C") from None
     time.sleep(0.5)
     left = [pid for pid in pids if alive(pid)]
-    assert len(pids) == 3, f"expected web, worker and beat pids, saw {pids}"
+    assert len(pids) == 4, f"expected web, gateway, worker and beat pids, saw {pids}"
     assert not left, f"processes still running after Ctrl-C: {left}"
     assert "redis: stopped" in "\n".join(lines), "the private redis-server was not stopped"
     assert not (data_dir / "redis" / "redis.sock").exists()
-    print("smoke: Ctrl-C stopped web, worker, beat and redis")
+    print("smoke: Ctrl-C stopped web, gateway, worker, beat and redis")
     print("smoke: 1 passed, 0 failed")
     return 0
 

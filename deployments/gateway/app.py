@@ -28,7 +28,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from deployments.gateway import access, cache, quotas, records, tokens
+from deployments.gateway import access, cache, quotas, records, spans, tokens
 from deployments.gateway import dialects as d
 from deployments.gateway.routing import Balancer, Route, Upstream, route_for, split_model
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 8 * 1024 * 1024
 CHARGE_EVERY = 16  # completion tokens charged to the quota in steps, not one Redis call per token
 LLM_PATH = re.compile(r"^/llm/(?P<name>[a-z0-9][a-z0-9-]{0,62})(?P<rest>/[a-z_]*)?$")
-TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}$")
 
 Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]
@@ -61,6 +61,7 @@ class Call:
     started_at: datetime = field(default_factory=timezone.now)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     trace_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    parent_span_id: str | None = None  # the caller's span, from its traceparent header
     client_ip: str | None = None
     caller: access.Caller | None = None
     route: Route | None = None
@@ -247,7 +248,7 @@ class Gateway:
         call.client_ip = (scope.get("client") or (None,))[0]
         match = TRACEPARENT.match(_header(scope, b"traceparent"))
         if match:
-            call.trace_id = match.group("trace")
+            call.trace_id, call.parent_span_id = match.group("trace"), match.group("span")
         recorded = False
         try:
             handler, call.route_name, name = self._resolve(path, method)
@@ -571,7 +572,7 @@ class Gateway:
         except Exception:  # a failed record must never fail the call; it is logged loudly
             logger.exception("gateway: could not queue the inference record %s", call.request_id)
         try:
-            records.record_span(record)
+            spans.record_span(record, parent_span_id=call.parent_span_id)
         except Exception:
             logger.exception("gateway: could not emit the model_inference span")
 
@@ -613,7 +614,7 @@ def _completion_of(call: Call, data) -> str | None:
         call.completion_tokens = details.get("generated_tokens") or 0
     text = data.get("generated_text") if isinstance(data, dict) else None
     if not call.completion_tokens and text:
-        call.completion_tokens = tokens.prompt_tokens(call.route.tokenizer_dir if call.route else None, prompt=text)
+        call.completion_tokens = tokens.completion_tokens(call.route.tokenizer_dir if call.route else None, text)
     return text
 
 
