@@ -1,10 +1,17 @@
 """The database guard: triggers that refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) on the
 audit tables, for every role including the owner. Only uninstall() lifts it, which needs the
-right to drop triggers (the owning role; never the application role in production)."""
+right to drop triggers (the owning role; never the application role in production).
+
+The inference log (the gateway's records and their sealed batches) is append-only the same way. Its tables belong
+to the deployments app, so they are named here as strings only (the audit package imports nothing of deployments)
+and a deployments migration installs their triggers once the tables exist. install(), uninstall() and installed()
+without `tables` act on every guarded table the database holds."""
 
 from __future__ import annotations
 
-GUARDED_TABLES = ("audit_auditevent", "audit_auditcheckpoint")
+AUDIT_TABLES = ("audit_auditevent", "audit_auditcheckpoint")
+INFERENCE_TABLES = ("deployments_inferencerecord", "deployments_inferencebatch")
+GUARDED_TABLES = AUDIT_TABLES + INFERENCE_TABLES
 MESSAGE = "audit records are append-only"
 
 
@@ -31,39 +38,49 @@ def _sqlite_install(table: str) -> list[str]:
     ]
 
 
-def install_statements(vendor: str) -> list[str]:
+def _trigger_kinds(vendor: str) -> tuple[str, str]:
+    return ("no_change", "no_truncate") if vendor == "postgresql" else ("no_update", "no_delete")
+
+
+def install_statements(vendor: str, tables: tuple[str, ...] = GUARDED_TABLES) -> list[str]:
     build = _postgresql_install if vendor == "postgresql" else _sqlite_install
-    return [statement for table in GUARDED_TABLES for statement in build(table)]
+    return [statement for table in tables for statement in build(table)]
 
 
-def uninstall_statements(vendor: str) -> list[str]:
-    if vendor == "postgresql":
-        return [
-            f"DROP TRIGGER IF EXISTS {table}_{kind} ON {table}"
-            for table in GUARDED_TABLES
-            for kind in ("no_change", "no_truncate")
-        ]
-    return [f"DROP TRIGGER IF EXISTS {table}_{kind}" for table in GUARDED_TABLES for kind in ("no_update", "no_delete")]
+def uninstall_statements(vendor: str, tables: tuple[str, ...] = GUARDED_TABLES) -> list[str]:
+    on = (lambda table: f" ON {table}") if vendor == "postgresql" else (lambda table: "")
+    return [f"DROP TRIGGER IF EXISTS {table}_{kind}{on(table)}" for table in tables for kind in _trigger_kinds(vendor)]
 
 
-def install(connection) -> None:
+def present_tables(connection) -> tuple[str, ...]:
+    """The guarded tables this database holds (the inference log's exist once the deployments app migrated)."""
+    existing = set(connection.introspection.table_names())
+    return tuple(table for table in GUARDED_TABLES if table in existing)
+
+
+def install(connection, tables: tuple[str, ...] | None = None) -> None:
     with connection.cursor() as cursor:
-        for statement in install_statements(connection.vendor):
+        for statement in install_statements(
+            connection.vendor, present_tables(connection) if tables is None else tables
+        ):
             cursor.execute(statement)
 
 
-def uninstall(connection) -> None:
+def uninstall(connection, tables: tuple[str, ...] | None = None) -> None:
+    chosen = present_tables(connection) if tables is None else tables
     with connection.cursor() as cursor:
-        for statement in uninstall_statements(connection.vendor):
+        for statement in uninstall_statements(connection.vendor, chosen):
             cursor.execute(statement)
 
 
 def installed(connection) -> bool:
+    """True when every guarded table the database holds has its triggers, enabled."""
+    expected = {f"{table}_{kind}" for table in present_tables(connection) for kind in _trigger_kinds(connection.vendor)}
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT count(*) FROM pg_trigger WHERE tgname LIKE %s AND NOT tgisinternal", ["audit_%_no_%"]
-            )
+            # tgenabled 'D': switched off by ALTER TABLE ... DISABLE TRIGGER, which an owner could do.
+            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'")
         else:
-            cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'audit_%_no_%'")
-        return cursor.fetchone()[0] >= 2 * len(GUARDED_TABLES)
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        found = {row[0] for row in cursor.fetchall()}
+    return bool(expected) and expected <= found

@@ -6,13 +6,13 @@ from django.db import migrations
 def install(apps, schema_editor):
     from audit import guard
 
-    guard.install(schema_editor.connection)
+    guard.install(schema_editor.connection, guard.AUDIT_TABLES)
 
 
 def uninstall(apps, schema_editor):
     from audit import guard
 
-    guard.uninstall(schema_editor.connection)
+    guard.uninstall(schema_editor.connection, guard.AUDIT_TABLES)
 
 
 class Migration(migrations.Migration):
