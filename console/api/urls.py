@@ -7,6 +7,7 @@ from console.accounts import api as accounts_api
 from console.api import views
 from deployments.datasets import api as datasets_api
 from deployments.finetune import api as finetune_api
+from deployments.gateway import usage_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
 from deployments.registry import api as registry_api
@@ -41,6 +42,8 @@ urlpatterns = [
     path("me/password/", accounts_api.PasswordChangeView.as_view(), name="me-password"),
     path("sizing/", inventory_api.SizingApiView.as_view(), name="sizing"),
     path("audit/verification/", audit_api.AuditVerificationView.as_view(), name="audit-verification"),
+    path("usage/", usage_api.UsageApiView.as_view(), name="usage"),
+    path("usage.csv", usage_api.UsageCsvApiView.as_view(), name="usage-csv"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include(router.urls)),

@@ -804,6 +804,11 @@ MATRIX = [
         data={"deployment": "{stopped}"},
         route="/api/v1/adapters/<pk>/deploy/",
     ),
+    # usage through the gateway: every role with view; what each sees is restrict_usage's (tests/deployments/gateway)
+    row("get", "/gateway/usage/", LOGIN, 403, 200, 200, 200),
+    row("get", "/gateway/usage/export.csv", LOGIN, 403, 200, 200, 200),
+    row("get", "/api/v1/usage/", 401, 403, 200, 200, 200),
+    row("get", "/api/v1/usage.csv", 401, 403, 200, 200, 200),
 ]
 
 
