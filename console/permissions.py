@@ -485,3 +485,69 @@ def restrict_usage(queryset: QuerySet, user) -> QuerySet:
     keys = apps.get_model("deployments", "InferenceKey")._default_manager
     mine = keys.filter(Q(user=user) | Q(service_account__team_id__in=_teams(user))).values("pk")
     return queryset.filter(key_id__in=mine)
+
+
+# -- the inference gateway: the inference log --------------------------------------------------------------------
+def _deploy_scope_filter(user) -> Q:
+    """The deployments within the team scopes of deploy of the user's teams (deploy_scope_allows, as a filter)."""
+    from guardian.models import GroupObjectPermission
+
+    rows = GroupObjectPermission.objects.filter(
+        group_id__in=_teams(user), permission__codename__in=list(_SCOPE_CODENAMES)
+    ).values_list("group_id", "permission__codename", "object_pk")
+    match = Q(pk__in=[])
+    for team_id, codename, object_pk in rows:
+        if _SCOPE_CODENAMES[codename] == "team" and object_pk == str(team_id):
+            match |= Q(team_id=team_id)
+        elif _SCOPE_CODENAMES[codename] == "host" and object_pk.isdigit():
+            match |= Q(team_id=team_id, host_id=int(object_pk)) | Q(team_id=team_id, host_id__isnull=True)
+    return match
+
+
+def restrict_deployable(queryset: QuerySet, user) -> QuerySet:
+    """The deployments of queryset the user may deploy: by role, by grant on the deployment (for them or a team of
+    theirs), or by a team scope of deploy (deploy_scope_allows)."""
+    if has_global(user, roles.DEPLOY):
+        return queryset
+    if not _active(user):
+        return queryset.none()
+    granted = restrict(queryset, user, roles.DEPLOY).values("pk")
+    return queryset.filter(Q(pk__in=granted) | _deploy_scope_filter(user))
+
+
+def restrict_inference_log(queryset: QuerySet, user) -> QuerySet:
+    """Inference records (rows naming a call's `deployment_id`). A user can read them when: they hold view_data or
+    deploy by role (auditors and admins read every record), or they may deploy the record's deployment
+    (restrict_deployable: a grant on it, or a team scope of deploy). Only view_data shows the prompts and
+    completions kept (inference_text_visible)."""
+    from django.apps import apps
+
+    if has_global(user, roles.VIEW_DATA) or has_global(user, roles.DEPLOY):
+        return queryset
+    if not _active(user):
+        return queryset.none()
+    deployable = restrict_deployable(apps.get_model(DEPLOYMENT_LABEL).objects.all(), user).values("pk")
+    return queryset.filter(deployment_id__in=deployable)
+
+
+def inference_text_visible(user) -> bool:
+    """Prompts and completions in the inference log (kept where a deployment's prompt retention says so): view_data
+    holders only (auditors, admins)."""
+    return can(user, roles.VIEW_DATA)
+
+
+def may_read_inference_log(user) -> bool:
+    """Opening the inference log: view_data, or deploy by role, grant or team scope on some deployment."""
+    from django.apps import apps
+
+    if not _active(user):
+        return False
+    if has_global(user, roles.VIEW_DATA) or may_deploy_anywhere(user):
+        return True
+    return restrict_deployable(apps.get_model(DEPLOYMENT_LABEL).objects.all(), user).exists()
+
+
+def require_inference_log(user) -> None:
+    """Raise (403, audited) unless may_read_inference_log."""
+    if not may_read_inference_log(user):
+        raise ActionDenied(user, "read the inference log")

@@ -257,6 +257,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "jobs-reap": {"task": "workers.jobs_reap", "schedule": JOB_REAPER_SECONDS},
     "deployments-reconcile": {"task": "workers.deployments_reconcile", "schedule": DEPLOY_RECONCILE_SECONDS},
     "login-failures-audit": {"task": "workers.login_failures_flush", "schedule": 60},
+    "inference-log-flush": {"task": "workers.inference_log_flush", "schedule": 60},
 }
 
 # --- auth ------------------------------------------------------------------------------------

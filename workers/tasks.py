@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from console.accounts.services.credentials import secrets_rotate
 from console.accounts.services.login_failures import login_failures_flush
+from deployments.gateway.records import flush_pending
 from deployments.jobs.reaper import jobs_reap as reap
 from workers.reconcile import reconcile_console
 from workers.reconcile import reconcile_host as reconcile
@@ -59,3 +60,11 @@ def reconcile_host(host_name: str) -> dict:
 def login_failures_audit() -> int:
     """Beat: write the counted failed logins of addresses that went quiet (their window has closed)."""
     return login_failures_flush()
+
+
+@shared_task(name="workers.inference_log_flush")
+def inference_log_flush() -> int:
+    """Beat, every minute: seal the inference records still queued in Redis. The gateway flushes every
+    GATEWAY_FLUSH_SECONDS itself; this is the backstop for when no gateway runs (records it queued before it
+    stopped). Returns the records stored."""
+    return flush_pending(budget_seconds=45)

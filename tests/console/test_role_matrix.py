@@ -809,6 +809,9 @@ MATRIX = [
     row("get", "/gateway/usage/export.csv", LOGIN, 403, 200, 200, 200),
     row("get", "/api/v1/usage/", 401, 403, 200, 200, 200),
     row("get", "/api/v1/usage.csv", 401, 403, 200, 200, 200),
+    # the inference log: view_data or deploy (by role, grant or team scope); what each reads is restrict_inference_log's
+    row("get", "/gateway/inference-log/", LOGIN, 403, 200, 403, 200),
+    row("get", "/api/v1/inference-log/", 401, 403, 200, 403, 200),
 ]
 
 
