@@ -137,3 +137,19 @@ def test_the_log_is_paginated(client, api, auditor):
     assert second["count"] == 60 and len(second["results"]) == 10
     # Only the first page of text is recorded as read (as for the audit log).
     assert AuditEvent.objects.filter(action="inference_log.viewed").count() == 1
+
+
+def test_hostile_filters_get_an_answer_never_a_server_error(client, api, auditor, log):
+    """The page and the API share the filter form and the selector; the page alone has its own pager."""
+    from tests.support import hostile
+
+    client.force_login(auditor)
+    reader = api(auditor)
+    values = {label: hostile.TEXT[label] for label in ("long", "nul", "huge-number", "float-garbage", "unicode")}
+    for name in ("deployment", "key_prefix", "status", "request_id", "since", "until", "page"):
+        for label, value in values.items():
+            answer = reader.client.get(API, {name: value})
+            assert answer.status_code in (200, 400, 404), (name, label, answer.status_code)
+    for label, value in values.items():
+        assert client.get(PAGE, {"page": value}).status_code == 200, label
+        assert client.get(PAGE, {"since": value}).status_code == 400, label
