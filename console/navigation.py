@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from console import roles
-from console.permissions import can
+from console.permissions import can, may_open_inference_keys
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class NavItem:
     label: str
     url_name: str
     action: str
+    # A page opened by a rule of its own (a function of console.permissions taking the user), not by one action.
+    allowed: Callable[[object], bool] | None = None
 
 
 NAVIGATION: tuple[NavItem, ...] = (
@@ -24,6 +27,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("inventory", _("Inventory"), "hosts", roles.VIEW),
     NavItem("models", _("Models"), "models", roles.VIEW),
     NavItem("deployments", _("Deployments"), "deployments", roles.VIEW),
+    NavItem("keys", _("Inference keys"), "inference-keys", roles.USE_DEPLOYMENT, allowed=may_open_inference_keys),
     NavItem("jobs", _("Jobs"), "jobs", roles.VIEW),
     NavItem("datasets", _("Datasets"), "datasets", roles.VIEW),
     NavItem("finetune", _("Fine-tune"), "finetunes", roles.FINETUNE),
@@ -42,5 +46,5 @@ def visible_items(user) -> list[dict]:
     return [
         {"key": item.key, "label": item.label, "url": reverse(item.url_name)}
         for item in NAVIGATION
-        if can(user, item.action)
+        if (item.allowed(user) if item.allowed else can(user, item.action))
     ]

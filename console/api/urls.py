@@ -7,7 +7,7 @@ from console.accounts import api as accounts_api
 from console.api import views
 from deployments.datasets import api as datasets_api
 from deployments.finetune import api as finetune_api
-from deployments.gateway import log_api, usage_api
+from deployments.gateway import key_api, log_api, usage_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
 from deployments.registry import api as registry_api
@@ -35,6 +35,9 @@ router.register("datasets/uploads", datasets_api.DatasetUploadViewSet, basename=
 router.register("datasets", datasets_api.DatasetViewSet, basename="dataset")
 router.register("finetunes", finetune_api.FinetuneViewSet, basename="finetune")
 router.register("adapters", finetune_api.AdapterViewSet, basename="adapter")
+router.register("inference-keys", key_api.InferenceKeyViewSet, basename="inference-key")
+router.register("service-accounts", key_api.ServiceAccountViewSet, basename="service-account")
+router.register("team-quotas", key_api.TeamQuotaViewSet, basename="team-quota")
 router.register("inference-log", log_api.InferenceLogViewSet, basename="inference-log")
 
 urlpatterns = [

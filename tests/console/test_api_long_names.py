@@ -8,6 +8,7 @@ import re
 import pytest
 from drf_spectacular.generators import SchemaGenerator
 
+from deployments.gateway.keys import key_create
 from deployments.models import AllowedImage, ModelArtifact
 from tests.factories import DeploymentFactory, GpuFactory, HostFactory, ModelArtifactFactory, TeamFactory
 
@@ -74,7 +75,8 @@ def test_a_5000_character_name_is_refused_naming_the_field(method, path, field, 
     }
     base = ModelArtifact.objects.get(pk=ids["models"])
     ids["adapters"] = ModelArtifactFactory(host=host, kind=ModelArtifact.Kind.ADAPTER, base=base).pk
-    collection = re.match(r"/api/v1/([a-z]+)/", path).group(1)
+    ids["inference-keys"] = key_create(actor=admin, name="long-names", all_deployments=True)[0].pk
+    collection = re.match(r"/api/v1/([a-z-]+)/", path).group(1)
     url = path.replace("{id}", str(ids.get(collection, 0)))
     response = api(admin).call(method, url, 400, data={field: LONG})
     assert field in response.data, response.data  # the field is named, whatever else is missing

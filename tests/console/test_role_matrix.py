@@ -812,6 +812,175 @@ MATRIX = [
     # the inference log: view_data or deploy (by role, grant or team scope); what each reads is restrict_inference_log's
     row("get", "/gateway/inference-log/", LOGIN, 403, 200, 403, 200),
     row("get", "/api/v1/inference-log/", 401, 403, 200, 403, 200),
+    # inference keys: those who may use a deployment (admins; engineers only with a grant, none here); service
+    # accounts and team quotas: user managers, or members of the team holding deploy there (tests/deployments/gateway)
+    row("get", "/gateway/keys/", LOGIN, 403, 403, 403, 200),
+    row("get", "/gateway/keys/new/", LOGIN, 403, 403, 403, 200),
+    row("post", "/gateway/keys/new/", LOGIN, 403, 403, 403, 302, data={"name": "m", "all_deployments": "on"}),
+    row("get", "/gateway/keys/{inference_key}/", LOGIN, 403, 403, 403, 200, route="/gateway/keys/<int:pk>/"),
+    row(
+        "post",
+        "/gateway/keys/{inference_key}/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data={"name": "renamed", "all_deployments": "on", "rpm": "5"},
+        route="/gateway/keys/<int:pk>/",
+    ),
+    row(
+        "post",
+        "/gateway/keys/{inference_key}/revoke/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        route="/gateway/keys/<int:pk>/revoke/",
+    ),
+    row("get", "/gateway/service-accounts/", LOGIN, 403, 403, 403, 200),
+    row(
+        "post",
+        "/gateway/service-accounts/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data={"name": "matrix-app", "team": "{team}"},
+    ),
+    row(
+        "get",
+        "/gateway/service-accounts/{service_account}/",
+        LOGIN,
+        403,
+        403,
+        403,
+        200,
+        route="/gateway/service-accounts/<int:pk>/",
+    ),
+    row(
+        "post",
+        "/gateway/service-accounts/{service_account}/disable/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        route="/gateway/service-accounts/<int:pk>/disable/",
+    ),
+    row(
+        "get",
+        "/gateway/service-accounts/{service_account}/keys/new/",
+        LOGIN,
+        403,
+        403,
+        403,
+        200,
+        route="/gateway/service-accounts/<int:pk>/keys/new/",
+    ),
+    row(
+        "post",
+        "/gateway/service-accounts/{service_account}/keys/new/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data={"name": "bot", "all_deployments": "on"},
+        route="/gateway/service-accounts/<int:pk>/keys/new/",
+    ),
+    row("get", "/gateway/team-quotas/", LOGIN, 403, 403, 403, 200),
+    row("post", "/gateway/team-quotas/", LOGIN, 403, 403, 403, 302, data={"team": "{team}", "rpm": "10"}),
+    row("get", "/api/v1/inference-keys/", 401, 403, 403, 403, 200),
+    row("post", "/api/v1/inference-keys/", 401, 403, 403, 403, 201, data={"name": "m", "all_deployments": True}),
+    row(
+        "get",
+        "/api/v1/inference-keys/{inference_key}/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        route="/api/v1/inference-keys/<pk>/",
+    ),
+    row(
+        "patch",
+        "/api/v1/inference-keys/{inference_key}/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        data={"rpm": 5},
+        route="/api/v1/inference-keys/<pk>/",
+    ),
+    row(
+        "post",
+        "/api/v1/inference-keys/{inference_key}/revoke/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        route="/api/v1/inference-keys/<pk>/revoke/",
+    ),
+    row("get", "/api/v1/service-accounts/", 401, 403, 403, 403, 200),
+    row(
+        "post",
+        "/api/v1/service-accounts/",
+        401,
+        403,
+        403,
+        403,
+        201,
+        data={"name": "matrix-api-app", "team": "matrix-team"},
+    ),
+    row(
+        "get",
+        "/api/v1/service-accounts/{service_account}/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        route="/api/v1/service-accounts/<pk>/",
+    ),
+    row(
+        "post",
+        "/api/v1/service-accounts/{service_account}/disable/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        route="/api/v1/service-accounts/<pk>/disable/",
+    ),
+    row("get", "/api/v1/team-quotas/", 401, 403, 403, 403, 200),
+    row("get", "/api/v1/team-quotas/{team}/", 401, 403, 403, 403, 200, route="/api/v1/team-quotas/<pk>/"),
+    row(
+        "put",
+        "/api/v1/team-quotas/{team}/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        data={"rpm": 5},
+        route="/api/v1/team-quotas/<pk>/",
+    ),
+    row(
+        "patch",
+        "/api/v1/team-quotas/{team}/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        data={"tpd": 500},
+        route="/api/v1/team-quotas/<pk>/",
+    ),
 ]
 
 
@@ -853,6 +1022,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         "empty_team": empty_team.pk,
         **_registry_ids(),
         **_deployment_ids(tmp_path),
+        **_gateway_ids(users["admin"], team),
         **_dataset_ids(settings, tmp_path, team, users["admin"]),
     }
     ids.update(_finetune_ids(ids))
@@ -938,6 +1108,15 @@ def _deployment_ids(tmp_path) -> dict:
         deployment.save(update_fields=["spec"])
         ids[name] = deployment.pk
     return ids
+
+
+def _gateway_ids(admin, team) -> dict:
+    """An admin's inference key, and a service account of matrix-team."""
+    from deployments.gateway import keys
+
+    key, _ = keys.key_create(actor=admin, name="matrix-key", all_deployments=True)
+    account = keys.service_account_create(actor=admin, name="matrix-bot", team=team)
+    return {"inference_key": key.pk, "service_account": account.pk}
 
 
 def _dataset_ids(settings, tmp_path, team, admin) -> dict:

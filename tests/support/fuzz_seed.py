@@ -44,6 +44,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
     dataset, upload = _dataset(admin, engineer, team)
     finetune, running, adapter = _finetune(dataset, artifact)
+    key, account = _gateway(admin, team, spec.deployment)
     return {
         "adapters": adapter.pk,
         "finetunes": finetune.pk,
@@ -57,6 +58,9 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "gpus": gpu.pk,
         "hosts": gpu.host.pk,
         "images": image.pk,
+        "inference-keys": key.pk,
+        "service-accounts": account.pk,
+        "team-quotas": team.pk,
         "jobs": job.pk,
         "models": unused.pk,
         "models/downloading": downloading.pk,
@@ -98,3 +102,14 @@ def _finetune(dataset, base):
         host=base.host, repo__source=base.repo.source, kind=ModelArtifact.Kind.ADAPTER, base=base, produced_by=job
     )
     return job, running, adapter
+
+
+def _gateway(admin, team, deployment):
+    """An admin's inference key for the deployment, and an enabled service account of `team` with a key."""
+    from deployments.gateway import keys
+
+    key, _ = keys.key_create(actor=admin, name="fuzz", deployments=[deployment], limits={"rpm": 60})
+    account = keys.service_account_create(actor=admin, name="fuzz-bot", team=team)
+    keys.key_create(actor=admin, service_account=account, name="bot", all_deployments=True)
+    keys.team_quota_set(actor=admin, team=team, limits={"tpd": 100000})
+    return key, account

@@ -20,6 +20,8 @@ PK_OWNERS = {
     "datasets/": "datasets",
     "finetune/adapters/": "adapters",
     "finetune/": "finetunes",
+    "gateway/keys/": "inference-keys",
+    "gateway/service-accounts/": "service-accounts",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
