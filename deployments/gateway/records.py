@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.core.exceptions import ValidationError
+from django.db import DataError, close_old_connections, connection, transaction
 from django.db.models import Max
 
 import audit
@@ -44,6 +45,8 @@ SEALED = "inference.sealed"
 ACTOR = "gateway"
 BATCH_LABEL = "deployments.inferencebatch"
 LOOKUP_CHUNK = 500  # request ids per "already stored?" query (SQLite's parameter limit)
+# What the database (or Django preparing a value) answers a value it cannot store with; normalise() should leave none.
+STORE_ERRORS = (DataError, ValidationError, ValueError)
 
 _clients: dict[str, redis.Redis] = {}
 
@@ -94,9 +97,16 @@ def flush_once(*, max_records: int | None = None) -> FlushResult:
         entries = client.xrange(STREAM, count=max_records or settings.GATEWAY_BATCH_MAX)
         if not entries:
             return FlushResult(0, 0)
-        records, rejected = _parse(entries)
-        fresh = _not_stored(records)
-        batch = seal(fresh) if fresh else None
+        queued, rejected = _parse(entries)
+        fresh = _not_stored(queued)
+        try:
+            batch = seal([item.values for item in fresh]) if fresh else None
+        except STORE_ERRORS as exc:
+            # A record the database refuses must not hold the log back: set it aside, seal the others.
+            logger.error("inference log: a batch was refused (%s); looking for the records at fault", exc)
+            fresh, refused = _storable(fresh)
+            rejected += refused
+            batch = seal([item.values for item in fresh]) if fresh else None
         # Only after the commit: a crash before this line leaves the entries queued, and the next flush skips them.
         pipe = client.pipeline(transaction=True)
         for entry_id, raw, reason in rejected:
@@ -116,7 +126,14 @@ def _received(entry_id: bytes) -> datetime:
     return datetime.fromtimestamp(int(entry_id.split(b"-")[0]) / 1000, tz=UTC)
 
 
-def _parse(entries: list) -> tuple[list[dict], list[tuple[bytes, bytes, str]]]:
+@dataclass(frozen=True)
+class _Queued:
+    entry_id: bytes
+    raw: bytes
+    values: dict  # normalised
+
+
+def _parse(entries: list) -> tuple[list[_Queued], list[tuple[bytes, bytes, str]]]:
     """Normalised records in stream order, first of each request id; entries that hold no record, with why."""
     records, rejected, seen = [], [], set()
     for entry_id, fields in entries:
@@ -134,17 +151,37 @@ def _parse(entries: list) -> tuple[list[dict], list[tuple[bytes, bytes, str]]]:
             continue
         if values["request_id"] not in seen:
             seen.add(values["request_id"])
-            records.append(values)
+            records.append(_Queued(entry_id, raw, values))
     return records, rejected
 
 
-def _not_stored(records: list[dict]) -> list[dict]:
-    ids = [values["request_id"] for values in records]
+def _not_stored(records: list[_Queued]) -> list[_Queued]:
+    ids = [item.values["request_id"] for item in records]
     stored: set[str] = set()
     for start in range(0, len(ids), LOOKUP_CHUNK):
         chunk = ids[start : start + LOOKUP_CHUNK]
         stored.update(InferenceRecord.objects.filter(request_id__in=chunk).values_list("request_id", flat=True))
-    return [values for values in records if values["request_id"] not in stored]
+    return [item for item in records if item.values["request_id"] not in stored]
+
+
+class _TrialDone(Exception):
+    pass
+
+
+def _storable(records: list[_Queued]) -> tuple[list[_Queued], list[tuple[bytes, bytes, str]]]:
+    """Try each record alone (rolled back): those the database takes, and those it refuses, with why."""
+    good, refused = [], []
+    for item in records:
+        try:
+            with transaction.atomic():
+                InferenceRecord.objects.bulk_create([InferenceRecord(batch_id=0, position=0, **item.values)])
+                raise _TrialDone
+        except _TrialDone:
+            good.append(item)
+        except STORE_ERRORS as exc:
+            logger.error("inference log: record %s refused by the database (%s)", item.values["request_id"], exc)
+            refused.append((item.entry_id, item.raw, f"refused by the database: {exc}"[:200]))
+    return good, refused
 
 
 @transaction.atomic

@@ -2,8 +2,8 @@
 (records.flush) and when it is checked again (verify.py).
 
 A record is stored exactly as `normalise` made it and hashed from `canonical`, which reads a value fetched back from
-the database the same way on PostgreSQL and SQLite (times as UTC ISO-8601 with microseconds, addresses in one
-spelling, numbers in the prompt as jsonb gives them back). So a row read back hashes as it did when sealed, unless
+the database the same way on PostgreSQL and SQLite (times as UTC ISO-8601 with microseconds, addresses as their
+bytes, numbers in the prompt as jsonb gives them back). So a row read back hashes as it did when sealed, unless
 someone changed it.
 """
 
@@ -91,11 +91,26 @@ def _moment(value: Any, fallback: datetime) -> datetime:
     return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC)
 
 
-def _address(value: Any) -> str | None:
+def _ip(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return str(ipaddress.ip_address(str(value).strip())) if value else None
+        address = ipaddress.ip_address(str(value).strip()) if value else None
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        address = ipaddress.IPv6Address(address.packed)  # a zone (fe80::1%eth0) is not stored by PostgreSQL's inet
+    return address
+
+
+def _address(value: Any) -> str | None:
+    address = _ip(value)
+    return str(address) if address is not None else None
+
+
+def _address_key(value: Any) -> str | None:
+    # The address's bytes, not its spelling: PostgreSQL, Django and Python versions spell some differently
+    # (::ffff:1.2.3.4 or ::ffff:102:304), and a record must hash the same whichever read it back.
+    address = _ip(value)
+    return address.packed.hex() if address is not None else None
 
 
 def _integer(field: models.Field, value: Any) -> int | None:
@@ -160,7 +175,7 @@ def canonical(values: dict) -> dict:
         if isinstance(field, models.DateTimeField):
             value = value.astimezone(UTC).isoformat(timespec="microseconds") if value is not None else None
         elif isinstance(field, models.GenericIPAddressField):
-            value = _address(value)
+            value = _address_key(value)
         elif isinstance(field, models.JSONField):
             value = json_value(value)
         elif isinstance(field, models.FloatField):

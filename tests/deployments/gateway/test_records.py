@@ -131,6 +131,28 @@ def test_an_entry_that_is_no_record_is_set_aside_and_does_not_block_the_others()
     assert list(InferenceRecord.objects.values_list("position", "request_id")) == [(0, "req-000000"), (1, "req-000001")]
 
 
+def test_a_record_the_database_refuses_is_set_aside_and_the_others_are_sealed(monkeypatch):
+    """normalise() should leave no such value; if one slips through, it must not hold the whole log back."""
+    from tests.conftest import need
+
+    need(connection.vendor == "postgresql", "PostgreSQL (DATABASE_URL): SQLite stores an out-of-range integer")
+    real = records.normalise
+
+    def with_a_bad_value(record, *, received):
+        values = real(record, received=received)
+        if values["request_id"] == "req-000001":
+            values["status"] = 10**6  # beyond the smallint column
+        return values
+
+    monkeypatch.setattr(records, "normalise", with_a_bad_value)
+    queue([make_record(i) for i in range(3)])
+    assert records.flush() == 2 and queued() == 0
+    assert list(InferenceRecord.objects.values_list("position", "request_id")) == [(0, "req-000000"), (1, "req-000002")]
+    (entry,) = records._redis().xrange(records.REJECTED_STREAM)
+    assert b"req-000001" in entry[1][b"record"] and entry[1][b"reason"].startswith(b"refused by the database")
+    assert verify_inference_log().ok
+
+
 def test_batches_hold_at_most_the_batch_size_and_flush_pending_drains(settings):
     settings.GATEWAY_BATCH_MAX = 4
     queue([make_record(i) for i in range(10)])
@@ -157,14 +179,16 @@ def test_what_a_caller_sent_is_stored_and_reads_back_with_its_sealed_hash():
         status=99999,
         prompt_tokens=-3,
     )
-    queue([make_record(0), odd, {"route": "openai.chat", "status": 200}])
-    assert records.flush() == 3
+    mapped, zoned = make_record(3, client_ip="::ffff:1.2.3.4"), make_record(4, client_ip="fe80::1%eth0")
+    queue([make_record(0), odd, {"route": "openai.chat", "status": 200}, mapped, zoned])
+    assert records.flush() == 5
     stored = InferenceRecord.objects.get(position=1)
     assert stored.error.startswith("bad\ufffdbyte") and len(stored.error) == 300
     assert stored.client_ip == "2001:db8::1" and stored.started_at.isoformat() == "2026-12-04T10:00:00.123456+00:00"
     assert stored.prompt == {"messages": [{"role": "user", "content": "hi\ufffd ?"}], "n": 2, "big": 10**20, "t": 0.1}
     assert (stored.status, stored.prompt_tokens, stored.stream, stored.ttft_ms) == (32767, 0, False, None)
     assert len(InferenceRecord.objects.get(position=2).request_id) == 32  # a missing request id is given one
+    assert InferenceRecord.objects.get(position=4).client_ip == "fe80::1"  # inet stores no zone
     assert verify_inference_log().ok
 
 
