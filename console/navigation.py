@@ -27,6 +27,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("inventory", _("Inventory"), "hosts", roles.VIEW),
     NavItem("models", _("Models"), "models", roles.VIEW),
     NavItem("deployments", _("Deployments"), "deployments", roles.VIEW),
+    NavItem("approvals", _("Approvals"), "approvals", roles.VIEW),  # a count of requests awaiting the user
     NavItem("keys", _("Inference keys"), "inference-keys", roles.USE_DEPLOYMENT, allowed=may_open_inference_keys),
     NavItem("jobs", _("Jobs"), "jobs", roles.VIEW),
     NavItem("datasets", _("Datasets"), "datasets", roles.VIEW),

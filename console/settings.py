@@ -170,6 +170,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "console.context_processors.navigation",
+                "deployments.serving.context_processors.approvals_waiting",
             ],
         },
     },
@@ -258,6 +259,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "deployments-reconcile": {"task": "workers.deployments_reconcile", "schedule": DEPLOY_RECONCILE_SECONDS},
     "login-failures-audit": {"task": "workers.login_failures_flush", "schedule": 60},
     "inference-log-flush": {"task": "workers.inference_log_flush", "schedule": 60},
+    "approvals-expire": {"task": "workers.approvals_expire", "schedule": 60},
 }
 
 # --- auth ------------------------------------------------------------------------------------

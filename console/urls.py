@@ -26,6 +26,7 @@ urlpatterns = [
     path("inventory/", include("deployments.inventory.urls")),
     path("models/", include("deployments.registry.urls")),
     path("deployments/", include("deployments.serving.urls")),
+    path("approvals/", include("deployments.serving.approvals_urls")),
     path("jobs/", include("deployments.jobs.urls")),
     path("datasets/", include("deployments.datasets.urls")),
     path("finetune/", include("deployments.finetune.urls")),

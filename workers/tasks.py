@@ -11,6 +11,7 @@ from console.accounts.services.credentials import secrets_rotate
 from console.accounts.services.login_failures import login_failures_flush
 from deployments.gateway.records import flush_pending
 from deployments.jobs.reaper import jobs_reap as reap
+from deployments.serving.approvals import approvals_expire as lapse_approvals
 from workers.reconcile import reconcile_console
 from workers.reconcile import reconcile_host as reconcile
 from workers.runner import run
@@ -60,6 +61,12 @@ def reconcile_host(host_name: str) -> dict:
 def login_failures_audit() -> int:
     """Beat: write the counted failed logins of addresses that went quiet (their window has closed)."""
     return login_failures_flush()
+
+
+@shared_task(name="workers.approvals_expire")
+def approvals_expire() -> int:
+    """Beat: production approval requests left unanswered past APPROVAL_TTL_SECONDS lapse (audited)."""
+    return lapse_approvals()
 
 
 @shared_task(name="workers.inference_log_flush")

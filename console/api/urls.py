@@ -12,6 +12,7 @@ from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
 from deployments.registry import api as registry_api
 from deployments.serving import api as deployments_api
+from deployments.serving import approvals_api
 
 router = DefaultRouter(trailing_slash=True)
 router.include_format_suffixes = False  # one URL per resource: ?format= is enough
@@ -30,6 +31,7 @@ router.register("endpoints", registry_api.AllowedEndpointViewSet, basename="endp
 router.register("jobs", jobs_api.JobViewSet, basename="job")
 router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
 router.register("images", deployments_api.AllowedImageViewSet, basename="image")
+router.register("approvals", approvals_api.ApprovalRequestViewSet, basename="approval")
 # uploads before datasets: "datasets/{pk}/" would take "uploads" for a pk
 router.register("datasets/uploads", datasets_api.DatasetUploadViewSet, basename="dataset-upload")
 router.register("datasets", datasets_api.DatasetViewSet, basename="dataset")

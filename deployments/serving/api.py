@@ -1,5 +1,6 @@
 """Deployments API: everything the deployment pages do. Reading needs `view` (or a grant on the
-deployment); create, edit, launch, stop, restart, rollback and delete need `deploy`."""
+deployment); create, edit, launch, stop, restart, rollback and delete need `deploy`. On a production deployment,
+launch, edit, rollback, stop, delete and leaving production answer 202 with the approval request they filed."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from audit.recorder import diff
 from console import roles
 from console.api.viewsets import ConsoleModelViewSet
 from console.permissions import require
-from deployments.models import AllowedImage, Deployment
+from deployments.models import AllowedImage, ApprovalRequest, Deployment
 from deployments.serving import services as lifecycle
+from deployments.serving.approvals_api import ApprovalRequestSerializer, accepted
+from deployments.serving.environment import deployment_configure
 from deployments.serving.planning import verdict
 from deployments.serving.serializers import (
     AllowedImageSerializer,
+    ConfigureSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
     PlanSerializer,
@@ -37,6 +41,7 @@ DEPLOY_ACTIONS = {
     "rollback": roles.DEPLOY,
     "plan": roles.DEPLOY,
     "specs": roles.VIEW,
+    "configure": roles.DEPLOY,
 }
 
 
@@ -68,6 +73,7 @@ class DeploymentViewSet(ConsoleModelViewSet):
         "rollback",
         "specs",
         "plan",
+        "configure",
     }
     search_fields = ["name"]
     filterset_fields = ["state", "host__name", "team__name"]
@@ -82,9 +88,11 @@ class DeploymentViewSet(ConsoleModelViewSet):
             team=data.get("team"),
             restart_policy=data.get("restart_policy", Deployment.RestartPolicy.ON_FAILURE),
             launch=data["launch"],
+            environment=data.get("environment", Deployment.Environment.DEVELOPMENT),
+            prompt_retention=data.get("prompt_retention", Deployment.PromptRetention.NONE),
         )
 
-    @extend_schema(request=DeploymentUpdateSerializer, responses=SpecSerializer)
+    @extend_schema(request=DeploymentUpdateSerializer, responses={200: SpecSerializer, 202: ApprovalRequestSerializer})
     def partial_update(self, request, *args, **kwargs):
         deployment = self.get_object()
         serializer = DeploymentUpdateSerializer(data=request.data)
@@ -95,41 +103,47 @@ class DeploymentViewSet(ConsoleModelViewSet):
             spec=_spec_input(serializer.validated_data["spec"]),
             note=serializer.validated_data.get("note", ""),
         )
+        if isinstance(spec, ApprovalRequest):
+            return accepted(spec)
         return Response(SpecSerializer(spec).data)
 
-    @extend_schema(request=DeploymentUpdateSerializer, responses=SpecSerializer)
+    @extend_schema(request=DeploymentUpdateSerializer, responses={200: SpecSerializer, 202: ApprovalRequestSerializer})
     def update(self, request, *args, **kwargs):
         return self.partial_update(request, *args, **kwargs)
 
-    def perform_destroy(self, instance):
-        lifecycle.deployment_delete(actor=self.request.user, deployment=instance)
+    @extend_schema(responses={204: None, 202: ApprovalRequestSerializer})
+    def destroy(self, request, *args, **kwargs):
+        waiting = lifecycle.deployment_delete(actor=request.user, deployment=self.get_object())
+        return accepted(waiting) if waiting else Response(status=204)
 
-    def _state(self, deployment: Deployment) -> Response:
+    def _state(self, deployment: Deployment, result=None) -> Response:
+        if isinstance(result, ApprovalRequest):
+            return accepted(result)
         deployment.refresh_from_db()
         return Response(DeploymentSerializer(deployment, context={"request": self.request}).data)
 
-    @extend_schema(request=None, responses=DeploymentSerializer)
+    @extend_schema(request=None, responses={200: DeploymentSerializer, 202: ApprovalRequestSerializer})
     @action(detail=True, methods=["post"])
     def launch(self, request, pk=None):
         deployment = self.get_object()
-        lifecycle.deployment_launch(actor=request.user, deployment=deployment)
-        return self._state(deployment)
+        result = lifecycle.deployment_launch(actor=request.user, deployment=deployment)
+        return self._state(deployment, result)
 
-    @extend_schema(request=None, responses=DeploymentSerializer)
+    @extend_schema(request=None, responses={200: DeploymentSerializer, 202: ApprovalRequestSerializer})
     @action(detail=True, methods=["post"])
     def stop(self, request, pk=None):
         deployment = self.get_object()
-        lifecycle.deployment_stop(actor=request.user, deployment=deployment)
-        return self._state(deployment)
+        result = lifecycle.deployment_stop(actor=request.user, deployment=deployment)
+        return self._state(deployment, result)
 
-    @extend_schema(request=None, responses=DeploymentSerializer)
+    @extend_schema(request=None, responses={200: DeploymentSerializer, 202: ApprovalRequestSerializer})
     @action(detail=True, methods=["post"])
     def restart(self, request, pk=None):
         deployment = self.get_object()
-        lifecycle.deployment_restart(actor=request.user, deployment=deployment)
-        return self._state(deployment)
+        result = lifecycle.deployment_restart(actor=request.user, deployment=deployment)
+        return self._state(deployment, result)
 
-    @extend_schema(request=RollbackSerializer, responses=SpecSerializer)
+    @extend_schema(request=RollbackSerializer, responses={200: SpecSerializer, 202: ApprovalRequestSerializer})
     @action(detail=True, methods=["post"])
     def rollback(self, request, pk=None):
         deployment = self.get_object()
@@ -138,7 +152,20 @@ class DeploymentViewSet(ConsoleModelViewSet):
         spec = lifecycle.deployment_rollback(
             actor=request.user, deployment=deployment, version=serializer.validated_data["version"]
         )
+        if isinstance(spec, ApprovalRequest):
+            return accepted(spec)
         return Response(SpecSerializer(spec).data)
+
+    @extend_schema(request=ConfigureSerializer, responses={200: DeploymentSerializer, 202: ApprovalRequestSerializer})
+    @action(detail=True, methods=["post"])
+    def configure(self, request, pk=None):
+        """Set the environment and the prompt retention. Marking production is at once; leaving production waits
+        for approval (202) while a retention change given with it applies at once."""
+        deployment = self.get_object()
+        serializer = ConfigureSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = deployment_configure(actor=request.user, deployment=deployment, **serializer.validated_data)
+        return self._state(deployment, result)
 
     @extend_schema(responses=SpecSerializer(many=True))
     @action(detail=True, methods=["get"])

@@ -357,3 +357,10 @@ def may_decide(user, request: ApprovalRequest) -> bool:
         and request.requested_by_id != user.pk
         and (can(user, roles.DEPLOY, request.deployment) if request.deployment_id else can(user, roles.DEPLOY))
     )
+
+
+def requested_message(request: ApprovalRequest) -> str:
+    """What the pages tell the requester instead of "done"."""
+    return _(
+        "%(name)s is a production deployment: request #%(id)s (%(action)s) waits for another admin's approval."
+    ) % {"name": request.deployment_name, "id": request.pk, "action": request.get_action_display()}

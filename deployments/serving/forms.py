@@ -222,7 +222,27 @@ class SpecForm(StyledForm):
         return values
 
 
-class DeploymentCreateForm(SpecForm):
+class DeploymentSettingsMixin(forms.Form):
+    """The deployment's environment and what the inference log keeps of its calls (deployments.serving.environment
+    says what changing them needs). Left out of a post: the default for a new deployment, unchanged on an edit."""
+
+    environment = forms.ChoiceField(
+        label=_("Environment"),
+        choices=Deployment.Environment.choices,
+        initial=Deployment.Environment.DEVELOPMENT,
+        required=False,
+        help_text=_("Production: launch, edits, rollbacks, stop and delete wait for another admin's approval."),
+    )
+    prompt_retention = forms.ChoiceField(
+        label=_("Prompt retention"),
+        choices=Deployment.PromptRetention.choices,
+        initial=Deployment.PromptRetention.NONE,
+        required=False,
+        help_text=_("What the inference log keeps of each call through the gateway; only data viewers read the text."),
+    )
+
+
+class DeploymentCreateForm(DeploymentSettingsMixin, SpecForm):
     name = forms.CharField(
         label=_("Name"),
         max_length=63,
@@ -254,7 +274,7 @@ class DeploymentCreateForm(SpecForm):
         return name
 
 
-class DeploymentEditForm(SpecForm):
+class DeploymentEditForm(DeploymentSettingsMixin, SpecForm):
     note = forms.CharField(
         label=_("Change note"),
         max_length=255,

@@ -51,6 +51,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "name",
             "team",
             "restart_policy",
+            "environment",
+            "prompt_retention",
             "state",
             "state_changed_at",
             "deadline",
@@ -101,6 +103,11 @@ class DeploymentSerializer(serializers.ModelSerializer):
 class DeploymentUpdateSerializer(serializers.Serializer):
     spec = SpecInputSerializer(help_text="Changed fields; a new spec version is made with the diff.")
     note = serializers.CharField(required=False, allow_blank=True, max_length=255)
+
+
+class ConfigureSerializer(serializers.Serializer):
+    environment = serializers.ChoiceField(choices=Deployment.Environment.choices, required=False)
+    prompt_retention = serializers.ChoiceField(choices=Deployment.PromptRetention.choices, required=False)
 
 
 class RollbackSerializer(serializers.Serializer):

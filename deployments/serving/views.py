@@ -14,10 +14,12 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views import View
 from django.views.generic import ListView
 
+from audit.recorder import diff
 from console import roles
 from console.accounts.models import Credential
 from console.errors import INVALID_JSON, ApplicationError
@@ -25,11 +27,12 @@ from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import can, require_create_deployment
 from deployments.jobs.selectors import can_read_job_log
-from deployments.models import AllowedImage, Deployment, DeploymentSpec, Job, ModelArtifact
+from deployments.models import AllowedImage, ApprovalRequest, Deployment, DeploymentSpec, Job, ModelArtifact
+from deployments.serving import approvals, playground
 from deployments.serving import images as image_service
-from deployments.serving import playground
 from deployments.serving import services as lifecycle
 from deployments.serving.actions import ACTION_NAMES, allowed_actions
+from deployments.serving.environment import deployment_configure
 from deployments.serving.forms import (
     DeploymentCreateForm,
     DeploymentEditForm,
@@ -173,6 +176,8 @@ class DeploymentCreateView(_SpecFormView):
                     team=data["team"],
                     restart_policy=data["restart_policy"],
                     launch=True,
+                    environment=data["environment"] or Deployment.Environment.DEVELOPMENT,
+                    prompt_retention=data["prompt_retention"] or Deployment.PromptRetention.NONE,
                 )
             except ApplicationError as error:
                 apply_error(form, error)
@@ -180,6 +185,10 @@ class DeploymentCreateView(_SpecFormView):
             except PermissionDenied:  # placed on a host the team's grants do not cover (nothing was saved)
                 form.add_error(None, _("Your team may not deploy on the host this spec was placed on."))
                 return self.render_form(request, form, status=403)
+            waiting = deployment.approval_requests.filter(state=ApprovalRequest.State.PENDING).first()
+            if waiting is not None:  # production: its launch waits for another admin
+                messages.info(request, approvals.requested_message(waiting))
+                return redirect("deployment-detail", pk=deployment.pk)
             messages.success(
                 request,
                 _("%(name)s is launching on %(host)s.") % {"name": deployment.name, "host": deployment.host or "—"},
@@ -204,7 +213,12 @@ class DeploymentEditView(_SpecFormView):
 
     def get(self, request, pk):
         deployment = self.visible_object(pk)
-        form = DeploymentEditForm(user=request.user, initial=SpecForm.initial_from(deployment.spec))
+        initial = {
+            **SpecForm.initial_from(deployment.spec),
+            "environment": deployment.environment,
+            "prompt_retention": deployment.prompt_retention,
+        }
+        form = DeploymentEditForm(user=request.user, initial=initial)
         return self.render_form(request, form, deployment=deployment)
 
     def post(self, request, pk):
@@ -212,21 +226,45 @@ class DeploymentEditView(_SpecFormView):
         form = DeploymentEditForm(request.POST, user=request.user)
         if form.is_valid():
             try:
-                spec = lifecycle.spec_update(
-                    actor=request.user, deployment=deployment, spec=form.to_spec(), note=form.cleaned_data["note"]
-                )
+                self.save(request, deployment, form)
             except ApplicationError as error:
                 apply_error(form, error)
             else:
-                messages.success(request, _("Version %(version)s saved.") % {"version": spec.version})
+                return redirect("deployment-detail", pk=deployment.pk)
+        return self.render_form(request, form, status=400, deployment=deployment)
+
+    def save(self, request, deployment: Deployment, form: DeploymentEditForm) -> None:
+        """The spec (a new version, or a request for one on production), then the environment and retention."""
+        data, spec = form.cleaned_data, form.to_spec()
+        environment = data["environment"] or deployment.environment  # left out: unchanged
+        retention = data["prompt_retention"] or deployment.prompt_retention
+        settings_changed = (environment, retention) != (deployment.environment, deployment.prompt_retention)
+        if not settings_changed or _spec_changes(deployment, spec):  # nothing at all: spec_update says so
+            result = lifecycle.spec_update(actor=request.user, deployment=deployment, spec=spec, note=data["note"])
+            if isinstance(result, ApprovalRequest):
+                messages.info(request, approvals.requested_message(result))
+            else:
+                messages.success(request, _("Version %(version)s saved.") % {"version": result.version})
                 if deployment.state in Deployment.State.holding():
                     messages.info(
                         request,
                         _("The server still runs the previous version: restart it to apply version %(version)s.")
-                        % {"version": spec.version},
+                        % {"version": result.version},
                     )
-                return redirect("deployment-detail", pk=deployment.pk)
-        return self.render_form(request, form, status=400, deployment=deployment)
+        if settings_changed:
+            result = deployment_configure(
+                actor=request.user, deployment=deployment, environment=environment, prompt_retention=retention
+            )
+            if isinstance(result, ApprovalRequest):
+                messages.info(request, approvals.requested_message(result))
+            else:
+                messages.success(request, _("Environment and prompt retention saved."))
+
+
+def _spec_changes(deployment: Deployment, spec: dict) -> dict:
+    """What an edit with these values would change in the current spec (the diff spec_update would record)."""
+    current = spec_values(deployment.spec)
+    return diff(current, approvals.plain_spec(clean_spec({**current, **spec})))
 
 
 # -- detail --------------------------------------------------------------------------------------------------------
@@ -318,6 +356,9 @@ class DeploymentDetailView(ConsoleViewMixin, View):
                 "job_states": job_state_table(),
                 "states": state_table(),
                 "api_url": reverse("api:deployment-detail", args=[deployment.pk]),
+                "pending_approvals": deployment.approval_requests.filter(
+                    state=ApprovalRequest.State.PENDING, expires_at__gt=timezone.now()
+                ).select_related("requested_by"),
             },
         )
 
@@ -330,7 +371,8 @@ class _ActionView(ConsoleViewMixin, View):
     queryset = DEPLOYMENTS
     gone = False  # the deployment no longer exists afterwards: back to the list
 
-    def act(self, request, deployment: Deployment) -> str:
+    def act(self, request, deployment: Deployment) -> str | ApprovalRequest:
+        """What was done, in words; or the approval request the service filed instead."""
         raise NotImplementedError
 
     def post(self, request, pk):
@@ -340,6 +382,9 @@ class _ActionView(ConsoleViewMixin, View):
         except ApplicationError as error:
             messages.error(request, error.message)
         else:
+            if isinstance(message, ApprovalRequest):  # production: the change waits for another admin
+                messages.info(request, approvals.requested_message(message))
+                return redirect("deployment-detail", pk=deployment.pk)
             messages.success(request, message)
             if self.gone:
                 return redirect("deployments")
@@ -348,14 +393,16 @@ class _ActionView(ConsoleViewMixin, View):
 
 class DeploymentLaunchView(_ActionView):
     def act(self, request, deployment):
-        lifecycle.deployment_launch(actor=request.user, deployment=deployment)
+        if isinstance(job := lifecycle.deployment_launch(actor=request.user, deployment=deployment), ApprovalRequest):
+            return job
         deployment.refresh_from_db()
         return _("%(name)s is launching on %(host)s.") % {"name": deployment.name, "host": deployment.host}
 
 
 class DeploymentStopView(_ActionView):
     def act(self, request, deployment):
-        lifecycle.deployment_stop(actor=request.user, deployment=deployment)
+        if isinstance(done := lifecycle.deployment_stop(actor=request.user, deployment=deployment), ApprovalRequest):
+            return done
         return _("%(name)s is stopping; its GPUs are freed when the server has exited.") % {"name": deployment.name}
 
 
@@ -372,7 +419,8 @@ class DeploymentDeleteView(_ActionView):
     gone = True
 
     def act(self, request, deployment):
-        lifecycle.deployment_delete(actor=request.user, deployment=deployment)
+        if waiting := lifecycle.deployment_delete(actor=request.user, deployment=deployment):
+            return waiting
         return _("Deployment %(name)s deleted.") % {"name": deployment.name}
 
 
@@ -383,6 +431,8 @@ class DeploymentRollbackView(_ActionView):
             raise ApplicationError(_("Choose a version."), field="version")
         version = form.cleaned_data["version"]
         spec = lifecycle.deployment_rollback(actor=request.user, deployment=deployment, version=version)
+        if isinstance(spec, ApprovalRequest):
+            return spec
         message = _("Version %(new)s restores version %(old)s.") % {"new": spec.version, "old": version}
         if deployment.state in State.holding():
             message += " " + _("Restart to apply it.")

@@ -7,10 +7,12 @@ user may not see: 404. `test_every_route_is_in_the_matrix` fails when a new rout
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
 import audit
 from deployments.models import (
@@ -981,6 +983,56 @@ MATRIX = [
         data={"tpd": 500},
         route="/api/v1/team-quotas/<pk>/",
     ),
+    # approvals of production deployments: read with view; decided with deploy by another user than the requester
+    row("get", "/approvals/", LOGIN, 403, 200, 200, 200),
+    row("get", "/approvals/{approval}/", LOGIN, 403, 200, 200, 200, route="/approvals/<int:pk>/"),
+    row("post", "/approvals/{approval}/approve/", LOGIN, 403, 403, 403, 302, route="/approvals/<int:pk>/approve/"),
+    row(
+        "post",
+        "/approvals/{approval}/reject/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data={"comment": "not now"},
+        route="/approvals/<int:pk>/reject/",
+    ),
+    row("get", "/api/v1/approvals/", 401, 403, 200, 200, 200),
+    row("get", "/api/v1/approvals/{approval}/", 401, 403, 200, 200, 200, route="/api/v1/approvals/<pk>/"),
+    row(
+        "post",
+        "/api/v1/approvals/{approval}/approve/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        data={"comment": "ok"},
+        route="/api/v1/approvals/<pk>/approve/",
+    ),
+    row(
+        "post",
+        "/api/v1/approvals/{approval}/reject/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        data={"comment": "not now"},
+        route="/api/v1/approvals/<pk>/reject/",
+    ),
+    row(
+        "post",
+        "/api/v1/deployments/{running}/configure/",
+        401,
+        404,
+        403,
+        403,
+        200,
+        data={"prompt_retention": "full"},
+        route="/api/v1/deployments/<pk>/configure/",
+    ),
 ]
 
 
@@ -1022,6 +1074,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         "empty_team": empty_team.pk,
         **_registry_ids(),
         **_deployment_ids(tmp_path),
+        **_approval_ids(),
         **_gateway_ids(users["admin"], team),
         **_dataset_ids(settings, tmp_path, team, users["admin"]),
     }
@@ -1108,6 +1161,28 @@ def _deployment_ids(tmp_path) -> dict:
         deployment.save(update_fields=["spec"])
         ids[name] = deployment.pk
     return ids
+
+
+def _approval_ids() -> dict:
+    """A production deployment (running, v1) whose stop another engineer asked for: pending, for anyone else."""
+    from deployments.models import ApprovalRequest
+    from tests.factories import UserFactory
+
+    running = Deployment.objects.get(name="matrix-running")
+    prod = Deployment.objects.create(name="matrix-prod", state=Deployment.State.RUNNING, environment="production")
+    prod.spec = DeploymentSpec.objects.create(
+        deployment=prod, version=1, artifact=running.spec.artifact, max_input_tokens=128, max_total_tokens=256
+    )
+    prod.save(update_fields=["spec"])
+    requester = UserFactory(username="matrix-requester", roles=["engineer"])
+    request = ApprovalRequest.objects.create(
+        deployment=prod,
+        deployment_name=prod.name,
+        action="stop",
+        requested_by=requester,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    return {"approval": request.pk}
 
 
 def _gateway_ids(admin, team) -> dict:

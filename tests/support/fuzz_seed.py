@@ -44,9 +44,11 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
     dataset, upload = _dataset(admin, engineer, team)
     finetune, running, adapter = _finetune(dataset, artifact)
+    approval = _approval(artifact, requester=other)
     key, account = _gateway(admin, team, spec.deployment)
     return {
         "adapters": adapter.pk,
+        "approvals": approval.pk,
         "finetunes": finetune.pk,
         "finetunes/running": running.pk,
         "audit/events": AuditEvent.objects.latest("id").pk,
@@ -113,3 +115,27 @@ def _gateway(admin, team, deployment):
     keys.key_create(actor=admin, service_account=account, name="bot", all_deployments=True)
     keys.team_quota_set(actor=admin, team=team, limits={"tpd": 100000})
     return key, account
+
+
+def _approval(artifact, *, requester):
+    """A running production deployment whose stop `requester` asked for: pending, for the admin to decide."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import ApprovalRequest
+
+    spec = DeploymentSpecFactory(
+        deployment__name="fuzz-prod",
+        deployment__state="running",
+        deployment__environment="production",
+        artifact=artifact,
+        current=True,
+    )
+    return ApprovalRequest.objects.create(
+        deployment=spec.deployment,
+        deployment_name=spec.deployment.name,
+        action="stop",
+        requested_by=requester,
+        expires_at=timezone.now() + timedelta(days=1),
+    )

@@ -15,6 +15,7 @@ PK_OWNERS = {
     "models/": "models",
     "deployments/images/": "images",
     "deployments/": "deployments",
+    "approvals/": "approvals",
     "jobs/": "jobs",
     "teams/": "teams",
     "datasets/": "datasets",
