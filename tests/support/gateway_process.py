@@ -18,7 +18,8 @@ UVICORN = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-
 
 
 class GatewayProcess:
-    def __init__(self, env: dict) -> None:
+    def __init__(self, env: dict, app: str = "console.gateway_asgi:application") -> None:
+        self.app = app  # another module only for experiments (a gateway with timing wrapped around it)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(settings.DATA_DIR) / f"gateway-{self.port}.log"
@@ -28,7 +29,7 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         log = open(self.log_path, "w")  # noqa: SIM115  (the child writes it until stop)
         self.process = subprocess.Popen(
-            [*UVICORN, "--port", str(self.port), "console.gateway_asgi:application"],
+            [*UVICORN, "--port", str(self.port), self.app],
             cwd=ROOT,
             env=self.env,
             stdout=log,
