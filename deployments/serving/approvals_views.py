@@ -15,6 +15,7 @@ from django.views.generic import ListView
 
 from console import roles
 from console.errors import ApplicationError
+from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import report_denial
 from deployments.models import ApprovalRequest
@@ -86,7 +87,9 @@ class ApprovalDetailView(ConsoleViewMixin, View):
     queryset = ApprovalRequest.objects.select_related("deployment", "requested_by", "decided_by")
     template_name = "serving/approvals/detail.html"
 
-    def page(self, http_request, request: ApprovalRequest, *, form=None, error: str = "", status: int = 200):
+    def page(self, http_request, request: ApprovalRequest, *, forms=None, error: str = "", status: int = 200):
+        """The page; `forms` ({"approve": form} or {"reject": form}) brings back a posted form with its errors."""
+        forms = forms or {}
         return render(
             http_request,
             self.template_name,
@@ -96,8 +99,8 @@ class ApprovalDetailView(ConsoleViewMixin, View):
                 "verdict": request.verdict or {},
                 "may_decide": approvals.may_decide(http_request.user, request),
                 "own": request.requested_by_id == http_request.user.pk,
-                "approve_form": form or DecisionForm(auto_id="approve-%s"),
-                "reject_form": DecisionForm(auto_id="reject-%s"),
+                "approve_form": forms.get("approve") or DecisionForm(auto_id="approve-%s"),
+                "reject_form": forms.get("reject") or DecisionForm(auto_id="reject-%s"),
                 "error": error,
             },
             status=status,
@@ -112,24 +115,30 @@ class _DecisionView(ConsoleViewMixin, View):
 
     permission_action = roles.VIEW
     queryset = ApprovalRequest.objects.select_related("deployment", "requested_by", "decided_by")
+    verb = ""  # approve or reject: which form of the page this is
 
     def decide(self, actor, request: ApprovalRequest, comment: str) -> ApprovalRequest:
         raise NotImplementedError
 
     def post(self, http_request, pk):
         request = self.visible_object(pk)
-        form = DecisionForm(http_request.POST, auto_id="approve-%s")
-        comment = form.cleaned_data["comment"] if form.is_valid() else ""
+        form = DecisionForm(http_request.POST, auto_id=f"{self.verb}-%s")
+        again = ApprovalDetailView().page  # the page with this form and its errors
+        if not form.is_valid():
+            return again(http_request, request, forms={self.verb: form}, status=400)
         try:
-            decided = self.decide(http_request.user, request, comment)
+            decided = self.decide(http_request.user, request, form.cleaned_data["comment"])
         except approvals.OwnRequest as denied:
             # Said on the page, not the generic 403 page, and audited like every denial.
             report_denial(denied, user=http_request.user, path=http_request.path, status=403)
-            return ApprovalDetailView().page(http_request, request, form=form, error=str(denied), status=403)
+            return again(http_request, request, forms={self.verb: form}, error=str(denied), status=403)
         except ApplicationError as error:
-            messages.error(http_request, error.message)
-        else:
-            self.say(http_request, decided)
+            if error.field != "comment":
+                messages.error(http_request, error.message)
+                return redirect("approval-detail", pk=request.pk)
+            apply_error(form, error)
+            return again(http_request, request, forms={self.verb: form}, status=400)
+        self.say(http_request, decided)
         return redirect("approval-detail", pk=request.pk)
 
     def say(self, http_request, decided: ApprovalRequest) -> None:
@@ -137,6 +146,8 @@ class _DecisionView(ConsoleViewMixin, View):
 
 
 class ApprovalApproveView(_DecisionView):
+    verb = "approve"
+
     def decide(self, actor, request, comment):
         return approvals.approve(actor=actor, request=request, comment=comment)
 
@@ -150,6 +161,8 @@ class ApprovalApproveView(_DecisionView):
 
 
 class ApprovalRejectView(_DecisionView):
+    verb = "reject"
+
     def decide(self, actor, request, comment):
         return approvals.reject(actor=actor, request=request, comment=comment)
 

@@ -171,3 +171,16 @@ def test_a_production_deployment_made_on_the_deploy_page_waits_for_its_launch(cl
     deployment = Deployment.objects.get(name="born-prod")
     assert deployment.environment == PRODUCTION and deployment.state == Deployment.State.STOPPED
     assert "(launch) waits for another admin" in text(response) and not Job.objects.exists()
+
+
+def test_a_rejection_without_a_reason_is_refused_on_its_field(client, admin, bob, tiny):
+    deployment = production(tiny)
+    client.force_login(admin)
+    client.post(f"/deployments/{deployment.pk}/stop/")
+    request = ApprovalRequest.objects.get(deployment=deployment)
+    client.force_login(bob)
+    response = client.post(f"/approvals/{request.pk}/reject/", {"comment": ""})
+    assert response.status_code == 400 and 'data-field-error="comment">Say why' in text(response)
+    assert ApprovalRequest.objects.get(pk=request.pk).state == "pending"
+    refused = client.post(f"/approvals/{request.pk}/approve/", {"comment": "a\x00b"})
+    assert refused.status_code == 400 and ApprovalRequest.objects.get(pk=request.pk).state == "pending"
