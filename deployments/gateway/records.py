@@ -45,6 +45,7 @@ SEALED = "inference.sealed"
 ACTOR = "gateway"
 BATCH_LABEL = "deployments.inferencebatch"
 LOOKUP_CHUNK = 500  # request ids per "already stored?" query (SQLite's parameter limit)
+INSERT_ROWS = 1000  # rows per INSERT, whatever GATEWAY_BATCH_MAX is (PostgreSQL takes at most 65535 parameters)
 # What the database (or Django preparing a value) answers a value it cannot store with; normalise() should leave none.
 STORE_ERRORS = (DataError, ValidationError, ValueError)
 
@@ -195,7 +196,8 @@ def seal(records: list[dict]) -> InferenceBatch:
     hashes = [record_hash(values) for values in records]
     digest = batch_digest(hashes)
     InferenceRecord.objects.bulk_create(
-        [InferenceRecord(batch_id=batch_id, position=position, **values) for position, values in enumerate(records)]
+        [InferenceRecord(batch_id=batch_id, position=position, **values) for position, values in enumerate(records)],
+        batch_size=INSERT_ROWS,
     )
     add_usage(records)
     event = audit.record(
