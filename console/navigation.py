@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from console import roles
-from console.permissions import can, may_open_inference_keys
+from console.permissions import can, may_open_inference_keys, may_read_inference_log
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("deployments", _("Deployments"), "deployments", roles.VIEW),
     NavItem("approvals", _("Approvals"), "approvals", roles.VIEW),  # a count of requests awaiting the user
     NavItem("keys", _("Inference keys"), "inference-keys", roles.USE_DEPLOYMENT, allowed=may_open_inference_keys),
+    NavItem("inference", _("Inference log"), "inference-log", roles.VIEW_DATA, allowed=may_read_inference_log),
     NavItem("jobs", _("Jobs"), "jobs", roles.VIEW),
     NavItem("datasets", _("Datasets"), "datasets", roles.VIEW),
     NavItem("finetune", _("Fine-tune"), "finetunes", roles.FINETUNE),
