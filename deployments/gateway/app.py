@@ -12,6 +12,7 @@ that fails before any byte was sent is left for another replica. Every call ends
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ from deployments.gateway.routing import Balancer, Route, Upstream, route_for, sp
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 8 * 1024 * 1024
+INLINE_TOKENIZE_CHARS = 8192
 CHARGE_EVERY = 16  # completion tokens charged to the quota in steps, not one Redis call per token
 LLM_PATH = re.compile(r"^/llm/(?P<name>[a-z0-9][a-z0-9-]{0,62})(?P<rest>/[a-z_]*)?$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}$")
@@ -108,27 +110,48 @@ class Call:
         }
 
 
-class TtlCache:
-    """A dict whose entries live GATEWAY_CACHE_SECONDS (0: nothing is kept)."""
+class SharedCache:
+    """What the gateway read from the database, kept GATEWAY_CACHE_SECONDS (0: nothing is kept).
+
+    Calls that miss the same entry at once share one lookup (a burst of 500 streams makes one query, not 500),
+    and an expired entry is served while one refresh runs in the background. clear() (a cache generation moved:
+    a key was revoked, a route changed) drops everything at once, and a lookup that started before the clear
+    is not stored, so nothing older than the change is ever served."""
 
     def __init__(self) -> None:
         self._items: dict = {}
+        self._loading: dict = {}
+        self._epoch = 0
 
-    def get(self, key):
+    async def get(self, key, load: Callable[[], Awaitable]):
         item = self._items.get(key)
-        if item is None or item[0] < time.monotonic():
-            return None
-        return item[1]
+        if item is not None:
+            if item[0] < time.monotonic() and key not in self._loading:
+                self._loading[key] = asyncio.ensure_future(self._load(key, load))
+            return item[1]
+        task = self._loading.get(key)
+        if task is None:
+            task = self._loading[key] = asyncio.ensure_future(self._load(key, load))
+        return await asyncio.shield(task)
 
-    def put(self, key, value) -> None:
-        ttl = settings.GATEWAY_CACHE_SECONDS
-        if ttl > 0:
-            if len(self._items) > 10_000:
-                self._items.clear()
-            self._items[key] = (time.monotonic() + ttl, value)
+    async def _load(self, key, load: Callable[[], Awaitable]):
+        epoch = self._epoch
+        try:
+            value = await load()
+            ttl = settings.GATEWAY_CACHE_SECONDS
+            if value is not None and ttl > 0 and epoch == self._epoch:
+                if len(self._items) > 10_000:
+                    self._items.clear()
+                self._items[key] = (time.monotonic() + ttl, value)
+            return value
+        finally:
+            if self._loading.get(key) is asyncio.current_task():
+                self._loading.pop(key, None)
 
     def clear(self) -> None:
+        self._epoch += 1
         self._items.clear()
+        self._loading.clear()
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -182,16 +205,19 @@ class Gateway:
         self.redis: aioredis.Redis | None = None
         self.session: aiohttp.ClientSession | None = None
         self.balancer = Balancer()
-        self.callers = TtlCache()
-        self.routes = TtlCache()
-        self.rights = TtlCache()
+        self.callers = SharedCache()
+        self.routes = SharedCache()
+        self.rights = SharedCache()
         self.generations: tuple = (None, None)
         self._stop = asyncio.Event()
         self._flusher: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def startup(self) -> None:
-        self.redis = aioredis.from_url(settings.REDIS_URL)
+        # A bounded pool that waits for a free connection: redis-py's default pool fails outright past 100
+        # connections, and 500 streams in flight each touch Redis (quota charges, the record).
+        pool = aioredis.BlockingConnectionPool.from_url(settings.REDIS_URL, max_connections=64, timeout=10)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.GATEWAY_UPSTREAM_TIMEOUT, sock_connect=5),
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -249,25 +275,40 @@ class Gateway:
         match = TRACEPARENT.match(_header(scope, b"traceparent"))
         if match:
             call.trace_id, call.parent_span_id = match.group("trace"), match.group("span")
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         recorded = False
         try:
             handler, call.route_name, name = self._resolve(path, method)
             recorded = True  # every call to a route is recorded, refused ones too
             call.caller = await self._authenticate(scope, call)
-            await handler(call, name, scope, receive, send)
+            await handler(call, name, scope, receive, tracked)
         except Refused as refusal:
-            call.status, call.error = refusal.problem.status, refusal.message
-            headers = [(b"x-request-id", call.request_id.encode())]
-            if refusal.retry_after is not None:
-                headers.append((b"retry-after", str(refusal.retry_after).encode()))
-            await _send_json(
-                send, refusal.problem.status, d.error_body(dialect, refusal.problem, refusal.message), headers
-            )
+            await self._refuse(call, send, refusal)
         except ConnectionResetError:
             call.status, call.error = 499, "the client closed the connection"
+        except Exception as exc:  # the caller still gets an answer in its dialect, and the call its record
+            logger.exception("gateway: %s failed", path)
+            if started:
+                call.status, call.error = 502, f"the gateway failed mid-answer: {type(exc).__name__}"
+            else:
+                await self._refuse(call, send, Refused(d.GATEWAY_FAILED, "The gateway could not serve this call."))
         finally:
             if recorded:
                 await self._record(call)
+
+    async def _refuse(self, call: Call, send: Send, refusal: Refused) -> None:
+        call.status, call.error = refusal.problem.status, refusal.message
+        headers = [(b"x-request-id", call.request_id.encode())]
+        if refusal.retry_after is not None:
+            headers.append((b"retry-after", str(refusal.retry_after).encode()))
+        body = d.error_body(call.dialect, refusal.problem, refusal.message)
+        await _send_json(send, refusal.problem.status, body, headers)
 
     def _resolve(self, path: str, method: str):
         if path in ("/v1/models", "/v1/models/"):
@@ -310,32 +351,22 @@ class Gateway:
         if scheme.lower() != "bearer" or not raw:
             raise Refused(d.UNAUTHENTICATED, "Send an inference key: Authorization: Bearer <key>.")
         await self._check_generations()
-        caller = self.callers.get(raw)
-        if caller is None:
-            caller = await sync_to_async(access.caller_for, thread_sensitive=False)(raw)
-            if caller is None:
-                raise Refused(d.UNAUTHENTICATED, "The inference key is unknown, revoked or expired.")
-            self.callers.put(raw, caller)
-        if caller.expires_at <= timezone.now():
+        caller = await self.callers.get(raw, lambda: _in_thread(access.caller_for, raw))
+        if caller is None or caller.expires_at <= timezone.now():
             raise Refused(d.UNAUTHENTICATED, "The inference key is unknown, revoked or expired.")
         if not caller.allows_source(call.client_ip):
             raise Refused(d.SOURCE_REFUSED, f"This key may not be used from {call.client_ip}.")
         return caller
 
     async def _route(self, call: Call, name: str, *, model_word: str = "deployment") -> Route:
-        route = self.routes.get(name)
-        if route is None:
-            route = await sync_to_async(route_for, thread_sensitive=False)(name)
-            if route is not None:
-                self.routes.put(name, route)
+        route = await self.routes.get(name, lambda: _in_thread(route_for, name))
         missing = f"The {model_word} {name!r} does not exist or you do not have access to it."
         if route is None:
             raise Refused(d.NOT_FOUND, missing)
-        rights_key = (call.caller.key_id, route.deployment_id)
-        right = self.rights.get(rights_key)
-        if right is None:
-            right = await sync_to_async(access.access, thread_sensitive=False)(call.caller, route.deployment_id)
-            self.rights.put(rights_key, right)
+        caller = call.caller
+        right = await self.rights.get(
+            (caller.key_id, route.deployment_id), lambda: _in_thread(access.access, caller, route.deployment_id)
+        )
         if right == access.HIDDEN:
             raise Refused(d.NOT_FOUND, missing)
         call.route = route
@@ -346,16 +377,20 @@ class Gateway:
         return route
 
     async def _admit(self, call: Call, route: Route, *, prompt=None, messages=None) -> None:
-        call.prompt_tokens = await sync_to_async(tokens.prompt_tokens, thread_sensitive=False)(
-            route.tokenizer_dir, prompt=prompt, messages=messages
-        )
+        size = len(prompt or "") + sum(len(str(m.get("content") or "")) for m in messages or [])
+        if size <= INLINE_TOKENIZE_CHARS:  # microseconds with `tokenizers`: cheaper than a thread hop
+            call.prompt_tokens = tokens.prompt_tokens(route.tokenizer_dir, prompt=prompt, messages=messages)
+        else:
+            call.prompt_tokens = await _in_thread(
+                functools.partial(tokens.prompt_tokens, route.tokenizer_dir, prompt=prompt, messages=messages)
+            )
         refusal = await quotas.admit(self.redis, call.caller.scope, call.prompt_tokens)
         if refusal is not None:
             raise Refused(d.QUOTA, refusal.message, retry_after=refusal.retry_after)
 
     # -- routes ----------------------------------------------------------------------------------------------
     async def models(self, call: Call, _name: str, scope: dict, receive: Receive, send: Send) -> None:
-        listed = await sync_to_async(access.usable_names, thread_sensitive=False)(call.caller)
+        listed = await _in_thread(access.usable_names, call.caller)
         created = int(time.time())
         data = []
         for name, adapters, team in listed:
@@ -526,38 +561,42 @@ class Gateway:
     async def _events(
         self, call: Call, response: aiohttp.ClientResponse, send: Send, sent: dict, keep_usage: bool
     ) -> None:
+        """Pass the stream on as it comes: the whole events of each read from the server go out in one write (one
+        event per write costs a system call per token), a partial event waits for its end."""
         buffer = b""
         uncharged = 0
         openai = call.dialect == d.OPENAI
+        keep_text = call.route is not None and call.route.keep_text
         async for chunk in response.content.iter_any():
             buffer += chunk
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                counted, drop, failure = _inspect(call, event, openai)
+            if b"\n\n" not in buffer:
+                continue
+            *events, buffer = buffer.split(b"\n\n")
+            out = []
+            for event in events:
+                counted, drop, failure = _inspect(call, event, openai, keep_text)
                 if counted:
                     call.first_token()
                     uncharged += counted
-                if not sent["any"]:
-                    sent["any"] = True
-                    await send({"type": "http.response.start", "status": 200, "headers": _pass_headers(response, call)})
                 if not drop or keep_usage:
-                    await send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
+                    out.append(event + b"\n\n")
                 if failure:
                     call.status, call.error = 502, failure
-                if uncharged >= CHARGE_EVERY:
-                    refusal = await quotas.charge(self.redis, call.caller.scope, uncharged)
-                    uncharged = 0
-                    if refusal is not None:
-                        call.status, call.error = 429, refusal.message
-                        sent["done"] = True
-                        await send(
-                            {
-                                "type": "http.response.body",
-                                "body": d.stream_error_event(call.dialect, d.QUOTA, refusal.message),
-                                "more_body": False,
-                            }
-                        )
-                        return
+            refusal = None
+            if uncharged >= CHARGE_EVERY:
+                refusal = await quotas.charge(self.redis, call.caller.scope, uncharged)
+                uncharged = 0
+            if not sent["any"]:
+                sent["any"] = True
+                await send({"type": "http.response.start", "status": 200, "headers": _pass_headers(response, call)})
+            if refusal is not None:
+                call.status, call.error = 429, refusal.message
+                sent["done"] = True
+                out.append(d.stream_error_event(call.dialect, d.QUOTA, refusal.message))
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": False})
+                return
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
         if not sent["any"]:
             raise UpstreamFailed("closed the stream before any event")
         if uncharged:
@@ -579,6 +618,11 @@ class Gateway:
 
 class UpstreamFailed(Exception):
     pass
+
+
+def _in_thread(function, *args):
+    # The ORM is synchronous: lookups run in the default thread pool, never on the event loop.
+    return sync_to_async(function, thread_sensitive=False)(*args)
 
 
 def _auth(server: Upstream) -> dict[str, str]:
@@ -618,16 +662,29 @@ def _completion_of(call: Call, data) -> str | None:
     return text
 
 
-def _inspect(call: Call, event: bytes, openai: bool) -> tuple[int, bool, str]:
-    """One SSE event: (tokens it carries, whether it is the usage chunk the caller did not ask for, an error)."""
-    data_line = b""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            data_line = line[5:].strip()
-    if not data_line or data_line == b"[DONE]":
+def _carries(payload: bytes, name: bytes) -> bool:
+    # `"usage":{` not `"usage":null` (servers that send usage: null on every chunk stay on the fast path).
+    return b'"' + name + b'":{' in payload or b'"' + name + b'": {' in payload
+
+
+def _inspect(call: Call, event: bytes, openai: bool, keep_text: bool) -> tuple[int, bool, str]:
+    """One SSE event: (tokens it carries, whether it is the usage chunk the caller did not ask for, an error).
+
+    Both protocols put one JSON document on one `data:` line. Most events are one token and nothing else: unless
+    the text is kept, only events that may carry usage, details or an error are parsed (a token whose text is
+    "error" just takes the slow path); the server's usage figures correct the count at the end."""
+    at = event.find(b"data:")
+    if at < 0:
         return 0, False, ""
+    payload = event[at + 5 :].strip()
+    if not payload or payload == b"[DONE]":
+        return 0, False, ""
+    plain = b'"error"' not in payload and not _carries(payload, b"usage") and not _carries(payload, b"details")
+    if plain and not keep_text:
+        call.completion_tokens += 1
+        return 1, False, ""
     try:
-        data = json.loads(data_line)
+        data = json.loads(payload)
     except ValueError:
         return 0, False, ""
     if not isinstance(data, dict):
@@ -637,25 +694,28 @@ def _inspect(call: Call, event: bytes, openai: bool) -> tuple[int, bool, str]:
         return 0, False, str(error.get("message") if isinstance(error, dict) else error)
     if openai:
         usage = data.get("usage")
-        if isinstance(usage, dict) and usage:
-            call.prompt_tokens = usage.get("prompt_tokens") or call.prompt_tokens
-            call.completion_tokens = usage.get("completion_tokens") or call.completion_tokens
         counted = 0
         for choice in data.get("choices") or []:
             text = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
             if text:
                 counted += 1
-                call.completion.append(text)
-        if not (isinstance(usage, dict) and usage):
+                if keep_text:
+                    call.completion.append(text)
+        if isinstance(usage, dict) and usage:
+            call.prompt_tokens = usage.get("prompt_tokens") or call.prompt_tokens
+            call.completion_tokens = usage.get("completion_tokens") or call.completion_tokens
+        else:
             call.completion_tokens += counted
         return counted, not data.get("choices") and bool(usage), ""
     token = data.get("token") or {}
+    details = data.get("details")
     if token:
         call.completion_tokens += 1
-        if not token.get("special"):
+        if keep_text and not token.get("special"):
             call.completion.append(token.get("text") or "")
-        return 1, False, ""
-    return 0, False, ""
+    if isinstance(details, dict) and details.get("generated_tokens"):
+        call.completion_tokens = details["generated_tokens"]
+    return (1 if token else 0), False, ""
 
 
 application = Gateway()

@@ -32,6 +32,7 @@ TOO_LARGE = Problem(413, "invalid_request_error", "request_too_large", "validati
 QUOTA = Problem(429, "rate_limit_error", "rate_limit_exceeded", "rate_limited")
 NOT_RUNNING = Problem(503, "server_error", "model_not_running", "unavailable")
 UPSTREAM = Problem(502, "server_error", "upstream_error", "generation")
+GATEWAY_FAILED = Problem(503, "server_error", "gateway_error", "unavailable")
 
 
 def error_body(dialect: str, problem: Problem, message: str, *, param: str | None = None) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 from django.conf import settings
@@ -47,6 +48,24 @@ def gateway(redis_url, django_db_setup, django_db_blocker):
     process = GatewayProcess(env).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _gateway_drained(request):
+    """After a test that called the gateway, wait until its flusher sealed every record and let go: the database
+    flush between tests truncates the tables a sealing transaction in the gateway process holds locks on."""
+    yield
+    if "gateway" not in request.fixturenames:
+        return
+    from deployments.gateway import records
+
+    client = records._redis()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not client.xlen(records.STREAM) and not client.exists(records.LOCK):
+            return
+        time.sleep(0.05)
+    pytest.fail("the gateway did not seal its inference records within 30 s")
 
 
 @pytest.fixture(scope="session")
