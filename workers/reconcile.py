@@ -3,7 +3,8 @@
 On the console side: restart failed deployments whose backoff elapsed (restart policy on-failure) and fail
 launches stuck past their deadline with no job behind them. On each host's agent: adopt a server still
 running for a deployment whose watching job is gone, mark a vanished server's deployment failed, and remove
-servers no deployment wants (orphans).
+servers no deployment wants (orphans). A deployment's further replicas are reconciled alike, each on its own, by
+workers/reconcile_replicas.py (their results join these lists as "<deployment>/r<index>").
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import audit
 from deployments.jobs.services import job_create
 from deployments.models import Deployment, Host, Job
 from deployments.serving import services as lifecycle
+from deployments.serving.replica_models import LABEL_REPLICA
+from workers.reconcile_replicas import reconcile_replicas_console, reconcile_replicas_host
 from workers.runtimes import get_runtime
 from workers.runtimes.base import LABEL_DEPLOYMENT, LABEL_MANAGED
 
@@ -50,6 +53,8 @@ def reconcile_console() -> dict:
                 next_step="Check the host's agent (is it online?), then launch again.",
             )
         expired.append(deployment.pk)
+    more = reconcile_replicas_console()
+    restarted, expired = restarted + more["restarted"], expired + more["expired"]
     hosts = list(Host.objects.filter(status=Host.Status.ONLINE).values_list("name", flat=True))
     return {"restarted": restarted, "expired": expired, "hosts": hosts}
 
@@ -59,7 +64,8 @@ def reconcile_host(host_name: str) -> dict:
     host = Host.objects.get(name=host_name)
     runtime = get_runtime(host.runtime)
     adopted, failed, removed = [], [], []
-    handles = runtime.find({LABEL_MANAGED: "true"})
+    managed = runtime.find({LABEL_MANAGED: "true"})
+    handles = [handle for handle in managed if LABEL_REPLICA not in handle.labels]
     seen = set()
     for handle in handles:
         deployment = (
@@ -126,4 +132,5 @@ def reconcile_host(host_name: str) -> dict:
             next_step="It restarts by policy; if not, launch it again.",
         )
         failed.append(deployment.pk)
-    return {"adopted": adopted, "failed": failed, "removed": removed}
+    more = reconcile_replicas_host(host, runtime, [handle for handle in managed if LABEL_REPLICA in handle.labels])
+    return {key: found + more[key] for key, found in (("adopted", adopted), ("failed", failed), ("removed", removed))}

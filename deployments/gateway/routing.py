@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployments.serving.models import Deployment
+from deployments.serving.replicas import running_replicas
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,24 @@ class Route:
 
 
 def upstreams(deployment: Deployment) -> list[Upstream]:
-    """The servers of a running deployment that answer calls (a replica that died is left out at once)."""
-    if deployment.state != Deployment.State.RUNNING or not deployment.endpoint:
-        return []
-    key = deployment.server_key.reveal() if deployment.server_key else ""
-    where = deployment.host.name if deployment.host_id else ""
-    return [Upstream(url=deployment.endpoint.rstrip("/"), key=key, label=where or deployment.name)]
+    """The servers of a deployment that answer calls: server 0 (the deployment's own) and every replica whose
+    state is running. A replica that died is left out at once (its state moves off running, and the console tells
+    the gateways to re-read routes); the others keep serving, even while server 0 itself restarts."""
+    servers = [deployment] if deployment.state == Deployment.State.RUNNING and deployment.endpoint else []
+    servers += running_replicas(deployment)
+    return [_upstream(server, index=getattr(server, "index", 0)) for server in servers]
+
+
+def _upstream(server, *, index: int) -> Upstream:
+    """One server (a Deployment for replica 0, a DeploymentReplica for the others) as the gateway calls it;
+    labelled "host:GPU 0" ("host:CPU"), with "#<n>" for replica n so that two servers never share a label."""
+    key = server.server_key.reveal() if server.server_key else ""
+    where = server.host.name if server.host_id else ""
+    if where:
+        gpus = ",".join(map(str, server.gpu_indexes or []))
+        where = f"{where}:GPU {gpus}" if gpus else f"{where}:CPU"
+    label = (where or server.name) + (f"#{index}" if index else "")
+    return Upstream(url=server.endpoint.rstrip("/"), key=key, label=label)
 
 
 def _tokenizer_dir(deployment: Deployment) -> str | None:

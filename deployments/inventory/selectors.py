@@ -18,9 +18,11 @@ def host_list(*, user) -> QuerySet[Host]:
 
 def host_states(hosts: QuerySet[Host] | None = None, *, except_holder: str | None = None) -> list[HostState]:
     """The inventory as placement sees it: reservations counted (but `except_holder`'s own, when a deployment
-    is placed again), missing or degraded GPUs unhealthy."""
+    is placed again, with those of its replicas, "<holder>:replica:<n>"), missing or degraded GPUs unhealthy."""
     hosts = hosts if hosts is not None else Host.objects.all()
-    mine = Q(reservations__holder=except_holder) if except_holder else Q(pk__in=[])
+    mine = Q(pk__in=[])
+    if except_holder:
+        mine = Q(reservations__holder=except_holder) | Q(reservations__holder__startswith=f"{except_holder}:")
     gpus = Gpu.objects.annotate(reserved=Sum("reservations__memory_bytes", filter=~mine)).order_by("index")
     states = []
     for host in hosts.prefetch_related(Prefetch("gpus", queryset=gpus)):

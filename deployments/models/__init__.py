@@ -15,6 +15,7 @@ from deployments.jobs.models import Job, JobLogLine
 from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
 from deployments.serving.approvals_models import ApprovalRequest
 from deployments.serving.models import AllowedImage, Deployment, DeploymentSpec
+from deployments.serving.replica_models import DeploymentReplica
 
 __all__ = [
     "HOST_NAME",
@@ -27,6 +28,7 @@ __all__ = [
     "DatasetUpload",
     "DatasetVersion",
     "Deployment",
+    "DeploymentReplica",
     "DeploymentSpec",
     "Gpu",
     "GpuReservation",

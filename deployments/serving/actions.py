@@ -8,6 +8,7 @@ from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from console.errors import ApplicationError
 from deployments.serving.models import Deployment
+from deployments.serving.replica_models import DeploymentReplica
 
 State = Deployment.State
 LAUNCH, STOP, RESTART, DELETE = "launch", "stop", "restart", "delete"
@@ -38,12 +39,22 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 # A failed deployment waiting for its automatic restart can also be stopped: that cancels the restart.
 FAILED_WITH_RESTART_DUE = (LAUNCH, STOP, DELETE)
+# Server 0 stopped or failed while other replicas still run: they can be stopped, and nothing is deleted under them.
+REPLICAS_HOLDING = (LAUNCH, STOP)
 
 
 def allowed_actions(deployment: Deployment) -> tuple[str, ...]:
+    if deployment.state in (State.STOPPED, State.FAILED) and _replicas_holding(deployment):
+        return REPLICAS_HOLDING
     if deployment.state == State.FAILED and deployment.next_restart_at is not None:
         return FAILED_WITH_RESTART_DUE
     return ACTIONS.get(deployment.state, ())
+
+
+def _replicas_holding(deployment: Deployment) -> bool:
+    if deployment.pk is None:
+        return False
+    return DeploymentReplica.objects.filter(deployment=deployment, state__in=State.holding()).exists()
 
 
 def require_action(deployment: Deployment, action: str) -> None:

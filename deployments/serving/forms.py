@@ -115,6 +115,14 @@ class SpecForm(StyledForm):
     max_input_tokens = forms.IntegerField(label=_("Max input tokens"), required=False, min_value=1)
     max_total_tokens = forms.IntegerField(label=_("Max total tokens"), required=False, min_value=2)
     max_batch_prefill_tokens = forms.IntegerField(label=_("Max batch prefill tokens"), required=False, min_value=1)
+    replicas = forms.IntegerField(
+        label=_("Replicas"),
+        required=False,  # empty: one
+        min_value=1,
+        max_value=8,
+        initial=1,
+        help_text=_("Servers of this spec, each placed on GPUs of its own; the gateway balances between them."),
+    )
     max_concurrent_requests = forms.IntegerField(label=_("Max concurrent requests"), min_value=1, initial=128)
     cuda_memory_fraction = forms.FloatField(label=_("CUDA memory fraction"), min_value=0.05, max_value=1.0, initial=1.0)
     image = forms.ChoiceField(
@@ -196,6 +204,7 @@ class SpecForm(StyledForm):
                 "kv_cache_dtype",
                 "num_shard",
                 *TOKEN_FIELDS,
+                "replicas",
                 "max_concurrent_requests",
                 "cuda_memory_fraction",
                 "image",

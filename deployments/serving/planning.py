@@ -2,12 +2,14 @@
 
 A spec may run on any host the inventory offers, not only the one holding the model: a copy from the Hub or a
 mirror is fetched to the chosen host first (`Verdict.copy_to_host`). Local imports place only on hosts that
-hold them, until a host-to-host copy exists. Hosts that hold a ready copy are preferred.
+hold them, until a host-to-host copy exists. Hosts that hold a ready copy are preferred. A spec of N replicas
+fits when N servers fit, each on GPUs of its own (`verdict` places them one after the other; `server_verdict`
+places one server, e.g. a replica restarting beside the others).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from django.db.models import Q
 from django.utils.translation import gettext as _
@@ -40,6 +42,7 @@ class Verdict:
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
     copy_to_host: bool = False  # the chosen host lacks the files: the registry fetches repo@commit there first
+    replicas: list[dict] = field(default_factory=list)  # with several replicas: each one's host and GPUs
 
     def as_dict(self) -> dict:
         """JSON-ready (API responses, the deploy page's script)."""
@@ -97,7 +100,42 @@ def _size(values: dict, **where):
 
 
 def verdict(values: dict, *, holder: str | None = None) -> Verdict:
-    """The planner on a cleaned spec: does it fit, on which host and GPUs, and why not."""
+    """The planner on a cleaned spec: does it fit, on which host and GPUs, and why not. With replicas, every
+    server must fit on GPUs no other server of the spec uses; the answer is the first server's placement with
+    each replica's host and GPUs listed, or the reason the one that does not fit gives."""
+    first = server_verdict(values, holder=holder)
+    count = values.get("replicas") or 1
+    if count == 1 or first.fits is not True or first.device == DeploymentSpec.Device.CPU:
+        return first  # CPU replicas all run beside the model; an unsized model is sized once its files are here
+    if values["gpu_indexes"]:
+        reason = _(
+            "GPUs chosen by hand serve one replica: leave them empty so each of the %(count)s replicas is "
+            "placed on GPUs of its own."
+        ) % {"count": count}
+        return replace(first, fits=False, reason=reason)
+    placed = [{"host": first.host, "gpu_indexes": first.gpu_indexes}]
+    for number in range(2, count + 1):
+        plan = server_verdict(values, holder=holder, avoid=taken_gpus(placed))
+        if plan.fits is not True:
+            reason = _("Replica %(number)s of %(count)s does not fit beside the others: %(reason)s") % {
+                "number": number,
+                "count": count,
+                "reason": plan.reason or _("no GPU left"),
+            }
+            return replace(first, fits=False, reason=reason, replicas=placed)
+        placed.append({"host": plan.host, "gpu_indexes": plan.gpu_indexes})
+    return replace(first, replicas=placed)
+
+
+def taken_gpus(servers: list[dict]) -> frozenset[tuple[str, int]]:
+    """(host, GPU index) pairs the given servers ({"host", "gpu_indexes"}) use."""
+    return frozenset((server["host"], index) for server in servers for index in server["gpu_indexes"] or [])
+
+
+def server_verdict(
+    values: dict, *, holder: str | None = None, avoid: frozenset[tuple[str, int]] = frozenset()
+) -> Verdict:
+    """One server of the spec: where it fits, leaving out the GPUs in `avoid` (those of its sibling replicas)."""
     artifact: ModelArtifact = values["artifact"]
     home = artifact.host.name
     if values["device"] == DeploymentSpec.Device.CPU:
@@ -118,9 +156,12 @@ def verdict(values: dict, *, holder: str | None = None) -> Verdict:
         report, hosts, excluded = _size(values, gpus=gpus), [], []
     else:
         hosts, excluded = candidate_hosts(values, holder)
+        free = [replace(h, gpus=[g for g in h.gpus if (h.name, g.index) not in avoid]) for h in hosts]
         report = _size(
-            values, num_shard=values.get("num_shard"), inventory=hosts, preferred_hosts=holding_hosts(artifact)
+            values, num_shard=values.get("num_shard"), inventory=free, preferred_hosts=holding_hosts(artifact)
         )
+        if avoid:
+            excluded = [*excluded, _("the GPUs of the other replicas are left out")]
     plan = report.as_dict()
     gpu_set = plan.get("gpu_set") or {}
     fits = bool(plan["fits"])

@@ -8,6 +8,7 @@ from rest_framework import serializers
 from console.accounts.selectors import team_list
 from console.api.parsers import JSONTextField
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, ModelArtifact
+from deployments.serving import replicas
 from deployments.serving.actions import allowed_actions
 from deployments.serving.specs import SPEC_FIELDS
 
@@ -43,6 +44,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
     host = serializers.SlugRelatedField(slug_field="name", read_only=True)
     launch = serializers.BooleanField(write_only=True, default=True)
     job = serializers.PrimaryKeyRelatedField(read_only=True)
+    replicas = serializers.SerializerMethodField(
+        help_text="Its servers (0 is the deployment's own fields): wanted, running, serving (any runs), text "
+        '("2/3 replicas running") and each server\'s index, state, host, GPUs, restarts.'
+    )
 
     class Meta:
         model = Deployment
@@ -68,6 +73,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "command",
             "server",
             "actions",
+            "replicas",
             "job_status",
             "failure_cause",
             "failure_detail",
@@ -98,6 +104,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def get_actions(self, deployment: Deployment) -> list[str]:
         return list(allowed_actions(deployment))
+
+    def get_replicas(self, deployment: Deployment) -> dict:
+        found = replicas.summary(deployment)
+        return {**found.as_dict(), "text": found.text}
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):

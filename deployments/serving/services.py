@@ -30,7 +30,7 @@ from deployments.models import (
     ModelArtifact,
 )
 from deployments.registry.services import artifact_on_host
-from deployments.serving import approvals
+from deployments.serving import approvals, replicas
 from deployments.serving.actions import DELETE, LAUNCH, RESTART, STOP, require_action
 from deployments.serving.planning import Verdict, verdict
 from deployments.serving.specs import SPEC_FIELDS, clean_spec, spec_values
@@ -189,6 +189,7 @@ def set_state(deployment: Deployment, state: str, **fields) -> None:
     Deployment.objects.filter(pk=deployment.pk).update(**fields)
     for key, value in fields.items():
         setattr(deployment, key, value)
+    replicas.routes_changed()  # server 0 is a replica too: the gateways re-read where to send calls
 
 
 def _reserve(deployment: Deployment, host, gpu_indexes: list[int], per_gpu: int) -> None:
@@ -205,11 +206,12 @@ def release(deployment: Deployment) -> None:
     ArtifactUse.objects.filter(holder=deployment.holder).delete()
 
 
-def _launch(actor, deployment: Deployment, plan: Verdict | None = None) -> Job:
+def _launch(actor, deployment: Deployment, plan: Verdict | None = None, *, with_replicas: bool = True) -> Job:
+    """Place and start server 0, then (unless the reconciler restarts server 0 alone) the spec's other replicas."""
     spec = deployment.spec
     set_state(deployment, State.PLACING, failure_cause="", failure_detail="", next_step="", restart_requested=False)
     values = clean_spec(spec_values(spec))
-    plan = plan or verdict(values, holder=deployment.holder)
+    plan = plan or replicas.server_plan(deployment, values, index=0)  # off the GPUs its running replicas hold
     if plan.fits is False:
         raise ApplicationError(plan.reason, field="artifact")
     host = Host.objects.get(name=plan.host)
@@ -252,6 +254,8 @@ def _launch(actor, deployment: Deployment, plan: Verdict | None = None) -> Job:
             "artifact": artifact.pk,
         },
     )
+    if with_replicas:
+        replicas.launch_replicas(actor, deployment)
     return job
 
 
@@ -278,11 +282,12 @@ def deployment_stop(
     request."""
     require(actor, roles.DEPLOY, deployment)
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
-    if deployment.state in (State.STOPPED, State.STOPPING):
+    if deployment.state == State.STOPPING or (deployment.state == State.STOPPED and not replicas.holding(deployment)):
         return deployment  # asked twice: already done
     require_action(deployment, STOP)
     if approvals.required(deployment, approvals.STOP, approval):
         return approvals.request_approval(actor=actor, deployment=deployment, action=approvals.STOP)
+    replicas.stop_replicas(actor, deployment)  # every server stops; server 0 below
     job = deployment.job
     audit.record(action="deployment.stop_requested", actor=actor, target=deployment, detail={"state": deployment.state})
     if job is not None and job.is_active:
@@ -307,6 +312,7 @@ def deployment_restart(*, actor, deployment: Deployment) -> Deployment:
         target=deployment,
         detail={"version": deployment.spec.version},
     )
+    replicas.stop_replicas(actor, deployment)  # they launch again with server 0 (launch_replicas)
     job = deployment.job
     if job is not None and job.is_active:
         Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
@@ -434,7 +440,7 @@ def deployment_relaunch(deployment: Deployment) -> Job | None:
         detail={"attempt": deployment.restart_count + 1, "after": deployment.failure_cause},
     )
     try:
-        return _launch(None, deployment)
+        return _launch(None, deployment, with_replicas=False)  # the other replicas restart on their own
     except ApplicationError as error:
         deployment_failed(
             deployment,

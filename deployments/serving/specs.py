@@ -34,6 +34,7 @@ SPEC_FIELDS = (
     "max_input_tokens",
     "max_total_tokens",
     "max_batch_prefill_tokens",
+    "replicas",
     "max_concurrent_requests",
     "cuda_memory_fraction",
     "lora_adapters",
@@ -112,6 +113,7 @@ def _normalized(data: dict) -> dict:
     values["lora_adapters"] = values.get("lora_adapters") or []
     values["gpu_indexes"] = _gpu_indexes(values.get("gpu_indexes"))
     values.setdefault("max_concurrent_requests", 128)
+    values["replicas"] = _replicas(values.get("replicas"))
     values["cuda_memory_fraction"] = values.get("cuda_memory_fraction") or 1.0
     if "credential" in values:
         values["credential"] = _credential(values["credential"])
@@ -129,6 +131,19 @@ def _credential(value) -> Credential | None:
     if found is None:
         raise ApplicationError("No such Hugging Face token.", field="credential")
     return found
+
+
+def _replicas(raw) -> int:
+    """How many servers of the spec run, 1 to 8 (empty: one)."""
+    if raw in (None, ""):
+        return 1
+    try:
+        count = int(raw)
+    except (TypeError, ValueError):
+        count = 0
+    if isinstance(raw, bool) or count < 1 or count > 8 or str(count) != str(raw).strip():
+        raise ApplicationError("Replicas is a whole number from 1 to 8.", field="replicas")
+    return count
 
 
 def _gpu_indexes(raw) -> list[int]:

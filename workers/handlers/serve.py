@@ -4,7 +4,8 @@ It runs on the host's agent queue (never in the web process). It waits for the m
 server already running for the deployment (after a worker restart) or starts one, copies every output
 line into the job's log (stream "server"), moves the deployment to running once /health and /info answer,
 fails it with a diagnosed cause when the server exits or a state's deadline passes, and stops it
-gracefully when the job is cancelled. Exactly one server per deployment: extra ones are removed.
+gracefully when the job is cancelled. Exactly one server per deployment: extra ones are removed. A replica of
+a deployment (params `replica`) is watched by the same code through its own record (workers/handlers/replica.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from django.utils import timezone
 
 from deployments.backends import get_backend
 from deployments.backends.base import Backend
-from deployments.models import AllowedImage, Deployment, DeploymentSpec, Job, JobLogLine, ModelArtifact
-from deployments.serving import services as lifecycle
+from deployments.models import (
+    AllowedImage,
+    Deployment,
+    DeploymentReplica,
+    DeploymentSpec,
+    Job,
+    JobLogLine,
+    ModelArtifact,
+)
+from workers.handlers.replica import DeploymentServer, ReplicaServer, save, server_for
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 from workers.runtimes import Handle, RunSpec, RuntimeFailure, get_runtime
-from workers.runtimes.base import LABEL_DEPLOYMENT
 
 State = Deployment.State
 IMAGE_NEXT_STEPS = {
@@ -36,7 +44,9 @@ POLL_SECONDS = 0.5
 TAIL_LINES = 2000
 
 
-def instance_name(deployment: Deployment) -> str:
+def instance_name(deployment: Deployment | DeploymentReplica) -> str:
+    if isinstance(deployment, DeploymentReplica):
+        return deployment.instance  # each replica's server has a name (and a TGI socket prefix) of its own
     return f"llmdeploy-{deployment.pk}-{deployment.name}"[:63]
 
 
@@ -46,17 +56,21 @@ def _free_port(address: str) -> int:
         return sock.getsockname()[1]
 
 
-def new_server_key(deployment: Deployment) -> str:
+def new_server_key(deployment: Deployment | DeploymentReplica) -> str:
     """A fresh API key for the server about to start (each start rotates it), stored encrypted before the
     server exists, so the console can always reach what it started."""
     key = secrets.token_urlsafe(32)
     deployment.server_key = key
-    Deployment.objects.filter(pk=deployment.pk).update(server_key=key)
+    save(deployment, server_key=key)
     return key
 
 
 def run_spec(
-    deployment: Deployment, spec: DeploymentSpec, artifact: ModelArtifact | None = None, *, server_key: str = ""
+    deployment: Deployment | DeploymentReplica,
+    spec: DeploymentSpec,
+    artifact: ModelArtifact | None = None,
+    *,
+    server_key: str = "",
 ) -> RunSpec:
     """What the runtime starts: the backend's flags, the placed GPUs, the port on the bind address, the server's
     API key (as a file, see RunSpec.secret_env), and the copy of the model on the placed host (`artifact`; the
@@ -105,8 +119,15 @@ def run_spec(
 class _Watch:
     """One attempt's view of the server: its handle, the output copied so far, the recent lines."""
 
-    def __init__(self, ctx: JobContext, deployment: Deployment, backend: Backend) -> None:
+    def __init__(
+        self,
+        ctx: JobContext,
+        deployment: Deployment | DeploymentReplica,
+        backend: Backend,
+        servers: DeploymentServer | ReplicaServer | None = None,
+    ) -> None:
         self.ctx, self.deployment, self.backend = ctx, deployment, backend
+        self.servers = servers or DeploymentServer()
         self.runtime = get_runtime(deployment.host.runtime)
         self.handle: Handle | None = None
         self.cursor = deployment.log_cursor
@@ -126,7 +147,7 @@ class _Watch:
             self.tail.append(line)
         with transaction.atomic():
             self.ctx.log_writer.flush()
-            Deployment.objects.filter(pk=self.deployment.pk).update(log_cursor=cursor)
+            save(self.deployment, log_cursor=cursor)
         self.cursor = cursor
 
     def fail(self, *, exit_code: int | None = None, oom_killed: bool = False, deadline: str = "") -> JobFailure:
@@ -151,17 +172,21 @@ class _Watch:
 @register("serve")
 class ServeHandler(Handler):
     def run(self, ctx: JobContext) -> dict:
-        deployment = Deployment.objects.select_related("host", "spec").get(pk=ctx.job.params["deployment"])
+        servers = server_for(ctx.job.params)
+        deployment = servers.load(ctx.job.params)
+        if deployment is None:
+            raise JobFailure("The deployment (or this replica of it) is gone.", cause="not_found")
         spec = DeploymentSpec.objects.select_related("artifact", "credential").get(pk=ctx.job.params["spec"])
         # The copy on the placed host (placement may have chosen a host the registry is fetching the files to).
         artifact = ModelArtifact.objects.get(pk=ctx.job.params.get("artifact") or spec.artifact_id)
-        watch = _Watch(ctx, deployment, get_backend(spec.backend))
-        self._wait_for_files(ctx, deployment, artifact)
+        watch = _Watch(ctx, deployment, get_backend(spec.backend), servers)
+        self._wait_for_files(ctx, watch, artifact)
         self._find_or_start(ctx, watch, spec, artifact)
         return self._follow(ctx, watch)
 
     # -- phases --------------------------------------------------------------------------------------------
-    def _wait_for_files(self, ctx: JobContext, deployment: Deployment, artifact: ModelArtifact) -> None:
+    def _wait_for_files(self, ctx: JobContext, watch: _Watch, artifact: ModelArtifact) -> None:
+        deployment = watch.deployment
         while True:
             artifact.refresh_from_db(fields=["status", "path"])
             if artifact.status == ModelArtifact.Status.READY:
@@ -173,7 +198,7 @@ class ServeHandler(Handler):
                     next_step="Add the model again (or import it), then launch.",
                 )
             if deployment.state != State.DOWNLOADING:
-                lifecycle.set_state(deployment, State.DOWNLOADING)
+                watch.servers.set_state(deployment, State.DOWNLOADING)
                 ctx.log(f"waiting for {artifact} to finish downloading")
             self._check_deadline(ctx, deployment, None)
             if ctx.should_cancel():
@@ -182,7 +207,7 @@ class ServeHandler(Handler):
 
     def _find_or_start(self, ctx: JobContext, watch: _Watch, spec: DeploymentSpec, artifact: ModelArtifact) -> None:
         deployment = watch.deployment
-        found = watch.runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
+        found = watch.runtime.find(watch.servers.labels(ctx.job.params))
         live = [handle for handle in found if watch.runtime.status(handle).alive]
         for extra in [h for h in found if h not in live[:1]]:
             ctx.log(f"removing a stale server {extra.name} ({extra.ref})")
@@ -192,7 +217,7 @@ class ServeHandler(Handler):
             ctx.log(f"adopted the running server {watch.handle.name} ({watch.handle.ref}) at {watch.handle.endpoint}")
             return
         if deployment.state != State.STARTING:
-            lifecycle.set_state(deployment, State.STARTING)
+            watch.servers.set_state(deployment, State.STARTING)
         watch.key = new_server_key(deployment)
         run = run_spec(deployment, spec, artifact, server_key=watch.key)
         ctx.log("starting the server with: " + " ".join(run.args))
@@ -205,7 +230,8 @@ class ServeHandler(Handler):
                 next_step=IMAGE_NEXT_STEPS.get(failure.cause, "See the job's log."),
             ) from failure
         watch.cursor = 0
-        Deployment.objects.filter(pk=deployment.pk).update(
+        save(
+            deployment,
             log_cursor=0,
             runtime_ref=watch.handle.ref,
             port=watch.handle.port,
@@ -218,7 +244,9 @@ class ServeHandler(Handler):
             f"waiting for {watch.handle.endpoint}/health"
         )
 
-    def _check_deadline(self, ctx: JobContext, deployment: Deployment, watch: _Watch | None) -> None:
+    def _check_deadline(
+        self, ctx: JobContext, deployment: Deployment | DeploymentReplica, watch: _Watch | None
+    ) -> None:
         deployment.refresh_from_db(fields=["deadline", "state"])
         if deployment.deadline and timezone.now() > deployment.deadline and deployment.state in State.launching():
             line = f"Deadline passed while {deployment.get_state_display()}"
@@ -252,14 +280,12 @@ class ServeHandler(Handler):
                     info = watch.backend.info(watch.handle.endpoint, key=watch.key)
                     if info is not None:
                         server = watch.backend.server_name(info)
-                        lifecycle.deployment_running(
-                            deployment, endpoint=watch.handle.endpoint, info=info, server=server
-                        )
+                        watch.servers.running(deployment, endpoint=watch.handle.endpoint, info=info, server=server)
                         ctx.log(
                             f"running: {server} at {watch.handle.endpoint} answers /health and /info "
                             f"(max_total_tokens {info.get('max_total_tokens')})"
                         )
-                        Deployment.objects.filter(pk=deployment.pk).update(restart_count=0)
+                        save(deployment, restart_count=0)
                         last_health = now
             elif now - last_health >= settings.DEPLOY_HEALTH_SECONDS:
                 last_health = now
@@ -269,13 +295,14 @@ class ServeHandler(Handler):
 
     # -- outcome -------------------------------------------------------------------------------------------------
     def finished(self, ctx: JobContext, status: str) -> None:
-        deployment = Deployment.objects.select_related("host").filter(pk=ctx.job.params["deployment"]).first()
+        servers = server_for(ctx.job.params)
+        deployment = servers.load(ctx.job.params)
         if deployment is None:
             return
         spec = DeploymentSpec.objects.filter(pk=ctx.job.params.get("spec")).first() or deployment.spec
-        watch = _Watch(ctx, deployment, get_backend(spec.backend))
+        watch = _Watch(ctx, deployment, get_backend(spec.backend), servers)
         runtime = watch.runtime
-        handles = runtime.find({LABEL_DEPLOYMENT: str(deployment.pk)})
+        handles = runtime.find(servers.labels(ctx.job.params))
         if status == Job.Status.CANCELLED:
             for handle in handles:
                 ctx.log(f"stopping {handle.name} (grace {settings.DEPLOY_STOP_GRACE_SECONDS} s)")
@@ -284,13 +311,13 @@ class ServeHandler(Handler):
                 watch.copy_output()  # the server's shutdown lines
                 ctx.log(f"stopped ({result.state}, status {result.exit_code})")
                 runtime.remove(handle)
-            if lifecycle.deployment_stopped(deployment):
+            if servers.stopped(deployment):
                 ctx.log("launching again (restart requested)")
         elif status == Job.Status.FAILED:
             for handle in handles:
                 runtime.stop(handle, grace=10)
                 runtime.remove(handle)
-            lifecycle.deployment_failed(
+            servers.failed(
                 deployment,
                 cause=ctx.failure_cause or "error",
                 detail=ctx.failure_detail,

@@ -128,6 +128,7 @@
         max_input_tokens: number("max_input_tokens"),
         max_total_tokens: number("max_total_tokens"),
         max_batch_prefill_tokens: number("max_batch_prefill_tokens"),
+        replicas: number("replicas") || 1,
         max_concurrent_requests: number("max_concurrent_requests") || 128,
         cuda_memory_fraction: number("cuda_memory_fraction") || 1.0,
         image: value("image"),
@@ -155,6 +156,9 @@
       planEl("copy").hidden = !v.copy_to_host;  // placement chose a host without the files: fetched there first
       planEl("device").textContent = (v.device || "—").toUpperCase();
       planEl("gpus").textContent = (v.gpu_indexes || []).length ? v.gpu_indexes.join(", ") : "—";
+      if ((v.replicas || []).length > 1) {  // each replica on GPUs of its own: "host-a 0 · host-a 1"
+        planEl("gpus").textContent = v.replicas.map(function (r) { return r.host + " " + r.gpu_indexes.join(","); }).join(" · ");
+      }
       planEl("num_shard").textContent = v.num_shard || "—";
       planEl("per_gpu").textContent = v.per_gpu_bytes ? gb(v.per_gpu_bytes) : "—";
       planEl("weights_kv").textContent = v.weight_bytes ? gb(v.weight_bytes) + " / " + gb(v.kv_bytes) : "—";

@@ -116,6 +116,7 @@
       set("failure_cause", data.failure_cause);
       set("failure_detail", data.failure_detail);
       set("next_step", data.next_step);
+      set("replicas_text", data.replicas && data.replicas.text);  // "2/3 replicas running"
       var failure = document.getElementById("failure");
       if (failure) failure.hidden = data.state !== "failed";
       root.querySelectorAll("[data-states]").forEach(function (el) {
