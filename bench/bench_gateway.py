@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -266,19 +267,34 @@ def _fake_loads(gateway: GatewayProcess, through: Target) -> list[Load]:
     return loads
 
 
+def _pin_apart(server: ServeProcess) -> bool:
+    """serve.py on CPU 1, the gateway and this load generator on CPU 0. In production the model computes on GPUs
+    and the gateway runs beside the console; on this CPU-only box they would otherwise take CPU from each other,
+    and the ratio would measure that contention instead of what the gateway adds to a call."""
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return False
+    server.command = ["taskset", "-c", "1", *server.command]
+    os.sched_setaffinity(0, {0})
+    return True
+
+
 def run() -> list[Figure]:
     if ml_python() is None:
         raise RuntimeError("bench_gateway needs the ML environment (serve.py): make ml-env")
     model_dir = make_model(Path(os.environ.get("DATA_DIR", ROOT / ".data-test")) / "bench-models" / "tiny")
     server = ServeProcess(
         model_dir, "--max-concurrent-requests", "64", "--max-total-tokens", "512", env={"API_KEY": SERVER_KEY}
-    ).start()
+    )
+    pinned = _pin_apart(server)
+    server.start()
     fake = FakeUpstream(free_port(), delay=FAKE_DELAY, tokens=FAKE_TOKENS, api_key=SERVER_KEY).start()
     try:
         raw, serve_name, fake_name = _world(model_dir, server.url, fake.url)
         env = _gateway_env()
         server.wait_ready(300)
         gateway = GatewayProcess(env).start()
+        if pinned:
+            os.sched_setaffinity(gateway.pid, {0})
         try:
             pairs = _serve_pairs(
                 Target(server.url, SERVER_KEY, serve_name), Target(gateway.url, raw, serve_name), gateway
@@ -286,6 +302,8 @@ def run() -> list[Figure]:
         finally:
             gateway.stop()
         server.stop()  # its CPU is no longer needed: the fake-upstream runs get both cores
+        if pinned:
+            os.sched_setaffinity(0, range(os.cpu_count()))
         gateway = GatewayProcess(env).start()
         try:
             loads = _fake_loads(gateway, Target(gateway.url, raw, fake_name))
