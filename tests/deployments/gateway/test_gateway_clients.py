@@ -161,6 +161,14 @@ def test_refusals_in_each_dialect(gateway, world, engineer):
         client.chat.completions.create(model="sleepy", messages=CHAT, **GREEDY)
     assert stopped.value.status_code == 503 and "stopped" in stopped.value.message
 
+    # A key used from outside its source allow-list: 403 (the tests call from 127.0.0.1).
+    _, fenced_raw = keys.key_create(
+        actor=world["admin"], name="fenced", user=world["admin"], deployments=[tiny], allowed_sources=["10.0.0.0/8"]
+    )
+    with pytest.raises(openai.PermissionDeniedError) as fenced:
+        _openai(gateway, fenced_raw).chat.completions.create(model="tiny", messages=CHAT, **GREEDY)
+    assert fenced.value.body["code"] == "source_not_allowed"
+
     # No key, a wrong key: 401.
     assert requests.get(f"{gateway.url}/v1/models", timeout=30).status_code == 401
     with pytest.raises(openai.AuthenticationError):
