@@ -157,6 +157,7 @@ def test_a_deployment_whose_own_server_failed_serves_through_its_replicas(admin,
     page = client.get(f"/deployments/{deployment.pk}/").content.decode()
     assert 'id="replicas-summary"' in page and "1/2 replicas running" in page
     assert 'data-replica="1" data-replica-state="running"' in page
+    assert f'href="/jobs/{replica.job_id}/" data-replica-job="1"' in page  # each replica's log, one click away
 
     lifecycle.deployment_stop(actor=admin, deployment=deployment)
     replica.refresh_from_db()
