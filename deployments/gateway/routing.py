@@ -79,7 +79,7 @@ def route_for(name: str) -> Route | None:
         name=deployment.name,
         team_id=deployment.team_id,
         state=deployment.state,
-        running=deployment.state == Deployment.State.RUNNING and bool(servers),
+        running=bool(servers),  # server 0 may be down while a replica serves
         production=deployment.environment == Deployment.Environment.PRODUCTION,
         keep_text=deployment.prompt_retention == Deployment.PromptRetention.FULL,
         adapters=tuple(a["name"] for a in (spec.lora_adapters if spec else []) if a.get("name")),
