@@ -53,13 +53,16 @@ def gateway(redis_url, django_db_setup, django_db_blocker):
 @pytest.fixture(autouse=True)
 def _gateway_drained(request):
     """After a test that called the gateway, wait until its flusher sealed every record and let go: the database
-    flush between tests truncates the tables a sealing transaction in the gateway process holds locks on."""
-    yield
-    if "gateway" not in request.fixturenames:
-        return
+    flush between tests truncates the tables a sealing transaction in the gateway process holds locks on. Before
+    it, forget every quota window: key and team ids start again with each test database, Redis does not."""
     from deployments.gateway import records
 
     client = records._redis()
+    for name in client.scan_iter("gateway:quota:*"):
+        client.delete(name)
+    yield
+    if "gateway" not in request.fixturenames:
+        return
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if not client.xlen(records.STREAM) and not client.exists(records.LOCK):
