@@ -299,7 +299,8 @@ def _apply(actor, request: ApprovalRequest) -> str:
     deployment_configure(
         actor=actor, deployment=deployment, environment=request.proposal["environment"], approval=request
     )
-    return _("Moved to %(environment)s.") % {"environment": request.proposal["environment"]}
+    label = Deployment.Environment(request.proposal["environment"]).label
+    return _("Moved to %(environment)s.") % {"environment": label}
 
 
 def _authored(spec: DeploymentSpec, request: ApprovalRequest) -> str:
