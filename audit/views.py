@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -18,6 +17,7 @@ from audit.filters import FIELDS, AuditFilterForm, filters_as_strings
 from audit.models import AuditEvent
 from audit.selectors import event_head_id, event_list, verification_status
 from console import roles
+from console.forms import filter_query
 from console.mixins import ConsoleViewMixin
 
 PAGE_SIZE = 50
@@ -48,11 +48,6 @@ def event_row(event: AuditEvent) -> dict:
     }
 
 
-def _filter_query(request) -> str:
-    """The current filters as a query string (no page), for pagination and export links."""
-    return urlencode([(name, value) for name in FIELDS for value in request.GET.getlist(name) if value])
-
-
 class AuditEventListView(ConsoleViewMixin, View):
     """The audit log, newest first. Viewing its first page is itself audited (`audit.viewed`)."""
 
@@ -76,7 +71,7 @@ class AuditEventListView(ConsoleViewMixin, View):
             "page_obj": page,
             "rows": rows,
             "filtered": bool(filters),
-            "filter_query": _filter_query(request),
+            "filter_query": filter_query(request.GET, FIELDS),
             "live": live,
             # Newer than this is news: live rows on the unfiltered first page, a banner elsewhere.
             "after": max([head, *(row["event"].id for row in rows)]),
@@ -100,7 +95,7 @@ class AuditExportView(ConsoleViewMixin, View):
     def get(self, request):
         form = AuditFilterForm(request.GET)
         fmt = request.GET.get("format") or "csv"
-        query = _filter_query(request)
+        query = filter_query(request.GET, FIELDS)
         back = reverse("audit-events") + (f"?{query}" if query else "")
         if fmt not in FORMATS:
             messages.error(request, _("Unknown export format %(format)s.") % {"format": fmt})

@@ -12,9 +12,10 @@ from django.views import View
 
 import audit
 from audit.filters import filters_as_strings
+from console.forms import filter_query
 from console.mixins import ConsoleViewMixin
 from console.permissions import require_inference_log
-from deployments.gateway.log_forms import InferenceLogFilterForm, filter_query
+from deployments.gateway.log_forms import FIELDS, InferenceLogFilterForm
 from deployments.gateway.models import InferenceRecord
 from deployments.gateway.selectors import blank_text, inference_record_list, record_text_visible
 
@@ -60,7 +61,7 @@ class InferenceLogView(ConsoleViewMixin, View):
             "page_obj": page,
             "rows": [record_row(record, visible=visible) for record in page.object_list],
             "filtered": bool(filters),
-            "filter_query": filter_query(request.GET),
+            "filter_query": filter_query(request.GET, FIELDS),
             "text_visible": visible,
         }
         return render(request, self.template_name, context, status=200 if valid else 400)

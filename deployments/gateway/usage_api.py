@@ -83,7 +83,7 @@ def _filters(request) -> dict:
     form = UsageFilterForm(request.query_params, user=request.user)
     if not form.is_valid():
         raise ValidationError(form.errors)
-    return form.filters()
+    return form.active_filters()
 
 
 class UsageApiView(APIView):

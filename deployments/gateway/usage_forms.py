@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
-from urllib.parse import urlencode
 
 from django import forms
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from console.forms import UNTIL_BEFORE_SINCE, FilterForm
 from deployments.gateway.usage import filter_choices
 
 FIELDS = ("since", "until", "deployment", "team", "key", "adapter", "group_by")
@@ -22,10 +22,11 @@ GROUP_LABELS = {
 }
 
 
-class UsageFilterForm(forms.Form):
+class UsageFilterForm(FilterForm):
     """Every field optional. Days are inclusive, in the console's time zone; without `since` the range is the
-    DEFAULT_DAYS days up to `until` (today by default). Deployments, teams, keys and adapters are offered from the
-    usage the user may see, so an id outside it is refused like any wrong value."""
+    DEFAULT_DAYS days up to `until` (today by default), so the cleaned filters (active_filters) always hold since,
+    until and group_by. Deployments, teams, keys and adapters are offered from the usage the user may see, so an id
+    outside it is refused like any wrong value."""
 
     since = forms.DateField(label=_("Since"), required=False, help_text=_("First day (YYYY-MM-DD); 30 days back"))
     until = forms.DateField(label=_("Until"), required=False, help_text=_("Last day (YYYY-MM-DD); today by default"))
@@ -39,11 +40,8 @@ class UsageFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         for name, choices in filter_choices(user=user).items():
             self.fields[name].choices = [("", _("any")), *choices]
-        for name, field in self.fields.items():
-            css = "form-select" if isinstance(field, forms.ChoiceField) else "form-control"
-            field.widget.attrs.setdefault("class", f"{css} {css}-sm")
-            if name in ("since", "until"):
-                field.widget.input_type = "date"
+        for name in ("since", "until"):
+            self.fields[name].widget.input_type = "date"
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -57,7 +55,7 @@ class UsageFilterForm(forms.Form):
             except OverflowError:
                 since = date.min
         if until < since:
-            self.add_error("until", _("Until must not be before since."))
+            self.add_error("until", UNTIL_BEFORE_SINCE)
         cleaned.update(since=since, until=until, group_by=cleaned.get("group_by") or "deployment")
         # The page shows the range it reports on, defaults included.
         self.data = self.data.copy()
@@ -65,12 +63,3 @@ class UsageFilterForm(forms.Form):
             if not self.data.get(name):
                 self.data[name] = cleaned[name].isoformat() if isinstance(cleaned[name], date) else cleaned[name]
         return cleaned
-
-    def filters(self) -> dict:
-        """The cleaned filters (valid forms only); since, until and group_by always set."""
-        return {name: value for name, value in self.cleaned_data.items() if value not in (None, "")}
-
-
-def filter_query(data, *, without: tuple[str, ...] = ()) -> str:
-    """The request's filters as a query string, for export links."""
-    return urlencode([(name, value) for name in FIELDS if name not in without for value in data.getlist(name) if value])

@@ -12,10 +12,11 @@ from django.views import View
 
 from audit.export import is_asgi
 from console import roles
+from console.forms import filter_query
 from console.mixins import ConsoleViewMixin
 from deployments.gateway.usage import usage_report, usage_rows
 from deployments.gateway.usage_export import usage_csv_response
-from deployments.gateway.usage_forms import GROUP_LABELS, UsageFilterForm, filter_query
+from deployments.gateway.usage_forms import FIELDS, GROUP_LABELS, UsageFilterForm
 
 NARROWING = ("deployment", "team", "key", "adapter")
 
@@ -27,7 +28,7 @@ class UsageView(ConsoleViewMixin, View):
     def get(self, request):
         form = UsageFilterForm(request.GET, user=request.user)
         valid = form.is_valid()
-        filters = form.filters() if valid else {}
+        filters = form.active_filters() if valid else {}
         report = None
         if valid:
             rows = usage_rows(user=request.user, filters=filters)
@@ -37,7 +38,7 @@ class UsageView(ConsoleViewMixin, View):
             "report": report,
             "group_label": GROUP_LABELS.get(filters.get("group_by", ""), ""),
             "narrowed": any(filters.get(name) not in (None, "") for name in NARROWING),
-            "filter_query": filter_query(request.GET),
+            "filter_query": filter_query(request.GET, FIELDS),
             "chart_labels": {
                 "requests": _("requests"),
                 "errors": _("errors"),
@@ -60,7 +61,7 @@ class UsageExportView(ConsoleViewMixin, View):
         form = UsageFilterForm(request.GET, user=request.user)
         if not form.is_valid():
             messages.error(request, _("Fix the filters before exporting."))
-            query = filter_query(request.GET)
+            query = filter_query(request.GET, FIELDS)
             return redirect(reverse("usage") + (f"?{query}" if query else ""))
-        rows = usage_rows(user=request.user, filters=form.filters())
+        rows = usage_rows(user=request.user, filters=form.active_filters())
         return usage_csv_response(rows, asynchronous=is_asgi(request))
