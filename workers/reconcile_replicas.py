@@ -15,6 +15,7 @@ import audit
 from deployments.jobs.services import job_create
 from deployments.models import Deployment, DeploymentReplica, Host, Job
 from deployments.serving import replicas
+from deployments.serving import services as lifecycle
 from deployments.serving.replica_models import LABEL_REPLICA
 from workers.runtimes import Handle, Runtime
 
@@ -43,8 +44,8 @@ def reconcile_replicas_console() -> dict:
         if _job_active(replica):
             continue  # its job enforces the deadline itself
         if replica.state == State.STOPPING:
-            replicas.release_replica(replica)
-            replicas.set_replica_state(replica, State.STOPPED, endpoint="")
+            lifecycle.release(replica)
+            lifecycle.set_state(replica, State.STOPPED, endpoint="")
         else:
             replicas.replica_failed(
                 replica,

@@ -32,19 +32,14 @@ from console import roles
 from console.errors import ApplicationError
 from console.permissions import require_deploy_scope
 from deployments.gateway import cache
-from deployments.jobs.services import job_cancel, job_create, job_dispatch
+from deployments.jobs.services import job_cancel, job_dispatch
 from deployments.models import (
-    ArtifactUse,
     Deployment,
     DeploymentReplica,
     DeploymentSpec,
-    Gpu,
-    GpuReservation,
     Host,
     Job,
-    ModelArtifact,
 )
-from deployments.registry.services import artifact_on_host
 from deployments.serving import services as lifecycle
 from deployments.serving.planning import Verdict, server_verdict
 from deployments.serving.specs import clean_spec, spec_values
@@ -147,20 +142,8 @@ def server_plan(deployment: Deployment, values: dict, *, index: int) -> Verdict:
 
 
 # -- state ---------------------------------------------------------------------------------------------------------
-def set_replica_state(replica: DeploymentReplica, state: str, **fields) -> None:
-    """Record a replica's state (with the deadline a deployment gets in that state) on the row and the object."""
-    fields = {"state": state, "state_changed_at": timezone.now(), "deadline": lifecycle._deadline(state), **fields}
-    DeploymentReplica.objects.filter(pk=replica.pk).update(**fields)
-    for key, value in fields.items():
-        setattr(replica, key, value)
-    routes_changed()
-
-
-def release_replica(replica: DeploymentReplica) -> None:
-    GpuReservation.objects.filter(holder=replica.holder).delete()
-    ArtifactUse.objects.filter(holder=replica.holder).delete()
-
-
+# A replica's state is recorded and its GPUs released as server 0's are (services.set_state, services.release):
+# the row has the same server fields.
 def _record(action: str, replica: DeploymentReplica, *, actor=None, outcome: str = "success", **detail) -> None:
     audit.record(
         action=action,
@@ -208,19 +191,11 @@ def _launch_or_fail(actor, replica: DeploymentReplica) -> Job | None:
         return None
 
 
-def _reserve(replica: DeploymentReplica, host: Host, gpu_indexes: list[int], per_gpu: int) -> None:
-    gpus = list(Gpu.objects.select_for_update().filter(host=host, index__in=gpu_indexes))
-    GpuReservation.objects.filter(holder=replica.holder).delete()
-    GpuReservation.objects.bulk_create(
-        GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=replica.holder) for gpu in gpus
-    )
-
-
 def _launch_replica(actor, replica: DeploymentReplica) -> Job:
     """Place one replica beside the others, reserve its GPUs and start its serve job (as _launch does for 0)."""
     deployment = replica.deployment
     spec = deployment.spec
-    set_replica_state(
+    lifecycle.set_state(
         replica, State.PLACING, failure_cause="", failure_detail="", next_step="", restart_requested=False
     )
     plan = server_plan(deployment, clean_spec(spec_values(spec)), index=replica.index)
@@ -234,32 +209,14 @@ def _launch_replica(actor, replica: DeploymentReplica) -> Job:
     gpu_indexes = plan.gpu_indexes if spec.device == DeploymentSpec.Device.GPU else []
     if spec.device == DeploymentSpec.Device.GPU and not gpu_indexes:
         raise ApplicationError(f"No GPU set on {host} fits replica {replica.index}.", field="replicas")
-    _reserve(replica, host, gpu_indexes, plan.per_gpu_bytes)
-    artifact = artifact_on_host(actor=actor, artifact=spec.artifact, host=host)
-    ArtifactUse.objects.get_or_create(artifact=artifact, holder=replica.holder)
-    job = job_create(
-        kind=Job.Kind.SERVE,
-        actor=actor,
-        target=deployment,
-        queue=host.queue,
-        params={
-            "deployment": deployment.pk,
-            "replica": replica.pk,
-            "index": replica.index,
-            "spec": spec.pk,
-            "artifact": artifact.pk,
-        },
-    )
-    where = f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"
-    set_replica_state(
+    job, _artifact = lifecycle.start_server(
+        actor,
         replica,
-        State.STARTING if artifact.status == ModelArtifact.Status.READY else State.DOWNLOADING,
+        deployment=deployment,
+        plan=plan,
         host=host,
         gpu_indexes=gpu_indexes,
-        runtime=host.runtime,
-        job=job,
-        placement_note=where if artifact == spec.artifact else f"{where} (model files copied to {host})",
-        next_restart_at=None,
+        params={"replica": replica.pk, "index": replica.index},
     )
     _record(
         "deployment.replica_launched",
@@ -302,7 +259,7 @@ def _stop_one(actor, replica: DeploymentReplica, *, restart: bool) -> int:
         DeploymentReplica.objects.filter(pk=replica.pk).update(restart_requested=restart)
         return 1
     if replica.state == State.FAILED and replica.next_restart_at is not None:
-        set_replica_state(replica, State.STOPPED, next_restart_at=None)  # its restart is called off
+        lifecycle.set_state(replica, State.STOPPED, next_restart_at=None)  # its restart is called off
         return 0
     if replica.state not in State.holding():
         return 0
@@ -310,10 +267,10 @@ def _stop_one(actor, replica: DeploymentReplica, *, restart: bool) -> int:
     _record("deployment.replica_stop_requested", replica, actor=actor, state=replica.state)
     if job is not None and job.is_active:
         _cancel(actor, job, replica.deployment)
-        set_replica_state(replica, State.STOPPING, next_restart_at=None, restart_requested=restart)
+        lifecycle.set_state(replica, State.STOPPING, next_restart_at=None, restart_requested=restart)
     else:
-        release_replica(replica)
-        set_replica_state(replica, State.STOPPED, next_restart_at=None, endpoint="")
+        lifecycle.release(replica)
+        lifecycle.set_state(replica, State.STOPPED, next_restart_at=None, endpoint="")
     return 1
 
 
@@ -330,7 +287,7 @@ def _cancel(actor, job: Job, deployment: Deployment) -> None:
 # -- reported by workers ---------------------------------------------------------------------------------------
 @transaction.atomic
 def replica_running(replica: DeploymentReplica, *, endpoint: str, info: dict | None, server: str = "") -> None:
-    set_replica_state(replica, State.RUNNING, endpoint=endpoint, server=server)
+    lifecycle.set_state(replica, State.RUNNING, endpoint=endpoint, server=server)
     _record(
         "deployment.replica_running",
         replica,
@@ -345,12 +302,12 @@ def replica_failed(replica: DeploymentReplica, *, cause: str, detail: str, next_
     """The replica's server could not start or died: out of routing at once, GPUs freed, a restart planned with
     the deployment's backoff when its restart policy says so."""
     replica = DeploymentReplica.objects.select_for_update(of=("self",)).select_related("deployment").get(pk=replica.pk)
-    release_replica(replica)
+    lifecycle.release(replica)
     restart_at = None
     policy = replica.deployment.restart_policy
     if policy == Deployment.RestartPolicy.ON_FAILURE and cause not in lifecycle.NO_RESTART_CAUSES:
         restart_at = timezone.now() + timedelta(seconds=lifecycle.restart_delay(replica.restart_count))
-    set_replica_state(
+    lifecycle.set_state(
         replica,
         State.FAILED,
         endpoint="",
@@ -372,8 +329,8 @@ def replica_failed(replica: DeploymentReplica, *, cause: str, detail: str, next_
 def replica_stopped(replica: DeploymentReplica) -> bool:
     """The replica's server was stopped on request; returns True when it launches again (a restart)."""
     replica = DeploymentReplica.objects.select_for_update(of=("self",)).select_related("deployment").get(pk=replica.pk)
-    release_replica(replica)
-    set_replica_state(replica, State.STOPPED, endpoint="")
+    lifecycle.release(replica)
+    lifecycle.set_state(replica, State.STOPPED, endpoint="")
     deployment = replica.deployment
     if replica.restart_requested and deployment.spec_id and replica.index < deployment.spec.replicas:
         return _launch_or_fail(None, replica) is not None

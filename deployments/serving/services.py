@@ -22,6 +22,7 @@ from deployments.models import (
     ApprovalRequest,
     ArtifactUse,
     Deployment,
+    DeploymentReplica,
     DeploymentSpec,
     Gpu,
     GpuReservation,
@@ -183,27 +184,67 @@ def _deadline(state: str):
     return timezone.now() + timedelta(seconds=seconds) if seconds else None
 
 
-def set_state(deployment: Deployment, state: str, **fields) -> None:
-    """Record a state (with its deadline) on the row and the object."""
+def set_state(record: Deployment | DeploymentReplica, state: str, /, **fields) -> None:
+    """Record a server's state (with its deadline) on the row and the object: the deployment's own (server 0) or a
+    replica's, whose row has the same server fields (replicas.py). Positional: `server` is a field too."""
     fields = {"state": state, "state_changed_at": timezone.now(), "deadline": _deadline(state), **fields}
-    Deployment.objects.filter(pk=deployment.pk).update(**fields)
+    type(record).objects.filter(pk=record.pk).update(**fields)
     for key, value in fields.items():
-        setattr(deployment, key, value)
-    replicas.routes_changed()  # server 0 is a replica too: the gateways re-read where to send calls
+        setattr(record, key, value)
+    replicas.routes_changed()  # every server is a route: the gateways re-read where to send calls
 
 
-def _reserve(deployment: Deployment, host, gpu_indexes: list[int], per_gpu: int) -> None:
+def _reserve(server: Deployment | DeploymentReplica, host, gpu_indexes: list[int], per_gpu: int) -> None:
     gpus = list(Gpu.objects.select_for_update().filter(host=host, index__in=gpu_indexes))
-    GpuReservation.objects.filter(holder=deployment.holder).delete()
+    GpuReservation.objects.filter(holder=server.holder).delete()
     GpuReservation.objects.bulk_create(
-        GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=deployment.holder) for gpu in gpus
+        GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=server.holder) for gpu in gpus
     )
 
 
-def release(deployment: Deployment) -> None:
-    """Give back the deployment's GPU memory and its hold on the model files."""
-    GpuReservation.objects.filter(holder=deployment.holder).delete()
-    ArtifactUse.objects.filter(holder=deployment.holder).delete()
+def release(server: Deployment | DeploymentReplica) -> None:
+    """Give back the server's GPU memory and its hold on the model files (server 0 or a replica)."""
+    GpuReservation.objects.filter(holder=server.holder).delete()
+    ArtifactUse.objects.filter(holder=server.holder).delete()
+
+
+def start_server(
+    actor,
+    server: Deployment | DeploymentReplica,
+    *,
+    deployment: Deployment,
+    plan: Verdict,
+    host: Host,
+    gpu_indexes: list[int],
+    params: dict,
+) -> tuple[Job, ModelArtifact]:
+    """Start a placed server (server 0 or a replica): reserve its GPUs, get the model files onto its host and start
+    its serve job (`params` name the server beside the deployment, spec and files); returns the job and the files."""
+    spec = deployment.spec
+    _reserve(server, host, gpu_indexes, plan.per_gpu_bytes)
+    # Placement may choose a host without the files: the registry fetches repo@commit there, the server waits.
+    artifact = artifact_on_host(actor=actor, artifact=spec.artifact, host=host)
+    ArtifactUse.objects.get_or_create(artifact=artifact, holder=server.holder)
+    job = job_create(
+        kind=Job.Kind.SERVE,
+        actor=actor,
+        target=deployment,
+        queue=host.queue,
+        params={"deployment": deployment.pk, **params, "spec": spec.pk, "artifact": artifact.pk},
+    )
+    next_state = State.STARTING if artifact.status == ModelArtifact.Status.READY else State.DOWNLOADING
+    where = f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"
+    set_state(
+        server,
+        next_state,
+        host=host,
+        gpu_indexes=gpu_indexes,
+        runtime=host.runtime,
+        job=job,
+        placement_note=where if artifact == spec.artifact else f"{where} (model files copied to {host})",
+        next_restart_at=None,
+    )
+    return job, artifact
 
 
 def _launch(actor, deployment: Deployment, plan: Verdict | None = None, *, with_replicas: bool = True) -> Job:
@@ -219,28 +260,8 @@ def _launch(actor, deployment: Deployment, plan: Verdict | None = None, *, with_
     gpu_indexes = plan.gpu_indexes if spec.device == DeploymentSpec.Device.GPU else []
     if spec.device == DeploymentSpec.Device.GPU and not gpu_indexes:
         raise ApplicationError(f"No GPU set on {host} fits this spec.", field="gpu_indexes")
-    _reserve(deployment, host, gpu_indexes, plan.per_gpu_bytes)
-    # Placement may choose a host without the files: the registry fetches repo@commit there, the server waits.
-    artifact = artifact_on_host(actor=actor, artifact=spec.artifact, host=host)
-    ArtifactUse.objects.get_or_create(artifact=artifact, holder=deployment.holder)
-    job = job_create(
-        kind=Job.Kind.SERVE,
-        actor=actor,
-        target=deployment,
-        queue=host.queue,
-        params={"deployment": deployment.pk, "spec": spec.pk, "artifact": artifact.pk},
-    )
-    next_state = State.STARTING if artifact.status == ModelArtifact.Status.READY else State.DOWNLOADING
-    where = f"GPU {','.join(map(str, gpu_indexes))} on {host}" if gpu_indexes else f"CPU on {host}"
-    set_state(
-        deployment,
-        next_state,
-        host=host,
-        gpu_indexes=gpu_indexes,
-        runtime=host.runtime,
-        job=job,
-        placement_note=where if artifact == spec.artifact else f"{where} (model files copied to {host})",
-        next_restart_at=None,
+    job, artifact = start_server(
+        actor, deployment, deployment=deployment, plan=plan, host=host, gpu_indexes=gpu_indexes, params={}
     )
     audit.record(
         action="deployment.launched",

@@ -42,7 +42,7 @@ class ReplicaServer:
     def labels(self, params: dict) -> dict[str, str]:
         return {LABEL_REPLICA: str(params["replica"])}
 
-    set_state = staticmethod(replicas.set_replica_state)
+    set_state = staticmethod(lifecycle.set_state)
     running = staticmethod(replicas.replica_running)
     failed = staticmethod(replicas.replica_failed)
     stopped = staticmethod(replicas.replica_stopped)
