@@ -18,16 +18,13 @@ from deployments.jobs.services import job_create
 from deployments.models import Deployment, Host, Job
 from deployments.serving import services as lifecycle
 from deployments.serving.replica_models import LABEL_REPLICA
+from workers.reconcile_common import job_watching, remove_orphan
 from workers.reconcile_replicas import reconcile_replicas_console, reconcile_replicas_host
 from workers.runtimes import get_runtime
 from workers.runtimes.base import LABEL_DEPLOYMENT, LABEL_MANAGED
 
 logger = logging.getLogger(__name__)
 State = Deployment.State
-
-
-def _job_active(deployment: Deployment) -> bool:
-    return deployment.job is not None and deployment.job.status in Job.Status.active()
 
 
 def reconcile_console() -> dict:
@@ -40,7 +37,7 @@ def reconcile_console() -> dict:
         state__in=[*State.launching(), State.STOPPING], deadline__lt=timezone.now()
     )
     for deployment in stuck:
-        if _job_active(deployment):
+        if job_watching(deployment):
             continue  # its job enforces the deadline itself
         if deployment.state == State.STOPPING:
             lifecycle.release(deployment)
@@ -78,22 +75,13 @@ def reconcile_host(host_name: str) -> dict:
             and deployment.state in (State.STARTING, State.RUNNING)
         )
         if not wanted or deployment.pk in seen:
-            if deployment is not None and _job_active(deployment):
+            if deployment is not None and job_watching(deployment):
                 continue  # a launch in progress owns it
-            runtime.remove(handle)
-            removed.append(handle.name)
-            audit.record(
-                action="deployment.orphan_removed",
-                actor=None,
-                actor_name=f"agent:{host.name}",
-                target_type="deployments.deployment",
-                target_id=handle.labels.get(LABEL_DEPLOYMENT, ""),
-                target_name=handle.name,
-                detail={"ref": handle.ref, "host": host.name},
-            )
+            deployment_id = handle.labels.get(LABEL_DEPLOYMENT, "")
+            removed.append(remove_orphan(host, runtime, handle, deployment_id=deployment_id, detail={}))
             continue
         seen.add(deployment.pk)
-        if _job_active(deployment):
+        if job_watching(deployment):
             continue
         if alive:
             job = job_create(
@@ -123,7 +111,7 @@ def reconcile_host(host_name: str) -> dict:
             failed.append(deployment.pk)
     vanished = Deployment.objects.select_related("job").filter(host=host, state__in=[State.STARTING, State.RUNNING])
     for deployment in vanished.exclude(pk__in=seen):
-        if _job_active(deployment):
+        if job_watching(deployment):
             continue
         lifecycle.deployment_failed(
             deployment,

@@ -17,13 +17,10 @@ from deployments.models import Deployment, DeploymentReplica, Host, Job
 from deployments.serving import replicas
 from deployments.serving import services as lifecycle
 from deployments.serving.replica_models import LABEL_REPLICA
+from workers.reconcile_common import job_watching, remove_orphan
 from workers.runtimes import Handle, Runtime
 
 State = Deployment.State
-
-
-def _job_active(replica: DeploymentReplica) -> bool:
-    return replica.job is not None and replica.job.status in Job.Status.active()
 
 
 def _name(replica: DeploymentReplica) -> str:
@@ -41,7 +38,7 @@ def reconcile_replicas_console() -> dict:
         state__in=[*State.launching(), State.STOPPING], deadline__lt=timezone.now()
     )
     for replica in stuck:
-        if _job_active(replica):
+        if job_watching(replica):
             continue  # its job enforces the deadline itself
         if replica.state == State.STOPPING:
             lifecycle.release(replica)
@@ -70,22 +67,14 @@ def reconcile_replicas_host(host: Host, runtime: Runtime, handles: list[Handle])
         )
         wanted = replica is not None and replica.host_id == host.pk and replica.state in (State.STARTING, State.RUNNING)
         if not wanted or replica.pk in seen:
-            if replica is not None and _job_active(replica):
+            if replica is not None and job_watching(replica):
                 continue  # a launch in progress owns it
-            runtime.remove(handle)
-            removed.append(handle.name)
-            audit.record(
-                action="deployment.orphan_removed",
-                actor=None,
-                actor_name=f"agent:{host.name}",
-                target_type="deployments.deployment",
-                target_id=str(replica.deployment_id) if replica else "",
-                target_name=handle.name,
-                detail={"ref": handle.ref, "host": host.name, "replica": replica.index if replica else pk},
-            )
+            deployment_id = str(replica.deployment_id) if replica else ""
+            detail = {"replica": replica.index if replica else pk}
+            removed.append(remove_orphan(host, runtime, handle, deployment_id=deployment_id, detail=detail))
             continue
         seen.add(replica.pk)
-        if _job_active(replica):
+        if job_watching(replica):
             continue
         if runtime.status(handle).alive:
             _adopt(host, replica, handle)
@@ -103,7 +92,7 @@ def reconcile_replicas_host(host: Host, runtime: Runtime, handles: list[Handle])
         host=host, state__in=[State.STARTING, State.RUNNING]
     )
     for replica in vanished.exclude(pk__in=seen):
-        if _job_active(replica):
+        if job_watching(replica):
             continue
         replicas.replica_failed(
             replica,
