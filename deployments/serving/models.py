@@ -52,7 +52,36 @@ class AllowedImage(models.Model):
         return f"{repository}@{self.digest}"
 
 
-class Deployment(models.Model):
+class ServerFields(models.Model):
+    """The fields of one server of a deployment, under the same names on the deployment (server 0) and on its
+    replicas (DeploymentReplica, 1..N-1), so the serve job and the reconciler handle both alike. The state, its
+    deadline, the host and the endpoint are declared on each model (their labels, help and reverse names differ)."""
+
+    gpu_indexes = models.JSONField(_("GPUs"), default=list, blank=True)
+    placement_note = models.CharField(_("placement"), max_length=300, blank=True)
+    runtime = models.CharField(_("runtime"), max_length=10, blank=True)
+    port = models.PositiveIntegerField(_("port"), null=True, blank=True)
+    runtime_ref = models.CharField(max_length=100, blank=True)  # container id or pid
+    # The server answers only requests carrying this key (TGI's API_KEY). Generated anew at each start,
+    # encrypted at rest, sent by the console alone; see workers/handlers/serve.py.
+    server_key = EncryptedSecretField(null=True, blank=True, editable=False)
+    log_cursor = models.BigIntegerField(default=0)  # how far the server's output was copied into the job log
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    command = models.JSONField(_("command line"), default=list, blank=True)
+    # What answers at the endpoint, as its /info says (TGI and its version, or the development server).
+    server = models.CharField(_("server"), max_length=200, blank=True)
+    failure_cause = models.CharField(_("cause"), max_length=60, blank=True)
+    failure_detail = models.TextField(_("what happened"), blank=True)
+    next_step = models.TextField(_("next step"), blank=True)
+    restart_count = models.PositiveIntegerField(default=0)
+    next_restart_at = models.DateTimeField(null=True, blank=True)
+    restart_requested = models.BooleanField(default=False)
+
+    class Meta:
+        abstract = True
+
+
+class Deployment(ServerFields):
     """A model server the console keeps in the state its owner asked for."""
 
     class State(models.TextChoices):
@@ -117,31 +146,12 @@ class Deployment(models.Model):
     host = models.ForeignKey(
         Host, verbose_name=_("host"), null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
     )
-    gpu_indexes = models.JSONField(_("GPUs"), default=list, blank=True)
-    placement_note = models.CharField(_("placement"), max_length=300, blank=True)
-    runtime = models.CharField(_("runtime"), max_length=10, blank=True)
-    port = models.PositiveIntegerField(_("port"), null=True, blank=True)
     endpoint = models.CharField(
         _("endpoint"),
         max_length=200,
         blank=True,
         help_text=_("Where the console reaches the server (never published openly)."),
     )
-    runtime_ref = models.CharField(max_length=100, blank=True)  # container id or pid
-    # The server answers only requests carrying this key (TGI's API_KEY). Generated anew at each start,
-    # encrypted at rest, sent by the console alone; see workers/handlers/serve.py.
-    server_key = EncryptedSecretField(null=True, blank=True, editable=False)
-    log_cursor = models.BigIntegerField(default=0)  # how far the server's output was copied into the job log
-    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    command = models.JSONField(_("command line"), default=list, blank=True)
-    # What answers at the endpoint, as its /info says (TGI and its version, or the development server).
-    server = models.CharField(_("server"), max_length=200, blank=True)
-    failure_cause = models.CharField(_("cause"), max_length=60, blank=True)
-    failure_detail = models.TextField(_("what happened"), blank=True)
-    next_step = models.TextField(_("next step"), blank=True)
-    restart_count = models.PositiveIntegerField(default=0)
-    next_restart_at = models.DateTimeField(null=True, blank=True)
-    restart_requested = models.BooleanField(default=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

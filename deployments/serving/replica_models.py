@@ -14,10 +14,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from console.fields import EncryptedSecretField
 from deployments.inventory.models import Host
-from deployments.jobs.models import Job
-from deployments.serving.models import Deployment
+from deployments.serving.models import Deployment, ServerFields
 
 # The runtime label that finds a replica's server again (its value: the replica's id). Replica servers carry no
 # deployment label, so the deployment's own serve job and the reconciler's one-server-per-deployment rule never
@@ -25,9 +23,9 @@ from deployments.serving.models import Deployment
 LABEL_REPLICA = "llmdeploy.replica"
 
 
-class DeploymentReplica(models.Model):
-    """Server `index` (1..7) of a deployment; server 0 is the deployment's own. The server fields mirror the
-    deployment's, so the serve job watches either through the same code."""
+class DeploymentReplica(ServerFields):
+    """Server `index` (1..7) of a deployment; server 0 is the deployment's own. The server fields are the
+    deployment's (ServerFields), so the serve job watches either through the same code."""
 
     State = Deployment.State
 
@@ -41,23 +39,7 @@ class DeploymentReplica(models.Model):
     host = models.ForeignKey(
         Host, verbose_name=_("host"), null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    gpu_indexes = models.JSONField(_("GPUs"), default=list, blank=True)
-    placement_note = models.CharField(_("placement"), max_length=300, blank=True)
-    runtime = models.CharField(_("runtime"), max_length=10, blank=True)
-    port = models.PositiveIntegerField(_("port"), null=True, blank=True)
     endpoint = models.CharField(_("endpoint"), max_length=200, blank=True)
-    runtime_ref = models.CharField(max_length=100, blank=True)  # container id or pid
-    server_key = EncryptedSecretField(null=True, blank=True, editable=False)  # rotated at each start
-    log_cursor = models.BigIntegerField(default=0)
-    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    command = models.JSONField(_("command line"), default=list, blank=True)
-    server = models.CharField(_("server"), max_length=200, blank=True)
-    failure_cause = models.CharField(_("cause"), max_length=60, blank=True)
-    failure_detail = models.TextField(_("what happened"), blank=True)
-    next_step = models.TextField(_("next step"), blank=True)
-    restart_count = models.PositiveIntegerField(default=0)
-    next_restart_at = models.DateTimeField(null=True, blank=True)
-    restart_requested = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["deployment", "index"]
