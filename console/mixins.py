@@ -5,10 +5,9 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.http import Http404
 
 from console import roles
-from console.permissions import ObjectHidden, require, require_list, restrict
+from console.permissions import reachable, require, require_list, restrict
 
 
 class ConsoleViewMixin(LoginRequiredMixin):
@@ -46,14 +45,9 @@ class ConsoleViewMixin(LoginRequiredMixin):
     def visible_object(self, pk):
         """The object with this pk if the user may view it and hold this view's action on it (else
         403); a hidden one raises ObjectHidden (an audited 404), a missing one a plain 404."""
-        obj = self.get_queryset().filter(pk=pk).first()
-        if obj is not None:
-            require(self.request.user, self.permission_action, obj)
-            return obj
-        hidden = self.queryset.model._default_manager.filter(pk=pk).first()
-        if hidden is not None:
-            raise ObjectHidden(self.request.user, self.permission_action, hidden)
-        raise Http404
+        obj = reachable(self.get_queryset(), self.request.user, self.permission_action, pk)
+        require(self.request.user, self.permission_action, obj)
+        return obj
 
     def get_object(self, queryset=None):
         obj = super().get_object(queryset)

@@ -115,6 +115,18 @@ def require(user, action: str, obj: Model | None = None) -> None:
     raise ActionDenied(user, action, obj)
 
 
+def reachable(queryset: QuerySet, user, action: str, pk) -> Model:
+    """The object with this pk among `queryset` (what the user may reach); one outside it raises ObjectHidden for
+    `action` (an audited 404, no enumeration), a missing one a plain 404."""
+    found = queryset.filter(pk=pk).first()
+    if found is not None:
+        return found
+    hidden = queryset.model._default_manager.filter(pk=pk).first()
+    if hidden is not None:
+        raise ObjectHidden(user, action, hidden)
+    raise Http404
+
+
 def require_owner(user, action: str, obj: Model) -> None:
     """Changing or deleting a team's thing. A user can change or delete an object a team owns when: they hold
     the action (by role or grant) and either manage users (admins), hold the action on that very object by

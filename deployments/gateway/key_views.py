@@ -21,10 +21,10 @@ from console.forms import apply_error
 from console.mixins import ConsoleViewMixin, search_context
 from console.permissions import (
     ActionDenied,
-    ObjectHidden,
     may_manage_service_accounts,
     may_open_inference_keys,
     may_use_some_deployment,
+    reachable,
 )
 from deployments.gateway import key_selectors, keys
 from deployments.gateway.key_forms import KeyCreateForm, KeyEditForm, ServiceAccountForm, TeamQuotaForm
@@ -51,13 +51,7 @@ def example_model(key: InferenceKey) -> str:
 
 def managed_account(user, pk) -> ServiceAccount:
     """A service account the user manages; another team's is an audited 404, a missing one a plain 404."""
-    account = key_selectors.service_account_list(user=user).filter(pk=pk).first()
-    if account is not None:
-        return account
-    hidden = ServiceAccount.objects.filter(pk=pk).first()
-    if hidden is not None:
-        raise ObjectHidden(user, "manage this service account", hidden)
-    raise Http404
+    return reachable(key_selectors.service_account_list(user=user), user, "manage this service account", pk)
 
 
 class KeysPageMixin(ConsoleViewMixin):
@@ -69,13 +63,9 @@ class KeysPageMixin(ConsoleViewMixin):
 
     def key(self, pk) -> InferenceKey:
         """A key the user manages; someone else's is an audited 404, a missing one a plain 404."""
-        key = key_selectors.key_list(user=self.request.user).filter(pk=pk).first()
-        if key is not None:
-            return key
-        hidden = InferenceKey.objects.filter(pk=pk).first()
-        if hidden is not None:
-            raise ObjectHidden(self.request.user, "manage this inference key", hidden)
-        raise Http404
+        return reachable(
+            key_selectors.key_list(user=self.request.user), self.request.user, "manage this inference key", pk
+        )
 
 
 class AccountsPageMixin(ConsoleViewMixin):
