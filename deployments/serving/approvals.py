@@ -204,10 +204,14 @@ def _lock_open(actor, request: ApprovalRequest) -> ApprovalRequest:
     return locked
 
 
-def _decided(request: ApprovalRequest, *, actor, state: str, comment: str) -> None:
+def _decide(actor, request: ApprovalRequest, *, state: str, event: str, comment: str) -> ApprovalRequest:
+    """Lock the open request and record the decision on it and in the audit log; returns the locked request."""
+    request = _lock_open(actor, request)
     request.state, request.decided_by, request.decided_at = state, actor, timezone.now()
     request.comment = comment.strip()
     request.save(update_fields=["state", "decided_by", "decided_at", "comment"])
+    audit.record(action=event, actor=actor, target=request, detail={**_facts(request), "comment": comment})
+    return request
 
 
 @traced("approval.approve")
@@ -220,11 +224,7 @@ def approve(*, actor, request: ApprovalRequest, comment: str = "") -> ApprovalRe
 
 @transaction.atomic
 def _approve(*, actor, request: ApprovalRequest, comment: str) -> ApprovalRequest:
-    request = _lock_open(actor, request)
-    _decided(request, actor=actor, state=State.APPROVED, comment=comment)
-    audit.record(
-        action="approval.approved", actor=actor, target=request, detail={**_facts(request), "comment": comment}
-    )
+    request = _decide(actor, request, state=State.APPROVED, event="approval.approved", comment=comment)
     try:
         with transaction.atomic():
             result = _apply(actor, request)
@@ -252,12 +252,7 @@ def reject(*, actor, request: ApprovalRequest, comment: str) -> ApprovalRequest:
 
 @transaction.atomic
 def _reject(*, actor, request: ApprovalRequest, comment: str) -> ApprovalRequest:
-    request = _lock_open(actor, request)
-    _decided(request, actor=actor, state=State.REJECTED, comment=comment)
-    audit.record(
-        action="approval.rejected", actor=actor, target=request, detail={**_facts(request), "comment": comment}
-    )
-    return request
+    return _decide(actor, request, state=State.REJECTED, event="approval.rejected", comment=comment)
 
 
 def _apply(actor, request: ApprovalRequest) -> str:

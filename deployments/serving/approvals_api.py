@@ -73,22 +73,19 @@ class ApprovalRequestViewSet(ConsoleReadOnlyViewSet):
             return ApprovalRequest.objects.none()
         return approvals.approval_list(user=self.request.user)
 
-    @extend_schema(request=DecisionSerializer, responses=ApprovalRequestSerializer)
-    @action(detail=True, methods=["post"])
-    def approve(self, request, pk=None):
+    def _decide(self, request, decide) -> Response:
+        """Approve or reject (`decide`: the service) the request in the URL with the posted comment."""
         serializer = DecisionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        decided = approvals.approve(
-            actor=request.user, request=self.get_object(), comment=serializer.validated_data["comment"]
-        )
+        decided = decide(actor=request.user, request=self.get_object(), comment=serializer.validated_data["comment"])
         return Response(ApprovalRequestSerializer(decided).data)
 
     @extend_schema(request=DecisionSerializer, responses=ApprovalRequestSerializer)
     @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        return self._decide(request, approvals.approve)
+
+    @extend_schema(request=DecisionSerializer, responses=ApprovalRequestSerializer)
+    @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
-        serializer = DecisionSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        decided = approvals.reject(
-            actor=request.user, request=self.get_object(), comment=serializer.validated_data["comment"]
-        )
-        return Response(ApprovalRequestSerializer(decided).data)
+        return self._decide(request, approvals.reject)
