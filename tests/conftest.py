@@ -67,6 +67,17 @@ def _no_persistent_connections(django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
+def _default_language():
+    """Each test starts in the default language: a page requested in Chinese leaves the test thread's language
+    active after the response, and messages made later with gettext (a planner's reason) would follow it."""
+    from django.utils import translation
+
+    translation.activate(settings.LANGUAGE_CODE)
+    yield
+    translation.deactivate()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer():
     """Each test gets its own channel layer object. channels-redis keeps asyncio locks on it, bound to the event
     loop that first used them; a test whose loop ended mid-receive (a socket closed by the server) leaves one held,
