@@ -489,7 +489,7 @@ class Gateway:
                 try:
                     await self._exchange(call, server, path, body, send, sent, keep_usage)
                     return
-                except (aiohttp.ClientConnectionError, TimeoutError, UpstreamFailed) as exc:
+                except (aiohttp.ClientError, TimeoutError, UpstreamFailed) as exc:  # refused, reset, cut short
                     last_error = f"The server {server.label} failed: {exc or type(exc).__name__}"
                     logger.warning("gateway: %s (%s)", last_error, route.name)
                     if sent["any"]:
