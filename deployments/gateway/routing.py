@@ -120,6 +120,3 @@ class Balancer:
             self._outstanding.pop(server.url, None)
         else:
             self._outstanding[server.url] = left
-
-    def outstanding(self, server: Upstream) -> int:
-        return self._outstanding.get(server.url, 0)
