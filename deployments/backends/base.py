@@ -83,6 +83,13 @@ class Backend(ABC):
 
     name: str
     label: str
+    # The launcher as a native install names it, and the workers/jobs module that stands in for it where it is
+    # not installed (same arguments; the runtimes choose, RunSpec.launcher). An image's entrypoint is the launcher.
+    launcher: tuple[str, ...]
+    launcher_stand_in: str
+    # The DeploymentSpec fields this backend reads (beyond model, device, GPUs, replicas, image, credential):
+    # a spec that sets another backend's field is refused, naming it.
+    spec_fields: frozenset[str]
     default_image: str
     container_port: int
     container_model_store: str
@@ -116,7 +123,7 @@ class Backend(ABC):
         args = self.launcher_args(spec, plan)
         if port_shown is not None:
             args[args.index("--port") + 1] = port_shown
-        return [self.flags.program, *args]
+        return [*self.launcher, *args]
 
     def check_spec(self, values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         """Run every check the backend contributes to spec cleaning (SpecError on the first refusal)."""

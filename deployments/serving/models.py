@@ -198,6 +198,7 @@ class DeploymentSpec(models.Model):
 
     class Backend(models.TextChoices):
         TGI = "tgi", _("text-generation-inference")
+        VLLM = "vllm", "vLLM"
 
     class Quantize(models.TextChoices):
         NONE = "", _("none")
@@ -264,6 +265,17 @@ class DeploymentSpec(models.Model):
     cuda_memory_fraction = models.FloatField(
         _("CUDA memory fraction"), default=1.0, validators=[MinValueValidator(0.05), MaxValueValidator(1.0)]
     )
+    # vLLM's own settings (deployments/backends/vllm): a backend refuses the fields of another.
+    gpu_memory_utilization = models.FloatField(
+        _("GPU memory utilization"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.05), MaxValueValidator(1.0)],
+        help_text=_("The share of each GPU vLLM reserves at start (weights, activations, KV cache). Empty: 0.9."),
+    )
+    max_model_len = models.PositiveIntegerField(_("max model length"), null=True, blank=True)
+    max_num_seqs = models.PositiveIntegerField(_("max sequences per batch"), null=True, blank=True)
+    max_num_batched_tokens = models.PositiveIntegerField(_("max batched tokens"), null=True, blank=True)
     lora_adapters = models.JSONField(
         _("LoRA adapters"),
         default=list,

@@ -113,6 +113,8 @@ def run_spec(
         secret_files=secrets,
         secret_env={backend.server_key_env: server_key} if server_key else {},
         stop_grace=settings.DEPLOY_STOP_GRACE_SECONDS,
+        launcher=list(backend.launcher),
+        launcher_stand_in=backend.launcher_stand_in,
     )
 
 
@@ -236,7 +238,7 @@ class ServeHandler(Handler):
             runtime_ref=watch.handle.ref,
             port=watch.handle.port,
             endpoint=watch.handle.endpoint,
-            command=watch.handle.command or [watch.backend.flags.program, *run.args],
+            command=watch.handle.command or [*watch.backend.launcher, *run.args],
             server="",
         )
         ctx.log(

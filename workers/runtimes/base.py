@@ -19,7 +19,7 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class RunSpec:
     name: str  # unique per deployment, e.g. "llmdeploy-12-chat"
     labels: dict[str, str]
-    args: list[str]  # launcher arguments (TGI flags), built only by deployments/backends/tgi/launch.py
+    args: list[str]  # launcher arguments, built only by the spec's backend (deployments/backends/<name>/launch.py)
     env: dict[str, str]  # explicit and allow-listed: nothing inherited from the worker
     model_dir: str  # host path of the model directory (inside model_store)
     model_store: str  # host path of the model store; docker mounts it read-only at /data
@@ -43,6 +43,11 @@ class RunSpec:
     # -m workers.jobs.finetune); empty means the backend's launcher.
     program: list[str] = field(default_factory=list)
     workdir: str = ""  # where a job program runs (its output directory); empty: the runtime's own
+    # The backend's launcher as a native install names it (["text-generation-launcher"], ["vllm", "serve"]), and
+    # the workers/jobs module that stands in for it where it is not installed (same arguments). Containers run
+    # their image's entrypoint, which is the launcher itself.
+    launcher: list[str] = field(default_factory=lambda: ["text-generation-launcher"])
+    launcher_stand_in: str = "serve"
 
 
 def secret_env_loader(files: dict[str, str]) -> str:

@@ -1,9 +1,10 @@
 """The process runtime: a model server as a local process group (single machine, CI, laptops).
 
-`text-generation-launcher` when it is installed on the host, otherwise serve.py in the ML environment with
-the same arguments. Each server gets its own session (process group), so stop ends the whole tree; its
-output goes to a log file read by offset, and a small state file records pid, labels and port, so a
-restarted worker finds, follows and stops servers it did not start. A `sh` wrapper records the exit code.
+The backend's launcher (`text-generation-launcher`, `vllm serve`) when it is installed on the host, otherwise
+its stand-in in the ML environment (serve.py and its vLLM flavour) with the same arguments. Each server gets its
+own session (process group), so stop ends the whole tree; its output goes to a log file read by offset, and a
+small state file records pid, labels and port, so a restarted worker finds, follows and stops servers it did not
+start. A `sh` wrapper records the exit code.
 """
 
 from __future__ import annotations
@@ -77,19 +78,21 @@ class ProcessRuntime:
         )
 
     @staticmethod
-    def launcher() -> list[str]:
-        """TGI's launcher when installed natively, else serve.py in the ML environment (same arguments)."""
-        native = shutil.which("text-generation-launcher")
+    def launcher(spec: RunSpec) -> list[str]:
+        """The backend's launcher when installed natively, else its stand-in in the ML environment (same
+        arguments)."""
+        program, *rest = spec.launcher
+        native = shutil.which(program)
         if native and not settings.PROCESS_RUNTIME_FORCE_SERVE:
-            return [native]
-        return job_command("serve")
+            return [native, *rest]
+        return job_command(spec.launcher_stand_in)
 
     # -- the interface ---------------------------------------------------------------------------------------
     def start(self, spec: RunSpec) -> Handle:
         if self._record(spec.name) is not None and self.status_by_name(spec.name).alive:
             raise RuntimeFailure(f"a server named {spec.name} already runs on this host")
         try:
-            command = (list(spec.program) or self.launcher()) + list(spec.args)
+            command = (list(spec.program) or self.launcher(spec)) + list(spec.args)
         except Exception as exc:  # MLEnvironmentMissing: the message says what to do
             raise RuntimeFailure(str(exc), cause="ml_environment_missing") from exc
         state, log, exit_file = self._files(spec.name)

@@ -14,6 +14,22 @@ from deployments.sizing.memory import TGI_WIGGLE_ROOM
 class TgiBackend(Backend):
     name = "tgi"
     label = "Text Generation Inference"
+    launcher = ("text-generation-launcher",)
+    launcher_stand_in = "serve"
+    spec_fields = frozenset(
+        {
+            "quantize",
+            "dtype",
+            "kv_cache_dtype",
+            "max_input_tokens",
+            "max_total_tokens",
+            "max_batch_prefill_tokens",
+            "max_concurrent_requests",
+            "cuda_memory_fraction",
+            "lora_adapters",
+            "extra_env",
+        }
+    )
     default_image = launch.DEFAULT_IMAGE
     container_port = launch.CONTAINER_PORT
     container_model_store = launch.CONTAINER_MODEL_STORE
