@@ -15,16 +15,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DataError, close_old_connections, connection, transaction
+from django.db import DataError, transaction
 from django.db.models import Max
 
 import audit
@@ -224,31 +227,36 @@ def pending() -> int:
     return int(_redis().xlen(STREAM))
 
 
-def _flush_in_thread(budget_seconds: float) -> int:
-    close_old_connections()  # a connection past CONN_MAX_AGE or broken since the last flush is replaced
-    try:
-        return flush_pending(budget_seconds=budget_seconds)
-    finally:
-        close_old_connections()
+def sealer_command() -> list[str]:
+    """The gateway's sealing process: `manage.py inference_seal` with this interpreter, stopping with its parent."""
+    manage = str(Path(settings.BASE_DIR) / "manage.py")
+    every = str(settings.GATEWAY_FLUSH_SECONDS)
+    return [sys.executable, manage, "inference_seal", "--every", every, "--parent", str(os.getpid())]
 
 
-async def flusher(stop: asyncio.Event) -> None:
-    """The gateway's background task: flush every GATEWAY_FLUSH_SECONDS (at once on start, for what a previous
-    process left queued), and a last time when `stop` is set. Flushes run in one thread of their own, so the event
-    loop never waits on the database; a failed flush is logged and the records stay queued for the next one."""
-    loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-log")
-    try:
-        while True:
-            stopping = stop.is_set()
-            try:
-                await loop.run_in_executor(executor, _flush_in_thread, 20.0 if stopping else 10.0)
-            except Exception:
-                logger.exception("inference log: flush failed; the records stay queued in Redis")
-            if stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.GATEWAY_FLUSH_SECONDS)
-    finally:
-        executor.submit(connection.close)
-        executor.shutdown(wait=False)
+async def flusher(stop: asyncio.Event, *, env: dict | None = None) -> None:
+    """The gateway's background task: keep a sealing process (manage.py inference_seal) running until `stop` is
+    set, then stop it and wait for its last flush. It seals every GATEWAY_FLUSH_SECONDS (at once on start, for what
+    a previous process left queued). A process of its own: sealing in a thread of the gateway held the interpreter
+    lock while tokens waited. One that dies is started again; the records wait in Redis meanwhile."""
+    while not stop.is_set():
+        process = await asyncio.create_subprocess_exec(*sealer_command(), env=env, stdin=asyncio.subprocess.DEVNULL)
+        ended = asyncio.ensure_future(process.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if ended.done():
+            logger.error("inference log: the sealing process exited with %s; starting another", ended.result())
+            await asyncio.sleep(1)
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(ended), timeout=30)
+        except TimeoutError:
+            logger.error("inference log: the sealing process did not stop within 30 s; killed")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await ended

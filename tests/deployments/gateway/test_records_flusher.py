@@ -1,4 +1,4 @@
-"""The inference log's flushers (the gateway's background task and beat's backstop), a gateway killed right after
+"""The inference log's flushers (the gateway's sealing process and beat's backstop), a gateway killed right after
 queueing, and each call's `model_inference` span."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -62,41 +63,99 @@ def test_records_of_a_gateway_killed_before_its_flush_are_all_sealed_by_the_next
     assert verify_inference_log().ok
 
 
+def _stored() -> int:
+    try:
+        return InferenceRecord.objects.count()
+    finally:
+        from django.db import connection
+
+        connection.close()
+
+
+async def _until_stored(expected: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(_stored) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return await asyncio.to_thread(_stored)
+
+
+def _sealer_env(redis_url: str) -> dict:
+    from tests.conftest import _test_database_url
+
+    return {**os.environ, "DATABASE_URL": _test_database_url(), "REDIS_URL": redis_url}
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_gateway_flusher_seals_at_start_on_its_interval_and_once_more_when_stopped(settings):
-    """Transactional: the flusher writes from its own thread, through its own connection."""
-    settings.GATEWAY_FLUSH_SECONDS = 0.1
+def test_the_gateway_flusher_seals_at_start_on_its_interval_and_once_more_when_stopped(settings, redis_url):
+    """Transactional: the sealing process writes through its own connection."""
+    env = _sealer_env(redis_url)
     queue([make_record(i) for i in range(3)])  # left by a previous gateway process
 
-    def stored() -> int:
-        try:
-            return InferenceRecord.objects.count()
-        finally:
-            from django.db import connection
-
-            connection.close()
-
-    async def scenario() -> list[int]:
+    async def every_tenth_of_a_second() -> list[int]:
+        settings.GATEWAY_FLUSH_SECONDS = 0.1
         stop = asyncio.Event()
-        task = asyncio.create_task(records.flusher(stop))
-        seen = []
-        for expected in (3, 5):
-            deadline = time.monotonic() + 20
-            while await asyncio.to_thread(stored) < expected and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            seen.append(await asyncio.to_thread(stored))
-            if expected == 3:
-                queue([make_record(i) for i in range(3, 5)])  # calls while it runs
-        settings.GATEWAY_FLUSH_SECONDS = 3600  # from now on only the stop flushes
-        await asyncio.sleep(0.3)
-        queue([make_record(5)])
+        task = asyncio.create_task(records.flusher(stop, env=env))
+        seen = [await _until_stored(3)]  # at once on start
+        queue([make_record(i) for i in range(3, 5)])  # calls while it runs
+        seen.append(await _until_stored(5))
         stop.set()
-        await asyncio.wait_for(task, timeout=30)
-        seen.append(await asyncio.to_thread(stored))
+        await asyncio.wait_for(task, timeout=40)
         return seen
 
-    assert asyncio.run(scenario()) == [3, 5, 6]
+    async def every_hour() -> list[int]:
+        settings.GATEWAY_FLUSH_SECONDS = 3600  # only the start and the stop flush
+        stop = asyncio.Event()
+        task = asyncio.create_task(records.flusher(stop, env=env))
+        await asyncio.sleep(3)  # started, flushed nothing new
+        queue([make_record(5)])
+        await asyncio.sleep(1)
+        waiting = await asyncio.to_thread(_stored)
+        stop.set()
+        await asyncio.wait_for(task, timeout=40)
+        return [waiting, await asyncio.to_thread(_stored)]
+
+    assert asyncio.run(every_tenth_of_a_second()) == [3, 5]
+    assert asyncio.run(every_hour()) == [5, 6]
     assert queued() == 0
+
+
+# A gateway that starts its sealing process, queues records and dies by SIGKILL (no shutdown, no stop signal).
+START_SEALER_AND_DIE = """
+import os, signal, subprocess, sys
+import django
+django.setup()
+from deployments.gateway import records
+from tests.deployments.gateway.records_support import queue, make_record
+queue([make_record(i) for i in range(4)])
+sealer = subprocess.Popen(records.sealer_command(), stdin=subprocess.DEVNULL)
+print("started", sealer.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sealing_process_of_a_killed_gateway_flushes_once_more_and_exits(redis_url):
+    env = {**_sealer_env(redis_url), "DJANGO_SETTINGS_MODULE": "console.settings", "GATEWAY_FLUSH_SECONDS": "3600"}
+    env["DATA_DIR"] = str(settings.DATA_DIR)
+    done = subprocess.run(
+        [sys.executable, "-c", START_SEALER_AND_DIE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == -signal.SIGKILL and "started" in done.stdout, done.stderr[-2000:]
+    sealer = int(done.stdout.split()[-1])
+    assert asyncio.run(_until_stored(4)) == 4
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(sealer):
+        time.sleep(0.2)
+    assert not _alive(sealer), "the sealing process outlived its gateway"
+    assert queued() == 0 and verify_inference_log().ok
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # reparented to init (or a subreaper) and reaped, or a zombie: gone
 
 
 @pytest.mark.django_db
