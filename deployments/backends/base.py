@@ -101,6 +101,9 @@ class Backend(ABC):
     memory: MemorySemantics
     rules: RuleBook
     spec_checks: tuple[SpecCheck, ...]
+    # Whether the server itself answers TGI's native routes (/generate, /generate_stream, /info): the gateway
+    # passes them through to one that does and translates them to the OpenAI completions route for one that does not.
+    native_generate_routes: bool = False
 
     @property
     def flags(self) -> FlagTable:
@@ -124,6 +127,16 @@ class Backend(ABC):
         if port_shown is not None:
             args[args.index("--port") + 1] = port_shown
         return [*self.launcher, *args]
+
+    def served_model_name(self, spec: Any, *, deployment_name: str) -> str:
+        """The name the server serves the base model under on its OpenAI routes (TGI: any name is taken, and the
+        gateway has always sent the deployment's)."""
+        return deployment_name
+
+    def upstream_model(self, served: str, adapter: str | None) -> str:
+        """The `model` the gateway and the playground send upstream for the base model (`served`, from
+        served_model_name) or one of its LoRA adapters: TGI and vLLM both take an adapter by its name."""
+        return adapter or served
 
     def check_spec(self, values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         """Run every check the backend contributes to spec cleaning (SpecError on the first refusal)."""

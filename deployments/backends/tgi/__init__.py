@@ -62,6 +62,7 @@ class TgiBackend(Backend):
     )
     rules = BOOK
     spec_checks = CHECKS
+    native_generate_routes = True
 
     def server_name(self, info: dict | None) -> str:
         if (info or {}).get("served_by") == launch.DEVELOPMENT_SERVER:
