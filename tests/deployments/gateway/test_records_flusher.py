@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
 
 from deployments.gateway import records
@@ -85,10 +86,25 @@ def _sealer_env(redis_url: str) -> dict:
     return {**os.environ, "DATABASE_URL": _test_database_url(), "REDIS_URL": redis_url}
 
 
+@pytest.fixture
+def own_stream(settings, redis_url):
+    """A Redis database of these tests' own for the record stream: the session's gateway (tests/deployments/gateway
+    conftest) keeps a sealing process of its own on the suite's database, which would seal these records too."""
+    base, _, number = redis_url.rpartition("/")
+    own = f"{base}/{(int(number or 0) + 8) % 16}"
+    settings.REDIS_URL = own
+    client = redis.Redis.from_url(own)
+    keys = (records.STREAM, records.REJECTED_STREAM, records.LOCK)
+    client.delete(*keys)
+    yield own
+    client.delete(*keys)
+    client.close()
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_gateway_flusher_seals_at_start_on_its_interval_and_once_more_when_stopped(settings, redis_url):
+def test_the_gateway_flusher_seals_at_start_on_its_interval_and_once_more_when_stopped(settings, own_stream):
     """Transactional: the sealing process writes through its own connection."""
-    env = _sealer_env(redis_url)
+    env = _sealer_env(own_stream)
     queue([make_record(i) for i in range(3)])  # left by a previous gateway process
 
     async def every_tenth_of_a_second() -> list[int]:
@@ -104,18 +120,19 @@ def test_the_gateway_flusher_seals_at_start_on_its_interval_and_once_more_when_s
 
     async def every_hour() -> list[int]:
         settings.GATEWAY_FLUSH_SECONDS = 3600  # only the start and the stop flush
+        queue([make_record(5)])
         stop = asyncio.Event()
         task = asyncio.create_task(records.flusher(stop, env=env))
-        await asyncio.sleep(3)  # started, flushed nothing new
-        queue([make_record(5)])
+        seen = [await _until_stored(6)]  # the start flush: the process is up and waits an hour now
+        queue([make_record(6)])
         await asyncio.sleep(1)
-        waiting = await asyncio.to_thread(_stored)
+        seen.append(await asyncio.to_thread(_stored))
         stop.set()
         await asyncio.wait_for(task, timeout=40)
-        return [waiting, await asyncio.to_thread(_stored)]
+        return [*seen, await asyncio.to_thread(_stored)]
 
     assert asyncio.run(every_tenth_of_a_second()) == [3, 5]
-    assert asyncio.run(every_hour()) == [5, 6]
+    assert asyncio.run(every_hour()) == [6, 6, 7]
     assert queued() == 0
 
 
@@ -134,8 +151,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_sealing_process_of_a_killed_gateway_flushes_once_more_and_exits(redis_url):
-    env = {**_sealer_env(redis_url), "DJANGO_SETTINGS_MODULE": "console.settings", "GATEWAY_FLUSH_SECONDS": "3600"}
+def test_the_sealing_process_of_a_killed_gateway_flushes_once_more_and_exits(own_stream):
+    env = {**_sealer_env(own_stream), "DJANGO_SETTINGS_MODULE": "console.settings", "GATEWAY_FLUSH_SECONDS": "3600"}
     env["DATA_DIR"] = str(settings.DATA_DIR)
     done = subprocess.run(
         [sys.executable, "-c", START_SEALER_AND_DIE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
