@@ -7,7 +7,6 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.exceptions import FieldDoesNotExist
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views import View
@@ -18,10 +17,10 @@ from console.errors import ApplicationError
 from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import report_denial
-from deployments.models import ApprovalRequest
+from deployments.models import ApprovalRequest, DeploymentSpec
 from deployments.serving import approvals
 from deployments.serving.approvals_forms import ApprovalFilterForm, DecisionForm
-from deployments.serving.views import _label, _shown  # a spec value and field name as the deployment page shows them
+from deployments.serving.views import change_rows  # a spec diff as the deployment page shows it
 
 STATE_CSS = {
     ApprovalRequest.State.PENDING: "text-bg-warning",
@@ -39,17 +38,10 @@ def badge(request: ApprovalRequest) -> ApprovalRequest:
 
 
 def diff_rows(request: ApprovalRequest) -> list[dict]:
-    """The spec diff as the approver reads it: each changed field, now and as proposed."""
-    rows = []
-    for name, pair in (request.diff or {}).items():
-        if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            continue
-        try:
-            label = _label(name)
-        except FieldDoesNotExist:  # not a spec field: the environment
-            label = name
-        rows.append({"field": name, "label": label, "before": _shown(name, pair[0]), "after": _shown(name, pair[1])})
-    return rows
+    """The spec diff as the approver reads it: each changed field, now and as proposed (as the versions list
+    shows it, a switch of backend included)."""
+    spec = request.deployment.spec if request.deployment_id else None
+    return change_rows(request.diff or {}, backend=spec.backend if spec else DeploymentSpec.Backend.TGI)
 
 
 class ApprovalListView(ConsoleViewMixin, ListView):

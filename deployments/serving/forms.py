@@ -14,13 +14,17 @@ from console.accounts.models import Credential
 from console.accounts.selectors import team_list
 from console.errors import invalid_json
 from console.permissions import deploy_scope_teams, has_global, restrict
+from deployments.backends import BACKENDS
 from deployments.models import AllowedImage, Deployment, DeploymentSpec, Gpu, Host, ModelArtifact
 from deployments.registry.forms import StyledForm
+from deployments.serving import form_backends
+from deployments.serving.form_backends import BACKEND_FIELDS, BackendSelect
 from deployments.serving.models import DEPLOYMENT_NAME
 from deployments.serving.specs import spec_values
 
-# Inputs the user types as numbers; empty means "TGI's default" (or the planner's choice for num_shard).
+# Inputs the user types as numbers; empty means "the server's default" (or the planner's choice for num_shard).
 TOKEN_FIELDS = ("max_input_tokens", "max_total_tokens", "max_batch_prefill_tokens")
+VLLM_FIELDS = ("gpu_memory_utilization", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
 
 
 def _choices(name: str) -> list[tuple[str, str]]:
@@ -94,10 +98,21 @@ class SpecForm(StyledForm):
         queryset=None,
         help_text=_("A copy on a host (ready or downloading); the server runs on that host."),
     )
+    backend = forms.ChoiceField(
+        label=_("Serving backend"),
+        choices=form_backends.registered,
+        initial=DeploymentSpec.Backend.TGI,
+        required=False,  # empty: TGI, as before there was a choice
+        help_text=_("The inference server; the limits below are the chosen one's own."),
+    )
     device = forms.ChoiceField(label=_("Device"), choices=_choices("device"), initial=DeploymentSpec.Device.GPU)
-    quantize = forms.ChoiceField(label=_("Quantization"), choices=_choices("quantize"), required=False)
-    dtype = forms.ChoiceField(label=_("dtype"), choices=_choices("dtype"), required=False)
-    kv_cache_dtype = forms.ChoiceField(label=_("KV cache dtype"), choices=_choices("kv_cache_dtype"), required=False)
+    quantize = forms.ChoiceField(
+        label=_("Quantization"), choices=_choices("quantize"), required=False, widget=BackendSelect
+    )
+    dtype = forms.ChoiceField(label=_("dtype"), choices=_choices("dtype"), required=False, widget=BackendSelect)
+    kv_cache_dtype = forms.ChoiceField(
+        label=_("KV cache dtype"), choices=_choices("kv_cache_dtype"), required=False, widget=BackendSelect
+    )
     num_shard = forms.IntegerField(
         label=_("GPUs (num_shard)"),
         required=False,
@@ -125,6 +140,18 @@ class SpecForm(StyledForm):
     )
     max_concurrent_requests = forms.IntegerField(label=_("Max concurrent requests"), min_value=1, initial=128)
     cuda_memory_fraction = forms.FloatField(label=_("CUDA memory fraction"), min_value=0.05, max_value=1.0, initial=1.0)
+    gpu_memory_utilization = forms.FloatField(
+        label=_("GPU memory utilization"),
+        required=False,
+        min_value=0.05,
+        max_value=1.0,
+        help_text=_("The share of each GPU vLLM reserves at start for weights, activations and KV cache. Empty: 0.9."),
+    )
+    max_model_len = forms.IntegerField(
+        label=_("Max model length"), required=False, min_value=1, help_text=_("Prompt plus output, in tokens.")
+    )
+    max_num_seqs = forms.IntegerField(label=_("Max sequences per batch"), required=False, min_value=1)
+    max_num_batched_tokens = forms.IntegerField(label=_("Max batched tokens"), required=False, min_value=1)
     image = forms.ChoiceField(
         label=_("Image"),
         required=False,
@@ -164,6 +191,39 @@ class SpecForm(StyledForm):
         if not self.is_bound and "device" not in self.initial and not any_gpu_online():
             # Nothing to place a GPU server on: start from what can run (the planner reads this field).
             self.fields["device"].initial = DeploymentSpec.Device.CPU
+        for name in form_backends.CHOICE_FLAGS:
+            values = [str(value) for value, _label in self.fields[name].choices]
+            self.fields[name].widget.offered = form_backends.option_backends(name, values)
+        chosen = self.chosen_backend()
+        for name in BACKEND_FIELDS:  # read by templates/serving/_field.html
+            readers = form_backends.readers(name)
+            field = self.fields[name]
+            field.gated, field.backends = True, " ".join(readers)
+            field.hidden_for_backend = chosen not in readers
+            # Without the page's script every field shows: say whose each one is where not every backend's.
+            partial = len(readers) < len(BACKENDS)
+            field.backend_note = ", ".join(BACKENDS[key].label for key in readers) if partial else ""
+
+    def chosen_backend(self) -> str:
+        """The backend the form is for: the posted one, else the initial one (TGI when nothing says)."""
+        if self.is_bound:
+            return self.data.get(self.add_prefix("backend")) or DeploymentSpec.Backend.TGI
+        return self.initial.get("backend") or DeploymentSpec.Backend.TGI
+
+    def full_clean(self) -> None:
+        # A field only other backends read is left as if it were never posted: a value typed before switching
+        # backend (or kept by a browser without the page's script) is neither checked nor saved.
+        backend = self.chosen_backend()
+        if self.is_bound and backend in BACKENDS:
+            data = self.data.copy()
+            for name in BACKEND_FIELDS:
+                if not form_backends.reads(backend, name):
+                    key = self.add_prefix(name)
+                    initial = self.fields[name].initial
+                    if key in data or initial is not None:
+                        data[key] = "" if initial is None else str(initial)
+            self.data = data
+        super().full_clean()
 
     def gpu_rows(self) -> list[dict]:
         """The GPU checkboxes with their host, so the page shows only the chosen model's host."""
@@ -191,6 +251,14 @@ class SpecForm(StyledForm):
             self.add_error(
                 "gpu_indexes", gettext("Choose GPUs of %(host)s, where the model is.") % {"host": artifact.host.name}
             )
+        backend = data.get("backend") or DeploymentSpec.Backend.TGI
+        for name in form_backends.CHOICE_FLAGS:
+            if data.get(name) and backend in BACKENDS and data[name] not in form_backends.offered_values(backend, name):
+                self.add_error(
+                    name,
+                    gettext("%(backend)s does not offer %(value)s.")
+                    % {"backend": BACKENDS[backend].label, "value": data[name]},
+                )
         return data
 
     def to_spec(self) -> dict:
@@ -207,22 +275,30 @@ class SpecForm(StyledForm):
                 "replicas",
                 "max_concurrent_requests",
                 "cuda_memory_fraction",
+                *VLLM_FIELDS,
                 "image",
                 "extra_env",
                 "lora_adapters",
             )
         }
+        spec["backend"] = data.get("backend") or DeploymentSpec.Backend.TGI
         spec["artifact"] = data["artifact"].pk
         spec["gpu_indexes"] = sorted(gpu.index for gpu in data.get("gpu_indexes") or [])
         spec["credential"] = data["credential"].pk if data.get("credential") else None
         for name in ("quantize", "dtype", "kv_cache_dtype", "image"):
             spec[name] = spec[name] or ""
+        # Another backend's fields are cleared, not left out: an edit merges the spec into the current version,
+        # whose values for the backend it leaves would otherwise stay.
+        for name in BACKEND_FIELDS:
+            if not form_backends.reads(spec["backend"], name):
+                spec[name] = form_backends.unset_value(name)
         return spec
 
     @classmethod
     def initial_from(cls, spec: DeploymentSpec) -> dict:
         """A spec version as form values (GPU indexes back to the rows of the model's host)."""
         values = spec_values(spec)
+        values.update({name: getattr(spec, name) for name in ("backend", *VLLM_FIELDS)})
         values["gpu_indexes"] = list(
             Gpu.objects.filter(host=spec.artifact.host_id, index__in=spec.gpu_indexes or []).values_list(
                 "pk", flat=True

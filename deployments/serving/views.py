@@ -10,7 +10,7 @@ import shlex
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -33,6 +33,7 @@ from deployments.serving import images as image_service
 from deployments.serving import services as lifecycle
 from deployments.serving.actions import ACTION_NAMES, allowed_actions
 from deployments.serving.environment import deployment_configure
+from deployments.serving.form_backends import reads
 from deployments.serving.forms import (
     DeploymentCreateForm,
     DeploymentEditForm,
@@ -281,6 +282,9 @@ def _shown(name: str, value) -> str:
         )
     if name == "credential":
         return Credential.objects.filter(pk=value).values_list("name", flat=True).first() or f"#{value}"
+    if name == "backend":  # "vLLM (vllm)": the name people know and the value the API takes
+        label = dict(DeploymentSpec.Backend.choices).get(value)
+        return f"{label} ({value})" if label and str(label) != value else str(value)
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True)
     return str(value)
@@ -291,28 +295,58 @@ def _label(name: str) -> str:
 
 
 def spec_rows(spec: DeploymentSpec) -> list[dict]:
+    """The spec's fields as people read them: those its backend reads (another backend's are only defaults)."""
     return [
         {"field": name, "label": _label(name), "value": _shown(name, value)}
         for name, value in spec_values(spec).items()
+        if reads(spec.backend, name)
     ]
+
+
+def _read_by(backend: str, name: str, value) -> str:
+    """A value in a diff, as "—" where that side's backend does not read the field (a switch of backend)."""
+    return _shown(name, value) if reads(backend, name) else "—"
+
+
+def change_rows(diff: dict, *, backend: str) -> list[dict]:
+    """A spec diff as people read it: each changed field, before and after. `backend` is the spec's on both sides
+    unless the diff switches it; a field the backend of one side does not read shows "—" on that side (TGI's
+    CUDA memory fraction, 0.9 before and its default after a switch to vLLM, reads 0.9 → —)."""
+    switched = diff.get("backend")
+    before, after = switched if isinstance(switched, list | tuple) and len(switched) == 2 else (backend, backend)
+    rows = []
+    for name, pair in diff.items():
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            continue
+        try:
+            label = _label(name)
+        except FieldDoesNotExist:  # not a spec field (an approval's environment)
+            label = name
+        row = {
+            "field": name,
+            "label": label,
+            "before": _read_by(before or after, name, pair[0]),
+            "after": _read_by(after, name, pair[1]),
+        }
+        # Empty to empty (None to "" in version 1's diff against nothing) is no change to a reader.
+        if row["before"] != row["after"]:
+            rows.append(row)
+    return rows
 
 
 def version_rows(deployment: Deployment) -> list[dict]:
     rows = []
     for spec in deployment.specs.select_related("created_by").order_by("-version"):
-        changes = [
+        switched = (spec.diff or {}).get("backend")  # [None, "tgi"] in version 1: a first choice, not a switch
+        switched = list(switched) if isinstance(switched, list | tuple) and len(switched) == 2 else []
+        rows.append(
             {
-                "field": name,
-                "label": _label(name) if name in spec_values(spec) else name,
-                "before": _shown(name, pair[0]),
-                "after": _shown(name, pair[1]),
+                "spec": spec,
+                "changes": change_rows(spec.diff or {}, backend=spec.backend),
+                "current": spec.pk == deployment.spec_id,
+                "switch": switched if switched and all(switched) else None,
             }
-            for name, pair in (spec.diff or {}).items()
-            if isinstance(pair, list | tuple) and len(pair) == 2
-        ]
-        # Empty to empty (None to "" in version 1's diff against nothing) is no change to a reader.
-        changes = [change for change in changes if change["before"] != change["after"]]
-        rows.append({"spec": spec, "changes": changes, "current": spec.pk == deployment.spec_id})
+        )
     return rows
 
 

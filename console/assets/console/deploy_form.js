@@ -1,6 +1,8 @@
 // The deploy/edit form: as fields change, ask the planner (POST /api/v1/deployments/plan/, session + CSRF) whether
 // the spec fits and which command it runs, and show its field errors under the fields and, by field name with a
 // link to each, in the planner panel. Only the GPUs of the chosen model's host are offered. After a review, any change hides the Deploy button until the next review.
+// Only the chosen backend's fields and choices show (data-backends); the others are disabled, so neither the form
+// nor the planner sends them.
 (function () {
   "use strict";
 
@@ -47,6 +49,29 @@
       document.getElementById("gpu-none").hidden = !host || shown > 0;
       var shards = field("num_shard");
       if (shards) shards.disabled = cpu;
+    }
+
+    function backend() { return value("backend") || "tgi"; }
+    function offered(el) { return el.dataset.backends.split(" ").indexOf(backend()) >= 0; }
+
+    function showBackend() {
+      form.querySelectorAll("[data-field][data-backends]").forEach(function (wrapper) {
+        var mine = offered(wrapper);
+        wrapper.hidden = !mine;
+        wrapper.querySelectorAll("input, select, textarea").forEach(function (input) { input.disabled = !mine; });
+      });
+      form.querySelectorAll("option[data-backends]").forEach(function (option) {
+        var mine = offered(option);
+        option.hidden = !mine;
+        option.disabled = !mine;
+        if (!mine && option.selected) option.parentNode.value = "";  // back to the server's default
+      });
+    }
+
+    // A field the chosen backend does not read (its wrapper hidden) is left out of the planner's spec.
+    function unread(name) {
+      var wrapper = form.querySelector('[data-field="' + name + '"][data-backends]');
+      return Boolean(wrapper && wrapper.hidden);
     }
 
     function clearErrors() {
@@ -115,8 +140,9 @@
     }
 
     function spec() {
-      return {
+      var values = {
         artifact: number("artifact"),
+        backend: backend(),
         device: value("device") || "gpu",
         quantize: value("quantize"),
         dtype: value("dtype"),
@@ -131,11 +157,17 @@
         replicas: number("replicas") || 1,
         max_concurrent_requests: number("max_concurrent_requests") || 128,
         cuda_memory_fraction: number("cuda_memory_fraction") || 1.0,
+        gpu_memory_utilization: number("gpu_memory_utilization"),
+        max_model_len: number("max_model_len"),
+        max_num_seqs: number("max_num_seqs"),
+        max_num_batched_tokens: number("max_num_batched_tokens"),
         image: value("image"),
-        extra_env: json("extra_env", {}),
-        lora_adapters: json("lora_adapters", []),
+        extra_env: unread("extra_env") ? {} : json("extra_env", {}),
+        lora_adapters: unread("lora_adapters") ? [] : json("lora_adapters", []),
         credential: number("credential")
       };
+      Object.keys(values).forEach(function (name) { if (unread(name)) delete values[name]; });
+      return values;
     }
 
     function setStatus(kind, verdict, reason) {
@@ -163,6 +195,18 @@
       planEl("per_gpu").textContent = v.per_gpu_bytes ? gb(v.per_gpu_bytes) : "—";
       planEl("weights_kv").textContent = v.weight_bytes ? gb(v.weight_bytes) + " / " + gb(v.kv_bytes) : "—";
       planEl("max_total_tokens").textContent = v.max_total_tokens || "—";
+      // vLLM's verdict sizes its share of each GPU: the limit shown is max_model_len, and the details say the rest.
+      panel.querySelectorAll("[data-plan-label]").forEach(function (label) {
+        label.hidden = (label.dataset.planLabel === "vllm") !== Boolean(v.vllm);
+      });
+      var details = document.getElementById("plan-details");
+      details.textContent = "";
+      (v.details || []).forEach(function (detail) {
+        var li = document.createElement("li");
+        li.textContent = detail;
+        details.appendChild(li);
+      });
+      details.hidden = !(v.details || []).length;
       var list = document.getElementById("plan-warnings");
       list.textContent = "";
       (v.warnings || []).forEach(function (warning) {
@@ -180,6 +224,7 @@
       // Field errors are the user's to correct, by name; only an answer without them is the planner's failure.
       setStatus("no", named ? labels.fix : labels.failed, "");
       document.getElementById("plan-command").textContent = "—";
+      document.getElementById("plan-details").hidden = true;
       Object.keys(errors).forEach(function (name) {
         var messages = errors[name];
         if (name === "spec" && messages && !Array.isArray(messages)) {
@@ -229,6 +274,7 @@
     function changed(event) {
       if (event && event.target && event.target.name === "note") return;
       if (event && event.target && (event.target.name === "artifact" || event.target.name === "device")) showGpus();
+      if (event && event.target && event.target.name === "backend") showBackend();
       if (reviewed) {
         var confirm = document.getElementById("confirm-deploy");
         if (confirm) confirm.disabled = true;
@@ -242,6 +288,7 @@
     form.addEventListener("input", changed);
     form.addEventListener("change", changed);
     showGpus();
+    showBackend();
     // A review page shows the server's answer already; elsewhere ask at once (an edit, a model chosen).
     if (!reviewed && value("artifact")) plan();
   }
