@@ -1,7 +1,9 @@
 # The ML execution environment as an image (production, GPU hosts): serve.py (TGI-compatible) and the
 # job programs under workers/jobs/, with a CUDA build of torch. The console image never contains torch.
 #   docker build -f Dockerfile.ml -t llmdeploy/ml:dev .
-# Its entrypoint is named text-generation-launcher, so the console starts it exactly as it starts TGI.
+# Its entrypoint is named text-generation-launcher, so the console starts it exactly as it starts TGI; `vllm serve`
+# runs the vLLM-flavoured server (vllm_serve.py), so an image derived with ENTRYPOINT ["vllm", "serve"] stands in
+# for vLLM's OpenAI server image.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 FROM ${CUDA_IMAGE}
 
@@ -28,6 +30,7 @@ RUN python3.11 -m venv /opt/ml \
 COPY workers/__init__.py /opt/app/workers/__init__.py
 COPY workers/jobs /opt/app/workers/jobs
 COPY deploy/ml/text-generation-launcher /usr/local/bin/text-generation-launcher
+COPY deploy/ml/vllm /usr/local/bin/vllm
 
 # Runs as an unprivileged user; the model store is mounted read-only at /data, the working dir is a tmpfs.
 RUN useradd --uid 1000 --create-home ml

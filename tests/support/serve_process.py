@@ -54,6 +54,8 @@ def free_port() -> int:
 
 
 class ServeProcess:
+    ready_line = "Connected"  # printed once the port listens
+
     def __init__(self, model_dir: Path | str, *args: str, env: dict | None = None, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -104,7 +106,7 @@ class ServeProcess:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self
             except requests.ConnectionError:
-                if not any("Connected" in line for line in self.lines):
+                if not any(self.ready_line in line for line in self.lines):
                     self.refused_before_ready = True
             time.sleep(0.1)
         raise TimeoutError(f"serve.py not ready after {timeout} s:\n{self.output}")

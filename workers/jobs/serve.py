@@ -12,6 +12,8 @@ only when the model is ready (as TGI), and serves TGI's HTTP API (serve_api.py) 
 (serve_engine.py). LoRA adapters named by --lora-adapters are loaded onto the model with peft; a request picks
 one with `adapter_id` (or `model` on the OpenAI routes), as with TGI. It refuses to start, with a clear message
 and TGI's exit lines, when the directory is not a model, an adapter cannot be loaded or memory is insufficient.
+Loading itself is serve_model.py, shared with the vLLM flavour (vllm_serve.py); this module prints its steps and
+failures as TGI does.
 Runs in the ML environment; imports nothing from Django.
 """
 
@@ -23,14 +25,13 @@ import json
 import os
 import re
 import socket
-import struct
 import sys
 import time
-import warnings
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from workers.jobs import serve_model
+from workers.jobs.serve_model import GIB, Adapter, LoadError
 from workers.jobs.tgi_flags import FLAGS, SHORT
 
 # Flags serve.py accepts for compatibility but does not act on (TGI-only machinery).
@@ -49,7 +50,6 @@ IGNORED = (
     "max_batch_total_tokens",
 )
 DTYPES = ("float16", "bfloat16", "float32")  # float32 is serve.py's own addition, for CPUs
-GIB = 1024**3
 
 
 class StartupError(Exception):
@@ -140,89 +140,31 @@ def _hostname(value: str) -> str:
         return "0.0.0.0"  # noqa: S104 - TGI's behaviour; the console binds the published port to loopback
 
 
-# -- the model directory and memory ---------------------------------------------------------------------------
+# -- the model directory (serve_model.py finds and checks it; this prints TGI's lines) --------------------------
 def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None) -> Path:
     log("INFO", f"Starting check and download process for {model_id}", span="download")
-    path = Path(model_id)
-    if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
-        except Exception as exc:
+    try:
+        path = serve_model.resolve_model_dir(model_id, revision, cache_dir)
+    except LoadError as exc:
+        if exc.reason == "not_found":
             raise StartupError(
                 "DownloadError",
-                f"Download encountered an error: {type(exc).__name__}: {exc}",
+                f"Download encountered an error: {exc.error}",
                 f"serve.py loads local files only: {model_id} is neither a directory nor in the Hub cache "
                 "(download the model into the model store first).",
                 span="download",
             ) from exc
-    if not (path / "config.json").is_file():
-        raise StartupError(
-            "DownloadError",
-            f"Download encountered an error: {path} is not a model directory: config.json is missing",
-            span="download",
-        )
-    try:
-        json.loads((path / "config.json").read_text())
-    except ValueError as exc:
-        raise StartupError(
-            "DownloadError",
-            f"Download encountered an error: {path}/config.json is not valid JSON: {exc}",
-            span="download",
-        ) from exc
-    if not list(path.glob("*.safetensors")):
-        raise StartupError(
-            "DownloadError", f"No local weights found in {path} with extension .safetensors", span="download"
-        )
+        if exc.reason == "no_weights":
+            raise StartupError("DownloadError", exc.message, span="download") from exc
+        raise StartupError("DownloadError", f"Download encountered an error: {exc.message}", span="download") from exc
     log("INFO", "Files are already present on the host. Skipping download.", span="download")
     log("INFO", f"Successfully downloaded weights for {model_id}", span="download")
     return path
 
 
-def parameter_count(model_dir: Path) -> int:
-    """Parameters from the safetensors headers alone (8-byte length, then JSON), without loading weights."""
-    total = 0
-    for file in model_dir.glob("*.safetensors"):
-        with file.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry["shape"]:
-                    count *= dim
-                total += count
-    return total
-
-
-def available_memory(device: str, fraction: float) -> int:
-    """Bytes this server may use: free GPU memory, or the host's (within a container's cgroup limit)."""
-    if device == "cuda":
-        import torch
-
-        free, _total = torch.cuda.mem_get_info()
-        return int(free * fraction)
-    import psutil
-
-    available = psutil.virtual_memory().available
-    limit = Path("/sys/fs/cgroup/memory.max")
-    if limit.is_file() and limit.read_text().strip() != "max":
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        available = min(available, int(limit.read_text()) - used)
-    return int(available * fraction)
-
-
 # -- LoRA adapters ----------------------------------------------------------------------------------------------
 # TGI's syntax (server/text_generation_server/utils/adapter.py): `id`, `id@revision` or `id=path`, comma-separated.
 ADAPTER_SYNTAX = re.compile(r"^([^=@]+)(?:=([^@]+))?(?:@(.+))?$")
-
-
-@dataclass(frozen=True)
-class Adapter:
-    id: str  # what requests name: `adapter_id`, or `model` on the OpenAI routes
-    path: str | None  # a local directory (`id=path`); without one, `id` is a Hub repository in the cache
-    revision: str | None = None
 
 
 def parse_lora_adapters(value: str | None) -> list[Adapter]:
@@ -242,12 +184,12 @@ def parse_lora_adapters(value: str | None) -> list[Adapter]:
     return adapters
 
 
-def _adapter_failed(adapter: Adapter, message: str) -> StartupError:
+def _adapter_failed(exc: LoadError) -> StartupError:
     # TGI loads adapters in the shard, after the model: a bad one ends the start as a shard that cannot start.
     return StartupError(
         "ShardCannotStart",
         "Error when initializing model",
-        f"{message} (LoRA adapter '{adapter.id}')",
+        f"{exc.message} (LoRA adapter '{exc.facts['adapter']}')",
         "Shard 0 failed to start",
         span="shard-manager",
     )
@@ -259,71 +201,31 @@ def resolve_adapter_dir(adapter: Adapter, cache_dir: str | None) -> Path:
         return Path(adapter.path)
     log("INFO", f"Starting check and download process for {adapter.id}", span="download")
     try:
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(adapter.id, revision=adapter.revision, cache_dir=cache_dir, local_files_only=True)
-    except Exception as exc:
+        path = serve_model.resolve_adapter_dir(adapter, cache_dir)
+    except LoadError as exc:
         raise StartupError(
             "DownloadError",
-            f"Download encountered an error: {type(exc).__name__}: {exc}",
+            f"Download encountered an error: {exc.error}",
             f"serve.py loads local files only: LoRA adapter {adapter.id} is neither a directory nor in the Hub "
             "cache (give it as name=/path/to/adapter in the model store).",
             span="download",
         ) from exc
     log("INFO", f"Successfully downloaded weights for {adapter.id}", span="download")
-    return Path(path)
-
-
-def check_adapter_dir(adapter: Adapter, path: Path) -> None:
-    """What can be told from the files, before the model loads (TGI finds these only after loading it)."""
-    config_file = path / "adapter_config.json"
-    if not config_file.is_file():
-        raise _adapter_failed(adapter, f"ValueError: Can't find 'adapter_config.json' at '{path}'")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise _adapter_failed(adapter, f"ValueError: {config_file} is not valid JSON: {exc}") from exc
-    kind = config.get("peft_type") if isinstance(config, dict) else None
-    if kind != "LORA":
-        raise _adapter_failed(adapter, f"ValueError: {config_file} describes a {kind} adapter; only LoRA is served")
-    if config.get("use_dora"):
-        # peft cannot mix DoRA adapters with other rows in one batch (TGI has no DoRA either).
-        raise _adapter_failed(adapter, "ValueError: DoRA adapters cannot be served; merge it into the model instead")
-    if not list(path.glob("*.safetensors")):
-        raise _adapter_failed(
-            adapter,
-            f"FileNotFoundError: No adapter weights found for adapter '{adapter.id}' "
-            f"and revision '{adapter.revision}'.",
-        )
+    return path
 
 
 def load_adapters(model, adapters: list[tuple[Adapter, Path]], device: str):
-    """Load every adapter onto the model with peft. Returns the model (a PeftModel when there are adapters) and
-    each adapter id's peft name: ids may hold '.' and '/', which peft's module names cannot."""
-    if not adapters:
-        return model, {}
-    from peft import PeftModel
-
-    log("WARN", "LoRA adapters enabled (experimental feature).")
-    names: dict[str, str] = {}
-    for index, (adapter, path) in enumerate(adapters, start=1):
-        name = f"adapter{index}"
-        log("INFO", f"Loading adapter weights into model: {adapter.id}", span="shard-manager")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                if names:
-                    missing = model.load_adapter(path, adapter_name=name, torch_device=device).missing_keys
-                else:
-                    model = PeftModel.from_pretrained(model, path, adapter_name=name, torch_device=device)
-                    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
-        except (ValueError, KeyError, OSError, RuntimeError, TypeError) as exc:
-            raise _adapter_failed(adapter, f"{type(exc).__name__}: {exc}") from exc
-        if missing:
-            # peft would serve the adapter with those weights left at their initial values: not the adapter.
-            raise _adapter_failed(adapter, f"ValueError: {path} lacks weights the adapter's config names: {missing}")
-        names[adapter.id] = name
-    return model.eval(), names
+    if adapters:
+        log("WARN", "LoRA adapters enabled (experimental feature).")
+    try:
+        return serve_model.load_adapters(
+            model,
+            adapters,
+            device,
+            loading=lambda a: log("INFO", f"Loading adapter weights into model: {a.id}", span="shard-manager"),
+        )
+    except LoadError as exc:
+        raise _adapter_failed(exc) from exc
 
 
 # -- startup -------------------------------------------------------------------------------------------------------
@@ -363,36 +265,33 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def _pick_device(requested: str | None) -> str:
-    import torch
+    try:
+        return serve_model.pick_device(requested)
+    except LoadError as exc:
+        raise StartupError("ShardCannotStart", exc.message, span="shard-manager") from exc
 
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise StartupError(
-            "ShardCannotStart",
-            "Found no NVIDIA driver on your system (--device cuda requested, torch.cuda.is_available() is false)",
-            span="shard-manager",
-        )
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+def _shard_failed(exc: LoadError) -> StartupError:
+    if exc.reason == "oom":
+        lines = ("Shard complete standard error output:", exc.message)
+    else:
+        lines = ("Error when initializing model", exc.message)
+    return StartupError("ShardCannotStart", *lines, "Shard 0 failed to start", span="shard-manager")
 
 
 def load(args: argparse.Namespace, model_dir: Path, device: str):
     """Check memory, load the model and tokenizer, and return them with the dtype name used."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # progress bars are not log lines
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=args.trust_remote_code)
-    config_dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace(
-        "torch.", ""
-    )
+    try:
+        config, config_dtype = serve_model.read_config(model_dir, trust_remote_code=args.trust_remote_code)
+    except LoadError as exc:
+        raise _shard_failed(exc) from exc
     dtype = args.dtype or (
         "float32" if device == "cpu" else config_dtype if config_dtype in ("float16", "bfloat16") else "bfloat16"
     )
-    params = parameter_count(model_dir)
-    need = params * {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+    params = serve_model.parameter_count(model_dir)
+    need = params * serve_model.DTYPE_BYTES[dtype]
     fraction = float(args.cuda_memory_fraction)
-    have = available_memory(device, fraction)
+    have = serve_model.available_memory(device, fraction)
     if need * 1.1 > have:
         raise StartupError(
             "ShardCannotStart",
@@ -403,56 +302,26 @@ def load(args: argparse.Namespace, model_dir: Path, device: str):
             span="shard-manager",
         )
     log("INFO", f"Loading {params / 1e6:.1f}M parameters from {model_dir} on {device} in {dtype}", span="shard-manager")
-    if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-        # Leave one core to the HTTP side and tokenization: a busy core stalls every parallel matmul of the
-        # step (the other threads wait for it), which costs more than the thread gives.
-        threads = max(1, len(os.sched_getaffinity(0)) - 1)
-        torch.set_num_threads(threads)
-        log("INFO", f"Using {threads} CPU thread(s) for the model (OMP_NUM_THREADS overrides)", span="shard-manager")
-    if device == "cuda" and fraction < 1.0:
-        torch.cuda.set_per_process_memory_fraction(fraction)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), trust_remote_code=args.trust_remote_code
+        model, tokenizer = serve_model.load_model(
+            model_dir,
+            device,
+            dtype,
+            trust_remote_code=args.trust_remote_code,
+            tokenizer_dir=Path(args.tokenizer_config_path).parent if args.tokenizer_config_path else None,
+            memory_fraction=fraction,
+            note=lambda message: log("INFO", message, span="shard-manager"),
         )
-        model = model.to(device).eval()
-        tokenizer_dir = Path(args.tokenizer_config_path).parent if args.tokenizer_config_path else model_dir
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=args.trust_remote_code)
-    except torch.OutOfMemoryError as exc:
-        raise StartupError(
-            "ShardCannotStart",
-            "Shard complete standard error output:",
-            f"torch.OutOfMemoryError: {exc}",
-            "Shard 0 failed to start",
-            span="shard-manager",
-        ) from exc
-    except (ValueError, KeyError, OSError) as exc:
-        raise StartupError(
-            "ShardCannotStart",
-            "Error when initializing model",
-            f"{type(exc).__name__}: {exc}",
-            "Shard 0 failed to start",
-            span="shard-manager",
-        ) from exc
+    except LoadError as exc:
+        raise _shard_failed(exc) from exc
     return model, tokenizer, dtype, config
 
 
-def kv_bytes_per_token(config, dtype: str) -> int:
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
-
-
 def warm_up(model, tokenizer, device: str, prefill_tokens: int) -> None:
-    import torch
-
     log("INFO", "Warming up model", target=f"{TARGET}::engine")
-    tokens = torch.full((1, max(prefill_tokens, 2)), tokenizer.bos_token_id or 0, dtype=torch.long, device=device)
     try:
-        with torch.no_grad():
-            model(input_ids=tokens, use_cache=False, logits_to_keep=1)
-    except torch.OutOfMemoryError as exc:
+        serve_model.warm_up(model, tokenizer, device, prefill_tokens)
+    except LoadError as exc:
         message = (
             f"Not enough memory to handle {prefill_tokens} prefill tokens. You need to decrease "
             "`--max-batch-prefill-tokens`"
@@ -466,37 +335,16 @@ def warm_up(model, tokenizer, device: str, prefill_tokens: int) -> None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP. Without it
-    # an event written after the response headers waits for the caller's delayed ACK, about 40 ms.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
+        return serve_model.bind(host, port)
+    except LoadError as exc:
         raise StartupError(
             "WebserverFailed",
             f"Failed to bind to {host}:{port}: Address already in use"
-            if exc.errno == 98
-            else f"Failed to bind to {host}:{port}: {exc}",
+            if exc.facts["errno"] == 98
+            else f"Failed to bind to {host}:{port}: {exc.message}",
             "Webserver Crashed",
         ) from exc
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            # TGI exits 0 after a signal-initiated shutdown; uvicorn would re-raise the signal afterwards.
-            self.force_exit = self.should_exit
-            self.should_exit = True
-
-    return Server
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -516,7 +364,10 @@ def serve(args: argparse.Namespace) -> int:
     adapters = [(a, resolve_adapter_dir(a, args.huggingface_hub_cache)) for a in args.lora_adapters]
     log("INFO", "Starting shard rank=0", span="shard-manager")
     for adapter, path in adapters:
-        check_adapter_dir(adapter, path)  # before the model loads: a wrong path fails in seconds, not minutes
+        try:  # before the model loads: a wrong path fails in seconds, not minutes
+            serve_model.adapter_config(adapter, path)
+        except LoadError as exc:
+            raise _adapter_failed(exc) from exc
     device = _pick_device(args.device)
     log("INFO", BANNER.format(device=device))
     model, tokenizer, dtype, config = load(args, model_dir, device)
@@ -524,14 +375,11 @@ def serve(args: argparse.Namespace) -> int:
     log("INFO", f"Shard ready in {time.monotonic() - started:.1f}s rank=0", span="shard-manager")
 
     log("INFO", "Starting Webserver")
-    limit = min(
-        getattr(config, "max_position_embeddings", 4096) or 4096,
-        tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else 10**9,
-    )
+    limit = serve_model.context_limit(config, tokenizer)
     prefill = _int(args.max_batch_prefill_tokens) or min(4096, limit)
     warm_up(model, tokenizer, device, min(prefill, args.max_input_tokens or prefill))
-    per_token = kv_bytes_per_token(config, dtype)
-    free = available_memory(device, float(args.cuda_memory_fraction)) * 0.9
+    per_token = serve_model.kv_bytes_per_token(config, dtype)
+    free = serve_model.available_memory(device, float(args.cuda_memory_fraction)) * 0.9
     capacity = max(int(free // per_token), 1)
     log("INFO", f"KV-cache blocks: {capacity}, size: 1", target=TARGET)
     log("INFO", f"Setting max batch total tokens to {capacity}", target=f"{TARGET}::engine")
@@ -601,7 +449,7 @@ def serve(args: argparse.Namespace) -> int:
         http="h11",
         timeout_graceful_shutdown=int(args.graceful_termination_timeout),
     )
-    server = _server_class()(config)
+    server = serve_model.server_class()(config)
     server.run(sockets=[sock])
     log("INFO", "signal received, starting graceful shutdown", target=f"{TARGET}::api")
     log("INFO", "Terminating webserver")

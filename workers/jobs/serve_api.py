@@ -58,6 +58,28 @@ def _invalid(message: str) -> ApiError:
     return ApiError(422, f"Input validation error: {message}", "validation")
 
 
+def submit(engine: Engine, input_ids: list[int], params: Params) -> tuple[asyncio.Queue, object]:
+    """Hand a request to the engine; its events arrive on the returned queue (from the engine's thread)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    sequence = engine.submit(input_ids, params, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+    return queue, sequence
+
+
+def flatten_messages(messages: list) -> list[dict]:
+    """OpenAI chat messages as a chat template takes them: text parts joined, other parts dropped."""
+    flat = []
+    for message in messages:
+        message = message if isinstance(message, dict) else {}
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(
+                part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+            )
+        flat.append({"role": message.get("role", "user"), "content": content or ""})
+    return flat
+
+
 def _sse(payload: dict | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return f"data:{data}\n\n".encode()
@@ -259,12 +281,7 @@ class ServeApp:
 
     # -- running requests ------------------------------------------------------------------------------------
     def _events(self, input_ids: list[int], params: Params) -> tuple[asyncio.Queue, object]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        sequence = self.engine.submit(
-            input_ids, params, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
-        )
-        return queue, sequence
+        return submit(self.engine, input_ids, params)
 
     async def _run_to_end(self, input_ids: list[int], params: Params) -> dict:
         queue, sequence = self._events(input_ids, params)
@@ -494,14 +511,10 @@ class ServeApp:
             raise PlainError(422, "Failed to deserialize the JSON body into the target type: missing field `messages`")
         if not getattr(self.tokenizer, "chat_template", None):
             raise ApiError(422, "Template error: template not found", "template_error")
-        flat = []
-        for message in messages:
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
-            flat.append({"role": message.get("role", "user"), "content": content or ""})
         try:
-            return self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                flatten_messages(messages), tokenize=False, add_generation_prompt=True
+            )
         except Exception as exc:
             raise ApiError(422, f"Template error: {exc}", "template_error") from exc
 

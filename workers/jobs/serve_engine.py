@@ -37,6 +37,7 @@ class Params:
     typical_p: float | None = None
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
+    presence_penalty: float | None = None  # vLLM's; TGI has none
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     top_n_tokens: int = 0
@@ -147,6 +148,10 @@ class Engine:
     def batch_size(self) -> int:
         return len(self.rows)
 
+    def tokens_in_use(self) -> int:
+        """KV-cache tokens the running rows hold (read from another thread: a snapshot of the list)."""
+        return sum(len(s.input_ids) + len(s.generated) for s in list(self.rows))
+
     # -- loop ----------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
@@ -196,7 +201,8 @@ class Engine:
             inputs["adapter_names"] = [self.adapters.get(s.params.adapter, BASE_MODEL) for s in rows]
         output = self.model(**inputs, use_cache=True)
         if self.metrics:
-            self.metrics.batch_inference(method, time.monotonic() - started)
+            tokens = sum(len(s.input_ids) for s in rows) if method == "prefill" else len(rows)
+            self.metrics.batch_inference(method, time.monotonic() - started, tokens=tokens)
         return output
 
     def _prefill(self, admitted: list[Sequence]) -> None:
@@ -275,9 +281,9 @@ class Engine:
         scores = logits.float()
         for i, sequence in enumerate(rows):
             p = sequence.params
-            if p.repetition_penalty not in (None, 1.0) or p.frequency_penalty:
+            if p.repetition_penalty not in (None, 1.0) or p.frequency_penalty or p.presence_penalty:
                 history = torch.tensor(sequence.input_ids + sequence.generated, device=scores.device)
-                scores[i] = _penalise(scores[i], history, p.repetition_penalty, p.frequency_penalty)
+                scores[i] = _penalise(scores[i], history, p.repetition_penalty, p.frequency_penalty, p.presence_penalty)
         chosen = scores.argmax(dim=-1)
         for i, sequence in enumerate(rows):
             p = sequence.params
@@ -402,16 +408,20 @@ def _merge_caches(old: DynamicCache, old_mask: torch.Tensor, new: DynamicCache, 
 
 
 def _penalise(
-    scores: torch.Tensor, history: torch.Tensor, repetition: float | None, frequency: float | None
+    scores: torch.Tensor,
+    history: torch.Tensor,
+    repetition: float | None,
+    frequency: float | None,
+    presence: float | None = None,
 ) -> torch.Tensor:
     scores = scores.clone()
     if repetition not in (None, 1.0):
         seen = history.unique()
         picked = scores[seen]
         scores[seen] = torch.where(picked < 0, picked * repetition, picked / repetition)
-    if frequency:
+    if frequency or presence:
         counts = torch.bincount(history, minlength=scores.shape[0]).to(scores.dtype)
-        scores -= frequency * counts
+        scores -= (frequency or 0.0) * counts + (presence or 0.0) * (counts > 0).to(scores.dtype)
     return scores
 
 
