@@ -9,6 +9,7 @@ import audit
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import require
+from deployments.backends import BACKENDS
 from deployments.models import AllowedImage, Deployment
 
 
@@ -21,14 +22,31 @@ def image_refused(*, image: str, default: str, host) -> str | None:
     return None if AllowedImage.objects.filter(reference=reference).exists() else reference
 
 
+def _repository(reference: str) -> str:
+    """An image reference without its tag or digest (`vllm/vllm-openai:v0.34.0` -> `vllm/vllm-openai`)."""
+    reference = reference.split("@", 1)[0]
+    return reference.rsplit(":", 1)[0] if ":" in reference.rsplit("/", 1)[-1] else reference
+
+
+def image_backend(reference: str) -> str:
+    """The backend an image serves: the one whose default image comes from the same repository (TGI otherwise,
+    the allow-list's default before there were two)."""
+    for name, backend in BACKENDS.items():
+        if _repository(backend.default_image) == _repository(reference):
+            return name
+    return "tgi"
+
+
 @transaction.atomic
-def image_allow(*, actor, reference: str, digest: str = "", note: str = "") -> AllowedImage:
+def image_allow(*, actor, reference: str, digest: str = "", note: str = "", backend: str = "") -> AllowedImage:
     """Put an image on the allow-list (pinned by digest when one is given)."""
     require(actor, roles.DEPLOY)
     reference, digest = reference.strip(), digest.strip()
     if AllowedImage.objects.filter(reference=reference).exists():
         raise ApplicationError(f"{reference} is already allowed.", field="reference")
-    image = AllowedImage(reference=reference, digest=digest, note=note.strip())
+    image = AllowedImage(
+        reference=reference, digest=digest, note=note.strip(), backend=backend or image_backend(reference)
+    )
     try:
         image.full_clean()
     except ValidationError as error:

@@ -13,7 +13,7 @@ from django.conf import settings
 
 from console.accounts.models import Credential
 from console.errors import ApplicationError
-from deployments.backends import get_backend
+from deployments.backends import BACKENDS, get_backend
 from deployments.backends.base import Backend, SpecError
 from deployments.models import DeploymentSpec, Gpu, Host, ModelArtifact
 from deployments.registry.layout import artifact_dir
@@ -37,6 +37,10 @@ SPEC_FIELDS = (
     "replicas",
     "max_concurrent_requests",
     "cuda_memory_fraction",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "max_num_batched_tokens",
     "lora_adapters",
     "extra_env",
     "credential",
@@ -52,13 +56,46 @@ def spec_values(spec: DeploymentSpec) -> dict:
     return values
 
 
-def _checkpoint_quantization(artifact: ModelArtifact) -> str | None:
+def _checkpoint(artifact: ModelArtifact) -> dict:
+    """What the checkpoint says of itself, for the backends' checks: its quantization method and its config
+    (the text model's part of a multimodal one). Empty until the files are here."""
+    if artifact.status != ModelArtifact.Status.READY:
+        return {"quantization": None, "config": {}}
     try:
         config = json.loads((Path(artifact.path) / "config.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {"quantization": None, "config": {}}
+    if not isinstance(config, dict):
+        return {"quantization": None, "config": {}}
     method = (config.get("quantization_config") or {}).get("quant_method")
-    return str(method).lower() if method else None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return {"quantization": str(method).lower() if method else None, "config": {**config, **text}}
+
+
+# The fields one backend reads and another does not (Backend.spec_fields), with the value that means "not set".
+def _backend_fields() -> frozenset[str]:
+    return frozenset().union(*(backend.spec_fields for backend in BACKENDS.values()))
+
+
+def _unset(name: str, value) -> bool:
+    """Whether a field holds nothing a backend would act on: empty, or the model's default (a spec switching
+    backend keeps TGI's max_concurrent_requests=128 and cuda_memory_fraction=1.0, which vLLM need not refuse)."""
+    if value in (None, "", [], {}):
+        return True
+    default = DeploymentSpec._meta.get_field(name).get_default()
+    return default not in (None, "", [], {}) and value == default
+
+
+def _check_backend_fields(values: dict, backend: Backend) -> None:
+    """A spec that sets a field its backend does not read is refused, naming the field: it would be silently
+    ignored at launch."""
+    for name in SPEC_FIELDS:
+        if name in _backend_fields() and name not in backend.spec_fields and not _unset(name, values.get(name)):
+            owners = [other.label for other in BACKENDS.values() if name in other.spec_fields]
+            raise ApplicationError(
+                f"{name} is a {' and '.join(owners)} setting; {backend.label} does not take it. Leave it empty.",
+                field=name,
+            )
 
 
 def clean_spec(data: dict) -> dict:
@@ -72,9 +109,9 @@ def clean_spec(data: dict) -> dict:
         raise ApplicationError(f"Unknown backend {values['backend']}.", field="backend") from None
     if values["quantize"] and values["quantize"] not in DeploymentSpec.Quantize.values:
         raise ApplicationError(f"Unknown quantization {values['quantize']}.", field="quantize")
-    stored = _checkpoint_quantization(artifact) if artifact.status == ModelArtifact.Status.READY else None
+    _check_backend_fields(values, backend)
     try:
-        backend.check_spec(values, {"quantization": stored})
+        backend.check_spec(values, _checkpoint(artifact))
     except SpecError as error:
         raise ApplicationError(error.message, field=error.field) from None
     _check_adapters(values["lora_adapters"])
