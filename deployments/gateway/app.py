@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from deployments.gateway import access, cache, quotas, records, spans, tokens
 from deployments.gateway import dialects as d
+from deployments.gateway import tgi_translate as tt
 from deployments.gateway.routing import Balancer, Route, Upstream, route_for, split_model
 
 logger = logging.getLogger(__name__)
@@ -430,7 +431,7 @@ class Gateway:
             await self._admit(call, route, prompt=prompt)
         call.stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        upstream_body = dict(body, model=call.adapter or route.name)
+        upstream_body = dict(body, model=route.upstream_model(call.adapter))
         if call.stream:
             upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         path = "/v1/chat/completions" if chat else "/v1/completions"
@@ -450,10 +451,23 @@ class Gateway:
         await self._admit(call, route, prompt=inputs)
         path = {"tgi.generate": "/generate", "tgi.generate_stream": "/generate_stream"}.get(call.route_name, "/")
         call.stream = path == "/generate_stream" or (path == "/" and bool(body.get("stream")))
-        await self._forward(call, route, path, body, receive, send)
+        if route.native_generate:
+            await self._forward(call, route, path, body, receive, send)
+            return
+        # A server without TGI's routes (vLLM): the same call through its OpenAI completions route, translated.
+        try:
+            upstream_body, request = tt.completion_request(
+                body, model=route.upstream_model(call.adapter), stream=call.stream, compat=path == "/"
+            )
+        except tt.TranslationError as refusal:
+            raise Refused(d.BAD_REQUEST, refusal.message) from None
+        await self._forward(call, route, "/v1/completions", upstream_body, receive, send, translation=request)
 
     async def tgi_info(self, call: Call, name: str, scope: dict, receive: Receive, send: Send) -> None:
         route = await self._route(call, name)
+        if not route.native_generate:  # the server has no /info: what the console knows of it, in TGI's shape
+            await _send_json(send, 200, _info_of(route))
+            return
         server = self.balancer.order(route.upstreams)[0]
         async with self.session.get(f"{server.url}/info", headers=_auth(server)) as response:
             info = await response.json(content_type=None)
@@ -462,9 +476,18 @@ class Gateway:
 
     # -- forwarding ------------------------------------------------------------------------------------------
     async def _forward(
-        self, call: Call, route: Route, path: str, body: dict, receive: Receive, send: Send, keep_usage=False
+        self,
+        call: Call,
+        route: Route,
+        path: str,
+        body: dict,
+        receive: Receive,
+        send: Send,
+        keep_usage: bool = False,
+        translation: tt.GenerateRequest | None = None,
     ) -> None:
-        """Send to the least busy server; on a failure before any byte reached the client, try the next one."""
+        """Send to the least busy server; on a failure before any byte reached the client, try the next one.
+        With a `translation`, the server's completion answer is written back as TGI's generate answer."""
         pump = asyncio.current_task()
         sent = {"any": False}
 
@@ -487,7 +510,7 @@ class Gateway:
                 call.replica = server.label
                 self.balancer.acquire(server)
                 try:
-                    await self._exchange(call, server, path, body, send, sent, keep_usage)
+                    await self._exchange(call, server, path, body, send, sent, keep_usage, translation)
                     return
                 except (aiohttp.ClientError, TimeoutError, UpstreamFailed) as exc:  # refused, reset, cut short
                     last_error = f"The server {server.label} failed: {exc or type(exc).__name__}"
@@ -516,7 +539,15 @@ class Gateway:
             watcher.cancel()
 
     async def _exchange(
-        self, call: Call, server: Upstream, path: str, body: dict, send: Send, sent: dict, keep_usage: bool
+        self,
+        call: Call,
+        server: Upstream,
+        path: str,
+        body: dict,
+        send: Send,
+        sent: dict,
+        keep_usage: bool,
+        translation: tt.GenerateRequest | None = None,
     ) -> None:
         headers = {**_auth(server), "content-type": "application/json", "x-request-id": call.request_id}
         async with self.session.post(f"{server.url}{path}", json=body, headers=headers) as response:
@@ -527,6 +558,8 @@ class Gateway:
                 # The server's own refusal (validation, overload): passed on as it is, counted as an error.
                 payload = await response.read()
                 call.status, call.error = response.status, payload[:300].decode("utf-8", errors="replace")
+                if translation is not None:
+                    payload = json.dumps(tt.error_answer(response.status, payload)).encode()
                 sent["any"] = sent["done"] = True
                 await send(
                     {
@@ -538,18 +571,29 @@ class Gateway:
                 await send({"type": "http.response.body", "body": payload})
                 return
             if not call.stream:
-                await self._whole(call, response, send, sent)
+                await self._whole(call, response, send, sent, translation)
             else:
-                await self._events(call, response, send, sent, keep_usage)
+                await self._events(call, response, send, sent, keep_usage, translation)
 
-    async def _whole(self, call: Call, response: aiohttp.ClientResponse, send: Send, sent: dict) -> None:
+    async def _whole(
+        self,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        send: Send,
+        sent: dict,
+        translation: tt.GenerateRequest | None = None,
+    ) -> None:
         payload = await response.read()
         call.first_token()
         try:
             data = json.loads(payload)
         except ValueError:
             data = None
-        count_text = _completion_of(call, data)
+        if translation is not None and not isinstance(data, dict):
+            raise UpstreamFailed("answered 200 without a completion")
+        count_text = _completion_of(call, data)  # a completion's usage counts both sides of a translated call
+        if translation is not None:
+            payload = json.dumps(tt.generate_answer(data, translation)).encode()
         if count_text is not None:
             call.completion.append(count_text)
         if call.completion_tokens:
@@ -559,15 +603,25 @@ class Gateway:
         await send({"type": "http.response.body", "body": payload})
 
     async def _events(
-        self, call: Call, response: aiohttp.ClientResponse, send: Send, sent: dict, keep_usage: bool
+        self,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        send: Send,
+        sent: dict,
+        keep_usage: bool,
+        translation: tt.GenerateRequest | None = None,
     ) -> None:
         """Pass the stream on as it comes: the whole events of each read from the server go out in one write (one
-        event per write costs a system call per token), a partial event waits for its end."""
+        event per write costs a system call per token), a partial event waits for its end. A translated stream
+        is rewritten event by event first, then metered as the TGI stream it has become."""
         buffer = b""
         uncharged = 0
         openai = call.dialect == d.OPENAI
         keep_text = call.route is not None and call.route.keep_text
-        async for chunk in response.content.iter_any():
+        chunks = response.content.iter_any()
+        if translation is not None:
+            chunks = tt.translated_stream(tt.GenerateStream(translation), chunks)
+        async for chunk in chunks:
             buffer += chunk
             if b"\n\n" not in buffer:
                 continue
@@ -618,6 +672,31 @@ class Gateway:
 
 class UpstreamFailed(Exception):
     pass
+
+
+def _info_of(route: Route) -> dict:
+    """TGI's /info for a deployment whose server has none (vLLM), from what the console knows of it: limits it
+    does not know are null, and `backend` says which server answers."""
+    label, _, version = route.server.rpartition(" ")
+    return {
+        "model_id": route.model_id or route.name,
+        "model_sha": route.model_sha,
+        "model_pipeline_tag": None,
+        "max_concurrent_requests": None,
+        "max_best_of": 1,
+        "max_stop_sequences": None,
+        "max_input_tokens": route.max_model_len - 1 if route.max_model_len else None,
+        "max_total_tokens": route.max_model_len,
+        "validation_workers": None,
+        "max_client_batch_size": None,
+        "router": route.server or route.backend,
+        "version": version if label and version[:1].isdigit() else None,
+        "sha": None,
+        "docker_label": None,
+        "backend": route.backend,
+        "served_model_name": route.upstream_model(),
+        "adapters": list(route.adapters),
+    }
 
 
 def _in_thread(function, *args):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments.backends import get_backend
 from deployments.serving.models import Deployment
 from deployments.serving.replicas import running_replicas
 
@@ -36,6 +37,23 @@ class Route:
     backend: str
     tokenizer_dir: str | None  # the model directory when this machine can read it (prompt tokens are counted)
     upstreams: tuple[Upstream, ...] = field(default=())
+    # Whether the servers answer TGI's /generate routes themselves (else the gateway translates them).
+    native_generate: bool = True
+    # The `model` to send upstream: ("", base name) and (adapter, its name), as the backend says (one lookup here,
+    # none per call).
+    upstream_models: tuple[tuple[str, str], ...] = field(default=())
+    # What /llm/<name>/info says of a server whose backend has no /info: the model, its commit, the server.
+    model_id: str = ""
+    model_sha: str | None = None
+    server: str = ""
+    max_model_len: int | None = None
+
+    def upstream_model(self, adapter: str = "") -> str:
+        """The `model` the server serves the base model (adapter "") or an adapter under."""
+        for name, model in self.upstream_models:
+            if name == adapter:
+                return model
+        return adapter or self.name
 
 
 def upstreams(deployment: Deployment) -> list[Upstream]:
@@ -68,12 +86,18 @@ def _tokenizer_dir(deployment: Deployment) -> str | None:
 def route_for(name: str) -> Route | None:
     """The route of the deployment called `name`, or None when there is none (sync: call it in a thread)."""
     deployment = (
-        Deployment.objects.select_related("spec", "spec__artifact", "host").filter(name=name).first() if name else None
+        Deployment.objects.select_related("spec", "spec__artifact__repo", "host").filter(name=name).first()
+        if name
+        else None
     )
     if deployment is None:
         return None
     spec = deployment.spec
     servers = tuple(upstreams(deployment))
+    adapters = tuple(a["name"] for a in (spec.lora_adapters if spec else []) if a.get("name"))
+    backend = get_backend(spec.backend if spec else "")
+    served = backend.served_model_name(spec, deployment_name=deployment.name) if spec else deployment.name
+    repo = spec.artifact.repo if spec and spec.artifact_id else None
     return Route(
         deployment_id=deployment.pk,
         name=deployment.name,
@@ -82,10 +106,16 @@ def route_for(name: str) -> Route | None:
         running=bool(servers),  # server 0 may be down while a replica serves
         production=deployment.environment == Deployment.Environment.PRODUCTION,
         keep_text=deployment.prompt_retention == Deployment.PromptRetention.FULL,
-        adapters=tuple(a["name"] for a in (spec.lora_adapters if spec else []) if a.get("name")),
+        adapters=adapters,
         backend=spec.backend if spec else "",
         tokenizer_dir=_tokenizer_dir(deployment),
         upstreams=servers,
+        native_generate=backend.native_generate_routes,
+        upstream_models=tuple((a, backend.upstream_model(served, a or None)) for a in ("", *adapters)),
+        model_id=repo.repo_id if repo else "",
+        model_sha=(repo.commit or None) if repo else None,
+        server=deployment.server,
+        max_model_len=spec.max_model_len if spec else None,
     )
 
 

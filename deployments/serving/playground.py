@@ -1,8 +1,11 @@
 """The playground: a prompt sent to a running deployment, tokens streamed back, the use audited.
 
-Completion mode uses the text-generation client's generate_stream (POST / with stream). Chat mode posts to
+TGI: completion mode uses the text-generation client's generate_stream (POST / with stream). Chat mode posts to
 /v1/chat/completions with stream over plain HTTP: the 0.7.0 client's chat(stream=True) breaks on current
-TGI's chat deltas. The console reaches the server on its internal endpoint; browsers never do.
+TGI's chat deltas. A backend without TGI's routes (vLLM) gets both modes on its OpenAI routes
+(/v1/completions, /v1/chat/completions, streaming) for the model name it serves, with the page's settings meaning
+what they mean for TGI (greedy unless sampling is asked for). The console reaches the server on its internal
+endpoint; browsers never do.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 import audit
 from console.errors import ApplicationError
+from deployments.backends import get_backend
 from deployments.backends.base import Backend
+from deployments.gateway.tgi_translate import TranslationError, completion_request
 from deployments.models import Deployment
 
 MAX_NEW_TOKENS = 2048
@@ -78,10 +84,31 @@ async def stream_chat(endpoint: str, messages: list[dict], params: dict, *, key:
     for name in ("temperature", "top_p", "seed"):
         if params.get(name) is not None:
             body[name] = params[name]
+    async for event in stream_openai(endpoint, "/v1/chat/completions", body, key=key):
+        yield event
+
+
+def openai_request(params: dict, *, model: str, prompt: str = "", messages: list | None = None) -> tuple[str, dict]:
+    """The route and streaming body for a server with only OpenAI's routes: the page's settings translated as the
+    gateway translates TGI's (greedy is temperature 0; top_k and repetition_penalty are vLLM's extensions)."""
+    try:
+        body, _ = completion_request({"inputs": prompt or "-", "parameters": params}, model=model, stream=True)
+    except TranslationError as refusal:
+        raise ApplicationError(refusal.message) from None
+    for name in ("logprobs", "return_token_ids", "include_stop_str_in_output"):
+        body.pop(name, None)  # what the gateway needs to rebuild TGI's tokens; the page shows text only
+    if messages is None:
+        return "/v1/completions", body
+    del body["prompt"]
+    return "/v1/chat/completions", {**body, "messages": messages}
+
+
+async def stream_openai(endpoint: str, path: str, body: dict, *, key: str = "") -> AsyncIterator[dict]:
+    """A streaming OpenAI chat or text completion: a token event per chunk's text, then the usage and finish."""
     finish, usage = None, None
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session,
-        session.post(f"{endpoint}/v1/chat/completions", json=body, headers=Backend.auth_headers(key)) as response,
+        session.post(f"{endpoint}{path}", json=body, headers=Backend.auth_headers(key)) as response,
     ):
         if response.status != 200:
             raise ApplicationError(f"The server answered {response.status}: {(await response.text())[:300]}")
@@ -93,14 +120,14 @@ async def stream_chat(endpoint: str, messages: list[dict], params: dict, *, key:
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
-            if "error" in chunk:
-                raise ApplicationError(
-                    str(chunk["error"].get("message") if isinstance(chunk["error"], dict) else chunk["error"])
-                )
+            if "error" in chunk or chunk.get("object") == "error":  # vLLM before 0.10: {"object": "error", ...}
+                error = chunk.get("error", chunk)
+                raise ApplicationError(str(error.get("message") if isinstance(error, dict) else error))
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or []:
-                yield {"type": "token", "text": (choice.get("delta") or {}).get("content") or ""}
+                text = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+                yield {"type": "token", "text": text or ""}
                 finish = choice.get("finish_reason") or finish
     yield {
         "type": "end",
@@ -121,18 +148,22 @@ async def run(
     if mode == "chat":
         if not messages or not all(isinstance(m, dict) and m.get("content") for m in messages):
             raise ApplicationError("Write a message.", field="messages")
-        events = stream_chat(
-            deployment.endpoint,
-            [{"role": m.get("role", "user"), "content": str(m["content"])} for m in messages],
-            params,
-            key=key,
-        )
+        messages = [{"role": m.get("role", "user"), "content": str(m["content"])} for m in messages]
     elif mode == "completion":
         if not prompt.strip():
             raise ApplicationError("Write a prompt.", field="prompt")
-        events = stream_completion(deployment.endpoint, prompt, params, key=key)
     else:
         raise ApplicationError("mode is completion or chat.", field="mode")
+    model = await database_sync_to_async(_openai_model)(deployment)
+    if model is None:
+        events = (
+            stream_chat(deployment.endpoint, messages, params, key=key)
+            if mode == "chat"
+            else stream_completion(deployment.endpoint, prompt, params, key=key)
+        )
+    else:
+        path, body = openai_request(params, model=model, prompt=prompt, messages=messages if mode == "chat" else None)
+        events = stream_openai(deployment.endpoint, path, body, key=key)
     started = time.monotonic()
     first = None
     count = 0
@@ -149,6 +180,16 @@ async def run(
                 parameters=params,
             )
         yield event
+
+
+def _openai_model(deployment: Deployment) -> str | None:
+    """The `model` to send to a server that has only OpenAI's routes; None for one with TGI's (sync: it may read
+    the spec's model)."""
+    spec = deployment.spec
+    backend = get_backend(spec.backend if spec else "")
+    if backend.native_generate_routes:
+        return None
+    return backend.upstream_model(backend.served_model_name(spec, deployment_name=deployment.name), None)
 
 
 def record_use(
