@@ -124,8 +124,8 @@ def completion_request(body: dict, *, model: str, stream: bool, compat: bool = F
     if stop:
         request["stop"] = stop
         request["include_stop_str_in_output"] = True
-    if truncate is not None:
-        request["truncate_prompt_tokens"] = truncate
+    if truncate is not None:  # TGI keeps the last `truncate` tokens of the input
+        request.update(truncate_prompt_tokens=truncate, truncation_side="left")
     if decoder_input_details:
         request["prompt_logprobs"] = 0
     if stream:

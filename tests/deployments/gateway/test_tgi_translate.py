@@ -77,7 +77,8 @@ def test_stop_truncate_decoder_input_details_and_stream_options():
         _client_body(stop=["\n\n"], truncate=100, decoder_input_details=True), model="m", stream=False
     )
     assert body["stop"] == ["\n\n"] and body["include_stop_str_in_output"] is True  # TGI keeps the stop text
-    assert body["truncate_prompt_tokens"] == 100 and body["prompt_logprobs"] == 0 and request.decoder_input_details
+    assert (body["truncate_prompt_tokens"], body["truncation_side"]) == (100, "left")  # TGI keeps the input's end
+    assert body["prompt_logprobs"] == 0 and request.decoder_input_details
     streamed, request = t.completion_request(_client_body(stream=True), model="m", stream=True)
     assert streamed["stream"] is True and streamed["stream_options"] == {"include_usage": True}
     assert streamed["logprobs"] == 0 and request.stream
