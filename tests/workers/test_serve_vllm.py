@@ -16,7 +16,7 @@ import requests
 from tests.conftest import need
 from tests.support.serve_process import ROOT, make_model, ml_env, ml_python
 from tests.support.vllm_process import VllmProcess, make_adapter
-from workers.jobs import vllm_serve
+from workers.jobs import vllm_serve_args
 from workers.jobs.vllm_flags import RELEASE
 
 KEY = "sk-vllm-" + "4c1d9e7b2a"  # must appear nowhere in the server's output
@@ -63,14 +63,14 @@ def _index(lines: list[str], text: str) -> int:
 
 # -- the command line, in-process (vllm_serve imports nothing heavy before it serves) ---------------------------
 def test_the_command_line_is_vllm_serves_with_or_without_serve():
-    plain = vllm_serve.parse(["/models/tiny", "--max-model-len", "1k", "-tp", "2", "--enable-lora"])
+    plain = vllm_serve_args.parse(["/models/tiny", "--max-model-len", "1k", "-tp", "2", "--enable-lora"])
     assert plain.model == "/models/tiny" and plain.max_model_len == 1000 and plain.tensor_parallel_size == 2
     assert plain.enable_lora is True and plain.port == 8000 and plain.gpu_memory_utilization is None
-    same = vllm_serve.parse(["serve", "--model", "/models/tiny", "--max_model_len=1K", "--no-enable-lora"])
+    same = vllm_serve_args.parse(["serve", "--model", "/models/tiny", "--max_model_len=1K", "--no-enable-lora"])
     assert same.model == "/models/tiny" and same.max_model_len == 1024 and same.enable_lora is False
-    keys = vllm_serve.parse(["m", "--api-key", "a", "b", "--served-model-name", "x", "y"])
+    keys = vllm_serve_args.parse(["m", "--api-key", "a", "b", "--served-model-name", "x", "y"])
     assert keys.api_key == ["a", "b"] and keys.served_model_name == ["x", "y"]
-    shown = vllm_serve._non_default(keys)
+    shown = vllm_serve_args.non_default(keys)
     assert shown["api_key"] == "***" and "'a'" not in str(shown) and shown["model_tag"] == "m"
 
 

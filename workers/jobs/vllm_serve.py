@@ -12,7 +12,8 @@ accepted and named in a warning when given; a flag vLLM does not have is refused
 (`usage: vllm serve [model_tag] [options]`, then `vllm serve: error: unrecognized arguments: ...`, exit 2).
 VLLM_API_KEY is read as vLLM reads it (when --api-key is absent). The model loads with transformers
 (serve_model.py, shared with serve.py), runs on the shared batching engine (serve_engine.py) and answers vLLM's
-OpenAI-compatible routes (vllm_serve_api.py). Memory: on a GPU it reserves gpu_memory_utilization of the device's
+OpenAI-compatible routes (vllm_serve_api.py, vllm_serve_requests.py). The command line is vllm_serve_args.py, the
+log lines and refusals vllm_serve_checks.py. Memory: on a GPU it reserves gpu_memory_utilization of the device's
 total memory, as vLLM does; on a CPU that share of the host memory that is free (vLLM takes it of the total).
 
 Log lines have vLLM 0.34's shape, `(APIServer pid=N) INFO mm-dd HH:MM:SS [file.py:line] message`, with the file and
@@ -57,28 +58,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
-import traceback
-from datetime import datetime
 from pathlib import Path
 
 from workers.jobs import serve_model
-from workers.jobs.serve_model import GIB, Adapter, LoadError
-from workers.jobs.vllm_flags import FLAGS, RELEASE, SHORT
+from workers.jobs.serve_model import LoadError
+from workers.jobs.vllm_flags import RELEASE
+from workers.jobs.vllm_serve_args import ignored, lora_modules, non_default, parse
+from workers.jobs.vllm_serve_checks import (
+    DEFAULT_UTILIZATION,
+    StartupError,
+    check,
+    check_adapters,
+    gib,
+    kv_capacity,
+    log,
+    max_model_len_of,
+    resolve,
+    validation_error,
+)
 
-# What this server acts on; every other flag of the table is accepted and named in a warning when given.
-ACTED_ON = frozenset(
-    {
-        "model", "served_model_name", "host", "port", "api_key", "dtype", "max_model_len", "gpu_memory_utilization",
-        "max_num_seqs", "max_num_batched_tokens", "enable_lora", "lora_modules", "max_lora_rank", "max_loras",
-        "trust_remote_code", "tokenizer", "revision", "download_dir", "tensor_parallel_size", "quantization",
-        "block_size", "uvicorn_log_level", "disable_uvicorn_access_log", "disable_log_stats", "max_logprobs",
-        "generation_config", "chat_template", "seed", "shutdown_timeout",
-    }
-)  # fmt: skip
 DTYPES = {"auto": None, "half": "float16", "float16": "float16", "bfloat16": "bfloat16", "float": "float32",
           "float32": "float32"}  # fmt: skip
 BANNER = (
@@ -91,240 +92,7 @@ LOGO = (
     "  \u2588\u2584\u2588\u2580 \u2588     \u2588     \u2588     \u2588  model   {model}\n"
     "   \u2580\u2580  \u2580\u2580\u2580\u2580\u2580 \u2580\u2580\u2580\u2580\u2580 \u2580     \u2580\n"
 )
-MEMORY_HINT = (
-    "Try increasing `gpu_memory_utilization` when initializing the engine (this flag also controls CPU memory "
-    "reservation on the CPU backend, despite its name)."
-)
-DOCS = "See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
-DEFAULT_UTILIZATION = 0.92  # vLLM's when the KV cache is not extensible
-PID = os.getpid()
 STATS_SECONDS = 10.0
-
-
-# -- logging: vLLM's line shape (the console's diagnosis reads it) ----------------------------------------------
-def log(level: str, message: str, where: str, *, engine: bool = False) -> None:
-    """A vLLM logger line; a message of several lines repeats the prefix on each, as vLLM's formatter does."""
-    prefix = f"({'EngineCore' if engine else 'APIServer'} pid={PID}) {level} {datetime.now():%m-%d %H:%M:%S} [{where}] "
-    print("\n".join(prefix + line for line in message.split("\n")), flush=True)
-
-
-class StartupError(Exception):
-    """Ends the start with vLLM's lines: the cause `lines` (an exception's last lines), raised in the engine
-    (`engine=True`) or the API server."""
-
-    def __init__(self, *lines: str, engine: bool = False) -> None:
-        super().__init__(lines[0])
-        self.lines, self.engine = lines, engine
-
-    def report(self) -> None:
-        frames = "".join(traceback.format_tb(self.__traceback__)).rstrip("\n")
-        cause = "\n".join(self.lines)
-        if self.engine:  # the engine logs its failure; the API server's traceback names the engine process
-            log(
-                "ERROR",
-                f"EngineCore failed to start.\nTraceback (most recent call last):\n{frames}\n{cause}",
-                "core.py:1757",
-                engine=True,
-            )
-            cause = "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): " + (
-                "{'EngineCore': 1}"
-            )
-        print(f"Traceback (most recent call last):\n{frames}\n{cause}", flush=True)
-
-
-def _validation_error(config: str, message: str, model: str) -> StartupError:
-    """What pydantic says of a config's __post_init__ failing (vLLM's configs are pydantic dataclasses)."""
-    return StartupError(
-        f"pydantic_core._pydantic_core.ValidationError: 1 validation error for {config}",
-        f"  Value error, {message} [type=value_error, input_value=ArgsKwargs((), {{'model': '{model}', ...}}), "
-        "input_type=ArgsKwargs]",
-        "    For further information visit https://errors.pydantic.dev/2.12/v/value_error",
-    )
-
-
-# -- arguments ---------------------------------------------------------------------------------------------------
-HUMAN = re.compile(r"^(-?\d+(?:\.\d+)?)([kKmMgG]?)$")
-
-
-def human_int(value: str) -> int:
-    """vLLM's human-readable integers: 1k = 1000, 1K = 1024, likewise m/M and g/G."""
-    match = HUMAN.match(str(value).strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{value}'")
-    number, unit = match.groups()
-    scale = {"": 1, "k": 10**3, "K": 2**10, "m": 10**6, "M": 2**20, "g": 10**9, "G": 2**30}[unit]
-    return int(float(number) * scale)
-
-
-TYPES = {"int": human_int, "float": float}
-
-
-def _switch_default(value: str | None) -> bool | None:
-    return None if value is None else value.strip().lower() == "true"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vllm serve", usage="vllm serve [model_tag] [options]")
-    parser.add_argument("model_tag", nargs="?", default=None)
-    for flag in FLAGS:
-        names = [flag.name, *flag.aliases] + [short for short, long in SHORT.items() if long == flag.name]
-        if flag.kind == "bool":
-            default = _switch_default(flag.default)
-            parser.add_argument(*names, dest=flag.dest, action="store_const", const=True, default=default)
-            if flag.negative:
-                parser.add_argument(*flag.negative, dest=flag.dest, action="store_const", const=False)
-            continue
-        kwargs = {"dest": flag.dest, "default": flag.default, "type": TYPES.get(flag.type)}
-        if flag.choices and flag.checked == "parser":
-            kwargs["choices"] = [TYPES.get(flag.type, str)(choice) for choice in flag.choices]
-        if flag.kind == "list":
-            kwargs["nargs"] = "+"
-        elif flag.kind == "repeat":
-            kwargs["action"] = "append"
-        parser.add_argument(*names, **kwargs)
-    return parser
-
-
-def _dashes(argv: list[str]) -> list[str]:
-    """vLLM's parser takes `--max_model_len` for `--max-model-len` (the name, up to `=` or a `.`)."""
-    return [re.sub(r"(?<=^--)[^.=]*", lambda m: m.group(0).replace("_", "-"), arg) for arg in argv]
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    if argv[:1] == ["serve"]:  # `vllm serve ...` through the shim, or only the arguments after it
-        argv = argv[1:]
-    args = build_parser().parse_args(_dashes(argv))
-    args.model = args.model_tag or args.model
-    return args
-
-
-def _non_default(args: argparse.Namespace) -> dict:
-    """vLLM's "non-default args" line: what differs from the parser's defaults, the API key as ***."""
-    defaults = vars(build_parser().parse_args([]))
-    shown = {
-        key: ("***" if key in ("api_key", "hf_token") else value)
-        for key, value in vars(args).items()
-        if key in defaults and defaults[key] != value
-    }
-    if "model_tag" in shown and "model" not in shown:
-        shown["model"] = args.model
-    return shown
-
-
-def _lora_modules(values: list[str] | None) -> list:
-    """--lora-modules as vLLM's LoRAParserAction reads it: `name=path` or a JSON object per entry."""
-    from workers.jobs.vllm_serve_api import LoraModule
-
-    modules = []
-    for item in values or []:
-        if not item:
-            continue
-        if "=" in item and "," not in item:
-            name, path = item.split("=", 1)
-            modules.append(LoraModule(name, path))
-            continue
-        try:
-            fields = json.loads(item)
-            modules.append(LoraModule(fields.pop("name"), fields.pop("path"), fields.pop("base_model_name", None)))
-        except ValueError:
-            build_parser().error(f"Invalid JSON format for --lora-modules: {item}")
-        except (KeyError, TypeError, AttributeError) as exc:
-            build_parser().error(f"Invalid fields for --lora-modules: {item} - {exc}")
-    return modules
-
-
-def _ignored(args: argparse.Namespace) -> None:
-    defaults = vars(build_parser().parse_args([]))
-    for flag in FLAGS:
-        if flag.dest not in ACTED_ON and getattr(args, flag.dest) != defaults[flag.dest]:
-            log(
-                "WARNING",
-                f"vllm_serve.py ignores {flag.name}: it has no effect on this development server",
-                "vllm_serve.py:1",
-            )
-
-
-# -- startup checks ------------------------------------------------------------------------------------------------
-def _check(args: argparse.Namespace) -> None:
-    utilization = args.gpu_memory_utilization
-    if utilization is not None and not 0 < utilization <= 1:
-        kind = "greater_than" if utilization <= 0 else "less_than_equal"
-        bound = "greater than 0" if utilization <= 0 else "less than or equal to 1"
-        raise StartupError(
-            "pydantic_core._pydantic_core.ValidationError: 1 validation error for CacheConfig",
-            "gpu_memory_utilization",
-            f"  Input should be {bound} [type={kind}, input_value={utilization}, input_type=float]",
-        )
-    if args.quantization:
-        raise _validation_error(
-            "ModelConfig",
-            f"vllm_serve.py cannot apply --quantization {args.quantization}: run vLLM on a GPU host for quantized "
-            "serving, or serve the unquantized checkpoint.",
-            args.model,
-        )
-    if (args.tensor_parallel_size or 1) > 1:
-        log(
-            "WARNING",
-            f"vllm_serve.py does not shard: --tensor-parallel-size {args.tensor_parallel_size} is "
-            "accepted for the placement, and the model runs whole on one device",
-            "vllm_serve.py:1",
-        )
-
-
-def _resolve(args: argparse.Namespace) -> Path:
-    try:
-        return serve_model.resolve_model_dir(args.model, args.revision, args.download_dir)
-    except LoadError as exc:
-        if exc.reason in ("not_found", "not_a_model", "bad_config"):
-            raise _validation_error(
-                "ModelConfig",
-                f"Invalid repository ID or local directory specified: '{args.model}'.\n"
-                "Please verify the following requirements:\n"
-                "1. Provide a valid Hugging Face repository ID.\n"
-                "2. Specify a local directory that contains a recognized configuration file.\n"
-                "   - For Hugging Face models: ensure the presence of a 'config.json'.\n"
-                "   - For Mistral models: ensure the presence of a 'params.json'.\n",
-                args.model,
-            ) from exc
-        raise StartupError(f"RuntimeError: Cannot find any model weights with `{args.model}`", engine=True) from exc
-
-
-def _adapters(args: argparse.Namespace, loras: list) -> list[tuple[Adapter, Path]]:
-    """The LoRA modules' directories, checked before the model loads (vLLM finds these after loading it)."""
-    if loras and not args.enable_lora:
-        raise StartupError("ValueError: LoRA is not enabled. Use --enable-lora to enable LoRA.")
-    found = []
-    for lora in loras:
-        adapter, path = Adapter(lora.name, lora.path), Path(lora.path)
-        if not (path / "adapter_config.json").is_file():
-            raise StartupError(f"ValueError: Loading lora {lora.name} failed: No adapter found for {lora.path}")
-        try:
-            config = serve_model.adapter_config(adapter, path)
-        except LoadError as exc:
-            raise StartupError(f"ValueError: {exc.message.split(': ', 1)[-1]}") from exc
-        rank = max([int(config.get("r") or 0), *map(int, (config.get("rank_pattern") or {}).values())])
-        if rank > args.max_lora_rank:
-            raise StartupError(f"ValueError: LoRA rank {rank} is greater than max_lora_rank {args.max_lora_rank}.")
-        found.append((adapter, path))
-    return found
-
-
-def _max_model_len(args: argparse.Namespace, config) -> int:
-    derived = serve_model.context_limit(config)
-    if args.max_model_len in (None, -1):
-        return derived
-    if args.max_model_len > derived and os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "0") in ("0", "false"):
-        raise _validation_error(
-            "ModelConfig",
-            f"User-specified max_model_len ({args.max_model_len}) is greater than the derived max_model_len "
-            f"(max_position_embeddings={derived} or model_max_length=None in model's config.json). To allow "
-            "overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. VLLM_ALLOW_LONG_MAX_MODEL_LEN "
-            "must be used with extreme caution. If the model uses relative position encoding (RoPE), positions "
-            "exceeding derived_max_model_len lead to nan. If the model uses absolute position encoding, positions "
-            "exceeding derived_max_model_len will cause a CUDA array out-of-bounds error.",
-            args.model,
-        )
-    return args.max_model_len
 
 
 def _dtype(args: argparse.Namespace, device: str, named: str) -> str:
@@ -334,69 +102,6 @@ def _dtype(args: argparse.Namespace, device: str, named: str) -> str:
     if device == "cpu":
         return "float32"  # bfloat16 matmuls are slow on most CPUs
     return named if named in ("float16", "bfloat16") else "bfloat16"
-
-
-def gib(value: float) -> str:
-    """vLLM's format_gib: GiB rounded to two places, as Python prints the float."""
-    return f"{round(value / GIB, 2)}"
-
-
-def _kv_capacity(args, device: str, need: int, per_token: int, max_model_len: int) -> int:
-    """KV-cache tokens left after the weights in the reservation, as vLLM sizes them; refuses as vLLM does."""
-    utilization = args.gpu_memory_utilization or DEFAULT_UTILIZATION
-    free, total = serve_model.memory(device)
-    if need > free:
-        if device == "cuda":
-            cause = (
-                f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {gib(need)} GiB. GPU 0 has a total "
-                f"capacity of {gib(total)} GiB of which {gib(free)} GiB is free."
-            )
-        else:
-            cause = (
-                "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
-                f"you tried to allocate {need} bytes."
-            )
-        raise StartupError(cause, engine=True)
-    budget = utilization * (total if device == "cuda" else free)
-    if device == "cuda" and free < budget:
-        raise StartupError(
-            f"ValueError: Free memory on device cuda:0 ({gib(free)}/{gib(total)} GiB) on startup is less than desired "
-            f"GPU memory utilization ({utilization}, {gib(budget)} GiB). Decrease GPU memory utilization or reduce "
-            "GPU memory used by other processes.",
-            engine=True,
-        )
-    available = int(budget - need)
-    if available <= 0:
-        raise StartupError(f"ValueError: No available memory for the cache blocks. {MEMORY_HINT} {DOCS}", engine=True)
-    if device == "cuda":
-        log("INFO", f"Available KV cache memory: {gib(available)} GiB", "gpu_worker.py:796", engine=True)
-    else:
-        log(
-            "INFO",
-            f"Auto set ({gib(available)}/{gib(total)}) GiB for KV cache on node 0, with {gib(budget)} GiB "
-            f"requested memory for the worker. {gib(need)} GiB memory was consumed by non-kv usages.",
-            "cpu_worker.py:248",
-            engine=True,
-        )
-    block = args.block_size or 16
-    tokens = available // per_token // block * block
-    if tokens < max_model_len:
-        estimate = f"Based on the available memory, the estimated maximum model length is {tokens}. " if tokens else ""
-        raise StartupError(
-            f"ValueError: To serve at least one request with the model's max seq len ({max_model_len}), "
-            f"({gib(max_model_len * per_token)} GiB KV cache is needed, which is larger than the available KV cache "
-            f"memory ({gib(available)} GiB). {estimate}{MEMORY_HINT} Decreasing `max_model_len` also reduces what is "
-            f"needed. {DOCS}",
-            engine=True,
-        )
-    log(
-        "INFO",
-        f"{'GPU' if device == 'cuda' else device.upper()} KV cache size: {tokens:,} tokens, Maximum "
-        f"concurrency for {max_model_len:,} tokens per request: {tokens / max_model_len:.2f}x",
-        "kv_cache_utils.py:1169",
-        engine=True,
-    )
-    return tokens
 
 
 # -- startup -------------------------------------------------------------------------------------------------------
@@ -521,21 +226,21 @@ def serve(args: argparse.Namespace) -> int:
         BANNER.format(device=requested or ("cuda" if torch.cuda.is_available() else "cpu")),
         "vllm_serve.py:1",
     )
-    log("INFO", f"non-default args: {_non_default(args)}", "startup.py:96")
-    _check(args)
-    _ignored(args)
-    loras = _lora_modules(args.lora_modules)
+    log("INFO", f"non-default args: {non_default(args)}", "startup.py:96")
+    check(args)
+    ignored(args)
+    loras = lora_modules(args.lora_modules)
     sock, address = _bind(args)
     started = time.monotonic()
-    model_dir = _resolve(args)
+    model_dir = resolve(args)
     try:
         config, named_dtype = serve_model.read_config(model_dir, trust_remote_code=bool(args.trust_remote_code))
     except LoadError as exc:
-        raise _validation_error("ModelConfig", exc.message, args.model) from exc
+        raise validation_error("ModelConfig", exc.message, args.model) from exc
     log("INFO", f"Resolved architecture: {(getattr(config, 'architectures', None) or ['unknown'])[0]}", "model.py:761")
-    max_model_len = _max_model_len(args, config)
+    max_model_len = max_model_len_of(args, config)
     log("INFO", f"Using max model len {max_model_len}", "model.py:2214")
-    adapters = _adapters(args, loras)
+    adapters = check_adapters(args, loras)
     try:
         device = serve_model.pick_device(requested)
     except LoadError as exc:
@@ -556,7 +261,7 @@ def serve(args: argparse.Namespace) -> int:
     except LoadError as exc:
         raise StartupError(f"ValueError: {exc.message.split(': ', 1)[-1]}") from exc
     need = serve_model.parameter_count(model_dir) * serve_model.DTYPE_BYTES[dtype]
-    capacity = _kv_capacity(args, device, need, serve_model.kv_bytes_per_token(config, dtype), max_model_len)
+    capacity = kv_capacity(args, device, need, serve_model.kv_bytes_per_token(config, dtype), max_model_len)
     try:
         serve_model.warm_up(model, tokenizer, device, min(args.max_num_batched_tokens or 2048, max_model_len))
     except LoadError as exc:

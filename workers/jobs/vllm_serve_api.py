@@ -27,17 +27,21 @@ from starlette.routing import Route
 from workers.jobs.serve_api import flatten_messages
 from workers.jobs.serve_engine import Engine, Params
 from workers.jobs.serve_metrics import VllmMetrics
+from workers.jobs.vllm_serve_args import LoraModule
+from workers.jobs.vllm_serve_requests import (
+    Job,
+    Output,
+    RequestError,
+    Track,
+    chat_logprobs,
+    completion_logprobs,
+    finish,
+    missing,
+    sampling,
+    usage,
+)
 
 SSE_HEADERS = {"cache-control": "no-cache"}
-
-
-@dataclass(frozen=True)
-class LoraModule:
-    """One --lora-modules entry: the name requests use, its directory and the served model it adapts."""
-
-    name: str
-    path: str
-    base_model_name: str | None = None
 
 
 @dataclass
@@ -50,122 +54,9 @@ class ServedModels:
     loras: list[LoraModule] = field(default_factory=list)
 
 
-class RequestError(Exception):
-    """vLLM's ErrorResponse: a message, its type, the HTTP status and optionally the parameter at fault."""
-
-    def __init__(self, message: str, error_type: str = "BadRequestError", status: int = 400, param: str | None = None):
-        super().__init__(message)
-        self.message, self.error_type, self.status, self.param = message, error_type, status, param
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.status}}
-
-
 def _sse(payload: dict | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return f"data: {data}\n\n".encode()
-
-
-def _missing(field_name: str) -> RequestError:
-    # What pydantic says through vLLM's RequestValidationError handler (a 400, not FastAPI's 422).
-    return RequestError(
-        f"[{{'type': 'missing', 'loc': ('body', '{field_name}'), 'msg': 'Field required', 'input': None}}]"
-    )
-
-
-def _finish(end: dict) -> tuple[str, str | None]:
-    """vLLM's finish_reason and stop_reason: EOS is "stop" with no stop_reason, a stop string "stop" with it."""
-    if end["finish_reason"] == "length":
-        return "length", None
-    if end["finish_reason"] == "stop_sequence":
-        return "stop", end.get("stop_string")
-    return "stop", None
-
-
-class _Output:
-    """One sequence's text as vLLM streams it: stop strings cut off, text that could begin one held back."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [stop for stop in stops if stop]
-        self.hold = max((len(stop) for stop in self.stops), default=1) - 1
-        self.text, self.sent = "", 0
-
-    def add(self, piece: str) -> str:
-        self.text += piece
-        ready = max(len(self.text) - self.hold, self.sent)
-        out, self.sent = self.text[self.sent : ready], ready
-        return out
-
-    def close(self, piece: str, end: dict) -> str:
-        """The last piece and the rest of the text, cut at the stop string that ended it (recorded in `end`)."""
-        self.text += piece
-        if end["finish_reason"] == "stop_sequence":
-            found = [(self.text.find(stop), stop) for stop in self.stops if stop in self.text]
-            if found:
-                cut, stop = min(found)
-                end["stop_string"] = stop
-                self.text = self.text[:cut]
-        out = self.text[self.sent :]
-        self.sent = len(self.text)
-        return out
-
-
-class _Track:
-    """One request's metrics, recorded as vLLM records them (per token, then once at the end)."""
-
-    def __init__(self, metrics: VllmMetrics, prompt_tokens: int, max_tokens: int, n: int) -> None:
-        self.metrics, self.prompt_tokens, self.max_tokens, self.n = metrics, prompt_tokens, max_tokens, n
-        self.arrival = self.last = time.monotonic()
-        self.first: float | None = None
-        metrics.observe("vllm:request_params_n", n)
-        metrics.observe("vllm:request_params_max_tokens", max_tokens)
-        metrics.observe("vllm:request_max_num_generation_tokens", max_tokens)
-
-    def token(self) -> None:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = now
-            self.metrics.inc("vllm:prompt_tokens", self.prompt_tokens)
-            self.metrics.observe("vllm:time_to_first_token_seconds", now - self.arrival)
-        else:
-            self.metrics.observe("vllm:inter_token_latency_seconds", now - self.last)
-        self.last = now
-        self.metrics.inc("vllm:generation_tokens")
-
-    def end(self, end: dict, reason: str) -> None:
-        now = time.monotonic()
-        first = self.first or now
-        queued = max(end["queue_seconds"], 0.0)
-        metrics = self.metrics
-        metrics.inc("vllm:request_success", finished_reason=reason)
-        metrics.observe("vllm:e2e_request_latency_seconds", now - self.arrival)
-        metrics.observe("vllm:request_queue_time_seconds", queued)
-        metrics.observe("vllm:request_inference_time_seconds", end["inference_seconds"])
-        metrics.observe("vllm:request_prefill_time_seconds", max(first - self.arrival - queued, 0.0))
-        metrics.observe("vllm:request_decode_time_seconds", now - first)
-        metrics.observe("vllm:request_prompt_tokens", self.prompt_tokens)
-        metrics.observe("vllm:request_generation_tokens", end["generated_tokens"])
-        metrics.observe("vllm:request_num_preemptions", 0)
-        metrics.observe("vllm:request_prefill_kv_computed_tokens", self.prompt_tokens)
-        if end["generated_tokens"] > 1:
-            metrics.observe("vllm:request_time_per_output_token_seconds", (now - first) / (end["generated_tokens"] - 1))
-
-    def abort(self) -> None:
-        self.metrics.inc("vllm:request_success", finished_reason="abort")
-
-
-@dataclass
-class _Job:
-    """One sequence of a request: its prompt, sampling, where its choice goes and what it has produced."""
-
-    index: int
-    input_ids: list[int]
-    params: Params
-    track: _Track
-    output: _Output
-    sequence: object | None = None
-    end: dict | None = None
-    logprobs: list = field(default_factory=list)
 
 
 class VllmApp:
@@ -258,114 +149,34 @@ class VllmApp:
             return name, self.adapters[name]
         raise RequestError(f"The model `{name}` does not exist.", "NotFoundError", 404, "model")
 
-    # -- sampling ----------------------------------------------------------------------------------------------
     def _sampling(self, body: dict, prompt_tokens: int, *, chat: bool) -> tuple[Params, int, int]:
-        """Engine parameters, n and max_tokens from a request, checked as vLLM's SamplingParams checks them."""
-
-        def number(name: str, default=None):
-            value = body.get(name, self.defaults.get(name, default))
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise RequestError(
-                    f"[{{'type': 'float_type', 'loc': ('body', '{name}'), 'msg': 'Input should be a valid number'}}]"
-                )
-            return value
-
-        temperature = number("temperature", 1.0)
-        top_p, top_k = number("top_p", 1.0), number("top_k", 0)
-        frequency, presence = number("frequency_penalty", 0.0), number("presence_penalty", 0.0)
-        repetition, seed = number("repetition_penalty", 1.0), number("seed")
-        n = number("n", 1)
-        if temperature < 0:
-            raise RequestError(f"temperature must be non-negative, got {temperature}.", param="temperature")
-        if temperature > 2:
-            raise RequestError(f"temperature must be in [0, 2], got {temperature}.", param="temperature")
-        if not 0 < top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {top_p}.", param="top_p")
-        if top_k < -1:
-            raise RequestError(f"top_k must be 0 (disable), or at least 1, got {top_k}.")
-        for name, value in (("frequency_penalty", frequency), ("presence_penalty", presence)):
-            if not -2 <= value <= 2:
-                raise RequestError(f"{name} must be in [-2, 2], got {value}.")
-        if repetition <= 0:
-            raise RequestError(f"repetition_penalty must be greater than zero, got {repetition}.")
-        if not isinstance(n, int) or n < 1:
-            raise RequestError(f"n must be at least 1, got {n}.")
-        # vLLM 0.34 (renderers/params.py, get_max_tokens): a prompt longer than the model is refused, max_tokens
-        # above max_model_len too; otherwise max_tokens is clamped to what the context leaves.
-        name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-        limit = self.models.max_model_len
-        max_tokens = number(name, self.defaults.get("max_tokens"))
-        if max_tokens is not None and max_tokens > limit:
-            raise RequestError(
-                f"{name}={max_tokens} cannot be greater than max_model_len={limit}. Please request fewer output "
-                "tokens.",
-                param=name,
-            )
-        if prompt_tokens > limit:
-            raise RequestError(
-                f"This model's maximum context length is {limit} tokens. However, your prompt contains "
-                f"{prompt_tokens} input tokens, which exceeds this limit even without any output tokens. Please "
-                "reduce the length of the input prompt.",
-                param="input_tokens",
-            )
-        max_tokens = min(limit - prompt_tokens, limit if max_tokens is None else max_tokens)
-        if max_tokens < 1:
-            raise RequestError(f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens")
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
-        top_logprobs = self._logprobs_wanted(body, chat=chat)
-        greedy = temperature < 1e-5  # vLLM's _SAMPLING_EPS: greedy, whatever top_p and top_k say
-        params = Params(
-            max_new_tokens=int(max_tokens),
-            do_sample=not greedy,
-            temperature=None if greedy or temperature == 1.0 else float(temperature),
-            top_k=None if greedy or top_k in (0, -1) else int(top_k),
-            top_p=None if greedy or top_p == 1 else float(top_p),
-            repetition_penalty=None if repetition == 1 else float(repetition),
-            frequency_penalty=frequency or None,
-            presence_penalty=presence or None,
-            stop=stop,
-            seed=seed,
-            top_n_tokens=top_logprobs,
+        return sampling(
+            body,
+            prompt_tokens,
+            chat=chat,
+            max_model_len=self.models.max_model_len,
+            defaults=self.defaults,
+            max_logprobs=self.max_logprobs,
         )
-        return params, n, int(max_tokens)
-
-    def _logprobs_wanted(self, body: dict, *, chat: bool) -> int:
-        """How many top tokens each position needs (0: none, or only the chosen one's)."""
-        if chat:
-            if not body.get("logprobs"):
-                return 0
-            wanted = body.get("top_logprobs") or 0
-        else:
-            wanted = body.get("logprobs")
-            if wanted is None:
-                return 0
-        if not isinstance(wanted, int) or wanted < 0:
-            raise RequestError(f"logprobs must be non-negative, got {wanted}.")
-        if wanted > self.max_logprobs:
-            raise RequestError(
-                f"Requested sample logprobs of {wanted}, which is greater than max allowed: {self.max_logprobs}"
-            )
-        return max(wanted, 1)  # the engine reports the chosen token's logprob alongside its top tokens
 
     def _jobs(self, prompts: list[list[int]], params: Params, n: int, max_tokens: int, adapter: str | None):
         jobs = []
         for p, input_ids in enumerate(prompts):
-            track = _Track(self.metrics, len(input_ids), max_tokens, n)
+            track = Track(self.metrics, len(input_ids), max_tokens, n)
             for i in range(n):
                 seed = None if params.seed is None else params.seed + i
                 job_params = Params(**{**params.__dict__, "seed": seed, "adapter": adapter, "stop": list(params.stop)})
-                jobs.append(_Job(p * n + i, input_ids, job_params, track, _Output(params.stop)))
+                jobs.append(Job(p * n + i, input_ids, job_params, track, Output(params.stop)))
         return jobs
 
     # -- running -----------------------------------------------------------------------------------------------
-    async def _events(self, jobs: list[_Job]) -> AsyncIterator[tuple[_Job, dict, str]]:
+    async def _events(self, jobs: list[Job]) -> AsyncIterator[tuple[Job, dict, str]]:
         """Each token of every job as (job, event, new text); the last event of a job has type "end"."""
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for job in jobs:
 
-            def emit(event: dict, job: _Job = job) -> None:
+            def emit(event: dict, job: Job = job) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, (job, event))
 
             job.sequence = self.engine.submit(job.input_ids, job.params, emit)
@@ -387,7 +198,7 @@ class VllmApp:
                     remaining -= 1
                     job.end = event
                     text = job.output.close(piece, event)
-                    job.track.end(event, _finish(event)[0])
+                    job.track.end(event, finish(event)[0])
                     self.running.pop(id(job.sequence), None)
                 yield job, event, text
         finally:
@@ -398,27 +209,15 @@ class VllmApp:
                     job.sequence.cancel()
                     self.running.pop(id(job.sequence), None)
 
-    async def _run(self, jobs: list[_Job]) -> None:
+    async def _run(self, jobs: list[Job]) -> None:
         async for _ in self._events(jobs):
             pass
-
-    @staticmethod
-    def _usage(jobs: list[_Job]) -> dict:
-        prompts = {id(job.track): len(job.input_ids) for job in jobs}
-        prompt = sum(prompts.values())
-        completion = sum(job.end["generated_tokens"] for job in jobs if job.end)
-        return {
-            "prompt_tokens": prompt,
-            "total_tokens": prompt + completion,
-            "completion_tokens": completion,
-            "completion_tokens_details": None,
-        }
 
     # -- chat --------------------------------------------------------------------------------------------------
     def _chat_prompt(self, body: dict) -> list[int]:
         messages = body.get("messages")
         if not isinstance(messages, list):
-            raise _missing("messages")
+            raise missing("messages")
         if not getattr(self.tokenizer, "chat_template", None):
             raise RequestError(
                 "As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat "
@@ -433,17 +232,6 @@ class VllmApp:
         except Exception as exc:
             raise RequestError(f"{type(exc).__name__}: {exc}") from exc
         return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    @staticmethod
-    def _chat_logprobs(entries: list) -> dict:
-        def item(token: dict) -> dict:
-            return {
-                "token": token["text"],
-                "logprob": token["logprob"] if token["logprob"] is not None else -9999.0,
-                "bytes": list(token["text"].encode()),
-            }
-
-        return {"content": [{**item(token), "top_logprobs": [item(top) for top in tops]} for token, tops in entries]}
 
     async def chat_completions(self, request: Request) -> Response:
         async def call() -> Response:
@@ -464,7 +252,7 @@ class VllmApp:
             await self._run(jobs)
             choices = []
             for job in jobs:
-                reason, stop_reason = _finish(job.end)
+                reason, stop_reason = finish(job.end)
                 message = {  # vLLM leaves out empty tool_calls and absent annotations
                     "role": "assistant",
                     "content": job.output.text,
@@ -477,7 +265,7 @@ class VllmApp:
                     {
                         "index": job.index,
                         "message": message,
-                        "logprobs": self._chat_logprobs(job.logprobs) if want_logprobs else None,
+                        "logprobs": chat_logprobs(job.logprobs) if want_logprobs else None,
                         "finish_reason": reason,
                         "stop_reason": stop_reason,
                         "token_ids": None,
@@ -490,7 +278,7 @@ class VllmApp:
                     "choices": choices,
                     "service_tier": None,
                     "system_fingerprint": None,
-                    "usage": self._usage(jobs),
+                    "usage": usage(jobs),
                     "prompt_logprobs": None,
                     "prompt_token_ids": None,
                     "prompt_text": None,
@@ -503,7 +291,7 @@ class VllmApp:
         return await self._guard(call)
 
     async def _chat_stream(
-        self, jobs: list[_Job], meta: dict, include_usage: bool, want_logprobs: bool
+        self, jobs: list[Job], meta: dict, include_usage: bool, want_logprobs: bool
     ) -> AsyncIterator[bytes]:
         def chunk(choices: list[dict], **extra) -> bytes:
             return _sse({**meta, "object": "chat.completion.chunk", "choices": choices, **extra})
@@ -519,18 +307,18 @@ class VllmApp:
                 choice = {
                     "index": job.index,
                     "delta": {"content": text},
-                    "logprobs": self._chat_logprobs(job.logprobs[-1:]) if want_logprobs else None,
-                    "finish_reason": _finish(event)[0] if ended else None,
+                    "logprobs": chat_logprobs(job.logprobs[-1:]) if want_logprobs else None,
+                    "finish_reason": finish(event)[0] if ended else None,
                 }
                 if ended:
-                    choice["stop_reason"] = _finish(event)[1]
+                    choice["stop_reason"] = finish(event)[1]
                 yield chunk([choice])
         except RequestError as exc:
             yield _sse(exc.body())
             yield _sse("[DONE]")
             return
         if include_usage:
-            yield chunk([], usage=self._usage(jobs))
+            yield chunk([], usage=usage(jobs))
         yield _sse("[DONE]")
 
     # -- completions -------------------------------------------------------------------------------------------
@@ -541,7 +329,7 @@ class VllmApp:
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return [prompt]  # one prompt as token ids
         if not isinstance(prompt, list) or not prompt:
-            raise _missing("prompt")
+            raise missing("prompt")
         prompts = []
         for item in prompt:
             if isinstance(item, str):
@@ -551,17 +339,6 @@ class VllmApp:
             else:
                 raise RequestError("Prompt must be a string, a list of strings or a list of token ids")
         return prompts
-
-    @staticmethod
-    def _completion_logprobs(entries: list, offset: int = 0) -> dict:
-        tokens, logprobs, tops, offsets = [], [], [], []
-        for token, top in entries:
-            offsets.append(offset)
-            offset += len(token["text"])
-            tokens.append(token["text"])
-            logprobs.append(token["logprob"])
-            tops.append({t["text"]: t["logprob"] for t in top})
-        return {"text_offset": offsets, "token_logprobs": logprobs, "tokens": tokens, "top_logprobs": tops}
 
     async def completions(self, request: Request) -> Response:
         async def call() -> Response:
@@ -585,12 +362,12 @@ class VllmApp:
             await self._run(jobs)
             choices = []
             for job in jobs:
-                reason, stop_reason = _finish(job.end)
+                reason, stop_reason = finish(job.end)
                 choices.append(
                     {
                         "index": job.index,
                         "text": job.output.text,
-                        "logprobs": self._completion_logprobs(job.logprobs) if want_logprobs else None,
+                        "logprobs": completion_logprobs(job.logprobs) if want_logprobs else None,
                         "finish_reason": reason,
                         "stop_reason": stop_reason,
                         "prompt_logprobs": None,
@@ -603,7 +380,7 @@ class VllmApp:
                     "choices": choices,
                     "service_tier": None,
                     "system_fingerprint": None,
-                    "usage": self._usage(jobs),
+                    "usage": usage(jobs),
                     "kv_transfer_params": None,
                 }
             )
@@ -611,15 +388,15 @@ class VllmApp:
         return await self._guard(call)
 
     async def _completion_stream(
-        self, jobs: list[_Job], meta: dict, include_usage: bool, want_logprobs: bool
+        self, jobs: list[Job], meta: dict, include_usage: bool, want_logprobs: bool
     ) -> AsyncIterator[bytes]:
         try:
             async for job, event, text in self._events(jobs):
                 ended = event["type"] == "end"
                 if not text and not ended:
                     continue
-                reason, stop_reason = _finish(event) if ended else (None, None)
-                logprobs = self._completion_logprobs(job.logprobs[-1:]) if want_logprobs else None
+                reason, stop_reason = finish(event) if ended else (None, None)
+                logprobs = completion_logprobs(job.logprobs[-1:]) if want_logprobs else None
                 choice = {
                     "index": job.index,
                     "text": text,
@@ -633,7 +410,7 @@ class VllmApp:
             yield _sse("[DONE]")
             return
         if include_usage:
-            yield _sse({**meta, "object": "text_completion", "choices": [], "usage": self._usage(jobs)})
+            yield _sse({**meta, "object": "text_completion", "choices": [], "usage": usage(jobs)})
         yield _sse("[DONE]")
 
     # -- the rest ----------------------------------------------------------------------------------------------
@@ -699,7 +476,7 @@ class VllmApp:
                 tokens = self.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
                 tokens = tokens.input_ids
             else:
-                raise _missing("prompt")
+                raise missing("prompt")
             strs = self.tokenizer.convert_ids_to_tokens(tokens) if body.get("return_token_strs") else None
             return JSONResponse(
                 {"count": len(tokens), "max_model_len": self.models.max_model_len, "tokens": tokens, "token_strs": strs}
@@ -713,7 +490,7 @@ class VllmApp:
             self._model(body)
             tokens = body.get("tokens")
             if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-                raise _missing("tokens")
+                raise missing("tokens")
             return JSONResponse({"prompt": self.tokenizer.decode(tokens)})
 
         return await self._guard(call)
