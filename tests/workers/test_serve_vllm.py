@@ -44,6 +44,7 @@ def server(tiny_model, adapter):
         "--max-num-seqs", "8",
         "--enable-lora",
         "--lora-modules", f"mine={adapter}",
+        "--disable-access-log-for-endpoints", "/health,/metrics,/version",
         env={"VLLM_API_KEY": KEY},
     ).start()  # fmt: skip
     try:
@@ -286,6 +287,14 @@ def test_metrics_carry_vllms_names(server, client):
     assert not any(name.startswith("tgi_") for name in series)
 
 
+def test_access_lines_leave_out_the_quiet_routes(server, client):
+    client.models.list()
+    requests.get(f"{server.url}/health", timeout=5)
+    access = [line for line in server.lines if line.startswith("INFO:") and "HTTP/1.1" in line]
+    assert any('"GET /v1/models HTTP/1.1" 200' in line for line in access)
+    assert not any(route in line for line in access for route in ("/health", "/metrics", "/version"))
+
+
 def test_sigterm_stops_it_cleanly(server):
     """Last: stops the shared server."""
     assert server.stop() == 0
@@ -321,6 +330,10 @@ def test_refusals_print_vllms_lines_and_exit_1(tiny_model, adapter, tmp_path):
         "rank": (
             VllmProcess(tiny_model, "--enable-lora", "--lora-modules", json.dumps({"name": "r", "path": str(ranked)})),
             "ValueError: LoRA rank 32 is greater than max_lora_rank 16.",
+        ),
+        "kv cache": (
+            VllmProcess(tiny_model, env={"VLLM_CPU_KVCACHE_SPACE": "0.0001"}),
+            "ValueError: To serve at least one request with the model's max seq len (2048), (",
         ),
         "lora off": (
             VllmProcess(tiny_model, "--lora-modules", f"mine={adapter}"),

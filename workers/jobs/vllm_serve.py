@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -189,6 +190,16 @@ def _stats(engine, metrics, device: str, stop: threading.Event) -> None:
         last, busy_before = now, busy
 
 
+def _quiet_routes(paths: str | None) -> None:
+    """--disable-access-log-for-endpoints: no uvicorn access line for those paths (as vLLM's log filter)."""
+    quiet = {path.strip() for path in (paths or "").split(",") if path.strip()}
+    if quiet:
+        # uvicorn's access record: (client, method, path with query, HTTP version, status)
+        logging.getLogger("uvicorn.access").addFilter(
+            lambda record: len(record.args or ()) < 3 or str(record.args[2]).split("?")[0] not in quiet
+        )
+
+
 def _server(config, shutdown_timeout: int):
     base = serve_model.server_class()
 
@@ -220,7 +231,8 @@ def serve(args: argparse.Namespace) -> int:
         log("INFO", f"vLLM server version {RELEASE}, serving model {args.model}", "launcher.py:368")
     else:
         log("INFO", LOGO.format(version=RELEASE, model=args.model), "launcher.py:368")
-    requested = os.environ.get("SERVE_DEVICE") or None
+    requested = os.environ.get("SERVE_DEVICE") or os.environ.get("VLLM_TARGET_DEVICE") or None
+    requested = requested if requested in ("cpu", "cuda") else None
     log(
         "WARNING",
         BANNER.format(device=requested or ("cuda" if torch.cuda.is_available() else "cpu")),
@@ -331,6 +343,7 @@ def serve(args: argparse.Namespace) -> int:
         ),
         args.shutdown_timeout,
     )
+    _quiet_routes(args.disable_access_log_for_endpoints)  # after uvicorn.Config has set its loggers up
     server.run(sockets=[sock])
     stop.set()
     engine.stop()

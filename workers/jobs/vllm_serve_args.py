@@ -30,7 +30,8 @@ ACTED_ON = frozenset(
         "max_num_seqs", "max_num_batched_tokens", "enable_lora", "lora_modules", "max_lora_rank", "max_loras",
         "trust_remote_code", "tokenizer", "revision", "download_dir", "tensor_parallel_size", "quantization",
         "block_size", "uvicorn_log_level", "disable_uvicorn_access_log", "disable_log_stats", "max_logprobs",
-        "generation_config", "chat_template", "seed", "shutdown_timeout",
+        "generation_config", "chat_template", "seed", "shutdown_timeout", "disable_access_log_for_endpoints",
+        "kv_cache_memory_bytes",
     }
 )  # fmt: skip
 

@@ -152,6 +152,16 @@ def gib(value: float) -> str:
     return f"{round(value / GIB, 2)}"
 
 
+def explicit_kv_bytes(args: argparse.Namespace, device: str) -> int | None:
+    """The KV cache's size when it is given: --kv-cache-memory-bytes, or VLLM_CPU_KVCACHE_SPACE (GiB) on a CPU."""
+    if args.kv_cache_memory_bytes:
+        return int(args.kv_cache_memory_bytes)
+    space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    if device == "cpu" and space not in ("", "0"):
+        return int(float(space) * GIB)
+    return None
+
+
 def kv_capacity(args, device: str, need: int, per_token: int, max_model_len: int) -> int:
     """KV-cache tokens left after the weights in the reservation, as vLLM sizes them; refuses as vLLM does."""
     utilization = args.gpu_memory_utilization or DEFAULT_UTILIZATION
@@ -168,6 +178,16 @@ def kv_capacity(args, device: str, need: int, per_token: int, max_model_len: int
                 f"you tried to allocate {need} bytes."
             )
         raise StartupError(cause, engine=True)
+    explicit = explicit_kv_bytes(args, device)
+    if explicit is not None:  # vLLM sizes the KV cache as told, not from the utilization
+        if explicit > free - need:
+            raise StartupError(
+                f"ValueError: Available memory on node 0 ({gib(free - need)}/{gib(total)} GiB) on kv cache allocation "
+                f"is less than requested memory for kv ({gib(explicit)} GiB). Decrease --kv-cache-memory-bytes, "
+                "VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by other processes.",
+                engine=True,
+            )
+        utilization = (need + explicit) / (total if device == "cuda" else free)
     budget = utilization * (total if device == "cuda" else free)
     if device == "cuda" and free < budget:
         raise StartupError(
