@@ -57,10 +57,23 @@ class FlagTable:
 
 @dataclass(frozen=True)
 class MemorySemantics:
-    """How the backend uses GPU memory, for the planner and placement."""
+    """How the backend uses GPU memory, for the planner and placement.
+
+    "fill" (TGI): the server's warm-up fills each GPU's free memory with KV cache up to (1 - keep_free_fraction)
+    of it; placement needs the planner's per-GPU estimate free beside that share. "reserve" (vLLM): the server
+    takes up to gpu_memory_utilization x each GPU's memory (`default_utilization` when the spec leaves it empty)
+    and fills what weights, activations and CUDA graphs leave of that share with KV blocks; placement needs the
+    whole share free and reserves it on each GPU (deployments/sizing/vllm.py)."""
 
     keep_free_fraction: float  # the share of each GPU the server never fills (TGI: 1 - its wiggle room)
     kv_cache: str  # what sizes the KV cache, in words shown to users
+    mode: str = "fill"  # "fill" or "reserve"
+    default_utilization: float | None = None  # "reserve": the share of each GPU taken when the spec says none
+
+    @property
+    def reserves(self) -> bool:
+        """Whether the server takes a fixed share of each GPU at start (vLLM) rather than filling it (TGI)."""
+        return self.mode == "reserve"
 
 
 @dataclass(frozen=True)

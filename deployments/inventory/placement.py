@@ -2,11 +2,12 @@
 
 The one placement engine: every launch (through the planner, deployments.sizing) and every job that needs a
 GPU asks it. Rules, in order: all shards on one host; only online, healthy GPUs with enough unreserved memory
-(less the share of each GPU the server leaves untouched, `keep_free_fraction`); the host's labels must
-match; allowed hosts only when some are named. Among the hosts that can take it: a preferred host first
-(e.g. one already holding the weights), then GPUs inside one NVLink group, then best fit (the least memory
-left over, so big GPUs stay free for big models), then the name — so the same inventory always gives the
-same answer. Pure: plain data in, a decision (or a reason) out; no Django.
+(less the share of each GPU the server leaves untouched, `keep_free_fraction`; or, for a server that takes a
+fixed share of each GPU at start, as vLLM does, `reserve_fraction`: that whole share free, and big enough to hold
+the requirement); the host's labels must match; allowed hosts only when some are named. Among the hosts that
+can take it: a preferred host first (e.g. one already holding the weights), then GPUs inside one NVLink group,
+then best fit (the least memory left over, so big GPUs stay free for big models), then the name — so the same
+inventory always gives the same answer. Pure: plain data in, a decision (or a reason) out; no Django.
 """
 
 from __future__ import annotations
@@ -52,6 +53,26 @@ class Requirement:
     hosts: frozenset[str] | None = None  # only these, when given
     preferred_hosts: tuple[str, ...] = ()
     keep_free_fraction: float = 0.0  # TGI's warm-up leaves (1 - TGI_WIGGLE_ROOM) of each GPU untouched
+    # vLLM takes reserve_fraction x (memory_total - reserve_base) of each GPU at start and refuses a GPU with less
+    # free beside `start_overhead` (its CUDA context); `memory_per_gpu` is then what that share must hold.
+    reserve_fraction: float = 0.0
+    reserve_base: int = 0
+    start_overhead: int = 0
+
+    def share(self, gpu: GpuState) -> int:
+        """The share of this GPU a reserving server takes (0 for one that fills free memory)."""
+        return int(self.reserve_fraction * (gpu.memory_total - self.reserve_base)) if self.reserve_fraction else 0
+
+    def usable(self, gpu: GpuState) -> int | None:
+        """What is left of the GPU beside this requirement's claim on it, or None when it cannot take it."""
+        if not gpu.healthy:
+            return None
+        if self.reserve_fraction:
+            share = self.share(gpu)
+            left = gpu.available - share - self.start_overhead
+            return left if share >= self.memory_per_gpu and left >= 0 else None
+        usable = gpu.available - (int(self.keep_free_fraction * gpu.memory_total) if self.keep_free_fraction else 0)
+        return usable if usable >= self.memory_per_gpu else None
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
     best, reasons = None, []
     preferred = set(requirement.preferred_hosts)
     keep, need = requirement.keep_free_fraction, requirement.memory_per_gpu
+    reserving = requirement.reserve_fraction > 0
     for host in hosts:
         if requirement.hosts is not None and host.name not in requirement.hosts:
             continue
@@ -101,33 +123,52 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
         if any(host.labels.get(key) != value for key, value in requirement.labels.items()):
             continue
         fits = []
-        for g in host.gpus:  # inlined GpuState.usable: this loop runs for every GPU of every host
-            usable = g.memory_total - g.memory_reserved - (int(keep * g.memory_total) if keep else 0)
-            if g.healthy and usable >= need:
-                fits.append((usable, g.index, g))
+        if reserving:
+            for g in host.gpus:
+                left = requirement.usable(g)
+                if left is not None:
+                    fits.append((left, g.index, g))
+        else:
+            for g in host.gpus:  # inlined GpuState.usable: this loop runs for every GPU of every host
+                usable = g.memory_total - g.memory_reserved - (int(keep * g.memory_total) if keep else 0)
+                if g.healthy and usable >= need:
+                    fits.append((usable, g.index, g))
         chosen = _pick(fits, requirement.gpu_count)
         if chosen is None:
-            reasons.append(f"{host.name}: {len(fits)} GPU(s) with {requirement.memory_per_gpu / GB:.1f} GB free")
+            reasons.append(f"{host.name}: {len(fits)} GPU(s) {_wanted(requirement)}")
             continue
         picked, one_group = chosen
         key = (
             host.name not in preferred,
             not one_group,
-            sum(fit[0] for fit in picked) - requirement.memory_per_gpu * len(picked),
+            sum(fit[0] for fit in picked) - (0 if reserving else requirement.memory_per_gpu * len(picked)),
             host.name,
         )
         if best is None or key < best[0]:
             best = (key, host, [fit[2] for fit in picked], one_group)
     if best is None:
-        need = f"{requirement.gpu_count} GPU(s) with {requirement.memory_per_gpu / GB:.1f} GB free each on one host"
+        need = f"{requirement.gpu_count} GPU(s) {_wanted(requirement)} each on one host"
         detail = "; ".join(reasons[:5]) or "no host matches the labels or host constraints"
         raise PlacementError(f"No host has {need} ({detail}).")
     _key, host, gpus, one_group = best
     indexes = tuple(sorted(g.index for g in gpus))
-    free = ", ".join(f"{g.available / GB:.0f}" for g in sorted(gpus, key=lambda g: g.index))
+    ordered = sorted(gpus, key=lambda g: g.index)
+    free = ", ".join(f"{g.available / GB:.0f}" for g in ordered)
     link = " in one NVLink group" if one_group and len(gpus) > 1 else ""
-    explanation = (
-        f"GPU {','.join(map(str, indexes))} on {host.name}{link}: {len(gpus)} x "
-        f"{requirement.memory_per_gpu / GB:.1f} GB needed, {free} GB free"
-    )
+    if reserving:
+        shares = ", ".join(f"{requirement.share(g) / GB:.1f}" for g in ordered)
+        needed = f"{requirement.reserve_fraction:g} of each GPU ({shares} GB) reserved at start"
+    else:
+        needed = f"{len(gpus)} x {requirement.memory_per_gpu / GB:.1f} GB needed"
+    explanation = f"GPU {','.join(map(str, indexes))} on {host.name}{link}: {needed}, {free} GB free"
     return Placement(host=host.name, gpu_indexes=indexes, explanation=explanation)
+
+
+def _wanted(requirement: Requirement) -> str:
+    """What each GPU must offer, in words."""
+    if requirement.reserve_fraction:
+        return (
+            f"with {requirement.reserve_fraction:g} of their memory free, holding "
+            f"{requirement.memory_per_gpu / GB:.1f} GB"
+        )
+    return f"with {requirement.memory_per_gpu / GB:.1f} GB free"

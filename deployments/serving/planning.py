@@ -19,9 +19,12 @@ from deployments.backends import get_backend
 from deployments.inventory.capacity import inventory_capacity
 from deployments.models import DeploymentSpec, Host, ModelArtifact, ModelSource
 from deployments.serving.images import image_refused
-from deployments.sizing import HostCapacity, SizingError, load_model_metadata, size_model
+from deployments.sizing import HostCapacity, SizingError, SizingReport, load_model_metadata, size_model
+from deployments.sizing.vllm import VllmLimits
+from deployments.units import GB
 
 CANDIDATE_STATES = (Host.Status.ONLINE, Host.Status.MANUAL)
+TGI_LIMITS = ("max_input_tokens", "max_total_tokens", "max_batch_prefill_tokens")
 
 
 @dataclass
@@ -43,6 +46,9 @@ class Verdict:
     warnings: list[str] = field(default_factory=list)
     copy_to_host: bool = False  # the chosen host lacks the files: the registry fetches repo@commit there first
     replicas: list[dict] = field(default_factory=list)  # with several replicas: each one's host and GPUs
+    # vLLM: its share of each GPU and the KV cache left (deployments/sizing/vllm.py), and the same in words.
+    vllm: dict | None = None
+    details: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         """JSON-ready (API responses, the deploy page's script)."""
@@ -81,18 +87,32 @@ def candidate_hosts(values: dict, holder: str | None) -> tuple[list[HostCapacity
     return inventory_capacity(hosts.filter(pk__in=allowed), except_holder=holder), excluded
 
 
-def _size(values: dict, **where):
+def vllm_limits(values: dict) -> VllmLimits | None:
+    """A spec's vLLM settings when its backend reserves a share of each GPU at start (vLLM), else None."""
+    semantics = get_backend(values["backend"]).memory
+    if not semantics.reserves:
+        return None
+    return VllmLimits(
+        gpu_memory_utilization=values.get("gpu_memory_utilization") or semantics.default_utilization,
+        max_model_len=values.get("max_model_len"),
+        max_num_seqs=values.get("max_num_seqs"),
+        max_num_batched_tokens=values.get("max_num_batched_tokens"),
+    )
+
+
+def _size(values: dict, **where) -> SizingReport:
     artifact: ModelArtifact = values["artifact"]
     try:
         metadata = load_model_metadata(artifact.path)
+        vllm = vllm_limits(values)
+        tgi = {} if vllm else {name: values.get(name) for name in TGI_LIMITS}
         return size_model(
             metadata,
             quantize=values["quantize"] or None,
-            max_input_tokens=values.get("max_input_tokens"),
-            max_total_tokens=values.get("max_total_tokens"),
-            max_batch_prefill_tokens=values.get("max_batch_prefill_tokens"),
             kv_cache_dtype=values["kv_cache_dtype"] or None,
             keep_free_fraction=get_backend(values["backend"]).memory.keep_free_fraction,
+            vllm=vllm,
+            **tgi,
             **where,
         )
     except SizingError as error:
@@ -166,7 +186,8 @@ def server_verdict(
     gpu_set = plan.get("gpu_set") or {}
     fits = bool(plan["fits"])
     host = gpu_set.get("host") if fits and not values["gpu_indexes"] else home
-    reason = "" if fits else _refusal(artifact, plan, hosts, excluded)
+    warnings = [note.text(_) for note in report.vllm_notes] if report.vllm_notes else plan["warnings"]
+    reason = "" if fits else _refusal(artifact, {**plan, "warnings": warnings}, hosts, excluded)
     return Verdict(
         fits=fits,
         device="gpu",
@@ -177,11 +198,67 @@ def server_verdict(
         total_bytes=plan["total_bytes"],
         weight_bytes=plan["weight_bytes"],
         kv_bytes=plan["kv_bytes"],
-        max_total_tokens=plan["max_total_tokens"],
+        max_total_tokens=plan["vllm"]["max_model_len"] if plan["vllm"] else plan["max_total_tokens"],
         reason=reason,
-        warnings=plan["warnings"],
+        warnings=warnings,
         copy_to_host=fits and host not in holding_hosts(artifact),
+        vllm=plan["vllm"],
+        details=vllm_details(plan["vllm"]) if plan["vllm"] else [],
     )
+
+
+def vllm_details(memory: dict) -> list[str]:
+    """vLLM's share of each GPU and what fills it, in words (the planner panel and the review show them)."""
+    return [
+        _(
+            "vLLM may use %(share)s GB of each GPU (gpu_memory_utilization %(utilization)s of %(gpu)s GB); "
+            "placement reserves that share and %(outside)s GB for its CUDA context on each GPU it is placed on."
+        )
+        % {
+            "share": _gb(memory["share_bytes"]),
+            "utilization": f"{memory['gpu_memory_utilization']:g}",
+            "gpu": _gb(memory["gpu_total_bytes"]),
+            "outside": _gb(memory["outside_bytes"]),
+        },
+        _(
+            "Per GPU: weights %(weights)s GB, activations about %(activations)s GB (a profile run of %(tokens)s "
+            "tokens and %(seqs)s sequences), runtime memory and CUDA graphs about %(runtime)s GB; the KV cache gets "
+            "the other %(kv)s GB."
+        )
+        % {
+            "weights": _gb(memory["weight_bytes"]),
+            "activations": _gb(memory["activation_bytes"]),
+            "tokens": memory["max_num_batched_tokens"],
+            "seqs": memory["max_num_seqs"],
+            "runtime": _gb(memory["non_torch_bytes"] + memory["graph_bytes"]),
+            "kv": _gb(max(0, memory["kv_cache_bytes"])),
+        },
+        _(
+            "KV cache: %(tokens)s tokens, in %(blocks)s blocks of %(block)s tokens "
+            "(%(per_token)s bytes a token per GPU)."
+        )
+        % {
+            "tokens": f"{memory['kv_tokens']:,}",
+            "blocks": f"{memory['num_blocks']:,}",
+            "block": memory["block_size"],
+            "per_token": f"{memory['kv_bytes_per_token']:,}",
+        },
+        _(
+            "At max_model_len %(length)s the KV cache holds %(by_kv)s full sequences at once; max_num_seqs "
+            "%(seqs)s caps a batch, so up to %(running)s run at once (vLLM reports %(concurrency)sx)."
+        )
+        % {
+            "length": f"{memory['max_model_len']:,}",
+            "by_kv": f"{memory['sequences_by_kv']:,}",
+            "seqs": f"{memory['max_num_seqs']:,}",
+            "running": f"{memory['max_sequences']:,}",
+            "concurrency": f"{memory['max_concurrency']:.2f}",
+        },
+    ]
+
+
+def _gb(value: int) -> str:
+    return f"{value / GB:.1f}"
 
 
 def _refusal(artifact: ModelArtifact, plan: dict, hosts: list[HostCapacity], excluded: list[str]) -> str:

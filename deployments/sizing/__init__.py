@@ -1,4 +1,4 @@
-"""VRAM planner for TGI deployments: pure arithmetic on config.json and safetensors headers (no Django).
+"""VRAM planner for TGI and vLLM deployments: pure arithmetic on config.json and safetensors headers (no Django).
 
 Public names are re-exported here so callers import from `deployments.sizing`.
 """
@@ -46,7 +46,8 @@ from deployments.sizing.plan import (
     uniform_gpus,
     valid_shard_counts,
 )
-from deployments.sizing.report import PrecisionRow, SizingReport, overhead_constants, size_model
+from deployments.sizing.report import size_model
+from deployments.sizing.result import PrecisionRow, SizingReport, overhead_constants
 from deployments.units import GB
 
 __all__ = [

@@ -71,7 +71,20 @@ DTYPE_ALIASES = {
     "fp32": "fp32",
     "float32": "fp32",
 }
-KV_CACHE_DTYPES = {None: None, "": None, "auto": None, "fp8": 1, "fp8_e4m3fn": 1, "fp8_e5m2": 1, "bf16": 2, "fp16": 2}
+# TGI spells fp8 KV caches fp8_e4m3fn/fp8_e5m2; vLLM's --kv-cache-dtype says fp8, fp8_e4m3, fp8_e5m2 or a 16-bit dtype.
+KV_CACHE_DTYPES = {
+    None: None,
+    "": None,
+    "auto": None,
+    "fp8": 1,
+    "fp8_e4m3fn": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+    "bf16": 2,
+    "fp16": 2,
+    "bfloat16": 2,
+    "float16": 2,
+}
 SAFETENSORS_DTYPE_BYTES = {
     "F64": 8,
     "I64": 8,

@@ -229,7 +229,8 @@ def placement_for(host: str, gpus: list[GpuCapacity]) -> Placement:
     )
 
 
-def _host_state(host: HostCapacity) -> HostState:
+def host_state(host: HostCapacity) -> HostState:
+    """A host as the placement engine sees it (free memory as what is not reserved)."""
     gpus = tuple(
         GpuState(
             index=g.index,
@@ -242,6 +243,9 @@ def _host_state(host: HostCapacity) -> HostState:
         for g in host.gpus
     )
     return HostState(name=host.name, gpus=gpus, online=host.online)
+
+
+_host_state = host_state  # the name training_plan.py imports
 
 
 def choose_gpus(
@@ -259,7 +263,7 @@ def choose_gpus(
     hosts = [h for h in inventory if h.online and h.gpus]
     if not hosts:
         return None
-    states = [_host_state(h) for h in hosts]
+    states = [host_state(h) for h in hosts]
     most = max(len(h.gpus) for h in hosts)
     counts = [num_shard] if num_shard else valid_shard_counts(shape.arch, fmt, most)
     for s in counts:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.sizing import memory
+from deployments.sizing import memory, vllm_plan
+from deployments.sizing import vllm as vllm_memory
 from deployments.sizing.errors import SizingError
 from deployments.sizing.memory import WeightFormat
 from deployments.sizing.metadata import ModelMetadata
@@ -14,9 +14,7 @@ from deployments.sizing.plan import (
     KEEP_FREE_FRACTION,
     GpuCapacity,
     HostCapacity,
-    MemoryEstimate,
     ModelShape,
-    Placement,
     TokenBudget,
     choose_gpus,
     estimate,
@@ -27,12 +25,15 @@ from deployments.sizing.plan import (
     token_budget,
     valid_shard_counts,
 )
-from deployments.sizing.plan import POWER_IDLE_FRACTION as _POWER_IDLE_FRACTION
+from deployments.sizing.result import PrecisionRow, SizingReport
+from deployments.sizing.vllm import VllmLimits
 
 # Quality order for "use X instead" suggestions: the first lower-memory format that fits wins.
 _QUALITY = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
 # --quantize values that only describe how a checkpoint is already stored.
 _PREQUANTIZED_ONLY = ("awq", "gptq", "marlin", "exl2", "compressed-tensors")
+# Table rows vLLM has no way to load: EETQ (and 8-bit bitsandbytes at load; vLLM's in-flight one is 4-bit).
+_NOT_IN_VLLM = ("eetq", "bitsandbytes")
 
 
 def _family(precision: str) -> str:
@@ -40,163 +41,19 @@ def _family(precision: str) -> str:
     return "16-bit" if precision in ("bf16", "fp16") else precision
 
 
-@dataclass
-class PrecisionRow:
-    """One line of the table: memory for a precision and where it would run."""
-
-    fmt: WeightFormat
-    estimate: MemoryEstimate
-    fits: bool | None
-    gpu_set: Placement | None
-    stored: bool
-    note: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        est, gpu_set = self.estimate, self.gpu_set
-        power = None
-        if gpu_set is not None and gpu_set.power_max_w is not None:
-            power = {"min_w": gpu_set.power_min_w, "max_w": gpu_set.power_max_w}
-        return {
-            "precision": self.fmt.precision,
-            "label": self.fmt.label,
-            "tgi_quantize": self.fmt.tgi_quantize,
-            "stored": self.stored,
-            "weight_bytes": est.weight_bytes,
-            "kv_bytes": est.kv_bytes,
-            "overhead_bytes": est.overhead_bytes,
-            "total_bytes": est.total_bytes,
-            "per_gpu_bytes": est.per_gpu_bytes,
-            "num_shard": est.num_shard,
-            "fits": self.fits,
-            "gpu_set": gpu_set.as_dict() if gpu_set else None,
-            "power_range_w": power,
-            "note": self.note,
-        }
-
-
-@dataclass
-class SizingReport:
-    """The planner's answer for one model and one set of TGI limits."""
-
-    source: str
-    revision_sha: str | None
-    model_type: str
-    params: int
-    params_source: str
-    primary: PrecisionRow
-    kv_cache_dtype: str | None
-    budget: TokenBudget
-    kv_bytes_per_token_latent: int | None
-    valid_shard_counts: list[int]
-    rows: list[PrecisionRow]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    # The headline numbers are those of the primary row (the stored format, or the one --quantize asks for).
-    @property
-    def weight_bytes(self) -> int:
-        """Weights in the primary format."""
-        return self.primary.estimate.weight_bytes
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """KV bytes per token as TGI allocates it, whole model (all shards)."""
-        return self.primary.estimate.kv_bytes_per_token
-
-    @property
-    def kv_bytes(self) -> int:
-        """The KV pool: max_batch_total_tokens x bytes per token."""
-        return self.primary.estimate.kv_bytes
-
-    @property
-    def overhead_bytes(self) -> int:
-        """CUDA context plus prefill workspace, summed over the GPUs."""
-        return self.primary.estimate.overhead_bytes
-
-    @property
-    def total_bytes(self) -> int:
-        """All GPUs together."""
-        return self.primary.estimate.total_bytes
-
-    @property
-    def per_gpu_bytes(self) -> int:
-        """What each GPU must hold."""
-        return self.primary.estimate.per_gpu_bytes
-
-    @property
-    def num_shard(self) -> int:
-        """Tensor-parallel shard count of the plan."""
-        return self.primary.estimate.num_shard
-
-    @property
-    def fits(self) -> bool | None:
-        """True/False against the given GPUs or inventory; None when no GPUs were given."""
-        return self.primary.fits
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form used by the API and `size_model --json`."""
-        primary = self.primary.as_dict()
-        est = self.primary.estimate
-        return {
-            "source": self.source,
-            "revision_sha": self.revision_sha,
-            "model_type": self.model_type,
-            "params": self.params,
-            "params_source": self.params_source,
-            "precision": self.primary.fmt.precision,
-            "weight_format": self.primary.fmt.label,
-            "quantize": self.primary.fmt.tgi_quantize,
-            "kv_cache_dtype": self.kv_cache_dtype,
-            "max_input_tokens": self.budget.max_input_tokens,
-            "max_total_tokens": self.budget.max_total_tokens,
-            "max_batch_total_tokens": self.budget.max_batch_total_tokens,
-            "max_batch_prefill_tokens": self.budget.max_batch_prefill_tokens,
-            "weight_bytes": self.weight_bytes,
-            "kv_bytes_per_token": self.kv_bytes_per_token,
-            "kv_bytes_per_token_latent": self.kv_bytes_per_token_latent,
-            "kv_bytes": self.kv_bytes,
-            "context_bytes_per_gpu": est.context_bytes,
-            "workspace_bytes_per_gpu": est.workspace_bytes,
-            "overhead_bytes": self.overhead_bytes,
-            "total_bytes": self.total_bytes,
-            "per_gpu_bytes": self.per_gpu_bytes,
-            "num_shard": self.num_shard,
-            "valid_shard_counts": self.valid_shard_counts,
-            "fits": self.fits,
-            "gpu_set": primary["gpu_set"],
-            "power_range_w": primary["power_range_w"],
-            "warnings": list(self.warnings),
-            "notes": list(self.notes),
-            "rows": [row.as_dict() for row in self.rows],
-            "constants": overhead_constants(),
-        }
-
-
-def overhead_constants() -> dict[str, float]:
-    """The assumptions behind the numbers, for display next to them."""
-    return {
-        "bf16_bytes_per_param": memory.BF16_BYTES_PER_PARAM,
-        "cuda_context_bytes_per_gpu": memory.CUDA_CONTEXT_BYTES,
-        "prefill_workspace_bytes": memory.PREFILL_WORKSPACE_BYTES,
-        "prefill_workspace_reference_tokens": memory.PREFILL_WORKSPACE_TOKENS,
-        "prefill_workspace_reference_hidden": memory.PREFILL_WORKSPACE_HIDDEN,
-        "tgi_wiggle_room": memory.TGI_WIGGLE_ROOM,
-        "quant_group_size": memory.DEFAULT_GROUP_SIZE,
-        "power_idle_fraction": round(_POWER_IDLE_FRACTION, 4),
-    }
-
-
 def _primary_format(
-    shape: ModelShape, quantize: str | None, config: dict[str, Any], warnings: list[str]
+    shape: ModelShape, quantize: str | None, config: dict[str, Any], warnings: list[str], server: str = "TGI"
 ) -> WeightFormat:
     if not quantize:
         return shape.stored
-    wanted = memory.quantize_format(quantize, config)
+    if server == "vLLM":
+        wanted = vllm_memory.quantize_format(quantize, config, shape.stored)
+    else:
+        wanted = memory.quantize_format(quantize, config)
     if shape.stored.method and wanted != shape.stored:
-        # TGI reads quantization_config itself; another --quantize (or --dtype) cannot re-encode these weights.
+        # The server reads quantization_config itself; another quantization (or dtype) cannot re-encode these.
         warnings.append(
-            f"the checkpoint is stored as {shape.stored.label}; TGI reads its quantization_config, "
+            f"the checkpoint is stored as {shape.stored.label}; {server} reads its quantization_config, "
             f"so {quantize!r} does not apply and it is planned as {shape.stored.label}"
         )
         return shape.stored
@@ -228,7 +85,7 @@ def _row_note(fmt: WeightFormat, shape: ModelShape) -> str:
 
 
 def _row_formats(
-    precisions: Sequence[str], primary: WeightFormat, shape: ModelShape, config: dict
+    precisions: Sequence[str], primary: WeightFormat, shape: ModelShape, config: dict, vllm: bool = False
 ) -> list[WeightFormat]:
     qc = config.get("quantization_config")
     formats: list[WeightFormat] = []
@@ -241,6 +98,8 @@ def _row_formats(
             fmt = shape.stored
         else:
             fmt = memory.precision_format(precision, qc)
+            if vllm and fmt.method in _NOT_IN_VLLM:
+                continue
         if fmt not in formats:
             formats.append(fmt)
     if primary not in formats:
@@ -274,6 +133,41 @@ def _plan_row(
         s = num_shard or gpus_needed(shape, fmt, budget, kv_dtype, largest) or 1
         return PrecisionRow(fmt, estimate(shape, fmt, budget, s, kv_dtype), False, None, stored, note)
     return PrecisionRow(fmt, estimate(shape, fmt, budget, num_shard or 1, kv_dtype), None, None, stored, note)
+
+
+def _vllm_row(
+    model: vllm_plan.Model,
+    primary: bool,
+    gpus: list[GpuCapacity] | None,
+    hosts: list[HostCapacity] | None,
+    num_shard: int | None,
+    preferred_hosts: Sequence[str] = (),
+) -> PrecisionRow:
+    """One format planned for vLLM. The primary format's refusal is the answer, naming the setting to change."""
+    if gpus:
+        row, count = vllm_plan.on_selected(model, gpus), len(gpus)
+    elif hosts:
+        row = vllm_plan.in_inventory(model, hosts, num_shard, preferred_hosts)[0]
+        count = row.memory.num_shard if row.memory else num_shard or 1
+    else:
+        row, count = vllm_plan.VllmRow(None, None, None), num_shard or 1
+    if row.refusal is not None and primary:
+        raise row.refusal
+    fits = False if row.refusal is not None else row.fits
+    stored = model.fmt == model.shape.stored
+    est = row.estimate(model, count)
+    note = _vllm_note(model.fmt, model.shape)
+    return PrecisionRow(model.fmt, est, fits, row.gpu_set, stored, note, row.memory, row.notes)
+
+
+def _vllm_note(fmt: WeightFormat, shape: ModelShape) -> str:
+    if fmt == shape.stored:
+        return "as stored"
+    if fmt.method is None:
+        return "needs the unquantized checkpoint" if shape.stored.method else f"--dtype {fmt.precision}"
+    if shape.stored.method or fmt.method in _PREQUANTIZED_ONLY:
+        return f"needs a {fmt.label} checkpoint"
+    return f"--quantization {'bitsandbytes' if 'bitsandbytes' in fmt.method else fmt.method}"
 
 
 def _alternative(rows: list[PrecisionRow], primary: PrecisionRow) -> PrecisionRow | None:
@@ -343,8 +237,9 @@ def size_model(
     inventory: list[HostCapacity] | None = None,
     preferred_hosts: Sequence[str] = (),
     keep_free_fraction: float = KEEP_FREE_FRACTION,
+    vllm: VllmLimits | None = None,
 ) -> SizingReport:
-    """Plan the memory of serving `metadata`'s model with TGI.
+    """Plan the memory of serving `metadata`'s model with TGI, or with vLLM when `vllm` holds its settings.
 
     `gpus` is one chosen set (num_shard = its length); otherwise `inventory` is searched for the smallest fitting
     set on one online host, placed by the placement engine (`preferred_hosts` first, e.g. those holding the
@@ -364,18 +259,23 @@ def size_model(
     if num_shard is not None and num_shard < 1:
         raise SizingError("num_shard must be at least 1", "num_shard")
     hosts = [h for h in inventory or [] if h.online and h.gpus] or None
+    plan = {"gpus": gpus, "hosts": hosts, "num_shard": num_shard, "preferred_hosts": preferred_hosts}
     warnings: list[str] = []
     notes = list(metadata.notes)
     if inventory is not None and not hosts and not gpus:
         notes.append("no online GPU host in the inventory; sizes only")
-    primary_fmt = _primary_format(shape, quantize, config, warnings)
-    formats = _row_formats(precisions, primary_fmt, shape, config)
-    rows = [
-        _plan_row(fmt, shape, budget, kv_dtype, gpus, hosts, num_shard, preferred_hosts, keep_free_fraction)
-        for fmt in formats
-    ]
+    primary_fmt = _primary_format(shape, quantize, config, warnings, "vLLM" if vllm else "TGI")
+    formats = _row_formats(precisions, primary_fmt, shape, config, vllm is not None)
+    vllm_notes: list[SizingError] = []
+    if vllm is not None:
+        rows = [_vllm_row(vllm_plan.Model(shape, config, f, kv_dtype, vllm), f == primary_fmt, **plan) for f in formats]
+        vllm_notes = list(rows[formats.index(primary_fmt)].vllm_notes)
+        warnings += [note.message for note in vllm_notes]
+    else:
+        rows = [_plan_row(f, shape, budget, kv_dtype, **plan, keep_free_fraction=keep_free_fraction) for f in formats]
     primary = rows[formats.index(primary_fmt)]
-    warnings += _warnings(rows, primary, shape, budget, kv_dtype, gpus, hosts)
+    if vllm is None:
+        warnings += _warnings(rows, primary, shape, budget, kv_dtype, gpus, hosts)
     if shape.params_source == "safetensors" and shape.breakdown.extra_linear:
         arch_total = shape.breakdown.total - shape.breakdown.extra_linear
         if abs(shape.breakdown.extra_linear) > 0.01 * arch_total:
@@ -393,8 +293,14 @@ def size_model(
         kv_cache_dtype=kv_cache_dtype,
         budget=budget,
         kv_bytes_per_token_latent=memory.kv_bytes_per_token_latent(shape.arch, kv_dtype),
-        valid_shard_counts=valid_shard_counts(shape.arch, primary_fmt),
+        valid_shard_counts=(
+            vllm_plan.shard_counts(vllm_plan.Model(shape, config, primary_fmt, kv_dtype, vllm), 64)
+            if vllm
+            else valid_shard_counts(shape.arch, primary_fmt)
+        ),
         rows=rows,
         warnings=warnings,
         notes=notes,
+        memory_mode="reserve" if vllm else "fill",
+        vllm_notes=vllm_notes,
     )
