@@ -209,21 +209,36 @@ class VllmMemory:
             "suggested": f"{self.utilization_needed():g}",
             "count": more_gpus,
         }
-        start = (
-            "gpu_memory_utilization %(utilization)s gives vLLM %(share)s GB of each %(gpu)s GB GPU; the weights "
-            "(%(weights)s GB per GPU), the activation estimate (%(activations)s GB) and runtime memory and CUDA "
-            "graphs (%(runtime)s GB) take %(needed)s GB, leaving no room for the KV cache (vLLM refuses this at "
-            "start)."
-        )
         can_raise = self.utilization_needed() <= self.most_utilization
+        # Whole sentences, so makemessages finds each (a message built by `+` would not be translated).
         if can_raise and more_gpus:
-            message = gettext_noop(start + " Raise gpu_memory_utilization to %(suggested)s or use %(count)s GPUs.")
+            message = gettext_noop(
+                "gpu_memory_utilization %(utilization)s gives vLLM %(share)s GB of each %(gpu)s GB GPU; the weights "
+                "(%(weights)s GB per GPU), the activation estimate (%(activations)s GB) and runtime memory and CUDA "
+                "graphs (%(runtime)s GB) take %(needed)s GB, leaving no room for the KV cache (vLLM refuses this at "
+                "start). Raise gpu_memory_utilization to %(suggested)s or use %(count)s GPUs."
+            )
         elif can_raise:
-            message = gettext_noop(start + " Raise gpu_memory_utilization to %(suggested)s.")
+            message = gettext_noop(
+                "gpu_memory_utilization %(utilization)s gives vLLM %(share)s GB of each %(gpu)s GB GPU; the weights "
+                "(%(weights)s GB per GPU), the activation estimate (%(activations)s GB) and runtime memory and CUDA "
+                "graphs (%(runtime)s GB) take %(needed)s GB, leaving no room for the KV cache (vLLM refuses this at "
+                "start). Raise gpu_memory_utilization to %(suggested)s."
+            )
         elif more_gpus:
-            message = gettext_noop(start + " Use %(count)s GPUs, or a smaller quantization.")
+            message = gettext_noop(
+                "gpu_memory_utilization %(utilization)s gives vLLM %(share)s GB of each %(gpu)s GB GPU; the weights "
+                "(%(weights)s GB per GPU), the activation estimate (%(activations)s GB) and runtime memory and CUDA "
+                "graphs (%(runtime)s GB) take %(needed)s GB, leaving no room for the KV cache (vLLM refuses this at "
+                "start). Use %(count)s GPUs, or a smaller quantization."
+            )
         else:
-            message = gettext_noop(start + " No setting of this GPU holds it: use a smaller quantization.")
+            message = gettext_noop(
+                "gpu_memory_utilization %(utilization)s gives vLLM %(share)s GB of each %(gpu)s GB GPU; the weights "
+                "(%(weights)s GB per GPU), the activation estimate (%(activations)s GB) and runtime memory and CUDA "
+                "graphs (%(runtime)s GB) take %(needed)s GB, leaving no room for the KV cache (vLLM refuses this at "
+                "start). No setting of this GPU holds it: use a smaller quantization."
+            )
         return SizingError(message, "gpu_memory_utilization", **params)
 
     def as_dict(self) -> dict[str, Any]:
