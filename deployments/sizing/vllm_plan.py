@@ -117,10 +117,23 @@ def more_gpus(model: Model, gpu: GpuCapacity, beyond: int) -> int | None:
     return None
 
 
+MIN_UTILIZATION = 0.05  # the smallest gpu_memory_utilization a spec may ask for (DeploymentSpec's validator)
+
+
 def start_refusal(mem: VllmMemory) -> SizingError | None:
     """A share that does not fit the GPU even empty, beside vLLM's CUDA context and what it keeps free."""
     if mem.gpu_memory_utilization <= mem.most_utilization:
         return None
+    if mem.most_utilization < MIN_UTILIZATION:  # no share would do: the GPU itself is too small
+        return SizingError(
+            gettext_noop(
+                "A %(gpu)s GB GPU is too small for vLLM: its CUDA context and the %(kept)s GB it keeps free beside "
+                "its KV cache leave no share for the model. Choose larger GPUs."
+            ),
+            "gpu_memory_utilization",
+            gpu=_gb(mem.gpu_total_bytes),
+            kept=_gb(mem.kept_free_bytes),
+        )
     return SizingError(
         gettext_noop(
             "gpu_memory_utilization %(utilization)s asks for %(share)s GB of a %(gpu)s GB GPU; with vLLM's CUDA "

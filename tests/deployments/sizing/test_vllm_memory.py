@@ -271,3 +271,11 @@ def test_the_inventory_search_picks_the_fewest_gpus_whose_share_holds_the_model(
     with pytest.raises(SizingError) as refused:
         size_model(metadata("llama-3-70b"), inventory=alone, vllm=VllmLimits(0.9))
     assert refused.value.field == "gpu_memory_utilization" and "Use 2 GPUs" in str(refused.value)
+
+
+def test_a_gpu_too_small_for_any_share_says_so_instead_of_a_negative_utilization():
+    # 1 GB: vLLM's CUDA context and the memory it keeps free beside its cache take it all.
+    with pytest.raises(SizingError) as refused:
+        size_model(metadata("deepseek-llm-7b-base"), gpus=uniform_gpus(1, 1 * GB, "tiny"), vllm=VllmLimits(0.9))
+    assert refused.value.field == "gpu_memory_utilization"
+    assert "is too small for vLLM" in str(refused.value) and "use at most -" not in str(refused.value)
