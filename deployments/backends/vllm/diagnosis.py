@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from deployments.backends import diagnosis as engine
 from deployments.backends.diagnosis import Diagnosis, Rule, deadline_passed, image_missing, oom_killed, patterns
+from deployments.backends.vllm.launch import RELEASE
 
 RULES: tuple[Rule, ...] = (
     Rule(
@@ -29,6 +31,29 @@ RULES: tuple[Rule, ...] = (
             "on the host first (`docker load` on an air-gapped host)."
         ),
         context=image_missing,
+    ),
+    Rule(
+        cause="invalid_arguments",
+        # argparse's refusal, printed before anything loads (exit code 2); the program is `vllm`, `vllm serve` or,
+        # in older images whose entrypoint is the API server module, `api_server.py`.
+        patterns=patterns(r"\b(?:vllm(?: serve)?|api_server\.py): error: unrecognized arguments: "),
+        title=_("This vLLM does not know an argument of the launch"),
+        numbers=re.compile(r"error: unrecognized arguments: (?P<argument>\S+)"),
+        title_numbers=_("This vLLM does not know the argument %(argument)s"),
+        next_step=format_lazy(
+            _(
+                "vLLM's parser refused an argument before loading anything: the vLLM release in the image does not "
+                "have this flag. The console builds `vllm serve`'s flags for vLLM {release} (its flag table, "
+                "workers/jobs/flags/vllm.json), and other releases add, rename and remove flags. Use an image of "
+                "vLLM {release} under Image (vllm/vllm-openai:v{release}, pinned by digest; on a host that runs vLLM "
+                "natively, install vLLM {release} there), or remove the variable or setting that produced the flag "
+                "(the deployment page previews the whole `vllm serve` command). When the refused argument is not a "
+                "flag but the model path or `serve`, the image does not start `vllm serve` as vLLM {release}'s "
+                "images do (older ones start the API server module, which takes the model as --model): use an "
+                "official image of vLLM {release}."
+            ),
+            release=RELEASE,
+        ),
     ),
     Rule(
         cause="gpu_runtime",
@@ -88,6 +113,28 @@ RULES: tuple[Rule, ...] = (
             "port. With several GPUs vLLM also opens ports for its workers (torch.distributed, from VLLM_PORT when "
             "set): two vLLM servers on one host must not share a VLLM_PORT."
         ),
+    ),
+    Rule(
+        cause="not_found",
+        # vLLM's LoRAAdapterNotFoundError (a ValueError in older releases). The name may come quoted in a list
+        # when the engine core re-raises it: `Loading lora ["table_qc failed: No adapter found for /path"]`. Before
+        # the generic not_found: vLLM first tries a missing path as a Hub repo id, and the Hub client's error
+        # ("Repo id must be in the form ...", RepositoryNotFoundError) is logged above this line.
+        # Not the f-string of a traceback's source line (`raise ...(f"Loading lora {name} failed: ...")`).
+        patterns=patterns(r"Loading lora [^\s{]+ failed: No adapter found for [^\s{]"),
+        title=_("A LoRA adapter was not found"),
+        numbers=re.compile(r'Loading lora \[?"?(?P<name>[^\s"\[\]]+) failed: No adapter found for (?P<path>[^\s"\]]+)'),
+        title_numbers=_("LoRA adapter %(name)s was not found at %(path)s"),
+        next_step=_(
+            "vLLM found no adapter at the path given for this LoRA adapter: it needs a directory holding "
+            "adapter_config.json and the adapter's weights (adapter_model.safetensors), and takes any other path "
+            "for a Hugging Face repo id. Each entry of “LoRA adapters” must give a directory in the host's model "
+            "store that holds both files (a fine-tune's output directory, as peft saves it). Fix the adapter's path "
+            "in the deployment's “LoRA adapters”, or import the adapter again if its directory is gone or "
+            "incomplete, and deploy again."
+        ),
+        # Before giving up, vLLM tried the path as a Hub repo id and logged why that failed too.
+        also=patterns(r"Error downloading the HuggingFace model"),
     ),
     Rule(
         cause="not_found",

@@ -12,7 +12,11 @@ from django.utils import translation
 from deployments.backends.diagnosis import MAX_EVIDENCE, log_lines
 from deployments.backends.tgi.diagnosis import CAUSES as TGI_CAUSES
 from deployments.backends.vllm.diagnosis import BOOK, CAUSES, RULES, diagnose, diagnose_text
+from deployments.backends.vllm.launch import RELEASE
+from tests.conftest import need
 from tests.support.fixtures import FIXTURES
+from tests.support.serve_process import make_model, ml_python
+from tests.support.vllm_process import VllmProcess
 
 CORPUS = FIXTURES / "vllm-failures"
 INDEX = json.loads((CORPUS / "index.json").read_text(encoding="utf-8"))
@@ -113,6 +117,57 @@ def test_a_full_kv_cache_is_not_mistaken_for_a_gpu_with_zero_blocks():
     assert any("Maximum concurrency for 29000 tokens per request" in line for line in diagnosis.evidence)
 
 
+def test_a_missing_lora_adapter_wins_over_the_hub_error_and_the_engine_failure_around_it():
+    # vLLM first tries a path that is not a directory as a Hub repo id and logs the Hub client's error (read alone,
+    # the generic "model not found"), then fails the adapter, then the engine: the adapter is the cause.
+    hub = [
+        "(EngineCore_DP0 pid=862129) ERROR 01-22 17:44:05 [utils.py:258] Error downloading the HuggingFace model",
+        "(EngineCore_DP0 pid=862129) ERROR 01-22 17:44:05 [utils.py:258] huggingface_hub.errors.HFValidationError: "
+        "Repo id must be in the form 'repo_name' or 'namespace/repo_name': '/data/adapters/gone'.",
+    ]
+    assert diagnose(hub).cause == "not_found" and "LoRA" not in str(diagnose(hub).title)
+    adapter = (CORPUS / "lora-no-adapter-found-placeholder-path-qerl.log").read_text(encoding="utf-8")
+    tail = _log(next(entry for entry in FAILURES if entry["expected_cause"] == "crashed"))
+    diagnosis = diagnose_text("\n".join(hub) + "\n" + adapter + "\n" + tail)
+    assert diagnosis.cause == "not_found"
+    assert str(diagnosis.title) == "LoRA adapter 1748373774 was not found at simon_lora_path"
+    assert hub[0] in diagnosis.evidence  # what vLLM tried first, shown with the adapter's line
+
+
+def test_an_argument_vllm_does_not_know_names_the_release_the_console_builds_for():
+    diagnosis = diagnose_text((CORPUS / "unrecognized-args-lora-path-v073.log").read_text(encoding="utf-8"))
+    assert str(diagnosis.title) == "This vLLM does not know the argument --lora-path"
+    step = str(diagnosis.next_step)
+    assert f"vLLM {RELEASE}" in step and f"vllm/vllm-openai:v{RELEASE}" in step and "vllm.json" in step
+
+
+def test_the_stand_ins_own_refusals_are_diagnosed(tmp_path):
+    """The development server (workers/jobs/vllm_serve.py) prints vLLM's lines for an unknown flag and a missing
+    adapter; run as a real process, its output gets the same diagnosis a real vLLM's would."""
+    need(ml_python() is not None, "the ML environment (make ml-env) is needed to run vllm_serve.py")
+    model = make_model(tmp_path / "tiny")
+    missing = tmp_path / "adapters" / "gone"
+    flag = VllmProcess(model, "--max-total-tokens", "256").start()  # TGI's flag, not vLLM's
+    adapter = VllmProcess(model, "--enable-lora", "--lora-modules", f"support={missing}").start()
+    try:
+        assert flag.wait_exit() == 2, flag.output
+        assert adapter.wait_exit() == 1, adapter.output
+    finally:
+        flag.stop()
+        adapter.stop()
+
+    refused = diagnose(flag.lines, exit_code=2)
+    assert refused.cause == "invalid_arguments"
+    assert str(refused.title) == "This vLLM does not know the argument --max-total-tokens"
+    assert refused.evidence == ["vllm serve: error: unrecognized arguments: --max-total-tokens 256"]
+
+    gone = diagnose(adapter.lines, exit_code=1)
+    assert gone.cause == "not_found"
+    assert str(gone.title) == f"LoRA adapter support was not found at {missing}"
+    assert f"ValueError: Loading lora support failed: No adapter found for {missing}" in gone.evidence
+    assert "“LoRA adapters”" in str(gone.next_step)
+
+
 @pytest.mark.parametrize(
     ("context", "exit_code", "cause", "evidence"),
     [
@@ -157,6 +212,7 @@ def test_next_steps_name_the_console_fields_to_change():
     assert "“GPU memory utilization”" in steps["Other processes hold memory on the GPU vLLM wants"]
     assert "“GPUs (num_shard)”" in steps["The attention heads cannot be split evenly across the GPUs"]
     assert "“dtype” to float16" in steps["This GPU has no bfloat16"]
+    assert "“LoRA adapters”" in steps["A LoRA adapter was not found"]
     assert "“Max batched tokens” (`max_num_batched_tokens`)" in steps["No GPU memory is left for the KV cache"]
 
 
