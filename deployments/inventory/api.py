@@ -80,9 +80,11 @@ class GpuViewSet(ConsoleModelViewSet):
 
 
 class SizingApiView(APIView):
-    """The VRAM planner: `?source=org/name` (plus revision, quantize, max_total_tokens,
-    max_batch_total_tokens, kv_cache_dtype, credential) answers memory per precision and the smallest
-    GPU set in the inventory that fits."""
+    """The VRAM planner: `?source=org/name` (plus revision, backend, quantize, kv_cache_dtype, credential; TGI's
+    max_total_tokens and max_batch_total_tokens, or vLLM's gpu_memory_utilization, max_model_len, max_num_seqs
+    and max_num_batched_tokens) answers memory per precision and the smallest GPU set in the inventory that fits;
+    for vLLM also `vllm` (its share of each GPU, KV cache tokens, sequences) and `details` (the same in words).
+    Another backend's limits are ignored; a setting vLLM refuses is a 400 naming it."""
 
     @extend_schema(
         parameters=[
@@ -95,16 +97,4 @@ class SizingApiView(APIView):
         form = SizingForm(request.query_params)
         if not form.is_valid():
             raise ValidationError(form.errors)
-        data = form.cleaned_data
-        return Response(
-            planner.plan(
-                user=request.user,
-                source=data["source"],
-                revision=data["revision"],
-                quantize=data["quantize"],
-                max_total_tokens=data["max_total_tokens"],
-                max_batch_total_tokens=data["max_batch_total_tokens"],
-                kv_cache_dtype=data["kv_cache_dtype"],
-                credential_id=data["credential"].pk if data["credential"] else None,
-            )
-        )
+        return Response(planner.plan(user=request.user, **form.plan_arguments()))

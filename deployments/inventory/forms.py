@@ -6,12 +6,16 @@ import json
 from decimal import Decimal
 
 from django import forms
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from console.accounts.models import Credential
 from console.errors import invalid_json
 from console.forms import StyledMixin
-from deployments.models import Gpu, Host
+from deployments.backends import BACKENDS
+from deployments.models import DeploymentSpec, Gpu, Host
+from deployments.serving import form_backends
+from deployments.serving.form_backends import BackendSelect
 from deployments.units import GB
 
 
@@ -94,8 +98,29 @@ class GpuForm(StyledMixin, forms.ModelForm):
         return data
 
 
+# The planner page's limits: True for those of backends that reserve a share of each GPU (vLLM), False for those
+# of backends that fill it (TGI's token limits).
+SIZING_LIMITS = {
+    "max_total_tokens": False,
+    "max_batch_total_tokens": False,
+    "gpu_memory_utilization": True,
+    "max_model_len": True,
+    "max_num_seqs": True,
+    "max_num_batched_tokens": True,
+}
+# Choice fields whose values depend on the backend (the deploy form's offer, form_backends.offered_values).
+SIZING_CHOICES = ("quantize", "kv_cache_dtype")
+
+
+def sizing_readers(reserves: bool) -> list[str]:
+    """The backends whose memory works as `reserves` says (MemorySemantics.reserves)."""
+    return [key for key, backend in BACKENDS.items() if backend.memory.reserves == reserves]
+
+
 class SizingForm(StyledMixin, forms.Form):
-    """What the VRAM planner needs; everything but the model has TGI's defaults."""
+    """What the VRAM planner needs; everything but the model has the chosen backend's defaults. The token limits
+    are TGI's, the share and batch limits vLLM's: only the chosen backend's show (the page's script hides the
+    others) and a value left in another backend's field is ignored, as on the deploy form."""
 
     source = forms.CharField(
         label=_("Model"),
@@ -104,6 +129,13 @@ class SizingForm(StyledMixin, forms.Form):
     )
     revision = forms.CharField(
         label=_("Revision"), max_length=100, required=False, help_text=_("Branch, tag or commit; empty: main.")
+    )
+    backend = forms.ChoiceField(
+        label=_("Serving backend"),
+        choices=form_backends.registered,
+        initial=DeploymentSpec.Backend.TGI,
+        required=False,  # empty: TGI, as before there was a choice
+        help_text=_("The inference server; the limits below are the chosen one's own."),
     )
     quantize = forms.ChoiceField(
         label=_("Quantization"),
@@ -117,15 +149,30 @@ class SizingForm(StyledMixin, forms.Form):
             ("eetq", "EETQ (int8)"),
             ("fp8", "FP8"),
         ],
+        widget=BackendSelect,
     )
     max_total_tokens = forms.IntegerField(label=_("Max total tokens"), required=False, min_value=2, max_value=1_048_576)
     max_batch_total_tokens = forms.IntegerField(
         label=_("Max batch total tokens"), required=False, min_value=2, max_value=16_777_216
     )
+    # vLLM's settings, with the deploy form's labels and bounds (deployments/serving/forms.py).
+    gpu_memory_utilization = forms.FloatField(
+        label=_("GPU memory utilization"),
+        required=False,
+        min_value=0.05,
+        max_value=1.0,
+        help_text=_("The share of each GPU vLLM reserves at start for weights, activations and KV cache. Empty: 0.9."),
+    )
+    max_model_len = forms.IntegerField(
+        label=_("Max model length"), required=False, min_value=1, help_text=_("Prompt plus output, in tokens.")
+    )
+    max_num_seqs = forms.IntegerField(label=_("Max sequences per batch"), required=False, min_value=1)
+    max_num_batched_tokens = forms.IntegerField(label=_("Max batched tokens"), required=False, min_value=1)
     kv_cache_dtype = forms.ChoiceField(
         label=_("KV cache"),
         required=False,
         choices=[("", _("same as the model")), ("fp8_e4m3fn", "FP8 (e4m3fn)"), ("fp8_e5m2", "FP8 (e5m2)")],
+        widget=BackendSelect,
     )
     credential = forms.ModelChoiceField(
         label=_("Hugging Face token"), required=False, queryset=None, help_text=_("For gated or private repos.")
@@ -135,10 +182,60 @@ class SizingForm(StyledMixin, forms.Form):
         super().__init__(*args, **kwargs)
 
         self.fields["credential"].queryset = Credential.objects.filter(kind=Credential.Kind.HF_TOKEN)
+        for name in SIZING_CHOICES:
+            values = [str(value) for value, _label in self.fields[name].choices]
+            self.fields[name].widget.offered = form_backends.option_backends(name, values)
+        chosen = self.chosen_backend()
+        for name, reserves in SIZING_LIMITS.items():  # read by templates/serving/_field.html
+            readers = sizing_readers(reserves)
+            field = self.fields[name]
+            field.gated, field.backends = True, " ".join(readers)
+            field.hidden_for_backend = chosen not in readers
+            # Without the page's script every field shows: each says whose it is.
+            field.backend_note = ", ".join(BACKENDS[key].label for key in readers)
+
+    def chosen_backend(self) -> str:
+        """The backend to plan for: the one asked for, TGI when nothing says."""
+        if self.is_bound:
+            return self.data.get(self.add_prefix("backend")) or DeploymentSpec.Backend.TGI
+        return self.initial.get("backend") or DeploymentSpec.Backend.TGI
+
+    def full_clean(self) -> None:
+        # Another backend's limits are dropped before they are checked: a value typed before switching backend
+        # (or sent by a browser without the page's script) neither fails the form nor reaches the planner.
+        backend = self.chosen_backend()
+        if self.is_bound and backend in BACKENDS:
+            data = self.data.copy()
+            for name, reserves in SIZING_LIMITS.items():
+                if backend not in sizing_readers(reserves):
+                    data[self.add_prefix(name)] = ""
+            self.data = data
+        super().full_clean()
 
     def clean(self):
         data = super().clean()
         total, batch = data.get("max_total_tokens"), data.get("max_batch_total_tokens")
         if total and batch and batch < total:
             self.add_error("max_batch_total_tokens", _("Must be at least max total tokens (one full request)."))
+        backend = data.get("backend") or DeploymentSpec.Backend.TGI
+        for name in SIZING_CHOICES:
+            if data.get(name) and backend in BACKENDS and data[name] not in form_backends.offered_values(backend, name):
+                self.add_error(
+                    name,
+                    gettext("%(backend)s does not offer %(value)s.")
+                    % {"backend": BACKENDS[backend].label, "value": data[name]},
+                )
         return data
+
+    def plan_arguments(self) -> dict:
+        """The cleaned values as `deployments.inventory.sizing.plan` takes them."""
+        data = self.cleaned_data
+        return {
+            "source": data["source"],
+            "revision": data["revision"],
+            "backend": data.get("backend") or DeploymentSpec.Backend.TGI,
+            "quantize": data["quantize"],
+            "kv_cache_dtype": data["kv_cache_dtype"],
+            "credential_id": data["credential"].pk if data["credential"] else None,
+            **{name: data.get(name) for name in SIZING_LIMITS},
+        }

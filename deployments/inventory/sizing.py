@@ -1,5 +1,6 @@
 """The VRAM planner as the console offers it: a model from the Hub (or the model store) sized against the
-inventory. The arithmetic lives in deployments.sizing; this adds who may ask, tokens and limits."""
+inventory, for TGI or vLLM. The arithmetic lives in deployments.sizing; this adds who may ask, tokens and limits.
+vLLM's settings and the words for its share and KV cache are the deploy form's (deployments/serving/planning.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from console import roles
 from console.accounts.models import Credential
 from console.errors import ApplicationError
 from console.permissions import require
+from deployments.backends import BACKENDS
 from deployments.inventory.capacity import inventory_capacity
+from deployments.models import DeploymentSpec
 from deployments.registry.endpoints import allow_listed_hops, check_url, hub_endpoint
 from deployments.registry.network import source_unreachable
+from deployments.serving.planning import vllm_details, vllm_limits
 from deployments.sizing import ModelMetadata, SizingError, size_model
 from deployments.sizing.metadata import load_hub_metadata, load_local_metadata, looks_like_path
 
@@ -86,29 +90,54 @@ def plan(
     user,
     source: str,
     revision: str | None = None,
+    backend: str = DeploymentSpec.Backend.TGI,
     quantize: str | None = None,
     max_total_tokens: int | None = None,
     max_batch_total_tokens: int | None = None,
     kv_cache_dtype: str | None = None,
     credential_id: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
 ) -> dict:
-    """Size a model for every precision against the inventory; field errors as ApplicationError."""
+    """Size a model for every precision against the inventory, as `backend` would run it: TGI's token limits, or
+    vLLM's share and batch limits (the other backend's are ignored); field errors as ApplicationError."""
     require(user, roles.VIEW)
     source = source.strip()
     if not source:
         raise ApplicationError(
             _("Give a Hugging Face repo id (org/name) or a directory in the model store."), field="source"
         )
+    backend = str(backend or DeploymentSpec.Backend.TGI)
+    if backend not in BACKENDS:
+        raise ApplicationError(_("No such serving backend: %(backend)s.") % {"backend": backend}, field="backend")
+    vllm = vllm_limits(
+        {
+            "backend": backend,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_num_batched_tokens,
+        }
+    )
+    tgi = {} if vllm else {"max_total_tokens": max_total_tokens, "max_batch_total_tokens": max_batch_total_tokens}
     try:
         metadata = _metadata(source, revision=revision or None, token=_token(user, credential_id))
         report = size_model(
             metadata,
             quantize=quantize or None,
-            max_total_tokens=max_total_tokens,
-            max_batch_total_tokens=max_batch_total_tokens,
             kv_cache_dtype=kv_cache_dtype or None,
             inventory=inventory_capacity(),
+            vllm=vllm,
+            **tgi,
         )
     except SizingError as error:
         raise ApplicationError(error.text(_), field=error.field or "source") from None
-    return report.as_dict()
+    result = report.as_dict()
+    # vLLM's notes (GPUs busy, shard counts) in the reader's language, in place of their English text.
+    translated = {note.message: note.text(_) for note in report.vllm_notes}
+    result["warnings"] = [translated.get(warning, warning) for warning in result["warnings"]]
+    result["backend"], result["backend_label"] = backend, BACKENDS[backend].label
+    result["details"] = vllm_details(result["vllm"]) if result["vllm"] else []
+    return result

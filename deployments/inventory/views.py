@@ -185,7 +185,8 @@ class GpuEditView(_FormView):
 
 
 class SizingView(ConsoleViewMixin, View):
-    """The VRAM planner: memory per precision, the smallest GPU set in the inventory, power range."""
+    """The VRAM planner: memory per precision, the smallest GPU set in the inventory, power range; for vLLM also
+    its share of each GPU, the KV cache tokens and the sequences at max_model_len."""
 
     permission_action = roles.VIEW
     template_name = "inventory/sizing.html"
@@ -194,18 +195,8 @@ class SizingView(ConsoleViewMixin, View):
         form = SizingForm(request.GET or None)
         report, status = None, 200
         if form.is_bound and form.is_valid():
-            data = form.cleaned_data
             try:
-                report = planner.plan(
-                    user=request.user,
-                    source=data["source"],
-                    revision=data["revision"],
-                    quantize=data["quantize"],
-                    max_total_tokens=data["max_total_tokens"],
-                    max_batch_total_tokens=data["max_batch_total_tokens"],
-                    kv_cache_dtype=data["kv_cache_dtype"],
-                    credential_id=data["credential"].pk if data["credential"] else None,
-                )
+                report = planner.plan(user=request.user, **form.plan_arguments())
             except ApplicationError as error:
                 apply_error(form, error)
                 status = 400
