@@ -148,8 +148,10 @@ class _Watch:
             self.ctx.log_writer.write(line, stream="server")
             self.tail.append(line)
         with transaction.atomic():
-            self.ctx.log_writer.flush()
+            # The server's row before the job's, in the order deployment_stop locks them: the other order deadlocked
+            # with a stop request arriving while the server printed (PostgreSQL then aborted the stop or this job).
             save(self.deployment, log_cursor=cursor)
+            self.ctx.log_writer.flush()
         self.cursor = cursor
 
     def fail(self, *, exit_code: int | None = None, oom_killed: bool = False, deadline: str = "") -> JobFailure:
