@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from console import roles
 from console.fields import EncryptedSecretField
 from deployments.backends.tgi.launch import DEVELOPMENT_SERVER_NAME
+from deployments.backends.vllm.launch import DEVELOPMENT_SERVER_NAME as VLLM_DEVELOPMENT_SERVER_NAME
 from deployments.inventory.models import Host
 from deployments.jobs.models import Job
 from deployments.registry.models import ModelArtifact
@@ -179,8 +180,14 @@ class Deployment(ServerFields):
 
     @property
     def runs_development_server(self) -> bool:
-        """The project's CPU development server answers, not the backend it stands in for."""
-        return self.server.startswith(DEVELOPMENT_SERVER_NAME)
+        """The project's CPU development server answers (serve.py or vllm_serve.py), not the backend it stands in
+        for."""
+        return self.server.split(" ", 1)[0] in (DEVELOPMENT_SERVER_NAME, VLLM_DEVELOPMENT_SERVER_NAME)
+
+    @property
+    def runs_vllm_development_server(self) -> bool:
+        """vllm_serve.py answers: the development server speaking vLLM's protocol (the page says which)."""
+        return self.server.split(" ", 1)[0] == VLLM_DEVELOPMENT_SERVER_NAME
 
     @property
     def holder(self) -> str:
