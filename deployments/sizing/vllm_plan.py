@@ -50,7 +50,17 @@ class Model:
         return memory.weight_bytes(self.shape.breakdown, self.fmt)
 
     def on(self, gpu_total: int, num_shard: int, gpu_name: str = "") -> VllmMemory:
-        """vLLM's arithmetic on `num_shard` GPUs of `gpu_total` bytes."""
+        """vLLM's arithmetic on `num_shard` GPUs of `gpu_total` bytes. A spec that leaves gpu_memory_utilization
+        empty gets the default or, on a GPU too small for it (16 GB: the default's share, vLLM's CUDA context and
+        what it keeps free exceed the card), the most that GPU gives: vLLM 0.34 fills no more than that anyway, so
+        the plan and placement count what it will take instead of refusing the default."""
+        mem = self._on(self.limits, gpu_total, num_shard, gpu_name)
+        most = mem.most_utilization
+        if self.limits.gpu_memory_utilization is None and MIN_UTILIZATION <= most < mem.gpu_memory_utilization:
+            mem = self._on(replace(self.limits, gpu_memory_utilization=most), gpu_total, num_shard, gpu_name)
+        return mem
+
+    def _on(self, limits: VllmLimits, gpu_total: int, num_shard: int, gpu_name: str) -> VllmMemory:
         return vllm.vllm_memory(
             self.shape.arch,
             self.config,
@@ -59,7 +69,7 @@ class Model:
             num_shard=num_shard,
             gpu_total=gpu_total,
             gpu_name=gpu_name,
-            limits=self.limits,
+            limits=limits,
         )
 
     def on_gpus(self, gpus: Sequence[GpuCapacity]) -> VllmMemory:
@@ -151,8 +161,8 @@ def start_refusal(mem: VllmMemory) -> SizingError | None:
 
 def on_selected(model: Model, gpus: list[GpuCapacity]) -> VllmRow:
     """The GPUs a person chose: vLLM's arithmetic on them, its refusals, and whether each has the share free."""
-    utilization = model.limits.utilization
     mem = model.on_gpus(gpus)
+    utilization = mem.gpu_memory_utilization
     refusal = start_refusal(mem)
     if refusal is None and not mem.fits:
         refusal = mem.refusal(more_gpus(model, min(gpus, key=lambda g: g.memory_total), len(gpus)))
@@ -231,7 +241,7 @@ def _place(
             memory_per_gpu=max(1, mem.non_kv_bytes + (mem.blocks_per_sequence + mem.null_blocks) * mem.block_bytes),
             gpu_count=count,
             preferred_hosts=tuple(preferred),
-            reserve_fraction=model.limits.utilization,
+            reserve_fraction=mem.gpu_memory_utilization,
             reserve_base=vllm_engine.DRIVER_RESERVED_BYTES,
             start_overhead=mem.outside_bytes + mem.kept_free_bytes,
         )
@@ -241,7 +251,8 @@ def _place(
             continue
         host = next(h for h in group if h.name == chosen.host)
         gpus = [g for g in host.gpus if g.index in chosen.gpu_indexes]
-        if model.on_gpus(gpus).most_utilization >= model.limits.utilization:
+        on_them = model.on_gpus(gpus)
+        if on_them.most_utilization >= on_them.gpu_memory_utilization:
             found.append((host.name, gpus))
     if not found:
         return None
@@ -261,10 +272,9 @@ def in_inventory(
         picked = _place(model, hosts, count, preferred)
         if picked is not None:
             host, gpus = picked
-            share = model.limits.utilization
-            row = VllmRow(
-                model.on_gpus(gpus), True, _gpu_set(host, gpus, share), reserve_bytes=reserve_bytes(gpus, share)
-            )
+            mem = model.on_gpus(gpus)
+            share = mem.gpu_memory_utilization
+            row = VllmRow(mem, True, _gpu_set(host, gpus, share), reserve_bytes=reserve_bytes(gpus, share))
             return row, host
     return _no_fit(model, hosts, num_shard, most), None
 

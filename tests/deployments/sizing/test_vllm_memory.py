@@ -279,3 +279,15 @@ def test_a_gpu_too_small_for_any_share_says_so_instead_of_a_negative_utilization
         size_model(metadata("deepseek-llm-7b-base"), gpus=uniform_gpus(1, 1 * GB, "tiny"), vllm=VllmLimits(0.9))
     assert refused.value.field == "gpu_memory_utilization"
     assert "is too small for vLLM" in str(refused.value) and "use at most -" not in str(refused.value)
+
+
+def test_the_default_share_on_a_16_gb_gpu_is_what_the_card_gives_not_a_refusal():
+    # 0.9 of a 16 GB card, vLLM's CUDA context and the memory it keeps free exceed the card: with the field left
+    # empty the plan counts the most the card gives (vLLM 0.34 fills no more); an explicit 0.9 is still refused.
+    sixteen = 16 * 1024**3
+    report = size_model(metadata("qwen2.5-7b-instruct-awq"), gpus=uniform_gpus(1, sixteen, "16 GB"), vllm=VllmLimits())
+    assert report.fits and report.vllm.gpu_memory_utilization == 0.89  # what the card gives, not 0.9
+    assert report.primary.gpu_set is not None and report.vllm.kv_tokens > 0
+    with pytest.raises(SizingError) as refused:
+        size_model(metadata("qwen2.5-7b-instruct-awq"), gpus=uniform_gpus(1, sixteen, "16 GB"), vllm=VllmLimits(0.9))
+    assert refused.value.field == "gpu_memory_utilization" and "use at most 0.89" in str(refused.value)
