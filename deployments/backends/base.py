@@ -28,6 +28,9 @@ class SpecError(Exception):
         self.message, self.field = message, field
 
 
+# The DeploymentSpec fields every backend reads (each adds its own to its `spec_fields`).
+COMMON_SPEC_FIELDS = frozenset({"quantize", "dtype", "kv_cache_dtype", "lora_adapters", "extra_env"})
+
 # A check gets the cleaned spec values and what the checkpoint says of itself; it raises SpecError.
 SpecCheck = Callable[[dict[str, Any], dict[str, Any]], None]
 

@@ -14,21 +14,10 @@ from deployments.backends import BACKENDS
 from deployments.models import DeploymentSpec
 
 # The spec fields that depend on the backend (placement, image, replicas and token are every backend's).
-BACKEND_FIELDS = (
-    "quantize",
-    "dtype",
-    "kv_cache_dtype",
-    "max_input_tokens",
-    "max_total_tokens",
-    "max_batch_prefill_tokens",
-    "max_concurrent_requests",
-    "cuda_memory_fraction",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "lora_adapters",
-    "extra_env",
+BACKEND_FIELDS = tuple(
+    field.name
+    for field in DeploymentSpec._meta.concrete_fields
+    if any(field.name in backend.spec_fields for backend in BACKENDS.values())
 )
 # The launcher flags that take a choice field's value (TGI says --quantize, vLLM --quantization).
 CHOICE_FLAGS = {

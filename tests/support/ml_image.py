@@ -6,16 +6,20 @@ image has, so `docker run llmdeploy-vllm-test <model> --flags` is `vllm serve <m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 
-from tests.support.serve_process import ROOT, ml_python
+from tests.conftest import need
+from tests.support.serve_process import ROOT, make_model, ml_python
 
 SHIMS = ("text-generation-launcher", "vllm")  # deploy/ml/<name> -> /usr/local/bin/<name>
+LAUNCHER = "/usr/local/bin/text-generation-launcher"  # the ML image's entrypoint
 VLLM_IMAGE = "llmdeploy-vllm-test:dev"
 
 
@@ -83,7 +87,7 @@ def import_ml_image(client: docker.DockerClient, image: str) -> str:
         repository=repository,
         tag=tag,
         changes=[
-            'ENTRYPOINT ["/usr/local/bin/text-generation-launcher"]',
+            f'ENTRYPOINT ["{LAUNCHER}"]',
             f"ENV ML_PYTHON={ml_python()}",
             f"ENV PYTHONPATH={ROOT}",
             "ENV PATH=/usr/local/bin:/usr/bin:/bin",
@@ -111,3 +115,35 @@ def build_vllm_image(client: docker.DockerClient, base: str, image: str = VLLM_I
     context.seek(0)
     client.images.build(fileobj=context, custom_context=True, tag=image, pull=False, rm=True, forcerm=True)
     return image
+
+
+def docker_client() -> docker.DockerClient:
+    """A client of the local dockerd (a skip outside CI, a failure in CI, when there is none)."""
+    try:
+        found = docker.from_env(timeout=60)
+        found.ping()
+    except docker.errors.DockerException:
+        found = None
+    need(found is not None, "a running dockerd (apt-get install -y docker.io, then start dockerd as root)")
+    return found
+
+
+def vllm_image(client: docker.DockerClient, base: str) -> Iterator[str]:
+    """A module fixture's body: VLLM_IMAGE built on a fresh ML image named `base`, both removed afterwards."""
+    need(ml_python() is not None, "the ML environment (make ml-env) to run vllm_serve.py in the container")
+    build_vllm_image(client, import_ml_image(client, base))
+    yield VLLM_IMAGE
+    for name in (VLLM_IMAGE, base):  # each run builds anew; keep no dangling copies
+        with contextlib.suppress(docker.errors.APIError):
+            client.api.remove_image(name, force=True)
+
+
+def tiny_model_store(tmp_path_factory) -> Path:
+    """A model store holding the tiny model as `tiny`, readable by the image's user 1000 through the bind mount."""
+    need(ml_python() is not None, "the ML environment (make ml-env) to make the tiny model")
+    store = tmp_path_factory.mktemp("store")
+    store.chmod(0o755)
+    make_model(store / "tiny")
+    for path in (store / "tiny").iterdir():
+        path.chmod(0o644)  # safetensors writes 0600; the image's user 1000 is not the owner
+    return store

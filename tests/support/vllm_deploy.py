@@ -32,7 +32,7 @@ def direct(deployment: Deployment, path: str, body: dict) -> dict:
     return response.json()
 
 
-async def _playground(cookie: bytes, deployment_id: int, request: dict) -> list[dict]:
+async def playground_events(cookie: bytes, deployment_id: int, request: dict) -> list[dict]:
     socket = WebsocketCommunicator(
         application, f"/ws/deployments/{deployment_id}/playground/", headers=[ORIGIN, (b"cookie", cookie)]
     )
@@ -51,7 +51,7 @@ def playground_answers(user, deployment: Deployment) -> None:
     cookie = session_cookie(user)
     greedy = {"max_new_tokens": 12, "do_sample": False}
     events = run_async(
-        _playground(cookie, deployment.pk, {"mode": "completion", "prompt": "hello model", "parameters": greedy})
+        playground_events(cookie, deployment.pk, {"mode": "completion", "prompt": "hello model", "parameters": greedy})
     )
     body = {"model": REPO, "prompt": "hello model", **GREEDY, "max_tokens": 12}
     expected = direct(deployment, "/v1/completions", body)
@@ -60,7 +60,9 @@ def playground_answers(user, deployment: Deployment) -> None:
     assert "".join(e["text"] for e in events if e["type"] == "token") == expected["choices"][0]["text"]
     assert end["generated_tokens"] == 12 and end["finish_reason"] == "length" and end["ttft_ms"] > 0
 
-    events = run_async(_playground(cookie, deployment.pk, {"mode": "chat", "messages": CHAT, "parameters": greedy}))
+    events = run_async(
+        playground_events(cookie, deployment.pk, {"mode": "chat", "messages": CHAT, "parameters": greedy})
+    )
     expected = direct(deployment, "/v1/chat/completions", {"model": REPO, "messages": CHAT, **GREEDY, "max_tokens": 12})
     assert events[-1]["type"] == "end", events
     assert "".join(e["text"] for e in events if e["type"] == "token") == expected["choices"][0]["message"]["content"]

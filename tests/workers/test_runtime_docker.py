@@ -7,11 +7,9 @@ DOCKER_TEST_EXTRA_MOUNTS setting."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
-import tarfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +22,8 @@ from text_generation import Client
 from deployments.backends import get_backend
 from deployments.backends.tgi import launch as tgi
 from tests.conftest import need
-from tests.support.serve_process import ROOT, make_model, ml_python
+from tests.support.ml_image import LAUNCHER, host_mounts, import_ml_image, tiny_model_store
+from tests.support.serve_process import ml_python
 from workers.runtimes import docker as docker_runtime
 from workers.runtimes.base import LABEL_DEPLOYMENT, LABEL_MANAGED, RunSpec, RuntimeFailure
 from workers.runtimes.docker import DockerRuntime, container_kwargs, secret_target, secrets_dir
@@ -34,7 +33,6 @@ TGI = get_backend("tgi")
 pytestmark = pytest.mark.docker
 
 IMAGE = "llmdeploy-test/serve:dev"
-LAUNCHER = "/usr/local/bin/text-generation-launcher"
 SUITE = {"llmdeploy.test-suite": "runtime-docker"}
 LABELS = {LABEL_MANAGED: "true", LABEL_DEPLOYMENT: f"test-{os.getpid()}", **SUITE}
 CANARY = "hf_canary_" + "7f3c9a1e5b2d4c6f8a0e"  # must appear nowhere in `docker inspect`
@@ -68,56 +66,6 @@ def _remove_suite_containers(client: docker.DockerClient) -> None:
                 secrets_dir(name).rmdir()
 
 
-def host_mounts() -> list[str]:
-    """What the near-empty image borrows from the host, read-only: system libraries (all of /usr but
-    /usr/local, where the image keeps its launcher), the Python the ML venv was made from, the venv, and
-    the project's workers package."""
-    mounts = [f"/usr/{entry}:/usr/{entry}" for entry in sorted(os.listdir("/usr")) if entry != "local"]
-    mounts += [
-        f"{top}:{top}" for top in ("/bin", "/sbin", "/lib", "/lib64") if os.path.isdir(top) and not os.path.islink(top)
-    ]  # symlinks are copied into the image
-    python = Path(ml_python())
-    interpreter = Path(os.path.realpath(python))
-    prefix = interpreter.parents[1]  # e.g. /root/.pyenv/versions/3.11.7
-    if prefix == Path("/usr/local"):  # not all of it: the image keeps its launcher in /usr/local/bin
-        mounts += ["/usr/local/lib:/usr/local/lib", f"{interpreter}:{interpreter}"]
-    elif prefix != Path("/usr"):  # a system Python is in the /usr mounts already
-        mounts.append(f"{prefix}:{prefix}")
-    for path in (python.parents[1], ROOT / "workers"):  # the ML venv, the project's code
-        mounts.append(f"{path}:{path}")
-    return mounts
-
-
-def _rootfs_tar() -> bytes:
-    """A root filesystem with only the launcher shim, users, and empty mount points."""
-    buffer = io.BytesIO()
-
-    def add_dir(archive: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
-        info = tarfile.TarInfo(name)
-        info.type, info.mode = tarfile.DIRTYPE, mode
-        archive.addfile(info)
-
-    def add_file(archive: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode = len(data), mode
-        archive.addfile(info, io.BytesIO(data))
-
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name in ("usr", "usr/local", "usr/local/bin", "etc", "data", "root", "run", "work"):
-            add_dir(archive, name)
-        add_dir(archive, "tmp", 0o1777)
-        for top in ("bin", "sbin", "lib", "lib64"):
-            if os.path.islink(f"/{top}"):  # merged-/usr hosts: /bin -> usr/bin and so on
-                info = tarfile.TarInfo(top)
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(f"/{top}")
-                archive.addfile(info)
-        shim = (ROOT / "deploy" / "ml" / "text-generation-launcher").read_bytes()
-        add_file(archive, LAUNCHER.lstrip("/"), shim, 0o755)
-        add_file(archive, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nserve:x:1000:1000::/tmp:/bin/sh\n")
-        add_file(archive, "etc/group", b"root:x:0:\nserve:x:1000:\n")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def client():
     found = _docker_client()
@@ -132,23 +80,7 @@ def image(client) -> str:
     """The test image, made here: the ML image's layout (launcher entrypoint, non-root user 1000, ML_PYTHON)
     with the host's files mounted in at run time."""
     need(ml_python() is not None, "the ML environment (make ml-env) to run serve.py in the container")
-    repository, tag = IMAGE.split(":")
-    client.api.import_image_from_data(
-        _rootfs_tar(),
-        repository=repository,
-        tag=tag,
-        changes=[
-            f'ENTRYPOINT ["{LAUNCHER}"]',
-            f"ENV ML_PYTHON={ml_python()}",
-            f"ENV PYTHONPATH={ROOT}",
-            "ENV PATH=/usr/local/bin:/usr/bin:/bin",
-            "ENV PYTHONUNBUFFERED=1",
-            "ENV PYTHONDONTWRITEBYTECODE=1",
-            "ENV HF_HOME=/data",
-            "ENV PORT=80",
-            "USER 1000",  # SIGTERM, the stop signal, is the default
-        ],
-    )
+    import_ml_image(client, IMAGE)
     yield IMAGE
     with contextlib.suppress(docker.errors.APIError):  # each run imports anew; keep no dangling copies
         client.api.remove_image(IMAGE)
@@ -162,13 +94,7 @@ def testing_settings():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    need(ml_python() is not None, "the ML environment (make ml-env) to make the tiny model")
-    store = tmp_path_factory.mktemp("store")
-    store.chmod(0o755)  # the container's user 1000 reads it through the bind mount
-    make_model(store / "tiny")
-    for path in (store / "tiny").iterdir():
-        path.chmod(0o644)  # safetensors writes 0600; the image's user 1000 is not the owner
-    return store
+    return tiny_model_store(tmp_path_factory)
 
 
 def serve_spec() -> SimpleNamespace:
@@ -300,7 +226,8 @@ def test_invocation_is_the_production_one_and_hardened(server, client, store):
     image_env = set(client.api.inspect_image(IMAGE)["Config"]["Env"])
     expected = {f"{key}={value}" for key, value in tgi.launch_env(serve_spec(), gpu_indexes=[], native=False).items()}
     expected.add(f"{tgi.TOKEN_FILE_ENV}={secret_target(tgi.TOKEN_FILE_ENV)}")
-    assert set(config["Env"]) - image_env == expected  # nothing from the worker's environment
+    # Nothing from the worker's environment: all the container has beyond the image's own variables is expected.
+    assert set(config["Env"]) - (image_env - expected) == expected
     assert config["User"] == "1000"  # the image's own user, not forced by the runtime
     assert host["ReadonlyRootfs"] is True and host["Privileged"] is False
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]

@@ -15,9 +15,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import need
-from tests.support.ml_image import VLLM_IMAGE, build_vllm_image, import_ml_image, read_only_mounts
-from tests.support.serve_process import make_model, ml_python
+from tests.support.ml_image import docker_client, read_only_mounts, tiny_model_store, vllm_image
 from workers.jobs.vllm_flags import RELEASE
 
 pytestmark = pytest.mark.docker
@@ -29,12 +27,7 @@ KEY = "sk-docker-" + "9d2f61a0"
 
 @pytest.fixture(scope="module")
 def client():
-    try:
-        found = docker.from_env(timeout=60)
-        found.ping()
-    except docker.errors.DockerException:
-        found = None
-    need(found is not None, "a running dockerd (apt-get install -y docker.io, then start dockerd as root)")
+    found = docker_client()
     yield found
     for summary in found.api.containers(all=True, filters={"label": [f"{k}={v}" for k, v in SUITE.items()]}):
         with contextlib.suppress(docker.errors.NotFound):
@@ -43,23 +36,12 @@ def client():
 
 @pytest.fixture(scope="module")
 def image(client):
-    need(ml_python() is not None, "the ML environment (make ml-env) to run vllm_serve.py in the container")
-    build_vllm_image(client, import_ml_image(client, BASE))
-    yield VLLM_IMAGE
-    for name in (VLLM_IMAGE, BASE):  # each run builds anew; keep no dangling copies
-        with contextlib.suppress(docker.errors.APIError):
-            client.api.remove_image(name, force=True)
+    yield from vllm_image(client, BASE)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    need(ml_python() is not None, "the ML environment (make ml-env) to make the tiny model")
-    store = tmp_path_factory.mktemp("store")
-    store.chmod(0o755)  # the container's user 1000 reads it through the bind mount
-    make_model(store / "tiny")
-    for path in (store / "tiny").iterdir():
-        path.chmod(0o644)  # safetensors writes 0600; the image's user 1000 is not the owner
-    return store
+    return tiny_model_store(tmp_path_factory)
 
 
 def _port(client, container) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployments.backends.base import Backend, LaunchPlan, MemorySemantics
+from deployments.backends.base import COMMON_SPEC_FIELDS, Backend, LaunchPlan, MemorySemantics
 from deployments.backends.tgi import launch, logmask
 from deployments.backends.tgi.checks import CHECKS
 from deployments.backends.tgi.diagnosis import BOOK
@@ -16,20 +16,13 @@ class TgiBackend(Backend):
     label = "Text Generation Inference"
     launcher = ("text-generation-launcher",)
     launcher_stand_in = "serve"
-    spec_fields = frozenset(
-        {
-            "quantize",
-            "dtype",
-            "kv_cache_dtype",
-            "max_input_tokens",
-            "max_total_tokens",
-            "max_batch_prefill_tokens",
-            "max_concurrent_requests",
-            "cuda_memory_fraction",
-            "lora_adapters",
-            "extra_env",
-        }
-    )
+    spec_fields = COMMON_SPEC_FIELDS | {
+        "max_input_tokens",
+        "max_total_tokens",
+        "max_batch_prefill_tokens",
+        "max_concurrent_requests",
+        "cuda_memory_fraction",
+    }
     default_image = launch.DEFAULT_IMAGE
     container_port = launch.CONTAINER_PORT
     container_model_store = launch.CONTAINER_MODEL_STORE

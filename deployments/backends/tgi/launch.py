@@ -7,11 +7,11 @@ such as PORT, HOSTNAME, API_KEY and MODEL_ID, so nothing may leak in from a work
 
 from __future__ import annotations
 
-import posixpath
-from dataclasses import dataclass
-from pathlib import PurePosixPath
+from functools import partial
 
+from deployments.backends import containers
 from deployments.backends.base import LaunchPlan
+from deployments.backends.containers import ContainerLaunchPlan
 
 DEFAULT_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
 CONTAINER_PORT = 80  # the TGI image sets PORT=80
@@ -64,40 +64,15 @@ def log_level_refused(value: str) -> bool:
 TOKEN_FILE_ENV = "HF_TOKEN_PATH"  # noqa: S105 - a variable name; huggingface_hub reads the token from this file: never an env value
 
 
-@dataclass(frozen=True)
-class TgiLaunchPlan(LaunchPlan):
-    """The plan, plus the host's model store when the server runs in a container: adapter paths in it are given
-    as the container sees them (the store is mounted at /data)."""
-
-    model_store: str = ""
+# The plan with the host's model store (adapter paths are given as the container sees them).
+TgiLaunchPlan = ContainerLaunchPlan
 
 
-def launch_plan(
-    *,
-    docker: bool,
-    model_dir: str,
-    model_store: str,
-    num_shard: int,
-    instance: str,
-    bind_address: str,
-    port: int = 0,
-    master_port: int | None = None,
-    prometheus_port: int | None = None,
-) -> TgiLaunchPlan:
-    """Where the server finds the model and listens, as it sees it: in a container the store is /data and the
-    server listens on all of the container's interfaces at CONTAINER_PORT (published on bind_address only);
-    natively it reads the host path and listens on bind_address:port."""
-    return TgiLaunchPlan(
-        model_path=model_path_in_container(model_dir, model_store) if docker else model_dir,
-        port=CONTAINER_PORT if docker else port,
-        hostname="0.0.0.0" if docker else bind_address,  # noqa: S104 - inside the container's namespace only
-        num_shard=max(1, num_shard),
-        instance=instance,
-        native=not docker,
-        master_port=None if docker else master_port,
-        prometheus_port=None if docker else prometheus_port,
-        model_store=model_store if docker else "",
-    )
+# Where the server finds the model and listens, as it sees it: in a container the store is /data and the server
+# listens on all of the container's interfaces at CONTAINER_PORT (published on bind_address only).
+launch_plan = partial(
+    containers.launch_plan, container_port=CONTAINER_PORT, container_model_store=CONTAINER_MODEL_STORE
+)
 
 
 def launcher_args(spec, plan: LaunchPlan) -> list[str]:
@@ -164,19 +139,10 @@ def launch_env(spec, *, gpu_indexes: list[int], native: bool) -> dict[str, str]:
 
 
 def adapter_path(path: str, plan: LaunchPlan) -> str:
-    """An adapter's directory as the server sees it: in a container, its place under /data. A path outside the
-    host's store is left as given (spec checks keep adapters in the store); the server then reports that it cannot
-    find the adapter, naming it."""
-    store = getattr(plan, "model_store", "")
-    if plan.native or not store:
-        return path
-    try:
-        return model_path_in_container(posixpath.normpath(path), store)
-    except ValueError:
-        return path
+    """An adapter's directory as the server sees it: in a container, its place under /data."""
+    return containers.adapter_path(path, plan, CONTAINER_MODEL_STORE)
 
 
 def model_path_in_container(model_dir: str, model_store: str) -> str:
     """The model directory as the container sees it (the store is mounted read-only at /data)."""
-    relative = PurePosixPath(model_dir).relative_to(PurePosixPath(model_store))
-    return str(PurePosixPath(CONTAINER_MODEL_STORE) / relative)
+    return containers.model_path_in_container(model_dir, model_store, CONTAINER_MODEL_STORE)

@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from deployments.backends.base import Backend, LaunchPlan, MemorySemantics
+from deployments.backends.base import COMMON_SPEC_FIELDS, Backend, LaunchPlan, MemorySemantics
 from deployments.backends.vllm import launch, logmask
 from deployments.backends.vllm.checks import CHECKS
 from deployments.backends.vllm.diagnosis import BOOK
@@ -17,19 +17,12 @@ class VllmBackend(Backend):
     label = "vLLM"
     launcher = ("vllm", "serve")
     launcher_stand_in = "vllm_serve"
-    spec_fields = frozenset(
-        {
-            "quantize",
-            "dtype",
-            "kv_cache_dtype",
-            "gpu_memory_utilization",
-            "max_model_len",
-            "max_num_seqs",
-            "max_num_batched_tokens",
-            "lora_adapters",
-            "extra_env",
-        }
-    )
+    spec_fields = COMMON_SPEC_FIELDS | {
+        "gpu_memory_utilization",
+        "max_model_len",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+    }
     default_image = launch.DEFAULT_IMAGE
     container_port = launch.CONTAINER_PORT
     container_model_store = launch.CONTAINER_MODEL_STORE

@@ -9,12 +9,13 @@ with the model path either way. Every setting is a flag and the environment is a
 from __future__ import annotations
 
 import json
-import posixpath
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from deployments.backends import containers
 from deployments.backends.base import LaunchPlan
+from deployments.backends.containers import ContainerLaunchPlan
 
 RELEASE = "0.34.0"
 DEFAULT_IMAGE = f"vllm/vllm-openai:v{RELEASE}"  # the admin pins its digest on the allowed images list
@@ -79,37 +80,18 @@ def log_level_refused(value: str) -> bool:
     return str(value).strip().upper() not in QUIET_LOG_LEVELS
 
 
-@dataclass(frozen=True)
-class VllmLaunchPlan(LaunchPlan):
-    """The plan, plus the host's model store when the server runs in a container (adapter paths are given as the
-    container sees them)."""
-
-    model_store: str = ""
+# The plan with the host's model store (adapter paths are given as the container sees them).
+VllmLaunchPlan = ContainerLaunchPlan
 
 
-def launch_plan(
-    *,
-    docker: bool,
-    model_dir: str,
-    model_store: str,
-    num_shard: int,
-    instance: str,
-    bind_address: str,
-    port: int = 0,
-    master_port: int | None = None,
-    prometheus_port: int | None = None,
-) -> VllmLaunchPlan:
-    """Where the server finds the model and listens, as it sees it. vLLM picks its own free ports for the
-    processes of a tensor-parallel group and serves /metrics on its API port, so the TGI-only ports go unused."""
-    return VllmLaunchPlan(
-        model_path=model_path_in_container(model_dir, model_store) if docker else model_dir,
-        port=CONTAINER_PORT if docker else port,
-        hostname="0.0.0.0" if docker else bind_address,  # noqa: S104 - inside the container's namespace only
-        num_shard=max(1, num_shard),
-        instance=instance,
-        native=not docker,
-        model_store=model_store if docker else "",
-    )
+# Where the server finds the model and listens, as it sees it. vLLM picks its own free ports for the processes of a
+# tensor-parallel group and serves /metrics on its API port, so the TGI-only ports go unused.
+launch_plan = partial(
+    containers.launch_plan,
+    container_port=CONTAINER_PORT,
+    container_model_store=CONTAINER_MODEL_STORE,
+    native_ports=False,
+)
 
 
 def served_model_name(spec: Any) -> str:
@@ -212,18 +194,10 @@ def lora_rank(path: str) -> int | None:
 
 
 def adapter_path(path: str, plan: LaunchPlan) -> str:
-    """An adapter's directory as the server sees it: in a container, its place under /data. A path outside the
-    host's store is left as given (spec checks keep adapters in the store)."""
-    store = getattr(plan, "model_store", "")
-    if plan.native or not store:
-        return path
-    try:
-        return model_path_in_container(posixpath.normpath(path), store)
-    except ValueError:
-        return path
+    """An adapter's directory as the server sees it: in a container, its place under /data."""
+    return containers.adapter_path(path, plan, CONTAINER_MODEL_STORE)
 
 
 def model_path_in_container(model_dir: str, model_store: str) -> str:
     """The model directory as the container sees it (the store is mounted read-only at /data)."""
-    relative = PurePosixPath(model_dir).relative_to(PurePosixPath(model_store))
-    return str(PurePosixPath(CONTAINER_MODEL_STORE) / relative)
+    return containers.model_path_in_container(model_dir, model_store, CONTAINER_MODEL_STORE)

@@ -12,9 +12,7 @@ import openai
 import pytest
 import requests
 import text_generation
-from channels.testing import WebsocketCommunicator
 
-from console.asgi import application
 from deployments.backends import get_backend
 from deployments.backends.vllm.launch import launch_plan
 from deployments.gateway import keys
@@ -26,6 +24,7 @@ from tests.factories import DeploymentFactory, DeploymentSpecFactory
 from tests.support.aio import run_async
 from tests.support.deploy_fixtures import process_host, ready_artifact
 from tests.support.serve_process import ServeProcess, free_port, ml_python
+from tests.support.vllm_deploy import playground_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,7 +32,6 @@ REPO = "tests/tiny-vllm"  # the vLLM backend serves the base model under its rep
 VLLM_KEY = "vllm-server-key-only-the-console-knows"
 CHAT = [{"role": "user", "content": "hello there"}]
 GREEDY = {"max_tokens": 8, "temperature": 0}
-ORIGIN = (b"origin", b"http://127.0.0.1")
 
 
 def _spec(model_dir, adapter) -> DeploymentSpec:
@@ -233,18 +231,6 @@ def test_tgi_refusals_and_info_for_a_vllm_deployment(gateway, world):
 
 
 # -- the playground ---------------------------------------------------------------------------------------------
-async def _playground(cookie: bytes, deployment_id: int, request: dict) -> list[dict]:
-    socket = WebsocketCommunicator(
-        application, f"/ws/deployments/{deployment_id}/playground/", headers=[ORIGIN, (b"cookie", cookie)]
-    )
-    connected, _ = await socket.connect()
-    assert connected
-    await socket.send_json_to({"type": "generate", **request})
-    events = []
-    while not events or events[-1]["type"] not in ("end", "error"):
-        events.append(await socket.receive_json_from(timeout=60))
-    await socket.disconnect()
-    return events
 
 
 def test_the_playground_streams_both_modes_from_vllm(vllm_served, world):
@@ -252,7 +238,7 @@ def test_the_playground_streams_both_modes_from_vllm(vllm_served, world):
     deployment_id = world["deployment"].pk
     greedy = {"max_new_tokens": 12, "do_sample": False}
     events = run_async(
-        _playground(cookie, deployment_id, {"mode": "completion", "prompt": "hello model", "parameters": greedy})
+        playground_events(cookie, deployment_id, {"mode": "completion", "prompt": "hello model", "parameters": greedy})
     )
     direct = _direct(
         vllm_served, "/v1/completions", {"model": REPO, "prompt": "hello model", "max_tokens": 12, "temperature": 0}
@@ -262,7 +248,9 @@ def test_the_playground_streams_both_modes_from_vllm(vllm_served, world):
     assert "".join(e["text"] for e in events if e["type"] == "token") == direct["choices"][0]["text"]
     assert end["generated_tokens"] == 12 and end["finish_reason"] == "length" and end["ttft_ms"] > 0
 
-    events = run_async(_playground(cookie, deployment_id, {"mode": "chat", "messages": CHAT, "parameters": greedy}))
+    events = run_async(
+        playground_events(cookie, deployment_id, {"mode": "chat", "messages": CHAT, "parameters": greedy})
+    )
     direct = _direct(
         vllm_served, "/v1/chat/completions", {"model": REPO, "messages": CHAT, "max_tokens": 12, "temperature": 0}
     )

@@ -7,22 +7,18 @@ gateway, and stops cleanly: vLLM's shutdown lines, exit 0, the container gone.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
-import docker
 import pytest
 from django.test import override_settings
 
 from deployments.models import Deployment, Host, Job, JobLogLine
 from deployments.serving import services as lifecycle
 from deployments.serving.images import image_allow
-from tests.conftest import need
 from tests.deployments.gateway.conftest import _gateway_drained
 from tests.support.deploy_fixtures import ready_artifact, run_job_in_thread, wait_state
-from tests.support.ml_image import VLLM_IMAGE, build_vllm_image, host_mounts, import_ml_image
-from tests.support.serve_process import make_model, ml_python
+from tests.support.ml_image import docker_client, host_mounts, tiny_model_store, vllm_image
 from tests.support.vllm_deploy import REPO, openai_answers, playground_answers
 from workers.runtimes.base import LABEL_DEPLOYMENT
 from workers.runtimes.docker import DockerRuntime
@@ -34,34 +30,17 @@ BASE = "llmdeploy-test/ml-vllm-e2e-base:dev"
 
 @pytest.fixture(scope="module")
 def client():
-    try:
-        found = docker.from_env(timeout=60)
-        found.ping()
-    except docker.errors.DockerException:
-        found = None
-    need(found is not None, "a running dockerd (apt-get install -y docker.io, then start dockerd as root)")
-    return found
+    return docker_client()
 
 
 @pytest.fixture(scope="module")
 def image(client) -> str:
-    need(ml_python() is not None, "the ML environment (make ml-env) to run vllm_serve.py in the container")
-    build_vllm_image(client, import_ml_image(client, BASE))
-    yield VLLM_IMAGE
-    for name in (VLLM_IMAGE, BASE):  # each run builds anew; keep no dangling copies
-        with contextlib.suppress(docker.errors.APIError):
-            client.api.remove_image(name, force=True)
+    yield from vllm_image(client, BASE)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    need(ml_python() is not None, "the ML environment (make ml-env) to make the tiny model")
-    store = tmp_path_factory.mktemp("store")
-    store.chmod(0o755)  # the container's user 1000 reads it through the bind mount
-    make_model(store / "tiny")
-    for path in (store / "tiny").iterdir():
-        path.chmod(0o644)  # safetensors writes 0600; the image's user 1000 is not the owner
-    return store
+    return tiny_model_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
