@@ -120,3 +120,38 @@ class VllmForm(ConsoleLiveServerTestCase):
             assert "(Text Generation Inference)" in page.inner_text("[data-field='max_total_tokens']")
         finally:
             context.close()
+
+
+class VllmPlannerPage(ConsoleLiveServerTestCase):
+    """The VRAM planner page shares the deploy form's backend toggle (console/backend_fields.js)."""
+
+    serve_static = True
+
+    @pytest.fixture(autouse=True)
+    def _fixtures(self, browser):
+        self.browser = browser
+
+    def test_choosing_vllm_shows_its_fields_and_hides_tgis_token_limits(self):
+        admin = UserFactory(username="vllm-planner", roles=["admin"])
+        context = self.browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(self.live_server_url + "/login/")
+            page.fill("#id_username", admin.username)
+            page.fill("#id_password", PASSWORD)
+            page.click("#login-submit")
+            page.goto(self.live_server_url + "/inventory/sizing/")
+            assert page.input_value("#id_backend") == "tgi"
+            assert not any(page.is_visible(f"#id_{name}") for name in VLLM_ONLY)
+            assert page.is_visible("#id_max_total_tokens")
+            page.select_option("#id_backend", "vllm")
+            assert all(page.is_visible(f"#id_{name}") for name in VLLM_ONLY)
+            assert not page.is_visible("#id_max_total_tokens")
+            assert page.is_disabled("#id_max_total_tokens")  # not sent
+            page.select_option("#id_backend", "tgi")
+            assert page.is_visible("#id_max_total_tokens") and not page.is_visible("#id_gpu_memory_utilization")
+            assert errors == []
+        finally:
+            context.close()

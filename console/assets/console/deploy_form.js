@@ -52,21 +52,8 @@
     }
 
     function backend() { return value("backend") || "tgi"; }
-    function offered(el) { return el.dataset.backends.split(" ").indexOf(backend()) >= 0; }
 
-    function showBackend() {
-      form.querySelectorAll("[data-field][data-backends]").forEach(function (wrapper) {
-        var mine = offered(wrapper);
-        wrapper.hidden = !mine;
-        wrapper.querySelectorAll("input, select, textarea").forEach(function (input) { input.disabled = !mine; });
-      });
-      form.querySelectorAll("option[data-backends]").forEach(function (option) {
-        var mine = offered(option);
-        option.hidden = !mine;
-        option.disabled = !mine;
-        if (!mine && option.selected) option.parentNode.value = "";  // back to the server's default
-      });
-    }
+    function showBackend() { window.llmdeploy.showBackendFields(form, backend()); }
 
     // A field the chosen backend does not read (its wrapper hidden) is left out of the planner's spec.
     function unread(name) {
