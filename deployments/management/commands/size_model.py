@@ -1,4 +1,5 @@
-"""`manage.py size_model REPO_OR_DIR`: the VRAM planner from the command line (table or --json)."""
+"""`manage.py size_model REPO_OR_DIR`: the VRAM planner from the command line (table or --json), for TGI or, with
+`--backend vllm`, for vLLM's share of each GPU (the planner page's arithmetic, deployments/sizing/vllm.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from deployments.inventory.capacity import inventory_capacity
+from deployments.serving.planning import vllm_details
 from deployments.sizing import HostCapacity, SizingError, SizingReport, format_gb, load_model_metadata, size_model
+from deployments.sizing.vllm import VllmLimits
+
+TGI_ONLY = ("max_input_tokens", "max_total_tokens", "max_batch_total_tokens", "max_batch_prefill_tokens")
 
 
 def inventory() -> list[HostCapacity]:
@@ -39,10 +44,15 @@ def render_table(report: SizingReport) -> str:
     lines = [
         f"{data['source']}{sha}  ({data['model_type'] or 'unknown type'}, {data['params'] / 1e9:.2f} B parameters "
         f"from {data['params_source']})",
-        f"KV cache: {data['kv_bytes_per_token']:,} bytes/token x {data['max_batch_total_tokens']:,} tokens = "
-        f"{format_gb(data['kv_bytes'])} GB; max_input_tokens {data['max_input_tokens']}, max_total_tokens "
-        f"{data['max_total_tokens']}, prefill {data['max_batch_prefill_tokens']} tokens",
     ]
+    if data.get("vllm"):
+        lines += [f"vLLM: {sentence}" for sentence in vllm_details(data["vllm"])]
+    else:
+        lines.append(
+            f"KV cache: {data['kv_bytes_per_token']:,} bytes/token x {data['max_batch_total_tokens']:,} tokens = "
+            f"{format_gb(data['kv_bytes'])} GB; max_input_tokens {data['max_input_tokens']}, max_total_tokens "
+            f"{data['max_total_tokens']}, prefill {data['max_batch_prefill_tokens']} tokens"
+        )
     if data["kv_bytes_per_token_latent"]:
         lines.append(
             f"  (an MLA-aware engine would cache {data['kv_bytes_per_token_latent']:,} bytes/token; TGI does not)"
@@ -72,12 +82,15 @@ def render_table(report: SizingReport) -> str:
 
 
 class Command(BaseCommand):
-    """Size a model (Hub repo id or local directory) for TGI and say where it fits."""
+    """Size a model (Hub repo id or local directory) for TGI or vLLM and say where it fits."""
 
-    help = "Estimate the GPU memory a model needs under TGI, per precision, and the smallest GPU set that fits."
+    help = (
+        "Estimate the GPU memory a model needs under TGI (or vLLM with --backend vllm), per precision, and the "
+        "smallest GPU set that fits."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """Options mirror TGI's launcher flags."""
+        """Options mirror the launchers' flags (TGI's, and vLLM's for --backend vllm)."""
         parser.add_argument("source", help="Hub repo id (org/name) or a local model directory")
         parser.add_argument("--revision", help="Hub branch, tag or commit")
         parser.add_argument("--token", help="Hub token for gated or private repos (default: HF_TOKEN)")
@@ -88,10 +101,26 @@ class Command(BaseCommand):
         parser.add_argument("--max-batch-prefill-tokens", type=int)
         parser.add_argument("--kv-cache-dtype", help="fp8_e4m3fn or fp8_e5m2 to halve the KV cache")
         parser.add_argument("--num-shard", type=int, help="plan for exactly this many GPUs")
+        parser.add_argument("--backend", choices=("tgi", "vllm"), default="tgi", help="the serving backend (tgi)")
+        parser.add_argument("--gpu-memory-utilization", type=float, help="vLLM: its share of each GPU (0.9)")
+        parser.add_argument("--max-model-len", type=int, help="vLLM: the longest sequence (the model's context)")
+        parser.add_argument("--max-num-seqs", type=int, help="vLLM: sequences in one batch")
+        parser.add_argument("--max-num-batched-tokens", type=int, help="vLLM: tokens in one batch")
         parser.add_argument("--json", action="store_true", help="print the full report as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Read the model's metadata, plan against the inventory, print."""
+        vllm = None
+        if options["backend"] == "vllm":
+            tgi_only = [f"--{name.replace('_', '-')}" for name in TGI_ONLY if options[name] is not None]
+            if tgi_only:
+                raise CommandError(f"{', '.join(tgi_only)}: TGI settings; vLLM does not take them.")
+            vllm = VllmLimits(
+                options["gpu_memory_utilization"],
+                options["max_model_len"],
+                options["max_num_seqs"],
+                options["max_num_batched_tokens"],
+            )
         try:
             metadata = load_model_metadata(options["source"], revision=options["revision"], token=options["token"])
             report = size_model(
@@ -104,6 +133,7 @@ class Command(BaseCommand):
                 kv_cache_dtype=options["kv_cache_dtype"],
                 num_shard=options["num_shard"],
                 inventory=inventory(),
+                vllm=vllm,
             )
         except SizingError as exc:
             where = f" ({exc.field})" if exc.field else ""

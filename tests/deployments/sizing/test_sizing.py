@@ -484,3 +484,22 @@ def test_command_table_uses_the_inventory(tiny_dir, monkeypatch):
 def test_command_reports_errors_plainly(tmp_path):
     with pytest.raises(CommandError, match=r"no config\.json"):
         call_command("size_model", str(tmp_path), stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+def test_command_plans_for_vllm_with_its_own_settings(tmp_path, monkeypatch):
+    from deployments.management.commands import size_model as command
+
+    (tmp_path / "config.json").write_text(json.dumps(config("deepseek-llm-7b-base")))
+    monkeypatch.setattr(command, "inventory", lambda: [h200_host(1)])
+    out = io.StringIO()
+    call_command("size_model", str(tmp_path), "--backend", "vllm", "--max-model-len", "4096", stdout=out)
+    text = out.getvalue()
+    assert "vLLM: vLLM may use" in text and "KV cache:" in text and "At max_model_len 4,096" in text
+    data = io.StringIO()
+    call_command("size_model", str(tmp_path), "--backend", "vllm", "--json", stdout=data)
+    assert json.loads(data.getvalue())["vllm"]["kv_tokens"] > 0
+    with pytest.raises(CommandError, match="--max-total-tokens: TGI settings"):
+        call_command("size_model", str(tmp_path), "--backend", "vllm", "--max-total-tokens", "2048", stdout=out)
+    with pytest.raises(CommandError, match=r"gpu_memory_utilization"):
+        call_command("size_model", str(tmp_path), "--backend", "vllm", "--gpu-memory-utilization", "0.1", stdout=out)
