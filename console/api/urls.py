@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from audit import api as audit_api
 from console.accounts import api as accounts_api
 from console.api import views
+from deployments.benchmarks import api as benchmarks_api
 from deployments.datasets import api as datasets_api
 from deployments.finetune import api as finetune_api
 from deployments.gateway import key_api, log_api, usage_api
@@ -37,6 +38,7 @@ router.register("datasets/uploads", datasets_api.DatasetUploadViewSet, basename=
 router.register("datasets", datasets_api.DatasetViewSet, basename="dataset")
 router.register("finetunes", finetune_api.FinetuneViewSet, basename="finetune")
 router.register("adapters", finetune_api.AdapterViewSet, basename="adapter")
+router.register("benchmarks", benchmarks_api.BenchmarkViewSet, basename="benchmark")
 router.register("inference-keys", key_api.InferenceKeyViewSet, basename="inference-key")
 router.register("service-accounts", key_api.ServiceAccountViewSet, basename="service-account")
 router.register("team-quotas", key_api.TeamQuotaViewSet, basename="team-quota")

@@ -20,6 +20,7 @@ class Job(models.Model):
         MERGE = "merge", _("merge an adapter")
         DATASET_STATS = "dataset_stats", _("dataset statistics")
         DATASET_IMPORT = "dataset_import", _("dataset import from the Hub")
+        BENCHMARK = "benchmark", _("benchmark a deployment")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")

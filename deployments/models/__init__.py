@@ -1,5 +1,6 @@
 """Models of the deployments app: inventory, model registry, jobs, deployments, datasets."""
 
+from deployments.benchmarks.models import BenchmarkRun, BenchmarkStep
 from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion
 from deployments.finetune.models import Checkpoint
 from deployments.gateway.models import (
@@ -23,6 +24,8 @@ __all__ = [
     "AllowedImage",
     "ApprovalRequest",
     "ArtifactUse",
+    "BenchmarkRun",
+    "BenchmarkStep",
     "Checkpoint",
     "Dataset",
     "DatasetUpload",

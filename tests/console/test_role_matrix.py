@@ -795,6 +795,32 @@ MATRIX = [
     row("post", "/api/v1/finetunes/{ftjob}/cancel/", 401, 403, 403, 202, 202, route="/api/v1/finetunes/<pk>/cancel/"),
     row("post", "/api/v1/finetunes/{ftdone}/resume/", 401, 403, 403, 202, 202, route="/api/v1/finetunes/<pk>/resume/"),
     row("post", "/api/v1/adapters/{adapter}/merge/", 401, 403, 403, 202, 202, route="/api/v1/adapters/<pk>/merge/"),
+    # Benchmarks: everyone who views sees the runs; starting and cancelling need use_deployment on the deployment
+    # (the matrix's engineer holds no grant; the admin's start is refused: matrix-running has no host).
+    row("get", "/api/v1/benchmarks/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/benchmarks/", 401, 403, 403, 403, 400, data={"deployment": "{running}", "workload": {}}),
+    row("get", "/api/v1/benchmarks/{bench}/", 401, 403, 200, 200, 200, route="/api/v1/benchmarks/<pk>/"),
+    row("post", "/api/v1/benchmarks/{bench}/cancel/", 401, 403, 403, 403, 202, route="/api/v1/benchmarks/<pk>/cancel/"),
+    row(
+        "get",
+        "/api/v1/benchmarks/{bench}/export.csv/",
+        401,
+        403,
+        200,
+        200,
+        200,
+        route="/api/v1/benchmarks/<pk>/export.csv/",
+    ),
+    row(
+        "get",
+        "/api/v1/benchmarks/{bench}/export.json/",
+        401,
+        403,
+        200,
+        200,
+        200,
+        route="/api/v1/benchmarks/<pk>/export.json/",
+    ),
     row(
         "post",
         "/api/v1/adapters/{adapter}/deploy/",
@@ -1079,6 +1105,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         **_dataset_ids(settings, tmp_path, team, users["admin"]),
     }
     ids.update(_finetune_ids(ids))
+    ids.update(_benchmark_ids(ids))
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
     user = users[role]
@@ -1245,6 +1272,18 @@ def _finetune_ids(ids: dict) -> dict:
         lineage={"base": "org/matrix@" + "a" * 40},
     )
     return {"ftjob": running.pk, "ftdone": done.pk, "adapter": adapter.pk}
+
+
+def _benchmark_ids(ids: dict) -> dict:
+    """A running benchmark of matrix-running (its job active, so it can be cancelled)."""
+    from deployments.models import BenchmarkRun
+
+    deployment = Deployment.objects.get(pk=ids["running"])
+    job = Job.objects.create(kind=Job.Kind.BENCHMARK, status=Job.Status.RUNNING, params={})
+    run = BenchmarkRun.objects.create(
+        deployment=deployment, spec=deployment.spec, state=BenchmarkRun.State.RUNNING, job=job, workload={}
+    )
+    return {"bench": run.pk}
 
 
 def _routes(resolver=None, prefix="") -> list[str]:

@@ -49,6 +49,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     return {
         "adapters": adapter.pk,
         "approvals": approval.pk,
+        "benchmarks": _benchmark(spec.deployment),
         "finetunes": finetune.pk,
         "finetunes/running": running.pk,
         "audit/events": AuditEvent.objects.latest("id").pk,
@@ -104,6 +105,18 @@ def _finetune(dataset, base):
         host=base.host, repo__source=base.repo.source, kind=ModelArtifact.Kind.ADAPTER, base=base, produced_by=job
     )
     return job, running, adapter
+
+
+def _benchmark(deployment) -> int:
+    """A running benchmark of the deployment (its job active: it can be cancelled), with one recorded step."""
+    from deployments.models import BenchmarkRun, BenchmarkStep
+
+    job = JobFactory(kind=Job.Kind.BENCHMARK, status=Job.Status.RUNNING, target=deployment, params={})
+    run = BenchmarkRun.objects.create(
+        deployment=deployment, spec=deployment.spec, state=BenchmarkRun.State.RUNNING, job=job, workload={}
+    )
+    BenchmarkStep.objects.create(run=run, index=0, concurrency=1, requests=4, ttft_ms_p50=20.0)
+    return run.pk
 
 
 def _gateway(admin, team, deployment):

@@ -92,15 +92,19 @@ class ProgramRun:
         *,
         env: dict[str, str] | None = None,
         processes: int = 1,
+        python: str | None = None,
     ) -> Handle:
         """Write the spec file and start `python -m workers.jobs.<module> --spec FILE` in the ML environment (under
-        torchrun, data parallel, when `processes` > 1)."""
+        torchrun, data parallel, when `processes` > 1), or with `python` for a program that needs no ML library."""
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "tmp").mkdir(exist_ok=True)  # torchrun's and the libraries' scratch files stay with the job
         spec_file = workdir / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=1))
         try:
-            program = distributed_job_command(module, processes) if processes > 1 else job_command(module)
+            if python:
+                program = [python, "-m", f"workers.jobs.{module}"]
+            else:
+                program = distributed_job_command(module, processes) if processes > 1 else job_command(module)
         except MLEnvironmentMissing as exc:
             raise JobFailure(
                 str(exc), cause="ml_environment_missing", next_step="Run `make ml-env` on the host."

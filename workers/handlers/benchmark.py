@@ -1,0 +1,108 @@
+"""The `benchmark` job kind: run the load generator (workers/jobs/loadgen.py) on the deployment's host agent
+against the gateway, with the starter's inference key made for this run, and store each finished step as a
+BenchmarkStep row as its event arrives (the page fills in while the sweep runs).
+
+The generator is an HTTP client: it runs with the agent's own python (it needs httptools, which the control
+plane's environment has, and nothing of the ML environment) as a plain process, whatever runtime the model
+server uses. The key reaches it as a file readable by the agent's user only, deleted when the job ends; it is
+never in the spec, the command line, the broker message or the log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from deployments.benchmarks import services
+from deployments.benchmarks.workload import loadgen_spec
+from deployments.models import BenchmarkRun, Job
+from workers.handlers.programs import ProgramRun
+from workers.jobs.protocol import parse_event
+from workers.runner import Handler, JobContext, JobFailure, register
+
+PROGRAM = "loadgen"
+
+
+def workdir(job: Job) -> Path:
+    return Path(settings.DATA_DIR) / "benchmarks" / f"benchmark-{job.pk}"
+
+
+def process_event(run: BenchmarkRun, event: dict[str, Any] | None) -> bool:
+    """Store what one generator event says about the run: a `metric` event is a finished step. True when stored."""
+    if not event or event.get("type") != "metric":
+        return False
+    return services.step_recorded(run, event) is not None
+
+
+def process_lines(run: BenchmarkRun, lines: list[str]) -> int:
+    """The generator's output lines through the same path as a live run's; how many steps were stored."""
+    return sum(process_event(run, parse_event(line)) for line in lines)
+
+
+class LoadgenRun(ProgramRun):
+    """ProgramRun that also hands each step event to the benchmark as it arrives."""
+
+    def __init__(self, ctx: JobContext, run: BenchmarkRun) -> None:
+        # The generator runs as a process on the agent's host whatever runtime serves the model.
+        super().__init__(ctx, "process")
+        self.run = run
+
+    def _event(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        if process_event(self.run, event):
+            self.ctx.event("benchmark_step", {"step": event.get("step"), "label": event.get("label")})
+        return super()._event(event)
+
+
+def _write_key(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(value)
+
+
+def _run_of(job: Job) -> BenchmarkRun:
+    return BenchmarkRun.objects.select_related("deployment").get(pk=job.params["benchmark_run_id"])
+
+
+@register("benchmark")
+class BenchmarkHandler(Handler):
+    def run(self, ctx: JobContext) -> dict:
+        job = ctx.job
+        run = _run_of(job)
+        if not run.api_key:
+            raise JobFailure(
+                "The benchmark's inference key is gone (the run was closed).",
+                cause="key_missing",
+                next_step="Start the benchmark again.",
+            )
+        services.benchmark_running(run)
+        work = workdir(job)
+        program = LoadgenRun(ctx, run)
+
+        def start() -> None:
+            key_file = work / "key"
+            _write_key(key_file, run.api_key.reveal())
+            spec = loadgen_spec(
+                run.workload,
+                base_url=job.params["base_url"],
+                model=job.params["model"],
+                api_key_file=str(key_file),
+            )
+            program.start(PROGRAM, spec, work, python=sys.executable)
+
+        outcome = program.attempt(start)
+        result = outcome.result or {}
+        steps = run.steps.count()
+        ctx.log(f"benchmark finished: {steps} step(s) recorded")
+        return {"benchmark": run.pk, "steps": steps, "generator": result.get("generator") or {}}
+
+    def finished(self, ctx: JobContext, status: str) -> None:
+        shutil.rmtree(workdir(ctx.job), ignore_errors=True)  # the key file goes with it
+        run = BenchmarkRun.objects.filter(pk=ctx.job.params.get("benchmark_run_id")).first()
+        if run is not None:
+            services.benchmark_finished(run, status=status, cause=ctx.failure_cause, detail=ctx.failure_detail)
