@@ -66,7 +66,16 @@ def _write_key(path: Path, value: str) -> None:
 
 
 def _run_of(job: Job) -> BenchmarkRun:
-    return BenchmarkRun.objects.select_related("deployment").get(pk=job.params["benchmark_run_id"])
+    return BenchmarkRun.objects.select_related("deployment", "spec__artifact").get(pk=job.params["benchmark_run_id"])
+
+
+def tokenizer_of(run: BenchmarkRun) -> str | None:
+    """The served model's tokenizer.json when this host holds it (prompts of exact token lengths), else None (the
+    generator then sizes prompts by its own estimate)."""
+    if run.spec is None or not run.spec.artifact.path:
+        return None
+    path = Path(run.spec.artifact.path) / "tokenizer.json"
+    return str(path) if path.is_file() else None
 
 
 @register("benchmark")
@@ -93,6 +102,9 @@ class BenchmarkHandler(Handler):
                 model=job.params["model"],
                 api_key_file=str(key_file),
             )
+            tokenizer = tokenizer_of(run)
+            if tokenizer:
+                spec["workload"]["tokenizer"] = tokenizer
             program.start(PROGRAM, spec, work, python=sys.executable)
 
         outcome = program.attempt(start)

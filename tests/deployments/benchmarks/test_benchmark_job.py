@@ -11,12 +11,12 @@ from audit.models import AuditEvent
 from console import roles
 from console.accounts.services.access import object_grant
 from deployments.benchmarks import services
-from deployments.models import Deployment, Host, InferenceKey, JobLogLine
+from deployments.models import BenchmarkRun, Deployment, Host, InferenceKey, JobLogLine
 from tests.factories import DeploymentSpecFactory
 from tests.support.serve_process import free_port
 from tests.support.stamping_upstream import StampingUpstream
 from workers import runner
-from workers.handlers.benchmark import workdir
+from workers.handlers.benchmark import tokenizer_of, workdir
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,3 +45,13 @@ def test_a_sweep_runs_on_the_worker_and_fills_in_its_steps(admin, engineer, sett
     log = " ".join(JobLogLine.objects.filter(job=run.job_id).values_list("text", flat=True))
     assert raw not in log and "loadgen" in log
     assert AuditEvent.objects.filter(action="benchmark.finished", detail__contains='"succeeded"').exists()
+
+
+def test_the_generator_sizes_prompts_with_the_served_models_tokenizer_when_the_host_has_it(tmp_path):
+    spec = DeploymentSpecFactory(current=True, artifact__path=str(tmp_path))
+    run = BenchmarkRun.objects.create(deployment=spec.deployment, spec=spec, workload={})
+    assert tokenizer_of(run) is None
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert tokenizer_of(run) == str(tmp_path / "tokenizer.json")
+    run.spec = None
+    assert tokenizer_of(run) is None
