@@ -8,19 +8,11 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from console.fields import EncryptedSecretField
+from deployments.jobs.models import Job
 
 
 class BenchmarkRun(models.Model):
-    class State(models.TextChoices):
-        PENDING = "pending", _("pending")
-        RUNNING = "running", _("running")
-        SUCCEEDED = "succeeded", _("succeeded")
-        FAILED = "failed", _("failed")
-        CANCELLED = "cancelled", _("cancelled")
-
-        @classmethod
-        def active(cls) -> frozenset[str]:
-            return frozenset({cls.PENDING, cls.RUNNING})
+    State = Job.Status  # a run's state is its job's lifecycle (the same values and words)
 
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="benchmarks")
     # The spec the deployment ran when the benchmark started: what the figures are figures of.

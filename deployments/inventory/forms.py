@@ -156,18 +156,10 @@ class SizingForm(StyledMixin, forms.Form):
         label=_("Max batch total tokens"), required=False, min_value=2, max_value=16_777_216
     )
     # vLLM's settings, with the deploy form's labels and bounds (deployments/serving/forms.py).
-    gpu_memory_utilization = forms.FloatField(
-        label=_("GPU memory utilization"),
-        required=False,
-        min_value=0.05,
-        max_value=1.0,
-        help_text=_("The share of each GPU vLLM reserves at start for weights, activations and KV cache. Empty: 0.9."),
-    )
-    max_model_len = forms.IntegerField(
-        label=_("Max model length"), required=False, min_value=1, help_text=_("Prompt plus output, in tokens.")
-    )
-    max_num_seqs = forms.IntegerField(label=_("Max sequences per batch"), required=False, min_value=1)
-    max_num_batched_tokens = forms.IntegerField(label=_("Max batched tokens"), required=False, min_value=1)
+    gpu_memory_utilization = form_backends.vllm_field("gpu_memory_utilization")
+    max_model_len = form_backends.vllm_field("max_model_len")
+    max_num_seqs = form_backends.vllm_field("max_num_seqs")
+    max_num_batched_tokens = form_backends.vllm_field("max_num_batched_tokens")
     kv_cache_dtype = forms.ChoiceField(
         label=_("KV cache"),
         required=False,

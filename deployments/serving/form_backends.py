@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from django import forms
+from django.utils.translation import gettext_lazy as _
 
 from deployments.backends import BACKENDS
 from deployments.models import DeploymentSpec
@@ -25,6 +26,30 @@ CHOICE_FLAGS = {
     "dtype": ("--dtype",),
     "kv_cache_dtype": ("--kv-cache-dtype",),
 }
+
+
+def vllm_field(name: str) -> forms.Field:
+    """A fresh form field for one of vLLM's spec settings, with the one label, bounds and help the deploy form and
+    the VRAM planner page both show."""
+    if name == "gpu_memory_utilization":
+        return forms.FloatField(
+            label=_("GPU memory utilization"),
+            required=False,
+            min_value=0.05,
+            max_value=1.0,
+            help_text=_(
+                "The share of each GPU vLLM reserves at start for weights, activations and KV cache. Empty: 0.9."
+            ),
+        )
+    if name == "max_model_len":
+        return forms.IntegerField(
+            label=_("Max model length"), required=False, min_value=1, help_text=_("Prompt plus output, in tokens.")
+        )
+    if name == "max_num_seqs":
+        return forms.IntegerField(label=_("Max sequences per batch"), required=False, min_value=1)
+    if name == "max_num_batched_tokens":
+        return forms.IntegerField(label=_("Max batched tokens"), required=False, min_value=1)
+    raise KeyError(name)
 
 
 def registered() -> list[tuple[str, str]]:

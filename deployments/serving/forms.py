@@ -140,18 +140,10 @@ class SpecForm(StyledForm):
     )
     max_concurrent_requests = forms.IntegerField(label=_("Max concurrent requests"), min_value=1, initial=128)
     cuda_memory_fraction = forms.FloatField(label=_("CUDA memory fraction"), min_value=0.05, max_value=1.0, initial=1.0)
-    gpu_memory_utilization = forms.FloatField(
-        label=_("GPU memory utilization"),
-        required=False,
-        min_value=0.05,
-        max_value=1.0,
-        help_text=_("The share of each GPU vLLM reserves at start for weights, activations and KV cache. Empty: 0.9."),
-    )
-    max_model_len = forms.IntegerField(
-        label=_("Max model length"), required=False, min_value=1, help_text=_("Prompt plus output, in tokens.")
-    )
-    max_num_seqs = forms.IntegerField(label=_("Max sequences per batch"), required=False, min_value=1)
-    max_num_batched_tokens = forms.IntegerField(label=_("Max batched tokens"), required=False, min_value=1)
+    gpu_memory_utilization = form_backends.vllm_field("gpu_memory_utilization")
+    max_model_len = form_backends.vllm_field("max_model_len")
+    max_num_seqs = form_backends.vllm_field("max_num_seqs")
+    max_num_batched_tokens = form_backends.vllm_field("max_num_batched_tokens")
     image = forms.ChoiceField(
         label=_("Image"),
         required=False,
