@@ -119,3 +119,5 @@ def test_killing_one_replica_mid_load_fails_no_call_that_had_not_started(gateway
     finally:
         lifecycle.deployment_stop(actor=admin, deployment=deployment)
         wait_state(deployment, {Deployment.State.STOPPED}, timeout=120)
+        # Replica 1 too: a server of it left behind would be an orphan to the next test's reconciler.
+        wait_state(replica, {Deployment.State.STOPPED}, timeout=120)
