@@ -32,6 +32,20 @@ class BenchmarkRun(models.Model):
     failure_cause = models.CharField(_("failure cause"), max_length=60, blank=True)
     failure_detail = models.TextField(_("failure detail"), blank=True)
     note = models.CharField(_("note"), max_length=500, blank=True)
+    # The tuning loop: a re-run of `baseline`'s workload after `suggestion` (rule, title, change) was applied. It
+    # waits (pending, no job) until the deployment runs a spec version of at least `after_version`; where the
+    # change needs an approval, `approval` is the request and the version is known once it is applied.
+    baseline = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="reruns", verbose_name=_("baseline")
+    )
+    suggestion = models.JSONField(_("suggestion applied"), default=dict, blank=True)
+    after_version = models.PositiveIntegerField(null=True, blank=True)
+    approval = models.ForeignKey(
+        "deployments.ApprovalRequest", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    schedule = models.ForeignKey(
+        "BenchmarkSchedule", on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -55,7 +69,13 @@ FLOAT_FIGURES = (
     "prompt_tokens_mean", "output_tokens_mean", "schedule_lag_ms_p99",
 )  # fmt: skip
 INT_FIGURES = ("requests", "requests_ok", "requests_failed", "warmup_requests", "token_count_mismatches")
-SERVER_FIGURES = ("queue_size", "batch_size", "batch_tokens")
+# The server's own, from its /metrics sampled during the step (workers/jobs/loadgen_metrics.py): the means of the
+# queue and batch gauges, their peaks, the KV cache's fill (0..1, vLLM reports it), and the step's mean queue time,
+# prefill time and time per output token from the server's histograms (the cross-check of the client's figures).
+SERVER_FIGURES = (
+    "queue_size", "batch_size", "batch_tokens", "queue_size_max", "batch_size_max", "kv_cache_usage_max",
+    "server_queue_ms_mean", "server_prefill_ms_mean", "server_itl_ms_mean",
+)  # fmt: skip
 
 
 class BenchmarkStep(models.Model):
@@ -91,6 +111,12 @@ class BenchmarkStep(models.Model):
     queue_size = models.FloatField(null=True, blank=True)
     batch_size = models.FloatField(null=True, blank=True)
     batch_tokens = models.FloatField(null=True, blank=True)
+    queue_size_max = models.FloatField(null=True, blank=True)
+    batch_size_max = models.FloatField(null=True, blank=True)
+    kv_cache_usage_max = models.FloatField(null=True, blank=True)
+    server_queue_ms_mean = models.FloatField(null=True, blank=True)
+    server_prefill_ms_mean = models.FloatField(null=True, blank=True)
+    server_itl_ms_mean = models.FloatField(null=True, blank=True)
     extra = models.JSONField(default=dict, blank=True)  # the generator's other figures (stamps, warm-up errors...)
     recorded_at = models.DateTimeField(auto_now=True)
 
@@ -101,3 +127,53 @@ class BenchmarkStep(models.Model):
 
     def __str__(self) -> str:
         return f"step {self.index} of benchmark {self.run_id}"
+
+
+class BenchmarkSchedule(models.Model):
+    """A benchmark that repeats (e.g. nightly): the same workload against the deployment every `interval_hours`,
+    started as `created_by` (who must still hold use_deployment). A run whose heaviest step falls more than
+    `drop_percent` below the median of the schedule's earlier runs raises a BenchmarkAlert."""
+
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="bench_schedules")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    workload = models.JSONField(_("workload"), default=dict)
+    note = models.CharField(_("note"), max_length=500, blank=True)
+    interval_hours = models.PositiveIntegerField(_("every (hours)"), default=24)
+    next_run_at = models.DateTimeField(_("next run"))
+    drop_percent = models.FloatField(_("alert on a drop of (%)"), default=10.0)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    last_error = models.CharField(_("last error"), max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deployment", "pk"]
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"benchmark schedule {self.pk} of {self.deployment_id}"
+
+
+class BenchmarkAlert(models.Model):
+    """A scheduled run's figure that dropped beyond its schedule's threshold against the earlier runs' median."""
+
+    deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="bench_alerts")
+    schedule = models.ForeignKey(BenchmarkSchedule, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    run = models.ForeignKey(BenchmarkRun, on_delete=models.CASCADE, related_name="alerts")
+    figure = models.CharField(_("figure"), max_length=40)
+    value = models.FloatField(_("value"))
+    baseline = models.FloatField(_("baseline"))
+    change_percent = models.FloatField(_("change (%)"))
+    created_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"benchmark alert {self.pk} of {self.deployment_id}"

@@ -1,6 +1,6 @@
 """Models of the deployments app: inventory, model registry, jobs, deployments, datasets."""
 
-from deployments.benchmarks.models import BenchmarkRun, BenchmarkStep
+from deployments.benchmarks.models import BenchmarkAlert, BenchmarkRun, BenchmarkSchedule, BenchmarkStep
 from deployments.datasets.models import Dataset, DatasetUpload, DatasetVersion
 from deployments.finetune.models import Checkpoint
 from deployments.gateway.models import (
@@ -24,7 +24,9 @@ __all__ = [
     "AllowedImage",
     "ApprovalRequest",
     "ArtifactUse",
+    "BenchmarkAlert",
     "BenchmarkRun",
+    "BenchmarkSchedule",
     "BenchmarkStep",
     "Checkpoint",
     "Dataset",
