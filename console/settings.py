@@ -117,6 +117,9 @@ INFERENCE_KEY_DEFAULT_DAYS = env_int("INFERENCE_KEY_DEFAULT_DAYS", 90)
 INFERENCE_KEY_MAX_DAYS = env_int("INFERENCE_KEY_MAX_DAYS", 365)
 # Approval requests for production deployments lapse after this long unanswered.
 APPROVAL_TTL_SECONDS = env_int("APPROVAL_TTL_SECONDS", 7 * 86400)
+# A benchmark re-run after an applied suggestion waits at most this long for the deployment to run the new version
+# (counted from the approval, on a production deployment); then it is cancelled with the reason.
+BENCHMARK_RERUN_WAIT_SECONDS = env_int("BENCHMARK_RERUN_WAIT_SECONDS", 3600)
 
 INSTALLED_APPS = [
     "django.contrib.auth",
@@ -260,6 +263,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "login-failures-audit": {"task": "workers.login_failures_flush", "schedule": 60},
     "inference-log-flush": {"task": "workers.inference_log_flush", "schedule": 60},
     "approvals-expire": {"task": "workers.approvals_expire", "schedule": 60},
+    "benchmark-reruns-due": {"task": "workers.benchmark_reruns_due", "schedule": 15},
 }
 
 # --- auth ------------------------------------------------------------------------------------

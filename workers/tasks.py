@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from console.accounts.services.credentials import secrets_rotate
 from console.accounts.services.login_failures import login_failures_flush
+from deployments.benchmarks.tuning import reruns_due as start_due_reruns
 from deployments.gateway.records import flush_pending
 from deployments.jobs.reaper import jobs_reap as reap
 from deployments.serving.approvals import approvals_expire as lapse_approvals
@@ -67,6 +68,13 @@ def login_failures_audit() -> int:
 def approvals_expire() -> int:
     """Beat: production approval requests left unanswered past APPROVAL_TTL_SECONDS lapse (audited)."""
     return lapse_approvals()
+
+
+@shared_task(name="workers.benchmark_reruns_due")
+def benchmark_reruns_due() -> int:
+    """Beat, every 15 s: start the tuning loop's re-runs whose deployment now runs the suggested version, and cancel
+    those that can no longer happen; returns the runs started."""
+    return start_due_reruns()
 
 
 @shared_task(name="workers.inference_log_flush")

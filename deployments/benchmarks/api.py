@@ -9,14 +9,17 @@ import io
 import json
 
 from django.http import Http404, HttpResponse
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from console import roles
 from console.permissions import require
-from deployments.benchmarks import selectors, services
+from deployments.benchmarks import selectors, services, tuning
+from deployments.benchmarks.compare import MAX_RUNS, compare_runs
 from deployments.benchmarks.models import BenchmarkRun
 from deployments.benchmarks.serializers import (
     PK_MAX,
@@ -25,6 +28,7 @@ from deployments.benchmarks.serializers import (
     BenchmarkRunSerializer,
     BenchmarkStartSerializer,
     BenchmarkStepSerializer,
+    SuggestionApplySerializer,
 )
 from deployments.models import Deployment
 
@@ -86,6 +90,47 @@ class BenchmarkViewSet(viewsets.GenericViewSet):
         """Stop the sweep; the steps already finished stay."""
         run = services.benchmark_cancel(actor=request.user, run=self._run(pk))
         return Response(BenchmarkDetailSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={200: dict})
+    @action(detail=True, methods=["get"])
+    def suggestions(self, request, pk=None):
+        """The spec changes the run's figures call for ({suggestions, notes, can_apply}); can_apply says whether
+        this caller may apply one now (deploy and use_deployment on the deployment, the run not stale)."""
+        run = self._run(pk)
+        advice = tuning.run_advice(run)
+        return Response(
+            {
+                "suggestions": [suggestion.as_dict() for suggestion in advice.suggestions],
+                "notes": advice.notes,
+                "can_apply": tuning.can_apply(request.user, run),
+            }
+        )
+
+    @extend_schema(request=SuggestionApplySerializer, responses={201: BenchmarkDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def apply(self, request, pk=None):
+        """Apply one suggestion: a new spec version (the server restarts with it) and a re-run of the workload,
+        201 with the re-run; on a production deployment an approval request, 202 with the waiting re-run (its
+        `approval`). 403 without deploy on the deployment, 400 naming `rule` for an unknown or stale one."""
+        run = self._run(pk)
+        serializer = SuggestionApplySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rerun = tuning.suggestion_apply(actor=request.user, run=run, rule=serializer.validated_data["rule"])
+        code = status.HTTP_202_ACCEPTED if rerun.approval_id else status.HTTP_201_CREATED
+        return Response(BenchmarkDetailSerializer(rerun).data, status=code)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("runs", str, description="2 to 6 run ids, comma-separated, the base first")],
+        responses={200: dict},
+    )
+    @action(detail=False, methods=["get"])
+    def compare(self, request):
+        """The runs' steps lined up by load, each figure with its change against the first run and a verdict."""
+        raw = [part.strip() for part in request.query_params.get("runs", "").split(",") if part.strip()]
+        if not 2 <= len(raw) <= MAX_RUNS:
+            raise ValidationError({"runs": [_("Pick 2 to %(most)s runs.") % {"most": MAX_RUNS}]})
+        runs = [self._run(pk) for pk in raw]
+        return Response(compare_runs(runs).as_dict())
 
     @extend_schema(responses={(200, "text/csv"): str})
     @action(detail=True, methods=["get"], url_path="export.csv")

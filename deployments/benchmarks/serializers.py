@@ -39,7 +39,10 @@ class BenchmarkDetailSerializer(BenchmarkRunSerializer):
     steps = BenchmarkStepSerializer(many=True, read_only=True)
 
     class Meta(BenchmarkRunSerializer.Meta):
-        fields = [*BenchmarkRunSerializer.Meta.fields, "steps"]
+        fields = [
+            *BenchmarkRunSerializer.Meta.fields, "steps", "baseline", "suggestion", "after_version", "approval",
+            "schedule",
+        ]  # fmt: skip
         read_only_fields = fields
 
 
@@ -50,3 +53,7 @@ class BenchmarkStartSerializer(serializers.Serializer):
         "warmup_s or warmup_requests, duration_s or requests, sampling, seed"
     )
     note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class SuggestionApplySerializer(serializers.Serializer):
+    rule = serializers.CharField(max_length=60, help_text="The suggestion's rule, as GET suggestions/ lists it.")

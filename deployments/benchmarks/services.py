@@ -19,6 +19,7 @@ from console import roles
 from console.errors import ApplicationError
 from console.fields import Secret
 from console.permissions import require
+from deployments.benchmarks.alerts import check_drop
 from deployments.benchmarks.models import FLOAT_FIGURES, INT_FIGURES, SERVER_FIGURES, BenchmarkRun, BenchmarkStep
 from deployments.benchmarks.workload import check_workload, estimated_seconds
 from deployments.gateway import cache as gateway_cache
@@ -72,9 +73,17 @@ def benchmark_start(*, actor, deployment: Deployment, workload: Any, note: str =
     run = BenchmarkRun.objects.create(
         deployment=deployment, spec=deployment.spec, created_by=actor, workload=checked, note=note
     )
+    start_job(run, actor=actor, deployment=deployment)
+    return run
+
+
+def start_job(run: BenchmarkRun, *, actor, deployment: Deployment, detail: dict[str, Any] | None = None) -> Job:
+    """Give a run its key and its job (the caller holds the deployment's row lock and has checked that it runs and
+    that `actor` may use it): a run started from the form and a tuning loop's re-run start alike. Audited as
+    benchmark.started."""
     # The starter's own key (the path callers use), for this run only: short-lived, revoked when the job ends.
     key, raw = key_create(actor=actor, name=f"benchmark-{run.pk}", days=1, deployments=[deployment])
-    key.expires_at = timezone.now() + _key_lifetime(checked)
+    key.expires_at = timezone.now() + _key_lifetime(run.workload)
     key.save(update_fields=["expires_at"])
     job = job_create(
         kind=Job.Kind.BENCHMARK,
@@ -83,12 +92,12 @@ def benchmark_start(*, actor, deployment: Deployment, workload: Any, note: str =
         queue=deployment.host.queue,
         params={
             "benchmark_run_id": run.pk,
-            "base_url": base_url(deployment, checked["dialect"]),
+            "base_url": base_url(deployment, run.workload["dialect"]),
             "model": deployment.name,
         },
     )
-    run.inference_key, run.api_key, run.job = key, Secret(raw), job
-    run.save(update_fields=["inference_key", "api_key", "job"])
+    run.inference_key, run.api_key, run.job, run.spec = key, Secret(raw), job, deployment.spec
+    run.save(update_fields=["inference_key", "api_key", "job", "spec"])
     audit.record(
         action="benchmark.started",
         actor=actor,
@@ -98,10 +107,11 @@ def benchmark_start(*, actor, deployment: Deployment, workload: Any, note: str =
             "spec_version": deployment.spec.version if deployment.spec else None,
             "job": job.pk,
             "key_prefix": key.prefix,
-            "workload": checked,
+            "workload": run.workload,
+            **(detail or {}),
         },
     )
-    return run
+    return job
 
 
 @transaction.atomic
@@ -207,4 +217,5 @@ def benchmark_finished(run: BenchmarkRun, *, status: str, cause: str = "", detai
         target=run,
         detail={"state": run.state, "cause": run.failure_cause, "steps": run.steps.count()},
     )
+    check_drop(run)  # a scheduled run: its figures against the schedule's earlier runs
     return run
