@@ -10,6 +10,7 @@ from typing import Any
 from celery import current_app
 from celery.result import AsyncResult
 
+BENCHMARK_RERUNS_DUE = "workers.benchmark_reruns_due"
 PING = "workers.ping"
 ROTATE_SECRETS = "workers.rotate_secrets"
 RUN_JOB = "workers.run_job"
