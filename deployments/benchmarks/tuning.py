@@ -207,11 +207,14 @@ def suggestion_apply(*, actor, run: BenchmarkRun, rule: str) -> BenchmarkRun:
     deployment runs the new version. Audited as benchmark.suggestion_applied; returns the re-run."""
     require(actor, roles.DEPLOY, run.deployment)
     require(actor, roles.USE_DEPLOYMENT, run.deployment)
+    # The deployment's row first: two applies at once, the second finds the version moved on (stale) or the
+    # approval already asked for.
+    Deployment.objects.select_for_update().get(pk=run.deployment_id)
     run = BenchmarkRun.objects.select_related("deployment", "spec").get(pk=run.pk)
     stale = _stale(run)
     if stale:
         raise ApplicationError(stale, field="rule")
-    suggestion = next((s for s in run_advice(run).suggestions if s.rule == rule), None)
+    suggestion = suggestion_of(run, rule)
     if suggestion is None:
         raise ApplicationError(
             _("%(rule)s is not among this benchmark's suggestions (any more).") % {"rule": str(rule)[:60]},
@@ -297,6 +300,8 @@ def _rerun_step(pk: int) -> int:
             return _give_up(run, *why)
         if run.after_version is None:
             return 0  # still pending
+    if run.after_version is None:  # neither a version nor an approval to wait for: nothing will come
+        return _give_up(run, "nothing_awaited", _("This re-run waits for no version of the deployment."))
     since = run.approval.decided_at if run.approval_id and run.approval.decided_at else run.created_at
     version = deployment.spec.version if deployment.spec_id else 0
     if deployment.state == Deployment.State.RUNNING and deployment.host_id and version >= run.after_version:

@@ -17,7 +17,7 @@ from console import roles
 from console.accounts.services.access import object_grant
 from deployments.benchmarks import tuning
 from deployments.benchmarks.workload import check_workload
-from deployments.models import ApprovalRequest, BenchmarkRun, BenchmarkStep, Deployment, Job
+from deployments.models import ApprovalRequest, BenchmarkRun, BenchmarkStep, Deployment, Gpu, GpuReservation, Job
 from deployments.serving import approvals
 from tests.factories import DeploymentSpecFactory, GpuFactory, HostFactory, ModelArtifactFactory, UserFactory
 from tests.support.model_dirs import write_llama_dir
@@ -204,3 +204,42 @@ def test_a_rerun_that_waited_too_long_or_whose_deployment_stays_down_is_cancelle
     assert tuning.reruns_due() == 0
     again.refresh_from_db()
     assert again.state == BenchmarkRun.State.CANCELLED and again.failure_cause == "deployment_down"
+
+
+def queue_bound(run: BenchmarkRun) -> None:
+    """The heaviest step waited in the server's queue with its KV cache full."""
+    BenchmarkStep.objects.filter(run=run, index=1).update(
+        queue_size=12.0, kv_cache_usage_max=0.97, server_queue_ms_mean=700.0, requests_failed=0, errors={}
+    )
+
+
+def test_the_planner_counts_only_the_memory_other_servers_leave_on_the_gpu(admin, tiny):
+    deployment = running(tiny)
+    deployment.spec.cuda_memory_fraction = 0.5
+    deployment.spec.save(update_fields=["cuda_memory_fraction"])
+    run = overloaded_run(deployment, admin)
+    queue_bound(run)
+    gpu = Gpu.objects.get(host=tiny.host, index=0)
+    GpuReservation.objects.create(gpu=gpu, memory_bytes=15 * 10**9, holder=deployment.holder)  # its own: free to it
+    [memory, *_] = [s for s in tuning.run_advice(run).suggestions if s.rule == "queue_memory_headroom"]
+    assert memory.change == {"cuda_memory_fraction": 1.0} and "KV cache grows from" in memory.effect
+
+    GpuReservation.objects.create(gpu=gpu, memory_bytes=15 * 10**9, holder="deployment:other")
+    advice = tuning.run_advice(run)
+    assert not [s for s in advice.suggestions if s.rule in ("queue_memory_headroom", "fp8_kv_cache")]
+    assert any("cuda_memory_fraction 1.0; the planner says it does not fit" in note for note in advice.notes)
+
+
+def test_a_saturated_gpu_is_sharded_onto_a_free_nvlink_peer_only(admin, tiny):
+    deployment = running(tiny)
+    Gpu.objects.filter(host=tiny.host, index=0).update(nvlink_group="nv0")
+    peer = GpuFactory(host=tiny.host, index=1, memory_total=16 * 10**9, nvlink_group="nv0")
+    GpuFactory(host=tiny.host, index=2, memory_total=16 * 10**9, nvlink_group="nv1")  # free, but over PCIe
+    run = overloaded_run(deployment, admin)
+    queue_bound(run)
+    BenchmarkStep.objects.filter(run=run, index=1).update(kv_cache_usage_max=0.2, extra={"gpu_utilization_max": 0.98})
+    [shard] = [s for s in tuning.run_advice(run).suggestions if s.rule == "shard_onto_peer"]
+    assert shard.change == {"num_shard": 2} and "1 GPU(s) beside it are free" in shard.why
+
+    GpuReservation.objects.create(gpu=peer, memory_bytes=10**9, holder="deployment:other")
+    assert "shard_onto_peer" not in [s.rule for s in tuning.run_advice(run).suggestions]
