@@ -2,8 +2,8 @@
 // The page starts empty and subscribes after seq 0, so the backlog fills it and a reload loses nothing.
 // Items are dropped when their seq was already shown; a reconnect (with backoff) resumes after the last seq.
 // "progress" items drive the progress bar (bytes for downloads; "step X of Y" when they carry a step);
-// "metric" items go to the training curves (job_curves.js), never to the log; "log" and "event" items become
-// lines (always as textContent), a checkpoint event as a readable sentence.
+// "metric" items go to the training curves (job_curves.js) or a benchmark's charts (bench_charts.js), never to
+// the log; "log" and "event" items become lines (always as textContent), a checkpoint event as a readable sentence.
 // When a job that was active at page load ends, the page reloads once to show the final state.
 (function () {
   "use strict";
@@ -155,7 +155,9 @@
       });
       lastSeq = seq;
       box.dataset.after = String(lastSeq);
-      if (metrics.length && window.jobCurves) window.jobCurves.add(metrics);
+      // A benchmark's page draws its steps (bench_charts.js); a training job's, its curves (job_curves.js).
+      var charts = window.benchCharts || window.jobCurves;
+      if (metrics.length && charts) charts.add(metrics);
       if (latest) showProgress(latest);
       if (ended && active) reloadOnce();
     }

@@ -1,0 +1,225 @@
+// A benchmark's charts (#bench-charts) on its page and on the compare page: the throughput-vs-latency curve and
+// TTFT against the load, one uPlot per <figure data-chart>. Runs come from the page (#bench-runs, JSON:
+// [{"key", "label", "steps": [{"index", "concurrency" | "rate", figures...}]}]) and, on a run's page, live: job.js
+// hands over every "metric" item of the job's stream (one per finished step, backlog and live alike, so a reload
+// redraws every point) through window.benchCharts.add, for the run named by the card's data-live. A step seen
+// twice keeps its latest figures. Each figure says its x (data-x: a figure's key, or "load" for the concurrency
+// or rate) and lists its y series as <span data-series="key">label</span> (translated in the template); with
+// several runs each series is drawn per run (the run's colour, a dash per figure). data-points on each figure
+// says how many x values it draws. A live step also becomes a row of #bench-steps when the page has none for it.
+// uPlot is vendored (static vendor/uplot/), so nothing loads from outside the console.
+(function () {
+  "use strict";
+
+  var COLORS = ["#0d6efd", "#fd7e14", "#198754", "#6f42c1", "#d63384", "#0aa2c0"];
+  var DASHES = [[], [6, 4], [2, 3]];
+  var HEIGHT = 240;
+  var REDRAW_MS = 100;
+
+  var card = null, charts = null, runs = [], timer = null;
+
+  function number(value) {
+    return typeof value === "number" && isFinite(value) ? value : null;
+  }
+
+  function format(value) {
+    if (value === null || value === undefined) return "—";
+    var size = Math.abs(value);
+    if (size >= 1e6) return (value / 1e6).toPrecision(3) + "M";
+    if (size >= 1e4) return (value / 1e3).toPrecision(3) + "k";
+    return String(Number(value.toPrecision(4)));
+  }
+
+  function load(step) {
+    return number(step.concurrency) || number(step.rate);
+  }
+
+  function run(key, label) {
+    for (var i = 0; i < runs.length; i++) if (runs[i].key === key) return runs[i];
+    var made = { key: key, label: label || "#" + key, byStep: {} };
+    runs.push(made);
+    return made;
+  }
+
+  function remember(target, step) {
+    var index = number(step.index);
+    if (index === null) index = number(step.step);
+    if (index === null) return;
+    var kept = target.byStep[index] || {};
+    Object.keys(step).forEach(function (name) { kept[name] = step[name]; });
+    kept.index = index;
+    target.byStep[index] = kept;
+  }
+
+  function setUp() {
+    card = document.getElementById("bench-charts");
+    if (!card || !window.uPlot) return false;
+    var source = document.getElementById("bench-runs");
+    if (source) {
+      JSON.parse(source.textContent).forEach(function (given) {
+        var target = run(String(given.key), given.label);
+        (given.steps || []).forEach(function (step) { remember(target, step); });
+      });
+    }
+    if (card.dataset.live && !runs.length) run(card.dataset.live, "");
+    charts = Array.prototype.map.call(card.querySelectorAll("[data-chart]"), function (figure) {
+      var ys = Array.prototype.map.call(figure.querySelectorAll("[data-series]"), function (span) {
+        return { key: span.dataset.series, label: span.textContent.trim() };
+      });
+      return { figure: figure, x: figure.dataset.x, plotBox: figure.querySelector("[data-plot]"), ys: ys, plot: null,
+               shape: "" };
+    });
+    if (window.ResizeObserver) {
+      new ResizeObserver(function () {
+        charts.forEach(function (chart) {
+          if (chart.plot) chart.plot.setSize({ width: chart.plotBox.clientWidth, height: HEIGHT });
+        });
+      }).observe(card);
+    }
+    return true;
+  }
+
+  function xOf(chart, step) {
+    return chart.x === "load" ? load(step) : number(step[chart.x]);
+  }
+
+  // Aligned columns: the x values any run has (sorted), then one column per run and y series (null: no point).
+  function columns(chart) {
+    var seen = {}, xs = [];
+    runs.forEach(function (one) {
+      Object.keys(one.byStep).forEach(function (index) {
+        var x = xOf(chart, one.byStep[index]);
+        if (x !== null && !seen[x]) { seen[x] = true; xs.push(x); }
+      });
+    });
+    xs.sort(function (a, b) { return a - b; });
+    var data = [xs];
+    runs.forEach(function (one) {
+      chart.ys.forEach(function (y) {
+        var byX = {};
+        Object.keys(one.byStep).forEach(function (index) {
+          var step = one.byStep[index], x = xOf(chart, step);
+          if (x !== null) byX[x] = number(step[y.key]);
+        });
+        data.push(xs.map(function (x) { return byX[x] === undefined ? null : byX[x]; }));
+      });
+    });
+    return data;
+  }
+
+  function options(chart) {
+    var several = runs.length > 1;
+    var series = [{ label: chart.figure.dataset.xLabel || "x", value: function (u, v) { return format(v); } }];
+    runs.forEach(function (one, r) {
+      chart.ys.forEach(function (y, i) {
+        series.push({
+          label: several ? one.label + " · " + y.label : y.label,
+          stroke: several ? COLORS[r % COLORS.length] : COLORS[i % COLORS.length],
+          dash: several ? DASHES[i % DASHES.length] : [],
+          width: 1.5,
+          spanGaps: true,
+          points: { show: true, size: 6 },
+          value: function (u, v) { return format(v); },
+        });
+      });
+    });
+    var logX = chart.figure.dataset.logX === "1";
+    return {
+      width: chart.plotBox.clientWidth || 400,
+      height: HEIGHT,
+      scales: { x: logX ? { time: false, distr: 3, log: 2 } : { time: false } },
+      series: series,
+      axes: [
+        { label: chart.figure.dataset.xLabel || "", values: function (u, splits) { return splits.map(format); } },
+        { label: chart.figure.dataset.yLabel || "", size: 64, values: function (u, splits) { return splits.map(format); } },
+      ],
+    };
+  }
+
+  function draw() {
+    timer = null;
+    charts.forEach(function (chart) {
+      var data = columns(chart);
+      chart.figure.dataset.points = String(data[0].length);
+      if (!data[0].length) return;
+      card.hidden = false;  // before the plot is made: it takes its width from the laid-out figure
+      chart.figure.hidden = false;
+      var shape = runs.map(function (one) { return one.key; }).join(",");
+      if (chart.plot && chart.shape === shape) chart.plot.setData(data);
+      else {
+        if (chart.plot) chart.plot.destroy();
+        chart.plot = new window.uPlot(options(chart), data, chart.plotBox);
+        chart.shape = shape;
+      }
+    });
+    var live = card.dataset.live ? run(card.dataset.live, "") : runs[0];
+    card.dataset.steps = String(live ? Object.keys(live.byStep).length : 0);
+  }
+
+  function cellText(step, key) {
+    if (key === "load") {
+      if (number(step.concurrency) !== null) return String(step.concurrency);
+      return number(step.rate) !== null ? format(step.rate) + "/s" : "—";
+    }
+    if (key === "errors") {
+      var errors = step.errors || {};
+      return Object.keys(errors).sort().map(function (name) { return name + ": " + errors[name]; }).join(", ") || "—";
+    }
+    var value = number(step[key]);
+    if (value === null) return step[key] === undefined || step[key] === null ? "—" : String(step[key]);
+    return Number.isInteger(value) ? String(value) : value.toFixed(1);
+  }
+
+  // A step that finished while the page was open: a row like the server renders (errors flagged).
+  function addRow(step) {
+    var table = document.getElementById("bench-steps");
+    if (!table || number(step.step) === null) return;
+    var body = table.querySelector("tbody");
+    if (body.querySelector('tr[data-step="' + step.step + '"]')) return;
+    var empty = document.getElementById("bench-steps-empty");
+    if (empty) empty.remove();
+    var failed = Boolean(step.has_errors) || Boolean(number(step.requests_failed));
+    var row = document.createElement("tr");
+    row.dataset.step = String(step.step);
+    row.dataset.hasErrors = failed ? "1" : "0";
+    if (failed) row.className = "table-danger";
+    table.querySelectorAll("thead th[data-key]").forEach(function (th) {
+      var cell = document.createElement("td");
+      var key = th.dataset.key;
+      cell.textContent = key === "label" ? step.label || String(step.step) : cellText(step, key);
+      if (key === "label" && failed) {
+        var badge = document.createElement("span");
+        badge.className = "badge text-bg-danger ms-1";
+        badge.dataset.errorsFlag = "";
+        badge.textContent = table.dataset.errorsLabel || "errors";
+        cell.appendChild(badge);
+      }
+      row.appendChild(cell);
+    });
+    var rows = Array.prototype.slice.call(body.querySelectorAll("tr[data-step]"));
+    var after = rows.filter(function (other) { return Number(other.dataset.step) > step.step; })[0];
+    body.insertBefore(row, after || null);
+  }
+
+  // Items of stream "metric" (job.js): the live run's steps.
+  function add(items) {
+    if (!charts && !setUp()) return;
+    var target = run(card.dataset.live || "live", "");
+    items.forEach(function (item) {
+      var data = item.data || {};
+      if (number(data.step) === null) return;
+      remember(target, data);
+      addRow(data);
+    });
+    if (!timer) timer = setTimeout(draw, REDRAW_MS);
+  }
+
+  function start() {
+    if (!charts && !setUp()) return;
+    draw();
+  }
+
+  window.benchCharts = { add: add };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
