@@ -1,6 +1,7 @@
 """The `benchmark` job kind: run the load generator (workers/jobs/loadgen.py) on the deployment's host agent
 against the gateway, with the starter's inference key made for this run, and store each finished step as a
-BenchmarkStep row as its event arrives (the page fills in while the sweep runs).
+BenchmarkStep row as its event arrives (the page fills in while the sweep runs). The generator also samples each
+running server's own /metrics during every step (workers/jobs/loadgen_metrics.py).
 
 The generator is an HTTP client: it runs with the agent's own python (it needs httptools, which the control
 plane's environment has, and nothing of the ML environment) as a plain process, whatever runtime the model
@@ -21,6 +22,7 @@ from django.conf import settings
 from deployments.benchmarks import services
 from deployments.benchmarks.workload import loadgen_spec
 from deployments.models import BenchmarkRun, Job
+from deployments.serving.replicas import running_replicas
 from workers.handlers.programs import ProgramRun
 from workers.jobs.protocol import parse_event
 from workers.runner import Handler, JobContext, JobFailure, register
@@ -78,6 +80,15 @@ def tokenizer_of(run: BenchmarkRun) -> str | None:
     return str(path) if path.is_file() else None
 
 
+def metrics_urls(run: BenchmarkRun) -> list[str]:
+    """Each running server's own /metrics (the deployment's and its running replicas'): the agent runs on the
+    deployment's host and reads them directly, not through the gateway. A server's /metrics needs no key."""
+    deployment = run.deployment
+    endpoints = [deployment.endpoint] if deployment.state == deployment.State.RUNNING and deployment.endpoint else []
+    endpoints += [replica.endpoint for replica in running_replicas(deployment)]
+    return [f"{endpoint.rstrip('/')}/metrics" for endpoint in endpoints if endpoint.startswith(("http://", "https://"))]
+
+
 @register("benchmark")
 class BenchmarkHandler(Handler):
     def run(self, ctx: JobContext) -> dict:
@@ -105,6 +116,9 @@ class BenchmarkHandler(Handler):
             tokenizer = tokenizer_of(run)
             if tokenizer:
                 spec["workload"]["tokenizer"] = tokenizer
+            urls = metrics_urls(run)
+            if urls:
+                spec["metrics_urls"] = urls
             program.start(PROGRAM, spec, work, python=sys.executable)
 
         outcome = program.attempt(start)

@@ -15,11 +15,13 @@ stream.
       "warmup_s": 2 | "warmup_requests": 4,            per step, before its window
       "duration_s": 30 | "requests": 200,              per step, the window (any of these four can be set per step)
       "sampling": {"temperature": 0, "top_p", "top_k", "seed", "ignore_eos": false, "continuous_usage": false},
-      "seed": 0, "request_timeout_s": 300, "tls_verify": true, "raw_path": "/work/raw.jsonl" | null
+      "seed": 0, "request_timeout_s": 300, "tls_verify": true, "raw_path": "/work/raw.jsonl" | null,
+      "metrics_urls": ["http://10.0.0.5:8080/metrics"]   the servers' own /metrics, sampled per step (optional)
     }
 
 Events: `progress` at each step's start and every few seconds in it; one `metric` event per finished step
-{"step", "label", "concurrency" | "rate", figures of bench_figures.step_figures}; a `result` with every step's
+{"step", "label", "concurrency" | "rate", figures of bench_figures.step_figures, and with metrics_urls the server
+figures of loadgen_metrics.py}; a `result` with every step's
 figures at the end. `raw_path` receives one JSON line per request (bench_figures.StreamRecord, times in
 perf_counter_ns of this process, plus "step"). SIGTERM cancels the requests in flight and exits EXIT_STOPPED;
 the steps already finished were reported.
@@ -63,6 +65,7 @@ import httptools
 
 from workers.jobs.bench_figures import NS_PER_MS, NS_PER_S, StreamRecord, percentile, step_figures
 from workers.jobs.loadgen_http import Pool
+from workers.jobs.loadgen_metrics import ServerMetrics, step_server_figures
 from workers.jobs.loadgen_spec import LoadSpec, Step, parse_spec
 from workers.jobs.loadgen_streams import request_body, request_path, stream_request
 from workers.jobs.loadgen_workload import PromptBuilder, load_tokenizer, poisson_offsets_ns
@@ -231,12 +234,18 @@ async def _one_step(spec, step, index, prompts, run_id, events, stop, raw) -> di
             done = sum(1 for r in step_run.records if r.end_ns is not None)
             events.progress(index, len(spec.steps), label=step.label, requests_done=done)
 
+    # The servers' own /metrics beside the step (loadgen_metrics.py); read before and after it, in a thread between.
+    sampler = ServerMetrics(spec.metrics_urls, tls_verify=spec.tls_verify).start() if spec.metrics_urls else None
     pool = Pool(spec.base_url, tls_verify=spec.tls_verify)
     try:
         figures = await step_run.run(pool, tick)
     finally:
         pool.close()
+        if sampler:
+            sampler.stop()
     figures["stamps"] = "kernel" if pool.kernel_stamps else "read"
+    if sampler:
+        figures.update(step_server_figures(sampler, figures, step_run.window))
     if raw:
         for record in step_run.records:
             raw.write(json.dumps({"step": index, **record.as_dict()}) + "\n")

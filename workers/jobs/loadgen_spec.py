@@ -15,7 +15,7 @@ from workers.jobs.protocol import BadInput
 
 FIELDS = {
     "base_url", "api_key", "api_key_file", "dialect", "model", "workload", "steps", "warmup_s", "warmup_requests",
-    "duration_s", "requests", "sampling", "seed", "request_timeout_s", "tls_verify", "raw_path",
+    "duration_s", "requests", "sampling", "seed", "request_timeout_s", "tls_verify", "raw_path", "metrics_urls",
 }  # fmt: skip
 STEP_FIELDS = {
     "concurrency",
@@ -34,6 +34,7 @@ MAX_CONCURRENCY = 10_000
 MAX_RATE = 10_000.0
 MAX_SECONDS = 86_400.0
 MAX_REQUESTS = 10_000_000
+MAX_METRICS_URLS = 16  # a deployment's servers (8 replicas) with room
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class LoadSpec:
     request_timeout_s: float = 300.0
     tls_verify: bool = True
     raw_path: str | None = None
+    metrics_urls: tuple[str, ...] = ()  # the servers' own /metrics, sampled during each step
 
 
 def _number(raw: dict, key: str, where: str, *, low: float, high: float, whole: bool = False, default=0) -> Any:
@@ -166,6 +168,24 @@ def _api_key(raw: dict) -> str:
     return key
 
 
+def _metrics_urls(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_METRICS_URLS:
+        raise BadInput(f"metrics_urls must be a list of at most {MAX_METRICS_URLS} URLs.", field="metrics_urls")
+    for url in raw:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if not parts or parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+            raise BadInput("each of metrics_urls must be an http(s) URL.", field="metrics_urls")
+        try:
+            parts.port  # noqa: B018 (a port out of range or not a number raises here)
+        except ValueError:
+            raise BadInput("each of metrics_urls must have a valid port.", field="metrics_urls") from None
+        if any(ord(c) < 33 or ord(c) == 127 for c in url):
+            raise BadInput("each of metrics_urls must be one URL without spaces.", field="metrics_urls")
+    return tuple(raw)
+
+
 def parse_spec(raw: dict[str, Any]) -> LoadSpec:
     _unknown(raw, FIELDS, "")
     base_url = raw.get("base_url")
@@ -209,4 +229,5 @@ def parse_spec(raw: dict[str, Any]) -> LoadSpec:
         request_timeout_s=float(_number(raw, "request_timeout_s", "", low=1, high=3600, default=300.0)),
         tls_verify=raw.get("tls_verify", True),
         raw_path=raw_path,
+        metrics_urls=_metrics_urls(raw.get("metrics_urls")),
     )

@@ -479,6 +479,7 @@ class ServeApp:
     async def render_metrics(self, request: Request) -> Response:
         self.metrics.set("tgi_queue_size", self.engine.queue_size)
         self.metrics.set("tgi_batch_current_size", self.engine.batch_size)
+        self.metrics.set("tgi_batch_current_max_tokens", self.engine.batch_max_tokens())
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def models(self, request: Request) -> Response:

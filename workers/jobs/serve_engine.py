@@ -148,6 +148,11 @@ class Engine:
     def batch_size(self) -> int:
         return len(self.rows)
 
+    def batch_max_tokens(self) -> int:
+        """The running rows' token budget, prompt plus max_new_tokens each (TGI's batch.max_tokens, the
+        tgi_batch_current_max_tokens gauge; read from another thread: a snapshot of the list)."""
+        return sum(len(s.input_ids) + s.params.max_new_tokens for s in list(self.rows))
+
     def tokens_in_use(self) -> int:
         """KV-cache tokens the running rows hold (read from another thread: a snapshot of the list)."""
         return sum(len(s.input_ids) + len(s.generated) for s in list(self.rows))
