@@ -274,7 +274,7 @@ def _plain_run(run: Any) -> dict[str, Any]:
         key = _load_key(step)
         if key is not None and key not in by_load:  # one step per load: a sweep repeating a level keeps the first
             by_load[key] = step
-    return {**header, "workload": workload, "steps": by_load}
+    return {**header, "workload": workload if isinstance(workload, dict) else {}, "steps": by_load}
 
 
 def _step_dict(step: Any) -> dict[str, Any]:

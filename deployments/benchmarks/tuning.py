@@ -99,13 +99,14 @@ def run_advice(run: BenchmarkRun) -> Advice:
     none shows, which change was refused, or what could not be planned (and a stale or unfinished run)."""
     if run.spec is None:
         return Advice(notes=[_("The spec this benchmark ran at is no longer known: benchmark again.")])
-    steps = [step_figures(step, run.workload or {}) for step in run.steps.order_by("index")]
+    workload = run.workload if isinstance(run.workload, dict) else {}
+    steps = [step_figures(step, workload) for step in run.steps.order_by("index")]
     values = spec_values(run.spec)
     notes: list[str] = []
     planner = _planner(run.deployment, run.spec, values, notes)
     artifact = run.spec.artifact
     advice = advise(steps, values, planner, checkpoint=checkpoint_facts(artifact), host=_host_view(run, artifact))
-    if run.state != BenchmarkRun.State.SUCCEEDED:
+    if run.state in (BenchmarkRun.State.FAILED, BenchmarkRun.State.CANCELLED):
         notes.append(
             _("This benchmark is %(state)s: the figures are those of the steps it finished.")
             % {"state": run.get_state_display()}
@@ -178,7 +179,7 @@ def _stale(run: BenchmarkRun) -> str:
     """Why the run's suggestions can no longer be applied, in words ("" when they can)."""
     deployment = run.deployment
     if run.is_active:
-        return _("The benchmark is still running: apply a suggestion once it has finished.")
+        return _("The benchmark has not finished: apply a suggestion once it has.")
     if run.spec_id is None or deployment.spec_id != run.spec_id:
         return _(
             "The deployment has changed since this benchmark (version %(then)s, now %(now)s): benchmark it again "
