@@ -252,6 +252,7 @@ class BenchmarkDetailView(ConsoleViewMixin, View):
             "can_read_log": job is not None and can_read_job_log(request.user, job),
             "can_cancel": run.is_active and job is not None and can(request.user, roles.USE_DEPLOYMENT, deployment),
             "can_apply": tuning.can_apply(request.user, run),
+            "may_deploy": can(request.user, roles.DEPLOY, deployment),
             "advice": _advice(run),
             "reruns": list(run.reruns.order_by("pk").values_list("pk", flat=True)),
             "columns": step_columns(),

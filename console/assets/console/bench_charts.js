@@ -3,7 +3,8 @@
 // [{"key", "label", "steps": [{"index", "concurrency" | "rate", figures...}]}]) and, on a run's page, live: job.js
 // hands over every "metric" item of the job's stream (one per finished step, backlog and live alike, so a reload
 // redraws every point) through window.benchCharts.add, for the run named by the card's data-live. A step seen
-// twice keeps its latest figures. Each figure says its x (data-x: a figure's key, or "load" for the concurrency
+// twice keeps its latest figures. A re-run still waiting for its spec version (#bench-waiting) reloads every 15 s
+// until its job exists. Each figure says its x (data-x: a figure's key, or "load" for the concurrency
 // or rate) and lists its y series as <span data-series="key">label</span> (translated in the template); with
 // several runs each series is drawn per run (the run's colour, a dash per figure). data-points on each figure
 // says how many x values it draws. A live step also becomes a row of #bench-steps when the page has none for it.
@@ -214,7 +215,11 @@
     if (!timer) timer = setTimeout(draw, REDRAW_MS);
   }
 
+  var WAIT_RELOAD_MS = 15000;
+
   function start() {
+    // A re-run waiting for its spec version has no job to stream yet: look again until it starts.
+    if (document.getElementById("bench-waiting")) setTimeout(function () { location.reload(); }, WAIT_RELOAD_MS);
     if (!charts && !setUp()) return;
     draw();
   }

@@ -5,7 +5,6 @@ whose Apply shows only with deploy) and the compare page (deltas and a verdict p
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
@@ -18,12 +17,10 @@ from deployments.benchmarks.presets import preset_for
 from deployments.benchmarks.workload import check_workload
 from deployments.models import BenchmarkRun, Deployment, DeploymentSpec
 from tests.factories import DeploymentSpecFactory, HostFactory
+from tests.support.bench_events import generator_lines
 from workers.handlers.benchmark import process_lines
-from workers.jobs.bench_figures import StreamRecord, step_figures
-from workers.jobs.protocol import Events
 
 pytestmark = pytest.mark.django_db
-MS = 1_000_000
 WORKLOAD = {"prompt_tokens": 32, "output_tokens": 16, "sweep": "concurrency", "levels": [1, 4], "duration_s": 5}
 
 
@@ -38,33 +35,6 @@ def target(admin, engineer):
     deployment.save(update_fields=["state", "host"])
     object_grant(actor=admin, grantee=engineer, action=roles.USE_DEPLOYMENT, target=deployment)
     return deployment
-
-
-def _records(count: int, *, ttft_ms: int, gap_ms: int, failed: int = 0, error: str = "http_503") -> list:
-    """`count` streams of 4 tokens (first after ttft_ms, then every gap_ms) and `failed` refused ones."""
-    records = []
-    for i in range(count + failed):
-        record = StreamRecord(index=i, start_ns=10 * i * MS, prompt_tokens=32)
-        if i >= count:
-            record.error, record.status, record.end_ns = error, int(error.split("_")[1]), (10 * i + 2) * MS
-        else:
-            record.chunks = [((10 * i + ttft_ms + gap_ms * k) * MS, 1) for k in range(4)]
-            record.end_ns, record.status = (10 * i + ttft_ms + 3 * gap_ms + 1) * MS, 200
-        records.append(record)
-    return records
-
-
-def generator_lines(steps: list[dict]) -> list[str]:
-    """What workers/jobs/loadgen.py prints: a metric event per step with bench_figures' own figures."""
-    out = io.StringIO()
-    events = Events(out)
-    for index, step in enumerate(steps):
-        records = _records(step["n"], ttft_ms=step["ttft"], gap_ms=step["gap"], failed=step.get("failed", 0),
-                           error=step.get("error", "http_503"))  # fmt: skip
-        figures = step_figures(records, window_start_ns=0, window_end_ns=step.get("window_ms", 1000) * MS)
-        server = step.get("server", {})
-        events.metric(step=index, label=f"concurrency {step['c']}", concurrency=step["c"], **figures, **server)
-    return out.getvalue().splitlines()
 
 
 def finished_run(deployment, actor, steps: list[dict], *, note: str = "", workload=WORKLOAD) -> BenchmarkRun:
