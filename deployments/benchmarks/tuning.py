@@ -309,7 +309,9 @@ def _rerun_step(pk: int) -> int:
         return _start_rerun(run, deployment)
     now = timezone.now()
     down = deployment.state in (Deployment.State.STOPPED, Deployment.State.FAILED) and not deployment.next_restart_at
-    if down and now - deployment.state_changed_at > DOWN_GRACE:
+    # Down since before the re-run began waiting: the grace counts from the wait's start (someone applying a
+    # suggestion to a stopped deployment has a few minutes to launch it).
+    if down and now - max(deployment.state_changed_at, since) > DOWN_GRACE:
         detail = _("%(name)s is %(state)s and not restarting: the re-run cannot measure the new version.") % {
             "name": deployment.name,
             "state": deployment.get_state_display(),

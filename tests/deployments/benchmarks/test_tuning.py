@@ -197,10 +197,15 @@ def test_a_rerun_that_waited_too_long_or_whose_deployment_stays_down_is_cancelle
     assert rerun.state == BenchmarkRun.State.CANCELLED and rerun.failure_cause == "rerun_timeout"
     assert "did not run version 2" in rerun.failure_detail
 
+    settings.BENCHMARK_RERUN_WAIT_SECONDS = 3600
     again = BenchmarkRun.objects.create(deployment=deployment, baseline=run, after_version=3, workload=run.workload)
     Deployment.objects.filter(pk=deployment.pk).update(
         state=State.STOPPED, state_changed_at=timezone.now() - timedelta(minutes=10), next_restart_at=None
     )
+    assert tuning.reruns_due() == 0
+    again.refresh_from_db()
+    assert again.state == BenchmarkRun.State.PENDING  # stopped long ago, but the re-run only began waiting now
+    BenchmarkRun.objects.filter(pk=again.pk).update(created_at=timezone.now() - timedelta(minutes=6))
     assert tuning.reruns_due() == 0
     again.refresh_from_db()
     assert again.state == BenchmarkRun.State.CANCELLED and again.failure_cause == "deployment_down"
