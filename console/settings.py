@@ -264,6 +264,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "inference-log-flush": {"task": "workers.inference_log_flush", "schedule": 60},
     "approvals-expire": {"task": "workers.approvals_expire", "schedule": 60},
     "benchmark-reruns-due": {"task": "workers.benchmark_reruns_due", "schedule": 15},
+    "benchmark-schedules-due": {"task": "workers.benchmark_schedules_due", "schedule": 60},
 }
 
 # --- auth ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from console.accounts.services.credentials import secrets_rotate
 from console.accounts.services.login_failures import login_failures_flush
+from deployments.benchmarks.schedules import schedules_due as start_due_benchmarks
 from deployments.benchmarks.tuning import reruns_due as start_due_reruns
 from deployments.gateway.records import flush_pending
 from deployments.jobs.reaper import jobs_reap as reap
@@ -68,6 +69,13 @@ def login_failures_audit() -> int:
 def approvals_expire() -> int:
     """Beat: production approval requests left unanswered past APPROVAL_TTL_SECONDS lapse (audited)."""
     return lapse_approvals()
+
+
+@shared_task(name="workers.benchmark_schedules_due")
+def benchmark_schedules_due() -> int:
+    """Beat, every minute: start the scheduled benchmarks whose time came (each at most once, however long beat
+    was down); returns the runs started."""
+    return start_due_benchmarks()
 
 
 @shared_task(name="workers.benchmark_reruns_due")

@@ -6,6 +6,7 @@ from audit import api as audit_api
 from console.accounts import api as accounts_api
 from console.api import views
 from deployments.benchmarks import api as benchmarks_api
+from deployments.benchmarks import schedule_api as bench_schedule_api
 from deployments.datasets import api as datasets_api
 from deployments.finetune import api as finetune_api
 from deployments.gateway import key_api, log_api, usage_api
@@ -39,6 +40,9 @@ router.register("datasets", datasets_api.DatasetViewSet, basename="dataset")
 router.register("finetunes", finetune_api.FinetuneViewSet, basename="finetune")
 router.register("adapters", finetune_api.AdapterViewSet, basename="adapter")
 router.register("benchmarks", benchmarks_api.BenchmarkViewSet, basename="benchmark")
+router.register("benchmark-schedules", bench_schedule_api.BenchmarkScheduleViewSet, basename="benchmark-schedule")
+router.register("benchmark-alerts", bench_schedule_api.BenchmarkAlertViewSet, basename="benchmark-alert")
+router.register("benchmark-trend", bench_schedule_api.BenchmarkTrendViewSet, basename="benchmark-trend")
 router.register("inference-keys", key_api.InferenceKeyViewSet, basename="inference-key")
 router.register("service-accounts", key_api.ServiceAccountViewSet, basename="service-account")
 router.register("team-quotas", key_api.TeamQuotaViewSet, basename="team-quota")
