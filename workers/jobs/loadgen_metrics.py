@@ -250,7 +250,8 @@ class ServerMetrics:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(TIMEOUT_S * len(self.servers) + 1)
+            # One tick at most: each server's connect and read, each bounded by TIMEOUT_S.
+            self._thread.join(2 * TIMEOUT_S * len(self.servers) + 1)
         self._tick()  # the step's last reading, after its last request ended
         for server in self.servers:
             server.close()
