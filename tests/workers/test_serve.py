@@ -279,6 +279,11 @@ def test_openai_completions_and_tokenize_and_models(server):
 
 def test_metrics_use_tgi_names(server):
     Client(server.url, timeout=30).generate("metrics please", max_new_tokens=2)
+    # A refused request, so tgi_request_failure exists (a series appears once touched, as in TGI) whatever ran before.
+    refused = requests.post(
+        f"{server.url}/generate", json={"inputs": "x", "parameters": {"max_new_tokens": 0}}, timeout=10
+    )
+    assert refused.status_code == 422
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     for name in (
         "tgi_request_count ",
