@@ -3,7 +3,9 @@
 It answers the calls workers.nvml makes with the values NVML gave on a real H200, including
 NVMLError_NotSupported for NVLink on a single-GPU host. FAKE_NVML_GPUS=N repeats the GPU N times
 (distinct index, uuid and bus id) to model a multi-GPU host; FAKE_NVML_MISSING=1 behaves like a host
-without the NVIDIA driver.
+without the NVIDIA driver. nvmlDeviceGetUtilizationRates answers the fixture's reading (an idle H200: 0 %)
+unless FAKE_NVML_UTILIZATION says how busy the GPUs are, in percent: "P" for every GPU, "P0,P1,..." per index
+(the last repeats). No GPU runs on the development machines, so a busy reading can only be made up.
 """
 
 from __future__ import annotations
@@ -108,3 +110,11 @@ def nvmlDeviceGetNvLinkState(handle: dict, link: int) -> int:
 
 def nvmlDeviceGetNvLinkRemotePciInfo(handle: dict, link: int):
     raise NVMLError_NotSupported("Not Supported")
+
+
+def nvmlDeviceGetUtilizationRates(handle: dict) -> SimpleNamespace:
+    reading = dict(handle["utilization"])
+    if os.environ.get("FAKE_NVML_UTILIZATION"):
+        values = [int(v) for v in os.environ["FAKE_NVML_UTILIZATION"].split(",")]
+        reading["gpu"] = values[min(handle["index"], len(values) - 1)]
+    return SimpleNamespace(**reading)

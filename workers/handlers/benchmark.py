@@ -1,7 +1,8 @@
 """The `benchmark` job kind: run the load generator (workers/jobs/loadgen.py) on the deployment's host agent
 against the gateway, with the starter's inference key made for this run, and store each finished step as a
 BenchmarkStep row as its event arrives (the page fills in while the sweep runs). The generator also samples each
-running server's own /metrics during every step (workers/jobs/loadgen_metrics.py).
+running server's own /metrics during every step (workers/jobs/loadgen_metrics.py) and, on a GPU deployment, the
+utilization of the servers' GPUs on this host through NVML (workers/jobs/loadgen_gpu.py).
 
 The generator is an HTTP client: it runs with the agent's own python (it needs httptools, which the control
 plane's environment has, and nothing of the ML environment) as a plain process, whatever runtime the model
@@ -21,7 +22,7 @@ from django.conf import settings
 
 from deployments.benchmarks import services
 from deployments.benchmarks.workload import loadgen_spec
-from deployments.models import BenchmarkRun, Job
+from deployments.models import BenchmarkRun, DeploymentSpec, Job
 from deployments.serving.replicas import running_replicas
 from workers.handlers.programs import ProgramRun
 from workers.jobs.protocol import parse_event
@@ -89,6 +90,20 @@ def metrics_urls(run: BenchmarkRun) -> list[str]:
     return [f"{endpoint.rstrip('/')}/metrics" for endpoint in endpoints if endpoint.startswith(("http://", "https://"))]
 
 
+def gpu_indexes(run: BenchmarkRun) -> list[int]:
+    """The GPUs of the deployment's running servers on its host (where the agent runs the generator): its own and
+    its replicas' there. Empty for a CPU deployment (there is nothing for NVML to read)."""
+    deployment = run.deployment
+    spec = run.spec or deployment.spec
+    if spec is None or spec.device != DeploymentSpec.Device.GPU or deployment.host_id is None:
+        return []
+    indexes = set(deployment.gpu_indexes or []) if deployment.state == deployment.State.RUNNING else set()
+    for replica in running_replicas(deployment):
+        if replica.host_id == deployment.host_id:
+            indexes.update(replica.gpu_indexes or [])
+    return sorted(i for i in indexes if isinstance(i, int) and not isinstance(i, bool))
+
+
 @register("benchmark")
 class BenchmarkHandler(Handler):
     def run(self, ctx: JobContext) -> dict:
@@ -119,6 +134,10 @@ class BenchmarkHandler(Handler):
             urls = metrics_urls(run)
             if urls:
                 spec["metrics_urls"] = urls
+            gpus = gpu_indexes(run)
+            if gpus:
+                spec["gpu_indexes"] = gpus
+                spec["nvml_module"] = settings.AGENT_NVML_MODULE  # the module the agent reads its GPUs with
             program.start(PROGRAM, spec, work, python=sys.executable)
 
         outcome = program.attempt(start)

@@ -17,6 +17,7 @@ stream.
       "sampling": {"temperature": 0, "top_p", "top_k", "seed", "ignore_eos": false, "continuous_usage": false},
       "seed": 0, "request_timeout_s": 300, "tls_verify": true, "raw_path": "/work/raw.jsonl" | null,
       "metrics_urls": ["http://10.0.0.5:8080/metrics"]   the servers' own /metrics, sampled per step (optional)
+      "gpu_indexes": [0, 1], "nvml_module": "pynvml"       the servers' GPUs here, read through NVML (optional)
     }
 
 Events: `progress` at each step's start and every few seconds in it; one `metric` event per finished step
@@ -65,7 +66,7 @@ import httptools
 
 from workers.jobs.bench_figures import NS_PER_MS, NS_PER_S, StreamRecord, percentile, step_figures
 from workers.jobs.loadgen_http import Pool
-from workers.jobs.loadgen_metrics import ServerMetrics, step_server_figures
+from workers.jobs.loadgen_metrics import sampler_for, step_server_figures
 from workers.jobs.loadgen_spec import LoadSpec, Step, parse_spec
 from workers.jobs.loadgen_streams import request_body, request_path, stream_request
 from workers.jobs.loadgen_workload import PromptBuilder, load_tokenizer, poisson_offsets_ns
@@ -234,8 +235,11 @@ async def _one_step(spec, step, index, prompts, run_id, events, stop, raw) -> di
             done = sum(1 for r in step_run.records if r.end_ns is not None)
             events.progress(index, len(spec.steps), label=step.label, requests_done=done)
 
-    # The servers' own /metrics beside the step (loadgen_metrics.py); read before and after it, in a thread between.
-    sampler = ServerMetrics(spec.metrics_urls, tls_verify=spec.tls_verify).start() if spec.metrics_urls else None
+    # The servers' own /metrics and GPUs beside the step (loadgen_metrics.py): read before and after it, in a thread
+    # between.
+    sampler = sampler_for(spec)
+    if sampler:
+        sampler.start()
     pool = Pool(spec.base_url, tls_verify=spec.tls_verify)
     try:
         figures = await step_run.run(pool, tick)

@@ -8,7 +8,7 @@ Two dialects, told apart by the names in the exposition:
   tgi_queue_size, tgi_batch_current_size, tgi_batch_current_max_tokens (the running batch's token budget);
   histograms tgi_request_queue_duration, tgi_batch_inference_duration{method="prefill"} (one prefill batch: its
   forward, decode and filtering, as the router times it) and tgi_request_mean_time_per_token_duration (per
-  request: inference time / generated tokens). TGI reports no KV-cache fill.
+  request: inference time / generated tokens). TGI has no KV-cache gauge: see KV fill below.
 - vLLM (V1 engine, vllm/v1/metrics/loggers.py): gauges vllm:num_requests_waiting, vllm:num_requests_running,
   vllm:kv_cache_usage_perc (vllm:gpu_cache_usage_perc before 0.10); histograms vllm:request_queue_time_seconds,
   vllm:request_prefill_time_seconds, vllm:inter_token_latency_seconds (vllm:time_per_output_token_seconds before
@@ -29,6 +29,14 @@ delay when the generator handles a read (it shows in generator_lag_ms_*) but not
 parse keeps only lines of the names above (a vLLM exposition has hundreds of bucket lines), so a sample costs
 well under a millisecond of the interpreter's time.
 
+KV fill for TGI: where the server's /info (the metrics URL's base, read once) reports max_batch_total_tokens
+(TGI 1.x and early 2.x did, serve.py does; TGI 3.x's Info has no such field), each sample's KV fill is the batch
+token gauge over it. That is the share of the batch's token budget filled, which is what TGI's KV cache holds
+(warm-up sizes max_batch_total_tokens to the KV blocks the memory allows); without it `kv_cache_usage_max` stays
+None and `kv_cache_usage_error` says why (the tuning engine then estimates the budget with the planner).
+
+With `gpu_indexes` the same thread reads the server's GPUs through NVML at each tick (loadgen_gpu.py).
+
 A server that cannot be read never fails the run: its figures stay None and the step's `server_metrics_error`
 says why.
 """
@@ -36,6 +44,7 @@ says why.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import ssl
 import threading
@@ -43,6 +52,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from workers.jobs.loadgen_gpu import GpuUtilization
 
 PERIOD_S = 0.5
 TIMEOUT_S = 2.0
@@ -193,6 +204,9 @@ class _Server:
         self.last: Reading | None = None
         self.failures = 0
         self.error = ""
+        self.kv_budget: float | None = None  # TGI: /info's max_batch_total_tokens
+        self.kv_error = ""
+        self.info_read = False
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.https:
@@ -213,6 +227,8 @@ class _Server:
             reading = reading_of(parse_exposition(body.decode("utf-8", "replace")))
             if reading is None:
                 raise OSError("no TGI or vLLM metrics in it")
+            if reading.dialect == "tgi":
+                self._tgi_kv_fill(reading)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self.close()
             self.failures += 1
@@ -221,6 +237,34 @@ class _Server:
         self.first = self.first or reading
         self.last = reading
         return reading
+
+    def _tgi_kv_fill(self, reading: Reading) -> None:
+        """The batch's token budget filled (tgi_batch_current_max_tokens / max_batch_total_tokens, 0..1): what
+        TGI's KV cache holds, TGI having no gauge of the cache itself. The budget comes from /info, read once."""
+        if not self.info_read:
+            self.info_read = True
+            self.kv_budget, self.kv_error = self._budget()
+        tokens = reading.gauges.get("batch_tokens")
+        if self.kv_budget and tokens is not None:
+            reading.gauges["kv"] = min(max(tokens / self.kv_budget, 0.0), 1.0)
+
+    def _budget(self) -> tuple[float | None, str]:
+        info = self.path.split("?")[0].rsplit("/", 1)[0] + "/info"
+        where = f"{'https' if self.https else 'http'}://{self.host}{f':{self.port}' if self.port else ''}{info}"
+        try:
+            self.connection.request("GET", info, headers={"Accept": "application/json"})
+            response = self.connection.getresponse()
+            body = response.read(MAX_BODY + 1)
+            if response.status != 200:
+                raise OSError(f"HTTP {response.status}")
+            answer = json.loads(body)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.close()  # the next read reconnects
+            return None, f"{where}: {str(exc) or type(exc).__name__}"
+        budget = answer.get("max_batch_total_tokens") if isinstance(answer, dict) else None
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+            return None, f"{where} reports no max_batch_total_tokens (TGI 3.x does not)"
+        return float(budget), ""
 
     def close(self) -> None:
         if self.connection is not None:
@@ -231,8 +275,16 @@ class _Server:
 class ServerMetrics:
     """Samples the servers' /metrics in a thread from start() to stop(); figures() sums up the step."""
 
-    def __init__(self, urls: list[str], *, tls_verify: bool = True, period_s: float = PERIOD_S) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        tls_verify: bool = True,
+        period_s: float = PERIOD_S,
+        gpus: GpuUtilization | None = None,
+    ) -> None:
         self.servers = [_Server(url, tls_verify) for url in urls]
+        self.gpus = gpus
         self.period_s = period_s
         self.samples: list[tuple[int, dict[str, float | None]]] = []  # (perf_counter_ns, summed gauges)
         self.step_tokens: list[float] = []  # vLLM: mean tokens per engine step between two samples
@@ -242,6 +294,8 @@ class ServerMetrics:
         self._thread: threading.Thread | None = None
 
     def start(self) -> ServerMetrics:
+        if self.gpus:
+            self.gpus.open()
         self._tick()  # the step's first reading, before its first request
         self._thread = threading.Thread(target=self._run, name="server-metrics", daemon=True)
         self._thread.start()
@@ -255,12 +309,16 @@ class ServerMetrics:
         self._tick()  # the step's last reading, after its last request ended
         for server in self.servers:
             server.close()
+        if self.gpus:
+            self.gpus.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self._tick()
 
     def _tick(self) -> None:
+        if self.gpus:
+            self.gpus.read()
         readings = [server.read() for server in self.servers]
         now = time.perf_counter_ns()
         self.ticks += 1
@@ -300,12 +358,18 @@ class ServerMetrics:
             "batch_size_max": _peak(gauges, "batch"),
             "kv_cache_usage_max": _peak(gauges, "kv"),
         }
+        kv_errors = [f"{s.kv_error}" for s in self.servers if s.kv_error]
+        if kv_errors and out["kv_cache_usage_max"] is None:
+            out["kv_cache_usage_error"] = "; ".join(kv_errors)[:500]
+        if self.gpus:
+            out.update(self.gpus.figures(window_start_ns, window_end_ns))
         if out["batch_tokens"] is None and self.step_tokens:
             out["batch_tokens"] = round(max(self.step_tokens), 3)
         for key, column in (("queue", "server_queue_ms_mean"), ("prefill", "server_prefill_ms_mean")):
             out[column] = self._histogram_mean_ms(key)
         out["server_itl_ms_mean"] = self._histogram_mean_ms("itl")
-        out["server_metrics_samples"] = len(gauges)
+        if self.servers:  # a sampler of GPUs alone has no server samples to count
+            out["server_metrics_samples"] = len(gauges)
         dialects = sorted({s.last.dialect for s in self.servers if s.last})
         if dialects:
             out["server_metrics_dialect"] = ",".join(dialects)
@@ -328,6 +392,14 @@ class ServerMetrics:
                 continue  # absent, or the server restarted (its counters went back)
             total, count = total + s1 - s0, count + c1 - c0
         return round(total / count * 1000, 3) if count else None
+
+
+def sampler_for(spec: Any) -> ServerMetrics | None:
+    """The step's sampler for a LoadSpec: its servers' /metrics and its GPUs (None when it names neither)."""
+    gpus = GpuUtilization(spec.gpu_indexes, spec.nvml_module) if spec.gpu_indexes else None
+    if not spec.metrics_urls and gpus is None:
+        return None
+    return ServerMetrics(list(spec.metrics_urls), tls_verify=spec.tls_verify, gpus=gpus)
 
 
 def _mean(samples: list[dict], key: str) -> float | None:

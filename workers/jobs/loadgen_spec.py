@@ -5,6 +5,7 @@ same rules before it starts the program."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from workers.jobs.protocol import BadInput
 FIELDS = {
     "base_url", "api_key", "api_key_file", "dialect", "model", "workload", "steps", "warmup_s", "warmup_requests",
     "duration_s", "requests", "sampling", "seed", "request_timeout_s", "tls_verify", "raw_path", "metrics_urls",
+    "gpu_indexes", "nvml_module",
 }  # fmt: skip
 STEP_FIELDS = {
     "concurrency",
@@ -35,6 +37,8 @@ MAX_RATE = 10_000.0
 MAX_SECONDS = 86_400.0
 MAX_REQUESTS = 10_000_000
 MAX_METRICS_URLS = 16  # a deployment's servers (8 replicas) with room
+MAX_GPU_INDEX = 255
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class LoadSpec:
     tls_verify: bool = True
     raw_path: str | None = None
     metrics_urls: tuple[str, ...] = ()  # the servers' own /metrics, sampled during each step
+    gpu_indexes: tuple[int, ...] = ()  # the servers' GPUs on this host, their utilization read through NVML
+    nvml_module: str = "pynvml"  # tests name a stand-in (tests.support.fake_nvml), as workers/nvml.load_nvml
 
 
 def _number(raw: dict, key: str, where: str, *, low: float, high: float, whole: bool = False, default=0) -> Any:
@@ -186,6 +192,24 @@ def _metrics_urls(raw: Any) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def _gpu_indexes(raw: Any) -> tuple[int, ...]:
+    if raw is None:
+        return ()
+    ok = isinstance(raw, list) and len(raw) <= MAX_METRICS_URLS
+    if not ok or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_GPU_INDEX for i in raw):
+        message = f"gpu_indexes must be a list of at most {MAX_METRICS_URLS} GPU indexes (0 to {MAX_GPU_INDEX})."
+        raise BadInput(message, field="gpu_indexes")
+    return tuple(sorted(set(raw)))
+
+
+def _nvml_module(raw: Any) -> str:
+    if raw is None:
+        return "pynvml"
+    if not isinstance(raw, str) or len(raw) > 200 or not MODULE_NAME.fullmatch(raw):
+        raise BadInput("nvml_module must be a dotted module name.", field="nvml_module")
+    return raw
+
+
 def parse_spec(raw: dict[str, Any]) -> LoadSpec:
     _unknown(raw, FIELDS, "")
     base_url = raw.get("base_url")
@@ -230,4 +254,6 @@ def parse_spec(raw: dict[str, Any]) -> LoadSpec:
         tls_verify=raw.get("tls_verify", True),
         raw_path=raw_path,
         metrics_urls=_metrics_urls(raw.get("metrics_urls")),
+        gpu_indexes=_gpu_indexes(raw.get("gpu_indexes")),
+        nvml_module=_nvml_module(raw.get("nvml_module")),
     )

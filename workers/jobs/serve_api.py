@@ -468,6 +468,9 @@ class ServeApp:
                 "max_total_tokens": limits.max_total_tokens,
                 "validation_workers": limits.validation_workers,
                 "max_client_batch_size": limits.max_client_batch_size,
+                # TGI's router reported it in 1.x and early 2.x (its 3.x Info has no such field): the batch's
+                # token budget, which the benchmark's generator divides tgi_batch_current_max_tokens by (KV fill).
+                "max_batch_total_tokens": self.engine.max_batch_total_tokens,
                 "router": "llmdeploy-serve",  # not TGI's router: the console tells them apart by served_by
                 "version": VERSION,
                 "sha": None,
