@@ -70,7 +70,15 @@ class BenchmarkForm(StyledMixin, forms.Form):
         help_text=_("A running deployment you may use; requests go through the gateway with a key of yours."),
     )
     dialect = forms.ChoiceField(label=_("API"), choices=[(d, DIALECT_LABELS[d]) for d in DIALECTS])
-    prompt_tokens = forms.CharField(label=_("Prompt length (tokens)"), help_text=LENGTH_HELP)
+    prompt_tokens = forms.CharField(label=_("Prompt length (tokens)"), help_text=LENGTH_HELP, required=False)
+    prompt_dataset = forms.ModelChoiceField(
+        label=_("Or prompt lengths like a dataset version's"),
+        queryset=BenchmarkRun.objects.none(),
+        required=False,
+        help_text=_(
+            "Its token-length histogram (from its statistics: counts only, no row is read) replaces the prompt length."
+        ),
+    )
     output_tokens = forms.CharField(label=_("Output length (tokens)"), help_text=_("The same shapes as the prompt."))
     sweep = forms.ChoiceField(label=_("Sweep"), choices=[(s, SWEEP_LABELS[s]) for s in SWEEPS])
     levels = forms.CharField(
@@ -97,15 +105,34 @@ class BenchmarkForm(StyledMixin, forms.Form):
     seed = forms.IntegerField(label=_("Seed"), initial=0, help_text=_("The same seed draws the same lengths."))
     note = forms.CharField(label=_("Note"), required=False, max_length=500)
 
-    def __init__(self, *args, deployments, **kwargs) -> None:
+    def __init__(self, *args, deployments, versions=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["deployment"].queryset = deployments
+        if versions is None:
+            del self.fields["prompt_dataset"]
+        else:
+            self.fields["prompt_dataset"].queryset = versions
+            self.fields["prompt_dataset"].label_from_instance = lambda v: (
+                f"{v.dataset.name} v{v.version} ({v.stats['token_lengths'].get('tokenizer') or '?'})"
+            )
         self.fields["deployment"].label_from_instance = lambda d: (
             f"{d.name} (v{d.spec.version}, {d.spec.get_backend_display()})" if d.spec_id else d.name
         )
 
-    def clean_prompt_tokens(self) -> int | dict:
+    def clean_prompt_tokens(self) -> int | dict | None:
+        if not (self.cleaned_data["prompt_tokens"] or "").strip():
+            return None  # clean() asks for it unless a dataset version gives the lengths
         return _length(self.cleaned_data["prompt_tokens"], _("Give a number of tokens or a distribution as JSON."))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        version = data.get("prompt_dataset")
+        if version is not None:
+            lengths = version.stats["token_lengths"]
+            data["prompt_tokens"] = {"histogram": {"bins": lengths.get("bins"), "counts": lengths.get("counts")}}
+        elif data.get("prompt_tokens") is None and "prompt_tokens" not in self.errors:
+            self.add_error("prompt_tokens", _("Give a number of tokens, a distribution, or choose a dataset version."))
+        return data
 
     def clean_output_tokens(self) -> int | dict:
         return _length(self.cleaned_data["output_tokens"], _("Give a number of tokens or a distribution as JSON."))

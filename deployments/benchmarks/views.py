@@ -18,15 +18,15 @@ from django.views import View
 
 from console import roles
 from console.errors import ApplicationError
-from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import ActionDenied, can, may_use_some_deployment, restrict
 from deployments.benchmarks import compare, selectors, services, tuning
 from deployments.benchmarks.forms import BenchmarkFilterForm, BenchmarkForm, form_initial
 from deployments.benchmarks.models import SERVER_FIGURES, BenchmarkRun
 from deployments.benchmarks.presets import preset_for
+from deployments.datasets.selectors import dataset_list
 from deployments.jobs.selectors import can_read_job_log
-from deployments.models import Deployment
+from deployments.models import DatasetVersion, Deployment
 
 PAGE_SIZE = 25
 MAX_ID_DIGITS = 9
@@ -90,6 +90,13 @@ def usable_deployments(user) -> QuerySet[Deployment]:
     """Running deployments the user may benchmark (use_deployment on each)."""
     running = Deployment.objects.filter(state=Deployment.State.RUNNING, host__isnull=False)
     return restrict(running, user, roles.USE_DEPLOYMENT).select_related("spec").order_by("name")
+
+
+def length_versions(user) -> QuerySet[DatasetVersion]:
+    """Dataset versions the user may see whose statistics hold a token-length histogram (a prompt-length source)."""
+    versions = DatasetVersion.objects.filter(dataset__in=dataset_list(user=user).values("pk"))
+    versions = versions.filter(stats__token_lengths__has_keys=["bins", "counts"])
+    return versions.select_related("dataset").order_by("dataset__name", "-version")
 
 
 def search(runs: QuerySet[BenchmarkRun], query: str) -> QuerySet[BenchmarkRun]:
@@ -179,6 +186,15 @@ class BenchmarkStartView(ConsoleViewMixin, View):
         if not may_use_some_deployment(request.user):
             raise ActionDenied(request.user, roles.USE_DEPLOYMENT, model=Deployment)
 
+    @staticmethod
+    def make_form(request, data=None, *, initial=None) -> BenchmarkForm:
+        return BenchmarkForm(
+            data,
+            initial=initial,
+            deployments=usable_deployments(request.user),
+            versions=length_versions(request.user),
+        )
+
     def render_form(self, request, form, *, status: int = 200):
         return render(request, "benchmarks/form.html", {"form": form}, status=status)
 
@@ -191,13 +207,12 @@ class BenchmarkStartView(ConsoleViewMixin, View):
             deployment = deployments[0]
         if deployment is not None:
             initial.update(form_initial(preset_for(deployment)), deployment=deployment.pk)
-        return self.render_form(request, BenchmarkForm(initial=initial, deployments=deployments))
+        return self.render_form(request, self.make_form(request, initial=initial))
 
     def post(self, request):
-        deployments = usable_deployments(request.user)
-        form = BenchmarkForm(request.POST, deployments=deployments)
+        form = self.make_form(request, request.POST)
         if "preset" in request.POST:
-            return self.preset(request, form, deployments)
+            return self.preset(request, form)
         if not form.is_valid():
             return self.render_form(request, form, status=400)
         data = form.cleaned_data
@@ -206,23 +221,26 @@ class BenchmarkStartView(ConsoleViewMixin, View):
                 actor=request.user, deployment=data["deployment"], workload=form.workload(), note=data["note"]
             )
         except ApplicationError as error:
-            apply_error(form, error)
+            # The generator names sampling.top_p where the form has top_p.
+            field = (error.field or "").removeprefix("sampling.")
+            form.add_error(field if field in form.fields else None, error.message)
             return self.render_form(request, form, status=400)
         messages.success(request, _("Benchmark started."))
         return redirect("benchmarks:detail", pk=run.pk)
 
-    def preset(self, request, form, deployments):
-        """The form filled with the chosen deployment's preset (the note kept); without one, the choice's error."""
-        field = form.fields["deployment"]
+    def preset(self, request, form):
+        """The form filled with the chosen deployment's preset (the note kept); without a usable choice, the form
+        as it was with that said."""
         try:
-            deployment = field.clean(form.data.get("deployment"))
-        except ValidationError:  # the field's own error is what the user sees
-            form.is_valid()
-            return self.render_form(request, form, status=400)
+            deployment = form.fields["deployment"].clean(form.data.get("deployment"))
+        except ValidationError:
+            messages.error(request, _("Choose a running deployment you may use for its preset."))
+            initial = {key: form.data.get(key) for key in form.fields if form.data.get(key) not in (None, "")}
+            return self.render_form(request, self.make_form(request, initial=initial), status=400)
         initial = {**form_initial(preset_for(deployment)), "deployment": deployment.pk}
         initial["note"] = form.data.get("note", "")
         messages.info(request, _("The form holds the preset for %(name)s.") % {"name": deployment.name})
-        return self.render_form(request, BenchmarkForm(initial=initial, deployments=deployments))
+        return self.render_form(request, self.make_form(request, initial=initial))
 
 
 def _advice(run: BenchmarkRun) -> dict[str, Any] | None:

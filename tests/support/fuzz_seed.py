@@ -50,6 +50,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "adapters": adapter.pk,
         "approvals": approval.pk,
         "benchmarks": _benchmark(spec.deployment),
+        "benchmarks/tuned": _tuned_benchmark(artifact),
         "finetunes": finetune.pk,
         "finetunes/running": running.pk,
         "audit/events": AuditEvent.objects.latest("id").pk,
@@ -116,6 +117,25 @@ def _benchmark(deployment) -> int:
         deployment=deployment, spec=deployment.spec, state=BenchmarkRun.State.RUNNING, job=job, workload={}
     )
     BenchmarkStep.objects.create(run=run, index=0, concurrency=1, requests=4, ttft_ms_p50=20.0)
+    return run.pk
+
+
+def _tuned_benchmark(artifact) -> int:
+    """A finished benchmark with a suggestion (its page shows Apply): a TGI deployment on the CPU (the planner
+    checks nothing there) whose heaviest step ran past max_concurrent_requests and got 429s."""
+    from deployments.models import BenchmarkRun, BenchmarkStep, Deployment
+
+    spec = DeploymentSpecFactory(
+        deployment__name="fuzz-tuned", deployment__state=Deployment.State.RUNNING, artifact=artifact, device="cpu",
+        current=True, max_concurrent_requests=8,
+    )  # fmt: skip
+    Deployment.objects.filter(pk=spec.deployment_id).update(host=artifact.host)
+    run = BenchmarkRun.objects.create(
+        deployment=spec.deployment, spec=spec, state=BenchmarkRun.State.SUCCEEDED, workload={"levels": [16]}
+    )
+    BenchmarkStep.objects.create(
+        run=run, index=0, concurrency=16, requests=20, requests_failed=4, errors={"http_429": 4}, has_errors=True
+    )
     return run.pk
 
 

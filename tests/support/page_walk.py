@@ -23,6 +23,7 @@ PK_OWNERS = {
     "finetune/": "finetunes",
     "gateway/keys/": "inference-keys",
     "gateway/service-accounts/": "service-accounts",
+    "benchmarks/": "benchmarks",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
@@ -48,7 +49,8 @@ def url_for(route: str, seeded: dict[str, int]) -> str:
 
 def pages(seeded: dict[str, int]) -> list[tuple[str, str]]:
     """(route, url) of every page with a GET, and pages whose forms only some objects show: the downloading copy
-    (cancel), a running and a cancelled fine-tune (stop, resume) and an adapter (deploy, merge)."""
+    (cancel), a running and a cancelled fine-tune (stop, resume), an adapter (deploy, merge) and a finished benchmark
+    with a suggestion (apply)."""
     found = []
     for route, pattern in routes():
         view = getattr(pattern.callback, "view_class", None)
@@ -60,4 +62,5 @@ def pages(seeded: dict[str, int]) -> list[tuple[str, str]]:
         ("jobs/<int:pk>/", f"/jobs/{seeded['finetunes']}/"),
         ("jobs/<int:pk>/", f"/jobs/{seeded['finetunes/running']}/"),
         ("models/<int:pk>/", f"/models/{seeded['adapters']}/"),
+        ("benchmarks/<int:pk>/", f"/benchmarks/{seeded['benchmarks/tuned']}/"),
     ]

@@ -15,8 +15,8 @@ from console.accounts.services.access import object_grant
 from deployments.benchmarks import services
 from deployments.benchmarks.presets import preset_for
 from deployments.benchmarks.workload import check_workload
-from deployments.models import BenchmarkRun, Deployment, DeploymentSpec
-from tests.factories import DeploymentSpecFactory, HostFactory
+from deployments.models import BenchmarkRun, Dataset, DatasetVersion, Deployment, DeploymentSpec
+from tests.factories import DeploymentSpecFactory, HostFactory, TeamFactory
 from tests.support.bench_events import generator_lines
 from workers.handlers.benchmark import process_lines
 
@@ -138,6 +138,8 @@ def test_the_form_offers_the_preset_shows_errors_at_their_field_and_starts_the_r
     assert refused.status_code == 400 and 'data-field-error="duration_s"' in html(refused)
     refused = client.post(reverse("benchmarks:start"), {**form, "levels": "1", "output_tokens": "{long"})
     assert refused.status_code == 400 and 'data-field-error="output_tokens"' in html(refused)
+    refused = client.post(reverse("benchmarks:start"), {**form, "levels": "1", "top_p": "7"})
+    assert refused.status_code == 400 and 'data-field-error="top_p"' in html(refused)
     assert not BenchmarkRun.objects.exists()
 
     started = client.post(reverse("benchmarks:start"), {**form, "levels": "1, 4", "temperature": "0.5"})
@@ -145,6 +147,30 @@ def test_the_form_offers_the_preset_shows_errors_at_their_field_and_starts_the_r
     assert started.status_code == 302 and started["Location"] == reverse("benchmarks:detail", args=[run.pk])
     assert run.workload["levels"] == [1, 4] and run.workload["sampling"] == {"temperature": 0.5}
     assert run.created_by == engineer and run.job is not None
+
+
+def test_prompt_lengths_can_follow_a_dataset_versions_statistics(client, admin, engineer, target):
+    """Only the version's histogram (counts per length bin) goes into the workload, never a row; a team's dataset
+    is offered to its members (and admins), not to an engineer outside it."""
+    team = TeamFactory(name="bench-team")
+    dataset = Dataset.objects.create(name="chats", team=team)
+    lengths = {"tokenizer": "org/tiny", "min": 3, "max": 900, "p50": 120, "bins": [0, 64, 256, 1024],
+               "counts": [10, 70, 20]}  # fmt: skip
+    version = DatasetVersion.objects.create(dataset=dataset, version=2, sha256="0" * 64, size=10, format="jsonl",
+                                            path="x", stats={"rows": 100, "token_lengths": lengths})  # fmt: skip
+    DatasetVersion.objects.create(dataset=dataset, version=1, sha256="1" * 64, size=10, format="jsonl", path="y")
+    client.force_login(engineer)
+    assert "chats v2" not in html(client.get(reverse("benchmarks:start")))
+    client.force_login(admin)
+    page = html(client.get(reverse("benchmarks:start")))
+    assert f'<option value="{version.pk}">chats v2 (org/tiny)</option>' in page and "chats v1" not in page
+    form = {"deployment": target.pk, "dialect": "openai-chat", "prompt_dataset": version.pk, "output_tokens": "16",
+            "sweep": "concurrency", "levels": "1", "duration_s": "5", "seed": "0"}  # fmt: skip
+    assert client.post(reverse("benchmarks:start"), form).status_code == 302
+    histogram = BenchmarkRun.objects.get().workload["prompt_tokens"]
+    assert histogram == {"histogram": {"bins": [0, 64, 256, 1024], "counts": [10, 70, 20]}}
+    missing = client.post(reverse("benchmarks:start"), {**form, "prompt_dataset": ""})
+    assert missing.status_code == 400 and 'data-field-error="prompt_tokens"' in html(missing)
 
 
 def test_the_form_is_for_those_who_may_use_a_deployment(client, engineer, auditor, admin, target):
@@ -157,8 +183,9 @@ def test_the_form_is_for_those_who_may_use_a_deployment(client, engineer, audito
     client.force_login(engineer)
     page = html(client.get(reverse("benchmarks:start")))
     assert "page-target" in page and "not-granted" not in page
-    refused = client.post(reverse("benchmarks:start"), {"deployment": stranger.pk, "preset": "1"})
-    assert refused.status_code == 400 and 'data-field-error="deployment"' in html(refused)
+    refused = client.post(reverse("benchmarks:start"), {"deployment": stranger.pk, "preset": "1", "note": "n"})
+    assert refused.status_code == 400 and "Choose a running deployment you may use" in html(refused)
+    assert 'name="note" value="n"' in html(refused) and not BenchmarkRun.objects.exists()
 
 
 # --- a run's page --------------------------------------------------------------------------------------------
