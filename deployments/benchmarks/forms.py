@@ -75,6 +75,7 @@ class BenchmarkForm(StyledMixin, forms.Form):
         label=_("Or prompt lengths like a dataset version's"),
         queryset=BenchmarkRun.objects.none(),
         required=False,
+        empty_label=_("none: the prompt length above"),
         help_text=_(
             "Its token-length histogram (from its statistics: counts only, no row is read) replaces the prompt length."
         ),

@@ -166,6 +166,22 @@ class BenchmarkPagesTests(ConsoleLiveServerTestCase):
         assert header.locator("[data-verdict-badge]").get_attribute("data-verdict-badge") == "better"
         page.screenshot(path=str(self.artifacts / "benchmark-compare.png"), full_page=True)
 
+        # From the list: tick both (newest first there), compare: the older run is the baseline.
+        page.goto(f"{self.live_server_url}/benchmarks/")
+        page.check(f"#compare-{rerun.pk}")
+        page.check(f"#compare-{baseline.pk}")
+        page.click("#benchmark-compare")
+        page.wait_for_selector("#compare-table", timeout=10_000)
+        assert page.locator("[data-baseline]").count() == 1
+        assert page.locator(f"#compare-runs [data-run='{baseline.pk}'] [data-baseline]").count() == 1
+
+        # The start form with the deployment's preset (a TGI deployment: its native stream, prompts of 128 / 4).
+        page.goto(f"{self.live_server_url}/benchmarks/new/?deployment={deployment.pk}")
+        assert (
+            page.input_value("#id_dialect") == "tgi-generate-stream" and page.input_value("#id_prompt_tokens") == "32"
+        )
+        page.screenshot(path=str(self.artifacts / "benchmark-form.png"), full_page=True)
+
         assert errors == []
         origin = urlsplit(self.live_server_url).netloc
         assert [url for url in requested if urlsplit(url).netloc not in (origin, "")] == []
