@@ -253,6 +253,21 @@ def test_apply_shows_only_with_deploy_and_opens_the_rerun_waiting_for_the_versio
     assert f"?runs={run.pk},{rerun.pk}" in page  # compare with the baseline
 
 
+def test_on_a_production_deployment_the_rerun_waits_for_the_approval(client, admin, target):
+    Deployment.objects.filter(pk=target.pk).update(environment=Deployment.Environment.PRODUCTION)
+    target.refresh_from_db()
+    run = finished_run(target, admin, OVERLOADED, workload=BIG)
+    client.force_login(admin)
+    page = html(client.get(reverse("benchmarks:detail", args=[run.pk])))
+    assert "This asks for an approval of a new spec version" in page
+    applied = client.post(reverse("benchmarks:apply", args=[run.pk]), {"rule": "more_concurrent_requests"})
+    rerun = BenchmarkRun.objects.get(baseline=run)
+    assert rerun.approval is not None and target.specs.count() == 1  # nothing changes before the approval
+    page = html(client.get(applied["Location"]))
+    assert f"waiting for approval #{rerun.approval_id}" in page
+    assert reverse("approval-detail", args=[rerun.approval_id]) in page
+
+
 def test_notes_show_when_there_is_no_suggestion(client, engineer, target):
     run = finished_run(target, engineer, CLEAN)
     client.force_login(engineer)
