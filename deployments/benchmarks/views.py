@@ -273,6 +273,7 @@ class BenchmarkDetailView(ConsoleViewMixin, View):
             "may_deploy": can(request.user, roles.DEPLOY, deployment),
             "advice": _advice(run),
             "reruns": list(run.reruns.order_by("pk").values_list("pk", flat=True)),
+            "alerts": list(run.alerts.all()),
             "columns": step_columns(),
             "rows": step_rows(steps, step_columns()),
             "server_columns": server_columns(),

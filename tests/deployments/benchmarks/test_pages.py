@@ -15,7 +15,7 @@ from console.accounts.services.access import object_grant
 from deployments.benchmarks import services
 from deployments.benchmarks.presets import preset_for
 from deployments.benchmarks.workload import check_workload
-from deployments.models import BenchmarkRun, Dataset, DatasetVersion, Deployment, DeploymentSpec
+from deployments.models import BenchmarkAlert, BenchmarkRun, Dataset, DatasetVersion, Deployment, DeploymentSpec
 from tests.factories import DeploymentSpecFactory, HostFactory, TeamFactory
 from tests.support.bench_events import generator_lines
 from workers.handlers.benchmark import process_lines
@@ -266,6 +266,21 @@ def test_on_a_production_deployment_the_rerun_waits_for_the_approval(client, adm
     page = html(client.get(applied["Location"]))
     assert f"waiting for approval #{rerun.approval_id}" in page
     assert reverse("approval-detail", args=[rerun.approval_id]) in page
+
+
+def test_a_given_up_rerun_says_why_and_a_drop_alert_shows_on_its_run(client, engineer, target):
+    run = finished_run(target, engineer, CLEAN)
+    BenchmarkRun.objects.filter(pk=run.pk).update(
+        state=BenchmarkRun.State.CANCELLED, failure_cause="approval_rejected",
+        failure_detail="Approval request #4 was rejected: not now",
+    )  # fmt: skip
+    BenchmarkAlert.objects.create(
+        deployment=target, run=run, figure="output_tokens_per_s", value=80.0, baseline=100.0, change_percent=-20.0
+    )
+    client.force_login(engineer)
+    page = html(client.get(reverse("benchmarks:detail", args=[run.pk])))
+    assert "The benchmark was cancelled" in page and "was rejected: not now" in page
+    assert "output_tokens_per_s dropped to 80.0 against a median of 100.0" in page and "(-20.0 %)" in page
 
 
 def test_notes_show_when_there_is_no_suggestion(client, engineer, target):
