@@ -206,6 +206,8 @@ def test_the_run_page_shows_every_figure_and_flags_the_step_with_errors(client, 
     assert '<td data-figure="itl_ms_p50">10</td>' in clean[: clean.index("</tr>")]
     assert reverse("api:benchmark-export-csv", args=[run.pk]) in page
     assert reverse("api:benchmark-export-json", args=[run.pk]) in page
+    exported = client.get(reverse("api:benchmark-export-csv", args=[run.pk]))  # the page's session is enough
+    assert exported.status_code == 200 and exported["Content-Type"].startswith("text/csv")
     assert 'id="bench-runs"' in page and 'data-chart="curve"' in page and 'data-chart="ttft"' in page
     assert 'id="benchmark-cancel-form"' not in page  # finished; and an auditor may not cancel
 
