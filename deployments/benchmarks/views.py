@@ -337,7 +337,7 @@ def run_header(run: BenchmarkRun) -> dict[str, Any]:
     spec = run.spec
     return {
         "run": run,
-        "backend": spec.get_backend_display() if spec else "",
+        "backend": spec.backend if spec else "",  # the short name (tgi, vllm), as the deployment page says it
         "quantize": (spec.get_quantize_display() if spec.quantize else _("none")) if spec else "",
         "kv_cache_dtype": spec.kv_cache_dtype if spec else "",
     }

@@ -302,7 +302,7 @@ def test_compare_lines_up_steps_with_deltas_and_verdicts(client, engineer, targe
     after = finished_run(target, engineer, faster)
     client.force_login(engineer)
     page = html(client.get(reverse("benchmarks:compare"), {"runs": f"{before.pk},{after.pk}"}))
-    assert "data-baseline" in page and "page-target" in page and "text-generation-inference" in page
+    assert "data-baseline" in page and "page-target" in page and "<code>tgi</code>" in page
     level = page[page.index('data-load="concurrency" data-level="4.0"') :]
     level = level[: level.index("</tbody>")]
     ttft = re.search(r'<tr data-figure="ttft_ms_p50">(.*?)</tr>', level, re.S).group(1)
