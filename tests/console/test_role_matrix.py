@@ -48,6 +48,13 @@ def row(method, url, anonymous, nobody, auditor, engineer, admin, data=None, rou
 GRANT = {"user": "noah-norole", "action": "view", "target_type": "console.credential", "target_id": "{credential}"}
 NEW_CREDENTIAL = {"name": "new-token", "kind": "hf_token", "value": "hf_new_value_123"}
 
+NEW_BENCH_SCHEDULE = {
+    "deployment": "{running}",
+    "workload": {"prompt_tokens": 16, "output_tokens": 8, "levels": [1], "duration_s": 5},
+    "interval_hours": 24,
+    "drop_percent": 10,
+}
+NEW_BENCH_SCHEDULE_FORM = {"source": "preset", "interval_hours": 24, "drop_percent": 10}
 NEW_HOST = {"name": "matrix-new", "runtime": "docker", "status": "manual"}
 NEW_GPU_FORM = {"index": 5, "name": "NVIDIA L40S", "memory_gb": "48", "health": "ok"}
 NEW_GPU_API = {"host": "matrix-node", "index": 7, "name": "NVIDIA L40S", "memory_total": 48 * 10**9, "health": "ok"}
@@ -276,6 +283,67 @@ MATRIX = [
         403,
         302,
         route="/deployments/images/<int:pk>/remove/",
+    ),
+    # Benchmark pages: viewers see runs; starting, cancelling and applying need use_deployment (apply: deploy too).
+    row("get", "/benchmarks/", LOGIN, 403, 200, 200, 200),
+    row("get", "/benchmarks/new/", LOGIN, 403, 403, 403, 200),
+    row("post", "/benchmarks/new/", LOGIN, 403, 403, 403, 400, data={"deployment": "{running}"}),
+    row("get", "/benchmarks/{bench}/", LOGIN, 403, 200, 200, 200, route="/benchmarks/<int:pk>/"),
+    row("post", "/benchmarks/{bench}/cancel/", LOGIN, 403, 403, 403, 302, route="/benchmarks/<int:pk>/cancel/"),
+    row(
+        "post",
+        "/benchmarks/{bench}/apply/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data={"rule": "x"},
+        route="/benchmarks/<int:pk>/apply/",
+    ),
+    row(
+        "get", "/benchmarks/compare/?runs={bench},{benchdone}", LOGIN, 403, 200, 200, 200, route="/benchmarks/compare/"
+    ),
+    row(
+        "post",
+        "/benchmarks/schedules/deployment/{running}/add/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        data=NEW_BENCH_SCHEDULE_FORM,
+        route="/benchmarks/schedules/deployment/<int:pk>/add/",
+    ),
+    row(
+        "post",
+        "/benchmarks/schedules/{bsched}/toggle/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        route="/benchmarks/schedules/<int:pk>/toggle/",
+    ),
+    row(
+        "post",
+        "/benchmarks/schedules/{bsched}/delete/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        route="/benchmarks/schedules/<int:pk>/delete/",
+    ),
+    row(
+        "post",
+        "/benchmarks/schedules/alerts/{balert}/acknowledge/",
+        LOGIN,
+        403,
+        403,
+        403,
+        302,
+        route="/benchmarks/schedules/alerts/<int:pk>/acknowledge/",
     ),
     row("get", "/deployments/{running}/", LOGIN, 404, 200, 200, 200, route="/deployments/<int:pk>/"),
     row("get", "/deployments/{running}/edit/", LOGIN, 404, 403, 403, 200, route="/deployments/<int:pk>/edit/"),
@@ -821,6 +889,95 @@ MATRIX = [
         200,
         route="/api/v1/benchmarks/<pk>/export.json/",
     ),
+    # The tuning loop: suggestions are read by viewers; applying one needs deploy and use_deployment (the admin's
+    # apply is a 400 naming `rule`: the matrix's run has not finished). Compare reads runs the caller can see.
+    row(
+        "get",
+        "/api/v1/benchmarks/{bench}/suggestions/",
+        401,
+        403,
+        200,
+        200,
+        200,
+        route="/api/v1/benchmarks/<pk>/suggestions/",
+    ),
+    row(
+        "post",
+        "/api/v1/benchmarks/{bench}/apply/",
+        401,
+        403,
+        403,
+        403,
+        400,
+        data={"rule": "x"},
+        route="/api/v1/benchmarks/<pk>/apply/",
+    ),
+    row(
+        "get",
+        "/api/v1/benchmarks/compare/?runs={bench},{benchdone}",
+        401,
+        403,
+        200,
+        200,
+        200,
+        route="/api/v1/benchmarks/compare/",
+    ),
+    # Schedules and drop alerts: viewers read them; writing and acknowledging need use_deployment.
+    row("get", "/api/v1/benchmark-schedules/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/benchmark-schedules/", 401, 403, 403, 403, 201, data=NEW_BENCH_SCHEDULE),
+    row(
+        "get",
+        "/api/v1/benchmark-schedules/{bsched}/",
+        401,
+        403,
+        200,
+        200,
+        200,
+        route="/api/v1/benchmark-schedules/<pk>/",
+    ),
+    row(
+        "patch",
+        "/api/v1/benchmark-schedules/{bsched}/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        data={"drop_percent": 20},
+        route="/api/v1/benchmark-schedules/<pk>/",
+    ),
+    row(
+        "delete",
+        "/api/v1/benchmark-schedules/{bsched}/",
+        401,
+        403,
+        403,
+        403,
+        204,
+        route="/api/v1/benchmark-schedules/<pk>/",
+    ),
+    row("get", "/api/v1/benchmark-alerts/", 401, 403, 200, 200, 200),
+    row("get", "/api/v1/benchmark-alerts/{balert}/", 401, 403, 200, 200, 200, route="/api/v1/benchmark-alerts/<pk>/"),
+    row(
+        "post",
+        "/api/v1/benchmark-alerts/{balert}/acknowledge/",
+        401,
+        403,
+        403,
+        403,
+        200,
+        route="/api/v1/benchmark-alerts/<pk>/acknowledge/",
+    ),
+    row(
+        "get",
+        "/api/v1/benchmark-trend/?deployment={running}",
+        401,
+        403,
+        200,
+        200,
+        200,
+        route="/api/v1/benchmark-trend/",
+    ),
     row(
         "post",
         "/api/v1/adapters/{adapter}/deploy/",
@@ -1275,15 +1432,26 @@ def _finetune_ids(ids: dict) -> dict:
 
 
 def _benchmark_ids(ids: dict) -> dict:
-    """A running benchmark of matrix-running (its job active, so it can be cancelled)."""
-    from deployments.models import BenchmarkRun
+    """A running benchmark of matrix-running (its job active, so it can be cancelled), a finished one to compare it
+    with, a schedule and a drop alert."""
+    from deployments.models import BenchmarkAlert, BenchmarkRun, BenchmarkSchedule
 
     deployment = Deployment.objects.get(pk=ids["running"])
     job = Job.objects.create(kind=Job.Kind.BENCHMARK, status=Job.Status.RUNNING, params={})
     run = BenchmarkRun.objects.create(
         deployment=deployment, spec=deployment.spec, state=BenchmarkRun.State.RUNNING, job=job, workload={}
     )
-    return {"bench": run.pk}
+    done = BenchmarkRun.objects.create(
+        deployment=deployment, spec=deployment.spec, state=BenchmarkRun.State.SUCCEEDED, workload={}
+    )
+    schedule = BenchmarkSchedule.objects.create(
+        deployment=deployment, workload={"levels": [1]}, next_run_at=timezone.now() + timedelta(hours=1)
+    )
+    alert = BenchmarkAlert.objects.create(
+        deployment=deployment, schedule=schedule, run=done, figure="output_tokens_per_s", value=80.0, baseline=100.0,
+        change_percent=-20.0,
+    )  # fmt: skip
+    return {"bench": run.pk, "benchdone": done.pk, "bsched": schedule.pk, "balert": alert.pk}
 
 
 def _routes(resolver=None, prefix="") -> list[str]:
