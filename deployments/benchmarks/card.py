@@ -17,8 +17,9 @@ RECENT_RUNS = 5
 OPEN_ALERTS_SHOWN = 10
 
 
-def card_context(user, deployment: Deployment) -> dict[str, Any]:
-    """The card's context; the caller has checked that the user may view the deployment."""
+def card_context(user, deployment: Deployment, schedule_form: ScheduleForm | None = None) -> dict[str, Any]:
+    """The card's context; the caller has checked that the user may view the deployment. `schedule_form`: one
+    posted back with its errors, shown instead of an empty one."""
     can_use = can(user, roles.USE_DEPLOYMENT, deployment)
     open_alerts = list(alerts.alert_list(user=user, deployment=deployment, open_only=True)[:OPEN_ALERTS_SHOWN])
     for alert in open_alerts:
@@ -36,5 +37,5 @@ def card_context(user, deployment: Deployment) -> dict[str, Any]:
             .select_related("spec")
             .order_by("-created_at", "-id")[:RECENT_RUNS]
         ),
-        "schedule_form": ScheduleForm(deployment=deployment) if can_use else None,
+        "schedule_form": (schedule_form or ScheduleForm(deployment=deployment)) if can_use else None,
     }

@@ -1,5 +1,6 @@
 """The deployment page's benchmark actions (POST only, back to the deployment page with a message): add a schedule,
-enable or disable one, delete one, acknowledge a drop alert. Each needs `view` to find the thing (a hidden one is a
+enable or disable one, delete one, acknowledge a drop alert; a refused schedule form is the deployment page again
+with the form's errors and a 400. Each needs `view` to find the thing (a hidden one is a
 404) and the service's use_deployment (a 403); the rules live in schedules.py and alerts.py."""
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from django.views import View
 
 from console import roles
 from console.errors import ApplicationError
+from console.forms import apply_error
 from console.mixins import ConsoleViewMixin
 from console.permissions import require
 from deployments.benchmarks import alerts, schedules
 from deployments.benchmarks.models import BenchmarkAlert, BenchmarkSchedule
 from deployments.benchmarks.schedule_forms import ScheduleForm
 from deployments.models import Deployment
+from deployments.serving.views import DeploymentDetailView
 
 
 def _visible(user, model, pk):
@@ -49,28 +52,36 @@ class _BenchmarkActionView(ConsoleViewMixin, View):
         return _back(deployment_id)
 
 
-class ScheduleCreateView(_BenchmarkActionView):
-    def act(self, request, pk):
+class ScheduleCreateView(ConsoleViewMixin, View):
+    """A refused form (a value out of range, text no field can hold) comes back on the deployment page with its
+    errors and a 400, as the other pages' forms do; a schedule added goes back to the page with a message."""
+
+    permission_action = roles.VIEW
+
+    def post(self, request, pk):
         deployment = get_object_or_404(Deployment, pk=pk)
         require(request.user, roles.VIEW, deployment)
-        self.deployment_id = deployment.pk
         form = ScheduleForm(request.POST, deployment=deployment)
-        if not form.is_valid():
-            first = next(iter(form.errors.items()))
-            label = form.fields[first[0]].label if first[0] in form.fields else ""
-            raise ApplicationError(f"{label}: {first[1][0]}" if label else first[1][0])
-        data = form.cleaned_data
-        schedule = schedules.schedule_create(
-            actor=request.user,
-            deployment=deployment,
-            workload=form.workload(),
-            interval_hours=data["interval_hours"],
-            drop_percent=data["drop_percent"],
-            note=data.get("note", ""),
-        )
-        return deployment.pk, _("Benchmark scheduled every %(hours)d hours; the first run starts within a minute.") % {
-            "hours": schedule.interval_hours
-        }
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                schedule = schedules.schedule_create(
+                    actor=request.user,
+                    deployment=deployment,
+                    workload=form.workload(),
+                    interval_hours=data["interval_hours"],
+                    drop_percent=data["drop_percent"],
+                    note=data.get("note", ""),
+                )
+            except ApplicationError as error:
+                apply_error(form, error)
+            else:
+                message = _("Benchmark scheduled every %(hours)d hours; the first run starts within a minute.")
+                messages.success(request, message % {"hours": schedule.interval_hours})
+                return _back(deployment.pk)
+        page = DeploymentDetailView()
+        page.setup(request, pk=deployment.pk)
+        return page.get(request, deployment.pk, status=400, schedule_form=form)
 
 
 class ScheduleToggleView(_BenchmarkActionView):

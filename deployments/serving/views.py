@@ -358,7 +358,8 @@ class DeploymentDetailView(ConsoleViewMixin, View):
     queryset = DEPLOYMENTS
     template_name = "serving/detail.html"
 
-    def get(self, request, pk):
+    def get(self, request, pk, *, status: int = 200, **extra):
+        """`extra`: a card's form posted back with its errors (the Benchmarks card's schedule form), with a 400."""
         deployment = badge(self.visible_object(pk))
         spec, job = deployment.spec, deployment.job
         plan, preview, plan_error = plan_for(spec, deployment) if spec else (None, [], "")
@@ -393,7 +394,9 @@ class DeploymentDetailView(ConsoleViewMixin, View):
                 "pending_approvals": deployment.approval_requests.filter(
                     state=ApprovalRequest.State.PENDING, expires_at__gt=timezone.now()
                 ).select_related("requested_by"),
+                **extra,
             },
+            status=status,
         )
 
 

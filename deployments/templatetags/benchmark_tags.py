@@ -12,7 +12,7 @@ register = template.Library()
 
 @register.inclusion_tag("benchmarks/_deployment_card.html", takes_context=True)
 def benchmark_card(context, deployment) -> dict:
-    card = card_context(context["request"].user, deployment)
+    card = card_context(context["request"].user, deployment, schedule_form=context.get("schedule_form"))
     card["csrf_token"] = context.get("csrf_token")
     card["request"] = context["request"]
     return card

@@ -46,11 +46,14 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     finetune, running, adapter = _finetune(dataset, artifact)
     approval = _approval(artifact, requester=other)
     key, account = _gateway(admin, team, spec.deployment)
+    schedule, alert = _schedule(spec.deployment, owner=admin)
     return {
         "adapters": adapter.pk,
         "approvals": approval.pk,
         "benchmarks": _benchmark(spec.deployment),
         "benchmarks/tuned": _tuned_benchmark(artifact),
+        "benchmark-alerts": alert,
+        "benchmark-schedules": schedule,
         "finetunes": finetune.pk,
         "finetunes/running": running.pk,
         "audit/events": AuditEvent.objects.latest("id").pk,
@@ -137,6 +140,28 @@ def _tuned_benchmark(artifact) -> int:
         run=run, index=0, concurrency=16, requests=20, requests_failed=4, errors={"http_429": 4}, has_errors=True
     )
     return run.pk
+
+
+def _schedule(deployment, *, owner) -> tuple[int, int]:
+    """An enabled benchmark schedule of the deployment and an open drop alert on the run it started (the deployment
+    page's Benchmarks card shows its toggle, delete and acknowledge forms)."""
+    from django.utils import timezone
+
+    from deployments.models import BenchmarkAlert, BenchmarkRun, BenchmarkSchedule, BenchmarkStep
+
+    schedule = BenchmarkSchedule.objects.create(
+        deployment=deployment, created_by=owner, workload={"levels": [1]}, next_run_at=timezone.now()
+    )
+    run = BenchmarkRun.objects.create(
+        deployment=deployment, spec=deployment.spec, state=BenchmarkRun.State.SUCCEEDED, workload={"levels": [1]},
+        schedule=schedule, finished_at=timezone.now(),
+    )  # fmt: skip
+    BenchmarkStep.objects.create(run=run, index=0, concurrency=1, requests=4, output_tokens_per_s=50.0)
+    alert = BenchmarkAlert.objects.create(
+        deployment=deployment, schedule=schedule, run=run, figure="output_tokens_per_s", value=50.0, baseline=100.0,
+        change_percent=-50.0,
+    )  # fmt: skip
+    return schedule.pk, alert.pk
 
 
 def _gateway(admin, team, deployment):

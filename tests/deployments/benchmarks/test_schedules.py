@@ -317,3 +317,14 @@ def test_page_actions_add_toggle_and_delete_a_schedule_and_the_dashboard_counts_
     client.force_login(engineer)
     client.post(reverse("bench_schedules:delete", args=[schedule.pk]))
     assert not BenchmarkSchedule.objects.exists()
+
+
+@pytest.mark.parametrize("field", ["note", "interval_hours"])
+def test_the_page_form_refuses_a_nul_character_on_the_field_and_keeps_the_form_open(client, target, engineer, field):
+    client.force_login(engineer)
+    data = {"source": "preset", "interval_hours": "6", "drop_percent": "20", "note": "nightly"}
+    response = client.post(reverse("bench_schedules:create", args=[target.pk]), {**data, field: "6\x00"})
+    page = response.content.decode()
+    assert response.status_code == 400 and not BenchmarkSchedule.objects.exists()
+    assert f'data-field-error="{field}"' in page and 'id="bench-schedule-add" open' in page
+    assert 'value="nightly"' in page or field == "note"  # what the user typed stays
