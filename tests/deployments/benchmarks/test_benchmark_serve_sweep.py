@@ -2,8 +2,8 @@
 real path: services.benchmark_start, the job on the worker (workers.runner), the load generator as a process, the
 gateway (uvicorn, its own process) with the run's inference key, serve.py behind it. The sweep's output tokens/s
 rises from concurrency 1 to 4 (continuous batching) and its TTFT p50 rises under load; an independent client
-written here (the standard library's http.client in threads, one kept connection per caller, its own clock:
-time.perf_counter as a line is read; its own SSE parsing and figures) runs the same workload at the same levels
+written here (asyncio streams, HTTP/1.1 and SSE parsed here, one kept connection per caller, its own clock:
+time.perf_counter as a chunk is read; its own figures) runs the same workload at the same levels
 against the same gateway, and the job's output tokens/s and TTFT p50 agree with it within 5 %.
 
 Two runs of one workload on a 2-core machine differ by more than 5 % unless:
@@ -23,13 +23,11 @@ Two runs of one workload on a 2-core machine differ by more than 5 % unless:
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import os
 import random
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -43,6 +41,7 @@ from deployments.models import Deployment, JobLogLine
 from tests.conftest import _test_database_url, need
 from tests.deployments.gateway.conftest import SERVER_KEY, _gateway_drained  # noqa: F401 (an autouse fixture)
 from tests.factories import DeploymentFactory, DeploymentSpecFactory
+from tests.support.aio import run_async
 from tests.support.deploy_fixtures import process_host, ready_artifact
 from tests.support.gateway_process import GatewayProcess
 from tests.support.serve_process import ServeProcess, make_model, ml_python
@@ -116,64 +115,76 @@ class Stream:
     tokens: int = 0  # the server's count (usage)
 
 
-def _one(connection: http.client.HTTPConnection, body: bytes, headers: dict, stream: Stream) -> None:
-    """One streamed chat call on a kept connection; a chunk is stamped as soon as its line is read."""
-    stream.start = time.perf_counter()
-    connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
-    response = connection.getresponse()
-    assert response.status == 200, response.read()
-    for line in response:
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, stream: Stream) -> None:
+    """One streamed chat call on a kept connection (HTTP/1.1, chunked answer); a line is stamped as it is read."""
+    stream.start = time.perf_counter()  # just before the request goes out, as the job's generator stamps it
+    writer.write(request)
+    status = await reader.readline()
+    assert b" 200 " in status, status
+    while (await reader.readline()).strip():  # the headers: serve.py and the gateway answer chunked
+        pass
+    pending = b""
+    while size := int((await reader.readline()).strip(), 16):
+        data = await reader.readexactly(size + 2)
         now = time.perf_counter()
-        payload = line[5:].strip()
-        if not line.startswith(b"data:") or payload == b"[DONE]":
-            continue
-        event = json.loads(payload)
-        if any((choice.get("delta") or {}).get("content") for choice in event.get("choices") or ()):
-            stream.arrivals.append(now)
-        if event.get("usage"):
-            stream.tokens = event["usage"]["completion_tokens"]
+        *lines, pending = (pending + data[:-2]).split(b"\n")
+        for line in lines:
+            payload = line[5:].strip()
+            if not line.startswith(b"data:") or payload == b"[DONE]":
+                continue
+            event = json.loads(payload)
+            if any((choice.get("delta") or {}).get("content") for choice in event.get("choices") or ()):
+                stream.arrivals.append(now)
+            if event.get("usage"):
+                stream.tokens = event["usage"]["completion_tokens"]
+    await reader.readline()  # the blank line after the last chunk
     stream.end = time.perf_counter()
 
 
 def independent_level(gateway_url: str, key: str, model: str, case: Case, concurrency: int, prompts: list[str]) -> dict:
-    """`concurrency` callers (threads, blocking sockets: the standard library's http.client) back to back. The
-    first `warmup_requests` requests are warm-up; the window opens as the first request after them is sent and
-    lasts duration_s; output tokens/s counts the tokens that arrived in it, TTFT is over the window's requests."""
+    """`concurrency` callers back to back on one event loop (asyncio streams, HTTP/1.1 written out here), as the
+    job's generator runs its callers: when a batch ends, every caller sends its next request at once, which is
+    what keeps closed-loop callers in step at the server (callers in threads fell out of step and met the server
+    at other moments of its batch: another TTFT at 4 callers). The first `warmup_requests` requests are warm-up;
+    the window opens as the first request after them is sent and lasts duration_s; output tokens/s counts the
+    tokens that arrived in it, TTFT is over the window's requests."""
     streams: list[Stream] = []
     window: list[float] = []
-    lock = threading.Lock()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     address = urlsplit(gateway_url)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
 
-    def caller() -> None:
-        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    async def caller() -> None:
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
         try:
             while True:
-                with lock:
-                    now = time.perf_counter()
-                    warmup = len(streams) < case.warmup_requests
-                    if not warmup:
-                        window[:] = window or [now, now + case.duration_s]
-                        if now >= window[1]:
-                            return
-                    stream = Stream(start=now, warmup=warmup)
-                    prompt = prompts[len(streams) % len(prompts)]
-                    streams.append(stream)
+                now = time.perf_counter()
+                warmup = len(streams) < case.warmup_requests
+                if not warmup:
+                    window[:] = window or [now, now + case.duration_s]
+                    if now >= window[1]:
+                        return
+                stream = Stream(start=now, warmup=warmup)
                 body = {
                     "model": model,
-                    "messages": [{"role": "user", "content": prompt}],
+                    "messages": [{"role": "user", "content": prompts[len(streams) % len(prompts)]}],
                     "max_tokens": case.output_tokens,
                     "temperature": 0.0,
                     "stream": True,
                     "stream_options": {"include_usage": True},
                 }
-                _one(connection, json.dumps(body).encode(), headers, stream)
+                streams.append(stream)
+                payload = json.dumps(body).encode()
+                await _one(reader, writer, head.format(length=len(payload)).encode() + payload, stream)
         finally:
-            connection.close()
+            writer.close()
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        for done in [pool.submit(caller) for _ in range(concurrency)]:
-            done.result()
+    async def run() -> None:
+        await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(concurrency))), 300)
+
+    run_async(run())
     start, end = window
     tokens = sum(
         len([t for t in s.arrivals if start <= t < end]) * s.tokens / len(s.arrivals) for s in streams if s.arrivals
