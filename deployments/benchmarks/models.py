@@ -8,6 +8,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from console.fields import EncryptedSecretField
+from deployments.benchmarks import texts
 from deployments.jobs.models import Job
 
 
@@ -60,6 +61,22 @@ class BenchmarkRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in self.State.active()
+
+    # The stored sentences (English) in the reader's language; a user's own note shows as written.
+    @property
+    def note_display(self) -> str:
+        return texts.run_note_display(self.note)
+
+    @property
+    def failure_detail_display(self) -> str:
+        return texts.rerun_failure_display(self.failure_detail)
+
+    @property
+    def suggestion_display(self) -> dict:
+        """The applied suggestion with its title in the reader's language (why and effect stay as stored)."""
+        if not self.suggestion:
+            return self.suggestion
+        return {**self.suggestion, "title": texts.suggestion_title_display(self.suggestion.get("title", ""))}
 
 
 # The step figures the load generator reports (workers/jobs/bench_figures.step_figures), one column each.
@@ -153,6 +170,10 @@ class BenchmarkSchedule(models.Model):
 
     def __str__(self) -> str:
         return f"benchmark schedule {self.pk} of {self.deployment_id}"
+
+    @property
+    def last_error_display(self) -> str:
+        return texts.schedule_error_display(self.last_error)
 
 
 class BenchmarkAlert(models.Model):

@@ -21,6 +21,7 @@ from deployments.models import Deployment
 class BenchmarkScheduleSerializer(serializers.ModelSerializer):
     deployment_name = serializers.CharField(source="deployment.name", read_only=True)
     runs_as = serializers.CharField(source="created_by.username", default=None, read_only=True)
+    last_error = serializers.CharField(source="last_error_display", read_only=True)  # stored in English
 
     class Meta:
         model = BenchmarkSchedule

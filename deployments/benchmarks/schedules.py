@@ -16,14 +16,14 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 import audit
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import can, require
-from deployments.benchmarks import services
+from deployments.benchmarks import services, texts
 from deployments.benchmarks.models import BenchmarkRun, BenchmarkSchedule
 from deployments.benchmarks.workload import check_workload
 from deployments.models import Deployment
@@ -181,13 +181,11 @@ def _owner_problem(schedule: BenchmarkSchedule) -> str:
     """Why the schedule may no longer run as its owner, in words; empty when it may."""
     owner = schedule.created_by
     if owner is None:
-        return _("Disabled: the user it ran as was deleted.")
+        return texts.OWNER_DELETED
     if not owner.is_active:
-        return _("Disabled: %(user)s, whom it ran as, was deactivated.") % {"user": owner.get_username()}
+        return texts.OWNER_DEACTIVATED % {"user": owner.get_username()}
     if not can(owner, roles.USE_DEPLOYMENT, schedule.deployment):
-        return _("Disabled: %(user)s, whom it ran as, may no longer use this deployment.") % {
-            "user": owner.get_username()
-        }
+        return texts.OWNER_NOT_ALLOWED % {"user": owner.get_username()}
     return ""
 
 
@@ -207,17 +205,14 @@ def _skip_reason(schedule: BenchmarkSchedule, now: datetime) -> str:
     deployment = schedule.deployment
     when = timezone.localtime(now).strftime("%Y-%m-%d %H:%M")
     if deployment.state != Deployment.State.RUNNING or deployment.host_id is None:
-        return _("Skipped at %(when)s: the deployment was %(state)s, not running.") % {
-            "when": when,
-            "state": deployment.get_state_display(),
-        }
+        return texts.SKIPPED_DOWN % {"when": when, "state": Deployment.State(deployment.state).label}
     if schedule.runs.filter(state__in=BenchmarkRun.State.active()).exists():
-        return _("Skipped at %(when)s: the previous run of this schedule was still going.") % {"when": when}
+        return texts.SKIPPED_BUSY % {"when": when}
     return ""
 
 
 def _start(schedule: BenchmarkSchedule) -> BenchmarkRun:
-    note = schedule.note or _("Scheduled run (schedule %(id)d)") % {"id": schedule.pk}
+    note = schedule.note or texts.SCHEDULED_RUN % {"id": schedule.pk}
     with transaction.atomic():  # a refusal leaves nothing of the attempt behind
         run = services.benchmark_start(
             actor=schedule.created_by, deployment=schedule.deployment, workload=schedule.workload, note=note
@@ -227,9 +222,15 @@ def _start(schedule: BenchmarkSchedule) -> BenchmarkRun:
     return run
 
 
-@transaction.atomic
 def schedule_run_due(schedule_id: int, now: datetime) -> BenchmarkRun | None:
-    """Start the schedule's run if it is due and may run; the run, or None (skipped, disabled, not due)."""
+    """Start the schedule's run if it is due and may run; the run, or None (skipped, disabled, not due). What it
+    stores (the run's note, last_error) is English whoever's request calls it: texts.py shows it to each reader."""
+    with translation.override("en"):
+        return _run_due(schedule_id, now)
+
+
+@transaction.atomic
+def _run_due(schedule_id: int, now: datetime) -> BenchmarkRun | None:
     schedule = (
         BenchmarkSchedule.objects.select_for_update(of=("self",), skip_locked=True)
         .select_related("deployment", "created_by")
@@ -248,12 +249,12 @@ def schedule_run_due(schedule_id: int, now: datetime) -> BenchmarkRun | None:
         try:
             run = _start(schedule)
         except ApplicationError as refused:
-            error = _("Not started at %(when)s: %(error)s") % {
+            error = texts.NOT_STARTED % {
                 "when": timezone.localtime(now).strftime("%Y-%m-%d %H:%M"),
                 "error": refused.message,
             }
         except (PermissionDenied, Http404):  # access lost between the check and the start
-            _disable(schedule, _("Disabled: the user it ran as may no longer use this deployment."))
+            _disable(schedule, texts.ACCESS_LOST)
             return None
     schedule.last_error = error[:ERROR_MAX]
     schedule.save(update_fields=["next_run_at", "last_error"])

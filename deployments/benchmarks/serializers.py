@@ -25,6 +25,9 @@ class BenchmarkRunSerializer(serializers.ModelSerializer):
     deployment_name = serializers.CharField(source="deployment.name", read_only=True)
     spec_version = serializers.IntegerField(source="spec.version", default=None, read_only=True)
     created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
+    # Stored in English, read in the caller's language (deployments/benchmarks/texts.py).
+    note = serializers.CharField(source="note_display", read_only=True)
+    failure_detail = serializers.CharField(source="failure_detail_display", read_only=True)
 
     class Meta:
         model = BenchmarkRun
@@ -37,6 +40,7 @@ class BenchmarkRunSerializer(serializers.ModelSerializer):
 
 class BenchmarkDetailSerializer(BenchmarkRunSerializer):
     steps = BenchmarkStepSerializer(many=True, read_only=True)
+    suggestion = serializers.JSONField(source="suggestion_display", read_only=True)
 
     class Meta(BenchmarkRunSerializer.Meta):
         fields = [

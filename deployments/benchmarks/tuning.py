@@ -15,14 +15,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 import audit
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import can, require
-from deployments.benchmarks import services
+from deployments.benchmarks import services, texts
 from deployments.benchmarks.models import BenchmarkRun, BenchmarkStep
 from deployments.benchmarks.suggestions import Advice, HostView, PlannerView, Suggestion, advise, sizing_planner
 from deployments.models import ApprovalRequest, Deployment, DeploymentSpec, Gpu, GpuReservation, ModelArtifact
@@ -215,7 +215,8 @@ def suggestion_apply(*, actor, run: BenchmarkRun, rule: str) -> BenchmarkRun:
     stale = _stale(run)
     if stale:
         raise ApplicationError(stale, field="rule")
-    suggestion = suggestion_of(run, rule)
+    with translation.override("en"):  # stored and audited in English; texts.py shows them in the reader's language
+        suggestion = suggestion_of(run, rule)
     if suggestion is None:
         raise ApplicationError(
             _("%(rule)s is not among this benchmark's suggestions (any more).") % {"rule": str(rule)[:60]},
@@ -230,7 +231,7 @@ def suggestion_apply(*, actor, run: BenchmarkRun, rule: str) -> BenchmarkRun:
         suggestion=suggestion.as_dict(),
         workload=run.workload,
         created_by=actor,
-        note=_("Re-run after: %(title)s") % {"title": suggestion.title},
+        note=texts.RERUN_AFTER % {"title": suggestion.title},
     )
     rerun.note = rerun.note[: services.NOTE_MAX]
     detail: dict[str, Any] = {"run": run.pk, "rule": rule, "change": suggestion.change}
@@ -275,7 +276,8 @@ def reruns_due() -> int:
     started = 0
     for pk in waiting_reruns().values_list("pk", flat=True):
         try:
-            started += _rerun_step(pk)
+            with translation.override("en"):  # a given-up re-run's reason is stored in English (texts.py)
+                started += _rerun_step(pk)
         except Exception:  # one run's trouble must not stop the others; the next beat tries again
             log.exception("benchmark re-run %s", pk)
     return started
@@ -302,7 +304,7 @@ def _rerun_step(pk: int) -> int:
         if run.after_version is None:
             return 0  # still pending
     if run.after_version is None:  # neither a version nor an approval to wait for: nothing will come
-        return _give_up(run, "nothing_awaited", _("This re-run waits for no version of the deployment."))
+        return _give_up(run, "nothing_awaited", texts.NOTHING_AWAITED)
     since = run.approval.decided_at if run.approval_id and run.approval.decided_at else run.created_at
     version = deployment.spec.version if deployment.spec_id else 0
     if deployment.state == Deployment.State.RUNNING and deployment.host_id and version >= run.after_version:
@@ -312,13 +314,13 @@ def _rerun_step(pk: int) -> int:
     # Down since before the re-run began waiting: the grace counts from the wait's start (someone applying a
     # suggestion to a stopped deployment has a few minutes to launch it).
     if down and now - max(deployment.state_changed_at, since) > DOWN_GRACE:
-        detail = _("%(name)s is %(state)s and not restarting: the re-run cannot measure the new version.") % {
+        detail = texts.DEPLOYMENT_DOWN % {
             "name": deployment.name,
             "state": deployment.get_state_display(),
         }
         return _give_up(run, "deployment_down", detail)
     if now - since > timedelta(seconds=settings.BENCHMARK_RERUN_WAIT_SECONDS):
-        detail = _("%(name)s did not run version %(version)s within %(minutes)s minutes.") % {
+        detail = texts.RERUN_TIMEOUT % {
             "name": deployment.name,
             "version": run.after_version,
             "minutes": round(settings.BENCHMARK_RERUN_WAIT_SECONDS / 60),
@@ -332,14 +334,12 @@ def _awaiting_approval(run: BenchmarkRun) -> tuple[str, str] | None:
     cause and words to cancel it with when the request ended otherwise. None: keep waiting."""
     approval = run.approval
     if approval.state == ApprovalRequest.State.PENDING and approval.expires_at <= timezone.now():
-        return ENDED_APPROVAL[ApprovalRequest.State.EXPIRED], _("Approval request #%(id)s lapsed.") % {
-            "id": approval.pk
-        }
+        return ENDED_APPROVAL[ApprovalRequest.State.EXPIRED], texts.APPROVAL_LAPSED % {"id": approval.pk}
     if approval.state in ENDED_APPROVAL:
         words = {
-            ApprovalRequest.State.REJECTED: _("Approval request #%(id)s was rejected: %(comment)s"),
-            ApprovalRequest.State.EXPIRED: _("Approval request #%(id)s lapsed unanswered.%(comment)s"),
-            ApprovalRequest.State.FAILED: _("Approval request #%(id)s could not be applied: %(comment)s"),
+            ApprovalRequest.State.REJECTED: texts.APPROVAL_REJECTED,
+            ApprovalRequest.State.EXPIRED: texts.APPROVAL_UNANSWERED,
+            ApprovalRequest.State.FAILED: texts.APPROVAL_FAILED,
         }[approval.state]
         comment = approval.comment if approval.state == ApprovalRequest.State.REJECTED else approval.result
         if approval.state == ApprovalRequest.State.EXPIRED:
@@ -357,9 +357,7 @@ def _awaiting_approval(run: BenchmarkRun) -> tuple[str, str] | None:
 def _start_rerun(run: BenchmarkRun, deployment: Deployment) -> int:
     actor = run.created_by
     if actor is None or not actor.is_active or not can(actor, roles.USE_DEPLOYMENT, deployment):
-        return _give_up(
-            run, "not_allowed", _("Whoever applied the suggestion may no longer use %(name)s.") % {"name": deployment}
-        )
+        return _give_up(run, "not_allowed", texts.APPLIER_NOT_ALLOWED % {"name": deployment})
     try:
         services.start_job(
             run,
