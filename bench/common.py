@@ -30,7 +30,9 @@ class Figure:
         note = f" [{self.note}]" if self.note else ""
         status = "met" if self.met else "MISSED"
         goal = f"(goal {self.comparison} {self.target:g})"
-        return f"bench {self.name}: {self.value:.3g} {self.unit} {goal} {status}{note}"
+        # Whole counts (streams, rows) as they are: 1000, not 1e+03.
+        value = f"{self.value:.0f}" if float(self.value).is_integer() and abs(self.value) < 1e9 else f"{self.value:.3g}"
+        return f"bench {self.name}: {value} {self.unit} {goal} {status}{note}"
 
 
 def setup_django() -> None:

@@ -36,7 +36,9 @@ LEVELS = (100, 250, 500, 1000)
 TOKENS, DELAY = 40, 0.05
 GOAL_MS, GOAL_STREAMS = 1.0, 500
 MS = 1_000_000
-PIN = os.environ.get("LOADGEN_CEILING_PIN") == "1"  # the server on the last core, the generator on the others
+# The server on the last core, the generator on the others (the default: a model server does not share the
+# generator's cores; unpinned, the fake server's bursts stall the generator on a 2-core machine). 0 to leave both free.
+PIN = os.environ.get("LOADGEN_CEILING_PIN", "1") == "1"
 
 
 def measure(upstream: StampingUpstream, streams: int, work: Path) -> dict:
