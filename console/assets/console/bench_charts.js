@@ -8,28 +8,17 @@
 // or rate) and lists its y series as <span data-series="key">label</span> (translated in the template); with
 // several runs each series is drawn per run (the run's colour, a dash per figure). data-points on each figure
 // says how many x values it draws. A live step also becomes a row of #bench-steps when the page has none for it.
-// uPlot is vendored (static vendor/uplot/), so nothing loads from outside the console.
+// uPlot is vendored (static vendor/uplot/), so nothing loads from outside the console; charts.js holds the helpers.
 (function () {
   "use strict";
 
+  var C = window.consoleCharts, number = C.number, format = C.format;
   var COLORS = ["#0d6efd", "#fd7e14", "#198754", "#6f42c1", "#d63384", "#0aa2c0"];
   var DASHES = [[], [6, 4], [2, 3]];
   var HEIGHT = 240;
   var REDRAW_MS = 100;
 
   var card = null, charts = null, runs = [], timer = null;
-
-  function number(value) {
-    return typeof value === "number" && isFinite(value) ? value : null;
-  }
-
-  function format(value) {
-    if (value === null || value === undefined) return "—";
-    var size = Math.abs(value);
-    if (size >= 1e6) return (value / 1e6).toPrecision(3) + "M";
-    if (size >= 1e4) return (value / 1e3).toPrecision(3) + "k";
-    return String(Number(value.toPrecision(4)));
-  }
 
   function load(step) {
     return number(step.concurrency) || number(step.rate);
@@ -64,19 +53,10 @@
     }
     if (card.dataset.live && !runs.length) run(card.dataset.live, "");
     charts = Array.prototype.map.call(card.querySelectorAll("[data-chart]"), function (figure) {
-      var ys = Array.prototype.map.call(figure.querySelectorAll("[data-series]"), function (span) {
-        return { key: span.dataset.series, label: span.textContent.trim() };
-      });
-      return { figure: figure, x: figure.dataset.x, plotBox: figure.querySelector("[data-plot]"), ys: ys, plot: null,
-               shape: "" };
+      return { figure: figure, x: figure.dataset.x, plotBox: figure.querySelector("[data-plot]"),
+               ys: C.seriesOf(figure), plot: null, shape: "" };
     });
-    if (window.ResizeObserver) {
-      new ResizeObserver(function () {
-        charts.forEach(function (chart) {
-          if (chart.plot) chart.plot.setSize({ width: chart.plotBox.clientWidth, height: HEIGHT });
-        });
-      }).observe(card);
-    }
+    C.followWidth(card, charts, HEIGHT);
     return true;
   }
 
@@ -113,26 +93,19 @@
     var series = [{ label: chart.figure.dataset.xLabel || "x", value: function (u, v) { return format(v); } }];
     runs.forEach(function (one, r) {
       chart.ys.forEach(function (y, i) {
-        series.push({
-          label: several ? one.label + " · " + y.label : y.label,
-          stroke: several ? COLORS[r % COLORS.length] : COLORS[i % COLORS.length],
-          dash: several ? DASHES[i % DASHES.length] : [],
-          width: 1.5,
-          spanGaps: true,
-          points: { show: true, size: 6 },
-          value: function (u, v) { return format(v); },
-        });
+        var label = several ? one.label + " · " + y.label : y.label;
+        var stroke = several ? COLORS[r % COLORS.length] : COLORS[i % COLORS.length];
+        var dash = several ? DASHES[i % DASHES.length] : [];
+        series.push(C.line(label, stroke, format, { dash: dash, spanGaps: true, points: { show: true, size: 6 } }));
       });
     });
     var logX = chart.figure.dataset.logX === "1";
     return {
-      width: chart.plotBox.clientWidth || 400,
-      height: HEIGHT,
       scales: { x: logX ? { time: false, distr: 3, log: 2 } : { time: false } },
       series: series,
       axes: [
-        { label: chart.figure.dataset.xLabel || "", values: function (u, splits) { return splits.map(format); } },
-        { label: chart.figure.dataset.yLabel || "", size: 64, values: function (u, splits) { return splits.map(format); } },
+        { label: chart.figure.dataset.xLabel || "", values: C.ticks(format) },
+        { label: chart.figure.dataset.yLabel || "", size: 64, values: C.ticks(format) },
       ],
     };
   }
@@ -149,7 +122,7 @@
       if (chart.plot && chart.shape === shape) chart.plot.setData(data);
       else {
         if (chart.plot) chart.plot.destroy();
-        chart.plot = new window.uPlot(options(chart), data, chart.plotBox);
+        chart.plot = C.plot(chart.plotBox, HEIGHT, options(chart), data);
         chart.shape = shape;
       }
     });
@@ -225,6 +198,5 @@
   }
 
   window.benchCharts = { add: add };
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
-  else start();
+  C.onReady(start);
 })();

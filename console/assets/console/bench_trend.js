@@ -2,24 +2,14 @@
 // page embeds (#bench-trend-data, oldest first: {"run", "finished_at", "spec_version", "output_tokens_per_s",
 // "ttft_ms_p99", "e2e_ms_p99", "has_errors", "scheduled"}, each a run's heaviest step). Each figure lists its series
 // as <span data-series="key">label</span> (labels are translated in the template); x is when the run finished. The
-// legend names the run and its spec version, with ⚠ for a step that had failed requests. uPlot is vendored.
+// legend names the run and its spec version, with ⚠ for a step that had failed requests. uPlot is vendored;
+// charts.js holds the helpers.
 (function () {
   "use strict";
 
+  var C = window.consoleCharts;
   var COLORS = ["#0d6efd", "#fd7e14", "#6f42c1"];
   var HEIGHT = 180;
-
-  function format(value) {
-    if (value === null || value === undefined) return "—";
-    var size = Math.abs(value);
-    if (size >= 1e6) return (value / 1e6).toPrecision(3) + "M";
-    if (size >= 1e4) return (value / 1e3).toPrecision(3) + "k";
-    return String(Number(value.toPrecision(4)));
-  }
-
-  function number(value) {
-    return typeof value === "number" && isFinite(value) ? value : null;
-  }
 
   function draw() {
     var card = document.getElementById("bench-trend");
@@ -38,34 +28,17 @@
     var charts = Array.prototype.map.call(card.querySelectorAll("[data-chart]"), function (figure, index) {
       var plotBox = figure.querySelector("[data-plot]");
       var series = [{ label: card.dataset.timeLabel || "finished", value: runLabel }], data = [xs];
-      figure.querySelectorAll("[data-series]").forEach(function (span, i) {
-        var key = span.dataset.series;
-        series.push({
-          label: span.textContent.trim(),
-          stroke: COLORS[(index + i) % COLORS.length],
-          width: 1.5,
-          spanGaps: true,
-          points: { show: true, size: 6 },
-          value: function (u, v) { return format(v); },
-        });
-        data.push(points.map(function (point) { return number(point[key]); }));
+      C.seriesOf(figure).forEach(function (one, i) {
+        series.push(C.line(one.label, COLORS[(index + i) % COLORS.length], C.format,
+                           { spanGaps: true, points: { show: true, size: 6 } }));
+        data.push(points.map(function (point) { return C.number(point[one.key]); }));
       });
-      var options = {
-        width: plotBox.clientWidth || 400,
-        height: HEIGHT,
-        series: series,
-        axes: [{}, { size: 60, values: function (u, splits) { return splits.map(format); } }],
-      };
+      var options = { series: series, axes: [{}, { size: 60, values: C.ticks(C.format) }] };
       figure.dataset.points = String(xs.length);
-      return { plot: new window.uPlot(options, data, plotBox), box: plotBox };
+      return { plot: C.plot(plotBox, HEIGHT, options, data), plotBox: plotBox };
     });
-    if (window.ResizeObserver) {
-      new ResizeObserver(function () {
-        charts.forEach(function (chart) { chart.plot.setSize({ width: chart.box.clientWidth, height: HEIGHT }); });
-      }).observe(card);
-    }
+    C.followWidth(card, charts, HEIGHT);
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", draw);
-  else draw();
+  C.onReady(draw);
 })();

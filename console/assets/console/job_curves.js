@@ -3,21 +3,19 @@
 // Each <figure data-chart> lists its series as <span data-series="key">label</span> (labels are translated in
 // the template) and shows once it has a point; x is the step. A step reported twice keeps its latest values.
 // data-points on each figure (and on the card: all steps) says how many steps it draws. uPlot is vendored
-// (static vendor/uplot/), so nothing loads from outside the console.
+// (static vendor/uplot/), so nothing loads from outside the console; charts.js holds the helpers.
 (function () {
   "use strict";
 
+  var C = window.consoleCharts, number = C.number;
   var COLORS = ["#0d6efd", "#fd7e14", "#6f42c1", "#d63384", "#198754", "#0aa2c0"];
   var HEIGHT = 220;
   var REDRAW_MS = 100;  // batches arriving together (the backlog's pages) are drawn once
 
   var byStep = {}, steps = [], sorted = true, charts = null, card = null, timer = null, recentStepTimes = [];
 
-  function number(value) {
-    return typeof value === "number" && isFinite(value) ? value : null;
-  }
-
-  // Short labels for values from 1e-6 (learning rates) to 1e5 (tokens per second).
+  // Short labels for values from 1e-6 (learning rates) to 1e5 (tokens per second): its own, as charts.js's format
+  // (for counts) writes no exponents.
   function format(value) {
     if (value === null || value === undefined) return "—";
     var size = Math.abs(value);
@@ -29,42 +27,23 @@
     card = document.getElementById("job-curves");
     if (!card || !window.uPlot) return false;
     charts = Array.prototype.map.call(card.querySelectorAll("[data-chart]"), function (figure) {
-      var series = Array.prototype.map.call(figure.querySelectorAll("[data-series]"), function (span) {
-        return { key: span.dataset.series, label: span.textContent.trim() };
-      });
-      return { figure: figure, plotBox: figure.querySelector("[data-plot]"), series: series, plot: null };
+      return { figure: figure, plotBox: figure.querySelector("[data-plot]"), series: C.seriesOf(figure), plot: null };
     });
-    if (window.ResizeObserver) {
-      new ResizeObserver(function () {
-        charts.forEach(function (chart) {
-          if (chart.plot) chart.plot.setSize({ width: chart.plotBox.clientWidth, height: HEIGHT });
-        });
-      }).observe(card);
-    }
+    C.followWidth(card, charts, HEIGHT);
     return true;
   }
 
   function options(chart, offset) {
     var series = [{ label: card.dataset.stepLabel || "step", value: function (u, v) { return v === null ? "—" : v; } }];
     chart.series.forEach(function (one, i) {
-      series.push({
-        label: one.label,
-        stroke: COLORS[(offset + i) % COLORS.length],
-        width: 1.5,
-        spanGaps: true,  // eval loss comes every few hundred steps: join its points
-        points: { show: i > 0 },
-        value: function (u, v) { return format(v); },
-      });
+      // eval loss comes every few hundred steps: join its points
+      series.push(C.line(one.label, COLORS[(offset + i) % COLORS.length], format,
+                         { spanGaps: true, points: { show: i > 0 } }));
     });
     return {
-      width: chart.plotBox.clientWidth || 400,
-      height: HEIGHT,
       scales: { x: { time: false } },
       series: series,
-      axes: [
-        { label: card.dataset.stepLabel || "step" },
-        { size: 64, values: function (u, splits) { return splits.map(format); } },
-      ],
+      axes: [{ label: card.dataset.stepLabel || "step" }, { size: 64, values: C.ticks(format) }],
     };
   }
 
@@ -92,7 +71,7 @@
         card.hidden = false;  // before the plot is made: it takes its width from the laid-out figure
         chart.figure.hidden = false;
         if (chart.plot) chart.plot.setData(data);
-        else chart.plot = new window.uPlot(options(chart, offset), data, chart.plotBox);
+        else chart.plot = C.plot(chart.plotBox, HEIGHT, options(chart, offset), data);
       }
       offset += chart.series.length;
     });

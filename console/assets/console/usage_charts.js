@@ -1,20 +1,13 @@
 // The Usage page's charts (#usage-charts): one uPlot per <figure data-chart>, drawn from the per-day series the
 // page embeds (#usage-series, [{"day": "YYYY-MM-DD", "requests": N, ...}]). Each figure lists its series as
 // <span data-series="key">label</span> (labels are translated in the template); x is the day (UTC midnight).
-// uPlot is vendored (static vendor/uplot/), so nothing loads from outside the console.
+// uPlot is vendored (static vendor/uplot/), so nothing loads from outside the console; charts.js holds the helpers.
 (function () {
   "use strict";
 
+  var C = window.consoleCharts;
   var COLORS = ["#0d6efd", "#fd7e14", "#dc3545", "#6f42c1"];
   var HEIGHT = 200;
-
-  function format(value) {
-    if (value === null || value === undefined) return "—";
-    var size = Math.abs(value);
-    if (size >= 1e6) return (value / 1e6).toPrecision(3) + "M";
-    if (size >= 1e4) return (value / 1e3).toPrecision(3) + "k";
-    return String(Number(value.toPrecision(4)));
-  }
 
   function draw() {
     var card = document.getElementById("usage-charts");
@@ -25,34 +18,21 @@
     var charts = Array.prototype.map.call(card.querySelectorAll("[data-chart]"), function (figure, index) {
       var plotBox = figure.querySelector("[data-plot]");
       var series = [{}], data = [xs];
-      figure.querySelectorAll("[data-series]").forEach(function (span, i) {
-        var key = span.dataset.series;
-        series.push({
-          label: span.textContent.trim(),
-          stroke: COLORS[(index + i) % COLORS.length],
-          width: 1.5,
-          spanGaps: false,  // a day without calls has no latency: leave the gap
-          value: function (u, v) { return format(v); },
-        });
-        data.push(days.map(function (row) { return row[key] === undefined ? null : row[key]; }));
+      C.seriesOf(figure).forEach(function (one, i) {
+        // a day without calls has no latency: leave the gap
+        series.push(C.line(one.label, COLORS[(index + i) % COLORS.length], C.format, { spanGaps: false }));
+        data.push(days.map(function (row) { return row[one.key] === undefined ? null : row[one.key]; }));
       });
       var options = {
-        width: plotBox.clientWidth || 400,
-        height: HEIGHT,
         tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
         series: series,
-        axes: [{}, { size: 60, values: function (u, splits) { return splits.map(format); } }],
+        axes: [{}, { size: 60, values: C.ticks(C.format) }],
       };
       figure.dataset.points = String(xs.length);
-      return { plot: new window.uPlot(options, data, plotBox), box: plotBox };
+      return { plot: C.plot(plotBox, HEIGHT, options, data), plotBox: plotBox };
     });
-    if (window.ResizeObserver) {
-      new ResizeObserver(function () {
-        charts.forEach(function (chart) { chart.plot.setSize({ width: chart.box.clientWidth, height: HEIGHT }); });
-      }).observe(card);
-    }
+    C.followWidth(card, charts, HEIGHT);
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", draw);
-  else draw();
+  C.onReady(draw);
 })();
