@@ -40,17 +40,8 @@ def test_each_step_row_holds_the_servers_figures(admin, engineer, settings, tmp_
     deployment = DeploymentSpecFactory(current=True, deployment__name="bench-scraped").deployment
     object_grant(actor=admin, grantee=engineer, action=roles.USE_DEPLOYMENT, target=deployment)
     # The model server's /metrics: a TGI router at a moment with 3 queued and 8 running (the fixture's values).
-    server = Exposition((ROOT / "tests/fixtures/server-metrics/tgi-3-after.prom").read_text())
-    endpoint = server.url.removesuffix("/metrics")
-    Deployment.objects.filter(pk=deployment.pk).update(state=State.RUNNING, host=host, endpoint=endpoint)
-    workload = {"prompt_tokens": 8, "output_tokens": 4, "levels": [1, 2], "duration_s": 1, "warmup_requests": 1}
-    try:
-        with StampingUpstream(free_port(), delay=0.005, first_delay=0.02) as upstream:
-            with override_settings(GATEWAY_PUBLIC_URL=upstream.url):
-                run = services.benchmark_start(actor=engineer, deployment=deployment, workload=workload)
-            assert runner.run(run.job_id) == "succeeded", list(JobLogLine.objects.filter(job=run.job_id).values("text"))
-    finally:
-        server.close()
+    Deployment.objects.filter(pk=deployment.pk).update(state=State.RUNNING, host=host)
+    run = sweep_beside_exposition(engineer, deployment, TGI_AFTER.read_text())
     steps = list(run.steps.order_by("index"))
     assert len(steps) == 2
     for step in steps:
@@ -60,3 +51,22 @@ def test_each_step_row_holds_the_servers_figures(admin, engineer, settings, tmp_
         # The exposition did not move during the step: no request ended there, so no time per token of its own.
         assert step.server_itl_ms_mean is None and "server_timing" not in step.extra
         assert step.extra["server_metrics_dialect"] == "tgi" and "server_metrics_error" not in step.extra
+
+
+TGI_AFTER = ROOT / "tests/fixtures/server-metrics/tgi-3-after.prom"
+
+
+def sweep_beside_exposition(engineer, deployment: Deployment, exposition: str) -> BenchmarkRun:
+    """A two-step benchmark job of `deployment` on the worker: the gateway is a stamping fake upstream and the
+    deployment's server is an exposition of `exposition` at its /metrics."""
+    server = Exposition(exposition)
+    Deployment.objects.filter(pk=deployment.pk).update(endpoint=server.url.removesuffix("/metrics"))
+    workload = {"prompt_tokens": 8, "output_tokens": 4, "levels": [1, 2], "duration_s": 1, "warmup_requests": 1}
+    try:
+        with StampingUpstream(free_port(), delay=0.005, first_delay=0.02) as upstream:
+            with override_settings(GATEWAY_PUBLIC_URL=upstream.url):
+                run = services.benchmark_start(actor=engineer, deployment=deployment, workload=workload)
+            assert runner.run(run.job_id) == "succeeded", list(JobLogLine.objects.filter(job=run.job_id).values("text"))
+    finally:
+        server.close()
+    return run

@@ -8,20 +8,19 @@ H200 one (0 %), a busy one is made up with FAKE_NVML_UTILIZATION."""
 from __future__ import annotations
 
 import pytest
-from django.test import override_settings
 
 from console import roles
 from console.accounts.services.access import object_grant
-from deployments.benchmarks import services, tuning
+from deployments.benchmarks import tuning
 from deployments.benchmarks.workload import check_workload
-from deployments.models import BenchmarkRun, Deployment, DeploymentReplica, DeploymentSpec, Gpu, JobLogLine
+from deployments.models import BenchmarkRun, Deployment, DeploymentReplica, DeploymentSpec, Gpu
+from tests.deployments.benchmarks.test_benchmark_server_metrics import sweep_beside_exposition
 from tests.deployments.benchmarks.test_tuning import WORKLOAD, running, tiny  # noqa: F401 (a fixture)
 from tests.factories import GpuFactory, HostFactory
 from tests.support.serve_process import ROOT, free_port
 from tests.support.stamping_upstream import StampingUpstream
 from tests.workers.test_loadgen import run_loadgen
 from tests.workers.test_loadgen_metrics import Exposition, sweep_spec
-from workers import runner
 from workers.handlers.benchmark import gpu_indexes, process_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,16 +50,7 @@ def test_each_step_row_keeps_the_gpus_utilization_read_by_the_job(admin, enginee
     settings.AGENT_NVML_MODULE = FAKE  # the job's environment is a clean one: the fixture's idle reading
     deployment = running(tiny)
     object_grant(actor=admin, grantee=engineer, action=roles.USE_DEPLOYMENT, target=deployment)
-    server = Exposition(TGI_AFTER.read_text())
-    Deployment.objects.filter(pk=deployment.pk).update(endpoint=server.url.removesuffix("/metrics"))
-    workload = {"prompt_tokens": 8, "output_tokens": 4, "levels": [1, 2], "duration_s": 1, "warmup_requests": 1}
-    try:
-        with StampingUpstream(free_port(), delay=0.005, first_delay=0.02) as upstream:
-            with override_settings(GATEWAY_PUBLIC_URL=upstream.url):
-                run = services.benchmark_start(actor=engineer, deployment=deployment, workload=workload)
-            assert runner.run(run.job_id) == "succeeded", list(JobLogLine.objects.filter(job=run.job_id).values("text"))
-    finally:
-        server.close()
+    run = sweep_beside_exposition(engineer, deployment, TGI_AFTER.read_text())
     steps = list(run.steps.order_by("index"))
     assert len(steps) == 2
     for step in steps:
