@@ -4,8 +4,10 @@ gateway (uvicorn, its own process) with the run's inference key, serve.py behind
 rises from concurrency 1 to 4 (continuous batching) and its TTFT p50 rises under load; an independent client
 written here (asyncio streams, HTTP/1.1 and SSE parsed here, one kept connection per caller, its own clock:
 time.perf_counter as a chunk is read; its own figures) runs the same workload at the same levels
-against the same gateway, and the job's output tokens/s and TTFT p50 agree with it: within 25 % here (AGREEMENT
-says why; the issue's goal is 5 %, met in steady rounds, not in every round on this machine).
+against the same gateway, and the job's output tokens/s and TTFT p50 agree with it within 5 %. Then one more job
+runs through a timing tap (tests/support/sse_tap.py, a relay in its own process that stamps each request and each
+event with text as it passes), and the job's figures agree with the tap's figures of the very same requests
+within 5 % (TTFT plus the relay's hop, TAP_HOP_MS): a check that the machine's drift between two runs cannot blur.
 
 Two runs of one workload on a 2-core machine differ by more than 5 % unless:
 - every answer is exactly `output_tokens` long: the served copy of the model has an end-of-sequence id it never
@@ -31,6 +33,7 @@ import json
 import os
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,7 +43,7 @@ from django.conf import settings as django_settings
 
 from deployments.benchmarks import services
 from deployments.gateway.keys import key_create
-from deployments.models import Deployment, JobLogLine
+from deployments.models import BenchmarkRun, Deployment, JobLogLine
 from tests.conftest import _test_database_url, need
 from tests.deployments.gateway.conftest import SERVER_KEY, _gateway_drained  # noqa: F401 (an autouse fixture)
 from tests.factories import DeploymentFactory, DeploymentSpecFactory
@@ -48,6 +51,7 @@ from tests.support.aio import run_async
 from tests.support.deploy_fixtures import process_host, ready_artifact
 from tests.support.gateway_process import GatewayProcess
 from tests.support.serve_process import ServeProcess, make_model, ml_python
+from tests.support.sse_tap import Tapped, TapProcess
 from workers import runner
 from workers.jobs.bench_figures import percentile
 from workers.jobs.loadgen_workload import LengthDistribution, PromptBuilder, load_tokenizer
@@ -56,12 +60,23 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 LEVELS = (1, 4)
 FIGURES = ("output_tokens_per_s", "ttft_ms_p50")
-# The issue asks for 5 %. On these 2 shared cores the CPU-bound server's own speed moves between runs: the
-# independent client's before and after runs of one round differed by up to 20 % (tiny, 1 caller: 364 to 448
-# tokens/s), and at 1 caller the job's figure fell 10 to 20 % below both in some rounds while agreeing within a few
-# per cent in others (the worker and the generator process share the two cores with serve.py and the gateway). 25 %
-# still catches what peers get wrong (a TTFT of 0, tokens/s off by a factor); the steady rounds' figures are printed.
-AGREEMENT = 0.25
+# The issue's 5 %, against the independent runs right before and after the job (the bracket absorbs the CPU-bound
+# server's drift between runs: on a quiet machine a few per cent; with other work on the 2 cores, up to 20 %, and a
+# round is measured again, up to ROUNDS times).
+AGREEMENT = 0.05
+# ...or, for TTFT, within how late the independent client stamps: it reads each chunk with asyncio's StreamReader and
+# stamps when its coroutine runs, the job's generator has the kernel's receive time (loadgen_http.py). At the tiny
+# model's 3 ms TTFT the client's p50 came out 0.2 to 0.45 ms above the job's in rounds whose tokens/s agreed.
+CLIENT_STAMP_MS = 0.5
+TAP_AGREEMENT = 0.05
+# ...or, for TTFT, within how late the independent client stamps: it reads each chunk with asyncio's StreamReader and
+# stamps when its coroutine runs, the job's generator has the kernel's receive time (loadgen_http.py). At the tiny
+# model's 3 ms TTFT the client's p50 came out 0.2 to 0.45 ms above the job's in rounds whose tokens/s agreed.
+CLIENT_STAMP_MS = 0.5
+# The tap is a relay: a token reaches it before the job's generator, and a request reaches the generator's stamp
+# before the tap's, by two loopback hops through a Python process (measured: the job's TTFT p50 0.13 to 0.26 ms
+# above the tap's, at every level and model, while tokens/s agreed within 0.1 %).
+TAP_HOP_MS = 0.3
 ROUNDS = 3  # job + its bracketing independent runs, until one round agrees (see _judged)
 
 
@@ -102,6 +117,14 @@ def gateway(redis_url, django_db_setup, django_db_blocker):
         database = _test_database_url()
     env = dict(os.environ, DATABASE_URL=database, REDIS_URL=redis_url, DATA_DIR=str(django_settings.DATA_DIR))
     process = GatewayProcess({**env, "GATEWAY_CACHE_SECONDS": "600", "PYTHONUNBUFFERED": "1"}).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def tap(gateway, tmp_path_factory):
+    """The timing tap in front of the gateway: the job and the independent client both call through it."""
+    process = TapProcess(gateway.url, tmp_path_factory.mktemp("tap") / "taps.jsonl").start()
     yield process
     process.stop()
 
@@ -212,6 +235,33 @@ def independent_level(gateway_url: str, key: str, model: str, case: Case, concur
     }
 
 
+def tapped_figures(taps: list[Tapped], case: Case) -> dict[int, dict]:
+    """The job's steps as the tap timed them, by the same rules as the independent client: its request ids say the
+    step and the request's place in it (`{run}-{step}-{n}`, the first warmup_requests are warm-up); the window opens
+    as the first measured request reached the tap and lasts duration_s."""
+    steps: dict[int, list[tuple[int, Tapped]]] = defaultdict(list)
+    for tapped in taps:
+        _, step, n = tapped.request_id.rsplit("-", 2)
+        steps[int(step)].append((int(n), tapped))
+    figures = {}
+    for step, level in enumerate(LEVELS):
+        assert all(t.completion_tokens == case.output_tokens for _, t in steps[step]), "every answer runs to the end"
+        measured = [t for n, t in steps[step] if n >= case.warmup_requests]
+        start = min(t.start_ns for t in measured)
+        end = start + case.duration_s * 1e9
+        tokens = sum(
+            len([a for a in t.arrivals_ns if start <= a < end]) * t.completion_tokens / len(t.arrivals_ns)
+            for _, t in steps[step]
+            if t.arrivals_ns
+        )
+        figures[level] = {
+            "output_tokens_per_s": round(tokens / case.duration_s, 1),
+            "ttft_ms_p50": round(percentile([(t.arrivals_ns[0] - t.start_ns) / 1e6 for t in measured], 50), 3),
+            "requests": len(measured),
+        }
+    return figures
+
+
 def prompts_like_the_jobs(case: Case, model_dir: Path, step: int, count: int = 512) -> list[str]:
     """The prompts the job sends at its step `step`, in order: the generator's seeded corpus and its per-step
     random stream (seed 0, the workload's default; a prompt length, the prompt, an output length per request, as
@@ -233,6 +283,7 @@ def prompts_like_the_jobs(case: Case, model_dir: Path, step: int, count: int = 5
 @pytest.mark.parametrize("case", CASES, ids=[case.size for case in CASES])
 def test_a_sweep_against_serve_rises_with_batching_and_agrees_with_an_independent_client(
     gateway,
+    tap,
     models,
     case,
     admin,
@@ -273,23 +324,36 @@ def test_a_sweep_against_serve_rises_with_batching_and_agrees_with_an_independen
         # A fresh server's first seconds are slower than its steady state (allocator, first shapes of each batch
         # size) beyond a level's warm-up requests: a short unmeasured pass at each level first.
         independent(replace(case, duration_s=1))
+
         # The job calls the gateway, as callers do. Started by an admin: an engineer's grant would be checked by
         # django-guardian in the gateway process, which caches content-type ids that the database flush between
         # this file's two tests renumbers (the second test's grant then reads as absent: 403).
-        settings.GATEWAY_PUBLIC_URL = gateway.url
+        def job(through: str) -> BenchmarkRun:
+            settings.GATEWAY_PUBLIC_URL = through
+            run = services.benchmark_start(actor=admin, deployment=deployment, workload=workload)
+            assert runner.run(run.job_id) == "succeeded", list(JobLogLine.objects.filter(job=run.job_id).values("text"))
+            return run
+
         rounds = []
         for _round in range(ROUNDS):
             before = independent()
-            run = services.benchmark_start(actor=admin, deployment=deployment, workload=workload)
-            assert runner.run(run.job_id) == "succeeded", list(JobLogLine.objects.filter(job=run.job_id).values("text"))
+            run = job(gateway.url)
             after = independent()
             rounds.append(_judged(case, run, before, after))
             if not rounds[-1]["disagreements"]:
                 break
+        # The same requests timed twice: one more job, through the tap. Not in the rounds above: on these 2 cores
+        # the relay's own CPU slows the CPU-bound server by ~5 % while the job runs, which the independent client
+        # running direct does not meet.
+        seen = len(tap.taps())
+        tapped_run = job(tap.url)
+        tapped = _tapped_disagreements(case, _figures(tapped_run), tapped_figures(tap.taps()[seen:], case))
     finally:
         server.stop()
+    print(f"\n{case.size} (output tokens/s, TTFT p50 ms): a job through the tap {tapped['job']}")
+    print(f"  the same requests at the tap {tapped['tapped']}")
     for judged in rounds:
-        print(f"\n{case.size} (output tokens/s, TTFT p50 ms): job {judged['job']}")
+        print(f"{case.size}: job {judged['job']}")
         print(f"  independent before {judged['before']}\n  after {judged['after']}")
     last = rounds[-1]
     one, four = last["job"][1], last["job"][4]
@@ -298,19 +362,41 @@ def test_a_sweep_against_serve_rises_with_batching_and_agrees_with_an_independen
     # A generator that is wrong is wrong in every round; a machine that slowed during one round's job is not slow
     # in the next: agreement in one of up to ROUNDS rounds, each bracketed by its own independent runs.
     assert not last["disagreements"], [judged["disagreements"] for judged in rounds]
+    assert not tapped["disagreements"]
+
+
+def _figures(run) -> dict[int, dict]:
+    steps = {step.concurrency: step for step in run.steps.all()}
+    assert not any(step.has_errors for step in steps.values()), [(s.errors, s.extra) for s in steps.values()]
+    return {level: {f: getattr(steps[level], f) for f in (*FIGURES, "e2e_ms_p50", "requests")} for level in LEVELS}
 
 
 def _judged(case: Case, run, before: dict, after: dict) -> dict:
     """One round's job figures against the independent runs around it: the figures outside the bracket +-5 %."""
-    steps = {step.concurrency: step for step in run.steps.all()}
-    assert not any(step.has_errors for step in steps.values()), [(s.errors, s.extra) for s in steps.values()]
-    job = {level: {f: getattr(steps[level], f) for f in (*FIGURES, "e2e_ms_p50", "requests")} for level in LEVELS}
+    job = _figures(run)
     disagreements = []
     for level in LEVELS:
         for figure in FIGURES:
             low, high = sorted((before[level][figure], after[level][figure]))
-            if not low * (1 - case.agreement) <= job[level][figure] <= high * (1 + case.agreement):
+            floor = CLIENT_STAMP_MS if figure == "ttft_ms_p50" else 0
+            if (
+                not min(low * (1 - case.agreement), low - floor)
+                <= job[level][figure]
+                <= max(high * (1 + case.agreement), high + floor)
+            ):
                 disagreements.append(
                     f"{case.size}, {level} callers, {figure}: job {job[level][figure]}, independent {low}-{high}"
                 )
     return {"job": job, "before": before, "after": after, "disagreements": disagreements}
+
+
+def _tapped_disagreements(case: Case, job: dict, tapped: dict) -> dict:
+    """The job's figures against the tap's of the same requests: within 5 %, TTFT plus the relay's hop."""
+    disagreements = []
+    for level in LEVELS:
+        for figure in FIGURES:
+            hop = TAP_HOP_MS if figure == "ttft_ms_p50" else 0
+            same = tapped[level][figure]
+            if not same * (1 - TAP_AGREEMENT) <= job[level][figure] <= same * (1 + TAP_AGREEMENT) + hop:
+                disagreements.append(f"{case.size}, {level} callers, {figure}: job {job[level][figure]}, tap {same}")
+    return {"job": job, "tapped": tapped, "disagreements": disagreements}
