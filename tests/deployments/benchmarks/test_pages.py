@@ -220,6 +220,8 @@ def test_cancel_is_offered_to_those_who_may_use_the_deployment(client, engineer,
     client.force_login(engineer)
     page = html(client.get(reverse("benchmarks:detail", args=[run.pk])))
     assert 'id="benchmark-cancel-form"' in page and "data-confirm=" in page and 'id="job-live"' in page
+    # The generator reports the steps finished: "0 of 2 steps done" while the first runs, not "step 0 of 2".
+    assert 'data-step-text="{step} of {total} steps done"' in page
     assert client.post(reverse("benchmarks:cancel", args=[run.pk])).status_code == 302
     run.job.refresh_from_db()
     assert run.job.cancel_requested
