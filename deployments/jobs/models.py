@@ -21,6 +21,8 @@ class Job(models.Model):
         DATASET_STATS = "dataset_stats", _("dataset statistics")
         DATASET_IMPORT = "dataset_import", _("dataset import from the Hub")
         BENCHMARK = "benchmark", _("benchmark a deployment")
+        QUANTIZE = "quantize", _("quantize a model")
+        EVALUATE = "evaluate", _("evaluate models")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")

@@ -13,6 +13,7 @@ from deployments.gateway.models import (
 )
 from deployments.inventory.models import HOST_NAME, Gpu, GpuReservation, Host
 from deployments.jobs.models import Job, JobLogLine
+from deployments.quality.models import EvalResult
 from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
 from deployments.serving.approvals_models import ApprovalRequest
 from deployments.serving.models import AllowedImage, Deployment, DeploymentSpec
@@ -35,6 +36,7 @@ __all__ = [
     "Deployment",
     "DeploymentReplica",
     "DeploymentSpec",
+    "EvalResult",
     "Gpu",
     "GpuReservation",
     "Host",
