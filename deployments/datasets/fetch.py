@@ -86,7 +86,9 @@ def check_fetch_token(token: str, version_id: int) -> Job:
             _("Job %(job)s is not pending or running: its fetch token no longer works.") % {"job": claims.get("job")},
             status=403,
         )
-    if str(job.params.get("dataset_version_id")) != str(version_id):
+    # A fine-tune or quantize job reads one version; an evaluate job may read two (held-out text and a task).
+    allowed = [job.params.get("dataset_version_id"), *(job.params.get("dataset_version_ids") or [])]
+    if str(version_id) not in {str(pk) for pk in allowed if pk is not None}:
         raise FetchRefused(
             _("Job %(job)s does not train on dataset version %(version)s.") % {"job": job.pk, "version": version_id},
             status=403,
