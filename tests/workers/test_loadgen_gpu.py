@@ -120,9 +120,9 @@ class TgiRouter:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/metrics"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def figures(self) -> dict:
+    def figures(self, kv_budgets: dict | None = None) -> dict:
         try:
-            sampler = ServerMetrics([self.url], period_s=0.05).start()
+            sampler = ServerMetrics([self.url], period_s=0.05, kv_budgets=kv_budgets).start()
             threading.Event().wait(0.3)
             sampler.stop()
             return sampler.figures()
@@ -137,6 +137,13 @@ def test_tgis_kv_fill_is_its_batch_token_budget_filled(budget, fill):
     figures = router.figures()
     assert figures["batch_tokens"] == 5120 and figures["kv_cache_usage_max"] == pytest.approx(fill)
     assert router.info_reads == 1 and "kv_cache_usage_error" not in figures  # /info once, not every sample
+
+
+def test_a_tgi_3_gets_its_budget_from_the_routers_warm_up_line_and_reads_no_info():
+    router = TgiRouter({"model_id": "m", "router": "text-generation-router"})  # TGI 3.x: no budget in /info
+    figures = router.figures(kv_budgets={router.url: 10_240})
+    assert figures["kv_cache_usage_max"] == pytest.approx(5120 / 10_240) and "kv_cache_usage_error" not in figures
+    assert router.info_reads == 0
 
 
 @pytest.mark.parametrize(("info", "says"), [({"model_id": "m", "router": "text-generation-router"}, "reports no"),

@@ -202,6 +202,15 @@ def test_the_spec_takes_metrics_urls_and_refuses_what_is_not_one():
         with pytest.raises(BadInput) as error:
             parse_spec({**base, "metrics_urls": bad})
         assert error.value.field == "metrics_urls"
+    scraped = {**base, "metrics_urls": ["http://10.0.0.5:80/metrics"]}
+    assert parse_spec({**scraped, "kv_budgets": {"http://10.0.0.5:80/metrics": 4096}}).kv_budgets == {
+        "http://10.0.0.5:80/metrics": 4096
+    }
+    for bad in ({"http://other/metrics": 4096}, {"http://10.0.0.5:80/metrics": 0}, {"http://10.0.0.5:80/metrics": True},
+                [4096]):  # fmt: skip
+        with pytest.raises(BadInput) as error:
+            parse_spec({**scraped, "kv_budgets": bad})
+        assert error.value.field == "kv_budgets"
 
 
 # -- the generator against real servers ------------------------------------------------------------------------

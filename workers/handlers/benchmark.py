@@ -13,6 +13,7 @@ never in the spec, the command line, the broker message or the log.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from django.conf import settings
 
 from deployments.benchmarks import services
 from deployments.benchmarks.workload import loadgen_spec
-from deployments.models import BenchmarkRun, DeploymentSpec, Job
+from deployments.models import BenchmarkRun, DeploymentSpec, Job, JobLogLine
 from deployments.serving.replicas import running_replicas
 from workers.handlers.programs import ProgramRun
 from workers.jobs.protocol import parse_event
@@ -81,13 +82,47 @@ def tokenizer_of(run: BenchmarkRun) -> str | None:
     return str(path) if path.is_file() else None
 
 
+KV_CAPACITY_LINE = "Setting max batch total tokens to "
+KV_CAPACITY = re.compile(re.escape(KV_CAPACITY_LINE) + r"(\d+)")
+
+
+def _servers(run: BenchmarkRun) -> list:
+    """The deployment's running servers with an http(s) endpoint: server 0 and its running replicas."""
+    deployment = run.deployment
+    servers = [deployment] if deployment.state == deployment.State.RUNNING and deployment.endpoint else []
+    servers += running_replicas(deployment)
+    return [server for server in servers if server.endpoint.startswith(("http://", "https://"))]
+
+
+def _metrics_url(server) -> str:
+    return f"{server.endpoint.rstrip('/')}/metrics"
+
+
 def metrics_urls(run: BenchmarkRun) -> list[str]:
     """Each running server's own /metrics (the deployment's and its running replicas'): the agent runs on the
     deployment's host and reads them directly, not through the gateway. A server's /metrics needs no key."""
-    deployment = run.deployment
-    endpoints = [deployment.endpoint] if deployment.state == deployment.State.RUNNING and deployment.endpoint else []
-    endpoints += [replica.endpoint for replica in running_replicas(deployment)]
-    return [f"{endpoint.rstrip('/')}/metrics" for endpoint in endpoints if endpoint.startswith(("http://", "https://"))]
+    return [_metrics_url(server) for server in _servers(run)]
+
+
+def kv_capacity(server) -> int | None:
+    """A TGI server's KV capacity in tokens, as its router logged it at warm-up into the serve job's log: TGI 3.x's
+    /info no longer reports max_batch_total_tokens, and that line is where it says (None when not logged)."""
+    if not server.job_id:
+        return None
+    line = (
+        JobLogLine.objects.filter(job_id=server.job_id, text__contains=KV_CAPACITY_LINE)
+        .order_by("-seq")
+        .values_list("text", flat=True)
+        .first()
+    )
+    found = KV_CAPACITY.search(line or "")
+    return int(found.group(1)) if found else None
+
+
+def kv_budgets(run: BenchmarkRun) -> dict[str, int]:
+    """metrics URL -> KV capacity in tokens, for the servers whose log says it."""
+    found = {_metrics_url(server): kv_capacity(server) for server in _servers(run)}
+    return {url: tokens for url, tokens in found.items() if tokens}
 
 
 def gpu_indexes(run: BenchmarkRun) -> list[int]:
@@ -134,6 +169,9 @@ class BenchmarkHandler(Handler):
             urls = metrics_urls(run)
             if urls:
                 spec["metrics_urls"] = urls
+                budgets = kv_budgets(run)
+                if budgets:
+                    spec["kv_budgets"] = budgets
             gpus = gpu_indexes(run)
             if gpus:
                 spec["gpu_indexes"] = gpus

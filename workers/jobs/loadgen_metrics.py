@@ -29,11 +29,13 @@ delay when the generator handles a read (it shows in generator_lag_ms_*) but not
 parse keeps only lines of the names above (a vLLM exposition has hundreds of bucket lines), so a sample costs
 well under a millisecond of the interpreter's time.
 
-KV fill for TGI: where the server's /info (the metrics URL's base, read once) reports max_batch_total_tokens
-(TGI 1.x and early 2.x did, serve.py does; TGI 3.x's Info has no such field), each sample's KV fill is the batch
-token gauge over it. That is the share of the batch's token budget filled, which is what TGI's KV cache holds
-(warm-up sizes max_batch_total_tokens to the KV blocks the memory allows); without it `kv_cache_usage_max` stays
-None and `kv_cache_usage_error` says why (the tuning engine then estimates the budget with the planner).
+KV fill for TGI: the spec's `kv_budgets` give a metrics URL's capacity in tokens (the console reads it from the
+router's warm-up line `Setting max batch total tokens to N` in the server's log); without one, where the server's
+/info (the metrics URL's base, read once) reports max_batch_total_tokens (TGI 1.x and early 2.x did, serve.py does;
+TGI 3.x's Info has no such field), each sample's KV fill is the batch token gauge over it. That is the share of
+the batch's token budget filled, which is what TGI's KV cache holds (warm-up sizes max_batch_total_tokens to the
+KV blocks the memory allows); without it `kv_cache_usage_max` stays None and `kv_cache_usage_error` says why (the
+tuning engine then estimates the budget with the planner).
 
 With `gpu_indexes` the same thread reads the server's GPUs through NVML at each tick (loadgen_gpu.py).
 
@@ -188,7 +190,7 @@ def reading_of(series: Series) -> Reading | None:
 class _Server:
     """One /metrics URL with its keep-alive connection, its first and last reading and its failures."""
 
-    def __init__(self, url: str, tls_verify: bool) -> None:
+    def __init__(self, url: str, tls_verify: bool, kv_budget: int | None = None) -> None:
         parts = urlsplit(url)
         self.url, self.https = url, parts.scheme == "https"
         self.host, self.port = parts.hostname or "", parts.port
@@ -204,9 +206,9 @@ class _Server:
         self.last: Reading | None = None
         self.failures = 0
         self.error = ""
-        self.kv_budget: float | None = None  # TGI: /info's max_batch_total_tokens
+        self.kv_budget: float | None = float(kv_budget) if kv_budget else None  # TGI: the capacity in tokens
         self.kv_error = ""
-        self.info_read = False
+        self.info_read = self.kv_budget is not None  # given (the router's warm-up line): /info is not asked
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.https:
@@ -282,8 +284,9 @@ class ServerMetrics:
         tls_verify: bool = True,
         period_s: float = PERIOD_S,
         gpus: GpuUtilization | None = None,
+        kv_budgets: dict[str, int] | None = None,
     ) -> None:
-        self.servers = [_Server(url, tls_verify) for url in urls]
+        self.servers = [_Server(url, tls_verify, (kv_budgets or {}).get(url)) for url in urls]
         self.gpus = gpus
         self.period_s = period_s
         self.samples: list[tuple[int, dict[str, float | None]]] = []  # (perf_counter_ns, summed gauges)
@@ -399,7 +402,7 @@ def sampler_for(spec: Any) -> ServerMetrics | None:
     gpus = GpuUtilization(spec.gpu_indexes, spec.nvml_module) if spec.gpu_indexes else None
     if not spec.metrics_urls and gpus is None:
         return None
-    return ServerMetrics(list(spec.metrics_urls), tls_verify=spec.tls_verify, gpus=gpus)
+    return ServerMetrics(list(spec.metrics_urls), tls_verify=spec.tls_verify, gpus=gpus, kv_budgets=spec.kv_budgets)
 
 
 def _mean(samples: list[dict], key: str) -> float | None:

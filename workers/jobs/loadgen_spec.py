@@ -17,7 +17,7 @@ from workers.jobs.protocol import BadInput
 FIELDS = {
     "base_url", "api_key", "api_key_file", "dialect", "model", "workload", "steps", "warmup_s", "warmup_requests",
     "duration_s", "requests", "sampling", "seed", "request_timeout_s", "tls_verify", "raw_path", "metrics_urls",
-    "gpu_indexes", "nvml_module",
+    "kv_budgets", "gpu_indexes", "nvml_module",
 }  # fmt: skip
 STEP_FIELDS = {
     "concurrency",
@@ -82,6 +82,7 @@ class LoadSpec:
     tls_verify: bool = True
     raw_path: str | None = None
     metrics_urls: tuple[str, ...] = ()  # the servers' own /metrics, sampled during each step
+    kv_budgets: dict[str, int] = field(default_factory=dict)  # TGI: a metrics URL's KV capacity in tokens
     gpu_indexes: tuple[int, ...] = ()  # the servers' GPUs on this host, their utilization read through NVML
     nvml_module: str = "pynvml"  # tests name a stand-in (tests.support.fake_nvml), as workers/nvml.load_nvml
 
@@ -192,6 +193,16 @@ def _metrics_urls(raw: Any) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def _kv_budgets(raw: Any, urls: tuple[str, ...]) -> dict[str, int]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or any(url not in urls for url in raw):
+        raise BadInput("kv_budgets must map some of metrics_urls to token counts.", field="kv_budgets")
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in raw.values()):
+        raise BadInput("each of kv_budgets must be a positive whole number of tokens.", field="kv_budgets")
+    return dict(raw)
+
+
 def _gpu_indexes(raw: Any) -> tuple[int, ...]:
     if raw is None:
         return ()
@@ -254,6 +265,7 @@ def parse_spec(raw: dict[str, Any]) -> LoadSpec:
         tls_verify=raw.get("tls_verify", True),
         raw_path=raw_path,
         metrics_urls=_metrics_urls(raw.get("metrics_urls")),
+        kv_budgets=_kv_budgets(raw.get("kv_budgets"), _metrics_urls(raw.get("metrics_urls"))),
         gpu_indexes=_gpu_indexes(raw.get("gpu_indexes")),
         nvml_module=_nvml_module(raw.get("nvml_module")),
     )

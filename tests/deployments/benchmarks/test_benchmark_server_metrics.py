@@ -10,13 +10,13 @@ from django.test import override_settings
 from console import roles
 from console.accounts.services.access import object_grant
 from deployments.benchmarks import services
-from deployments.models import BenchmarkRun, Deployment, DeploymentReplica, Host, JobLogLine
+from deployments.models import BenchmarkRun, Deployment, DeploymentReplica, Host, Job, JobLogLine
 from tests.factories import DeploymentSpecFactory
 from tests.support.serve_process import ROOT, free_port
 from tests.support.stamping_upstream import StampingUpstream
 from tests.workers.test_loadgen_metrics import Exposition
 from workers import runner
-from workers.handlers.benchmark import metrics_urls
+from workers.handlers.benchmark import kv_budgets, metrics_urls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 State = Deployment.State
@@ -32,6 +32,21 @@ def test_the_generator_reads_each_running_servers_metrics_and_no_stopped_ones():
     Deployment.objects.filter(pk=deployment.pk).update(state=State.FAILED)
     run.deployment.refresh_from_db()
     assert metrics_urls(run) == ["http://10.0.0.6:81/metrics"]  # server 0 restarting: the replica still serves
+
+
+def test_a_tgi_servers_kv_capacity_comes_from_its_routers_warm_up_line():
+    """TGI 3.x's /info has no max_batch_total_tokens; its router logs it at warm-up, into the serve job's log."""
+    deployment = DeploymentSpecFactory(current=True, deployment__name="kv-logged").deployment
+    logged, silent = (Job.objects.create(kind=Job.Kind.SERVE, status=Job.Status.RUNNING) for _ in range(2))
+    lines = ["Warming up model", "INFO text_generation_router_v3: backends/v3/src/lib.rs:137: Setting max batch "
+             "total tokens to 123456", "Connected"]  # fmt: skip
+    JobLogLine.objects.bulk_create(JobLogLine(job=logged, seq=n, text=text) for n, text in enumerate(lines, 1))
+    Deployment.objects.filter(pk=deployment.pk).update(state=State.RUNNING, endpoint="http://10.0.0.5:80", job=logged)
+    DeploymentReplica.objects.create(
+        deployment=deployment, index=1, state=State.RUNNING, endpoint="http://10.0.0.6:81", job=silent
+    )
+    run = BenchmarkRun.objects.create(deployment=Deployment.objects.get(pk=deployment.pk), workload={})
+    assert kv_budgets(run) == {"http://10.0.0.5:80/metrics": 123456}  # the replica's log has no such line
 
 
 def test_each_step_row_holds_the_servers_figures(admin, engineer, settings, tmp_path):
