@@ -6,6 +6,7 @@ with the same rules the program (workers/jobs/quantize.py) applies. A wrong fiel
       "output_dir": "/jobs/quantize-3/model",          must not exist yet; written beside it and renamed into place
       "scheme": "W4A16_GPTQ",                          one of SCHEMES
       "group_size": 128,                               W4 schemes: 32, 64, 128, or -1 for one scale per channel
+                                                       (checked, then ignored by the 8-bit schemes)
       "ignore": ["lm_head"],                           modules left in full precision
       "kv_cache_fp8": false,                           also an FP8 KV cache (schemes that allow it)
       "calibration": {"path": null, "samples": 64, "seq_len": 512},
@@ -67,7 +68,10 @@ SCHEMES: dict[str, Scheme] = {
         weight_bits=4,
         activation_bits=16,
         needs_calibration=True,
-        cuda_only_reason=None,
+        cuda_only_reason=(
+            "llm-compressor's AWQ search pins its cached activations in page-locked memory for fast copies to a "
+            "GPU, which needs a CUDA device."
+        ),
         allows_kv_cache_fp8=False,
     ),
     "W4A16_RTN": Scheme(
@@ -221,15 +225,11 @@ def parse_spec(raw: dict[str, Any]) -> QuantizeSpec:
             next_step="Run it on a GPU, or choose a scheme that runs on a CPU.",
         )
     group_size = raw.get("group_size")
-    if scheme.grouped:
-        group_size = 128 if group_size is None else group_size
-        if not _is_int(group_size) or group_size not in GROUP_SIZES:
-            raise BadInput("group_size must be 32, 64, 128, or -1 (one scale per channel).", field="group_size")
-    elif group_size not in (None, 128):
-        # 128 is the form's default: only a deliberate other value is a mistake worth saying.
-        raise BadInput(f"group_size applies to 4-bit schemes only, not {name}.", field="group_size")
-    else:
-        group_size = None
+    group_size = 128 if group_size is None else group_size
+    if not _is_int(group_size) or group_size not in GROUP_SIZES:
+        raise BadInput("group_size must be 32, 64, 128, or -1 (one scale per channel).", field="group_size")
+    if not scheme.grouped:
+        group_size = None  # 8-bit schemes have one scale per channel (weights) or per token (activations)
     ignore = raw.get("ignore")
     if ignore is None:
         ignore = ["lm_head"]
@@ -291,6 +291,27 @@ def check_source_config(config: dict[str, Any]) -> None:
             field="source_model",
             next_step="Choose the full-precision model this one was made from.",
         )
+
+
+def group_size_problem(config: dict[str, Any], group_size: int | None) -> str | None:
+    """Why `group_size` does not fit the model's layers, or None: every quantized Linear's input width must be a
+    multiple of the group size (llm-compressor refuses otherwise). Read from config.json's widths."""
+    if group_size is None or group_size <= 0 or not isinstance(config, dict):
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    widths = {"hidden_size": text.get("hidden_size"), "intermediate_size": text.get("intermediate_size")}
+    heads, head_dim = text.get("num_attention_heads"), text.get("head_dim")
+    if _is_int(heads) and _is_int(head_dim):
+        widths["num_attention_heads x head_dim"] = heads * head_dim
+    if _is_int(text.get("moe_intermediate_size")):
+        widths["moe_intermediate_size"] = text["moe_intermediate_size"]
+    for name, width in widths.items():
+        if _is_int(width) and width % group_size:
+            return (
+                f"group_size {group_size} does not divide the model's {name} ({width}): every layer's input width "
+                "must be a multiple of the group size. Choose a smaller group size or -1 (one scale per channel)."
+            )
+    return None
 
 
 def calibration_rows_needed(spec: QuantizeSpec) -> int:
