@@ -33,6 +33,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("jobs", _("Jobs"), "jobs", roles.VIEW),
     NavItem("datasets", _("Datasets"), "datasets", roles.VIEW),
     NavItem("finetune", _("Fine-tune"), "finetunes", roles.FINETUNE),
+    NavItem("quality", _("Quantize & evaluate"), "quality", roles.FINETUNE),
     NavItem("benchmarks", _("Benchmarks"), "benchmarks:list", roles.VIEW),
     NavItem("usage", _("Usage"), "usage", roles.VIEW),
     # The same action as each page's view (ConsoleViewMixin.permission_action): a page a role may open is in its

@@ -30,6 +30,7 @@ urlpatterns = [
     path("jobs/", include("deployments.jobs.urls")),
     path("datasets/", include("deployments.datasets.urls")),
     path("finetune/", include("deployments.finetune.urls")),
+    path("quality/", include("deployments.quality.urls")),
     path("benchmarks/schedules/", include("deployments.benchmarks.schedule_urls")),  # before "benchmarks/"
     path("benchmarks/", include("deployments.benchmarks.urls")),
     path("gateway/", include("deployments.gateway.urls")),

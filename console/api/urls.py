@@ -12,6 +12,7 @@ from deployments.finetune import api as finetune_api
 from deployments.gateway import key_api, log_api, usage_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
+from deployments.quality import api as quality_api
 from deployments.registry import api as registry_api
 from deployments.serving import api as deployments_api
 from deployments.serving import approvals_api
@@ -39,6 +40,9 @@ router.register("datasets/uploads", datasets_api.DatasetUploadViewSet, basename=
 router.register("datasets", datasets_api.DatasetViewSet, basename="dataset")
 router.register("finetunes", finetune_api.FinetuneViewSet, basename="finetune")
 router.register("adapters", finetune_api.AdapterViewSet, basename="adapter")
+router.register("quantize-jobs", quality_api.QuantizeViewSet, basename="quantize-job")
+router.register("evaluate-jobs", quality_api.EvaluateViewSet, basename="evaluate-job")
+router.register("eval-results", quality_api.EvalResultViewSet, basename="eval-result")
 router.register("benchmarks", benchmarks_api.BenchmarkViewSet, basename="benchmark")
 router.register("benchmark-schedules", bench_schedule_api.BenchmarkScheduleViewSet, basename="benchmark-schedule")
 router.register("benchmark-alerts", bench_schedule_api.BenchmarkAlertViewSet, basename="benchmark-alert")
