@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from deployments.sizing import compressed_tensors
+from deployments.sizing.compressed_tensors import CompressedScheme
 from deployments.sizing.errors import SizingError
 from deployments.sizing.params import Architecture, ParamBreakdown
 
@@ -113,6 +115,8 @@ class WeightFormat:
     method: str | None = None
     bits: float = 16
     group_size: int | None = None
+    # A compressed-tensors checkpoint's own layout (None for every other format).
+    scheme: CompressedScheme | None = None
 
     @property
     def label(self) -> str:
@@ -121,6 +125,8 @@ class WeightFormat:
             return self.precision
         if self.method == "fp8":
             return "fp8"
+        if self.method == "compressed-tensors" and self.precision in ("fp8", "bf16", "fp16"):
+            return f"{self.precision} compressed-tensors"
         bits = f"{self.bits:g}-bit"
         names = {
             "bitsandbytes-nf4": "NF4",
@@ -144,6 +150,17 @@ class WeightFormat:
         return self.method != "exl2"
 
 
+def _config_group_size(qc: dict[str, Any]) -> Any:
+    """group_size of an AWQ/GPTQ quantization_config, or of a compressed-tensors one's first weight group."""
+    if qc.get("group_size"):
+        return qc["group_size"]
+    for group in (qc.get("config_groups") or {}).values():
+        size = ((group or {}).get("weights") or {}).get("group_size")
+        if size and int(size) > 0:
+            return size
+    return None
+
+
 def precision_format(precision: str, quantization_config: dict[str, Any] | None = None) -> WeightFormat:
     """The representative format for a table row: int4 is AWQ, int8 is EETQ, fp8 is TGI's fp8."""
     if precision in ("bf16", "fp16"):
@@ -155,28 +172,32 @@ def precision_format(precision: str, quantization_config: dict[str, Any] | None 
     if precision == "int8":
         return WeightFormat("int8", "eetq", 8)
     if precision == "int4":
-        group = (quantization_config or {}).get("group_size") or DEFAULT_GROUP_SIZE
+        group = _config_group_size(quantization_config or {}) or DEFAULT_GROUP_SIZE
         return WeightFormat("int4", "awq", 4, int(group))
     raise SizingError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}", "precisions")
 
 
-def _compressed_tensors_format(qc: dict[str, Any]) -> WeightFormat:
-    for group in (qc.get("config_groups") or {}).values():
-        weights = (group or {}).get("weights") or {}
-        bits = int(weights.get("num_bits") or 8)
-        if weights.get("type") == "float" and bits == 8:
-            return WeightFormat("fp8", "fp8", 8)
-        if bits == 8:
-            return WeightFormat("int8", "compressed-tensors", 8)
-        return WeightFormat("int4", "compressed-tensors", bits, int(weights.get("group_size") or DEFAULT_GROUP_SIZE))
-    return WeightFormat("fp8", "fp8", 8)  # no groups: the common dynamic-fp8 export
+def _compressed_tensors_format(qc: dict[str, Any], torch_dtype: str) -> WeightFormat:
+    """pack-quantized W4A16 is int4, float-quantized FP8 is fp8, int-quantized W8A8 is int8; the byte count comes
+    from the scheme itself (deployments/sizing/compressed_tensors.py)."""
+    scheme = compressed_tensors.parse_scheme(qc, torch_dtype)
+    main = scheme.main
+    if main is None:  # only a kv_cache_scheme: the weights stay 16-bit
+        precision = "fp16" if torch_dtype == "float16" else "bf16"
+        return WeightFormat(precision, "compressed-tensors", 16, scheme=scheme)
+    if main.type == "float":
+        precision = "fp8" if main.num_bits == 8 else "int4"
+    else:
+        precision = "int8" if main.num_bits == 8 else "int4"
+    group = main.group_size if main.strategy == "group" and main.group_size and main.group_size > 0 else None
+    return WeightFormat(precision, "compressed-tensors", main.num_bits, group, scheme)
 
 
 def stored_format(config: dict[str, Any]) -> WeightFormat:
     """What a checkpoint is stored in: its quantization_config if any, else torch_dtype (fp32 is served as bf16)."""
     qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
     if not qc:
-        dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
         return WeightFormat("fp16" if dtype == "float16" else "bf16")
     method = str(qc.get("quant_method") or "").lower()
     bits = qc.get("bits") or qc.get("w_bit") or 4
@@ -194,7 +215,7 @@ def stored_format(config: dict[str, Any]) -> WeightFormat:
     if method in ("fp8", "fbgemm_fp8"):
         return WeightFormat("fp8", "fp8", 8)
     if method == "compressed-tensors":
-        return _compressed_tensors_format(qc)
+        return _compressed_tensors_format(qc, dtype)
     raise SizingError(f"quantization method {method!r} in quantization_config is not one TGI loads", "config")
 
 
@@ -258,6 +279,8 @@ def weight_bytes(breakdown: ParamBreakdown, fmt: WeightFormat) -> int:
     if fmt.method is None:
         per_param = 4 if fmt.precision == "fp32" else BF16_BYTES_PER_PARAM
         return breakdown.total * per_param
+    if fmt.scheme is not None:
+        return compressed_tensors.weight_bytes(breakdown, fmt.scheme)
     return round(_linear_bytes(breakdown, fmt) + breakdown.dense_params * DENSE_BYTES)
 
 

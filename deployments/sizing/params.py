@@ -87,6 +87,9 @@ class ParamBreakdown:
     router: int = 0
     # Parameters the safetensors headers hold beyond (or short of) the architecture count, e.g. a vision tower.
     extra_linear: int = 0
+    # The shape numbers a quantized lm_head and per-layer scales need (compressed-tensors sizing).
+    hidden_size: int = 0
+    num_layers: int = 0
 
     @property
     def linear_params(self) -> int:
@@ -238,7 +241,7 @@ def count_parameters(config: dict[str, Any]) -> ParamBreakdown:
     """Parameter breakdown of a decoder-only transformer described by config.json."""
     arch = parse_architecture(config)
     config = text_config(config)
-    out = ParamBreakdown()
+    out = ParamBreakdown(hidden_size=arch.hidden_size, num_layers=arch.num_layers)
     out.embedding = arch.vocab_size * arch.hidden_size
     out.lm_head = 0 if arch.tie_word_embeddings else arch.vocab_size * arch.hidden_size
     _attention(arch, config, out)

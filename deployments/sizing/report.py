@@ -222,6 +222,24 @@ def _warnings(
     return out
 
 
+def _kv_dtype(shape: ModelShape, kv_cache_dtype: str | None, vllm: bool, notes: list[str]) -> int:
+    """Bytes per cached element. A compressed-tensors checkpoint with an fp8 kv_cache_scheme: vLLM resolves its
+    default ("auto") cache dtype to fp8 from it; TGI takes the cache dtype from --kv-cache-dtype only."""
+    wanted = memory.kv_dtype_bytes(kv_cache_dtype)
+    scheme = shape.stored.scheme
+    if scheme is None or not scheme.kv_cache_fp8 or wanted == 1:
+        return wanted
+    if vllm and memory.KV_CACHE_DTYPES.get((kv_cache_dtype or "").strip().lower()) is None:
+        notes.append("the checkpoint's kv_cache_scheme is fp8: vLLM keeps the KV cache in fp8 (1 byte per element)")
+        return 1
+    if not vllm:
+        notes.append(
+            "the checkpoint has fp8 KV-cache scales (kv_cache_scheme); TGI caches in fp8 only with "
+            "--kv-cache-dtype fp8_e4m3fn, so the KV cache is planned at the model dtype"
+        )
+    return wanted
+
+
 def size_model(
     metadata: ModelMetadata,
     *,
@@ -248,7 +266,8 @@ def size_model(
     """
     config = metadata.config
     shape = model_shape(metadata)
-    kv_dtype = memory.kv_dtype_bytes(kv_cache_dtype)
+    notes = list(metadata.notes)
+    kv_dtype = _kv_dtype(shape, kv_cache_dtype, vllm is not None, notes)
     budget = token_budget(
         shape.arch, max_input_tokens, max_total_tokens, max_batch_total_tokens, max_batch_prefill_tokens
     )
@@ -261,7 +280,6 @@ def size_model(
     hosts = [h for h in inventory or [] if h.online and h.gpus] or None
     plan = {"gpus": gpus, "hosts": hosts, "num_shard": num_shard, "preferred_hosts": preferred_hosts}
     warnings: list[str] = []
-    notes = list(metadata.notes)
     if inventory is not None and not hosts and not gpus:
         notes.append("no online GPU host in the inventory; sizes only")
     primary_fmt = _primary_format(shape, quantize, config, warnings, "vLLM" if vllm else "TGI")
