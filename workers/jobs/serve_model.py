@@ -63,19 +63,36 @@ def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None
 
 
 def parameter_count(model_dir: Path) -> int:
-    """Parameters from the safetensors headers alone (8-byte length, then JSON), without loading weights."""
+    """Parameters from the safetensors headers alone (8-byte length, then JSON), without loading weights. A
+    compressed-tensors packed weight (`weight_packed`, several 4-bit values to an int32) counts as the dense
+    weight it decompresses to: its `weight_shape`, two int64 values read from the file."""
     total = 0
     for file in model_dir.glob("*.safetensors"):
         with file.open("rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(length))
+            packed_shapes = {}
+            for name, entry in header.items():
+                if name.endswith(".weight_shape") and entry.get("dtype") == "I64" and entry["shape"] == [2]:
+                    handle.seek(8 + length + entry["data_offsets"][0])
+                    packed_shapes[name.removesuffix("_shape") + "_packed"] = struct.unpack("<2q", handle.read(16))
         for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry["shape"]:
-                    count *= dim
-                total += count
+            if name == "__metadata__" or name.endswith(".weight_shape"):
+                continue
+            count = 1
+            for dim in packed_shapes.get(name, entry["shape"]):
+                count *= dim
+            total += count
     return total
+
+
+def compressed_tensors_format(config: dict) -> str | None:
+    """The compressed-tensors format of a config.json (pack-quantized, float-quantized, int-quantized, ...), or
+    None when the checkpoint is not compressed-tensors (llm-compressor's output)."""
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
+        return None
+    return str(quantization.get("format") or "dense")
 
 
 def memory(device: str) -> tuple[int, int]:
@@ -250,10 +267,25 @@ def load_model(
             note(f"Using {threads} CPU thread(s) for the model (OMP_NUM_THREADS overrides)")
     if device == "cuda" and memory_fraction < 1.0:
         torch.cuda.set_per_process_memory_fraction(memory_fraction)
+    extra = {}
+    packed = compressed_tensors_format(json.loads((model_dir / "config.json").read_text()))
+    if packed is not None and device == "cpu":
+        # A CPU has no kernels for int4/int8/FP8 weights: decompress them to dense `dtype` weights while loading
+        # (rather than on the first forward) so the memory check and warm-up see the model as it serves.
+        from transformers import CompressedTensorsConfig
+
+        extra["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+        if note:
+            note(f"Decompressing compressed-tensors weights ({packed}) to {dtype}: the CPU has no kernels for them")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        )
+        with warnings.catch_warnings():
+            # transformers says the checkpoint's quantization_config wins: it does, `dequantize` is what is asked.
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **extra
+            )
+        if packed is not None and device == "cpu":
+            _upcast_float8(model, getattr(torch, dtype))
         model = model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code)
     except torch.OutOfMemoryError as exc:
@@ -261,6 +293,22 @@ def load_model(
     except (ValueError, KeyError, OSError) as exc:
         raise LoadError("init", _error(exc), error=_error(exc)) from exc
     return model, tokenizer
+
+
+def _upcast_float8(model, dtype) -> None:
+    """FP8 tensors left after decompression (scales, or weights of a layer compressed-tensors did not wrap) in
+    `dtype`: CPU matmuls have no FP8 inputs."""
+    import torch
+
+    float8 = {getattr(torch, name) for name in dir(torch) if name.startswith("float8_")}
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor.dtype in float8:
+                upcast = tensor.detach().to(dtype)
+                if isinstance(tensor, torch.nn.Parameter):
+                    setattr(module, name, torch.nn.Parameter(upcast, requires_grad=False))
+                else:
+                    setattr(module, name, upcast)
 
 
 def warm_up(model, tokenizer, device: str, tokens: int) -> None:
