@@ -863,6 +863,41 @@ MATRIX = [
     row("post", "/api/v1/finetunes/{ftjob}/cancel/", 401, 403, 403, 202, 202, route="/api/v1/finetunes/<pk>/cancel/"),
     row("post", "/api/v1/finetunes/{ftdone}/resume/", 401, 403, 403, 202, 202, route="/api/v1/finetunes/<pk>/resume/"),
     row("post", "/api/v1/adapters/{adapter}/merge/", 401, 403, 403, 202, 202, route="/api/v1/adapters/<pk>/merge/"),
+    # Quantize and evaluate jobs: the finetune action starts and stops them; viewers read them and the figures.
+    row("get", "/quality/", LOGIN, 403, 403, 200, 200),
+    row("get", "/quality/quantize/", LOGIN, 403, 403, 200, 200),
+    row("post", "/quality/quantize/", LOGIN, 403, 403, 400, 400, data={"scheme": "NF5"}),
+    row("get", "/quality/evaluate/", LOGIN, 403, 403, 200, 200),
+    row("post", "/quality/evaluate/", LOGIN, 403, 403, 400, 400, data={"stride": "x"}),
+    row("post", "/quality/{qjob}/cancel/", LOGIN, 403, 403, 302, 302, route="/quality/<int:pk>/cancel/"),
+    row("get", "/api/v1/quantize-jobs/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/quantize-jobs/", 401, 403, 403, 400, 400, data={"scheme": "NF5"}),
+    row("get", "/api/v1/quantize-jobs/{qjob}/", 401, 403, 200, 200, 200, route="/api/v1/quantize-jobs/<pk>/"),
+    row(
+        "post",
+        "/api/v1/quantize-jobs/{qjob}/cancel/",
+        401,
+        403,
+        403,
+        202,
+        202,
+        route="/api/v1/quantize-jobs/<pk>/cancel/",
+    ),
+    row("get", "/api/v1/evaluate-jobs/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/evaluate-jobs/", 401, 403, 403, 400, 400, data={"artifacts": []}),
+    row("get", "/api/v1/evaluate-jobs/{ejob}/", 401, 403, 200, 200, 200, route="/api/v1/evaluate-jobs/<pk>/"),
+    row(
+        "post",
+        "/api/v1/evaluate-jobs/{ejob}/cancel/",
+        401,
+        403,
+        403,
+        202,
+        202,
+        route="/api/v1/evaluate-jobs/<pk>/cancel/",
+    ),
+    row("get", "/api/v1/eval-results/", 401, 403, 200, 200, 200),
+    row("get", "/api/v1/eval-results/{evalresult}/", 401, 403, 200, 200, 200, route="/api/v1/eval-results/<pk>/"),
     # Benchmarks: everyone who views sees the runs; starting and cancelling need use_deployment on the deployment
     # (the matrix's engineer holds no grant; the admin's start is refused: matrix-running has no host).
     row("get", "/api/v1/benchmarks/", 401, 403, 200, 200, 200),
@@ -1262,6 +1297,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         **_dataset_ids(settings, tmp_path, team, users["admin"]),
     }
     ids.update(_finetune_ids(ids))
+    ids.update(_quality_ids(ids))
     ids.update(_benchmark_ids(ids))
     url = _fill(entry["url"], ids)
     data = _fill(entry["data"], ids)
@@ -1429,6 +1465,23 @@ def _finetune_ids(ids: dict) -> dict:
         lineage={"base": "org/matrix@" + "a" * 40},
     )
     return {"ftjob": running.pk, "ftdone": done.pk, "adapter": adapter.pk}
+
+
+def _quality_ids(ids: dict) -> dict:
+    """A running quantize job and a running evaluate job of the matrix's ready model, and a figure of it."""
+    from deployments.models import EvalResult
+
+    artifact = ModelArtifact.objects.get(pk=ids["artifact"])
+    common = {"status": Job.Status.RUNNING, "target_type": "deployments.modelartifact", "target_id": str(artifact.pk)}
+    quantize = Job.objects.create(
+        kind=Job.Kind.QUANTIZE,
+        params={"source_artifact_id": artifact.pk, "dataset_version_id": None, "options": {"scheme": "FP8_DYNAMIC"}},
+        **common,
+    )
+    params = {"artifact_ids": [artifact.pk], "dataset_version_ids": [], "options": {}}
+    evaluate = Job.objects.create(kind=Job.Kind.EVALUATE, params=params, **common)
+    result = EvalResult.objects.create(job=evaluate, artifact=artifact, metric="perplexity", value=12.5)
+    return {"qjob": quantize.pk, "ejob": evaluate.pk, "evalresult": result.pk}
 
 
 def _benchmark_ids(ids: dict) -> dict:
