@@ -192,6 +192,9 @@ def quantize_start(
             field="scheme",
         )
     checked = check_quantize_options(options, device="cuda" if gpus else "cpu", calibration=calibration is not None)
+    problem = quantize_spec.group_size_problem(config, checked["group_size"]) if config is not None else None
+    if problem:
+        raise ApplicationError(problem, field="group_size")
     calibrated = SCHEMES[checked["scheme"]].needs_calibration or checked["kv_cache_fp8"]
     samples = checked["calibration"]["samples"]
     if calibrated and calibration is not None and calibration.row_count is not None and calibration.row_count < samples:
@@ -406,7 +409,7 @@ def evaluate_finished(*, job: Job, result: dict) -> list[EvalResult]:
     data = result.get("perplexity_data") or {}
     task = result.get("task") or {}
     options = job.params.get("options") or {}
-    detail = {"versions": result.get("versions") or {}, "device": options.get("device")}
+    detail = {"versions": result.get("versions") or {}, "device": result.get("device") or options.get("device")}
     rows = []
     for key, figures in (result.get("models") or {}).items():
         artifact = artifacts.get(key)
@@ -419,13 +422,20 @@ def evaluate_finished(*, job: Job, result: dict) -> list[EvalResult]:
                     artifact=artifact,
                     metric=EvalResult.Metric.PERPLEXITY,
                     dataset_version_id=ppl_version_id,
-                    data_sha256=str(data.get("sha256") or ""),
+                    # The data file's bytes; the token ids' own sha256 (same tokenizer, same ids) is in detail.
+                    data_sha256=str(data.get("file_sha256") or data.get("sha256") or ""),
                     context_length=data.get("context_length"),
                     stride=data.get("stride"),
                     value=float(figures["perplexity"]),
                     tokens=figures.get("tokens"),
-                    tokens_per_s=figures.get("tokens_per_s"),
-                    detail=detail,
+                    tokens_per_s=_rate(figures, "tokens_per_second", "tokens_per_s"),
+                    detail={
+                        **detail,
+                        "token_ids_sha256": data.get("sha256"),
+                        "nll": figures.get("nll"),
+                        "seconds": figures.get("seconds"),
+                        "dtype": figures.get("dtype"),
+                    },
                 )
             )
         if figures.get("accuracy") is not None:
@@ -439,8 +449,12 @@ def evaluate_finished(*, job: Job, result: dict) -> list[EvalResult]:
                     task_kind=str(task.get("kind") or (options.get("task") or {}).get("kind") or ""),
                     value=float(figures["accuracy"]),
                     examples=figures.get("examples"),
-                    tokens_per_s=figures.get("task_tokens_per_s"),
-                    detail={**detail, "fields": {k: v for k, v in (options.get("task") or {}).items() if k != "kind"}},
+                    detail={
+                        **detail,
+                        "correct": figures.get("correct"),
+                        "seconds": figures.get("task_seconds"),
+                        "fields": {k: v for k, v in (options.get("task") or {}).items() if k != "kind"},
+                    },
                 )
             )
     created = EvalResult.objects.bulk_create(rows)
@@ -452,6 +466,13 @@ def evaluate_finished(*, job: Job, result: dict) -> list[EvalResult]:
         detail={"results": [{"artifact": r.artifact_id, "metric": r.metric, "value": r.value} for r in created]},
     )
     return created
+
+
+def _rate(figures: dict, *names: str) -> float | None:
+    for name in names:
+        if figures.get(name) is not None:
+            return float(figures[name])
+    return None
 
 
 # -- both --------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parents[3]
 FAKE = ROOT / "tests" / "support" / "fake_quality_program.py"
-CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64}
+CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256}
 ROWS = [{"text": f"secret row {n}"} for n in range(8)]
 
 
@@ -144,7 +144,7 @@ def test_an_evaluate_job_stores_one_figure_per_model_and_metric_keyed_by_its_dat
     first = perplexities[0]
     assert first.dataset_version is None and first.data_sha256 == "d" * 64
     assert (first.context_length, first.stride, first.tokens, first.tokens_per_s) == (64, 32, 1000, 500.0)
-    assert first.comparable_key == perplexities[1].comparable_key
+    assert first.comparable_key == perplexities[1].comparable_key and first.detail["token_ids_sha256"] == "f" * 64
     accuracy = EvalResult.objects.get(job=job, artifact=source, metric=EvalResult.Metric.ACCURACY)
     assert accuracy.dataset_version == version and accuracy.task_kind == "exact_match" and accuracy.value == 0.5
     assert AuditEvent.objects.filter(action="evaluate.finished", target_id=str(job.pk)).exists()

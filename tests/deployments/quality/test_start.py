@@ -27,7 +27,7 @@ from workers.jobs import quantize_spec
 
 pytestmark = pytest.mark.django_db
 
-CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "torch_dtype": "bfloat16"}
+CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256}
 ROWS = [{"text": f"row {n}"} for n in range(8)]
 
 
@@ -81,6 +81,9 @@ def test_quantize_refuses_each_bad_input_before_any_work_naming_its_field(world,
     assert "already quantized (awq)" in message
 
     assert "NF5" in refused(lambda: quantize(engineer, source, scheme="NF5"), "scheme")
+    narrow = ModelArtifactFactory(host=source.host, repo__repo_id="org/narrow")
+    model_dir(Path(narrow.path), {**CONFIG, "hidden_size": 96})
+    assert "hidden_size (96)" in refused(lambda: quantize(engineer, narrow, group_size=64), "group_size")
     assert refused(lambda: quantize(engineer, source, group_size=100), "group_size")
 
     message = refused(lambda: quantize(engineer, source, version, samples=64), "samples")
