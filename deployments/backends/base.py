@@ -154,6 +154,10 @@ class Backend(ABC):
         served_model_name) or one of its LoRA adapters: TGI and vLLM both take an adapter by its name."""
         return adapter or served
 
+    def default_quantize(self, values: dict[str, Any], checkpoint: dict[str, Any]) -> str:
+        """The quantization a spec launches with when it names none: empty, the server reads the checkpoint."""
+        return ""
+
     def check_spec(self, values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         """Run every check the backend contributes to spec cleaning (SpecError on the first refusal)."""
         for check in self.spec_checks:

@@ -110,8 +110,10 @@ def clean_spec(data: dict) -> dict:
     if values["quantize"] and values["quantize"] not in DeploymentSpec.Quantize.values:
         raise ApplicationError(f"Unknown quantization {values['quantize']}.", field="quantize")
     _check_backend_fields(values, backend)
+    checkpoint = _checkpoint(artifact)
+    values["quantize"] = values["quantize"] or backend.default_quantize(values, checkpoint)
     try:
-        backend.check_spec(values, _checkpoint(artifact))
+        backend.check_spec(values, checkpoint)
     except SpecError as error:
         raise ApplicationError(error.message, field=error.field) from None
     _check_adapters(values["lora_adapters"])

@@ -50,6 +50,8 @@ IGNORED = (
     "max_batch_total_tokens",
 )
 DTYPES = ("float16", "bfloat16", "float32")  # float32 is serve.py's own addition, for CPUs
+# The one --quantize serve.py takes: it names a compressed-tensors checkpoint's own format, which it loads anyway.
+COMPRESSED_TENSORS = "compressed-tensors"
 
 
 class StartupError(Exception):
@@ -229,6 +231,14 @@ def load_adapters(model, adapters: list[tuple[Adapter, Path]], device: str):
 
 
 # -- startup -------------------------------------------------------------------------------------------------------
+def _refuse_quantize(quantize: str) -> None:
+    raise StartupError(
+        "ArgumentValidation",
+        detail=f"serve.py cannot apply --quantize {quantize}: "
+        "run TGI on a GPU host for quantized serving, or serve the unquantized checkpoint",
+    )
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     if args.max_input_tokens and args.max_input_length:
         raise StartupError(
@@ -249,12 +259,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
             f"serve.py does not shard: --num-shard {shards} is accepted for the placement, and the model runs "
             "whole on one device (use TGI on a GPU host for tensor parallelism)",
         )
-    if args.quantize:
-        raise StartupError(
-            "ArgumentValidation",
-            detail=f"serve.py cannot apply --quantize {args.quantize}: "
-            "run TGI on a GPU host for quantized serving, or serve the unquantized checkpoint",
-        )
+    if args.quantize and args.quantize != COMPRESSED_TENSORS:
+        _refuse_quantize(args.quantize)
     if args.dtype and args.dtype not in DTYPES:
         raise StartupError("ArgumentValidation", detail=f"--dtype must be one of {', '.join(DTYPES)}")
     args.lora_adapters = parse_lora_adapters(args.lora_adapters)
@@ -361,6 +367,11 @@ def serve(args: argparse.Namespace) -> int:
     _check_arguments(args)
     host, port = _hostname(args.hostname), int(args.port)
     model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache)
+    if (
+        args.quantize
+        and serve_model.compressed_tensors_format(json.loads((model_dir / "config.json").read_text())) is None
+    ):
+        _refuse_quantize(args.quantize)  # TGI's --quantize compressed-tensors names the checkpoint's own format
     adapters = [(a, resolve_adapter_dir(a, args.huggingface_hub_cache)) for a in args.lora_adapters]
     log("INFO", "Starting shard rank=0", span="shard-manager")
     for adapter, path in adapters:

@@ -6,7 +6,7 @@ from typing import Any
 
 from deployments.backends.base import COMMON_SPEC_FIELDS, Backend, LaunchPlan, MemorySemantics
 from deployments.backends.tgi import launch, logmask
-from deployments.backends.tgi.checks import CHECKS
+from deployments.backends.tgi.checks import CHECKS, quantize_from_checkpoint
 from deployments.backends.tgi.diagnosis import BOOK
 from deployments.sizing.memory import TGI_WIGGLE_ROOM
 
@@ -64,6 +64,9 @@ class TgiBackend(Backend):
 
     def launch_plan(self, **where: Any) -> LaunchPlan:
         return launch.launch_plan(**where)
+
+    def default_quantize(self, values: dict[str, Any], checkpoint: dict[str, Any]) -> str:
+        return quantize_from_checkpoint(values, checkpoint)
 
     def launcher_args(self, spec: Any, plan: LaunchPlan) -> list[str]:
         return launch.launcher_args(spec, plan)

@@ -11,6 +11,9 @@ from deployments.backends.base import SpecError
 from deployments.backends.tgi.launch import ALLOWED_ENV, QUIET_LOG_LEVELS, log_level_refused
 
 PRE_QUANTIZED = {"awq", "gptq", "marlin", "compressed-tensors"}
+# Checkpoints launched with --quantize naming their own format when the spec names none (TGI would also read it from
+# config.json; naming it puts it in the command the user reviews). llm-compressor's output is one.
+NAMED_FROM_CHECKPOINT = {"compressed-tensors"}
 # TGI: --dtype cannot be combined with --quantize, except the bitsandbytes variants.
 DTYPE_WITH_QUANTIZE = {"bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4"}
 
@@ -31,6 +34,15 @@ def quantization_matches_checkpoint(values: dict[str, Any], checkpoint: dict[str
             f"The checkpoint is already quantized ({stored}); leave quantization empty or choose {stored}.",
             field="quantize",
         )
+
+
+def quantize_from_checkpoint(values: dict[str, Any], checkpoint: dict[str, Any]) -> str:
+    """`compressed-tensors` for such a checkpoint when the spec leaves quantization empty. Not with a dtype: TGI
+    refuses --dtype beside --quantize, and takes it beside a format it read from config.json itself."""
+    stored = checkpoint.get("quantization")
+    if values["quantize"] or values["dtype"] or stored not in NAMED_FROM_CHECKPOINT:
+        return values["quantize"]
+    return stored
 
 
 def dtype_with_quantize(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
