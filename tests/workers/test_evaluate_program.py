@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.conftest import need
 from tests.support.job_program import run_job
 from tests.support.serve_process import ROOT, make_model, ml_env, ml_python
 from workers.jobs.evaluate_spec import DEFAULT_PERPLEXITY_TEXT
-from workers.jobs.protocol import EXIT_BAD_INPUT, EXIT_OK
+from workers.jobs.protocol import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED
 
 CONTEXT = 64
 MAX_TOKENS = 5 * CONTEXT + 1  # five whole windows at stride == context: exactly the plain chunked computation
@@ -184,3 +185,22 @@ def test_models_with_different_tokenizers_are_not_compared_on_perplexity(work, m
     error = bad_input(work, "bad-tokenizer", spec)
     assert error["field"] == "models[1].path" and error["cause"] == "tokenizer_mismatch"
     assert "share a tokenizer" in error["message"]
+
+
+def test_sigterm_stops_between_batches(work, model):
+    spec = {
+        "models": [{"id": "tiny", "path": str(model)}, {"id": "tiny-again", "path": str(model)}],
+        "perplexity": {"context_length": 512, "stride": 256},
+        "batch_size": 1,  # dozens of batches: the signal lands while there is work left
+    }
+    signalled = []
+
+    def on_event(event, process):
+        if event["type"] == "progress" and not signalled:
+            signalled.append(event["step"])
+            process.send_signal(signal.SIGTERM)
+
+    run = run_job("evaluate", spec, work / "run-stop", on_event=on_event)
+    assert run.code == EXIT_STOPPED, (run.events[-3:], run.stderr[-3000:])
+    assert not run.of("result") and not run.of("metric")
+    assert "Stopped on request" in run.of("log")[-1]["message"]

@@ -40,7 +40,7 @@ from workers.jobs.evaluate_data import (
 )
 from workers.jobs.evaluate_spec import EvaluateSpec, ModelRef, parse_spec
 from workers.jobs.manifest import sha256_file
-from workers.jobs.protocol import BadInput, Events, Stopped, StopRequest, run_program
+from workers.jobs.protocol import BadInput, Events, JobFailed, Stopped, StopRequest, run_program
 
 PROGRAM_VERSION = "1"
 PROGRESS_EVERY_S = 1.0
@@ -57,26 +57,42 @@ def versions() -> dict[str, str]:
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
-def _quantization(path: Path) -> dict[str, Any]:
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    return config.get("quantization_config") or {}
+def torch_dtype_name(model: ModelRef, device: str, dtype: str) -> str:
+    """auto: fp32 on CPU, the checkpoint's own dtype on a GPU."""
+    names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    if dtype in names:
+        return names[dtype]
+    if device == "cpu":
+        return "float32"
+    config = json.loads((Path(model.path) / "config.json").read_text(encoding="utf-8"))
+    named = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
+    return named if named in names.values() else "float32"
 
 
 def load_model(model: ModelRef, device: str, dtype: str):
-    """The model on `device` in eval mode. auto: fp32 on CPU, the checkpoint's own dtype on a GPU. A
-    compressed-tensors checkpoint on CPU is decompressed into that dtype (CPUs have no FP8 or INT4 kernels)."""
+    """The model on `device` in eval mode, loaded as the development servers load it (serve_model.load_model):
+    a compressed-tensors checkpoint on CPU is decompressed to dense weights (CPUs have no FP8 or int4 kernels)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    torch_dtype = dtypes.get(dtype) or (torch.float32 if device == "cpu" else "auto")
-    kwargs: dict[str, Any] = {}
-    if device == "cpu" and _quantization(Path(model.path)).get("quant_method") == "compressed-tensors":
-        from transformers import CompressedTensorsConfig
+    from workers.jobs.serve_model import LoadError
+    from workers.jobs.serve_model import load_model as load_for_serving
 
-        kwargs["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
-    loaded = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch_dtype, **kwargs)
-    return loaded.to(device).eval()
+    threads = torch.get_num_threads()
+    try:
+        loaded, _tokenizer = load_for_serving(
+            Path(model.path), device, torch_dtype_name(model, device, dtype), trust_remote_code=False
+        )
+    except LoadError as exc:
+        oom = exc.reason in ("oom", "warmup_oom")
+        raise JobFailed(
+            f"{model.id} could not be loaded: {exc.message}",
+            cause="out_of_memory" if oom else "model_load",
+            next_step="Evaluate on a device with more memory, or in bf16." if oom else "Check the artifact's files.",
+        ) from exc
+    finally:
+        # A server leaves a core to its HTTP side; an evaluation has none: keep every thread it had.
+        torch.set_num_threads(threads)
+    return loaded
 
 
 def load_tokenizer(model: ModelRef):
@@ -189,6 +205,7 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
     from transformers.utils import logging as hf_logging
 
     from workers.jobs.evaluate_scoring import perplexity, windows
+    from workers.jobs.serve_model import compressed_tensors_format
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()  # "sequence longer than the model": the windows take care of that
@@ -229,13 +246,16 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
 
     results: dict[str, dict[str, Any]] = {}
     for step, (ref, tokenizer) in enumerate(zip(spec.models, tokenizers, strict=True), start=1):
-        events.log(f"Loading {ref.id} ({step} of {len(spec.models)}).")
+        packed = compressed_tensors_format(json.loads((Path(ref.path) / "config.json").read_text(encoding="utf-8")))
+        how = f", compressed-tensors {packed}" + (", decompressed for the CPU" if spec.device == "cpu" else "")
+        events.log(f"Loading {ref.id} ({step} of {len(spec.models)}{how if packed else ''}).")
         started = time.perf_counter()
         model = load_model(ref, spec.device, spec.dtype)
         figures: dict[str, Any] = {
             "load_seconds": round(time.perf_counter() - started, 3),
             "dtype": str(model.dtype).replace("torch.", ""),
             "parameters": sum(p.numel() for p in model.parameters()),
+            "compressed_tensors": packed,
         }
         if spec.perplexity:
             p = spec.perplexity
