@@ -239,6 +239,13 @@ def _refuse_quantize(quantize: str) -> None:
     )
 
 
+def check_quantize(quantize: str | None, model_dir: Path) -> None:
+    """TGI's --quantize compressed-tensors names the checkpoint's own format: taken for such a checkpoint only."""
+    config = json.loads((model_dir / "config.json").read_text())
+    if quantize and (quantize != COMPRESSED_TENSORS or serve_model.compressed_tensors_format(config) is None):
+        _refuse_quantize(quantize)
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     if args.max_input_tokens and args.max_input_length:
         raise StartupError(
@@ -367,11 +374,7 @@ def serve(args: argparse.Namespace) -> int:
     _check_arguments(args)
     host, port = _hostname(args.hostname), int(args.port)
     model_dir = resolve_model_dir(args.model_id, args.revision, args.huggingface_hub_cache)
-    if (
-        args.quantize
-        and serve_model.compressed_tensors_format(json.loads((model_dir / "config.json").read_text())) is None
-    ):
-        _refuse_quantize(args.quantize)  # TGI's --quantize compressed-tensors names the checkpoint's own format
+    check_quantize(args.quantize, model_dir)
     adapters = [(a, resolve_adapter_dir(a, args.huggingface_hub_cache)) for a in args.lora_adapters]
     log("INFO", "Starting shard rank=0", span="shard-manager")
     for adapter, path in adapters:
