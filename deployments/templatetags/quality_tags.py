@@ -6,7 +6,7 @@ from django import template
 
 from console import roles
 from console.permissions import can
-from deployments.models import DatasetVersion, Job
+from deployments.models import DatasetVersion, Job, ModelArtifact
 from deployments.quality import selectors
 
 register = template.Library()
@@ -25,4 +25,19 @@ def quality_panel(context, job: Job) -> dict:
         "results": list(selectors.job_results(job)) if job.kind == Job.Kind.EVALUATE else [],
         "can_act": can(user, roles.FINETUNE),
         "csrf_token": context.get("csrf_token"),
+    }
+
+
+@register.inclusion_tag("quality/_artifact_panel.html", takes_context=True)
+def quality_artifact_panel(context, artifact: ModelArtifact) -> dict:
+    """On a model's page: how it was quantized, its evaluation figures, and Quantize / Evaluate for those who
+    hold finetune."""
+    user = context["request"].user
+    is_model = artifact.kind == ModelArtifact.Kind.MODEL and artifact.status == ModelArtifact.Status.READY
+    lineage = artifact.lineage or {}
+    return {
+        "artifact": artifact,
+        "quantized": lineage if lineage.get("scheme") else None,
+        "results": list(selectors.artifact_results(artifact)[:50]) if artifact.pk else [],
+        "can_start": is_model and can(user, roles.FINETUNE),
     }

@@ -44,6 +44,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
     token, _ = token_create(actor=engineer, user=engineer, name="spare", scope=ApiToken.Scope.READ)
     dataset, upload = _dataset(admin, engineer, team)
     finetune, running, adapter = _finetune(dataset, artifact)
+    quality = _quality(artifact)
     approval = _approval(artifact, requester=other)
     key, account = _gateway(admin, team, spec.deployment)
     schedule, alert = _schedule(spec.deployment, owner=admin)
@@ -56,6 +57,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "benchmark-schedules": schedule,
         "finetunes": finetune.pk,
         "finetunes/running": running.pk,
+        **quality,
         "audit/events": AuditEvent.objects.latest("id").pk,
         "credentials": credential.pk,
         "datasets": dataset.pk,
@@ -109,6 +111,22 @@ def _finetune(dataset, base):
         host=base.host, repo__source=base.repo.source, kind=ModelArtifact.Kind.ADAPTER, base=base, produced_by=job
     )
     return job, running, adapter
+
+
+def _quality(artifact) -> dict[str, int]:
+    """A running quantize job and a running evaluate job of the artifact (each can be stopped), and a figure."""
+    from deployments.models import EvalResult
+
+    quantize = JobFactory(
+        kind=Job.Kind.QUANTIZE,
+        status=Job.Status.RUNNING,
+        target=artifact,
+        params={"source_artifact_id": artifact.pk, "dataset_version_id": None, "options": {"scheme": "FP8_DYNAMIC"}},
+    )
+    params = {"artifact_ids": [artifact.pk], "dataset_version_ids": [], "options": {}}
+    evaluate = JobFactory(kind=Job.Kind.EVALUATE, status=Job.Status.RUNNING, target=artifact, params=params)
+    figure = EvalResult.objects.create(job=evaluate, artifact=artifact, metric="perplexity", value=12.5)
+    return {"quantize-jobs": quantize.pk, "evaluate-jobs": evaluate.pk, "eval-results": figure.pk}
 
 
 def _benchmark(deployment) -> int:

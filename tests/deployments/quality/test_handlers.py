@@ -66,7 +66,9 @@ def log_text(job: Job) -> str:
     return "\n".join(job.lines.order_by("seq").values_list("text", flat=True))
 
 
-def test_a_quantize_job_publishes_a_whole_checkpoint_and_registers_it_with_its_lineage(world, engineer, settings):
+def test_a_quantize_job_publishes_a_whole_checkpoint_and_registers_it_with_its_lineage(
+    world, engineer, settings, client
+):
     source, version = world["source"], world["version"]
     job = services.quantize_start(
         actor=engineer, source=source, options={"scheme": "W4A16_GPTQ", "samples": 8}, calibration=version
@@ -100,6 +102,11 @@ def test_a_quantize_job_publishes_a_whole_checkpoint_and_registers_it_with_its_l
     assert not ArtifactUse.objects.exists()  # released when the job ended
     assert not (Path(settings.CHECKPOINT_DIR) / f"quantize-{job.pk}").exists()
     assert "secret row" not in log_text(job)
+    client.force_login(engineer)
+    page = client.get(f"/models/{artifact.pk}/").content.decode()
+    assert 'id="quantize-lineage"' in page and "W4A16_GPTQ" in page and "calib v1" in page
+    assert 'id="quantize-link"' not in page  # a quantized model is not quantized again
+    assert 'id="quantize-link"' in client.get(f"/models/{source.pk}/").content.decode()
 
 
 def test_a_quantize_program_killed_mid_run_leaves_no_artifact_and_nothing_in_the_store(
@@ -122,7 +129,7 @@ def test_a_quantize_program_killed_mid_run_leaves_no_artifact_and_nothing_in_the
     assert verify_manifest(ModelArtifact.objects.get(produced_by=again).path) == []
 
 
-def test_an_evaluate_job_stores_one_figure_per_model_and_metric_keyed_by_its_data(world, engineer, settings):
+def test_an_evaluate_job_stores_one_figure_per_model_and_metric_keyed_by_its_data(world, engineer, settings, client):
     source, version = world["source"], world["version"]
     other = ModelArtifactFactory(host=source.host, repo__repo_id="org/small-fp8")
     job = services.evaluate_start(
@@ -149,3 +156,6 @@ def test_an_evaluate_job_stores_one_figure_per_model_and_metric_keyed_by_its_dat
     assert accuracy.dataset_version == version and accuracy.task_kind == "exact_match" and accuracy.value == 0.5
     assert AuditEvent.objects.filter(action="evaluate.finished", target_id=str(job.pk)).exists()
     assert not ArtifactUse.objects.exists()
+    client.force_login(engineer)
+    page = client.get(f"/models/{source.pk}/").content.decode()
+    assert 'id="artifact-eval-results"' in page and "10.0000" in page and "64 / 32" in page
