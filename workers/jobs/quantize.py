@@ -174,7 +174,9 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
         )
         calibration_sha256 = sha256_file(plan.calibration)
         texts = calibration_texts(plan, tokenizer)
-        encoded = tokenizer(texts, truncation=True, max_length=spec.calibration.seq_len)
+        # A chat template writes its own BOS token; the tokenizer adds one to the other shapes.
+        special = plan.calibration_shape != "chat" or not tokenizer.chat_template
+        encoded = tokenizer(texts, truncation=True, max_length=spec.calibration.seq_len, add_special_tokens=special)
         dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
     events.progress(2, PHASES, phase="calibration")
     _checkpoint(stop, events, partial, "quantizing")
