@@ -11,6 +11,9 @@ quantization/lifecycle/initialize.py). For one quantized Linear of out_features 
 - scales take the model's dtype (float16 where that is not a float type): groups = ceil(k / group_size) for the group
   strategy, 1 per output row for channel, one scalar for tensor, (ceil(n / b0), ceil(k / b1)) for block;
 - static (non-dynamic) input activations add an `input_scale` of one element (tensor strategy) per Linear;
+- nvfp4-pack-quantized / mxfp4-pack-quantized: `weight_packed` uint8 (n, ceil(k / 2)), one-byte `weight_scale` per
+  group of 16 (NVFP4, plus a float32 `weight_global_scale`) or 32 (MXFP4); mxfp8-quantized: one-byte weights and
+  one-byte scales per group of 32;
 - a kv_cache_scheme adds `k_scale` and `v_scale` per attention layer (one element each at the tensor strategy).
 
 Modules in `ignore` and those no group targets (embeddings, norms, biases, MoE routers) stay at the model's dtype.
@@ -26,11 +29,27 @@ from typing import Any
 from deployments.sizing.params import LinearGroup, ParamBreakdown
 
 PACK_QUANTIZED = "pack-quantized"
+# 4-bit floats, two per uint8 along the input dim; NVFP4 adds one float32 global scale per Linear.
+NVFP4 = "nvfp4-pack-quantized"
+FP4_PACKED = frozenset({NVFP4, "mxfp4-pack-quantized"})
+# Formats whose scales are one byte unless the config names a scale_dtype (NVFP4: fp8; MX: E8M0 exponents in uint8).
+ONE_BYTE_SCALES = frozenset({*FP4_PACKED, "mxfp8-quantized"})
+GLOBAL_SCALE_BYTES = 4
 # int32 words of packed weights and zero points; the int64 (out, in) `weight_shape` of each packed Linear.
 PACKED_WORD_BYTES = 4
 WEIGHT_SHAPE_BYTES = 2 * 8
 # Bytes of the unquantized tensors (and the scales) per torch_dtype; float32 checkpoints store 4.
-DTYPE_BYTES = {"float32": 4, "float": 4, "float64": 8, "float16": 2, "half": 2, "bfloat16": 2}
+DTYPE_BYTES = {
+    "float32": 4,
+    "float": 4,
+    "float64": 8,
+    "float16": 2,
+    "half": 2,
+    "bfloat16": 2,
+    "float8_e4m3fn": 1,
+    "uint8": 1,
+    "int8": 1,
+}
 # The name of one module of each projection kind, as transformers names them, to match `targets` and `ignore`.
 _LAYER_PREFIX = "model.layers.0."
 _ATTENTION = frozenset(
@@ -61,7 +80,7 @@ class WeightScheme:
 
     def scale_elements(self, k: int, n: int) -> int:
         """Elements of one Linear's weight_scale (and of an unpacked zero point)."""
-        if self.strategy == "group" and self.group_size and self.group_size > 0:
+        if self.strategy in ("group", "tensor_group") and self.group_size and self.group_size > 0:
             return n * math.ceil(k / self.group_size)
         if self.strategy == "block" and self.block:
             return math.ceil(n / self.block[0]) * math.ceil(k / self.block[1])
@@ -72,7 +91,12 @@ class WeightScheme:
     def linear_bytes(self, k: int, n: int, dtype_bytes: int) -> int:
         """Stored bytes of one quantized Linear (out_features n, in_features k), its scales included."""
         scales = self.scale_elements(k, n)
-        total = scales * (self.scale_bytes or dtype_bytes)
+        default_scale = 1 if self.format in ONE_BYTE_SCALES else dtype_bytes
+        total = scales * (self.scale_bytes or default_scale)
+        if self.format in FP4_PACKED:
+            total += n * math.ceil(k / 2) + (GLOBAL_SCALE_BYTES if self.format == NVFP4 else 0)
+            # NVFP4/MXFP4 activation scales are one float32 global scale when static.
+            return total + (GLOBAL_SCALE_BYTES if self.static_input_scale else 0)
         if self.packed:
             total += n * math.ceil(k * self.num_bits / 32) * PACKED_WORD_BYTES + WEIGHT_SHAPE_BYTES
             if not self.symmetric:
