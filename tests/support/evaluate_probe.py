@@ -1,6 +1,7 @@
 """Reference figures for the evaluate program's tests, computed the plain way. Runs in the ML environment (no
 Django): `python tests/support/evaluate_probe.py SPEC_JSON` prints one JSON object:
 
+    sliding_nll  the same with windows every `stride` tokens, computed one target token at a time
     nll        the mean negative log-likelihood of ids[1:] given the tokens before, the text cut into
                consecutive chunks of `context` inputs each predicting its next tokens (exact when the token count
                minus one is a multiple of `context`)
@@ -34,6 +35,20 @@ def main(spec_json: str) -> None:
             logits = model(input_ids=inputs[None, : len(targets)]).logits[0]
             total += F.cross_entropy(logits, targets, reduction="sum").item()
             count += len(targets)
+        # The sliding window token by token: window k ends at min(k * stride + context, n - 1) and holds the
+        # `context` tokens before its end; each target is scored in the first window whose end reaches it.
+        last, sliding, ends = len(ids) - 1, 0.0, []
+        k = 0
+        while not ends or ends[-1] < last:
+            ends.append(min(k * spec["stride"] + context, last))
+            k += 1
+        window_logits = {}
+        for target in range(1, last + 1):
+            end = next(e for e in ends if e >= target)
+            begin = max(0, end - context)
+            if end not in window_logits:
+                window_logits[end] = model(input_ids=ids[None, begin:end]).logits[0].log_softmax(-1)
+            sliding -= window_logits[end][target - begin - 1, ids[target]].item()
         vocab = [
             v
             for v in range(len(tokenizer))
@@ -42,12 +57,23 @@ def main(spec_json: str) -> None:
         choices, greedy = [], []
         for prompt in spec["prompts"]:
             encoded = tokenizer(prompt, return_tensors="pt")
-            last = model(**encoded).logits[0, -1]
-            ranked = sorted(vocab, key=lambda v: -last[v].item())
+            following = model(**encoded).logits[0, -1]
+            ranked = sorted(vocab, key=lambda v: -following[v].item())
             choices.append([tokenizer.decode([v]) for v in ranked[: spec.get("choices", 4)]])
             out = model.generate(**encoded, max_new_tokens=spec["max_new_tokens"], do_sample=False)
             greedy.append(tokenizer.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True))
-    print(json.dumps({"nll": total / count, "scored": count, "tokens": len(ids), "choices": choices, "greedy": greedy}))
+    print(
+        json.dumps(
+            {
+                "nll": total / count,
+                "sliding_nll": sliding / last,
+                "scored": count,
+                "tokens": len(ids),
+                "choices": choices,
+                "greedy": greedy,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from workers.jobs.evaluate_spec import DEFAULT_PERPLEXITY_TEXT
 from workers.jobs.protocol import EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED
 
 CONTEXT = 64
+STRIDE = 24  # the sliding-window test's
 MAX_TOKENS = 5 * CONTEXT + 1  # five whole windows at stride == context: exactly the plain chunked computation
 # Markers no library prints: if one shows up in the output, the program leaked an example.
 PROMPTS = [f"Zqxv confidential question {n} wplk:" for n in range(8)]
@@ -47,6 +48,7 @@ def probe(work, model) -> dict:
         "model": str(model),
         "text": str(DEFAULT_PERPLEXITY_TEXT),
         "context": CONTEXT,
+        "stride": STRIDE,
         "max_tokens": MAX_TOKENS,
         "prompts": PROMPTS,
         "max_new_tokens": NEW_TOKENS,
@@ -119,7 +121,7 @@ def test_a_sliding_window_scores_every_token_once_and_wrong_keys_count_as_wrong(
     task = write_jsonl(work / "mc-wrong.jsonl", rows)
     spec = {
         "models": [{"id": "tiny", "path": str(model)}],
-        "perplexity": {"context_length": CONTEXT, "stride": 24, "max_tokens": MAX_TOKENS},
+        "perplexity": {"context_length": CONTEXT, "stride": STRIDE, "max_tokens": MAX_TOKENS},
         "task": {"path": str(task), "kind": "multiple_choice"},
         "batch_size": 4,
     }
@@ -127,8 +129,7 @@ def test_a_sliding_window_scores_every_token_once_and_wrong_keys_count_as_wrong(
     assert run.code == EXIT_OK, (run.events[-3:], run.stderr[-3000:])
     figures = run.one("result")["models"]["tiny"]
     assert figures["tokens"] == MAX_TOKENS - 1
-    # Longer contexts for most tokens: close to, not equal to, the chunked figure.
-    assert figures["perplexity"] == pytest.approx(math.exp(probe["nll"]), rel=0.2)
+    assert figures["perplexity"] == pytest.approx(math.exp(probe["sliding_nll"]), rel=1e-3)
     assert figures["accuracy"] == 5 / 8 and figures["correct"] == 5
 
 
@@ -168,6 +169,10 @@ def test_bad_input_is_refused_naming_the_field(work, model):
     error = bad_input(work, "bad-task", spec)
     assert (error["field"], error["line"]) == ("task.expected_field", 2)
     assert "no field expected" in error["message"] and "Zqxv" not in error["message"]
+    rows = write_jsonl(work / "heldout.jsonl", [{"text": "Zqxv one"}, {"txt": "Zqxv two"}])
+    spec = {"models": [{"id": "tiny", "path": str(model)}], "perplexity": {"path": str(rows)}}
+    error = bad_input(work, "bad-text", spec)
+    assert (error["field"], error["line"]) == ("perplexity.path", 2) and "Zqxv" not in error["message"]
 
 
 def test_models_with_different_tokenizers_are_not_compared_on_perplexity(work, model):

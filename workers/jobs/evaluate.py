@@ -130,9 +130,8 @@ class Progress:
         return tick
 
 
-def perplexity_ids(spec: EvaluateSpec, tokenizers: list) -> list[int]:
+def perplexity_ids(spec: EvaluateSpec, text: str, tokenizers: list) -> list[int]:
     """The token ids every model is scored on: the first model's tokenization, which the others must match."""
-    text, _name = read_perplexity_text(spec.perplexity)
     limit = spec.perplexity.max_tokens
     ids = tokenizers[0](text, add_special_tokens=True)["input_ids"][:limit]
     for index, tokenizer in enumerate(tokenizers[1:], start=1):
@@ -196,10 +195,7 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
     spec = parse_spec(raw)
     check_models(spec)
     examples = read_examples(spec.task) if spec.task else []
-    if spec.perplexity and not spec.perplexity.data_path().is_file():
-        raise BadInput(
-            f"The perplexity data file {spec.perplexity.data_path()} does not exist.", field="perplexity.path"
-        )
+    text = read_perplexity_text(spec.perplexity)[0] if spec.perplexity else ""
 
     import torch  # after the cheap checks
     from transformers.utils import logging as hf_logging
@@ -216,7 +212,7 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
     ids: list[int] = []
     data: dict[str, Any] | None = None
     if spec.perplexity:
-        ids = perplexity_ids(spec, tokenizers)
+        ids = perplexity_ids(spec, text, tokenizers)
         p = spec.perplexity
         data = {
             "tokens": len(ids),
