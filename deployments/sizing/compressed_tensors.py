@@ -125,8 +125,10 @@ class CompressedScheme:
 
     @property
     def main(self) -> WeightScheme | None:
-        """The group that quantizes plain Linears (the first one when several do)."""
-        return self.groups[0] if self.groups else None
+        """The group that quantizes plain Linears (the last listing `Linear`, as compressed-tensors applies it),
+        else the first: it names the checkpoint's format."""
+        by_class = [group for group in self.groups if "Linear" in group.targets]
+        return by_class[-1] if by_class else (self.groups[0] if self.groups else None)
 
 
 def _format(qc: dict[str, Any], group: dict[str, Any], weights: dict[str, Any], activations: dict | None) -> str:
@@ -219,7 +221,14 @@ def _ignored_instances(name: str, ignore: tuple[str, ...], count: int) -> int:
 
 
 def _scheme_for(name: str, scheme: CompressedScheme) -> WeightScheme | None:
-    return next((g for g in scheme.groups if any(_matches(name, t) for t in g.targets)), None)
+    """The group quantizing a module, as compressed-tensors picks it (quantization/lifecycle/apply.py): each
+    target belongs to the last group listing it; a name match (exact before `re:`) beats the class `Linear`."""
+    by_target = {target: group for group in scheme.groups for target in group.targets}
+    targets = sorted(by_target, key=lambda target: ("re:" in target, target))
+    for target in targets:
+        if target != "Linear" and _matches(name, target):
+            return by_target[target]
+    return by_target.get("Linear")
 
 
 def weight_bytes(breakdown: ParamBreakdown, scheme: CompressedScheme) -> int:

@@ -79,15 +79,21 @@ def checkpoint_tensors(cfg: dict) -> dict[str, tuple[str, list[int]]]:
     """Every tensor the checkpoint holds, written from compressed-tensors' compressors (pack_quantized, naive_
     quantized) and lifecycle/initialize.py, independently of the planner: {name: (dtype, shape)}."""
     qc, dense = cfg["quantization_config"], "BF16"
-    group = qc["config_groups"]["group_0"]
-    w, act = group["weights"], group["input_activations"]
     linears, other = llama_modules(cfg)
     tensors = {name: (dense, shape) for name, shape in other.items()}
     for name, (n, k) in linears.items():
         ignored = any(re.match(e[3:], name) if e.startswith("re:") else e == name for e in qc["ignore"])
+        # A group naming the module (by a `re:` pattern here) wins over one targeting every Linear.
+        named = [
+            g
+            for g in qc["config_groups"].values()
+            if any(re.match(t[3:], name) for t in g["targets"] if t[:3] == "re:")
+        ]
+        group = named[0] if named else qc["config_groups"]["group_0"]
         if ignored:
             tensors[f"{name}.weight"] = (dense, [n, k])
             continue
+        w, act = group["weights"], group["input_activations"]
         if group["format"] in FP4:  # two 4-bit floats per byte; one-byte scales (NVFP4: fp8, plus a global one)
             nvfp4 = group["format"] == FP4[0]
             tensors[f"{name}.weight_packed"] = ("U8", [n, math.ceil(k / 2)])
@@ -163,6 +169,24 @@ CASES = {
     "mxfp4a16": quantization_config(
         "mxfp4-pack-quantized", weights(type="float", group_size=32, scale_dtype="torch.uint8")
     ),
+    "mixed: w8a8 int8 attention, w4a16 elsewhere": quantization_config("pack-quantized", weights())
+    | {
+        "format": "mixed-precision",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": weights(),
+                "input_activations": None,
+                "format": "pack-quantized",
+            },
+            "group_1": {
+                "targets": ["re:.*self_attn\\.(q|k|v|o)_proj$"],
+                "weights": weights(num_bits=8, strategy="channel", group_size=None),
+                "input_activations": {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True},
+                "format": "int-quantized",
+            },
+        },
+    },
     "w8a8 int8, static per-tensor activations": quantization_config(
         "int-quantized",
         weights(num_bits=8, strategy="channel", group_size=None),
