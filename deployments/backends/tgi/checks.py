@@ -45,6 +45,36 @@ def quantize_from_checkpoint(values: dict[str, Any], checkpoint: dict[str, Any])
     return stored
 
 
+def _tgi_loads_group(fmt: str, group: dict[str, Any]) -> bool:
+    """TGI 3.3's compressed-tensors loader (server/text_generation_server/layers/compressed_tensors/loader.py) takes
+    the config's top-level format: FP8 float- or naive-quantized, INT4/INT8 pack-quantized (GPTQ-Marlin kernels) or
+    marlin-24, INT8 int- or naive-quantized (W8A8). Anything else stops the shard ("unsupported compressed-tensors
+    configuration")."""
+    weights = group.get("weights") or {}
+    kind, bits = weights.get("type", "int"), weights.get("num_bits")
+    if fmt in ("float-quantized", "naive-quantized") and kind == "float" and bits == 8:
+        return True
+    if fmt in ("pack-quantized", "marlin-24") and kind == "int" and bits in (4, 8):
+        return True
+    return fmt in ("int-quantized", "naive-quantized") and kind == "int" and bits == 8
+
+
+def compressed_tensors_format_loadable(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    """NVFP4, MXFP4, mixed-precision and other compressed-tensors checkpoints TGI 3.3 cannot load: vLLM can."""
+    if checkpoint.get("quantization") != "compressed-tensors":
+        return
+    config = (checkpoint.get("config") or {}).get("quantization_config") or {}
+    fmt = str(config.get("format") or "dense")
+    groups = [group or {} for group in (config.get("config_groups") or {}).values()]
+    refused = [group for group in groups if group.get("weights") and not _tgi_loads_group(fmt, group)]
+    if refused:
+        raise SpecError(
+            f"TGI cannot load this compressed-tensors checkpoint ({fmt}): it loads FP8, INT8 and 4- or 8-bit "
+            "integer weights in one format. Serve it with vLLM.",
+            field="backend",
+        )
+
+
 def dtype_with_quantize(values: dict[str, Any], checkpoint: dict[str, Any]) -> None:
     if values["dtype"] and values["quantize"] and values["quantize"] not in DTYPE_WITH_QUANTIZE:
         raise SpecError(
@@ -99,6 +129,7 @@ def log_level_keeps_requests_out(values: dict[str, Any], checkpoint: dict[str, A
 
 CHECKS = (
     quantization_matches_checkpoint,
+    compressed_tensors_format_loadable,
     dtype_with_quantize,
     token_limits,
     memory_fraction,
