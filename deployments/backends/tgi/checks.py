@@ -47,13 +47,14 @@ def quantize_from_checkpoint(values: dict[str, Any], checkpoint: dict[str, Any])
 
 def _tgi_loads_group(fmt: str, group: dict[str, Any]) -> bool:
     """TGI 3.3's compressed-tensors loader (server/text_generation_server/layers/compressed_tensors/loader.py) takes
-    the config's top-level format: FP8 float- or naive-quantized, INT4/INT8 pack-quantized (GPTQ-Marlin kernels) or
-    marlin-24, INT8 int- or naive-quantized (W8A8). Anything else stops the shard ("unsupported compressed-tensors
-    configuration")."""
+    the config's top-level format: FP8 float- or naive-quantized (not in blocks), INT4/INT8 pack-quantized
+    (GPTQ-Marlin kernels) or marlin-24, INT8 int- or naive-quantized (W8A8). Anything else stops the shard
+    ("unsupported compressed-tensors configuration")."""
     weights = group.get("weights") or {}
     kind, bits = weights.get("type", "int"), weights.get("num_bits")
     if fmt in ("float-quantized", "naive-quantized") and kind == "float" and bits == 8:
-        return True
+        # Its FP8 loader reads per-tensor or per-channel scales; 2-D block scales (FP8_BLOCK) it does not.
+        return weights.get("strategy") != "block"
     if fmt in ("pack-quantized", "marlin-24") and kind == "int" and bits in (4, 8):
         return True
     return fmt in ("int-quantized", "naive-quantized") and kind == "int" and bits == 8
@@ -69,8 +70,8 @@ def compressed_tensors_format_loadable(values: dict[str, Any], checkpoint: dict[
     refused = [group for group in groups if group.get("weights") and not _tgi_loads_group(fmt, group)]
     if refused:
         raise SpecError(
-            f"TGI cannot load this compressed-tensors checkpoint ({fmt}): it loads FP8, INT8 and 4- or 8-bit "
-            "integer weights in one format. Serve it with vLLM.",
+            f"TGI cannot load this compressed-tensors checkpoint ({fmt}): it loads FP8 (per tensor or channel), INT8 "
+            "and 4- or 8-bit integer weights in one format. Serve it with vLLM.",
             field="backend",
         )
 

@@ -102,15 +102,20 @@ def test_the_deploy_form_reviews_the_flag_and_refuses_a_conflicting_choice(clien
     assert "already quantized (compressed-tensors)" in field_error(refused, "quantize")
 
 
-def test_a_format_tgi_cannot_load_is_refused_on_the_backend_field(tmp_path, quantized):
-    nvfp4 = artifact_at(quantized.host, quantized_dir(tmp_path / "nvfp4", "tiny-nvfp4a16"), "org/tiny-nvfp4")
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("tiny-nvfp4a16", "nvfp4-pack-quantized"), ("tiny-fp8-block", "float-quantized")]
+)
+def test_a_format_tgi_cannot_load_is_refused_on_the_backend_field(tmp_path, quantized, name, fmt):
+    other = artifact_at(quantized.host, quantized_dir(tmp_path / name, name), f"org/{name}")
     with pytest.raises(ApplicationError) as error:
-        clean_spec({"artifact": nvfp4.pk, "max_total_tokens": 256})
+        clean_spec({"artifact": other.pk, "max_total_tokens": 256})
     assert error.value.field == "backend"
-    assert "nvfp4-pack-quantized" in error.value.message and "vLLM" in error.value.message
-    values = clean_spec({"artifact": nvfp4.pk, "backend": "vllm", "max_model_len": 256})
+    assert fmt in error.value.message and "vLLM" in error.value.message
+    values = clean_spec({"artifact": other.pk, "backend": "vllm", "max_model_len": 256})
     assert "--quantization" not in preview(values)
-    # FP8 block and INT8 W8A8 checkpoints are TGI's to load.
-    for name in ("tiny-fp8-block", "tiny-w8a8-int8"):
-        other = artifact_at(quantized.host, quantized_dir(tmp_path / name, name), f"org/{name}")
-        assert clean_spec({"artifact": other.pk, "max_total_tokens": 256})["quantize"] == "compressed-tensors"
+
+
+@pytest.mark.parametrize("name", ["tiny-fp8-dynamic", "tiny-w8a8-int8", "tiny-w4a16-group16", "tiny-w4a16-kv-fp8"])
+def test_the_quantize_programs_formats_are_tgis_to_load(tmp_path, quantized, name):
+    other = artifact_at(quantized.host, quantized_dir(tmp_path / name, name), f"org/{name}")
+    assert clean_spec({"artifact": other.pk, "max_total_tokens": 256})["quantize"] == "compressed-tensors"
