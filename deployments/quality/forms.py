@@ -70,6 +70,9 @@ class QuantizeForm(StyledMixin, forms.Form):
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["scheme"].choices = [(name, scheme_label(name)) for name in SCHEMES]
+        needs_gpu = " ".join(f"{name}: {s.cuda_only_reason}" for name, s in SCHEMES.items() if s.cuda_only_reason)
+        if needs_gpu:
+            self.fields["scheme"].help_text = _("Refused on hosts without a GPU: %(list)s") % {"list": needs_gpu}
         self.fields["source"].label_from_instance = _artifact_label
         self.fields["calibration_version"].queryset = trainable_versions(user=user)
         self.fields["calibration_version"].label_from_instance = _version_label
