@@ -9,7 +9,7 @@ from django.utils.translation import gettext_lazy as _
 from console.forms import StyledMixin
 from deployments.finetune.selectors import trainable_versions
 from deployments.quality import selectors
-from deployments.quality.services import GROUP_SIZES, SCHEMES, TASK_KINDS
+from deployments.quality.services import GROUP_SIZES, SCHEMES, TASK_KINDS, cuda_only_reason
 
 SCHEME_LABELS = {
     "W4A16_GPTQ": _("W4A16 GPTQ: 4-bit weights, calibrated"),
@@ -70,7 +70,7 @@ class QuantizeForm(StyledMixin, forms.Form):
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["scheme"].choices = [(name, scheme_label(name)) for name in SCHEMES]
-        needs_gpu = " ".join(f"{name}: {s.cuda_only_reason}" for name, s in SCHEMES.items() if s.cuda_only_reason)
+        needs_gpu = " ".join(f"{name}: {cuda_only_reason(name)}" for name in SCHEMES if cuda_only_reason(name))
         if needs_gpu:
             self.fields["scheme"].help_text = _("Refused on hosts without a GPU: %(list)s") % {"list": needs_gpu}
         self.fields["source"].label_from_instance = _artifact_label

@@ -39,6 +39,18 @@ QUANTIZE_PATHS = {"source_model": "/source", "output_dir": "/out"}
 __all__ = ["GROUP_SIZES", "SCHEMES", "TASK_KINDS"]  # and the functions below
 
 
+def cuda_only_reason(name: str) -> str | None:
+    """Why a scheme cannot run on a CPU, in the user's language where the console knows the reason (the spec module
+    is standard library only and says it in English)."""
+    reason = SCHEMES[name].cuda_only_reason if name in SCHEMES else None
+    if reason and name == "W4A16_AWQ":
+        return _(
+            "llm-compressor's AWQ search pins its cached activations in page-locked memory for fast copies to a GPU, "
+            "which needs a CUDA device."
+        )
+    return reason
+
+
 def holder(job: Job) -> str:
     return HOLDER.format(kind=job.kind, pk=job.pk)
 
@@ -184,11 +196,11 @@ def quantize_start(
             field="source",
         )
     gpus = _has_gpus(source.host)
-    scheme = SCHEMES.get(options.get("scheme") or "")
-    if scheme is not None and scheme.cuda_only_reason and not gpus:
+    reason = cuda_only_reason(str(options.get("scheme") or ""))
+    if reason and not gpus:
         raise ApplicationError(
             _("%(scheme)s cannot run on %(host)s, which has no GPU: %(reason)s")
-            % {"scheme": options["scheme"], "host": source.host.name, "reason": scheme.cuda_only_reason},
+            % {"scheme": options["scheme"], "host": source.host.name, "reason": reason},
             field="scheme",
         )
     checked = check_quantize_options(options, device="cuda" if gpus else "cpu", calibration=calibration is not None)

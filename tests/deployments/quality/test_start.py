@@ -98,6 +98,8 @@ def test_a_scheme_that_needs_cuda_is_refused_on_a_host_without_gpus_with_its_rea
     monkeypatch.setitem(quantize_spec.SCHEMES, "W4A16_GPTQ", dataclasses.replace(gptq, cuda_only_reason=reason))
     message = refused(lambda: quantize(engineer, world["source"]), "scheme")
     assert "cpu-box" in message and "no GPU" in message and reason in message
+    # AWQ is such a scheme (measured with llm-compressor 0.14 on a CPU).
+    assert "page-locked memory" in refused(lambda: quantize(engineer, world["source"], scheme="W4A16_AWQ"), "scheme")
 
 
 def test_a_model_no_gpu_of_its_host_can_hold_is_refused_and_one_that_fits_reserves_a_gpu(world, engineer, tmp_path):
