@@ -49,8 +49,8 @@ def url_for(route: str, seeded: dict[str, int]) -> str:
 
 def pages(seeded: dict[str, int]) -> list[tuple[str, str]]:
     """(route, url) of every page with a GET, and pages whose forms only some objects show: the downloading copy
-    (cancel), a running and a cancelled fine-tune (stop, resume), an adapter (deploy, merge) and a finished benchmark
-    with a suggestion (apply)."""
+    (cancel), a running and a cancelled fine-tune (stop, resume), a running quantize job (stop), an adapter (deploy,
+    merge) and a finished benchmark with a suggestion (apply)."""
     found = []
     for route, pattern in routes():
         view = getattr(pattern.callback, "view_class", None)
@@ -61,6 +61,7 @@ def pages(seeded: dict[str, int]) -> list[tuple[str, str]]:
         ("models/<int:pk>/", f"/models/{seeded['models/downloading']}/"),
         ("jobs/<int:pk>/", f"/jobs/{seeded['finetunes']}/"),
         ("jobs/<int:pk>/", f"/jobs/{seeded['finetunes/running']}/"),
+        ("jobs/<int:pk>/", f"/jobs/{seeded['quantize-jobs']}/"),
         ("models/<int:pk>/", f"/models/{seeded['adapters']}/"),
         ("benchmarks/<int:pk>/", f"/benchmarks/{seeded['benchmarks/tuned']}/"),
     ]
