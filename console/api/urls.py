@@ -13,6 +13,7 @@ from deployments.gateway import key_api, log_api, usage_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
 from deployments.quality import api as quality_api
+from deployments.quality import variants_api
 from deployments.registry import api as registry_api
 from deployments.serving import api as deployments_api
 from deployments.serving import approvals_api
@@ -60,6 +61,7 @@ urlpatterns = [
     path("audit/verification/", audit_api.AuditVerificationView.as_view(), name="audit-verification"),
     path("usage/", usage_api.UsageApiView.as_view(), name="usage"),
     path("usage.csv", usage_api.UsageCsvApiView.as_view(), name="usage-csv"),
+    path("models/<int:pk>/variants/", variants_api.ArtifactVariantsView.as_view(), name="model-variants"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("", include(router.urls)),

@@ -898,6 +898,18 @@ MATRIX = [
     ),
     row("get", "/api/v1/eval-results/", 401, 403, 200, 200, 200),
     row("get", "/api/v1/eval-results/{evalresult}/", 401, 403, 200, 200, 200, route="/api/v1/eval-results/<pk>/"),
+    # A model's variants (its adapter, from _finetune_ids): whoever views models.
+    row("get", "/quality/variants/{artifact}/", LOGIN, 403, 200, 200, 200, route="/quality/variants/<int:pk>/"),
+    row(
+        "get",
+        "/api/v1/models/{artifact}/variants/",
+        401,
+        403,
+        200,
+        200,
+        200,
+        route="/api/v1/models/<int:pk>/variants/",
+    ),
     # Benchmarks: everyone who views sees the runs; starting and cancelling need use_deployment on the deployment
     # (the matrix's engineer holds no grant; the admin's start is refused: matrix-running has no host).
     row("get", "/api/v1/benchmarks/", 401, 403, 200, 200, 200),

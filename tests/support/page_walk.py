@@ -24,6 +24,7 @@ PK_OWNERS = {
     "gateway/keys/": "inference-keys",
     "gateway/service-accounts/": "service-accounts",
     "benchmarks/": "benchmarks",
+    "quality/variants/": "models",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
