@@ -3,8 +3,9 @@ the plain computation's, two copies of one model agree, a sliding window scores 
 multiple choice and exact match score a known answer key, no example text reaches the output, and bad input is
 refused naming the field. Every stdout line is a protocol event (tests/support/job_program.py asserts it).
 
-Timings on 2 shared cores: the reference probe ~6 s, each of the three evaluate runs ~5 s, the tokenizer
-mismatch ~4 s (tokenizers load, no model), the other bad-input tests stop before torch loads (< 1 s each)."""
+Timings on 2 shared cores (busy): making the tiny model and the reference probe 12-25 s, each of the four
+evaluate runs 4-10 s, the tokenizer mismatch 6-9 s (tokenizers load, no model), the other bad-input tests stop
+before torch loads (< 1 s together)."""
 
 from __future__ import annotations
 

@@ -154,20 +154,27 @@ def task_inputs(spec: EvaluateSpec, tokenizer, examples: list[Example]):
     prompts = [tokenizer(example.prompt, add_special_tokens=True)["input_ids"] for example in examples]
     if spec.task.kind == "exact_match":
         return prompts
-    return [
-        (prompt, [tokenizer(choice, add_special_tokens=False)["input_ids"] or [0] for choice in example.choices])
-        for prompt, example in zip(prompts, examples, strict=True)
-    ]
+    inputs = []
+    for number, (prompt, example) in enumerate(zip(prompts, examples, strict=True), start=1):
+        choices = [tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in example.choices]
+        if not prompt or not all(choices):
+            # Nothing to condition on, or nothing to score: a log-likelihood of no tokens is no answer.
+            raise BadInput(
+                f"Example {number}: its prompt or one of its choices tokenizes to no tokens.",
+                cause="bad_record",
+                field="task.path",
+            )
+        inputs.append((prompt, choices))
+    return inputs
 
 
 def _batches(count: int, size: int) -> int:
     return -(-count // size)
 
 
-def evaluate_task(spec, model, tokenizer, examples, between) -> dict[str, Any]:
+def evaluate_task(spec, model, tokenizer, examples, inputs, between) -> dict[str, Any]:
     from workers.jobs.evaluate_scoring import choice_loglikelihoods, greedy_answers
 
-    inputs = task_inputs(spec, tokenizer, examples)
     started = time.perf_counter()
     if spec.task.kind == "exact_match":
         answers = greedy_answers(
@@ -229,6 +236,8 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
     if spec.task:
         task = {"kind": spec.task.kind, "examples": len(examples), "sha256": sha256_file(spec.task.path)}
         events.log(f"Task: {len(examples)} {spec.task.kind} examples from {Path(spec.task.path).name}.")
+    # Each model's own token ids for the examples (accuracy compares across tokenizers), checked before any loads.
+    task_sets = [task_inputs(spec, tokenizer, examples) if spec.task else [] for tokenizer in tokenizers]
 
     per_model = 0
     if spec.perplexity:
@@ -241,7 +250,7 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
     progress = Progress(events, stop, per_model * len(spec.models))
 
     results: dict[str, dict[str, Any]] = {}
-    for step, (ref, tokenizer) in enumerate(zip(spec.models, tokenizers, strict=True), start=1):
+    for step, (ref, tokenizer, inputs) in enumerate(zip(spec.models, tokenizers, task_sets, strict=True), start=1):
         packed = compressed_tensors_format(json.loads((Path(ref.path) / "config.json").read_text(encoding="utf-8")))
         how = f", compressed-tensors {packed}" + (", decompressed for the CPU" if spec.device == "cpu" else "")
         events.log(f"Loading {ref.id} ({step} of {len(spec.models)}{how if packed else ''}).")
@@ -272,7 +281,7 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
                 "tokens_per_second": round(scored.tokens / scored.seconds, 1) if scored.seconds else None,
             }
         if spec.task:
-            figures |= evaluate_task(spec, model, tokenizer, examples, progress.between(ref.id, "task"))
+            figures |= evaluate_task(spec, model, tokenizer, examples, inputs, progress.between(ref.id, "task"))
         events.metric(step=step, model=ref.id, **figures)
         results[ref.id] = figures
         del model
