@@ -5,8 +5,8 @@ the planner, its perplexity and accuracy against the base's, and its benchmark f
 Comparisons are only ever made on like terms:
 - evaluation figures only on the same data, measured the same way (EvalResult.comparable_key: the dataset version or
   the shipped sample's sha256, the context length and stride, the task kind); the newest figure per key counts;
-- benchmark figures only between succeeded runs with the same workload shape on the same backend, at a load level
-  both measured without errors (the highest such level; the row says which).
+- benchmark figures only between succeeded runs with the same workload shape on the same backend, device and host,
+  at a load level both measured without errors (the highest such level; the row says which).
 
 Reads only: the caller's visibility applies (artifacts and deployments the user may view).
 """
@@ -26,6 +26,7 @@ from console.permissions import restrict
 from deployments.benchmarks.compare import verdict as bench_verdict
 from deployments.benchmarks.models import BenchmarkRun
 from deployments.models import Deployment, EvalResult, ModelArtifact
+from deployments.quality.variant_claims import Claim, seed_claims
 from deployments.sizing import memory
 from deployments.sizing.errors import SizingError
 from deployments.sizing.params import count_parameters, text_config
@@ -33,9 +34,6 @@ from deployments.sizing.params import count_parameters, text_config
 HIDDEN_STATES = (ModelArtifact.Status.FAILED, ModelArtifact.Status.CANCELLED, ModelArtifact.Status.DELETED)
 LOWER_BETTER = ("perplexity", "ttft_ms_p50")
 BETTER, WORSE, SAME = "better", "worse", "same"
-# The seed's claims (README of the seed project), each measured where the variant it speaks of exists.
-AWQ_SCHEME, GPTQ_SCHEME = "W4A16_AWQ", "W4A16_GPTQ"
-AWQ_ACCURACY_CLAIM, AWQ_MEMORY_CLAIM, GPTQ_SPEED_CLAIM = 0.89, 0.25, 2.3
 
 
 @dataclass
@@ -96,23 +94,6 @@ class Variant:
             "ttft_ms_p50": self.ttft_ms_p50.as_dict(),
             "benchmark": self.benchmark,
         }
-
-
-@dataclass
-class Claim:
-    """A claim of the seed beside what was measured on this model: `measured` the ratio(s), or `missing` what it
-    would take to measure it."""
-
-    claim: str
-    scheme: str
-    artifact: int | None = None
-    measured: dict[str, float] = field(default_factory=dict)
-    claimed: dict[str, float] = field(default_factory=dict)
-    detail: str = ""
-    missing: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -258,7 +239,9 @@ def compare_metric(metric: str, variant: dict[tuple, EvalResult], base: dict[tup
 def _shape(run: BenchmarkRun) -> tuple:
     workload = run.workload if isinstance(run.workload, dict) else {}
     keys = ("dialect", "prompt_tokens", "output_tokens", "sampling")
-    return (run.spec.backend if run.spec_id else None, *(repr(workload.get(k)) for k in keys))
+    # The same server kind on the same machine: a figure from another host or a CPU run compares nothing.
+    where = (run.spec.backend, run.spec.device) if run.spec_id else (None, None)
+    return (*where, run.deployment.host_id, *(repr(workload.get(k)) for k in keys))
 
 
 def _clean_levels(run: BenchmarkRun) -> dict[tuple[str, float], Any]:
@@ -317,7 +300,7 @@ def compare_benchmarks(variant: list[BenchmarkRun], base: list[BenchmarkRun]) ->
             tokens = bench_verdict("output_tokens_per_s", base_step.output_tokens_per_s, step.output_tokens_per_s)
             ttft = bench_verdict("ttft_ms_p50", base_step.ttft_ms_p50, step.ttft_ms_p50)
             return _from_cell(tokens, label), _from_cell(ttft, label), where
-    note = _("No benchmark of the base with the same workload and backend at a level both ran without errors.")
+    note = _("No benchmark of the base with the same workload, backend and host at a level both ran without errors.")
     step = next(iter(_clean_levels(variant[0]).values()), None)
     return (
         Compared(step.output_tokens_per_s if step else None, note=note),
@@ -371,56 +354,3 @@ def variant_table(base: ModelArtifact, *, user) -> VariantTable:
         variants=variants,
         claims=seed_claims(base, variants, base_weight),
     )
-
-
-# -- the seed's claims -------------------------------------------------------------------------------------------
-def seed_claims(base: ModelArtifact, variants: list[Variant], base_weight: int | None) -> list[Claim]:
-    """One row per AWQ and GPTQ variant made from the base itself (a quantized fine-tune would mix two changes), or
-    one row saying what is missing."""
-    direct = [v for v in variants if v.parent.pk == base.pk]
-    claims = [_awq_claim(v, base_weight) for v in direct if v.scheme == AWQ_SCHEME] or [_absent(AWQ_SCHEME)]
-    claims += [_gptq_claim(v) for v in direct if v.scheme == GPTQ_SCHEME] or [_absent(GPTQ_SCHEME)]
-    return claims
-
-
-def _awq_text() -> str:
-    return _("AWQ keeps 89 % of the original accuracy at a quarter of the memory")
-
-
-def _gptq_text() -> str:
-    return _("GPTQ 4-bit is 2.3x faster")
-
-
-def _absent(scheme: str) -> Claim:
-    text = _awq_text() if scheme == AWQ_SCHEME else _gptq_text()
-    return Claim(text, scheme, missing=[_("a %(scheme)s variant of this model") % {"scheme": scheme}])
-
-
-def _awq_claim(variant: Variant, base_weight: int | None) -> Claim:
-    claim = Claim(_awq_text(), AWQ_SCHEME, variant.artifact.pk)
-    claim.claimed = {"accuracy_ratio": AWQ_ACCURACY_CLAIM, "memory_ratio": AWQ_MEMORY_CLAIM}
-    accuracy = variant.accuracy
-    if accuracy.value is not None and accuracy.base:
-        claim.measured["accuracy_ratio"] = accuracy.value / accuracy.base
-        claim.detail = accuracy.note
-    else:
-        claim.missing.append(_("the accuracy of the base and of the variant on the same task data"))
-    if variant.weight_bytes and base_weight:
-        claim.measured["memory_ratio"] = variant.weight_bytes / base_weight
-    else:
-        claim.missing.append(_("the weight memory of both (their config.json readable by the console)"))
-    return claim
-
-
-def _gptq_claim(variant: Variant) -> Claim:
-    claim = Claim(_gptq_text(), GPTQ_SCHEME, variant.artifact.pk)
-    claim.claimed = {"speedup": GPTQ_SPEED_CLAIM}
-    tokens = variant.tokens_per_s
-    if tokens.value is not None and tokens.base:
-        claim.measured["speedup"] = tokens.value / tokens.base
-        claim.detail = _("output tokens/s at %(level)s") % {"level": variant.benchmark.get("level", "")}
-    else:
-        claim.missing.append(
-            _("a finished benchmark of a deployment of the base and of the variant, same workload, a common level")
-        )
-    return claim

@@ -62,9 +62,11 @@ def accuracy(artifact, value, **kw) -> EvalResult:
     return figure(artifact, "accuracy", value, sha=kw.pop("sha", TASK_SHA), task="multiple_choice", **kw)
 
 
-def benchmark(artifact, steps, *, state=BenchmarkRun.State.SUCCEEDED, workload=None, age_s=0) -> BenchmarkRun:
+def benchmark(
+    artifact, steps, *, state=BenchmarkRun.State.SUCCEEDED, workload=None, age_s=0, host=None
+) -> BenchmarkRun:
     """A run of a deployment serving `artifact`; steps: (concurrency, tokens/s, ttft ms, failed requests)."""
-    spec = DeploymentSpecFactory(artifact=artifact, current=True)
+    spec = DeploymentSpecFactory(artifact=artifact, current=True, deployment__host=host)
     run = BenchmarkRun.objects.create(
         deployment=spec.deployment,
         spec=spec,
@@ -193,6 +195,7 @@ def test_benchmark_without_a_comparable_base_run_shows_the_figure_and_why(base, 
     plain = quantized(base, "FP8_DYNAMIC")
     benchmark(gptq, [(4, 300.0, 45.0, 0)])
     benchmark(base, [(2, 150.0, 60.0, 0)])  # no common level
+    benchmark(base, [(4, 150.0, 60.0, 0)], host=HostFactory(name="other-box"))  # another machine
 
     rows = by_pk(variants.variant_table(base, user=admin))
 
@@ -274,6 +277,8 @@ def test_the_page_shows_the_rows_and_deploy_this_one_to_those_who_may_deploy(cli
     assert f'data-deploy="{pending.pk}"' not in page  # not ready: nothing to deploy yet
     assert 'data-verdict="worse"' in page and "+2.500 (+25.0 %)" in page and "text-danger" in page
     assert "a W4A16_AWQ variant of this model" in page
+    form = client.get(f"/deployments/new/?artifact={gptq.pk}").content.decode()
+    assert f'value="{gptq.pk}" selected' in form  # the deploy form opens with this variant chosen
 
     client.force_login(engineer)  # views models, holds no deploy
     page = client.get(url).content.decode()
