@@ -73,6 +73,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "jobs": job.pk,
         "models": unused.pk,
         "models/downloading": downloading.pk,
+        "models/variants": artifact.pk,  # a base model with a variant (its adapter): the variants page has rows
         "teams": team.pk,
         "tokens": token.pk,
         "users": other.pk,

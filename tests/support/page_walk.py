@@ -24,7 +24,7 @@ PK_OWNERS = {
     "gateway/keys/": "inference-keys",
     "gateway/service-accounts/": "service-accounts",
     "benchmarks/": "benchmarks",
-    "quality/variants/": "models",
+    "quality/variants/": "models/variants",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
