@@ -280,8 +280,8 @@ def _level_label(key: tuple[str, float]) -> str:
 
 
 def compare_benchmarks(variant: list[BenchmarkRun], base: list[BenchmarkRun]) -> tuple[Compared, Compared, dict]:
-    """Output tokens/s and TTFT p50 of the newest pair of runs (same backend and workload) with a clean common level,
-    at the highest such level (concurrency before rate)."""
+    """Output tokens/s and TTFT p50 of the newest pair of runs (same backend, device, host and workload) with a clean
+    common level, at the highest such level (concurrency before rate)."""
     if not variant:
         note = _("No finished benchmark of a deployment serving it.")
         return Compared(note=note), Compared(note=note), {}
@@ -297,9 +297,13 @@ def compare_benchmarks(variant: list[BenchmarkRun], base: list[BenchmarkRun]) ->
             step, base_step = levels[key], _clean_levels(other)[key]
             label = _level_label(key)
             where = {"level": label, "load": key[0], "value": key[1], "run": mine.pk, "base_run": other.pk}
-            tokens = bench_verdict("output_tokens_per_s", base_step.output_tokens_per_s, step.output_tokens_per_s)
-            ttft = bench_verdict("ttft_ms_p50", base_step.ttft_ms_p50, step.ttft_ms_p50)
-            return _from_cell(tokens, label), _from_cell(ttft, label), where
+            figures = [
+                _from_cell(
+                    bench_verdict(name, getattr(base_step, name), getattr(step, name)), getattr(base_step, name), label
+                )
+                for name in ("output_tokens_per_s", "ttft_ms_p50")
+            ]
+            return figures[0], figures[1], where
     note = _("No benchmark of the base with the same workload, backend and host at a level both ran without errors.")
     step = next(iter(_clean_levels(variant[0]).values()), None)
     return (
@@ -309,9 +313,9 @@ def compare_benchmarks(variant: list[BenchmarkRun], base: list[BenchmarkRun]) ->
     )
 
 
-def _from_cell(cell, note: str) -> Compared:
-    return Compared(cell.value, None if cell.delta is None else cell.value - cell.delta, cell.delta,
-                    cell.delta_percent, cell.verdict, note)  # fmt: skip
+def _from_cell(cell, base: float | None, note: str) -> Compared:
+    """A benchmark comparison's cell (its 5 % noise band: within it, "same", as on the benchmark pages)."""
+    return Compared(cell.value, base, cell.delta, cell.delta_percent, cell.verdict, note)
 
 
 # -- the table ---------------------------------------------------------------------------------------------------
