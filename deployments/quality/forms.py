@@ -104,6 +104,7 @@ class EvaluateForm(StyledMixin, forms.Form):
         queryset=selectors.evaluable_models().none(),
         required=False,
         empty_label=_("The text sample the console ships"),
+        help_text=_("The whole version is read as held-out text: choose one that no compared model was trained on."),
     )
     context_length = forms.IntegerField(label=_("Context length"), initial=512, min_value=1)
     stride = forms.IntegerField(

@@ -217,6 +217,14 @@ def test_the_api_starts_lists_and_refuses_with_field_errors(world, engineer, aud
     api(auditor).get(f"/api/v1/eval-results/?artifact={source.pk}")
 
 
+def test_a_job_on_another_teams_dataset_is_hidden_from_the_engineer(world, admin, engineer, api):
+    options = {"scheme": "W4A16_GPTQ", "samples": 4}
+    hidden = services.quantize_start(actor=admin, source=world["source"], options=options, calibration=world["foreign"])
+    assert api(engineer).get("/api/v1/quantize-jobs/").data["results"] == []
+    api(engineer).get(f"/api/v1/quantize-jobs/{hidden.pk}/", expected=404)
+    assert [row["id"] for row in api(admin).get("/api/v1/quantize-jobs/").data["results"]] == [hidden.pk]
+
+
 def test_the_pages_for_an_engineer_and_a_viewer(world, client, engineer, auditor):
     client.force_login(auditor)
     assert client.get("/quality/").status_code == 403
