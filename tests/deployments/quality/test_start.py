@@ -257,3 +257,22 @@ def test_the_pages_for_an_engineer_and_a_viewer(world, client, engineer, auditor
     assert bad.status_code == 400 and b"stride (32)" in bad.content
     listing = client.get("/quality/")
     assert listing.status_code == 200 and f'data-job="{job.pk}"'.encode() in listing.content
+
+
+def test_an_evaluate_jobs_fetch_token_opens_its_two_versions_and_no_other(world, admin, engineer):
+    from deployments.datasets.fetch import FetchRefused, check_fetch_token, fetch_token
+
+    task = make_version(admin, world["version"].dataset, jsonl([{"prompt": "p", "completion": " e"}]))
+    job = services.evaluate_start(
+        actor=engineer,
+        artifacts=[world["source"]],
+        perplexity={},
+        perplexity_version=world["version"],
+        task={"kind": "exact_match", "expected_field": "completion"},
+        task_version=task,
+    )
+    for version in (world["version"], task):
+        assert check_fetch_token(fetch_token(job, version), version.pk) == job
+    with pytest.raises(FetchRefused) as refused_fetch:
+        check_fetch_token(fetch_token(job, world["foreign"]), world["foreign"].pk)
+    assert refused_fetch.value.status == 403
