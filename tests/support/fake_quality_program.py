@@ -6,7 +6,8 @@ check what the handler passed.
 
 Quantize: writes output_dir as the real program does (a .partial directory, manifest last, renamed); with
 FAKE_QUANTIZE_DIE=1 in its environment it writes half the .partial and kills itself, as the kernel's OOM
-killer would. Evaluate: a perplexity per model (its index + 10) and an accuracy (0.5)."""
+killer would; with FAKE_QUANTIZE_WAIT=1 it waits for a stop request (SIGTERM) and exits as stopped.
+Evaluate: a perplexity per model (its index + 10) and an accuracy (0.5)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from workers.jobs.manifest import sha256_file, write_manifest
-from workers.jobs.protocol import run_program
+from workers.jobs.protocol import Stopped, run_program
 
 DATA_SHA256 = "d" * 64
 
@@ -31,6 +33,12 @@ def quantize(spec: dict, events, stop) -> None:
     config = json.loads((source / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "pack-quantized"}
     (partial / "config.json").write_text(json.dumps(config))
+    if os.environ.get("FAKE_QUANTIZE_WAIT"):
+        events.log("quantizing: waiting for a stop request")
+        deadline = time.monotonic() + 30
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise Stopped
     if os.environ.get("FAKE_QUANTIZE_DIE"):
         events.progress(1, 2)
         os.kill(os.getpid(), signal.SIGKILL)

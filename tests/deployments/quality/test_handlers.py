@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from deployments.quality import services
 from tests.deployments.datasets.conftest import jsonl
 from tests.deployments.datasets.test_fetch_route import make_version
 from tests.factories import HostFactory, ModelArtifactFactory
+from tests.support.deploy_fixtures import run_job_in_thread
 from workers import runner
 from workers.jobs.manifest import verify_manifest
 
@@ -32,10 +34,10 @@ CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_
 ROWS = [{"text": f"secret row {n}"} for n in range(8)]
 
 
-def fake_ml_python(directory: Path, *, die: bool = False) -> str:
+def fake_ml_python(directory: Path, *, die: bool = False, wait: bool = False) -> str:
     """An ML_PYTHON that runs the stand-in program with the arguments the handler gives the real one."""
     script = directory / "fake-ml-python"
-    export = "export FAKE_QUANTIZE_DIE=1\n" if die else ""
+    export = ("export FAKE_QUANTIZE_DIE=1\n" if die else "") + ("export FAKE_QUANTIZE_WAIT=1\n" if wait else "")
     script.write_text(f'#!/bin/sh\n{export}exec {sys.executable} {FAKE} "$@"\n')
     script.chmod(0o755)
     return str(script)
@@ -159,3 +161,24 @@ def test_an_evaluate_job_stores_one_figure_per_model_and_metric_keyed_by_its_dat
     client.force_login(engineer)
     page = client.get(f"/models/{source.pk}/").content.decode()
     assert 'id="artifact-eval-results"' in page and "10.0000" in page and "64 / 32" in page
+
+
+@pytest.mark.django_db(transaction=True)  # the job runs in a thread, on its own connection
+def test_a_quantize_job_stopped_mid_run_registers_nothing_and_frees_what_it_held(world, engineer, settings, tmp_path):
+    settings.ML_PYTHON = fake_ml_python(tmp_path, wait=True)
+    settings.JOB_PROGRAM_STOP_GRACE_SECONDS = 10
+    source = world["source"]
+    job = services.quantize_start(actor=engineer, source=source, options={"scheme": "FP8_DYNAMIC"})
+    worker = run_job_in_thread(job.pk)
+    deadline = time.monotonic() + 30
+    while "waiting for a stop request" not in log_text(job):
+        assert time.monotonic() < deadline and worker.is_alive(), log_text(job)
+        time.sleep(0.2)
+    services.quality_cancel(actor=engineer, job=job)
+    worker.join(30)
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED, (job.status, log_text(job))
+    assert not ModelArtifact.objects.filter(produced_by=job).exists()
+    assert not services.quantize_output_home(source, job).exists()
+    assert not ArtifactUse.objects.exists()
+    assert AuditEvent.objects.filter(action="quantize.cancelled", target_id=str(job.pk)).exists()
