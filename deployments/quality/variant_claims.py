@@ -46,6 +46,7 @@ def seed_claims(base: ModelArtifact, variants: list[Variant], base_weight: int |
 
 
 def _awq_text() -> str:
+    # xgettext:no-python-format
     return _("AWQ keeps 89 % of the original accuracy at a quarter of the memory")
 
 
