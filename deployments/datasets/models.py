@@ -10,6 +10,7 @@ from django.contrib.auth.models import Group
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from console import roles
 
@@ -84,6 +85,14 @@ class DatasetVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset.name} v{self.version}"
+
+    @property
+    def choice_label(self) -> str:
+        """How a form's choice names this version: the dataset, the version and its size in rows."""
+        rows = self.row_count or 0
+        return ngettext(
+            "%(name)s v%(version)s (%(rows)s row)", "%(name)s v%(version)s (%(rows)s rows)", rows
+        ) % {"name": self.dataset.name, "version": self.version, "rows": rows}
 
 
 class DatasetUpload(models.Model):

@@ -67,9 +67,7 @@ class FinetuneForm(StyledMixin, forms.Form):
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].queryset = selectors.trainable_versions(user=user)
-        self.fields["dataset_version"].label_from_instance = lambda v: (
-            f"{v.dataset.name} v{v.version} ({v.row_count} rows)"
-        )
+        self.fields["dataset_version"].label_from_instance = lambda v: v.choice_label
         self.fields["base"].label_from_instance = lambda a: (
             f"{a.repo.repo_id}@{(a.repo.commit or 'local')[:12]} · {a.host.name}"
         )

@@ -9,6 +9,7 @@ from django.utils.translation import gettext_lazy as _
 from console.forms import StyledMixin
 from deployments.finetune.selectors import trainable_versions
 from deployments.quality import selectors
+from deployments.quality.models import TASK_LABELS
 from deployments.quality.services import GROUP_SIZES, SCHEMES, TASK_KINDS, cuda_only_reason
 
 SCHEME_LABELS = {
@@ -19,7 +20,6 @@ SCHEME_LABELS = {
     "W8A8_INT8": _("W8A8 INT8: SmoothQuant + GPTQ, calibrated"),
 }
 GROUP_LABELS = {-1: _("one scale per channel")}
-TASK_LABELS = {"multiple_choice": _("Multiple choice"), "exact_match": _("Exact match")}
 
 
 def scheme_label(name: str) -> str:
@@ -35,7 +35,7 @@ def _artifact_label(artifact) -> str:
 
 
 def _version_label(version) -> str:
-    return f"{version.dataset.name} v{version.version} ({version.row_count} rows)"
+    return version.choice_label
 
 
 class QuantizeForm(StyledMixin, forms.Form):

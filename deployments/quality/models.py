@@ -5,6 +5,9 @@ from __future__ import annotations
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+# Task kinds as people read them (the stored value is the program's name: workers/jobs/evaluate_spec.TASK_KINDS).
+TASK_LABELS = {"multiple_choice": _("Multiple choice"), "exact_match": _("Exact match")}
+
 
 class EvalResult(models.Model):
     """A perplexity or an accuracy of one artifact, measured by an evaluate job on identified data: a dataset
@@ -49,6 +52,10 @@ class EvalResult(models.Model):
             return str(_("shipped sample"))
         version = self.dataset_version
         return f"{version.dataset.name} v{version.version}"
+
+    @property
+    def task_kind_label(self) -> str:
+        return str(TASK_LABELS.get(self.task_kind, self.task_kind))
 
     @property
     def comparable_key(self) -> tuple:

@@ -217,7 +217,7 @@ def _result_note(result: EvalResult) -> str:
     if result.metric == EvalResult.Metric.PERPLEXITY and result.context_length:
         parts.append(_("context %(n)s, stride %(s)s") % {"n": result.context_length, "s": result.stride or "—"})
     if result.task_kind:
-        parts.append(result.task_kind)
+        parts.append(result.task_kind_label)
     return " · ".join(str(p) for p in parts)
 
 
