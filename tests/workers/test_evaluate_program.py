@@ -210,3 +210,75 @@ def test_sigterm_stops_between_batches(work, model):
     assert run.code == EXIT_STOPPED, (run.events[-3:], run.stderr[-3000:])
     assert not run.of("result") and not run.of("metric")
     assert "Stopped on request" in run.of("log")[-1]["message"]
+
+
+# The rows a fine-tune holds out, by a direct datasets call and by the fine-tune's own build_datasets: the
+# evaluate job must score exactly these (workers/jobs/heldout_split.py is the code both jobs share).
+HELD_OUT_REFERENCE = """
+import json, sys
+from types import SimpleNamespace
+import datasets
+from transformers import AutoTokenizer
+from workers.jobs.finetune_data import scan_dataset
+from workers.jobs.finetune_train import build_datasets
+path, model, out, fraction, seed, examples = sys.argv[1:7]
+rows = [json.loads(line) for line in open(path)]
+direct = datasets.Dataset.from_list(rows).train_test_split(test_size=float(fraction), seed=int(seed), shuffle=True)
+spec = SimpleNamespace(dataset=path, output_dir=out, eval_fraction=float(fraction), hyperparameters={"seed": int(seed)})
+_train, finetune_eval = build_datasets(spec, scan_dataset(path))
+assert list(finetune_eval["text"]) == list(direct["test"]["text"]), "the fine-tune's eval rows differ"
+text = "\\n\\n".join(direct["test"]["text"])
+positions = datasets.Dataset.from_dict({"i": list(range(int(examples)))})
+task = positions.train_test_split(test_size=float(fraction), seed=int(seed), shuffle=True)["test"]["i"]
+ids = AutoTokenizer.from_pretrained(model)(text, add_special_tokens=True)["input_ids"]
+print(json.dumps({"ids": ids, "rows": len(direct["test"]), "task": list(task)}))
+"""
+
+
+def test_a_split_scores_exactly_the_rows_a_finetune_holds_out(work, model, probe):
+    from workers.jobs.evaluate_data import token_ids_sha256
+
+    texts = [f"Zqxv held row {n} tells of river {n * 7} and hill {n * 3}." for n in range(20)]
+    data = write_jsonl(work / "split-text.jsonl", [{"text": t} for t in texts])
+    # Right answers on even rows only: the accuracy says which examples were scored.
+    rows = [
+        {"prompt": prompt, "choices": choices, "expected": choices[0] if n % 2 == 0 else choices[1]}
+        for n, (prompt, choices) in enumerate(zip(PROMPTS, probe["choices"], strict=True))
+    ]
+    task = write_jsonl(work / "split-mc.jsonl", rows)
+    split = {"eval_fraction": 0.25, "seed": 11}
+    spec = {
+        "models": [{"id": "tiny", "path": str(model)}],
+        "perplexity": {"path": str(data), "context_length": CONTEXT, "stride": CONTEXT, "split": split},
+        "task": {"path": str(task), "kind": "multiple_choice", "split": split},
+    }
+    run = run_job("evaluate", spec, work / "run-split")
+    assert run.code == EXIT_OK, (run.events[-3:], run.stderr[-3000:])
+    out = subprocess.run(
+        [ml_python(), "-c", HELD_OUT_REFERENCE, str(data), str(model), str(work / "ft"), "0.25", "11", str(len(rows))],
+        env=ml_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    reference = json.loads(out.stdout.splitlines()[-1])
+    result = run.one("result")
+    scored = result["perplexity_data"]
+    assert (scored["rows"], scored["split"]) == (reference["rows"], split) and reference["rows"] == 5
+    assert (scored["tokens"], scored["sha256"]) == (len(reference["ids"]), token_ids_sha256(reference["ids"]))
+    assert result["task"]["split"] == split and result["task"]["examples"] == len(reference["task"]) == 2
+    assert result["models"]["tiny"]["correct"] == sum(n % 2 == 0 for n in reference["task"])
+    assert_no_example_text(run, texts + PROMPTS)
+
+
+def test_a_split_with_no_rows_to_spare_or_no_rows_at_all_is_refused(work, model):
+    one = write_jsonl(work / "one-row.jsonl", [{"text": "Zqxv only row"}])
+    split = {"eval_fraction": 0.1, "seed": 42}
+    spec = {"models": [{"id": "tiny", "path": str(model)}], "perplexity": {"path": str(one), "split": split}}
+    error = bad_input(work, "bad-split-rows", spec)
+    assert error["field"] == "perplexity.split" and "1 rows" in error["message"] and "Zqxv" not in error["message"]
+    spec["perplexity"] = {"path": None, "split": split}
+    error = bad_input(work, "bad-split-text", spec)
+    assert error["field"] == "perplexity.split" and "plain text" in error["message"]

@@ -24,6 +24,10 @@ def test_defaults_fill_in_and_the_spec_round_trips():
     assert parse_spec(spec.to_dict()) == spec
     task = parse_spec({"models": MODELS[:1], "task": {"path": "/d/t.jsonl", "kind": "exact_match"}}).task
     assert (task.prompt_field, task.expected_field, task.limit, task.max_new_tokens) == ("prompt", "expected", None, 32)
+    # A fine-tune's eval split travels with the data settings.
+    held_out = parse_spec({"models": MODELS, "perplexity": {"split": {"eval_fraction": 0.2, "seed": 7}}})
+    assert held_out.to_dict()["perplexity"]["split"] == {"eval_fraction": 0.2, "seed": 7}
+    assert parse_spec(held_out.to_dict()) == held_out and spec.perplexity.split is None
     # A short context without a stride scores whole windows rather than failing on the default stride.
     assert parse_spec({"models": MODELS, "perplexity": {"context_length": 64}}).perplexity.stride == 64
 
@@ -50,6 +54,15 @@ def test_defaults_fill_in_and_the_spec_round_trips():
         ({"device": "tpu"}, "device", "cpu, cuda"),
         ({"dtype": "int4"}, "dtype", "auto, bf16"),
         ({"seed": 1}, "seed", "Unknown spec field"),
+        ({"perplexity": {"split": {"eval_fraction": 0.5, "seed": 1}}}, "perplexity.split.eval_fraction", "below 0.5"),
+        ({"perplexity": {"split": {"eval_fraction": 0, "seed": 1}}}, "perplexity.split.eval_fraction", "above 0"),
+        ({"perplexity": {"split": {"eval_fraction": 0.1}}}, "perplexity.split.seed", "whole number"),
+        ({"perplexity": {"split": {"eval_fraction": 0.1, "seed": 1, "x": 1}}}, "perplexity.split.x", "Unknown"),
+        (
+            {"task": {"path": "/t", "kind": "exact_match", "split": {"eval_fraction": True, "seed": 1}}},
+            "task.split.eval_fraction",
+            "a number",
+        ),
     ],
 )
 def test_a_wrong_field_is_named(change, field, words):

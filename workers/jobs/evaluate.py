@@ -27,6 +27,7 @@ import math
 import platform
 import sys
 import time
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,7 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
     spec = parse_spec(raw)
     check_models(spec)
     examples = read_examples(spec.task) if spec.task else []
-    text = read_perplexity_text(spec.perplexity)[0] if spec.perplexity else ""
+    text, _name, ppl_rows = read_perplexity_text(spec.perplexity) if spec.perplexity else ("", "", None)
 
     import torch  # after the cheap checks
     from transformers.utils import logging as hf_logging
@@ -230,11 +231,22 @@ def run(raw: dict[str, Any], events: Events, stop: StopRequest) -> None:
             "max_tokens": p.max_tokens,
             "source": p.path or "shipped:eval_sample.txt",
             "file_sha256": sha256_file(p.data_path()),
+            # Rows read (up to max_tokens' worth), of the fine-tune's eval split when `split` is set; None: plain text.
+            "rows": ppl_rows,
+            "split": asdict(p.split) if p.split else None,
         }
-        events.log(f"Perplexity data: {len(ids)} tokens from {p.data_path().name} (sha256 {data['sha256'][:12]}).")
+        where = p.data_path().name
+        if ppl_rows is not None:
+            where = f"{ppl_rows} rows{' of the fine-tune eval split' if p.split else ''} of {where}"
+        events.log(f"Perplexity data: {len(ids)} tokens from {where} (sha256 {data['sha256'][:12]}).")
     task: dict[str, Any] | None = None
     if spec.task:
-        task = {"kind": spec.task.kind, "examples": len(examples), "sha256": sha256_file(spec.task.path)}
+        task = {
+            "kind": spec.task.kind,
+            "examples": len(examples),
+            "sha256": sha256_file(spec.task.path),
+            "split": asdict(spec.task.split) if spec.task.split else None,
+        }
         events.log(f"Task: {len(examples)} {spec.task.kind} examples from {Path(spec.task.path).name}.")
     # Each model's own token ids for the examples (accuracy compares across tokenizers), checked before any loads.
     task_sets = [task_inputs(spec, tokenizer, examples) if spec.task else [] for tokenizer in tokenizers]

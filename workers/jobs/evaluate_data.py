@@ -9,11 +9,12 @@ import array
 import hashlib
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.jobs.evaluate_spec import EvaluateSpec, PerplexitySpec, TaskSpec
+from workers.jobs.evaluate_spec import EvaluateSpec, PerplexitySpec, SplitSpec, TaskSpec
 from workers.jobs.finetune_data import iter_records, scan_dataset
 from workers.jobs.finetune_spec import TOKENIZER_FILES
 from workers.jobs.protocol import BadInput
@@ -66,15 +67,44 @@ def _row_text(record: dict[str, Any], shape: str) -> str:
     return record["text"]
 
 
-def read_perplexity_text(spec: PerplexitySpec) -> tuple[str, str]:
-    """The text to score (enough characters for max_tokens) and the data file's name; a .txt file is plain
-    text, any other file JSONL rows (text, prompt/completion or chat) joined by a blank line."""
+def _held_out_records(path: Path, shape: str, split: SplitSpec, field: str):
+    """The records a fine-tune with this split holds out, in the order it evaluates them (heldout_split: the
+    fine-tune's own loading and split), and the file's row count."""
+    from workers.jobs.heldout_split import load_records, train_eval_split
+
+    with tempfile.TemporaryDirectory(prefix="evaluate-split-") as cache:
+        data = load_records(str(path), shape, cache)
+        try:
+            _train, held_out = train_eval_split(data, split.eval_fraction, split.seed)
+        except ValueError as exc:
+            raise BadInput(
+                f"{path.name} has {len(data)} rows: too few for an eval split of {split.eval_fraction:g} "
+                "with rows left to train on.",
+                cause="empty_dataset",
+                field=field + ".split",
+                next_step="Evaluate on the whole version, or choose a version with more rows.",
+            ) from exc
+        yield from held_out
+
+
+def read_perplexity_text(spec: PerplexitySpec) -> tuple[str, str, int | None]:
+    """The text to score (enough characters for max_tokens), the data file's name and the number of rows it
+    holds (None for plain text); a .txt file is plain text, any other file JSONL rows (text,
+    prompt/completion or chat) joined by a blank line: all of them in file order, or with `split` only the
+    rows a fine-tune holds out, in its order."""
     path = spec.data_path()
     field = "perplexity.path"
     if not path.is_file():
         raise BadInput(f"The perplexity data file {path} does not exist.", field=field)
     budget = spec.max_tokens * CHARS_PER_TOKEN
+    rows: int | None = None
     if path.suffix.lower() == ".txt":
+        if spec.split is not None:
+            raise BadInput(
+                f"{path.name} is plain text: it has no rows to split. Leave the split out, or evaluate on a "
+                "dataset version.",
+                field="perplexity.split",
+            )
         try:
             with open(path, encoding="utf-8", errors="strict") as handle:
                 text = handle.read(budget)
@@ -85,16 +115,22 @@ def read_perplexity_text(spec: PerplexitySpec) -> tuple[str, str]:
             scan = scan_dataset(path)
         except BadInput as exc:
             raise BadInput(exc.message, cause=exc.cause, next_step=exc.next_step, line=exc.line, field=field) from exc
+        records = (
+            iter_records(str(path), scan.shape)
+            if spec.split is None
+            else _held_out_records(path, scan.shape, spec.split, "perplexity")
+        )
         parts, size = [], 0
-        for record in iter_records(str(path), scan.shape):
+        for record in records:
             parts.append(_row_text(record, scan.shape))
             size += len(parts[-1]) + len(ROW_SEPARATOR)
             if size >= budget:
                 break
-        text = ROW_SEPARATOR.join(parts)
+        records.close()  # a split's generator removes its Arrow cache
+        text, rows = ROW_SEPARATOR.join(parts), len(parts)
     if not text.strip():
         raise BadInput(f"{path.name} holds no text to score.", cause="empty_dataset", field=field)
-    return text, path.name
+    return text, path.name, rows
 
 
 def _problem(record: Any, task: TaskSpec) -> tuple[str, str] | None:
@@ -141,7 +177,8 @@ def read_examples(task: TaskSpec) -> list[Example]:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
-                if task.limit is not None and len(examples) + len(problems) >= task.limit:
+                # With a split, the limit counts held-out examples: every line is read first.
+                if task.split is None and task.limit is not None and len(examples) + len(problems) >= task.limit:
                     break
                 try:
                     record = json.loads(line)
@@ -173,7 +210,24 @@ def read_examples(task: TaskSpec) -> list[Example]:
         )
     if not examples:
         raise BadInput(f"{path.name} has no examples.", cause="empty_dataset", field="task.path")
+    if task.split is not None:
+        examples = _held_out_examples(examples, task.split, path.name)[: task.limit]
     return examples
+
+
+def _held_out_examples(examples: list[Example], split: SplitSpec, name: str) -> list[Example]:
+    from workers.jobs.heldout_split import eval_indices
+
+    try:
+        return [examples[i] for i in eval_indices(len(examples), split.eval_fraction, split.seed)]
+    except ValueError as exc:
+        raise BadInput(
+            f"{name} has {len(examples)} examples: too few for an eval split of {split.eval_fraction:g} with rows "
+            "left to train on.",
+            cause="empty_dataset",
+            field="task.split",
+            next_step="Evaluate on the whole version, or choose a version with more rows.",
+        ) from exc
 
 
 def token_ids_sha256(ids: list[int]) -> str:

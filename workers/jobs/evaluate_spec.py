@@ -10,7 +10,10 @@ with the same rules the program applies. A wrong field is `BadInput(field=...)`,
                                                   (text, prompt/completion or chat messages)
         "context_length": 512, "stride": 256,     the sliding window: each window scores only tokens not scored
                                                   before (transformers' perplexity guide); stride <= context_length
-        "max_tokens": 32768                       at most this many tokens of the data are evaluated
+        "max_tokens": 32768,                      at most this many tokens of the data are evaluated
+        "split": null | {"eval_fraction": 0.1, "seed": 42}
+                                                  only the rows a fine-tune with this eval_fraction and
+                                                  hyperparameters.seed holds out (JSONL data only)
       },
       "task": null | {
         "path": "/data/task.jsonl",
@@ -20,7 +23,8 @@ with the same rules the program applies. A wrong field is `BadInput(field=...)`,
                                                   text of the right one; the choice with the highest total
                                                   log-likelihood given the prompt is the model's answer
         "limit": null | N,                        the first N examples only
-        "max_new_tokens": 32                      exact_match: greedy generation, compared after whitespace strip
+        "max_new_tokens": 32,                     exact_match: greedy generation, compared after whitespace strip
+        "split": null | {...}                     as perplexity's: the held-out examples only (limit counts those)
       },
       "device": "cpu" | "cuda",
       "dtype": "auto" | "bf16" | "fp16" | "fp32", auto: the checkpoint's own dtype on a GPU, fp32 on CPU
@@ -54,8 +58,19 @@ MAX_BATCH = 64
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 TOP_LEVEL = ("models", "perplexity", "task", "device", "dtype", "batch_size")
-PERPLEXITY_FIELDS = ("path", "context_length", "stride", "max_tokens")
-TASK_FIELDS = ("path", "kind", "prompt_field", "expected_field", "choices_field", "limit", "max_new_tokens")
+PERPLEXITY_FIELDS = ("path", "context_length", "stride", "max_tokens", "split")
+TASK_FIELDS = ("path", "kind", "prompt_field", "expected_field", "choices_field", "limit", "max_new_tokens", "split")
+SPLIT_FIELDS = ("eval_fraction", "seed")
+MAX_EVAL_FRACTION = 0.5  # finetune_spec's bound: an eval share of half or more leaves too little to train on
+MAX_SEED = 2**32 - 1  # finetune_spec's hyperparameters.seed bound
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """The eval rows of a fine-tune with this eval_fraction and hyperparameters.seed (workers/jobs/heldout_split)."""
+
+    eval_fraction: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,7 @@ class PerplexitySpec:
     context_length: int = 512
     stride: int = 256
     max_tokens: int = 32768
+    split: SplitSpec | None = None
 
     def data_path(self) -> Path:
         return Path(self.path) if self.path else DEFAULT_PERPLEXITY_TEXT
@@ -84,6 +100,7 @@ class TaskSpec:
     choices_field: str = "choices"
     limit: int | None = None
     max_new_tokens: int = 32
+    split: SplitSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,21 @@ def _object(raw: Any, name: str, fields: tuple[str, ...]) -> dict[str, Any]:
     return raw
 
 
+def _split(raw: Any, prefix: str) -> SplitSpec | None:
+    if raw is None:
+        return None
+    raw = _object(raw, prefix + "split", SPLIT_FIELDS)
+    where = prefix + "split."
+    fraction = raw.get("eval_fraction")
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction < MAX_EVAL_FRACTION:
+        raise BadInput(
+            f"{where}eval_fraction must be a number above 0 and below {MAX_EVAL_FRACTION}.",
+            field=where + "eval_fraction",
+        )
+    seed = _int(raw, "seed", None, 0, MAX_SEED, where)
+    return SplitSpec(eval_fraction=float(fraction), seed=seed)
+
+
 def _models(raw: Any) -> tuple[ModelRef, ...]:
     if not isinstance(raw, list) or not raw:
         raise BadInput("models is required: a list of 1 to 8 {id, path} objects.", field="models")
@@ -191,7 +223,8 @@ def _perplexity(raw: Any) -> PerplexitySpec | None:
             field=prefix + "stride",
         )
     max_tokens = _int(raw, "max_tokens", 32768, 2, MAX_TOKENS, prefix)
-    return PerplexitySpec(path=path, context_length=context, stride=stride, max_tokens=max_tokens)
+    split = _split(raw.get("split"), prefix)
+    return PerplexitySpec(path=path, context_length=context, stride=stride, max_tokens=max_tokens, split=split)
 
 
 def _task(raw: Any) -> TaskSpec | None:
@@ -215,7 +248,8 @@ def _task(raw: Any) -> TaskSpec | None:
         )
     limit = _int(raw, "limit", None, 1, MAX_TOKENS, prefix, nullable=True)
     max_new = _int(raw, "max_new_tokens", 32, 1, MAX_NEW_TOKENS, prefix)
-    return TaskSpec(path=path, kind=kind, **names, limit=limit, max_new_tokens=max_new)
+    split = _split(raw.get("split"), prefix)
+    return TaskSpec(path=path, kind=kind, **names, limit=limit, max_new_tokens=max_new, split=split)
 
 
 def parse_spec(raw: dict[str, Any]) -> EvaluateSpec:

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, T
 
 from workers.jobs.finetune_data import DatasetScan, iter_records
 from workers.jobs.finetune_spec import FinetuneSpec
+from workers.jobs.heldout_split import cache_dir_for, load_records, train_eval_split
 from workers.jobs.manifest import read_manifest, write_manifest
 from workers.jobs.protocol import BadInput, Events, Stopped, StopRequest
 
@@ -123,20 +124,12 @@ def check_lengths(spec: FinetuneSpec, scan: DatasetScan, tokenizer) -> None:
 
 
 def build_datasets(spec: FinetuneSpec, scan: DatasetScan):
-    """Arrow-backed (memory-mapped) train and eval sets in file order, the eval share drawn with the seed."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    stat = os.stat(spec.dataset)
-    data = datasets.Dataset.from_generator(
-        iter_records,
-        gen_kwargs={"path": spec.dataset, "shape": scan.shape, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-        cache_dir=str(Path(spec.output_dir) / ".data-cache"),
-    )
+    """Arrow-backed (memory-mapped) train and eval sets in file order, the eval share drawn with the seed (the
+    split the evaluate job can score again: workers/jobs/heldout_split.py)."""
+    data = load_records(spec.dataset, scan.shape, cache_dir_for(spec.output_dir))
     if not spec.eval_fraction:
         return data, None
-    split = data.train_test_split(test_size=spec.eval_fraction, seed=spec.hyperparameters["seed"], shuffle=True)
-    return split["train"], split["test"]
+    return train_eval_split(data, spec.eval_fraction, spec.hyperparameters["seed"])
 
 
 def lora_config(spec: FinetuneSpec):
