@@ -10,7 +10,14 @@ from console.forms import StyledMixin
 from deployments.finetune.selectors import trainable_versions
 from deployments.quality import selectors
 from deployments.quality.models import TASK_LABELS
-from deployments.quality.services import GROUP_SIZES, SCHEMES, TASK_KINDS, cuda_only_reason
+from deployments.quality.services import (
+    DEFAULT_EVAL_FRACTION,
+    DEFAULT_SPLIT_SEED,
+    GROUP_SIZES,
+    SCHEMES,
+    TASK_KINDS,
+    cuda_only_reason,
+)
 
 SCHEME_LABELS = {
     "W4A16_GPTQ": _("W4A16 GPTQ: 4-bit weights, calibrated"),
@@ -104,7 +111,29 @@ class EvaluateForm(StyledMixin, forms.Form):
         queryset=selectors.evaluable_models().none(),
         required=False,
         empty_label=_("The text sample the console ships"),
-        help_text=_("The whole version is read as held-out text: choose one that no compared model was trained on."),
+        help_text=_(
+            "The whole version is read as held-out text: choose one that no compared model was trained on, or only "
+            "its fine-tune eval split below."
+        ),
+    )
+    eval_split = forms.BooleanField(
+        label=_("Only its fine-tune eval split"),
+        required=False,
+        help_text=_(
+            "The rows a fine-tune of this version with the eval share and seed below held out, and did not train on."
+        ),
+    )
+    eval_fraction = forms.FloatField(
+        label=_("Eval share"),
+        required=False,
+        help_text=_("Blank: the split computed in the version's statistics, else %(fraction)s.")
+        % {"fraction": DEFAULT_EVAL_FRACTION},
+    )
+    split_seed = forms.IntegerField(
+        label=_("Split seed"),
+        required=False,
+        help_text=_("The fine-tune's seed. Blank: the split computed in the version's statistics, else %(seed)s.")
+        % {"seed": DEFAULT_SPLIT_SEED},
     )
     context_length = forms.IntegerField(label=_("Context length"), initial=512, min_value=1)
     stride = forms.IntegerField(
@@ -126,6 +155,11 @@ class EvaluateForm(StyledMixin, forms.Form):
     expected_field = forms.CharField(label=_("Expected answer field"), initial="expected", required=False)
     choices_field = forms.CharField(label=_("Choices field"), initial="choices", required=False)
     limit = forms.IntegerField(label=_("Examples"), required=False, min_value=1, help_text=_("Blank: all of them."))
+    task_eval_split = forms.BooleanField(
+        label=_("Only the task's fine-tune eval split"),
+        required=False,
+        help_text=_("With the eval share and seed of the version's computed split, else the defaults above."),
+    )
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -144,7 +178,10 @@ class EvaluateForm(StyledMixin, forms.Form):
         data = self.cleaned_data
         if not data.get("perplexity"):
             return None
-        return {"context_length": data["context_length"], "stride": data["stride"]}
+        options = {"context_length": data["context_length"], "stride": data["stride"]}
+        if data.get("eval_split") or data.get("eval_fraction") is not None or data.get("split_seed") is not None:
+            options |= {"eval_split": True, "eval_fraction": data.get("eval_fraction"), "seed": data.get("split_seed")}
+        return options
 
     def task_options(self) -> dict | None:
         data = self.cleaned_data
@@ -159,4 +196,6 @@ class EvaluateForm(StyledMixin, forms.Form):
         }
         if kind == "multiple_choice":
             task["choices_field"] = data.get("choices_field") or "choices"
+        if data.get("task_eval_split"):
+            task["eval_split"] = True
         return task

@@ -35,7 +35,8 @@ class EvalResult(models.Model):
     tokens = models.BigIntegerField(_("tokens"), null=True, blank=True)
     examples = models.PositiveIntegerField(_("examples"), null=True, blank=True)
     tokens_per_s = models.FloatField(_("tokens/s"), null=True, blank=True)
-    detail = models.JSONField(_("detail"), default=dict, blank=True)  # library versions, fields, dtype, device
+    # Library versions, fields, dtype, device; "split": the fine-tune eval split scored (part of comparable_key).
+    detail = models.JSONField(_("detail"), default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -59,7 +60,9 @@ class EvalResult(models.Model):
 
     @property
     def comparable_key(self) -> tuple:
-        """Rows with equal keys were measured on the same data, the same way."""
+        """Rows with equal keys were measured on the same data, the same way. A fine-tune eval split of the version
+        (detail["split"]: eval_fraction and seed) is other data than the whole version, and than another split."""
+        split = (self.detail or {}).get("split") or {}
         return (
             self.metric,
             self.dataset_version_id,
@@ -67,4 +70,6 @@ class EvalResult(models.Model):
             self.context_length,
             self.stride,
             self.task_kind,
+            split.get("eval_fraction"),
+            split.get("seed"),
         )

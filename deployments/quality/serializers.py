@@ -114,6 +114,17 @@ class PerplexityInputSerializer(serializers.Serializer):
     context_length = serializers.IntegerField(default=512)
     stride = serializers.IntegerField(required=False)
     max_tokens = serializers.IntegerField(required=False)
+    eval_split = serializers.BooleanField(
+        default=False,
+        help_text="Only the rows a fine-tune holds out of the version (its eval split); eval_fraction and seed "
+        "default to the version's computed split (stats.split), else 0.1 and the fine-tune's default seed.",
+    )
+    eval_fraction = serializers.FloatField(
+        required=False, help_text="The fine-tune's eval_fraction (0 < f < 0.5); implies eval_split."
+    )
+    seed = serializers.IntegerField(
+        required=False, help_text="The fine-tune's hyperparameters.seed; implies eval_split."
+    )
 
 
 class TaskInputSerializer(serializers.Serializer):
@@ -124,6 +135,17 @@ class TaskInputSerializer(serializers.Serializer):
     choices_field = serializers.CharField(default="choices")
     limit = serializers.IntegerField(required=False, allow_null=True)
     max_new_tokens = serializers.IntegerField(required=False)
+    eval_split = serializers.BooleanField(
+        default=False,
+        help_text="Only the rows a fine-tune holds out of the version (its eval split); eval_fraction and seed "
+        "default to the version's computed split (stats.split), else 0.1 and the fine-tune's default seed.",
+    )
+    eval_fraction = serializers.FloatField(
+        required=False, help_text="The fine-tune's eval_fraction (0 < f < 0.5); implies eval_split."
+    )
+    seed = serializers.IntegerField(
+        required=False, help_text="The fine-tune's hyperparameters.seed; implies eval_split."
+    )
 
 
 class EvaluateStartSerializer(serializers.Serializer):

@@ -8,6 +8,7 @@ dataset's name, version and sha256 are recorded, never a row."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import audit
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import require, require_dataset
-from deployments.finetune.services import _register, _store
+from deployments.finetune.services import HYPERPARAMETERS, _register, _store
 from deployments.inventory.placement import PlacementError, Requirement, place
 from deployments.inventory.selectors import host_states
 from deployments.jobs.services import job_cancel, job_create
@@ -306,8 +307,70 @@ def quantize_finished(*, job: Job, result: dict, path: Path, manifest: dict) -> 
 
 
 # -- evaluate ----------------------------------------------------------------------------------------------------
+# A fine-tune's eval split when the version's statistics have not computed one: a common held-out share, and the
+# seed a fine-tune uses unless told otherwise.
+DEFAULT_EVAL_FRACTION = 0.1
+DEFAULT_SPLIT_SEED = HYPERPARAMETERS["seed"][1]
+SPLIT_OPTIONS = ("eval_split", "eval_fraction", "seed")
+
+
 def model_id(artifact: ModelArtifact) -> str:
     return f"artifact-{artifact.pk}"
+
+
+def eval_split_defaults(version: DatasetVersion | None) -> dict[str, Any]:
+    """The eval split to offer for `version`: the one its statistics computed (DatasetVersion.stats["split"], the
+    split a fine-tune with that eval_fraction and seed makes), else DEFAULT_EVAL_FRACTION and the fine-tune's
+    default seed."""
+    computed = ((version.stats or {}).get("split") if version is not None else None) or {}
+    fraction, seed = computed.get("eval_fraction"), computed.get("seed")
+    if isinstance(fraction, (int, float)) and 0 < fraction < evaluate_spec.MAX_EVAL_FRACTION and isinstance(seed, int):
+        return {"eval_fraction": float(fraction), "seed": seed}
+    return {"eval_fraction": DEFAULT_EVAL_FRACTION, "seed": DEFAULT_SPLIT_SEED}
+
+
+def _with_split(options: dict | None, version: DatasetVersion | None, prefix: str) -> dict | None:
+    """`options` with eval_split / eval_fraction / seed turned into the spec's split: the rows a fine-tune with
+    that eval_fraction and seed holds out of `version` (blank ones: eval_split_defaults)."""
+    if options is None:
+        return None
+    options = dict(options)
+    wanted, fraction, seed = (options.pop(name, None) for name in SPLIT_OPTIONS)
+    if not (wanted or fraction is not None or seed is not None):
+        return options
+    if version is None:
+        raise ApplicationError(
+            _("The shipped text sample has no fine-tune eval split: choose a dataset version."),
+            field=f"{prefix}.eval_split",
+        )
+    defaults = eval_split_defaults(version)
+    split = {
+        "eval_fraction": defaults["eval_fraction"] if fraction is None else fraction,
+        "seed": defaults["seed"] if seed is None else seed,
+    }
+    rows, fraction = version.row_count, split["eval_fraction"]
+    numeric = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)  # else the spec says what's wrong
+    if (
+        rows is not None
+        and numeric
+        and 0 < fraction < evaluate_spec.MAX_EVAL_FRACTION
+        and not 0 < math.ceil(fraction * rows) < rows
+    ):
+        raise ApplicationError(
+            _(
+                "%(dataset)s v%(version)s has %(rows)s rows: too few for an eval split of %(fraction)s with rows "
+                "left to train on. Evaluate on the whole version, or choose one with more rows."
+            )
+            % {
+                "dataset": version.dataset.name,
+                "version": version.version,
+                "rows": rows,
+                "fraction": split["eval_fraction"],
+            },
+            field=f"{prefix}.eval_split",
+        )
+    options["split"] = split
+    return options
 
 
 def check_evaluate_options(
@@ -324,7 +387,8 @@ def check_evaluate_options(
     try:
         spec = evaluate_spec.parse_spec(raw)
     except BadInput as error:
-        field = error.field or "perplexity"
+        # The console names the split's numbers as its own inputs: perplexity.eval_fraction, task.seed.
+        field = (error.field or "perplexity").replace(".split.", ".")
         raise ApplicationError(error.message, field="artifacts" if field.startswith("models") else field) from None
     checked = spec.to_dict()
     checked.pop("models")
@@ -347,7 +411,8 @@ def evaluate_start(
 ) -> Job:
     """Check, place and start evaluating `artifacts` on the same held-out data: perplexity on
     `perplexity_version` (None: the shipped text sample) when `perplexity` is given, task accuracy on
-    `task_version` when `task` is given."""
+    `task_version` when `task` is given. Either may ask for the version's fine-tune eval split only
+    (eval_split, eval_fraction, seed: see _with_split)."""
     require(actor, roles.FINETUNE)
     if not artifacts:
         raise ApplicationError(_("Choose at least one model."), field="artifacts")
@@ -366,6 +431,8 @@ def evaluate_start(
         if task_version is None:
             raise ApplicationError(_("Choose the dataset version that defines the task."), field="task_version")
         _version(actor, task_version, "task_version")
+    perplexity = _with_split(perplexity, perplexity_version, "perplexity")
+    task = _with_split(task, task_version, "task")
     host = artifacts[0].host
     gpus = _has_gpus(host)
     checked = check_evaluate_options(artifacts, perplexity, task, device="cuda" if gpus else "cpu")
@@ -444,6 +511,9 @@ def evaluate_finished(*, job: Job, result: dict) -> list[EvalResult]:
                     detail={
                         **detail,
                         "token_ids_sha256": data.get("sha256"),
+                        # The fine-tune eval split scored (None: the whole version), and the rows read.
+                        "split": data.get("split"),
+                        "rows": data.get("rows"),
                         "nll": figures.get("nll"),
                         "seconds": figures.get("seconds"),
                         "dtype": figures.get("dtype"),
@@ -464,6 +534,7 @@ def evaluate_finished(*, job: Job, result: dict) -> list[EvalResult]:
                     detail={
                         **detail,
                         "correct": figures.get("correct"),
+                        "split": task.get("split"),
                         "seconds": figures.get("task_seconds"),
                         "fields": {k: v for k, v in (options.get("task") or {}).items() if k != "kind"},
                     },

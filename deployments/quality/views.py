@@ -26,6 +26,12 @@ EVALUATE_FIELDS = {
     "task.expected_field": "expected_field",
     "task.choices_field": "choices_field",
     "task.limit": "limit",
+    "perplexity.eval_split": "eval_split",
+    "perplexity.eval_fraction": "eval_fraction",
+    "perplexity.seed": "split_seed",
+    "task.eval_split": "task_eval_split",
+    "task.eval_fraction": "task_eval_split",
+    "task.seed": "task_eval_split",
 }
 
 

@@ -182,3 +182,39 @@ def test_a_quantize_job_stopped_mid_run_registers_nothing_and_frees_what_it_held
     assert not services.quantize_output_home(source, job).exists()
     assert not ArtifactUse.objects.exists()
     assert AuditEvent.objects.filter(action="quantize.cancelled", target_id=str(job.pk)).exists()
+
+
+def test_the_handler_passes_an_eval_split_and_its_figures_never_compare_with_the_whole_versions(
+    world, engineer, settings
+):
+    source, version = world["source"], world["version"]
+
+    def run(perplexity: dict, task: dict | None = None) -> EvalResult:
+        job = services.evaluate_start(
+            actor=engineer,
+            artifacts=[source],
+            perplexity=perplexity,
+            perplexity_version=version,
+            task=task,
+            task_version=version if task else None,
+        )
+        assert runner.run(job.pk) == "succeeded", log_text(job)
+        spec = json.loads((Path(settings.CHECKPOINT_DIR) / f"evaluate-{job.pk}-last-spec.json").read_text())
+        assert spec["perplexity"]["path"] == str(world["cached"])
+        if task:
+            assert spec["task"]["split"] == {"eval_fraction": 0.1, "seed": 42}
+        return EvalResult.objects.get(job=job, metric=EvalResult.Metric.PERPLEXITY)
+
+    whole = run({"context_length": 64, "stride": 32})
+    held_out = run(
+        {"context_length": 64, "stride": 32, "eval_fraction": 0.25, "seed": 7},
+        {"kind": "exact_match", "eval_split": True},
+    )
+    again = run({"context_length": 64, "stride": 32, "eval_fraction": 0.25, "seed": 7})
+    other_seed = run({"context_length": 64, "stride": 32, "eval_fraction": 0.25, "seed": 8})
+    assert held_out.detail["split"] == {"eval_fraction": 0.25, "seed": 7} and whole.detail["split"] is None
+    assert held_out.data_sha256 == whole.data_sha256  # the same file: only the split tells them apart
+    assert held_out.comparable_key == again.comparable_key
+    assert len({whole.comparable_key, held_out.comparable_key, other_seed.comparable_key}) == 3
+    accuracy = EvalResult.objects.get(job=held_out.job, metric=EvalResult.Metric.ACCURACY)
+    assert accuracy.detail["split"] == {"eval_fraction": 0.1, "seed": 42}

@@ -276,3 +276,43 @@ def test_an_evaluate_jobs_fetch_token_opens_its_two_versions_and_no_other(world,
     with pytest.raises(FetchRefused) as refused_fetch:
         check_fetch_token(fetch_token(job, world["foreign"]), world["foreign"].pk)
     assert refused_fetch.value.status == 403
+
+
+def test_an_eval_split_defaults_to_the_versions_computed_split_and_too_few_rows_are_refused(
+    world, engineer, api, client
+):
+    source, version = world["source"], world["version"]  # 8 rows
+
+    def split_of(perplexity: dict, chosen=version) -> dict:
+        job = services.evaluate_start(
+            actor=engineer, artifacts=[source], perplexity=perplexity, perplexity_version=chosen
+        )
+        return job.params["options"]["perplexity"]["split"]
+
+    assert split_of({"eval_split": True}) == {"eval_fraction": 0.1, "seed": 42}  # no statistics: the defaults
+    version.stats = {"split": {"train": 6, "eval": 2, "seed": 7, "eval_fraction": 0.2}}
+    version.save(update_fields=["stats"])
+    assert split_of({"eval_split": True}) == {"eval_fraction": 0.2, "seed": 7}
+    assert split_of({"seed": 3}) == {"eval_fraction": 0.2, "seed": 3}
+    assert "shipped" in refused(lambda: split_of({"eval_split": True}, None), "perplexity.eval_split")
+    assert "below 0.5" in refused(lambda: split_of({"eval_fraction": 0.5}), "perplexity.eval_fraction")
+
+    engineer_api = api(engineer)
+    body = {"artifacts": [source.pk], "perplexity": {"dataset_version": version.pk, "eval_fraction": 0.25}}
+    assert engineer_api.post("/api/v1/evaluate-jobs/", body).data["options"]["perplexity"]["split"] == {
+        "eval_fraction": 0.25,
+        "seed": 7,
+    }
+    client.force_login(engineer)
+    form = {"artifacts": [source.pk], "perplexity": "on", "context_length": 64, "stride": 32}
+    started = client.post("/quality/evaluate/", {**form, "perplexity_version": version.pk, "eval_split": "on"})
+    assert started.status_code == 302
+    assert Job.objects.latest("pk").params["options"]["perplexity"]["split"] == {"eval_fraction": 0.2, "seed": 7}
+
+    version.row_count = 1  # one row: nothing would be left to train on
+    version.save(update_fields=["row_count"])
+    body["perplexity"]["eval_split"] = True
+    errors = engineer_api.post("/api/v1/evaluate-jobs/", body, expected=400).data
+    assert "too few" in str(errors["perplexity.eval_split"])
+    page = client.post("/quality/evaluate/", {**form, "perplexity_version": version.pk, "eval_split": "on"})
+    assert page.status_code == 400 and b"too few for an eval split" in page.content
