@@ -52,7 +52,15 @@ class EvalResult(models.Model):
         if self.dataset_version_id is None:
             return str(_("shipped sample"))
         version = self.dataset_version
-        return f"{version.dataset.name} v{version.version}"
+        label = f"{version.dataset.name} v{version.version}"
+        split = (self.detail or {}).get("split")
+        if split:
+            # Other data than the whole version: said where the figure is shown.
+            label += " " + _("(fine-tune eval split %(fraction)s, seed %(seed)s)") % {
+                "fraction": split.get("eval_fraction"),
+                "seed": split.get("seed"),
+            }
+        return label
 
     @property
     def task_kind_label(self) -> str:

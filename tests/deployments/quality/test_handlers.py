@@ -214,7 +214,7 @@ def test_the_handler_passes_an_eval_split_and_its_figures_never_compare_with_the
     other_seed = run({"context_length": 64, "stride": 32, "eval_fraction": 0.25, "seed": 8})
     assert held_out.detail["split"] == {"eval_fraction": 0.25, "seed": 7} and whole.detail["split"] is None
     assert held_out.data_sha256 == whole.data_sha256  # the same file: only the split tells them apart
-    assert held_out.comparable_key == again.comparable_key
+    assert held_out.comparable_key == again.comparable_key and "eval split 0.25, seed 7" in held_out.data_label
     assert len({whole.comparable_key, held_out.comparable_key, other_seed.comparable_key}) == 3
     accuracy = EvalResult.objects.get(job=held_out.job, metric=EvalResult.Metric.ACCURACY)
     assert accuracy.detail["split"] == {"eval_fraction": 0.1, "seed": 42}
