@@ -390,6 +390,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Names for choice sets whose field name ("kind") other components use for other choices.
+    "ENUM_NAME_OVERRIDES": {
+        "EvalTaskKindEnum": "workers.jobs.evaluate_spec.TASK_KINDS",
+        "JobKindEnum": "deployments.jobs.models.Job.Kind",
+    },
 }
 
 LOGGING = {

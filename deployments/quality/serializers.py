@@ -107,13 +107,9 @@ class QuantizeStartSerializer(serializers.Serializer):
         return data
 
 
-class PerplexityInputSerializer(serializers.Serializer):
-    dataset_version = serializers.IntegerField(
-        required=False, allow_null=True, help_text="Held-out text: a dataset version; null: the shipped sample."
-    )
-    context_length = serializers.IntegerField(default=512)
-    stride = serializers.IntegerField(required=False)
-    max_tokens = serializers.IntegerField(required=False)
+class EvalSplitFields(serializers.Serializer):
+    """Perplexity and task data alike may be only a version's fine-tune eval split."""
+
     eval_split = serializers.BooleanField(
         default=False,
         help_text="Only the rows a fine-tune holds out of the version (its eval split); eval_fraction and seed "
@@ -127,7 +123,16 @@ class PerplexityInputSerializer(serializers.Serializer):
     )
 
 
-class TaskInputSerializer(serializers.Serializer):
+class PerplexityInputSerializer(EvalSplitFields):
+    dataset_version = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Held-out text: a dataset version; null: the shipped sample."
+    )
+    context_length = serializers.IntegerField(default=512)
+    stride = serializers.IntegerField(required=False)
+    max_tokens = serializers.IntegerField(required=False)
+
+
+class TaskInputSerializer(EvalSplitFields):
     dataset_version = serializers.IntegerField(help_text="The dataset version that defines the task.")
     kind = serializers.ChoiceField(choices=list(TASK_KINDS))
     prompt_field = serializers.CharField(default="prompt")
@@ -135,17 +140,6 @@ class TaskInputSerializer(serializers.Serializer):
     choices_field = serializers.CharField(default="choices")
     limit = serializers.IntegerField(required=False, allow_null=True)
     max_new_tokens = serializers.IntegerField(required=False)
-    eval_split = serializers.BooleanField(
-        default=False,
-        help_text="Only the rows a fine-tune holds out of the version (its eval split); eval_fraction and seed "
-        "default to the version's computed split (stats.split), else 0.1 and the fine-tune's default seed.",
-    )
-    eval_fraction = serializers.FloatField(
-        required=False, help_text="The fine-tune's eval_fraction (0 < f < 0.5); implies eval_split."
-    )
-    seed = serializers.IntegerField(
-        required=False, help_text="The fine-tune's hyperparameters.seed; implies eval_split."
-    )
 
 
 class EvaluateStartSerializer(serializers.Serializer):
