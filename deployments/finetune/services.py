@@ -251,17 +251,18 @@ def finetune_resume(*, actor, job: Job) -> Job:
     return job
 
 
-def _store(host: Host) -> Path:
+def store_of(host: Host) -> Path:
+    """The host's model store (servers read job outputs there)."""
     return Path(host.model_store or settings.MODEL_STORE)
 
 
 def output_home(base: ModelArtifact, job: Job, what: str) -> Path:
     """Where a fine-tune's adapter or a merged model lives: the base's host model store (servers read it there)."""
     name = base.repo.repo_id.rsplit("/", 1)[-1]
-    return _store(base.host) / f"finetunes--{name}" / f"{what}-job-{job.pk}"
+    return store_of(base.host) / f"finetunes--{name}" / f"{what}-job-{job.pk}"
 
 
-def _register(
+def register_output(
     *, job: Job, base: ModelArtifact, kind: str, path: Path, manifest: dict, lineage: dict, repo_id: str, action: str
 ) -> ModelArtifact:
     source, _created = ModelSource.objects.get_or_create(
@@ -333,7 +334,7 @@ def finetune_finished(*, job: Job, result: dict, path: Path, manifest: dict) -> 
     }
     kind = ModelArtifact.Kind.ADAPTER if result.get("kind") == "adapter" else ModelArtifact.Kind.MODEL
     name = base.repo.repo_id.rsplit("/", 1)[-1]
-    return _register(
+    return register_output(
         job=job,
         base=base,
         kind=kind,
@@ -380,7 +381,7 @@ def merge_finished(*, job: Job, path: Path, manifest: dict, seconds: float | Non
         "merge_seconds": seconds,
         "job": job.pk,
     }
-    return _register(
+    return register_output(
         job=job,
         base=base,
         kind=ModelArtifact.Kind.MODEL,

@@ -19,7 +19,7 @@ import audit
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import require, require_dataset
-from deployments.finetune.services import HYPERPARAMETERS, _register, _store
+from deployments.finetune.services import HYPERPARAMETERS, register_output, store_of
 from deployments.inventory.placement import PlacementError, Requirement, place
 from deployments.inventory.selectors import host_states
 from deployments.jobs.services import job_cancel, job_create
@@ -261,7 +261,7 @@ def quantize_start(
 def quantize_output_home(source: ModelArtifact, job: Job) -> Path:
     """Where a quantized model lives: the source's host model store (servers read it there)."""
     name = source.repo.repo_id.rsplit("/", 1)[-1]
-    return _store(source.host) / f"quantized--{name}" / f"{job.params['options']['scheme'].lower()}-job-{job.pk}"
+    return store_of(source.host) / f"quantized--{name}" / f"{job.params['options']['scheme'].lower()}-job-{job.pk}"
 
 
 @transaction.atomic
@@ -293,7 +293,7 @@ def quantize_finished(*, job: Job, result: dict, path: Path, manifest: dict) -> 
         "job": job.pk,
     }
     name = source.repo.repo_id.rsplit("/", 1)[-1]
-    artifact = _register(
+    artifact = register_output(
         job=job,
         base=source,
         kind=ModelArtifact.Kind.MODEL,

@@ -1,13 +1,17 @@
-"""What the registry's job kinds share: the artifact a job works on and where its files live."""
+"""What the registry's job kinds share: the artifact a job works on, where its files live, and how a job's output
+enters the model store."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from django.conf import settings
 
 from deployments.models import ModelArtifact
 from deployments.registry import layout
+from workers.jobs.manifest import verify_manifest
 from workers.runner import JobContext, JobFailure
 
 
@@ -29,3 +33,25 @@ def final_dir(artifact) -> Path:
 
 def failure_of(error) -> JobFailure:
     return JobFailure(str(error), cause=getattr(error, "cause", "error"), next_step=getattr(error, "next_step", ""))
+
+
+def publish_output(source: Path, target: Path) -> None:
+    """Move a finished output (a fine-tune's, a merge's, a quantization's) into the model store whole: a copy beside
+    the target, verified against its manifest, readable by servers running as another user, renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    problems = verify_manifest(partial)
+    if problems:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise JobFailure(
+            f"The output does not match its manifest: {problems[0]}",
+            cause="output_corrupt",
+            next_step="Check the host's disk, then run the job again.",
+        )
+    for path in [partial, *partial.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)  # servers may run as another user
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    shutil.rmtree(source, ignore_errors=True)

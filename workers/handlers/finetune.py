@@ -11,7 +11,6 @@ moves into the host's model store and is registered with its lineage.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ from deployments.finetune import services
 from deployments.models import DatasetVersion, Job, ModelArtifact
 from workers.checkpoints import apply_tiers, checkpoint_recorded
 from workers.datasets import DatasetFetchError, fetch_dataset_version
+from workers.handlers.artifacts import publish_output
 from workers.handlers.programs import ProgramRun
-from workers.jobs.manifest import read_manifest, verify_manifest
+from workers.jobs.manifest import read_manifest
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 
 
@@ -35,27 +35,6 @@ def output_dir(job: Job) -> Path:
 def _device_env(job: Job) -> dict[str, str]:
     # The placed GPUs only; none at all on a CPU host (the program then trains in fp32 on the CPU).
     return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in job.params.get("gpu_indexes") or [])}
-
-
-def _publish(source: Path, target: Path) -> None:
-    """Move a finished output into the model store whole: a copy beside the target, verified, renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
-    problems = verify_manifest(partial)
-    if problems:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise JobFailure(
-            f"The output does not match its manifest: {problems[0]}",
-            cause="output_corrupt",
-            next_step="Check the host's disk, then resume the fine-tune.",
-        )
-    for path in [partial, *partial.rglob("*")]:
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)  # servers may run as another user
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    shutil.rmtree(source, ignore_errors=True)
 
 
 @register("finetune")
@@ -98,7 +77,7 @@ class FinetuneHandler(Handler):
             )
         what = "adapter" if result.get("kind") == "adapter" else "model"
         home = services.output_home(base, job, what)
-        _publish(produced, home)
+        publish_output(produced, home)
         artifact = services.finetune_finished(job=job, result=result, path=home, manifest=manifest)
         ctx.log(f"registered {artifact.get_kind_display()} {artifact.repo.repo_id} at {home}")
         return {
@@ -150,7 +129,7 @@ class MergeHandler(Handler):
         if manifest is None:
             raise JobFailure("The merged model has no manifest.", cause="output_missing", next_step="Merge again.")
         home = services.output_home(adapter.base, job, "merged")
-        _publish(produced, home)
+        publish_output(produced, home)
         seconds = round(time.monotonic() - began, 3)  # this attempt's share, when a retry adopted the program
         artifact = services.merge_finished(job=job, path=home, manifest=manifest, seconds=seconds)
         ctx.log(f"registered the merged model {artifact.repo.repo_id} at {home}")

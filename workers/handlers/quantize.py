@@ -18,7 +18,7 @@ from deployments.datasets.fetch import fetch_token
 from deployments.models import DatasetVersion, Job, ModelArtifact
 from deployments.quality import services
 from workers.datasets import DatasetFetchError, fetch_dataset_version
-from workers.handlers.finetune import _publish
+from workers.handlers.artifacts import publish_output
 from workers.handlers.programs import ProgramRun
 from workers.jobs.manifest import read_manifest
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
@@ -84,7 +84,7 @@ class QuantizeHandler(Handler):
                 next_step="Start the quantize job again.",
             )
         home = services.quantize_output_home(source, job)
-        _publish(path, home)
+        publish_output(path, home)
         artifact = services.quantize_finished(job=job, result=result, path=home, manifest=manifest)
         ctx.log(f"registered the quantized model {artifact.repo.repo_id} at {home}")
         return {
