@@ -90,9 +90,11 @@ class DatasetVersion(models.Model):
     def choice_label(self) -> str:
         """How a form's choice names this version: the dataset, the version and its size in rows."""
         rows = self.row_count or 0
-        return ngettext(
-            "%(name)s v%(version)s (%(rows)s row)", "%(name)s v%(version)s (%(rows)s rows)", rows
-        ) % {"name": self.dataset.name, "version": self.version, "rows": rows}
+        return ngettext("%(name)s v%(version)s (%(rows)s row)", "%(name)s v%(version)s (%(rows)s rows)", rows) % {
+            "name": self.dataset.name,
+            "version": self.version,
+            "rows": rows,
+        }
 
 
 class DatasetUpload(models.Model):
