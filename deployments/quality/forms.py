@@ -4,6 +4,7 @@ modules), so the forms and the API refuse the same things."""
 from __future__ import annotations
 
 from django import forms
+from django.utils.functional import lazy
 from django.utils.translation import gettext_lazy as _
 
 from console.forms import StyledMixin
@@ -126,14 +127,25 @@ class EvaluateForm(StyledMixin, forms.Form):
     eval_fraction = forms.FloatField(
         label=_("Eval share"),
         required=False,
-        help_text=_("Blank: the split computed in the version's statistics, else %(fraction)s.")
-        % {"fraction": DEFAULT_EVAL_FRACTION},
+        # Interpolated when shown (a lazy string's % runs at import, in English).
+        help_text=lazy(
+            lambda: (
+                _("Blank: the split computed in the version's statistics, else %(fraction)s.")
+                % {"fraction": DEFAULT_EVAL_FRACTION}
+            ),
+            str,
+        )(),
     )
     split_seed = forms.IntegerField(
         label=_("Split seed"),
         required=False,
-        help_text=_("The fine-tune's seed. Blank: the split computed in the version's statistics, else %(seed)s.")
-        % {"seed": DEFAULT_SPLIT_SEED},
+        help_text=lazy(
+            lambda: (
+                _("The fine-tune's seed. Blank: the split computed in the version's statistics, else %(seed)s.")
+                % {"seed": DEFAULT_SPLIT_SEED}
+            ),
+            str,
+        )(),
     )
     context_length = forms.IntegerField(label=_("Context length"), initial=512, min_value=1)
     stride = forms.IntegerField(
