@@ -4,7 +4,8 @@ gateway (uvicorn, its own process) with the run's inference key, serve.py behind
 rises from concurrency 1 to 4 (continuous batching) and its TTFT p50 rises under load; an independent client
 written here (asyncio streams, HTTP/1.1 and SSE parsed here, one kept connection per caller, its own clock:
 time.perf_counter as a chunk is read; its own figures) runs the same workload at the same levels
-against the same gateway, and the job's output tokens/s and TTFT p50 agree with it within 5 %. Then one more job
+against the same gateway, and the job's output tokens/s and TTFT p50 at one caller agree with it within 5 %
+(INDEPENDENT_LEVELS says why not at four). Then one more job
 runs through a timing tap (tests/support/sse_tap.py, a relay in its own process that stamps each request and each
 event with text as it passes), and the job's figures agree with the tap's figures of the very same requests
 within 5 % (TTFT plus the relay's hop, TAP_HOP_MS): a check that the machine's drift between two runs cannot blur.
@@ -68,11 +69,13 @@ AGREEMENT = 0.05
 # stamps when its coroutine runs, the job's generator has the kernel's receive time (loadgen_http.py). At the tiny
 # model's 3 ms TTFT the client's p50 came out 0.2 to 0.45 ms above the job's in rounds whose tokens/s agreed.
 CLIENT_STAMP_MS = 0.5
+# Against the independent client, the single caller. With several closed-loop callers the small model's server runs
+# in one of two regimes from run to run: callers in step (all prompts prefilled together, TTFT p50 ~270 ms at 4
+# callers) or out of step (a prompt waits for the batch's decode step, ~380 ms, and fewer tokens/s); the client's
+# own runs before and after one job landed in different regimes (274 and 376 ms), and a job in the other regime
+# than both of them is no timing error. The timing of those steps is checked on the job's own requests (the tap).
+INDEPENDENT_LEVELS = (1,)
 TAP_AGREEMENT = 0.05
-# ...or, for TTFT, within how late the independent client stamps: it reads each chunk with asyncio's StreamReader and
-# stamps when its coroutine runs, the job's generator has the kernel's receive time (loadgen_http.py). At the tiny
-# model's 3 ms TTFT the client's p50 came out 0.2 to 0.45 ms above the job's in rounds whose tokens/s agreed.
-CLIENT_STAMP_MS = 0.5
 # The tap is a relay: a token reaches it before the job's generator, and a request reaches the generator's stamp
 # before the tap's, by two loopback hops through a Python process (measured: the job's TTFT p50 0.13 to 0.26 ms
 # above the tap's, at every level and model, while tokens/s agreed within 0.1 %).
@@ -357,7 +360,9 @@ def test_a_sweep_against_serve_rises_with_batching_and_agrees_with_an_independen
         print(f"  independent before {judged['before']}\n  after {judged['after']}")
     last = rounds[-1]
     one, four = last["job"][1], last["job"][4]
-    assert four["output_tokens_per_s"] > 1.5 * one["output_tokens_per_s"]  # continuous batching
+    # Continuous batching: without it four callers get what one gets. The small model out of step (see
+    # INDEPENDENT_LEVELS) made 1.45x, in step 2x.
+    assert four["output_tokens_per_s"] > 1.3 * one["output_tokens_per_s"]
     assert four["ttft_ms_p50"] > one["ttft_ms_p50"]  # a prompt waits for the running batch's decode step
     # A generator that is wrong is wrong in every round; a machine that slowed during one round's job is not slow
     # in the next: agreement in one of up to ROUNDS rounds, each bracketed by its own independent runs.
@@ -375,7 +380,7 @@ def _judged(case: Case, run, before: dict, after: dict) -> dict:
     """One round's job figures against the independent runs around it: the figures outside the bracket +-5 %."""
     job = _figures(run)
     disagreements = []
-    for level in LEVELS:
+    for level in INDEPENDENT_LEVELS:
         for figure in FIGURES:
             low, high = sorted((before[level][figure], after[level][figure]))
             floor = CLIENT_STAMP_MS if figure == "ttft_ms_p50" else 0
