@@ -19,6 +19,7 @@ from console import roles
 from console.errors import ApplicationError
 from console.permissions import require, require_dataset
 from deployments.inventory.capacity import inventory_capacity
+from deployments.inventory.services import reserve_gpus
 from deployments.jobs.services import job_cancel, job_create, job_dispatch
 from deployments.models import (
     Checkpoint,
@@ -182,11 +183,7 @@ def finetune_start(
         },
     )
     if gpu_indexes:
-        per_gpu = verdict.estimate.total
-        GpuReservation.objects.bulk_create(
-            GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=holder(job))
-            for gpu in Gpu.objects.select_for_update().filter(host=base.host, index__in=gpu_indexes)
-        )
+        reserve_gpus(holder=holder(job), host=base.host, gpu_indexes=gpu_indexes, memory_bytes=verdict.estimate.total)
     audit.record(
         action="finetune.started",
         actor=actor,

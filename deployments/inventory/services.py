@@ -15,7 +15,7 @@ from audit.telemetry import traced
 from console import roles
 from console.errors import ApplicationError
 from console.permissions import require
-from deployments.models import Gpu, Host
+from deployments.models import Gpu, GpuReservation, Host
 
 HOST_FIELDS = ("name", "address", "labels", "status", "runtime", "model_store")
 GPU_FIELDS = (
@@ -217,3 +217,14 @@ def hosts_mark_offline(*, offline_after: int | None = None) -> list[Host]:
             detail={"reason": f"no heartbeat for {offline_after} s"},
         )
     return stale
+
+
+def reserve_gpus(*, holder: str, host: Host, gpu_indexes: list[int], memory_bytes: int) -> None:
+    """Hold `memory_bytes` on each of these GPUs of `host` for `holder` (a server, a fine-tune, a quantize or evaluate
+    job), replacing what the holder held: the placement engine counts reservations as used memory. The GPU rows are
+    locked so two placements in flight do not both take the last free memory."""
+    gpus = list(Gpu.objects.select_for_update().filter(host=host, index__in=gpu_indexes))
+    GpuReservation.objects.filter(holder=holder).delete()
+    GpuReservation.objects.bulk_create(
+        GpuReservation(gpu=gpu, memory_bytes=memory_bytes, holder=holder) for gpu in gpus
+    )

@@ -22,6 +22,7 @@ from console.permissions import require, require_dataset
 from deployments.finetune.services import HYPERPARAMETERS, register_output, store_of
 from deployments.inventory.placement import PlacementError, Requirement, place
 from deployments.inventory.selectors import host_states
+from deployments.inventory.services import reserve_gpus
 from deployments.jobs.services import job_cancel, job_create
 from deployments.models import ArtifactUse, DatasetVersion, EvalResult, Gpu, GpuReservation, Host, Job, ModelArtifact
 
@@ -121,13 +122,6 @@ def _place(host: Host, memory: int, field: str, what: str) -> list[int]:
             field=field,
         ) from None
     return list(placement.gpu_indexes)
-
-
-def _reserve(job: Job, host: Host, gpu_indexes: list[int], memory: int) -> None:
-    GpuReservation.objects.bulk_create(
-        GpuReservation(gpu=gpu, memory_bytes=memory, holder=holder(job))
-        for gpu in Gpu.objects.select_for_update().filter(host=host, index__in=gpu_indexes)
-    )
 
 
 def _hold(job: Job, artifacts: list[ModelArtifact]) -> None:
@@ -241,7 +235,7 @@ def quantize_start(
         },
     )
     if gpu_indexes:
-        _reserve(job, source.host, gpu_indexes, memory)
+        reserve_gpus(holder=holder(job), host=source.host, gpu_indexes=gpu_indexes, memory_bytes=memory)
     _hold(job, [source])
     audit.record(
         action="quantize.started",
@@ -460,7 +454,7 @@ def evaluate_start(
         },
     )
     if gpu_indexes:
-        _reserve(job, host, gpu_indexes, memory)
+        reserve_gpus(holder=holder(job), host=host, gpu_indexes=gpu_indexes, memory_bytes=memory)
     _hold(job, artifacts)
     audit.record(
         action="evaluate.started",

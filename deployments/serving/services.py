@@ -18,6 +18,7 @@ from console import roles
 from console.dispatch import BENCHMARK_RERUNS_DUE, dispatch
 from console.errors import ApplicationError
 from console.permissions import require, require_deploy_scope
+from deployments.inventory.services import reserve_gpus
 from deployments.jobs.services import job_cancel, job_create
 from deployments.models import (
     ApprovalRequest,
@@ -25,7 +26,6 @@ from deployments.models import (
     Deployment,
     DeploymentReplica,
     DeploymentSpec,
-    Gpu,
     GpuReservation,
     Host,
     Job,
@@ -195,14 +195,6 @@ def set_state(record: Deployment | DeploymentReplica, state: str, /, **fields) -
     replicas.routes_changed()  # every server is a route: the gateways re-read where to send calls
 
 
-def _reserve(server: Deployment | DeploymentReplica, host, gpu_indexes: list[int], per_gpu: int) -> None:
-    gpus = list(Gpu.objects.select_for_update().filter(host=host, index__in=gpu_indexes))
-    GpuReservation.objects.filter(holder=server.holder).delete()
-    GpuReservation.objects.bulk_create(
-        GpuReservation(gpu=gpu, memory_bytes=per_gpu, holder=server.holder) for gpu in gpus
-    )
-
-
 def release(server: Deployment | DeploymentReplica) -> None:
     """Give back the server's GPU memory and its hold on the model files (server 0 or a replica)."""
     GpuReservation.objects.filter(holder=server.holder).delete()
@@ -222,7 +214,7 @@ def start_server(
     """Start a placed server (server 0 or a replica): reserve its GPUs, get the model files onto its host and start
     its serve job (`params` name the server beside the deployment, spec and files); returns the job and the files."""
     spec = deployment.spec
-    _reserve(server, host, gpu_indexes, plan.per_gpu_bytes)
+    reserve_gpus(holder=server.holder, host=host, gpu_indexes=gpu_indexes, memory_bytes=plan.per_gpu_bytes)
     # Placement may choose a host without the files: the registry fetches repo@commit there, the server waits.
     artifact = artifact_on_host(actor=actor, artifact=spec.artifact, host=host)
     ArtifactUse.objects.get_or_create(artifact=artifact, holder=server.holder)

@@ -23,13 +23,13 @@ from tests.deployments.datasets.conftest import jsonl
 from tests.deployments.datasets.test_fetch_route import make_version
 from tests.factories import HostFactory, ModelArtifactFactory
 from tests.support.deploy_fixtures import run_job_in_thread
+from tests.support.serve_process import ROOT
 from workers import runner
 from workers.jobs.manifest import verify_manifest
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parents[3]
-FAKE = ROOT / "tests" / "support" / "fake_quality_program.py"
+FAKE = ROOT / "tests" / "support" / "fake_quality_program.py"  # the repository's own stand-in program
 CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256}
 ROWS = [{"text": f"secret row {n}"} for n in range(8)]
 
