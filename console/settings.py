@@ -89,6 +89,40 @@ AGENT_NVML_MODULE = env_str("AGENT_NVML_MODULE", "pynvml")
 AGENT_RUNTIME = env_str("AGENT_RUNTIME", "docker")
 OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
 OTEL_ENABLED = env_bool("OTEL_ENABLED", bool(OTEL_EXPORTER_OTLP_ENDPOINT))
+# Where trace ids on job and audit pages link to: "{trace_id}" in it is replaced (e.g. a Jaeger UI:
+# "http://jaeger:16686/trace/{trace_id}"). Empty: ids are shown without a link.
+TRACING_UI_URL = env_str("TRACING_UI_URL")
+
+# --- monitoring (docs/operations.md, "Monitoring") ----------------------------------------------
+# /metrics, the service-discovery list and the deployments' proxied metrics ask for this bearer token when set.
+METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN")
+# prometheus-client's multiprocess mode: every process (daphne, gateway, Celery) writes its counters there and
+# /metrics sums them. Emptied when `make run` / runconsole starts.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "prometheus"))
+# Where the console's charts read series when an operator runs Prometheus (empty: the console's own samples).
+PROMETHEUS_URL = env_str("PROMETHEUS_URL")
+# The address Prometheus reaches this console at (discovery lists it for the proxied deployment metrics).
+METRICS_PUBLIC_ADDRESS = env_str("METRICS_PUBLIC_ADDRESS")
+# The agent's GPU exporter: the port it listens on (0: none), and where its GPU readings come from: "nvml" (the
+# agent reads NVML) or "dcgm" (an NVIDIA DCGM exporter already running on the host, at DCGM_EXPORTER_URL).
+AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9835)
+AGENT_METRICS_ADDRESS = env_str("AGENT_METRICS_ADDRESS", "0.0.0.0")  # noqa: S104 - Prometheus scrapes it
+AGENT_GPU_METRICS_SOURCE = env_str("AGENT_GPU_METRICS_SOURCE", "nvml")
+DCGM_EXPORTER_URL = env_str("DCGM_EXPORTER_URL", "http://127.0.0.1:9400/metrics")
+# The console's own samples (charts without Prometheus): 1-minute for TELEMETRY_MINUTE_DAYS, then 15-minute
+# for TELEMETRY_QUARTER_DAYS.
+TELEMETRY_MINUTE_DAYS = env_int("TELEMETRY_MINUTE_DAYS", 1)
+TELEMETRY_QUARTER_DAYS = env_int("TELEMETRY_QUARTER_DAYS", 31)
+TELEMETRY_DOWNSAMPLE_SECONDS = env_int("TELEMETRY_DOWNSAMPLE_SECONDS", 300)
+DEPLOYMENT_SAMPLE_SECONDS = env_int("DEPLOYMENT_SAMPLE_SECONDS", 60)
+# GPU health (deployments/inventory/gpu_health.py): a GPU thermally throttled for this long is degraded.
+GPU_THERMAL_THROTTLE_SECONDS = env_int("GPU_THERMAL_THROTTLE_SECONDS", 300)
+# The health check: a cron expression (minute hour day-of-month month day-of-week; monthly by default), the
+# integrity sweep's read rate in MB/s (0: unthrottled), the certificates it reads for expiry, where backups land.
+HEALTH_CHECK_CRON = env_str("HEALTH_CHECK_CRON", "0 3 1 * *")
+INTEGRITY_SWEEP_MB_S = float(env_str("INTEGRITY_SWEEP_MB_S", "200"))
+HEALTH_CHECK_CERTIFICATES = env_list("HEALTH_CHECK_CERTIFICATES", [])
+BACKUP_DIR = env_str("BACKUP_DIR")
 # Deployments: where servers listen, how long each launch state may last, restarts, the playground.
 DEPLOY_BIND_ADDRESS = env_str("DEPLOY_BIND_ADDRESS", "127.0.0.1")
 DEPLOY_DEADLINE_DOWNLOADING = env_int("DEPLOY_DEADLINE_DOWNLOADING", 6 * 3600)

@@ -34,6 +34,7 @@ urlpatterns = [
     path("benchmarks/schedules/", include("deployments.benchmarks.schedule_urls")),  # before "benchmarks/"
     path("benchmarks/", include("deployments.benchmarks.urls")),
     path("gateway/", include("deployments.gateway.urls")),
+    path("", include("deployments.monitoring.urls")),  # /metrics, discovery, fleet charts, health checks
     path("internal/", include("deployments.datasets.internal_urls")),  # agents, with a job's token
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

@@ -64,8 +64,9 @@ class Gpu(models.Model):
     """One GPU of a host, as NVML reports it (or as an admin entered it)."""
 
     class Health(models.TextChoices):
-        OK = "ok", _("ok")
+        OK = "ok", _("healthy")
         DEGRADED = "degraded", _("degraded")
+        FAILED = "failed", _("failed")
         MISSING = "missing", _("missing")
         UNKNOWN = "unknown", _("unknown")
 
@@ -84,6 +85,13 @@ class Gpu(models.Model):
         help_text=_("GPUs sharing a group talk over NVLink; empty: PCIe only."),
     )
     health = models.CharField(_("health"), max_length=10, choices=Health.choices, default=Health.UNKNOWN)
+    # Why the health is what it is (a rule of deployments/inventory/gpu_health.py: e.g. "xid-79", "ecc-uncorrectable")
+    health_cause = models.CharField(_("health cause"), max_length=60, blank=True)
+    health_detail = models.TextField(_("health detail"), blank=True)
+    health_changed_at = models.DateTimeField(_("health since"), null=True, blank=True)
+    # The agent's last telemetry reading of this GPU (workers/nvml.GpuTelemetry as a dict) and when it came.
+    telemetry = models.JSONField(default=dict, blank=True)
+    telemetry_at = models.DateTimeField(null=True, blank=True)
     serial = models.CharField(_("serial"), max_length=40, blank=True)
     discovered = models.BooleanField(_("found by the agent"), default=False)
     updated_at = models.DateTimeField(auto_now=True)

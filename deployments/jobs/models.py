@@ -23,6 +23,8 @@ class Job(models.Model):
         BENCHMARK = "benchmark", _("benchmark a deployment")
         QUANTIZE = "quantize", _("quantize a model")
         EVALUATE = "evaluate", _("evaluate models")
+        HEALTH_CHECK = "health_check", _("health check")
+        INTEGRITY_SWEEP = "integrity_sweep", _("model-store integrity sweep")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")
@@ -49,6 +51,7 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     request_id = models.CharField(max_length=64, blank=True)
+    trace_id = models.CharField(max_length=32, blank=True)  # the OpenTelemetry trace it was started in
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
     lease_owner = models.CharField(max_length=200, blank=True)

@@ -13,6 +13,7 @@ from deployments.gateway.models import (
 )
 from deployments.inventory.models import HOST_NAME, Gpu, GpuReservation, Host
 from deployments.jobs.models import Job, JobLogLine
+from deployments.monitoring.models import DeploymentSample, GpuSample, HealthCheckRun
 from deployments.quality.models import EvalResult
 from deployments.registry.models import AllowedEndpoint, ArtifactUse, ModelArtifact, ModelRepo, ModelSource
 from deployments.serving.approvals_models import ApprovalRequest
@@ -35,10 +36,13 @@ __all__ = [
     "DatasetVersion",
     "Deployment",
     "DeploymentReplica",
+    "DeploymentSample",
     "DeploymentSpec",
     "EvalResult",
     "Gpu",
     "GpuReservation",
+    "GpuSample",
+    "HealthCheckRun",
     "Host",
     "InferenceBatch",
     "InferenceKey",

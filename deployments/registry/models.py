@@ -97,6 +97,7 @@ class ModelArtifact(models.Model):
         FAILED = "failed", _("failed")
         CANCELLED = "cancelled", _("cancelled")
         DELETED = "deleted", _("deleted")
+        CORRUPT = "corrupt", _("corrupt")
 
     repo = models.ForeignKey(ModelRepo, on_delete=models.PROTECT, related_name="artifacts")
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="artifacts")
@@ -120,6 +121,9 @@ class ModelArtifact(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # The health check's integrity sweep: when the files were last re-hashed against files_sha256, and what it found.
+    integrity_checked_at = models.DateTimeField(_("integrity checked"), null=True, blank=True)
+    integrity_note = models.TextField(_("integrity"), blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -153,6 +153,9 @@ class Deployment(ServerFields):
         blank=True,
         help_text=_("Where the console reaches the server (never published openly)."),
     )
+    # What needs a person's attention while it runs, beside its state: a GPU it holds failed, its model files were
+    # found corrupt. [{"cause", "detail", "next_step", "subject", "at"}]; deployments/monitoring/flags.py keeps them.
+    flags = models.JSONField(_("flags"), default=list, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,0 +1,3 @@
+"""Routes of deployments/monitoring (charts)."""
+
+urlpatterns: list = []

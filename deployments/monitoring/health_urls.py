@@ -1,0 +1,3 @@
+"""Routes of deployments/monitoring (health)."""
+
+urlpatterns: list = []
