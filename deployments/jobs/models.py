@@ -51,7 +51,8 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     request_id = models.CharField(max_length=64, blank=True)
-    trace_id = models.CharField(max_length=32, blank=True)  # the OpenTelemetry trace it was started in
+    # The W3C traceparent of the request or task that created it: the job runs as a child span of it.
+    traceparent = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
     lease_owner = models.CharField(max_length=200, blank=True)

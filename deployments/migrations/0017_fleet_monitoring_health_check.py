@@ -44,8 +44,8 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="job",
-            name="trace_id",
-            field=models.CharField(blank=True, max_length=32),
+            name="traceparent",
+            field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
             model_name="modelartifact",
