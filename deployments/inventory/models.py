@@ -37,6 +37,8 @@ class Host(models.Model):
     last_heartbeat = models.DateTimeField(_("last heartbeat"), null=True, blank=True)
     runtime = models.CharField(_("runtime"), max_length=10, choices=Runtime.choices, default=Runtime.DOCKER)
     model_store = models.CharField(_("model store path"), max_length=255, blank=True)
+    # Where the agent's GPU exporter answers (host:port), or a DCGM exporter's URL: what discovery lists.
+    metrics_address = models.CharField(_("metrics exporter"), max_length=255, blank=True)
     discovery_note = models.CharField(
         _("discovery note"), max_length=255, blank=True, help_text=_("Why the agent found no GPU, when it found none.")
     )
