@@ -123,12 +123,21 @@ def gpu_delete(*, actor, gpu: Gpu) -> None:
 @traced("host.report")
 @transaction.atomic
 def host_report(
-    *, name: str, discovery, agent_version: str, address: str = "", runtime: str = "", model_store: str = ""
+    *,
+    name: str,
+    discovery,
+    agent_version: str,
+    address: str = "",
+    runtime: str = "",
+    model_store: str = "",
+    telemetry: list[dict] | None = None,
+    metrics_address: str = "",
 ) -> Host:
     """What a host's agent saw (at start and every heartbeat), stamped with database time.
 
     Hardware changes (a new, changed or vanished GPU, a new driver) are audit events by the agent;
-    free memory and the heartbeat itself are not.
+    free memory and the heartbeat itself are not. `telemetry` (workers.nvml.GpuTelemetry as dicts) is each GPU's
+    reading; `metrics_address` is where the agent's exporter answers (kept when empty).
     """
     agent = f"agent:{name}"
     host, created = Host.objects.select_for_update().get_or_create(
@@ -153,6 +162,8 @@ def host_report(
         host.status = Host.Status.ONLINE
     host.driver_version, host.cuda_version = discovery.driver_version, discovery.cuda_version
     host.agent_version, host.discovery_note = agent_version, discovery.note[:255]
+    if metrics_address:
+        host.metrics_address = metrics_address[:255]
     changes = diff(before, _state(host, before))
     host.save()
     Host.objects.filter(pk=host.pk).update(last_heartbeat=Now())
