@@ -24,7 +24,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 import audit
-from audit import context
+from audit import context, telemetry
 from deployments.jobs.log import JobLog
 from deployments.models import Job
 
@@ -143,7 +143,21 @@ class _Heartbeat(threading.Thread):
 
 
 def run(job_id: int, *, owner: str | None = None) -> str:
-    """Run one job if it can be claimed; returns the outcome ("skipped" when someone else has it)."""
+    """Run one job if it can be claimed; returns the outcome ("skipped" when someone else has it). It runs in a span
+    `job <kind>` in the trace of the request or task that created the job (Job.traceparent)."""
+    job = Job.objects.filter(pk=job_id).only("kind", "traceparent").first()
+    if job is None:
+        return "skipped"
+    attributes = {"llmdeploy.job.id": job_id, "llmdeploy.job.kind": job.kind}
+    with telemetry.span_in_trace(f"job {job.kind}", job.traceparent, attributes=attributes) as span:
+        outcome = _run(job_id, owner=owner)
+        span.set_attribute("llmdeploy.job.outcome", outcome)
+        if outcome == Job.Status.FAILED:
+            telemetry.mark_failed(span, "the job failed")
+        return outcome
+
+
+def _run(job_id: int, *, owner: str | None = None) -> str:
     owner = owner or owner_name()
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
