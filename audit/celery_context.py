@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_init, worker_process_init
 
 from audit import context
 from audit.telemetry import instrument_celery
@@ -47,6 +47,7 @@ def leave_context(task_id=None, **kwargs) -> None:
         context.reset_context(token)
 
 
+@worker_init.connect  # a solo or threads pool runs tasks in the worker's own process
 @worker_process_init.connect
 def instrument(**kwargs) -> None:
     instrument_celery()

@@ -11,7 +11,7 @@ from django.db.models.functions import Now
 import audit
 from audit import context
 from audit.celery_context import task_headers
-from audit.telemetry import traced
+from audit.telemetry import current_traceparent, trace_headers, traced
 from console.dispatch import RUN_JOB, dispatch
 from console.errors import ApplicationError
 from console.permissions import require
@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 def job_dispatch(job: Job, *, initiator=None) -> None:
     """Send the job to its queue after commit, by task name: services never import task modules."""
-    headers = task_headers(initiator=initiator)
+    # The task continues the current trace (the request's, or the reaper's when it dispatches again).
+    headers = {**task_headers(initiator=initiator), **trace_headers()}
     Job.objects.filter(pk=job.pk).update(dispatched_at=Now())
     transaction.on_commit(lambda: dispatch(RUN_JOB, args=[job.pk], queue=job.queue, headers=headers))
 
@@ -41,6 +42,7 @@ def job_create(
         target_id=str(target.pk) if target is not None else "",
         queue=queue,
         request_id=context.current().request_id,
+        traceparent=current_traceparent(),
         max_attempts=max_attempts or settings.JOB_MAX_ATTEMPTS,
     )
     job_dispatch(job, initiator=actor)
