@@ -6,6 +6,7 @@ redis-server that `manage.py runconsole` (or `python -m console.devserver.embedd
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -99,6 +100,9 @@ METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN")
 # prometheus-client's multiprocess mode: every process (daphne, gateway, Celery) writes its counters there and
 # /metrics sums them. Emptied when `make run` / runconsole starts.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "prometheus"))
+# prometheus_client chooses multiprocess mode from the environment when it is imported: set it for every process.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", PROMETHEUS_MULTIPROC_DIR)
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 # Where the console's charts read series when an operator runs Prometheus (empty: the console's own samples).
 PROMETHEUS_URL = env_str("PROMETHEUS_URL")
 # The address Prometheus reaches this console at (discovery lists it for the proxied deployment metrics).
