@@ -22,11 +22,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
+from django.utils import timezone
 
 import audit
 from audit import context, telemetry
 from deployments.jobs.log import JobLog
 from deployments.models import Job
+from deployments.monitoring import instruments
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +260,8 @@ def _finish(
         )
         if updated:
             ctx.log_writer.end_on_commit()
+            started = ctx.job.started_at
+            instruments.job_finished(ctx.job.kind, status, (timezone.now() - started).total_seconds() if started else 0)
             audit.record(
                 action=f"job.{status}",
                 actor=None,
