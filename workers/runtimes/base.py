@@ -4,10 +4,14 @@ job hands it a RunSpec and keeps the Handle it gets back (labels make it findabl
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from audit.telemetry import tracer
 
 LABEL_MANAGED = "llmdeploy.managed"
 LABEL_DEPLOYMENT = "llmdeploy.deployment"
@@ -93,6 +97,22 @@ class RuntimeFailure(Exception):
     def __init__(self, message: str, *, cause: str = "runtime") -> None:
         super().__init__(message)
         self.cause = cause
+
+
+def traced(operation: str) -> Callable:
+    """Decorator for a runtime method taking a RunSpec or a Handle: the call as a span `runtime.<operation>` (in the
+    job's trace when a job calls it), naming the runtime and the server; a failure is recorded on the span."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self, subject: RunSpec | Handle, *args, **kwargs):
+            attributes = {"llmdeploy.runtime": self.name, "llmdeploy.server.name": subject.name}
+            with tracer.start_as_current_span(f"runtime.{operation}", attributes=attributes):
+                return method(self, subject, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 class Runtime(Protocol):

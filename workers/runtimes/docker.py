@@ -27,7 +27,7 @@ from pathlib import Path
 import docker
 import requests
 
-from workers.runtimes.base import ENV_NAME, Handle, RunSpec, RuntimeFailure, Status, secret_env_loader
+from workers.runtimes.base import ENV_NAME, Handle, RunSpec, RuntimeFailure, Status, secret_env_loader, traced
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +295,7 @@ class DockerRuntime:
                 raise RuntimeFailure(f"dockerd does not answer: {exc}", cause="docker_unavailable") from exc
         return self._client.api
 
+    @traced("start")
     def start(self, spec: RunSpec) -> Handle:
         from django.conf import settings
 
@@ -399,6 +400,7 @@ class DockerRuntime:
             _remember(handle.ref, len(everything), everything)
         return [text for _, text in new], since + len(new)
 
+    @traced("stop")
     def stop(self, handle: Handle, grace: float) -> Status:
         try:
             # Docker sends the image's STOPSIGNAL (SIGTERM), waits `grace`, then SIGKILLs.

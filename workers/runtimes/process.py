@@ -21,7 +21,7 @@ from pathlib import Path
 from django.conf import settings
 
 from workers.mlenv import job_command, job_env
-from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status, secret_env_loader
+from workers.runtimes.base import Handle, RunSpec, RuntimeFailure, Status, secret_env_loader, traced
 
 # sh waits for the server and writes its exit status; a TERM trap (not an ignore, which children would
 # inherit) keeps sh alive long enough to record it when the group is signalled.
@@ -88,6 +88,7 @@ class ProcessRuntime:
         return job_command(spec.launcher_stand_in)
 
     # -- the interface ---------------------------------------------------------------------------------------
+    @traced("start")
     def start(self, spec: RunSpec) -> Handle:
         if self._record(spec.name) is not None and self.status_by_name(spec.name).alive:
             raise RuntimeFailure(f"a server named {spec.name} already runs on this host")
@@ -176,6 +177,7 @@ class ProcessRuntime:
         chunk = data[: end + 1]
         return chunk.decode("utf-8", errors="replace").splitlines(), since + len(chunk)
 
+    @traced("stop")
     def stop(self, handle: Handle, grace: float) -> Status:
         record = self._record(handle.name)
         if record is None:
