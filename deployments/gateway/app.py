@@ -33,6 +33,7 @@ from deployments.gateway import access, cache, quotas, records, spans, tokens
 from deployments.gateway import dialects as d
 from deployments.gateway import tgi_translate as tt
 from deployments.gateway.routing import Balancer, Route, Upstream, route_for, split_model
+from deployments.monitoring import instruments
 
 logger = logging.getLogger(__name__)
 
@@ -660,6 +661,7 @@ class Gateway:
 
     async def _record(self, call: Call) -> None:
         record = call.record()
+        instruments.gateway_call(record)
         try:
             await records.submit(self.redis, record)
         except Exception:  # a failed record must never fail the call; it is logged loudly

@@ -12,6 +12,7 @@ from django.utils.translation import gettext as _
 import audit
 from console.accounts.models import Credential
 from deployments.models import Job, ModelArtifact
+from deployments.monitoring import instruments
 from deployments.registry import downloads
 from deployments.registry.endpoints import RedirectRefused, allow_listed_hops, check_url
 from deployments.registry.network import unreachable
@@ -80,8 +81,11 @@ class DownloadHandler(Handler):
             total = sum(f.size for f in files)
             ctx.log(f"{repo.repo_id}@{snapshot.commit}: {len(files)} file(s), {total / 1e9:.2f} GB into {final}")
             ModelArtifact.objects.filter(pk=artifact.pk).update(bytes_total=total)
+            counted = [bytes_kept(staging)]  # the bytes an earlier attempt left are not downloaded again
 
             def on_progress(p) -> None:
+                instruments.downloaded(p.done - counted[0])
+                counted[0] = p.done
                 data = {
                     "file": p.file,
                     "file_done": p.file_done,
