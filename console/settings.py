@@ -293,6 +293,14 @@ AUDIT_CHECKPOINT_SECONDS = env_int("AUDIT_CHECKPOINT_SECONDS", 600)
 # Beat writes each signed checkpoint here once, as a read-only file (mount a directory web and worker do not, or
 # one synced off the host); `audit_verify --checkpoints DIR` checks the chain against them.
 AUDIT_CHECKPOINT_EXPORT_DIR = env_str("AUDIT_CHECKPOINT_EXPORT_DIR")
+
+
+def _crontab(minute, hour, day_of_month, month_of_year, day_of_week):  # cron's field order, not crontab()'s
+    from celery.schedules import crontab
+
+    return crontab(minute, hour, day_of_week, day_of_month, month_of_year)
+
+
 CELERY_BEAT_SCHEDULE: dict = {
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
     "hosts-mark-offline": {"task": "workers.agent.mark_offline", "schedule": max(5, HOST_OFFLINE_SECONDS // 3)},
@@ -303,6 +311,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "approvals-expire": {"task": "workers.approvals_expire", "schedule": 60},
     "benchmark-reruns-due": {"task": "workers.benchmark_reruns_due", "schedule": 15},
     "benchmark-schedules-due": {"task": "workers.benchmark_schedules_due", "schedule": 60},
+    "health-check": {"task": "workers.health_check_scheduled", "schedule": _crontab(*HEALTH_CHECK_CRON.split())},
 }
 
 # --- auth ------------------------------------------------------------------------------------

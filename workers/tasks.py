@@ -13,6 +13,7 @@ from deployments.benchmarks.schedules import schedules_due as start_due_benchmar
 from deployments.benchmarks.tuning import reruns_due as start_due_reruns
 from deployments.gateway.records import flush_pending
 from deployments.jobs.reaper import jobs_reap as reap
+from deployments.monitoring.health_services import health_check_scheduled as start_health_check
 from deployments.serving.approvals import approvals_expire as lapse_approvals
 from workers.reconcile import reconcile_console
 from workers.reconcile import reconcile_host as reconcile
@@ -91,3 +92,9 @@ def inference_log_flush() -> int:
     GATEWAY_FLUSH_SECONDS itself; this is the backstop for when no gateway runs (records it queued before it
     stopped). Returns the records stored."""
     return flush_pending(budget_seconds=45)
+
+
+@shared_task(name="workers.health_check_scheduled")
+def health_check_scheduled() -> int:
+    """Beat, at HEALTH_CHECK_CRON (monthly by default): start the health check; returns its run's id."""
+    return start_health_check().pk

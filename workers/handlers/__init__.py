@@ -8,7 +8,9 @@ from workers.handlers import (
     download,
     evaluate,
     finetune,
+    health_check,
     imports,
+    integrity_sweep,
     quantize,
     serve,
 )
@@ -21,7 +23,9 @@ __all__ = [
     "download",
     "evaluate",
     "finetune",
+    "health_check",
     "imports",
+    "integrity_sweep",
     "quantize",
     "serve",
 ]
