@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from audit.filters import AuditFilterForm
 from audit.models import AuditCheckpoint, AuditEvent
-from audit.verify import verify_chain, verify_from_checkpoint
+from audit.verify import remember, verify_chain, verify_from_checkpoint
 from console import roles
 from console.permissions import can, require
 
@@ -82,7 +82,7 @@ def verification_status(*, user) -> dict:
     checked, then only the events after it: cheap), else the whole chain."""
     require(user, roles.VIEW_DATA)
     checkpoint = AuditCheckpoint.objects.order_by("-id").first()
-    result = verify_from_checkpoint(checkpoint) if checkpoint is not None else verify_chain()
+    result = remember(verify_from_checkpoint(checkpoint) if checkpoint is not None else verify_chain())
     checkpoint_data = None
     if checkpoint is not None:
         # verify_from_checkpoint reports a checkpoint that no longer vouches for the chain at position 0.

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.core.cache import cache
 from django.db import connection
 
 from audit import chain
@@ -75,6 +77,20 @@ def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS) -> Verif
             return VerifyResult(position, total, position, event_id, reason, after_id)
         expected_id, prev = event_id + 1, stored_hash
     return VerifyResult(position, total, start_id=after_id)
+
+
+LAST_RESULT_KEY = "audit:last-verification"
+
+
+def remember(result: VerifyResult) -> VerifyResult:
+    """Keep the outcome of a verification the console ran (the cache: Redis), for /metrics to report cheaply."""
+    cache.set(LAST_RESULT_KEY, {"ok": result.ok, "at": time.time(), "summary": result.summary()}, timeout=None)
+    return result
+
+
+def last_verification() -> dict | None:
+    """{"ok", "at" (epoch seconds), "summary"} of the last verification the console ran, None before the first."""
+    return cache.get(LAST_RESULT_KEY)
 
 
 def checkpoint_valid(checkpoint: AuditCheckpoint | dict) -> bool:

@@ -119,6 +119,7 @@ class Supervisor:
 
     def start(self) -> None:
         ensure_store(settings.MODEL_STORE)  # before the web answers: imports go there on a fresh install
+        empty_metrics_dir(Path(settings.PROMETHEUS_MULTIPROC_DIR))
         if not os.environ.get("REDIS_URL"):
             self.redis = embedded_redis.start(Path(settings.DATA_DIR))
             self.say(f"redis: private redis-server on {self.redis.url} (port {self.redis.port})")
@@ -185,6 +186,14 @@ class Supervisor:
         if self.redis is not None:
             self.redis.stop()
             self.say("redis: stopped")
+
+
+def empty_metrics_dir(directory: Path) -> None:
+    """prometheus_client's multiprocess files of an earlier run go before any process writes new ones (its docs ask
+    for an empty directory at start: files of dead processes would otherwise be summed forever)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        path.unlink(missing_ok=True)
 
 
 def lock_down_data_dir(data_dir: Path) -> None:
