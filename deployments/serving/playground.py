@@ -5,7 +5,8 @@ TGI: completion mode uses the text-generation client's generate_stream (POST / w
 TGI's chat deltas. A backend without TGI's routes (vLLM) gets both modes on its OpenAI routes
 (/v1/completions, /v1/chat/completions, streaming) for the model name it serves, with the page's settings meaning
 what they mean for TGI (greedy unless sampling is asked for). The console reaches the server on its internal
-endpoint; browsers never do.
+endpoint; browsers never do. Each use is a span `playground <mode>` whose traceparent the server receives, so a
+server that traces (TGI with --otlp-endpoint) continues the trace.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 from channels.db import database_sync_to_async
 from django.conf import settings
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 import audit
+from audit.telemetry import mark_failed, trace_headers, tracer
 from console.errors import ApplicationError
 from deployments.backends import get_backend
 from deployments.backends.base import Backend
@@ -55,10 +59,12 @@ def clean_parameters(raw: dict) -> dict:
     return params
 
 
-async def stream_completion(endpoint: str, prompt: str, params: dict, *, key: str = "") -> AsyncIterator[dict]:
+async def stream_completion(
+    endpoint: str, prompt: str, params: dict, *, key: str = "", headers: dict | None = None
+) -> AsyncIterator[dict]:
     from text_generation import AsyncClient
 
-    client = AsyncClient(endpoint, headers=Backend.auth_headers(key), timeout=600)
+    client = AsyncClient(endpoint, headers={**(headers or {}), **Backend.auth_headers(key)}, timeout=600)
     async for event in client.generate_stream(prompt, **params):
         if event.details is not None:
             yield {"type": "token", "text": "" if event.token.special else event.token.text}
@@ -71,7 +77,9 @@ async def stream_completion(endpoint: str, prompt: str, params: dict, *, key: st
         yield {"type": "token", "text": "" if event.token.special else event.token.text}
 
 
-async def stream_chat(endpoint: str, messages: list[dict], params: dict, *, key: str = "") -> AsyncIterator[dict]:
+async def stream_chat(
+    endpoint: str, messages: list[dict], params: dict, *, key: str = "", headers: dict | None = None
+) -> AsyncIterator[dict]:
     body = {
         "model": "tgi",
         "messages": messages,
@@ -84,7 +92,7 @@ async def stream_chat(endpoint: str, messages: list[dict], params: dict, *, key:
     for name in ("temperature", "top_p", "seed"):
         if params.get(name) is not None:
             body[name] = params[name]
-    async for event in stream_openai(endpoint, "/v1/chat/completions", body, key=key):
+    async for event in stream_openai(endpoint, "/v1/chat/completions", body, key=key, headers=headers):
         yield event
 
 
@@ -103,12 +111,16 @@ def openai_request(params: dict, *, model: str, prompt: str = "", messages: list
     return "/v1/chat/completions", {**body, "messages": messages}
 
 
-async def stream_openai(endpoint: str, path: str, body: dict, *, key: str = "") -> AsyncIterator[dict]:
+async def stream_openai(
+    endpoint: str, path: str, body: dict, *, key: str = "", headers: dict | None = None
+) -> AsyncIterator[dict]:
     """A streaming OpenAI chat or text completion: a token event per chunk's text, then the usage and finish."""
     finish, usage = None, None
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session,
-        session.post(f"{endpoint}{path}", json=body, headers=Backend.auth_headers(key)) as response,
+        session.post(
+            f"{endpoint}{path}", json=body, headers={**(headers or {}), **Backend.auth_headers(key)}
+        ) as response,
     ):
         if response.status != 200:
             raise ApplicationError(f"The server answered {response.status}: {(await response.text())[:300]}")
@@ -155,31 +167,46 @@ async def run(
     else:
         raise ApplicationError("mode is completion or chat.", field="mode")
     model = await database_sync_to_async(_openai_model)(deployment)
+    # Not the current span: a generator's context is not the consumer's between events.
+    span = tracer.start_span(
+        f"playground {mode}",
+        kind=SpanKind.CLIENT,
+        attributes={"llmdeploy.deployment.id": deployment.pk, "gen_ai.request.model": deployment.name},
+    )
+    with trace.use_span(span, end_on_exit=False):
+        headers = trace_headers()
     if model is None:
         events = (
-            stream_chat(deployment.endpoint, messages, params, key=key)
+            stream_chat(deployment.endpoint, messages, params, key=key, headers=headers)
             if mode == "chat"
-            else stream_completion(deployment.endpoint, prompt, params, key=key)
+            else stream_completion(deployment.endpoint, prompt, params, key=key, headers=headers)
         )
     else:
         path, body = openai_request(params, model=model, prompt=prompt, messages=messages if mode == "chat" else None)
-        events = stream_openai(deployment.endpoint, path, body, key=key)
+        events = stream_openai(deployment.endpoint, path, body, key=key, headers=headers)
     started = time.monotonic()
     first = None
     count = 0
-    async for event in events:
-        if event["type"] == "token":
-            count += 1
-            if first is None:
-                first = time.monotonic() - started
-        else:
-            event.update(
-                generated_tokens=event.get("generated_tokens") or count,
-                ttft_ms=round((first or 0) * 1000, 1),
-                total_ms=round((time.monotonic() - started) * 1000, 1),
-                parameters=params,
-            )
-        yield event
+    try:
+        async for event in events:
+            if event["type"] == "token":
+                count += 1
+                if first is None:
+                    first = time.monotonic() - started
+            else:
+                event.update(
+                    generated_tokens=event.get("generated_tokens") or count,
+                    ttft_ms=round((first or 0) * 1000, 1),
+                    total_ms=round((time.monotonic() - started) * 1000, 1),
+                    parameters=params,
+                )
+                span.set_attribute("gen_ai.usage.output_tokens", event["generated_tokens"])
+            yield event
+    except Exception as exc:
+        mark_failed(span, str(exc))
+        raise
+    finally:
+        span.end()
 
 
 def _openai_model(deployment: Deployment) -> str | None:
