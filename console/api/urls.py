@@ -12,6 +12,7 @@ from deployments.finetune import api as finetune_api
 from deployments.gateway import key_api, log_api, usage_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
+from deployments.monitoring import charts_api
 from deployments.quality import api as quality_api
 from deployments.quality import variants_api
 from deployments.registry import api as registry_api
@@ -52,6 +53,7 @@ router.register("inference-keys", key_api.InferenceKeyViewSet, basename="inferen
 router.register("service-accounts", key_api.ServiceAccountViewSet, basename="service-account")
 router.register("team-quotas", key_api.TeamQuotaViewSet, basename="team-quota")
 router.register("inference-log", log_api.InferenceLogViewSet, basename="inference-log")
+router.register("charts", charts_api.ChartViewSet, basename="chart")
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="ping"),

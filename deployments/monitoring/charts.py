@@ -1,0 +1,310 @@
+"""Series for the console's charts: a host's GPUs, the fleet's GPUs, a deployment's serving figures.
+
+Each chart reads as uPlot draws it: one x axis (Unix seconds, the start of each interval) shared by the figure's
+charts, and per chart a list of series `{"label", "values"}` with None where nothing was measured (a gap, not a
+zero). The console's own samples (deployments/monitoring/models.py) serve every chart; a deployment's chart reads
+Prometheus instead when settings.PROMETHEUS_URL is set (deployments/monitoring/prometheus.py), and says so in
+`source`.
+
+Windows: 1 hour and 24 hours at the 1-minute samples, 7 and 30 days at the 15-minute ones. Where a long window
+has no 15-minute rows yet (the downsampling has not reached them), its minute rows are averaged into quarters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from deployments.models import Deployment, Gpu
+from deployments.monitoring import prometheus
+from deployments.monitoring.models import MINUTE, QUARTER, DeploymentSample, GpuSample
+
+CONSOLE = "console"
+PROMETHEUS = "prometheus"
+
+
+@dataclass(frozen=True)
+class Window:
+    key: str
+    seconds: int
+    step: int  # seconds per point
+
+
+WINDOWS: dict[str, Window] = {
+    "1h": Window("1h", 3600, MINUTE),
+    "24h": Window("24h", 86400, MINUTE),
+    "7d": Window("7d", 7 * 86400, QUARTER),
+    "30d": Window("30d", 30 * 86400, QUARTER),
+}
+DEFAULT_WINDOW = "24h"
+
+
+def window_of(key: str | None) -> Window:
+    """The window named by `key` (None or "" is the default); ValueError for any other name."""
+    if not key:
+        return WINDOWS[DEFAULT_WINDOW]
+    if key not in WINDOWS:
+        raise ValueError(_("Choose a window among %(choices)s.") % {"choices": ", ".join(WINDOWS)})
+    return WINDOWS[key]
+
+
+@dataclass
+class Chart:
+    key: str
+    unit: str
+    series: list[dict] = field(default_factory=list)  # [{"label": str, "values": [float | None]}]
+
+
+@dataclass
+class Figure:
+    """What one JSON endpoint answers: a window's x axis and its charts, and where the figures came from."""
+
+    window: Window
+    start: int
+    end: int
+    x: list[int]
+    charts: list[Chart]
+    source: str = CONSOLE
+    note: str = ""  # why Prometheus was not used, when it was asked for
+
+    def as_dict(self) -> dict:
+        return {
+            "window": self.window.key,
+            "step": self.window.step,
+            "start": self.start,
+            "end": self.end,
+            "source": self.source,
+            "source_label": source_label(self.source),
+            "note": self.note,
+            "x": self.x,
+            "charts": [{"key": c.key, "unit": c.unit, "series": c.series} for c in self.charts],
+            "points": sum(1 for c in self.charts for s in c.series for v in s["values"] if v is not None),
+        }
+
+
+def source_label(source: str) -> str:
+    if source == PROMETHEUS:
+        return _("Prometheus (%(url)s)") % {"url": settings.PROMETHEUS_URL}
+    return _("the console's own samples")
+
+
+def _bounds(window: Window, now: datetime | None) -> tuple[int, int]:
+    end = int((now or timezone.now()).timestamp())
+    end -= end % window.step
+    return end - window.seconds, end
+
+
+def _timestamp(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _rows(model, filters: dict, window: Window, start: int, end: int, fields: Iterable[str], sums: frozenset):
+    """{(owner id, bucket start): {field: value}} at the window's step: its own rows, and for buckets it lacks,
+    the finer minute rows averaged (or, for counters in `sums`, added) into them."""
+    fields = tuple(fields)
+    since, until = datetime.fromtimestamp(start, tz=UTC), datetime.fromtimestamp(end, tz=UTC)
+    owner = "gpu_id" if model is GpuSample else "deployment_id"
+    base = model.objects.filter(**filters, at__gte=since, at__lt=until)
+    buckets: dict[tuple[int, int], dict] = {}
+    for row in base.filter(resolution=window.step).values(owner, "at", *fields):
+        buckets[(row[owner], _timestamp(row["at"]))] = {name: row[name] for name in fields}
+    if window.step == MINUTE:
+        return buckets
+    gathered: dict[tuple[int, int], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for row in base.filter(resolution=MINUTE).values(owner, "at", *fields):
+        at = _timestamp(row["at"])
+        key = (row[owner], at - at % window.step)
+        if key in buckets:
+            continue
+        for name in fields:
+            if row[name] is not None:
+                gathered[key][name].append(row[name])
+    for key, values in gathered.items():
+        buckets[key] = {
+            name: (sum(v) if name in sums else sum(v) / len(v)) if (v := values.get(name)) else None for name in fields
+        }
+    return buckets
+
+
+def _axis(start: int, end: int, step: int) -> list[int]:
+    return list(range(start, end, step))
+
+
+# -- a host's GPUs ---------------------------------------------------------------------------------------------
+GPU_CHARTS = (
+    ("utilization", "%", "utilization"),
+    ("memory", "GB", "memory_used"),
+    ("temperature", "°C", "temperature"),
+    ("power", "W", "power_w"),
+)
+GB = 10**9
+
+
+def _gpu_value(name: str, value):
+    if value is None:
+        return None
+    return round(value / GB, 3) if name == "memory_used" else round(float(value), 2)
+
+
+def host_gpu_charts(gpus: list[Gpu], window: Window, *, now: datetime | None = None) -> Figure:
+    """Utilisation, memory used, temperature and power of each of a host's GPUs: a line per GPU per chart."""
+    start, end = _bounds(window, now)
+    fields = [column for _key, _unit, column in GPU_CHARTS]
+    rows = _rows(GpuSample, {"gpu__in": gpus}, window, start, end, fields, frozenset())
+    x = _axis(start, end, window.step)
+    charts = [Chart(key, unit) for key, unit, _column in GPU_CHARTS]
+    for gpu in gpus:
+        label = _("GPU %(index)s") % {"index": gpu.index}
+        for chart, (_key, _unit, column) in zip(charts, GPU_CHARTS, strict=True):
+            values = [_gpu_value(column, rows.get((gpu.pk, at), {}).get(column)) for at in x]
+            chart.series.append({"label": label, "values": values})
+    return Figure(window, start, end, x, charts)
+
+
+def fleet_gpu_charts(gpus: list[Gpu], window: Window, *, now: datetime | None = None) -> Figure:
+    """The fleet's GPUs together: mean utilisation, and memory used against the memory of the GPUs that reported,
+    per interval."""
+    start, end = _bounds(window, now)
+    rows = _rows(
+        GpuSample, {"gpu__in": gpus}, window, start, end, ("utilization", "memory_used", "memory_total"), frozenset()
+    )
+    by_time: dict[int, list[dict]] = defaultdict(list)
+    for (_gpu, at), values in rows.items():
+        by_time[at].append(values)
+    x = _axis(start, end, window.step)
+    utilization, used, total = [], [], []
+    for at in x:
+        readings = by_time.get(at, [])
+        busy = [r["utilization"] for r in readings if r["utilization"] is not None]
+        utilization.append(round(sum(busy) / len(busy), 2) if busy else None)
+        memory = [r for r in readings if r["memory_used"] is not None]
+        used.append(round(sum(r["memory_used"] for r in memory) / GB, 3) if memory else None)
+        total.append(round(sum(r["memory_total"] or 0 for r in memory) / GB, 3) if memory else None)
+    charts = [
+        Chart("utilization", "%", [{"label": _("mean utilisation"), "values": utilization}]),
+        Chart(
+            "memory",
+            "GB",
+            [
+                {"label": _("memory used"), "values": used},
+                {"label": _("memory of the GPUs reporting"), "values": total},
+            ],
+        ),
+    ]
+    return Figure(window, start, end, x, charts)
+
+
+# -- a deployment's serving figures ----------------------------------------------------------------------------
+DEPLOYMENT_FIELDS = (
+    "requests",
+    "errors",
+    "completion_tokens",
+    "tokens_per_s",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "ttft_p50_ms",
+    "queue",
+)
+COUNTERS = frozenset({"requests", "errors", "completion_tokens"})
+
+
+def _deployment_layout() -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(chart, unit, [(sample field, series label)]) in the reader's language."""
+    return [
+        ("tokens", _("tokens/s"), [("tokens_per_s", _("completion tokens/s"))]),
+        ("queue", _("requests"), [("queue", _("waiting in the server's queue"))]),
+        (
+            "latency",
+            "ms",
+            [
+                ("latency_p50_ms", _("latency p50")),
+                ("latency_p95_ms", _("latency p95")),
+                ("ttft_p50_ms", _("TTFT p50")),
+            ],
+        ),
+        ("errors", _("per interval"), [("requests", _("requests")), ("errors", _("errors"))]),
+    ]
+
+
+def deployment_charts(deployment: Deployment, window: Window, *, now: datetime | None = None) -> Figure:
+    """Tokens/s, queue, latency (p50, p95, TTFT p50) and errors of a deployment: from Prometheus when
+    settings.PROMETHEUS_URL is set and it answers, else (and then saying why) from the console's samples."""
+    note = ""
+    if settings.PROMETHEUS_URL:
+        try:
+            return _deployment_from_prometheus(deployment, window, now=now)
+        except prometheus.PrometheusError as error:
+            note = _("Prometheus did not answer (%(error)s); these are the console's own samples.") % {"error": error}
+    figure = _deployment_from_samples(deployment, window, now=now)
+    figure.note = note
+    return figure
+
+
+def _deployment_from_samples(deployment: Deployment, window: Window, *, now: datetime | None) -> Figure:
+    start, end = _bounds(window, now)
+    rows = _rows(DeploymentSample, {"deployment": deployment}, window, start, end, DEPLOYMENT_FIELDS, COUNTERS)
+    x = _axis(start, end, window.step)
+    charts = []
+    for key, unit, series in _deployment_layout():
+        chart = Chart(key, unit)
+        for column, label in series:
+            values = [rows.get((deployment.pk, at), {}).get(column) for at in x]
+            chart.series.append({"label": label, "values": [_rounded(v) for v in values]})
+        charts.append(chart)
+    return Figure(window, start, end, x, charts)
+
+
+def _rounded(value) -> float | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return round(float(value), 3)
+
+
+def deployment_queries(deployment: Deployment, window: Window) -> dict[str, str]:
+    """PromQL per sample field, over the series the contract of issue 19 names: the gateway's (the console's
+    /metrics) and the server's own (TGI's tgi_*, vLLM's vllm:*), all labelled with the deployment's name."""
+    match = f'deployment="{_label_value(deployment.name)}"'
+    rate = f"{max(window.step * 2, 120)}s"  # two samples at least inside each rate window
+    duration = f"llmdeploy_gateway_request_duration_seconds_bucket{{{match}}}"
+    ttft = f"vllm:time_to_first_token_seconds_bucket{{{match}}}"
+    per_step = window.step
+    return {
+        "tokens_per_s": f'sum(rate(llmdeploy_gateway_tokens_total{{{match},kind="completion"}}[{rate}]))',
+        "queue": f"sum(tgi_queue_size{{{match}}}) or sum(vllm:num_requests_waiting{{{match}}})",
+        "latency_p50_ms": f"histogram_quantile(0.5, sum by (le) (rate({duration}[{rate}]))) * 1000",
+        "latency_p95_ms": f"histogram_quantile(0.95, sum by (le) (rate({duration}[{rate}]))) * 1000",
+        "ttft_p50_ms": f"histogram_quantile(0.5, sum by (le) (rate({ttft}[{rate}]))) * 1000",
+        "requests": f"sum(increase(llmdeploy_gateway_requests_total{{{match}}}[{per_step}s]))",
+        "errors": f"sum(increase(llmdeploy_gateway_errors_total{{{match}}}[{per_step}s]))",
+    }
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _deployment_from_prometheus(deployment: Deployment, window: Window, *, now: datetime | None) -> Figure:
+    start, end = _bounds(window, now)
+    x = _axis(start, end, window.step)
+    client = prometheus.Prometheus(settings.PROMETHEUS_URL)
+    values: dict[str, list] = {}
+    for column, query in deployment_queries(deployment, window).items():
+        # the range's end is the last point's time: Prometheus answers start, start+step, ..., end inclusive
+        answer = client.query_range(query, start=start, end=end - window.step, step=window.step)
+        values[column] = [_rounded(answer.get(at)) for at in x]
+    charts = []
+    for key, unit, series in _deployment_layout():
+        charts.append(Chart(key, unit, [{"label": label, "values": values[column]} for column, label in series]))
+    return Figure(window, start, end, x, charts, source=PROMETHEUS)
+
+
+def window_choices() -> list[tuple[str, str]]:
+    labels = {"1h": _("1 hour"), "24h": _("24 hours"), "7d": _("7 days"), "30d": _("30 days")}
+    return [(key, labels[key]) for key in WINDOWS]
