@@ -311,6 +311,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "approvals-expire": {"task": "workers.approvals_expire", "schedule": 60},
     "benchmark-reruns-due": {"task": "workers.benchmark_reruns_due", "schedule": 15},
     "benchmark-schedules-due": {"task": "workers.benchmark_schedules_due", "schedule": 60},
+    "deployment-samples": {"task": "workers.deployment_samples", "schedule": DEPLOYMENT_SAMPLE_SECONDS},
     "health-check": {"task": "workers.health_check_scheduled", "schedule": _crontab(*HEALTH_CHECK_CRON.split())},
 }
 

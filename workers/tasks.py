@@ -14,6 +14,7 @@ from deployments.benchmarks.tuning import reruns_due as start_due_reruns
 from deployments.gateway.records import flush_pending
 from deployments.jobs.reaper import jobs_reap as reap
 from deployments.monitoring.health_services import health_check_scheduled as start_health_check
+from deployments.monitoring.serving_samples import take_samples as take_deployment_samples
 from deployments.serving.approvals import approvals_expire as lapse_approvals
 from workers.reconcile import reconcile_console
 from workers.reconcile import reconcile_host as reconcile
@@ -98,3 +99,10 @@ def inference_log_flush() -> int:
 def health_check_scheduled() -> int:
     """Beat, at HEALTH_CHECK_CRON (monthly by default): start the health check; returns its run's id."""
     return start_health_check().pk
+
+
+@shared_task(name="workers.deployment_samples")
+def deployment_samples() -> int:
+    """Beat, every DEPLOYMENT_SAMPLE_SECONDS: each deployment's serving figures of the interval that ended (the
+    inference log, the servers' queue) as a DeploymentSample; returns the samples written."""
+    return take_deployment_samples()
