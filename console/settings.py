@@ -312,6 +312,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     "benchmark-reruns-due": {"task": "workers.benchmark_reruns_due", "schedule": 15},
     "benchmark-schedules-due": {"task": "workers.benchmark_schedules_due", "schedule": 60},
     "deployment-samples": {"task": "workers.deployment_samples", "schedule": DEPLOYMENT_SAMPLE_SECONDS},
+    "telemetry-downsample": {"task": "workers.telemetry_downsample", "schedule": TELEMETRY_DOWNSAMPLE_SECONDS},
     "health-check": {"task": "workers.health_check_scheduled", "schedule": _crontab(*HEALTH_CHECK_CRON.split())},
 }
 

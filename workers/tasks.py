@@ -14,6 +14,7 @@ from deployments.benchmarks.tuning import reruns_due as start_due_reruns
 from deployments.gateway.records import flush_pending
 from deployments.jobs.reaper import jobs_reap as reap
 from deployments.monitoring.health_services import health_check_scheduled as start_health_check
+from deployments.monitoring.samples import downsample_samples
 from deployments.monitoring.serving_samples import take_samples as take_deployment_samples
 from deployments.serving.approvals import approvals_expire as lapse_approvals
 from workers.reconcile import reconcile_console
@@ -106,3 +107,10 @@ def deployment_samples() -> int:
     """Beat, every DEPLOYMENT_SAMPLE_SECONDS: each deployment's serving figures of the interval that ended (the
     inference log, the servers' queue) as a DeploymentSample; returns the samples written."""
     return take_deployment_samples()
+
+
+@shared_task(name="workers.telemetry_downsample")
+def telemetry_downsample() -> dict:
+    """Beat, every TELEMETRY_DOWNSAMPLE_SECONDS: minute samples past TELEMETRY_MINUTE_DAYS become 15-minute ones,
+    15-minute ones past TELEMETRY_QUARTER_DAYS go; returns the counts."""
+    return downsample_samples()
