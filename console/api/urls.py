@@ -12,7 +12,7 @@ from deployments.finetune import api as finetune_api
 from deployments.gateway import key_api, log_api, usage_api
 from deployments.inventory import api as inventory_api
 from deployments.jobs import api as jobs_api
-from deployments.monitoring import charts_api
+from deployments.monitoring import charts_api, health_api
 from deployments.quality import api as quality_api
 from deployments.quality import variants_api
 from deployments.registry import api as registry_api
@@ -53,6 +53,7 @@ router.register("inference-keys", key_api.InferenceKeyViewSet, basename="inferen
 router.register("service-accounts", key_api.ServiceAccountViewSet, basename="service-account")
 router.register("team-quotas", key_api.TeamQuotaViewSet, basename="team-quota")
 router.register("inference-log", log_api.InferenceLogViewSet, basename="inference-log")
+router.register("health-checks", health_api.HealthCheckViewSet, basename="health-check")
 router.register("charts", charts_api.ChartViewSet, basename="chart")
 
 urlpatterns = [
