@@ -102,6 +102,20 @@ MATRIX = [
     row("get", "/login/", 200, 302, 302, 302, 302),
     row("post", "/logout/", 302, 302, 302, 302, 302),
     row("get", "/healthz", 200, 200, 200, 200, 200),
+    # Prometheus' endpoints ask for no login (METRICS_BEARER_TOKEN when set: tests/deployments/monitoring).
+    row("get", "/metrics", 200, 200, 200, 200, 200),
+    row("get", "/metrics/targets?kind=console", 200, 200, 200, 200, 200, route="/metrics/targets"),
+    row("get", "/metrics/deployments/999999", 404, 404, 404, 404, 404, route="/metrics/deployments/<int:pk>"),
+    row(
+        "get",
+        "/metrics/deployments/9999/replicas/1",
+        404,
+        404,
+        404,
+        404,
+        404,
+        route="/metrics/deployments/<int:pk>/replicas/<int:index>",
+    ),
     row("get", "/users/", LOGIN, 403, 403, 403, 200),
     row(
         "post",
