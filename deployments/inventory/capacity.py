@@ -10,8 +10,8 @@ from deployments.sizing import GpuCapacity, HostCapacity
 
 
 def inventory_capacity(hosts: QuerySet[Host] | None = None, *, except_holder: str | None = None) -> list[HostCapacity]:
-    """Every host (or `hosts`) with its healthy GPUs; free means total minus reservations, as placement counts
-    (`except_holder`'s own reservations are free to it)."""
+    """Every host (or `hosts`) with its GPUs that may be placed on (degraded ones marked); free means total minus
+    reservations, as placement counts (`except_holder`'s own reservations are free to it)."""
     capacities = []
     for state in host_states(hosts, except_holder=except_holder):
         gpus = [
@@ -22,6 +22,7 @@ def inventory_capacity(hosts: QuerySet[Host] | None = None, *, except_holder: st
                 memory_free=g.available,
                 power_limit_w=g.power_limit_w,
                 nvlink_group=g.nvlink_group,
+                degraded=g.degraded,
             )
             for g in state.gpus
             if g.healthy

@@ -1,13 +1,17 @@
 """Placement: which host and GPUs take a workload. Pure: plain data in, a decision (or a reason) out.
 
 The one placement engine: every launch (through the planner, deployments.sizing) and every job that needs a
-GPU asks it. Rules, in order: all shards on one host; only online, healthy GPUs with enough unreserved memory
+GPU asks it. Rules, in order: all shards on one host; only online GPUs that have not failed (nor gone missing),
+with enough unreserved memory
 (less the share of each GPU the server leaves untouched, `keep_free_fraction`; or, for a server that takes a
 fixed share of each GPU at start, as vLLM does, `reserve_fraction`: that whole share free, and big enough to hold
 the requirement); the host's labels must match; allowed hosts only when some are named. Among the hosts that
-can take it: a preferred host first (e.g. one already holding the weights), then GPUs inside one NVLink group,
-then best fit (the least memory left over, so big GPUs stay free for big models), then the name — so the same
-inventory always gives the same answer. Pure: plain data in, a decision (or a reason) out; no Django.
+can take it: a fit without degraded GPUs first (deployments/inventory/gpu_health.py: pending memory repairs, ECC
+warnings, sustained thermal slowdown; a degraded GPU is used only when nothing else fits, and the explanation says
+so), then a preferred host (e.g. one already holding the weights), then GPUs inside one NVLink group, then best fit
+(the least memory left over, so big GPUs stay free for big models), then the name — so the same inventory always
+gives the same answer. Within a host the fewest degraded GPUs are taken. Pure: plain data in, a decision (or a
+reason) out; no Django.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ class GpuState:
     memory_total: int
     memory_reserved: int = 0
     nvlink_group: str = ""
-    healthy: bool = True
+    healthy: bool = True  # False: failed or missing, never placed on
     name: str = ""
     power_limit_w: float | None = None
+    degraded: bool = False  # placed on only when no fit without degraded GPUs exists
 
     @property
     def available(self) -> int:
@@ -90,11 +95,21 @@ class PlacementError(Exception):
 Fit = tuple[int, int, GpuState]  # (usable bytes, index, gpu): sorts as best fit, then index
 
 
+def _fit_order(fit: Fit) -> tuple[bool, int, int]:
+    return fit[2].degraded, fit[0], fit[1]  # healthy before degraded, then best fit, then index
+
+
+def _degraded(chosen: list[Fit]) -> int:
+    return sum(1 for fit in chosen if fit[2].degraded)
+
+
 def _pick(fits: list[Fit], count: int) -> tuple[list[Fit], bool] | None:
-    """The best `count` GPUs of one host: inside one NVLink group when possible, tightest fit."""
+    """The best `count` GPUs of one host: the fewest degraded, then inside one NVLink group when possible, then the
+    tightest fit."""
     if len(fits) < count:
         return None
-    fits = sorted(fits, key=lambda fit: fit[:2])
+    fits = sorted(fits, key=_fit_order)
+    plain = fits[:count]
     if count > 1:
         groups: dict[str, list[Fit]] = defaultdict(list)
         for fit in fits:
@@ -102,8 +117,10 @@ def _pick(fits: list[Fit], count: int) -> tuple[list[Fit], bool] | None:
                 groups[fit[2].nvlink_group].append(fit)
         linked = [members[:count] for members in groups.values() if len(members) >= count]
         if linked:
-            return min(linked, key=lambda chosen: (sum(fit[0] for fit in chosen), chosen[0][1])), True
-    return fits[:count], count == 1
+            best = min(linked, key=lambda chosen: (_degraded(chosen), sum(fit[0] for fit in chosen), chosen[0][1]))
+            if _degraded(best) <= _degraded(plain):
+                return best, True
+    return plain, count == 1
 
 
 def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
@@ -139,6 +156,7 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
             continue
         picked, one_group = chosen
         key = (
+            _degraded(picked),
             host.name not in preferred,
             not one_group,
             sum(fit[0] for fit in picked) - (0 if reserving else requirement.memory_per_gpu * len(picked)),
@@ -161,6 +179,9 @@ def place(requirement: Requirement, hosts: list[HostState]) -> Placement:
     else:
         needed = f"{len(gpus)} x {requirement.memory_per_gpu / GB:.1f} GB needed"
     explanation = f"GPU {','.join(map(str, indexes))} on {host.name}{link}: {needed}, {free} GB free"
+    degraded = [g.index for g in ordered if g.degraded]
+    if degraded:
+        explanation += f"; degraded GPU {','.join(map(str, degraded))} used: no fit without degraded GPUs"
     return Placement(host=host.name, gpu_indexes=indexes, explanation=explanation)
 
 

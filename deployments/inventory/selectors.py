@@ -18,7 +18,8 @@ def host_list(*, user) -> QuerySet[Host]:
 
 def host_states(hosts: QuerySet[Host] | None = None, *, except_holder: str | None = None) -> list[HostState]:
     """The inventory as placement sees it: reservations counted (but `except_holder`'s own, when a deployment
-    is placed again, with those of its replicas, "<holder>:replica:<n>"), missing or degraded GPUs unhealthy."""
+    is placed again, with those of its replicas, "<holder>:replica:<n>"); failed or missing GPUs unhealthy (never
+    placed on), degraded ones marked (placed on only when nothing else fits)."""
     hosts = hosts if hosts is not None else Host.objects.all()
     mine = Q(pk__in=[])
     if except_holder:
@@ -39,7 +40,8 @@ def host_states(hosts: QuerySet[Host] | None = None, *, except_holder: str | Non
                         nvlink_group=g.nvlink_group,
                         name=g.name,
                         power_limit_w=g.power_limit_w,
-                        healthy=g.health in (Gpu.Health.OK, Gpu.Health.UNKNOWN),
+                        healthy=g.health in (Gpu.Health.OK, Gpu.Health.UNKNOWN, Gpu.Health.DEGRADED),
+                        degraded=g.health == Gpu.Health.DEGRADED,
                     )
                     for g in host.gpus.all()
                 ),

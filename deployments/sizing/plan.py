@@ -38,6 +38,7 @@ class GpuCapacity:
     memory_free: int
     power_limit_w: float | None = None
     nvlink_group: str = ""
+    degraded: bool = False  # placement uses it only when nothing healthy fits
 
     @property
     def usable_bytes(self) -> int:
@@ -239,6 +240,7 @@ def host_state(host: HostCapacity) -> HostState:
             nvlink_group=g.nvlink_group,
             name=g.name,
             power_limit_w=g.power_limit_w,
+            degraded=g.degraded,
         )
         for g in host.gpus
     )
