@@ -52,7 +52,10 @@ def _plain_static_files():
     storages = {**settings.STORAGES, "staticfiles": plain}
     # A fast hasher: the production one costs ~0.3 s per password, for four users per test.
     hashers = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    with override_settings(STORAGES=storages, WHITENOISE_USE_FINDERS=True, PASSWORD_HASHERS=hashers):
+    # An agent started in the test process (start_agent) serves no exporter unless its test asks for one.
+    with override_settings(
+        STORAGES=storages, WHITENOISE_USE_FINDERS=True, PASSWORD_HASHERS=hashers, AGENT_METRICS_PORT=0
+    ):
         yield
 
 
@@ -182,7 +185,9 @@ def _test_database_url() -> str:
 
 
 def _start_worker(env_extra: dict, name: str, queue: str, pool: str = "solo", include: str = ""):
-    env = dict(os.environ, DATA_DIR=str(settings.DATA_DIR), PYTHONUNBUFFERED="1", **env_extra)
+    # AGENT_METRICS_PORT=0: test agents serve no GPU exporter, so several on one machine do not fight over 9835.
+    env = {**os.environ, "DATA_DIR": str(settings.DATA_DIR), "PYTHONUNBUFFERED": "1", "AGENT_METRICS_PORT": "0"}
+    env.update(env_extra)
     log = open(Path(settings.DATA_DIR) / f"{name}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
         [
