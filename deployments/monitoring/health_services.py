@@ -107,6 +107,8 @@ def sweep_dispatch(run: HealthCheckRun) -> list[Job]:
         if host.status != Host.Status.ONLINE:
             unswept.append(host.name)
             continue
+        for pk in artifacts:  # listed from the start: a copy the sweep never reached is reported unfinished
+            progress.setdefault("sweep", {}).setdefault(str(pk), {"host": host.name, "files": {}})
         jobs.append(
             job_create(
                 kind=Job.Kind.INTEGRITY_SWEEP,
