@@ -1,14 +1,16 @@
 """The production deployment files hold together: docker-compose.yml, the Dockerfile, the proxy's nginx
-config, .env.example and the settings they feed.
+config, the monitoring services, .env.example and the settings they feed.
 
-`docker compose` is not needed (nor a database): the compose file is parsed with PyYAML and checked
-against the repository.
+No database is needed: the compose file is parsed with PyYAML and checked against the repository, and Debian's
+docker-compose (1.29, compose v1; CI installs it) validates it as operators on Debian run it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,9 @@ SETTINGS_FILE = ROOT / "console" / "settings.py"
 # The services that run the console's own code (from the image the Dockerfile builds).
 CONSOLE_SERVICES = ("migrate", "web", "gateway", "worker", "beat")
 ONE_SHOT = {"migrate"}
+# Started only with `--profile monitoring`.
+MONITORING_SERVICES = ("prometheus", "grafana")
+PROMETHEUS_DOCKERFILE = ROOT / "deploy" / "monitoring" / "prometheus" / "Dockerfile"
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
@@ -121,7 +126,55 @@ def depends_on(service: dict) -> dict[str, str]:
 
 
 def test_expected_services(services):
-    assert set(services) == {"postgres", "redis", "migrate", "web", "gateway", "worker", "beat", "proxy"}
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "web",
+        "gateway",
+        "worker",
+        "beat",
+        "proxy",
+        *MONITORING_SERVICES,
+    }
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert profiled == set(MONITORING_SERVICES), "only the monitoring services wait for a profile"
+    for name in MONITORING_SERVICES:
+        assert services[name]["profiles"] == ["monitoring"], name
+
+
+def test_compose_v1_reads_the_file(compose):
+    """Debian's docker-compose 1.29 refuses a top-level `name:`; the project's name comes from .env, and the
+    volumes keep the names the former `name: llmdeploy-console` gave them (an upgrade finds its data)."""
+    assert set(compose) <= {"services", "networks", "volumes", "secrets", "configs"} | {
+        key for key in compose if key.startswith("x-")
+    }
+    assert "name" not in compose
+    assert re.search(r"^COMPOSE_PROJECT_NAME=llmdeploy-console$", (ROOT / ".env.example").read_text(), re.MULTILINE)
+    for volume, spec in compose["volumes"].items():
+        assert spec["name"] == f"llmdeploy-console_{volume}", volume
+
+
+@pytest.mark.parametrize("profile", [None, "monitoring"])
+def test_docker_compose_v1_validates(tmp_path, profile):
+    """`docker-compose config` (compose v1, as Debian ships it) accepts the file with .env.example's variables."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose (Debian's package, compose v1) is needed: apt-get install docker-compose"
+    env_file = tmp_path / ".env"
+    example = (ROOT / ".env.example").read_text()
+    env_file.write_text(re.sub(r"^([A-Z_]+)=$", r"\1=set-for-the-test", example, flags=re.MULTILINE))
+    command = [binary, "--project-directory", str(ROOT), "--env-file", str(env_file), "-f", str(COMPOSE_FILE)]
+    if profile:
+        command += ["--profile", profile]
+    result = subprocess.run(
+        [*command, "config"], capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"]}
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert set(MONITORING_SERVICES) <= set(resolved["services"])
+    assert resolved["services"]["grafana"]["image"] == "grafana/grafana-oss:11.4.0"
+    assert resolved["services"]["prometheus"]["environment"]["METRICS_BEARER_TOKEN"] == "set-for-the-test"
+    assert resolved["services"]["web"]["environment"]["METRICS_BEARER_TOKEN"] == "set-for-the-test"
 
 
 def test_every_service_has_an_image_or_a_build(services):
@@ -194,10 +247,13 @@ def test_no_docker_socket(services, compose_text):
 
 
 def test_only_the_proxy_publishes_ports(services):
+    """The proxy publishes 80 and 443; Prometheus and Grafana listen on the machine's loopback only."""
     publishing = sorted(name for name, service in services.items() if service.get("ports"))
-    assert publishing == ["proxy"]
+    assert publishing == ["grafana", "prometheus", "proxy"]
     ports = {str(port) for port in services["proxy"]["ports"]}
     assert ports == {"80:80", "443:443"}
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
 def test_every_long_running_service_is_health_checked(services):
@@ -206,7 +262,7 @@ def test_every_long_running_service_is_health_checked(services):
             continue
         healthy_dependencies = [dep for dep, cond in depends_on(service).items() if cond == "service_healthy"]
         assert has_healthcheck(service) or healthy_dependencies, f"{name}: no healthcheck and no healthy dependency"
-    for name in ("postgres", "redis", "web", "gateway", "worker", "proxy"):
+    for name in ("postgres", "redis", "web", "gateway", "worker", "proxy", "prometheus"):
         assert has_healthcheck(services[name]), f"{name} has no healthcheck"
 
 
@@ -300,9 +356,116 @@ def test_settings_read_every_variable_compose_passes(services):
 
 
 def test_declared_volumes(compose):
-    assert {"postgres-data", "redis-data", "console-data", "model-store", "audit-checkpoints"} <= set(
-        compose["volumes"]
+    assert {
+        "postgres-data",
+        "redis-data",
+        "console-data",
+        "model-store",
+        "audit-checkpoints",
+        "prometheus-data",
+        "grafana-data",
+    } <= set(compose["volumes"])
+
+
+# --- monitoring ------------------------------------------------------------------------------------------
+
+
+def test_prometheus_service(services):
+    prometheus = services["prometheus"]
+    assert build_context(prometheus) == ROOT
+    assert build_dockerfile(prometheus) == PROMETHEUS_DOCKERFILE
+    # The same token the console asks for; Prometheus reaches web on the backend network and Grafana on its own.
+    assert prometheus["environment"]["METRICS_BEARER_TOKEN"] == "${METRICS_BEARER_TOKEN:-}"
+    assert services["web"]["environment"]["METRICS_BEARER_TOKEN"] == "${METRICS_BEARER_TOKEN:-}"
+    assert set(prometheus["networks"]) == {"backend", "monitoring"}
+    assert services["grafana"]["networks"] == ["monitoring"]
+    assert depends_on(prometheus) == {"web": "service_healthy"}
+    assert any(target == "/var/lib/prometheus" for _k, _s, target in volume_mounts(prometheus))
+    # The scrape address: Django must accept the Host header, and discovery must name it.
+    env = services["web"]["environment"]
+    assert "web" in env["ALLOWED_HOSTS"].split("}", 1)[1].split(",")
+    assert env["METRICS_PUBLIC_ADDRESS"] == "web:8000"
+    config = yaml.safe_load((ROOT / "deploy" / "monitoring" / "prometheus" / "prometheus.yml").read_text())
+    urls = [sd["url"] for job in config["scrape_configs"] for sd in job.get("http_sd_configs", [])]
+    assert urls and all(url.startswith("http://web:8000/metrics/targets?kind=") for url in urls)
+
+
+def test_prometheus_image(services):
+    """Debian's prometheus package on a Debian base: nothing fetched from another registry."""
+    text = PROMETHEUS_DOCKERFILE.read_text()
+    steps = instructions(text)
+    assert steps[0] == ("ARG", "BASE_IMAGE=debian:bookworm-slim")
+    assert steps[1] == ("FROM", "${BASE_IMAGE}")
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    assert "apt-get install -y --no-install-recommends prometheus" in runs
+    for fetcher in ("curl", "wget", "pip", "go install", "ADD"):
+        assert fetcher not in runs, fetcher
+    assert "ADD" not in dict(steps)
+    copies = [args.split() for keyword, args in steps if keyword == "COPY"]
+    assert ["deploy/monitoring/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml"] in copies
+    assert ["deploy/monitoring/prometheus/rules/", "/etc/prometheus/rules/"] in copies
+    for source, _target in copies:
+        assert (ROOT / source).exists(), source
+    assert "promtool check rules" in runs
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users == ["prometheus"]
+    assert "HEALTHCHECK" in dict(steps) and "/-/healthy" in dict(steps)["HEALTHCHECK"]
+    entrypoint = ROOT / "deploy" / "monitoring" / "prometheus" / "entrypoint.sh"
+    assert os.access(entrypoint, os.X_OK)
+    assert "/run/prometheus/metrics-token" in entrypoint.read_text()
+    assert "exec /usr/bin/prometheus" in entrypoint.read_text()
+
+
+def test_prometheus_entrypoint_writes_the_token(tmp_path):
+    """The entrypoint puts METRICS_BEARER_TOKEN where prometheus.yml's credentials_file points, then runs
+    Prometheus with the image's arguments (here a stand-in that prints them)."""
+    entrypoint = (ROOT / "deploy" / "monitoring" / "prometheus" / "entrypoint.sh").read_text()
+    script = tmp_path / "entrypoint.sh"
+    token_file = tmp_path / "metrics-token"
+    fake = tmp_path / "prometheus"
+    fake.write_text('#!/bin/sh\necho "args: $*"\n')
+    fake.chmod(0o755)
+    script.write_text(
+        entrypoint.replace("/run/prometheus/metrics-token", str(token_file)).replace("/usr/bin/prometheus", str(fake))
     )
+    result = subprocess.run(
+        ["sh", str(script), "--config.file=x"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"PATH": os.environ["PATH"], "METRICS_BEARER_TOKEN": "s3cret"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "args: --config.file=x"
+    assert token_file.read_text() == "s3cret"
+    assert token_file.stat().st_mode & 0o077 == 0, "the token file is readable by others"
+    config = (ROOT / "deploy" / "monitoring" / "prometheus" / "prometheus.yml").read_text()
+    assert config.count("credentials_file: /run/prometheus/metrics-token") >= 3
+
+
+def test_grafana_service(services):
+    grafana = services["grafana"]
+    assert grafana["image"] == "${GRAFANA_IMAGE:-grafana/grafana-oss:11.4.0}"
+    read_only = {entry.split(":")[1]: entry.split(":")[0] for entry in grafana["volumes"] if entry.endswith(":ro")}
+    assert read_only == {
+        "/etc/grafana/provisioning": "./deploy/monitoring/grafana/provisioning",
+        "/etc/grafana/dashboards": "./deploy/monitoring/grafana/dashboards",
+    }
+    assert any(target == "/var/lib/grafana" for _k, _s, target in volume_mounts(grafana))
+    assert depends_on(grafana) == {"prometheus": "service_healthy"}
+    env = grafana["environment"]
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "deploy" / "monitoring" / "grafana" / "dashboards" / Path(home).name).is_file()
+    provider = yaml.safe_load(
+        (ROOT / "deploy" / "monitoring" / "grafana" / "provisioning" / "dashboards" / "dashboards.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    datasource = yaml.safe_load(
+        (ROOT / "deploy" / "monitoring" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
 # --- interpolation and .env.example ---------------------------------------------------------------
