@@ -106,6 +106,11 @@ def test_a_flipped_byte_is_found_flagged_alerted_and_a_redownload_restores_it(
     for action in ("health_check.started", "model.corrupt", "deployment.flagged", "health_check.finished"):
         assert action in actions
 
+    # The alert's inputs on the console's /metrics (what Prometheus scrapes and the shipped rules read).
+    metrics = client.get("/metrics").content.decode()
+    assert "llmdeploy_integrity_corrupt_artifacts 1" in metrics
+    assert 'llmdeploy_healthcheck_findings{severity="critical"} 1' in metrics
+
     # The report page says it, with the next step and the re-download button.
     client.force_login(admin)
     page = client.get(f"/health/{run.pk}/").content.decode()
@@ -129,6 +134,7 @@ def test_a_flipped_byte_is_found_flagged_alerted_and_a_redownload_restores_it(
     assert integrity.check_directory(artifact.path, artifact.files_sha256)[-1].status == "ok"
     deployment.refresh_from_db()
     assert deployment.flags == []
+    assert "llmdeploy_integrity_corrupt_artifacts 0" in client.get("/metrics").content.decode()
     assert {"model.restore_requested", "model.restored", "deployment.flag_cleared"} <= set(
         AuditEvent.objects.values_list("action", flat=True)
     )
