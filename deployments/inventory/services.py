@@ -8,6 +8,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models.functions import Now
+from django.utils import timezone
 
 import audit
 from audit.recorder import diff
@@ -106,7 +107,12 @@ def gpu_update(*, actor, gpu: Gpu, **fields) -> Gpu:
         setattr(gpu, field, value)
     if gpu.index != before["index"] and Gpu.objects.filter(host=gpu.host, index=gpu.index).exists():
         raise ApplicationError(f"{gpu.host} already has a GPU {gpu.index}.", field="index")
+    cause_before = gpu.health_cause
     _save_changes(actor=actor, obj=gpu, before=before, tracked=GPU_FIELDS, action="gpu.updated")
+    if gpu.health != before["health"]:
+        from deployments.monitoring.gpu_health_apply import health_set_by_hand
+
+        health_set_by_hand(gpu, (before["health"], cause_before), actor=actor, now=timezone.now())
     return gpu
 
 
@@ -170,16 +176,35 @@ def host_report(
     if changes and not created:
         action = "host.online" if changes.get("status", [None, None])[1] == Host.Status.ONLINE else "host.changed"
         audit.record(action=action, actor=None, actor_name=agent, target=host, changes=changes)
-    _report_gpus(host, discovery.gpus, agent)
+    _report_gpus(host, discovery.gpus, agent, _readings(discovery.gpus, telemetry or []))
     host.refresh_from_db()
     return host
 
 
-def _report_gpus(host: Host, reported, agent: str) -> None:
+def _readings(reported, telemetry: list[dict]) -> dict[int, dict]:
+    """Each reported GPU's reading, matched by uuid where both have one, else by index."""
+    by_uuid = {reading["uuid"]: reading for reading in telemetry if reading.get("uuid")}
+    by_index = {reading.get("index"): reading for reading in telemetry}
+    found = {}
+    for seen in reported:
+        reading = by_uuid.get(seen.uuid) if seen.uuid else None
+        reading = reading or by_index.get(seen.index)
+        if reading is not None:
+            found[seen.index] = reading
+    return found
+
+
+def _report_gpus(host: Host, reported, agent: str, readings: dict[int, dict]) -> None:
+    # Health belongs to the rules (deployments/inventory/gpu_health.py) once a GPU is present: discovery's own health
+    # only brings a new, missing or unknown GPU back.
+    from deployments.monitoring import gpu_health_apply, samples  # the monitoring room builds on the inventory
+
+    now = timezone.now()
     known = {gpu.index: gpu for gpu in host.gpus.all()}
     for seen in reported:
         gpu = known.pop(seen.index, None)
         values = {field: getattr(seen, field) for field in GPU_IDENTITY}
+        reading = readings.get(seen.index)
         if gpu is None:
             gpu = Gpu.objects.create(
                 host=host, index=seen.index, memory_free=seen.memory_free, health=seen.health, discovered=True, **values
@@ -191,16 +216,24 @@ def _report_gpus(host: Host, reported, agent: str) -> None:
                 target=gpu,
                 changes=diff({}, _state(gpu, GPU_FIELDS)),
             )
-            continue
-        changes = diff(_state(gpu, (*GPU_IDENTITY, "health")), {**values, "health": seen.health})
-        for field, value in values.items():
-            setattr(gpu, field, value)
-        gpu.memory_free, gpu.health, gpu.discovered = seen.memory_free, seen.health, True
+            changes = {}
+        else:
+            health = seen.health if gpu.health in (Gpu.Health.MISSING, Gpu.Health.UNKNOWN) else gpu.health
+            changes = diff(_state(gpu, (*GPU_IDENTITY, "health")), {**values, "health": health})
+            for field, value in values.items():
+                setattr(gpu, field, value)
+            gpu.memory_free, gpu.health, gpu.discovered = seen.memory_free, health, True
+        health_before = gpu_health_apply.take_reading(gpu, reading, now=now) if reading is not None else None
         gpu.save()
         if changes:
             audit.record(action="gpu.changed", actor=None, actor_name=agent, target=gpu, changes=changes)
+        if reading is not None:
+            samples.record_gpu_reading(gpu.pk, reading, at=now)
+        if health_before is not None:
+            gpu_health_apply.health_changed(gpu, health_before, actor_name=agent)
     for gpu in known.values():  # registered before, not reported now
-        if gpu.discovered and gpu.health != Gpu.Health.MISSING:
+        # A failed GPU stays failed (its cause says more than "missing"; placement skips both).
+        if gpu.discovered and gpu.health not in (Gpu.Health.MISSING, Gpu.Health.FAILED):
             gpu.health = Gpu.Health.MISSING
             gpu.save(update_fields=["health", "updated_at"])
             audit.record(

@@ -48,6 +48,11 @@ class DeploymentSerializer(serializers.ModelSerializer):
         help_text="Its servers (0 is the deployment's own fields): wanted, running, serving (any runs), text "
         '("2/3 replicas running") and each server\'s index, state, host, GPUs, restarts.'
     )
+    flags = serializers.JSONField(
+        read_only=True,
+        help_text="What needs a person's attention while it runs: [{cause, subject, detail, next_step, at}] "
+        '(cause "gpu-failed": a GPU it holds failed, subject "<host>/gpu<index>").',
+    )
 
     class Meta:
         model = Deployment
@@ -80,6 +85,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "next_step",
             "restart_count",
             "next_restart_at",
+            "flags",
             "created_at",
         ]
         read_only_fields = [
