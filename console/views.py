@@ -29,4 +29,6 @@ class DashboardView(ConsoleViewMixin, TemplateView):
         user = self.request.user
         context["my_roles"] = [roles.ROLE_LABELS[r] for r in permissions.user_roles(user)]
         context["my_actions"] = [(a, roles.ACTIONS[a]) for a in allowed_actions(user)]
+        # Admins land on the fleet: the fleet page's sections, above their own cards (monitoring_tags).
+        context["show_fleet"] = permissions.can(user, roles.MANAGE_INVENTORY)
         return context

@@ -303,8 +303,3 @@ def _deployment_from_prometheus(deployment: Deployment, window: Window, *, now: 
     for key, unit, series in _deployment_layout():
         charts.append(Chart(key, unit, [{"label": label, "values": values[column]} for column, label in series]))
     return Figure(window, start, end, x, charts, source=PROMETHEUS)
-
-
-def window_choices() -> list[tuple[str, str]]:
-    labels = {"1h": _("1 hour"), "24h": _("24 hours"), "7d": _("7 days"), "30d": _("30 days")}
-    return [(key, labels[key]) for key in WINDOWS]

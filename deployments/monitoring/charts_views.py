@@ -16,7 +16,7 @@ from deployments.monitoring.fleet import fleet_overview, visible_gpus
 
 def fleet_context(user) -> dict:
     """What the fleet sections need (the fleet page and the admins' dashboard render the same)."""
-    return {"fleet": fleet_overview(user), "chart_windows": charts.window_choices()}
+    return {"fleet": fleet_overview(user)}
 
 
 def _figure_response(request, build) -> JsonResponse:

@@ -47,6 +47,24 @@ class HostRow:
     heartbeat_age: float | None  # seconds
     gpus: list[GpuRow] = field(default_factory=list)
 
+    @property
+    def heartbeat_text(self) -> str:
+        return age_text(self.heartbeat_age)
+
+
+def age_text(seconds: float | None) -> str:
+    """An age as "12 s", "4 min 10 s", "3 h 05 min" or "2 d 04 h" (the units job.js and the jobs page use)."""
+    if seconds is None:
+        return ""
+    seconds = max(0, int(seconds))
+    if seconds >= 86400:
+        return f"{seconds // 86400} d {seconds % 86400 // 3600:02d} h"
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
 
 @dataclass
 class Failure:
