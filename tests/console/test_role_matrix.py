@@ -1277,6 +1277,32 @@ MATRIX = [
         data={"prompt_retention": "full"},
         route="/api/v1/deployments/<pk>/configure/",
     ),
+    # the fleet page and the charts' series: view; a host's or deployment's, as its page (tests/deployments/monitoring)
+    row("get", "/fleet/", LOGIN, 403, 200, 200, 200),
+    row("get", "/fleet/charts/", LOGIN, 403, 200, 200, 200),
+    row("get", "/fleet/hosts/{host}/charts/", LOGIN, 403, 200, 200, 200, route="/fleet/hosts/<int:pk>/charts/"),
+    row(
+        "get",
+        "/fleet/deployments/{running}/charts/",
+        LOGIN,
+        404,
+        200,
+        200,
+        200,
+        route="/fleet/deployments/<int:pk>/charts/",
+    ),
+    row("get", "/api/v1/charts/fleet/", 401, 403, 200, 200, 200),
+    row("get", "/api/v1/charts/hosts/{host}/", 401, 403, 200, 200, 200, route="/api/v1/charts/hosts/<pk>/"),
+    row(
+        "get",
+        "/api/v1/charts/deployments/{running}/",
+        401,
+        404,
+        200,
+        200,
+        200,
+        route="/api/v1/charts/deployments/<pk>/",
+    ),
 ]
 
 
