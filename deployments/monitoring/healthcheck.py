@@ -8,11 +8,10 @@ A section is a JSON-able dict the report page and the exports show; a finding is
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -187,7 +186,7 @@ def audit_section(now: datetime) -> tuple[dict, list[dict]]:
             )
         )
         return section, findings
-    newest = datetime.fromtimestamp(max(path.stat().st_mtime for path in exported), tz=timezone.utc)
+    newest = datetime.fromtimestamp(max(path.stat().st_mtime for path in exported), tz=UTC)
     age = now - newest
     section["export_age_days"] = _age_days(newest, now)
     if age > timedelta(seconds=max(2 * settings.AUDIT_CHECKPOINT_SECONDS, 3600)):
@@ -320,7 +319,7 @@ def backups_section(now: datetime) -> tuple[dict, list[dict]]:
                 _("Run a backup now and check the backup schedule."),
             )
         ]
-    at = datetime.fromtimestamp(newest[0], tz=timezone.utc)
+    at = datetime.fromtimestamp(newest[0], tz=UTC)
     days = _age_days(at, now)
     section = {"configured": True, "dir": directory, "newest": newest[1], "at": at.isoformat(), "age_days": days}
     findings = []
