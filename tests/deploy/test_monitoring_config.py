@@ -111,7 +111,7 @@ def test_promtool_checks_the_shipped_config(tmp_path):
     token = tmp_path / "metrics-token"
     token.write_text("s3cret")
     text = (PROMETHEUS_DIR / "prometheus.yml").read_text()
-    assert text.count(TOKEN_PATH) == 5, "the console, its three discovery requests and the deployments' scrapes"
+    assert text.count(TOKEN_PATH) == 6, "three discovery requests, three scrape jobs"
     assert "/etc/prometheus/rules/*.yml" in text
     config = tmp_path / "prometheus.yml"
     config.write_text(text.replace(TOKEN_PATH, str(token)).replace("/etc/prometheus/rules/", f"{tmp_path}/rules/"))
@@ -133,10 +133,9 @@ def test_scrape_jobs_use_the_consoles_discovery():
         (discovery,) = jobs[name]["http_sd_configs"]
         assert discovery["url"].endswith(f"/metrics/targets?kind={kind}"), name
         assert discovery["authorization"] == {"credentials_file": TOKEN_PATH}, name
-    # The console checks the bearer on its /metrics and on the deployments it proxies; the agents take none.
-    assert jobs["llmdeploy-console"]["authorization"] == {"credentials_file": TOKEN_PATH}
-    assert jobs["llmdeploy-deployments"]["authorization"] == {"credentials_file": TOKEN_PATH}
-    assert "authorization" not in jobs["llmdeploy-agents"]
+    # The console checks the bearer on its /metrics and on the deployments it proxies, the agents' exporters too.
+    for name in ("llmdeploy-console", "llmdeploy-agents", "llmdeploy-deployments"):
+        assert jobs[name]["authorization"] == {"credentials_file": TOKEN_PATH}, name
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
 
 
