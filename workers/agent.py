@@ -4,6 +4,10 @@ the host's GPUs (read through NVML) and a heartbeat to the database every AGENT_
 Start one per GPU host (docs/operations.md):
     AGENT_HOST_NAME=gpu-node-1 celery -A console worker -Q celery,host.gpu-node-1 -n agent@gpu-node-1
 `make run` does the same for the local machine.
+
+Each heartbeat also carries every GPU's telemetry (workers.nvml.read_telemetry, or an NVIDIA DCGM exporter's text
+with AGENT_GPU_METRICS_SOURCE=dcgm) and where Prometheus scrapes this host's GPU series: the agent's own exporter
+(workers.gpu_exporter, on AGENT_METRICS_PORT) or, with dcgm, the DCGM exporter.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import re
 import socket
 import threading
+from dataclasses import asdict
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
@@ -21,7 +26,8 @@ from django.db import close_old_connections, connection
 from deployments.inventory.services import host_report, hosts_mark_offline
 from deployments.jobs.reaper import jobs_orphaned_by_restart
 from deployments.registry.layout import ensure_store
-from workers.nvml import discover, load_nvml
+from workers import dcgm, gpu_exporter
+from workers.nvml import GpuTelemetry, XidCursor, XidListener, discover, load_nvml, read_telemetry
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
@@ -48,10 +54,55 @@ def _log_note(name: str, note: str) -> None:
     logger.log(level, "agent %s: %s", name, note)
 
 
+class Telemetry:
+    """Where this agent's GPU readings come from while it runs: NVML (with an XID listener) or a DCGM exporter."""
+
+    def __init__(self) -> None:
+        self.source = settings.AGENT_GPU_METRICS_SOURCE
+        self.listener: XidListener | None = None
+        self.heartbeat_xids: XidCursor | None = None
+        self.dcgm = dcgm.DcgmReader(settings.DCGM_EXPORTER_URL) if self.source == "dcgm" else None
+        self.exporter = None  # (server, bound "host:port") of the agent's own exporter
+        self.metrics_address = dcgm.exporter_address(settings.DCGM_EXPORTER_URL) if self.dcgm else ""
+
+    def start(self, name: str) -> None:
+        if self.dcgm is not None:
+            return  # Prometheus scrapes the DCGM exporter; the agent serves no GPU series of its own
+        self.listener = XidListener(load_nvml(settings.AGENT_NVML_MODULE))
+        self.heartbeat_xids = self.listener.cursor()
+        exporter_xids = self.listener.cursor()
+        self.listener.start()
+        if settings.AGENT_METRICS_PORT:
+            address, port = settings.AGENT_METRICS_ADDRESS, settings.AGENT_METRICS_PORT
+            self.exporter = gpu_exporter.start_exporter(name, address, port, xids=exporter_xids, version=AGENT_VERSION)
+        if self.exporter is not None:
+            self.metrics_address = gpu_exporter.advertised_address(self.exporter[1], settings.AGENT_METRICS_ADDRESS)
+            logger.info("agent %s: GPU metrics at http://%s/metrics", name, self.metrics_address)
+
+    def read(self) -> list[GpuTelemetry]:
+        if self.dcgm is not None:
+            return self.dcgm.read()
+        return read_telemetry(load_nvml(settings.AGENT_NVML_MODULE), self.heartbeat_xids)
+
+    def stop(self) -> None:
+        if self.exporter is not None:
+            self.exporter[0].shutdown()
+            self.exporter[0].server_close()
+            self.exporter = None
+        if self.listener is not None:
+            self.listener.stop()
+
+
+# This process's telemetry while its agent runs (start_agent to stop_agent); report_once without a running agent
+# (tests, the shell) reads NVML or DCGM afresh and reports no exporter.
+_telemetry: Telemetry | None = None
+
+
 def report_once(name: str):
-    """Read the GPUs and write them and a heartbeat; returns the Host."""
+    """Read the GPUs and their telemetry and write them and a heartbeat; returns the Host."""
     discovery = discover(load_nvml(settings.AGENT_NVML_MODULE))
     _log_note(name, discovery.note)
+    telemetry = _telemetry or Telemetry()
     return host_report(
         name=name,
         discovery=discovery,
@@ -59,6 +110,8 @@ def report_once(name: str):
         address=socket.getfqdn(),
         model_store=str(settings.MODEL_STORE),
         runtime=settings.AGENT_RUNTIME,
+        telemetry=[asdict(reading) for reading in telemetry.read()],
+        metrics_address=telemetry.metrics_address,
     )
 
 
@@ -97,12 +150,14 @@ def expire_orphaned_jobs(**kwargs) -> None:
 
 @worker_ready.connect
 def start_agent(**kwargs) -> None:
-    global _heartbeat
+    global _heartbeat, _telemetry
     name = settings.AGENT_HOST_NAME
     if not name:
         return
     ensure_store(settings.MODEL_STORE)  # this host's downloads and imports land there
     _notes_said.pop(name, None)  # each agent start says the note once
+    _telemetry = Telemetry()
+    _telemetry.start(name)
     host = report_once(name)
     connection.close()
     logger.info("agent %s: registered with %d GPU(s)", name, host.gpus.count())
@@ -112,8 +167,12 @@ def start_agent(**kwargs) -> None:
 
 @worker_shutdown.connect
 def stop_agent(**kwargs) -> None:
+    global _telemetry
     if _heartbeat is not None:
         _heartbeat.stop()
+    if _telemetry is not None:
+        _telemetry.stop()
+        _telemetry = None
 
 
 @shared_task(name="workers.agent.describe")
