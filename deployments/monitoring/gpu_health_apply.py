@@ -12,8 +12,9 @@ from django.utils import translation
 from audit.recorder import record
 from deployments.inventory import gpu_health
 from deployments.inventory.models import Gpu
-from deployments.monitoring.flags import clear_flag, deployments_on_gpu, raise_flag
+from deployments.monitoring.flags import HOLDING, clear_flag, deployments_on_gpu, raise_flag
 from deployments.serving.models import Deployment
+from deployments.serving.replica_models import DeploymentReplica
 
 FLAG_CAUSE = "gpu-failed"
 # Health the rules may leave: a GPU found missing, or unknown, is assessed afresh by its first reading.
@@ -28,6 +29,15 @@ def _english(text) -> str:
 
 def subject(gpu: Gpu) -> str:
     return f"{gpu.host.name}/gpu{gpu.index}"
+
+
+def holders(gpu: Gpu) -> list[Deployment]:
+    """Deployments whose own server or one of whose replicas holds the GPU now."""
+    found = {deployment.pk: deployment for deployment in deployments_on_gpu(gpu)}
+    replicas = DeploymentReplica.objects.filter(host_id=gpu.host_id, state__in=HOLDING)
+    for replica in replicas.filter(gpu_indexes__contains=[gpu.index]).select_related("deployment"):
+        found.setdefault(replica.deployment_id, replica.deployment)
+    return [found[pk] for pk in sorted(found)]
 
 
 def take_reading(gpu: Gpu, reading: dict, *, now: datetime) -> tuple[str, str] | None:
@@ -66,11 +76,12 @@ def health_changed(gpu: Gpu, before: tuple[str, str], *, actor=None, actor_name:
 
 
 def sync_flags(gpu: Gpu, *, actor=None) -> None:
-    """Failed: every deployment holding the GPU is flagged. Anything else: its flags for this GPU are cleared."""
+    """Failed: every deployment holding the GPU (itself or a replica) is flagged. Anything else: the flags for this
+    GPU are cleared, wherever they are."""
     where = subject(gpu)
     if gpu.health == Gpu.Health.FAILED:
         detail, next_step = gpu_health.texts(gpu.health_cause)
-        for deployment in deployments_on_gpu(gpu):
+        for deployment in holders(gpu):
             raise_flag(
                 deployment,
                 cause=FLAG_CAUSE,

@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from deployments.inventory.services import gpu_update, host_report
-from deployments.models import Deployment, Gpu, GpuSample, Host
+from deployments.models import Deployment, DeploymentReplica, Gpu, GpuSample, Host
+from tests.factories.inventory import HostFactory
 from tests.factories.serving import DeploymentFactory, DeploymentSpecFactory
 from workers.nvml import DiscoveredGpu, Discovery
 
@@ -109,6 +110,11 @@ def test_a_failed_gpu_is_audited_flags_its_deployments_and_an_admin_clears_it(cl
     running = DeploymentFactory(host=host, gpu_indexes=[0], state=Deployment.State.RUNNING)
     other_gpu = DeploymentFactory(host=host, gpu_indexes=[1], state=Deployment.State.RUNNING)
     stopped = DeploymentFactory(host=host, gpu_indexes=[0], state=Deployment.State.STOPPED)
+    # A deployment whose own server runs elsewhere and whose replica 1 holds GPU 0.
+    replicated = DeploymentFactory(host=HostFactory(), gpu_indexes=[0], state=Deployment.State.RUNNING)
+    DeploymentReplica.objects.create(
+        deployment=replicated, index=1, host=host, gpu_indexes=[0], state=Deployment.State.RUNNING
+    )
 
     clock["t"] = T0 + timedelta(seconds=30)
     beat([reading(0, xids=[79]), reading(1)])
@@ -122,6 +128,7 @@ def test_a_failed_gpu_is_audited_flags_its_deployments_and_an_admin_clears_it(cl
     assert (flag["cause"], flag["subject"]) == ("gpu-failed", "node/gpu0")
     assert "fallen off the bus" in flag["detail"] and "reset" in flag["next_step"]
     assert Deployment.objects.get(pk=other_gpu.pk).flags == [] and Deployment.objects.get(pk=stopped.pk).flags == []
+    assert [f["subject"] for f in Deployment.objects.get(pk=replicated.pk).flags] == ["node/gpu0"]
     # The deployment's page and API say it, with the next step.
     DeploymentSpecFactory(deployment=running, current=True)
     client.force_login(admin)
@@ -142,10 +149,10 @@ def test_a_failed_gpu_is_audited_flags_its_deployments_and_an_admin_clears_it(cl
     gpu_update(actor=admin, gpu=Gpu.objects.get(pk=gpu0.pk), health=Gpu.Health.OK)
     gpu0.refresh_from_db()
     assert (gpu0.health, gpu0.health_cause, gpu0.health_detail) == ("ok", "", "")
-    assert Deployment.objects.get(pk=running.pk).flags == []
+    assert Deployment.objects.get(pk=running.pk).flags == [] and Deployment.objects.get(pk=replicated.pk).flags == []
     changed = AuditEvent.objects.filter(action="gpu.health_changed").order_by("id").last()
     assert changed.actor_name == admin.username and '"health":["failed","ok"]' in changed.diff
-    assert AuditEvent.objects.filter(action="deployment.flag_cleared").count() == 1
+    assert AuditEvent.objects.filter(action="deployment.flag_cleared").count() == 2
 
 
 def test_degraded_and_back_follows_the_readings_and_the_host_page_says_why(clock, client, admin):
