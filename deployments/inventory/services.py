@@ -143,7 +143,9 @@ def host_report(
 
     Hardware changes (a new, changed or vanished GPU, a new driver) are audit events by the agent;
     free memory and the heartbeat itself are not. `telemetry` (workers.nvml.GpuTelemetry as dicts) is each GPU's
-    reading; `metrics_address` is where the agent's exporter answers (kept when empty).
+    reading, matched by uuid (else index): kept on the GPU, merged into its 1-minute sample and assessed by the
+    health rules (deployments/monitoring/gpu_health_apply.py: a change of health is audited, deployments on a failed
+    GPU flagged). `metrics_address` is where the agent's exporter answers (kept when empty).
     """
     agent = f"agent:{name}"
     host, created = Host.objects.select_for_update().get_or_create(
