@@ -138,12 +138,14 @@ def _gpu_families(host: str, readings: list[GpuTelemetry], names: dict[str, str]
         for cause, value in (("single_bit", t.retired_pages_single), ("double_bit", t.retired_pages_double)):
             if value is not None:
                 retired.add_metric([*labels(t), cause], value)
-        retired_pending.add_metric(labels(t), float(t.retired_pages_pending))
+        if t.retired_pages_single is not None or t.retired_pages_pending:  # a GPU that remaps rows retires no pages
+            retired_pending.add_metric(labels(t), float(t.retired_pages_pending))
         rows = (("correctable", t.remapped_rows_correctable), ("uncorrectable", t.remapped_rows_uncorrectable))
         for kind, value in rows:
             if value is not None:
                 remapped.add_metric([*labels(t), kind], value)
-        remapped_pending.add_metric(labels(t), float(t.remapped_rows_pending))
+        if t.remapped_rows_correctable is not None or t.remapped_rows_pending:
+            remapped_pending.add_metric(labels(t), float(t.remapped_rows_pending))
     yield from (thermal, ecc, retired, retired_pending, remapped, remapped_pending)
 
 
