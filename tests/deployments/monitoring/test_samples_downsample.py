@@ -108,3 +108,15 @@ def test_a_series_reads_the_finest_rows_kept(settings):
     GpuSample.objects.create(gpu=gpu, at=old.replace(minute=0, second=0, microsecond=0), resolution=900)
     assert [s.resolution for s in gpu_series(gpu, since=now - timedelta(hours=1))] == [60]
     assert [s.resolution for s in gpu_series(gpu, since=now - timedelta(days=7))] == [900, 60]
+
+
+def test_beat_runs_the_downsampling(settings):
+    from workers.tasks import telemetry_downsample
+
+    entry = settings.CELERY_BEAT_SCHEDULE["telemetry-downsample"]
+    assert entry == {"task": "workers.telemetry_downsample", "schedule": settings.TELEMETRY_DOWNSAMPLE_SECONDS}
+    assert telemetry_downsample.name == "workers.telemetry_downsample"
+    GpuSample.objects.create(gpu=GpuFactory(), at=OLD.replace(year=2020), resolution=60)  # long past both windows
+    result = telemetry_downsample()
+    assert result["gpu_minutes_folded"] == 1 and result["gpu_quarters_deleted"] == 1
+    assert not GpuSample.objects.exists()
