@@ -1,0 +1,122 @@
+"""The counters other processes write reach the console's /metrics: prometheus_client's multiprocess files in
+PROMETHEUS_MULTIPROC_DIR, summed over every process, live or gone. Real processes: plain Python processes counting
+through deployments/monitoring/instruments.py, and the gateway (uvicorn, its own process) answering a call."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from celery.signals import worker_process_shutdown
+from django.conf import settings
+
+from deployments.gateway import keys, records
+from deployments.models import Deployment
+from tests.conftest import ROOT, _test_database_url
+from tests.deployments.monitoring.test_metrics_endpoint import scrape, value
+from tests.factories import DeploymentFactory, DeploymentSpecFactory
+from tests.support.gateway_process import GatewayProcess
+
+COUNTING = """
+import os, sys, django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+django.setup()
+from deployments.monitoring import instruments
+name = sys.argv[1]
+instruments.gateway_call({"deployment_name": name, "status": 200, "prompt_tokens": 5, "completion_tokens": 7,
+                          "duration_ms": 300})
+instruments.gateway_call({"deployment_name": name, "status": 502, "duration_ms": 40})
+instruments.job_finished("download", "succeeded", 42.0)
+instruments.downloaded(1000)
+"""
+
+
+def _count_in_another_process(name: str) -> None:
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=settings.PROMETHEUS_MULTIPROC_DIR)
+    done = subprocess.run([sys.executable, "-c", COUNTING, name], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+
+
+@pytest.mark.django_db
+def test_counts_of_two_finished_processes_are_summed():
+    name = f"mp-{uuid.uuid4().hex[:8]}"  # series of their own: other tests' processes write the same directory
+    before = scrape()
+    jobs_before = value(before, "llmdeploy_job_duration_seconds_count", kind="download", status="succeeded") or 0
+    bytes_before = value(before, "llmdeploy_download_bytes_total") or 0
+    _count_in_another_process(name)
+    _count_in_another_process(name)
+    after = scrape()
+    assert value(after, "llmdeploy_gateway_requests_total", deployment=name, code="200") == 2
+    assert value(after, "llmdeploy_gateway_requests_total", deployment=name, code="502") == 2
+    assert value(after, "llmdeploy_gateway_errors_total", deployment=name) == 2
+    assert value(after, "llmdeploy_gateway_tokens_total", deployment=name, kind="prompt") == 10
+    assert value(after, "llmdeploy_gateway_tokens_total", deployment=name, kind="completion") == 14
+    assert value(after, "llmdeploy_gateway_request_duration_seconds_count", deployment=name) == 4
+    assert value(after, "llmdeploy_gateway_request_duration_seconds_bucket", deployment=name, le="0.05") == 2
+    assert value(after, "llmdeploy_gateway_request_duration_seconds_bucket", deployment=name, le="0.5") == 4
+    assert value(after, "llmdeploy_gateway_request_duration_seconds_sum", deployment=name) == pytest.approx(0.68)
+    jobs_after = value(after, "llmdeploy_job_duration_seconds_count", kind="download", status="succeeded")
+    assert jobs_after == jobs_before + 2
+    assert value(after, "llmdeploy_download_bytes_total") == bytes_before + 2000
+
+
+def test_a_celery_worker_process_that_ends_is_marked_dead(tmp_path, settings):
+    """Its live gauges go (prometheus_client's bookkeeping for a dead process); its counters stay summed."""
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+    live, counter = tmp_path / "gauge_livesum_424242.db", tmp_path / "counter_424242.db"
+    live.write_bytes(b""), counter.write_bytes(b"")
+    worker_process_shutdown.send(sender=None, pid=424242, exitcode=0)
+    assert not live.exists()
+    assert counter.exists()
+
+
+@pytest.fixture
+def gateway(redis_url, transactional_db):
+    env = dict(
+        os.environ,
+        DATABASE_URL=_test_database_url(),
+        REDIS_URL=redis_url,
+        DATA_DIR=str(settings.DATA_DIR),
+        PROMETHEUS_MULTIPROC_DIR=settings.PROMETHEUS_MULTIPROC_DIR,
+        GATEWAY_CACHE_SECONDS="0",
+        GATEWAY_FLUSH_SECONDS="0.2",
+    )
+    client = records._redis()
+    client.delete(records.STREAM)  # records of an earlier run name rows of a database that is gone
+    process = GatewayProcess(env).start()
+    yield process
+    deadline = time.monotonic() + 30  # its inference records sealed before the test database is emptied
+    while (client.xlen(records.STREAM) or client.exists(records.LOCK)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.stop()
+
+
+def test_the_gateway_processes_calls_are_counted(gateway, admin):
+    name = f"gw-{uuid.uuid4().hex[:8]}"
+    deployment = DeploymentFactory(name=name, state=Deployment.State.STOPPED)
+    DeploymentSpecFactory(deployment=deployment, current=True)
+    _, raw = keys.key_create(actor=admin, name="metrics", user=admin, deployments=[deployment])
+    body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    answers = [
+        requests.post(
+            f"{gateway.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {raw}"}, timeout=30
+        ).status_code
+        for _ in range(3)
+    ]
+    assert answers == [503] * 3  # the deployment is stopped: refused, and still one record each
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        samples = scrape()
+        if value(samples, "llmdeploy_gateway_requests_total", deployment=name, code="503") == 3:
+            break
+        time.sleep(0.1)
+    assert value(samples, "llmdeploy_gateway_requests_total", deployment=name, code="503") == 3
+    assert value(samples, "llmdeploy_gateway_errors_total", deployment=name) == 3
+    assert value(samples, "llmdeploy_gateway_request_duration_seconds_count", deployment=name) == 3
+    assert any(Path(settings.PROMETHEUS_MULTIPROC_DIR).glob(f"*_{gateway.pid}.db"))  # written by the gateway itself
