@@ -14,6 +14,14 @@
   var COLORS = ["#0d6efd", "#fd7e14", "#198754", "#dc3545", "#6f42c1", "#20c997", "#d63384", "#6c757d"];
   var HEIGHT = 180;
 
+  // Every figure here counts up from zero (a load, a memory, a queue); percentages run to 100.
+  function yRange(unit) {
+    return function (u, min, max) {
+      var top = unit === "%" ? 100 : (max > 0 ? max * 1.1 : 1);
+      return [0, Math.max(top, max || 0)];
+    };
+  }
+
   function setup(box) {
     var state = { charts: [] };
     box.querySelectorAll("[data-window-choice]").forEach(function (button) {
@@ -62,7 +70,7 @@
       });
       var options = {
         series: series,
-        scales: { x: { time: true, min: figure.start, max: figure.end } },
+        scales: { x: { time: true, min: figure.start, max: figure.end }, y: { range: yRange(chart.unit) } },
         axes: [{}, { size: 60, values: C.ticks(C.format), label: chart.unit, labelSize: 16 }],
       };
       element.dataset.points = String(points);
