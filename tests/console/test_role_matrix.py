@@ -28,6 +28,7 @@ from deployments.models import (
     ModelRepo,
     ModelSource,
 )
+from deployments.monitoring.models import HealthCheckRun
 from tests.support.model_dirs import write_llama_dir
 
 ROLES = ("anonymous", "nobody", "auditor", "engineer", "admin")
@@ -1303,6 +1304,17 @@ MATRIX = [
         200,
         route="/api/v1/charts/deployments/<pk>/",
     ),
+    # the health check: everyone who views reads it; admins run and resume it; restoring a copy is add_model
+    row("get", "/health/", LOGIN, 403, 200, 200, 200),
+    row("post", "/health/run/", LOGIN, 403, 403, 403, 302),
+    row("get", "/health/{health_run}/", LOGIN, 403, 200, 200, 200, route="/health/<int:pk>/"),
+    row("post", "/health/{health_run}/resume/", LOGIN, 403, 403, 403, 302, route="/health/<int:pk>/resume/"),
+    row("get", "/health/{health_run}/report.md", LOGIN, 403, 200, 200, 200, route="/health/<int:pk>/report.md"),
+    row("get", "/health/{health_run}/report.pdf", LOGIN, 403, 200, 200, 200, route="/health/<int:pk>/report.pdf"),
+    row("post", "/health/models/999999/restore/", LOGIN, 403, 403, 404, 404, route="/health/models/<int:pk>/restore/"),
+    row("get", "/api/v1/health-checks/", 401, 403, 200, 200, 200),
+    row("post", "/api/v1/health-checks/", 401, 403, 403, 403, 201, data={}),
+    row("get", "/api/v1/health-checks/{health_run}/", 401, 403, 200, 200, 200, route="/api/v1/health-checks/<pk>/"),
 ]
 
 
@@ -1342,6 +1354,7 @@ def test_role_matrix(entry, role, users, credential, client, request, settings, 
         "gpu": gpu.pk,
         "team": team.pk,
         "empty_team": empty_team.pk,
+        "health_run": HealthCheckRun.objects.create(state="done").pk,
         **_registry_ids(),
         **_deployment_ids(tmp_path),
         **_approval_ids(),
