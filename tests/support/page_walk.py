@@ -25,6 +25,8 @@ PK_OWNERS = {
     "gateway/service-accounts/": "service-accounts",
     "benchmarks/": "benchmarks",
     "quality/variants/": "models/variants",
+    "fleet/hosts/": "hosts",
+    "fleet/deployments/": "deployments",
 }
 NOT_PAGES = ("api/", "i18n/", "logout/", "healthz")  # the API has its own fuzz; these render no form
 ANONYMOUS_PAGES = {"login/"}  # a signed-in user is sent on from these
