@@ -551,6 +551,9 @@ class Gateway:
         translation: tt.GenerateRequest | None = None,
     ) -> None:
         headers = {**_auth(server), "content-type": "application/json", "x-request-id": call.request_id}
+        traceparent = spans.upstream_traceparent(call.trace_id, call.parent_span_id, call.request_id)
+        if traceparent:  # the server's own spans (when it traces) join the call's trace
+            headers["traceparent"] = traceparent
         async with self.session.post(f"{server.url}{path}", json=body, headers=headers) as response:
             if response.status >= 500:  # the server is failing or not ready: another replica may answer
                 text = (await response.read())[:300].decode("utf-8", errors="replace")

@@ -72,23 +72,38 @@ def _start_ns(record: dict) -> int | None:
     return int(moment.timestamp() * 1_000_000) * 1000
 
 
-def _parent(record: dict, parent_span_id: str | None) -> otel_context.Context | None:
-    """The record's trace as the span's parent when no span is active: the caller's span (parent_span_id, from its
-    traceparent) or a stand-in named after the request, so the span carries the trace id the log shows."""
-    if trace.get_current_span().get_span_context().is_valid:
-        return None
+def _parent_ids(trace_id: str, parent_span_id: str | None, request_id: str) -> tuple[int, int] | None:
+    """The call's trace and parent span: the caller's span (parent_span_id, from its traceparent) or a stand-in
+    named after the request."""
     try:
-        trace_id = int(str(record.get("trace_id") or ""), 16)
+        trace_number = int(str(trace_id or ""), 16)
     except ValueError:
         return None
-    if not trace_id:
+    if not trace_number:
         return None
     try:
         span_id = int(parent_span_id or "", 16)
     except ValueError:
         span_id = 0
-    span_id = span_id or int(hashlib.sha256(str(record.get("request_id")).encode()).hexdigest()[:16], 16) or 1
-    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace_number, span_id or int(hashlib.sha256(str(request_id).encode()).hexdigest()[:16], 16) or 1
+
+
+def upstream_traceparent(trace_id: str, parent_span_id: str | None, request_id: str) -> str:
+    """The traceparent the gateway sends the model server: the call's own parent, so a server that traces (TGI with
+    --otlp-endpoint, vLLM with --otlp-traces-endpoint) puts its spans in the call's trace, beside model_inference."""
+    ids = _parent_ids(trace_id, parent_span_id, request_id)
+    return f"00-{ids[0]:032x}-{ids[1]:016x}-01" if ids else ""
+
+
+def _parent(record: dict, parent_span_id: str | None) -> otel_context.Context | None:
+    """The record's trace as the span's parent when no span is active: the caller's span (parent_span_id, from its
+    traceparent) or a stand-in named after the request, so the span carries the trace id the log shows."""
+    if trace.get_current_span().get_span_context().is_valid:
+        return None
+    ids = _parent_ids(record.get("trace_id") or "", parent_span_id, record.get("request_id"))
+    if ids is None:
+        return None
+    parent = SpanContext(ids[0], ids[1], is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return trace.set_span_in_context(NonRecordingSpan(parent))
 
 

@@ -4,6 +4,7 @@ span in the real gateway; the worker and the gateway export over OTLP/HTTP to a 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -24,9 +25,10 @@ from opentelemetry.trace import SpanKind
 
 from audit import telemetry
 from deployments.gateway import keys
-from deployments.models import Deployment, Job
+from deployments.models import Deployment, Job, ModelArtifact
 from tests.conftest import _test_database_url, need
 from tests.deployments.serving.test_e2e import _poll, _register_host_and_model, _state
+from tests.factories import DeploymentFactory, DeploymentSpecFactory
 from tests.support.agent import Agent
 from tests.support.gateway_process import GatewayProcess
 from tests.support.serve_process import ml_python
@@ -87,14 +89,65 @@ class _Receive(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def collector():
-    server = Collector()
+class ChatServer(ThreadingHTTPServer):
+    """A model server's OpenAI chat route (the GPU's stand-in) that notes the traceparent of each call it gets."""
+
+    def __init__(self) -> None:
+        self.traceparents: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Chat)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Chat(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.traceparents.append(self.headers.get("traceparent", ""))
+        message = {"role": "assistant", "content": "hi"}
+        usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+        if body.get("stream"):
+            chunks = [
+                {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": message, "finish_reason": None}]},
+                {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                {"object": "chat.completion.chunk", "choices": [], "usage": usage},
+            ]
+            payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            kind = "text/event-stream"
+        else:
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            payload, kind = (
+                json.dumps({"object": "chat.completion", "choices": [choice], "usage": usage}),
+                "application/json",
+            )
+        data = payload.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _serve(server: ThreadingHTTPServer):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def chat_server():
+    yield from _serve(ChatServer())
+
+
+@pytest.fixture
+def collector():
+    yield from _serve(Collector())
 
 
 def _otel_env(collector: Collector, service: str) -> dict[str, str]:
@@ -132,7 +185,7 @@ def _wait_for(collector: Collector, name: str, trace_id: str, timeout: float = 3
 
 
 def test_one_trace_from_the_api_call_through_the_task_job_runtime_and_gateway(
-    redis_url, admin, api, collector, web_spans
+    redis_url, admin, api, collector, web_spans, chat_server
 ):
     need(ml_python() is not None, "the ML environment (make ml-env) runs serve.py")
     name = f"trace-{os.getpid()}"
@@ -164,16 +217,21 @@ def test_one_trace_from_the_api_call_through_the_task_job_runtime_and_gateway(
                 lambda: _state(admin_api, deployment_id), lambda d: d["state"] in ("running", "failed"), what="running"
             )
             assert running["state"] == "running", running["failure_detail"]
-            _key, raw = keys.key_create(
-                actor=admin, name="traced", user=admin, deployments=[Deployment.objects.get(pk=deployment_id)]
+            traced = Deployment.objects.get(pk=deployment_id)
+            # A second deployment whose server notes what the gateway sends it.
+            echo = DeploymentFactory(
+                name="echo", state=Deployment.State.RUNNING, endpoint=chat_server.url, server_key="k", host=traced.host
             )
-            answer = requests.post(
-                f"{gateway.url}/v1/chat/completions",
-                json={"model": "traced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-                headers={"Authorization": f"Bearer {raw}", "traceparent": traceparent},
-                timeout=60,
-            )
-            assert answer.status_code == 200, answer.text
+            DeploymentSpecFactory(deployment=echo, artifact=ModelArtifact.objects.get(pk=artifact_id), current=True)
+            _key, raw = keys.key_create(actor=admin, name="traced", user=admin, deployments=[traced, echo])
+            for model in ("traced", "echo"):
+                answer = requests.post(
+                    f"{gateway.url}/v1/chat/completions",
+                    json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                    headers={"Authorization": f"Bearer {raw}", "traceparent": traceparent},
+                    timeout=60,
+                )
+                assert answer.status_code == 200, answer.text
         trace_id = _hex(client.get_span_context().trace_id)
         root_id = _hex(client.get_span_context().span_id, 16)
 
@@ -189,10 +247,15 @@ def test_one_trace_from_the_api_call_through_the_task_job_runtime_and_gateway(
         while creator is not request:  # a KeyError: a span outside the request's
             creator = parents[_hex(creator.parent.span_id, 16)]
 
-        # The gateway's span for the call (the gateway process, over OTLP): a child of the client's.
-        [inference] = _wait_for(collector, "model_inference", trace_id)
-        assert inference["service"] == "llmdeploy-gateway" and inference["parent_span_id"] == root_id
-        assert inference["attributes"]["gen_ai.request.model"].string_value == "traced"
+        # The gateway's span for each call (the gateway process, over OTLP): a child of the client's; the model
+        # server gets the client's span as its parent, so its own spans (a server that traces) join the trace.
+        deadline = time.monotonic() + 30
+        while len(collector.named("model_inference", trace_id)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        inferences = collector.named("model_inference", trace_id)
+        assert sorted(s["attributes"]["gen_ai.request.model"].string_value for s in inferences) == ["echo", "traced"]
+        assert all(s["service"] == "llmdeploy-gateway" and s["parent_span_id"] == root_id for s in inferences)
+        assert [t.split("-")[1:3] for t in chat_server.traceparents] == [[trace_id, root_id]]
 
         # The task, the job and the runtime (the agent, over OTLP): task <- job <- runtime.start, the task a child
         # of the span the job was created in.
