@@ -17,8 +17,9 @@ from celery.signals import worker_process_shutdown
 from django.conf import settings
 
 from deployments.gateway import keys, records
-from deployments.models import Deployment
-from tests.conftest import ROOT, _test_database_url
+from deployments.jobs.services import job_create
+from deployments.models import Deployment, Job
+from tests.conftest import ROOT, _start_worker, _test_database_url, _wait_and_stop
 from tests.deployments.monitoring.test_metrics_endpoint import scrape, value
 from tests.factories import DeploymentFactory, DeploymentSpecFactory
 from tests.support.gateway_process import GatewayProcess
@@ -64,6 +65,37 @@ def test_counts_of_two_finished_processes_are_summed():
     jobs_after = value(after, "llmdeploy_job_duration_seconds_count", kind="download", status="succeeded")
     assert jobs_after == jobs_before + 2
     assert value(after, "llmdeploy_download_bytes_total") == bytes_before + 2000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_a_celery_worker_ran_is_timed_and_stays_counted_after_the_worker_stops(redis_url):
+    """A real prefork worker (the runner in its child process) observes the job's duration when it ends."""
+    queue = f"test-metrics-{time.monotonic_ns()}"
+    process, log = _start_worker(
+        {"REDIS_URL": redis_url, "DATABASE_URL": _test_database_url()},
+        "metrics-worker",
+        queue,
+        pool="prefork",
+        include="tests.support.job_handlers",
+    )
+    labels = {"kind": "test.count", "status": "succeeded"}
+    earlier = scrape()
+    before = value(earlier, "llmdeploy_job_duration_seconds_count", **labels) or 0
+    seconds_before = value(earlier, "llmdeploy_job_duration_seconds_sum", **labels) or 0
+    stopping = _wait_and_stop(process, log, queue)
+    next(stopping)  # it answers
+    job = job_create(kind="test.count", actor=None, queue=queue, params={"lines": 2, "delay": 0.3})
+    deadline = time.monotonic() + 60
+    while not Job.objects.filter(pk=job.pk, status=Job.Status.SUCCEEDED).exists():
+        assert time.monotonic() < deadline, Path(log.name).read_text()[-3000:]
+        time.sleep(0.1)
+    samples = scrape()
+    assert value(samples, "llmdeploy_job_duration_seconds_count", **labels) == before + 1
+    assert value(samples, "llmdeploy_job_duration_seconds_bucket", **labels, le="60.0") >= before + 1
+    assert value(samples, "llmdeploy_job_duration_seconds_sum", **labels) - seconds_before >= 0.6  # 2 lines, 0.3 s each
+    next(stopping, None)  # the worker stops (its processes end)
+    assert process.poll() is not None
+    assert value(scrape(), "llmdeploy_job_duration_seconds_count", **labels) == before + 1
 
 
 def test_a_celery_worker_process_that_ends_is_marked_dead(tmp_path, settings):
