@@ -252,3 +252,18 @@ def test_audit_rows_show_the_event_trace_id_linked_when_the_tracing_ui_is_set(cl
 )
 def test_only_a_trace_id_or_a_traceparent_makes_a_trace_id(value, expected):
     assert trace_id_of(value) == expected
+
+
+def test_a_click_on_a_page_starts_a_job_in_its_trace_and_the_job_page_links_to_it(client, admin, spans, settings):
+    settings.TRACING_UI_URL = TRACE_UI
+    host = HostFactory(name="click-host", runtime="process", model_store=str(settings.MODEL_STORE))
+    client.force_login(admin)
+    directory = f"{settings.MODEL_STORE}/clicked"
+    response = client.post("/models/import/", {"host": host.pk, "directory": directory, "name": "clicked"})
+    assert response.status_code == 302
+    [click] = [s for s in spans.get_finished_spans() if s.name.startswith("POST")]
+    job = Job.objects.get(kind=Job.Kind.IMPORT)
+    trace_id = _hex(click.context.trace_id)
+    assert trace_id_of(job.traceparent) == trace_id
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'href="http://jaeger.example:16686/trace/{trace_id}"' in page
