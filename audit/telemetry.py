@@ -53,13 +53,15 @@ def configure(*, force: bool = False) -> None:
 
 
 def instrument_celery() -> None:
-    """Called in each worker process (Celery's worker_process_init)."""
+    """Called in a worker (Celery's worker_init) and in each of its pool's processes (worker_process_init)."""
     configure()
     if not _configured:
         return
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-    CeleryInstrumentor().instrument()
+    instrumentor = CeleryInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:  # a forked pool process inherits it (and would warn)
+        instrumentor.instrument()
 
 
 def current_trace_id() -> str:
