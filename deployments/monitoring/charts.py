@@ -6,8 +6,9 @@ zero). The console's own samples (deployments/monitoring/models.py) serve every 
 Prometheus instead when settings.PROMETHEUS_URL is set (deployments/monitoring/prometheus.py), and says so in
 `source`.
 
-Windows: 1 hour and 24 hours at the 1-minute samples, 7 and 30 days at the 15-minute ones. Where a long window
-has no 15-minute rows yet (the downsampling has not reached them), its minute rows are averaged into quarters.
+Windows: 1 hour and 24 hours at the 1-minute samples, 7 and 30 days at the 15-minute ones. Where a window lacks
+rows of its step, finer rows are averaged (counters added) into it: the minute rows of a quarter the downsampling
+has not reached yet, or deployment samples taken more often than a minute (DEPLOYMENT_SAMPLE_SECONDS < 60).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.db.models import Avg, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -105,31 +107,42 @@ def _timestamp(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def _rows(model, filters: dict, window: Window, start: int, end: int, fields: Iterable[str], sums: frozenset):
-    """{(owner id, bucket start): {field: value}} at the window's step: its own rows, and for buckets it lacks,
-    the finer minute rows averaged (or, for counters in `sums`, added) into them."""
-    fields = tuple(fields)
+def _samples(model, filters: dict, start: int, end: int):
     since, until = datetime.fromtimestamp(start, tz=UTC), datetime.fromtimestamp(end, tz=UTC)
-    owner = "gpu_id" if model is GpuSample else "deployment_id"
-    base = model.objects.filter(**filters, at__gte=since, at__lt=until)
-    buckets: dict[tuple[int, int], dict] = {}
-    for row in base.filter(resolution=window.step).values(owner, "at", *fields):
-        buckets[(row[owner], _timestamp(row["at"]))] = {name: row[name] for name in fields}
-    if window.step == MINUTE:
-        return buckets
+    return model.objects.filter(**filters, at__gte=since, at__lt=until)
+
+
+def _finer(base, owner: str, step: int, fields: tuple, sums: frozenset, skip) -> dict[tuple[int, int], dict]:
+    """Rows finer than `step` (minute rows in a 15-minute window, or samples taken more often than a minute)
+    averaged, or for counters in `sums` added, into buckets of `step`; buckets for which skip(owner, at) holds
+    are left out (they have rows of their own)."""
     gathered: dict[tuple[int, int], dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for row in base.filter(resolution=MINUTE).values(owner, "at", *fields):
+    for row in base.filter(resolution__lt=step).values(owner, "at", *fields):
         at = _timestamp(row["at"])
-        key = (row[owner], at - at % window.step)
-        if key in buckets:
+        key = (row[owner], at - at % step)
+        if skip(*key):
             continue
         for name in fields:
             if row[name] is not None:
                 gathered[key][name].append(row[name])
-    for key, values in gathered.items():
-        buckets[key] = {
+    return {
+        key: {
             name: (sum(v) if name in sums else sum(v) / len(v)) if (v := values.get(name)) else None for name in fields
         }
+        for key, values in gathered.items()
+    }
+
+
+def _rows(model, filters: dict, window: Window, start: int, end: int, fields: Iterable[str], sums: frozenset):
+    """{(owner id, bucket start): {field: value}} at the window's step: its own rows, and for buckets it lacks,
+    the finer rows averaged (or, for counters in `sums`, added) into them."""
+    fields = tuple(fields)
+    owner = "gpu_id" if model is GpuSample else "deployment_id"
+    base = _samples(model, filters, start, end)
+    buckets: dict[tuple[int, int], dict] = {}
+    for row in base.filter(resolution=window.step).values(owner, "at", *fields):
+        buckets[(row[owner], _timestamp(row["at"]))] = {name: row[name] for name in fields}
+    buckets.update(_finer(base, owner, window.step, fields, sums, lambda *key: key in buckets))
     return buckets
 
 
@@ -170,23 +183,37 @@ def host_gpu_charts(gpus: list[Gpu], window: Window, *, now: datetime | None = N
 
 def fleet_gpu_charts(gpus: list[Gpu], window: Window, *, now: datetime | None = None) -> Figure:
     """The fleet's GPUs together: mean utilisation, and memory used against the memory of the GPUs that reported,
-    per interval."""
+    per interval (summed by the database: a fleet's day is a row per GPU per minute)."""
     start, end = _bounds(window, now)
-    rows = _rows(
-        GpuSample, {"gpu__in": gpus}, window, start, end, ("utilization", "memory_used", "memory_total"), frozenset()
-    )
-    by_time: dict[int, list[dict]] = defaultdict(list)
-    for (_gpu, at), values in rows.items():
-        by_time[at].append(values)
+    base = _samples(GpuSample, {"gpu__in": gpus}, start, end)
+    reported = Q(memory_used__isnull=False)
+    totals = {
+        _timestamp(row["at"]): (row["busy"], row["used"], row["total"])
+        for row in base.filter(resolution=window.step)
+        .values("at")
+        .annotate(busy=Avg("utilization"), used=Sum("memory_used"), total=Sum("memory_total", filter=reported))
+    }
+    fields = ("utilization", "memory_used", "memory_total")
+    finer: dict[int, list[dict]] = defaultdict(list)
+    for (_gpu, at), values in _finer(
+        base, "gpu_id", window.step, fields, frozenset(), lambda _g, at: at in totals
+    ).items():
+        finer[at].append(values)
+    for at, readings in finer.items():
+        busy = [r["utilization"] for r in readings if r["utilization"] is not None]
+        memory = [r for r in readings if r["memory_used"] is not None]
+        totals[at] = (
+            sum(busy) / len(busy) if busy else None,
+            sum(r["memory_used"] for r in memory) if memory else None,
+            sum(r["memory_total"] or 0 for r in memory) if memory else None,
+        )
     x = _axis(start, end, window.step)
     utilization, used, total = [], [], []
     for at in x:
-        readings = by_time.get(at, [])
-        busy = [r["utilization"] for r in readings if r["utilization"] is not None]
-        utilization.append(round(sum(busy) / len(busy), 2) if busy else None)
-        memory = [r for r in readings if r["memory_used"] is not None]
-        used.append(round(sum(r["memory_used"] for r in memory) / GB, 3) if memory else None)
-        total.append(round(sum(r["memory_total"] or 0 for r in memory) / GB, 3) if memory else None)
+        busy, memory, capacity = totals.get(at, (None, None, None))
+        utilization.append(round(busy, 2) if busy is not None else None)
+        used.append(round(memory / GB, 3) if memory is not None else None)
+        total.append(round(capacity / GB, 3) if memory is not None and capacity is not None else None)
     charts = [
         Chart("utilization", "%", [{"label": _("mean utilisation"), "values": utilization}]),
         Chart(

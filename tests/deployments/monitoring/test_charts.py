@@ -195,3 +195,43 @@ def test_the_json_answers_who_may_view_the_page_and_the_api_does_the_same(client
         f"/api/v1/charts/hosts/{fleet['host'].pk}/?window=30d"
     )
     assert host_figure.json()["step"] == QUARTER and MINUTE == 60
+
+
+def test_the_fleets_week_adds_each_gpus_averaged_minutes_where_no_quarter_row_exists(fleet):
+    other = Gpu.objects.get(host=fleet["host"], index=1)
+    now = datetime(2026, 5, 1, 12, 7, tzinfo=UTC)
+    quarter = datetime(2026, 5, 1, 11, 0, tzinfo=UTC)
+    for gpu, busy, used in ((fleet["gpu"], 60.0, 40), (other, 20.0, 8)):
+        GpuSample.objects.create(
+            gpu=gpu, at=quarter, resolution=QUARTER, utilization=busy, memory_used=used * GB, memory_total=80 * GB
+        )
+    late = datetime(2026, 5, 1, 11, 45, tzinfo=UTC)  # downsampling has not reached this quarter yet
+    readings = {fleet["gpu"]: (80.0, (10, 30), 80), other: (40.0, (2, 6), 16)}
+    for gpu, (busy, used, total) in readings.items():
+        for minute, gigabytes in enumerate(used):
+            at = late + timedelta(minutes=minute)
+            used_bytes, total_bytes = gigabytes * GB, total * GB
+            GpuSample.objects.create(gpu=gpu, at=at, utilization=busy, memory_used=used_bytes, memory_total=total_bytes)
+    figure = charts.fleet_gpu_charts([fleet["gpu"], other], charts.window_of("7d"), now=now).as_dict()
+    utilization, memory = figure["charts"]
+    index = {at: i for i, at in enumerate(figure["x"])}
+    on_time, behind = index[int(quarter.timestamp())], index[int(late.timestamp())]
+    assert utilization["series"][0]["values"][on_time] == 40.0
+    assert [s["values"][on_time] for s in memory["series"]] == [48.0, 160.0]
+    assert utilization["series"][0]["values"][behind] == 60.0
+    assert [s["values"][behind] for s in memory["series"]] == [24.0, 96.0]  # means 20 GB + 4 GB of 80 + 16
+
+
+def test_deployment_samples_taken_more_often_than_a_minute_add_up_into_it(fleet):
+    deployment = Deployment.objects.get(name="chat")
+    now = datetime(2026, 5, 1, 12, 7, 10, tzinfo=UTC)
+    minute = datetime(2026, 5, 1, 12, 5, tzinfo=UTC)
+    for offset, (calls, speed) in enumerate(((10, 4.0), (20, 8.0))):
+        DeploymentSample.objects.create(
+            deployment=deployment, at=minute + timedelta(seconds=30 * offset), resolution=30, requests=calls,
+            tokens_per_s=speed,
+        )  # fmt: skip
+    figure = charts.deployment_charts(deployment, charts.window_of("1h"), now=now).as_dict()
+    index = figure["x"].index(int(minute.timestamp()))
+    by_key = {chart["key"]: chart["series"] for chart in figure["charts"]}
+    assert by_key["errors"][0]["values"][index] == 30.0 and by_key["tokens"][0]["values"][index] == 6.0
