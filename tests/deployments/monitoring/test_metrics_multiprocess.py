@@ -18,11 +18,13 @@ from django.conf import settings
 
 from deployments.gateway import keys, records
 from deployments.jobs.services import job_create
-from deployments.models import Deployment, Job
+from deployments.models import AllowedEndpoint, Deployment, Host, Job, ModelSource
+from deployments.registry.services import model_add
 from tests.conftest import ROOT, _start_worker, _test_database_url, _wait_and_stop
 from tests.deployments.monitoring.test_metrics_endpoint import scrape, value
 from tests.factories import DeploymentFactory, DeploymentSpecFactory
 from tests.support.gateway_process import GatewayProcess
+from workers import runner
 
 COUNTING = """
 import os, sys, django
@@ -152,3 +154,19 @@ def test_the_gateway_processes_calls_are_counted(gateway, admin):
     assert value(samples, "llmdeploy_gateway_errors_total", deployment=name) == 3
     assert value(samples, "llmdeploy_gateway_request_duration_seconds_count", deployment=name) == 3
     assert any(Path(settings.PROMETHEUS_MULTIPROC_DIR).glob(f"*_{gateway.pid}.db"))  # written by the gateway itself
+
+
+@pytest.mark.django_db
+def test_downloaded_bytes_are_counted(hub_server, engineer, admin, tmp_path, settings):
+    """A download job run by the runner adds exactly the bytes of the files it fetched."""
+    settings.MODEL_STORE = tmp_path / "store"
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * (3 * 2**20 + 17)}
+    hub_server.add_repo("acme/counted", files)
+    AllowedEndpoint.objects.get_or_create(pattern="127.0.0.1")
+    mirror = ModelSource.objects.create(name="m", kind="mirror", endpoint=hub_server.endpoint, created_by=admin)
+    host = Host.objects.create(name="dl-node", status="online")
+    before = value(scrape(), "llmdeploy_download_bytes_total") or 0
+    artifact = model_add(actor=engineer, source=mirror, repo_id="acme/counted", host=host)
+    job = Job.objects.get(target_type="deployments.modelartifact", target_id=str(artifact.pk))
+    assert runner.run(job.pk) == "succeeded"
+    assert value(scrape(), "llmdeploy_download_bytes_total") == before + sum(map(len, files.values()))
