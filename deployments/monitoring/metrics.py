@@ -9,6 +9,7 @@ and are written straight into Prometheus' text format (0.0.4): at 1,000 deployme
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from audit.verify import last_verification
 from deployments.models import Deployment, DeploymentSpec, Gpu, GpuReservation, Host, Job, ModelArtifact
 from deployments.monitoring.models import HealthCheckRun
 
+logger = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GPU_STATES = {  # Gpu.Health value -> the state label (the contract's words)
     Gpu.Health.OK: "healthy",
@@ -169,7 +171,11 @@ def audit_families(now: float) -> list[Family]:
         age = Family("llmdeploy_audit_checkpoint_age_seconds", "gauge", "Seconds since the last signed checkpoint.")
         age.add(max(0.0, now - last / 1e6))
         families.append(age)
-    verification = last_verification()
+    try:
+        verification = last_verification()
+    except redis.RedisError:  # kept in the cache (Redis): without it, the family is left out
+        logger.warning("metrics: Redis did not answer the last audit verification", exc_info=True)
+        verification = None
     if verification is not None:
         ok = Family(
             "llmdeploy_audit_verification_ok",
@@ -263,7 +269,12 @@ def queue_family() -> Family:
     pipeline = client.pipeline(transaction=False)
     for queue in queues:
         pipeline.llen(queue)
-    for queue, length in zip(queues, pipeline.execute(), strict=True):
+    try:
+        lengths = pipeline.execute()
+    except redis.RedisError:  # the rest of the scrape still answers; the family stays empty
+        logger.warning("metrics: Redis did not answer the queue lengths", exc_info=True)
+        return depth
+    for queue, length in zip(queues, lengths, strict=True):
         depth.add(int(length), queue)
     return depth
 

@@ -194,3 +194,10 @@ def test_the_bearer_token_guards_every_metrics_endpoint(fleet, settings):
     assert response.status_code == 200
     # No login needed, and a logged-in person without the token is refused like anyone.
     assert client.get("/metrics").status_code == 401
+
+
+def test_a_scrape_still_answers_when_redis_does_not(fleet, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: the queue lengths are unknown
+    samples = scrape()
+    assert not [key for key in samples if key[0] == "llmdeploy_job_queue_depth"]
+    assert value(samples, "llmdeploy_host_up", host="node-a") == 1
