@@ -9,6 +9,7 @@ from console.accounts.models import ApiToken
 from console.accounts.services.access import object_grant
 from console.accounts.services.tokens import token_create
 from deployments.models import AllowedEndpoint, AllowedImage, Job, JobLogLine, ModelArtifact
+from deployments.monitoring.models import HealthCheckRun
 from tests.factories import (
     CredentialFactory,
     DeploymentSpecFactory,
@@ -65,6 +66,7 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "deployments": spec.deployment.pk,
         "endpoints": endpoint.pk,
         "gpus": gpu.pk,
+        "health-checks": _health_check(gpu.host),
         "hosts": gpu.host.pk,
         "images": image.pk,
         "inference-keys": key.pk,
@@ -216,3 +218,17 @@ def _approval(artifact, *, requester):
         requested_by=requester,
         expires_at=timezone.now() + timedelta(days=1),
     )
+
+
+def _health_check(host) -> int:
+    """A finished health check whose sweep stopped before a copy (it can be resumed), and a corrupt copy (it can be
+    restored)."""
+    stopped = JobFactory(kind=Job.Kind.INTEGRITY_SWEEP, status=Job.Status.CANCELLED, queue=host.queue)
+    corrupt = ModelArtifactFactory(
+        host=host, status=ModelArtifact.Status.CORRUPT, integrity_note="model.safetensors: sha256 0f1e… expected 9a8b…"
+    )
+    sweep = {str(corrupt.pk): {"host": host.name, "files": {}}}
+    run = HealthCheckRun.objects.create(
+        state=HealthCheckRun.State.DONE, progress={"jobs": [stopped.pk], "sweep": sweep}
+    )
+    return run.pk

@@ -25,6 +25,7 @@ PK_OWNERS = {
     "gateway/service-accounts/": "service-accounts",
     "benchmarks/": "benchmarks",
     "quality/variants/": "models/variants",
+    "health/": "health-checks",
     "fleet/hosts/": "hosts",
     "fleet/deployments/": "deployments",
 }
