@@ -6,12 +6,15 @@ one it falls back to DejaVu Sans, then to the core Helvetica with the text reduc
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from django.utils.translation import gettext as _
 
 from deployments.monitoring.healthcheck import SECTION_TITLES, SEVERITIES
 from deployments.monitoring.models import HealthCheckRun
+
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # fpdf2's font subsetting logs every glyph at INFO
 
 # (path, collection font number) tried in order: the first that exists is embedded.
 UNICODE_FONTS = (
