@@ -309,7 +309,9 @@ def deployment_queries(deployment: Deployment, window: Window) -> dict[str, str]
         "latency_p95_ms": f"histogram_quantile(0.95, sum by (le) (rate({duration}[{rate}]))) * 1000",
         "ttft_p50_ms": f"histogram_quantile(0.5, sum by (le) (rate({ttft}[{rate}]))) * 1000",
         "requests": f"sum(increase(llmdeploy_gateway_requests_total{{{match}}}[{per_step}s]))",
-        "errors": f"sum(increase(llmdeploy_gateway_errors_total{{{match}}}[{per_step}s]))",
+        # answers of 400 or more, as the samples and the usage pages count errors (the gateway's own errors
+        # counter holds only its 5xx)
+        "errors": f'sum(increase(llmdeploy_gateway_requests_total{{{match},code=~"[45].."}}[{per_step}s]))',
     }
 
 

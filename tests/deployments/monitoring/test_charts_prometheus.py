@@ -40,12 +40,14 @@ def openmetrics(now: int) -> str:
             lines.append(f'llmdeploy_gateway_tokens_total{{deployment="{name}",kind="prompt"}} {99 * i} {at}')
     lines.append("# TYPE llmdeploy_gateway_requests counter")
     for i, at in enumerate(times):
-        for name, (_tokens, calls, _errors, _queue) in rates.items():
-            lines.append(f'llmdeploy_gateway_requests_total{{deployment="{name}",code="200"}} {calls * i} {at}')
+        for name, (_tokens, calls, errors, _queue) in rates.items():
+            # errors: half refused by the gateway (429), half failed upstream (503), as the samples count them
+            for code, count in (("200", calls - errors), ("429", errors / 2), ("503", errors / 2)):
+                lines.append(f'llmdeploy_gateway_requests_total{{deployment="{name}",code="{code}"}} {count * i} {at}')
     lines.append("# TYPE llmdeploy_gateway_errors counter")
     for i, at in enumerate(times):
         for name, (_tokens, _calls, errors, _queue) in rates.items():
-            lines.append(f'llmdeploy_gateway_errors_total{{deployment="{name}"}} {errors * i} {at}')
+            lines.append(f'llmdeploy_gateway_errors_total{{deployment="{name}"}} {errors / 2 * i} {at}')
     histogram = "llmdeploy_gateway_request_duration_seconds"
     lines.append(f"# TYPE {histogram} histogram")
     for i, at in enumerate(times):
