@@ -11,6 +11,8 @@ Each file is recorded as soon as it is hashed, so a sweep stopped mid-way re-has
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -29,6 +31,7 @@ CORRUPT_CAUSE = "model-files-corrupt"
 # Copies the sweep re-hashes: ready ones, and corrupt ones (a copy repaired by hand is found good again).
 SWEPT = (ModelArtifact.Status.READY, ModelArtifact.Status.CORRUPT)
 ACTIVE = (HealthCheckRun.State.QUEUED, HealthCheckRun.State.RUNNING)
+STALE_HOURS = 48
 
 
 def _actor_name(actor) -> str:
@@ -41,9 +44,8 @@ def health_check_start(*, actor, trigger: str = HealthCheckRun.Trigger.MANUAL) -
     one is returned."""
     if trigger == HealthCheckRun.Trigger.MANUAL:
         require(actor, roles.MANAGE_INVENTORY)
-    HealthCheckRun.objects.select_for_update().filter(state__in=ACTIVE).first()
-    current = HealthCheckRun.objects.filter(state__in=ACTIVE).first()
-    if current is not None:
+    current = HealthCheckRun.objects.select_for_update().filter(state__in=ACTIVE).first()
+    if current is not None and not _settled_as_stale(current):
         return current
     user = actor if getattr(actor, "is_authenticated", False) else None
     run = HealthCheckRun.objects.create(trigger=trigger, requested_by=user)
@@ -57,6 +59,27 @@ def health_check_start(*, actor, trigger: str = HealthCheckRun.Trigger.MANUAL) -
         detail={"trigger": trigger},
     )
     return run
+
+
+def _settled_as_stale(run: HealthCheckRun) -> bool:
+    """Close a run that can no longer finish by itself, so it does not hold off every later one: its sweep jobs all
+    ended without the last one writing the report (one was failed by the reaper, which runs no handler), or it is
+    older than STALE_HOURS (a host went away with its sweep job queued). True when it was closed."""
+    jobs = Job.objects.filter(pk__in=(run.progress or {}).get("jobs", []))
+    ended = (
+        run.state == HealthCheckRun.State.RUNNING
+        and run.job_id
+        and not Job.objects.filter(pk=run.job_id, status__in=Job.Status.active()).exists()
+        and not jobs.filter(status__in=Job.Status.active()).exists()
+    )
+    stale = timezone.now() - run.created_at > timedelta(hours=STALE_HOURS)
+    if not (ended or stale):
+        return False
+    if run.state == HealthCheckRun.State.RUNNING and run.report.get("sections"):
+        _finalize(run)  # what was swept is reported; the rest shows as not finished
+    else:
+        health_check_failed(run.pk, "The health check did not finish (no worker took it).")
+    return True
 
 
 def health_check_scheduled() -> HealthCheckRun:

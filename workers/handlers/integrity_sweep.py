@@ -9,6 +9,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from console.accounts.models import Credential
 from deployments.models import Job, ModelArtifact
 from deployments.monitoring import health_services
 from deployments.registry import downloads
@@ -24,6 +25,17 @@ def expected_hashes(artifact: ModelArtifact) -> dict[str, str]:
         return dict(artifact.files_sha256)
     files = artifact.manifest.get("files") if isinstance(artifact.manifest, dict) else None
     return {entry["path"]: entry["sha256"] for entry in files or [] if entry.get("sha256")}
+
+
+def _credential_of(artifact: ModelArtifact) -> Credential | None:
+    """The credential the copy was downloaded with (a gated repo needs it again)."""
+    download = (
+        Job.objects.filter(kind=Job.Kind.DOWNLOAD, target_type=artifact._meta.label_lower, target_id=str(artifact.pk))
+        .order_by("-id")
+        .first()
+    )
+    credential_id = (download.params or {}).get("credential_id") if download else None
+    return Credential.objects.filter(pk=credential_id).first() if credential_id else None
 
 
 @register("integrity_sweep")
@@ -108,7 +120,7 @@ class IntegritySweepHandler(Handler):
         if not bad:
             return
         repo, source = artifact.repo, artifact.repo.source
-        token = source_token(source)
+        token = source_token(source, _credential_of(artifact))
         staging = staging_dir(artifact).with_name(staging_dir(artifact).name + "-restore")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

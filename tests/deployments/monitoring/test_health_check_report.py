@@ -255,3 +255,21 @@ def test_beat_runs_it_at_health_check_cron(quiet):
     event = AuditEvent.objects.get(action="health_check.started")
     detail = json.loads(event.detail) if isinstance(event.detail, str) else event.detail
     assert detail["trigger"] == "scheduled" and event.actor_name == "health-check"
+
+
+@pytest.mark.django_db
+def test_a_run_whose_sweep_job_the_reaper_failed_does_not_hold_off_the_next(quiet, admin):
+    from tests.factories.registry import ModelArtifactFactory
+
+    host = HostFactory(name="lost-node")
+    ModelArtifactFactory(host=host, files_sha256={"config.json": "0" * 64})
+    run = health_services.health_check_start(actor=admin)
+    assert runner.run(run.job_id) == "succeeded"
+    run.refresh_from_db()
+    (sweep_job,) = run.progress["jobs"]
+    assert run.state == "running" and health_services.health_check_start(actor=admin) == run  # one at a time
+    Job.objects.filter(pk=sweep_job).update(status="failed")  # what the reaper does after the last attempt
+    following = health_services.health_check_start(actor=admin)
+    run.refresh_from_db()
+    assert following != run and following.state == "queued"
+    assert run.state == "done" and by_check(run.findings, "integrity")[0][0] == "warning"  # not finished: said so
