@@ -300,9 +300,10 @@ def artifact_mark_corrupt(artifact: ModelArtifact, problems: list[str], *, run: 
 
 def restore_next_step(artifact: ModelArtifact) -> str:
     if can_redownload(artifact):
-        return _("Re-download the model from its page (Models), then restart this deployment.")
+        return _("Re-download the model (Health checks, Corrupt models), then restart this deployment.")
     return _(
-        "Copy the model's files to %(path)s again, check the copy from its page, then restart this deployment."
+        "Copy the model's files to %(path)s again, check them (Health checks, Corrupt models), then restart this "
+        "deployment."
     ) % {"path": artifact.path}
 
 

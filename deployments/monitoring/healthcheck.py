@@ -365,8 +365,8 @@ def integrity_section(sweep: dict) -> tuple[dict, list[dict]]:
                     name,
                     _("Model files are corrupt: %(files)s") % {"files": "; ".join(problems)},
                     _(
-                        "Re-download the model (or re-copy and check a directory import) from its page; the "
-                        "deployments using it are flagged."
+                        "Re-download the model, or re-copy and check a directory import (Health checks, Corrupt "
+                        "models); the deployments using it are flagged."
                     ),
                 )
             )
