@@ -2,9 +2,10 @@
 
 Each chart reads as uPlot draws it: one x axis (Unix seconds, the start of each interval) shared by the figure's
 charts, and per chart a list of series `{"label", "values"}` with None where nothing was measured (a gap, not a
-zero). The console's own samples (deployments/monitoring/models.py) serve every chart; a deployment's chart reads
-Prometheus instead when settings.PROMETHEUS_URL is set (deployments/monitoring/prometheus.py), and says so in
-`source`.
+zero). The console's own samples (deployments/monitoring/models.py) serve every chart; with settings.PROMETHEUS_URL
+set, every chart reads Prometheus' range queries instead (deployments/monitoring/prometheus.py; the series the
+contract of issue 19 names), and falls back to the samples, with a note saying why, when Prometheus does not
+answer. `source` says which.
 
 Windows: 1 hour and 24 hours at the 1-minute samples, 7 and 30 days at the 15-minute ones. Where a window lacks
 rows of its step, finer rows are averaged (counters added) into it: the minute rows of a quarter the downsampling
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -150,6 +151,19 @@ def _axis(start: int, end: int, step: int) -> list[int]:
     return list(range(start, end, step))
 
 
+def _either(from_prometheus: Callable[[], Figure], from_samples: Callable[[], Figure]) -> Figure:
+    """Prometheus' figure when settings.PROMETHEUS_URL is set and it answers; else the samples', saying why."""
+    note = ""
+    if settings.PROMETHEUS_URL:
+        try:
+            return from_prometheus()
+        except prometheus.PrometheusError as error:
+            note = _("Prometheus did not answer (%(error)s); these are the console's own samples.") % {"error": error}
+    figure = from_samples()
+    figure.note = note
+    return figure
+
+
 # -- a host's GPUs ---------------------------------------------------------------------------------------------
 GPU_CHARTS = (
     ("utilization", "%", "utilization"),
@@ -167,23 +181,101 @@ def _gpu_value(name: str, value):
 
 
 def host_gpu_charts(gpus: list[Gpu], window: Window, *, now: datetime | None = None) -> Figure:
-    """Utilisation, memory used, temperature and power of each of a host's GPUs: a line per GPU per chart."""
+    """Utilisation, memory used, temperature and power of each of a host's GPUs: a line per GPU per chart; from
+    the agent's exporter through Prometheus when settings.PROMETHEUS_URL is set, else from the samples."""
+    return _either(
+        lambda: _host_from_prometheus(gpus, window, now=now), lambda: _host_from_samples(gpus, window, now=now)
+    )
+
+
+def _gpu_label(gpu: Gpu) -> str:
+    return _("GPU %(index)s") % {"index": gpu.index}
+
+
+def _host_from_samples(gpus: list[Gpu], window: Window, *, now: datetime | None) -> Figure:
     start, end = _bounds(window, now)
     fields = [column for _key, _unit, column in GPU_CHARTS]
     rows = _rows(GpuSample, {"gpu__in": gpus}, window, start, end, fields, frozenset())
     x = _axis(start, end, window.step)
     charts = [Chart(key, unit) for key, unit, _column in GPU_CHARTS]
     for gpu in gpus:
-        label = _("GPU %(index)s") % {"index": gpu.index}
         for chart, (_key, _unit, column) in zip(charts, GPU_CHARTS, strict=True):
             values = [_gpu_value(column, rows.get((gpu.pk, at), {}).get(column)) for at in x]
-            chart.series.append({"label": label, "values": values})
+            chart.series.append({"label": _gpu_label(gpu), "values": values})
     return Figure(window, start, end, x, charts)
+
+
+# The agent exporter's series (contract of issue 19), labelled host and gpu (the index).
+GPU_METRICS = {
+    "utilization": "llmdeploy_gpu_utilization_percent",
+    "memory_used": "llmdeploy_gpu_memory_used_bytes",
+    "temperature": "llmdeploy_gpu_temperature_celsius",
+    "power_w": "llmdeploy_gpu_power_watts",
+}
+
+
+def _host_from_prometheus(gpus: list[Gpu], window: Window, *, now: datetime | None) -> Figure:
+    start, end = _bounds(window, now)
+    x = _axis(start, end, window.step)
+    charts = [Chart(key, unit) for key, unit, _column in GPU_CHARTS]
+    if not gpus:
+        return Figure(window, start, end, x, charts, source=PROMETHEUS)
+    client = prometheus.Prometheus(settings.PROMETHEUS_URL)
+    host = _label_value(gpus[0].host.name)
+    for chart, (_key, _unit, column) in zip(charts, GPU_CHARTS, strict=True):
+        # each point the mean over its interval, as a sample is; one series per GPU index
+        query = f'max by (gpu) (avg_over_time({GPU_METRICS[column]}{{host="{host}"}}[{window.step}s]))'
+        found = client.query_range_series(query, start=start, end=end - window.step, step=window.step)
+        by_index = {labels.get("gpu"): points for labels, points in found}
+        for gpu in gpus:
+            points = by_index.get(str(gpu.index), {})
+            chart.series.append({"label": _gpu_label(gpu), "values": [_gpu_value(column, points.get(at)) for at in x]})
+    return Figure(window, start, end, x, charts, source=PROMETHEUS)
 
 
 def fleet_gpu_charts(gpus: list[Gpu], window: Window, *, now: datetime | None = None) -> Figure:
     """The fleet's GPUs together: mean utilisation, and memory used against the memory of the GPUs that reported,
-    per interval (summed by the database: a fleet's day is a row per GPU per minute)."""
+    per interval; through Prometheus when settings.PROMETHEUS_URL is set, else from the samples."""
+    return _either(lambda: _fleet_from_prometheus(window, now=now), lambda: _fleet_from_samples(gpus, window, now=now))
+
+
+def _fleet_charts(utilization: list, used: list, total: list) -> list[Chart]:
+    return [
+        Chart("utilization", "%", [{"label": _("mean utilisation"), "values": utilization}]),
+        Chart(
+            "memory",
+            "GB",
+            [
+                {"label": _("memory used"), "values": used},
+                {"label": _("memory of the GPUs reporting"), "values": total},
+            ],
+        ),
+    ]
+
+
+def _fleet_from_prometheus(window: Window, *, now: datetime | None) -> Figure:
+    """Every GPU Prometheus scrapes (hosts are not granted one by one: whoever sees the fleet sees every host)."""
+    start, end = _bounds(window, now)
+    x = _axis(start, end, window.step)
+    client = prometheus.Prometheus(settings.PROMETHEUS_URL)
+    over = f"[{window.step}s]"
+    queries = {
+        "utilization": f"avg(avg_over_time({GPU_METRICS['utilization']}{over}))",
+        "used": f"sum(avg_over_time({GPU_METRICS['memory_used']}{over}))",
+        "total": f"sum(avg_over_time(llmdeploy_gpu_memory_total_bytes{over}))",
+    }
+    found = {
+        key: client.query_range(query, start=start, end=end - window.step, step=window.step)
+        for key, query in queries.items()
+    }
+    utilization = [_rounded(found["utilization"].get(at)) for at in x]
+    used = [_gpu_value("memory_used", found["used"].get(at)) for at in x]
+    total = [_gpu_value("memory_used", found["total"].get(at)) for at in x]
+    return Figure(window, start, end, x, _fleet_charts(utilization, used, total), source=PROMETHEUS)
+
+
+def _fleet_from_samples(gpus: list[Gpu], window: Window, *, now: datetime | None) -> Figure:
+    """Summed by the database: a fleet's day is a row per GPU per minute."""
     start, end = _bounds(window, now)
     base = _samples(GpuSample, {"gpu__in": gpus}, start, end)
     reported = Q(memory_used__isnull=False)
@@ -214,18 +306,7 @@ def fleet_gpu_charts(gpus: list[Gpu], window: Window, *, now: datetime | None = 
         utilization.append(round(busy, 2) if busy is not None else None)
         used.append(round(memory / GB, 3) if memory is not None else None)
         total.append(round(capacity / GB, 3) if memory is not None and capacity is not None else None)
-    charts = [
-        Chart("utilization", "%", [{"label": _("mean utilisation"), "values": utilization}]),
-        Chart(
-            "memory",
-            "GB",
-            [
-                {"label": _("memory used"), "values": used},
-                {"label": _("memory of the GPUs reporting"), "values": total},
-            ],
-        ),
-    ]
-    return Figure(window, start, end, x, charts)
+    return Figure(window, start, end, x, _fleet_charts(utilization, used, total))
 
 
 # -- a deployment's serving figures ----------------------------------------------------------------------------
@@ -263,15 +344,10 @@ def _deployment_layout() -> list[tuple[str, str, list[tuple[str, str]]]]:
 def deployment_charts(deployment: Deployment, window: Window, *, now: datetime | None = None) -> Figure:
     """Tokens/s, queue, latency (p50, p95, TTFT p50) and errors of a deployment: from Prometheus when
     settings.PROMETHEUS_URL is set and it answers, else (and then saying why) from the console's samples."""
-    note = ""
-    if settings.PROMETHEUS_URL:
-        try:
-            return _deployment_from_prometheus(deployment, window, now=now)
-        except prometheus.PrometheusError as error:
-            note = _("Prometheus did not answer (%(error)s); these are the console's own samples.") % {"error": error}
-    figure = _deployment_from_samples(deployment, window, now=now)
-    figure.note = note
-    return figure
+    return _either(
+        lambda: _deployment_from_prometheus(deployment, window, now=now),
+        lambda: _deployment_from_samples(deployment, window, now=now),
+    )
 
 
 def _deployment_from_samples(deployment: Deployment, window: Window, *, now: datetime | None) -> Figure:

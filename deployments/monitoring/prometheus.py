@@ -21,6 +21,19 @@ class Prometheus:
     def query_range(self, query: str, *, start: int, end: int, step: int) -> dict[int, float | None]:
         """{Unix second: value} of the query's result, the series added together where it returns several (a
         query that sums returns one); NaN and infinities (a quantile of no requests) read as None."""
+        values: dict[int, float | None] = {}
+        for _labels, points in self.query_range_series(query, start=start, end=end, step=step):
+            for second, number in points.items():
+                if number is None:
+                    values.setdefault(second, None)
+                else:
+                    values[second] = (values.get(second) or 0.0) + number
+        return values
+
+    def query_range_series(
+        self, query: str, *, start: int, end: int, step: int
+    ) -> list[tuple[dict[str, str], dict[int, float | None]]]:
+        """Each series of the query's result: its labels and {Unix second: value} (None for NaN, infinities)."""
         try:
             response = requests.get(
                 f"{self.url}/api/v1/query_range",
@@ -38,13 +51,11 @@ class Prometheus:
         data = body.get("data") or {}
         if data.get("resultType") != "matrix":
             raise PrometheusError(f"{self.url}: expected a matrix, got {data.get('resultType')!r}")
-        values: dict[int, float | None] = {}
+        found = []
         for series in data.get("result") or []:
+            points: dict[int, float | None] = {}
             for at, text in series.get("values") or []:
                 number = float(text)
-                second = int(float(at))
-                if not math.isfinite(number):
-                    values.setdefault(second, None)
-                    continue
-                values[second] = (values.get(second) or 0.0) + number
-        return values
+                points[int(float(at))] = number if math.isfinite(number) else None
+            found.append((dict(series.get("metric") or {}), points))
+        return found

@@ -1,8 +1,8 @@
-"""A deployment's charts from Prometheus when PROMETHEUS_URL is set: Debian's real prometheus, its TSDB backfilled
-(promtool create-blocks-from openmetrics) with two hours of the gateway's and the server's series as the contract
-of issue 19 names them, for two deployments; the charts' PromQL must pick out the one deployment and read its
-tokens/s, queue, latency quantiles and errors. Without an answer from Prometheus the charts fall back to the
-console's own samples and say why."""
+"""Charts from Prometheus when PROMETHEUS_URL is set: Debian's real prometheus, its TSDB backfilled (promtool
+create-blocks-from openmetrics) with two hours of the gateway's, the servers' and the agents' series as the contract
+of issue 19 names them, for two deployments and two hosts; the charts' PromQL must pick out the one deployment
+(tokens/s, queue, latency quantiles, errors) or host (each GPU's line), and the fleet's sums. Without an answer from
+Prometheus the charts fall back to the console's own samples and say why."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from deployments.models import Deployment
 from deployments.monitoring import charts
 from deployments.monitoring.models import DeploymentSample
 from tests.conftest import need
-from tests.factories import DeploymentFactory
+from tests.factories import DeploymentFactory, GpuFactory, HostFactory
 from tests.support.serve_process import free_port
 
 pytestmark = pytest.mark.django_db
@@ -58,6 +58,24 @@ def openmetrics(now: int) -> str:
                 lines.append(f'{histogram}_bucket{{deployment="{name}",le="{bound}"}} {count} {at}')
             lines.append(f'{histogram}_count{{deployment="{name}"}} {done} {at}')
             lines.append(f'{histogram}_sum{{deployment="{name}"}} {0.175 * done} {at}')
+    # the agents' exporters: gpu-a's two GPUs (busy 30 % and 70 %, 20 and 60 GB of 80), gpu-b's one (idle, 1 of 40)
+    gpus = {
+        ("gpu-a", "0"): (30, 20, 80, 61, 300),
+        ("gpu-a", "1"): (70, 60, 80, 75, 550),
+        ("gpu-b", "0"): (2, 1, 40, 35, 60),
+    }
+    for metric, column, scale in (
+        ("llmdeploy_gpu_utilization_percent", 0, 1),
+        ("llmdeploy_gpu_memory_used_bytes", 1, 10**9),
+        ("llmdeploy_gpu_memory_total_bytes", 2, 10**9),
+        ("llmdeploy_gpu_temperature_celsius", 3, 1),
+        ("llmdeploy_gpu_power_watts", 4, 1),
+    ):
+        lines.append(f"# TYPE {metric} gauge")
+        for at in times:
+            for (host, index), values in gpus.items():
+                labels = f'host="{host}",gpu="{index}",uuid="GPU-{host}-{index}",name="NVIDIA H100"'
+                lines.append(f"{metric}{{{labels}}} {values[column] * scale} {at}")
     lines.append("# TYPE tgi_queue_size gauge")
     for at in times:
         for name, (_tokens, _calls, _errors, queue) in rates.items():
@@ -131,6 +149,29 @@ def test_the_last_days_at_quarter_steps_hold_the_hours_prometheus_has(prometheus
     assert figure["step"] == 900 and figure["source"] == "prometheus"
     queue = figure["charts"][1]["series"][0]["values"]
     assert queue[-1] == 4.0 and queue[0] is None  # a week ago: nothing backfilled
+
+
+def test_a_hosts_gpus_and_the_fleet_read_the_agents_exporters_through_prometheus(prometheus, client, admin):
+    host = HostFactory(name="gpu-a")
+    GpuFactory(host=host)
+    GpuFactory(host=host)
+    GpuFactory(host=host)  # GPU 2 exports nothing: a gap
+    client.force_login(admin)
+    figure = client.get(f"/fleet/hosts/{host.pk}/charts/?window=1h").json()
+    assert figure["source"] == "prometheus" and figure["note"] == ""
+    latest = {chart["key"]: [s["values"][-1] for s in chart["series"]] for chart in figure["charts"]}
+    assert latest == {
+        "utilization": [30.0, 70.0, None],
+        "memory": [20.0, 60.0, None],
+        "temperature": [61.0, 75.0, None],
+        "power": [300.0, 550.0, None],
+    }
+    fleet = client.get("/fleet/charts/?window=24h").json()
+    assert fleet["source"] == "prometheus" and len(fleet["x"]) == 1440
+    utilization, memory = fleet["charts"]
+    assert utilization["series"][0]["values"][-1] == pytest.approx(34.0)  # the mean of 30, 70 and 2
+    assert [s["values"][-1] for s in memory["series"]] == [81.0, 200.0]
+    assert utilization["series"][0]["values"][0] is None  # a day ago: nothing backfilled
 
 
 def test_without_an_answer_from_prometheus_the_charts_show_the_samples_and_say_why(settings, client, engineer):
