@@ -111,9 +111,12 @@ def run_console_checks(run: HealthCheckRun) -> None:
 
 
 def _artifacts_by_host(run: HealthCheckRun) -> dict[Host, list[int]]:
-    """The copies still to check, per host: all of them the first time, the unfinished ones on a resume."""
+    """The copies still to check, per host: all of them the first time (and every online host, for its disk
+    space, even with none), the unfinished ones on a resume."""
     finished = {pk for pk, state in (run.progress.get("sweep") or {}).items() if state.get("finished")}
     grouped: dict[Host, list[int]] = {}
+    if "jobs" not in (run.progress or {}):
+        grouped.update((host, []) for host in Host.objects.filter(status=Host.Status.ONLINE).order_by("name"))
     for artifact in ModelArtifact.objects.filter(status__in=SWEPT).select_related("host").order_by("pk"):
         if str(artifact.pk) not in finished:
             grouped.setdefault(artifact.host, []).append(artifact.pk)
@@ -122,7 +125,7 @@ def _artifacts_by_host(run: HealthCheckRun) -> dict[Host, list[int]]:
 
 @transaction.atomic
 def sweep_dispatch(run: HealthCheckRun) -> list[Job]:
-    """One integrity_sweep job per online host with copies to check (offline hosts are reported, not waited for)."""
+    """One integrity_sweep job per online host (offline hosts with copies are reported, not waited for)."""
     locked = HealthCheckRun.objects.select_for_update().get(pk=run.pk)
     progress = dict(locked.progress or {})
     jobs, unswept = [], []

@@ -154,10 +154,15 @@ def test_deployments_failed_or_restarting_and_offline_hosts(quiet, admin):
     from tests.factories.registry import ModelArtifactFactory
 
     ModelArtifactFactory(host=offline, files_sha256={"config.json": "0" * 64})
+    HostFactory(name="empty-node")  # online, no model: its agent still measures its store
     run = health_services.health_check_start(actor=admin)
     assert runner.run(run.job_id) == "succeeded"
     run.refresh_from_db()
-    assert run.state == "done" and run.progress["jobs"] == [] and run.progress["unswept_hosts"] == ["gone"]
+    (job,) = run.progress["jobs"]
+    assert Job.objects.get(pk=job).queue == "host.empty-node" and run.progress["unswept_hosts"] == ["gone"]
+    assert runner.run(job) == "succeeded"
+    run.refresh_from_db()
+    assert run.state == "done" and run.report["sections"]["disk"]["stores"]["empty-node"]["total"] > 0
     assert by_check(run.findings, "deployment") == [("warning", "broken"), ("warning", "flaky")]
     broken = next(item for item in run.findings if item["subject"] == "broken")
     assert "CUDA out of memory" in broken["message"] and broken["next_step"] == "Use a bigger GPU."
