@@ -132,7 +132,8 @@ def test_scrape_jobs_use_the_consoles_discovery():
     ):
         (discovery,) = jobs[name]["http_sd_configs"]
         assert discovery["url"].endswith(f"/metrics/targets?kind={kind}"), name
-        assert discovery["authorization"] == {"credentials_file": TOKEN_PATH}, name
+        # Prometheus 2.42's http_sd sends the bare token unless the type is named (tests/deploy/test_prometheus_live).
+        assert discovery["authorization"] == {"type": "Bearer", "credentials_file": TOKEN_PATH}, name
     # The console checks the bearer on its /metrics and on the deployments it proxies, the agents' exporters too.
     for name in ("llmdeploy-console", "llmdeploy-agents", "llmdeploy-deployments"):
         assert jobs[name]["authorization"] == {"credentials_file": TOKEN_PATH}, name
