@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -388,6 +389,43 @@ def test_prometheus_service(services):
     config = yaml.safe_load((ROOT / "deploy" / "monitoring" / "prometheus" / "prometheus.yml").read_text())
     urls = [sd["url"] for job in config["scrape_configs"] for sd in job.get("http_sd_configs", [])]
     assert urls and all(url.startswith("http://web:8000/metrics/targets?kind=") for url in urls)
+
+
+PROBE = """
+import django
+django.setup()
+from django.http import HttpResponse
+from django.middleware.security import SecurityMiddleware
+from django.test import RequestFactory
+for path in ("/metrics", "/metrics/targets", "/metrics/deployments/1"):
+    request = RequestFactory().get(path, HTTP_HOST="web:8000")
+    request.get_host()  # DisallowedHost unless ALLOWED_HOSTS names web
+    print(path, SecurityMiddleware(lambda request: HttpResponse())(request).status_code)
+"""
+
+
+def test_prometheus_reaches_the_console_over_plain_http(services, tmp_path):
+    """With web's environment from docker-compose.yml (SECURE_TLS: https only, through the proxy), Prometheus'
+    plain-HTTP requests to web:8000 for /metrics, discovery and the proxied deployments are neither refused for
+    their Host nor redirected to https (which web:8000 does not speak)."""
+    from cryptography.fernet import Fernet
+
+    values = {
+        "CONSOLE_HOSTNAME": "console.example.internal",
+        "SECRETS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "DATABASE_APP_PASSWORD": "x",
+    }
+
+    def resolve(value: str) -> str:
+        return VARIABLE.sub(lambda m: values.get(m.group(1), "set-for-the-test"), str(value))
+
+    env = {key: resolve(value) for key, value in services["web"]["environment"].items()}
+    env.update(PATH=os.environ["PATH"], DJANGO_SETTINGS_MODULE="console.settings", DATA_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["/metrics", "200", "/metrics/targets", "200", "/metrics/deployments/1", "200"]
 
 
 def test_prometheus_image(services):
