@@ -16,6 +16,7 @@ import requests
 from django.conf import settings
 from django.utils import timezone
 
+from deployments.gateway import keys
 from deployments.models import Deployment
 from deployments.monitoring.flags import raise_flag
 from tests.conftest import _test_database_url, need
@@ -32,6 +33,7 @@ from tests.factories import (
 )
 from tests.support import fake_nvml
 from tests.support.deploy_fixtures import tiny_model_in_store
+from tests.support.gateway_process import GatewayProcess
 from tests.support.serve_process import ServeProcess, ml_python
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,10 +47,7 @@ DISCOVERY_BATCH = 5.0  # seconds: Prometheus' discovery manager passes target ch
 # Series the dashboards read that this fleet does not produce, and why. Everything else must return data.
 NOT_PRODUCED_HERE = {
     "ALERTS": "no alert fires before the dashboards are read",
-    "llmdeploy_gateway_requests_total": "nothing calls the gateway (its own process; tested in tests/deployments)",
-    "llmdeploy_gateway_tokens_total": "nothing calls the gateway",
-    "llmdeploy_gateway_errors_total": "nothing calls the gateway",
-    "llmdeploy_gateway_request_duration_seconds_bucket": "nothing calls the gateway",
+    "llmdeploy_gateway_errors_total": "no call through the gateway fails on the server side",
     "llmdeploy_job_duration_seconds_bucket": "no job ends during the test",
     "llmdeploy_job_duration_seconds_count": "no job ends during the test",
     "llmdeploy_launches_total": "no launch job runs (the deployments are made running directly)",
@@ -82,20 +81,39 @@ def served(model_dir):
 
 
 @pytest.fixture
-def console(tmp_path, redis_url, django_db_blocker):
+def process_env(tmp_path, redis_url, django_db_blocker) -> dict:
+    """The environment of the console's processes: the test database, and one prometheus_client multiprocess
+    directory, as web and the gateway share DATA_DIR in production."""
     with django_db_blocker.unblock():
         database = _test_database_url()
+    multiproc = tmp_path / "multiproc"
+    multiproc.mkdir()
     env = dict(
         os.environ,
         DATABASE_URL=database,
         REDIS_URL=redis_url,
         DATA_DIR=str(settings.DATA_DIR),
+        PROMETHEUS_MULTIPROC_DIR=str(multiproc),
         METRICS_BEARER_TOKEN=TOKEN,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         PYTHONUNBUFFERED="1",
     )
     env.pop("METRICS_PUBLIC_ADDRESS", None)  # discovery names the address Prometheus asked it at
-    process = ConsoleProcess(tmp_path).start(env)
+    return env
+
+
+@pytest.fixture
+def console(tmp_path, process_env):
+    process = ConsoleProcess(tmp_path).start(process_env)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def gateway(process_env):
+    """The inference gateway in its own process (as the `gateway` service), counting calls into the shared
+    multiprocess directory the console's /metrics sums."""
+    process = GatewayProcess(dict(process_env, GATEWAY_CACHE_SECONDS="0", GATEWAY_FLUSH_SECONDS="0.2")).start()
     yield process
     process.stop()
 
@@ -150,7 +168,9 @@ def labels_of(series: dict) -> dict:
     return {key: value for key, value in series["metric"].items() if key != "__name__"}
 
 
-def test_prometheus_scrapes_the_fleet_through_discovery(model_dir, served, console, exporter, prometheus, tmp_path):
+def test_prometheus_scrapes_the_fleet_through_discovery(
+    model_dir, served, console, gateway, exporter, prometheus, admin
+):
     host = HostFactory(name=HOST, metrics_address=exporter, last_heartbeat=timezone.now())
     GpuFactory(host=host, name="NVIDIA H200", memory_total=150_754_820_096)
     JobFactory()  # a download waiting: llmdeploy_jobs has a series
@@ -232,6 +252,21 @@ def test_prometheus_scrapes_the_fleet_through_discovery(model_dir, served, conso
     assert refused.status_code == 422, refused.text
     failure = one(prometheus, 'tgi_request_failure{deployment="chat"}')
     assert failure["metric"]["err"] == "validation" and failure["value"][1] == "1"
+
+    # A call through the gateway (its own process) is counted on the console's /metrics.
+    _key, raw = keys.key_create(actor=admin, name="app", user=admin, deployments=[chat])
+    called = requests.post(
+        f"{gateway.url}/llm/chat/generate",
+        json={"inputs": "hello", "parameters": {"max_new_tokens": 4, "details": True}},
+        headers={"Authorization": f"Bearer {raw}"},
+        timeout=60,
+    )
+    assert called.status_code == 200, called.text
+    calls = one(prometheus, 'llmdeploy_gateway_requests_total{deployment="chat"}')
+    assert calls["metric"]["code"] == "200" and calls["value"][1] == "1"
+    completion = one(prometheus, 'llmdeploy_gateway_tokens_total{deployment="chat",kind="completion"}')
+    assert float(completion["value"][1]) == called.json()["details"]["generated_tokens"], called.json()
+    assert one(prometheus, 'llmdeploy_gateway_request_duration_seconds_count{deployment="chat"}')["value"][1] == "1"
 
     # A deployment launched now: in the console's discovery at once; in Prometheus' targets after its next refresh
     # and the discovery manager's batching (Prometheus hands new targets to the scrapers every 5 s); queryable
