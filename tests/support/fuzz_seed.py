@@ -66,6 +66,8 @@ def seed_objects(admin, engineer) -> dict[str, int]:
         "deployments": spec.deployment.pk,
         "endpoints": endpoint.pk,
         "gpus": gpu.pk,
+        "charts/hosts": gpu.host.pk,
+        "charts/deployments": spec.deployment.pk,
         "health-checks": _health_check(gpu.host),
         "hosts": gpu.host.pk,
         "images": image.pk,
