@@ -95,7 +95,6 @@ def run_console_checks(run: HealthCheckRun) -> None:
     for name, (section, found) in (
         ("gpus", healthcheck.gpus_section()),
         ("audit", healthcheck.audit_section(now)),
-        ("deployments", healthcheck.deployments_section()),
         ("certificates", healthcheck.certificates_section(now)),
         ("backups", healthcheck.backups_section(now)),
     ):
@@ -216,6 +215,9 @@ def _finalize(run: HealthCheckRun) -> None:
     findings = list((run.report or {}).get("console_findings", []))
     integrity, found = healthcheck.integrity_section(progress.get("sweep") or {})
     sections["integrity"] = integrity
+    findings.extend(found)
+    deployments, found = healthcheck.deployments_section()  # after the sweep: the flags it raised are listed
+    sections["deployments"] = deployments
     findings.extend(found)
     disk, found = healthcheck.disk_section(progress.get("stores") or {}, progress.get("unswept_hosts") or [])
     sections["disk"] = disk

@@ -102,6 +102,8 @@ def test_a_flipped_byte_is_found_flagged_alerted_and_a_redownload_restores_it(
         integrity_rows["acme/tiny on gpu-a"]["files"] == 3 and integrity_rows["acme/other on gpu-a"]["problems"] == []
     )
     assert run.report["sections"]["disk"]["stores"]["gpu-a"]["free"] > 0
+    listed = {row["name"]: row["flags"] for row in run.report["sections"]["deployments"]["deployments"]}
+    assert listed[deployment.name] == ["model-files-corrupt"] and listed[bystander.name] == []
     actions = list(AuditEvent.objects.values_list("action", flat=True))
     for action in ("health_check.started", "model.corrupt", "deployment.flagged", "health_check.finished"):
         assert action in actions
@@ -123,7 +125,9 @@ def test_a_flipped_byte_is_found_flagged_alerted_and_a_redownload_restores_it(
     config_before = hub_server.served("acme/tiny", "config.json")
     response = client.post(f"/health/models/{artifact.pk}/restore/", {"next": f"/health/{run.pk}/"})
     assert response.status_code == 302
-    job = Job.objects.filter(kind="integrity_sweep", target_id=str(artifact.pk)).latest("id")
+    job = Job.objects.filter(
+        kind="integrity_sweep", target_type="deployments.modelartifact", target_id=str(artifact.pk)
+    ).latest("id")
     assert job.queue == "host.gpu-a" and job.params["restore"] == "redownload"
     assert runner.run(job.pk) == "succeeded"
     assert hub_server.served("acme/tiny", "model.safetensors") == served_before + len(weights)  # bytes served
