@@ -13,6 +13,7 @@ from deployments.registry.forms import StyledForm
 TARGET_TYPES: dict[str, str] = {
     "deployments.deployment": _("Deployment"),
     "deployments.modelartifact": _("Model copy"),
+    "deployments.healthcheckrun": _("Health check"),
 }
 
 
