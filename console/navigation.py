@@ -24,6 +24,7 @@ class NavItem:
 
 NAVIGATION: tuple[NavItem, ...] = (
     NavItem("dashboard", _("Dashboard"), "dashboard", roles.VIEW),
+    NavItem("fleet", _("Fleet"), "fleet", roles.VIEW),
     NavItem("inventory", _("Inventory"), "hosts", roles.VIEW),
     NavItem("models", _("Models"), "models", roles.VIEW),
     NavItem("deployments", _("Deployments"), "deployments", roles.VIEW),
@@ -36,6 +37,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("quality", _("Quantize & evaluate"), "quality", roles.FINETUNE),
     NavItem("benchmarks", _("Benchmarks"), "benchmarks:list", roles.VIEW),
     NavItem("usage", _("Usage"), "usage", roles.VIEW),
+    NavItem("health", _("Health check"), "health-checks", roles.VIEW),
     # The same action as each page's view (ConsoleViewMixin.permission_action): a page a role may open is in its
     # menu (the credentials list is read-only without add_model, e.g. for auditors).
     NavItem("credentials", _("Credentials"), "credentials", roles.VIEW),

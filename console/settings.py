@@ -374,7 +374,8 @@ if SECURE_TLS:
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     # The proxy's health probe talks plain HTTP to web directly.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    # Prometheus scrapes /metrics (and discovery, the proxied deployment metrics) over plain HTTP on the backend.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics(/|$)"]
 
 # --- i18n --------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en"

@@ -26,11 +26,25 @@ class GpuSerializer(serializers.ModelSerializer):
             "compute_capability",
             "nvlink_group",
             "health",
+            "health_cause",
+            "health_detail",
+            "health_changed_at",
+            "telemetry",
+            "telemetry_at",
             "serial",
             "discovered",
             "updated_at",
         ]
-        read_only_fields = ["memory_free", "discovered", "updated_at"]
+        read_only_fields = [
+            "memory_free",
+            "discovered",
+            "updated_at",
+            "health_cause",
+            "health_detail",
+            "health_changed_at",
+            "telemetry",
+            "telemetry_at",
+        ]
 
     def get_reserved_bytes(self, gpu) -> int:
         return getattr(gpu, "reserved", None) or 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from audit.templatetags.trace_tags import trace_id_of
 from deployments.jobs.selectors import can_read_job_log, log_view
 from deployments.models import Job
 
@@ -19,6 +20,7 @@ class JobSerializer(serializers.ModelSerializer):
     actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
     target = serializers.SerializerMethodField()
     failure_detail = serializers.SerializerMethodField()
+    trace_id = serializers.SerializerMethodField(help_text="The OpenTelemetry trace the job was started in.")
 
     class Meta:
         model = Job
@@ -41,12 +43,16 @@ class JobSerializer(serializers.ModelSerializer):
             "failure_detail",
             "next_step",
             "log_seq",
+            "trace_id",
             "created_at",
             "dispatched_at",
             "started_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_trace_id(self, job) -> str:
+        return trace_id_of(job.traceparent)
 
     def get_failure_detail(self, job) -> str:
         """What happened: the cause's sentence, then the log lines that show it, which follow the log's rule (for

@@ -13,12 +13,25 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from celery.signals import worker_process_shutdown
 from django.conf import settings
-from prometheus_client import Counter, Histogram, multiprocess
+from prometheus_client import Counter, Histogram, multiprocess, values
 
 logger = logging.getLogger(__name__)
+
+
+def process_identifier() -> str:
+    """Names this process's files in the shared directory. Compose's web, gateway, worker and beat containers share
+    it and each numbers its processes from 1, so a bare pid (prometheus_client's default) would make two of them
+    write one file: the container's host name keeps them apart (no "_": the file names are split on it)."""
+    return f"{socket.gethostname().replace('_', '-')}-{os.getpid()}"
+
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Read at each metric's creation (prometheus_client.metrics looks values.ValueClass up then).
+    values.ValueClass = values.MultiProcessValue(process_identifier)
 
 # Not registered anywhere (registry=None): /metrics reads the files, not a registry of this process.
 GATEWAY_REQUESTS = Counter(
@@ -93,6 +106,7 @@ def downloaded(count: int) -> None:
 def _worker_process_gone(pid: int | None = None, **kwargs) -> None:
     """A Celery worker process ends: prometheus_client's bookkeeping for a dead process (its live gauges go)."""
     try:
-        multiprocess.mark_process_dead(pid or os.getpid(), settings.PROMETHEUS_MULTIPROC_DIR)
+        who = f"{socket.gethostname().replace('_', '-')}-{pid}" if pid else process_identifier()
+        multiprocess.mark_process_dead(who, settings.PROMETHEUS_MULTIPROC_DIR)
     except Exception:
         logger.exception("metrics: could not mark process %s dead", pid)

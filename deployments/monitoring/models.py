@@ -42,6 +42,8 @@ class GpuSample(models.Model):
         ordering = ["gpu", "resolution", "at"]
         default_permissions = ()
         constraints = [models.UniqueConstraint(fields=["gpu", "resolution", "at"], name="gpu_sample_once_per_interval")]
+        # Downsampling and retention scan every GPU's rows of one resolution by age.
+        indexes = [models.Index(fields=["resolution", "at"], name="gpu_sample_age")]
 
     def __str__(self) -> str:
         return f"{self.gpu_id} @ {self.at:%Y-%m-%d %H:%M} /{self.resolution}s"
@@ -72,6 +74,7 @@ class DeploymentSample(models.Model):
                 fields=["deployment", "resolution", "at"], name="deployment_sample_once_per_interval"
             )
         ]
+        indexes = [models.Index(fields=["resolution", "at"], name="deployment_sample_age")]
 
     def __str__(self) -> str:
         return f"{self.deployment_id} @ {self.at:%Y-%m-%d %H:%M} /{self.resolution}s"

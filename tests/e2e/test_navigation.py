@@ -15,6 +15,7 @@ pytestmark = pytest.mark.browser
 EXPECTED_NAV = {
     "admin": [
         "dashboard",
+        "fleet",
         "inventory",
         "models",
         "deployments",
@@ -27,6 +28,7 @@ EXPECTED_NAV = {
         "quality",
         "benchmarks",
         "usage",
+        "health",
         "credentials",
         "audit",
         "access",
@@ -35,6 +37,7 @@ EXPECTED_NAV = {
     ],
     "engineer": [
         "dashboard",
+        "fleet",
         "inventory",
         "models",
         "deployments",
@@ -45,11 +48,13 @@ EXPECTED_NAV = {
         "quality",
         "benchmarks",
         "usage",
+        "health",
         "credentials",
         "api",
     ],
     "auditor": [
         "dashboard",
+        "fleet",
         "inventory",
         "models",
         "deployments",
@@ -59,6 +64,7 @@ EXPECTED_NAV = {
         "datasets",
         "benchmarks",
         "usage",
+        "health",
         "credentials",
         "audit",
         "api",

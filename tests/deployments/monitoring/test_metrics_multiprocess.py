@@ -5,6 +5,7 @@ through deployments/monitoring/instruments.py, and the gateway (uvicorn, its own
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -103,7 +104,9 @@ def test_a_job_a_celery_worker_ran_is_timed_and_stays_counted_after_the_worker_s
 def test_a_celery_worker_process_that_ends_is_marked_dead(tmp_path, settings):
     """Its live gauges go (prometheus_client's bookkeeping for a dead process); its counters stay summed."""
     settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
-    live, counter = tmp_path / "gauge_livesum_424242.db", tmp_path / "counter_424242.db"
+    # Files are named host-pid (instruments.process_identifier): compose's containers share the directory.
+    who = f"{socket.gethostname().replace('_', '-')}-424242"
+    live, counter = tmp_path / f"gauge_livesum_{who}.db", tmp_path / f"counter_{who}.db"
     live.write_bytes(b""), counter.write_bytes(b"")
     worker_process_shutdown.send(sender=None, pid=424242, exitcode=0)
     assert not live.exists()
@@ -153,7 +156,7 @@ def test_the_gateway_processes_calls_are_counted(gateway, admin):
     assert value(samples, "llmdeploy_gateway_requests_total", deployment=name, code="503") == 3
     assert value(samples, "llmdeploy_gateway_errors_total", deployment=name) == 3
     assert value(samples, "llmdeploy_gateway_request_duration_seconds_count", deployment=name) == 3
-    assert any(Path(settings.PROMETHEUS_MULTIPROC_DIR).glob(f"*_{gateway.pid}.db"))  # written by the gateway itself
+    assert any(Path(settings.PROMETHEUS_MULTIPROC_DIR).glob(f"*_{socket.gethostname().replace('_', '-')}-{gateway.pid}.db"))  # written by the gateway itself
 
 
 @pytest.mark.django_db
