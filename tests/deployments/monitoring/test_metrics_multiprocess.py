@@ -156,7 +156,8 @@ def test_the_gateway_processes_calls_are_counted(gateway, admin):
     assert value(samples, "llmdeploy_gateway_requests_total", deployment=name, code="503") == 3
     assert value(samples, "llmdeploy_gateway_errors_total", deployment=name) == 3
     assert value(samples, "llmdeploy_gateway_request_duration_seconds_count", deployment=name) == 3
-    assert any(Path(settings.PROMETHEUS_MULTIPROC_DIR).glob(f"*_{socket.gethostname().replace('_', '-')}-{gateway.pid}.db"))  # written by the gateway itself
+    own = f"*_{socket.gethostname().replace('_', '-')}-{gateway.pid}.db"
+    assert any(Path(settings.PROMETHEUS_MULTIPROC_DIR).glob(own))  # written by the gateway itself
 
 
 @pytest.mark.django_db
