@@ -112,6 +112,9 @@ METRICS_PUBLIC_ADDRESS = env_str("METRICS_PUBLIC_ADDRESS")
 AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9835)
 AGENT_METRICS_ADDRESS = env_str("AGENT_METRICS_ADDRESS", "0.0.0.0")  # noqa: S104 - Prometheus scrapes it
 AGENT_GPU_METRICS_SOURCE = env_str("AGENT_GPU_METRICS_SOURCE", "nvml")
+# On a GPU host that does not share the console's PROMETHEUS_MULTIPROC_DIR (another machine): the agent's exporter
+# also serves the job durations and downloaded bytes its own processes counted. Off where the console reads them.
+AGENT_METRICS_PROCESS_COUNTERS = env_bool("AGENT_METRICS_PROCESS_COUNTERS", False)
 DCGM_EXPORTER_URL = env_str("DCGM_EXPORTER_URL", "http://127.0.0.1:9400/metrics")
 # The console's own samples (charts without Prometheus): 1-minute for TELEMETRY_MINUTE_DAYS, then 15-minute
 # for TELEMETRY_QUARTER_DAYS.

@@ -213,6 +213,12 @@ def start_exporter(
             version=version,
         )
     )
+    if settings.AGENT_METRICS_PROCESS_COUNTERS:
+        # A GPU host's own Celery processes time jobs and count downloaded bytes into its own directory, which the
+        # console's /metrics cannot read: the agent serves them beside its GPU series.
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
     app = metrics_app(registry, settings.METRICS_BEARER_TOKEN if token is None else token)
 
     class Server(ThreadingWSGIServer):

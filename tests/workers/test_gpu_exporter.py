@@ -228,3 +228,44 @@ def test_the_agent_serves_its_exporter_and_reports_where(settings, tmp_path):
         agent.stop_agent()
     with pytest.raises(ConnectionRefusedError):  # stopped with the agent
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_on_its_own_machine_the_agent_serves_its_processes_job_and_download_counts(settings, tmp_path):
+    """AGENT_METRICS_PROCESS_COUNTERS: a GPU host's jobs are timed and its downloads counted into its own directory;
+    the exporter serves them, as the console's /metrics does for the processes beside it."""
+    from prometheus_client import Counter, values
+
+    settings.AGENT_METRICS_PROCESS_COUNTERS = True
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path / "prom")
+    (tmp_path / "prom").mkdir()
+    # Another process of this host (a Celery worker process) wrote its count there.
+    writer = values.MultiProcessValue(lambda: "gpu-node-1-4242")
+    old_class, old_env = values.ValueClass, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.PROMETHEUS_MULTIPROC_DIR
+    values.ValueClass = writer
+    try:
+        Counter("llmdeploy_download_bytes", "Model file bytes downloaded.", registry=None).inc(1234)
+    finally:
+        values.ValueClass = old_class
+        if old_env is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = old_env
+    started = start_exporter("gpu-node-1", "127.0.0.1", 0, nvml=fake_nvml, token="", model_store=tmp_path)
+    assert started is not None
+    server, address = started
+    try:
+        found = samples(scrape(address))
+        assert only(found, "llmdeploy_download_bytes_total").value == 1234
+        assert "llmdeploy_gpu_temperature_celsius" in found  # beside the GPU series
+        settings.AGENT_METRICS_PROCESS_COUNTERS = False
+    finally:
+        server.shutdown()
+        server.server_close()
+    started = start_exporter("gpu-node-1", "127.0.0.1", 0, nvml=fake_nvml, token="", model_store=tmp_path)
+    server, address = started
+    try:
+        assert "llmdeploy_download_bytes_total" not in samples(scrape(address))  # off: the console reads them
+    finally:
+        server.shutdown()
+        server.server_close()
