@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views import View
 
@@ -104,7 +105,10 @@ class ArtifactRestoreView(ConsoleViewMixin, View):
             job = health_services.artifact_restore(actor=request.user, artifact=artifact)
         except ApplicationError as error:
             messages.error(request, error.message)
-            return redirect(request.POST.get("next") or "health-checks")
+            back = request.POST.get("next", "")
+            # Only a path of this console (an absolute URL elsewhere would make this an open redirect).
+            safe = url_has_allowed_host_and_scheme(back, {request.get_host()}, request.is_secure())
+            return redirect(back if safe else "health-checks")
         messages.success(
             request, _("Restoring %(model)s on %(host)s.") % {"model": artifact.repo, "host": artifact.host}
         )

@@ -278,3 +278,26 @@ def test_a_run_whose_sweep_job_the_reaper_failed_does_not_hold_off_the_next(quie
     run.refresh_from_db()
     assert following != run and following.state == "queued"
     assert run.state == "done" and by_check(run.findings, "integrity")[0][0] == "warning"  # not finished: said so
+
+
+@pytest.mark.django_db
+def test_a_corrupt_copys_page_says_so_and_offers_the_restore(quiet, admin, engineer, client):
+    """The model's own page: the bad file named, a Re-download for those who may add models; a refused restore goes
+    back to the page it came from, never to another site."""
+    from tests.factories.registry import ModelArtifactFactory
+
+    artifact = ModelArtifactFactory(status="corrupt", integrity_note="model.safetensors: sha256 differs")
+    client.force_login(admin)
+    page = client.get(f"/models/{artifact.pk}/").content.decode()
+    assert 'id="corrupt-note"' in page and "model.safetensors: sha256 differs" in page
+    assert f'data-restore="{artifact.pk}"' in page and "Re-download" in page
+    client.force_login(engineer)  # engineers add models too: they may restore
+    assert f'data-restore="{artifact.pk}"' in client.get(f"/models/{artifact.pk}/").content.decode()
+    artifact.status = "ready"
+    artifact.save()
+    assert 'id="corrupt-note"' not in client.get(f"/models/{artifact.pk}/").content.decode()
+    # Not corrupt any more: refused, and sent back only to a path of this console.
+    answer = client.post(f"/health/models/{artifact.pk}/restore/", {"next": "https://evil.example/"})
+    assert answer.status_code == 302 and answer["Location"] == "/health/"
+    answer = client.post(f"/health/models/{artifact.pk}/restore/", {"next": f"/models/{artifact.pk}/"})
+    assert answer["Location"] == f"/models/{artifact.pk}/"
