@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from django.db.models import Count, OuterRef, Prefetch, Subquery, Sum
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.text import capfirst
+from django.utils.translation import gettext as _
 
 from console import roles
 from console.permissions import restrict
@@ -161,7 +163,7 @@ def recent_failures(jobs, deployments, *, since: datetime) -> list[Failure]:
     failures = [
         Failure(
             kind="job",
-            name=str(job),
+            name=f"{capfirst(job.get_kind_display())} · {_('job %(id)s') % {'id': job.pk}}",  # as the job page heads it
             cause=job.failure_cause,
             detail=job.failure_detail,
             at=job.finished_at,

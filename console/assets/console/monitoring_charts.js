@@ -62,7 +62,8 @@
       var plotBox = element.querySelector("[data-plot]");
       plotBox.textContent = "";
       if (!chart) return;
-      var series = [{}], data = [figure.x], points = 0;
+      var time = box.querySelector("[data-time-label]");  // uPlot's own x label is English "Time"
+      var series = [time ? { label: time.dataset.timeLabel } : {}], data = [figure.x], points = 0;
       chart.series.forEach(function (one, i) {
         series.push(C.line(one.label, COLORS[i % COLORS.length], C.format, { spanGaps: false }));
         data.push(one.values.map(C.number));
