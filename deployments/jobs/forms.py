@@ -14,6 +14,7 @@ TARGET_TYPES: dict[str, str] = {
     "deployments.deployment": _("Deployment"),
     "deployments.modelartifact": _("Model copy"),
     "deployments.healthcheckrun": _("Health check"),
+    "deployments.dataset": _("Dataset"),
 }
 
 
