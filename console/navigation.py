@@ -37,7 +37,7 @@ NAVIGATION: tuple[NavItem, ...] = (
     NavItem("quality", _("Quantize & evaluate"), "quality", roles.FINETUNE),
     NavItem("benchmarks", _("Benchmarks"), "benchmarks:list", roles.VIEW),
     NavItem("usage", _("Usage"), "usage", roles.VIEW),
-    NavItem("health", _("Health check"), "health-checks", roles.VIEW),
+    NavItem("health", _("Health checks"), "health-checks", roles.VIEW),
     # The same action as each page's view (ConsoleViewMixin.permission_action): a page a role may open is in its
     # menu (the credentials list is read-only without add_model, e.g. for auditors).
     NavItem("credentials", _("Credentials"), "credentials", roles.VIEW),

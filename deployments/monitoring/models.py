@@ -2,7 +2,8 @@
 deployment serving figures as downsampled samples, and the health check's runs with their reports.
 
 Prometheus (deploy/monitoring) keeps the full-resolution series where an operator runs it; these tables let the
-console chart a day at 1 minute and a month at 15 minutes without one (retention: settings.TELEMETRY_RETENTION).
+console chart a day at 1 minute and a month at 15 minutes without one (retention: settings.TELEMETRY_MINUTE_DAYS
+and TELEMETRY_QUARTER_DAYS).
 """
 
 from __future__ import annotations

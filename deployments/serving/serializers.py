@@ -51,7 +51,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
     flags = serializers.JSONField(
         read_only=True,
         help_text="What needs a person's attention while it runs: [{cause, subject, detail, next_step, at}] "
-        '(cause "gpu-failed": a GPU it holds failed, subject "<host>/gpu<index>").',
+        '(cause "gpu-failed": a GPU it holds failed, subject "<host>/gpu<index>"; cause "model-files-corrupt": '
+        'the health check found its model files damaged, subject "model:<id>").',
     )
 
     class Meta:

@@ -136,9 +136,13 @@ def test_certificates_backups_and_checkpoint_export_age(quiet, tmp_path):
 def test_a_tampered_audit_chain_is_critical(quiet):
     for i in range(3):
         audit.record(action="test.event", actor=None, actor_name=f"probe-{i}")
+    from audit.tasks import checkpoint
+
+    assert checkpoint() is not None  # event 2 is behind a signed checkpoint now
+    audit.record(action="test.event", actor=None, actor_name="probe-3")
     section, findings = healthcheck.audit_section(timezone.now())
     assert section["chain_ok"] and by_check(findings, "audit-chain") == []
-    with Tamper() as tamper:
+    with Tamper() as tamper:  # an edit behind the checkpoint: the links after it still hold
         tamper.sql("UPDATE audit_auditevent SET actor_name = 'mallory' WHERE id = 2")
     section, findings = healthcheck.audit_section(timezone.now())
     assert not section["chain_ok"] and by_check(findings, "audit-chain") == [("critical", "audit log")]

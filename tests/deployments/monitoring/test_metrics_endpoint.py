@@ -14,6 +14,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 import audit
+from audit.models import AuditCheckpoint
 from audit.tasks import checkpoint
 from deployments.models import Deployment, GpuReservation, Host, Job, ModelArtifact
 from deployments.monitoring import metrics
@@ -155,10 +156,16 @@ def test_the_audit_figures_follow_the_chain_and_its_last_verification(admin):
     audit.record(action="test.metrics", actor=admin, target=admin, detail={"n": 3})
     with Tamper() as tamper:  # someone edits an event after the checkpoint
         tamper.sql("UPDATE audit_auditevent SET action = 'test.edited' WHERE id = %s", [int(events) + 1])
-    checkpoint()
+    checkpoints = AuditCheckpoint.objects.count()
+    assert checkpoint() is None  # not signed: a checkpoint would vouch for the edited event
     samples = scrape()
     assert value(samples, "llmdeploy_audit_verification_ok") == 0
     assert value(samples, "llmdeploy_audit_events_total") == events + 1
+    # Later runs verify from the same (last good) checkpoint: the failure stays until the chain is restored.
+    audit.record(action="test.metrics", actor=admin, target=admin, detail={"n": 4})
+    assert checkpoint() is None
+    assert AuditCheckpoint.objects.count() == checkpoints
+    assert value(scrape(), "llmdeploy_audit_verification_ok") == 0
 
 
 def test_label_values_are_escaped_as_the_format_requires(db):
