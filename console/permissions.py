@@ -64,6 +64,12 @@ def _global_actions(user) -> frozenset[str]:
     return cached
 
 
+def global_actions(user) -> frozenset[str]:
+    """The actions an active user's roles hold, read now and kept on the user object (API token authentication
+    reads them with the token, so a cached token's user asks no more)."""
+    return _global_actions(user) if _active(user) else frozenset()
+
+
 def _model_label(model: type[Model]) -> str:
     return model._meta.label_lower
 

@@ -9,7 +9,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from console.accounts.models import ApiToken, hash_token
-from console.accounts.services.tokens import token_create, token_revoke
+from console.accounts.services import token_cache
+from console.accounts.services.access import role_grant, role_revoke, user_set_active
+from console.accounts.services.tokens import token_authenticate, token_create, token_revoke
+from console.permissions import has_global
+from console.roles import VIEW
 
 pytestmark = pytest.mark.django_db
 
@@ -38,12 +42,14 @@ def test_token_is_stored_hashed_and_shown_once(api, engineer):
     assert bearer(raw).get("/api/v1/me").data["username"] == engineer.username
 
 
-def test_expired_and_revoked_tokens_are_refused(engineer):
+def test_expired_and_revoked_tokens_are_refused(engineer, monkeypatch):
     soon = timezone.now() + timedelta(hours=1)
-    token, raw = token_create(actor=engineer, user=engineer, name="short", expires_at=soon)
-    assert bearer(raw).get("/api/v1/me").status_code == 200
-    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    _token, raw = token_create(actor=engineer, user=engineer, name="short", expires_at=soon)
+    assert bearer(raw).get("/api/v1/me").status_code == 200  # now in the per-process cache
+    later = soon + timedelta(seconds=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
     assert bearer(raw).get("/api/v1/me").status_code == 401
+    monkeypatch.undo()
     _token2, raw2 = token_create(actor=engineer, user=engineer, name="other")
     token_revoke(actor=engineer, token=_token2)
     response = bearer(raw2).get("/api/v1/me")
@@ -74,3 +80,48 @@ def test_tokens_page_shows_the_new_token_once(client, auditor):
     raw = page.split('id="new-token-value">')[1].split("<")[0]
     assert raw.startswith("lld_")
     assert raw not in client.get("/tokens/").content.decode()
+
+
+# -- the per-process token cache (console/accounts/services/token_cache.py) --------------------------------------
+def test_a_used_token_is_refused_at_once_after_revocation(engineer):
+    token, raw = token_create(actor=engineer, user=engineer, name="cached")
+    assert bearer(raw).get("/api/v1/me").status_code == 200
+    assert bearer(raw).get("/api/v1/me").status_code == 200  # served from the cache
+    token_revoke(actor=engineer, token=token)
+    response = bearer(raw).get("/api/v1/me")
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]
+
+
+def test_a_used_token_follows_its_owners_role_changes_and_deactivation_at_once(admin, engineer):
+    _token, raw = token_create(actor=engineer, user=engineer, name="cached")
+    assert bearer(raw).get("/api/v1/users/").status_code == 403
+    role_grant(actor=admin, user=engineer, role="admin")
+    assert bearer(raw).get("/api/v1/users/").status_code == 200
+    role_revoke(actor=admin, user=engineer, role="admin")
+    assert bearer(raw).get("/api/v1/users/").status_code == 403
+    user_set_active(actor=admin, user=engineer, active=False)
+    assert bearer(raw).get("/api/v1/me").status_code == 401
+
+
+def test_a_revocation_made_elsewhere_is_seen_within_the_cache_lifetime(engineer, monkeypatch):
+    """Another process's revocation sends this process no signal (a row update stands for it here): the cached
+    token answers for at most TTL_SECONDS, then the row is read again."""
+    token, raw = token_create(actor=engineer, user=engineer, name="elsewhere")
+    now = [1000.0]
+    monkeypatch.setattr(token_cache, "_clock", lambda: now[0])
+    assert bearer(raw).get("/api/v1/me").status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    now[0] += token_cache.TTL_SECONDS + 0.1
+    assert bearer(raw).get("/api/v1/me").status_code == 401
+
+
+def test_a_cached_token_costs_no_query_and_requests_do_not_share_a_user(auditor, django_assert_num_queries):
+    _token, raw = token_create(actor=auditor, user=auditor, name="fast")
+    first = token_authenticate(raw)
+    assert first is not None and has_global(first.user, VIEW)
+    with django_assert_num_queries(0):
+        second = token_authenticate(raw)
+        assert second is not None and has_global(second.user, VIEW)
+    second.user.first_name = "changed by one request"
+    assert token_authenticate(raw).user.first_name != "changed by one request"
+    assert token_authenticate("lld_unknown") is None

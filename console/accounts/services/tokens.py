@@ -12,8 +12,9 @@ import audit
 from audit.telemetry import traced
 from console import roles
 from console.accounts.models import ApiToken, hash_token
+from console.accounts.services import token_cache
 from console.errors import ApplicationError
-from console.permissions import require
+from console.permissions import global_actions, require
 
 
 def _require_owner_or_manager(actor, user) -> None:
@@ -68,15 +69,28 @@ def token_revoke(*, actor, token: ApiToken) -> ApiToken:
 
 
 def token_authenticate(raw: str) -> ApiToken | None:
-    """The usable token with this value, or None. Marks it used (at most once a minute)."""
-    # One indexed lookup; expiry and revocation are checked on the row (this runs on every API call).
+    """The usable token with this value, or None. Marks it used (at most once a minute, give or take the cache).
+
+    This runs on every API call: a token found usable is kept in token_cache with its user and their roles for a
+    few seconds, so most calls ask the database nothing. Expiry is checked on every call; revocation, deactivation
+    and role changes empty the cache (in other processes they take effect within token_cache.TTL_SECONDS)."""
+    digest = hash_token(raw)
+    token = token_cache.get(digest)
+    if token is not None:
+        if token.is_active:
+            return token
+        token_cache.forget(digest)
+        return None
     try:
-        token = ApiToken.objects.select_related("user").get(digest=hash_token(raw))
+        token = ApiToken.objects.select_related("user").get(digest=digest)
     except ApiToken.DoesNotExist:
         return None
     if not token.is_active:
         return None
+    global_actions(token.user)  # read with the token, kept with it in the cache
     now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token
+        token.last_used_at = now
+    token_cache.put(digest, token)
+    return token_cache.get(digest) or token
