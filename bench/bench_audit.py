@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import tracemalloc
 
 from bench.common import Figure, p
 
 REQUESTS = 300
-CHAIN_EVENTS = 200_000
+# Options for a busy machine: BENCH_AUDIT_EVENTS (events in the verified chain), BENCH_AUDIT_FIGURES (a comma list
+# of overhead, verify, export; all by default).
+CHAIN_EVENTS = int(os.environ.get("BENCH_AUDIT_EVENTS", "200000"))
+FIGURES = os.environ.get("BENCH_AUDIT_FIGURES", "overhead,verify,export").split(",")
+ROUNDS = 3  # verification and bare hashing alternate, best of each: load on the machine hits both alike
 
 
 def _audited_request_overhead() -> Figure:
@@ -96,35 +101,38 @@ def _seed_chain(count: int) -> None:
 def _verify_rate() -> list[Figure]:
     from django.db import connection
 
-    from audit import chain
+    from audit import chain, verify
     from audit.models import AuditEvent
-    from audit.verify import verify_chain
 
     _seed_chain(CHAIN_EVENTS)
     total = AuditEvent.objects.count()
-    start = time.perf_counter()
-    result = verify_chain()
-    elapsed = time.perf_counter() - start
-    assert result.ok, result.summary()
     # Same run, same bytes: how fast bare SHA-256 gets through the hashed content of every event.
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {', '.join(chain.HASHED_COLUMNS)} FROM audit_auditevent")  # noqa: S608
         payloads = [chain.payload(row) for row in cursor.fetchall()]
-    start = time.perf_counter()
-    for payload in payloads:
-        hashlib.sha256(payload).hexdigest()
-    raw_rate = len(payloads) / (time.perf_counter() - start)
-    rate = total / elapsed
+    verify_s = bare_s = fetch_s = float("inf")
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        result = verify.verify_chain()
+        verify_s = min(verify_s, time.perf_counter() - start)
+        assert result.ok, result.summary()
+        start = time.perf_counter()
+        for payload in payloads:
+            hashlib.sha256(payload).hexdigest()
+        bare_s = min(bare_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        for _rows in verify._batches(0):  # the verifier's queries alone, nothing hashed: its floor
+            pass
+        fetch_s = min(fetch_s, time.perf_counter() - start)
+    rate, raw_rate = total / verify_s, len(payloads) / bare_s
+    context = (
+        f"{connection.vendor}, {total} events, best of {ROUNDS}: verify {rate:,.0f}/s, bare hashlib over the same "
+        f"bytes {raw_rate:,.0f}/s; fetching the verifier's rows alone {total / fetch_s:,.0f}/s "
+        f"(the ceiling for this ratio: {bare_s / fetch_s:.2f})"
+    )
     return [
-        Figure(
-            "audit_verify_rate",
-            rate,
-            "events/s",
-            ">=",
-            200_000,
-            f"{total} events in {elapsed:.2f} s; bare hashlib over the same bytes {raw_rate:,.0f}/s "
-            f"(verify at {rate / raw_rate:.2f}x of it)",
-        ),
+        Figure("audit_verify_rate", rate, "events/s", ">=", 200_000, context),
+        Figure("audit_verify_over_bare_sha256", rate / raw_rate, "x", ">=", 0.5, context),
     ]
 
 
@@ -154,7 +162,11 @@ def _export_memory() -> Figure:
 
 
 def run() -> list[Figure]:
-    figures = [_audited_request_overhead()]
-    figures += _verify_rate()
-    figures.append(_export_memory())
+    figures = []
+    if "overhead" in FIGURES:
+        figures.append(_audited_request_overhead())
+    if "verify" in FIGURES:
+        figures += _verify_rate()
+    if "export" in FIGURES:
+        figures.append(_export_memory())
     return figures
