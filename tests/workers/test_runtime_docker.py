@@ -236,9 +236,10 @@ def test_invocation_is_the_production_one_and_hardened(server, client, store):
     assert "/tmp" in host["Tmpfs"] and config["WorkingDir"] == "/tmp"
     assert not host.get("Binds") and config["StopTimeout"] == 20
     mounts = {mount["Destination"]: mount for mount in attrs["Mounts"]}
-    assert mounts["/data"]["Source"] == str(store) and mounts["/data"]["RW"] is False
+    # The model's own directory only, where the launcher's --model-id names it; never the whole store.
+    assert mounts["/data/tiny"]["Source"] == str(store / "tiny") and mounts["/data/tiny"]["RW"] is False
     extra = {entry.split(":")[1] for entry in host_mounts()}
-    assert set(mounts) == {"/data", secret_target(tgi.TOKEN_FILE_ENV)} | extra
+    assert set(mounts) == {"/data/tiny", secret_target(tgi.TOKEN_FILE_ENV)} | extra
     assert all(mount["RW"] is False for mount in mounts.values())
     assert attrs["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(handle.port)}]}
     assert handle.port > 0 and handle.endpoint == f"http://127.0.0.1:{handle.port}"

@@ -38,7 +38,8 @@ def failure_of(error) -> JobFailure:
 def publish_output(source: Path, target: Path) -> None:
     """Move a finished output (a fine-tune's, a merge's, a quantization's) into the model store whole: a copy beside
     the target, verified against its manifest, readable by servers running as another user, renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    layout.make_store_dirs(model_store(), target.parent)  # 0755 below the store: servers walk through them
+    target.parent.mkdir(parents=True, exist_ok=True)  # an output kept outside the store
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial)
@@ -50,8 +51,7 @@ def publish_output(source: Path, target: Path) -> None:
             cause="output_corrupt",
             next_step="Check the host's disk, then run the job again.",
         )
-    for path in [partial, *partial.rglob("*")]:
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)  # servers may run as another user
+    layout.readable_by_servers(partial)  # servers may run as another user
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
     shutil.rmtree(source, ignore_errors=True)

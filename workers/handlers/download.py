@@ -13,11 +13,11 @@ import audit
 from console.accounts.models import Credential
 from deployments.models import Job, ModelArtifact
 from deployments.monitoring import instruments
-from deployments.registry import downloads
+from deployments.registry import downloads, layout
 from deployments.registry.endpoints import RedirectRefused, allow_listed_hops, check_url
 from deployments.registry.network import unreachable
 from deployments.registry.services import source_token
-from workers.handlers.artifacts import artifact_of, failure_of, final_dir, staging_dir
+from workers.handlers.artifacts import artifact_of, failure_of, final_dir, model_store, staging_dir
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 
 # Causes after which the next attempt resumes from the bytes on disk (when there are some).
@@ -76,6 +76,7 @@ class DownloadHandler(Handler):
             snapshot = downloads.resolve(repo.repo_id, repo.commit, endpoint=source.url, token=token)
             files = downloads.choose_files(snapshot.files, include=ctx.job.params.get("include") or None)
             staging, final = staging_dir(artifact), final_dir(artifact)
+            layout.ensure_store(model_store())  # 0755: never made 0700 by the umask as a parent of the staging
             staging.mkdir(parents=True, exist_ok=True)
             downloads.check_space(files, staging)
             total = sum(f.size for f in files)
@@ -108,7 +109,7 @@ class DownloadHandler(Handler):
                 should_cancel=ctx.should_cancel,
                 chunk_size=settings.DOWNLOAD_CHUNK_BYTES,
             )
-            final.parent.mkdir(parents=True, exist_ok=True)
+            layout.make_store_dirs(model_store(), final.parent)  # <org>--<name>: servers walk through it
             manifest = {
                 "source": source.name,
                 "endpoint": source.url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from django.db import transaction
@@ -11,12 +12,34 @@ from django.utils import timezone
 import audit
 from console.errors import ApplicationError
 from deployments.models import Job, ModelArtifact
-from deployments.registry import downloads
+from deployments.registry import downloads, layout
 from deployments.registry.downloads.staging import MANIFEST
 from deployments.registry.downloads.verify import is_console_file
 from deployments.registry.services import import_directory
-from workers.handlers.artifacts import artifact_of
+from workers.handlers.artifacts import artifact_of, model_store
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
+
+
+def _readable_in_store(directory: Path, manifest_path: Path) -> None:
+    """The console's manifest is 0644 wherever it is written. A directory inside the model store is the store's: its
+    files become 0644 and its directories (and those between it and the store) 0755, so a server's non-root user
+    reads it whatever modes it was copied with. A directory outside the store is the user's and keeps its modes."""
+    store = Path(os.path.realpath(model_store()))
+    try:
+        os.chmod(manifest_path, 0o644)
+        if store not in directory.parents:
+            return
+        layout.readable_by_servers(directory)
+        for parent in directory.parents:
+            if parent == store:
+                break
+            os.chmod(parent, parent.stat().st_mode | 0o555)  # noqa: S103 - others may walk through it, no more
+    except OSError as error:
+        raise JobFailure(
+            f"{directory} cannot be made readable by servers: {error}",
+            cause="permissions",
+            next_step=f"Make its files readable by everyone (chmod -R a+rX {directory}), then import again.",
+        ) from None
 
 
 @register("import")
@@ -70,6 +93,7 @@ class ImportHandler(Handler):
             "files": [{"path": p, "size": s, "sha256": h} for p, (s, h) in sorted(files.items())],
         }
         manifest_path.write_text(json.dumps(manifest, indent=1))
+        _readable_in_store(directory, manifest_path)
         with transaction.atomic():
             ModelArtifact.objects.filter(pk=artifact.pk).update(
                 status=ModelArtifact.Status.READY,

@@ -115,6 +115,7 @@ def run_spec(
         stop_grace=settings.DEPLOY_STOP_GRACE_SECONDS,
         launcher=list(backend.launcher),
         launcher_stand_in=backend.launcher_stand_in,
+        adapter_dirs=[a["path"] for a in spec.lora_adapters or [] if a.get("path")],
     )
 
 

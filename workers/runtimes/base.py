@@ -26,7 +26,7 @@ class RunSpec:
     args: list[str]  # launcher arguments, built only by the spec's backend (deployments/backends/<name>/launch.py)
     env: dict[str, str]  # explicit and allow-listed: nothing inherited from the worker
     model_dir: str  # host path of the model directory (inside model_store)
-    model_store: str  # host path of the model store; docker mounts it read-only at /data
+    model_store: str  # host path of the model store; docker mounts model_dir and adapter_dirs from it under /data
     image: str = ""  # docker only
     # docker only: when set, the local image must have this digest (its id, or a repo digest it was pulled by);
     # it then runs by id, so a re-tag on the host cannot swap what runs.
@@ -52,6 +52,7 @@ class RunSpec:
     # their image's entrypoint, which is the launcher itself.
     launcher: list[str] = field(default_factory=lambda: ["text-generation-launcher"])
     launcher_stand_in: str = "serve"
+    adapter_dirs: list[str] = field(default_factory=list)  # host paths of the LoRA adapters' directories (in the store)
 
 
 def secret_env_loader(files: dict[str, str]) -> str:

@@ -2,10 +2,11 @@
 
 Hardening (docs/operations.md, "Hardening"): read-only root with a tmpfs /tmp, cap-drop ALL,
 no-new-privileges, pid (and optional memory) limits, the image's own user, the port published on one address,
-no privileged mode, no host network, no Docker socket. Nothing is mounted but the model store (read-only at
-/data) and the secret files (read-only under /run/secrets): a token reaches the server as a file whose path
-is in the environment, never as an environment value that `docker inspect` would show. Images are never
-pulled: a missing image is an error the operator fixes on the host.
+no privileged mode, no host network, no Docker socket. Nothing is mounted but the model's directory and its
+adapters' directories (read-only, each at its place under /data, never the whole store) and the secret files
+(read-only under /run/secrets): a token reaches the server as a file whose path is in the environment, never as
+an environment value that `docker inspect` would show. Images are never pulled: a missing image is an error the
+operator fixes on the host.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tarfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import docker
 import requests
@@ -64,6 +65,34 @@ def _read_only(source: str | Path, target: str) -> docker.types.Mount:
     return docker.types.Mount(target=target, source=str(source), type="bind", read_only=True)
 
 
+def model_mounts(spec: RunSpec) -> list[docker.types.Mount]:
+    """The model's directory and its adapters' directories, read-only, each where the launcher's arguments name it
+    under /data; never the whole store, so a server reads only what it serves. An adapter outside the store is not
+    mounted (spec checks keep adapters in the store; the server then reports it missing, by name)."""
+    store = PurePosixPath(os.path.normpath(spec.model_store))
+
+    def in_container(path: str) -> str | None:
+        try:
+            relative = PurePosixPath(os.path.normpath(path)).relative_to(store)
+        except ValueError:
+            return None
+        return str(PurePosixPath(CONTAINER_MODEL_STORE) / relative) if relative.parts else None
+
+    model = in_container(spec.model_dir)
+    if model is None:
+        raise RuntimeFailure(
+            f"{spec.model_dir} is not a model directory inside the host's model store {spec.model_store}",
+            cause="config",
+        )
+    mounts, seen = [_read_only(spec.model_dir, model)], {model}
+    for adapter in spec.adapter_dirs:
+        target = in_container(adapter)
+        if target is not None and target not in seen:
+            mounts.append(_read_only(os.path.normpath(adapter), target))
+            seen.add(target)
+    return mounts
+
+
 def container_kwargs(
     spec: RunSpec,
     *,
@@ -78,7 +107,7 @@ def container_kwargs(
     `secret_env_paths` maps the variables of spec.secret_env to the host files holding their values, loaded by
     a wrapper around the image's `entrypoint`."""
     env = dict(spec.env)  # explicit: nothing from the worker's own environment
-    mounts = [_read_only(spec.model_store, CONTAINER_MODEL_STORE)]
+    mounts = model_mounts(spec)
     for env_name, host_file in sorted((secret_paths or {}).items()):
         mounts.append(_read_only(host_file, secret_target(env_name)))
         env[env_name] = secret_target(env_name)  # the path only; the value stays out of `docker inspect`

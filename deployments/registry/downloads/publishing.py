@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from deployments.registry import layout
 from deployments.registry.downloads.errors import DownloadError
 from deployments.registry.downloads.staging import (
     _MANIFEST_TMP,
@@ -63,21 +64,10 @@ def publish(staging: Path, final: Path, manifest: dict) -> None:
         for name in (SIDECAR, SIDECAR + ".tmp", _MANIFEST_TMP, LOCK_FILE):
             (staging / name).unlink(missing_ok=True)  # the lock stays held through the open descriptor
         _remove_empty_dirs(staging)
-        _readable_by_servers(staging)
+        layout.readable_by_servers(staging)  # the console runs under umask 077; servers read as another user
         _fsync_dir(staging)
         _rename_into_place(staging, final)
     _fsync_dir(final.parent)
-
-
-def _readable_by_servers(root: Path) -> None:
-    """Directories 0755 and files 0644, whatever the writer's umask (the console runs with 077): a server
-    container's non-root user reads what the store mounts for it, and nobody but the writer changes it."""
-    os.chmod(root, 0o755)  # noqa: S103 - read-only for others on purpose: servers read the weights
-    for directory, subdirectories, files in os.walk(root):
-        for name in subdirectories:
-            os.chmod(os.path.join(directory, name), 0o755)  # noqa: S103 - as above
-        for name in files:
-            os.chmod(os.path.join(directory, name), 0o644)
 
 
 def _exists_error(final: Path) -> DownloadError:

@@ -88,7 +88,8 @@ def test_vllm_deployment_in_docker_runs_answers_and_stops(
         key = deployment.server_key.reveal()
         assert key not in json.dumps(attrs) and "VLLM_API_KEY=" not in json.dumps(attrs["Config"]["Env"])
         mounts = {mount["Destination"]: mount for mount in attrs["Mounts"]}
-        assert mounts["/run/secrets/env-vllm_api_key"]["RW"] is False and mounts["/data"]["RW"] is False
+        assert mounts["/run/secrets/env-vllm_api_key"]["RW"] is False and mounts["/data/tiny"]["RW"] is False
+        assert "/data" not in mounts  # the model's directory only, never the whole store
         assert attrs["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"] == "127.0.0.1"
         assert not attrs["HostConfig"].get("DeviceRequests")  # a CPU spec asks for no GPU
 
