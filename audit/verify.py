@@ -54,16 +54,21 @@ def _select_sql() -> str:
     else:
         integers = ["CAST(id AS TEXT)", "CAST(created_us AS TEXT)", "coalesce(CAST(actor_id AS TEXT), '')"]
     columns = ", ".join([*integers, *chain.HASHED_COLUMNS[3:]])
-    return f"SELECT id, hash, {columns} FROM audit_auditevent e WHERE e.id > %s ORDER BY e.id LIMIT %s"  # noqa: S608
+    return (
+        f"SELECT id, hash, {columns} FROM audit_auditevent e "  # noqa: S608
+        "WHERE e.id > %s AND e.id <= %s ORDER BY e.id LIMIT %s"
+    )
 
 
-def _batches(after_id: int):
-    """The events after `after_id` in id order, BATCH rows per query (keyset pages: one query per batch, and
-    no long-lived cursor or transaction for a walk over millions of events)."""
+def _batches(after_id: int, last_id: int | None = None):
+    """The events after `after_id` (up to `last_id`: events appended meanwhile wait for the next walk) in id
+    order, BATCH rows per query (keyset pages: one query per batch, no long-lived cursor or transaction)."""
     sql = _select_sql()
+    if last_id is None:
+        last_id = 2**63 - 1
     while True:
         with connection.cursor() as cursor:
-            cursor.execute(sql, [after_id, BATCH])
+            cursor.execute(sql, [after_id, last_id, BATCH])
             rows = cursor.fetchall()
         if not rows:
             return
@@ -103,13 +108,13 @@ def _mismatch(row, expected_id: int, prev: str) -> str:
 def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS) -> VerifyResult:
     """Verify the events after `after_id`, whose predecessor has hash `after_hash`."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM audit_auditevent WHERE id > %s", [after_id])
-        total = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*), max(id) FROM audit_auditevent WHERE id > %s", [after_id])
+        total, last_id = cursor.fetchone()
     expected_id, prev = after_id + 1, after_hash
     # The hot loop makes no Python-level call per event, only C calls; a row it cannot pass goes to
     # _mismatch. Ids run consecutively up to there, so an event's position is expected_id - after_id.
     domain, join, sha256 = chain.DOMAIN, "\x00".join, hashlib.sha256
-    for rows in _batches(after_id):
+    for rows in _batches(after_id, last_id or after_id):
         for row in rows:
             if row[0] == expected_id and row[18] == prev:
                 try:

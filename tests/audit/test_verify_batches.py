@@ -118,3 +118,20 @@ def test_a_removed_tail_shows_in_the_count_and_a_rewritten_link_at_its_event(mon
     # Verifying after a checkpoint-like start: positions count from there.
     result = verify_chain(after_id=2, after_hash=events[1].hash)
     assert (result.broken_position, result.broken_id) == (3, 5) and result.total == 4
+
+
+def test_events_appended_during_a_walk_are_left_for_the_next_one(monkeypatch):
+    monkeypatch.setattr(verify, "BATCH", 2)
+    seed(4)
+    walk = verify._batches
+
+    def appending(*args):
+        for rows in walk(*args):
+            yield rows
+            seed(1)  # someone acts while the verifier reads
+
+    monkeypatch.setattr(verify, "_batches", appending)
+    result = verify_chain()
+    assert result.ok and result.checked == result.total == 4, result.summary()
+    monkeypatch.setattr(verify, "_batches", walk)
+    assert verify_chain().checked == AuditEvent.objects.count() == 6
