@@ -13,7 +13,6 @@ from django.conf import settings
 
 from deployments.models import Job
 from deployments.monitoring.models import HealthCheckRun
-from tests.e2e.conftest import artifacts, browser  # noqa: F401 - the e2e fixtures, for a test kept beside its room
 from tests.e2e.live import ConsoleLiveServerTestCase
 from tests.factories import PASSWORD, DeploymentFactory, DeploymentSpecFactory, HostFactory, UserFactory
 from tests.factories.registry import ModelArtifactFactory
@@ -26,7 +25,7 @@ class HealthCheckPageTests(ConsoleLiveServerTestCase):
     serve_static = True
 
     @pytest.fixture(autouse=True)
-    def _browser(self, browser, artifacts, tmp_path):  # noqa: F811 - the imported fixtures, requested
+    def _browser(self, browser, artifacts, tmp_path):
         self.browser, self.artifacts, self.tmp_path = browser, artifacts, tmp_path
 
     def test_run_now_follows_the_run_live_and_offers_the_redownload(self):
