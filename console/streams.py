@@ -4,9 +4,11 @@ and a consumer that joins the group, backfills from the database, then sends liv
 A stream is named (`audit`, later `job-<id>`); each item carries a `seq` that increases by one along
 the stream, in commit order (a gap in what arrives live is filled from the database).
 Client protocol:
-  -> {"type": "subscribe", "after": <last seq the client has, 0 for all>}
+  -> {"type": "subscribe", "after": <last seq the client has, 0 for all>, "status": <optional: the status it shows>}
   <- {"type": "items", "items": [...]}          backlog pages, then live batches (<= ~30 messages/s)
   <- {"type": "caught_up", "seq": <last seq>}  once the backlog is sent
+  <- {"type": "status", "status": <status>}    a stream with a status (a job's) that differs from what the client
+                                               said it shows, sent at each check of the head and before the end
   <- {"type": "end", "seq": <final seq>}       the stream is over (a finished job) and every item up to it was sent
 The server drops items at or below what it already sent; the page drops duplicates by seq too, so a
 reload or a reconnect with the last seq loses nothing and repeats nothing.
@@ -130,6 +132,7 @@ class StreamHead(NamedTuple):
 
     seq: int
     ended: bool = False
+    status: str = ""  # what the stream belongs to is in this state now (a job's status); "" for none
 
 
 def _contiguous(items: list[dict], after: int) -> bool:
@@ -172,6 +175,7 @@ class StreamConsumer(ConsoleConsumer):
         self.last_heard = time.monotonic()  # the last live message, or the last check of the head
         self.checked_at = time.monotonic()
         self.revoked = False
+        self.status_shown: str | None = None  # the status the client shows; None: it asked for none
 
     async def disconnect(self, code) -> None:
         if getattr(self, "subscribed", False):
@@ -189,6 +193,8 @@ class StreamConsumer(ConsoleConsumer):
         except (TypeError, ValueError):
             await self.send_json({"type": "error", "detail": "after must be a number"})
             return
+        if isinstance(content.get("status"), str):
+            self.status_shown = content["status"][:40]
         # Join first, then backfill: an item committed meanwhile arrives live and is dropped as a duplicate
         # if the backlog already had it; none can fall between the two.
         await self.channel_layer.group_add(group_name(self.stream()), self.channel_name)
@@ -271,6 +277,10 @@ class StreamConsumer(ConsoleConsumer):
                 if items:
                     await self._count_backfilled(len(items))
                     await self._send(items)
+            if self.status_shown is not None and head.status and head.status != self.status_shown:
+                # The page's badge follows the status the moment it is seen, the outcome before the end marker.
+                self.status_shown = head.status
+                await self.send_json({"type": "status", "status": head.status})
             if head.ended and self.last_sent >= head.seq and not self.revoked:
                 self.ended = True
                 await self.send_json({"type": "end", "seq": head.seq})

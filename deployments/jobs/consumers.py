@@ -79,4 +79,4 @@ class JobStreamConsumer(StreamConsumer):
         row = Job.objects.filter(pk=self.job_id).values_list("log_seq", "status").first()
         if row is None:
             return StreamHead(self.last_sent, ended=True)
-        return StreamHead(row[0], ended=row[1] in Job.Status.terminal())
+        return StreamHead(row[0], ended=row[1] in Job.Status.terminal(), status=row[1])

@@ -51,11 +51,14 @@
   // The client of console/streams.py: subscribe after the last seq, hand on new items once each (sorted,
   // duplicates dropped), resubscribe after a drop with backoff. Refusals (44xx) are final. A stream that is over
   // sends {"type": "end", "seq": N}: once every item up to N is here the client closes, calls options.onEnd(N)
-  // and reports the state "ended" (it never reconnects after that).
+  // and reports the state "ended" (it never reconnects after that). With options.status (a function returning
+  // the status the page shows, e.g. a job's), the server also sends {"type": "status"} whenever the stream's status
+  // differs from it, the outcome before the end marker: options.onStatus(status) is called with it.
   window.consoleStream = function (path, options) {
     var lastSeq = options.after || 0, retry = 1000, socket, ended = false;
     var onItems = options.onItems, onState = options.onState || function () {};
     var onEnd = options.onEnd || function () {};
+    var onStatus = options.onStatus || function () {};
     function receive(items) {
       var fresh = items.filter(function (item) { return item.seq > lastSeq; });
       fresh.sort(function (a, b) { return a.seq - b.seq; });
@@ -70,12 +73,15 @@
       socket = new WebSocket(scheme + location.host + path);
       socket.onopen = function () {
         retry = 1000;
-        socket.send(JSON.stringify({ type: "subscribe", after: lastSeq }));
+        var subscribe = { type: "subscribe", after: lastSeq };
+        if (options.status) subscribe.status = options.status() || "";
+        socket.send(JSON.stringify(subscribe));
       };
       socket.onmessage = function (event) {
         var data = JSON.parse(event.data);
         if (data.type === "items") receive(data.items || []);
         else if (data.type === "caught_up") onState("live");
+        else if (data.type === "status") onStatus(data.status);
         else if (data.type === "end" && lastSeq >= data.seq) {
           ended = true;
           socket.close();

@@ -1,13 +1,15 @@
 // A deployment's page, live. The current job's output comes from /ws/jobs/<id>/ through consoleStream
 // (console.js): lines of the launch job itself (streams "log" and "event") go to the launch log, the model
 // server's output (stream "server") to the server log, each pane numbering its own lines. The stream sends the
-// backlog first, so a reload loses nothing. The state is polled from the API every 2 s: the badge, the facts, the
+// backlog first, so a reload loses nothing. The job's badge follows the status the same stream sends (the moment
+// the job is claimed or ends) and the poll. The state is polled from the API every 2 s: the badge, the facts, the
 // failure box, the job's badge and which actions are offered follow it; a new job (a restart) reloads the page for
 // its logs.
 (function () {
   "use strict";
 
   var POLL_MS = 2000;
+  var ENDED = ["succeeded", "failed", "cancelled"];
 
   function utc(iso) {
     if (!iso) return "—";
@@ -18,6 +20,23 @@
   function clock(iso) {
     var date = new Date(iso);
     return isNaN(date.getTime()) ? "" : date.toISOString().slice(11, 19);
+  }
+
+  // The job badge (templates/registry/_job_status.html) in a status's look, from the table the view gives.
+  function showJobStatus(status) {
+    var badge = document.querySelector("#deployment [data-job-status]");
+    var looks = JSON.parse((document.getElementById("job-states") || {}).textContent || "{}");
+    if (!badge || !status || !looks[status] || badge.dataset.jobStatus === status) return;
+    // A job never leaves its outcome: a poll answered before the stream's news must not undo it.
+    if (ENDED.indexOf(badge.dataset.jobStatus) >= 0 && ENDED.indexOf(status) < 0) return;
+    badge.className = "badge " + looks[status].css;
+    badge.dataset.jobStatus = status;
+    badge.textContent = looks[status].label;
+  }
+
+  function shownJobStatus() {
+    var badge = document.querySelector("#deployment [data-job-status]");
+    return badge ? badge.dataset.jobStatus : "";
   }
 
   function logs() {
@@ -76,7 +95,9 @@
       onState: function (name) {
         box.dataset.stream = name;
         if (state) state.textContent = state.dataset[name] || "";
-      }
+      },
+      status: shownJobStatus,
+      onStatus: showJobStatus
     });
   }
 
@@ -126,13 +147,7 @@
       root.querySelectorAll("[data-action]").forEach(function (el) {
         el.hidden = (data.actions || []).indexOf(el.dataset.action) < 0;
       });
-      var jobBadge = root.querySelector("[data-job-status]");
-      var jobLooks = JSON.parse((document.getElementById("job-states") || {}).textContent || "{}");
-      if (jobBadge && data.job_status && jobLooks[data.job_status] && jobBadge.dataset.jobStatus !== data.job_status) {
-        jobBadge.className = "badge " + jobLooks[data.job_status].css;
-        jobBadge.dataset.jobStatus = data.job_status;
-        jobBadge.textContent = jobLooks[data.job_status].label;
-      }
+      showJobStatus(data.job_status);
       root.dataset.state = data.state;
       var job = data.job === null || data.job === undefined ? "" : String(data.job);
       if (job !== (root.dataset.job || "")) location.reload();  // a new launch: its logs are another stream
