@@ -1,4 +1,8 @@
-"""Dispatch: GET /api/v1/ping round trip divided by a raw Celery ping round trip, same run."""
+"""Dispatch: GET /api/v1/ping round trip divided by a raw Celery ping round trip, same run.
+
+The API call adds Django's stack to the same Celery round trip: middleware, token authentication (cached per
+process, console/accounts/services/token_cache.py, so a warm token asks the database nothing) and the role check.
+Issue 20's goal: the median at most 1.5 times the raw round trip."""
 
 from __future__ import annotations
 
@@ -42,6 +46,6 @@ def run() -> list[Figure]:
         f"p95 {p(api_times, 0.95) * 1000:.2f} vs {p(raw_times, 0.95) * 1000:.2f} ms"
     )
     return [
-        Figure("dispatch_ping_api_over_raw_celery_median", ratio, "x", "<=", 2, note),
+        Figure("dispatch_ping_api_over_raw_celery_median", ratio, "x", "<=", 1.5, note),
         Figure("dispatch_ping_api_over_raw_celery_p95", ratio95, "x", "<=", 2),
     ]
