@@ -126,6 +126,9 @@ def disk_usage(path: str | Path) -> dict:
 
 def replace_file(source: str | Path, target: str | Path) -> None:
     """Put a verified file in place in one rename (a server that has the old one open keeps reading it)."""
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    parent = Path(target).parent
+    for directory in reversed([p for p in (parent, *parent.parents) if not p.exists()]):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, 0o755)  # noqa: S103 - whatever the umask: a server's non-root user walks them
     os.chmod(source, 0o644)  # servers may run as another user
     os.replace(source, target)

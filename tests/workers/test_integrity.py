@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -146,3 +147,22 @@ def test_kill_9_mid_sweep_resumes_on_the_files_not_done(redis_url, settings, tmp
     assert state["finished"] and len(state["files"]) == 8 and state["problems"] == []
     assert ModelArtifact.objects.get(pk=artifact.pk).status == "ready"
     assert not [item for item in run.findings if item["check"] == "integrity"]
+
+
+def test_a_restored_file_and_the_folders_made_for_it_are_readable_by_a_servers_user(tmp_path):
+    """Under the console's umask 077, a file put back in a missing subfolder: 0755 folders, a 0644 file."""
+    from workers.integrity import replace_file
+
+    source = tmp_path / "staging" / "weights.bin"
+    source.parent.mkdir()
+    source.write_bytes(b"ok")
+    target = tmp_path / "store" / "org--model" / "c0ffee" / "sub" / "weights.bin"
+    (tmp_path / "store").mkdir()
+    old = os.umask(0o077)
+    try:
+        replace_file(source, target)
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"ok" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    for folder in (target.parent, target.parent.parent, target.parent.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
