@@ -70,6 +70,6 @@ def deployments_on_gpu(gpu) -> list[Deployment]:
 def deployments_using_artifact(artifact) -> list[Deployment]:
     """Deployments whose current version serves this artifact, or whose server runs from this copy of it."""
     by_spec = Deployment.objects.filter(spec__artifact=artifact)
-    holders = set(artifact.uses.values_list("holder", flat=True)) if hasattr(artifact, "uses") else set()
+    holders = set(artifact.uses.values_list("holder", flat=True))
     by_use = Deployment.objects.filter(pk__in=[int(h.split(":", 1)[1]) for h in holders if h.startswith("deployment:")])
     return list((by_spec | by_use).distinct())

@@ -22,11 +22,11 @@ from prometheus_client import Counter, Histogram, multiprocess, values
 logger = logging.getLogger(__name__)
 
 
-def process_identifier() -> str:
+def process_identifier(pid: int | None = None) -> str:
     """Names this process's files in the shared directory. Compose's web, gateway, worker and beat containers share
     it and each numbers its processes from 1, so a bare pid (prometheus_client's default) would make two of them
     write one file: the container's host name keeps them apart (no "_": the file names are split on it)."""
-    return f"{socket.gethostname().replace('_', '-')}-{os.getpid()}"
+    return f"{socket.gethostname().replace('_', '-')}-{pid or os.getpid()}"
 
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -106,7 +106,6 @@ def downloaded(count: int) -> None:
 def _worker_process_gone(pid: int | None = None, **kwargs) -> None:
     """A Celery worker process ends: prometheus_client's bookkeeping for a dead process (its live gauges go)."""
     try:
-        who = f"{socket.gethostname().replace('_', '-')}-{pid}" if pid else process_identifier()
-        multiprocess.mark_process_dead(who, settings.PROMETHEUS_MULTIPROC_DIR)
+        multiprocess.mark_process_dead(process_identifier(pid), settings.PROMETHEUS_MULTIPROC_DIR)
     except Exception:
         logger.exception("metrics: could not mark process %s dead", pid)
