@@ -39,6 +39,8 @@ def setup_django() -> None:
     """Django on a scratch SQLite database under DATA_DIR (unless DATABASE_URL is set)."""
     data_dir = Path(os.environ.setdefault("DATA_DIR", str(ROOT / ".data-test")))
     data_dir.mkdir(parents=True, exist_ok=True)
+    # What the caller gave, for benchmarks that run pytest in a subprocess (bench_faults).
+    os.environ.setdefault("BENCH_GIVEN_DATABASE_URL", os.environ.get("DATABASE_URL", ""))
     if not os.environ.get("DATABASE_URL"):
         bench_db = data_dir / "bench.sqlite3"
         bench_db.unlink(missing_ok=True)

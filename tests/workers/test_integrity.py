@@ -131,7 +131,11 @@ def test_kill_9_mid_sweep_resumes_on_the_files_not_done(redis_url, settings, tmp
         assert jobs_reap()["retried"] == [job_id]
         _second, log2 = start()
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and HealthCheckRun.objects.get(pk=run.pk).state != "done":
+        # The handler finishes the run before the runner records the job's end: wait for both.
+        while time.monotonic() < deadline and (
+            HealthCheckRun.objects.get(pk=run.pk).state != "done"
+            or Job.objects.get(pk=job_id).status not in ("succeeded", "failed", "cancelled")
+        ):
             time.sleep(0.2)
         run.refresh_from_db()
         job = Job.objects.get(pk=job_id)
