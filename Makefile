@@ -42,7 +42,7 @@ $(if $(REDIS_URL),,$(PY) -m console.devserver.embedded_redis --data-dir $(TEST_D
 endef
 
 unit: $(STAMP) $(ML_STAMP)
-	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest --durations=30 $(PYTEST_ARGS))
+	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest --durations=30 -m "not heavy" $(PYTEST_ARGS))
 
 # Migrations and database triggers also run on SQLite, whatever DATABASE_URL says.
 sqlite: $(STAMP)

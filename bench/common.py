@@ -104,3 +104,24 @@ def p(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def run_pytest(marker: str, env: dict | None = None) -> dict[str, bool]:
+    """The tests marked `marker`, in a subprocess on the database the caller gave (not the benchmarks' scratch
+    one); each test's node id -> whether it passed."""
+    import xml.etree.ElementTree as ET
+
+    report = ROOT / "test-artifacts" / f"bench-{marker}.xml"
+    report.parent.mkdir(exist_ok=True)
+    environment = {**os.environ, "DATABASE_URL": os.environ.get("BENCH_GIVEN_DATABASE_URL", ""), **(env or {})}
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-m", marker, f"--junitxml={report}"],
+        cwd=ROOT,
+        env=environment,
+        check=False,
+    )
+    outcomes = {}
+    for case in ET.parse(report).getroot().iter("testcase"):  # noqa: S314
+        name = f"{case.get('classname')}::{case.get('name')}"
+        outcomes[name] = not any(child.tag in ("failure", "error", "skipped") for child in case)
+    return outcomes

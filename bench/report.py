@@ -13,8 +13,8 @@ REPORT = ROOT / "test-artifacts" / "reliability-report.md"
 
 
 def write(figures: list[Figure]) -> Path:
-    lines = ["# Reliability report", "", "## Faults", "", "| fault | must hold | injected | survived | slowest recovery |"]
-    lines.append("|---|---|---|---|---|")
+    lines = ["# Reliability report", "", "## Faults", ""]
+    lines += ["| fault | must hold | injected | survived | slowest recovery |", "|---|---|---|---|---|"]
     for path in sorted(REPORT_DIR.glob("*.json")):
         record = json.loads(path.read_text())
         recover = record["recover_max_s"]

@@ -51,6 +51,9 @@ def tensor_bytes(directory: Path) -> int:
     return total
 
 
+# Five and a half minutes of the suite's fifty: `make bench` runs it (bench/bench_heavy.py); the same programs' chain
+# on the tiny model (quantize, serve, evaluate) stays in `make test` (tests/deployments/quality/test_end_to_end.py).
+@pytest.mark.heavy
 def test_quantized_copies_of_a_trained_model_keep_its_perplexity_within_the_bounds(tmp_path):
     need(ml_python() is not None, "the ML environment (make ml-env) is needed to run the job programs")
     timings = {}

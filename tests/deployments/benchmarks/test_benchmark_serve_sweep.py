@@ -99,6 +99,8 @@ CASES = [
     # 1/7; 10 s halves it.
     Case("small", prompt_tokens=32, output_tokens=16, warmup_requests=4, duration_s=10),
 ]
+# The small model's sweep takes two minutes of the suite's fifty: `make bench` runs it (bench/bench_heavy.py).
+PARAMS = [pytest.param(case, id=case.size, marks=[pytest.mark.heavy] if case.size == "small" else []) for case in CASES]
 
 
 def _never_ending_copy(model_dir: Path, out: Path) -> Path:
@@ -136,9 +138,19 @@ def tap(gateway, tmp_path_factory):
 def models(tmp_path_factory):
     need(ml_python() is not None, "the ML environment (make ml-env) is needed to run serve.py")
     root = tmp_path_factory.mktemp("sweep-models")
-    return {
-        size: _never_ending_copy(make_model(root / size, size), root / f"{size}-fixed") for size in ("tiny", "small")
-    }
+    return _Models(root)
+
+
+class _Models(dict):
+    """Each size made on first use: a run without the heavy cases never builds the small model."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, size: str) -> Path:
+        self[size] = _never_ending_copy(make_model(self.root / size, size), self.root / f"{size}-fixed")
+        return self[size]
 
 
 # -- the independent client --------------------------------------------------------------------------------------
@@ -283,7 +295,7 @@ def prompts_like_the_jobs(case: Case, model_dir: Path, step: int, count: int = 5
 # -- the test ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.size for case in CASES])
+@pytest.mark.parametrize("case", PARAMS)
 def test_a_sweep_against_serve_rises_with_batching_and_agrees_with_an_independent_client(
     gateway,
     tap,
