@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from deployments.inventory.services import host_report, hosts_mark_offline
-from deployments.jobs.reaper import jobs_orphaned_by_restart
+from deployments.jobs.reaper import jobs_orphaned_by_restart, jobs_reap
 from deployments.registry.layout import ensure_store
 from workers import dcgm, gpu_exporter
 from workers.nvml import GpuTelemetry, XidCursor, XidListener, discover, load_nvml, read_telemetry
@@ -141,10 +141,17 @@ _heartbeat: Heartbeat | None = None
 
 @worker_ready.connect
 def expire_orphaned_jobs(**kwargs) -> None:
-    """After a restart (or a host reboot), jobs our dead processes held are handed on at once."""
-    expired = jobs_orphaned_by_restart()
-    if expired:
-        logger.warning("%d job(s) held by dead workers on this host expire now; the reaper retries them", expired)
+    """After a restart (or a host reboot), jobs our dead processes held are marked lost and handed on at once:
+    retried while attempts remain (this worker may take them), else failed with the reason."""
+    lost = jobs_orphaned_by_restart()
+    if lost:
+        reaped = jobs_reap()
+        logger.warning(
+            "job(s) %s held by dead workers on this host were lost; retried %s, failed %s",
+            lost,
+            [pk for pk in reaped["retried"] if pk in lost],
+            [pk for pk in reaped["failed"] if pk in lost],
+        )
     connection.close()
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import Now
+from django.utils.translation import gettext as _
 
 import audit
 from audit.telemetry import traced
@@ -70,16 +72,43 @@ def jobs_reap() -> dict[str, list[int]]:
     return {"retried": retried, "failed": failed, "redispatched": redispatched}
 
 
-def jobs_orphaned_by_restart() -> int:
-    """At worker start: jobs this host's earlier worker processes held are expired now, not after a lease."""
+def jobs_orphaned_by_restart() -> list[int]:
+    """At worker start (the worker or its host restarted): running jobs this host's dead worker processes held are
+    marked lost, the reason in their log, and their lease ends now, so the reaper retries them at once instead of
+    after a lease. A process counts as dead when no process has its pid, or the one that has it started after the
+    job was claimed (a rebooted host's or restarted container's fresh processes get the same low pids)."""
     host = socket.gethostname()
-    mine = Job.objects.filter(status=Job.Status.RUNNING, lease_owner__startswith=f"{host}:")
-    expired = 0
-    for job in mine:
+    lost = []
+    for job in Job.objects.filter(status=Job.Status.RUNNING, lease_owner__startswith=f"{host}:"):
         pid = int(job.lease_owner.split(":")[1])
-        if not _alive(pid):
-            expired += Job.objects.filter(pk=job.pk, lease_owner=job.lease_owner).update(lease_expires_at=Now())
-    return expired
+        if _owner_alive(pid, job.started_at):
+            continue
+        with transaction.atomic():
+            held = Job.objects.select_for_update().filter(pk=job.pk, lease_owner=job.lease_owner, status=job.status)
+            job = held.first()
+            if job is None:
+                continue  # finished or handed on meanwhile
+            job_log_line(
+                job,
+                _("lost: the process %(owner)s that ran this job is gone (its worker or the host restarted)")
+                % {"owner": job.lease_owner},
+            )
+            held.update(lease_expires_at=Now())
+            lost.append(job.pk)
+    return lost
+
+
+# The claim's time comes from the database's clock, a process's start from this host's: allow them to differ this
+# much before a process that started "after" the claim is taken for another one (erring towards alive: a live job
+# swept by mistake would be stopped; a dead one missed is still retried by the reaper after its lease).
+CLOCK_SLACK_S = 5.0
+
+
+def _owner_alive(pid: int, claimed_at) -> bool:
+    if not _alive(pid):
+        return False
+    started = _process_started(pid)
+    return started is None or claimed_at is None or started <= claimed_at.timestamp() + CLOCK_SLACK_S
 
 
 def _alive(pid: int) -> bool:
@@ -90,3 +119,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), from /proc; None where there is no /proc (then pid alone counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; the fields after "(comm)" begin at 3
+    return float(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
