@@ -77,6 +77,8 @@ JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)
 JOB_CANCEL_POLL_SECONDS = float(env_str("JOB_CANCEL_POLL_SECONDS", "1"))
 # More modules registering job kinds (the test suite adds its own probes).
 DOWNLOAD_CHUNK_BYTES = env_int("DOWNLOAD_CHUNK_BYTES", 8 * 2**20)
+# Free space a download must leave on the model store's disk beyond its own files (checked before it starts).
+DOWNLOAD_FREE_MARGIN_BYTES = env_int("DOWNLOAD_FREE_MARGIN_BYTES", 2**30)
 # Seconds an interactive call (adding a model, resolving, sizing) waits for a model source to accept a
 # connection; an unreachable Hub answers within this, not after minutes of retries. Downloads keep their own.
 HUB_CONNECT_TIMEOUT = float(env_str("HUB_CONNECT_TIMEOUT", "5"))

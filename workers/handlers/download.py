@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from django.conf import settings
@@ -36,13 +37,40 @@ def download_failure(error: downloads.DownloadError, *, endpoint: str, staging: 
     <host>: <reason>."), with a next step; "bytes already downloaded are kept" only when some are."""
     found = unreachable(error, url=endpoint)
     failure = JobFailure(found.message, cause="network", next_step=found.next_step()) if found else failure_of(error)
-    kept = bytes_kept(staging)
-    if failure.cause in RESUMABLE_CAUSES and kept:
-        note = _("%(size)s already downloaded are kept: a retry resumes where it stopped.") % {
-            "size": f"{kept / 1e9:.2f} GB" if kept >= 10**7 else f"{kept:,} bytes"
-        }
-        failure.next_step = f"{failure.next_step} {note}".strip()
+    if failure.cause in RESUMABLE_CAUSES:
+        failure.next_step = f"{failure.next_step} {kept_note(staging)}".strip()
     return failure
+
+
+def kept_note(staging: Path) -> str:
+    """ "<size> already downloaded are kept: ...", or nothing when no bytes are."""
+    kept = bytes_kept(staging)
+    if not kept:
+        return ""
+    return _("%(size)s already downloaded are kept: a retry resumes where it stopped.") % {
+        "size": f"{kept / 1e9:.2f} GB" if kept >= 10**7 else f"{kept:,} bytes"
+    }
+
+
+def store_full_failure(
+    error: downloads.DownloadError, *, host: str, repo: str, staging: Path, files: list, margin: int
+) -> JobFailure:
+    """A full model store said as the host's: how much is still to come, how much is free, and how much to free
+    (what a retry's space check will ask for) or to choose another host; the disk's own detail follows."""
+    needed = downloads.required_space(files, staging)
+    free = shutil.disk_usage(staging if staging.exists() else model_store()).free
+    short = max(needed + margin - free, 0)
+    sizes = {"host": host, "repo": repo, "store": model_store(), "needed": _mib(needed), "free": _mib(free)}
+    lead = _(
+        "The model store on %(host)s is full: %(needed)s MiB of %(repo)s are still to download, %(free)s MiB are free."
+    )
+    step = _("Free at least %(short)s MiB in %(store)s on %(host)s, or choose another host for the model; then retry.")
+    next_step = f"{step % {**sizes, 'short': _mib(short)}} {kept_note(staging)}".strip()
+    return JobFailure(f"{lead % sizes} {error.message}", cause="no_space", next_step=next_step)
+
+
+def _mib(size: int) -> str:
+    return f"{-(-size // 2**20):,}"  # rounded up: freeing the stated amount is enough
 
 
 @register("download")
@@ -70,6 +98,7 @@ class DownloadHandler(Handler):
             ) from None
 
     def _download(self, ctx, artifact, repo, source, credential, token) -> dict:
+        files: list = []  # what a full disk's message counts, once chosen
         try:
             if source.endpoint:
                 check_url(source.endpoint)
@@ -78,7 +107,7 @@ class DownloadHandler(Handler):
             staging, final = staging_dir(artifact), final_dir(artifact)
             layout.ensure_store(model_store())  # 0755: never made 0700 by the umask as a parent of the staging
             staging.mkdir(parents=True, exist_ok=True)
-            downloads.check_space(files, staging)
+            downloads.check_space(files, staging, margin=settings.DOWNLOAD_FREE_MARGIN_BYTES)
             total = sum(f.size for f in files)
             ctx.log(f"{repo.repo_id}@{snapshot.commit}: {len(files)} file(s), {total / 1e9:.2f} GB into {final}")
             ModelArtifact.objects.filter(pk=artifact.pk).update(bytes_total=total)
@@ -125,7 +154,16 @@ class DownloadHandler(Handler):
         except downloads.Cancelled:
             raise JobCancelled() from None
         except downloads.DownloadError as error:
-            raise download_failure(error, endpoint=source.url, staging=staging_dir(artifact)) from None
+            if error.cause != "no_space":
+                raise download_failure(error, endpoint=source.url, staging=staging_dir(artifact)) from None
+            raise store_full_failure(
+                error,
+                host=artifact.host.name,
+                repo=repo.repo_id,
+                staging=staging_dir(artifact),
+                files=files,
+                margin=settings.DOWNLOAD_FREE_MARGIN_BYTES,
+            ) from None
         with transaction.atomic():
             ModelArtifact.objects.filter(pk=artifact.pk).update(
                 status=ModelArtifact.Status.READY,
