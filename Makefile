@@ -10,7 +10,7 @@ ML_STAMP := $(ML_VENV)/.installed
 TEST_DATA_DIR ?= $(CURDIR)/.data-test
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install ml-env run test lint unit sqlite smoke bench messages clean
+.PHONY: install ml-env run test lint unit sqlite smoke bench messages clean backup restore
 
 install: $(STAMP)
 
@@ -55,6 +55,15 @@ test: lint unit sqlite smoke
 
 bench: $(STAMP) $(ML_STAMP)
 	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) bench/run.py)
+
+# Back up the running console into BACKUP_DIR (or OUTPUT=dir); restore one into an empty database and DATA_DIR with
+# `make restore BACKUP=<backup directory>` (FORCE=1 drops what the database holds). docs/operations.md, "Backup and restore".
+backup: $(STAMP)
+	$(PY) manage.py backup $(if $(OUTPUT),--output-dir $(OUTPUT))
+
+restore: $(STAMP)
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=<backup directory> [FORCE=1]" >&2; exit 2; }
+	$(PY) manage.py restore $(if $(FORCE),--force) "$(BACKUP)"
 
 messages: $(STAMP)
 	$(PY) manage.py makemessages -l zh_Hans --ignore '.venv/*' --ignore '.data*'
