@@ -304,7 +304,9 @@ def backups_section(now: datetime) -> tuple[dict, list[dict]]:
             finding(INFO, "backup", _("backups"), message, _("Set BACKUP_DIR to where the backups are written."))
         ]
     newest = None
-    for root, _dirs, files in os.walk(directory):
+    for root, dirs, files in os.walk(directory):
+        # A backup still being written, or cut short, is not one (manage.py backup renames it when complete).
+        dirs[:] = [name for name in dirs if not name.endswith(".partial")]
         for name in files:
             mtime = os.stat(os.path.join(root, name)).st_mtime
             if newest is None or mtime > newest[0]:

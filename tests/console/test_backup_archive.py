@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 
 import pytest
 from django.db import connection
 
 from console.management.backups.archive import FORMAT, BackupError, backup_read, backup_restore, unknown_migrations
+from deployments.monitoring import healthcheck
 
 
 def _backup(tmp_path, **manifest_fields):
@@ -70,3 +72,19 @@ def test_a_backup_of_another_database_kind_is_refused(tmp_path):
     other = "sqlite" if connection.vendor == "postgresql" else "postgresql"
     with pytest.raises(BackupError, match=f"holds a {other} database"):
         backup_restore(path=_backup(tmp_path, database={"vendor": other, "file": "database.sqlite3"}))
+
+
+def test_the_health_check_does_not_count_a_backup_cut_short(settings, tmp_path):
+    """`manage.py backup` writes under `<name>.partial` and renames when complete: a leftover partial directory
+    (the backup was killed) must not pass for a fresh backup."""
+    settings.BACKUP_DIR = str(tmp_path)
+    partial = tmp_path / "console-backup-20260101T000000Z.partial"
+    partial.mkdir()
+    (partial / "database.pgdump").write_bytes(b"half a dump")
+    section, findings = healthcheck.backups_section(datetime.now(UTC))
+    assert section["newest"] == "" and [finding["severity"] for finding in findings] == ["critical"]
+    complete = tmp_path / "console-backup-20260101T000001Z"
+    complete.mkdir()
+    (complete / "MANIFEST.json").write_text("{}")
+    section, findings = healthcheck.backups_section(datetime.now(UTC))
+    assert section["newest"] == str(complete / "MANIFEST.json") and findings == []
