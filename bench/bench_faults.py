@@ -22,6 +22,7 @@ def run() -> list[Figure]:
             note += f"; slowest recovery {recover:.1f} s"
         share = record["survived"] / max(1, record["injected"])
         figures.append(Figure(f"fault_{record['key']}_survived", share, "of trials", ">=", 1.0, note))
+        figures += [Figure(**figure) for figure in record.get("figures", [])]
     # A fault test that failed before it could save its record still counts.
     for name, passed in sorted(outcomes.items()):
         if not passed:

@@ -2,7 +2,8 @@
 
 Websockets pass an exact Origin check (console/origins.py), session authentication and the temporary-password
 rule (console/accounts/sockets.py) before routing; each consumer then checks its object with
-console.permissions.
+console.permissions. The outermost layer lends live streams a look at how much their client has left unread
+(console/socket_backlog.py).
 """
 
 import os
@@ -18,12 +19,15 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from console.accounts.sockets import PasswordChangeRequiredSocketMiddleware  # noqa: E402
 from console.origins import ExactOriginValidator  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
+from console.socket_backlog import SocketBacklogMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": ExactOriginValidator(
-            AuthMiddlewareStack(PasswordChangeRequiredSocketMiddleware(URLRouter(websocket_urlpatterns)))
+        "websocket": SocketBacklogMiddleware(
+            ExactOriginValidator(
+                AuthMiddlewareStack(PasswordChangeRequiredSocketMiddleware(URLRouter(websocket_urlpatterns)))
+            )
         ),
     }
 )

@@ -277,6 +277,11 @@ CHANNEL_LAYERS = {
 # A live subscriber that heard nothing for this long checks the stream's committed head and sends what it lacks
 # (a lost tail of live messages, the end of a finished job's stream).
 STREAM_IDLE_CHECK_MS = env_int("STREAM_IDLE_CHECK_MS", 2000)
+# A live socket whose client has left sent bytes unread for this long (or lets more than
+# STREAM_SOCKET_BACKLOG_BYTES pile up) is closed: the client reconnects with its last seq and gets the rest from the
+# database in a few large messages instead of the server holding every live batch for it. 0: no bound.
+STREAM_SOCKET_STALL_SECONDS = float(env_str("STREAM_SOCKET_STALL_SECONDS", "10"))
+STREAM_SOCKET_BACKLOG_BYTES = env_int("STREAM_SOCKET_BACKLOG_BYTES", 8 * 2**20)
 
 CELERY_BROKER_URL = celery_url(REDIS_URL)
 CELERY_RESULT_BACKEND = celery_url(REDIS_URL)

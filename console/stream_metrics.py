@@ -9,6 +9,8 @@ What is counted (names as `manage.py stream_metrics` prints them, Prometheus tex
   when a stream batch was sent to the group (it drops the message for that channel silently and logs the count
   at INFO: counted while LOG_LEVEL lets INFO through, the default).
 - `llmdeploy_stream_publish_failed_total`: group sends that raised (Redis away).
+- `llmdeploy_stream_slow_sockets_closed_total`: live sockets closed because their client stopped taking what was
+  sent (STREAM_SOCKET_STALL_SECONDS); each such client reconnects and catches up from the database.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ logger = logging.getLogger(__name__)
 ITEMS_BACKFILLED = "items_backfilled"
 OVER_CAPACITY = "publish_over_capacity"
 PUBLISH_FAILED = "publish_failed"
-NAMES = (ITEMS_BACKFILLED, OVER_CAPACITY, PUBLISH_FAILED)
+SLOW_SOCKETS_CLOSED = "slow_sockets_closed"
+NAMES = (ITEMS_BACKFILLED, OVER_CAPACITY, PUBLISH_FAILED, SLOW_SOCKETS_CLOSED)
 _meter = metrics.get_meter("llmdeploy.console")
 _counters = {name: _meter.create_counter(f"llmdeploy.stream.{name}", unit="1") for name in NAMES}
 _client = None

@@ -38,10 +38,12 @@ from django.db import transaction
 
 from console import stream_metrics
 from console.consumers import ConsoleConsumer
+from console.socket_backlog import SCOPE_KEY as BACKLOG_PROBE
 
 logger = logging.getLogger(__name__)
 
 
+CLOSE_TOO_SLOW = 4008  # the client stopped taking what was sent: reconnect with the last seq and catch up
 PUBLISH_QUIET_SECONDS = 60.0  # how long a publisher that never reached Redis logs its failures at debug only
 
 
@@ -170,6 +172,10 @@ class StreamConsumer(ConsoleConsumer):
         self.pending: list[dict] = []
         self.flush_task: asyncio.Task | None = None
         self.idle_task: asyncio.Task | None = None
+        self.backlog_task: asyncio.Task | None = None
+        probe = self.scope.get(BACKLOG_PROBE)
+        if probe is not None and settings.STREAM_SOCKET_STALL_SECONDS > 0:
+            self.backlog_task = asyncio.create_task(self._watch_backlog(probe))
         self.sending = asyncio.Lock()  # one batch at a time, so last_sent only grows
         self.last_send_time = 0.0
         self.last_heard = time.monotonic()  # the last live message, or the last check of the head
@@ -180,7 +186,8 @@ class StreamConsumer(ConsoleConsumer):
     async def disconnect(self, code) -> None:
         if getattr(self, "subscribed", False):
             await self.channel_layer.group_discard(group_name(self.stream()), self.channel_name)
-        for task in (getattr(self, "flush_task", None), getattr(self, "idle_task", None)):
+        tasks = ("flush_task", "idle_task", "backlog_task")
+        for task in (getattr(self, name, None) for name in tasks):
             if task:
                 task.cancel()
 
@@ -265,6 +272,32 @@ class StreamConsumer(ConsoleConsumer):
                 except Exception:  # the socket went away mid-send, the database blinked: check again later
                     logger.exception("stream %s: the idle check failed", self.stream())
                 self.last_heard = time.monotonic()
+
+    async def _watch_backlog(self, probe) -> None:
+        """Close the socket once its client has left bytes unread for STREAM_SOCKET_STALL_SECONDS (or more than
+        STREAM_SOCKET_BACKLOG_BYTES wait): the server would otherwise hold every live batch for it, in memory and in
+        order, and a client reading slowly would work through them one by one. It reconnects with its last seq
+        and the backfill brings the rest in a few large messages. A client that keeps up leaves nothing unread
+        between two checks, whatever the rate."""
+        stall = settings.STREAM_SOCKET_STALL_SECONDS
+        interval = min(1.0, stall / 4)
+        behind_since: float | None = None
+        while True:
+            await asyncio.sleep(interval)
+            unsent = probe()
+            if unsent is None:  # the connection is gone
+                return
+            now = time.monotonic()
+            if unsent == 0:
+                behind_since = None
+                continue
+            behind_since = behind_since or now
+            if now - behind_since >= stall or unsent > settings.STREAM_SOCKET_BACKLOG_BYTES:
+                logger.info("stream %s: closing a socket whose client left %d bytes unread", self.stream(), unsent)
+                self.revoked, self.pending = True, []  # nothing more goes out on this socket
+                await self.close(code=CLOSE_TOO_SLOW)
+                await sync_to_async(stream_metrics.count)(stream_metrics.SLOW_SOCKETS_CLOSED)
+                return
 
     async def _converge(self) -> None:
         """Send what was committed up to the head and not sent yet; the end marker once the stream is over."""

@@ -55,7 +55,7 @@ class Service:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log}")
             try:
                 return requests.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a loaded machine's server may be slow to answer
                 return False
 
         try:

@@ -65,6 +65,13 @@ class FaultReport:
     title: str
     must_hold: str
     trials: list[Trial] = field(default_factory=list)
+    figures: list[dict] = field(default_factory=list)  # measurements beyond survival, as bench.common.Figure's fields
+
+    def figure(self, name: str, value: float, unit: str, comparison: str, target: float, note: str = "") -> None:
+        """A measurement the reliability report lists with its goal (`make bench` makes it a Figure)."""
+        self.figures.append(
+            {"name": name, "value": value, "unit": unit, "comparison": comparison, "target": target, "note": note}
+        )
 
     @property
     def injected(self) -> int:
@@ -94,6 +101,7 @@ class FaultReport:
             "survived": self.survived,
             "recover_max_s": self.recover_max_s,
             "trials": [asdict(trial) for trial in self.trials],
+            "figures": self.figures,
         }
         path.write_text(json.dumps(data, indent=2))
         return path
