@@ -216,6 +216,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "console.context_processors.navigation",
+                "console.context_processors.services",
                 "deployments.serving.context_processors.approvals_waiting",
             ],
         },
@@ -245,6 +246,14 @@ else:
     }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {}).update(_SQLITE_OPTIONS)
+# PostgreSQL ends a session left idle inside a transaction this long (0: never) and so releases its row locks. An
+# agent cut off from the network in the middle of a heartbeat holds its host's row until TCP gives up (hours), and
+# marking the host offline waits for that lock; on by default for agents, which reach the database over a network.
+DB_IDLE_IN_TRANSACTION_SECONDS = env_int("DB_IDLE_IN_TRANSACTION_SECONDS", 30 if AGENT_HOST_NAME else 0)
+if DB_IDLE_IN_TRANSACTION_SECONDS and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _idle = f"-c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_SECONDS * 1000}"
+    _options["options"] = f"{_options.get('options', '')} {_idle}".strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # PostgreSQL: migrate, connected as the owner, creates this role for web, worker, beat and agents (INSERT and
 # SELECT only on the audit tables) when its password is set (audit/database_roles.py).
@@ -253,11 +262,16 @@ DATABASE_APP_PASSWORD = env_str("DATABASE_APP_PASSWORD")
 
 # --- redis: celery, channels and the cache share one server; sessions stay in the database ---
 REDIS_URL = env_str("REDIS_URL") or embedded_redis.url_for(DATA_DIR)
+# Redis away (restarting, unreachable): a call fails within these seconds instead of hanging a page, a worker
+# or beat; the cache then answers a miss, a job's dispatch is left to the reaper (docs/operations.md, F5).
+REDIS_SOCKET_TIMEOUT = float(env_str("REDIS_SOCKET_TIMEOUT", "3"))
+REDIS_CONNECT_TIMEOUT = float(env_str("REDIS_CONNECT_TIMEOUT", "2"))
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "console.cache.TolerantRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "console",
+        "OPTIONS": {"socket_timeout": REDIS_SOCKET_TIMEOUT, "socket_connect_timeout": REDIS_CONNECT_TIMEOUT},
     }
 }
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
@@ -299,13 +313,24 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_UNACKED_RESTORE_SECONDS = env_int("CELERY_UNACKED_RESTORE_SECONDS", 0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
     **(
         {"unacked_restore_interval": CELERY_UNACKED_RESTORE_SECONDS, "unacked_restore_throttle": 1}
         if CELERY_UNACKED_RESTORE_SECONDS
         else {}
     ),
 }
-CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# One retry where Celery's result backend makes 20 (each a socket timeout): ping answers 503 within seconds.
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
+}
+CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_CONNECT_TIMEOUT
+# One retry of a publish that failed, not three: a request sending a task waits seconds, not a minute, for a Redis
+# that is away (jobs are re-sent by the reaper from the database anyway).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -94,7 +94,10 @@ class JobContext:
         now = time.monotonic()
         if force or now - self._progress_saved >= 1.0:
             self._progress_saved = now
-            Job.objects.filter(pk=self.job.pk, lease_owner=self.owner).update(progress=data)
+            try:
+                Job.objects.filter(pk=self.job.pk, lease_owner=self.owner).update(progress=data)
+            except DatabaseError as exc:  # the stream line carries it; the row catches up at the next save
+                _database_away(exc)
 
     def should_cancel(self) -> bool:
         """True once a cancel was requested (the flag is read at most every JOB_CANCEL_POLL_SECONDS), or
@@ -104,8 +107,20 @@ class JobContext:
         now = time.monotonic()
         if not self._cancelled and now - self._cancel_checked >= settings.JOB_CANCEL_POLL_SECONDS:
             self._cancel_checked = now
-            self._cancelled = Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+            try:
+                self._cancelled = Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+            except DatabaseError as exc:  # asked again at the next poll, when the database is back
+                _database_away(exc)
         return self._cancelled
+
+
+def _database_away(exc: DatabaseError) -> None:
+    """The database went away (restart, network): outside a transaction, drop this thread's broken connection so
+    its next query connects again (Django reconnects only between requests and tasks); inside one, let it fail."""
+    if connection.in_atomic_block:
+        raise exc
+    logger.info("database unavailable, trying again later: %s", exc)
+    connection.close()
 
 
 def _lease_until():
@@ -134,9 +149,13 @@ class _Heartbeat(threading.Thread):
         interval = max(0.2, settings.JOB_LEASE_SECONDS / 3)
         try:
             while not self.stopped.wait(interval):
-                renewed = Job.objects.filter(pk=self.job_id, lease_owner=self.owner, status=Job.Status.RUNNING).update(
-                    lease_expires_at=_lease_until()
-                )
+                try:
+                    renewed = Job.objects.filter(
+                        pk=self.job_id, lease_owner=self.owner, status=Job.Status.RUNNING
+                    ).update(lease_expires_at=_lease_until())
+                except DatabaseError as exc:  # a database restart must not end the renewals: try at the next tick
+                    _database_away(exc)
+                    continue
                 if not renewed:
                     self.lost.set()
                     return
