@@ -10,14 +10,18 @@ from django.views.generic import TemplateView
 from console import permissions, roles
 from console.mixins import ConsoleViewMixin
 from console.permissions import allowed_actions
+from console.redis_health import redis_available
 
 User = get_user_model()
 
 
 def healthz(request):
-    """Liveness for the reverse proxy and compose: the process answers and the database does."""
+    """Liveness for the reverse proxy and compose: the process answers and the database does. Without Redis the
+    console still answers (200), "degraded": live streams and new background work wait for it."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+    if not redis_available():
+        return JsonResponse({"status": "degraded", "redis": "unavailable"})
     return JsonResponse({"status": "ok"})
 
 

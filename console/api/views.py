@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from kombu.exceptions import OperationalError
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -31,15 +34,22 @@ class PingView(APIView):
                     "round_trip_ms": serializers.FloatField(),
                 },
             ),
-            503: OpenApiResponse(description="No worker answered in time."),
+            503: OpenApiResponse(description="No worker answered in time, or Redis (the broker) is unavailable."),
         }
     )
     def get(self, request):
         require(request.user, roles.VIEW)
         started = time.perf_counter()
-        result = dispatch(PING)
         try:
-            answer = result.get(timeout=PING_TIMEOUT_SECONDS)
+            answer = dispatch(PING).get(timeout=PING_TIMEOUT_SECONDS)
+        except (OperationalError, redis.RedisError, OSError):  # the broker away: say so now, not after a hang
+            return Response(
+                {
+                    "detail": _("Redis, the task broker, is unavailable; background work waits until it is back."),
+                    "code": "redis_unavailable",
+                },
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
         except CeleryTimeout:
             return Response(
                 {

@@ -59,13 +59,26 @@ class JobLog:
             self.pending.append((self.seq, stream, text[:10_000], data))
             due = len(self.pending) >= self.flush_lines or time.monotonic() - self.last_flush >= self.flush_seconds
         if due:
-            self.flush()
+            try:
+                self.flush()
+            except DatabaseError as exc:
+                if self._owner.in_atomic_block:
+                    raise  # the caller's transaction failed with it; the caller decides
+                # The database is away (restarting, unreachable): the lines wait for a later flush, the job goes on.
+                logger.info("job %s: storing %d log lines later: %s", self.job_id, len(self.pending), exc)
 
     def flush(self) -> None:
+        """Store every waiting line now. On a database error the lines wait again (in order) and the error is
+        raised: nothing taken for a batch is dropped."""
         with self._flush_lock:
             lines = self._take()
             if lines:
-                self._store(lines)
+                try:
+                    self._store(lines)
+                except DatabaseError:
+                    with self._pending_lock:
+                        self.pending[:0] = lines
+                    raise
 
     def end_on_commit(self) -> None:
         """The job's outcome is being written: after commit, tell live subscribers its stream is over."""

@@ -26,7 +26,19 @@ def job_dispatch(job: Job, *, initiator=None) -> None:
     # The task continues the current trace (the request's, or the reaper's when it dispatches again).
     headers = {**task_headers(initiator=initiator), **trace_headers()}
     Job.objects.filter(pk=job.pk).update(dispatched_at=Now())
-    transaction.on_commit(lambda: dispatch(RUN_JOB, args=[job.pk], queue=job.queue, headers=headers))
+    # robust: the job is committed whatever Redis says, so the caller (a page, the API) must not fail with it.
+    transaction.on_commit(lambda: _send(job.pk, job.queue, headers), robust=True)
+
+
+def _send(job_id: int, queue: str, headers: dict) -> None:
+    try:
+        # ignore_result: a job reports through its row; without it the send first subscribes to the task's result
+        # in Redis, retrying for over a minute while Redis is unreachable.
+        dispatch(RUN_JOB, args=[job_id], queue=queue, headers=headers, ignore_result=True)
+    except Exception as exc:  # the broker away (kombu's OperationalError, a socket timeout): the reaper sends it
+        logger.warning("job %s: not dispatched, the reaper sends it again: %s", job_id, exc)
+        # Not dispatched: the reaper's next run sends it, rather than a lease length later.
+        Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(dispatched_at=None)
 
 
 @transaction.atomic
