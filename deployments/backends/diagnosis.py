@@ -16,7 +16,8 @@ from typing import Any
 
 from django.utils.functional import Promise, lazy
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# AWS CloudWatch (SageMaker, ECS) writes the escape byte of a colour code as the text "#033".
+ANSI = re.compile(r"(?:\x1b|#033)\[[0-9;]*m")
 # `docker logs -t` puts a timestamp before each JSON line.
 JSON_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\dT\S+\s+)?(?P<json>\{.*\})\s*$")
 # The launcher's (and router's) exit reason, printed last to stderr: the coarse class.

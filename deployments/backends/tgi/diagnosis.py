@@ -1,7 +1,9 @@
-"""TGI's rule book: the failures TGI 3.3 reports (launcher and shard log lines), each rule tested on a real line.
+"""TGI's rule book: the failures TGI reports (launcher, router and shard log lines), each rule tested on real logs.
 
 Matched in order, so a specific cause wins over a generic one in the same log: the warm-up's "Not enough memory
-to handle N prefill tokens" is raised from a torch CUDA OOM, and both lines are in its traceback.
+to handle N prefill tokens" is raised from a torch CUDA OOM, and both lines are in its traceback. Several rules may
+share a cause id (the id is what metrics and the restart policy read) while each names its own next step; the ids
+are vLLM's where the cause is the same thing. tests/fixtures/tgi-logs/real holds the public logs they are scored on.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ RULES: tuple[Rule, ...] = (
             r"(?i)sharded is not supported for this model",
             r"Could not determine model type",
             r"Only 1 can be set between .dtype. and .quantize.",
+            # Flash Attention kernels on a GPU older than Ampere (V100, T4): at import or at the first forward.
+            r"FlashAttention only supports Ampere GPUs",
+            r"GPU with CUDA capability \d+ \d+ is not supported",
         ),
         title=_("This TGI cannot run the model with these settings"),
         next_step=_(
@@ -93,7 +98,71 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         cause="invalid_arguments",
-        patterns=patterns(r"^\s*Error: ArgumentValidation\(", r"NotEnoughCUDADevices"),
+        patterns=patterns(
+            r"`num_heads` must be divisible by `num_shards`",
+            r"The choos?en size \d+ is not compatible with sharding on \d+ shards",
+            r"% self\.tp_world_size == 0",
+        ),
+        title=_("The model cannot be split evenly across the shards"),
+        numbers=re.compile(r"(?:`num_shards`: |sharding on )(?P<shards>\d+)"),
+        title_numbers=_("The model cannot be split evenly across %(shards)s shards"),
+        next_step=_(
+            "TGI gives every shard (one per GPU, `--num-shard`) an equal slice of the attention heads, the MLP and "
+            "the vocabulary. Pick a shard count that divides the model's num_attention_heads, num_key_value_heads "
+            "and vocab_size (config.json): usually 1, 2, 4 or 8; 3, 5 or 6 rarely work. If the model needs more "
+            "GPUs than such a count gives, use a quantized checkpoint that fits on fewer."
+        ),
+        also=patterns(r"Error when initializing model"),
+    ),
+    Rule(
+        cause="incompatible",
+        patterns=patterns(
+            # GPTQ/AWQ/compressed-tensors parameters the loader asked for and the checkpoint does not hold.
+            r"weight \S*(?:qweight|qzeros|scales|g_idx|gptq_bits|gptq_groupsize|weight_scale|input_scale)\S* "
+            r"does not exist",
+            # A paste cut before the final line still shows which parameter was looked up.
+            r'get_tensor\("gptq_(?:bits|groupsize)"\)',
+            r"Cannot find gptq_bits",
+        ),
+        title=_("The checkpoint lacks the quantization parameters TGI looked for"),
+        numbers=re.compile(r"weight (?P<tensor>[^\s{}]+) does not exist"),
+        title_numbers=_("The checkpoint has no %(tensor)s, which its quantization needs"),
+        next_step=_(
+            "TGI read the checkpoint as a quantized one and did not find that method's tensors or settings: "
+            "`--quantize` names a method the checkpoint was not made with (an AWQ repo loaded as gptq, a plain "
+            "checkpoint with `--quantize gptq`), or a GPTQ checkpoint lacks the parameters TGI reads (bits, group "
+            "size, act-order g_idx). Leave `--quantize` empty so TGI takes the method from quantization_config in "
+            "config.json, or set it to the checkpoint's own method; to quantize a plain checkpoint on load use "
+            "bitsandbytes-nf4, eetq or fp8. Some repos keep each GPTQ variant on its own branch: pick that revision."
+        ),
+        also=patterns(r"Error when initializing model"),
+    ),
+    Rule(
+        cause="incompatible",
+        # Not the f-string in TGI's own source line that a traceback prints: `weight {tensor_name} does not exist`.
+        patterns=patterns(
+            r"weight [^\s{}]+ does not exist",
+            # A paste cut right after the tensor name.
+            r"^RuntimeError: weight [^\s{}]+\s*$",
+        ),
+        title=_("The checkpoint lacks a weight TGI needs"),
+        numbers=re.compile(r"weight (?P<tensor>[^\s{}]+) does not exist"),
+        title_numbers=_("The checkpoint has no weight %(tensor)s"),
+        next_step=_(
+            "TGI's implementation of this architecture expects a tensor the checkpoint does not have. Check that the "
+            "model directory is complete (every file model.safetensors.index.json lists; no interrupted download), "
+            "that it is a whole model and not a LoRA adapter (merge the adapter, or deploy the base model with it), "
+            "that a quantized checkpoint (AWQ, GPTQ: `qweight` tensors instead of `weight`) runs with its "
+            "`--quantize` method, and that this TGI supports this exact variant of the architecture (tied "
+            "embeddings saved without lm_head, a classification head, a newer revision of the model): a newer TGI "
+            "image, or the checkpoint saved again with transformers' save_pretrained, usually loads."
+        ),
+        also=patterns(r"Error when initializing model"),
+    ),
+    Rule(
+        cause="invalid_arguments",
+        # Inference Endpoints show the exit reason without its "Error" prefix.
+        patterns=patterns(r"^\s*(?:Error)?: ArgumentValidation\(", r"NotEnoughCUDADevices"),
         title=_("TGI refused the launch arguments"),
         numbers=re.compile(r'(?:ArgumentValidation|NotEnoughCUDADevices)\("(?P<detail>.*)"\)'),
         title_numbers=_("TGI refused the launch arguments: %(detail)s"),
@@ -120,7 +189,13 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         cause="warmup_memory",
-        patterns=patterns(r"Not enough memory to handle \d+ prefill tokens"),
+        patterns=patterns(
+            r"Not enough memory to handle \d+ prefill tokens",
+            # TGI before 1.0 warmed up with --max-batch-total-tokens as well.
+            r"Not enough memory to handle \d+ total tokens with \d+ prefill tokens",
+            # The router's own warm-up call, when the shard's allocator refuses instead of raising its message.
+            r"Unable to warmup model: .*(?:out of memory|would exceed allowed memory)",
+        ),
         title=_("Not enough GPU memory for the warm-up batch"),
         numbers=re.compile(r"Not enough memory to handle (?P<tokens>\d+) prefill tokens"),
         title_numbers=_("Not enough GPU memory to warm up with %(tokens)s prefill tokens"),
@@ -193,6 +268,45 @@ RULES: tuple[Rule, ...] = (
             "safetensors. `dmesg` or `docker inspect` (State.OOMKilled) confirms the kill."
         ),
         context=oom_killed,
+    ),
+    Rule(
+        cause="nccl",
+        patterns=patterns(
+            r"Watchdog caught collective operation timeout",
+            r"NCCL error",
+            r"\bnccl(?:System|Internal|UnhandledCuda|InvalidUsage|Remote)Error\b",
+            r"DistBackendError",
+            # torch.distributed's store between the shards (--master-addr/--master-port).
+            r"The client socket has failed to connect to",
+        ),
+        title=_("The shards could not talk to each other over NCCL"),
+        next_step=_(
+            "Tensor-parallel shards exchange results through NCCL, and it failed to connect or timed out. Deploy "
+            "with one shard to tell NCCL apart from the model; check that no other job uses these GPUs, that the "
+            "container has enough /dev/shm (`--shm-size 1g` or `--ipc=host`), and that the GPUs can reach each "
+            "other peer to peer (consumer GPUs and some VMs cannot: set NCCL_P2P_DISABLE=1). NCCL_DEBUG=INFO in "
+            "the environment prints NCCL's own reason. A first timeout can be transient: deploy again."
+        ),
+        also=patterns(r"ProcessGroupNCCL\.cpp", r"Shard \d+ failed to start"),
+    ),
+    Rule(
+        cause="not_found",
+        patterns=patterns(
+            r"HFValidationError",
+            r"Repo id must be in the form",
+            r"is not a local folder and is not a valid model identifier",
+        ),
+        title=_("The model id is neither a directory TGI can see nor a Hub repo id"),
+        numbers=re.compile(r"(?:namespace/repo_name'?: |OSError: )'?(?P<path>[^'\s]+)'?"),
+        title_numbers=_("%(path)s is neither a directory TGI can see nor a Hub repo id"),
+        next_step=_(
+            "A model id that is a path must exist where TGI runs: in Docker, inside the container. Mount the host "
+            "directory (`-v /srv/models:/data`) and pass the path as the container sees it (`--model-id "
+            "/data/<name>`); for a Hugging Face cache, the snapshot directory (models--org--name/snapshots/<sha>), "
+            "not the cache root. A Hub id is org/name, with no leading /, ~ or ./. A model added under Models is "
+            "mounted by the console: deploy the stored copy."
+        ),
+        also=patterns(r"Download encountered an error"),
     ),
     Rule(
         cause="not_found",
@@ -275,6 +389,11 @@ RULES: tuple[Rule, ...] = (
             r"Download encountered an error",
             r"Error when initializing model",
             r"signaled to shutdown with signal \d+",
+            # The router lost a shard: its socket is gone or the connection broke mid-call.
+            r"Server error: transport error",
+            r"Server error: error trying to connect",
+            # A C++ exception in torch (CUDA error, NCCL watchdog) ending a running shard.
+            r"^Exception raised from \S+ at ",
         ),
         title=_("A TGI process crashed"),
         numbers=re.compile(r"^\s*Error: (?P<reason>\w+)"),
