@@ -68,51 +68,59 @@ def _wait_for_log(process: subprocess.Popen, path: Path, text: str, timeout: flo
 
 @dataclass
 class ConsoleStack:
-    """web (daphne), one worker consuming `celery` with the test job kinds, and beat, on `env`."""
+    """web (daphne), one worker consuming `celery` with the test job kinds, and beat (unless with_beat is
+    False), on `env`."""
 
     env: dict
     work: Path
+    with_beat: bool = True
     web: ConsoleProcess | None = None
     worker: subprocess.Popen | None = None
     beat: subprocess.Popen | None = None
     _logs: list = field(default_factory=list)
 
     def start(self) -> ConsoleStack:
-        self.web = ConsoleProcess(self.work).start(self.env)
         extra = {key: value for key, value in self.env.items() if os.environ.get(key) != value}
         self.worker, log = _start_worker(extra, "fault-worker", "celery", include="tests.support.job_handlers")
         self._logs.append(log)
         self.worker_log = Path(log.name)
         self.beat_log = self.work / "beat.log"
-        beat_out = open(self.beat_log, "w")  # noqa: SIM115  (beat writes it until stop)
-        self._logs.append(beat_out)
-        self.beat = subprocess.Popen(
-            [*BEAT, "-s", str(self.work / "celerybeat-schedule"), "--pidfile="],
-            cwd=ROOT,
-            env=self.env,
-            stdout=beat_out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        if self.with_beat:
+            beat_out = open(self.beat_log, "w")  # noqa: SIM115  (beat writes it until stop)
+            self._logs.append(beat_out)
+            self.beat = subprocess.Popen(
+                [*BEAT, "-s", str(self.work / "celerybeat-schedule"), "--pidfile="],
+                cwd=ROOT,
+                env=self.env,
+                stdout=beat_out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # The worker and beat start while daphne does (starting each is mostly CPU: the two overlap the waits).
+        self.web = ConsoleProcess(self.work).start(self.env)
         _wait_for_log(self.worker, self.worker_log, " ready.", 90, "the Celery worker")
-        _wait_for_log(self.beat, self.beat_log, "beat: Starting", 60, "Celery beat")
+        if self.with_beat:
+            _wait_for_log(self.beat, self.beat_log, "beat: Starting", 60, "Celery beat")
         return self
 
     def dead(self) -> list[str]:
         """The processes that are no longer running."""
-        processes = {"web": self.web.process if self.web else None, "worker": self.worker, "beat": self.beat}
+        processes = {"web": self.web.process if self.web else None, "worker": self.worker}
+        if self.with_beat:
+            processes["beat"] = self.beat
         return [name for name, process in processes.items() if process is None or process.poll() is not None]
 
     def stop(self) -> None:
-        if self.web:
-            self.web.stop()
-        for process in (self.worker, self.beat):
-            if process and process.poll() is None:
+        """SIGTERM to all at once, then wait for each (one after another cost seconds per process)."""
+        processes = [p for p in (self.web.process if self.web else None, self.worker, self.beat) if p]
+        for process in processes:
+            if process.poll() is None:
                 process.terminate()
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         for log in self._logs:
             log.close()
