@@ -14,6 +14,7 @@ the harder case): pages and the API answer, say they are degraded, write nothing
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ class _Embedded:
 
     def cleanup(self) -> None:
         self.server.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class _External(PrivateRedis):
