@@ -1,7 +1,8 @@
 """Parameter counts from a model's config.json, kept per linear layer so quantized sizes can be exact.
 
-The counts follow the module layout transformers builds for each architecture (checked against
-meta-device instantiations in tests/deployments: see tests/fixtures/model-configs/expected.json).
+The counts follow the module layout transformers builds for each supported architecture, checked against
+meta-device instantiations of every case in tests/fixtures/model-configs/param-counts.json
+(tests/deployments/sizing/test_architectures.py); other architectures are refused.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.sizing.errors import SizingError
+from deployments.sizing.architectures import architecture_defaults, supported_architectures
+from deployments.sizing.errors import SizingError, gettext_noop
 
 # model_type values whose q/k/v projections always carry a bias, whatever `attention_bias` says.
-QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl"})
+QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe"})
+# Per-head query/key RMSNorm (qwen3, gemma3), and Gemma 2/3's extra norms before and after the MLP.
+QK_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe", "gemma3_text"})
+FOUR_NORM_MODEL_TYPES = frozenset({"gemma2", "gemma3_text"})
 # Multi-head latent attention (DeepSeek-V2/V3): the attention weights and the KV cache follow other rules.
 MLA_MODEL_TYPES = frozenset({"deepseek_v2", "deepseek_v3"})
 
@@ -117,11 +122,17 @@ def _int(config: dict[str, Any], key: str, default: int | None = None) -> int:
         raise SizingError(f"config.json `{key}` is not a number: {value!r}", "config") from exc
 
 
+# Multimodal wrappers whose language model is one of the supported text architectures (config.json nests it).
+_TEXT_MODEL_TYPES = {"gemma3": "gemma3_text"}
+
+
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
     """The language-model part of a config: multimodal checkpoints nest it under `text_config`."""
     nested = config.get("text_config")
     if isinstance(nested, dict) and "hidden_size" not in config:
         merged = dict(nested)
+        if not merged.get("model_type") and config.get("model_type") in _TEXT_MODEL_TYPES:
+            merged["model_type"] = _TEXT_MODEL_TYPES[config["model_type"]]
         # The quantization description lives at the top level even when the text config is nested.
         merged.setdefault("quantization_config", config.get("quantization_config"))
         merged.setdefault("torch_dtype", config.get("torch_dtype") or config.get("dtype"))
@@ -129,24 +140,44 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def parse_architecture(config: dict[str, Any]) -> Architecture:
-    """Read the sizes from config.json (llama-style names, with the GPT-2/NeoX aliases some configs use)."""
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json (its language model) with the architecture's defaults filled in where it is silent.
+
+    The defaults are the config class's own (architecture_defaults.json, extracted from transformers), so an
+    omitted head_dim or tie_word_embeddings means for Gemma what it means to transformers, not a global guess.
+    Architectures whose sizes are not checked against transformers are refused rather than sized wrongly.
+    """
     config = text_config(config)
-    aliases = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads"}
-    config = {**{new: config[old] for old, new in aliases.items() if old in config}, **config}
+    model_type = str(config.get("model_type") or "")
+    if model_type not in supported_architectures():
+        if not model_type:
+            raise SizingError(
+                gettext_noop("config.json names no model_type: this architecture is not supported by the planner"),
+                "source",
+            )
+        raise SizingError(
+            gettext_noop("architecture %(model_type)r is not supported by the planner"),
+            "source",
+            model_type=model_type,
+        )
+    return {**architecture_defaults(model_type), **config}
+
+
+def parse_architecture(config: dict[str, Any]) -> Architecture:
+    """Read the sizes from config.json, with transformers' rules for values it leaves out (None means derived)."""
+    config = with_defaults(config)
     hidden = _int(config, "hidden_size")
     heads = _int(config, "num_attention_heads")
-    kv_heads = config.get("num_key_value_heads") or heads  # absent means plain multi-head attention
-    head_dim = config.get("head_dim") or hidden // heads  # gemma/qwen3 set head_dim explicitly
-    intermediate = config.get("intermediate_size") or config.get("n_inner") or 4 * hidden
+    kv_heads = config.get("num_key_value_heads") or heads  # None: plain multi-head attention
+    head_dim = config.get("head_dim") or hidden // heads
     return Architecture(
-        model_type=str(config.get("model_type") or ""),
+        model_type=str(config["model_type"]),
         hidden_size=hidden,
         num_layers=_int(config, "num_hidden_layers"),
         num_heads=heads,
         num_kv_heads=int(kv_heads),
         head_dim=int(head_dim),
-        intermediate_size=int(intermediate),
+        intermediate_size=_int(config, "intermediate_size"),
         vocab_size=_int(config, "vocab_size"),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         max_position_embeddings=config.get("max_position_embeddings"),
@@ -161,22 +192,24 @@ def parse_architecture(config: dict[str, Any]) -> Architecture:
 
 def _attention(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) -> None:
     h, n, layers = arch.hidden_size, arch.num_heads, arch.num_layers
+    bias = bool(config.get("attention_bias"))
     if arch.is_mla:
         qk_dim = arch.qk_nope_head_dim + arch.qk_rope_head_dim
+        kv_a_out = arch.kv_lora_rank + arch.qk_rope_head_dim
         if arch.q_lora_rank:  # V2/V3 full size: low-rank query with its own RMSNorm
             out.linears.append(LinearGroup("q_a_proj", h, arch.q_lora_rank, layers))
             out.linears.append(LinearGroup("q_b_proj", arch.q_lora_rank, n * qk_dim, layers))
             out.norms += arch.q_lora_rank * layers
-        else:  # V2-Lite: q_lora_rank is null, a plain query projection
+            out.biases += arch.q_lora_rank * layers if bias else 0
+        else:  # V2-Lite: q_lora_rank is null, a plain query projection (never with a bias)
             out.linears.append(LinearGroup("q_proj", h, n * qk_dim, layers))
-        kv_a_out = arch.kv_lora_rank + arch.qk_rope_head_dim
         out.linears.append(LinearGroup("kv_a_proj_with_mqa", h, kv_a_out, layers))
         out.norms += arch.kv_lora_rank * layers  # kv_a_layernorm
         kv_b_out = n * (arch.qk_nope_head_dim + arch.v_head_dim)
         out.linears.append(LinearGroup("kv_b_proj", arch.kv_lora_rank, kv_b_out, layers))
         out.linears.append(LinearGroup("o_proj", n * arch.v_head_dim, h, layers))
-        if config.get("attention_bias"):
-            out.biases += (arch.q_lora_rank or n * qk_dim) + kv_a_out + h
+        if bias:  # attention_bias: kv_a_proj_with_mqa and o_proj
+            out.biases += (kv_a_out + h) * layers
         return
     q_out, kv_out = n * arch.head_dim, arch.num_kv_heads * arch.head_dim
     out.linears += [
@@ -185,10 +218,13 @@ def _attention(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) 
         LinearGroup("v_proj", h, kv_out, layers),
         LinearGroup("o_proj", q_out, h, layers),
     ]
-    if config.get("attention_bias"):  # llama-style flag: bias on q, k, v and o
+    if arch.model_type in QKV_BIAS_MODEL_TYPES:  # qwen2: bias on q, k, v only (qwen2_moe: when qkv_bias)
+        if config.get("qkv_bias", True):
+            out.biases += (q_out + 2 * kv_out) * layers
+    elif bias:  # llama-style flag: bias on q, k, v and o
         out.biases += (q_out + 2 * kv_out + h) * layers
-    elif arch.model_type in QKV_BIAS_MODEL_TYPES:  # qwen2: bias on q, k, v only
-        out.biases += (q_out + 2 * kv_out) * layers
+    if arch.model_type in QK_NORM_MODEL_TYPES:  # RMSNorm over each head's query and key
+        out.norms += 2 * arch.head_dim * layers
 
 
 def _gated_mlp(name: str, hidden: int, intermediate: int, count: int, out: ParamBreakdown, bias: bool) -> None:
@@ -203,14 +239,14 @@ def _gated_mlp(name: str, hidden: int, intermediate: int, count: int, out: Param
         out.biases += (2 * intermediate + hidden) * count
 
 
-def _moe_layers(config: dict[str, Any], layers: int) -> int:
-    """How many decoder layers hold experts (DeepSeek: dense first `first_k_dense_replace`, then every `freq`)."""
-    first_dense = int(config.get("first_k_dense_replace") or 0)
-    freq = int(config.get("moe_layer_freq") or 1)
-    step = int(config.get("decoder_sparse_step") or 1)  # qwen2_moe/qwen3_moe spelling
-    sparse = [i for i in range(layers) if i >= first_dense and i % freq == 0 and (i + 1) % step == 0]
-    skip = set(config.get("mlp_only_layers") or [])
-    return len([i for i in sparse if i not in skip])
+def _is_moe_layer(config: dict[str, Any], index: int) -> bool:
+    """Whether decoder layer `index` holds experts, by the rule of its architecture."""
+    if "first_k_dense_replace" in config:  # DeepSeek: the first k layers are dense
+        return index >= int(config.get("first_k_dense_replace") or 0)
+    if "decoder_sparse_step" in config:  # qwen2_moe/qwen3_moe: every step-th layer, minus mlp_only_layers
+        step = int(config.get("decoder_sparse_step") or 1)
+        return (index + 1) % step == 0 and index not in set(config.get("mlp_only_layers") or [])
+    return True  # Mixtral: every layer
 
 
 def _mlp(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) -> None:
@@ -220,11 +256,11 @@ def _mlp(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) -> Non
     if not experts:
         _gated_mlp("mlp", h, arch.intermediate_size, layers, out, bias)
         return
-    moe_layers = _moe_layers(config, layers)
+    moe_layers = sum(1 for index in range(layers) if _is_moe_layer(config, index))
     _gated_mlp("mlp", h, arch.intermediate_size, layers - moe_layers, out, bias)
-    # Mixtral has no moe_intermediate_size: each expert is as wide as the dense MLP would be.
+    # Mixtral has no moe_intermediate_size: each expert is as wide as the dense MLP would be. Experts carry no bias.
     expert_width = int(config.get("moe_intermediate_size") or arch.intermediate_size)
-    _gated_mlp("experts", h, expert_width, experts * moe_layers, out, bias)
+    _gated_mlp("experts", h, expert_width, experts * moe_layers, out, False)
     shared = int(config.get("n_shared_experts") or 0)
     if shared:  # DeepSeek: the shared experts are one MLP n_shared times as wide
         _gated_mlp("shared_experts", h, expert_width * shared, moe_layers, out, bias)
@@ -232,20 +268,21 @@ def _mlp(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) -> Non
     if shared_width:  # qwen2_moe: one shared expert plus a scalar gate on it
         _gated_mlp("shared_expert", h, shared_width, moe_layers, out, bias)
         out.router += h * moe_layers
-    out.router += experts * h * moe_layers  # the router's gate weight, kept 16-bit by quantizers
-    if arch.model_type == "deepseek_v3" or config.get("topk_method") == "noaux_tc":
-        out.router += experts * moe_layers  # e_score_correction_bias
+    # The router's gate weight, kept 16-bit by quantizers. DeepSeek-V3's e_score_correction_bias is a buffer in
+    # transformers, not a parameter, so it is not counted.
+    out.router += experts * h * moe_layers
 
 
 def count_parameters(config: dict[str, Any]) -> ParamBreakdown:
-    """Parameter breakdown of a decoder-only transformer described by config.json."""
+    """Parameter breakdown of a supported decoder-only transformer described by config.json."""
     arch = parse_architecture(config)
-    config = text_config(config)
+    config = with_defaults(config)
     out = ParamBreakdown(hidden_size=arch.hidden_size, num_layers=arch.num_layers)
     out.embedding = arch.vocab_size * arch.hidden_size
     out.lm_head = 0 if arch.tie_word_embeddings else arch.vocab_size * arch.hidden_size
     _attention(arch, config, out)
     _mlp(arch, config, out)
-    # input_layernorm + post_attention_layernorm in every layer, and the final norm (RMSNorm: weight only).
-    out.norms += (2 * arch.num_layers + 1) * arch.hidden_size
+    # RMSNorm weights: input and post-attention norms per layer (Gemma 2/3 add two around the MLP), the final one.
+    norms_per_layer = 4 if arch.model_type in FOUR_NORM_MODEL_TYPES else 2
+    out.norms += (norms_per_layer * arch.num_layers + 1) * arch.hidden_size
     return out

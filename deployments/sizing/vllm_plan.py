@@ -55,6 +55,8 @@ class Model:
         what it keeps free exceed the card), the most that GPU gives: vLLM 0.34 fills no more than that anyway, so
         the plan and placement count what it will take instead of refusing the default."""
         mem = self._on(self.limits, gpu_total, num_shard, gpu_name)
+        if gpu_total <= 0:  # sizes only (no inventory): no GPU whose share could be adapted
+            return mem
         most = mem.most_utilization
         if self.limits.gpu_memory_utilization is None and MIN_UTILIZATION <= most < mem.gpu_memory_utilization:
             mem = self._on(replace(self.limits, gpu_memory_utilization=most), gpu_total, num_shard, gpu_name)

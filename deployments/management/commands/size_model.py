@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from deployments.inventory.capacity import inventory_capacity
 from deployments.serving.planning import vllm_details
@@ -16,9 +17,25 @@ from deployments.sizing.vllm import VllmLimits
 TGI_ONLY = ("max_input_tokens", "max_total_tokens", "max_batch_total_tokens", "max_batch_prefill_tokens")
 
 
+NO_DATABASE_NOTE = (
+    "inventory fit skipped: the console's database is not set up ({reason}); sizes only. "
+    "Run `manage.py migrate` and add GPU hosts to see where the model fits."
+)
+
+
 def inventory() -> list[HostCapacity]:
     """GPU hosts from the database, as placement sees them."""
     return inventory_capacity()
+
+
+def inventory_or_note() -> tuple[list[HostCapacity] | None, str | None]:
+    """The inventory, or, without a database (a fresh checkout before `migrate`), None and a note saying why:
+    the command still sizes the model."""
+    try:
+        return inventory(), None
+    except DatabaseError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, NO_DATABASE_NOTE.format(reason=reason)
 
 
 def _gpu_set(row: dict[str, Any]) -> str:
@@ -121,6 +138,7 @@ class Command(BaseCommand):
                 options["max_num_seqs"],
                 options["max_num_batched_tokens"],
             )
+        hosts, skipped = inventory_or_note()
         try:
             metadata = load_model_metadata(options["source"], revision=options["revision"], token=options["token"])
             report = size_model(
@@ -132,12 +150,14 @@ class Command(BaseCommand):
                 max_batch_prefill_tokens=options["max_batch_prefill_tokens"],
                 kv_cache_dtype=options["kv_cache_dtype"],
                 num_shard=options["num_shard"],
-                inventory=inventory(),
+                inventory=hosts,
                 vllm=vllm,
             )
         except SizingError as exc:
             where = f" ({exc.field})" if exc.field else ""
             raise CommandError(f"{exc.message}{where}") from exc
+        if skipped:
+            report.notes.append(skipped)
         if options["json"]:
             self.stdout.write(json.dumps(report.as_dict(), indent=2))
         else:
