@@ -111,12 +111,13 @@ def _post_token(base: str, auth: dict, name: str) -> requests.Response:
 
 def _trial(trial, base, url, auth, job_id, volume, env, tmp_path) -> Trial:
     status, stop = tmp_path / f"writer-{trial}.seq", tmp_path / f"writer-{trial}.stop"
+    earlier = stored_lines(url, job_id)[1]  # an earlier trial's lines
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(job_id), str(status), str(stop)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        started = wait_until(lambda: writer.poll() is not None or stored_lines(url, job_id)[0] > 0, 30)
+        started = wait_until(lambda: writer.poll() is not None or stored_lines(url, job_id)[1] > earlier, 30)
         assert writer.poll() is None, writer.communicate()[0][-3000:]
         assert started is not None, "the writer stored nothing within 30 s"
         before = _post_token(base, auth, f"before-{trial}")
@@ -154,6 +155,7 @@ def _trial(trial, base, url, auth, job_id, volume, env, tmp_path) -> Trial:
         assert caught_up is not None, "the log writer did not catch up within 30 s of freeing space"
         recover_s = time.monotonic() - freed
     finally:
+        volume.free()  # a failed trial leaves the next one room
         stop.touch()
         out = writer.communicate(timeout=60)[0]
     assert writer.returncode == 0, out[-3000:]
