@@ -53,15 +53,21 @@ RULES: tuple[Rule, ...] = (
             r"CUDA driver version is insufficient",
             r"no kernel image is available",
             r"signaled to shutdown with signal (?:4|11)\b",
+            # torch's warning when the driver cannot run its CUDA; TGI then fails on whatever needs the GPU.
+            r"NVIDIA driver on your system is too old",
+            # TGI's own refusal when torch sees no GPU ("Sharded Llama requires CUDA.").
+            r"\brequires CUDA\.?\s*$",
         ),
         title=_("The GPU driver or container runtime does not work with this image"),
         next_step=_(
             "`could not select device driver`: install the NVIDIA Container Toolkit on the host and restart "
             "Docker. `Found no NVIDIA driver` or `CUDA driver version is insufficient`: install or upgrade the "
             "host's NVIDIA driver to one that supports the image's CUDA version, or use an older TGI image. "
-            "`no kernel image is available`: this GPU's architecture is not built into the image. Signal 4 or 11 "
-            "(illegal instruction, segmentation fault): the CPU lacks instructions the image needs, or the driver "
-            "does not match."
+            "`no kernel image is available`: this GPU's architecture is not built into the image. `requires "
+            "CUDA`: the container sees no GPU; check that the deployment is given GPUs (`--gpus`, "
+            "CUDA_VISIBLE_DEVICES) and that nvidia-smi works inside the container. Signal 4 or 11 (illegal "
+            "instruction, segmentation fault): the CPU lacks instructions the image needs, or the driver does not "
+            "match."
         ),
     ),
     Rule(
@@ -79,7 +85,8 @@ RULES: tuple[Rule, ...] = (
             r"Unsupported model type",
             r"requires Flash Attention",
             r"(?i)sharding is currently not supported with .exl2. quantization",
-            r"(?i)sharded is not supported for this model",
+            # "sharded is not supported for this model" / "... for AutoModel": no tensor-parallel implementation.
+            r"(?i)sharded is not supported for \w+",
             r"Could not determine model type",
             r"Only 1 can be set between .dtype. and .quantize.",
             # Flash Attention kernels on a GPU older than Ampere (V100, T4): at import or at the first forward.
@@ -186,6 +193,21 @@ RULES: tuple[Rule, ...] = (
             "`--master-port` (default 29500): two deployments on one host need different values."
         ),
         also=patterns(r"Webserver Crashed"),
+    ),
+    Rule(
+        cause="port_in_use",
+        # hyper's bind failure in the router; the reason after it (in use, permission denied) may be cut off.
+        patterns=patterns(r"error binding to \S+:\d+"),
+        title=_("TGI could not listen on its HTTP port"),
+        numbers=re.compile(r"error binding to \S*:(?P<port>\d+)"),
+        title_numbers=_("TGI could not listen on port %(port)s"),
+        next_step=_(
+            "The router could not open its HTTP port. Another process may hold it (another deployment on this "
+            "host, a leftover TGI container or process, an unrelated service: `ss -ltnp`), or the port is below "
+            "1024 and TGI runs as a user that may not bind it (a rootless container, a native launch as a normal "
+            "user): use a port of 1024 or above, such as 8080. Give this deployment a free port and deploy again."
+        ),
+        also=patterns(r"Webserver Crashed", r"^\s*Error: WebserverFailed"),
     ),
     Rule(
         cause="warmup_memory",
@@ -329,6 +351,19 @@ RULES: tuple[Rule, ...] = (
             "copy. A local directory must hold the weights as *.safetensors."
         ),
         also=patterns(r"Download encountered an error"),
+    ),
+    Rule(
+        cause="not_found",
+        # The router loads the tokenizer itself (tokenizer.json) and stops when the model has none it can read.
+        patterns=patterns(r"doesn't have a tokenizer", r"Could not find tokenizer"),
+        title=_("TGI found no tokenizer for the model"),
+        next_step=_(
+            "TGI's router needs the model's fast tokenizer (tokenizer.json) next to the weights. Check that the "
+            "repo or directory holds tokenizer.json and tokenizer_config.json (a download that fetched only the "
+            "weights, or a converted checkpoint, often lacks them). A model that ships only a slow tokenizer "
+            "(tokenizer.model): load it with transformers and save it again (`AutoTokenizer.from_pretrained(...)"
+            ".save_pretrained(dir)` writes tokenizer.json), or use a newer TGI image."
+        ),
     ),
     Rule(
         cause="auth",
