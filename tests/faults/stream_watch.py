@@ -49,6 +49,7 @@ class StreamFollower:
     cookie: str
     reconnect_delay: float = 0.2  # after a drop; doubled after each failed attempt up to max_reconnect_delay,
     max_reconnect_delay: float = 2.0  # as the page backs off (with a random spread, so a crowd does not stampede)
+    start_within: float = 0.0  # the first connection at a random moment within this many seconds (tabs opening)
     # > 0: a slow reader, taking one message off its socket every `read_interval` seconds and letting nothing
     # else in meanwhile (a tiny receive buffer and no read-ahead), so the server meets TCP backpressure.
     read_interval: float = 0.0
@@ -92,6 +93,7 @@ class StreamFollower:
             )
             session = aiohttp.ClientSession(connector=connector)
         delay = self.reconnect_delay
+        await asyncio.sleep(random.uniform(0, self.start_within))
         try:
             while not stopped() and self.ended_seq is None:
                 try:

@@ -33,9 +33,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.fault]
 
 STALL_SECONDS = 2  # the test server's STREAM_SOCKET_STALL_SECONDS (10 by default), to keep CI short
 P99_GOAL = 1.2  # the others' p99 with the slow client / without it
-# CI runs one pair on a shared 2-core machine, where a p99 of a few seconds' traffic moves by more than 20 % between
-# two identical runs; CI asserts the looser bound, `make bench` reports the ratio over 20 pairs against the goal.
-P99_BOUND_CI = 2.0
+# A pair of runs of a few seconds' traffic on a shared 2-core machine gives ratios from 0.55 to 1.15 with nothing
+# changed, so each pair asserts the looser bound (a server held up by the slow socket misses it by far) and the
+# figure `make bench` reports is the median over its 20 pairs, against the goal.
+P99_BOUND = 2.0
+SLOW_CATCH_UP_S = 12  # last line written -> the slow one holds every line; without the bound ~17 s and growing
 
 
 def _server_env(redis_url: str) -> dict:
@@ -53,7 +55,7 @@ def _server_env(redis_url: str) -> dict:
 PADDING = "." * 600
 
 
-def _write(job: Job, lines: int, pause: float, flush: float, padding: str) -> None:
+def _write(job: Job, lines: int, pause: float, flush: float, padding: str, written: dict[int, int]) -> None:
     """A job's log as a runner writes it, stored and published every `flush` seconds; each line says when it was
     written (for the latency)."""
     try:
@@ -61,6 +63,7 @@ def _write(job: Job, lines: int, pause: float, flush: float, padding: str) -> No
         log.start()
         for n in range(1, lines + 1):
             log.write(f"line {n} t={time.time():.6f} {padding}")
+            written[job.pk] = n
             time.sleep(pause)
         log.stop()
         log.flush()
@@ -70,8 +73,12 @@ def _write(job: Job, lines: int, pause: float, flush: float, padding: str) -> No
         connection.close()
 
 
-def _writers(jobs: list[Job], lines: int, pause: float, flush: float, padding: str = "") -> list[threading.Thread]:
-    args = [(job, lines, pause, flush, padding) for job in jobs]
+def _writers(
+    jobs: list[Job], lines: int, pause: float, flush: float, padding: str = "", written: dict[int, int] | None = None
+) -> list[threading.Thread]:
+    """One writer thread per job, started; `written` follows how many lines each has written."""
+    written = {} if written is None else written
+    args = [(job, lines, pause, flush, padding, written) for job in jobs]
     threads = [threading.Thread(target=_write, args=job_args, daemon=True) for job_args in args]
     for thread in threads:
         thread.start()
@@ -121,17 +128,33 @@ def test_f7_clients_reconnect_after_the_server_is_killed(admin, console):
 
 def _f7_trial(server: ConsoleProcess, cookie: str) -> harness.Trial:
     jobs = [JobFactory(status=Job.Status.RUNNING) for _ in range(F7_JOBS)]
-    followers = [StreamFollower(server.url, f"/ws/jobs/{jobs[n % F7_JOBS].pk}/", cookie) for n in range(F7_CLIENTS)]
+    # The page's backoff (1 s, doubling; the page caps it at 30 s, the test at 8 s): 200 clients retrying every
+    # fraction of a second would keep a restarting server busy with handshakes it then drops as too late.
+    followers = [
+        StreamFollower(
+            server.url,
+            f"/ws/jobs/{jobs[n % F7_JOBS].pk}/",
+            cookie,
+            reconnect_delay=1,
+            max_reconnect_delay=8,
+            start_within=2,  # tabs are not all opened in the same instant; after the kill they reconnect together
+        )
+        for n in range(F7_CLIENTS)
+    ]
+    opened = time.monotonic()
     with StreamCrowd(followers) as crowd:
         assert crowd.wait(lambda f: f.caught_up, 60), f"not all subscribed: {crowd.errors()[:3]}"
-        writers = _writers(jobs, F7_LINES, F7_PAUSE, F7_FLUSH)
-        # Somewhere while the lines flow: once every client has had its first, within the next second.
-        assert crowd.wait(lambda f: f.items, 30), "the lines did not reach every client"
-        time.sleep(harness.random_delay(0, 1))
+        subscribed_s = time.monotonic() - opened
+        written: dict[int, int] = {}
+        writers = _writers(jobs, F7_LINES, F7_PAUSE, F7_FLUSH, written=written)
+        # Somewhere while the lines flow: once the jobs have written between a fifth and four fifths of them.
+        kill_at = int(harness.random_delay(0.2, 0.8) * F7_JOBS * F7_LINES)
+        assert harness.wait_until(lambda: sum(written.values()) >= kill_at, 60) is not None, "the writers stalled"
         killed = time.monotonic()
         server.process.kill()
         server.process.wait()
         held_at_kill = sum(len(f.items) for f in followers)
+        written_at_kill = sum(written.values())
         server.start(server.env)
         restarted = time.monotonic() - killed
         for writer in writers:
@@ -142,13 +165,15 @@ def _f7_trial(server: ConsoleProcess, cookie: str) -> harness.Trial:
     not_reconnected = sum(f.connections < 2 for f in followers)
     duplicates = sum(f.duplicates for f in followers)
     detail = (
-        f"{F7_CLIENTS} clients on {F7_JOBS} jobs x {F7_LINES} lines; killed with {held_at_kill} of "
-        f"{F7_CLIENTS * F7_LINES} lines delivered; server back in {restarted:.1f} s; every client at its end "
-        f"{recover_s:.1f} s after the kill; {len(wrong)} clients wrong; {duplicates} items sent twice (dropped)"
+        f"{F7_CLIENTS} clients on {F7_JOBS} jobs x {F7_LINES} lines, subscribed in {subscribed_s:.1f} s; "
+        f"killed with {written_at_kill} lines written, {held_at_kill} of {F7_CLIENTS * F7_LINES} delivered; "
+        f"server back in {restarted:.1f} s; "
+        f"every client at its end {recover_s:.1f} s after the kill; {len(wrong)} clients wrong; "
+        f"{duplicates} items sent twice (dropped); {sum(len(f.errors) for f in followers)} failed connection attempts"
     )
     if wrong:
         detail += f"; e.g. {list(wrong.items())[:3]}"
-    mid_stream = 0 < held_at_kill < F7_CLIENTS * F7_LINES
+    mid_stream = written_at_kill < F7_JOBS * F7_LINES
     if not mid_stream:
         detail += "; the kill did not fall mid-stream"
     survived = caught_up and not wrong and not_reconnected == 0 and mid_stream
@@ -158,7 +183,7 @@ def _f7_trial(server: ConsoleProcess, cookie: str) -> harness.Trial:
 # -- F8 ------------------------------------------------------------------------------------------------------------
 # 5 jobs writing 20 lines/s each, published 5 times a second: 250 socket messages a second to the 50 clients, well
 # below what saturates this 2-core machine (a saturated server's p99 measures its queue, not the slow client).
-F8_JOBS, F8_NORMAL, F8_LINES, F8_PAUSE, F8_FLUSH = 5, 50, 80, 0.05, 0.2
+F8_JOBS, F8_NORMAL, F8_LINES, F8_PAUSE, F8_FLUSH = 5, 50, 60, 0.05, 0.2
 
 
 def _p99(samples: list[float]) -> float:
@@ -214,9 +239,7 @@ def test_f8_a_slow_client_beside_normal_ones(admin, console):
         f"the others' p99 <= {P99_GOAL}x the run without it; the slow one catches up by backfill",
     ) as report:
         for _ in harness.repetitions():
-            trial = harness.run_trial(report, lambda: _f8_trial(console, cookie, ratios))
-            if not trial.survived:
-                break
+            harness.run_trial(report, lambda: _f8_trial(console, cookie, ratios))
         if ratios:
             report.figure(
                 "fault_F8_p99_ratio",
@@ -229,6 +252,24 @@ def test_f8_a_slow_client_beside_normal_ones(admin, console):
 
 
 def _f8_trial(server: ConsoleProcess, cookie: str, ratios: list[float]) -> harness.Trial:
+    """Pairs of runs until the ratio's verdict is a majority: one pair that misses the bound is a load spike of
+    the shared machine unless the next two miss it as well. Everything else must hold in every pair."""
+    passed = failed = 0
+    details, caught_up = [], []
+    while passed <= failed and failed < 2:
+        ratio, sound, catch_up_s, detail = _f8_pair(server, cookie)
+        ratios.append(ratio)
+        details.append(detail)
+        caught_up.append(catch_up_s)
+        if not sound:
+            return harness.Trial(survived=False, recover_s=catch_up_s, detail=" | ".join(details))
+        passed, failed = passed + (ratio <= P99_BOUND), failed + (ratio > P99_BOUND)
+    return harness.Trial(survived=passed > failed, recover_s=max(caught_up), detail=" | ".join(details))
+
+
+def _f8_pair(server: ConsoleProcess, cookie: str) -> tuple[float, bool, float | None, str]:
+    """The workload without and then with the slow client: the others' p99 ratio, whether everything but the ratio
+    held, how long after the last line the slow one held every line, and what was seen."""
     closed_before = stream_metrics.totals().get(stream_metrics.SLOW_SOCKETS_CLOSED, 0)
     alone, _, _ = _f8_run(server, cookie, slow=False)
     closed_alone = stream_metrics.totals().get(stream_metrics.SLOW_SOCKETS_CLOSED, 0) - closed_before
@@ -240,8 +281,6 @@ def _f8_trial(server: ConsoleProcess, cookie: str, ratios: list[float]) -> harne
     p99_alone = _p99([x for f in alone for x in _latencies(f)])
     p99_beside = _p99([x for f in beside for x in _latencies(f)])
     ratio = p99_beside / p99_alone
-    ratios.append(ratio)
-    bound = P99_GOAL if harness.timings().mode == "bench" else P99_BOUND_CI
     problems = [problem for f in alone + beside if (problem := _holds_exactly(f, F8_LINES))]
     slow_problem = _holds_exactly(slow_one, F8_LINES)
     reconnected = sum(f.connections > 1 for f in alone + beside)
@@ -250,7 +289,7 @@ def _f8_trial(server: ConsoleProcess, cookie: str, ratios: list[float]) -> harne
     detail = (
         f"{F8_NORMAL} clients on {F8_JOBS} jobs x {F8_LINES} lines, "
         f"{sum(len(f.items) for f in beside)} samples a run: p99 {p99_alone * 1000:.0f} ms alone, "
-        f"{p99_beside * 1000:.0f} ms beside the slow one (x{ratio:.2f}, bound {bound}); the slow one: "
+        f"{p99_beside * 1000:.0f} ms beside the slow one (x{ratio:.2f}, bound {P99_BOUND}); the slow one: "
         f"{slow_one.messages} messages in {slow_elapsed:.0f} s, closed as slow {closed_beside} times, "
         f"{slow_one.connections} connections, all lines {'' if slow_problem else 'held '}"
         f"{(slow_caught_up_s or -1):.1f} s after the last was written"
@@ -262,13 +301,14 @@ def _f8_trial(server: ConsoleProcess, cookie: str, ratios: list[float]) -> harne
         detail += f"; normal clients wrong: {problems[:3]}"
     if reconnected or closed_alone:
         detail += f"; {reconnected} normal clients reconnected, {closed_alone} closed as slow without it"
-    survived = (
-        ratio <= bound
-        and not problems
+    sound = (
+        not problems
         and not slow_problem
+        and slow_caught_up_s is not None
+        and slow_caught_up_s <= SLOW_CATCH_UP_S
         and reconnected == 0
         and closed_alone == 0
         and closed_beside >= 1
         and not read_faster
     )
-    return harness.Trial(survived=survived, recover_s=slow_caught_up_s, detail=detail)
+    return ratio, sound, slow_caught_up_s, detail
