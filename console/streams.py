@@ -10,6 +10,8 @@ Client protocol:
   <- {"type": "status", "status": <status>}    a stream with a status (a job's) that differs from what the client
                                                said it shows, sent at each check of the head and before the end
   <- {"type": "end", "seq": <final seq>}       the stream is over (a finished job) and every item up to it was sent
+A client that leaves sent bytes unread for STREAM_SOCKET_STALL_SECONDS is closed with 4008 (console/socket_backlog.py
+sees them under daphne): it reconnects with its last seq like after any drop, and the backfill catches it up.
 The server drops items at or below what it already sent; the page drops duplicates by seq too, so a
 reload or a reconnect with the last seq loses nothing and repeats nothing.
 
