@@ -40,8 +40,7 @@ def reconcile_console() -> dict:
         if job_watching(deployment):
             continue  # its job enforces the deadline itself
         if deployment.state == State.STOPPING:
-            lifecycle.release(deployment)
-            lifecycle.set_state(deployment, State.STOPPED)
+            lifecycle.deployment_stopped(deployment)  # as its job would have: audited, and a restart asked for runs
         else:
             lifecycle.deployment_failed(
                 deployment,
@@ -120,5 +119,11 @@ def reconcile_host(host_name: str) -> dict:
             next_step="It restarts by policy; if not, launch it again.",
         )
         failed.append(deployment.pk)
+    # A stop whose job is gone (its worker died and the reaper ended it as cancelled): its server was removed above,
+    # so the stop ends here as the job would have ended it (GPUs freed, audited, launched again when a restart was
+    # asked for) rather than holding the GPUs until the stop's deadline and dropping the restart.
+    for deployment in Deployment.objects.select_related("job").filter(host=host, state=State.STOPPING):
+        if not job_watching(deployment):
+            lifecycle.deployment_stopped(deployment)
     more = reconcile_replicas_host(host, runtime, [handle for handle in managed if LABEL_REPLICA in handle.labels])
     return {key: found + more[key] for key, found in (("adopted", adopted), ("failed", failed), ("removed", removed))}

@@ -15,7 +15,6 @@ import audit
 from deployments.jobs.services import job_create
 from deployments.models import Deployment, DeploymentReplica, Host, Job
 from deployments.serving import replicas
-from deployments.serving import services as lifecycle
 from deployments.serving.replica_models import LABEL_REPLICA
 from workers.reconcile_common import job_watching, remove_orphan
 from workers.runtimes import Handle, Runtime
@@ -41,8 +40,7 @@ def reconcile_replicas_console() -> dict:
         if job_watching(replica):
             continue  # its job enforces the deadline itself
         if replica.state == State.STOPPING:
-            lifecycle.release(replica)
-            lifecycle.set_state(replica, State.STOPPED, endpoint="")
+            replicas.replica_stopped(replica)  # as its job would have: audited, and a restart asked for runs
         else:
             replicas.replica_failed(
                 replica,
@@ -101,6 +99,10 @@ def reconcile_replicas_host(host: Host, runtime: Runtime, handles: list[Handle])
             next_step="It restarts by policy while the other replicas serve; if not, launch the deployment again.",
         )
         failed.append(_name(replica))
+    # A stop whose job is gone: its server was removed above; end the stop as the job would have (reconcile.py).
+    for replica in DeploymentReplica.objects.select_related("job").filter(host=host, state=State.STOPPING):
+        if not job_watching(replica):
+            replicas.replica_stopped(replica)
     return {"adopted": adopted, "failed": failed, "removed": removed}
 
 

@@ -184,8 +184,10 @@ def _run(job_id: int, *, owner: str | None = None) -> str:
     if job is None:
         return "skipped"
     if job.status == Job.Status.PENDING and job.cancel_requested:
+        # Leased like any claim: a worker that dies in the clean-up (Handler.finished stops servers) leaves a job
+        # the reaper can end; without an expiry it stayed running for ever.
         if Job.objects.filter(pk=job_id, status=Job.Status.PENDING).update(
-            status=Job.Status.RUNNING, lease_owner=owner
+            status=Job.Status.RUNNING, lease_owner=owner, lease_expires_at=_lease_until()
         ):
             job.refresh_from_db()
             ctx = JobContext(job, owner)

@@ -259,7 +259,9 @@ def _stop_one(actor, replica: DeploymentReplica, *, restart: bool) -> int:
         DeploymentReplica.objects.filter(pk=replica.pk).update(restart_requested=restart)
         return 1
     if replica.state == State.FAILED and replica.next_restart_at is not None:
-        lifecycle.set_state(replica, State.STOPPED, next_restart_at=None)  # its restart is called off
+        # Its planned restart is called off: a change of state like any other, audited with the replica's number.
+        _record("deployment.replica_stop_requested", replica, actor=actor, state=replica.state)
+        lifecycle.set_state(replica, State.STOPPED, next_restart_at=None)
         return 0
     if replica.state not in State.holding():
         return 0

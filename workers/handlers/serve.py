@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+import audit
 from deployments.backends import get_backend
 from deployments.backends.base import Backend
 from deployments.models import (
@@ -174,6 +175,22 @@ class _Watch:
         return JobFailure(detail, cause=found.cause, next_step=str(found.next_step))
 
 
+def _set_state(ctx: JobContext, watch: _Watch, state: str) -> None:
+    """A state the job moves its server to by itself (a retried job whose server died with its worker starts it
+    again): changed and audited in one transaction, as every other state change of a server is."""
+    record, was = watch.deployment, watch.deployment.state
+    replica = isinstance(record, DeploymentReplica)
+    with transaction.atomic():
+        watch.servers.set_state(record, state)
+        audit.record(
+            action=f"deployment.replica_{state}" if replica else f"deployment.{state}",
+            actor=None,
+            actor_name=f"worker:{socket.gethostname()}",
+            target=record.deployment if replica else record,
+            detail={"from": was, "job": ctx.job.pk, **({"replica": record.index} if replica else {})},
+        )
+
+
 @register("serve")
 class ServeHandler(Handler):
     def run(self, ctx: JobContext) -> dict:
@@ -203,7 +220,7 @@ class ServeHandler(Handler):
                     next_step="Add the model again (or import it), then launch.",
                 )
             if deployment.state != State.DOWNLOADING:
-                watch.servers.set_state(deployment, State.DOWNLOADING)
+                _set_state(ctx, watch, State.DOWNLOADING)
                 ctx.log(f"waiting for {artifact} to finish downloading")
             self._check_deadline(ctx, deployment, None)
             if ctx.should_cancel():
@@ -222,7 +239,7 @@ class ServeHandler(Handler):
             ctx.log(f"adopted the running server {watch.handle.name} ({watch.handle.ref}) at {watch.handle.endpoint}")
             return
         if deployment.state != State.STARTING:
-            watch.servers.set_state(deployment, State.STARTING)
+            _set_state(ctx, watch, State.STARTING)
         watch.key = new_server_key(deployment)
         run = run_spec(deployment, spec, artifact, server_key=watch.key)
         ctx.log("starting the server with: " + " ".join(run.args))
