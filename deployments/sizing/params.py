@@ -18,6 +18,8 @@ QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe"})
 # Per-head query/key RMSNorm (qwen3, gemma3), and Gemma 2/3's extra norms before and after the MLP.
 QK_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe", "gemma3_text"})
 FOUR_NORM_MODEL_TYPES = frozenset({"gemma2", "gemma3_text"})
+# OLMo 2/3: query/key RMSNorm over the whole projection (all heads at once), not per head.
+FULL_QK_NORM_MODEL_TYPES = frozenset({"olmo2", "olmo3"})
 # Multi-head latent attention (DeepSeek-V2/V3): the attention weights and the KV cache follow other rules.
 MLA_MODEL_TYPES = frozenset({"deepseek_v2", "deepseek_v3"})
 
@@ -225,6 +227,8 @@ def _attention(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) 
         out.biases += (q_out + 2 * kv_out + h) * layers
     if arch.model_type in QK_NORM_MODEL_TYPES:  # RMSNorm over each head's query and key
         out.norms += 2 * arch.head_dim * layers
+    elif arch.model_type in FULL_QK_NORM_MODEL_TYPES:
+        out.norms += (q_out + kv_out) * layers
 
 
 def _gated_mlp(name: str, hidden: int, intermediate: int, count: int, out: ParamBreakdown, bias: bool) -> None:
