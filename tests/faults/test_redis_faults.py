@@ -233,7 +233,7 @@ def _unreachable(stack: ConsoleStack, redis_server, cookie: str, token: str, ids
             stderr=subprocess.PIPE,
             text=True,
         )
-        rounds = 0
+        rounds, started_work_s = 0, None
         while time.monotonic() - frozen < outage:
             # The banner and the health answer follow a cached check (console/redis_health.py): give it one period.
             told = time.monotonic() - frozen > CHECK_EVERY_SECONDS + 1
@@ -252,8 +252,9 @@ def _unreachable(stack: ConsoleStack, redis_server, cookie: str, token: str, ids
             if told:
                 call("/healthz", lambda: requests.get(f"{url}/healthz", timeout=ANSWER_WITHIN_S), 200, "degraded")
             rounds += 1
+            if started_work_s is None and producer.poll() is not None:
+                started_work_s = time.monotonic() - frozen  # program start (~3 s) + the job's create and dispatch
     _, errors = producer.communicate(timeout=60)
-    started_work_s = time.monotonic() - frozen
     if producer.returncode:
         problems.append(f"starting work failed (a page would have): {errors[-1000:]}")
     ids = _ids(ids_file)
@@ -275,10 +276,10 @@ def _unreachable(stack: ConsoleStack, redis_server, cookie: str, token: str, ids
     if len(ids) != 1 or attempts != [1]:
         problems.append(f"jobs started during the outage: ids {ids}, attempts {attempts}")
     survived = not problems and recover_s is not None and recover_s <= 30
+    work = "outlasted the outage" if started_work_s is None else f"ended after {started_work_s:.1f} s"
     detail = (
         f"{rounds} rounds of {len(PAGES)} pages + 2 API calls + /healthz during {outage:g} s, slowest answer "
-        f"{slowest:.1f} s; {len(teams)} teams created; a job started during the outage (its program ran "
-        f"{started_work_s:.1f} s); recovered in "
-        f"{recover_s if recover_s is None else round(recover_s, 1)} s; problems: {problems[:5] or 'none'}"
+        f"{slowest:.1f} s; {len(teams)} teams created; a job started during the outage (its program {work}); "
+        f"recovered in {recover_s if recover_s is None else round(recover_s, 1)} s; problems: {problems[:5] or 'none'}"
     )
     return harness.Trial(survived=survived, recover_s=recover_s, detail=detail)
