@@ -51,6 +51,7 @@ class Beat(threading.Thread):
         super().__init__(name="console-beat", daemon=True)
         self.stopped = threading.Event()
         self.errors: list[str] = []
+        self.reconciles: list[tuple[float, object]] = []  # (when sent, its AsyncResult)
 
     def run(self) -> None:
         try:
@@ -60,7 +61,8 @@ class Beat(threading.Thread):
                     hosts_mark_offline()
                     jobs_reap()
                     for host in reconcile_console()["hosts"]:
-                        reconcile_host.apply_async(args=[host], queue=f"host.{host}", expires=10)
+                        sent = reconcile_host.apply_async(args=[host], queue=f"host.{host}", expires=10)
+                        self.reconciles.append((time.monotonic(), sent))
                 except Exception as error:  # the test reports it; the beat goes on like the real one
                     self.errors.append(f"{type(error).__name__}: {error}")
         finally:
@@ -95,7 +97,8 @@ def start_agent(network: AgentNetwork, name: str, redis_port: int, database_port
         "DEPLOY_HEALTH_SECONDS": "0.5",
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", "solo", "--concurrency", "1"]
+    # prefork with two processes, as agents run (docs/operations.md): a reconcile can run beside the serve job
+    command = [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", "prefork", "--concurrency", "2"]
     command += ["-l", "INFO", "-Q", f"host.{name}", "-n", f"agent-{name}@%h", "--without-gossip", "--without-mingle"]
     with open(log, "w") as out:
         return subprocess.Popen(
@@ -161,7 +164,7 @@ def test_an_agent_cut_from_redis_and_postgres_goes_offline_keeps_serving_and_rec
             )
             beat.start()
             for _ in harness.repetitions():
-                run_trial(report, lambda: _trial(network, host, deployment, admin, api, timings, log))
+                run_trial(report, lambda: _trial(network, host, deployment, admin, api, timings, log, beat))
             assert beat.errors == [], beat.errors[:5]
         finally:
             beat.stop()
@@ -170,7 +173,7 @@ def test_an_agent_cut_from_redis_and_postgres_goes_offline_keeps_serving_and_rec
             stop_servers(name)
 
 
-def _trial(network, host, deployment, admin, api, timings, log) -> Trial:
+def _trial(network, host, deployment, admin, api, timings, log, beat: Beat) -> Trial:
     assert health(network, deployment), "the server did not answer before the cut"
     [before] = servers_of(deployment)
     time.sleep(harness.random_delay(0, HEARTBEAT_S))
@@ -206,6 +209,20 @@ def _trial(network, host, deployment, admin, api, timings, log) -> Trial:
         f"not settled within 60 s of the link's return: state {deployment.state}, servers "
         f"{[h.ref for h in servers_of(deployment)]}\n{log.read_text()[-3000:]}"
     )
+
+    # The agent's own reconcile after the return: it ran, and removed or failed nothing of this deployment.
+    outcomes: list[dict] = []
+
+    def reconciled() -> bool:
+        ran = [result for sent_at, result in list(beat.reconciles) if sent_at > restored and result.ready()]
+        outcomes.extend(result.get() for result in ran if result.successful())
+        return bool(outcomes)
+
+    ran = wait_until(reconciled, 30, interval=0.5)
+    assert ran is not None, f"no reconcile ran on the agent within 30 s of the return\n{log.read_text()[-3000:]}"
+    outcome = outcomes[0]
+    assert deployment.pk not in outcome["failed"], outcome
+    assert not [name for name in outcome["removed"] if name.startswith(f"llmdeploy-{deployment.pk}-")], outcome
     time.sleep(3)  # a reconcile or a retried job that would start a second server has had its turn
     servers = servers_of(deployment)
     assert len(servers) == 1, f"{len(servers)} servers for the deployment: {[h.ref for h in servers]}"
@@ -217,5 +234,5 @@ def _trial(network, host, deployment, admin, api, timings, log) -> Trial:
     same = servers[0].ref == before.ref
     detail = f"offline after {offline_after:.1f} s; {answered} /health answers in the cut; "
     detail += f"{'the same server' if same else 'a new server'} (serve job attempt {job.attempts} adopted it "
-    detail += f"{by_job}x, the reconciler {by_reconciler}x)"
+    detail += f"{by_job}x, the reconciler {by_reconciler}x); the agent reconciled after the return"
     return Trial(same, time.monotonic() - restored, detail)
