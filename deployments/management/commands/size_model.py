@@ -18,8 +18,8 @@ TGI_ONLY = ("max_input_tokens", "max_total_tokens", "max_batch_total_tokens", "m
 
 
 NO_DATABASE_NOTE = (
-    "inventory fit skipped: the console's database is not set up ({reason}); sizes only. "
-    "Run `manage.py migrate` and add GPU hosts to see where the model fits."
+    "inventory fit skipped: no console database to read GPU hosts from ({reason}); sizes only. "
+    "On a fresh checkout, run `manage.py migrate` and add GPU hosts to see where the model fits."
 )
 
 

@@ -49,7 +49,7 @@ def test_a_directory_is_sized_before_the_console_is_set_up(tmp_path):
     assert "Traceback" not in done.stderr
     assert "8.03 B parameters" in done.stdout
     assert "131,072 bytes/token" in done.stdout
-    assert "note: inventory fit skipped: the console's database is not set up" in done.stdout
+    assert "note: inventory fit skipped: no console database to read GPU hosts from" in done.stdout
     assert "manage.py migrate" in done.stdout
 
 
