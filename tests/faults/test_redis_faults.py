@@ -24,6 +24,7 @@ import pytest
 import requests
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from console.accounts.services.tokens import token_create
@@ -136,6 +137,7 @@ def _trial(stack: ConsoleStack, redis_server, cookie: str, ids_file: Path) -> ha
         assert watcher.wait_for(10, 60), f"the watched job's lines did not arrive: {watcher.errors}"
         time.sleep(harness.random_delay(0, 2))
         reaps_before = _reaper_runs(stack)
+        restarted_at = timezone.now()
         redis_server.restart()
         # Live logs resume: a line the job writes after the restart reaches the client (the job writes for
         # seconds more), through the restarted channel layer or the client's backfill.
@@ -151,6 +153,8 @@ def _trial(stack: ConsoleStack, redis_server, cookie: str, ids_file: Path) -> ha
 
         all_done = harness.wait_until(finished, 90)
         statuses = dict(Job.objects.filter(pk__in=ids).values_list("pk", "status"))
+        # Queued before the restart and sent again after it: what the reaper recovered from a lost queue.
+        resent = Job.objects.filter(pk__in=ids, created_at__lt=restarted_at, dispatched_at__gt=restarted_at).count()
         job = Job.objects.get(pk=watched)
         ended = watcher.wait_for_end(30)
         missing = watcher.missing(job.log_seq)
@@ -165,7 +169,8 @@ def _trial(stack: ConsoleStack, redis_server, cookie: str, ids_file: Path) -> ha
         resumed is not None and all_done is not None and not failed and ended and not missing and reaped_after
     )
     detail = (
-        f"{len(ids)} jobs committed, not succeeded: {failed or 'none'}; all done {all_done} s after the restart; "
+        f"{len(ids)} jobs committed ({resent} sent again by the reaper), not succeeded: {failed or 'none'}; all "
+        f"done {all_done} s after the restart; "
         f"watched job: {job.log_seq} lines, client missing {missing[:10] or 'none'}, ended {ended}, "
         f"{watcher.connections} connections; beat reaped after the restart: {reaped_after}; dead processes: "
         f"{dead or 'none'}"
