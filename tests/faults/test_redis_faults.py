@@ -85,13 +85,11 @@ def external_stack(django_db_setup, tmp_path_factory):
 
 @pytest.fixture(params=["external", "embedded"])
 def restarted(request, tmp_path):
-    """The Redis F4 restarts and the console on it. The embedded case starts its own processes, so CI (one
-    trial, ~35 s more) leaves it to `make bench`."""
+    """The Redis F4 restarts and the console on it: a private external redis-server, and the embedded one
+    `make run` starts (console.devserver.embedded_redis, append-only file), with processes of its own."""
     if request.param == "external":
         yield request.getfixturevalue("external_stack")
         return
-    if harness.timings().mode != "bench" and not os.environ.get("FAULT_EMBEDDED_REDIS"):
-        pytest.skip("the embedded Redis restart runs under make bench (FAULT_MODE=bench) or FAULT_EMBEDDED_REDIS=1")
     server = _Embedded(Path(f"/tmp/fault-emb-{time.time_ns()}"))
     env = console_env(database_url=_test_database_url(), redis_url=server.url())
     stack = ConsoleStack(env, tmp_path).start()
