@@ -13,7 +13,6 @@ the harder case): pages and the API answer, say they are degraded, write nothing
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
