@@ -16,10 +16,14 @@ from deployments.sizing.errors import SizingError, gettext_noop
 # model_type values whose q/k/v projections always carry a bias, whatever `attention_bias` says.
 QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe"})
 # Per-head query/key RMSNorm (qwen3, gemma3), and Gemma 2/3's extra norms before and after the MLP.
-QK_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe", "gemma3_text"})
-FOUR_NORM_MODEL_TYPES = frozenset({"gemma2", "gemma3_text"})
-# OLMo 2/3: query/key RMSNorm over the whole projection (all heads at once), not per head.
-FULL_QK_NORM_MODEL_TYPES = frozenset({"olmo2", "olmo3"})
+QK_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe", "gemma3_text", "exaone4"})
+FOUR_NORM_MODEL_TYPES = frozenset({"gemma2", "gemma3_text", "glm4"})
+# Cohere 2: attention and MLP side by side after one LayerNorm (weight only) per layer.
+ONE_NORM_MODEL_TYPES = frozenset({"cohere2"})
+# OLMo 2/3, OLMoE, FlexOlmo, MiniMax-M2: query/key RMSNorm over the whole projection (all heads at once).
+FULL_QK_NORM_MODEL_TYPES = frozenset({"olmo2", "olmo3", "olmoe", "flex_olmo", "minimax_m2"})
+# GLM: attention_bias puts a bias on q, k and v only.
+QKV_BIAS_FLAG_MODEL_TYPES = frozenset({"glm", "glm4"})
 # Multi-head latent attention (DeepSeek-V2/V3): the attention weights and the KV cache follow other rules.
 MLA_MODEL_TYPES = frozenset({"deepseek_v2", "deepseek_v3"})
 
@@ -223,6 +227,8 @@ def _attention(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) 
     if arch.model_type in QKV_BIAS_MODEL_TYPES:  # qwen2: bias on q, k, v only (qwen2_moe: when qkv_bias)
         if config.get("qkv_bias", True):
             out.biases += (q_out + 2 * kv_out) * layers
+    elif bias and arch.model_type in QKV_BIAS_FLAG_MODEL_TYPES:
+        out.biases += (q_out + 2 * kv_out) * layers
     elif bias:  # llama-style flag: bias on q, k, v and o
         out.biases += (q_out + 2 * kv_out + h) * layers
     if arch.model_type in QK_NORM_MODEL_TYPES:  # RMSNorm over each head's query and key
@@ -286,7 +292,12 @@ def count_parameters(config: dict[str, Any]) -> ParamBreakdown:
     out.lm_head = 0 if arch.tie_word_embeddings else arch.vocab_size * arch.hidden_size
     _attention(arch, config, out)
     _mlp(arch, config, out)
-    # RMSNorm weights: input and post-attention norms per layer (Gemma 2/3 add two around the MLP), the final one.
-    norms_per_layer = 4 if arch.model_type in FOUR_NORM_MODEL_TYPES else 2
+    # Norm weights: input and post-attention norms per layer (Gemma 2/3 and GLM-4 add two around the MLP, Cohere 2
+    # has one), and the final one.
+    norms_per_layer = 2
+    if arch.model_type in FOUR_NORM_MODEL_TYPES:
+        norms_per_layer = 4
+    elif arch.model_type in ONE_NORM_MODEL_TYPES:
+        norms_per_layer = 1
     out.norms += (norms_per_layer * arch.num_layers + 1) * arch.hidden_size
     return out
