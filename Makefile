@@ -10,7 +10,7 @@ ML_STAMP := $(ML_VENV)/.installed
 TEST_DATA_DIR ?= $(CURDIR)/.data-test
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install ml-env run test lint unit sqlite smoke bench messages clean backup restore
+.PHONY: install ml-env run test lint unit sqlite smoke bench reliability messages clean backup restore
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ test: lint unit sqlite smoke
 
 bench: $(STAMP) $(ML_STAMP)
 	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) bench/run.py)
+
+# The whole fault matrix, 20 trials of each fault with the long outages (hours); `make bench` runs 2 of each.
+reliability: $(STAMP) $(ML_STAMP)
+	FAULT_REPETITIONS=20 DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) bench/run.py faults)
 
 # Back up the running console into BACKUP_DIR (or OUTPUT=dir); restore one into an empty database and DATA_DIR with
 # `make restore BACKUP=<backup directory>` (FORCE=1 drops what the database holds). docs/operations.md, "Backup and restore".
