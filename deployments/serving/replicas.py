@@ -155,6 +155,14 @@ def _record(action: str, replica: DeploymentReplica, *, actor=None, outcome: str
     )
 
 
+def _lock_deployment(replica: DeploymentReplica) -> None:
+    """A replica's serve job changes its row under the deployment's row lock, taken first. The deployment's own
+    services lock it first too, then replica rows, then the audit chain (deployment_stopped launching again); a
+    replica's transaction that held its row while waiting for the chain deadlocked with them, and PostgreSQL
+    aborted it: the job ended cancelled, its server record stuck stopping with its GPUs reserved."""
+    Deployment.objects.select_for_update().filter(pk=replica.deployment_id).values_list("pk", flat=True).first()
+
+
 # -- launching -------------------------------------------------------------------------------------------------
 def launch_replicas(actor, deployment: Deployment) -> list[Job]:
     """After server 0 was placed: launch replicas 1..N-1 that do not run, and stop those the spec no longer wants.
@@ -233,6 +241,7 @@ def _launch_replica(actor, replica: DeploymentReplica) -> Job:
 @transaction.atomic
 def replica_relaunch(replica: DeploymentReplica) -> Job | None:
     """The reconciler's restart of a failed replica (restart policy, backoff elapsed); the others keep serving."""
+    _lock_deployment(replica)
     replica = DeploymentReplica.objects.select_for_update(of=("self",)).select_related("deployment").get(pk=replica.pk)
     deployment = replica.deployment
     if replica.state != State.FAILED or replica.next_restart_at is None:
@@ -289,6 +298,7 @@ def _cancel(actor, job: Job, deployment: Deployment) -> None:
 # -- reported by workers ---------------------------------------------------------------------------------------
 @transaction.atomic
 def replica_running(replica: DeploymentReplica, *, endpoint: str, info: dict | None, server: str = "") -> None:
+    _lock_deployment(replica)
     lifecycle.set_state(replica, State.RUNNING, endpoint=endpoint, server=server)
     _record(
         "deployment.replica_running",
@@ -303,6 +313,7 @@ def replica_running(replica: DeploymentReplica, *, endpoint: str, info: dict | N
 def replica_failed(replica: DeploymentReplica, *, cause: str, detail: str, next_step: str) -> None:
     """The replica's server could not start or died: out of routing at once, GPUs freed, a restart planned with
     the deployment's backoff when its restart policy says so."""
+    _lock_deployment(replica)
     replica = DeploymentReplica.objects.select_for_update(of=("self",)).select_related("deployment").get(pk=replica.pk)
     lifecycle.release(replica)
     restart_at = None
@@ -330,6 +341,7 @@ def replica_failed(replica: DeploymentReplica, *, cause: str, detail: str, next_
 @transaction.atomic
 def replica_stopped(replica: DeploymentReplica) -> bool:
     """The replica's server was stopped on request; returns True when it launches again (a restart)."""
+    _lock_deployment(replica)
     replica = DeploymentReplica.objects.select_for_update(of=("self",)).select_related("deployment").get(pk=replica.pk)
     lifecycle.release(replica)
     lifecycle.set_state(replica, State.STOPPED, endpoint="")

@@ -53,11 +53,12 @@ from deployments.models import (
     DeploymentReplica,
     GpuReservation,
     Job,
+    JobLogLine,
 )
 from deployments.serving import services as lifecycle
 from tests.factories import JobFactory
 from tests.faults import harness
-from tests.support.deploy_fixtures import process_host, ready_artifact
+from tests.support.deploy_fixtures import process_host, ready_artifact, wait_state
 from tests.support.hub_server import make_safetensors
 from workers import reconcile, runner
 from workers.handlers import serve as serve_handler
@@ -457,8 +458,9 @@ def run_in_thread(job_id: int) -> threading.Thread:
     return thread
 
 
-def test_lifecycle_state_machine(admin, settings, tmp_path, monkeypatch):
-    global WORLD
+@pytest.fixture
+def tiny_artifact(settings, tmp_path, monkeypatch):
+    """A host "local" with 4 GPUs and the process runtime, whose servers are tiny servers, and a ready model on it."""
     settings.DATA_DIR = tmp_path / "data"  # the process runtime's records: this test's servers only
     settings.MODEL_STORE = tmp_path / "models"
     settings.ML_PYTHON = fake_ml_python(tmp_path)
@@ -470,7 +472,16 @@ def test_lifecycle_state_machine(admin, settings, tmp_path, monkeypatch):
     settings.JOB_LEASE_SECONDS = 5
     monkeypatch.setattr(serve_handler, "POLL_SECONDS", 0.05)
     host = process_host(gpus=4)
-    artifact = ready_artifact(host, tiny_model(tmp_path / "models" / "tiny"))
+    yield ready_artifact(host, tiny_model(tmp_path / "models" / "tiny"))
+    for pids in tiny_servers().values():  # a failed test leaves none behind
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def test_lifecycle_state_machine(admin, tiny_artifact, monkeypatch):
+    global WORLD
+    artifact = tiny_artifact
     tracker = AuditTracker()
     install_audit_tracker(monkeypatch, tracker)
     WORLD = World(admin=admin, artifact=artifact, audit=tracker)
@@ -522,3 +533,73 @@ def test_a_job_cancelled_before_it_started_is_leased_while_it_cleans_up(monkeypa
     assert expires is not None and expires > timezone.now(), "the clean-up runs under a lease the reaper can end"
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED and job.lease_expires_at is None
+
+
+@pytest.mark.parametrize("action", ["stop", "restart"])
+def test_a_stop_whose_worker_died_ends_at_the_next_reconcile(admin, tiny_artifact, action):
+    """The state machine's find, shrunk: the worker watching a server dies, a stop (or restart) is asked for, the
+    reaper ends the job as cancelled and the host's reconciler removes the server. The stop then ends there, as its
+    job would have ended it: GPUs freed and audited, or (a restart) the server launched again. Before, the GPUs
+    stayed reserved with no job and no server until the stop's deadline, and the restart was dropped."""
+    spec = {"artifact": tiny_artifact.pk, **SPEC}
+    name = {"stop": "sm901", "restart": "sm902"}[action]  # smN: the instance name tiny_servers() reads
+    deployment = lifecycle.deployment_create(actor=admin, name=name, spec=spec)
+    first = deployment.job
+    thread = run_in_thread(first.pk)
+    deployment = wait_state(deployment, {State.RUNNING}, timeout=30)
+    assert list(tiny_servers()) == [(deployment.pk, 0)]
+    Job.objects.filter(pk=first.pk).update(
+        lease_owner=DEAD_OWNER.format(first.pk), lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    thread.join(10)
+    assert not thread.is_alive()
+    getattr(lifecycle, f"deployment_{action}")(actor=admin, deployment=deployment)
+    assert reaper.jobs_reap()["failed"] == [first.pk]  # cancel asked: ended as cancelled, not retried
+    assert reconcile.reconcile_host("local")["removed"] == [f"llmdeploy-{deployment.pk}-{name}"]
+    assert tiny_servers() == {}
+    deployment.refresh_from_db()
+    events = AuditEvent.objects.filter(target_type="deployments.deployment", target_id=str(deployment.pk))
+    if action == "stop":
+        assert deployment.state == State.STOPPED
+        assert not GpuReservation.objects.filter(holder=deployment.holder).exists()
+        assert events.filter(action="deployment.stopped").exists()
+        return
+    assert deployment.state == State.STARTING and deployment.job_id != first.pk
+    assert events.filter(action="deployment.launched").count() == 2
+    again = run_in_thread(deployment.job_id)
+    deployment = wait_state(deployment, {State.RUNNING}, timeout=30)
+    assert list(tiny_servers()) == [(deployment.pk, 0)]
+    assert GpuReservation.objects.filter(holder=deployment.holder).count() == 1
+    lifecycle.deployment_stop(actor=admin, deployment=deployment)
+    again.join(15)
+    assert wait_state(deployment, {State.STOPPED}, timeout=15) and tiny_servers() == {}
+
+
+def test_restarts_of_a_replicated_deployment_end_every_stop(admin, tiny_artifact):
+    """The state machine's find, shrunk: on a restart, server 0's job (launching again: deployment row, audit chain,
+    then the replica's row) and the replica's job (its row, then the audit chain) deadlocked; PostgreSQL aborted the
+    replica's clean-up, its job ended cancelled and the replica stayed stopping with its GPUs reserved. Replica
+    changes now take the deployment's row first. Before, 12 restarts hit it every time on a 2-core machine."""
+    spec = {"artifact": tiny_artifact.pk, **SPEC, "replicas": 2}
+    deployment = lifecycle.deployment_create(actor=admin, name="sm903", spec=spec)
+    threads: dict[int, threading.Thread] = {}
+
+    def settled() -> bool:
+        for job_id in Job.objects.filter(status=Job.Status.PENDING).values_list("pk", flat=True):
+            if job_id not in threads or not threads[job_id].is_alive():
+                threads[job_id] = run_in_thread(job_id)
+        states = {Deployment.objects.get(pk=deployment.pk).state}
+        states |= set(DeploymentReplica.objects.filter(deployment=deployment).values_list("state", flat=True))
+        return states == {State.RUNNING}
+
+    for _ in range(12):
+        assert harness.wait_until(settled, timeout=30, interval=0.05) is not None
+        lifecycle.deployment_restart(actor=admin, deployment=Deployment.objects.get(pk=deployment.pk))
+    assert harness.wait_until(settled, timeout=30, interval=0.05) is not None
+    failed = JobLogLine.objects.filter(text__contains="clean-up after the job failed").values_list("text", flat=True)
+    assert not failed, failed[0]
+    assert sorted(tiny_servers()) == [(deployment.pk, 0), (deployment.pk, 1)]
+    lifecycle.deployment_stop(actor=admin, deployment=Deployment.objects.get(pk=deployment.pk))
+    for thread in threads.values():
+        thread.join(15)
+    assert tiny_servers() == {} and not GpuReservation.objects.exists()

@@ -181,6 +181,8 @@ def _set_state(ctx: JobContext, watch: _Watch, state: str) -> None:
     record, was = watch.deployment, watch.deployment.state
     replica = isinstance(record, DeploymentReplica)
     with transaction.atomic():
+        if replica:  # the deployment's row first, as every change of a replica's row (replicas._lock_deployment)
+            Deployment.objects.select_for_update().filter(pk=record.deployment_id).values_list("pk", flat=True).first()
         watch.servers.set_state(record, state)
         audit.record(
             action=f"deployment.replica_{state}" if replica else f"deployment.{state}",
