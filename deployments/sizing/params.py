@@ -22,6 +22,8 @@ FOUR_NORM_MODEL_TYPES = frozenset({"gemma2", "gemma3_text", "glm4"})
 ONE_NORM_MODEL_TYPES = frozenset({"cohere2"})
 # OLMo 2/3, OLMoE, FlexOlmo, MiniMax-M2: query/key RMSNorm over the whole projection (all heads at once).
 FULL_QK_NORM_MODEL_TYPES = frozenset({"olmo2", "olmo3", "olmoe", "flex_olmo", "minimax_m2"})
+# Arcee: an MLP without gate (up, activation, down).
+PLAIN_MLP_MODEL_TYPES = frozenset({"arcee"})
 # GLM: attention_bias puts a bias on q, k and v only.
 QKV_BIAS_FLAG_MODEL_TYPES = frozenset({"glm", "glm4"})
 # Multi-head latent attention (DeepSeek-V2/V3): the attention weights and the KV cache follow other rules.
@@ -225,16 +227,28 @@ def _attention(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) 
         LinearGroup("o_proj", q_out, h, layers),
     ]
     if arch.model_type in QKV_BIAS_MODEL_TYPES:  # qwen2: bias on q, k, v only (qwen2_moe: when qkv_bias)
-        if config.get("qkv_bias", True):
-            out.biases += (q_out + 2 * kv_out) * layers
-    elif bias and arch.model_type in QKV_BIAS_FLAG_MODEL_TYPES:
-        out.biases += (q_out + 2 * kv_out) * layers
-    elif bias:  # llama-style flag: bias on q, k, v and o
-        out.biases += (q_out + 2 * kv_out + h) * layers
+        qkv_bias, o_bias = bool(config.get("qkv_bias", True)), False
+    elif arch.model_type in QKV_BIAS_FLAG_MODEL_TYPES:  # GLM: attention_bias on q, k, v only
+        qkv_bias, o_bias = bias, False
+    elif arch.model_type == "seed_oss":  # Seed-OSS: the output projection has its own flag
+        qkv_bias, o_bias = bias, bool(config.get("attention_out_bias"))
+    else:  # llama-style flag (ERNIE 4.5: use_bias): bias on q, k, v and o
+        qkv_bias = o_bias = bias or bool(config.get("use_bias"))
+    out.biases += ((q_out + 2 * kv_out) * qkv_bias + h * o_bias) * layers
     if arch.model_type in QK_NORM_MODEL_TYPES:  # RMSNorm over each head's query and key
         out.norms += 2 * arch.head_dim * layers
     elif arch.model_type in FULL_QK_NORM_MODEL_TYPES:
         out.norms += (q_out + kv_out) * layers
+
+
+def _plain_mlp(hidden: int, intermediate: int, count: int, out: ParamBreakdown, bias: bool) -> None:
+    """Arcee: up and down projections, no gate."""
+    out.linears += [
+        LinearGroup("mlp.up_proj", hidden, intermediate, count),
+        LinearGroup("mlp.down_proj", intermediate, hidden, count),
+    ]
+    if bias:
+        out.biases += (intermediate + hidden) * count
 
 
 def _gated_mlp(name: str, hidden: int, intermediate: int, count: int, out: ParamBreakdown, bias: bool) -> None:
@@ -261,7 +275,10 @@ def _is_moe_layer(config: dict[str, Any], index: int) -> bool:
 
 def _mlp(arch: Architecture, config: dict[str, Any], out: ParamBreakdown) -> None:
     h, layers = arch.hidden_size, arch.num_layers
-    bias = bool(config.get("mlp_bias"))
+    bias = bool(config.get("mlp_bias") or config.get("use_bias"))
+    if arch.model_type in PLAIN_MLP_MODEL_TYPES:
+        _plain_mlp(h, arch.intermediate_size, layers, out, bias)
+        return
     experts = int(config.get("n_routed_experts") or config.get("num_local_experts") or config.get("num_experts") or 0)
     if not experts:
         _gated_mlp("mlp", h, arch.intermediate_size, layers, out, bias)
@@ -292,10 +309,10 @@ def count_parameters(config: dict[str, Any]) -> ParamBreakdown:
     out.lm_head = 0 if arch.tie_word_embeddings else arch.vocab_size * arch.hidden_size
     _attention(arch, config, out)
     _mlp(arch, config, out)
-    # Norm weights: input and post-attention norms per layer (Gemma 2/3 and GLM-4 add two around the MLP, Cohere 2
-    # has one), and the final one.
+    # Norm weights: input and post-attention norms per layer (Gemma 2/3, GLM-4 and HyperCLOVA X with use_post_norm
+    # add two around the MLP, Cohere 2 has one), and the final one.
     norms_per_layer = 2
-    if arch.model_type in FOUR_NORM_MODEL_TYPES:
+    if arch.model_type in FOUR_NORM_MODEL_TYPES or (arch.model_type == "hyperclovax" and config.get("use_post_norm")):
         norms_per_layer = 4
     elif arch.model_type in ONE_NORM_MODEL_TYPES:
         norms_per_layer = 1

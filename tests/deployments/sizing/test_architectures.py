@@ -161,9 +161,12 @@ def test_kv_bytes_per_token_match_the_cache_transformers_allocates():
 
 
 @pytest.mark.django_db
-def test_the_planner_api_refuses_an_unsupported_architecture_as_a_field_error(api, engineer, hub_server):
+def test_the_planner_refuses_an_unsupported_architecture_as_a_field_error(api, engineer, client, hub_server):
     AllowedEndpoint.objects.get_or_create(pattern="127.0.0.1")
     config = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257}
     hub_server.add_repo("openai-community/gpt2", {"config.json": json.dumps(config).encode()})
     answer = api(engineer).get("/api/v1/sizing/?source=openai-community/gpt2", expected=400).data
     assert "'gpt2' is not supported by the planner" in answer["source"][0]
+    client.force_login(engineer)
+    page = client.get("/inventory/sizing/?source=openai-community/gpt2").content.decode()
+    assert "is not supported by the planner" in page and "data-precision=" not in page
