@@ -19,9 +19,13 @@ SECONDS = int(os.environ.get("BENCH_LOCUST_SECONDS", "60"))
 
 
 def run() -> list[Figure]:
-    with tempfile.TemporaryDirectory() as work, console_server() as host:
-        creds = credentials(Path(work) / "credentials.json")
-        result = run_locust(host, creds, users=USERS, spawn_rate=10, seconds=SECONDS, work=Path(work))
+    with tempfile.TemporaryDirectory() as work:
+        log = Path(work) / "daphne.log"
+        with console_server(log_path=log) as host:
+            creds = credentials(Path(work) / "credentials.json")
+            result = run_locust(host, creds, users=USERS, spawn_rate=10, seconds=SECONDS, work=Path(work))
+        errors = [line for line in log.read_text(errors="replace").splitlines() if "Error:" in line]
+    why = f"; the server's last error: {errors[-1][:200]}" if errors else ""
     figures = [
         Figure(
             "locust_failure_ratio",
@@ -29,7 +33,7 @@ def run() -> list[Figure]:
             "",
             "<=",
             0.01,
-            f"{result.failures} of {result.requests:,} requests failed; {USERS} users of 3 roles for {SECONDS} s",
+            f"{result.failures} of {result.requests:,} requests failed; {USERS} users of 3 roles for {SECONDS} s{why}",
         ),
         Figure("locust_exit_code", result.exit_code, "", "<=", 0, "locust --exit-code-on-error 1"),
     ]

@@ -74,10 +74,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def console_server(env: dict[str, str] | None = None) -> Iterator[str]:
-    """The console's ASGI application under daphne on 127.0.0.1; yields its base URL and stops it after."""
+def console_server(env: dict[str, str] | None = None, log_path: Path | None = None) -> Iterator[str]:
+    """The console's ASGI application under daphne on 127.0.0.1; yields its base URL and stops it after. Its output
+    goes to log_path when given (the errors behind failed requests), else nowhere."""
     port = _free_port()
-    with tempfile.TemporaryFile() as log:
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"],
             cwd=ROOT,
