@@ -54,6 +54,9 @@ def allowed_actions(deployment: Deployment) -> tuple[str, ...]:
 def _replicas_holding(deployment: Deployment) -> bool:
     if deployment.pk is None:
         return False
+    prefetched = getattr(deployment, "_prefetched_objects_cache", {}).get("replicas")
+    if prefetched is not None:  # the API's list (one query a page)
+        return any(replica.state in State.holding() for replica in prefetched)
     return DeploymentReplica.objects.filter(deployment=deployment, state__in=State.holding()).exists()
 
 

@@ -4,6 +4,7 @@ launch, edit, rollback, stop, delete and leaving production answer 202 with the 
 
 from __future__ import annotations
 
+from django.db.models import Prefetch
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
@@ -14,7 +15,7 @@ from audit.recorder import diff
 from console import roles
 from console.api.viewsets import ConsoleModelViewSet
 from console.permissions import require
-from deployments.models import AllowedImage, ApprovalRequest, Deployment
+from deployments.models import AllowedImage, ApprovalRequest, Deployment, DeploymentReplica
 from deployments.serving import services as lifecycle
 from deployments.serving.approvals_api import ApprovalRequestSerializer, accepted
 from deployments.serving.environment import deployment_configure
@@ -78,6 +79,13 @@ class DeploymentViewSet(ConsoleModelViewSet):
     search_fields = ["name"]
     filterset_fields = ["state", "host__name", "team__name"]
     ordering_fields = ["name", "created_at", "state"]
+
+    def get_queryset(self):
+        found = super().get_queryset()
+        if self.action == "list":  # each row's replicas (state, actions): one query a page instead of two a row
+            replicas = DeploymentReplica.objects.select_related("host")
+            found = found.prefetch_related(Prefetch("replicas", queryset=replicas))
+        return found
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)

@@ -100,11 +100,19 @@ def _server_row(index: int, server) -> dict:
     }
 
 
+def _replicas_by_index(deployment: Deployment) -> list[DeploymentReplica]:
+    """The deployment's replicas by index: those the API's list prefetched (one query a page, not one a row)."""
+    prefetched = getattr(deployment, "_prefetched_objects_cache", {}).get("replicas")
+    if prefetched is not None:
+        return sorted(prefetched, key=lambda replica: replica.index)
+    return list(deployment.replicas.select_related("host").order_by("index"))
+
+
 def summary(deployment: Deployment) -> Summary:
     """Every server of the deployment (0 is its own) and how many run, against what the spec wants."""
     wanted = deployment.spec.replicas if deployment.spec_id else 1
     rows = [_server_row(0, deployment)]
-    for replica in deployment.replicas.select_related("host").order_by("index"):
+    for replica in _replicas_by_index(deployment):
         if replica.index < wanted or replica.state in State.holding():
             rows.append(_server_row(replica.index, replica))
     running = sum(1 for row in rows if row["state"] == State.RUNNING)
