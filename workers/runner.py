@@ -27,6 +27,7 @@ from django.utils import timezone
 import audit
 from audit import context, telemetry
 from deployments.jobs.log import JobLog
+from deployments.jobs.reaper import lease_host
 from deployments.models import Job
 from deployments.monitoring import instruments
 
@@ -67,7 +68,7 @@ def register(kind: str) -> Callable[[type[Handler]], type[Handler]]:
 
 
 def owner_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{lease_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class JobContext:

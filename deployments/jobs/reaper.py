@@ -72,12 +72,19 @@ def jobs_reap() -> dict[str, list[int]]:
     return {"retried": retried, "failed": failed, "redispatched": redispatched}
 
 
+def lease_host() -> str:
+    """What a runner's lease owner starts with: the agent's host name where it has one (a recreated agent container
+    gets a new hostname but keeps AGENT_HOST_NAME, and its start-up sweep must still find its jobs), else this
+    machine's hostname."""
+    return (settings.AGENT_HOST_NAME or socket.gethostname()).replace(":", "-")
+
+
 def jobs_orphaned_by_restart() -> list[int]:
     """At worker start (the worker or its host restarted): running jobs this host's dead worker processes held are
     marked lost, the reason in their log, and their lease ends now, so the reaper retries them at once instead of
     after a lease. A process counts as dead when no process has its pid, or the one that has it started after the
     job was claimed (a rebooted host's or restarted container's fresh processes get the same low pids)."""
-    host = socket.gethostname()
+    host = lease_host()
     lost = []
     for job in Job.objects.filter(status=Job.Status.RUNNING, lease_owner__startswith=f"{host}:"):
         pid = int(job.lease_owner.split(":")[1])

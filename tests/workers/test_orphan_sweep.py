@@ -65,3 +65,17 @@ def test_a_live_owner_and_another_hosts_jobs_are_left_alone():
     for job in (live, elsewhere):
         job.refresh_from_db()
         assert job.lease_expires_at == LATER and job.log_seq == 0
+
+
+def test_an_agent_recreated_with_a_new_hostname_finds_its_jobs_by_its_host_name(settings):
+    """A recreated agent container has a fresh hostname but the same AGENT_HOST_NAME: its runners' leases are named
+    after the latter, so the new container's start-up sweep still finds what the old one held."""
+    from workers.runner import owner_name
+
+    settings.AGENT_HOST_NAME = "gpu-node-7"
+    assert owner_name().startswith("gpu-node-7:")
+    job = running(f"gpu-node-7:{dead_pid()}:abcd1234")
+    other_host = running(f"gpu-node-8:{dead_pid()}:abcd1234")
+    assert jobs_orphaned_by_restart() == [job.pk]
+    other_host.refresh_from_db()
+    assert other_host.lease_expires_at == LATER
