@@ -66,6 +66,13 @@ CHECKPOINT_RETAIN = env_int("CHECKPOINT_RETAIN", 10)
 JOB_PROGRAM_STOP_GRACE_SECONDS = env_int("JOB_PROGRAM_STOP_GRACE_SECONDS", 300)
 # Directories on the hosts from which models may be imported in place (their manifest is written there).
 MODEL_IMPORT_ROOTS = env_list("MODEL_IMPORT_ROOTS", [])  # empty: MODEL_STORE
+# Copying a model between hosts goes through the console (agents reach only CONSOLE_INTERNAL_URL): the sending host's
+# files wait in MODEL_COPY_RELAY until the receiving host has them; the receiver waits MODEL_COPY_WAIT_S for a file.
+# MODEL_COPY_FIRST: a launch placed on a host without the files copies them from a host that holds them even for a
+# Hub or mirror model (a site whose hosts cannot reach the source); imports and console-made models are always copied.
+MODEL_COPY_RELAY = Path(env_str("MODEL_COPY_RELAY", str(DATA_DIR / "model-relay")))
+MODEL_COPY_WAIT_S = env_int("MODEL_COPY_WAIT_S", 3600)
+MODEL_COPY_FIRST = env_bool("MODEL_COPY_FIRST", False)
 ML_PYTHON = env_str("ML_PYTHON", str(BASE_DIR / ".venv-ml" / "bin" / "python"))
 # Test suites only: extra read-only "host:container" bind mounts the docker runtime adds to every server (the
 # host's Python and ML venv inside a near-empty test image). start() refuses them unless CONSOLE_TESTING is on.

@@ -36,5 +36,6 @@ urlpatterns = [
     path("gateway/", include("deployments.gateway.urls")),
     path("", include("deployments.monitoring.urls")),  # /metrics, discovery, fleet charts, health checks
     path("internal/", include("deployments.datasets.internal_urls")),  # agents, with a job's token
+    path("internal/", include("deployments.registry.internal_urls")),  # agents copying a model between hosts
     path("api/v1/", include(("console.api.urls", "api"), namespace="api")),
 ]

@@ -25,6 +25,7 @@ class Job(models.Model):
         EVALUATE = "evaluate", _("evaluate models")
         HEALTH_CHECK = "health_check", _("health check")
         INTEGRITY_SWEEP = "integrity_sweep", _("model-store integrity sweep")
+        COPY = "copy", _("copy a model between hosts")
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")

@@ -30,6 +30,7 @@ from deployments.models import (
     ModelSource,
 )
 from deployments.registry import downloads
+from deployments.registry.copies import start_copy
 from deployments.registry.endpoints import allow_listed_hops, check_url
 from deployments.registry.network import source_unreachable
 
@@ -279,20 +280,28 @@ ON_THEIR_WAY = (ModelArtifact.Status.READY, ModelArtifact.Status.PENDING, ModelA
 @transaction.atomic
 def artifact_on_host(*, actor, artifact: ModelArtifact, host: Host) -> ModelArtifact:
     """The copy of `artifact`'s repo@commit on `host`, for a launch placed there: the artifact itself, a copy
-    the host already has (ready or on its way), else a download to that host with the files the original chose.
-    Only Hub and mirror models can be fetched; a directory import stays on its host. The caller (a launch) has
-    authorized the actor."""
+    the host already has (ready or on its way), else a download to that host with the files the original chose (Hub
+    and mirror models), or a copy from a host holding it (imports, console-made models, and any model when
+    MODEL_COPY_FIRST is set). The caller (a launch) has authorized the actor."""
     if artifact.host_id == host.pk:
         return artifact
     existing = ModelArtifact.objects.select_for_update().filter(repo=artifact.repo, host=host).first()
     if existing is not None and existing.status in ON_THEIR_WAY:
         return existing
     source = artifact.repo.source
-    if artifact.imported or source.kind == ModelSource.Kind.LOCAL:
-        raise ApplicationError(
-            f"{artifact.repo.repo_id} was imported from a directory on {artifact.host}; {host} cannot fetch it.",
-            field="artifact",
-        )
+    fetchable = not artifact.imported and source.kind != ModelSource.Kind.LOCAL
+    if not fetchable or settings.MODEL_COPY_FIRST:
+        # An import or a console-made model exists only on the hosts: copied from one that holds it, through the
+        # console (deployments/registry/copies.py). MODEL_COPY_FIRST: the same for Hub models on a closed site.
+        holder = _ready_holder(artifact)
+        if holder is not None:
+            return start_copy(actor=actor, source=holder, host=host, reason=f"a launch was placed on {host}")
+        if not fetchable:
+            raise ApplicationError(
+                _("%(model)s exists only on %(holder)s, where it is not ready; %(host)s cannot get it.")
+                % {"model": artifact.repo.repo_id, "holder": artifact.host, "host": host},
+                field="artifact",
+            )
     original = artifact_jobs(artifact).filter(kind=Job.Kind.DOWNLOAD).first()
     params = {key: (original.params if original else {}).get(key) for key in ("credential_id", "include")}
     if existing is None:
@@ -323,6 +332,14 @@ def artifact_on_host(*, actor, artifact: ModelArtifact, host: Host) -> ModelArti
         params={"credential_id": params["credential_id"], "include": params["include"] or []},
     )
     return existing
+
+
+def _ready_holder(artifact: ModelArtifact) -> ModelArtifact | None:
+    """A ready copy of the artifact's repo to copy from: the artifact itself first, then one on an online host."""
+    if artifact.status == ModelArtifact.Status.READY:
+        return artifact
+    ready = ModelArtifact.objects.filter(repo=artifact.repo, status=ModelArtifact.Status.READY).select_related("host")
+    return ready.order_by("host__status", "host__name").first()
 
 
 @traced("model.cancel")

@@ -1,8 +1,8 @@
 """Where a spec runs: the planner's verdict on a cleaned spec, placed by the one placement engine.
 
 A spec may run on any host the inventory offers, not only the one holding the model: a copy from the Hub or a
-mirror is fetched to the chosen host first (`Verdict.copy_to_host`). Local imports place only on hosts that
-hold them, until a host-to-host copy exists. Hosts that hold a ready copy are preferred. A spec of N replicas
+mirror is fetched to the chosen host first (`Verdict.copy_to_host`); a local import or a console-made model is copied
+there from a host holding it, through the console. Hosts that hold a ready copy are preferred. A spec of N replicas
 fits when N servers fit, each on GPUs of its own (`verdict` places them one after the other; `server_verdict`
 places one server, e.g. a replica restarting beside the others).
 """
@@ -56,8 +56,13 @@ class Verdict:
 
 
 def movable(artifact: ModelArtifact) -> bool:
-    """Whether another host can fetch these files itself (from the Hub or a mirror, by repo@commit)."""
-    return not artifact.imported and artifact.repo.source.kind in (ModelSource.Kind.HUB, ModelSource.Kind.MIRROR)
+    """Whether another host can get these files: fetched from the Hub or a mirror by repo@commit, or copied from a
+    host holding a ready copy through the console (imports and console-made models; deployments/registry/copies.py).
+    An adapter needs its base model on that host too, so it stays where it is."""
+    if not artifact.imported and artifact.repo.source.kind in (ModelSource.Kind.HUB, ModelSource.Kind.MIRROR):
+        return True
+    ready = ModelArtifact.objects.filter(repo=artifact.repo, status=ModelArtifact.Status.READY)
+    return artifact.base_id is None and ready.exclude(files_sha256={}).exists()
 
 
 def holding_hosts(artifact: ModelArtifact) -> list[str]:
@@ -74,11 +79,15 @@ def candidate_hosts(values: dict, holder: str | None) -> tuple[list[HostCapacity
     holding = set(holding_hosts(artifact))
     hosts = Host.objects.filter(Q(status__in=CANDIDATE_STATES) | Q(pk=artifact.host_id)).order_by("name")
     allowed, excluded = [], []
+    can_move = movable(artifact)
     for host in hosts:
-        if host.name not in holding and not movable(artifact):
+        if host.name not in holding and not can_move:
             excluded.append(
-                f"{host.name} does not hold this model, which was imported from a directory: it runs only on "
-                f"{', '.join(sorted(holding))} until a host-to-host copy exists"
+                _(
+                    "%(host)s does not hold this model and cannot get it yet (no ready, verified copy to copy from, "
+                    "or an adapter whose base model is elsewhere): it runs only on %(holding)s"
+                )
+                % {"host": host.name, "holding": ", ".join(sorted(holding)) or _("no host")}
             )
         elif image_refused(image=values["image"], default=get_backend(values["backend"]).default_image, host=host):
             excluded.append(f"{host.name} runs containers and the image is not on the allowed list")

@@ -2,6 +2,7 @@
 
 from workers.handlers import (
     benchmark,
+    copy,
     dataset_import,
     dataset_stats,
     delete,
@@ -17,6 +18,7 @@ from workers.handlers import (
 
 __all__ = [
     "benchmark",
+    "copy",
     "dataset_import",
     "dataset_stats",
     "delete",

@@ -1,6 +1,7 @@
 """Launches are placed by the one placement engine, on any host: the model is on host A, placement picks host B's
 NVLink pair, the registry fetches the files to B, the server starts there and the reservation is on B's GPUs.
-A directory import stays on the host that holds it, and the refusal says why."""
+A directory import with no verified files to copy stays on the host that holds it, and the refusal says why (one
+that has them is copied: tests/deployments/registry/test_model_copy.py)."""
 
 from __future__ import annotations
 
@@ -137,9 +138,9 @@ def test_a_directory_import_places_only_where_it_is_and_the_refusal_says_why(adm
     )
     plan = verdict(clean_spec({"artifact": imported.pk, **SPEC}))
     assert plan.fits is False
-    assert "host-b does not hold this model, which was imported from a directory" in plan.reason
+    assert "host-b does not hold this model and cannot get it yet" in plan.reason
     assert "runs only on host-a" in plan.reason
     with pytest.raises(ApplicationError) as refused:
         lifecycle.deployment_create(actor=admin, name="stuck", spec={"artifact": imported.pk, **SPEC})
-    assert refused.value.field == "artifact" and "imported from a directory" in refused.value.message
+    assert refused.value.field == "artifact" and "cannot get it yet" in refused.value.message
     assert not Deployment.objects.exists()
