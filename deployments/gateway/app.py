@@ -27,6 +27,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 
 from deployments.gateway import access, cache, quotas, records, spans, tokens
@@ -706,7 +707,18 @@ def _info_of(route: Route) -> dict:
 
 def _in_thread(function, *args):
     # The ORM is synchronous: lookups run in the default thread pool, never on the event loop.
-    return sync_to_async(function, thread_sensitive=False)(*args)
+    return sync_to_async(_with_fresh_connection, thread_sensitive=False)(function, *args)
+
+
+def _with_fresh_connection(function, *args):
+    # What Django's request signals do around a request, which the gateway never sends: each pool thread keeps its
+    # connection (bounded by the pool, reused), but without this a connection PostgreSQL dropped (a restart) was
+    # never health-checked again nor replaced, and every lookup on that thread failed until the gateway restarted.
+    close_old_connections()
+    try:
+        return function(*args)
+    finally:
+        close_old_connections()
 
 
 def _auth(server: Upstream) -> dict[str, str]:
