@@ -1,6 +1,6 @@
-"""Model registry API: copies of models on hosts (add, import, cancel, delete, garbage-collect), sources
-and the endpoint allow-list. Reading needs `view`; models need
-`add_model`; sources and the allow-list need `manage_inventory`. Service errors become 400 field errors
+"""Model registry API: copies of models on hosts (add, import, cancel, delete, garbage-collect, copy to another
+host), sources and the endpoint allow-list. Reading needs `view`; models need `add_model`; sources, the allow-list
+and copies between hosts need `manage_inventory`. Service errors become 400 field errors
 through the project's exception handler."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from console.errors import ApplicationError
 from deployments.jobs.serializers import JobSerializer
 from deployments.models import AllowedEndpoint, ModelArtifact, ModelSource
 from deployments.registry import services as registry
+from deployments.registry.copies import artifact_copy
+from deployments.registry.copy_inputs import CopySerializer
 from deployments.registry.forms import add_error
 from deployments.registry.serializers import (
     ArtifactDetailSerializer,
@@ -44,6 +46,7 @@ class ModelArtifactViewSet(
         "import_model": roles.ADD_MODEL,
         "gc": roles.VIEW,
         "gc_run": roles.ADD_MODEL,
+        "copy": roles.MANAGE_INVENTORY,
     }
     filterset_fields = ["host__name", "status"]
     search_fields = ["repo__repo_id"]
@@ -125,6 +128,16 @@ class ModelArtifactViewSet(
         data = self._valid(GcSerializer, request)
         jobs = registry.artifacts_gc(actor=request.user, host=data.get("host"))
         return Response({"jobs": JobSerializer(jobs, many=True).data}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=CopySerializer, responses={202: ArtifactDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def copy(self, request, pk=None):
+        """Copy this ready model to another host through the console (admins): 202 with the new copy, whose two copy
+        jobs (one on each host) move and verify the files; 400 when that host holds it already."""
+        artifact = self.get_object()
+        data = self._valid(CopySerializer, request)
+        copy = artifact_copy(actor=request.user, artifact=artifact, host=data["host"])
+        return self._respond(copy, status.HTTP_202_ACCEPTED)
 
     def _valid(self, serializer_class, request, data=None) -> dict:
         serializer = serializer_class(data=request.data if data is None else data)

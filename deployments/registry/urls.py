@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments.registry import views
+from deployments.registry import copy_views, views
 
 urlpatterns = [
     path("", views.ModelListView.as_view(), name="models"),
@@ -13,4 +13,5 @@ urlpatterns = [
     path("<int:pk>/", views.ModelDetailView.as_view(), name="model-detail"),
     path("<int:pk>/cancel/", views.ModelCancelView.as_view(), name="model-cancel"),
     path("<int:pk>/delete/", views.ModelDeleteView.as_view(), name="model-delete"),
+    path("<int:pk>/copy/", copy_views.ModelCopyView.as_view(), name="model-copy"),
 ]

@@ -224,6 +224,7 @@ class ModelDetailView(ConsoleViewMixin, View):
                 "uses": list(artifact.uses.order_by("holder")),
                 "sizing_url": sizing,
                 "can_add": can(request.user, roles.ADD_MODEL),
+                "can_copy": can(request.user, roles.MANAGE_INVENTORY),  # "Copy to host…" (registry/copy_views.py)
                 "cancel_form": ModelCancelForm(),
             },
         )

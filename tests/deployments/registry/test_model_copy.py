@@ -208,3 +208,51 @@ def test_a_launch_placed_on_a_host_without_the_import_copies_it_there_first(admi
     assert deployment.job.params["artifact"] == copy.pk
     jobs = copy_jobs(copy)
     assert (jobs["send"].queue, jobs["receive"].queue) == ("host.host-a", "host.host-b")
+
+
+def test_admins_copy_from_the_models_page_and_the_api_engineers_cannot(api, client, admin, engineer, imported):
+    source, b = imported
+    client.force_login(engineer)
+    assert 'id="copy-link"' not in client.get(f"/models/{source.pk}/").content.decode()
+    assert client.post(f"/models/{source.pk}/copy/", {"host": b.pk}).status_code == 403
+    api(engineer).post(f"/api/v1/models/{source.pk}/copy/", {"host": "host-b"}, expected=403)
+    assert not ModelArtifact.objects.filter(host=b).exists()
+
+    client.force_login(admin)
+    detail = client.get(f"/models/{source.pk}/").content.decode()
+    assert f'href="/models/{source.pk}/copy/" id="copy-link"' in detail
+    form = client.get(f"/models/{source.pk}/copy/").content.decode()
+    assert ">host-b</option>" in form and ">host-a</option>" not in form  # not to the host that holds it
+    response = client.post(f"/models/{source.pk}/copy/", {"host": b.pk})
+    copy = ModelArtifact.objects.get(repo=source.repo, host=b)
+    assert response.status_code == 302 and response["Location"] == f"/models/{copy.pk}/"
+    assert set(copy_jobs(copy)) == {"send", "receive"}
+    event = AuditEvent.objects.get(action="model.copy_requested")
+    assert event.actor_name == admin.get_username() and json.loads(event.detail)["to"] == "host-b"
+
+    again = api(admin).post(f"/api/v1/models/{source.pk}/copy/", {"host": "host-b"}, expected=400).data
+    assert "already holds" in json.dumps(again)
+    c = process_host("host-c", gpus=1)
+    made = api(admin).post(f"/api/v1/models/{source.pk}/copy/", {"host": "host-c"}, expected=202).data
+    assert made["host"] in ("host-c", c.pk) and made["status"] == "pending"
+
+
+def test_the_deploy_review_says_a_copy_is_made_first_on_a_host_without_it(client, admin, imported):
+    source, _b = imported
+    client.force_login(admin)
+    form = {
+        "artifact": source.pk,
+        "name": "copied-chat",
+        "restart_policy": "on-failure",
+        "device": "gpu",
+        "num_shard": 2,
+        "max_input_tokens": 128,
+        "max_total_tokens": 256,
+        "max_concurrent_requests": 128,
+        "cuda_memory_fraction": 1.0,
+        "review": "1",
+    }
+    body = client.post("/deployments/new/", form).content.decode()
+    note = body.split('data-plan="copy"', 1)[1].split("</div>", 1)[0]
+    assert "hidden" not in note.split(">", 1)[0] and "a copy is made first" in note
+    assert "host-b" in body
