@@ -89,6 +89,8 @@ DOWNLOAD_FREE_MARGIN_BYTES = env_int("DOWNLOAD_FREE_MARGIN_BYTES", 2**30)
 # Seconds an interactive call (adding a model, resolving, sizing) waits for a model source to accept a
 # connection; an unreachable Hub answers within this, not after minutes of retries. Downloads keep their own.
 HUB_CONNECT_TIMEOUT = float(env_str("HUB_CONNECT_TIMEOUT", "5"))
+# Where a ModelScope source without its own endpoint goes (a source's endpoint names a mirror instead).
+MODELSCOPE_ENDPOINT = env_str("MODELSCOPE_ENDPOINT", "https://www.modelscope.cn")
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
 HOST_OFFLINE_SECONDS = env_int("HOST_OFFLINE_SECONDS", 90)
 # Set on a GPU host's worker: it then reports that host's GPUs and heartbeats (workers/agent.py).

@@ -56,7 +56,8 @@ class HubImportForm(StyledMixin, forms.Form):
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        sources = ModelSource.objects.exclude(kind=ModelSource.Kind.LOCAL).order_by("name")
+        sources = ModelSource.objects.exclude(kind__in=[ModelSource.Kind.LOCAL, ModelSource.Kind.MODELSCOPE])
+        sources = sources.order_by("name")
         self.fields["source"].queryset = sources
         self.fields["source"].initial = sources.filter(kind=ModelSource.Kind.HUB).values_list("pk", flat=True).first()
         tokens = Credential.objects.filter(kind=Credential.Kind.HF_TOKEN).order_by("name")

@@ -89,6 +89,10 @@ def hub_import_start(
         raise ApplicationError(
             _("A local source has no Hub to import from; choose the Hub or a mirror."), field="source"
         )
+    if source.kind == ModelSource.Kind.MODELSCOPE:
+        raise ApplicationError(
+            _("Datasets are imported from the Hub or a Hub-compatible mirror, not from ModelScope."), field="source"
+        )
     repo_id, path, revision = _clean_repo_id(repo_id), _clean_path(path), revision.strip() or "main"
     fmt = import_format(path)
     token = source_token(source, credential)

@@ -144,10 +144,24 @@ class ModelFilterForm(StyledForm):
 
 class SourceForm(StyledForm):
     name = forms.CharField(label=_("Name"), max_length=100)
+    kind = forms.ChoiceField(
+        label=_("Kind"),
+        choices=[
+            (ModelSource.Kind.MIRROR, ModelSource.Kind.MIRROR.label),
+            (ModelSource.Kind.MODELSCOPE, ModelSource.Kind.MODELSCOPE.label),
+        ],
+        initial=ModelSource.Kind.MIRROR,
+        required=False,  # a form without it adds a Hub-compatible mirror, as before ModelScope was a choice
+    )
     endpoint = forms.CharField(
         label=_("Endpoint"),
         max_length=200,
-        help_text=_("The mirror's address, e.g. https://hf-mirror.internal. Its host must be on the allow-list."),
+        required=False,
+        help_text=_(
+            "The mirror's address, e.g. https://hf-mirror.com (like HF_ENDPOINT). For ModelScope, empty means "
+            "https://www.modelscope.cn (MODELSCOPE_ENDPOINT), or give a mirror of it. Its host must be on the "
+            "allow-list."
+        ),
     )
     token = forms.CharField(
         label=_("Access token"),

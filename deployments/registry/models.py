@@ -34,16 +34,18 @@ class AllowedEndpoint(models.Model):
 
 
 class ModelSource(models.Model):
-    """The Hugging Face Hub, a Hub-compatible mirror, or local directories on the hosts."""
+    """The Hugging Face Hub, a Hub-compatible mirror, ModelScope (or a mirror of it: its endpoint), or local
+    directories on the hosts."""
 
     class Kind(models.TextChoices):
         HUB = "hub", _("Hugging Face Hub")
         MIRROR = "mirror", _("Hub-compatible mirror")
+        MODELSCOPE = "modelscope", _("ModelScope")
         LOCAL = "local", _("local directory")
 
     name = models.CharField(_("name"), max_length=100, unique=True)
     kind = models.CharField(_("kind"), max_length=10, choices=Kind.choices, default=Kind.HUB)
-    endpoint = models.URLField(_("endpoint"), blank=True, help_text=_("Empty for the Hub itself."))
+    endpoint = models.URLField(_("endpoint"), blank=True, help_text=_("Empty for the Hub or ModelScope itself."))
     token = EncryptedSecretField(_("access token"), null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -57,7 +59,12 @@ class ModelSource(models.Model):
 
     @property
     def url(self) -> str:
-        return self.endpoint.rstrip("/") or HUB_ENDPOINT
+        """The address requests go to: the source's own endpoint (a mirror), else its kind's default."""
+        if self.endpoint:
+            return self.endpoint.rstrip("/")
+        if self.kind == self.Kind.MODELSCOPE:
+            return settings.MODELSCOPE_ENDPOINT.rstrip("/")
+        return HUB_ENDPOINT
 
 
 class ModelRepo(models.Model):

@@ -180,7 +180,8 @@ class MaskedSecretField(serializers.CharField):
 
 class SourceSerializer(serializers.ModelSerializer):
     kind = serializers.ChoiceField(
-        choices=[ModelSource.Kind.MIRROR, ModelSource.Kind.HUB], default=ModelSource.Kind.MIRROR
+        choices=[ModelSource.Kind.MIRROR, ModelSource.Kind.HUB, ModelSource.Kind.MODELSCOPE],
+        default=ModelSource.Kind.MIRROR,
     )
     endpoint = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     url = serializers.CharField(read_only=True)

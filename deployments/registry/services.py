@@ -69,19 +69,26 @@ def endpoint_remove(*, actor, endpoint: AllowedEndpoint) -> None:
     endpoint.delete()
 
 
+# The kinds a person creates (local directories come with imports).
+SOURCE_KINDS = (ModelSource.Kind.HUB, ModelSource.Kind.MIRROR, ModelSource.Kind.MODELSCOPE)
+
+
 @traced("source.create")
 @transaction.atomic
 def source_create(*, actor, name: str, kind: str, endpoint: str = "", token: str | None = None) -> ModelSource:
-    """A Hub mirror (or the Hub with its own token). The endpoint must be on the allow-list."""
+    """A Hub mirror, the Hub with its own token, or ModelScope (its endpoint, when given, a mirror of it). The
+    endpoint must be on the allow-list."""
     require(actor, roles.MANAGE_INVENTORY)
-    if kind not in (ModelSource.Kind.HUB, ModelSource.Kind.MIRROR):
-        raise ApplicationError("A source is the Hub or a Hub-compatible mirror.", field="kind")
+    if kind not in SOURCE_KINDS:
+        raise ApplicationError(_("A source is the Hub, a Hub-compatible mirror or ModelScope."), field="kind")
     if ModelSource.objects.filter(name=name).exists():
         raise ApplicationError(f"A source named '{name}' already exists.", field="name")
     if kind == ModelSource.Kind.MIRROR and not endpoint:
         raise ApplicationError("A mirror needs its address.", field="endpoint")
     if endpoint:
         check_url(endpoint)
+    elif kind == ModelSource.Kind.MODELSCOPE:
+        check_url(settings.MODELSCOPE_ENDPOINT)  # said now, not when the first download is refused
     source = ModelSource.objects.create(name=name, kind=kind, endpoint=endpoint, token=token or None, created_by=actor)
     audit.record(
         action="source.created",
@@ -100,7 +107,7 @@ def _resolve(*, source: ModelSource, repo_id: str, revision: str, token: str | N
         # Every hop is checked as in the worker; someone waits, so an unreachable source is said within
         # HUB_CONNECT_TIMEOUT, as one sentence (SourceUnreachable), not after the library's retries.
         with allow_listed_hops(interactive=True):
-            return downloads.resolve(repo_id, revision, endpoint=source.url, token=token)
+            return downloads.resolve(repo_id, revision, endpoint=source.url, token=token, kind=source.kind)
     except downloads.DownloadError as error:
         unreachable = source_unreachable(error, url=source.url)
         if unreachable is not None:

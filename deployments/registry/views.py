@@ -329,7 +329,7 @@ class SourcesView(ConsoleViewMixin, View):
             try:
                 source = registry.source_create(
                     actor=request.user,
-                    kind=ModelSource.Kind.MIRROR,
+                    kind=form.cleaned_data["kind"] or ModelSource.Kind.MIRROR,
                     name=form.cleaned_data["name"],
                     endpoint=form.cleaned_data["endpoint"],
                     token=form.cleaned_data["token"] or None,

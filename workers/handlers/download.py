@@ -102,7 +102,7 @@ class DownloadHandler(Handler):
         try:
             if source.endpoint:
                 check_url(source.endpoint)
-            snapshot = downloads.resolve(repo.repo_id, repo.commit, endpoint=source.url, token=token)
+            snapshot = downloads.resolve(repo.repo_id, repo.commit, endpoint=source.url, token=token, kind=source.kind)
             files = downloads.choose_files(snapshot.files, include=ctx.job.params.get("include") or None)
             staging, final = staging_dir(artifact), final_dir(artifact)
             layout.ensure_store(model_store())  # 0755: never made 0700 by the umask as a parent of the staging

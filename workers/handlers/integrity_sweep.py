@@ -125,7 +125,7 @@ class IntegritySweepHandler(Handler):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            snapshot = downloads.resolve(repo.repo_id, repo.commit, endpoint=source.url, token=token)
+            snapshot = downloads.resolve(repo.repo_id, repo.commit, endpoint=source.url, token=token, kind=source.kind)
             files = [remote for remote in snapshot.files if remote.path in bad]
             hashes = downloads.download(
                 snapshot,

@@ -51,15 +51,24 @@ class RepoSnapshot:
     gated: bool | str
     private: bool
     license: str | None
+    provider: str = "hub"  # which API serves the files: "hub" (Hugging Face and its mirrors) or "modelscope"
 
 
-def resolve(repo_id: str, revision: str | None, *, endpoint: str | None, token: str | None) -> RepoSnapshot:
+def resolve(
+    repo_id: str, revision: str | None, *, endpoint: str | None, token: str | None, kind: str = "hub"
+) -> RepoSnapshot:
     """Pin ``revision`` (default "main") of a model repo to its commit sha and list its files with sizes and hashes.
+
+    ``kind`` is the source's: "modelscope" speaks ModelScope's API (:mod:`.modelscope`), anything else the Hub's.
 
     Only the given ``token`` is sent: never a token stored on this machine, so what works here works in the job.
     For a gated repo, one file is probed with HEAD so a missing license acceptance shows now, not after a
     space check and hours of waiting.
     """
+    if kind == "modelscope":
+        from deployments.registry.downloads import modelscope
+
+        return modelscope.resolve(repo_id, revision, endpoint=endpoint, token=token)
     revision = revision or "main"
     info = _model_info(repo_id, revision, endpoint=endpoint, token=token)
     commit = info.sha or ""

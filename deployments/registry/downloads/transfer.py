@@ -143,6 +143,23 @@ def _first_failure(futures: list[Future]) -> BaseException | None:
     return failure
 
 
+def _source_headers(snapshot: RepoSnapshot, token: str | None) -> dict[str, str]:
+    if snapshot.provider == "modelscope":
+        from deployments.registry.downloads import modelscope
+
+        return modelscope.headers(token)
+    return _headers(token)
+
+
+def _file_url(snapshot: RepoSnapshot, path: str, endpoint: str | None) -> str:
+    """Where ``path`` at the snapshot's commit is fetched from, in the API of the source that listed it."""
+    if snapshot.provider == "modelscope":
+        from deployments.registry.downloads import modelscope
+
+        return modelscope.file_url(snapshot.repo_id, path, commit=snapshot.commit, endpoint=endpoint)
+    return hf_hub_url(snapshot.repo_id, path, revision=snapshot.commit, endpoint=endpoint)
+
+
 class _FileState:
     """One file being written: its open ``.part``, running hashes and how many bytes it holds."""
 
@@ -182,7 +199,8 @@ class _Download:
         self.meter = meter
         self.chunk_size = max(int(chunk_size), MIN_READ)
         self.retries = max(int(retries), 0)
-        self.headers = {**_headers(token), "Accept-Encoding": "identity"}  # ranges and sizes are of the raw bytes
+        # Ranges and sizes are of the raw bytes: no content encoding.
+        self.headers = {**_source_headers(snapshot, token), "Accept-Encoding": "identity"}
         self.session = get_session()
         self.sidecar = _Sidecar(staging)
 
@@ -366,7 +384,7 @@ class _Download:
 
     def _request(self, state: _FileState) -> requests.Response:
         remote = state.remote
-        url = hf_hub_url(self.snapshot.repo_id, remote.path, revision=self.snapshot.commit, endpoint=self.endpoint)
+        url = _file_url(self.snapshot, remote.path, self.endpoint)
         headers = dict(self.headers)
         if state.offset:
             headers["Range"] = f"bytes={state.offset}-"

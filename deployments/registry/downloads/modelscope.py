@@ -1,0 +1,201 @@
+"""ModelScope: pin a revision of a ModelScope model repo to its commit and list its files, over its HTTP API.
+
+The routes are those the ``modelscope`` SDK's ``HubApi`` calls (the SDK itself is not a dependency: it brings a
+large tree of packages, and the engine only needs three GETs):
+
+* ``GET /api/v1/models/{owner}/{name}/revisions``: ``Data.RevisionMap.Branches`` and ``.Tags``, entries with
+  ``Revision`` (the name) and ``CommitId`` (the sha it points at);
+* ``GET /api/v1/models/{owner}/{name}/repo/files?Revision=<commit>&Recursive=True``: ``Data.Files``, entries with
+  ``Path``, ``Type`` ("blob" or "tree"), ``Size`` and ``Sha256`` (what each file is verified against);
+* ``GET /api/v1/models/{owner}/{name}/repo?Revision=<commit>&FilePath=<path>``: the file, ``Range`` honoured.
+
+Answers are ``{"Code": 200, "Success": true, "Data": ...}``; a failure carries ``Code`` and ``Message``.
+A private repo needs the account's SDK token: the SDK sends it as the ``m_session_id`` cookie (and as
+``Authorization: Bearer`` to its newer routes); both are sent here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import requests
+from huggingface_hub.utils import get_session
+
+from deployments.registry.downloads.errors import DownloadError, _network_error
+from deployments.registry.downloads.hub import (
+    CONNECT_TIMEOUT_S,
+    LIBRARY_NAME,
+    LIBRARY_VERSION,
+    READ_TIMEOUT_S,
+    RESOLVE_ATTEMPTS,
+    _is_transient_status,
+    _resolve_pause,
+)
+from deployments.registry.downloads.snapshot import RemoteFile, RepoSnapshot
+from deployments.registry.downloads.staging import _check_repo_path
+
+DEFAULT_ENDPOINT = "https://www.modelscope.cn"
+PROVIDER = "modelscope"
+DEFAULT_BRANCH = "master"  # ModelScope's default branch; "main" (the form's default) falls back to it
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_SKIPPED = {".gitattributes", ".gitignore"}  # the SDK skips these too: repo plumbing, not model files
+
+
+def headers(token: str | None) -> dict[str, str]:
+    """What every ModelScope request carries: who asks, and the token (cookie and bearer) when there is one."""
+    found = {"User-Agent": f"{LIBRARY_NAME}/{LIBRARY_VERSION}"}
+    if token:
+        found["Cookie"] = f"m_session_id={token}"
+        found["Authorization"] = f"Bearer {token}"
+    return found
+
+
+def _base(endpoint: str | None) -> str:
+    return (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _model_path(repo_id: str) -> str:
+    return "/".join(quote(part, safe="") for part in repo_id.split("/"))
+
+
+def file_url(repo_id: str, path: str, *, commit: str, endpoint: str | None) -> str:
+    """The download address of ``path`` at ``commit``."""
+    query = urlencode({"Revision": commit, "FilePath": path})
+    return f"{_base(endpoint)}/api/v1/models/{_model_path(repo_id)}/repo?{query}"
+
+
+def resolve(repo_id: str, revision: str | None, *, endpoint: str | None, token: str | None) -> RepoSnapshot:
+    """Pin ``revision`` (a branch, a tag or a commit; "main" means ModelScope's "master" when the repo has no
+    "main") to its commit, and list the files at that commit with their sizes and sha256."""
+    revision = revision or DEFAULT_BRANCH
+    if "/" not in repo_id or repo_id.count("/") > 1:
+        raise DownloadError(
+            f"{repo_id!r} is not a valid ModelScope model id.",
+            cause="invalid_repo_id",
+            next_step="Use the id from the model page's address: owner/name, e.g. Qwen/Qwen2.5-7B-Instruct.",
+            field="repo_id",
+        )
+    commit = _commit_of(repo_id, revision, endpoint=endpoint, token=token)
+    query = urlencode({"Revision": commit, "Recursive": "True"})
+    data = _get(f"/api/v1/models/{_model_path(repo_id)}/repo/files?{query}", repo_id, revision, endpoint, token)
+    entries = data.get("Files") or [] if isinstance(data, dict) else None
+    if entries is None:
+        raise _not_modelscope(endpoint, repo_id, revision, "no file list")
+    files = [_remote_file(entry, repo_id, endpoint) for entry in entries if _is_model_file(entry)]
+    return RepoSnapshot(
+        repo_id=repo_id,
+        revision=revision,
+        commit=commit,
+        files=files,
+        gated=False,
+        private=bool(token),
+        license=None,
+        provider=PROVIDER,
+    )
+
+
+def _commit_of(repo_id: str, revision: str, *, endpoint: str | None, token: str | None) -> str:
+    data = _get(f"/api/v1/models/{_model_path(repo_id)}/revisions", repo_id, revision, endpoint, token)
+    revision_map = data.get("RevisionMap") if isinstance(data, dict) else None
+    if not isinstance(revision_map, dict):
+        raise _not_modelscope(endpoint, repo_id, revision, "no RevisionMap")
+    named = {
+        entry.get("Revision"): entry.get("CommitId")
+        for group in ("Branches", "Tags")
+        for entry in revision_map.get(group) or []
+        if isinstance(entry, dict)
+    }
+    if revision == "main" and "main" not in named:
+        revision = DEFAULT_BRANCH
+    commit = named.get(revision)
+    if commit is None and _COMMIT_RE.match(revision):
+        return revision  # already a commit: the file list at it says whether it exists
+    if commit is None:
+        raise DownloadError(
+            f"{repo_id} has no revision {revision!r} on {_base(endpoint)}.",
+            cause="revision_not_found",
+            next_step="Use a branch or tag listed on the model's page (ModelScope's default branch is master), "
+            "or a full commit id.",
+            field="revision",
+        )
+    if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
+        raise _not_modelscope(endpoint, repo_id, revision, f"revision {revision!r} names no commit")
+    return commit
+
+
+def _is_model_file(entry: Any) -> bool:
+    return isinstance(entry, dict) and entry.get("Type") != "tree" and entry.get("Name") not in _SKIPPED
+
+
+def _remote_file(entry: dict, repo_id: str, endpoint: str | None) -> RemoteFile:
+    path = entry.get("Path")
+    size = entry.get("Size")
+    sha256 = entry.get("Sha256")
+    if not isinstance(path, str) or not isinstance(size, int) or not isinstance(sha256, str) or len(sha256) != 64:
+        # Without a size and a sha256 there is nothing to verify the bytes against: refuse rather than trust.
+        raise _not_modelscope(endpoint, repo_id, "", f"no size or sha256 for {path!r}")
+    _check_repo_path(path, repo_id)
+    return RemoteFile(path=path, size=size, sha256=sha256.lower(), blob_id=None, lfs=bool(entry.get("IsLFS")))
+
+
+def _get(route: str, repo_id: str, revision: str, endpoint: str | None, token: str | None) -> Any:
+    """GET a JSON route (a few tries on a transient failure); its ``Data``."""
+    url = f"{_base(endpoint)}{route}"
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = get_session().get(url, headers=headers(token), timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if attempt >= RESOLVE_ATTEMPTS:
+                raise _network_error(f"Could not reach ModelScope at {_base(endpoint)}: {exc}", endpoint) from exc
+        else:
+            if not (_is_transient_status(response) and attempt < RESOLVE_ATTEMPTS):
+                return _data(response, repo_id, revision, endpoint, token)
+        time.sleep(_resolve_pause(attempt))
+
+
+def _data(response: requests.Response, repo_id: str, revision: str, endpoint: str | None, token: str | None) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = body.get("Message", "") if isinstance(body, dict) else ""
+    status = response.status_code
+    if status in (401, 403) or (status == 404 and not token):
+        raise DownloadError(
+            f"{repo_id} on {_base(endpoint)} is private or does not exist (HTTP {status}). {message}".strip(),
+            cause="unauthorized" if token else "repo_not_found",
+            next_step="Check the model id; for a private model give the source (or the download) a ModelScope "
+            "SDK token of an account that can see it.",
+            field="token" if token else "repo_id",
+        )
+    if status == 404:
+        raise DownloadError(
+            f"{repo_id}@{revision} was not found on {_base(endpoint)}. {message}".strip(),
+            cause="repo_not_found",
+            next_step="Check the model id and the revision on the model's page.",
+            field="repo_id",
+        )
+    if status >= 400:
+        raise DownloadError(
+            f"{_base(endpoint)} answered HTTP {status} for {repo_id}. {message}".strip(),
+            cause="rate_limited" if status == 429 else "hub_error",
+            next_step="Retry later; if it persists, check the source's address.",
+        )
+    if not isinstance(body, dict) or "Data" not in body or body.get("Success") is False:
+        raise _not_modelscope(endpoint, repo_id, revision, message or "no Data")
+    return body["Data"]
+
+
+def _not_modelscope(endpoint: str | None, repo_id: str, revision: str, detail: str) -> DownloadError:
+    at = f"{repo_id}@{revision}" if revision else repo_id
+    return DownloadError(
+        f"{_base(endpoint)} did not answer like ModelScope for {at} ({detail}).",
+        cause="hub_metadata",
+        next_step="Check that the source's address is ModelScope or a ModelScope-compatible mirror.",
+        field="endpoint",
+    )
