@@ -66,7 +66,13 @@ def send_files(
     with session:
         for relpath in sorted(files):
             path = confined(directory, relpath)
-            size = path.stat().st_size
+            try:
+                size = path.stat().st_size
+            except OSError as error:
+                raise CopyError(
+                    f"{relpath} cannot be read in {directory} ({error.strerror or error}): the model on this host is "
+                    "not whole; run its integrity check."
+                ) from None
             url = file_url(base, copy_id, relpath)
             failures = 0
             while True:

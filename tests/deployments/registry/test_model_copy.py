@@ -17,9 +17,11 @@ from console.errors import ApplicationError
 from deployments.models import ArtifactUse, Deployment, Job, ModelArtifact, ModelSource
 from deployments.registry.copies import artifact_copy
 from deployments.registry.copy_relay import copy_token, relay_dir
+from deployments.registry.services import artifact_on_host
 from deployments.serving import services as lifecycle
 from deployments.serving.planning import verdict
 from deployments.serving.specs import clean_spec
+from tests.factories import ModelArtifactFactory
 from tests.support.deploy_fixtures import process_host
 from workers import runner
 
@@ -256,3 +258,28 @@ def test_the_deploy_review_says_a_copy_is_made_first_on_a_host_without_it(client
     note = body.split('data-plan="copy"', 1)[1].split("</div>", 1)[0]
     assert "hidden" not in note.split(">", 1)[0] and "a copy is made first" in note
     assert "host-b" in body
+
+
+def test_a_hub_model_is_copied_rather_than_downloaded_on_a_closed_site_and_an_adapter_needs_its_base(
+    admin, settings, tmp_path
+):
+    a, b = process_host("host-a", gpus=1), process_host("host-b", gpus=1)
+    hub = ModelArtifactFactory(host=a, files_sha256={"config.json": sha(b"{}")})
+    settings.MODEL_COPY_FIRST = False
+    downloaded = artifact_on_host(actor=admin, artifact=hub, host=b)
+    assert Job.objects.get(target_id=str(downloaded.pk)).kind == Job.Kind.DOWNLOAD  # the Hub is reachable
+
+    c = process_host("host-c", gpus=1)
+    settings.MODEL_COPY_FIRST = True  # hosts that cannot reach the Hub
+    copied = artifact_on_host(actor=admin, artifact=hub, host=c)
+    assert set(copy_jobs(copied)) == {"send", "receive"}
+    assert not Job.objects.filter(kind=Job.Kind.DOWNLOAD, target_id=str(copied.pk)).exists()
+
+    adapter = ModelArtifactFactory(
+        host=a, kind=ModelArtifact.Kind.ADAPTER, base=hub, imported=True, files_sha256={"adapter.bin": sha(b"x")}
+    )
+    with pytest.raises(ApplicationError) as refused:
+        artifact_copy(actor=admin, artifact=adapter, host=b)  # b's copy of the base is still downloading
+    assert "no ready copy of the base model" in refused.value.message
+    ModelArtifact.objects.filter(pk=downloaded.pk).update(status=ModelArtifact.Status.READY)
+    assert artifact_copy(actor=admin, artifact=adapter, host=b).base_id == downloaded.pk  # the base on b
