@@ -165,19 +165,24 @@ def _data(response: requests.Response, repo_id: str, revision: str, endpoint: st
         body = None
     message = body.get("Message", "") if isinstance(body, dict) else ""
     status = response.status_code
-    if status in (401, 403) or (status == 404 and not token):
+    if status in (401, 403):
         raise DownloadError(
-            f"{repo_id} on {_base(endpoint)} is private or does not exist (HTTP {status}). {message}".strip(),
-            cause="unauthorized" if token else "repo_not_found",
-            next_step="Check the model id; for a private model give the source (or the download) a ModelScope "
-            "SDK token of an account that can see it.",
-            field="token" if token else "repo_id",
+            f"{_base(endpoint)} refused {'the token' if token else 'a request without a token'} for {repo_id} "
+            f"(HTTP {status}). {message}".strip(),
+            cause="unauthorized",
+            next_step="Give the source (or the download) a current ModelScope SDK token of an account that can see "
+            "the model.",
+            field="token",
         )
     if status == 404:
+        # ModelScope answers a private model it does not show to this token (or to no token) as not found.
+        seen = " that the token can see" if token else ""
         raise DownloadError(
-            f"{repo_id}@{revision} was not found on {_base(endpoint)}. {message}".strip(),
+            f"No model {repo_id}@{revision} on {_base(endpoint)}{seen}: it is private or does not exist. "
+            f"{message}".strip(),
             cause="repo_not_found",
-            next_step="Check the model id and the revision on the model's page.",
+            next_step="Check the model id and the revision; for a private model give the source (or the download) "
+            "a ModelScope SDK token of an account that can see it.",
             field="repo_id",
         )
     if status >= 400:
@@ -189,6 +194,27 @@ def _data(response: requests.Response, repo_id: str, revision: str, endpoint: st
     if not isinstance(body, dict) or "Data" not in body or body.get("Success") is False:
         raise _not_modelscope(endpoint, repo_id, revision, message or "no Data")
     return body["Data"]
+
+
+def file_error(response: requests.Response, *, repo_id: str, path: str, endpoint: str | None, token: str | None):
+    """What a refused file request (HTTP 4xx other than 416 and 429) means, said for ModelScope."""
+    status = response.status_code
+    if status in (401, 403):
+        return DownloadError(
+            f"{_base(endpoint)} refused {path} of {repo_id} (HTTP {status}): the token is missing, expired or of "
+            "an account that cannot see the model.",
+            cause="unauthorized",
+            next_step="Give the source (or the download) a current ModelScope SDK token of an account that can see "
+            "the model, then retry.",
+            field="token",
+        )
+    # A private model's files answer 404 to a token that no longer sees it, as a vanished file does.
+    return DownloadError(
+        f"{path} is listed in {repo_id} but {_base(endpoint)} does not serve it (HTTP {status}).",
+        cause="file_not_found" if status == 404 else "hub_error",
+        next_step="If the model is private, check that the source's ModelScope SDK token is still valid; otherwise "
+        "retry later, exclude that file, or choose another revision.",
+    )
 
 
 def _not_modelscope(endpoint: str | None, repo_id: str, revision: str, detail: str) -> DownloadError:

@@ -460,6 +460,16 @@ class _Download:
             # The server's file is shorter than what we hold: the bytes on disk are not a prefix of it.
             state.restart(self.meter)
             raise _Transient("the server refused the resume point (HTTP 416); starting the file over")
+        if status >= 400 and self.snapshot.provider == "modelscope":
+            from deployments.registry.downloads import modelscope
+
+            raise modelscope.file_error(
+                response,
+                repo_id=self.snapshot.repo_id,
+                path=state.remote.path,
+                endpoint=self.endpoint,
+                token=self.token,
+            )
         if status >= 400:
             try:
                 hf_raise_for_status(response)

@@ -129,7 +129,7 @@ def test_a_private_model_needs_the_sources_token(modelscope, admin, engineer, ho
     anonymous = source_create(actor=admin, name="ms anonymous", kind="modelscope", endpoint=modelscope.endpoint)
     with pytest.raises(ApplicationError) as refused:
         model_add(actor=engineer, source=anonymous, repo_id="acme/private", host=host)
-    assert "private or does not exist" in refused.value.message and "token" in refused.value.message
+    assert "private or does not exist" in refused.value.message and "ModelScope SDK token" in refused.value.message
     signed_in = source_create(
         actor=admin, name="ms account", kind="modelscope", endpoint=modelscope.endpoint, token=TEST_TOKEN
     )
@@ -137,6 +137,27 @@ def test_a_private_model_needs_the_sources_token(modelscope, admin, engineer, ho
     artifact = model_add(actor=engineer, source=signed_in, repo_id="acme/private", host=host)
     assert runner.run(job_of(artifact).pk) == "succeeded"
     assert (Path(ModelArtifact.objects.get(pk=artifact.pk).path) / "config.json").read_bytes() == CONFIG
+
+    # A token revoked between adding the model and the download: the job says so, on the token.
+    modelscope.add_repo("acme/revoked", {"config.json": CONFIG}, private=True)
+    artifact = model_add(actor=engineer, source=signed_in, repo_id="acme/revoked", host=host)
+    modelscope.required_token = "another"
+    assert runner.run(job_of(artifact).pk) == "failed"
+    job = job_of(artifact)
+    assert job.failure_cause == "repo_not_found" and "ModelScope SDK token" in job.next_step
+
+
+def test_a_file_refused_after_the_listing_points_at_the_token(modelscope, tmp_path):
+    modelscope.add_repo("acme/secret", {"config.json": CONFIG}, private=True)
+    snapshot = downloads.resolve("acme/secret", None, endpoint=modelscope.endpoint, token=TEST_TOKEN, kind="modelscope")
+    modelscope.required_token = "rotated"  # the token stops working between the listing and the files
+    with pytest.raises(downloads.DownloadError) as refused:
+        downloads.download(
+            snapshot, snapshot.files, tmp_path, endpoint=modelscope.endpoint, token=TEST_TOKEN,
+            on_progress=lambda p: None, should_cancel=bool,
+        )  # fmt: skip
+    assert refused.value.cause == "file_not_found" and "config.json" in refused.value.message
+    assert "ModelScope SDK token" in refused.value.next_step
 
 
 @pytest.mark.django_db
