@@ -9,8 +9,8 @@ from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
 from audit.filters import AuditFilterForm
+from audit.incremental import view_verification
 from audit.models import AuditCheckpoint, AuditEvent
-from audit.verify import remember, verify_chain, verify_from_checkpoint
 from console import roles
 from console.permissions import can, require
 
@@ -78,30 +78,24 @@ def checkpoint_list(*, user) -> QuerySet[AuditCheckpoint]:
 
 
 def verification_status(*, user) -> dict:
-    """Is the chain intact? From the last checkpoint when there is one (its signature and head are
-    checked, then only the events after it: cheap), else the whole chain."""
+    """Is the chain intact? The last checkpoint is checked (signature, head, count), then only the events this
+    console has not verified yet (audit/incremental.py: after the remembered head, bounded per view); an edit to an
+    older event is the full walk's to find (the periodic task, audit_verify), whose last run is under `walk`."""
     require(user, roles.VIEW_DATA)
     checkpoint = AuditCheckpoint.objects.order_by("-id").first()
-    result = remember(verify_from_checkpoint(checkpoint) if checkpoint is not None else verify_chain())
+    status = view_verification(checkpoint)
     checkpoint_data = None
     if checkpoint is not None:
-        # verify_from_checkpoint reports a checkpoint that no longer vouches for the chain at position 0.
+        # A checkpoint that no longer vouches for the chain is reported at position 0.
         checkpoint_data = {
             **checkpoint.as_dict(),
             "time": checkpoint.created_at.isoformat(),
-            "valid": result.broken_position != 0,
+            "valid": status["broken_position"] != 0,
         }
-    return {
-        "ok": result.ok,
-        "checked": result.checked,
-        "total": result.total,
-        "summary": result.summary(),
-        "broken_position": result.broken_position,
-        "broken_id": result.broken_id,
-        "reason": result.reason,
-        "after_id": result.start_id,
-        "checkpoint": checkpoint_data,
-    }
+    walk = status["walk"]
+    if walk is not None:
+        walk = {**walk, "time": datetime.fromtimestamp(walk["at"], tz=UTC).isoformat()}
+    return {**status, "walk": walk, "checkpoint": checkpoint_data}
 
 
 def target_history(*, user, targets: list, limit: int = 100) -> QuerySet[AuditEvent] | None:

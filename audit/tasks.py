@@ -6,8 +6,9 @@ from celery import shared_task
 from django.conf import settings
 
 from audit.checkpoints import checkpoint_create, checkpoint_export
+from audit.incremental import remember_walk
 from audit.models import AuditCheckpoint
-from audit.verify import remember, verify_chain, verify_from_checkpoint
+from audit.verify import verify_chain, verify_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def checkpoint() -> int | None:
     A chain that does not verify is not signed: a new checkpoint would vouch for the edited events, and the next run,
     verifying only after it, would report the chain sound again. Signing resumes once the chain verifies (restored)."""
     last = AuditCheckpoint.objects.order_by("-id").first()
-    result = remember(verify_from_checkpoint(last) if last is not None else verify_chain())
+    result = remember_walk(verify_from_checkpoint(last) if last is not None else verify_chain(), source="periodic")
     if not result.ok:
         logger.error("audit: not signing a checkpoint: %s", result.summary())
         return None

@@ -31,6 +31,10 @@ class VerifyResult:
     broken_id: int | None = None
     reason: str = ""
     start_id: int = 0
+    # The last event the walk passed and its hash (after_id / after_hash when it passed none): where a later walk
+    # may resume (audit/incremental.py).
+    head_id: int = 0
+    head_hash: str = ""
 
     @property
     def ok(self) -> bool:
@@ -99,11 +103,14 @@ def _mismatch(row, expected_id: int, prev: str) -> str:
     return ""
 
 
-def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS) -> VerifyResult:
-    """Verify the events after `after_id`, whose predecessor has hash `after_hash`."""
+def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS, limit: int | None = None) -> VerifyResult:
+    """Verify the events after `after_id`, whose predecessor has hash `after_hash`; with `limit`, at most that many
+    (total still counts all the events after `after_id`: total - checked were left for a later walk)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*), max(id) FROM audit_auditevent WHERE id > %s", [after_id])
         total, last_id = cursor.fetchone()
+    if limit is not None and last_id is not None:
+        last_id = min(last_id, after_id + limit)
     expected_id, prev = after_id + 1, after_hash
     # The hot loop makes no Python-level call per event, only C calls; a row it cannot pass goes to
     # _mismatch. Ids run consecutively up to there, so an event's position is expected_id - after_id.
@@ -123,7 +130,7 @@ def verify_chain(*, after_id: int = 0, after_hash: str = chain.GENESIS) -> Verif
                 position = expected_id - after_id
                 return VerifyResult(position, total, position, row[0], reason, after_id)
             expected_id, prev = expected_id + 1, row[1]
-    return VerifyResult(expected_id - after_id - 1, total, start_id=after_id)
+    return VerifyResult(expected_id - after_id - 1, total, start_id=after_id, head_id=expected_id - 1, head_hash=prev)
 
 
 LAST_RESULT_KEY = "audit:last-verification"

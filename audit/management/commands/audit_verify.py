@@ -3,6 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.incremental import remember_walk
 from audit.models import AuditCheckpoint
 from audit.verify import verify_chain, verify_checkpoints, verify_exported, verify_from_checkpoint
 
@@ -40,7 +41,7 @@ class Command(BaseCommand):
             except AuditCheckpoint.DoesNotExist:
                 raise CommandError(f"no checkpoint {from_checkpoint}") from None
         else:
-            result = verify_chain()
+            result = remember_walk(verify_chain(), source="audit_verify")  # the audit page names its last run
         checkpoint_problem = None if (checkpoint_file or from_checkpoint) else verify_checkpoints()
         if checkpoints is not None and checkpoint_problem is None:
             if not checkpoints.is_dir():
