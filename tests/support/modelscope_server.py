@@ -5,7 +5,7 @@ answer shapes the ``modelscope`` SDK's ``HubApi`` reads (modelscope/hub/api.py, 
   {"Branches": [{"Revision", "CommitId", "CreatedAt"}], "Tags": [...]}}}``;
 * ``GET /api/v1/models/{owner}/{name}/repo/files?Revision=...&Recursive=True``: ``Data.Files``, one entry per
   file (``Name``, ``Path``, ``Type`` "blob", ``Size``, ``Sha256``, ``IsLFS``, ``Revision``/``CommitId``) and per
-  directory (``Type`` "tree"), plus the ``.gitattributes`` the SDK skips;
+  directory (``Type`` "tree"); every commit holds a ``.gitattributes`` (the SDK fetches it, the console skips it);
 * ``GET /api/v1/models/{owner}/{name}/repo?Revision=...&FilePath=...``: the file; ``Range: bytes=a-`` / ``a-b``
   answers 206 with ``Content-Range``, past the end 416.
 
@@ -13,10 +13,11 @@ answer shapes the ``modelscope`` SDK's ``HubApi`` reads (modelscope/hub/api.py, 
 ``m_session_id`` cookie (or ``Authorization: Bearer``); without it the API answers 404 with ``Code`` 10010205
 and a ``Message``, as ModelScope does for a model it does not show.
 
-Test knobs: ``throttle_bytes_per_second``; ``fail_after_bytes`` (cut the next file body longer than this after
-that many bytes, once); ``redirect_files_to`` (answer file requests with a 302 to that base address, as
-ModelScope sends large files to its object store); :meth:`advertise_wrong_sha256`; :meth:`served` (file body
-bytes written); ``ranges`` (the ``Range`` header of every file request, or None).
+Test knobs: ``throttle_bytes_per_second``; ``revision_commit_ids`` (False: revision entries without
+``CommitId``, the client then reads each file's last commit); ``fail_after_bytes`` (cut the next file body
+longer than this after that many bytes, once); ``redirect_files_to`` (answer file requests with a 302 to that
+base address, as ModelScope sends large files to its object store); :meth:`advertise_wrong_sha256`;
+:meth:`served` (file body bytes written); ``ranges`` (the ``Range`` header of every file request, or None).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 TEST_TOKEN = "ms_test_token"
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 
 
 @dataclass
@@ -93,6 +95,7 @@ class ModelScopeServer:
         self.repos: dict[str, _Repo] = {}
         self.throttle_bytes_per_second: int | None = None
         self.fail_after_bytes: int | None = None
+        self.revision_commit_ids = True  # False: revision entries carry only Revision and CreatedAt
         self.redirect_files_to: str | None = None  # answer file requests with a 302 there (ModelScope's OSS)
         self.ranges: list[str | None] = []
         self._served: dict[tuple[str, str], int] = {}
@@ -143,7 +146,8 @@ class ModelScopeServer:
         self._clock += 60
         parent = repo.branches.get(branch, "")
         sha = hashlib.sha1(f"{repo_id}\0{parent}\0{self._clock}".encode(), usedforsecurity=False).hexdigest()
-        repo.commits[sha] = _Commit(sha=sha, files=dict(files), created=self._clock)
+        tree = {".gitattributes": GITATTRIBUTES, **files}  # every ModelScope repo has one; the SDK fetches it
+        repo.commits[sha] = _Commit(sha=sha, files=tree, created=self._clock)
         repo.branches[branch] = sha
         if tag:
             repo.tags[tag] = sha
@@ -199,22 +203,35 @@ class ModelScopeServer:
     def _revision_map(self, repo: _Repo) -> dict[str, list[dict[str, Any]]]:
         def entries(named: dict[str, str]) -> list[dict[str, Any]]:
             return [
-                {"Revision": name, "CommitId": sha, "CreatedAt": repo.commits[sha].created}
+                {"Revision": name, "CreatedAt": repo.commits[sha].created}
+                | ({"CommitId": sha} if self.revision_commit_ids else {})
                 for name, sha in sorted(named.items())
             ]
 
         return {"Branches": entries(repo.branches), "Tags": entries(repo.tags)}
 
     def _listing(self, repo: _Repo, commit: _Commit) -> list[dict[str, Any]]:
-        listing: list[dict[str, Any]] = [_entry(".gitattributes", b"*.safetensors filter=lfs\n", commit.sha)]
+        listing: list[dict[str, Any]] = []
         dirs = sorted({path.rsplit("/", 1)[0] for path in commit.files if "/" in path})
         listing += [{"Name": d.rsplit("/", 1)[-1], "Path": d, "Type": "tree", "Size": 0} for d in dirs]
         for path, data in sorted(commit.files.items()):
-            entry = _entry(path, data, commit.sha)
+            entry = _entry(path, data, *self._last_change(repo, commit, path))
             if path in repo.wrong_sha256:
                 entry["Sha256"] = hashlib.sha256(data + b"other").hexdigest()
             listing.append(entry)
         return listing
+
+    @staticmethod
+    def _last_change(repo: _Repo, commit: _Commit, path: str) -> tuple[str, int]:
+        """The commit (sha, time) that last changed ``path`` up to ``commit``, as each file entry names it."""
+        last = commit
+        for older in sorted(repo.commits.values(), key=lambda c: c.created, reverse=True):
+            if older.created > commit.created:
+                continue
+            if older.files.get(path) != commit.files[path]:
+                break
+            last = older
+        return last.sha, last.created
 
     def _send_file(self, handler: _Handler, repo_id: str, path: str, data: bytes) -> None:
         header = handler.headers.get("Range")
@@ -272,7 +289,7 @@ def _ok(data: dict[str, Any]) -> dict[str, Any]:
     return {"Code": 200, "Success": True, "Message": "success", "Data": data, "RequestId": "test"}
 
 
-def _entry(path: str, data: bytes, commit: str) -> dict[str, Any]:
+def _entry(path: str, data: bytes, commit: str, committed: int) -> dict[str, Any]:
     return {
         "Name": path.rsplit("/", 1)[-1],
         "Path": path,
@@ -283,4 +300,5 @@ def _entry(path: str, data: bytes, commit: str) -> dict[str, Any]:
         "Mode": "100644",
         "Revision": commit,
         "CommitId": commit,
+        "CommittedDate": committed,
     }

@@ -106,14 +106,13 @@ def _commit_of(repo_id: str, revision: str, *, endpoint: str | None, token: str 
         entry.get("Revision"): entry.get("CommitId")
         for group in ("Branches", "Tags")
         for entry in revision_map.get(group) or []
-        if isinstance(entry, dict)
+        if isinstance(entry, dict) and entry.get("Revision")
     }
     if revision == "main" and "main" not in named:
         revision = DEFAULT_BRANCH
-    commit = named.get(revision)
-    if commit is None and _COMMIT_RE.match(revision):
-        return revision  # already a commit: the file list at it says whether it exists
-    if commit is None:
+    if revision not in named:
+        if _COMMIT_RE.match(revision):
+            return revision  # already a commit: the file list at it says whether it exists
         raise DownloadError(
             f"{repo_id} has no revision {revision!r} on {_base(endpoint)}.",
             cause="revision_not_found",
@@ -121,9 +120,27 @@ def _commit_of(repo_id: str, revision: str, *, endpoint: str | None, token: str 
             "or a full commit id.",
             field="revision",
         )
+    commit = named[revision]
+    if commit is None:
+        commit = _newest_file_commit(repo_id, revision, endpoint=endpoint, token=token)
     if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
         raise _not_modelscope(endpoint, repo_id, revision, f"revision {revision!r} names no commit")
     return commit
+
+
+def _newest_file_commit(repo_id: str, revision: str, *, endpoint: str | None, token: str | None) -> str | None:
+    """The commit a branch or tag points at when the revision list does not say (it is documented to carry only
+    ``Revision`` and ``CreatedAt``): every file entry names the last commit that touched it, and the newest of
+    those is the head (a commit touches at least one file)."""
+    query = urlencode({"Revision": revision, "Recursive": "True"})
+    data = _get(f"/api/v1/models/{_model_path(repo_id)}/repo/files?{query}", repo_id, revision, endpoint, token)
+    entries = [e for e in (data.get("Files") or [] if isinstance(data, dict) else []) if isinstance(e, dict)]
+    dated = [
+        (e.get("CommittedDate") or 0, e.get("CommitId") or e.get("Revision"))
+        for e in entries
+        if isinstance(e.get("CommitId") or e.get("Revision"), str)
+    ]
+    return max(dated, key=lambda item: item[0] if isinstance(item[0], int | float) else 0)[1] if dated else None
 
 
 def _is_model_file(entry: Any) -> bool:

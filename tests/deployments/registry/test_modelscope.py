@@ -70,6 +70,15 @@ def test_download_is_pinned_to_the_commit_verified_and_published(modelscope, sou
     assert not (path / ".gitattributes").exists()
 
 
+def test_without_commit_ids_in_the_revision_list_the_newest_file_commit_pins_it(modelscope):
+    modelscope.revision_commit_ids = False
+    modelscope.add_repo("qwen/moving", {"config.json": CONFIG, "model.safetensors": b"w1"})
+    head = modelscope.add_repo("qwen/moving", {"config.json": b"{}", "model.safetensors": b"w1"})
+    snapshot = downloads.resolve("qwen/moving", "main", endpoint=modelscope.endpoint, token=None, kind="modelscope")
+    assert snapshot.commit == head and snapshot.revision == "main"
+    assert {f.path: f.size for f in snapshot.files} == {"config.json": 2, "model.safetensors": 2}
+
+
 @pytest.mark.django_db
 def test_a_file_whose_sha256_does_not_match_the_list_is_refused(modelscope, source, host, engineer, settings):
     modelscope.add_repo("qwen/bad", {"config.json": CONFIG, "model.safetensors": noise(MiB, 2)})
