@@ -146,7 +146,7 @@ class ModelArtifactViewSet(
 
 
 class SourceViewSet(ConsoleViewSetMixin, mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
-    """Where models come from: the Hub and Hub-compatible mirrors. Tokens are write-only."""
+    """Where models come from: the Hub, Hub-compatible mirrors and ModelScope (or its mirror). Tokens are write-only."""
 
     queryset = ModelSource.objects.all()
     serializer_class = SourceSerializer
