@@ -41,6 +41,7 @@ DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 PROVIDER = "modelscope"
 DEFAULT_BRANCH = "master"  # ModelScope's default branch; "main" (the form's default) falls back to it
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+LISTING_CAP = 3000  # repo/files answers at most this many entries, silently cut (the SDK's REPO_FILES_TRUNCATION_LIMIT)
 _SKIPPED = {".gitattributes", ".gitignore"}  # the SDK skips these too: repo plumbing, not model files
 
 
@@ -84,6 +85,14 @@ def resolve(repo_id: str, revision: str | None, *, endpoint: str | None, token: 
     entries = data.get("Files") or [] if isinstance(data, dict) else None
     if entries is None:
         raise _not_modelscope(endpoint, repo_id, revision, "no file list")
+    if len(entries) >= LISTING_CAP:
+        # A cut list would publish a model without some of its files: refuse instead of guessing.
+        raise DownloadError(
+            f"{repo_id}@{revision} lists {len(entries)} entries, the most {_base(endpoint)} answers in one list: "
+            "the list may be incomplete.",
+            cause="hub_metadata",
+            next_step="Download this model elsewhere and import its directory, or use a Hub mirror of it.",
+        )
     files = [_remote_file(entry, repo_id, endpoint) for entry in entries if _is_model_file(entry)]
     return RepoSnapshot(
         repo_id=repo_id,

@@ -79,6 +79,16 @@ def test_without_commit_ids_in_the_revision_list_the_newest_file_commit_pins_it(
     assert {f.path: f.size for f in snapshot.files} == {"config.json": 2, "model.safetensors": 2}
 
 
+def test_a_file_list_at_the_servers_cap_is_refused_not_trusted(modelscope, monkeypatch):
+    from deployments.registry.downloads import modelscope as client
+
+    monkeypatch.setattr(client, "LISTING_CAP", 3)  # ModelScope's is 3000
+    modelscope.add_repo("qwen/many", {"a.json": b"{}", "b.json": b"{}"})  # + .gitattributes: 3 entries
+    with pytest.raises(downloads.DownloadError) as refused:
+        downloads.resolve("qwen/many", None, endpoint=modelscope.endpoint, token=None, kind="modelscope")
+    assert refused.value.cause == "hub_metadata" and "incomplete" in refused.value.message
+
+
 @pytest.mark.django_db
 def test_a_file_whose_sha256_does_not_match_the_list_is_refused(modelscope, source, host, engineer, settings):
     modelscope.add_repo("qwen/bad", {"config.json": CONFIG, "model.safetensors": noise(MiB, 2)})
