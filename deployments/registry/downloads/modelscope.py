@@ -82,7 +82,7 @@ def resolve(repo_id: str, revision: str | None, *, endpoint: str | None, token: 
     commit = _commit_of(repo_id, revision, endpoint=endpoint, token=token)
     query = urlencode({"Revision": commit, "Recursive": "True"})
     data = _get(f"/api/v1/models/{_model_path(repo_id)}/repo/files?{query}", repo_id, revision, endpoint, token)
-    entries = data.get("Files") or [] if isinstance(data, dict) else None
+    entries = _entries(data)
     if entries is None:
         raise _not_modelscope(endpoint, repo_id, revision, "no file list")
     if len(entries) >= LISTING_CAP:
@@ -100,7 +100,7 @@ def resolve(repo_id: str, revision: str | None, *, endpoint: str | None, token: 
         commit=commit,
         files=files,
         gated=False,
-        private=bool(token),
+        private=False,  # the listing does not say; nothing downstream reads it
         license=None,
         provider=PROVIDER,
     )
@@ -143,13 +143,22 @@ def _newest_file_commit(repo_id: str, revision: str, *, endpoint: str | None, to
     those is the head (a commit touches at least one file)."""
     query = urlencode({"Revision": revision, "Recursive": "True"})
     data = _get(f"/api/v1/models/{_model_path(repo_id)}/repo/files?{query}", repo_id, revision, endpoint, token)
-    entries = [e for e in (data.get("Files") or [] if isinstance(data, dict) else []) if isinstance(e, dict)]
+    entries = [e for e in _entries(data) or [] if isinstance(e, dict)]
     dated = [
         (e.get("CommittedDate") or 0, e.get("CommitId") or e.get("Revision"))
         for e in entries
         if isinstance(e.get("CommitId") or e.get("Revision"), str)
     ]
     return max(dated, key=lambda item: item[0] if isinstance(item[0], int | float) else 0)[1] if dated else None
+
+
+def _entries(data: Any) -> list | None:
+    """The file list of a repo/files answer: ``Data.Files``, or ``Data`` itself as some servers give it."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        return data.get("Files") or []
+    return None
 
 
 def _is_model_file(entry: Any) -> bool:
