@@ -267,6 +267,9 @@ MATRIX = [
         data={"delete_partial": "1"},
     ),
     row("post", "/models/{artifact}/delete/", LOGIN, 403, 403, 302, 302, route="/models/<int:pk>/delete/"),
+    # Copying a model to another host: admins (manage_inventory); a POST without a host is a form error.
+    row("get", "/models/{artifact}/copy/", LOGIN, 403, 403, 403, 200, route="/models/<int:pk>/copy/"),
+    row("post", "/models/{artifact}/copy/", LOGIN, 403, 403, 403, 400, route="/models/<int:pk>/copy/"),
     row("get", "/models/gc/", LOGIN, 403, 200, 200, 200),
     row("post", "/models/gc/", LOGIN, 403, 403, 302, 302),
     row("get", "/models/sources/", LOGIN, 403, 200, 200, 200),
@@ -446,6 +449,7 @@ MATRIX = [
     row("post", "/api/v1/models/", 401, 403, 403, 400, 400, data=BAD_MODEL_API),
     row("get", "/api/v1/models/{artifact}/", 401, 403, 200, 200, 200, route="/api/v1/models/<pk>/"),
     row("delete", "/api/v1/models/{artifact}/", 401, 403, 403, 202, 202, route="/api/v1/models/<pk>/"),
+    row("post", "/api/v1/models/{artifact}/copy/", 401, 403, 403, 403, 400, route="/api/v1/models/<pk>/copy/"),
     row(
         "post",
         "/api/v1/models/{downloading}/cancel/",
@@ -842,6 +846,20 @@ MATRIX = [
         401,
         401,
         route="/internal/datasets/versions/<int:pk>/file",
+    ),
+    # A model copy's relay: only the copy jobs' tokens open it, never a session.
+    row(
+        "get",
+        "/internal/models/copies/1/files/config.json",
+        401,
+        401,
+        401,
+        401,
+        401,
+        route="/internal/models/copies/<int:pk>/files/<path:relpath>",
+    ),
+    row(
+        "post", "/internal/models/copies/1/done", 401, 401, 401, 401, 401, route="/internal/models/copies/<int:pk>/done"
     ),
     # Fine-tunes: the finetune action starts, stops and resumes them (on datasets the user may train on); the run's
     # page is the job page. Deploying an adapter needs deploy; merging it, finetune.
