@@ -79,6 +79,7 @@ class DeploymentViewSet(ConsoleModelViewSet):
     search_fields = ["name"]
     filterset_fields = ["state", "host__name", "team__name"]
     ordering_fields = ["name", "created_at", "state"]
+    count_from_grants = True  # get_queryset below only prefetches
 
     def get_queryset(self):
         found = super().get_queryset()
