@@ -58,11 +58,12 @@ def send_files(
     backoff: float = BACKOFF_S,
     log: Callable[[str], None] = lambda text: None,
     cancelled: Callable[[], bool] = lambda: False,
+    progress: Callable[[int, str], None] = lambda done, name: None,
 ) -> int:
     """Send every file of `files` ({relpath: sha256}) under `directory` to the console; bytes sent this time."""
     session = requests.Session()
     session.headers.update({"Authorization": f"Bearer {token}"})
-    sent = 0
+    sent = done = 0
     with session:
         for relpath in sorted(files):
             path = confined(directory, relpath)
@@ -97,6 +98,8 @@ def send_files(
                         ) from None
                     time.sleep(backoff * 2 ** (failures - 1))
             log(f"{relpath}: {size} bytes at the console.")
+            done += size
+            progress(done, relpath)
     return sent
 
 
@@ -145,6 +148,7 @@ def receive_files(
     poll_s: float = WAIT_POLL_S,
     log: Callable[[str], None] = lambda text: None,
     cancelled: Callable[[], bool] = lambda: False,
+    progress: Callable[[int, str], None] = lambda done, name: None,
 ) -> int:
     """Fetch every file of `files` ({relpath: sha256}) from the console into `dest`, each verified; waits up to
     `wait_s` for a file the sending host has not delivered yet. Returns the bytes now in `dest`."""
@@ -162,6 +166,7 @@ def receive_files(
                 raise CopyError(f"{relpath}: {error}") from None
             (target.with_name(target.name + ".lock")).unlink(missing_ok=True)
             total += size
+            progress(total, relpath)
         session.post(f"{base.rstrip('/')}/internal/models/copies/{copy_id}/done", timeout=TIMEOUT)
     return total
 

@@ -43,6 +43,11 @@ def _failure(error: CopyError, host: str) -> JobFailure:
     )
 
 
+def _progress(ctx: JobContext, total: int):
+    """Bytes of whole files done, on the job (the model page shows the newest job's progress)."""
+    return lambda done, name: ctx.progress({"done": done, "total": total, "file": name})
+
+
 @register("copy")
 class CopyHandler(Handler):
     """Send (on the source host) or receive (on the destination host) one host-to-host model copy."""
@@ -64,7 +69,14 @@ class CopyHandler(Handler):
             ctx.log(f"Sending {len(files)} files of {source} to {base} for {copy.host.name}.")
             try:
                 sent = send_files(
-                    base, copy.pk, token, Path(source.path), files, log=ctx.log, cancelled=ctx.should_cancel
+                    base,
+                    copy.pk,
+                    token,
+                    Path(source.path),
+                    files,
+                    log=ctx.log,
+                    cancelled=ctx.should_cancel,
+                    progress=_progress(ctx, source.bytes_total),
                 )
             except CopyError as error:
                 raise _failure(error, source.host.name) from None
@@ -88,6 +100,7 @@ class CopyHandler(Handler):
                 wait_s=float(settings.MODEL_COPY_WAIT_S),
                 log=ctx.log,
                 cancelled=ctx.should_cancel,
+                progress=_progress(ctx, source.bytes_total),
             )
         except CopyError as error:
             raise _failure(error, copy.host.name) from None
