@@ -15,12 +15,14 @@ from workers.runner import Handler, JobContext, register
 
 @register("delete")
 class DeleteHandler(Handler):
-    """Remove a downloaded copy's files (never an imported directory's: those belong to whoever copied them)."""
+    """Remove a downloaded copy's files (never an imported directory's: those belong to whoever copied them). A copy
+    the console made from another host (its manifest says `copied_from`) is the console's, imported or not."""
 
     def run(self, ctx: JobContext) -> dict:
         artifact = artifact_of(ctx)
         removed = False
-        if artifact.path and not artifact.imported:
+        made_here = not artifact.imported or "copied_from" in (artifact.manifest or {})
+        if artifact.path and made_here:
             path = Path(artifact.path).resolve()
             if model_store().resolve() in path.parents and path.exists():
                 shutil.rmtree(path)

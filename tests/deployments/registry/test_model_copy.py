@@ -17,7 +17,7 @@ from console.errors import ApplicationError
 from deployments.models import ArtifactUse, Deployment, Job, ModelArtifact, ModelSource
 from deployments.registry.copies import artifact_copy
 from deployments.registry.copy_relay import copy_token, relay_dir
-from deployments.registry.services import artifact_on_host
+from deployments.registry.services import artifact_delete, artifact_on_host
 from deployments.serving import services as lifecycle
 from deployments.serving.planning import verdict
 from deployments.serving.specs import clean_spec
@@ -283,3 +283,25 @@ def test_a_hub_model_is_copied_rather_than_downloaded_on_a_closed_site_and_an_ad
     assert "no ready copy of the base model" in refused.value.message
     ModelArtifact.objects.filter(pk=downloaded.pk).update(status=ModelArtifact.Status.READY)
     assert artifact_copy(actor=admin, artifact=adapter, host=b).base_id == downloaded.pk  # the base on b
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_the_copy_of_an_import_removes_its_files_but_never_the_imported_directory(
+    admin, imported, live_server, settings, tmp_path
+):
+    source, b = imported
+    settings.CONSOLE_INTERNAL_URL = live_server.url
+    settings.MODEL_COPY_RELAY = tmp_path / "console-relay"
+    copy = artifact_copy(actor=admin, artifact=source, host=b)
+    jobs = copy_jobs(copy)
+    as_host(settings, tmp_path, "a")
+    assert runner.run(jobs["send"].pk) == "succeeded"
+    as_host(settings, tmp_path, "b")
+    assert runner.run(jobs["receive"].pk) == "succeeded"
+    copy.refresh_from_db()
+    assert runner.run(artifact_delete(actor=admin, artifact=copy).pk) == "succeeded"
+    assert not os.path.exists(copy.path)  # the console made it: the console removes it
+
+    as_host(settings, tmp_path, "a")
+    assert runner.run(artifact_delete(actor=admin, artifact=source).pk) == "succeeded"
+    assert (tmp_path / "a-store" / "imports" / "tiny-local" / "config.json").exists()  # the user's directory stays
