@@ -24,6 +24,7 @@ from deployments.serving.specs import clean_spec
 from tests.factories import ModelArtifactFactory
 from tests.support.deploy_fixtures import process_host
 from workers import runner
+from workers.model_copy import CopyError, send_files
 
 WEIGHTS = os.urandom(3 * 2**20 + 123)  # several 1 MiB reads, and a size no piece boundary divides
 FILES = {
@@ -305,3 +306,14 @@ def test_deleting_the_copy_of_an_import_removes_its_files_but_never_the_imported
     as_host(settings, tmp_path, "a")
     assert runner.run(artifact_delete(actor=admin, artifact=source).pk) == "succeeded"
     assert (tmp_path / "a-store" / "imports" / "tiny-local" / "config.json").exists()  # the user's directory stays
+
+
+def test_the_sender_reads_nothing_outside_the_models_directory(tmp_path):
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (tmp_path / "secret.txt").write_bytes(b"not the model's")
+    (directory / "weights.bin").symlink_to(tmp_path / "secret.txt")  # a link inside that points out
+    for relpath in ("../secret.txt", "weights.bin", "/etc/passwd"):
+        with pytest.raises(CopyError, match="outside"):
+            # The console's address answers nothing: the refusal comes before any request.
+            send_files("http://127.0.0.1:9", 1, "token", directory, {relpath: sha(b"x")}, retries=0)
