@@ -3,7 +3,9 @@ exact: a grant held twice (the user's and a team's) counts once, a grant left by
 
 from __future__ import annotations
 
+import importlib
 import io
+from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import Group, Permission
@@ -47,25 +49,32 @@ def test_the_granted_count_is_exact_with_shared_and_stale_grants():
     counts = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
     assert len(counts) == 1 and "UNION" in counts[0].upper(), counts  # from the grants, not the whole table
 
-    # A grant left behind by an object deleted without a signal (raw SQL, or before the console dropped grants with
-    # their object): not counted, and `prune_grants` removes it.
-    kind = ContentType.objects.get_for_model(Deployment)
-    view = Permission.objects.get(content_type=kind, codename="view_deployment")
-    gone = str(Deployment.objects.order_by("-pk").first().pk + 1000)
-    UserObjectPermission.objects.bulk_create(  # as guardian would have kept it (its save() needs the object)
-        [UserObjectPermission(user=user, permission=view, content_type=kind, object_pk=gone)]
-    )
-    assert _listed(client)["count"] == 6 == len(_listed(client)["results"])
-    # Deleted through the ORM, a deployment takes its grants (user's and team's) with it.
+    # Deleted through the ORM, a deployment takes its grants (user's and team's) with it: the count stays exact.
     Deployment.objects.filter(pk=deployments[2].pk).delete()
+    kind = ContentType.objects.get_for_model(Deployment)
     assert not UserObjectPermission.objects.filter(content_type=kind, object_pk=str(deployments[2].pk)).exists()
     assert not GroupObjectPermission.objects.filter(content_type=kind, object_pk=str(deployments[2].pk)).exists()
     assert _listed(client)["count"] == 5 == len(_listed(client)["results"])
+
+    # Grants left by objects deleted before (or by raw SQL): the upgrade's migration and `prune_grants` remove them.
+    view = Permission.objects.get(content_type=kind, codename="view_deployment")
+    gone = Deployment.objects.order_by("-pk").first().pk + 1000
+    left = [
+        UserObjectPermission(user=user, permission=view, content_type=kind, object_pk=str(gone + i)) for i in (0, 1)
+    ]
+    UserObjectPermission.objects.bulk_create(left)  # as guardian kept them (its save() needs the object)
     out = io.StringIO()
     call_command("prune_grants", stdout=out)
-    assert "1 stale grants removed" in out.getvalue()
-    assert not UserObjectPermission.objects.filter(object_pk=gone).exists()
-    assert UserObjectPermission.objects.filter(content_type=kind, object_pk=str(deployments[1].pk)).exists()
+    assert "2 stale grants removed" in out.getvalue()
+    assert _listed(client)["count"] == 5 == len(_listed(client)["results"])
+    UserObjectPermission.objects.bulk_create(
+        [UserObjectPermission(user=user, permission=view, content_type=kind, object_pk=str(gone))]
+    )
+    importlib.import_module("console.migrations.0006_prune_stale_grants").prune(
+        None, SimpleNamespace(connection=connection)
+    )
+    assert not UserObjectPermission.objects.filter(object_pk=str(gone)).exists()
+    assert _listed(client)["count"] == 5 == len(_listed(client)["results"])
     # Filtered: the exact count of the filtered list, as before.
     name = deployments[1].name
     assert _listed(client, f"?search={name}")["count"] == 1
