@@ -1,14 +1,26 @@
 # The llmdeploy console image: web (daphne), Celery worker and Celery beat all run from it;
 # docker-compose.yml picks the process with `command:`. The default runs the web process.
 #
-#   docker build -t llmdeploy-console .
+#   scripts/bundle_base.sh                  # llmdeploy-base:bookworm, debootstrapped from Debian's mirror
+#   scripts/bundle_images.sh                # stages the tree with the pinned wheels and builds every image
 #   docker run --rm -p 8000:8000 -e SECRET_KEY=... llmdeploy-console
+#
+# Nothing is pulled from a registry: the base is the bundle's own Debian image (BASE_IMAGE), Python 3.11 and venv come
+# from Debian's packages, and the Python dependencies from wheels/console/ in the build context (the pinned wheelhouse
+# scripts/bundle_wheels.py writes; `pip install --no-index`), so the image builds the same with no package index.
 #
 # Nothing secret is baked in: keys and passwords come from the environment at run time
 # (docs/operations.md lists every variable). .dockerignore keeps .env, .data and certificates out.
-FROM python:3.11-slim
+ARG BASE_IMAGE=llmdeploy-base:bookworm
+FROM ${BASE_IMAGE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -24,20 +36,17 @@ RUN groupadd --system --gid 10001 console \
     && install -d -o console -g console -m 0750 /var/lib/console /models
 
 WORKDIR /app
-RUN python -m pip install "pip>=25.3"
 
-# Dependencies first (their own layer, reused while pyproject.toml is unchanged).
-COPY pyproject.toml build-constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && python -m pip install --build-constraint build-constraints.txt -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first (their own layer, reused while the lock is unchanged): exactly the pinned wheels, no index.
+COPY wheels/console.lock.txt /tmp/console.lock.txt
+COPY wheels/console /tmp/wheels
+RUN python -m pip install --no-index --find-links /tmp/wheels -r /tmp/console.lock.txt
 
 # Then the project itself. PYTHONPATH=/app makes the checkout (with templates/ and locale/ beside it)
 # the copy that runs.
 COPY . .
-RUN python -m pip install --build-constraint build-constraints.txt . \
-    && rm -rf build *.egg-info
+RUN python -m pip install --no-index --no-deps wheels/project/*.whl \
+    && rm -rf build *.egg-info /tmp/wheels wheels
 
 USER console
 

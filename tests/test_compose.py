@@ -183,10 +183,16 @@ def test_every_service_has_an_image_or_a_build(services):
         assert service.get("image") or service.get("build"), f"{name}: neither image nor build"
 
 
-def test_official_images(services):
-    assert services["postgres"]["image"] == "postgres:16"
-    assert services["redis"]["image"] == "redis:7"
-    assert services["proxy"]["image"] == "nginx:1.27"
+def test_service_images_are_built_here_from_debian_packages(services):
+    """No registry: PostgreSQL, Redis and the proxy are Debian's packages on the bundle's base (issue 22)."""
+    for name, directory in (("postgres", "postgres"), ("redis", "redis"), ("proxy", "nginx")):
+        service = services[name]
+        assert service["image"] == f"llmdeploy-{name}:${{CONSOLE_IMAGE_TAG:-latest}}"
+        assert build_dockerfile(service) == ROOT / "deploy" / "images" / directory / "Dockerfile"
+        steps = instructions(build_dockerfile(service).read_text())
+        assert steps[0] == ("ARG", "BASE_IMAGE=llmdeploy-base:bookworm") and steps[1] == ("FROM", "${BASE_IMAGE}")
+    # Without a config file Redis refuses every client but loopback unless protected mode is off.
+    assert "--protected-mode no" in command_text(services["redis"])
 
 
 def test_built_services_have_a_command_or_the_dockerfile_cmd(services, dockerfile):
@@ -534,9 +540,11 @@ def test_every_variable_is_documented_in_env_example(compose_text):
 def test_dockerfile(dockerfile):
     steps = instructions(dockerfile)
     keywords = [keyword for keyword, _ in steps]
-    assert steps[0] == ("FROM", "python:3.11-slim")
-    assert 'pip install "pip>=25.3"' in dockerfile
-    assert any(k == "RUN" and "pip install --build-constraint build-constraints.txt ." in a for k, a in steps)
+    # The bundle's own Debian base, Debian's Python, and only the pinned wheels (no index): nothing is pulled.
+    assert steps[:2] == [("ARG", "BASE_IMAGE=llmdeploy-base:bookworm"), ("FROM", "${BASE_IMAGE}")]
+    assert any(k == "RUN" and "apt-get install" in a and "python3-venv" in a for k, a in steps)
+    assert any(k == "RUN" and "pip install --no-index" in a and "console.lock.txt" in a for k, a in steps)
+    assert not re.search(r"pip install (?!.*--no-index)", dockerfile), "every pip install must be --no-index"
     assert any(k == "RUN" and "manage.py collectstatic --noinput" in a for k, a in steps)
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
