@@ -1,13 +1,17 @@
 # The ML execution environment as an image (production, GPU hosts): serve.py (TGI-compatible) and the
 # job programs under workers/jobs/, with a CUDA build of torch. The console image never contains torch.
-#   docker build -f Dockerfile.ml -t llmdeploy/ml:dev .
+#   scripts/bundle_wheels.py ml DIR && scripts/bundle_images.sh DIR ml     # llmdeploy/ml, from the pinned wheels
 # Its entrypoint is named text-generation-launcher, so the console starts it exactly as it starts TGI; `vllm serve`
 # runs the vLLM-flavoured server (vllm_serve.py), so an image derived with ENTRYPOINT ["vllm", "serve"] stands in
 # for vLLM's OpenAI server image.
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
-FROM ${CUDA_IMAGE}
+#
+# Nothing is pulled: the base is the bundle's own Debian image (BASE_IMAGE, debootstrapped by scripts/bundle_base.sh),
+# Python 3.11 comes from Debian's packages, and the Python packages from wheels/ in the build context, exactly the
+# lock's versions with no index. The CUDA build needs no CUDA base image: torch's CUDA wheels carry the CUDA runtime
+# (the nvidia-* wheels the ml-cuda lock lists), and the host's driver comes in through the NVIDIA container toolkit.
+ARG BASE_IMAGE=llmdeploy-base:bookworm
+FROM ${BASE_IMAGE}
 
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -18,14 +22,14 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONPATH=/opt/app
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends software-properties-common \
-    && add-apt-repository -y ppa:deadsnakes/ppa \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv tini \
+    && apt-get install -y --no-install-recommends python3 python3-venv tini \
     && rm -rf /var/lib/apt/lists/*
 
 COPY requirements-ml.txt /opt/requirements-ml.txt
-RUN python3.11 -m venv /opt/ml \
-    && /opt/ml/bin/pip install --no-cache-dir --extra-index-url ${TORCH_INDEX} -r /opt/requirements-ml.txt
+COPY wheels /tmp/wheels
+RUN python3 -m venv /opt/ml \
+    && /opt/ml/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels/ml -r /tmp/wheels/ml.lock.txt \
+    && rm -rf /tmp/wheels
 
 COPY workers/__init__.py /opt/app/workers/__init__.py
 COPY workers/jobs /opt/app/workers/jobs

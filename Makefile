@@ -75,3 +75,9 @@ messages: $(STAMP)
 
 clean:
 	rm -rf $(TEST_DATA_DIR) test-artifacts
+
+# The offline bundle (docs/operations.md, "Installing with no network"): wheels of both environments, the images on a
+# debootstrapped Debian base, the compose and monitoring files, install.sh and SHA256SUMS, under build/bundle/.
+.PHONY: bundle
+bundle: $(STAMP)
+	PYTHON=$(PY) scripts/bundle.sh $(BUNDLE_OUT)

@@ -17,6 +17,8 @@ TAG=${CONSOLE_IMAGE_TAG:-latest}
 . /etc/os-release
 BASE_IMAGE=${BASE_IMAGE:-llmdeploy-base:$VERSION_CODENAME}
 PY=${PYTHON:-python3}
+# Absolute: the console target runs it from inside the build context.
+case $PY in */*) [[ $PY = /* ]] || PY=$PWD/$PY ;; esac
 
 "$ROOT/scripts/bundle_base.sh" "$BASE_IMAGE"
 

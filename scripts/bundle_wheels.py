@@ -30,8 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "build-constraints.txt"
-# The CUDA wheels of torch come from PyTorch's index (Dockerfile.ml's TORCH_INDEX).
-CUDA_INDEX = os.environ.get("TORCH_CUDA_INDEX", "https://download.pytorch.org/whl/cu128")
+# The CUDA set: PyPI's own Linux wheels of torch are its CUDA build (with the nvidia-* runtime wheels), so by default
+# it is resolved against PyPI alone, ignoring pip.conf (whose local CPU wheel would satisfy torch==X as well).
+# TORCH_CUDA_INDEX (e.g. https://download.pytorch.org/whl/cu128) resolves torch==X+<suffix> from PyTorch's index.
+CUDA_INDEX = os.environ.get("TORCH_CUDA_INDEX", "")
+PYPI = "https://pypi.org/simple"
 
 
 TARGET_PYTHON = os.environ.get("BUNDLE_TARGET_PYTHON", "/usr/bin/python3")
@@ -67,15 +70,18 @@ def requirements(env: str) -> list[str]:
     lines = (ROOT / "requirements-ml.txt").read_text().splitlines()
     reqs = [line.split("#", 1)[0].strip() for line in lines]
     reqs = [r for r in reqs if r]
-    if env == "ml-cuda":
-        # The CUDA build's local version (+cu128) comes from PyTorch's index, not the CPU wheel on disk.
-        reqs = [f"{r}+cu128" if r.startswith("torch==") else r for r in reqs]
+    if env == "ml-cuda" and CUDA_INDEX:
+        # PyTorch's index names its builds by a local version (+cu128: the index's last path segment).
+        suffix = CUDA_INDEX.rstrip("/").rsplit("/", 1)[1]
+        reqs = [f"{r}+{suffix}" if r.startswith("torch==") else r for r in reqs]
     return reqs
 
 
 def resolve(env: str, reqs: list[str], report: Path) -> list[dict]:
     """One resolution: pip's install report for `reqs` (nothing installed)."""
-    extra = ["--index-url", CUDA_INDEX, "--extra-index-url", "https://pypi.org/simple"] if env == "ml-cuda" else []
+    extra = []
+    if env == "ml-cuda":
+        extra = ["--isolated", "--index-url", CUDA_INDEX or PYPI, *(["--extra-index-url", PYPI] if CUDA_INDEX else [])]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as req_file:
         req_file.write("\n".join(reqs) + "\n")
     try:
