@@ -19,6 +19,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/build/bundle}" && cd "${1:-$ROOT/build/bundle}" && pwd)
 COMMIT=$(git -C "$ROOT" rev-parse --short=12 HEAD)
+# The images come from HEAD (git archive); +dirty says the compose files and wheels' inputs were taken from a
+# checkout that differs from it.
 DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo "+dirty" || true)
 BUNDLE_NAME=llmdeploy-bundle-$COMMIT$DIRTY
 DIR=$OUT/$BUNDLE_NAME
@@ -74,7 +76,8 @@ fi
 step "building the images"
 targets=(services console)
 [ "${SKIP_ML:-0}" = 1 ] || targets+=(ml)
-PYTHON=$PY "$ROOT/scripts/bundle_images.sh" "$CACHE" "${targets[@]}"
+# The images hold the commit the bundle is named after, not uncommitted work in the checkout.
+BUNDLE_SOURCE=head PYTHON=$PY "$ROOT/scripts/bundle_images.sh" "$CACHE" "${targets[@]}"
 images=("$BASE_IMAGE" "llmdeploy-postgres:$TAG" "llmdeploy-redis:$TAG" "llmdeploy-proxy:$TAG" "llmdeploy-console:$TAG")
 [ "${SKIP_ML:-0}" = 1 ] || images+=("llmdeploy/ml:$TAG")
 step "saving ${#images[@]} images"

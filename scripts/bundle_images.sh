@@ -6,7 +6,8 @@
 # WHEELS_DIR is what scripts/bundle_wheels.py wrote (console.lock.txt, wheels/console, and for ml: ml.lock.txt,
 # wheels/ml). Images: llmdeploy-console, llmdeploy-postgres, llmdeploy-redis, llmdeploy-proxy (`services`) and
 # llmdeploy/ml (`ml`, the CPU build), each tagged $CONSOLE_IMAGE_TAG (default latest). The build context is a copy of
-# the files git knows (tracked and untracked-not-ignored), so nothing local (.env, .venv, data) reaches an image.
+# the files git knows (tracked and untracked-not-ignored), so nothing local (.env, .venv, data) reaches an image;
+# BUNDLE_SOURCE=head builds from the commit alone (git archive HEAD), as `make bundle` does.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WHEELS=$(cd "${1:?usage: $0 WHEELS_DIR [console|services|ml ...]}" && pwd)
@@ -24,9 +25,15 @@ case $PY in */*) [[ $PY = /* ]] || PY=$PWD/$PY ;; esac
 
 STAGE=$(mktemp -d /tmp/llmdeploy-context.XXXXXX)
 trap 'rm -rf "$STAGE"' EXIT
-(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard) \
-  | "$PY" -c 'import os, sys; sys.stdout.write("".join(p + "\0" for p in sys.stdin.read().split("\0") if p and os.path.isfile(p)))' \
-  | tar -C "$ROOT" --null -T - -c | (mkdir "$STAGE/tree" && tar -C "$STAGE/tree" -x)
+mkdir "$STAGE/tree"
+if [ "${BUNDLE_SOURCE:-worktree}" = head ]; then
+  # A release bundle: exactly the commit, whatever else the checkout holds.
+  git -C "$ROOT" archive HEAD | tar -C "$STAGE/tree" -x
+else
+  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard) \
+    | "$PY" -c 'import os, sys; sys.stdout.write("".join(p + "\0" for p in sys.stdin.read().split("\0") if p and os.path.isfile(p)))' \
+    | tar -C "$ROOT" --null -T - -c | tar -C "$STAGE/tree" -x
+fi
 
 build() {  # build TAG DOCKERFILE CONTEXT
   local start=$SECONDS
