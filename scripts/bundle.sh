@@ -18,8 +18,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/build/bundle}" && cd "${1:-$ROOT/build/bundle}" && pwd)
-COMMIT=$(git -C "$ROOT" rev-parse --short=12 HEAD)
-# The images come from HEAD (git archive); +dirty says the compose files and wheels' inputs were taken from a
+FULL_COMMIT=$(git -C "$ROOT" rev-parse HEAD)
+COMMIT=${FULL_COMMIT:0:12}
+# The images come from the commit (git archive); +dirty says the compose files and wheels' inputs were taken from a
 # checkout that differs from it.
 DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no | grep -q . && echo "+dirty" || true)
 BUNDLE_NAME=llmdeploy-bundle-$COMMIT$DIRTY
@@ -77,7 +78,7 @@ step "building the images"
 targets=(services console)
 [ "${SKIP_ML:-0}" = 1 ] || targets+=(ml)
 # The images hold the commit the bundle is named after, not uncommitted work in the checkout.
-BUNDLE_SOURCE=head PYTHON=$PY "$ROOT/scripts/bundle_images.sh" "$CACHE" "${targets[@]}"
+BUNDLE_SOURCE=$FULL_COMMIT PYTHON=$PY "$ROOT/scripts/bundle_images.sh" "$CACHE" "${targets[@]}"
 images=("$BASE_IMAGE" "llmdeploy-postgres:$TAG" "llmdeploy-redis:$TAG" "llmdeploy-proxy:$TAG" "llmdeploy-console:$TAG")
 [ "${SKIP_ML:-0}" = 1 ] || images+=("llmdeploy/ml:$TAG")
 step "saving ${#images[@]} images"
@@ -93,7 +94,7 @@ chmod +x "$DIR/install.sh"
 
 {
   echo "bundle: $BUNDLE_NAME"
-  echo "commit: $(git -C "$ROOT" rev-parse HEAD)$DIRTY"
+  echo "commit: $FULL_COMMIT$DIRTY"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $PRETTY_NAME"
   docker image inspect -f 'debian: suite {{index .Config.Labels "org.llmdeploy.debian.suite"}} mirror {{index .Config.Labels "org.llmdeploy.debian.mirror"}}' "$BASE_IMAGE"
   echo "debian snapshot: ${DEBIAN_SNAPSHOT:-none (the current packages of the mirror; set DEBIAN_SNAPSHOT to pin them)}"

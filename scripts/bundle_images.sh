@@ -7,7 +7,7 @@
 # wheels/ml). Images: llmdeploy-console, llmdeploy-postgres, llmdeploy-redis, llmdeploy-proxy (`services`) and
 # llmdeploy/ml (`ml`, the CPU build), each tagged $CONSOLE_IMAGE_TAG (default latest). The build context is a copy of
 # the files git knows (tracked and untracked-not-ignored), so nothing local (.env, .venv, data) reaches an image;
-# BUNDLE_SOURCE=head builds from the commit alone (git archive HEAD), as `make bundle` does.
+# BUNDLE_SOURCE=<commit> builds from that commit alone (git archive), as `make bundle` does.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WHEELS=$(cd "${1:?usage: $0 WHEELS_DIR [console|services|ml ...]}" && pwd)
@@ -26,9 +26,9 @@ case $PY in */*) [[ $PY = /* ]] || PY=$PWD/$PY ;; esac
 STAGE=$(mktemp -d /tmp/llmdeploy-context.XXXXXX)
 trap 'rm -rf "$STAGE"' EXIT
 mkdir "$STAGE/tree"
-if [ "${BUNDLE_SOURCE:-worktree}" = head ]; then
-  # A release bundle: exactly the commit, whatever else the checkout holds.
-  git -C "$ROOT" archive HEAD | tar -C "$STAGE/tree" -x
+if [ "${BUNDLE_SOURCE:-worktree}" != worktree ]; then
+  # A release bundle: exactly that commit, whatever else the checkout holds.
+  git -C "$ROOT" archive "$BUNDLE_SOURCE" | tar -C "$STAGE/tree" -x
 else
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard) \
     | "$PY" -c 'import os, sys; sys.stdout.write("".join(p + "\0" for p in sys.stdin.read().split("\0") if p and os.path.isfile(p)))' \
