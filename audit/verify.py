@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.core.cache import cache
 from django.db import connection
+from django.utils.translation import gettext, gettext_noop
 
 from audit import chain
 from audit.checkpoints import exported_checkpoints
@@ -89,6 +91,24 @@ def _hash_as_stored(event_id: int) -> str | None:
         return chain.event_hash(row)
     except TypeError:
         return None
+
+
+# Why a walk stopped: stored and printed (audit_verify, /metrics) in English, shown on pages in the reader's language.
+_REASONS = (
+    gettext_noop("out of order"),
+    gettext_noop("link to the previous event does not match (an event before it was removed or moved)"),
+    gettext_noop("content does not match its hash (the event was edited)"),
+    gettext_noop("the checkpoint's signature is invalid (wrong key or an edited checkpoint)"),
+    gettext_noop("the chain no longer holds the checkpoint's head (history rewritten)"),
+)
+_MISSING = re.compile(r"events (\d+)\.\.(\d+) are missing")
+
+
+def reason_text(reason: str) -> str:
+    """A walk's reason in the active language."""
+    if missing := _MISSING.fullmatch(reason or ""):
+        return gettext("events %(first)s..%(last)s are missing") % {"first": missing[1], "last": missing[2]}
+    return gettext(reason) if reason in _REASONS else reason
 
 
 def _mismatch(row, expected_id: int, prev: str) -> str:

@@ -91,6 +91,19 @@ def _fresh_channel_layer():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_remembered_audit_walks():
+    """What earlier tests' chains verified (the head a page view resumes from, the last full walk and its break) is
+    kept in the shared cache under fixed keys: each test starts without it, as a console does on a fresh Redis."""
+    from django.core.cache import cache
+
+    from audit.incremental import HEAD_KEY, WALK_KEY
+    from audit.verify import LAST_RESULT_KEY
+
+    cache.delete_many([HEAD_KEY, WALK_KEY, LAST_RESULT_KEY])
+    yield
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The real Redis the suite runs against (REDIS_URL, or the embedded one `make test` starts)."""

@@ -80,3 +80,17 @@ def test_a_view_verifies_at_most_its_limit_and_says_how_many_wait():
     assert first["ok"] and first["checked"] == 400 and first["pending"] == 600
     second = view_verification(None, limit=400)  # resumes where the first stopped (its head re-walked)
     assert second["ok"] and second["after_id"] == 399 and second["checked"] == 401 and second["pending"] == 200
+
+
+def test_a_break_the_full_walk_found_reads_in_chinese_on_the_page(client, auditor):
+    """The page words what the walk found in the reader's language: the position, the event and why (the command
+    and /metrics keep the English summary)."""
+    seed_bulk(300)
+    with Tamper() as tamper:
+        tamper.sql("UPDATE audit_auditevent SET action = 'forged' WHERE id = %s", [120])
+    incremental.remember_walk(verify_chain(), source="audit_verify")
+    client.force_login(auditor)
+    page = client.get("/audit/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "内容与其哈希不符（该事件被篡改）" in page
+    assert "链在位置 120（事件 120）处断开" in page
+    assert "content does not match" not in page and "chain broken at position" not in page
