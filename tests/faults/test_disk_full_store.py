@@ -5,6 +5,7 @@ the other way out; nothing is published; after space is freed a retry resumes an
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import threading
@@ -12,14 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 
 from audit.models import AuditEvent
 from deployments.models import AllowedEndpoint, Host, Job, ModelArtifact, ModelSource
 from deployments.registry.services import model_add
+from tests.conftest import _test_database_url
+from tests.deploy.prometheus_live import ConsoleProcess
 from tests.faults import harness
 from tests.faults.harness import Trial, fault_report, run_trial, wait_until
 from tests.faults.loopfs import MiB, loop_filesystem
+from tests.faults.stream_watch import StreamWatcher, session_cookie
 from workers import runner
 
 pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]  # the job runs in a thread of its own
@@ -52,6 +57,21 @@ def run_in_thread(job_id: int) -> None:
 
 
 @pytest.fixture
+def console(tmp_path, redis_url):
+    """The console under daphne, for a browser-like client following the job's live log through the fault."""
+    env = dict(
+        os.environ,
+        DATABASE_URL=_test_database_url(),
+        REDIS_URL=redis_url,
+        DATA_DIR=str(django_settings.DATA_DIR),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+    )
+    server = ConsoleProcess(tmp_path).start(env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def store(tmp_path, settings):
     with loop_filesystem(tmp_path, size_mib=64) as volume:
         settings.MODEL_STORE = volume.mountpoint / "models"
@@ -67,7 +87,7 @@ def mirror(hub_server, admin):
 
 
 def test_a_full_model_store_fails_the_download_clearly_and_a_retry_resumes(
-    hub_server, mirror, engineer, store, settings
+    hub_server, mirror, engineer, admin, store, settings, console
 ):
     host = Host.objects.create(name="dl-node", status="online")
     files = {"config.json": CONFIG, "model.safetensors": weights(24, 1)}
@@ -82,7 +102,9 @@ def test_a_full_model_store_fails_the_download_clearly_and_a_retry_resumes(
                 hub_server.throttle_bytes_per_second = 12 * MiB  # ~2 s for the model: room to fill the disk under it
                 artifact = model_add(actor=engineer, source=mirror, repo_id=repo, host=host)
                 staging = settings.MODEL_STORE / ".staging" / f"artifact-{artifact.pk}"
-                worker = threading.Thread(target=run_in_thread, args=(job_of(artifact).pk,))
+                failing = job_of(artifact)
+                watcher = StreamWatcher(console.url, f"/ws/jobs/{failing.pk}/", session_cookie(admin)).start()
+                worker = threading.Thread(target=run_in_thread, args=(failing.pk,))
                 worker.start()
                 fill_at = harness.random_delay(0.15, 0.6) * total
                 try:
@@ -94,6 +116,11 @@ def test_a_full_model_store_fails_the_download_clearly_and_a_retry_resumes(
                     worker.join(60)
                 job, artifact = job_of(artifact), ModelArtifact.objects.get(pk=artifact.pk)
                 kept = on_disk(staging)
+                # The live log stayed whole through the fault: every line the job stored reached the client.
+                failing.refresh_from_db()
+                ended = watcher.wait_for_end(30)
+                watcher.stop()
+                assert ended and watcher.missing(failing.log_seq) == [], (failing.log_seq, watcher.errors)
 
                 # A clear failure: the host, how much is still to come, how much to free, and the other way out.
                 assert job.status == "failed" and job.failure_cause == "no_space", (job.status, job.failure_detail)
