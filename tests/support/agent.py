@@ -20,9 +20,9 @@ WORKER_ENV = {
 class Agent:
     """A real Celery worker consuming one host's queue, on the test database."""
 
-    def __init__(self, redis_url: str, host: str, **env_extra: str) -> None:
+    def __init__(self, redis_url: str, host: str, pool: str = "solo", **env_extra: str) -> None:
         env = {"REDIS_URL": redis_url, "DATABASE_URL": _test_database_url(), **WORKER_ENV, **env_extra}
-        self.process, log = _start_worker(env, f"agent-{host}", f"host.{host}")
+        self.process, log = _start_worker(env, f"agent-{host}", f"host.{host}", pool=pool)
         self.steps = _wait_and_stop(self.process, log, f"host.{host}")
         next(self.steps)
 

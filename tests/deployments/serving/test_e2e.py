@@ -176,7 +176,9 @@ def test_agent_killed_during_launch_leaves_exactly_one_server(redis_url, admin, 
         assert _state(admin_api, created["id"])["state"] == "starting"  # killed mid-launch, before running
         agent.kill()
         time.sleep(float(WORKER_ENV["JOB_LEASE_SECONDS"]) + 1)
-        replacement = Agent(redis_url, name)
+        # The restarted agent retries the orphaned launch at start-up (its serve job then watches the server for
+        # good): a prefork pool answers the readiness ping from its main process meanwhile, as production agents do.
+        replacement = Agent(redis_url, name, pool="prefork")
         _poll(
             lambda: jobs_reap()["retried"] or Job.objects.get(pk=created["job"]).attempts > 1,
             bool,
