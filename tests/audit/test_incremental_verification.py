@@ -91,6 +91,6 @@ def test_a_break_the_full_walk_found_reads_in_chinese_on_the_page(client, audito
     incremental.remember_walk(verify_chain(), source="audit_verify")
     client.force_login(auditor)
     page = client.get("/audit/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
-    assert "内容与其哈希不符（该事件被篡改）" in page
-    assert "链在位置 120（事件 120）处断开" in page
+    assert "内容与其哈希不符（该事件被篡改）" in page  # noqa: RUF001 - the catalog's full-width brackets
+    assert "链在位置 120（事件 120）处断开" in page  # noqa: RUF001
     assert "content does not match" not in page and "chain broken at position" not in page

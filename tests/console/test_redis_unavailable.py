@@ -11,6 +11,7 @@ from django.db.utils import OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
 import tests.support.job_handlers  # noqa: F401  (the test.count kind)
+from console import cache as console_cache
 from console import redis_health
 from deployments.jobs import services as job_services
 from deployments.jobs.log import JobLog
@@ -35,14 +36,33 @@ def redis_gone(settings):
         }
     }
     redis_health._state.update(at=float("-inf"))
+    console_cache._down_until = 0.0
     yield
     redis_health._state.update(at=float("-inf"))
+    console_cache._down_until = 0.0  # the real Redis of the tests after this one is up
 
 
 def test_the_cache_answers_a_miss_and_drops_writes(redis_gone):
     cache.set("verification", {"ok": True})  # no exception: the page that writes it still renders
     assert cache.get("verification", "unknown") == "unknown"
     assert cache.get_many(["a", "b"]) == {}
+
+
+def test_after_one_call_waited_out_its_timeout_the_next_ones_answer_at_once(redis_gone, monkeypatch):
+    """A page makes several cache calls: with Redis frozen each would wait the socket timeout (the audit page timed
+    out at 10 s in fault F5); after the first failure the others skip Redis for a few seconds."""
+    asked = []
+
+    def frozen(self, *args, **kwargs):
+        asked.append(args)
+        raise TimeoutError("timed out")
+
+    tolerant_get = console_cache._tolerant(frozen, console_cache._default)
+    monkeypatch.setattr(console_cache.TolerantRedisCache, "get", tolerant_get)
+    assert [cache.get(key, "miss") for key in ("a", "b", "c")] == ["miss"] * 3
+    assert len(asked) == 1
+    console_cache._down_until = 0.0  # the skip window over: Redis is asked again
+    assert cache.get("d", "miss") == "miss" and len(asked) == 2
 
 
 def test_healthz_and_pages_say_degraded(redis_gone, client, admin):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from console.socket_backlog import SCOPE_KEY, SocketBacklogMiddleware, _kernel_unsent, probe_for
 
@@ -45,5 +46,9 @@ def test_no_probe_under_a_server_it_cannot_see_into():
         seen.update(scope)
 
     assert probe_for(send) is None
-    asyncio.run(SocketBacklogMiddleware(app)({"type": "websocket", "path": "/ws/x/"}, None, send))
+    # In a thread of its own: an earlier test of the session may leave an event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(
+            asyncio.run, SocketBacklogMiddleware(app)({"type": "websocket", "path": "/ws/x/"}, None, send)
+        ).result()
     assert seen == {"type": "websocket", "path": "/ws/x/"} and SCOPE_KEY not in seen

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -79,3 +80,16 @@ def test_an_agent_recreated_with_a_new_hostname_finds_its_jobs_by_its_host_name(
     assert jobs_orphaned_by_restart() == [job.pk]
     other_host.refresh_from_db()
     assert other_host.lease_expires_at == LATER
+
+
+def test_a_zombie_owner_counts_as_gone():
+    """A killed worker's child not yet reaped still has its pid (kill(0) answers), but it runs nothing."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = timezone.now() + timedelta(seconds=10)
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert timezone.now() < deadline, "the child did not exit"
+    try:
+        job = running(f"{socket.gethostname()}:{child.pid}:abcd1234")
+        assert jobs_orphaned_by_restart() == [job.pk]
+    finally:
+        child.wait()
