@@ -19,7 +19,7 @@ from deployments.models import AllowedEndpoint
 from deployments.sizing import SizingError, count_parameters, kv_bytes_per_token, kv_bytes_per_token_latent
 from deployments.sizing.architectures import supported_architectures
 from deployments.sizing.params import parse_architecture
-from tests.support.fixtures import MODEL_CONFIGS
+from tests.support.fixtures import MODEL_CONFIGS, ROOT
 
 FIXTURE = json.loads((MODEL_CONFIGS / "param-counts.json").read_text())
 ARCHITECTURES = FIXTURE["architectures"]
@@ -39,7 +39,6 @@ REQUIRED = {
     "deepseek_v2",
     "deepseek_v3",
 }
-ROOT = Path(__file__).resolve().parents[3]
 TABLE = Path(os.environ.get("PLANNER_TABLE", ROOT / "test-artifacts" / "planner-architectures.md"))
 BF16 = 2
 

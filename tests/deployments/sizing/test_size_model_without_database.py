@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.fixtures import MODEL_CONFIGS
+from tests.support.fixtures import MODEL_CONFIGS, ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 EXPECTED = json.loads((MODEL_CONFIGS / "expected.json").read_text())
 
 
