@@ -11,9 +11,11 @@ from tests.support.serve_process import ROOT, ml_env, ml_python
 DOCKERFILE = (ROOT / "Dockerfile.ml").read_text()
 
 
-def test_ml_image_installs_the_pinned_ml_requirements_and_no_console():
-    assert "COPY requirements-ml.txt" in DOCKERFILE and "-r /opt/requirements-ml.txt" in DOCKERFILE
-    assert "FROM ${CUDA_IMAGE}" in DOCKERFILE and "nvidia/cuda:" in DOCKERFILE
+def test_ml_image_installs_the_locked_ml_wheels_offline_and_no_console():
+    # Built from the bundle's own Debian base and the ml lock's wheels, with no index: nothing is pulled.
+    assert "ARG BASE_IMAGE=llmdeploy-base:bookworm" in DOCKERFILE and "FROM ${BASE_IMAGE}" in DOCKERFILE
+    assert "--no-index --find-links /tmp/wheels/ml -r /tmp/wheels/ml.lock.txt" in DOCKERFILE
+    assert "COPY requirements-ml.txt" in DOCKERFILE
     assert "COPY workers/jobs /opt/app/workers/jobs" in DOCKERFILE
     assert "pyproject.toml" not in DOCKERFILE  # the control plane (hub < 1.0) never enters this image
     assert "USER 1000" in DOCKERFILE
