@@ -8,7 +8,10 @@ import shutil
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
 
+import audit
 from deployments.models import ModelArtifact
 from deployments.registry import layout
 from workers.jobs.manifest import verify_manifest
@@ -55,3 +58,25 @@ def publish_output(source: Path, target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
     shutil.rmtree(source, ignore_errors=True)
+
+
+def mark_ready(
+    artifact, *, action: str, files_sha256: dict, manifest: dict, total: int, detail: dict, path: Path | None = None
+) -> None:
+    """The artifact's files are in place in the store: READY with their hashes and manifest, and its one audit event
+    (recorded as the agent of its host), in one transaction."""
+    fields = {
+        "status": ModelArtifact.Status.READY,
+        "files_sha256": files_sha256,
+        "manifest": manifest,
+        "bytes_done": total,
+        "bytes_total": total,
+        "ready_at": timezone.now(),
+    }
+    if path is not None:
+        fields["path"] = str(path)
+    with transaction.atomic():
+        ModelArtifact.objects.filter(pk=artifact.pk).update(**fields)
+        audit.record(
+            action=action, actor=None, actor_name=f"agent:{artifact.host.name}", target=artifact, detail=detail
+        )

@@ -13,16 +13,14 @@ import shutil
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-import audit
 from deployments.models import Job, ModelArtifact
 from deployments.registry import layout
 from deployments.registry.copies import copy_ended
 from deployments.registry.copy_relay import RECEIVE, SEND, copy_token
 from deployments.registry.downloads.staging import MANIFEST
-from workers.handlers.artifacts import artifact_of, model_store
+from workers.handlers.artifacts import artifact_of, mark_ready, model_store
 from workers.model_copy import CopyError, receive_files, send_files
 from workers.runner import Handler, JobContext, JobFailure, register
 
@@ -120,23 +118,15 @@ class CopyHandler(Handler):
         layout.readable_by_servers(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
-        with transaction.atomic():
-            ModelArtifact.objects.filter(pk=copy.pk).update(
-                status=ModelArtifact.Status.READY,
-                path=str(final),
-                files_sha256=files,
-                manifest=manifest,
-                bytes_done=total,
-                bytes_total=total,
-                ready_at=timezone.now(),
-            )
-            audit.record(
-                action="model.copied",
-                actor=None,
-                actor_name=f"agent:{copy.host.name}",
-                target=copy,
-                detail={"from": source.host.name, "source_artifact": source.pk, "files": len(files), "bytes": total},
-            )
+        mark_ready(
+            copy,
+            action="model.copied",
+            files_sha256=files,
+            manifest=manifest,
+            total=total,
+            path=final,
+            detail={"from": source.host.name, "source_artifact": source.pk, "files": len(files), "bytes": total},
+        )
         return {"path": str(final), "files": len(files), "bytes": total}
 
     def finished(self, ctx: JobContext, status: str) -> None:

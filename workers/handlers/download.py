@@ -6,11 +6,9 @@ import shutil
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-import audit
 from console.accounts.models import Credential
 from deployments.models import Job, ModelArtifact
 from deployments.monitoring import instruments
@@ -18,7 +16,7 @@ from deployments.registry import downloads, layout
 from deployments.registry.endpoints import RedirectRefused, allow_listed_hops, check_url
 from deployments.registry.network import unreachable
 from deployments.registry.services import source_token
-from workers.handlers.artifacts import artifact_of, failure_of, final_dir, model_store, staging_dir
+from workers.handlers.artifacts import artifact_of, failure_of, final_dir, mark_ready, model_store, staging_dir
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 
 # Causes after which the next attempt resumes from the bytes on disk (when there are some).
@@ -164,22 +162,15 @@ class DownloadHandler(Handler):
                 files=files,
                 margin=settings.DOWNLOAD_FREE_MARGIN_BYTES,
             ) from None
-        with transaction.atomic():
-            ModelArtifact.objects.filter(pk=artifact.pk).update(
-                status=ModelArtifact.Status.READY,
-                path=str(final),
-                files_sha256=hashes,
-                manifest=manifest,
-                bytes_done=total,
-                ready_at=timezone.now(),
-            )
-            audit.record(
-                action="model.downloaded",
-                actor=None,
-                actor_name=f"agent:{artifact.host.name}",
-                target=artifact,
-                detail={"files": len(files), "bytes": total, "commit": snapshot.commit},
-            )
+        mark_ready(
+            artifact,
+            action="model.downloaded",
+            files_sha256=hashes,
+            manifest=manifest,
+            total=total,
+            path=final,
+            detail={"files": len(files), "bytes": total, "commit": snapshot.commit},
+        )
         ctx.progress(
             {"done": total, "total": total, "file": "", "file_done": 0, "file_total": 0, "rate_bps": 0, "eta_s": 0},
             force=True,

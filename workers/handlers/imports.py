@@ -9,14 +9,13 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-import audit
 from console.errors import ApplicationError
 from deployments.models import Job, ModelArtifact
 from deployments.registry import downloads, layout
 from deployments.registry.downloads.staging import MANIFEST
 from deployments.registry.downloads.verify import is_console_file
 from deployments.registry.services import import_directory
-from workers.handlers.artifacts import artifact_of, model_store
+from workers.handlers.artifacts import artifact_of, mark_ready, model_store
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
 
 
@@ -95,22 +94,15 @@ class ImportHandler(Handler):
         manifest_path.write_text(json.dumps(manifest, indent=1))
         _readable_in_store(directory, manifest_path)
         with transaction.atomic():
-            ModelArtifact.objects.filter(pk=artifact.pk).update(
-                status=ModelArtifact.Status.READY,
+            mark_ready(
+                artifact,
+                action="model.imported",
                 files_sha256=hashes,
                 manifest=manifest,
-                bytes_done=total,
-                bytes_total=total,
-                ready_at=timezone.now(),
-            )
-            artifact.repo.__class__.objects.filter(pk=artifact.repo_id).update(total_size=total)
-            audit.record(
-                action="model.imported",
-                actor=None,
-                actor_name=f"agent:{artifact.host.name}",
-                target=artifact,
+                total=total,
                 detail={"files": len(files), "bytes": total},
             )
+            artifact.repo.__class__.objects.filter(pk=artifact.repo_id).update(total_size=total)
         return {"files": len(files), "bytes": total}
 
     def finished(self, ctx: JobContext, status: str) -> None:
