@@ -152,14 +152,17 @@ def sweep_dispatch(run: HealthCheckRun) -> list[Job]:
     return jobs
 
 
-def sweep_file_checked(run_id: int, artifact: ModelArtifact, check: dict) -> None:
-    """Record one hashed file ({"path", "status", "size", "detail"}) at once: a restart skips it."""
+def sweep_files_checked(run_id: int, artifact: ModelArtifact, checks: list[dict]) -> None:
+    """Record hashed files ({"path", "status", "size", "detail"} each) in one write: a restart skips them."""
+    if not checks:
+        return
     with transaction.atomic():
         run = HealthCheckRun.objects.select_for_update().get(pk=run_id)
         progress = dict(run.progress or {})
         sweep = progress.setdefault("sweep", {})
         state = sweep.setdefault(str(artifact.pk), {"host": artifact.host.name, "files": {}})
-        state["files"][check["path"]] = {key: check[key] for key in ("status", "size", "detail")}
+        for check in checks:
+            state["files"][check["path"]] = {key: check[key] for key in ("status", "size", "detail")}
         run.progress = progress
         run.save(update_fields=["progress"])
 

@@ -1,10 +1,11 @@
 """The integrity_sweep job kind, on a host's queue: re-hash the host's copies against their manifests (throttled to
-INTEGRITY_SWEEP_MB_S), recording every file as it is done so a restarted sweep goes on where it stopped; measure
-the model store's disk. With params {"restore": "redownload"|"recheck"} it repairs one corrupt copy instead."""
+INTEGRITY_SWEEP_MB_S), recording the files done about once a second so a restarted sweep goes on where it stopped;
+measure the model store's disk. With params {"restore": "redownload"|"recheck"} it repairs one corrupt copy instead."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -17,6 +18,28 @@ from deployments.registry.services import source_token
 from workers import integrity
 from workers.handlers.artifacts import artifact_of, model_store, staging_dir
 from workers.runner import Handler, JobCancelled, JobContext, JobFailure, register
+
+# Files hashed are recorded in batches at most this often: one write per file (a transaction rewriting the run's
+# progress) cost 30 ms under load, a fifth of the hashing of a 192 MiB shard. A restart repeats at most this much.
+RECORD_EVERY_S = 1.0
+
+
+class _Recorder:
+    """Collects the files of one copy as they are hashed and writes them to the run in batches."""
+
+    def __init__(self, run_id: int, artifact: ModelArtifact) -> None:
+        self.run_id, self.artifact = run_id, artifact
+        self.pending: list[dict] = []
+        self.flushed = time.monotonic()
+
+    def add(self, check: dict) -> None:
+        self.pending.append(check)
+        if time.monotonic() - self.flushed >= RECORD_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        health_services.sweep_files_checked(self.run_id, self.artifact, self.pending)
+        self.pending, self.flushed = [], time.monotonic()
 
 
 def expected_hashes(artifact: ModelArtifact) -> dict[str, str]:
@@ -66,8 +89,10 @@ class IntegritySweepHandler(Handler):
                 f"[{position}/{total}] {artifact}: {len(expected)} file(s), {len(done & set(expected))} done before"
             )
 
-            def record(check: integrity.FileCheck, artifact=artifact, position=position) -> None:
-                health_services.sweep_file_checked(run_id, artifact, {"path": check.path, **check.as_dict()})
+            recorder = _Recorder(run_id, artifact)
+
+            def record(check: integrity.FileCheck, artifact=artifact, position=position, recorder=recorder) -> None:
+                recorder.add({"path": check.path, **check.as_dict()})
                 ctx.progress({"artifact": artifact.pk, "file": check.path, "position": position, "artifacts": total})
                 if check.status != integrity.OK:
                     ctx.log(f"  {check.detail}")
@@ -85,6 +110,8 @@ class IntegritySweepHandler(Handler):
                 )
             except integrity.Stopped:
                 raise JobCancelled() from None
+            finally:
+                recorder.flush()  # what was hashed before a cancel or an error is kept for the next attempt
             problems += len(health_services.sweep_artifact_checked(run_id, artifact))
         health_services.sweep_store_measured(run_id, host_name, integrity.disk_usage(model_store()))
         return {"files_checked": checked, "problems": problems}
