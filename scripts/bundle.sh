@@ -12,9 +12,13 @@
 #   python/                     console.lock.txt, ml.lock.txt, ml-cuda.lock.txt (resolved only) and pip's reports
 #   wheels/console, wheels/ml   the wheels of both environments (ml: the CPU build of torch)
 #   images/llmdeploy-images.tar `docker save` of llmdeploy-base, -postgres, -redis, -proxy, -console, llmdeploy/ml
+#   debs/                       Debian packages for the install host: docker.io, docker-compose, openssl and their
+#                               dependencies beyond a minimal Debian, a flat apt repository (scripts/bundle_debs.sh);
+#                               install.sh installs from it only what the host lacks
 #   compose/                    docker-compose.yml, .env.example, deploy/nginx, deploy/monitoring (Grafana, Prometheus)
 # Each environment is resolved twice and the two reports compared (scripts/bundle_wheels.py): a difference stops it.
-# Set SKIP_ML=1 to leave the ML environment and image out (a console-only bundle).
+# Set SKIP_ML=1 to leave the ML environment and image out (a console-only bundle), SKIP_DEBS=1 to leave debs/ out (for
+# hosts that install Docker and compose themselves).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/build/bundle}" && cd "${1:-$ROOT/build/bundle}" && pwd)
@@ -85,6 +89,11 @@ step "saving ${#images[@]} images"
 # One archive: layers the images share (the base) are stored once.
 docker save -o "$DIR/images/llmdeploy-images.tar" "${images[@]}"
 
+if [ "${SKIP_DEBS:-0}" != 1 ]; then
+  step "Debian packages for the install host"
+  "$ROOT/scripts/bundle_debs.sh" "$DIR/debs" "$BASE_IMAGE"
+fi
+
 step "compose files, monitoring configuration, installer"
 cp "$ROOT/docker-compose.yml" "$ROOT/.env.example" "$DIR/compose/"
 cp -a "$ROOT/deploy/nginx" "$ROOT/deploy/monitoring" "$ROOT/deploy/make-self-signed-cert.sh" "$DIR/compose/deploy/"
@@ -102,6 +111,11 @@ chmod +x "$DIR/install.sh"
   echo "pip indexes: $("$CACHE/resolver-venv/bin/python" -m pip config list 2>/dev/null | tr '\n' ' ')"
   for env in "${ENVS[@]}"; do echo "$env: $(wc -l <"$DIR/python/$env.lock.txt") pinned distributions (python/$env.lock.txt)"; done
   [ -f "$DIR/python/ml-cuda.lock.txt" ] && echo "ml-cuda: $(wc -l <"$DIR/python/ml-cuda.lock.txt") pinned distributions, resolved only (python/ml-cuda.lock.txt)"
+  if [ -f "$DIR/debs/packages.txt" ]; then
+    release=$(head -n1 "$DIR/debs/packages.txt" | cut -d' ' -f2-4 | tr -d :)
+    wanted=$(grep -E '^(docker\.io|docker-compose|openssl) ' "$DIR/debs/packages.txt" | cut -d' ' -f1,2 | paste -sd, - | sed 's/,/, /g')
+    echo "debs: $(grep -vc '^#' "$DIR/debs/packages.txt") packages of $release (debs/packages.txt): $wanted and their dependencies"
+  fi
   for image in "${images[@]}"; do echo "image: $image $(docker image inspect -f '{{.Id}}' "$image")"; done
 } >"$DIR/MANIFEST"
 
