@@ -70,12 +70,31 @@ def _batches(after_id: int, last_id: int):
     sorted the whole table), and a page that comes back short holds the first missing event, where the walk
     stops anyway."""
     sql = _select_sql()
+    if connection.vendor == "postgresql" and after_id < last_id:
+        yield from _pipelined_batches(sql, after_id, last_id)
+        return
     while after_id < last_id:
         with connection.cursor() as cursor:
             cursor.execute(sql, [after_id, min(after_id + BATCH, last_id)])
             rows = cursor.fetchall()
         yield rows
         after_id += BATCH
+
+
+def _pipelined_batches(sql: str, after_id: int, last_id: int):
+    """PostgreSQL: each batch's query is sent before the batch before it is hashed (psycopg's pipeline mode:
+    execute() returns without waiting), so the server reads and renders the next rows while Python hashes these;
+    a sequential walk left the server idle during the hashing and Python idle during the query. A fetch waits
+    for every query sent before it, so the next query goes out after this batch's fetch, not before."""
+    connection.ensure_connection()
+    with connection.connection.pipeline(), connection.cursor() as cursor:
+        cursor.execute(sql, [after_id, min(after_id + BATCH, last_id)])
+        while after_id < last_id:
+            rows = cursor.fetchall()
+            after_id += BATCH
+            if after_id < last_id:
+                cursor.execute(sql, [after_id, min(after_id + BATCH, last_id)])
+            yield rows
 
 
 def _hash_as_stored(event_id: int) -> str | None:
