@@ -12,12 +12,14 @@
 # Nothing secret is baked in: keys and passwords come from the environment at run time
 # (docs/operations.md lists every variable). .dockerignore keeps .env, .data and certificates out.
 ARG BASE_IMAGE=llmdeploy-base:bookworm
-FROM ${BASE_IMAGE}
 
+# Two stages: `build` installs the wheels into /opt/venv and prepares the tree; the final image copies only the venv and
+# the tree, so the wheels themselves (a layer COPYed, then deleted in a later layer, would still be in the image) never
+# reach it. Both start from `runtime`, so the venv's interpreter is the same Debian python3 in both.
+FROM ${BASE_IMAGE} AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv tini \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv /opt/venv
+    && apt-get install -y --no-install-recommends python3 tini \
+    && rm -rf /var/lib/apt/lists/*
 
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -29,24 +31,34 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     DATA_DIR=/var/lib/console \
     MODEL_STORE=/models
 
-# A fixed, unprivileged uid/gid, so volume ownership stays stable across rebuilds.
-RUN groupadd --system --gid 10001 console \
-    && useradd --system --uid 10001 --gid console --home-dir /app --no-create-home \
-       --shell /usr/sbin/nologin console \
-    && install -d -o console -g console -m 0750 /var/lib/console /models
-
-WORKDIR /app
+FROM runtime AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
 
 # Dependencies first (their own layer, reused while the lock is unchanged): exactly the pinned wheels, no index.
 COPY wheels/console.lock.txt /tmp/console.lock.txt
 COPY wheels/console /tmp/wheels
 RUN python -m pip install --no-index --find-links /tmp/wheels -r /tmp/console.lock.txt
 
-# Then the project itself. PYTHONPATH=/app makes the checkout (with templates/ and locale/ beside it)
-# the copy that runs.
-COPY . .
-RUN python -m pip install --no-index --no-deps wheels/project/*.whl \
-    && rm -rf build *.egg-info /tmp/wheels wheels
+# Then the project itself. PYTHONPATH=/app makes the checkout (with templates/ and locale/ beside it) the copy that
+# runs; the tree the final image takes is /src without the wheels.
+COPY . /src
+RUN python -m pip install --no-index --no-deps /src/wheels/project/*.whl \
+    && rm -rf /src/build /src/*.egg-info /src/wheels
+
+FROM runtime
+
+# A fixed, unprivileged uid/gid, so volume ownership stays stable across rebuilds.
+RUN groupadd --system --gid 10001 console \
+    && useradd --system --uid 10001 --gid console --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin console \
+    && install -d -o console -g console -m 0750 /var/lib/console /models
+
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /src /app
+WORKDIR /app
 
 USER console
 

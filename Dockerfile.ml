@@ -10,7 +10,11 @@
 # lock's versions with no index. The CUDA build needs no CUDA base image: torch's CUDA wheels carry the CUDA runtime
 # (the nvidia-* wheels the ml-cuda lock lists), and the host's driver comes in through the NVIDIA container toolkit.
 ARG BASE_IMAGE=llmdeploy-base:bookworm
-FROM ${BASE_IMAGE}
+
+# Two stages: `build` installs the wheels into /opt/ml; the final image copies only that venv, so the wheels (a layer
+# COPYed, then deleted in a later layer, would still be in the image) never reach it. Both start from `runtime`, so the
+# venv's interpreter is the same Debian python3 in both.
+FROM ${BASE_IMAGE} AS runtime
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -22,15 +26,20 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONPATH=/opt/app
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv tini \
+    && apt-get install -y --no-install-recommends python3 tini \
     && rm -rf /var/lib/apt/lists/*
 
-COPY requirements-ml.txt /opt/requirements-ml.txt
+FROM runtime AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3-venv \
+    && rm -rf /var/lib/apt/lists/*
 COPY wheels /tmp/wheels
 RUN python3 -m venv /opt/ml \
-    && /opt/ml/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels/ml -r /tmp/wheels/ml.lock.txt \
-    && rm -rf /tmp/wheels
+    && /opt/ml/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels/ml -r /tmp/wheels/ml.lock.txt
 
+FROM runtime
+COPY requirements-ml.txt /opt/requirements-ml.txt
+COPY --from=build /opt/ml /opt/ml
 COPY workers/__init__.py /opt/app/workers/__init__.py
 COPY workers/jobs /opt/app/workers/jobs
 COPY deploy/ml/text-generation-launcher /usr/local/bin/text-generation-launcher

@@ -541,10 +541,19 @@ def test_dockerfile(dockerfile):
     steps = instructions(dockerfile)
     keywords = [keyword for keyword, _ in steps]
     # The bundle's own Debian base, Debian's Python, and only the pinned wheels (no index): nothing is pulled.
-    assert steps[:2] == [("ARG", "BASE_IMAGE=llmdeploy-base:bookworm"), ("FROM", "${BASE_IMAGE}")]
-    assert any(k == "RUN" and "apt-get install" in a and "python3-venv" in a for k, a in steps)
-    assert any(k == "RUN" and "pip install --no-index" in a and "console.lock.txt" in a for k, a in steps)
+    assert steps[:2] == [("ARG", "BASE_IMAGE=llmdeploy-base:bookworm"), ("FROM", "${BASE_IMAGE} AS runtime")]
+    # Two stages on one runtime: `build` installs the wheels into /opt/venv, the final image takes only the venv and the
+    # tree, so the wheels never reach one of its layers.
+    froms = [index for index, (keyword, _) in enumerate(steps) if keyword == "FROM"]
+    assert [steps[index][1] for index in froms] == ["${BASE_IMAGE} AS runtime", "runtime AS build", "runtime"]
+    build, final = steps[froms[1] : froms[2]], steps[froms[2] :]
+    assert any(k == "RUN" and "apt-get install" in a and "python3-venv" in a for k, a in build)
+    assert any(k == "RUN" and "pip install --no-index" in a and "console.lock.txt" in a for k, a in build)
     assert not re.search(r"pip install (?!.*--no-index)", dockerfile), "every pip install must be --no-index"
+    copies = [args for keyword, args in final if keyword == "COPY"]
+    assert copies == ["--from=build /opt/venv /opt/venv", "--from=build /src /app"]
+    assert not any("wheels" in args for keyword, args in final if keyword != "RUN")
+    assert any(k == "RUN" and "rm -rf" in a and "/src/wheels" in a for k, a in build)
     assert any(k == "RUN" and "manage.py collectstatic --noinput" in a for k, a in steps)
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"

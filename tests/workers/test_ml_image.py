@@ -13,8 +13,12 @@ DOCKERFILE = (ROOT / "Dockerfile.ml").read_text()
 
 def test_ml_image_installs_the_locked_ml_wheels_offline_and_no_console():
     # Built from the bundle's own Debian base and the ml lock's wheels, with no index: nothing is pulled.
-    assert "ARG BASE_IMAGE=llmdeploy-base:bookworm" in DOCKERFILE and "FROM ${BASE_IMAGE}" in DOCKERFILE
-    assert "--no-index --find-links /tmp/wheels/ml -r /tmp/wheels/ml.lock.txt" in DOCKERFILE
+    assert "ARG BASE_IMAGE=llmdeploy-base:bookworm" in DOCKERFILE and "FROM ${BASE_IMAGE} AS runtime" in DOCKERFILE
+    # The wheels are installed in the build stage; the final image copies only the venv, never a layer with the wheels.
+    _, build, final = DOCKERFILE.split("\nFROM runtime")
+    assert build.startswith(" AS build\n") and final.startswith("\n")
+    assert "--no-index --find-links /tmp/wheels/ml -r /tmp/wheels/ml.lock.txt" in build
+    assert "COPY --from=build /opt/ml /opt/ml" in final and "wheels" not in final
     assert "COPY requirements-ml.txt" in DOCKERFILE
     assert "COPY workers/jobs /opt/app/workers/jobs" in DOCKERFILE
     assert "pyproject.toml" not in DOCKERFILE  # the control plane (hub < 1.0) never enters this image
