@@ -11,7 +11,8 @@
 #   MANIFEST                    every input, pinned: commit, Debian release/mirror, base image id, Python, pip, images
 #   python/                     console.lock.txt, ml.lock.txt, ml-cuda.lock.txt (resolved only) and pip's reports
 #   wheels/console, wheels/ml   the wheels of both environments (ml: the CPU build of torch)
-#   images/llmdeploy-images.tar `docker save` of llmdeploy-base, -postgres, -redis, -proxy, -console, llmdeploy/ml
+#   images/llmdeploy-images.tar `docker save` of llmdeploy-base, -postgres, -redis, -proxy, -console, -prometheus,
+#                               llmdeploy/ml
 #   debs/                       Debian packages for the install host: docker.io, docker-compose, openssl and their
 #                               dependencies beyond a minimal Debian, a flat apt repository (scripts/bundle_debs.sh);
 #                               install.sh installs from it only what the host lacks
@@ -79,11 +80,12 @@ if [ "${SKIP_ML:-0}" != 1 ]; then
 fi
 
 step "building the images"
-targets=(services console)
+targets=(services console monitoring)
 [ "${SKIP_ML:-0}" = 1 ] || targets+=(ml)
 # The images hold the commit the bundle is named after, not uncommitted work in the checkout.
 BUNDLE_SOURCE=$FULL_COMMIT PYTHON=$PY "$ROOT/scripts/bundle_images.sh" "$CACHE" "${targets[@]}"
-images=("$BASE_IMAGE" "llmdeploy-postgres:$TAG" "llmdeploy-redis:$TAG" "llmdeploy-proxy:$TAG" "llmdeploy-console:$TAG")
+images=("$BASE_IMAGE" "llmdeploy-postgres:$TAG" "llmdeploy-redis:$TAG" "llmdeploy-proxy:$TAG" "llmdeploy-console:$TAG"
+  "llmdeploy-prometheus:$TAG")
 [ "${SKIP_ML:-0}" = 1 ] || images+=("llmdeploy/ml:$TAG")
 step "saving ${#images[@]} images"
 # One archive: layers the images share (the base) are stored once.

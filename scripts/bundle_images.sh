@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Build every image of the stack from the bundle's own Debian base, with nothing pulled from a registry:
 #
-#   scripts/bundle_images.sh WHEELS_DIR [console|services|ml ...]     # default: console services
+#   scripts/bundle_images.sh WHEELS_DIR [console|services|monitoring|ml ...]     # default: console services
 #
 # WHEELS_DIR is what scripts/bundle_wheels.py wrote (console.lock.txt, wheels/console, and for ml: ml.lock.txt,
 # wheels/ml). Images: llmdeploy-console, llmdeploy-postgres, llmdeploy-redis, llmdeploy-proxy (`services`) and
+# llmdeploy-prometheus (`monitoring`: Debian's Prometheus with deploy/monitoring's config and rules) and
 # llmdeploy/ml (`ml`, the CPU build), each tagged $CONSOLE_IMAGE_TAG (default latest). The build context is a copy of
 # the files git knows (tracked and untracked-not-ignored), so nothing local (.env, .venv, data) reaches an image;
 # BUNDLE_SOURCE=<commit> builds from that commit alone (git archive), as `make bundle` does.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WHEELS=$(cd "${1:?usage: $0 WHEELS_DIR [console|services|ml ...]}" && pwd)
+WHEELS=$(cd "${1:?usage: $0 WHEELS_DIR [console|services|monitoring|ml ...]}" && pwd)
 shift
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(console services)
@@ -58,6 +59,9 @@ for target in "${TARGETS[@]}"; do
       build "llmdeploy-postgres:$TAG" "$STAGE/tree/deploy/images/postgres/Dockerfile" "$STAGE/tree"
       build "llmdeploy-redis:$TAG" "$STAGE/tree/deploy/images/redis/Dockerfile" "$STAGE/tree"
       build "llmdeploy-proxy:$TAG" "$STAGE/tree/deploy/images/nginx/Dockerfile" "$STAGE/tree"
+      ;;
+    monitoring)
+      build "llmdeploy-prometheus:$TAG" "$STAGE/tree/deploy/monitoring/prometheus/Dockerfile" "$STAGE/tree"
       ;;
     ml)
       ctx=$STAGE/ml-context

@@ -435,10 +435,10 @@ def test_prometheus_reaches_the_console_over_plain_http(services, tmp_path):
 
 
 def test_prometheus_image(services):
-    """Debian's prometheus package on a Debian base: nothing fetched from another registry."""
+    """Debian's prometheus package on the bundle's Debian base: nothing pulled from a registry."""
     text = PROMETHEUS_DOCKERFILE.read_text()
     steps = instructions(text)
-    assert steps[0] == ("ARG", "BASE_IMAGE=debian:bookworm-slim")
+    assert steps[0] == ("ARG", "BASE_IMAGE=llmdeploy-base:bookworm")
     assert steps[1] == ("FROM", "${BASE_IMAGE}")
     runs = " ".join(args for keyword, args in steps if keyword == "RUN")
     assert "apt-get install -y --no-install-recommends prometheus" in runs

@@ -99,6 +99,12 @@ if [ ! -f .env ]; then
   } >.env
   umask 022
 fi
+# Compose runs the images this bundle loaded, whatever tag an earlier install's .env names.
+bundle_tag=$(sed -n 's/^image: llmdeploy-console:\([^ ]*\) .*/\1/p' "$BUNDLE/MANIFEST" 2>/dev/null || true)
+if [ -n "$bundle_tag" ] && ! grep -qx "CONSOLE_IMAGE_TAG=$bundle_tag" .env; then
+  sed -i '/^CONSOLE_IMAGE_TAG=/d' .env
+  echo "CONSOLE_IMAGE_TAG=$bundle_tag" >>.env
+fi
 set -a; . ./.env; set +a
 if [ ! -f deploy/certs/tls.crt ]; then
   command -v openssl >/dev/null || die "no deploy/certs/tls.crt: copy your certificate and key there, or install openssl"

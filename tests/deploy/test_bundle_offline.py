@@ -23,19 +23,29 @@ from tests.deploy.compose_stack import BUNDLE_CACHE, ROOT
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ARTIFACTS = ROOT / "test-artifacts" / "bundle"
-IMAGES = ("llmdeploy-base", "llmdeploy-postgres", "llmdeploy-redis", "llmdeploy-proxy", "llmdeploy-console", "llmdeploy/ml")
+IMAGES = (
+    "llmdeploy-base",
+    "llmdeploy-postgres",
+    "llmdeploy-redis",
+    "llmdeploy-proxy",
+    "llmdeploy-console",
+    "llmdeploy-prometheus",
+    "llmdeploy/ml",
+)
 
 
 def need_root_and_tools() -> None:
     """Fails loudly (never skips): CI runs as root and installs every tool."""
     assert os.geteuid() == 0, "the offline proof makes a network namespace and a dockerd: it needs root"
     for tool in ("docker", "dockerd", "docker-compose", "debootstrap", "nft", "ip", "nsenter", "curl", "tar"):
-        assert shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists(), f"{tool} is not installed (.ci/run installs it)"
+        found = shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()
+        assert found, f"{tool} is not installed (.ci/run installs it)"
 
 
 def run(cmd: list[str], timeout: int, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    assert result.returncode == 0, f"{cmd[0]} exited {result.returncode}:\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
+    output = f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"{cmd[0]} exited {result.returncode}:\n{output}"
     return result
 
 
@@ -55,7 +65,7 @@ def test_make_bundle_then_install_it_with_no_network(tmp_path):
     build_s = time.monotonic() - started
     (tarball,) = out.glob("llmdeploy-bundle-*.tar")
     directory = out / tarball.stem
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], timeout=30).stdout.strip()
     assert tarball.stem.startswith(f"llmdeploy-bundle-{commit[:12]}")
 
     # What a user copies to the site: the tarball and its sum. Check the sum, unpack it elsewhere, drop the build.
