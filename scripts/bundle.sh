@@ -16,6 +16,7 @@
 #   debs/                       Debian packages for the install host: docker.io, docker-compose, openssl and their
 #                               dependencies beyond a minimal Debian, a flat apt repository (scripts/bundle_debs.sh);
 #                               install.sh installs from it only what the host lacks
+#   debian/<image>.packages     every Debian package (name, version, architecture) in each image
 #   compose/                    docker-compose.yml, .env.example, deploy/nginx, deploy/monitoring (Grafana, Prometheus)
 # Each environment is resolved twice and the two reports compared (scripts/bundle_wheels.py): a difference stops it.
 # Set SKIP_ML=1 to leave the ML environment and image out (a console-only bundle), SKIP_DEBS=1 to leave debs/ out (for
@@ -87,6 +88,13 @@ BUNDLE_SOURCE=$FULL_COMMIT PYTHON=$PY "$ROOT/scripts/bundle_images.sh" "$CACHE" 
 images=("$BASE_IMAGE" "llmdeploy-postgres:$TAG" "llmdeploy-redis:$TAG" "llmdeploy-proxy:$TAG" "llmdeploy-console:$TAG"
   "llmdeploy-prometheus:$TAG")
 [ "${SKIP_ML:-0}" = 1 ] || images+=("llmdeploy/ml:$TAG")
+step "recording the Debian packages in each image"
+# Without DEBIAN_SNAPSHOT the mirror's versions of the day go in: each image's list says exactly which.
+mkdir -p "$DIR/debian"
+for image in "${images[@]}"; do
+  docker run --rm --network none --user 0 --entrypoint dpkg-query "$image" -W -f '${Package} ${Version} ${Architecture}\n' \
+    >"$DIR/debian/$(echo "${image%%:*}" | tr / -).packages"
+done
 step "saving ${#images[@]} images"
 # One archive: layers the images share (the base) are stored once.
 docker save -o "$DIR/images/llmdeploy-images.tar" "${images[@]}"

@@ -88,6 +88,14 @@ def test_make_bundle_then_install_it_with_no_network(tmp_path):
     assert f"commit: {commit}" in manifest
     for image in IMAGES:
         assert re.search(rf"^image: {re.escape(image)}:\S+ sha256:[0-9a-f]{{64}}$", manifest, re.M), manifest
+    # Each image's Debian packages, exactly: what an auditor or a rebuild without a snapshot needs.
+    for image in IMAGES:
+        packages = dict(
+            line.split(" ", 1)
+            for line in (bundle / "debian" / f"{image.replace('/', '-')}.packages").read_text().splitlines()
+        )
+        assert packages.get("dpkg") and packages.get("base-files"), image
+    assert "python3.11" in (bundle / "debian" / "llmdeploy-console.packages").read_text()
     for env in ("console", "ml"):
         lock = (bundle / "python" / f"{env}.lock.txt").read_text().split()
         wheels = list((bundle / "wheels" / env).glob("*.whl"))
