@@ -7,6 +7,7 @@ that logs "running" and then waits minutes in a loop, a sleep or a blocking call
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -27,6 +28,9 @@ MAX_ROWS_PER_INSERT = 1000  # keeps one INSERT well under PostgreSQL's 65,535 pa
 # The flusher waits at most this long for a row lock the job's own thread holds in an open transaction; then it
 # puts the batch back and tries again at its next tick (the job's thread may itself be waiting for the flusher).
 FLUSHER_LOCK_TIMEOUT_MS = 2000
+# How often one batch moves past lines another writer stored at its seqs before it stores what it can (a runner cut
+# from the database while the reaper noted its lost lease, or the job's next attempt, wrote at the same seqs).
+RENUMBER_TRIES = 5
 
 
 # A line waiting for its batch: (seq, stream, text, data). A plain tuple, not a model instance or even a
@@ -133,25 +137,78 @@ class JobLog:
             self._flush_lock.release()
 
     def _store(self, lines: list[Line], *, lock_timeout_ms: int | None = None) -> None:
+        """Store `lines` in one transaction. A seq another writer took meanwhile (the reaper's note that the lease
+        expired, the next attempt of a runner cut from the database) moves this writer's lines from there on, and
+        the lines it writes next, after the job's head: renumbered in place in `lines`, so a failed store puts them
+        back as they now are. A seq this writer stored itself (a commit that succeeded unseen) is stored once."""
         # Rows and items are built before the transaction: on SQLite it holds the database's one write lock.
         now = timezone.now()  # one time per batch, as auto_now_add stamped the rows of one bulk_create
-        rows = _rows(self.job_id, now, lines)
-        # JobLogLine.as_item's shape, built directly: formatting the same time per line cost as much as storing it
-        time_text = now.isoformat()
-        items = [
-            {"seq": seq, "time": time_text, "stream": stream, "text": text, "data": data}
-            for seq, stream, text, data in lines
-        ]
+        rows, items = _rows(self.job_id, now, lines), _items(now, lines)
         with transaction.atomic():
             if lock_timeout_ms is not None and connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
                     cursor.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
-            inserted = _insert(rows)
+            for attempt in range(RENUMBER_TRIES + 1):
+                try:
+                    with transaction.atomic():  # a savepoint: lines stored after another writer's go back out
+                        inserted = _insert(rows)
+                        if inserted != len(lines):  # some seq was stored already: by this writer, or another
+                            displaced = self._first_foreign(lines)
+                            if displaced is not None and attempt < RENUMBER_TRIES:
+                                raise _Displaced(displaced)
+                            if displaced is not None:
+                                logger.warning("job %s: lines from seq %d on were not stored: another writer keeps "
+                                               "taking their seqs", self.job_id, lines[displaced][0])  # fmt: skip
+                    break
+                except _Displaced as moved:
+                    self._renumber(lines, moved.index)
+                    rows, items = _rows(self.job_id, now, lines), _items(now, lines)
             Job.objects.filter(pk=self.job_id, log_seq__lt=lines[-1][0]).update(log_seq=lines[-1][0])
-            if inserted != len(lines):  # some seq was stored already (the reaper, an earlier attempt)
+            if inserted != len(lines):  # what the database holds at these seqs (another writer's, if it kept them)
                 stored = JobLogLine.objects.filter(job_id=self.job_id, seq__gte=lines[0][0], seq__lte=lines[-1][0])
                 items = [line.as_item() for line in stored.order_by("seq")]
             publish_on_commit(self.stream_name, items)
+
+    def _first_foreign(self, lines: list[Line]) -> int | None:
+        """The index of the first line whose seq holds another writer's line; None when every stored one is ours."""
+        stored = {
+            seq: (stream, text, data)
+            for seq, stream, text, data in JobLogLine.objects.filter(
+                job_id=self.job_id, seq__gte=lines[0][0], seq__lte=lines[-1][0]
+            ).values_list("seq", "stream", "text", "data")
+        }
+        for index, (seq, stream, text, data) in enumerate(lines):
+            if seq in stored and stored[seq] != (stream, text, None if data is None else json.loads(json.dumps(data))):
+                return index
+        return None
+
+    def _renumber(self, lines: list[Line], index: int) -> None:
+        """Move lines[index:], and every line this writer numbers after them, past the job's head (in order)."""
+        head = JobLogLine.objects.filter(job_id=self.job_id).order_by("-seq").values_list("seq", flat=True).first()
+        shift = (head or 0) + 1 - lines[index][0]
+        logger.info("job %s: seq %d on was taken by another writer; storing this writer's lines from %d on",
+                    self.job_id, lines[index][0], lines[index][0] + shift)  # fmt: skip
+        lines[index:] = [(seq + shift, stream, text, data) for seq, stream, text, data in lines[index:]]
+        with self._pending_lock:
+            self.seq += shift
+            self.pending = [(seq + shift, stream, text, data) for seq, stream, text, data in self.pending]
+
+
+class _Displaced(Exception):
+    """Rolls back a batch's savepoint: from lines[index] on, its seqs hold another writer's lines."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _items(created_at: datetime, lines: list[Line]) -> list[dict]:
+    """The batch as live items, JobLogLine.as_item's shape built directly: formatting the same time per line cost
+    as much as storing it."""
+    time_text = created_at.isoformat()
+    return [
+        {"seq": seq, "time": time_text, "stream": stream, "text": text, "data": data}
+        for seq, stream, text, data in lines
+    ]
 
 
 def _fields() -> list:

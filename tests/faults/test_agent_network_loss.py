@@ -3,16 +3,26 @@ runs in a network namespace of the test's own and reaches the suite's PostgreSQL
 machine's end of a veth pair; serve.py runs under it, in the same namespace. The test plays the console: the API
 in-process and its beat (hosts offline, reaper, reconciler) in a thread. The link is cut for
 timings().agent_network_loss_s: the console shows the host offline within the heartbeat window, the deployment's
-server keeps answering /health, and on return the agent reconciles with exactly one server for the deployment."""
+server keeps answering /health and /generate, and on return the agent reconciles with exactly one server for the
+deployment.
+
+The live stream stays whole through it: a browser-like client (StreamWatcher, on the console under daphne) follows
+the serve job's log, the stream the agent writes. The agent writes nothing of its own while cut off, so the cut's
+requests name an adapter the server does not have: each makes serve.py print a line, which the agent copies into the
+job's log once it can (with the lines the reaper and the job's next attempt write at the same time). Afterwards the
+job's "server" lines are the server's output, each once and in order, and the client holds 1..N of the job's lines,
+none twice, each as stored."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,11 +34,14 @@ from deployments.inventory.services import hosts_mark_offline
 from deployments.jobs.reaper import jobs_reap
 from deployments.models import Deployment, Host, Job, JobLogLine
 from tests.conftest import ROOT, _test_database_url, need
+from tests.deploy.prometheus_live import ConsoleProcess
 from tests.faults import harness
 from tests.faults.harness import Trial, fault_report, run_trial, wait_until
 from tests.faults.netns import AgentNetwork, agent_network
+from tests.faults.stream_watch import StreamWatcher, session_cookie
 from tests.support.deploy_fixtures import ready_artifact, tiny_model_in_store
 from tests.support.serve_process import ml_python
+from workers.handlers.serve import instance_name
 from workers.reconcile import reconcile_console
 from workers.runtimes.base import LABEL_DEPLOYMENT, LABEL_MANAGED
 from workers.runtimes.process import ProcessRuntime
@@ -38,9 +51,11 @@ pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]  # the
 
 HEARTBEAT_S = 1
 MUST_HOLD = (
-    "the host shows offline within the heartbeat window; the running deployment keeps answering /health; "
-    "on return the agent reconciles with exactly one server for the deployment"
+    "the host shows offline within the heartbeat window; the running deployment keeps answering /health and "
+    "/generate; on return the agent reconciles with exactly one server for the deployment; the serve job's log "
+    "holds the server's output once and in order, and its live stream reaches the client whole (0 lines lost)"
 )
+UNKNOWN_ADAPTERS_LOGGED = 32  # serve.py logs this many distinct unknown adapter names in a server's life
 
 
 class Beat(threading.Thread):
@@ -106,6 +121,43 @@ def start_agent(network: AgentNetwork, name: str, redis_port: int, database_port
         )
 
 
+@pytest.fixture
+def console(tmp_path, redis_url):
+    """The console under daphne on the test database, for the client following the serve job's live log."""
+    env = dict(
+        os.environ,
+        DATABASE_URL=_test_database_url(),
+        REDIS_URL=redis_url,
+        DATA_DIR=str(settings.DATA_DIR),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+    )
+    server = ConsoleProcess(tmp_path).start(env)
+    yield server
+    server.stop()
+
+
+def generate(network: AgentNetwork, deployment: Deployment, adapter: str) -> bool:
+    """A request naming an adapter the server does not have: answered by the base model, and one line in the
+    server's output ("no LoRA adapter ... is loaded")."""
+    body = json.dumps({"inputs": "hello", "parameters": {"max_new_tokens": 2, "adapter_id": adapter}})
+    probe = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", f"{deployment.endpoint}/generate"]
+    probe += ["-H", f"Authorization: Bearer {deployment.server_key.reveal()}", "-H", "Content-Type: application/json"]
+    done = subprocess.run(network.command(*probe, "-d", body), capture_output=True, text=True)
+    return done.stdout.strip() == "200"
+
+
+def server_output(deployment: Deployment) -> list[str]:
+    """The server's output as the process runtime keeps it: its complete lines."""
+    data = (ProcessRuntime().state_dir / f"{instance_name(deployment)}.log").read_bytes()
+    return data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace").splitlines()
+
+
+def server_lines(job_id: int) -> list[str]:
+    return list(
+        JobLogLine.objects.filter(job_id=job_id, stream="server").order_by("seq").values_list("text", flat=True)
+    )
+
+
 def health(network: AgentNetwork, deployment: Deployment) -> bool:
     """The server's /health from inside the host's namespace, where its clients on that host reach it."""
     probe = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3", f"{deployment.endpoint}/health"]
@@ -130,7 +182,7 @@ def stop_servers(host_name: str) -> None:
 
 
 def test_an_agent_cut_from_redis_and_postgres_goes_offline_keeps_serving_and_reconciles_once(
-    admin, api, redis_url, settings, tmp_path
+    admin, api, redis_url, settings, tmp_path, console
 ):
     need(ml_python() is not None, "the ML environment (make ml-env) runs serve.py")
     timings = harness.timings()
@@ -163,8 +215,15 @@ def test_an_agent_cut_from_redis_and_postgres_goes_offline_keeps_serving_and_rec
                 log.read_text()[-3000:],
             )
             beat.start()
-            for _ in harness.repetitions():
-                run_trial(report, lambda: _trial(network, host, deployment, admin, api, timings, log, beat))
+            trials = list(harness.repetitions())
+            requests_per_cut = max(1, min(4, UNKNOWN_ADAPTERS_LOGGED // len(trials)))
+            for trial in trials:
+                adapters = [f"cut-{trial}-{n}" for n in range(requests_per_cut)]
+
+                def body(adapters=adapters) -> Trial:
+                    return _trial(network, host, deployment, admin, api, timings, log, beat, console, adapters)
+
+                run_trial(report, body)
             assert beat.errors == [], beat.errors[:5]
         finally:
             beat.stop()
@@ -173,14 +232,25 @@ def test_an_agent_cut_from_redis_and_postgres_goes_offline_keeps_serving_and_rec
             stop_servers(name)
 
 
-def _trial(network, host, deployment, admin, api, timings, log, beat: Beat) -> Trial:
+def _trial(network, host, deployment, admin, api, timings, log, beat: Beat, console, adapters: list[str]) -> Trial:
     assert health(network, deployment), "the server did not answer before the cut"
     [before] = servers_of(deployment)
+    # The serve job's live log, followed through the cut and the return as the job page follows it.
+    watcher = StreamWatcher(console.url, f"/ws/jobs/{deployment.job_id}/", session_cookie(admin)).start()
+    try:
+        return _cut_and_return(network, host, deployment, admin, api, timings, log, beat, watcher, before, adapters)
+    finally:
+        watcher.stop()
+
+
+def _cut_and_return(network, host, deployment, admin, api, timings, log, beat, watcher, before, adapters) -> Trial:
+    assert watcher.wait_for(1, 30), f"the client got none of the serve job's lines: {watcher.errors}"
     time.sleep(harness.random_delay(0, HEARTBEAT_S))
     network.cut()
     cut_at = time.monotonic()
     answered = failed = 0
     offline_after = None
+    unsent = list(adapters)  # one request each, spread over the cut: lines the agent copies only after it
     try:
         while time.monotonic() - cut_at < timings.agent_network_loss_s:
             status = api(admin).get(f"/api/v1/hosts/{host.pk}/").data["status"]
@@ -190,13 +260,20 @@ def _trial(network, host, deployment, admin, api, timings, log, beat: Beat) -> T
                 answered += 1
             else:
                 failed += 1
+            elapsed = time.monotonic() - cut_at
+            if unsent and elapsed >= (len(adapters) - len(unsent)) * timings.agent_network_loss_s / len(adapters):
+                if generate(network, deployment, unsent.pop(0)):
+                    answered += 1
+                else:
+                    failed += 1
             time.sleep(0.5)
     finally:
         network.restore()
     restored = time.monotonic()
     window = timings.host_offline_s + HEARTBEAT_S + 2  # the cutoff, one heartbeat missed, the beat's period
     assert offline_after is not None and offline_after <= window, f"offline after {offline_after} s (window {window})"
-    assert failed == 0 and answered > 0, f"/health failed {failed} times during the cut ({answered} answered)"
+    assert failed == 0 and answered > 0, f"the server failed {failed} requests during the cut ({answered} answered)"
+    assert not unsent, f"{len(unsent)} requests not sent during the cut"
 
     def settled() -> bool:
         deployment.refresh_from_db()
@@ -232,7 +309,34 @@ def _trial(network, host, deployment, admin, api, timings, log, beat: Beat) -> T
     by_job = JobLogLine.objects.filter(job=job, text__startswith="adopted the running server").count()
     by_reconciler = AuditEvent.objects.filter(action="deployment.adopted", target_id=str(deployment.pk)).count()
     same = servers[0].ref == before.ref
-    detail = f"offline after {offline_after:.1f} s; {answered} /health answers in the cut; "
+    recover_s = time.monotonic() - restored
+
+    # The job's log holds the server's output (with the cut's lines), each line once and in order: nothing the
+    # agent held while cut off was lost or stored twice when the reaper and the next attempt wrote meanwhile.
+    output = server_output(deployment)
+    assert [f'"{name}"' in "\n".join(output) for name in adapters] == [True] * len(adapters), output[-10:]
+    copied = wait_until(lambda: server_lines(job.pk) == server_output(deployment), 30, interval=0.5)
+    stored = server_lines(job.pk)
+    lost, twice = Counter(output) - Counter(stored), Counter(stored) - Counter(output)
+    assert copied is not None, (
+        f"the job's log holds {len(stored)} server lines for {len(output)} printed: lost {list(lost)[:5]}, "
+        f"stored twice or more {list(twice)[:5]}, the same lines out of order: {not lost and not twice}"
+    )
+    # The agent's own line from before the cut (held in memory if the cut came within a flush interval of it).
+    assert JobLogLine.objects.filter(job=job, text__startswith="running: ").exists(), "the job's 'running' line"
+    # The client holds every line of the job's stream, 1..N as the database has them, none twice.
+    log_seq = Job.objects.get(pk=job.pk).log_seq
+    watcher.wait_for(log_seq, 30)
+    missing = watcher.missing(log_seq)
+    lines = dict(JobLogLine.objects.filter(job=job).values_list("seq", "text"))
+    differ = [seq for seq, item in watcher.items.items() if item["text"] != lines.get(seq)]
+    assert missing == [] and watcher.duplicates == 0 and differ == [], (
+        f"the client missed {missing[:10]} ({len(missing)}), got {watcher.duplicates} twice, {len(differ)} not as "
+        f"stored ({differ[:10]}), of 1..{log_seq}; {watcher.connections} connections; {watcher.errors[:3]}"
+    )
+    detail = f"offline after {offline_after:.1f} s; {answered} /health and /generate answers in the cut; "
     detail += f"{'the same server' if same else 'a new server'} (serve job attempt {job.attempts} adopted it "
-    detail += f"{by_job}x, the reconciler {by_reconciler}x); the agent reconciled after the return"
-    return Trial(same, time.monotonic() - restored, detail)
+    detail += f"{by_job}x, the reconciler {by_reconciler}x); the agent reconciled after the return; the job's log "
+    detail += f"holds the server's {len(output)} lines once each ({len(adapters)} printed in the cut); the client "
+    detail += f"held lines 1..{log_seq}, 0 missing, 0 twice, over {watcher.connections} connection(s)"
+    return Trial(same, recover_s, detail)
