@@ -2,7 +2,8 @@
 (its WAL elsewhere), loaded with a copy of the test database; the console under daphne and a job's log writer
 run on it. The disk is filled until writes fail: the API answers 503 with a sentence, the log writer keeps its
 lines; nothing is half-written (the audit chain verifies, one event per token); once space is freed the API
-writes again and every log line is stored, 1..N."""
+writes again and every log line is stored, 1..N. A browser-like client (StreamWatcher) follows the job's live log
+through the whole fault, from the console under daphne: it holds 1..N at the end, none twice, each as written."""
 
 from __future__ import annotations
 
@@ -27,12 +28,14 @@ from tests.factories.jobs import JobFactory
 from tests.faults import harness
 from tests.faults.harness import Trial, fault_report, run_trial, wait_until
 from tests.faults.loopfs import VolumePostgres, loop_filesystem, reachable_dir
+from tests.faults.stream_watch import StreamWatcher, session_cookie
 
 pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]  # pg_dump must see the rows
 
 MUST_HOLD = (
     "writes fail as a 503 with a sentence, not a 500; the job's log lines wait in memory; nothing half-written "
-    "(the audit chain verifies); after space is freed writes resume and 0 log lines are lost"
+    "(the audit chain verifies); after space is freed writes resume, 0 log lines are lost, and the job's live "
+    "stream reaches a client following it through the fault whole (0 lines lost, none twice)"
 )
 
 # A job's log writer as the runner has it (the flusher thread on, 5 ms between lines), on DATABASE_URL; its
@@ -77,6 +80,7 @@ def test_a_full_database_volume_answers_503_keeps_log_lines_and_resumes(admin, r
     job = JobFactory(status=Job.Status.RUNNING)
     _token, raw = token_create(actor=admin, user=admin, name="disk-full")
     auth = {"Authorization": f"Bearer {raw}"}
+    cookie = session_cookie(admin)  # before the copy: the console's database must hold the session
 
     with (
         fault_report("disk-full-database", "The database's volume fills up", MUST_HOLD) as report,
@@ -98,7 +102,7 @@ def test_a_full_database_volume_answers_503_keeps_log_lines_and_resumes(admin, r
             for trial in harness.repetitions():
 
                 def body(trial=trial) -> Trial:
-                    return _trial(trial, console.url, url, auth, job.pk, volume, env, tmp_path)
+                    return _trial(trial, console.url, url, auth, cookie, job.pk, volume, env, tmp_path)
 
                 run_trial(report, body)
         finally:
@@ -109,7 +113,16 @@ def _post_token(base: str, auth: dict, name: str) -> requests.Response:
     return requests.post(f"{base}/api/v1/tokens/", json={"name": name}, headers=auth, timeout=30)
 
 
-def _trial(trial, base, url, auth, job_id, volume, env, tmp_path) -> Trial:
+def _trial(trial, base, url, auth, cookie, job_id, volume, env, tmp_path) -> Trial:
+    # The job's live log, followed through the fault as the job page follows it (an earlier trial's lines first).
+    watcher = StreamWatcher(base, f"/ws/jobs/{job_id}/", cookie).start()
+    try:
+        return _fill_and_free(trial, base, url, auth, job_id, volume, env, tmp_path, watcher)
+    finally:
+        watcher.stop()
+
+
+def _fill_and_free(trial, base, url, auth, job_id, volume, env, tmp_path, watcher: StreamWatcher) -> Trial:
     status, stop = tmp_path / f"writer-{trial}.seq", tmp_path / f"writer-{trial}.stop"
     earlier = stored_lines(url, job_id)[1]  # an earlier trial's lines
     writer = subprocess.Popen(
@@ -120,6 +133,7 @@ def _trial(trial, base, url, auth, job_id, volume, env, tmp_path) -> Trial:
         started = wait_until(lambda: writer.poll() is not None or stored_lines(url, job_id)[1] > earlier, 30)
         assert writer.poll() is None, writer.communicate()[0][-3000:]
         assert started is not None, "the writer stored nothing within 30 s"
+        assert watcher.wait_for(earlier + 1, 30), f"the client got none of the job's lines: {watcher.errors}"
         before = _post_token(base, auth, f"before-{trial}")
         assert before.status_code == 201, before.text[-6000:]
         time.sleep(harness.random_delay(0, 1))
@@ -142,6 +156,7 @@ def _trial(trial, base, url, auth, job_id, volume, env, tmp_path) -> Trial:
         assert answer.headers["Retry-After"] == "30"
         # The job's lines stop arriving while it goes on writing them.
         held = stored_lines(url, job_id)[1]
+        client_held = watcher.last_seq
         written = int(status.read_text())
         time.sleep(harness.random_delay(1, 2))
         assert writer.poll() is None, writer.communicate()[0][-3000:]
@@ -173,5 +188,16 @@ def _trial(trial, base, url, auth, job_id, volume, env, tmp_path) -> Trial:
             count.format(sql.Identifier(AuditEvent._meta.db_table), sql.SQL("action = 'token.created'"))
         )
         assert events.fetchone()[0] == tokens.fetchone()[0]  # every token with its one event, none without
+    # The client holds every line 1..N, as written, none twice and none beyond: 0 lines lost at the client.
+    watcher.wait_for(final, 30)
+    missing = watcher.missing(final)
+    differ = [seq for seq, item in watcher.items.items() if seq > final or not item["text"].startswith(f"line {seq} ")]
+    assert missing == [] and watcher.duplicates == 0 and differ == [], (
+        f"the client missed {missing[:10]} ({len(missing)}), got {watcher.duplicates} twice, {differ[:10]} not as "
+        f"written, of 1..{final}; {watcher.connections} connections; {watcher.errors[:3]}"
+    )
     refusals = sum(a.status_code == 503 for a in answers)
-    return Trial(True, recover_s, f"{len(answers) - refusals} tokens before the refusal; {final} lines, 0 lost")
+    detail = f"{len(answers) - refusals} tokens before the refusal; {final} lines, 0 lost; the client held lines "
+    detail += f"1..{final}, 0 missing, 0 twice, over {watcher.connections} connection(s) ({client_held} when "
+    detail += "writes were refused)"
+    return Trial(True, recover_s, detail)
