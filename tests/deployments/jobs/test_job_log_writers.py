@@ -13,7 +13,7 @@ from deployments.jobs.services import job_log_line
 from deployments.models import Job, JobLogLine
 from tests.factories import JobFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.both_databases]  # the SQLite path inserts otherwise
 
 HELD = {"flush_seconds": 3600, "flush_lines": 10**6}  # lines stay in memory until flush(), as while the link is cut
 
