@@ -289,10 +289,7 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            # A subscriber waits for messages in BZPOPMIN calls of 5 s (channels_redis's brpop_timeout): its reads
-            # must outlast them. redis-py 8 reads with a 5 s timeout by default, so every socket that heard nothing
-            # for 5 s failed (1011) and its page reconnected; a Redis that is away still fails a read within seconds.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 5 + REDIS_SOCKET_TIMEOUT}],
+            "hosts": [REDIS_URL],
             # The default of 100 drops live log lines under a chatty job.
             "capacity": env_int("CHANNELS_CAPACITY", 10_000),
             "group_expiry": env_int("CHANNELS_GROUP_EXPIRY", 86_400),

@@ -33,7 +33,6 @@ import time
 from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -41,6 +40,7 @@ from django.db import transaction
 from console import stream_metrics
 from console.consumers import ConsoleConsumer
 from console.socket_backlog import SCOPE_KEY as BACKLOG_PROBE
+from console.stream_db import database_sync_to_async
 
 logger = logging.getLogger(__name__)
 

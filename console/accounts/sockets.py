@@ -3,10 +3,10 @@ they change it (console/accounts/middleware.py is the HTTP side)."""
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 
 from console.accounts.selectors import password_change_required
+from console.stream_db import database_sync_to_async
 
 CLOSE_PASSWORD_CHANGE_REQUIRED = 4403  # the consumers' "forbidden" code: the page shows the same message
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
 from django.http import Http404
 
 from console import roles
 from console.consumers import CLOSE_NOT_FOUND
 from console.permissions import can
+from console.stream_db import database_sync_to_async
 from console.streams import StreamConsumer, StreamHead
 from deployments.jobs.selectors import LogView, log_view, require_job_log
 from deployments.models import Job, JobLogLine

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
-
 from console import roles
 from console.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, ConsoleConsumer
 from console.errors import ApplicationError
 from console.permissions import can, require
+from console.stream_db import database_sync_to_async
 from deployments.models import Deployment
 from deployments.serving import playground
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-from channels.db import database_sync_to_async
 from django.conf import settings
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -24,6 +23,7 @@ from opentelemetry.trace import SpanKind
 import audit
 from audit.telemetry import mark_failed, trace_headers, tracer
 from console.errors import ApplicationError
+from console.stream_db import database_sync_to_async
 from deployments.backends import get_backend
 from deployments.backends.base import Backend
 from deployments.gateway.tgi_translate import TranslationError, completion_request

@@ -143,7 +143,7 @@ def _f7_trial(server: ConsoleProcess, cookie: str) -> harness.Trial:
     ]
     opened = time.monotonic()
     with StreamCrowd(followers) as crowd:
-        assert crowd.wait(lambda f: f.caught_up, 60), f"not all subscribed: {crowd.errors()[:3]}"
+        assert crowd.wait(lambda f: f.caught_up, 60), _not_subscribed(followers, crowd)
         subscribed_s = time.monotonic() - opened
         written: dict[int, int] = {}
         writers = _writers(jobs, F7_LINES, F7_PAUSE, F7_FLUSH, written=written)
@@ -207,7 +207,7 @@ def _f8_run(
     crowd = StreamCrowd(normal + ([slow_one] if slow_one else [])).start()
     slow_caught_up_s = None
     try:
-        assert crowd.wait(lambda f: f.caught_up, 60), f"not all subscribed: {crowd.errors()[:3]}"
+        assert crowd.wait(lambda f: f.caught_up, 60), _not_subscribed(normal, crowd)
         writers = _writers(jobs, F8_LINES, F8_PAUSE, F8_FLUSH, PADDING)
         for writer in writers:
             writer.join(60)
@@ -217,6 +217,15 @@ def _f8_run(
     finally:
         crowd.stop()
     return normal, slow_one, slow_caught_up_s
+
+
+def _not_subscribed(followers: list[StreamFollower], crowd) -> str:
+    waiting = [f for f in followers if not f.caught_up]
+    return (
+        f"{len(waiting)} of {len(followers)} clients not caught up after 60 s; their connections "
+        f"{[f.connections for f in waiting[:10]]}, messages {[f.messages for f in waiting[:10]]}, "
+        f"statuses {[f.statuses[-3:] for f in waiting[:3]]}; errors: {crowd.errors()[:3]}"
+    )
 
 
 def _wait_each(followers: list[StreamFollower], predicate, timeout: float) -> list[bool]:
