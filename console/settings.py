@@ -287,7 +287,8 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis's, its waits for messages shorter than redis-py's read timeout (console/channel_layer.py)
+        "BACKEND": "console.channel_layer.ConsoleChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             # The default of 100 drops live log lines under a chatty job.
