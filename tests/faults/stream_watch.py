@@ -14,18 +14,46 @@ A fault test asserts afterwards that each follower holds 1..N with no gap, where
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import socket as sockets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from django.conf import settings
 from django.test import Client
 
+from tests.conftest import _test_database_url
+from tests.deploy.prometheus_live import ConsoleProcess
+
 SLOW_READER_RCVBUF = 4096  # a slow reader's kernel receive buffer: the server's sends back up into TCP at once
+
+
+def daphne_env(redis_url: str, **extra: str) -> dict:
+    """The environment of a console under daphne on the test database (its data committed by the test)."""
+    return dict(
+        os.environ,
+        DATABASE_URL=_test_database_url(),
+        REDIS_URL=redis_url,
+        DATA_DIR=str(settings.DATA_DIR),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        **extra,
+    )
+
+
+@contextlib.contextmanager
+def live_console(work: Path, redis_url: str) -> Iterator[ConsoleProcess]:
+    """The console under daphne, for a client following a live stream through a fault; stopped afterwards."""
+    server = ConsoleProcess(work).start(daphne_env(redis_url))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def session_cookie(user) -> str:

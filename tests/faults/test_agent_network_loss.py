@@ -34,11 +34,10 @@ from deployments.inventory.services import hosts_mark_offline
 from deployments.jobs.reaper import jobs_reap
 from deployments.models import Deployment, Host, Job, JobLogLine
 from tests.conftest import ROOT, _test_database_url, need
-from tests.deploy.prometheus_live import ConsoleProcess
 from tests.faults import harness
 from tests.faults.harness import Trial, fault_report, run_trial, wait_until
 from tests.faults.netns import AgentNetwork, agent_network
-from tests.faults.stream_watch import StreamWatcher, session_cookie
+from tests.faults.stream_watch import StreamWatcher, live_console, session_cookie
 from tests.support.deploy_fixtures import ready_artifact, tiny_model_in_store
 from tests.support.serve_process import ml_python
 from workers.handlers.serve import instance_name
@@ -124,16 +123,8 @@ def start_agent(network: AgentNetwork, name: str, redis_port: int, database_port
 @pytest.fixture
 def console(tmp_path, redis_url):
     """The console under daphne on the test database, for the client following the serve job's live log."""
-    env = dict(
-        os.environ,
-        DATABASE_URL=_test_database_url(),
-        REDIS_URL=redis_url,
-        DATA_DIR=str(settings.DATA_DIR),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-    )
-    server = ConsoleProcess(tmp_path).start(env)
-    yield server
-    server.stop()
+    with live_console(tmp_path, redis_url) as server:
+        yield server
 
 
 def generate(network: AgentNetwork, deployment: Deployment, adapter: str) -> bool:

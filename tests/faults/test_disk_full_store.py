@@ -5,7 +5,6 @@ the other way out; nothing is published; after space is freed a retry resumes an
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import threading
@@ -13,18 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connection
 
 from audit.models import AuditEvent
 from deployments.models import AllowedEndpoint, Host, Job, ModelArtifact, ModelSource
 from deployments.registry.services import model_add
-from tests.conftest import _test_database_url
-from tests.deploy.prometheus_live import ConsoleProcess
 from tests.faults import harness
 from tests.faults.harness import Trial, fault_report, run_trial, wait_until
 from tests.faults.loopfs import MiB, loop_filesystem
-from tests.faults.stream_watch import StreamWatcher, session_cookie
+from tests.faults.stream_watch import StreamWatcher, live_console, session_cookie
 from workers import runner
 
 pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]  # the job runs in a thread of its own
@@ -59,16 +55,8 @@ def run_in_thread(job_id: int) -> None:
 @pytest.fixture
 def console(tmp_path, redis_url):
     """The console under daphne, for a browser-like client following the job's live log through the fault."""
-    env = dict(
-        os.environ,
-        DATABASE_URL=_test_database_url(),
-        REDIS_URL=redis_url,
-        DATA_DIR=str(django_settings.DATA_DIR),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-    )
-    server = ConsoleProcess(tmp_path).start(env)
-    yield server
-    server.stop()
+    with live_console(tmp_path, redis_url) as server:
+        yield server
 
 
 @pytest.fixture

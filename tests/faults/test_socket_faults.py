@@ -11,23 +11,20 @@ unread for STREAM_SOCKET_STALL_SECONDS, and it catches up by backfill).
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
 
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from console import stream_metrics
 from deployments.jobs.log import JobLog
 from deployments.jobs.models import Job
-from tests.conftest import _test_database_url
 from tests.deploy.prometheus_live import ConsoleProcess
 from tests.factories.jobs import JobFactory
 from tests.faults import harness
-from tests.faults.stream_watch import StreamCrowd, StreamFollower, session_cookie
+from tests.faults.stream_watch import StreamCrowd, StreamFollower, daphne_env, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.fault]
 
@@ -41,14 +38,7 @@ SLOW_CATCH_UP_S = 12  # last line written -> the slow one holds every line; with
 
 
 def _server_env(redis_url: str) -> dict:
-    return dict(
-        os.environ,
-        DATABASE_URL=_test_database_url(),
-        REDIS_URL=redis_url,
-        DATA_DIR=str(settings.DATA_DIR),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        STREAM_SOCKET_STALL_SECONDS=str(STALL_SECONDS),
-    )
+    return daphne_env(redis_url, STREAM_SOCKET_STALL_SECONDS=str(STALL_SECONDS))
 
 
 # F8's lines are a chatty job's long ones: enough bytes that a slow reader's socket buffers fill within a second.

@@ -4,19 +4,16 @@ its last seq and misses nothing."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import pytest
-from django.conf import settings
 
 from deployments.jobs.log import JobLog
 from deployments.jobs.models import Job
-from tests.conftest import _test_database_url
 from tests.deploy.prometheus_live import ConsoleProcess
 from tests.factories.jobs import JobFactory
-from tests.faults.stream_watch import StreamWatcher, session_cookie
+from tests.faults.stream_watch import StreamWatcher, daphne_env, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,13 +31,7 @@ def _write(job: Job, lines: int, pause: float) -> None:
 
 def test_the_watcher_holds_every_line_across_a_killed_server(admin, redis_url, tmp_path):
     job = JobFactory(status=Job.Status.RUNNING)
-    env = dict(
-        os.environ,
-        DATABASE_URL=_test_database_url(),
-        REDIS_URL=redis_url,
-        DATA_DIR=str(settings.DATA_DIR),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-    )
+    env = daphne_env(redis_url)
     server = ConsoleProcess(tmp_path).start(env)
     watcher = StreamWatcher(server.url, f"/ws/jobs/{job.pk}/", session_cookie(admin)).start()
     try:
