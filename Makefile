@@ -83,5 +83,5 @@ bundle: $(STAMP)
 
 # The bundle built from scratch and installed in a network namespace with no route out (root; about 12 minutes and
 # 4 GB moved, so not in `make test`): tests/deploy/test_bundle_offline.py.
-bundle-check: $(STAMP) $(ML_STAMP)
+bundle-check: $(STAMP)
 	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest -p no:cacheprovider -m bundle -s tests/deploy/test_bundle_offline.py $(PYTEST_ARGS))
