@@ -41,8 +41,14 @@ define with_redis
 $(if $(REDIS_URL),,$(PY) -m console.devserver.embedded_redis --data-dir $(TEST_DATA_DIR) --) $(1)
 endef
 
+# Two steps: most tests in TEST_PROCESSES processes (pytest-xdist; each its own database, Redis database and
+# DATA_DIR: tests/support/parallel.py), then the `serial` ones (the fault matrix) alone.
+TEST_PROCESSES ?= 2
 unit: $(STAMP) $(ML_STAMP)
-	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest --durations=30 -m "not heavy and not bundle" $(PYTEST_ARGS))
+	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest --durations=30 -n $(TEST_PROCESSES) --dist loadgroup \
+		-m "not heavy and not bundle and not serial" $(PYTEST_ARGS))
+	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest --durations=30 -m "serial and not heavy and not bundle" \
+		$(PYTEST_ARGS))
 
 # Migrations and database triggers also run on SQLite, whatever DATABASE_URL says.
 sqlite: $(STAMP)

@@ -69,6 +69,22 @@ def _no_persistent_connections(django_db_blocker):
     connections["default"].settings_dict["CONN_MAX_AGE"] = 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _end_kept_stream_connections(django_db_setup, django_db_blocker):
+    """Consumers' shared thread keeps its connection for a minute (console/stream_db.py); at the end of the session
+    those connections are ended so the test database can be dropped (torn down before django_db_setup)."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or not connection.settings_dict["NAME"].startswith("test_"):
+        return  # no test database was made: no test of the session used one
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _default_language():
     """Each test starts in the default language: a page requested in Chinese leaves the test thread's language

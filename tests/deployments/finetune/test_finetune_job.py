@@ -31,7 +31,8 @@ from workers.jobs.manifest import verify_manifest
 from workers.runtimes.base import LABEL_JOB
 from workers.runtimes.process import ProcessRuntime
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The later tests compare with the first one's curve (REFERENCE): under xdist all run in one process, in order.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("finetune-job-curve")]
 
 PAIRS = "alpha:red bravo:green charlie:blue delta:yellow echo:black foxtrot:white golf:purple hotel:orange"
 CANARY = "CANARY-31d8-finetune-row"  # in every row: nothing the engineer who trains on them reads may hold it

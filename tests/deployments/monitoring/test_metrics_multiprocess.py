@@ -48,8 +48,10 @@ def _count_in_another_process(name: str) -> None:
 
 
 @pytest.mark.django_db
-def test_counts_of_two_finished_processes_are_summed():
-    name = f"mp-{uuid.uuid4().hex[:8]}"  # series of their own: other tests' processes write the same directory
+def test_counts_of_two_finished_processes_are_summed(settings, tmp_path):
+    # A directory of its own: a worker an earlier test started may still finish a download job into the shared one.
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+    name = f"mp-{uuid.uuid4().hex[:8]}"
     before = scrape()
     jobs_before = value(before, "llmdeploy_job_duration_seconds_count", kind="download", status="succeeded") or 0
     bytes_before = value(before, "llmdeploy_download_bytes_total") or 0

@@ -1,0 +1,82 @@
+"""`make test` runs most of the suite in two processes (pytest-xdist). Each process gets a Redis database and a
+DATA_DIR of its own, so Celery workers, channel layers and files started by one never serve the other's tests;
+pytest-django already gives each its own test database. Tests that must run alone (the fault matrix: timing and
+private services) carry the `serial` mark and run after, in one process; tests that use dockerd share one xdist
+group, because containers are named after deployment ids that both processes' databases reuse.
+
+Loaded with `-p tests.support.parallel` (pyproject addopts). The environment is changed in a wrapper around
+pytest_load_initial_conftests, before pytest-django imports the settings, so the settings, every program a test
+starts, and the test process all read the same addresses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pytest
+
+SERIAL_DIRECTORIES = ("tests/faults/",)
+DOCKER_GROUP = "dockerd"
+
+
+def worker_number() -> int | None:
+    """0 for gw0, 1 for gw1; None outside xdist (a plain `pytest` run)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") else None
+
+
+def redis_url_for_worker(url: str, number: int) -> str:
+    """The same server, database `number + 1` past the one `url` names (redis://h/0 -> redis://h/1 for gw0)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "unix" or "db" in query:
+        query["db"] = str(int(query.get("db", "0")) + number + 1)
+        return urlunsplit(parts._replace(query=urlencode(query)))
+    database = int(parts.path.strip("/") or "0") + number + 1
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def isolate_worker(environ: dict) -> None:
+    number = worker_number()
+    if number is None or environ.get("LLMDEPLOY_TEST_WORKER") == str(number):
+        return
+    from console.devserver import embedded_redis
+
+    data_dir = Path(environ.get("DATA_DIR") or Path(__file__).resolve().parents[2] / ".data")
+    # Without REDIS_URL the settings would look for the embedded server under the worker's own DATA_DIR.
+    base = environ.get("REDIS_URL") or embedded_redis.url_for(data_dir.resolve())
+    environ["REDIS_URL"] = redis_url_for_worker(base, number)
+    environ["DATA_DIR"] = str(data_dir / f"gw{number}")
+    environ["LLMDEPLOY_TEST_WORKER"] = str(number)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    isolate_worker(os.environ)
+    return (yield)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "serial: runs alone after the parallel part (`make unit`, second step)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.replace(os.sep, "/")
+        if path.startswith(SERIAL_DIRECTORIES):
+            item.add_marker(pytest.mark.serial)
+        if item.get_closest_marker("docker"):
+            item.add_marker(pytest.mark.xdist_group(DOCKER_GROUP))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A grouped test whose node id lacks xdist's `@group` suffix would be spread over both processes in silence
+    (pytest 9.2 with pytest-xdist 3.8: pytest-xdist#1386): stop the run instead."""
+    if session.config.getoption("dist", "no") != "loadgroup" or worker_number() is None:
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup did not group {lost[0]} (and {len(lost) - 1} more): pytest<9.2")
