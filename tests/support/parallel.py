@@ -12,6 +12,7 @@ starts, and the test process all read the same addresses.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -21,9 +22,9 @@ SERIAL_DIRECTORIES = ("tests/faults/",)
 DOCKER_GROUP = "dockerd"
 
 
-def worker_number() -> int | None:
+def worker_number(environ: Mapping[str, str] = os.environ) -> int | None:
     """0 for gw0, 1 for gw1; None outside xdist (a plain `pytest` run)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    worker = environ.get("PYTEST_XDIST_WORKER", "")
     return int(worker[2:]) if worker.startswith("gw") else None
 
 
@@ -33,13 +34,16 @@ def redis_url_for_worker(url: str, number: int) -> str:
     query = dict(parse_qsl(parts.query))
     if parts.scheme == "unix" or "db" in query:
         query["db"] = str(int(query.get("db", "0")) + number + 1)
+        if parts.scheme == "unix":  # urlunsplit would drop the empty host: unix:/path, which redis-py misreads
+            return f"unix://{parts.path}?{urlencode(query)}"
         return urlunsplit(parts._replace(query=urlencode(query)))
     database = int(parts.path.strip("/") or "0") + number + 1
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-def isolate_worker(environ: dict) -> None:
-    number = worker_number()
+def isolate_worker(environ: MutableMapping[str, str]) -> None:
+    """Points REDIS_URL and DATA_DIR of an xdist worker at its own; once (programs the worker starts inherit them)."""
+    number = worker_number(environ)
     if number is None or environ.get("LLMDEPLOY_TEST_WORKER") == str(number):
         return
     from console.devserver import embedded_redis
