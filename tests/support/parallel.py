@@ -76,6 +76,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(DOCKER_GROUP))
 
 
+def _uses_a_plain_test_transaction(item: pytest.Item) -> bool:
+    """A database test that runs inside a transaction rolled back after it (pytest-django runs these first)."""
+    marker = item.get_closest_marker("django_db")
+    fixtures = getattr(item, "fixturenames", ())
+    transactional = (marker is not None and marker.kwargs.get("transaction")) or any(
+        name in fixtures for name in ("transactional_db", "live_server", "django_db_reset_sequences")
+    )
+    return (marker is not None or "db" in fixtures) and not transactional
+
+
+def _mixed_groups(items: list[pytest.Item]) -> list[str]:
+    """Groups holding both plain and transactional database tests. A group runs as one unit where its first test
+    sorts, so its transactional tests would run among the plain ones, and their flush empties what the migrations
+    stored (the default model source) under the plain tests that follow in the same process."""
+    kinds: dict[str, set[bool]] = {}
+    for item in items:
+        for mark in item.iter_markers("xdist_group"):
+            if item.get_closest_marker("django_db") or "db" in getattr(item, "fixturenames", ()):
+                kinds.setdefault(str(mark.args[0] if mark.args else mark.kwargs.get("name")), set()).add(
+                    _uses_a_plain_test_transaction(item)
+                )
+    return sorted(name for name, found in kinds.items() if len(found) > 1)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """A grouped test whose node id lacks xdist's `@group` suffix would be spread over both processes in silence
     (pytest 9.2 with pytest-xdist 3.8: pytest-xdist#1386): stop the run instead."""
@@ -84,3 +108,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
     if lost:
         raise pytest.UsageError(f"--dist loadgroup did not group {lost[0]} (and {len(lost) - 1} more): pytest<9.2")
+    mixed = _mixed_groups(session.items)
+    if mixed:
+        raise pytest.UsageError(f"xdist group(s) {', '.join(mixed)} mix plain and transactional database tests")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.support.parallel import isolate_worker, redis_url_for_worker
+import pytest
+
+from tests.support.parallel import _mixed_groups, isolate_worker, redis_url_for_worker
 
 
 def test_each_worker_gets_the_next_redis_databases_on_the_same_server():
@@ -35,3 +37,28 @@ def test_outside_xdist_nothing_changes():
     environ = {"REDIS_URL": "redis://127.0.0.1:6379/0", "DATA_DIR": "/srv/data-test"}
     isolate_worker(environ)
     assert environ == {"REDIS_URL": "redis://127.0.0.1:6379/0", "DATA_DIR": "/srv/data-test"}
+
+
+class _Item:
+    """What the check reads of a collected test: its marks and fixtures."""
+
+    def __init__(self, *marks, fixturenames=()) -> None:
+        self.marks, self.fixturenames = marks, fixturenames
+
+    def get_closest_marker(self, name):
+        return next((mark for mark in self.marks if mark.name == name), None)
+
+    def iter_markers(self, name):
+        return (mark for mark in self.marks if mark.name == name)
+
+
+def test_a_group_that_mixes_plain_and_transactional_database_tests_is_refused():
+    group = pytest.mark.xdist_group("g").mark
+    plain = _Item(group, pytest.mark.django_db.mark)
+    transactional = _Item(group, pytest.mark.django_db(transaction=True).mark)
+    live = _Item(group, fixturenames=("db", "live_server"))
+    no_database = _Item(group)
+    assert _mixed_groups([plain, transactional, no_database]) == ["g"]
+    assert _mixed_groups([plain, live]) == ["g"]
+    assert _mixed_groups([transactional, live, no_database]) == []
+    assert _mixed_groups([plain, _Item(pytest.mark.django_db(transaction=True).mark)]) == []

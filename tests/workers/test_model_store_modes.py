@@ -152,7 +152,7 @@ def client():
 
 
 @pytest.mark.docker
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # with the other docker tests (one xdist group, all transactional)
 def test_a_downloaded_model_serves_from_a_container_as_the_images_user(
     client, hub_server, mirror, host, engineer, store, tmp_path
 ):
