@@ -41,9 +41,11 @@ define with_redis
 $(if $(REDIS_URL),,$(PY) -m console.devserver.embedded_redis --data-dir $(TEST_DATA_DIR) --) $(1)
 endef
 
-# Two steps: most tests in TEST_PROCESSES processes (pytest-xdist; each its own database, Redis database and
-# DATA_DIR: tests/support/parallel.py), then the `serial` ones (the fault matrix) alone.
-TEST_PROCESSES ?= 2
+# Two steps: most tests, then the `serial` ones (the fault matrix) alone. TEST_PROCESSES=2 runs the first step in two
+# processes (pytest-xdist; each its own database, Redis database and DATA_DIR: tests/support/parallel.py). Not the
+# default yet: full runs in two processes still fail tests that depend on what ran before them in the same process
+# (docs/architecture.md, "Tests"). 0 runs it in this process, in the order one process always used.
+TEST_PROCESSES ?= 0
 unit: $(STAMP) $(ML_STAMP)
 	DATA_DIR=$(TEST_DATA_DIR) $(call with_redis,$(PY) -m pytest --durations=30 -n $(TEST_PROCESSES) --dist loadgroup \
 		-m "not heavy and not bundle and not serial" $(PYTEST_ARGS))
