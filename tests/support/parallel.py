@@ -1,8 +1,9 @@
-"""`make test` runs most of the suite in two processes (pytest-xdist). Each process gets a Redis database and a
-DATA_DIR of its own, so Celery workers, channel layers and files started by one never serve the other's tests;
-pytest-django already gives each its own test database. Tests that must run alone (the fault matrix: timing and
-private services) carry the `serial` mark and run after, in one process; tests that use dockerd share one xdist
-group, because containers are named after deployment ids that both processes' databases reuse.
+"""`TEST_PROCESSES=2 make unit` runs most of the suite in two processes (pytest-xdist; the default is still one,
+docs/architecture.md "Tests"). Each process gets a Redis database and a DATA_DIR of its own, so Celery workers,
+channel layers and files started by one never serve the other's tests; pytest-django already gives each its own
+test database. Tests that must run alone (the fault matrix: timing and private services) carry the `serial` mark
+and run after, in a pytest of their own; tests that use dockerd share one xdist group, because containers are
+named after deployment ids that both processes' databases reuse.
 
 Loaded with `-p tests.support.parallel` (pyproject addopts). The environment is changed in a wrapper around
 pytest_load_initial_conftests, before pytest-django imports the settings, so the settings, every program a test
@@ -76,33 +77,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(DOCKER_GROUP))
 
 
-def _uses_a_plain_test_transaction(item: pytest.Item) -> bool:
-    """A database test that runs inside a transaction rolled back after it (pytest-django runs these first)."""
+def _database_kind(item: pytest.Item) -> str | None:
+    """ "plain" (rolled back after the test: pytest-django runs these first), "transactional" (flushed), or None."""
     marker = item.get_closest_marker("django_db")
     fixtures = getattr(item, "fixturenames", ())
+    if marker is None and "db" not in fixtures:
+        return None
     transactional = (marker is not None and marker.kwargs.get("transaction")) or any(
         name in fixtures for name in ("transactional_db", "live_server", "django_db_reset_sequences")
     )
-    return (marker is not None or "db" in fixtures) and not transactional
+    return "transactional" if transactional else "plain"
 
 
 def _mixed_groups(items: list[pytest.Item]) -> list[str]:
     """Groups holding both plain and transactional database tests. A group runs as one unit where its first test
     sorts, so its transactional tests would run among the plain ones, and their flush empties what the migrations
     stored (the default model source) under the plain tests that follow in the same process."""
-    kinds: dict[str, set[bool]] = {}
+    kinds: dict[str, set[str]] = {}
     for item in items:
-        for mark in item.iter_markers("xdist_group"):
-            if item.get_closest_marker("django_db") or "db" in getattr(item, "fixturenames", ()):
-                kinds.setdefault(str(mark.args[0] if mark.args else mark.kwargs.get("name")), set()).add(
-                    _uses_a_plain_test_transaction(item)
-                )
+        kind = _database_kind(item)
+        for mark in item.iter_markers("xdist_group") if kind else ():
+            kinds.setdefault(str(mark.args[0] if mark.args else mark.kwargs.get("name")), set()).add(kind)
     return sorted(name for name, found in kinds.items() if len(found) > 1)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """A grouped test whose node id lacks xdist's `@group` suffix would be spread over both processes in silence
-    (pytest 9.2 with pytest-xdist 3.8: pytest-xdist#1386): stop the run instead."""
+    """Stops an xdist run whose groups would not hold: a grouped test whose node id lacks xdist's `@group` suffix
+    would be spread over both processes in silence (pytest 9.2 with pytest-xdist 3.8: pytest-xdist#1386), and a
+    group mixing plain and transactional database tests would flush data under plain tests."""
     if session.config.getoption("dist", "no") != "loadgroup" or worker_number() is None:
         return
     lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
